@@ -1,0 +1,188 @@
+"""The event contract: parse and validate one raw event, or say exactly why not.
+
+The JSON Schema in ``schema/event-v1.json`` is the single source of truth; it is
+compiled once with fastjsonschema (a few µs per event), so the hot path and the
+published contract cannot drift apart. Parsing never raises for bad input: it
+returns a :class:`Rejected` with a reason code and a message naming the field,
+which the flow sends to the dead-letter output together with the raw payload.
+
+>>> ev = parse_event(b'{"event_id":"e1","type":"page_view","ts":"2026-01-01T00:00:00Z","contact_id":"c1"}')
+>>> ev.contact_id, ev.ts_ms
+('c1', 1767225600000)
+>>> bad = parse_event(b'{"type":"page_view","ts":1,"contact_id":"c1"}')
+>>> bad.reason, bad.detail
+('missing_field', 'event_id is required')
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+import fastjsonschema
+import orjson
+
+SCHEMA_VERSION = 1
+#: Largest accepted raw event; bigger payloads are dead-lettered before parsing.
+MAX_EVENT_BYTES = 64 * 1024
+
+#: Event types the engine knows by name (metrics label them individually);
+#: anything else is accepted, kept and counted under ``other``.
+KNOWN_TYPES: frozenset[str] = frozenset(
+    """page_view product_view add_to_cart remove_from_cart checkout_start purchase
+    form_submit signup login identify email_delivered email_open email_click email_bounce
+    sms_delivered sms_reply push_delivered push_open chat_message call_completed
+    unsubscribe consent_update""".split()
+)
+
+# Dead-letter reason codes (a bounded set: they are Prometheus label values).
+REASONS = (
+    "oversized",
+    "bad_json",
+    "not_object",
+    "missing_field",
+    "missing_identity",
+    "wrong_type",
+    "bad_timestamp",
+    "invalid",
+)
+
+
+def load_schema() -> dict[str, Any]:
+    """Return the shipped event JSON Schema (version :data:`SCHEMA_VERSION`)."""
+    text = resources.files("touchline.decisions").joinpath("schema/event-v1.json").read_bytes()
+    return orjson.loads(text)
+
+
+_validate = fastjsonschema.compile(load_schema())
+
+
+@dataclass(slots=True)
+class Event:
+    """A validated event. ``ts_ms`` is event time in epoch milliseconds (UTC)."""
+
+    event_id: str
+    type: str
+    ts_ms: int
+    contact_id: str | None = None
+    anonymous_id: str | None = None
+    channel: str | None = None
+    session_id: str | None = None
+    properties: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def identity(self) -> str:
+        """The id the event arrived under: the contact if known, else the anonymous id."""
+        return self.contact_id or self.anonymous_id  # type: ignore[return-value]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event in contract form (ts as epoch ms), for re-publishing or tests."""
+        out: dict[str, Any] = {"event_id": self.event_id, "type": self.type, "ts": self.ts_ms}
+        for name in ("contact_id", "anonymous_id", "channel", "session_id"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        if self.properties:
+            out["properties"] = self.properties
+        if self.context:
+            out["context"] = self.context
+        return out
+
+
+@dataclass(slots=True, frozen=True)
+class Rejected:
+    """An invalid event: a reason code, a human message, and the raw payload kept whole."""
+
+    reason: str
+    detail: str
+    raw: bytes
+
+    def to_dead_letter(self, source: str) -> dict[str, Any]:
+        """The dead-letter record: why, where from, and the payload (decoded losslessly)."""
+        return {
+            "kind": "invalid_event",
+            "reason": self.reason,
+            "detail": self.detail,
+            "source": source,
+            "raw": self.raw.decode("utf-8", errors="backslashreplace"),
+        }
+
+
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def parse_ts(value: str | int) -> int:
+    """Event time as epoch ms from RFC 3339 (offset required) or epoch ms.
+
+    >>> parse_ts("2026-01-01T01:00:00+01:00"), parse_ts(1767225600000)
+    (1767225600000, 1767225600000)
+    """
+    if isinstance(value, int):
+        return value
+    if not _RFC3339.match(value):
+        raise ValueError(f"ts {value!r} is not RFC 3339 with a time zone offset")
+    text = value.replace("z", "Z").replace("Z", "+00:00").replace("t", "T").replace(" ", "T")
+    frac = re.search(r"\.(\d+)", text)
+    if frac and len(frac.group(1)) > 6:  # fromisoformat takes at most microseconds
+        text = text.replace(frac.group(0), "." + frac.group(1)[:6])
+    return int(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+def _describe(exc: fastjsonschema.JsonSchemaValueException, doc: dict[str, Any]) -> tuple[str, str]:
+    """Turn a schema violation into (reason code, message naming the field)."""
+    path = [p for p in (exc.path or []) if p != "data"]
+    name = ".".join(str(p) for p in path) or "event"
+    rule = exc.rule
+    if rule == "required":
+        missing = [k for k in exc.rule_definition if k not in (exc.value or {})]
+        return "missing_field", f"{missing[0] if missing else name} is required"
+    if rule == "anyOf" and not path:
+        return "missing_identity", "one of contact_id or anonymous_id is required"
+    if rule in ("type", "oneOf", "anyOf"):
+        got = type(exc.value).__name__
+        if name == "ts":
+            return "wrong_type", f"ts must be an RFC 3339 string or epoch milliseconds, got {got}"
+        return "wrong_type", f"{name} has the wrong type ({got}): {exc.message.replace('data.', '')}"
+    return "invalid", f"{name}: {exc.message.replace('data.', '')}"
+
+
+def parse_event(raw: bytes) -> Event | Rejected:
+    """Parse one raw event; never raises for bad input.
+
+    >>> parse_event(b'{"event_id":"e","type":"x","ts":"yesterday","anonymous_id":"a"}').reason
+    'bad_timestamp'
+    >>> parse_event(b'not json').reason
+    'bad_json'
+    """
+    if len(raw) > MAX_EVENT_BYTES:
+        return Rejected("oversized", f"event is {len(raw)} bytes, limit {MAX_EVENT_BYTES}", raw[:MAX_EVENT_BYTES])
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Rejected("bad_json", f"not valid JSON: {exc}", raw)
+    if not isinstance(doc, dict):
+        return Rejected("not_object", f"event must be a JSON object, got {type(doc).__name__}", raw)
+    try:
+        _validate(doc)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        reason, detail = _describe(exc, doc)
+        return Rejected(reason, detail, raw)
+    try:
+        ts_ms = parse_ts(doc["ts"])
+    except ValueError as exc:
+        return Rejected("bad_timestamp", str(exc), raw)
+    return Event(
+        event_id=doc["event_id"],
+        type=doc["type"],
+        ts_ms=ts_ms,
+        contact_id=doc.get("contact_id"),
+        anonymous_id=doc.get("anonymous_id"),
+        channel=doc.get("channel"),
+        session_id=doc.get("session_id"),
+        properties=doc.get("properties") or {},
+        context=doc.get("context") or {},
+    )

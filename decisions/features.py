@@ -1,0 +1,81 @@
+"""Model features from a profile, as of a moment in event time.
+
+Counts and durations are log-scaled (``log1p``) because linear models on raw
+clickstream counts are dominated by a few heavy users; the scaler in the model
+pipeline then centres them. The feature names are stable: models and
+checkpoints refer to them.
+
+>>> from touchline.decisions.profile import Profile, apply_event
+>>> p = Profile("c1", known=True)
+>>> _ = apply_event(p, "e1", "add_to_cart", 0, {"value": 20.0}, {})
+>>> f = features(p, 3_600_000)
+>>> round(f["cart_value"], 3), f["has_open_cart"], f["n_add_to_cart_1h"]
+(3.045, 1.0, 0.0)
+"""
+
+from __future__ import annotations
+
+from math import log1p
+
+from touchline.decisions.profile import DAY_MS, HOUR_MS, Profile, advance
+
+#: Event types whose windowed counts are model features.
+FEATURE_TYPES = (
+    "page_view",
+    "product_view",
+    "add_to_cart",
+    "checkout_start",
+    "purchase",
+    "form_submit",
+    "email_open",
+    "email_click",
+)
+FEATURE_WINDOWS = ("1h", "24h", "7d", "30d")
+_NEVER = log1p(365 * 24.0)  # "hours since" for something that never happened
+
+#: Every feature name, in a fixed order.
+FEATURE_NAMES: tuple[str, ...] = (
+    *(f"n_{t}_{w}" for t in FEATURE_TYPES for w in FEATURE_WINDOWS),
+    *(f"n_all_{w}" for w in FEATURE_WINDOWS),
+    "hours_since_activity",
+    "hours_since_purchase",
+    "days_known",
+    "purchases_total",
+    "monetary_total",
+    "cart_value",
+    "has_open_cart",
+    "devices",
+    "known",
+    "sends_7d",
+    "email_open_rate_30d",
+)
+
+
+def features(profile: Profile, now_ms: int) -> dict[str, float]:
+    """The feature vector of ``profile`` as of ``now_ms`` (advances its windows)."""
+    advance(profile, now_ms)
+    now = profile.last_ts
+    out: dict[str, float] = {}
+    windows = profile.windows
+    for w in FEATURE_WINDOWS:
+        queue, counts = windows[w]
+        for t in FEATURE_TYPES:
+            out[f"n_{t}_{w}"] = log1p(counts.get(t, 0))
+        out[f"n_all_{w}"] = log1p(len(queue))
+    last = profile.last_activity_ts
+    out["hours_since_activity"] = log1p(max(0, now - last) / HOUR_MS) if last is not None else _NEVER
+    bought = profile.last_purchase_ts
+    out["hours_since_purchase"] = log1p(max(0, now - bought) / HOUR_MS) if bought is not None else _NEVER
+    first = profile.first_ts
+    out["days_known"] = log1p(max(0, now - first) / DAY_MS) if first is not None else 0.0
+    out["purchases_total"] = log1p(profile.purchases_total)
+    out["monetary_total"] = log1p(max(0.0, profile.monetary_total))
+    out["cart_value"] = log1p(profile.cart_value)
+    out["has_open_cart"] = 1.0 if profile.cart_value > 0 else 0.0
+    out["devices"] = float(len(profile.devices))
+    out["known"] = 1.0 if profile.known else 0.0
+    week_ago = now - 7 * DAY_MS
+    out["sends_7d"] = log1p(sum(1 for s in profile.sends if s.ts_ms > week_ago))
+    counts30 = windows["30d"][1]
+    out["email_open_rate_30d"] = counts30.get("email_open", 0) / (counts30.get("email_delivered", 0) + 1)
+    return out

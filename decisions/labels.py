@@ -1,0 +1,49 @@
+"""Delayed labels on event time: when does a scored moment become a training example?
+
+- lead: positive when a goal event (purchase, form_submit, signup by default) follows
+  the scoring moment within the horizon; negative when the horizon passes without one.
+- churn: positive when no activity follows within the horizon; negative as soon as
+  the contact acts again.
+
+One observation per contact and model is pending at a time, so labels sample the
+stream instead of copying every event, and a pending observation is just a deadline
+timer plus the features captured when it was scored (never features at label time:
+by then the outcome has leaked into them).
+
+>>> from touchline.decisions.profile import Profile, Observation
+>>> p = Profile("c1")
+>>> p.pending["lead"] = Observation(0, 1_000, {}, 0.2, "v1")
+>>> [(k, y) for k, _, y in on_event(p, "purchase", 500, {"purchase"}, active=True)]
+[('lead', True)]
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from touchline.decisions.profile import Observation, Profile
+
+LEAD, CHURN = "lead", "churn"
+
+
+def on_event(
+    profile: Profile, event_type: str, ts_ms: int, goal_types: set[str] | frozenset[str], active: bool
+) -> Iterator[tuple[str, Observation, bool]]:
+    """Labels an event resolves: (model, observation, label). Pops what it resolves."""
+    lead = profile.pending.get(LEAD)
+    if lead is not None and event_type in goal_types and lead.scored_at_ms <= ts_ms <= lead.deadline_ms:
+        del profile.pending[LEAD]
+        yield LEAD, lead, True
+    churn = profile.pending.get(CHURN)
+    if churn is not None and active and churn.scored_at_ms < ts_ms <= churn.deadline_ms:
+        del profile.pending[CHURN]
+        yield CHURN, churn, False
+
+
+def on_deadline(profile: Profile, model: str, now_ms: int) -> tuple[Observation, bool] | None:
+    """The label a passed horizon gives, if the observation is still pending."""
+    obs = profile.pending.get(model)
+    if obs is None or obs.deadline_ms > now_ms:
+        return None
+    del profile.pending[model]
+    return obs, model == CHURN

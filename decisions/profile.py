@@ -1,0 +1,312 @@
+"""Per-contact state and its pure update rules: windowed counts on event time, RFM,
+cart, devices, consent, sends, pending label observations and timers.
+
+The profile is plain data changed only by the functions here, so every store
+(in-process, Redis) shares one definition of what an event does to a contact.
+
+Window semantics, exactly: the count of type ``t`` in window ``w`` is the number of
+distinct events of type ``t`` with ``as_of - w < ts <= as_of``, where ``as_of`` is the
+latest time the profile has seen (its newest event, or a timer's due time). Each
+window keeps its own expiry queue, so an update costs O(1) amortised instead of a
+rescan; the 30-day queue doubles as the idempotency memory (event ids in window).
+
+>>> p = Profile("c1")
+>>> apply_event(p, "e1", "page_view", 1_000, {}, {})
+True
+>>> apply_event(p, "e1", "page_view", 1_000, {}, {})  # the same event again changes nothing
+False
+>>> p.window_count("1h", "page_view"), p.events_total
+(1, 1)
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+#: Feature windows, shortest first. The longest one bounds idempotency memory.
+WINDOWS: dict[str, int] = {"1h": HOUR_MS, "24h": DAY_MS, "7d": 7 * DAY_MS, "30d": 30 * DAY_MS}
+LONGEST_WINDOW_MS = max(WINDOWS.values())
+
+#: Types counted in windows under their own name; every other type counts as ``other``.
+COUNTED_TYPES: frozenset[str] = frozenset(
+    """page_view product_view add_to_cart remove_from_cart checkout_start purchase form_submit
+    signup login identify email_delivered email_open email_click email_bounce sms_delivered
+    sms_reply push_delivered push_open chat_message call_completed unsubscribe consent_update""".split()
+)
+#: Events that are not the person acting (deliveries, bounces, bookkeeping): they do not
+#: count as activity for recency or churn.
+PASSIVE_TYPES: frozenset[str] = frozenset(
+    {"email_delivered", "email_bounce", "sms_delivered", "push_delivered", "consent_update"}
+)
+#: Bound on events remembered per contact inside the longest window (oldest go first).
+MAX_EVENTS_IN_WINDOW = 5_000
+MAX_DEVICES = 32
+MAX_ALIASES = 64
+CHANNELS = ("email", "sms", "push")
+
+
+@dataclass(slots=True)
+class Observation:
+    """Features and prediction captured at scoring time, waiting for their label."""
+
+    scored_at_ms: int
+    deadline_ms: int
+    features: dict[str, float]
+    probability: float
+    model_version: str
+
+
+@dataclass(slots=True)
+class Send:
+    """One reserved send: used for frequency caps and per-action cooldowns."""
+
+    ts_ms: int
+    channel: str
+    action: str
+
+
+@dataclass(slots=True)
+class Profile:
+    """Everything the engine keeps about one contact (or one still-anonymous visitor)."""
+
+    key: str
+    known: bool = False
+    first_ts: int | None = None
+    last_ts: int = 0  # as_of: the newest time this profile has been evaluated at
+    last_activity_ts: int | None = None
+    events_total: int = 0
+    purchases_total: int = 0
+    monetary_total: float = 0.0
+    last_purchase_ts: int | None = None
+    cart_value: float = 0.0
+    cart_updated_ts: int | None = None
+    timezone: str | None = None
+    locale: str | None = None
+    devices: list[str] = field(default_factory=list)
+    aliases: list[str] = field(default_factory=list)
+    consent: dict[str, bool] = field(default_factory=dict)
+    bounced: list[str] = field(default_factory=list)
+    sends: list[Send] = field(default_factory=list)
+    pending: dict[str, Observation] = field(default_factory=dict)
+    timers: dict[str, int] = field(default_factory=dict)
+    # window name -> (expiry queue of (ts, type, event_id), counts by type)
+    windows: dict[str, tuple[deque, dict[str, int]]] = field(
+        default_factory=lambda: {name: (deque(), {}) for name in WINDOWS}
+    )
+    seen: set[str] = field(default_factory=set)
+
+    def window_count(self, window: str, type_: str) -> int:
+        """Events of ``type_`` in ``window`` as of :attr:`last_ts`."""
+        return self.windows[window][1].get(type_, 0)
+
+    def window_total(self, window: str) -> int:
+        """All events in ``window`` as of :attr:`last_ts`."""
+        return len(self.windows[window][0])
+
+
+def type_key(event_type: str) -> str:
+    """The bounded name an event type is counted under."""
+    return event_type if event_type in COUNTED_TYPES else "other"
+
+
+def advance(profile: Profile, now_ms: int) -> None:
+    """Move the profile's clock forward to ``now_ms`` and expire window entries."""
+    if now_ms <= profile.last_ts:
+        return
+    profile.last_ts = now_ms
+    for name, length in WINDOWS.items():
+        queue, counts = profile.windows[name]
+        horizon = now_ms - length
+        while queue and queue[0][0] <= horizon:
+            _, key, event_id = queue.popleft()
+            counts[key] -= 1
+            if name == "30d":
+                profile.seen.discard(event_id)
+    horizon = now_ms - LONGEST_WINDOW_MS
+    if profile.sends and profile.sends[0].ts_ms <= horizon:
+        profile.sends = [s for s in profile.sends if s.ts_ms > horizon]
+
+
+def is_too_late(profile: Profile, ts_ms: int) -> bool:
+    """True when an event is older than idempotency memory reaches for this profile.
+
+    Such an event cannot be told apart from a replay, so it is rejected, not counted.
+    """
+    return profile.last_ts - ts_ms >= LONGEST_WINDOW_MS and profile.events_total > 0
+
+
+def _insert_windowed(profile: Profile, entry: tuple[int, str, str]) -> None:
+    ts = entry[0]
+    for name, length in WINDOWS.items():
+        if ts <= profile.last_ts - length:
+            continue
+        queue, counts = profile.windows[name]
+        if not queue or queue[-1][0] <= ts:
+            queue.append(entry)
+        else:  # late within the window: keep the queue ordered (rare)
+            items = list(queue)
+            insort(items, entry)
+            queue.clear()
+            queue.extend(items)
+        counts[entry[1]] = counts.get(entry[1], 0) + 1
+    queue, counts = profile.windows["30d"]
+    while len(queue) > MAX_EVENTS_IN_WINDOW:  # bound memory for runaway ids
+        _, key, old_id = queue.popleft()
+        counts[key] -= 1
+        profile.seen.discard(old_id)
+        for name in ("1h", "24h", "7d"):
+            q, c = profile.windows[name]
+            if q and q[0][2] == old_id:
+                q.popleft()
+                c[key] -= 1
+
+
+def _money(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    return float(value) if value == value and abs(value) < 1e12 else 0.0  # NaN/inf-safe
+
+
+def apply_event(
+    profile: Profile,
+    event_id: str,
+    event_type: str,
+    ts_ms: int,
+    properties: dict[str, Any],
+    context: dict[str, Any],
+    channel: str | None = None,
+) -> bool:
+    """Apply one event; return False (and change nothing) if it was seen before."""
+    if event_id in profile.seen:
+        return False
+    advance(profile, ts_ms)
+    key = type_key(event_type)
+    profile.seen.add(event_id)
+    _insert_windowed(profile, (ts_ms, key, event_id))
+    profile.events_total += 1
+    if profile.first_ts is None or ts_ms < profile.first_ts:
+        profile.first_ts = ts_ms
+    if event_type not in PASSIVE_TYPES and (
+        profile.last_activity_ts is None or ts_ms > profile.last_activity_ts
+    ):
+        profile.last_activity_ts = ts_ms
+    timezone, locale, device = context.get("timezone"), context.get("locale"), context.get("device")
+    if isinstance(timezone, str):
+        profile.timezone = timezone
+    if isinstance(locale, str):
+        profile.locale = locale
+    if isinstance(device, str) and device not in profile.devices and len(profile.devices) < MAX_DEVICES:
+        profile.devices.append(device)
+    _apply_semantics(profile, event_type, ts_ms, properties, channel)
+    return True
+
+
+def _apply_semantics(
+    profile: Profile, event_type: str, ts_ms: int, properties: dict[str, Any], channel: str | None
+) -> None:
+    """What specific event types mean for the contact beyond being counted."""
+    if event_type == "add_to_cart":
+        profile.cart_value += _money(properties.get("value"))
+        profile.cart_updated_ts = ts_ms
+    elif event_type == "remove_from_cart":
+        profile.cart_value = max(0.0, profile.cart_value - _money(properties.get("value")))
+        profile.cart_updated_ts = ts_ms
+    elif event_type == "checkout_start":
+        profile.cart_updated_ts = ts_ms
+    elif event_type == "purchase":
+        profile.purchases_total += 1
+        profile.monetary_total += _money(properties.get("value"))
+        profile.last_purchase_ts = max(ts_ms, profile.last_purchase_ts or ts_ms)
+        profile.cart_value = 0.0
+        profile.cart_updated_ts = ts_ms
+    elif event_type == "unsubscribe":
+        target = properties.get("channel") or channel
+        for ch in CHANNELS if target in (None, "all") else (target,):
+            if isinstance(ch, str):
+                profile.consent[ch] = False
+    elif event_type == "consent_update":
+        target, granted = properties.get("channel") or channel, properties.get("granted")
+        if isinstance(target, str) and isinstance(granted, bool):
+            profile.consent[target] = granted
+    elif event_type == "email_bounce" and "email" not in profile.bounced:
+        profile.bounced.append("email")
+
+
+def merge_into(target: Profile, source: Profile) -> dict[str, int]:
+    """Fold an anonymous profile's history into the known contact it turned out to be.
+
+    Idempotency survives the merge: the source's seen event ids come along, so a
+    replayed anonymous event still counts once. Returns the timers (kind -> due) the
+    target adopted from the source, which the caller must schedule under the target.
+    """
+    advance(target, source.last_ts)
+    advance(source, target.last_ts)
+    for name in WINDOWS:
+        queue, counts = target.windows[name]
+        src_queue, src_counts = source.windows[name]
+        merged = sorted([*queue, *(e for e in src_queue if e[2] not in target.seen)])
+        queue.clear()
+        queue.extend(merged)
+        counts.clear()
+        for _, key, _ in merged:
+            counts[key] = counts.get(key, 0) + 1
+    target.seen |= source.seen
+    target.events_total += source.events_total
+    target.purchases_total += source.purchases_total
+    target.monetary_total += source.monetary_total
+    target.first_ts = min(t for t in (target.first_ts, source.first_ts) if t is not None) if (
+        target.first_ts is not None or source.first_ts is not None
+    ) else None
+    target.last_activity_ts = max(
+        (t for t in (target.last_activity_ts, source.last_activity_ts) if t is not None), default=None
+    )
+    target.last_purchase_ts = max(
+        (t for t in (target.last_purchase_ts, source.last_purchase_ts) if t is not None), default=None
+    )
+    if source.cart_updated_ts is not None and (
+        target.cart_updated_ts is None or source.cart_updated_ts > target.cart_updated_ts
+    ):
+        target.cart_value, target.cart_updated_ts = source.cart_value, source.cart_updated_ts
+    target.timezone = target.timezone or source.timezone
+    target.locale = target.locale or source.locale
+    for device in source.devices:
+        if device not in target.devices and len(target.devices) < MAX_DEVICES:
+            target.devices.append(device)
+    for obs_kind, obs in source.pending.items():
+        target.pending.setdefault(obs_kind, obs)
+    target.sends = sorted([*target.sends, *source.sends], key=lambda s: s.ts_ms)
+    adopted = {kind: due for kind, due in source.timers.items() if kind not in target.timers}
+    target.timers.update(adopted)
+    return adopted
+
+
+def snapshot(profile: Profile) -> dict[str, Any]:
+    """A JSON-ready view of the profile (export, debugging, audit)."""
+    return {
+        "key": profile.key,
+        "known": profile.known,
+        "first_ts": profile.first_ts,
+        "last_ts": profile.last_ts,
+        "last_activity_ts": profile.last_activity_ts,
+        "events_total": profile.events_total,
+        "purchases_total": profile.purchases_total,
+        "monetary_total": round(profile.monetary_total, 2),
+        "last_purchase_ts": profile.last_purchase_ts,
+        "cart_value": round(profile.cart_value, 2),
+        "timezone": profile.timezone,
+        "locale": profile.locale,
+        "devices": list(profile.devices),
+        "aliases": list(profile.aliases),
+        "consent": dict(profile.consent),
+        "bounced": list(profile.bounced),
+        "sends": [{"ts": s.ts_ms, "channel": s.channel, "action": s.action} for s in profile.sends],
+        "windows": {name: dict(sorted((k, v) for k, v in c.items() if v)) for name, (_, c) in profile.windows.items()},
+        "pending_labels": sorted(profile.pending),
+        "timers": dict(profile.timers),
+    }

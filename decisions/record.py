@@ -1,0 +1,69 @@
+"""The decision record: the audit trail of one next-best-action decision.
+
+The id is a stable hash of what caused the decision (contact, action, channel and
+the trigger), so the same input gives the same id on every run and every worker,
+and a downstream sender can use it as an idempotency key.
+
+>>> decision_id("c1", "welcome", "email", "e-17")
+'9665d4246b5adaea876c7179ae05ee1d'
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from typing import Any
+
+from touchline.decisions.policy import Candidate, Suppression
+
+DECISION_SCHEMA_VERSION = 1
+
+
+def decision_id(contact: str, action: str, channel: str, trigger_id: str) -> str:
+    """Deterministic id: same contact, action, channel and trigger give the same id."""
+    key = f"{contact}\x1f{action}\x1f{channel}\x1f{trigger_id}".encode()
+    return hashlib.blake2b(key, digest_size=16).hexdigest()
+
+
+def iso_ms(ts_ms: int) -> str:
+    """Epoch ms as RFC 3339 UTC with milliseconds.
+
+    >>> iso_ms(1767225600123)
+    '2026-01-01T00:00:00.123Z'
+    """
+    return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def build_record(
+    *,
+    contact: str,
+    chosen: Candidate,
+    suppressed: list[Suppression],
+    scores: dict[str, dict[str, Any]],
+    trigger: dict[str, Any],
+    trigger_id: str,
+    event_time_ms: int,
+    decision_time_ms: int,
+    experiment: dict[str, str],
+) -> dict[str, Any]:
+    """Assemble the decision record (DESIGN.md contract)."""
+    return {
+        "schema_version": DECISION_SCHEMA_VERSION,
+        "decision_id": decision_id(contact, chosen.action, chosen.channel, trigger_id),
+        "contact_id": contact,
+        "action": chosen.action,
+        "channel": chosen.channel,
+        "template": chosen.template,
+        "offer": None,
+        "journey": None,
+        "step": None,
+        "priority": chosen.priority,
+        "expected_value": chosen.expected_value,
+        "scores": scores,
+        "reasons": [chosen.why, f"priority {chosen.priority}, expected value {chosen.expected_value:.4g}"],
+        "suppressed": [{"action": s.action, "channel": s.channel, "reason": s.reason} for s in suppressed],
+        "experiment": experiment,
+        "trigger": trigger,
+        "event_time": iso_ms(event_time_ms),
+        "decision_time": iso_ms(decision_time_ms),
+    }

@@ -1,0 +1,1 @@
+"""Touchline state."""
