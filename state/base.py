@@ -1,0 +1,93 @@
+"""The state store interface: what the engine needs from per-contact state.
+
+Every call takes or returns a whole micro-batch, so a networked store (Redis) can do
+each in one round trip. Profiles are plain data (``touchline.decisions.profile``);
+a store persists them, resolves identities, keeps timers and reserves sends.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Iterable, Mapping, Sequence
+
+from touchline.decisions.events import Event
+from touchline.decisions.profile import Profile, Send
+
+ANON_PREFIX = "anon:"
+
+
+def anonymous_key(anonymous_id: str) -> str:
+    """Profile key of a visitor known only by an anonymous/device id."""
+    return ANON_PREFIX + anonymous_id
+
+
+def is_known_key(key: str) -> bool:
+    """Whether a profile key is a known contact (not an anonymous visitor)."""
+    return not key.startswith(ANON_PREFIX)
+
+
+class StateStore(ABC):
+    """Per-contact state behind one interface (in-process or Redis)."""
+
+    #: URL the store was opened with (secrets masked by the caller before logging).
+    url: str
+
+    @abstractmethod
+    def resolve(self, events: Sequence[Event]) -> list[tuple[str, str | None]]:
+        """For each event, in order: (profile key, anonymous profile key to merge in or None).
+
+        An event that carries both ``contact_id`` and ``anonymous_id`` links the
+        anonymous id to the contact; from the next event on, the anonymous id
+        resolves to the contact. The first time a link is made, the anonymous
+        profile's key is returned beside the event so the engine folds that history
+        into the contact before applying the event (events earlier in the same batch
+        have been applied to the anonymous profile by then). Links are never
+        re-pointed: the first contact an anonymous id was linked to keeps it, and
+        only anonymous ids are ever aliases, so chains are one step and cycles cannot form.
+        """
+
+    @abstractmethod
+    def load(self, keys: Iterable[str]) -> dict[str, Profile]:
+        """Profiles for ``keys``; an unknown key gets a new empty profile (not yet stored)."""
+
+    @abstractmethod
+    def save(self, profiles: Mapping[str, Profile], deleted: Iterable[str] = ()) -> None:
+        """Persist changed profiles and drop merged-away ones (with their pending timers)."""
+
+    @abstractmethod
+    def reserve(
+        self, profile: Profile, send: Send, caps: Mapping[str, Mapping[str, int]], global_caps: Mapping[str, int]
+    ) -> bool:
+        """Atomically check the caps and record ``send`` (also on ``profile.sends``).
+
+        False if one more send would break a cap; then nothing is recorded.
+        """
+
+    @abstractmethod
+    def schedule(self, timers: Iterable[tuple[str, str, int]]) -> None:
+        """Set timers as (key, kind, due_ms); one pending timer per key and kind."""
+
+    @abstractmethod
+    def pop_due(self, now_ms: int, limit: int = 10_000) -> list[tuple[int, str, str]]:
+        """Claim timers due at or before ``now_ms`` as (due_ms, key, kind), soonest first."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Forget a profile and its aliases (retention expiry)."""
+
+    @abstractmethod
+    def export(self, contact_id: str) -> dict[str, Any] | None:
+        """Everything stored about a contact, JSON-ready; None if nothing is stored."""
+
+    def erase(self, contact_id: str) -> bool:
+        """Right to erasure: delete the contact and its aliases. True if anything existed."""
+        existed = self.export(contact_id) is not None
+        self.delete(contact_id)
+        return existed
+
+    def stats(self) -> dict[str, int]:
+        """Sizes worth reporting (profiles, aliases, timers)."""
+        return {}
+
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,110 @@
+"""The in-process store: the embedded default, no server needed.
+
+Holds live :class:`Profile` objects in a dict, so ``load`` and ``save`` cost nothing.
+It lives in one process and is not thread-safe: run it with one worker (the CLI
+enforces that); scale out with the Redis store instead.
+
+>>> from touchline.decisions.events import Event
+>>> store = MemoryStore()
+>>> store.resolve([Event("e0", "page_view", 0, anonymous_id="a1"),
+...                Event("e1", "identify", 1, contact_id="c1", anonymous_id="a1"),
+...                Event("e2", "page_view", 2, anonymous_id="a1")])
+[('anon:a1', None), ('c1', 'anon:a1'), ('c1', None)]
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any, Iterable, Mapping, Sequence
+
+from touchline.decisions.events import Event
+from touchline.decisions.policy import cap_violation
+from touchline.decisions.profile import Profile, Send, snapshot
+from touchline.state.base import StateStore, anonymous_key, is_known_key
+
+
+class MemoryStore(StateStore):
+    """Profiles, aliases and timers in Python dicts and a heap."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._profiles: dict[str, Profile] = {}
+        self._aliases: dict[str, str] = {}  # anonymous id -> contact id
+        self._timers: dict[tuple[str, str], int] = {}
+        self._heap: list[tuple[int, str, str]] = []
+
+    # identity -----------------------------------------------------------------
+    def resolve(self, events: Sequence[Event]) -> list[tuple[str, str | None]]:
+        out: list[tuple[str, str | None]] = []
+        aliases = self._aliases
+        for ev in events:
+            if ev.contact_id is not None:
+                merged = None
+                anon = ev.anonymous_id
+                if anon is not None and anon not in aliases:
+                    aliases[anon] = ev.contact_id
+                    merged = anonymous_key(anon)
+                out.append((ev.contact_id, merged))
+            else:
+                anon = ev.anonymous_id or ""
+                out.append((aliases.get(anon) or anonymous_key(anon), None))
+        return out
+
+    # profiles -----------------------------------------------------------------
+    def load(self, keys: Iterable[str]) -> dict[str, Profile]:
+        profiles = self._profiles
+        return {key: profiles.get(key) or Profile(key, known=is_known_key(key)) for key in keys}
+
+    def save(self, profiles: Mapping[str, Profile], deleted: Iterable[str] = ()) -> None:
+        for key in deleted:
+            gone = self._profiles.pop(key, None)
+            if gone is not None:
+                for kind in gone.timers:
+                    self._timers.pop((key, kind), None)
+        self._profiles.update(profiles)
+
+    def reserve(
+        self, profile: Profile, send: Send, caps: Mapping[str, Mapping[str, int]], global_caps: Mapping[str, int]
+    ) -> bool:
+        if cap_violation(profile.sends, send.channel, send.ts_ms, dict(caps), dict(global_caps)):
+            return False
+        profile.sends.append(send)
+        return True
+
+    # timers -------------------------------------------------------------------
+    def schedule(self, timers: Iterable[tuple[str, str, int]]) -> None:
+        for key, kind, due in timers:
+            self._timers[(key, kind)] = due
+            heapq.heappush(self._heap, (due, key, kind))
+
+    def pop_due(self, now_ms: int, limit: int = 10_000) -> list[tuple[int, str, str]]:
+        out: list[tuple[int, str, str]] = []
+        heap, timers = self._heap, self._timers
+        while heap and heap[0][0] <= now_ms and len(out) < limit:
+            due, key, kind = heapq.heappop(heap)
+            if timers.get((key, kind)) == due:  # skip entries replaced or cancelled since
+                del timers[(key, kind)]
+                out.append((due, key, kind))
+        return out
+
+    # lifecycle and privacy ----------------------------------------------------
+    def delete(self, key: str) -> None:
+        profile = self._profiles.pop(key, None)
+        if profile is not None:
+            for kind in profile.timers:
+                self._timers.pop((key, kind), None)
+            linked = [a for a in profile.aliases if self._aliases.get(a) == key]
+        else:  # no profile to say which aliases it had: look them up
+            linked = [a for a, c in self._aliases.items() if c == key]
+        for anon in linked:
+            del self._aliases[anon]
+
+    def export(self, contact_id: str) -> dict[str, Any] | None:
+        profile = self._profiles.get(contact_id)
+        aliases = sorted(a for a, c in self._aliases.items() if c == contact_id)
+        if profile is None and not aliases:
+            return None
+        return {"contact_id": contact_id, "aliases": aliases, "profile": snapshot(profile) if profile else None}
+
+    def stats(self) -> dict[str, int]:
+        return {"profiles": len(self._profiles), "aliases": len(self._aliases), "timers": len(self._timers)}

@@ -1,0 +1,3 @@
+from touchline.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,182 @@
+"""The ``touchline`` command.
+
+    touchline run                      # simulator -> in-process state -> JSONL decisions
+    touchline run --input events.jsonl # replay a file in event time
+    touchline simulate --out events.jsonl
+    touchline bench --events 200000
+    touchline schema                   # print the event JSON Schema
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import orjson
+
+import touchline
+from touchline.settings import ConfigError, Settings, load_settings
+
+EXIT_USAGE, EXIT_CONFIG, EXIT_RUNTIME, EXIT_INTERRUPTED = 2, 2, 1, 130
+
+
+def _add_sim_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("simulator")
+    g.add_argument("--seed", type=int, help="simulator seed (default 7)")
+    g.add_argument("--contacts", type=int, help="simulated population (default 3000)")
+    g.add_argument("--days", type=float, help="simulated period in days (default 30)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="touchline",
+        description="Touchline: a real-time next-best-action engine (Bytewax + River).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Configuration: --config FILE (TOML/YAML), TOUCHLINE_* environment variables "
+        "(e.g. TOUCHLINE_POLICY__HOLDOUT_SHARE=0.1), then command-line flags.",
+    )
+    parser.add_argument("--version", action="version", version=f"touchline {touchline.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the engine (default: simulator in, JSONL out, no servers)")
+    run.add_argument("--config", type=Path, help="settings file (.toml, .yaml)")
+    run.add_argument("--input", type=Path, help="replay events from this JSONL file in event time")
+    run.add_argument("--out", type=Path, help="output directory (default touchline-out)")
+    run.add_argument("--metrics-port", type=int, help="Prometheus port on 127.0.0.1 (default 9464, 0 = any free)")
+    run.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
+    run.add_argument("--batch-size", type=int, help="events per micro-batch (default 1000)")
+    run.add_argument("--quiet", action="store_true", help="no live progress line")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_sim_args(run)
+
+    sim = sub.add_parser("simulate", help="write simulator events to a JSONL file")
+    sim.add_argument("--out", type=Path, required=True, help="JSONL file to write ('-' for stdout)")
+    sim.add_argument("--config", type=Path, help="settings file (uses its [simulator] section)")
+    sim.add_argument("--malformed-rate", type=float, help="share of deliberately invalid lines (default 0.002)")
+    _add_sim_args(sim)
+
+    bench = sub.add_parser("bench", help="measure the engine: events/s, p50/p99 latency, peak memory")
+    bench.add_argument("--events", type=int, default=200_000, help="events to process (default 200000)")
+    bench.add_argument("--batch-size", type=int, default=1000, help="events per micro-batch (default 1000)")
+    bench.add_argument("--config", type=Path, help="settings file")
+    bench.add_argument("--json", action="store_true", help="print the figures as JSON")
+    _add_sim_args(bench)
+
+    sub.add_parser("schema", help="print the event JSON Schema")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    o: dict[str, Any] = {
+        "simulator.seed": getattr(args, "seed", None),
+        "simulator.contacts": getattr(args, "contacts", None),
+        "simulator.days": getattr(args, "days", None),
+        "simulator.malformed_rate": getattr(args, "malformed_rate", None),
+        "output.dir": getattr(args, "out", None) if args.command == "run" else None,
+        "metrics.port": getattr(args, "metrics_port", None),
+        "source.batch_size": getattr(args, "batch_size", None),
+    }
+    if getattr(args, "input", None) is not None:
+        o["source.kind"] = "jsonl"
+        o["source.path"] = args.input
+    if getattr(args, "no_metrics", False):
+        o["metrics.enabled"] = False
+    return o
+
+
+def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from touchline.runner import run
+    from touchline.summary import format_summary
+
+    def announce(host: str, port: int) -> None:
+        if not args.quiet:
+            print(f"metrics: http://{host}:{port}/metrics", file=sys.stderr)
+
+    what = f"replaying {settings.source.path}" if settings.source.kind == "jsonl" else (
+        f"simulating {settings.simulator.contacts:,} contacts over {settings.simulator.days:g} days "
+        f"(seed {settings.simulator.seed})")
+    if not args.quiet:
+        print(f"touchline {touchline.__version__}: {what}; state {settings.state.url}; "
+              f"decisions -> {settings.output.dir / settings.output.decisions}", file=sys.stderr)
+    result = run(settings, progress=None if args.quiet else sys.stderr, on_metrics=announce)
+    summary_path = settings.output.dir / "summary.json"
+    summary_path.write_bytes(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    if args.json:
+        print(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(format_summary(result.summary))
+        print(f"  {'summary':<18} {summary_path}")
+    if result.interrupted:
+        print("interrupted: the summary covers what was processed before Ctrl-C", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from touchline.connectors.simulator import Simulator
+    from touchline.runner import simulator_spec
+
+    sim = Simulator(simulator_spec(settings))
+    n = 0
+    if str(args.out) == "-":
+        out = sys.stdout.buffer
+        for line in sim.lines():
+            out.write(line + b"\n")
+            n += 1
+        out.flush()
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("wb") as out:
+            for line in sim.lines():
+                out.write(line + b"\n")
+                n += 1
+        print(f"wrote {n:,} events to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from touchline.bench import format_bench, run_bench
+
+    figures = run_bench(settings, events=args.events, batch_size=args.batch_size)
+    print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode() if args.json else format_bench(figures))
+    return 0
+
+
+def _cmd_schema(_args: argparse.Namespace, _settings: Settings | None) -> int:
+    from touchline.decisions.events import load_schema
+
+    print(orjson.dumps(load_schema(), option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    if args.command == "schema":
+        return _cmd_schema(args, None)
+    try:
+        settings = load_settings(getattr(args, "config", None), _overrides(args))
+        return {"run": _cmd_run, "simulate": _cmd_simulate, "bench": _cmd_bench}[args.command](args, settings)
+    except ConfigError as exc:
+        print(f"touchline: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("touchline: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"touchline: error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Build and run the engine from settings: the one place where configuration meets I/O."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from bytewax.testing import run_main
+from prometheus_client import CollectorRegistry
+
+import touchline
+from touchline.connectors.files import JsonlSink, JsonlSource
+from touchline.connectors.sim_source import SimulatorSource
+from touchline.connectors.simulator import SimulatorSpec
+from touchline.decisions.clock import EventTimeClock, WallClock
+from touchline.flows.engine import build_flow
+from touchline.flows.step import Engine, LabelSettings
+from touchline.metrics.engine import EngineMetrics
+from touchline.metrics.server import serve_metrics
+from touchline.settings import Settings
+from touchline.state import open_store
+from touchline.summary import build_summary
+
+
+def simulator_spec(settings: Settings) -> SimulatorSpec:
+    """The simulator spec the settings describe."""
+    sim = settings.simulator
+    return SimulatorSpec(
+        seed=sim.seed,
+        contacts=sim.contacts,
+        days=sim.days,
+        start_ms=int(sim.start.timestamp() * 1000),
+        malformed_rate=sim.malformed_rate,
+    )
+
+
+def build_engine(settings: Settings, registry: CollectorRegistry) -> Engine:
+    """The engine for these settings, its metrics on ``registry``."""
+    metrics = EngineMetrics(registry)
+    metrics.build.info({"version": touchline.__version__})
+    labels = settings.labels
+    return Engine(
+        store=open_store(settings.state.url),
+        policy=settings.policy,
+        models={"lead": settings.models.lead, "churn": settings.models.churn},
+        labels=LabelSettings(labels.lead_horizon_days, labels.churn_horizon_days, frozenset(labels.goal_types)),
+        metrics=metrics,
+        clock=WallClock() if settings.engine.clock == "wall" else EventTimeClock(),
+        retention_days=settings.state.retention_days,
+    )
+
+
+@dataclass
+class RunResult:
+    summary: dict[str, Any]
+    engine: Engine
+    interrupted: bool = False
+
+
+class Progress:
+    """A one-line live display on a terminal (a line every few seconds otherwise)."""
+
+    def __init__(self, engine: Engine, source: Any, stream: TextIO, period_ms: tuple[int, int] | None):
+        self.engine, self.source, self.stream, self.period = engine, source, stream, period_ms
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="touchline-progress", daemon=True)
+        self._start = time.perf_counter()
+        self._tty = stream.isatty()
+
+    def __enter__(self) -> "Progress":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        if self._tty:
+            self.stream.write("\r" + self.line() + "\n")
+            self.stream.flush()
+
+    def fraction(self) -> float | None:
+        if "fraction" in self.source.progress:
+            return self.source.progress["fraction"]
+        if self.period and self.engine.totals.last_event_ms:
+            start, end = self.period
+            return min(1.0, max(0.0, (self.engine.totals.last_event_ms - start) / max(1, end - start)))
+        return None
+
+    def line(self) -> str:
+        t = self.engine.totals
+        elapsed = time.perf_counter() - self._start
+        frac = self.fraction()
+        bar = ""
+        if frac is not None:
+            filled = int(frac * 24)
+            bar = f"[{'#' * filled}{'.' * (24 - filled)}] {frac * 100:5.1f}% "
+        return (f"{bar}{t.events:>10,} events {t.lines / max(elapsed, 1e-9):>9,.0f}/s | "
+                f"{sum(t.decisions.values()):,} decisions | {sum(t.suppressions.values()):,} suppressed | "
+                f"{sum(t.dead_letters.values()):,} dead letters")
+
+    def _loop(self) -> None:
+        interval = 0.25 if self._tty else 5.0
+        while not self._stop.wait(interval):
+            if self._tty:
+                self.stream.write("\r" + self.line())
+            else:
+                self.stream.write(self.line() + "\n")
+            self.stream.flush()
+
+
+def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: CollectorRegistry | None = None,
+        on_metrics: Any = None) -> RunResult:
+    """Run the engine to the end of its input; returns the summary."""
+    registry = registry or CollectorRegistry()
+    engine = build_engine(settings, registry)
+    out_dir = settings.output.dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    decisions_path = out_dir / settings.output.decisions
+    dead_path = out_dir / settings.output.dead_letters
+    period = None
+    if settings.source.kind == "jsonl":
+        if settings.source.path is None:
+            raise ValueError("source.kind is jsonl but source.path is not set (use --input FILE)")
+        source: Any = JsonlSource(Path(settings.source.path), settings.source.batch_size)
+    else:
+        spec = simulator_spec(settings)
+        source = SimulatorSource(spec, settings.source.batch_size)
+        period = (spec.start_ms, spec.start_ms + int(spec.days * 86_400_000))
+    flow = build_flow(source, engine, JsonlSink(decisions_path), JsonlSink(dead_path))
+    server = None
+    outputs = {"decisions": str(decisions_path), "dead letters": str(dead_path)}
+    if settings.metrics.enabled:
+        host, port, server = serve_metrics(registry, settings.metrics.host, settings.metrics.port)
+        outputs["metrics"] = f"http://{host}:{port}/metrics (served while running)"
+        if on_metrics:
+            on_metrics(host, port)
+    interrupted = False
+    started = time.perf_counter()
+    try:
+        if progress is not None:
+            with Progress(engine, source, progress, period):
+                run_main(flow)
+        else:
+            run_main(flow)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        engine.store.close()
+    summary = build_summary(engine, time.perf_counter() - started, outputs)
+    summary["interrupted"] = interrupted
+    return RunResult(summary, engine, interrupted)

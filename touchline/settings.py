@@ -1,0 +1,195 @@
+"""The one typed settings object, read at the entry point only.
+
+Precedence: command-line overrides > environment (``TOUCHLINE_`` prefix, ``__`` between
+levels, e.g. ``TOUCHLINE_POLICY__HOLDOUT_SHARE=0.1``) > config file (TOML or YAML) >
+defaults. Unknown keys are errors, so a typo is caught at start, by name.
+
+>>> s = load_settings(None)
+>>> s.state.url, s.source.kind, s.metrics.host
+('memory://', 'simulator', '127.0.0.1')
+"""
+
+from __future__ import annotations
+
+import tomllib
+from contextvars import ContextVar
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from touchline.decisions.events import KNOWN_TYPES
+from touchline.decisions.models import ModelConfig
+from touchline.decisions.policy import PolicyConfig
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the file and key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceSettings(_Section):
+    kind: Literal["simulator", "jsonl"] = "simulator"
+    path: Path | None = Field(default=None, description="JSONL file when kind = jsonl")
+    batch_size: int = Field(default=1000, ge=1, le=100_000)
+
+
+class SimulatorSettings(_Section):
+    seed: int = 7
+    contacts: int = Field(default=3000, ge=1, le=5_000_000)
+    days: float = Field(default=30.0, gt=0, le=3650)
+    start: datetime = datetime(2026, 1, 5, tzinfo=timezone.utc)
+    malformed_rate: float = Field(default=0.002, ge=0.0, le=1.0)
+
+    @field_validator("start")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("start needs a time zone offset, e.g. 2026-01-05T00:00:00Z")
+        return value
+
+
+class OutputSettings(_Section):
+    dir: Path = Path("touchline-out")
+    decisions: str = "decisions.jsonl"
+    dead_letters: str = "dead_letters.jsonl"
+
+
+class StateSettings(_Section):
+    url: str = Field(default="memory://", description="memory:// or redis://[user:pass@]host:port/db")
+    retention_days: float = Field(default=90.0, gt=0, description="forget contacts inactive this long")
+
+
+class MetricsSettings(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
+class LabelSettings(_Section):
+    goal_types: list[str] = Field(default_factory=lambda: ["purchase", "form_submit", "signup"], min_length=1)
+    lead_horizon_days: float = Field(default=7.0, gt=0)
+    churn_horizon_days: float = Field(default=7.0, gt=0)
+
+    @field_validator("goal_types")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - KNOWN_TYPES)
+        if unknown:
+            raise ValueError(f"unknown event type(s) {unknown}")
+        return value
+
+
+class ModelSettings(_Section):
+    lead: ModelConfig = Field(default_factory=lambda: ModelConfig(name="lead"))
+    churn: ModelConfig = Field(default_factory=lambda: ModelConfig(name="churn"))
+
+
+class EngineSettings(_Section):
+    clock: Literal["event", "wall"] = Field(
+        default="event", description="event: replay on event time; wall: live on the system clock"
+    )
+
+
+_file_data: ContextVar[dict[str, Any]] = ContextVar("touchline_file_settings", default={})
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused, __call__ gives all
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return _file_data.get()
+
+
+class Settings(BaseSettings):
+    """Everything configurable about a run."""
+
+    model_config = SettingsConfigDict(env_prefix="TOUCHLINE_", env_nested_delimiter="__", extra="forbid")
+
+    source: SourceSettings = Field(default_factory=SourceSettings)
+    simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
+    output: OutputSettings = Field(default_factory=OutputSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    labels: LabelSettings = Field(default_factory=LabelSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        return (init_settings, env_settings, _FileSource(settings_cls))
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse a TOML or YAML config file into a dict, with errors naming the file and line."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_bytes()
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(text.decode("utf-8"))
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"config file {path}: unsupported extension {path.suffix!r} (use .toml, .yaml or .yml)")
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: invalid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a table/mapping, got {type(data).__name__}")
+    return data
+
+
+def _format(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        value = err.get("input")
+        shown = "" if isinstance(value, (dict, list)) or value is None else f" (got {value!r})"
+        lines.append(f"  {key}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def _deep_set(target: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        target = target.setdefault(part, {})
+    target[parts[-1]] = value
+
+
+def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build the settings from file, environment and dotted-key overrides.
+
+    >>> load_settings(None, {"policy.holdout_share": 2}).policy.holdout_share
+    Traceback (most recent call last):
+    ...
+    touchline.settings.ConfigError: invalid configuration (defaults, environment, command line):
+      policy.holdout_share: Input should be less than or equal to 1 (got 2)
+    """
+    data = read_config_file(path) if path is not None else {}
+    init: dict[str, Any] = {}
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _deep_set(init, dotted, value)
+    token = _file_data.set(data)
+    try:
+        return Settings(**init)
+    except ValidationError as exc:
+        origin = f"{path}, environment, command line" if path else "defaults, environment, command line"
+        raise ConfigError(_format(exc, origin)) from None
+    finally:
+        _file_data.reset(token)

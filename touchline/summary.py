@@ -1,0 +1,89 @@
+"""End-of-run summary: what a person wants to see after a run, as text and JSON."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from touchline.flows.step import Engine
+
+
+def weighted_percentile(samples: Iterable[tuple[float, int]], q: float) -> float | None:
+    """The q-quantile (0..1) of values given with integer weights.
+
+    >>> weighted_percentile([(1.0, 98), (50.0, 2)], 0.5), weighted_percentile([(1.0, 98), (50.0, 2)], 0.99)
+    (1.0, 50.0)
+    """
+    pairs = sorted((v, w) for v, w in samples if w > 0)
+    total = sum(w for _, w in pairs)
+    if not total:
+        return None
+    target, seen = q * total, 0
+    for value, weight in pairs:
+        seen += weight
+        if seen >= target:
+            return value
+    return pairs[-1][0]
+
+
+def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str]) -> dict[str, Any]:
+    """Collect the run's figures from the engine's tallies."""
+    t = engine.totals
+    decision_lat = [(v, 1) for v in t.decision_latency_ms]
+    return {
+        "events_processed": t.events,
+        "lines_read": t.lines,
+        "duplicates_ignored": t.duplicates,
+        "wall_seconds": round(wall_seconds, 3),
+        "events_per_second": round(t.lines / wall_seconds, 1) if wall_seconds > 0 else None,
+        "event_types": dict(t.by_type.most_common()),
+        "decisions": {f"{a}/{c}": n for (a, c), n in sorted(t.decisions.items())},
+        "decisions_total": sum(t.decisions.values()),
+        "suppressed": dict(t.suppressions.most_common()),
+        "dead_letters": dict(t.dead_letters.most_common()),
+        "dead_letters_total": sum(t.dead_letters.values()),
+        "timers_fired": dict(sorted(t.timers.items())),
+        "models": {name: {"version": m.version, **m.quality()} for name, m in engine.models.items()},
+        "latency_ms": {
+            "processing_p50": _round(weighted_percentile(t.batch_latency_ms, 0.5)),
+            "processing_p99": _round(weighted_percentile(t.batch_latency_ms, 0.99)),
+            "decision_p50": _round(weighted_percentile(decision_lat, 0.5)),
+            "decision_p99": _round(weighted_percentile(decision_lat, 0.99)),
+        },
+        "state": engine.store.stats(),
+        "outputs": outputs,
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """Human-readable summary."""
+    lat = s["latency_ms"]
+    out = [
+        "",
+        "Touchline run summary",
+        f"  events processed   {s['events_processed']:,} of {s['lines_read']:,} lines in {s['wall_seconds']:.1f} s"
+        f" ({s['events_per_second'] or 0:,.0f} events/s); duplicates ignored {s['duplicates_ignored']:,}",
+        f"  decisions          {s['decisions_total']:,}",
+    ]
+    out += [f"    {k:<30} {v:>8,}" for k, v in s["decisions"].items()]
+    out.append(f"  suppressed         {sum(s['suppressed'].values()):,} candidates")
+    out += [f"    {k:<30} {v:>8,}" for k, v in s["suppressed"].items()]
+    out.append(f"  dead letters       {s['dead_letters_total']:,}")
+    out += [f"    {k:<30} {v:>8,}" for k, v in s["dead_letters"].items()]
+    out.append("  models (progressive validation on delayed labels)")
+    for name, m in s["models"].items():
+        auc = "n/a (one class so far)" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
+        out.append(f"    {name:<6} ROC AUC {auc}, log loss {m['log_loss']}, labels {m['labels']:,}"
+                   f" ({m['positives']:,} positive)  [{m['version']}]")
+    out.append(
+        f"  latency            processing p50 {lat['processing_p50']} ms, p99 {lat['processing_p99']} ms;"
+        f" event-to-decision p50 {lat['decision_p50']} ms, p99 {lat['decision_p99']} ms (wall time in the engine)"
+    )
+    if s["state"]:
+        out.append("  state              " + ", ".join(f"{k} {v:,}" for k, v in s["state"].items()))
+    for name, path in s["outputs"].items():
+        out.append(f"  {name:<18} {path}")
+    return "\n".join(out)
