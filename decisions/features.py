@@ -49,6 +49,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "sends_7d",
     "email_open_rate_30d",
 )
+_WINDOW_NAMES = tuple(
+    (w, tuple((t, f"n_{t}_{w}") for t in FEATURE_TYPES), f"n_all_{w}") for w in FEATURE_WINDOWS
+)
 
 
 def features(profile: Profile, now_ms: int) -> dict[str, float]:
@@ -57,11 +60,13 @@ def features(profile: Profile, now_ms: int) -> dict[str, float]:
     now = profile.last_ts
     out: dict[str, float] = {}
     windows = profile.windows
-    for w in FEATURE_WINDOWS:
+    for w, names, all_name in _WINDOW_NAMES:
         queue, counts = windows[w]
-        for t in FEATURE_TYPES:
-            out[f"n_{t}_{w}"] = log1p(counts.get(t, 0))
-        out[f"n_all_{w}"] = log1p(len(queue))
+        get = counts.get
+        for t, name in names:
+            n = get(t, 0)
+            out[name] = log1p(n) if n else 0.0
+        out[all_name] = log1p(len(queue))
     last = profile.last_activity_ts
     out["hours_since_activity"] = log1p(max(0, now - last) / HOUR_MS) if last is not None else _NEVER
     bought = profile.last_purchase_ts

@@ -77,6 +77,42 @@ def load_factory(path: str) -> Callable[[], Any]:
     return factory
 
 
+class BinnedROCAUC:
+    """Progressive ROC AUC from score histograms: O(1) per label, exact to the bin width.
+
+    River's ROCAUC updates a confusion matrix per threshold on every label (~80 µs at 100
+    thresholds); counting positives and negatives per score bin and reading the AUC
+    on demand costs nothing per label and is within 1/bins of the exact value.
+
+    >>> auc = BinnedROCAUC()
+    >>> for y, p in [(True, 0.9), (True, 0.6), (False, 0.4), (False, 0.7)]:
+    ...     auc.update(y, p)
+    >>> auc.get()
+    0.75
+    """
+
+    def __init__(self, bins: int = 1000) -> None:
+        self.bins = bins
+        self.pos = [0] * bins
+        self.neg = [0] * bins
+
+    def update(self, label: bool, score: float) -> None:
+        b = min(self.bins - 1, max(0, int(score * self.bins)))
+        (self.pos if label else self.neg)[b] += 1
+
+    def get(self) -> float:
+        """P(score of a positive > score of a negative), ties counted half."""
+        n_pos, n_neg = sum(self.pos), sum(self.neg)
+        if not n_pos or not n_neg:
+            return 0.5
+        below = 0  # negatives in lower bins
+        wins = 0.0
+        for p, n in zip(self.pos, self.neg):
+            wins += p * (below + 0.5 * n)
+            below += n
+        return wins / (n_pos * n_neg)
+
+
 @dataclass
 class ScoreModel:
     """A named online binary classifier with its progressive evaluation."""
@@ -85,7 +121,7 @@ class ScoreModel:
     version: str
     feature_names: tuple[str, ...]
     estimator: Any
-    roc_auc: metrics.ROCAUC = field(default_factory=lambda: metrics.ROCAUC(n_thresholds=100))
+    roc_auc: "BinnedROCAUC" = field(default_factory=lambda: BinnedROCAUC())
     log_loss: metrics.LogLoss = field(default_factory=metrics.LogLoss)
     labels: int = 0
     positives: int = 0
@@ -103,7 +139,9 @@ class ScoreModel:
         )
 
     def select(self, features: dict[str, float]) -> dict[str, float]:
-        """The subset of ``features`` this model reads."""
+        """The subset of ``features`` this model reads (all of them: no copy)."""
+        if self.feature_names == FEATURE_NAMES:
+            return features
         return {name: features.get(name, 0.0) for name in self.feature_names}
 
     def predict(self, features: dict[str, float]) -> float:
@@ -114,7 +152,7 @@ class ScoreModel:
 
     def learn(self, features: dict[str, float], label: bool, predicted: float) -> None:
         """Grade the prediction made at scoring time, then train on the captured features."""
-        self.roc_auc.update(label, {True: predicted, False: 1.0 - predicted})
+        self.roc_auc.update(label, predicted)
         self.log_loss.update(label, min(max(predicted, 1e-6), 1 - 1e-6))
         self.estimator.learn_one(self.select(features), label)
         self.labels += 1

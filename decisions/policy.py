@@ -17,7 +17,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone as dt_timezone
 from functools import lru_cache
-from typing import Iterable
+from typing import Any, Iterable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -35,6 +35,7 @@ class _Strict(BaseModel):
 class ActionConfig(_Strict):
     """One action the engine can take: where it may go and how pushy it may be."""
 
+    enabled: bool = True
     priority: int = Field(ge=0, le=1000)
     channels: list[str] = Field(min_length=1, description="preferred channels, in order")
     cooldown_hours: float = Field(default=24.0, ge=0, description="no repeat of this action within")
@@ -105,6 +106,35 @@ class PolicyConfig(_Strict):
     sales_lead_threshold: float = Field(default=0.7, ge=0.0, le=1.0)
     winback_churn_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_defaults(cls, data: Any) -> Any:
+        """Settings for one action or channel amend the defaults instead of replacing all.
+
+        So ``[policy.caps.email]`` alone does not leave SMS uncapped, and
+        ``[policy.actions.welcome] priority = 10`` keeps the other actions. Switch an
+        action off with ``enabled = false``.
+        """
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        actions = data.get("actions")
+        if isinstance(actions, dict):
+            merged: dict[str, Any] = {k: v.model_dump() for k, v in _default_actions().items()}
+            unknown = sorted(set(actions) - set(merged))
+            if unknown:
+                raise ValueError(f"unknown action(s) {unknown} in actions; known: {', '.join(sorted(merged))}")
+            for name, spec in actions.items():
+                base = merged.get(name, {})
+                if isinstance(spec, ActionConfig):
+                    spec = spec.model_dump(exclude_unset=True)
+                merged[name] = {**base, **spec} if isinstance(spec, dict) else spec
+            data["actions"] = merged
+        caps = data.get("caps")
+        if isinstance(caps, dict):
+            data["caps"] = {**_default_caps(), **caps}
+        return data
+
     @field_validator("caps")
     @classmethod
     def _caps_shape(cls, value: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
@@ -118,14 +148,6 @@ class PolicyConfig(_Strict):
     @classmethod
     def _global_shape(cls, value: dict[str, int]) -> dict[str, int]:
         return _check_windows(value)
-
-    @model_validator(mode="after")
-    def _needs_actions(self) -> "PolicyConfig":
-        known = {"sales_handoff", "cart_reminder", "winback_offer", "welcome"}
-        unknown = sorted(set(self.actions) - known)
-        if unknown:
-            raise ValueError(f"unknown action(s) {unknown}; known: {', '.join(sorted(known))}")
-        return self
 
 
 def _check_windows(windows: dict[str, int]) -> dict[str, int]:

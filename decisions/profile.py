@@ -94,6 +94,7 @@ class Profile:
     bounced: list[str] = field(default_factory=list)
     sends: list[Send] = field(default_factory=list)
     pending: dict[str, Observation] = field(default_factory=dict)
+    observed: dict[str, int] = field(default_factory=dict)  # model -> last observation time
     timers: dict[str, int] = field(default_factory=dict)
     # window name -> (expiry queue of (ts, type, event_id), counts by type)
     windows: dict[str, tuple[deque, dict[str, int]]] = field(
@@ -280,6 +281,8 @@ def merge_into(target: Profile, source: Profile) -> dict[str, int]:
             target.devices.append(device)
     for obs_kind, obs in source.pending.items():
         target.pending.setdefault(obs_kind, obs)
+    for obs_kind, at in source.observed.items():
+        target.observed[obs_kind] = max(at, target.observed.get(obs_kind, at))
     target.sends = sorted([*target.sends, *source.sends], key=lambda s: s.ts_ms)
     adopted = {kind: due for kind, due in source.timers.items() if kind not in target.timers}
     target.timers.update(adopted)

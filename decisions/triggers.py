@@ -26,7 +26,7 @@ INTENT_TYPES = frozenset(
 
 def _per_channel(action: str, base_value: float, why: str, config: PolicyConfig) -> list[Candidate]:
     spec = config.actions.get(action)
-    if spec is None:  # action switched off in configuration
+    if spec is None or not spec.enabled:  # action switched off in configuration
         return []
     return [
         Candidate(action, channel, spec.priority, round(base_value * (1.0 - 0.1 * rank), 6), why, spec.template)

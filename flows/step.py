@@ -37,6 +37,7 @@ from touchline.decisions.record import build_record
 from touchline.decisions.triggers import (
     CART_TIMER,
     INACTIVITY_TIMER,
+    INTENT_TYPES,
     cart_candidates,
     inactivity_candidates,
     on_event_candidates,
@@ -77,10 +78,12 @@ class BatchResult:
 class LabelSettings:
     """Horizons and goals for the delayed labels (see :mod:`touchline.decisions.labels`)."""
 
-    def __init__(self, lead_horizon_days: float, churn_horizon_days: float, goal_types: frozenset[str]):
+    def __init__(self, lead_horizon_days: float, churn_horizon_days: float, goal_types: frozenset[str],
+                 sample_gap_hours: float = 24.0):
         self.lead_horizon_ms = int(lead_horizon_days * DAY_MS)
         self.churn_horizon_ms = int(churn_horizon_days * DAY_MS)
         self.goal_types = goal_types
+        self.sample_gap_ms = int(sample_gap_hours * 3_600_000)
 
 
 @dataclass
@@ -335,19 +338,24 @@ class _BatchRun:
         active = ev.type not in PASSIVE_TYPES
         for model, obs, label in label_rules.on_event(profile, ev.type, ev.ts_ms, e.labels.goal_types, active):
             self._learn(model, obs, label)
-        feats = features(profile, profile.last_ts)
-        lead = self._score("lead", feats)
-        self._observe(profile, label_rules.LEAD, feats, lead, ev.ts_ms)
-        if active:
-            if label_rules.CHURN not in profile.pending:
+        # Score only where a decision or a training example can follow.
+        observe_lead = self._may_observe(profile, label_rules.LEAD, ev.ts_ms)
+        observe_churn = active and self._may_observe(profile, label_rules.CHURN, ev.ts_ms)
+        scores: dict[str, float] = {}
+        if observe_lead or observe_churn or (profile.known and ev.type in INTENT_TYPES):
+            feats = features(profile, profile.last_ts)
+            lead = scores["lead"] = self._score("lead", feats)
+            if observe_lead:
+                self._observe(profile, label_rules.LEAD, feats, lead, ev.ts_ms)
+            if observe_churn:
                 self._observe(profile, label_rules.CHURN, feats, self._score("churn", feats), ev.ts_ms)
+        if active:
             if INACTIVITY_TIMER not in profile.timers:
                 self._set_timer(profile, INACTIVITY_TIMER, ev.ts_ms + e._inactive_ms)
         if ev.type in CART_EVENTS and profile.cart_value > 0 and CART_TIMER not in profile.timers:
             self._set_timer(profile, CART_TIMER, ev.ts_ms + e._idle_ms)
         if EXPIRE_TIMER not in profile.timers:  # every profile is discarded once inactive long enough
             self._set_timer(profile, EXPIRE_TIMER, (profile.last_activity_ts or ev.ts_ms) + e.retention_ms)
-        scores = {"lead": lead}
         candidates = on_event_candidates(ev.type, profile, scores, e.policy)
         self._decide(profile, candidates, scores, {"kind": "event", "event_id": ev.event_id, "type": ev.type},
                      ev.event_id, ev.ts_ms, now)
@@ -374,10 +382,19 @@ class _BatchRun:
         self.scores[model].append(p)
         return p
 
+    def _may_observe(self, profile: Profile, model: str, now_ms: int) -> bool:
+        """One pending observation per model, and at most one per ``sample_gap`` per contact,
+        so a very active contact does not turn every click into a training example."""
+        if model in profile.pending:
+            return False
+        last = profile.observed.get(model)
+        return last is None or now_ms - last >= self.e.labels.sample_gap_ms
+
     def _observe(self, profile: Profile, model: str, feats: dict[str, float], p: float, now_ms: int) -> None:
         """Capture features and prediction now; the label comes when the horizon resolves."""
         if model in profile.pending:
             return
+        profile.observed[model] = now_ms
         horizon = self.e.labels.lead_horizon_ms if model == label_rules.LEAD else self.e.labels.churn_horizon_ms
         deadline = now_ms + horizon
         profile.pending[model] = Observation(now_ms, deadline, feats, p, self.e.models[model].version)

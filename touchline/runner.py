@@ -14,8 +14,6 @@ from prometheus_client import CollectorRegistry
 
 import touchline
 from touchline.connectors.files import JsonlSink, JsonlSource
-from touchline.connectors.sim_source import SimulatorSource
-from touchline.connectors.simulator import SimulatorSpec
 from touchline.decisions.clock import EventTimeClock, WallClock
 from touchline.flows.engine import build_flow
 from touchline.flows.step import Engine, LabelSettings
@@ -26,8 +24,10 @@ from touchline.state import open_store
 from touchline.summary import build_summary
 
 
-def simulator_spec(settings: Settings) -> SimulatorSpec:
+def simulator_spec(settings: Settings) -> "SimulatorSpec":
     """The simulator spec the settings describe."""
+    from touchline.connectors.simulator import SimulatorSpec
+
     sim = settings.simulator
     return SimulatorSpec(
         seed=sim.seed,
@@ -47,7 +47,8 @@ def build_engine(settings: Settings, registry: CollectorRegistry) -> Engine:
         store=open_store(settings.state.url),
         policy=settings.policy,
         models={"lead": settings.models.lead, "churn": settings.models.churn},
-        labels=LabelSettings(labels.lead_horizon_days, labels.churn_horizon_days, frozenset(labels.goal_types)),
+        labels=LabelSettings(labels.lead_horizon_days, labels.churn_horizon_days, frozenset(labels.goal_types),
+                             labels.sample_gap_hours),
         metrics=metrics,
         clock=WallClock() if settings.engine.clock == "wall" else EventTimeClock(),
         retention_days=settings.state.retention_days,
@@ -127,6 +128,8 @@ def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: C
             raise ValueError("source.kind is jsonl but source.path is not set (use --input FILE)")
         source: Any = JsonlSource(Path(settings.source.path), settings.source.batch_size)
     else:
+        from touchline.connectors.sim_source import SimulatorSource
+
         spec = simulator_spec(settings)
         source = SimulatorSource(spec, settings.source.batch_size)
         period = (spec.start_ms, spec.start_ms + int(spec.days * 86_400_000))

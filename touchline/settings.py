@@ -76,6 +76,7 @@ class LabelSettings(_Section):
     goal_types: list[str] = Field(default_factory=lambda: ["purchase", "form_submit", "signup"], min_length=1)
     lead_horizon_days: float = Field(default=7.0, gt=0)
     churn_horizon_days: float = Field(default=7.0, gt=0)
+    sample_gap_hours: float = Field(default=24.0, ge=0, description="min time between observations per contact")
 
     @field_validator("goal_types")
     @classmethod
