@@ -19,6 +19,7 @@ by then the outcome has leaked into them).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Iterator
 
 from touchline.decisions.profile import Observation, Profile
@@ -47,3 +48,16 @@ def on_deadline(profile: Profile, model: str, now_ms: int) -> tuple[Observation,
         return None
     del profile.pending[model]
     return obs, model == CHURN
+
+
+def sampled(event_id: str, rate: float) -> bool:
+    """Deterministic Bernoulli(rate) draw keyed by the event id (same on every replay).
+
+    Taking observations at a random intent event, not always the first of a session,
+    lets the model see every depth of a session it will later be asked about.
+
+    >>> sampled("e-1", 1.0), sampled("e-1", 0.0)
+    (True, False)
+    """
+    digest = hashlib.blake2b(event_id.encode(), digest_size=8, person=b"tl-label").digest()
+    return int.from_bytes(digest, "big") < rate * 2**64

@@ -27,10 +27,10 @@ from touchline.decisions.features import FEATURE_NAMES
 
 
 def default_pipeline() -> Any:
-    """StandardScaler | LogisticRegression: fast (~30k learn/s) and well calibrated."""
+    """StandardScaler | LogisticRegression (SGD at River's default rate 0.01): fast and stable."""
     return compose.Pipeline(
         preprocessing.StandardScaler(),
-        linear_model.LogisticRegression(optimizer=optim.SGD(0.05)),
+        linear_model.LogisticRegression(optimizer=optim.SGD(0.01)),
     )
 
 
@@ -39,7 +39,7 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: str = Field(default="", description="filled in from the settings key (lead, churn)")
     estimator: str = Field(
         default="touchline.decisions.models:default_pipeline",
         description="'module:callable' returning an object with learn_one/predict_proba_one",

@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 EXPIRE_TIMER = "expire"
 #: Events that change a cart and so (re)start its abandonment clock.
 CART_EVENTS = frozenset({"add_to_cart", "remove_from_cart", "checkout_start"})
+#: Moments a lead observation is taken at: the intent events a sales hand-off is decided
+#: on, so the model is trained on the situations it is asked about.
+LEAD_MOMENTS = INTENT_TYPES - {"page_view"}
 LABEL_TIMER = {label_rules.LEAD: "label_lead", label_rules.CHURN: "label_churn"}
 _TIMER_LABEL = {v: k for k, v in LABEL_TIMER.items()}
 
@@ -79,11 +82,12 @@ class LabelSettings:
     """Horizons and goals for the delayed labels (see :mod:`touchline.decisions.labels`)."""
 
     def __init__(self, lead_horizon_days: float, churn_horizon_days: float, goal_types: frozenset[str],
-                 sample_gap_hours: float = 24.0):
+                 sample_gap_hours: float = 24.0, sample_rate: float = 0.3):
         self.lead_horizon_ms = int(lead_horizon_days * DAY_MS)
         self.churn_horizon_ms = int(churn_horizon_days * DAY_MS)
         self.goal_types = goal_types
         self.sample_gap_ms = int(sample_gap_hours * 3_600_000)
+        self.sample_rate = sample_rate
 
 
 @dataclass
@@ -339,7 +343,11 @@ class _BatchRun:
         for model, obs, label in label_rules.on_event(profile, ev.type, ev.ts_ms, e.labels.goal_types, active):
             self._learn(model, obs, label)
         # Score only where a decision or a training example can follow.
-        observe_lead = self._may_observe(profile, label_rules.LEAD, ev.ts_ms)
+        observe_lead = (
+            ev.type in LEAD_MOMENTS
+            and self._may_observe(profile, label_rules.LEAD, ev.ts_ms)
+            and label_rules.sampled(ev.event_id, e.labels.sample_rate)
+        )
         observe_churn = active and self._may_observe(profile, label_rules.CHURN, ev.ts_ms)
         scores: dict[str, float] = {}
         if observe_lead or observe_churn or (profile.known and ev.type in INTENT_TYPES):
@@ -357,6 +365,8 @@ class _BatchRun:
         if EXPIRE_TIMER not in profile.timers:  # every profile is discarded once inactive long enough
             self._set_timer(profile, EXPIRE_TIMER, (profile.last_activity_ts or ev.ts_ms) + e.retention_ms)
         candidates = on_event_candidates(ev.type, profile, scores, e.policy)
+        if candidates and "lead" not in scores:  # every decision records the scores it was made with
+            scores["lead"] = self._score("lead", features(profile, profile.last_ts))
         self._decide(profile, candidates, scores, {"kind": "event", "event_id": ev.event_id, "type": ev.type},
                      ev.event_id, ev.ts_ms, now)
 

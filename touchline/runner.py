@@ -48,7 +48,7 @@ def build_engine(settings: Settings, registry: CollectorRegistry) -> Engine:
         policy=settings.policy,
         models={"lead": settings.models.lead, "churn": settings.models.churn},
         labels=LabelSettings(labels.lead_horizon_days, labels.churn_horizon_days, frozenset(labels.goal_types),
-                             labels.sample_gap_hours),
+                             labels.sample_gap_hours, labels.sample_rate),
         metrics=metrics,
         clock=WallClock() if settings.engine.clock == "wall" else EventTimeClock(),
         retention_days=settings.state.retention_days,

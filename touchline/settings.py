@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from touchline.decisions.events import KNOWN_TYPES
@@ -77,6 +77,7 @@ class LabelSettings(_Section):
     lead_horizon_days: float = Field(default=7.0, gt=0)
     churn_horizon_days: float = Field(default=7.0, gt=0)
     sample_gap_hours: float = Field(default=24.0, ge=0, description="min time between observations per contact")
+    sample_rate: float = Field(default=0.3, gt=0, le=1, description="share of intent events a lead observation may start at")
 
     @field_validator("goal_types")
     @classmethod
@@ -90,6 +91,12 @@ class LabelSettings(_Section):
 class ModelSettings(_Section):
     lead: ModelConfig = Field(default_factory=lambda: ModelConfig(name="lead"))
     churn: ModelConfig = Field(default_factory=lambda: ModelConfig(name="churn"))
+
+    @model_validator(mode="after")
+    def _names(self) -> "ModelSettings":
+        self.lead.name = self.lead.name or "lead"
+        self.churn.name = self.churn.name or "churn"
+        return self
 
 
 class EngineSettings(_Section):

@@ -1,0 +1,329 @@
+"""A deterministic clickstream simulator with hidden truth.
+
+A population of people with hidden traits (intent, preferred channel, time zone,
+churn, price sensitivity) browses in sessions, fills and abandons carts, buys,
+signs up and engages with email/SMS/push. They start anonymous on one device,
+become known on signup or login, and some later browse on a second device that a
+login links. Intent drives depth and conversion (a lead model has signal); people
+who churn thin out before they stop (a churn model has inactivity to detect).
+A small share of lines is deliberately malformed, to exercise the dead letters.
+
+Memory stays O(population): each person is a lazy generator, merged by time.
+
+>>> sim = Simulator(SimulatorSpec(seed=1, contacts=5, days=3))
+>>> lines = list(sim.lines())
+>>> lines == list(Simulator(SimulatorSpec(seed=1, contacts=5, days=3)).lines())
+True
+>>> len(sim.traits())
+5
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import random
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any, Iterator
+from zoneinfo import ZoneInfo
+
+import orjson
+
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+MINUTE_MS = 60_000
+TIMEZONES = ("Europe/London", "Europe/Berlin", "America/New_York", "America/Los_Angeles", "Asia/Tokyo",
+             "Australia/Sydney")
+LOCALES = {"Europe/London": "en-GB", "Europe/Berlin": "de-DE", "America/New_York": "en-US",
+           "America/Los_Angeles": "en-US", "Asia/Tokyo": "ja-JP", "Australia/Sydney": "en-AU"}
+CHANNELS = ("email", "sms", "push")
+MALFORMED_KINDS = ("bad_json", "not_object", "missing_event_id", "missing_ts", "missing_identity",
+                   "ts_bool", "event_id_number", "bad_timestamp", "oversized")
+_DUMP = orjson.OPT_SORT_KEYS
+
+
+@dataclass(frozen=True)
+class SimulatorSpec:
+    """What to simulate."""
+
+    seed: int = 7
+    contacts: int = 3000
+    days: float = 30.0
+    start_ms: int = 1767571200000  # 2026-01-05T00:00:00Z
+    malformed_rate: float = 0.002
+
+
+@dataclass(frozen=True)
+class Traits:
+    """Hidden truth about one person (never emitted in events)."""
+
+    contact_id: str
+    intent: float
+    preferred_channel: str
+    timezone: str
+    churn_hazard: float
+    price_sensitivity: float
+    churn_at_ms: int | None
+
+
+def _stable_seed(*parts: object) -> int:
+    """A seed that agrees across processes (Python's hash() is salted)."""
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "big")
+
+
+@lru_cache(maxsize=None)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def _iso(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class _Person:
+    """One person's lazily generated event stream."""
+
+    def __init__(self, spec: SimulatorSpec, index: int):
+        self.spec = spec
+        self.index = index
+        self.rng = rng = random.Random(_stable_seed("person", spec.seed, index))
+        end = spec.start_ms + int(spec.days * DAY_MS)
+        self.end_ms = end
+        intent = rng.betavariate(1.2, 4.0)
+        preferred = rng.choices(CHANNELS, weights=(0.6, 0.2, 0.2))[0]
+        tz = rng.choice(TIMEZONES)
+        hazard = rng.random()
+        churn_at = None
+        if rng.random() < 0.25 + 0.35 * hazard * (1.0 - intent):
+            churn_at = spec.start_ms + int(rng.uniform(0.1, 1.0) * (end - spec.start_ms))
+        self.traits = Traits(f"c-{index}", round(intent, 4), preferred, tz, round(hazard, 4),
+                             round(rng.random(), 4), churn_at)
+        self.first_ms = spec.start_ms + int(rng.random() ** 1.5 * 0.6 * (end - spec.start_ms))
+        self.devices = [f"anon-{_stable_seed('dev', spec.seed, index, 1):016x}"]
+        self.known = False
+        self.linked: set[str] = set()
+        self.n = 0
+        self.consent: dict[str, bool] = {"email": True}
+        self.bad_email = rng.random() < 0.02
+        self.unsubscribed = False
+
+    # ------------------------------------------------------------------ emit
+    def _event(self, out: list, ts: int, type_: str, *, device: str | None = None, contact: bool = False,
+               channel: str | None = None, session: str | None = None, **properties: Any) -> None:
+        self.n += 1
+        rng = self.rng
+        doc: dict[str, Any] = {
+            "event_id": f"sim-{self.spec.seed}-{self.index}-{self.n}",
+            "type": type_,
+            "ts": _iso(ts) if rng.random() < 0.1 else ts,
+        }
+        if contact:
+            doc["contact_id"] = self.traits.contact_id
+        if device is not None:
+            doc["anonymous_id"] = device
+            doc["context"] = {"timezone": self.traits.timezone, "locale": LOCALES[self.traits.timezone],
+                              "device": device}
+        if channel:
+            doc["channel"] = channel
+        if session:
+            doc["session_id"] = session
+        if properties:
+            doc["properties"] = properties
+        out.append((ts, self.index, self.n, orjson.dumps(doc, option=_DUMP)))
+
+    # ------------------------------------------------------------- behaviour
+    def _active_rate(self, ts: int) -> float:
+        """Sessions per day now: grows with intent, thins out in the weeks before churn."""
+        rate = 0.3 + 2.5 * self.traits.intent
+        churn_at = self.traits.churn_at_ms
+        if churn_at is not None:
+            if ts >= churn_at:
+                return 0.0
+            left = (churn_at - ts) / (14 * DAY_MS)
+            if left < 1.0:
+                rate *= max(0.05, left)
+        return rate
+
+    def _local_hour(self, ts: int) -> int:
+        return datetime.fromtimestamp(ts / 1000, tz=_zone(self.traits.timezone)).hour
+
+    def _session(self, out: list, ts: int) -> None:
+        rng, t = self.rng, self.traits
+        device = self.devices[0]
+        if self.known and rng.random() < 0.2:  # the same person on a second device
+            if len(self.devices) == 1:
+                self.devices.append(f"anon-{_stable_seed('dev', self.spec.seed, self.index, 2):016x}")
+            device = self.devices[1]
+        logged_in = self.known and device in self.linked and rng.random() < 0.5
+        session = f"s-{self.index}-{self.n}"
+
+        def emit(type_: str, **props: Any) -> None:
+            nonlocal ts
+            ts += int(rng.expovariate(1 / 45_000)) + 1_000
+            self._event(out, ts, type_, device=device, contact=logged_in, session=session, **props)
+
+        emit("page_view", url=rng.choice(["/", "/", "/sale", "/blog", "/pricing"]))
+        for _ in range(int(rng.expovariate(1.0))):
+            emit("page_view", url=rng.choice(["/category/shoes", "/category/bags", "/about", "/blog"]))
+        cart = 0.0
+        for _ in range(int(rng.expovariate(1 / (0.6 + 4.0 * t.intent)))):
+            product = f"p-{rng.randrange(200)}"
+            price = round(rng.lognormvariate(3.5, 0.6), 2)
+            emit("product_view", product_id=product, price=price)
+            if rng.random() < 0.03:
+                emit("wishlist_add", product_id=product)
+            if rng.random() < 0.04 + 0.5 * t.intent:
+                qty = 1 + int(rng.random() < 0.2)
+                cart += price * qty
+                emit("add_to_cart", product_id=product, value=round(price * qty, 2), currency="EUR")
+                if rng.random() < 0.08:
+                    cart -= price * qty
+                    emit("remove_from_cart", product_id=product, value=round(price * qty, 2), currency="EUR")
+        # identity: sign up, or log in on a device not yet linked
+        if not self.known and rng.random() < 0.01 + 0.4 * t.intent ** 1.5:
+            self._become_known(out, ts := ts + 20_000, device, session)
+            logged_in = True
+        elif self.known and device not in self.linked and rng.random() < 0.6:
+            ts += 15_000
+            self._event(out, ts, "login", device=device, contact=True, session=session)
+            self.linked.add(device)
+            logged_in = True
+        if cart > 1.0 and rng.random() < 0.05 + 0.6 * t.intent:
+            emit("checkout_start", value=round(cart, 2), currency="EUR")
+            if rng.random() < (0.15 + 0.75 * t.intent) * (1.0 - 0.4 * t.price_sensitivity):
+                if not self.known:  # a guest checkout asks for an email: the person becomes known
+                    self._become_known(out, ts := ts + 10_000, device, session)
+                    logged_in = True
+                emit("purchase", value=round(cart, 2), currency="EUR", order_id=f"o-{self.index}-{self.n}")
+        elif self.known and rng.random() < 0.005 + 0.15 * t.intent ** 1.5:
+            emit("form_submit", form=rng.choice(["demo_request", "contact", "newsletter"]))
+        if self.known and rng.random() < 0.02:
+            emit("chat_message")
+
+    def _become_known(self, out: list, ts: int, device: str, session: str) -> None:
+        rng, t = self.rng, self.traits
+        self.known = True
+        self.linked.add(device)
+        self._event(out, ts, "signup", device=device, contact=True, session=session,
+                    method=rng.choice(["email", "google", "apple"]))
+        self._event(out, ts + 1_000, "identify", device=device, contact=True, session=session)
+        for channel in ("sms", "push"):
+            p_grant = 0.65 if t.preferred_channel == channel else 0.15
+            granted = rng.random() < p_grant
+            self.consent[channel] = granted
+            self._event(out, ts + 2_000, "consent_update", contact=True, channel=channel, granted=granted)
+
+    def _engagement(self, out: list, day_start: int) -> None:
+        """Weekly newsletter and channel messages for known people, and their reactions."""
+        rng, t = self.rng, self.traits
+        if not self.known:
+            return
+        send = day_start + (10 - self._local_hour(day_start)) % 24 * HOUR_MS + rng.randrange(HOUR_MS)
+        churned = t.churn_at_ms is not None and send >= t.churn_at_ms
+        if not self.unsubscribed and rng.random() < 1 / 7:
+            campaign = f"nl-{(day_start - self.spec.start_ms) // (7 * DAY_MS)}"
+            if self.bad_email:
+                self._event(out, send, "email_bounce", contact=True, channel="email", campaign_id=campaign)
+                self.unsubscribed = True
+                return
+            self._event(out, send, "email_delivered", contact=True, channel="email", campaign_id=campaign)
+            p_open = 0.1 + 0.3 * (t.preferred_channel == "email") + 0.3 * t.intent
+            if not churned and rng.random() < p_open:
+                opened = send + int(rng.expovariate(1 / (3 * HOUR_MS)))
+                self._event(out, opened, "email_open", contact=True, channel="email", campaign_id=campaign)
+                if rng.random() < 0.25 + 0.3 * t.intent:
+                    self._event(out, opened + 30_000, "email_click", contact=True, channel="email",
+                                campaign_id=campaign)
+            if rng.random() < 0.006 + 0.02 * (churned or t.preferred_channel != "email"):
+                self._event(out, send + 5 * MINUTE_MS, "unsubscribe", contact=True, channel="email")
+                self.unsubscribed = True
+        for channel, delivered, reacted in (("sms", "sms_delivered", "sms_reply"),
+                                           ("push", "push_delivered", "push_open")):
+            if self.consent.get(channel) and rng.random() < 1 / 10:
+                at = send + rng.randrange(4 * HOUR_MS)
+                self._event(out, at, delivered, contact=True, channel=channel)
+                if not churned and rng.random() < 0.1 + 0.4 * (t.preferred_channel == channel):
+                    self._event(out, at + int(rng.expovariate(1 / (20 * MINUTE_MS))), reacted, contact=True,
+                                channel=channel)
+
+    def events(self) -> Iterator[tuple[int, int, int, bytes]]:
+        """This person's events in time order, generated one day at a time."""
+        rng = self.rng
+        day = self.spec.start_ms
+        next_session = self.first_ms
+        spill: list[tuple[int, int, int, bytes]] = []  # events that fall after the current day
+        while day < self.end_ms:
+            day_end = min(day + DAY_MS, self.end_ms)
+            out: list[tuple[int, int, int, bytes]] = []
+            while next_session < day_end:
+                rate = self._active_rate(next_session)
+                if rate <= 0:
+                    next_session = self.end_ms
+                    break
+                hour = self._local_hour(next_session)
+                if 7 <= hour <= 23 or rng.random() < 0.15:  # mostly local daytime
+                    self._session(out, next_session)
+                next_session += int(rng.expovariate(rate) * DAY_MS) + 10 * MINUTE_MS
+            if day >= self.first_ms - DAY_MS:
+                self._engagement(out, day)
+            for e in out:
+                if e[0] < self.end_ms:
+                    heapq.heappush(spill, e)
+            while spill and spill[0][0] < day_end:
+                yield heapq.heappop(spill)
+            day = day_end
+        while spill:
+            yield heapq.heappop(spill)
+
+
+class Simulator:
+    """Deterministic event stream for a population: same spec, same bytes."""
+
+    def __init__(self, spec: SimulatorSpec):
+        self.spec = spec
+
+    @property
+    def end_ms(self) -> int:
+        return self.spec.start_ms + int(self.spec.days * DAY_MS)
+
+    def traits(self) -> list[Traits]:
+        """The hidden truth of every person, in index order."""
+        return [_Person(self.spec, i).traits for i in range(self.spec.contacts)]
+
+    def lines(self) -> Iterator[bytes]:
+        """Raw JSON lines in nondecreasing event time, malformed ones interleaved."""
+        people = [_Person(self.spec, i).events() for i in range(self.spec.contacts)]
+        bad = random.Random(_stable_seed("malformed", self.spec.seed))
+        rate = self.spec.malformed_rate
+        kinds = 0
+        for ts, _person, _n, line in heapq.merge(*people):
+            yield line
+            if rate and bad.random() < rate:
+                yield _malformed(MALFORMED_KINDS[kinds % len(MALFORMED_KINDS)], ts, kinds, self.spec.seed)
+                kinds += 1
+
+
+def _malformed(kind: str, ts: int, n: int, seed: int) -> bytes:
+    """One deliberately invalid line of the given kind."""
+    base: dict[str, Any] = {"event_id": f"bad-{seed}-{n}", "type": "page_view", "ts": ts, "anonymous_id": f"anon-bad-{n}"}
+    if kind == "bad_json":
+        return orjson.dumps(base, option=_DUMP)[:-7]  # truncated mid-object
+    if kind == "not_object":
+        return orjson.dumps([base])
+    if kind == "missing_event_id":
+        del base["event_id"]
+    elif kind == "missing_ts":
+        del base["ts"]
+    elif kind == "missing_identity":
+        del base["anonymous_id"]
+    elif kind == "ts_bool":
+        base["ts"] = True
+    elif kind == "event_id_number":
+        base["event_id"] = n
+    elif kind == "bad_timestamp":
+        base["ts"] = "05/01/2026 10:00"
+    elif kind == "oversized":
+        base["properties"] = {"blob": "x" * (70 * 1024)}
+    return orjson.dumps(base, option=_DUMP)
