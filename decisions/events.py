@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from importlib import resources
 from typing import Any
 
@@ -112,6 +112,8 @@ class Rejected:
         }
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MS = timedelta(milliseconds=1)
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
 
 
@@ -121,15 +123,17 @@ def parse_ts(value: str | int) -> int:
     >>> parse_ts("2026-01-01T01:00:00+01:00"), parse_ts(1767225600000)
     (1767225600000, 1767225600000)
     """
+    if isinstance(value, float) and value.is_integer():  # 1.7e12 is an integer to JSON Schema
+        value = int(value)
     if isinstance(value, int):
         return value
-    if not _RFC3339.match(value):
+    if not isinstance(value, str) or not _RFC3339.match(value):
         raise ValueError(f"ts {value!r} is not RFC 3339 with a time zone offset")
     text = value.replace("z", "Z").replace("Z", "+00:00").replace("t", "T").replace(" ", "T")
     frac = re.search(r"\.(\d+)", text)
     if frac and len(frac.group(1)) > 6:  # fromisoformat takes at most microseconds
         text = text.replace(frac.group(0), "." + frac.group(1)[:6])
-    return int(datetime.fromisoformat(text).timestamp() * 1000)
+    return (datetime.fromisoformat(text) - _EPOCH) // _ONE_MS  # integer math: no float rounding
 
 
 def _describe(exc: fastjsonschema.JsonSchemaValueException, doc: dict[str, Any]) -> tuple[str, str]:
@@ -147,7 +151,10 @@ def _describe(exc: fastjsonschema.JsonSchemaValueException, doc: dict[str, Any])
         if name == "ts":
             return "wrong_type", f"ts must be an RFC 3339 string or epoch milliseconds, got {got}"
         return "wrong_type", f"{name} has the wrong type ({got}): {exc.message.replace('data.', '')}"
-    return "invalid", f"{name}: {exc.message.replace('data.', '')}"
+    message = exc.message.replace("data.", "")
+    if name == "ts":
+        return "bad_timestamp", message
+    return "invalid", message if message.startswith(name) else f"{name}: {message}"
 
 
 def parse_event(raw: bytes) -> Event | Rejected:

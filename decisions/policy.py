@@ -28,6 +28,13 @@ MESSAGE_CHANNELS = ("email", "sms", "push")
 ALL_CHANNELS = (*MESSAGE_CHANNELS, "sales_task")
 
 
+def _check_channels(value: list[str]) -> list[str]:
+    bad = [c for c in value if c not in ALL_CHANNELS]
+    if bad:
+        raise ValueError(f"unknown channel(s) {bad}; known: {', '.join(ALL_CHANNELS)}")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -44,10 +51,7 @@ class ActionConfig(_Strict):
     @field_validator("channels")
     @classmethod
     def _known_channels(cls, value: list[str]) -> list[str]:
-        bad = [c for c in value if c not in ALL_CHANNELS]
-        if bad:
-            raise ValueError(f"unknown channel(s) {bad}; known: {', '.join(ALL_CHANNELS)}")
-        return value
+        return _check_channels(value)
 
 
 class QuietHours(_Strict):
@@ -57,6 +61,11 @@ class QuietHours(_Strict):
     end_hour: int = Field(default=8, ge=0, le=23)
     channels: list[str] = Field(default_factory=lambda: ["sms", "push"])
     default_timezone: str = "UTC"
+
+    @field_validator("channels")
+    @classmethod
+    def _known_channels(cls, value: list[str]) -> list[str]:
+        return _check_channels(value)
 
     @field_validator("default_timezone")
     @classmethod

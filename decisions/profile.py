@@ -276,6 +276,11 @@ def merge_into(target: Profile, source: Profile) -> dict[str, int]:
         target.cart_value, target.cart_updated_ts = source.cart_value, source.cart_updated_ts
     target.timezone = target.timezone or source.timezone
     target.locale = target.locale or source.locale
+    for channel, granted in source.consent.items():  # a refusal on either side wins
+        target.consent[channel] = granted and target.consent.get(channel, True)
+    for channel in source.bounced:
+        if channel not in target.bounced:
+            target.bounced.append(channel)
     for device in source.devices:
         if device not in target.devices and len(target.devices) < MAX_DEVICES:
             target.devices.append(device)
