@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from typing import Iterator
 
@@ -13,7 +14,9 @@ from touchline.flows.step import RawBatch
 
 
 class _SimPartition(StatefulSourcePartition[RawBatch, int]):
-    def __init__(self, sim: Simulator, batch_size: int, resume: int | None, progress: dict[str, float]):
+    def __init__(self, sim: Simulator, batch_size: int, resume: int | None, progress: dict[str, float],
+                 stop: threading.Event):
+        self._stop = stop
         self._sim = sim
         self._lines: Iterator[bytes] = sim.lines()
         self._emitted = resume or 0
@@ -25,7 +28,7 @@ class _SimPartition(StatefulSourcePartition[RawBatch, int]):
                 pass
 
     def next_batch(self) -> list[RawBatch]:
-        if self._done:
+        if self._done or self._stop.is_set():
             raise StopIteration()
         lines = list(itertools.islice(self._lines, self._batch_size))
         first = self._emitted + 1
@@ -46,15 +49,17 @@ class SimulatorSource(FixedPartitionedSource[RawBatch, int]):
 
     Delivery: exactly once with recovery; the snapshot is the number of lines
     emitted, and a resumed run regenerates and skips them (same seed, same lines).
+    Setting ``stop`` ends the input cleanly after the current batch.
     """
 
-    def __init__(self, spec: SimulatorSpec, batch_size: int = 1000):
+    def __init__(self, spec: SimulatorSpec, batch_size: int = 1000, stop: threading.Event | None = None):
         self.spec = spec
         self.batch_size = batch_size
+        self.stop = stop or threading.Event()
         self.progress: dict[str, float] = {"lines": 0}
 
     def list_parts(self) -> list[str]:
         return ["simulator"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _SimPartition:
-        return _SimPartition(Simulator(self.spec), self.batch_size, resume_state, self.progress)
+        return _SimPartition(Simulator(self.spec), self.batch_size, resume_state, self.progress, self.stop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -123,15 +124,16 @@ def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: C
     decisions_path = out_dir / settings.output.decisions
     dead_path = out_dir / settings.output.dead_letters
     period = None
+    stop = threading.Event()
     if settings.source.kind == "jsonl":
         if settings.source.path is None:
             raise ValueError("source.kind is jsonl but source.path is not set (use --input FILE)")
-        source: Any = JsonlSource(Path(settings.source.path), settings.source.batch_size)
+        source: Any = JsonlSource(Path(settings.source.path), settings.source.batch_size, stop)
     else:
         from touchline.connectors.sim_source import SimulatorSource
 
         spec = simulator_spec(settings)
-        source = SimulatorSource(spec, settings.source.batch_size)
+        source = SimulatorSource(spec, settings.source.batch_size, stop)
         period = (spec.start_ms, spec.start_ms + int(spec.days * 86_400_000))
     flow = build_flow(source, engine, JsonlSink(decisions_path), JsonlSink(dead_path))
     server = None
@@ -141,21 +143,42 @@ def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: C
         outputs["metrics"] = f"http://{host}:{port}/metrics (served while running)"
         if on_metrics:
             on_metrics(host, port)
-    interrupted = False
     started = time.perf_counter()
+    restore = _stop_on_signals(stop)
     try:
         if progress is not None:
             with Progress(engine, source, progress, period):
                 run_main(flow)
         else:
             run_main(flow)
-    except KeyboardInterrupt:
-        interrupted = True
     finally:
+        restore()
         if server is not None:
             server.shutdown()
             server.server_close()
         engine.store.close()
     summary = build_summary(engine, time.perf_counter() - started, outputs)
-    summary["interrupted"] = interrupted
-    return RunResult(summary, engine, interrupted)
+    summary["interrupted"] = stop.is_set()
+    return RunResult(summary, engine, stop.is_set())
+
+
+def _stop_on_signals(stop: threading.Event):
+    """First Ctrl-C/SIGTERM: finish the current batch, flush outputs, summarise. Second: abort."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, _frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nstopping after the current batch (Ctrl-C again to abort)", file=sys.stderr)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
