@@ -39,10 +39,11 @@ COUNTED_TYPES: frozenset[str] = frozenset(
     signup login identify email_delivered email_open email_click email_bounce sms_delivered
     sms_reply push_delivered push_open chat_message call_completed unsubscribe consent_update""".split()
 )
-#: Events that are not the person acting (deliveries, bounces, bookkeeping): they do not
-#: count as activity for recency or churn.
+#: Events that are not the person engaging (deliveries, bounces, bookkeeping, and an
+#: unsubscribe, which is the opposite of engagement): they do not count as activity for
+#: recency or churn.
 PASSIVE_TYPES: frozenset[str] = frozenset(
-    {"email_delivered", "email_bounce", "sms_delivered", "push_delivered", "consent_update"}
+    {"email_delivered", "email_bounce", "sms_delivered", "push_delivered", "consent_update", "unsubscribe"}
 )
 #: Bound on events remembered per contact inside the longest window (oldest go first).
 MAX_EVENTS_IN_WINDOW = 5_000

@@ -137,6 +137,7 @@ def _scenario() -> list[bytes]:
     """Several contacts: signups, carts, stitching, a purchase, duplicates and a bad line, in time order."""
     return [
         line("s1", "signup", T0, "c1"),
+        line("g1", "consent_update", T0 + 30_000, "c1", properties={"channel": "push", "granted": True}),
         line("a1", "add_to_cart", T0 + 1 * MIN, "c1", properties={"value": 40}),
         line("p1", "page_view", T0 + 2 * MIN, anon="v2"),
         line("i2", "identify", T0 + 3 * MIN, "c2", "v2"),
@@ -176,9 +177,12 @@ def test_batch_boundaries_do_not_change_decisions():
     assert split1 == whole
     assert split3 == whole
     got = actions(whole)
-    assert got[:4] == [("c1", "welcome", "email"), ("c1", "cart_reminder", "email"),
-                       ("c5", "welcome", "email"), ("c3", "cart_reminder", "email")]
-    assert ("c2", "cart_reminder", "email") not in got  # purchased before the idle time
+    # c1's reminder goes by push (its email was used by the welcome); c3's waits for its last change;
+    # c2 purchased before the idle time passed
+    assert got == [("c1", "welcome", "email"), ("c1", "cart_reminder", "push"),
+                   ("c3", "cart_reminder", "email"), ("c5", "welcome", "email")]
+    assert [d["event_time"] for d in whole] == [iso_ms(T0), iso_ms(T0 + 31 * MIN), iso_ms(T0 + 60 * MIN),
+                                                iso_ms(T0 + 61 * MIN)]
     for engine in (one, singles, threes):
         assert engine.totals.duplicates == 1
         assert engine.totals.dead_letters == Counter({"bad_json": 1})
@@ -239,9 +243,21 @@ def test_identity_stitching_in_stream():
     assert p.events_total == 4 and p.known
     assert p.cart_value == 30 and p.devices == ["phone"] and p.aliases == ["a1"]
     assert p.window_count("1h", "page_view") == 2
-    # the anonymous cart now belongs to the contact and is reminded on the contact
+    # the anonymous cart timer moved to the contact; its email was just used by the welcome
+    assert run(e, [], advance_to=T0 + HOUR_MS) == []
+    assert e.totals.timers["cart"] == 1 and e.totals.suppressions["channel_cap"] == 1
+
+
+def test_anonymous_cart_reminded_on_contact_after_identify():
+    """A cart filled anonymously is reminded to the contact the visitor identified as."""
+    e = make_engine()
+    assert run(e, [line("v1", "page_view", T0, anon="a1"),
+                   line("v2", "add_to_cart", T0 + MIN, anon="a1", properties={"value": 30}),
+                   line("i", "identify", T0 + 2 * MIN, "c1", "a1")]) == []
     got = run(e, [], advance_to=T0 + HOUR_MS)
     assert actions(got) == [("c1", "cart_reminder", "email")]
+    assert got[0]["event_time"] == iso_ms(T0 + 31 * MIN)
+    assert "30.00" in got[0]["reasons"][0]
 
 
 def test_identity_stitching_across_batches():

@@ -339,10 +339,9 @@ def test_merge_into_empty_contact():
     assert contact.window_count("24h", "add_to_cart") == 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: merge_into drops the anonymous profile's consent (and bounces): an "
-                   "opt-out recorded before identification is lost and the contact falls back to consent_default")
 def test_merge_keeps_consent_given_or_revoked_while_anonymous():
-    """A consent decision made while anonymous is part of the history folded into the contact."""
+    """A consent decision made while anonymous is part of the history folded into the contact
+    (it used to be dropped, so an anonymous opt-out fell back to consent_default)."""
     contact = _build([("c", "page_view", T0, {}, {})], "c1", known=True)
     anon = Profile("anon:a")
     ap(anon, "u", "unsubscribe", T0 + 1, {"channel": "email"})
@@ -415,3 +414,16 @@ def test_features_expire_windows_as_time_passes():
     assert features(p, T0)["n_product_view_1h"] == pytest.approx(log1p(1))
     f = features(p, T0 + HOUR_MS)
     assert f["n_product_view_1h"] == 0.0 and f["n_product_view_24h"] == pytest.approx(log1p(1))
+
+
+def test_merge_refusal_on_either_side_wins_and_bounces_carry():
+    """Merging: a refusal on either side wins over a grant; bounces from the anonymous side are kept."""
+    contact = _build([("c", "consent_update", T0, {"channel": "sms", "granted": False}, {})], "c1", known=True)
+    ap(contact, "c2", "consent_update", T0 + 1, {"channel": "push", "granted": True})
+    anon = Profile("anon:a")
+    ap(anon, "a1", "consent_update", T0, {"channel": "sms", "granted": True})
+    ap(anon, "a2", "consent_update", T0, {"channel": "push", "granted": False})
+    ap(anon, "a3", "email_bounce", T0 + 2)
+    merge_into(contact, anon)
+    assert contact.consent == {"sms": False, "push": False}
+    assert contact.bounced == ["email"]
