@@ -157,7 +157,7 @@ class Engine:
         latency_ms = (done_ns - batch.read_ns) / 1e6
         n = len(run.events)
         t.lines += len(batch.lines)
-        t.events += n
+        t.events += sum(run.by_type.values())
         t.duplicates += run.duplicates
         t.by_type.update(run.by_type)
         dead_by_reason = Counter(d["reason"] for d in dead)
@@ -219,6 +219,9 @@ class _BatchRun:
         self.store_seconds: dict[str, float] = {}
         self.profiles: dict[str, Profile] = {}
         self.deleted: set[str] = set()
+        #: profiles changed in this batch: only these are saved (a stale timer for a
+        #: forgotten key must not bring back an empty profile)
+        self.touched: set[str] = set()
         self.to_schedule: dict[tuple[str, str], int] = {}
         self.horizon_ms = 0
         self._queue: list[tuple[int, int, str, Any]] = []
@@ -257,7 +260,7 @@ class _BatchRun:
                 self._on_event(*item)
             else:
                 self._on_timer(*item)
-        live = {k: p for k, p in self.profiles.items() if k not in self.deleted}
+        live = {k: self.profiles[k] for k in self.touched - self.deleted}
         self._timed("save", store.save, live, self.deleted)
         if self.to_schedule:
             self._timed("schedule", store.schedule, [(k, kind, due) for (k, kind), due in self.to_schedule.items()])
@@ -277,6 +280,7 @@ class _BatchRun:
         if profile is None or key in self.deleted or profile.timers.get(kind) != due_ms:
             return  # stale: replaced, merged away or expired since it was set
         del profile.timers[kind]
+        self.touched.add(key)
         e = self.e
         now = e.clock.now() if e.live else due_ms
         self.timers_fired[kind] += 1
@@ -325,6 +329,7 @@ class _BatchRun:
         if key in self.deleted:  # expired earlier in this batch and active again
             self.deleted.discard(key)
             profile = self.profiles[key] = Profile(key, known=profile.known)
+        self.touched.add(key)
         if merged is not None:
             self._merge(profile, merged)
         if is_too_late(profile, ev.ts_ms):
@@ -383,8 +388,7 @@ class _BatchRun:
                 self._set_timer(contact, kind, due)
         for kind in anon.timers:
             self.to_schedule.pop((anon_key, kind), None)
-        anon.timers.clear()
-        self.deleted.add(anon_key)
+        self.deleted.add(anon_key)  # the store drops it with its pending timers
 
     # --------------------------------------------------------------- models
     def _score(self, model: str, feats: dict[str, float]) -> float:

@@ -30,6 +30,7 @@ class MemoryStore(StateStore):
         self.url = url
         self._profiles: dict[str, Profile] = {}
         self._aliases: dict[str, str] = {}  # anonymous id -> contact id
+        self._links: dict[str, set[str]] = {}  # contact id -> every anonymous id linked to it
         self._timers: dict[tuple[str, str], int] = {}
         self._heap: list[tuple[int, str, str]] = []
 
@@ -43,6 +44,7 @@ class MemoryStore(StateStore):
                 anon = ev.anonymous_id
                 if anon is not None and anon not in aliases:
                     aliases[anon] = ev.contact_id
+                    self._links.setdefault(ev.contact_id, set()).add(anon)
                     merged = anonymous_key(anon)
                 out.append((ev.contact_id, merged))
             else:
@@ -93,15 +95,12 @@ class MemoryStore(StateStore):
         if profile is not None:
             for kind in profile.timers:
                 self._timers.pop((key, kind), None)
-            linked = [a for a in profile.aliases if self._aliases.get(a) == key]
-        else:  # no profile to say which aliases it had: look them up
-            linked = [a for a, c in self._aliases.items() if c == key]
-        for anon in linked:
+        for anon in self._links.pop(key, ()):
             del self._aliases[anon]
 
     def export(self, contact_id: str) -> dict[str, Any] | None:
         profile = self._profiles.get(contact_id)
-        aliases = sorted(a for a, c in self._aliases.items() if c == contact_id)
+        aliases = sorted(self._links.get(contact_id, ()))
         if profile is None and not aliases:
             return None
         return {"contact_id": contact_id, "aliases": aliases, "profile": snapshot(profile) if profile else None}

@@ -201,9 +201,6 @@ def test_export_alias_only():
     assert s.export("c1") == {"contact_id": "c1", "aliases": ["a1"], "profile": None}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: MemoryStore.delete trusts profile.aliases when a profile exists; "
-                   "links the profile does not list (the engine caps that list at MAX_ALIASES=64) survive "
-                   "delete/erase, so erasure leaves anonymous-id -> contact links behind")
 def test_erase_removes_links_not_listed_on_the_profile():
     """Erasure removes every anonymous id linked to the contact, whatever the profile lists."""
     s = MemoryStore()
