@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -38,13 +39,16 @@ def check_readable(path: Path) -> None:
 
 class _JsonlPartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
     def __init__(self, path: Path, batch_size: int, resume: tuple[int, int] | None, progress: dict[str, float],
-                 stop: threading.Event):
+                 stop: threading.Event, follow: bool, tick_seconds: float):
         self._stop = stop
         self._file = path.open("rb")
         self._name = path.name
         self._size = max(1, path.stat().st_size)
         self._batch_size = batch_size
         self._progress = progress
+        self._follow = follow
+        self._tick = timedelta(seconds=tick_seconds)
+        self._awake: datetime | None = None
         self._offset, self._line = resume or (0, 0)
         self._file.seek(self._offset)
 
@@ -54,8 +58,12 @@ class _JsonlPartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
         lines: list[bytes] = []
         first = self._line + 1
         while len(lines) < self._batch_size:
+            start = self._file.tell()
             line = self._file.readline(MAX_EVENT_BYTES + 1)
             if not line:
+                break
+            if self._follow and not line.endswith(b"\n") and len(line) <= MAX_EVENT_BYTES:
+                self._file.seek(start)  # a line still being written: read it whole next time
                 break
             self._line += 1
             if len(line) > MAX_EVENT_BYTES and not line.endswith(b"\n"):
@@ -71,10 +79,18 @@ class _JsonlPartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
             elif not lines:
                 first = self._line + 1
         self._offset = self._file.tell()
-        self._progress["fraction"] = self._offset / self._size
-        if not lines:
+        self._progress["fraction"] = self._offset / max(self._size, self._offset, 1)
+        if lines:
+            self._awake = None
+            return [RawBatch(lines, self._name, first, time.perf_counter_ns())]
+        if not self._follow:
             raise StopIteration()
-        return [RawBatch(lines, self._name, first, time.perf_counter_ns())]
+        # Following a growing file: an empty batch is a clock tick, so timers fire while idle.
+        self._awake = datetime.now(timezone.utc) + self._tick
+        return [RawBatch([], self._name, first, time.perf_counter_ns())]
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
 
     def snapshot(self) -> tuple[int, int]:
         return self._offset, self._line
@@ -91,20 +107,28 @@ class JsonlSource(FixedPartitionedSource[RawBatch, tuple[int, int]]):
     as ``oversized`` without reading them whole into memory; blank lines are skipped.
     Dead letters name the source as ``file:line``. Setting ``stop`` ends the input
     cleanly after the current batch (Ctrl-C in ``touchline run``).
+
+    With ``follow`` the file is tailed like ``tail -f`` (live mode): at its end the
+    source waits for more lines, and emits an empty batch every ``tick_seconds`` so
+    that wall-clock timers fire while no events arrive.
     """
 
-    def __init__(self, path: Path, batch_size: int = 1000, stop: threading.Event | None = None):
+    def __init__(self, path: Path, batch_size: int = 1000, stop: threading.Event | None = None,
+                 follow: bool = False, tick_seconds: float = 1.0):
         check_readable(path)
         self.path = path
         self.batch_size = batch_size
         self.stop = stop or threading.Event()
+        self.follow = follow
+        self.tick_seconds = tick_seconds
         self.progress: dict[str, float] = {"fraction": 0.0}
 
     def list_parts(self) -> list[str]:
         return [str(self.path)]
 
     def build_part(self, step_id: str, for_part: str, resume_state: tuple[int, int] | None) -> _JsonlPartition:
-        return _JsonlPartition(self.path, self.batch_size, resume_state, self.progress, self.stop)
+        return _JsonlPartition(self.path, self.batch_size, resume_state, self.progress, self.stop,
+                               self.follow, self.tick_seconds)
 
 
 class _JsonlSinkPartition(StatefulSinkPartition[dict[str, Any], int]):

@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the engine (default: simulator in, JSONL out, no servers)")
     run.add_argument("--config", type=Path, help="settings file (.toml, .yaml)")
     run.add_argument("--input", type=Path, help="replay events from this JSONL file in event time")
+    run.add_argument("--follow", action="store_true",
+                     help="live mode: tail --input like tail -f, timers on the wall clock; Ctrl-C to stop")
     run.add_argument("--out", type=Path, help="output directory (default touchline-out)")
     run.add_argument("--metrics-port", type=int, help="Prometheus port on 127.0.0.1 (default 9464, 0 = any free)")
     run.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
@@ -82,6 +84,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "input", None) is not None:
         o["source.kind"] = "jsonl"
         o["source.path"] = args.input
+    if getattr(args, "follow", False):
+        if getattr(args, "input", None) is None:
+            raise ConfigError("--follow needs --input FILE (the file to tail)")
+        o["source.follow"] = True
+        o["engine.clock"] = "wall"
     if getattr(args, "no_metrics", False):
         o["metrics.enabled"] = False
     return o
@@ -163,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "schema":
         return _cmd_schema(args, None)
     try:
-        settings = load_settings(getattr(args, "config", None), _overrides(args))
+        overrides = _overrides(args)
+        settings = load_settings(getattr(args, "config", None), overrides)
         return {"run": _cmd_run, "simulate": _cmd_simulate, "bench": _cmd_bench}[args.command](args, settings)
     except ConfigError as exc:
         print(f"touchline: {exc}", file=sys.stderr)

@@ -115,8 +115,8 @@ class Progress:
 
 
 def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: CollectorRegistry | None = None,
-        on_metrics: Any = None) -> RunResult:
-    """Run the engine to the end of its input; returns the summary."""
+        on_metrics: Any = None, stop: threading.Event | None = None) -> RunResult:
+    """Run the engine to the end of its input (or until ``stop`` is set); returns the summary."""
     registry = registry or CollectorRegistry()
     engine = build_engine(settings, registry)
     out_dir = settings.output.dir
@@ -124,11 +124,12 @@ def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: C
     decisions_path = out_dir / settings.output.decisions
     dead_path = out_dir / settings.output.dead_letters
     period = None
-    stop = threading.Event()
+    stop = stop or threading.Event()
     if settings.source.kind == "jsonl":
         if settings.source.path is None:
             raise ValueError("source.kind is jsonl but source.path is not set (use --input FILE)")
-        source: Any = JsonlSource(Path(settings.source.path), settings.source.batch_size, stop)
+        source: Any = JsonlSource(Path(settings.source.path), settings.source.batch_size, stop,
+                                     follow=settings.source.follow, tick_seconds=settings.source.tick_seconds)
     else:
         from touchline.connectors.sim_source import SimulatorSource
 
