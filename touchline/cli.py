@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="output directory (default touchline-out)")
     run.add_argument("--metrics-port", type=int, help="Prometheus port on 127.0.0.1 (default 9464, 0 = any free)")
     run.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
-    run.add_argument("--batch-size", type=int, help="events per micro-batch (default 1000)")
+    run.add_argument("--batch-size", type=int, help="events per micro-batch (default 100)")
     run.add_argument("--quiet", action="store_true", help="no live progress line")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_sim_args(run)
@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure the engine: events/s, p50/p99 latency, peak memory")
     bench.add_argument("--events", type=int, default=200_000, help="events to process (default 200000)")
-    bench.add_argument("--batch-size", type=int, default=1000, help="events per micro-batch (default 1000)")
+    bench.add_argument("--batch-size", type=int, default=100, help="events per micro-batch (default 100)")
     bench.add_argument("--config", type=Path, help="settings file")
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")
     _add_sim_args(bench)
@@ -102,7 +102,8 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         if not args.quiet:
             print(f"metrics: http://{host}:{port}/metrics", file=sys.stderr)
 
-    what = f"replaying {settings.source.path}" if settings.source.kind == "jsonl" else (
+    verb = "following (live, wall clock; Ctrl-C to stop)" if settings.source.follow else "replaying"
+    what = f"{verb} {settings.source.path}" if settings.source.kind == "jsonl" else (
         f"simulating {settings.simulator.contacts:,} contacts over {settings.simulator.days:g} days "
         f"(seed {settings.simulator.seed})")
     if not args.quiet:

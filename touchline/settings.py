@@ -37,7 +37,7 @@ class _Section(BaseModel):
 class SourceSettings(_Section):
     kind: Literal["simulator", "jsonl"] = "simulator"
     path: Path | None = Field(default=None, description="JSONL file when kind = jsonl")
-    batch_size: int = Field(default=1000, ge=1, le=100_000)
+    batch_size: int = Field(default=100, ge=1, le=100_000)
     follow: bool = Field(default=False, description="tail the JSONL file (live mode) until stopped")
     tick_seconds: float = Field(default=1.0, gt=0, le=60, description="idle clock tick while following")
 
