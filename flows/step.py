@@ -1,60 +1,29 @@
-"""One micro-batch through the engine: parse, resolve, update state, score, decide.
+"""One micro-batch through the engine: parse, load state, decide, save state, account.
 
-This is the glue between the state store (I/O, batched: one ``resolve``, one
-``load``, one ``save``, one ``pop_due`` and one ``schedule`` per batch) and the pure
-logic in ``touchline.decisions``. Events and due timers are processed as one
-time-ordered work queue, so a timer that comes due between two events of the same
-batch fires between them, and batch boundaries do not change the decisions.
+The I/O half of the engine step: the state store is called once per operation per
+batch (``resolve``, ``pop_due``, ``load`` before; ``save``, ``delete`` of expired
+contacts and ``schedule`` after; ``reserve`` per decision), around the pure decision
+loop in :mod:`touchline.decisions.engine`. Metrics are counted once per batch.
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from touchline.decisions import labels as label_rules
-from touchline.decisions.clock import Clock, EventTimeClock
+from touchline.decisions.clock import Clock
+from touchline.decisions.engine import BatchRun, DecisionCore, LabelSettings
 from touchline.decisions.events import Event, Rejected, parse_event
-from touchline.decisions.features import features
-from touchline.decisions.models import ModelConfig, ScoreModel
-from touchline.decisions.policy import Candidate, PolicyConfig, Suppression, arbitrate, in_holdout
-from touchline.decisions.profile import (
-    DAY_MS,
-    MAX_ALIASES,
-    PASSIVE_TYPES,
-    Observation,
-    Profile,
-    Send,
-    apply_event,
-    is_too_late,
-    merge_into,
-)
-from touchline.decisions.record import build_record
-from touchline.decisions.triggers import (
-    CART_TIMER,
-    INACTIVITY_TIMER,
-    INTENT_TYPES,
-    cart_candidates,
-    inactivity_candidates,
-    on_event_candidates,
-)
+from touchline.decisions.models import ModelConfig
+from touchline.decisions.policy import PolicyConfig
 from touchline.metrics.engine import EngineMetrics
 from touchline.state.base import StateStore
 
 log = logging.getLogger(__name__)
 
-EXPIRE_TIMER = "expire"
-#: Events that change a cart and so (re)start its abandonment clock.
-CART_EVENTS = frozenset({"add_to_cart", "remove_from_cart", "checkout_start"})
-#: Moments a lead observation is taken at: the intent events a sales hand-off is decided
-#: on, so the model is trained on the situations it is asked about.
-LEAD_MOMENTS = INTENT_TYPES - {"page_view"}
-LABEL_TIMER = {label_rules.LEAD: "label_lead", label_rules.CHURN: "label_churn"}
-_TIMER_LABEL = {v: k for k, v in LABEL_TIMER.items()}
 
 
 @dataclass(slots=True)
@@ -78,18 +47,6 @@ class BatchResult:
     dead_letters: list[dict[str, Any]]
 
 
-class LabelSettings:
-    """Horizons and goals for the delayed labels (see :mod:`touchline.decisions.labels`)."""
-
-    def __init__(self, lead_horizon_days: float, churn_horizon_days: float, goal_types: frozenset[str],
-                 sample_gap_hours: float = 24.0, sample_rate: float = 0.3):
-        self.lead_horizon_ms = int(lead_horizon_days * DAY_MS)
-        self.churn_horizon_ms = int(churn_horizon_days * DAY_MS)
-        self.goal_types = goal_types
-        self.sample_gap_ms = int(sample_gap_hours * 3_600_000)
-        self.sample_rate = sample_rate
-
-
 @dataclass
 class Totals:
     """Running tallies for the end-of-run summary (the metrics hold the same, for scrapes)."""
@@ -110,7 +67,7 @@ class Totals:
 
 
 class Engine:
-    """Per-worker engine: owns the models and the clock, borrows the store."""
+    """Per-worker engine: owns the decision core (models, clock), borrows the store."""
 
     def __init__(
         self,
@@ -123,16 +80,18 @@ class Engine:
         retention_days: float = 90.0,
     ) -> None:
         self.store = store
-        self.policy = policy
-        self.labels = labels
         self.metrics = metrics
-        self.clock = clock or EventTimeClock()
-        self.live = not isinstance(self.clock, EventTimeClock)
-        self.retention_ms = int(retention_days * DAY_MS)
-        self.models = {name: ScoreModel.build(cfg) for name, cfg in models.items()}
+        self.core = DecisionCore(policy, models, labels, clock, retention_days)
         self.totals = Totals()
-        self._idle_ms = int(policy.cart_abandon_minutes * 60_000)
-        self._inactive_ms = int(policy.inactivity_days * DAY_MS)
+
+    @property
+    def models(self):
+        """The live models, by name."""
+        return self.core.models
+
+    @property
+    def clock(self) -> Clock:
+        return self.core.clock
 
     # ------------------------------------------------------------------ batch
     def process(self, batch: RawBatch) -> BatchResult:
@@ -146,16 +105,31 @@ class Engine:
             else:
                 events.append(parsed)
         events.sort(key=lambda ev: ev.ts_ms)  # stable: ties keep arrival order
-        run = _BatchRun(self, events, dead)
-        run.execute(batch.advance_to_ms)
-        self._account(batch, run, dead)
+        store, timings = self.store, {}
+        horizon = self.core.advance(events, batch.advance_to_ms)
+        resolved = _timed(timings, "resolve", store.resolve, events) if events else []
+        due = _timed(timings, "pop_due", store.pop_due, horizon)
+        keys = {k for k, _ in resolved} | {m for _, m in resolved if m} | {k for _, k, _ in due}
+        profiles = _timed(timings, "load", store.load, keys) if keys else {}
+        run = BatchRun(self.core, profiles, store.reserve)
+        run.run(events, resolved, due, horizon)
+        live = {k: profiles[k] for k in run.touched - run.deleted}
+        _timed(timings, "save", store.save, live, run.merged_away)
+        for key in run.expired:
+            _timed(timings, "delete", store.delete, key)
+        if run.to_schedule:
+            _timed(timings, "schedule", store.schedule,
+                   [(k, kind, due_ms) for (k, kind), due_ms in run.to_schedule.items()])
+        dead.extend(run.dead)
+        self._account(batch, events, run, dead, timings)
         return BatchResult(run.decisions, dead)
 
-    def _account(self, batch: RawBatch, run: "_BatchRun", dead: list[dict[str, Any]]) -> None:
+    def _account(self, batch: RawBatch, events: list[Event], run: BatchRun, dead: list[dict[str, Any]],
+                 timings: dict[str, float]) -> None:
         done_ns = time.perf_counter_ns()
         m, t = self.metrics, self.totals
         latency_ms = (done_ns - batch.read_ns) / 1e6
-        n = len(run.events)
+        n = len(events)
         t.lines += len(batch.lines)
         t.events += sum(run.by_type.values())
         t.duplicates += run.duplicates
@@ -167,7 +141,7 @@ class Engine:
         t.timers.update(run.timers_fired)
         if n:
             t.batch_latency_ms.append((latency_ms, n))
-            first, last = run.events[0].ts_ms, run.events[-1].ts_ms
+            first, last = events[0].ts_ms, events[-1].ts_ms
             t.first_event_ms = first if t.first_event_ms is None else min(t.first_event_ms, first)
             t.last_event_ms = last if t.last_event_ms is None else max(t.last_event_ms, last)
         t.decision_latency_ms.extend(latency_ms for _ in run.decisions)
@@ -183,7 +157,7 @@ class Engine:
         seconds = latency_ms / 1000
         for _ in range(n):
             m.processing.observe(seconds)
-        if self.live:
+        if self.core.live:
             wall_ms = time.time_ns() / 1e6
             for event_ms in run.decision_event_ms:
                 m.event_to_decision.observe(max(0.0, (wall_ms - event_ms) / 1000))
@@ -196,268 +170,16 @@ class Engine:
             for s in scores:
                 hist.observe(s)
         m.watermark.set(self.clock.now() / 1000)
-        for op, seconds_spent in run.store_seconds.items():
+        for op, seconds_spent in timings.items():
             m.store_latency.labels(op).observe(seconds_spent)
 
 
-class _BatchRun:
-    """The state of one batch while it runs (kept off the Engine so batches can't leak)."""
 
-    def __init__(self, engine: Engine, events: list[Event], dead: list[dict[str, Any]]):
-        self.e = engine
-        self.events = events
-        self.dead = dead
-        self.decisions: list[dict[str, Any]] = []
-        self.decision_event_ms: list[int] = []
-        self.by_type: Counter = Counter()
-        self.suppressed: Counter = Counter()
-        self.decided: Counter = Counter()
-        self.timers_fired: Counter = Counter()
-        self.labelled: Counter = Counter()
-        self.scores: dict[str, list[float]] = {name: [] for name in engine.models}
-        self.duplicates = 0
-        self.store_seconds: dict[str, float] = {}
-        self.profiles: dict[str, Profile] = {}
-        self.deleted: set[str] = set()
-        #: profiles changed in this batch: only these are saved (a stale timer for a
-        #: forgotten key must not bring back an empty profile)
-        self.touched: set[str] = set()
-        self.to_schedule: dict[tuple[str, str], int] = {}
-        self.horizon_ms = 0
-        self._queue: list[tuple[int, int, str, Any]] = []
-        self._seq = 0
 
-    def _timed(self, op: str, fn, *args):
-        start = time.perf_counter()
-        try:
-            return fn(*args)
-        finally:
-            self.store_seconds[op] = self.store_seconds.get(op, 0.0) + time.perf_counter() - start
-
-    def _push(self, ts_ms: int, kind: str, item: Any) -> None:
-        self._seq += 1
-        heapq.heappush(self._queue, (ts_ms, self._seq, kind, item))
-
-    def execute(self, advance_to_ms: int | None) -> None:
-        e, store = self.e, self.e.store
-        clock = e.clock
-        for ev in self.events:
-            clock.observe(ev.ts_ms)
-        if advance_to_ms is not None:
-            clock.observe(advance_to_ms)
-        self.horizon_ms = clock.now()
-        resolved = self._timed("resolve", store.resolve, self.events) if self.events else []
-        due = self._timed("pop_due", store.pop_due, self.horizon_ms)
-        keys = {k for k, _ in resolved} | {m for _, m in resolved if m} | {k for _, k, _ in due}
-        self.profiles = self._timed("load", store.load, keys) if keys else {}
-        for ev, (key, merged) in zip(self.events, resolved):
-            self._push(ev.ts_ms, "event", (ev, key, merged))
-        for due_ms, key, kind in due:
-            self._push(due_ms, "timer", (key, kind, due_ms))
-        while self._queue:
-            ts_ms, _, kind, item = heapq.heappop(self._queue)
-            if kind == "event":
-                self._on_event(*item)
-            else:
-                self._on_timer(*item)
-        live = {k: self.profiles[k] for k in self.touched - self.deleted}
-        self._timed("save", store.save, live, self.deleted)
-        if self.to_schedule:
-            self._timed("schedule", store.schedule, [(k, kind, due) for (k, kind), due in self.to_schedule.items()])
-
-    # --------------------------------------------------------------- timers
-    def _set_timer(self, profile: Profile, kind: str, due_ms: int) -> None:
-        """One pending timer per contact and kind; fires in this batch if due within it."""
-        profile.timers[kind] = due_ms
-        if due_ms <= self.horizon_ms:
-            self._push(due_ms, "timer", (profile.key, kind, due_ms))
-            self.to_schedule.pop((profile.key, kind), None)
-        else:
-            self.to_schedule[(profile.key, kind)] = due_ms
-
-    def _on_timer(self, key: str, kind: str, due_ms: int) -> None:
-        profile = self.profiles.get(key)
-        if profile is None or key in self.deleted or profile.timers.get(kind) != due_ms:
-            return  # stale: replaced, merged away or expired since it was set
-        del profile.timers[kind]
-        self.touched.add(key)
-        e = self.e
-        now = e.clock.now() if e.live else due_ms
-        self.timers_fired[kind] += 1
-        if kind in _TIMER_LABEL:
-            model = _TIMER_LABEL[kind]
-            resolved = label_rules.on_deadline(profile, model, now)
-            if resolved is not None:
-                self._learn(model, *resolved)
-            return
-        if kind == CART_TIMER:
-            if profile.cart_value <= 0 or profile.cart_updated_ts is None:
-                return
-            ready = profile.cart_updated_ts + e._idle_ms
-            if ready > now:  # the cart changed since: wait for the new idle deadline
-                self._set_timer(profile, CART_TIMER, ready)
-                return
-            feats = features(profile, now)
-            scores = {"lead": self._score("lead", feats)}
-            self._decide(profile, cart_candidates(profile, now, scores, e.policy), scores,
-                         {"kind": "timer", "timer": kind}, f"timer:{kind}:{due_ms}", due_ms, now)
-        elif kind == INACTIVITY_TIMER:
-            last = profile.last_activity_ts
-            if last is None:
-                return
-            if last + e._inactive_ms > now:
-                self._set_timer(profile, INACTIVITY_TIMER, last + e._inactive_ms)
-                return
-            feats = features(profile, now)
-            churn = self._score("churn", feats)
-            self._observe(profile, label_rules.CHURN, feats, churn, now)
-            scores = {"churn": churn}
-            self._decide(profile, inactivity_candidates(profile, now, scores, e.policy), scores,
-                         {"kind": "timer", "timer": kind}, f"timer:{kind}:{due_ms}", due_ms, now)
-        elif kind == EXPIRE_TIMER:
-            last = profile.last_activity_ts or profile.last_ts
-            if last + e.retention_ms > now:
-                self._set_timer(profile, EXPIRE_TIMER, last + e.retention_ms)
-                return
-            self.deleted.add(key)
-            self.e.store.delete(key)
-
-    # --------------------------------------------------------------- events
-    def _on_event(self, ev: Event, key: str, merged: str | None) -> None:
-        e = self.e
-        profile = self.profiles[key]
-        if key in self.deleted:  # expired earlier in this batch and active again
-            self.deleted.discard(key)
-            profile = self.profiles[key] = Profile(key, known=profile.known)
-        self.touched.add(key)
-        if merged is not None:
-            self._merge(profile, merged)
-        if is_too_late(profile, ev.ts_ms):
-            self.dead.append({
-                "kind": "invalid_event", "reason": "late_event", "source": "engine",
-                "detail": f"event {ev.event_id!r} is older than the idempotency window of its contact",
-                "raw": ev.to_dict(),
-            })
-            return
-        if not apply_event(profile, ev.event_id, ev.type, ev.ts_ms, ev.properties, ev.context, ev.channel):
-            self.duplicates += 1
-            return
-        self.by_type[ev.type] += 1
-        now = e.clock.now() if e.live else profile.last_ts
-        active = ev.type not in PASSIVE_TYPES
-        for model, obs, label in label_rules.on_event(profile, ev.type, ev.ts_ms, e.labels.goal_types, active):
-            self._learn(model, obs, label)
-        # Score only where a decision or a training example can follow.
-        observe_lead = (
-            ev.type in LEAD_MOMENTS
-            and self._may_observe(profile, label_rules.LEAD, ev.ts_ms)
-            and label_rules.sampled(ev.event_id, e.labels.sample_rate)
-        )
-        observe_churn = active and self._may_observe(profile, label_rules.CHURN, ev.ts_ms)
-        scores: dict[str, float] = {}
-        if observe_lead or observe_churn or (profile.known and ev.type in INTENT_TYPES):
-            feats = features(profile, profile.last_ts)
-            lead = scores["lead"] = self._score("lead", feats)
-            if observe_lead:
-                self._observe(profile, label_rules.LEAD, feats, lead, ev.ts_ms)
-            if observe_churn:
-                self._observe(profile, label_rules.CHURN, feats, self._score("churn", feats), ev.ts_ms)
-        if active:
-            if INACTIVITY_TIMER not in profile.timers:
-                self._set_timer(profile, INACTIVITY_TIMER, ev.ts_ms + e._inactive_ms)
-        if ev.type in CART_EVENTS and profile.cart_value > 0 and CART_TIMER not in profile.timers:
-            self._set_timer(profile, CART_TIMER, ev.ts_ms + e._idle_ms)
-        if EXPIRE_TIMER not in profile.timers:  # every profile is discarded once inactive long enough
-            self._set_timer(profile, EXPIRE_TIMER, (profile.last_activity_ts or ev.ts_ms) + e.retention_ms)
-        candidates = on_event_candidates(ev.type, profile, scores, e.policy)
-        if candidates and "lead" not in scores:  # every decision records the scores it was made with
-            scores["lead"] = self._score("lead", features(profile, profile.last_ts))
-        self._decide(profile, candidates, scores, {"kind": "event", "event_id": ev.event_id, "type": ev.type},
-                     ev.event_id, ev.ts_ms, now)
-
-    def _merge(self, contact: Profile, anon_key: str) -> None:
-        anon = self.profiles.get(anon_key)
-        if anon is None:
-            return
-        alias = anon_key.partition(":")[2]
-        if alias not in contact.aliases and len(contact.aliases) < MAX_ALIASES:
-            contact.aliases.append(alias)
-        if anon.events_total:
-            adopted = merge_into(contact, anon)
-            for kind, due in adopted.items():
-                self._set_timer(contact, kind, due)
-        for kind in anon.timers:
-            self.to_schedule.pop((anon_key, kind), None)
-        self.deleted.add(anon_key)  # the store drops it with its pending timers
-
-    # --------------------------------------------------------------- models
-    def _score(self, model: str, feats: dict[str, float]) -> float:
-        p = self.e.models[model].predict(feats)
-        self.scores[model].append(p)
-        return p
-
-    def _may_observe(self, profile: Profile, model: str, now_ms: int) -> bool:
-        """One pending observation per model, and at most one per ``sample_gap`` per contact,
-        so a very active contact does not turn every click into a training example."""
-        if model in profile.pending:
-            return False
-        last = profile.observed.get(model)
-        return last is None or now_ms - last >= self.e.labels.sample_gap_ms
-
-    def _observe(self, profile: Profile, model: str, feats: dict[str, float], p: float, now_ms: int) -> None:
-        """Capture features and prediction now; the label comes when the horizon resolves."""
-        if model in profile.pending:
-            return
-        profile.observed[model] = now_ms
-        horizon = self.e.labels.lead_horizon_ms if model == label_rules.LEAD else self.e.labels.churn_horizon_ms
-        deadline = now_ms + horizon
-        profile.pending[model] = Observation(now_ms, deadline, feats, p, self.e.models[model].version)
-        self._set_timer(profile, LABEL_TIMER[model], deadline)
-
-    def _learn(self, model: str, obs: Observation, label: bool) -> None:
-        self.e.models[model].learn(obs.features, label, obs.probability)
-        self.labelled[(model, "positive" if label else "negative")] += 1
-
-    # --------------------------------------------------------------- policy
-    def _decide(
-        self,
-        profile: Profile,
-        candidates: list[Candidate],
-        scores: dict[str, float],
-        trigger: dict[str, Any],
-        trigger_id: str,
-        event_ms: int,
-        now_ms: int,
-    ) -> None:
-        if not candidates:
-            return
-        e = self.e
-        policy = e.policy
-        holdout = in_holdout(profile.key, policy.holdout_name, policy.holdout_share)
-        winner, suppressed = arbitrate(candidates, profile, now_ms, policy, holdout)
-        if winner is not None and not e.store.reserve(
-            profile, Send(now_ms, winner.channel, winner.action), policy.caps, policy.global_caps
-        ):
-            suppressed.append(Suppression(winner.action, winner.channel, "cap_reserved_elsewhere"))
-            winner = None
-        for s in suppressed:
-            self.suppressed[s.reason] += 1
-        if winner is None:
-            return
-        self.decided[(winner.action, winner.channel)] += 1
-        record = build_record(
-            contact=profile.key,
-            chosen=winner,
-            suppressed=suppressed,
-            scores={
-                name: {"p": round(p, 6), "model": name, "version": e.models[name].version, "labels": e.models[name].labels}
-                for name, p in sorted(scores.items())
-            },
-            trigger=trigger,
-            trigger_id=trigger_id,
-            event_time_ms=event_ms,
-            decision_time_ms=now_ms,
-            experiment={"name": policy.holdout_name, "arm": "treatment"},
-        )
-        self.decisions.append(record)
-        self.decision_event_ms.append(event_ms)
+def _timed(timings: dict[str, float], op: str, fn, *args):
+    """Call ``fn`` and add its wall time to ``timings[op]`` (state-store latency metric)."""
+    start = time.perf_counter()
+    try:
+        return fn(*args)
+    finally:
+        timings[op] = timings.get(op, 0.0) + time.perf_counter() - start

@@ -428,7 +428,7 @@ def test_live_idle_tick_fires_timers():
     """With a wall clock, an empty batch (advance_to_ms=None) is an idle tick that fires due timers."""
     clock = FakeWallClock(T0)
     e = make_engine(clock=clock)
-    assert e.live
+    assert e.core.live
     assert run(e, [line("a", "add_to_cart", T0, "c1", properties={"value": 50})]) == []
     clock.t = T0 + 29 * MIN
     assert run(e, []) == []

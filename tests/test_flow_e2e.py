@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import urllib.request
-from collections import Counter, defaultdict
+from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 
@@ -79,6 +79,18 @@ def test_policy_holds_on_the_output(default_like_run):
     for d in decisions:
         assert not in_holdout(d["contact_id"], policy.holdout_name, policy.holdout_share)
         per_contact[d["contact_id"]].append((_ms(d["decision_time"]), d["channel"]))
+    from touchline.connectors.simulator import Simulator
+    from touchline.runner import simulator_spec
+
+    zones = {t.contact_id: t.timezone for t in Simulator(simulator_spec(settings)).traits()}
+    quiet = policy.quiet_hours
+    checked = 0
+    for d in decisions:
+        if d["channel"] in quiet.channels:
+            hour = local_hour(_ms(d["decision_time"]), zones[d["contact_id"]], quiet.default_timezone)
+            assert not in_quiet_hours(hour, quiet), d
+            checked += 1
+    assert checked > 0
     for sends in per_contact.values():
         for t, channel in sends:
             for window, limit in policy.caps.get(channel, {}).items():

@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from bytewax.testing import run_main
 from prometheus_client import CollectorRegistry
@@ -23,6 +23,9 @@ from touchline.metrics.server import serve_metrics
 from touchline.settings import Settings
 from touchline.state import open_store
 from touchline.summary import build_summary
+
+if TYPE_CHECKING:
+    from touchline.connectors.simulator import SimulatorSpec
 
 
 def simulator_spec(settings: Settings) -> "SimulatorSpec":

@@ -1,0 +1,362 @@
+"""The per-contact decision loop of one micro-batch, without I/O.
+
+Events and due timers run as one time-ordered queue over profiles the caller has
+loaded, so a timer that comes due between two events of a batch fires between them
+and batch boundaries do not change the decisions. For each event: apply it to the
+profile (idempotently), resolve delayed labels, score where a decision or a training
+example can follow, set timers, collect trigger candidates and decide. For each due
+timer: label deadlines, abandoned carts, inactivity (churn win-back), retention expiry.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from typing import Any, Callable, Mapping
+
+from touchline.decisions import labels as label_rules
+from touchline.decisions.clock import Clock, EventTimeClock
+from touchline.decisions.events import Event
+from touchline.decisions.features import features
+from touchline.decisions.models import ModelConfig, ScoreModel
+from touchline.decisions.policy import Candidate, PolicyConfig, Suppression, arbitrate, in_holdout
+from touchline.decisions.profile import (
+    DAY_MS,
+    MAX_ALIASES,
+    PASSIVE_TYPES,
+    Observation,
+    Profile,
+    Send,
+    apply_event,
+    is_too_late,
+    merge_into,
+)
+from touchline.decisions.record import build_record
+from touchline.decisions.triggers import (
+    CART_TIMER,
+    INACTIVITY_TIMER,
+    INTENT_TYPES,
+    cart_candidates,
+    inactivity_candidates,
+    on_event_candidates,
+)
+
+#: Atomically check caps and record a send (a state store's ``reserve``).
+Reserve = Callable[[Profile, Send, Mapping[str, Mapping[str, int]], Mapping[str, int]], bool]
+
+EXPIRE_TIMER = "expire"
+#: Events that change a cart and so (re)start its abandonment clock.
+CART_EVENTS = frozenset({"add_to_cart", "remove_from_cart", "checkout_start"})
+#: Moments a lead observation is taken at: the intent events a sales hand-off is decided
+#: on, so the model is trained on the situations it is asked about.
+LEAD_MOMENTS = INTENT_TYPES - {"page_view"}
+LABEL_TIMER = {label_rules.LEAD: "label_lead", label_rules.CHURN: "label_churn"}
+_TIMER_LABEL = {v: k for k, v in LABEL_TIMER.items()}
+
+
+
+class LabelSettings:
+    """Horizons and goals for the delayed labels (see :mod:`touchline.decisions.labels`)."""
+
+    def __init__(self, lead_horizon_days: float, churn_horizon_days: float, goal_types: frozenset[str],
+                 sample_gap_hours: float = 24.0, sample_rate: float = 0.3):
+        self.lead_horizon_ms = int(lead_horizon_days * DAY_MS)
+        self.churn_horizon_ms = int(churn_horizon_days * DAY_MS)
+        self.goal_types = goal_types
+        self.sample_gap_ms = int(sample_gap_hours * 3_600_000)
+        self.sample_rate = sample_rate
+
+
+
+class DecisionCore:
+    """What persists across batches on one worker: configuration, models and the clock."""
+
+    def __init__(
+        self,
+        policy: PolicyConfig,
+        models: dict[str, ModelConfig],
+        labels: LabelSettings,
+        clock: Clock | None = None,
+        retention_days: float = 90.0,
+    ) -> None:
+        self.policy = policy
+        self.labels = labels
+        self.clock = clock or EventTimeClock()
+        self.live = not isinstance(self.clock, EventTimeClock)
+        self.retention_ms = int(retention_days * DAY_MS)
+        self.models = {name: ScoreModel.build(cfg) for name, cfg in models.items()}
+        self._idle_ms = int(policy.cart_abandon_minutes * 60_000)
+        self._inactive_ms = int(policy.inactivity_days * DAY_MS)
+
+    def advance(self, events: list[Event], advance_to_ms: int | None) -> int:
+        """Let the clock see a batch's events (and an explicit advance); returns its horizon."""
+        for ev in events:
+            self.clock.observe(ev.ts_ms)
+        if advance_to_ms is not None:
+            self.clock.observe(advance_to_ms)
+        return self.clock.now()
+
+
+class BatchRun:
+    """One micro-batch of events and due timers, processed in time order over loaded profiles.
+
+    Pure: the caller loads the profiles and the due timers before, and after ``run``
+    saves ``touched`` profiles, drops ``merged_away`` and ``expired`` ones and schedules
+    ``to_schedule``. The only call out is ``reserve``, the atomic frequency-cap check
+    that must happen at decision time.
+    """
+
+    def __init__(self, core: "DecisionCore", profiles: dict[str, Profile], reserve: Reserve):
+        self.e = core
+        self.profiles = profiles
+        self.reserve = reserve
+        self.dead: list[dict[str, Any]] = []
+        self.decisions: list[dict[str, Any]] = []
+        self.decision_event_ms: list[int] = []
+        self.by_type: Counter = Counter()
+        self.suppressed: Counter = Counter()
+        self.decided: Counter = Counter()
+        self.timers_fired: Counter = Counter()
+        self.labelled: Counter = Counter()
+        self.scores: dict[str, list[float]] = {name: [] for name in core.models}
+        self.duplicates = 0
+        self.deleted: set[str] = set()  # merged away or expired: not to be saved
+        self.expired: set[str] = set()  # inactive past retention: forget with their aliases
+        #: profiles changed in this batch: only these are saved (a stale timer for a
+        #: forgotten key must not bring back an empty profile)
+        self.touched: set[str] = set()
+        self.to_schedule: dict[tuple[str, str], int] = {}
+        self.horizon_ms = 0
+        self._queue: list[tuple[int, int, str, Any]] = []
+        self._seq = 0
+
+    def _push(self, ts_ms: int, kind: str, item: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (ts_ms, self._seq, kind, item))
+
+    def run(
+        self,
+        events: list[Event],
+        resolved: list[tuple[str, str | None]],
+        due: list[tuple[int, str, str]],
+        horizon_ms: int,
+    ) -> None:
+        """Process ``events`` (with their resolved keys) and ``due`` timers in time order.
+
+        Timers set while running that come due by ``horizon_ms`` (the batch's clock) fire
+        in this run, between the events they fall between.
+        """
+        self.horizon_ms = horizon_ms
+        for ev, (key, merged) in zip(events, resolved):
+            self._push(ev.ts_ms, "event", (ev, key, merged))
+        for due_ms, key, kind in due:
+            self._push(due_ms, "timer", (key, kind, due_ms))
+        while self._queue:
+            _ts, _, kind, item = heapq.heappop(self._queue)
+            if kind == "event":
+                self._on_event(*item)
+            else:
+                self._on_timer(*item)
+
+    @property
+    def merged_away(self) -> set[str]:
+        """Profiles folded into another one in this batch."""
+        return self.deleted - self.expired
+
+    # --------------------------------------------------------------- timers
+    def _set_timer(self, profile: Profile, kind: str, due_ms: int) -> None:
+        """One pending timer per contact and kind; fires in this batch if due within it."""
+        profile.timers[kind] = due_ms
+        if due_ms <= self.horizon_ms:
+            self._push(due_ms, "timer", (profile.key, kind, due_ms))
+            self.to_schedule.pop((profile.key, kind), None)
+        else:
+            self.to_schedule[(profile.key, kind)] = due_ms
+
+    def _on_timer(self, key: str, kind: str, due_ms: int) -> None:
+        profile = self.profiles.get(key)
+        if profile is None or key in self.deleted or profile.timers.get(kind) != due_ms:
+            return  # stale: replaced, merged away or expired since it was set
+        del profile.timers[kind]
+        self.touched.add(key)
+        e = self.e
+        now = e.clock.now() if e.live else due_ms
+        self.timers_fired[kind] += 1
+        if kind in _TIMER_LABEL:
+            model = _TIMER_LABEL[kind]
+            resolved = label_rules.on_deadline(profile, model, now)
+            if resolved is not None:
+                self._learn(model, *resolved)
+            return
+        if kind == CART_TIMER:
+            if profile.cart_value <= 0 or profile.cart_updated_ts is None:
+                return
+            ready = profile.cart_updated_ts + e._idle_ms
+            if ready > now:  # the cart changed since: wait for the new idle deadline
+                self._set_timer(profile, CART_TIMER, ready)
+                return
+            feats = features(profile, now)
+            scores = {"lead": self._score("lead", feats)}
+            self._decide(profile, cart_candidates(profile, now, scores, e.policy), scores,
+                         {"kind": "timer", "timer": kind}, f"timer:{kind}:{due_ms}", due_ms, now)
+        elif kind == INACTIVITY_TIMER:
+            last = profile.last_activity_ts
+            if last is None:
+                return
+            if last + e._inactive_ms > now:
+                self._set_timer(profile, INACTIVITY_TIMER, last + e._inactive_ms)
+                return
+            feats = features(profile, now)
+            churn = self._score("churn", feats)
+            self._observe(profile, label_rules.CHURN, feats, churn, now)
+            scores = {"churn": churn}
+            self._decide(profile, inactivity_candidates(profile, now, scores, e.policy), scores,
+                         {"kind": "timer", "timer": kind}, f"timer:{kind}:{due_ms}", due_ms, now)
+        elif kind == EXPIRE_TIMER:
+            last = profile.last_activity_ts or profile.last_ts
+            if last + e.retention_ms > now:
+                self._set_timer(profile, EXPIRE_TIMER, last + e.retention_ms)
+                return
+            self.deleted.add(key)
+            self.expired.add(key)
+
+    # --------------------------------------------------------------- events
+    def _on_event(self, ev: Event, key: str, merged: str | None) -> None:
+        e = self.e
+        profile = self.profiles[key]
+        if key in self.deleted:  # expired earlier in this batch and active again
+            self.deleted.discard(key)
+            self.expired.discard(key)
+            profile = self.profiles[key] = Profile(key, known=profile.known)
+        self.touched.add(key)
+        if merged is not None:
+            self._merge(profile, merged)
+        if is_too_late(profile, ev.ts_ms):
+            self.dead.append({
+                "kind": "invalid_event", "reason": "late_event", "source": "engine",
+                "detail": f"event {ev.event_id!r} is older than the idempotency window of its contact",
+                "raw": ev.to_dict(),
+            })
+            return
+        if not apply_event(profile, ev.event_id, ev.type, ev.ts_ms, ev.properties, ev.context, ev.channel):
+            self.duplicates += 1
+            return
+        self.by_type[ev.type] += 1
+        now = e.clock.now() if e.live else profile.last_ts
+        active = ev.type not in PASSIVE_TYPES
+        for model, obs, label in label_rules.on_event(profile, ev.type, ev.ts_ms, e.labels.goal_types, active):
+            self._learn(model, obs, label)
+        # Score only where a decision or a training example can follow.
+        observe_lead = (
+            ev.type in LEAD_MOMENTS
+            and self._may_observe(profile, label_rules.LEAD, ev.ts_ms)
+            and label_rules.sampled(ev.event_id, e.labels.sample_rate)
+        )
+        observe_churn = active and self._may_observe(profile, label_rules.CHURN, ev.ts_ms)
+        scores: dict[str, float] = {}
+        if observe_lead or observe_churn or (profile.known and ev.type in INTENT_TYPES):
+            feats = features(profile, profile.last_ts)
+            lead = scores["lead"] = self._score("lead", feats)
+            if observe_lead:
+                self._observe(profile, label_rules.LEAD, feats, lead, ev.ts_ms)
+            if observe_churn:
+                self._observe(profile, label_rules.CHURN, feats, self._score("churn", feats), ev.ts_ms)
+        if active:
+            if INACTIVITY_TIMER not in profile.timers:
+                self._set_timer(profile, INACTIVITY_TIMER, ev.ts_ms + e._inactive_ms)
+        if ev.type in CART_EVENTS and profile.cart_value > 0 and CART_TIMER not in profile.timers:
+            self._set_timer(profile, CART_TIMER, ev.ts_ms + e._idle_ms)
+        if EXPIRE_TIMER not in profile.timers:  # every profile is discarded once inactive long enough
+            self._set_timer(profile, EXPIRE_TIMER, (profile.last_activity_ts or ev.ts_ms) + e.retention_ms)
+        candidates = on_event_candidates(ev.type, profile, scores, e.policy)
+        if candidates and "lead" not in scores:  # every decision records the scores it was made with
+            scores["lead"] = self._score("lead", features(profile, profile.last_ts))
+        self._decide(profile, candidates, scores, {"kind": "event", "event_id": ev.event_id, "type": ev.type},
+                     ev.event_id, ev.ts_ms, now)
+
+    def _merge(self, contact: Profile, anon_key: str) -> None:
+        anon = self.profiles.get(anon_key)
+        if anon is None:
+            return
+        alias = anon_key.partition(":")[2]
+        if alias not in contact.aliases and len(contact.aliases) < MAX_ALIASES:
+            contact.aliases.append(alias)
+        if anon.events_total:
+            adopted = merge_into(contact, anon)
+            for kind, due in adopted.items():
+                self._set_timer(contact, kind, due)
+        for kind in anon.timers:
+            self.to_schedule.pop((anon_key, kind), None)
+        self.deleted.add(anon_key)  # dropped with its pending timers when the batch is saved
+
+    # --------------------------------------------------------------- models
+    def _score(self, model: str, feats: dict[str, float]) -> float:
+        p = self.e.models[model].predict(feats)
+        self.scores[model].append(p)
+        return p
+
+    def _may_observe(self, profile: Profile, model: str, now_ms: int) -> bool:
+        """One pending observation per model, and at most one per ``sample_gap`` per contact,
+        so a very active contact does not turn every click into a training example."""
+        if model in profile.pending:
+            return False
+        last = profile.observed.get(model)
+        return last is None or now_ms - last >= self.e.labels.sample_gap_ms
+
+    def _observe(self, profile: Profile, model: str, feats: dict[str, float], p: float, now_ms: int) -> None:
+        """Capture features and prediction now; the label comes when the horizon resolves."""
+        if model in profile.pending:
+            return
+        profile.observed[model] = now_ms
+        horizon = self.e.labels.lead_horizon_ms if model == label_rules.LEAD else self.e.labels.churn_horizon_ms
+        deadline = now_ms + horizon
+        profile.pending[model] = Observation(now_ms, deadline, feats, p, self.e.models[model].version)
+        self._set_timer(profile, LABEL_TIMER[model], deadline)
+
+    def _learn(self, model: str, obs: Observation, label: bool) -> None:
+        self.e.models[model].learn(obs.features, label, obs.probability)
+        self.labelled[(model, "positive" if label else "negative")] += 1
+
+    # --------------------------------------------------------------- policy
+    def _decide(
+        self,
+        profile: Profile,
+        candidates: list[Candidate],
+        scores: dict[str, float],
+        trigger: dict[str, Any],
+        trigger_id: str,
+        event_ms: int,
+        now_ms: int,
+    ) -> None:
+        if not candidates:
+            return
+        e = self.e
+        policy = e.policy
+        holdout = in_holdout(profile.key, policy.holdout_name, policy.holdout_share)
+        winner, suppressed = arbitrate(candidates, profile, now_ms, policy, holdout)
+        if winner is not None and not self.reserve(
+            profile, Send(now_ms, winner.channel, winner.action), policy.caps, policy.global_caps
+        ):
+            suppressed.append(Suppression(winner.action, winner.channel, "cap_reserved_elsewhere"))
+            winner = None
+        for s in suppressed:
+            self.suppressed[s.reason] += 1
+        if winner is None:
+            return
+        self.decided[(winner.action, winner.channel)] += 1
+        record = build_record(
+            contact=profile.key,
+            chosen=winner,
+            suppressed=suppressed,
+            scores={
+                name: {"p": round(p, 6), "model": name, "version": e.models[name].version, "labels": e.models[name].labels}
+                for name, p in sorted(scores.items())
+            },
+            trigger=trigger,
+            trigger_id=trigger_id,
+            event_time_ms=event_ms,
+            decision_time_ms=now_ms,
+            experiment={"name": policy.holdout_name, "arm": "treatment"},
+        )
+        self.decisions.append(record)
+        self.decision_event_ms.append(event_ms)
