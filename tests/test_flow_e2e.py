@@ -203,3 +203,22 @@ def test_default_run_learns_lead_and_churn(tmp_path):
     assert models["lead"]["labels"] > 2_000 and models["churn"]["labels"] > 10_000
     assert models["lead"]["roc_auc"] > 0.58
     assert models["churn"]["roc_auc"] > 0.62
+
+
+def test_decisions_agree_across_processes_with_different_hash_seeds(tmp_path):
+    """No salted hash() anywhere in the decision path: two processes, two seeds, same bytes."""
+    import os
+    import subprocess
+    import sys
+
+    outputs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"p{seed}"
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run(
+            [sys.executable, "-m", "touchline", "run", "--contacts", "150", "--days", "10", "--no-metrics",
+             "--quiet", "--out", str(out)],
+            check=True, env=env, capture_output=True, timeout=120,
+        )
+        outputs.append((out / "decisions.jsonl").read_bytes())
+    assert outputs[0] and outputs[0] == outputs[1]
