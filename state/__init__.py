@@ -15,11 +15,27 @@ ValueError: state URL 'mongo://x': no store for scheme 'mongo' (known: memory)
 from __future__ import annotations
 
 from importlib.metadata import entry_points
+from urllib.parse import urlsplit, urlunsplit
 
 from touchline.state.base import StateStore
 from touchline.state.memory import MemoryStore
 
 BUILTIN_STORES: dict[str, type[StateStore]] = {"memory": MemoryStore}
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced, for logs and printed settings.
+
+    >>> mask_url("redis://app:s3cret@cache:6379/0"), mask_url("memory://")
+    ('redis://app:***@cache:6379/0', 'memory://')
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
 
 
 def open_store(url: str) -> StateStore:
@@ -36,4 +52,4 @@ def open_store(url: str) -> StateStore:
     raise ValueError(f"state URL {url!r}: no store for scheme {scheme!r} (known: {known})")
 
 
-__all__ = ["StateStore", "MemoryStore", "open_store"]
+__all__ = ["StateStore", "MemoryStore", "open_store", "mask_url"]

@@ -222,3 +222,31 @@ def test_decisions_agree_across_processes_with_different_hash_seeds(tmp_path):
         )
         outputs.append((out / "decisions.jsonl").read_bytes())
     assert outputs[0] and outputs[0] == outputs[1]
+
+
+def test_metrics_are_served_on_loopback_while_running_and_released_after(tmp_path):
+    from touchline.settings import load_settings
+
+    seen = {}
+
+    def scrape(host, port):
+        seen["addr"] = (host, port)
+        seen["body"] = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read().decode()
+
+    settings = load_settings(None, {"simulator.contacts": 30, "simulator.days": 2, "output.dir": tmp_path,
+                                    "metrics.port": 0})
+    run(settings, progress=None, on_metrics=scrape)
+    host, port = seen["addr"]
+    assert host == "127.0.0.1" and port > 0
+    assert 'touchline_build_info{version="' in seen["body"]
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2)
+
+
+def test_cli_config_prints_effective_settings_without_secrets(capsys, monkeypatch):
+    monkeypatch.setenv("TOUCHLINE_POLICY__HOLDOUT_SHARE", "0.2")
+    monkeypatch.setenv("TOUCHLINE_STATE__URL", "redis://app:s3cret@cache:6379/0")
+    assert main(["config"]) == 0
+    shown = orjson.loads(capsys.readouterr().out)
+    assert shown["policy"]["holdout_share"] == 0.2
+    assert shown["state"]["url"] == "redis://app:***@cache:6379/0"

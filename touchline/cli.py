@@ -4,6 +4,7 @@
     touchline run --input events.jsonl # replay a file in event time
     touchline simulate --out events.jsonl
     touchline bench --events 200000
+    touchline config --config my.toml  # the effective settings, as JSON
     touchline schema                   # print the event JSON Schema
 """
 
@@ -67,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")
     _add_sim_args(bench)
 
+    cfg = sub.add_parser("config", help="print the effective settings (file + environment + defaults) as JSON")
+    cfg.add_argument("--config", type=Path, help="settings file (.toml, .yaml)")
+
     sub.add_parser("schema", help="print the event JSON Schema")
     return parser
 
@@ -96,6 +100,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from touchline.runner import run
+    from touchline.state import mask_url
     from touchline.summary import format_summary
 
     def announce(host: str, port: int) -> None:
@@ -107,7 +112,7 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         f"simulating {settings.simulator.contacts:,} contacts over {settings.simulator.days:g} days "
         f"(seed {settings.simulator.seed})")
     if not args.quiet:
-        print(f"touchline {touchline.__version__}: {what}; state {settings.state.url}; "
+        print(f"touchline {touchline.__version__}: {what}; state {mask_url(settings.state.url)}; "
               f"decisions -> {settings.output.dir / settings.output.decisions}", file=sys.stderr)
     result = run(settings, progress=None if args.quiet else sys.stderr, on_metrics=announce)
     summary_path = settings.output.dir / "summary.json"
@@ -153,6 +158,15 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_config(_args: argparse.Namespace, settings: Settings) -> int:
+    from touchline.state import mask_url
+
+    data = settings.model_dump(mode="json")
+    data["state"]["url"] = mask_url(settings.state.url)
+    print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
 def _cmd_schema(_args: argparse.Namespace, _settings: Settings | None) -> int:
     from touchline.decisions.events import load_schema
 
@@ -173,7 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         overrides = _overrides(args)
         settings = load_settings(getattr(args, "config", None), overrides)
-        return {"run": _cmd_run, "simulate": _cmd_simulate, "bench": _cmd_bench}[args.command](args, settings)
+        commands = {"run": _cmd_run, "simulate": _cmd_simulate, "bench": _cmd_bench, "config": _cmd_config}
+        return commands[args.command](args, settings)
     except ConfigError as exc:
         print(f"touchline: {exc}", file=sys.stderr)
         return EXIT_CONFIG
