@@ -170,9 +170,10 @@ def _insert_windowed(profile: Profile, entry: tuple[int, str, str]) -> None:
 
 
 def _money(value: Any) -> float:
+    """A usable amount, or 0: not a number, negative, NaN or absurdly large values don't count."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return 0.0
-    return float(value) if value == value and abs(value) < 1e12 else 0.0  # NaN/inf-safe
+    return float(value) if 0 <= value < 1e12 else 0.0  # also false for NaN
 
 
 def apply_event(
