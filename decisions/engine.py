@@ -85,8 +85,8 @@ class DecisionCore:
         self.live = not isinstance(self.clock, EventTimeClock)
         self.retention_ms = int(retention_days * DAY_MS)
         self.models = {name: ScoreModel.build(cfg) for name, cfg in models.items()}
-        self._idle_ms = int(policy.cart_abandon_minutes * 60_000)
-        self._inactive_ms = int(policy.inactivity_days * DAY_MS)
+        self.idle_ms = int(policy.cart_abandon_minutes * 60_000)
+        self.inactive_ms = int(policy.inactivity_days * DAY_MS)
 
     def advance(self, events: list[Event], advance_to_ms: int | None) -> int:
         """Let the clock see a batch's events (and an explicit advance); returns its horizon."""
@@ -107,7 +107,7 @@ class BatchRun:
     """
 
     def __init__(self, core: "DecisionCore", profiles: dict[str, Profile], reserve: Reserve):
-        self.e = core
+        self.core = core
         self.profiles = profiles
         self.reserve = reserve
         self.dead: list[dict[str, Any]] = []
@@ -179,8 +179,8 @@ class BatchRun:
             return  # stale: replaced, merged away or expired since it was set
         del profile.timers[kind]
         self.touched.add(key)
-        e = self.e
-        now = e.clock.now() if e.live else due_ms
+        core = self.core
+        now = core.clock.now() if core.live else due_ms
         self.timers_fired[kind] += 1
         if kind in _TIMER_LABEL:
             model = _TIMER_LABEL[kind]
@@ -191,38 +191,38 @@ class BatchRun:
         if kind == CART_TIMER:
             if profile.cart_value <= 0 or profile.cart_updated_ts is None:
                 return
-            ready = profile.cart_updated_ts + e._idle_ms
+            ready = profile.cart_updated_ts + core.idle_ms
             if ready > now:  # the cart changed since: wait for the new idle deadline
                 self._set_timer(profile, CART_TIMER, ready)
                 return
             feats = features(profile, now)
             scores = {"lead": self._score("lead", feats)}
-            self._decide(profile, cart_candidates(profile, now, scores, e.policy), scores,
+            self._decide(profile, cart_candidates(profile, now, scores, core.policy), scores,
                          {"kind": "timer", "timer": kind}, f"timer:{kind}:{due_ms}", due_ms, now)
         elif kind == INACTIVITY_TIMER:
             last = profile.last_activity_ts
             if last is None:
                 return
-            if last + e._inactive_ms > now:
-                self._set_timer(profile, INACTIVITY_TIMER, last + e._inactive_ms)
+            if last + core.inactive_ms > now:
+                self._set_timer(profile, INACTIVITY_TIMER, last + core.inactive_ms)
                 return
             feats = features(profile, now)
             churn = self._score("churn", feats)
             self._observe(profile, label_rules.CHURN, feats, churn, now)
             scores = {"churn": churn}
-            self._decide(profile, inactivity_candidates(profile, now, scores, e.policy), scores,
+            self._decide(profile, inactivity_candidates(profile, now, scores, core.policy), scores,
                          {"kind": "timer", "timer": kind}, f"timer:{kind}:{due_ms}", due_ms, now)
         elif kind == EXPIRE_TIMER:
             last = profile.last_activity_ts or profile.last_ts
-            if last + e.retention_ms > now:
-                self._set_timer(profile, EXPIRE_TIMER, last + e.retention_ms)
+            if last + core.retention_ms > now:
+                self._set_timer(profile, EXPIRE_TIMER, last + core.retention_ms)
                 return
             self.deleted.add(key)
             self.expired.add(key)
 
     # --------------------------------------------------------------- events
     def _on_event(self, ev: Event, key: str, merged: str | None) -> None:
-        e = self.e
+        core = self.core
         profile = self.profiles[key]
         if key in self.deleted:  # expired earlier in this batch and active again
             self.deleted.discard(key)
@@ -242,15 +242,15 @@ class BatchRun:
             self.duplicates += 1
             return
         self.by_type[ev.type] += 1
-        now = e.clock.now() if e.live else profile.last_ts
+        now = core.clock.now() if core.live else profile.last_ts
         active = ev.type not in PASSIVE_TYPES
-        for model, obs, label in label_rules.on_event(profile, ev.type, ev.ts_ms, e.labels.goal_types, active):
+        for model, obs, label in label_rules.on_event(profile, ev.type, ev.ts_ms, core.labels.goal_types, active):
             self._learn(model, obs, label)
         # Score only where a decision or a training example can follow.
         observe_lead = (
             ev.type in LEAD_MOMENTS
             and self._may_observe(profile, label_rules.LEAD, ev.ts_ms)
-            and label_rules.sampled(ev.event_id, e.labels.sample_rate)
+            and label_rules.sampled(ev.event_id, core.labels.sample_rate)
         )
         observe_churn = active and self._may_observe(profile, label_rules.CHURN, ev.ts_ms)
         scores: dict[str, float] = {}
@@ -263,12 +263,12 @@ class BatchRun:
                 self._observe(profile, label_rules.CHURN, feats, self._score("churn", feats), ev.ts_ms)
         if active:
             if INACTIVITY_TIMER not in profile.timers:
-                self._set_timer(profile, INACTIVITY_TIMER, ev.ts_ms + e._inactive_ms)
+                self._set_timer(profile, INACTIVITY_TIMER, ev.ts_ms + core.inactive_ms)
         if ev.type in CART_EVENTS and profile.cart_value > 0 and CART_TIMER not in profile.timers:
-            self._set_timer(profile, CART_TIMER, ev.ts_ms + e._idle_ms)
+            self._set_timer(profile, CART_TIMER, ev.ts_ms + core.idle_ms)
         if EXPIRE_TIMER not in profile.timers:  # every profile is discarded once inactive long enough
-            self._set_timer(profile, EXPIRE_TIMER, (profile.last_activity_ts or ev.ts_ms) + e.retention_ms)
-        candidates = on_event_candidates(ev.type, profile, scores, e.policy)
+            self._set_timer(profile, EXPIRE_TIMER, (profile.last_activity_ts or ev.ts_ms) + core.retention_ms)
+        candidates = on_event_candidates(ev.type, profile, scores, core.policy)
         if candidates and "lead" not in scores:  # every decision records the scores it was made with
             scores["lead"] = self._score("lead", features(profile, profile.last_ts))
         self._decide(profile, candidates, scores, {"kind": "event", "event_id": ev.event_id, "type": ev.type},
@@ -291,7 +291,7 @@ class BatchRun:
 
     # --------------------------------------------------------------- models
     def _score(self, model: str, feats: dict[str, float]) -> float:
-        p = self.e.models[model].predict(feats)
+        p = self.core.models[model].predict(feats)
         self.scores[model].append(p)
         return p
 
@@ -301,20 +301,20 @@ class BatchRun:
         if model in profile.pending:
             return False
         last = profile.observed.get(model)
-        return last is None or now_ms - last >= self.e.labels.sample_gap_ms
+        return last is None or now_ms - last >= self.core.labels.sample_gap_ms
 
     def _observe(self, profile: Profile, model: str, feats: dict[str, float], p: float, now_ms: int) -> None:
         """Capture features and prediction now; the label comes when the horizon resolves."""
         if model in profile.pending:
             return
         profile.observed[model] = now_ms
-        horizon = self.e.labels.lead_horizon_ms if model == label_rules.LEAD else self.e.labels.churn_horizon_ms
+        horizon = self.core.labels.lead_horizon_ms if model == label_rules.LEAD else self.core.labels.churn_horizon_ms
         deadline = now_ms + horizon
-        profile.pending[model] = Observation(now_ms, deadline, feats, p, self.e.models[model].version)
+        profile.pending[model] = Observation(now_ms, deadline, feats, p, self.core.models[model].version)
         self._set_timer(profile, LABEL_TIMER[model], deadline)
 
     def _learn(self, model: str, obs: Observation, label: bool) -> None:
-        self.e.models[model].learn(obs.features, label, obs.probability)
+        self.core.models[model].learn(obs.features, label, obs.probability)
         self.labelled[(model, "positive" if label else "negative")] += 1
 
     # --------------------------------------------------------------- policy
@@ -330,8 +330,8 @@ class BatchRun:
     ) -> None:
         if not candidates:
             return
-        e = self.e
-        policy = e.policy
+        core = self.core
+        policy = core.policy
         holdout = in_holdout(profile.key, policy.holdout_name, policy.holdout_share)
         winner, suppressed = arbitrate(candidates, profile, now_ms, policy, holdout)
         if winner is not None and not self.reserve(
@@ -349,7 +349,7 @@ class BatchRun:
             chosen=winner,
             suppressed=suppressed,
             scores={
-                name: {"p": round(p, 6), "model": name, "version": e.models[name].version, "labels": e.models[name].labels}
+                name: {"p": round(p, 6), "model": name, "version": core.models[name].version, "labels": core.models[name].labels}
                 for name, p in sorted(scores.items())
             },
             trigger=trigger,
