@@ -14,6 +14,8 @@ import heapq
 from collections import Counter
 from typing import Any, Callable, Mapping
 
+import orjson
+
 from touchline.decisions import labels as label_rules
 from touchline.decisions.clock import Clock, EventTimeClock
 from touchline.decisions.events import Event
@@ -235,7 +237,7 @@ class BatchRun:
             self.dead.append({
                 "kind": "invalid_event", "reason": "late_event", "source": "engine",
                 "detail": f"event {ev.event_id!r} is older than the idempotency window of its contact",
-                "raw": ev.to_dict(),
+                "raw": orjson.dumps(ev.to_dict(), option=orjson.OPT_SORT_KEYS).decode(),
             })
             return
         if not apply_event(profile, ev.event_id, ev.type, ev.ts_ms, ev.properties, ev.context, ev.channel):
