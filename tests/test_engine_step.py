@@ -223,7 +223,7 @@ def test_late_event_beyond_idempotency_window_is_dead_lettered():
     run(e, [line("e2", "page_view", T0 + 31 * DAY_MS, "c1")])
     res = e.process(RawBatch([line("e0", "purchase", T0 + DAY_MS, "c1", properties={"value": 9})], "s"))
     assert [d["reason"] for d in res.dead_letters] == ["late_event"]
-    assert res.dead_letters[0]["raw"]["event_id"] == "e0"
+    assert orjson.loads(res.dead_letters[0]["raw"])["event_id"] == "e0"
     assert e.store.load(["c1"])["c1"].purchases_total == 0
 
 
