@@ -15,10 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from touchline.decisions.clock import Clock
-from touchline.decisions.engine import BatchRun, DecisionCore, LabelSettings
+from touchline.decisions.engine import BatchRun, DecisionCore
 from touchline.decisions.events import Event, Rejected, parse_event
-from touchline.decisions.models import ModelConfig
-from touchline.decisions.policy import PolicyConfig
 from touchline.metrics.engine import EngineMetrics
 from touchline.state.base import StateStore
 
@@ -69,19 +67,10 @@ class Totals:
 class Engine:
     """Per-worker engine: owns the decision core (models, clock), borrows the store."""
 
-    def __init__(
-        self,
-        store: StateStore,
-        policy: PolicyConfig,
-        models: dict[str, ModelConfig],
-        labels: LabelSettings,
-        metrics: EngineMetrics,
-        clock: Clock | None = None,
-        retention_days: float = 90.0,
-    ) -> None:
+    def __init__(self, store: StateStore, core: DecisionCore, metrics: EngineMetrics) -> None:
         self.store = store
+        self.core = core
         self.metrics = metrics
-        self.core = DecisionCore(policy, models, labels, clock, retention_days)
         self.totals = Totals()
 
     @property

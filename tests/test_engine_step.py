@@ -14,7 +14,8 @@ from touchline.decisions.models import ModelConfig
 from touchline.decisions.policy import PolicyConfig
 from touchline.decisions.profile import DAY_MS, HOUR_MS
 from touchline.decisions.record import decision_id, iso_ms
-from touchline.flows.step import Engine, LabelSettings, RawBatch
+from touchline.decisions.engine import DecisionCore, LabelSettings
+from touchline.flows.step import Engine, RawBatch
 from touchline.metrics.engine import EngineMetrics
 from touchline.state.memory import MemoryStore
 
@@ -55,14 +56,8 @@ def make_engine(policy: PolicyConfig | None = None, lead: str | None = None, chu
         "lead": ModelConfig(name="lead", **({"estimator": lead} if lead else {})),
         "churn": ModelConfig(name="churn", **({"estimator": churn} if churn else {})),
     }
-    return Engine(
-        store=MemoryStore(),
-        policy=policy or PolicyConfig(holdout_share=0.0),
-        models=models,
-        labels=LabelSettings(7.0, 7.0, GOALS),
-        metrics=EngineMetrics(registry or CollectorRegistry()),
-        clock=clock,
-    )
+    core = DecisionCore(policy or PolicyConfig(holdout_share=0.0), models, LabelSettings(7.0, 7.0, GOALS), clock)
+    return Engine(MemoryStore(), core, EngineMetrics(registry or CollectorRegistry()))
 
 
 def line(eid: str, type_: str, ts: int, contact: str | None = None, anon: str | None = None, **kw) -> bytes:

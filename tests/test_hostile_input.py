@@ -7,7 +7,7 @@ import random
 import orjson
 from prometheus_client import CollectorRegistry
 
-from touchline.decisions.engine import LabelSettings
+from touchline.decisions.engine import DecisionCore, LabelSettings
 from touchline.decisions.models import ModelConfig
 from touchline.decisions.policy import PolicyConfig
 from touchline.flows.step import Engine, RawBatch
@@ -46,9 +46,10 @@ def _mutations(rng: random.Random, n: int) -> list[bytes]:
 def test_thousands_of_mutated_events_are_all_accounted_for():
     rng = random.Random(20261123)
     registry = CollectorRegistry()
-    engine = Engine(open_store("memory://"), PolicyConfig(holdout_share=0.0),
-                    {"lead": ModelConfig(name="lead"), "churn": ModelConfig(name="churn")},
-                    LabelSettings(7, 7, frozenset({"purchase", "signup"})), EngineMetrics(registry))
+    core = DecisionCore(PolicyConfig(holdout_share=0.0),
+                        {"lead": ModelConfig(name="lead"), "churn": ModelConfig(name="churn")},
+                        LabelSettings(7, 7, frozenset({"purchase", "signup"})))
+    engine = Engine(open_store("memory://"), core, EngineMetrics(registry))
     lines = _mutations(rng, 5_000)
     dead_total = 0
     for start in range(0, len(lines), 250):

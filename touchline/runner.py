@@ -17,7 +17,8 @@ import touchline
 from touchline.connectors.files import JsonlSink, JsonlSource
 from touchline.decisions.clock import EventTimeClock, WallClock
 from touchline.flows.engine import build_flow
-from touchline.flows.step import Engine, LabelSettings
+from touchline.decisions.engine import DecisionCore, LabelSettings
+from touchline.flows.step import Engine
 from touchline.metrics.engine import EngineMetrics
 from touchline.metrics.server import serve_metrics
 from touchline.settings import Settings
@@ -47,16 +48,15 @@ def build_engine(settings: Settings, registry: CollectorRegistry) -> Engine:
     metrics = EngineMetrics(registry)
     metrics.build.info({"version": touchline.__version__})
     labels = settings.labels
-    return Engine(
-        store=open_store(settings.state.url),
+    core = DecisionCore(
         policy=settings.policy,
         models={"lead": settings.models.lead, "churn": settings.models.churn},
         labels=LabelSettings(labels.lead_horizon_days, labels.churn_horizon_days, frozenset(labels.goal_types),
                              labels.sample_gap_hours, labels.sample_rate),
-        metrics=metrics,
         clock=WallClock() if settings.engine.clock == "wall" else EventTimeClock(),
         retention_days=settings.state.retention_days,
     )
+    return Engine(open_store(settings.state.url), core, metrics)
 
 
 @dataclass
