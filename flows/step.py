@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,9 @@ from touchline.metrics.engine import EngineMetrics
 from touchline.state.base import StateStore
 
 log = logging.getLogger(__name__)
+
+#: Latency samples kept for the end-of-run percentiles (batches and decisions each).
+LATENCY_SAMPLES = 200_000
 
 
 
@@ -57,9 +60,10 @@ class Totals:
     decisions: Counter = field(default_factory=Counter)
     suppressions: Counter = field(default_factory=Counter)
     timers: Counter = field(default_factory=Counter)
-    decision_latency_ms: list[float] = field(default_factory=list)
+    #: the most recent samples only, so a long live run does not grow memory without bound
+    decision_latency_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     #: (batch latency in ms, events in it): every event of a batch waits as long as the batch
-    batch_latency_ms: list[tuple[float, int]] = field(default_factory=list)
+    batch_latency_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     first_event_ms: int | None = None
     last_event_ms: int | None = None
 
@@ -142,7 +146,8 @@ class Engine:
         m.count(m.labels, run.labelled)
         if run.duplicates:
             m.duplicates.inc(run.duplicates)
-        m.batch_size.observe(n)
+        if batch.lines:  # idle ticks are not batches
+            m.batch_size.observe(n)
         seconds = latency_ms / 1000
         for _ in range(n):
             m.processing.observe(seconds)
@@ -150,8 +155,8 @@ class Engine:
             wall_ms = time.time_ns() / 1e6
             for event_ms in run.decision_event_ms:
                 m.event_to_decision.observe(max(0.0, (wall_ms - event_ms) / 1000))
-        for name, model in self.models.items():
-            auc = model.quality()["roc_auc"]
+        for name in {model for model, _label in run.labelled}:  # only models that learned
+            auc = self.models[name].quality()["roc_auc"]
             if auc is not None:
                 m.model_auc.labels(name).set(auc)
         for name, scores in run.scores.items():
@@ -161,8 +166,6 @@ class Engine:
         m.watermark.set(self.clock.now() / 1000)
         for op, seconds_spent in timings.items():
             m.store_latency.labels(op).observe(seconds_spent)
-
-
 
 
 def _timed(timings: dict[str, float], op: str, fn, *args):
