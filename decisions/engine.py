@@ -18,7 +18,7 @@ import orjson
 
 from touchline.decisions import labels as label_rules
 from touchline.decisions.clock import Clock, EventTimeClock
-from touchline.decisions.events import Event
+from touchline.decisions.events import KNOWN_TYPES, Event
 from touchline.decisions.features import features
 from touchline.decisions.models import ModelConfig, ScoreModel
 from touchline.decisions.policy import Candidate, PolicyConfig, Suppression, arbitrate, in_holdout
@@ -243,7 +243,7 @@ class BatchRun:
         if not apply_event(profile, ev.event_id, ev.type, ev.ts_ms, ev.properties, ev.context, ev.channel):
             self.duplicates += 1
             return
-        self.by_type[ev.type] += 1
+        self.by_type[ev.type if ev.type in KNOWN_TYPES else "other"] += 1  # bounded: no label per stranger type
         now = core.clock.now() if core.live else profile.last_ts
         active = ev.type not in PASSIVE_TYPES
         for model, obs, label in label_rules.on_event(profile, ev.type, ev.ts_ms, core.labels.goal_types, active):
