@@ -48,6 +48,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "known",
     "sends_7d",
     "email_open_rate_30d",
+    "n_sms_reply_30d",
+    "n_push_open_30d",
 )
 _WINDOW_NAMES = tuple(
     (w, tuple((t, f"n_{t}_{w}") for t in FEATURE_TYPES), f"n_all_{w}") for w in FEATURE_WINDOWS
@@ -83,4 +85,6 @@ def features(profile: Profile, now_ms: int) -> dict[str, float]:
     out["sends_7d"] = log1p(sum(1 for s in profile.sends if s.ts_ms > week_ago))
     counts30 = windows["30d"][1]
     out["email_open_rate_30d"] = counts30.get("email_open", 0) / (counts30.get("email_delivered", 0) + 1)
+    out["n_sms_reply_30d"] = log1p(counts30.get("sms_reply", 0))
+    out["n_push_open_30d"] = log1p(counts30.get("push_open", 0))
     return out

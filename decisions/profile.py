@@ -296,6 +296,23 @@ def merge_into(target: Profile, source: Profile) -> dict[str, int]:
     return adopted
 
 
+def sends_in_windows(profile: Profile) -> dict[str, dict[str, int]]:
+    """Sends per channel per window, as of the profile's time (what frequency caps see).
+
+    >>> p = Profile("c1", last_ts=2 * DAY_MS)
+    >>> p.sends = [Send(DAY_MS + 1, "email", "welcome"), Send(2 * DAY_MS, "email", "cart_reminder")]
+    >>> sends_in_windows(p)["email"]
+    {'1h': 1, '24h': 2, '7d': 2, '30d': 2}
+    """
+    out: dict[str, dict[str, int]] = {}
+    for send in profile.sends:
+        per_window = out.setdefault(send.channel, dict.fromkeys(WINDOWS, 0))
+        for name, length in WINDOWS.items():
+            if send.ts_ms > profile.last_ts - length:
+                per_window[name] += 1
+    return out
+
+
 def snapshot(profile: Profile) -> dict[str, Any]:
     """A JSON-ready view of the profile (export, debugging, audit)."""
     return {
@@ -316,6 +333,7 @@ def snapshot(profile: Profile) -> dict[str, Any]:
         "consent": dict(profile.consent),
         "bounced": list(profile.bounced),
         "sends": [{"ts": s.ts_ms, "channel": s.channel, "action": s.action} for s in profile.sends],
+        "sends_in_windows": sends_in_windows(profile),
         "windows": {name: dict(sorted((k, v) for k, v in c.items() if v)) for name, (_, c) in profile.windows.items()},
         "pending_labels": sorted(profile.pending),
         "timers": dict(profile.timers),
