@@ -117,7 +117,7 @@ _ONE_MS = timedelta(milliseconds=1)
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
 
 
-def parse_ts(value: str | int) -> int:
+def parse_ts(value: str | int | float) -> int:
     """Event time as epoch ms from RFC 3339 (offset required) or epoch ms.
 
     >>> parse_ts("2026-01-01T01:00:00+01:00"), parse_ts(1767225600000)

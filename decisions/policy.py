@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime, timezone as dt_timezone, tzinfo
 from functools import lru_cache
 from typing import Any, Iterable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -203,8 +203,7 @@ def local_hour(now_ms: int, zone_name: str | None, default_zone: str) -> int:
     >>> local_hour(1767610800000, "Asia/Tokyo", "UTC"), local_hour(1767610800000, "Mars/Base", "UTC")
     (20, 11)
     """
-    zone = _zone(zone_name) if zone_name else None
-    zone = zone or _zone(default_zone) or dt_timezone.utc
+    zone: tzinfo = (_zone(zone_name) if zone_name else None) or _zone(default_zone) or dt_timezone.utc
     return datetime.fromtimestamp(now_ms / 1000, tz=zone).hour
 
 

@@ -98,7 +98,7 @@ class Engine:
             else:
                 events.append(parsed)
         events.sort(key=lambda ev: ev.ts_ms)  # stable: ties keep arrival order
-        store, timings = self.store, {}
+        store, timings = self.store, dict[str, float]()
         horizon = self.core.advance(events, batch.advance_to_ms)
         resolved = _timed(timings, "resolve", store.resolve, events) if events else []
         due = _timed(timings, "pop_due", store.pop_due, horizon)
