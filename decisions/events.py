@@ -58,6 +58,7 @@ def load_schema() -> dict[str, Any]:
 
 
 _validate = fastjsonschema.compile(load_schema())
+_REQUIRED: tuple[str, ...] = tuple(load_schema()["required"])
 
 
 @dataclass(slots=True)
@@ -173,6 +174,9 @@ def parse_event(raw: bytes) -> Event | Rejected:
         return Rejected("bad_json", f"not valid JSON: {exc}", raw)
     if not isinstance(doc, dict):
         return Rejected("not_object", f"event must be a JSON object, got {type(doc).__name__}", raw)
+    for name in _REQUIRED:  # name the first missing field before any other complaint
+        if name not in doc:
+            return Rejected("missing_field", f"{name} is required", raw)
     try:
         _validate(doc)
     except fastjsonschema.JsonSchemaValueException as exc:

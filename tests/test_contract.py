@@ -344,3 +344,10 @@ def test_ms_exact_over_many_random_times():
         ms = rng.randrange(0, 4102444800000)
         text = datetime.fromtimestamp(ms // 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
         assert parse_ts(text) == ms, text
+
+
+def test_empty_object_names_the_first_required_field():
+    """With nothing present, the message names event_id (not the identity rule)."""
+    got = parse_event(b"{}")
+    assert isinstance(got, Rejected)
+    assert (got.reason, got.detail) == ("missing_field", "event_id is required")

@@ -75,15 +75,23 @@ def format_summary(s: dict[str, Any]) -> str:
     out += [f"    {k:<30} {v:>8,}" for k, v in s["dead_letters"].items()]
     out.append("  models (progressive validation on delayed labels)")
     for name, m in s["models"].items():
-        auc = "n/a (one class so far)" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
-        out.append(f"    {name:<6} ROC AUC {auc}, log loss {m['log_loss']}, labels {m['labels']:,}"
+        if m["roc_auc"] is not None:
+            auc = f"{m['roc_auc']:.3f}"
+        else:
+            auc = "n/a (no labels yet)" if not m["labels"] else "n/a (one class so far)"
+        loss = "n/a" if m["log_loss"] is None else m["log_loss"]
+        out.append(f"    {name:<6} ROC AUC {auc}, log loss {loss}, labels {m['labels']:,}"
                    f" ({m['positives']:,} positive)  [{m['version']}]")
     out.append(
-        f"  latency            processing p50 {lat['processing_p50']} ms, p99 {lat['processing_p99']} ms;"
-        f" event-to-decision p50 {lat['decision_p50']} ms, p99 {lat['decision_p99']} ms (wall time in the engine)"
+        f"  latency            processing p50 {_ms(lat['processing_p50'])}, p99 {_ms(lat['processing_p99'])};"
+        f" event-to-decision p50 {_ms(lat['decision_p50'])}, p99 {_ms(lat['decision_p99'])} (wall time in the engine)"
     )
     if s["state"]:
         out.append("  state              " + ", ".join(f"{k} {v:,}" for k, v in s["state"].items()))
     for name, path in s["outputs"].items():
         out.append(f"  {name:<18} {path}")
     return "\n".join(out)
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} ms"
