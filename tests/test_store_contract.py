@@ -1,5 +1,8 @@
-"""The in-process store: identity stitching, profiles, send reservation, timers, deletion,
-export/erase, and choosing a store by URL."""
+"""The state-store contract: every implementation passes these (River's check_estimator idea).
+
+Identity stitching, profiles, send reservation, timers, deletion, export/erase. Add a store
+to STORES (a factory returning a fresh, empty store) and it runs the whole suite.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,24 @@ import pytest
 from touchline.decisions.events import Event
 from touchline.decisions.profile import DAY_MS, HOUR_MS, Profile, Send
 from touchline.state import MemoryStore, open_store
-from touchline.state.base import anonymous_key, is_known_key
+from touchline.state.base import StateStore, anonymous_key, is_known_key
+
+STORES = {"memory": lambda: MemoryStore()}
+
+
+@pytest.fixture(params=sorted(STORES))
+def new_store(request):
+    """A factory of fresh, empty stores of one implementation."""
+    made = []
+
+    def make():
+        made.append(STORES[request.param]())
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.close()
+
 
 T0 = 1767614400000
 CAPS = {"email": {"24h": 1, "7d": 3}, "push": {"24h": 2}}
@@ -27,45 +47,45 @@ def test_keys():
     assert is_known_key("c1") and not is_known_key("anon:a1")
 
 
-def test_resolve_stitches_anonymous_to_contact():
+def test_resolve_stitches_anonymous_to_contact(new_store):
     """Anonymous events resolve to the anonymous key until linked; the link returns the merge key
     once; afterwards the anonymous id resolves to the contact."""
-    s = MemoryStore()
+    s = new_store()
     got = s.resolve([ev(0, anon="a1"), ev(1, "c1", "a1"), ev(2, anon="a1"), ev(3, "c1", "a1"), ev(4, "c1")])
     assert got == [("anon:a1", None), ("c1", "anon:a1"), ("c1", None), ("c1", None), ("c1", None)]
     assert s.resolve([ev(5, anon="a1")]) == [("c1", None)]  # across batches too
     assert s.resolve([ev(6, anon="a2")]) == [("anon:a2", None)]
 
 
-def test_first_link_wins():
+def test_first_link_wins(new_store):
     """An anonymous id already linked to one contact is never re-pointed to another."""
-    s = MemoryStore()
+    s = new_store()
     assert s.resolve([ev(0, "c1", "a1")]) == [("c1", "anon:a1")]
     assert s.resolve([ev(1, "c2", "a1")]) == [("c2", None)]
     assert s.resolve([ev(2, anon="a1")]) == [("c1", None)]
 
 
-def test_no_chains():
+def test_no_chains(new_store):
     """Only anonymous ids are aliases: an anonymous id spelled like a contact doesn't chain resolution."""
-    s = MemoryStore()
+    s = new_store()
     s.resolve([ev(0, "c2", "c1")])  # anonymous id 'c1' -> contact c2
     s.resolve([ev(1, "c3", "c2")])  # anonymous id 'c2' -> contact c3
     assert s.resolve([ev(2, anon="c1")]) == [("c2", None)]  # one step, not c3
     assert s.resolve([ev(3, "c1")]) == [("c1", None)]  # contact c1 is its own key
 
 
-def test_several_anonymous_ids_per_contact():
+def test_several_anonymous_ids_per_contact(new_store):
     """A contact can collect several anonymous ids, each merged once."""
-    s = MemoryStore()
+    s = new_store()
     got = s.resolve([ev(0, "c1", "a1"), ev(1, "c1", "a2"), ev(2, anon="a1"), ev(3, anon="a2")])
     assert got == [("c1", "anon:a1"), ("c1", "anon:a2"), ("c1", None), ("c1", None)]
 
 
 # ------------------------------------------------------------------ profiles
 
-def test_load_unknown_keys_gives_new_unsaved_profiles():
+def test_load_unknown_keys_gives_new_unsaved_profiles(new_store):
     """load returns fresh profiles (known by key) without storing them."""
-    s = MemoryStore()
+    s = new_store()
     got = s.load(["c1", "anon:a1"])
     assert got["c1"].known and got["c1"].key == "c1" and got["c1"].events_total == 0
     assert not got["anon:a1"].known
@@ -73,9 +93,9 @@ def test_load_unknown_keys_gives_new_unsaved_profiles():
     assert s.export("c1") is None
 
 
-def test_save_then_load_and_deleted():
+def test_save_then_load_and_deleted(new_store):
     """Saved profiles load back; keys passed as deleted are dropped with their timers."""
-    s = MemoryStore()
+    s = new_store()
     p = s.load(["c1"])["c1"]
     p.events_total = 3
     a = Profile("anon:a1")
@@ -92,9 +112,9 @@ def test_save_then_load_and_deleted():
 
 # ------------------------------------------------------------------ reserve
 
-def test_reserve_records_send_until_cap():
+def test_reserve_records_send_until_cap(new_store):
     """reserve records sends on the profile while caps allow and refuses (recording nothing) after."""
-    s = MemoryStore()
+    s = new_store()
     p = Profile("c1", known=True)
     assert s.reserve(p, Send(T0, "email", "welcome"), CAPS, GLOBAL)
     assert p.sends == [Send(T0, "email", "welcome")]
@@ -106,9 +126,9 @@ def test_reserve_records_send_until_cap():
     assert [x.ts_ms for x in p.sends] == [T0, T0 + HOUR_MS, T0 + DAY_MS + 1]
 
 
-def test_reserve_sales_task_outside_global_cap():
+def test_reserve_sales_task_outside_global_cap(new_store):
     """Sales tasks only meet their own caps."""
-    s = MemoryStore()
+    s = new_store()
     p = Profile("c1", known=True, sends=[Send(T0, "email", "a"), Send(T0, "push", "b")])
     assert s.reserve(p, Send(T0 + 1, "sales_task", "sales_handoff"), {"sales_task": {"30d": 1}}, GLOBAL)
     assert not s.reserve(p, Send(T0 + 2, "sales_task", "sales_handoff"), {"sales_task": {"30d": 1}}, GLOBAL)
@@ -116,9 +136,9 @@ def test_reserve_sales_task_outside_global_cap():
 
 # ------------------------------------------------------------------ timers
 
-def test_pop_due_soonest_first_up_to_now():
+def test_pop_due_soonest_first_up_to_now(new_store):
     """pop_due returns timers due at or before now, soonest first, each once."""
-    s = MemoryStore()
+    s = new_store()
     s.schedule([("c1", "cart", T0 + 30), ("c2", "cart", T0 + 10), ("c1", "inactivity", T0 + 20),
                 ("c3", "cart", T0 + 31)])
     assert s.pop_due(T0 + 9) == []
@@ -128,9 +148,9 @@ def test_pop_due_soonest_first_up_to_now():
     assert s.stats()["timers"] == 0
 
 
-def test_schedule_replaces_and_stale_entries_are_skipped():
+def test_schedule_replaces_and_stale_entries_are_skipped(new_store):
     """One timer per key and kind: rescheduling replaces (earlier or later), the old entry never fires."""
-    s = MemoryStore()
+    s = new_store()
     s.schedule([("c1", "cart", T0 + 10)])
     s.schedule([("c1", "cart", T0 + 50)])
     assert s.pop_due(T0 + 20) == []
@@ -141,9 +161,9 @@ def test_schedule_replaces_and_stale_entries_are_skipped():
     assert s.pop_due(T0) == [(T0, "c1", "x")]
 
 
-def test_pop_due_limit():
+def test_pop_due_limit(new_store):
     """pop_due claims at most `limit` timers; the rest stay for the next call, still in order."""
-    s = MemoryStore()
+    s = new_store()
     s.schedule([(f"c{i}", "cart", T0 + i) for i in range(5)])
     assert [k for _, k, _ in s.pop_due(T0 + 10, limit=2)] == ["c0", "c1"]
     assert [k for _, k, _ in s.pop_due(T0 + 10, limit=2)] == ["c2", "c3"]
@@ -152,9 +172,9 @@ def test_pop_due_limit():
 
 # ------------------------------------------------------------------ delete / privacy
 
-def _linked_store() -> MemoryStore:
+def _linked_store(new_store) -> StateStore:
     """A store where contact c1 has anonymous id a1, as the engine leaves it after a merge."""
-    s = MemoryStore()
+    s = new_store()
     s.resolve([ev(0, "c1", "a1")])
     p = s.load(["c1"])["c1"]
     p.aliases.append("a1")
@@ -165,26 +185,26 @@ def _linked_store() -> MemoryStore:
     return s
 
 
-def test_delete_removes_profile_aliases_and_timers():
+def test_delete_removes_profile_aliases_and_timers(new_store):
     """delete forgets the profile, its timers and its anonymous ids (which then resolve anonymously)."""
-    s = _linked_store()
+    s = _linked_store(new_store)
     s.delete("c1")
     assert s.stats() == {"profiles": 0, "aliases": 0, "timers": 0}
     assert s.pop_due(T0 + 30 * DAY_MS) == []
     assert s.resolve([ev(1, anon="a1")]) == [("anon:a1", None)]
 
 
-def test_delete_without_profile_still_drops_aliases():
+def test_delete_without_profile_still_drops_aliases(new_store):
     """Aliases of a contact with no stored profile are found and removed."""
-    s = MemoryStore()
+    s = new_store()
     s.resolve([ev(0, "c9", "a9")])
     s.delete("c9")
     assert s.resolve([ev(1, anon="a9")]) == [("anon:a9", None)]
 
 
-def test_export_and_erase():
+def test_export_and_erase(new_store):
     """export returns profile and aliases JSON-ready; erase deletes and reports whether anything existed."""
-    s = _linked_store()
+    s = _linked_store(new_store)
     out = s.export("c1")
     assert out["contact_id"] == "c1" and out["aliases"] == ["a1"]
     assert out["profile"]["events_total"] == 1 and out["profile"]["aliases"] == ["a1"]
@@ -194,16 +214,16 @@ def test_export_and_erase():
     assert s.erase("nobody") is False
 
 
-def test_export_alias_only():
+def test_export_alias_only(new_store):
     """A contact known only by a link (no profile saved yet) exports its aliases."""
-    s = MemoryStore()
+    s = new_store()
     s.resolve([ev(0, "c1", "a1")])
     assert s.export("c1") == {"contact_id": "c1", "aliases": ["a1"], "profile": None}
 
 
-def test_erase_removes_links_not_listed_on_the_profile():
+def test_erase_removes_links_not_listed_on_the_profile(new_store):
     """Erasure removes every anonymous id linked to the contact, whatever the profile lists."""
-    s = MemoryStore()
+    s = new_store()
     s.resolve([ev(0, "c1", "a1"), ev(1, "c1", "a2")])
     p = s.load(["c1"])["c1"]
     p.aliases.append("a1")  # a2 not listed on the profile
