@@ -194,15 +194,16 @@ def test_metrics_server_serves_and_reports_busy_port():
 def test_default_run_learns_lead_and_churn(tmp_path):
     """On the embedded default (3,000 contacts, 30 days) both models beat chance clearly.
 
-    Seeded, so the figures are exact regression guards (measured: lead 0.608, churn 0.670).
+    Seeded, so the figures are exact regression guards (measured: lead 0.631, churn 0.670).
     """
     from touchline.settings import load_settings
 
     result = run(load_settings(None, {"output.dir": tmp_path, "metrics.enabled": False}), progress=None)
     models = result.summary["models"]
     assert models["lead"]["labels"] > 2_000 and models["churn"]["labels"] > 10_000
-    assert models["lead"]["roc_auc"] > 0.58
-    assert models["churn"]["roc_auc"] > 0.62
+    assert models["lead"]["roc_auc"] > 0.61
+    assert models["lead"]["log_loss"] < 0.69  # better calibrated than always saying 0.5
+    assert models["churn"]["roc_auc"] > 0.65
 
 
 def test_decisions_agree_across_processes_with_different_hash_seeds(tmp_path):

@@ -76,7 +76,7 @@ class MetricsSettings(_Section):
 
 class LabelSettings(_Section):
     goal_types: list[str] = Field(default_factory=lambda: ["purchase", "form_submit", "signup"], min_length=1)
-    lead_horizon_days: float = Field(default=7.0, gt=0)
+    lead_horizon_days: float = Field(default=3.0, gt=0, description="a goal within this long after scoring is a positive")
     churn_horizon_days: float = Field(default=7.0, gt=0)
     sample_gap_hours: float = Field(default=24.0, ge=0, description="min time between observations per contact")
     sample_rate: float = Field(default=0.3, gt=0, le=1, description="share of intent events a lead observation may start at")
