@@ -270,7 +270,10 @@ class BatchRun:
             self._set_timer(profile, CART_TIMER, ev.ts_ms + core.idle_ms)
         if EXPIRE_TIMER not in profile.timers:  # every profile is discarded once inactive long enough
             self._set_timer(profile, EXPIRE_TIMER, (profile.last_activity_ts or ev.ts_ms) + core.retention_ms)
-        candidates = on_event_candidates(ev.type, profile, scores, core.policy)
+        previous_lead = profile.last_lead
+        if "lead" in scores and profile.known and ev.type in INTENT_TYPES:  # where a hand-off is judged
+            profile.last_lead = scores["lead"]
+        candidates = on_event_candidates(ev.type, profile, scores, core.policy, previous_lead)
         if candidates and "lead" not in scores:  # every decision records the scores it was made with
             scores["lead"] = self._score("lead", features(profile, profile.last_ts))
         self._decide(profile, candidates, scores, {"kind": "event", "event_id": ev.event_id, "type": ev.type},

@@ -96,6 +96,7 @@ class Profile:
     sends: list[Send] = field(default_factory=list)
     pending: dict[str, Observation] = field(default_factory=dict)
     observed: dict[str, int] = field(default_factory=dict)  # model -> last observation time
+    last_lead: float | None = None  # the lead score at the previous scoring (threshold crossings)
     timers: dict[str, int] = field(default_factory=dict)
     # window name -> (expiry queue of (ts, type, event_id), counts by type)
     windows: dict[str, tuple[deque, dict[str, int]]] = field(

@@ -35,16 +35,27 @@ def _per_channel(action: str, base_value: float, why: str, config: PolicyConfig)
 
 
 def on_event_candidates(
-    event_type: str, profile: Profile, scores: dict[str, float], config: PolicyConfig
+    event_type: str,
+    profile: Profile,
+    scores: dict[str, float],
+    config: PolicyConfig,
+    previous_lead: float | None = None,
 ) -> list[Candidate]:
-    """Candidates proposed right after an event was applied."""
+    """Candidates proposed right after an event was applied.
+
+    The sales hand-off is proposed when the lead score *crosses* the threshold (MQL),
+    not on every intent event while it stays above: ``previous_lead`` is the score
+    this contact had before (None if never scored).
+    """
     out: list[Candidate] = []
     if event_type == "signup":
         out += _per_channel("welcome", 1.0, "signed up", config)
     lead = scores.get("lead")
+    threshold = config.sales_lead_threshold
     if (
         lead is not None
-        and lead >= config.sales_lead_threshold
+        and lead >= threshold
+        and (previous_lead is None or previous_lead < threshold)
         and profile.known
         and event_type in INTENT_TYPES
     ):

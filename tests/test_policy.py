@@ -413,3 +413,16 @@ def test_quiet_hours_unknown_channel_is_an_error():
     (a typo used to be accepted and silently turned quiet hours off for that channel)."""
     with pytest.raises(ValidationError, match="SMS"):
         PolicyConfig(quiet_hours={"channels": ["SMS", "push"]})
+
+
+def test_sales_handoff_fires_on_crossing_the_threshold_only():
+    """MQL semantics: proposed when the lead score goes from below to above the threshold."""
+    from touchline.decisions.triggers import on_event_candidates
+
+    cfg = PolicyConfig()
+    p = Profile("c1", known=True)
+    crossing = on_event_candidates("product_view", p, {"lead": 0.8}, cfg, previous_lead=0.5)
+    staying = on_event_candidates("product_view", p, {"lead": 0.8}, cfg, previous_lead=0.75)
+    first = on_event_candidates("product_view", p, {"lead": 0.8}, cfg, previous_lead=None)
+    assert [c.action for c in crossing] == ["sales_handoff"] == [c.action for c in first]
+    assert staying == []
