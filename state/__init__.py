@@ -2,25 +2,33 @@
 
 ``memory://`` is built in; other schemes (``redis://``, plug-ins) register through the
 ``touchline.stores`` entry-point group as ``scheme = "package.module:StoreClass"``,
-each class taking the URL as its only argument.
+each class taking the URL and :class:`StoreOptions` as its arguments.
 
 >>> open_store("memory://").url
 'memory://'
 >>> open_store("mongo://x")
 Traceback (most recent call last):
 ...
-ValueError: state URL 'mongo://x': no store for scheme 'mongo' (known: memory)
+ValueError: state URL 'mongo://x': no store for scheme 'mongo' (known: memory, redis, redis+cluster, redis+naive, rediss, rediss+cluster)
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from importlib.metadata import entry_points
 from urllib.parse import urlsplit, urlunsplit
 
-from touchline.state.base import StateStore
+from touchline.state.base import StateStore, StoreError, StoreOptions, StoreUnavailable
 from touchline.state.memory import MemoryStore
 
-BUILTIN_STORES: dict[str, type[StateStore]] = {"memory": MemoryStore}
+BUILTIN_STORES: dict[str, str] = {
+    "memory": "touchline.state.memory:MemoryStore",
+    "redis": "touchline.state.redis:RedisStore",
+    "rediss": "touchline.state.redis:RedisStore",
+    "redis+cluster": "touchline.state.redis:RedisStore",
+    "rediss+cluster": "touchline.state.redis:RedisStore",
+    "redis+naive": "touchline.state.redis_naive:NaiveRedisStore",
+}
 
 
 def mask_url(url: str) -> str:
@@ -38,18 +46,26 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
 
 
-def open_store(url: str) -> StateStore:
-    """Open the store for ``url``, choosing the implementation by its scheme."""
+def _load(target: str) -> type[StateStore]:
+    module, _, name = target.partition(":")
+    return getattr(import_module(module), name)
+
+
+def open_store(url: str, options: StoreOptions | None = None) -> StateStore:
+    """Open the store for ``url``, choosing the implementation by its scheme.
+
+    Classes take ``(url, options)``; the in-process store ignores the options.
+    """
     scheme, sep, _ = url.partition("://")
     if not sep:
-        raise ValueError(f"state URL {url!r} has no scheme; use e.g. memory:// or redis://host:6379/0")
+        raise ValueError(f"state URL {mask_url(url)!r} has no scheme; use e.g. memory:// or redis://host:6379/0")
     if scheme in BUILTIN_STORES:
-        return BUILTIN_STORES[scheme](url)
+        return _load(BUILTIN_STORES[scheme])(url, options)  # type: ignore[call-arg]
     plugins = {ep.name: ep for ep in entry_points(group="touchline.stores")}
     if scheme in plugins:
-        return plugins[scheme].load()(url)
+        return plugins[scheme].load()(url, options)
     known = ", ".join(sorted({*BUILTIN_STORES, *plugins}))
-    raise ValueError(f"state URL {url!r}: no store for scheme {scheme!r} (known: {known})")
+    raise ValueError(f"state URL {mask_url(url)!r}: no store for scheme {scheme!r} (known: {known})")
 
 
-__all__ = ["StateStore", "MemoryStore", "open_store", "mask_url"]
+__all__ = ["StateStore", "StoreError", "StoreOptions", "StoreUnavailable", "MemoryStore", "open_store", "mask_url"]

@@ -8,6 +8,7 @@ a store persists them, resolves identities, keeps timers and reserves sends.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from touchline.decisions.events import Event
@@ -24,6 +25,25 @@ def anonymous_key(anonymous_id: str) -> str:
 def is_known_key(key: str) -> bool:
     """Whether a profile key is a known contact (not an anonymous visitor)."""
     return not key.startswith(ANON_PREFIX)
+
+
+class StoreError(RuntimeError):
+    """The store refused or failed an operation (the message says which and why)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store's server could not be reached (at start, or for longer than the retry budget)."""
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """Settings a networked store needs beside its URL (from ``[state]`` in the settings)."""
+
+    ttl_days: float = 120.0  # abandoned profiles vanish this long after their last write
+    retry_seconds: float = 60.0  # how long an operation retries an unreachable server
+    socket_timeout: float = 5.0
+    username: str | None = None
+    password: str | None = None  # secret: from settings' SecretStr, never logged
 
 
 class StateStore(ABC):
@@ -46,6 +66,22 @@ class StateStore(ABC):
         only anonymous ids are ever aliases, so chains are one step and cycles cannot form.
         """
 
+    def begin(
+        self, events: Sequence[Event], now_ms: int | None, limit: int = 10_000
+    ) -> tuple[list[tuple[str, str | None]], list[tuple[int, str, str]]]:
+        """``resolve(events)`` and ``pop_due(now_ms)`` together (one round trip where it matters)."""
+        resolved = self.resolve(events) if events else []
+        return resolved, (self.pop_due(now_ms, limit) if now_ms is not None else [])
+
+    def commit(
+        self, profiles: Mapping[str, Profile], deleted: Iterable[str], timers: Iterable[tuple[str, str, int]]
+    ) -> None:
+        """``save(profiles, deleted)`` and ``schedule(timers)`` together."""
+        self.save(profiles, deleted)
+        timers = list(timers)
+        if timers:
+            self.schedule(timers)
+
     @abstractmethod
     def load(self, keys: Iterable[str]) -> dict[str, Profile]:
         """Profiles for ``keys``; an unknown key gets a new empty profile (not yet stored)."""
@@ -60,7 +96,9 @@ class StateStore(ABC):
     ) -> bool:
         """Atomically check the caps and record ``send`` (also on ``profile.sends``).
 
-        False if one more send would break a cap; then nothing is recorded.
+        False if one more send would break a cap; then nothing is recorded. Reserving
+        a send already recorded (same time, channel and action: a replayed decision)
+        returns True and records nothing more.
         """
 
     @abstractmethod

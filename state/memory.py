@@ -20,13 +20,13 @@ from typing import Any, Iterable, Mapping, Sequence
 from touchline.decisions.events import Event
 from touchline.decisions.policy import cap_violation
 from touchline.decisions.profile import Profile, Send, snapshot
-from touchline.state.base import StateStore, anonymous_key, is_known_key
+from touchline.state.base import StateStore, StoreOptions, anonymous_key, is_known_key
 
 
 class MemoryStore(StateStore):
     """Profiles, aliases and timers in Python dicts and a heap."""
 
-    def __init__(self, url: str = "memory://") -> None:
+    def __init__(self, url: str = "memory://", options: StoreOptions | None = None) -> None:
         self.url = url
         self._profiles: dict[str, Profile] = {}
         self._aliases: dict[str, str] = {}  # anonymous id -> contact id
@@ -68,6 +68,8 @@ class MemoryStore(StateStore):
     def reserve(
         self, profile: Profile, send: Send, caps: Mapping[str, Mapping[str, int]], global_caps: Mapping[str, int]
     ) -> bool:
+        if send in profile.sends:  # a replayed decision: already reserved
+            return True
         if cap_violation(profile.sends, send.channel, send.ts_ms, dict(caps), dict(global_caps)):
             return False
         profile.sends.append(send)

@@ -13,16 +13,19 @@ from touchline.decisions.profile import DAY_MS, HOUR_MS, Profile, Send
 from touchline.state import MemoryStore, open_store
 from touchline.state.base import StateStore, anonymous_key, is_known_key
 
-STORES = {"memory": lambda: MemoryStore()}
+#: implementation -> fixture giving its URL (each test gets an empty store)
+STORES = {"memory": None, "redis": "redis_url", "redis-cluster": "redis_cluster_url"}
 
 
-@pytest.fixture(params=sorted(STORES))
+@pytest.fixture(params=list(STORES))
 def new_store(request):
-    """A factory of fresh, empty stores of one implementation."""
+    """A factory of fresh stores of one implementation, all on the same (empty) state."""
     made = []
+    fixture = STORES[request.param]
+    url = request.getfixturevalue(fixture) if fixture else None
 
     def make():
-        made.append(STORES[request.param]())
+        made.append(open_store(url) if url else MemoryStore())
         return made[-1]
 
     yield make

@@ -1,0 +1,122 @@
+"""A profile as Redis holds it: a compact blob plus two sorted sets, and back.
+
+Redis keeps the parts that grow with activity in sorted sets scored by event time,
+so expiry is one ``ZREMRANGEBYSCORE`` and idempotency survives restarts:
+
+* the event log (``type<US>event_id`` by event time): the 30-day window every shorter
+  window is a slice of, and the memory of event ids seen;
+* the sends (``channel<US>action<US>ts`` by send time): what frequency caps count;
+* everything else (RFM, cart, consent, devices, pending label observations, timers)
+  in one orjson blob, rewritten when the profile changes.
+
+Pure functions, no I/O: :mod:`touchline.decisions.profile` stays the one definition of
+what an event does; this module only says how a profile is laid out.
+
+>>> from touchline.decisions.profile import apply_event, snapshot
+>>> p = Profile("c1", known=True)
+>>> _ = apply_event(p, "e1", "add_to_cart", 1_000, {"value": 5.0}, {})
+>>> back = from_parts("c1", to_blob(p), log_entries(p), [])
+>>> snapshot(back) == snapshot(p), back.seen
+(True, {'e1'})
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import orjson
+
+from touchline.decisions.profile import (
+    LONGEST_WINDOW_MS,
+    WINDOWS,
+    Observation,
+    Profile,
+    Send,
+)
+from touchline.state.base import is_known_key
+
+SEP = "\x1f"  # ASCII unit separator: never part of an event type, channel or action name
+
+#: Fields kept in the blob (everything but windows, seen ids and sends).
+_SCALARS = (
+    "first_ts", "last_ts", "last_activity_ts", "events_total", "purchases_total", "monetary_total",
+    "last_purchase_ts", "cart_value", "cart_updated_ts", "timezone", "locale", "devices", "aliases",
+    "consent", "bounced", "observed", "last_lead", "timers",
+)
+
+
+def log_member(type_key: str, event_id: str) -> str:
+    """Sorted-set member of one event in the log (scored by its event time)."""
+    return f"{type_key}{SEP}{event_id}"
+
+
+def send_member(send: Send) -> str:
+    """Sorted-set member of one send: unique per (channel, action, time), so a replayed
+    reservation of the same decision is recognised instead of counted twice.
+
+    >>> send_member(Send(5, "email", "welcome")).split(SEP)
+    ['email', 'welcome', '5']
+    """
+    return f"{send.channel}{SEP}{send.action}{SEP}{send.ts_ms}"
+
+
+def parse_send(member: str, ts_ms: int) -> Send:
+    channel, _, rest = member.partition(SEP)
+    action = rest.rpartition(SEP)[0]
+    return Send(ts_ms, channel, action)
+
+
+def log_entries(profile: Profile) -> list[tuple[int, str]]:
+    """The profile's event log as (event time, member)."""
+    return [(ts, log_member(key, event_id)) for ts, key, event_id in profile.windows["30d"][0]]
+
+
+def send_entries(profile: Profile) -> list[tuple[int, str]]:
+    return [(s.ts_ms, send_member(s)) for s in profile.sends]
+
+
+def to_blob(profile: Profile) -> bytes:
+    """Everything but the log and the sends, as compact JSON."""
+    data: dict[str, Any] = {name: getattr(profile, name) for name in _SCALARS}
+    data["pending"] = {
+        model: [o.scored_at_ms, o.deadline_ms, o.features, o.probability, o.model_version]
+        for model, o in profile.pending.items()
+    }
+    return orjson.dumps(data)
+
+
+def from_parts(
+    key: str,
+    blob: bytes | str | None,
+    log: Iterable[tuple[int, str]],
+    sends: Iterable[tuple[int, str]],
+) -> Profile:
+    """Rebuild a profile from its blob, event log and sends (as :func:`to_blob` and the sets hold them).
+
+    Each window is the slice of the log newer than ``last_ts - window``: the same
+    entries the in-process windows hold, because both expire on the same rule.
+    """
+    profile = Profile(key, known=is_known_key(key))
+    if blob:
+        data = orjson.loads(blob)
+        for name in _SCALARS:
+            if name in data:
+                setattr(profile, name, data[name])
+        profile.pending = {
+            model: Observation(int(s), int(d), dict(f), float(p), str(v))
+            for model, (s, d, f, p, v) in data.get("pending", {}).items()
+        }
+    entries = sorted(
+        (ts, *member.split(SEP, 1)) for ts, member in log  # (ts, type, event id), oldest first
+    )
+    horizon_30d = profile.last_ts - LONGEST_WINDOW_MS
+    for name, length in WINDOWS.items():
+        queue, counts = profile.windows[name]
+        since = profile.last_ts - length
+        for entry in entries:
+            if entry[0] > since and entry[0] > horizon_30d:
+                queue.append(entry)
+                counts[entry[1]] = counts.get(entry[1], 0) + 1
+    profile.seen = {entry[2] for entry in profile.windows["30d"][0]}
+    profile.sends = sorted((parse_send(m, ts) for ts, m in sends), key=lambda s: s.ts_ms)
+    return profile
