@@ -1,9 +1,11 @@
 """One micro-batch through the engine: parse, load state, decide, save state, account.
 
-The I/O half of the engine step: the state store is called once per operation per
-batch (``resolve``, ``pop_due``, ``load`` before; ``save``, ``delete`` of expired
-contacts and ``schedule`` after; ``reserve`` per decision), around the pure decision
-loop in :mod:`touchline.decisions.engine`. Metrics are counted once per batch.
+The I/O half of the engine step: the state store is called three times per batch
+(``begin``: identities and due timers; ``load``: the profiles; ``commit``: changed
+profiles, merged-away ones and new timers), plus ``reserve`` per decision and
+``delete`` per contact past retention, around the pure decision loop in
+:mod:`touchline.decisions.engine`. A networked store makes each call one round trip.
+Metrics are counted once per batch.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class Totals:
     batch_latency_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     first_event_ms: int | None = None
     last_event_ms: int | None = None
+    store_reconnects: int = 0
 
 
 class Engine:
@@ -100,19 +103,16 @@ class Engine:
         events.sort(key=lambda ev: ev.ts_ms)  # stable: ties keep arrival order
         store, timings = self.store, dict[str, float]()
         horizon = self.core.advance(events, batch.advance_to_ms)
-        resolved = _timed(timings, "resolve", store.resolve, events) if events else []
-        due = _timed(timings, "pop_due", store.pop_due, horizon)
+        resolved, due = _timed(timings, "resolve", store.begin, events, horizon)
         keys = {k for k, _ in resolved} | {m for _, m in resolved if m} | {k for _, k, _ in due}
         profiles = _timed(timings, "load", store.load, keys) if keys else {}
         run = BatchRun(self.core, profiles, store.reserve)
         run.run(events, resolved, due, horizon)
         live = {k: profiles[k] for k in run.touched - run.deleted}
-        _timed(timings, "save", store.save, live, run.merged_away)
+        _timed(timings, "save", store.commit, live, run.merged_away,
+               [(k, kind, due_ms) for (k, kind), due_ms in run.to_schedule.items()])
         for key in run.expired:
             _timed(timings, "delete", store.delete, key)
-        if run.to_schedule:
-            _timed(timings, "schedule", store.schedule,
-                   [(k, kind, due_ms) for (k, kind), due_ms in run.to_schedule.items()])
         dead.extend(run.dead)
         self._account(batch, events, run, dead, timings)
         return BatchResult(run.decisions, dead)
@@ -166,6 +166,16 @@ class Engine:
         m.watermark.set(self.clock.now() / 1000)
         for op, seconds_spent in timings.items():
             m.store_latency.labels(op).observe(seconds_spent)
+        health = self.store.health
+        if health is not None:  # failures the store retried through since the last batch
+            for op, n in health.errors.items():
+                m.store_errors.labels(op).inc(n)
+            health.errors.clear()
+            if health.reconnects:
+                m.store_reconnects.inc(health.reconnects)
+                self.totals.store_reconnects += health.reconnects
+                health.reconnects = 0
+            m.store_up.set(1 if health.up else 0)
 
 
 def _timed(timings: dict[str, float], op: str, fn, *args):

@@ -66,6 +66,19 @@ class EngineMetrics:
             "touchline_state_store_seconds", "State store call latency, by operation.", ["op"],
             buckets=LATENCY_BUCKETS, registry=registry,
         )
+        self.store_errors = PromCounter(
+            "touchline_state_store_errors", "Failed state store attempts (each retried), by operation.", ["op"],
+            registry=registry,
+        )
+        self.store_reconnects = PromCounter(
+            "touchline_state_store_reconnects", "Times the state store became reachable again after failures.",
+            registry=registry,
+        )
+        self.store_up = Gauge(
+            "touchline_state_store_up", "1 while the state store answers, 0 while it is being retried.",
+            registry=registry,
+        )
+        self.store_up.set(1)
         self.scores = Histogram(
             "touchline_model_score", "Scores produced, by model.", ["model"], buckets=SCORE_BUCKETS, registry=registry
         )

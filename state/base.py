@@ -8,7 +8,8 @@ a store persists them, resolves identities, keeps timers and reserves sends.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from touchline.decisions.events import Event
@@ -42,8 +43,19 @@ class StoreOptions:
     ttl_days: float = 120.0  # abandoned profiles vanish this long after their last write
     retry_seconds: float = 60.0  # how long an operation retries an unreachable server
     socket_timeout: float = 5.0
+    cache_profiles: int = 50_000  # profiles a Redis store keeps in memory (validated by version on load)
     username: str | None = None
     password: str | None = None  # secret: from settings' SecretStr, never logged
+
+
+@dataclass
+class StoreHealth:
+    """Connection health of a networked store, read by the engine into metrics (stores
+    have no metrics registry of their own)."""
+
+    up: bool = True
+    errors: Counter = field(default_factory=Counter)  # op -> failed attempts
+    reconnects: int = 0
 
 
 class StateStore(ABC):
@@ -51,6 +63,8 @@ class StateStore(ABC):
 
     #: URL the store was opened with (secrets masked by the caller before logging).
     url: str
+    #: Set by stores that talk to a server.
+    health: StoreHealth | None = None
 
     @abstractmethod
     def resolve(self, events: Sequence[Event]) -> list[tuple[str, str | None]]:

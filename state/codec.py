@@ -71,6 +71,38 @@ def log_entries(profile: Profile) -> list[tuple[int, str]]:
     return [(ts, log_member(key, event_id)) for ts, key, event_id in profile.windows["30d"][0]]
 
 
+def log_index(members: Iterable[str]) -> dict[str, str]:
+    """Event id -> log member, for the members a store holds."""
+    return {m.split(SEP, 1)[1]: m for m in members}
+
+
+def log_diff(profile: Profile, held: dict[str, str]) -> tuple[list[tuple[int, str, str]], list[str]]:
+    """What changed in the event log since the store held ``held`` (event id -> member):
+    entries to add as (ts, member, event id) and members to remove.
+
+    Cheap for the usual case: new events sit at the newest end of the log, so the scan
+    stops as soon as all of them are found.
+
+    >>> from touchline.decisions.profile import apply_event
+    >>> p = Profile("c1")
+    >>> _ = apply_event(p, "e1", "page_view", 1_000, {}, {})
+    >>> log_diff(p, {"e0": "page_view" + SEP + "e0"})[0][0][0], len(log_diff(p, {})[0])
+    (1000, 1)
+    """
+    seen = profile.seen
+    removes = [held[i] for i in held.keys() - seen]
+    new_ids = seen - held.keys()
+    adds: list[tuple[int, str, str]] = []
+    if new_ids:
+        want = len(new_ids)
+        for ts, key, event_id in reversed(profile.windows["30d"][0]):
+            if event_id in new_ids:
+                adds.append((ts, log_member(key, event_id), event_id))
+                if len(adds) == want:
+                    break
+    return adds, removes
+
+
 def send_entries(profile: Profile) -> list[tuple[int, str]]:
     return [(s.ts_ms, send_member(s)) for s in profile.sends]
 

@@ -27,20 +27,28 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from touchline.decisions.events import Event
 from touchline.decisions.policy import MESSAGE_CHANNELS
 from touchline.decisions.profile import DAY_MS, LONGEST_WINDOW_MS, WINDOWS, Profile, Send, snapshot
-from touchline.state.base import StateStore, StoreError, StoreOptions, StoreUnavailable, anonymous_key, is_known_key
-from touchline.state.codec import SEP, from_parts, log_entries, send_entries, send_member, to_blob
+from touchline.state.base import (
+    StateStore,
+    StoreError,
+    StoreHealth,
+    StoreOptions,
+    StoreUnavailable,
+    anonymous_key,
+    is_known_key,
+)
+from touchline.state.codec import SEP, from_parts, log_diff, log_index, send_entries, send_member, to_blob
 from touchline.state.redis_scripts import SCRIPTS
 
 log = logging.getLogger(__name__)
@@ -69,24 +77,17 @@ def timer_member(key: str, kind: str) -> str:
 
 @dataclass
 class _Base:
-    """What the store last read or wrote of a profile: the base its next commit diffs against."""
+    """What the store last read or wrote of a profile: the base its next commit diffs
+    against and, while it is known to equal what Redis holds, the profile itself."""
 
     version: int
-    log: set[str]
+    log: dict[str, str]  # event id -> log member, as Redis holds them
     timers: tuple[str, ...]
+    profile: Profile | None = None
 
 
 #: One call in a pipeline: ("script", name, keys, args) or ("cmd", command, *args).
 Call = tuple
-
-
-@dataclass
-class StoreHealth:
-    """Connection health, read by the engine into metrics (the store has no registry of its own)."""
-
-    up: bool = True
-    errors: Counter = field(default_factory=Counter)  # op -> failed attempts
-    reconnects: int = 0
 
 
 def _client(url: str, options: StoreOptions) -> Any:
@@ -128,7 +129,12 @@ class RedisStore(StateStore):
         except (redis.RedisError, ValueError) as exc:
             raise StoreError(f"cannot use Redis at {self.masked_url}: {exc}") from exc
         self._shas = {name: self._sha(text) for name, text in SCRIPTS.items()}
-        self._base: dict[str, _Base] = {}
+        #: Profiles as last read or written, least recently used first. A load sends the
+        #: cached version and Redis answers "unchanged" in a few bytes, so a worker that
+        #: owns its contacts (Bytewax routes by key) rarely re-reads a profile, while one
+        #: whose profile another writer changed gets the new one: never a stale read.
+        self._base: OrderedDict[str, _Base] = OrderedDict()
+        self._lent: set[str] = set()
 
     @property
     def masked_url(self) -> str:
@@ -173,6 +179,10 @@ class RedisStore(StateStore):
                 time.sleep(min(delay, max(0.0, deadline - now)) * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, 2.0)
                 continue
+            except StoreError:
+                raise
+            except redis.RedisError as exc:  # a refusal (auth, ACL, OOM, ...): retrying won't help
+                raise StoreError(f"Redis at {self.masked_url} refused {op}: {exc}") from exc
             if deadline is not None:
                 health.up = True
                 health.reconnects += 1
@@ -237,13 +247,27 @@ class RedisStore(StateStore):
     # ---------------------------------------------------------------- profiles
     def load(self, keys: Iterable[str]) -> dict[str, Profile]:
         keys = list(keys)
-        results = self._run("load", [("script", "load", profile_keys(k), ()) for k in keys])
-        self._base = {}
+        cache = self._base
+        calls: list[Call] = []
+        for k in keys:
+            held = cache.get(k)
+            calls.append(("script", "load", profile_keys(k),
+                          (str(held.version) if held and held.profile is not None else "-1",)))
+        results = self._run("load", calls)
         out = {}
-        for key, (blob, version, log_flat, sends_flat) in zip(keys, results):
+        for key, reply in zip(keys, results):
+            if len(reply) == 1:  # the cached profile is current
+                base = cache[key]
+                cache.move_to_end(key)
+                assert base.profile is not None
+                out[key] = base.profile
+                continue
+            version, blob, log_flat, sends_flat = reply
             profile = from_parts(key, blob or None, _pairs(log_flat), _pairs(sends_flat))
-            self._base[key] = _Base(int(version), set(log_flat[0::2]), tuple(profile.timers))
+            cache[key] = _Base(int(version), log_index(log_flat[0::2]), tuple(profile.timers))
+            cache.move_to_end(key)
             out[key] = profile
+        self._lent.update(keys)
         return out
 
     def save(self, profiles: Mapping[str, Profile], deleted: Iterable[str] = ()) -> None:
@@ -256,16 +280,17 @@ class RedisStore(StateStore):
                timers: Iterable[tuple[str, str, int]]) -> None:
         """Save, drop and schedule in one round trip."""
         deleted = list(deleted)
-        unknown = [k for k in deleted if k not in self._base]
+        cache = self._base
+        unknown = [k for k in deleted if k not in cache]
         if unknown:  # need their timers to cancel them: rare (not the engine's path)
-            self.load_into_base(unknown)
+            self.load(unknown)
         calls: list[Call] = []
-        horizons: dict[str, str] = {}
+        diffs = {}
         for key, profile in profiles.items():
-            calls.append(("script", "commit", profile_keys(key), self._commit_args(key, profile)))
-            horizons[key] = str(profile.last_ts - LONGEST_WINDOW_MS)
+            args, diffs[key] = self._commit_args(key, profile)
+            calls.append(("script", "commit", profile_keys(key), args))
         for key in deleted:
-            base = self._base.pop(key, None)
+            base = cache.pop(key, None)
             calls.append(("cmd", "DEL", *profile_keys(key)))
             if base and base.timers:
                 calls.append(("cmd", "ZREM", TIMERS_KEY, *(timer_member(key, kind) for kind in base.timers)))
@@ -277,28 +302,41 @@ class RedisStore(StateStore):
             for member, due in latest.items():
                 flat += [due, member]
             calls.append(("cmd", "ZADD", TIMERS_KEY, *flat))
-        results = self._run("save", calls)
+        lent, self._lent = self._lent, set()
+        try:
+            results = self._run("save", calls)
+        except BaseException:
+            for key in (*profiles, *lent):  # unknown outcome: read them afresh next time
+                cache.pop(key, None)
+            raise
+        for key in lent - profiles.keys():  # handed out but not saved: may have been changed
+            base = cache.get(key)
+            if base is not None:
+                base.profile = None
         for (key, profile), version in zip(profiles.items(), results):
-            self._base[key] = _Base(int(version), {m for _, m in log_entries(profile)}, tuple(profile.timers))
+            adds, removes, held = diffs[key]
+            for _, member, event_id in adds:
+                held[event_id] = member
+            for member in removes:
+                held.pop(member.split(SEP, 1)[1], None)
+            cache[key] = _Base(int(version), held, tuple(profile.timers), profile)
+            cache.move_to_end(key)
+        while len(cache) > self.options.cache_profiles:
+            cache.popitem(last=False)
 
-    def load_into_base(self, keys: Sequence[str]) -> None:
-        kept = self._base
-        self.load(keys)
-        kept.update(self._base)
-        self._base = kept
-
-    def _commit_args(self, key: str, profile: Profile) -> list[Any]:
+    def _commit_args(self, key: str, profile: Profile) -> tuple[list[Any], tuple]:
+        """Arguments of the commit script, and the log diff they carry."""
         base = self._base.get(key)
-        entries = log_entries(profile)
         if base is None:  # never read: replace whatever is stored
-            version, adds, removes = -1, entries, []
+            version = -1
+            adds, removes = log_diff(profile, {})
+            held: dict[str, str] = {}
         else:
-            members = {m for _, m in entries}
             version = base.version
-            adds = [(ts, m) for ts, m in entries if m not in base.log]
-            removes = list(base.log - members)
+            adds, removes = log_diff(profile, base.log)
+            held = base.log
         args: list[Any] = [version, to_blob(profile), profile.last_ts - LONGEST_WINDOW_MS, self.ttl_ms, len(adds)]
-        for ts, m in adds:
+        for ts, m, _ in adds:
             args += [ts, m]
         args.append(len(removes))
         args += removes
@@ -306,7 +344,7 @@ class RedisStore(StateStore):
         args.append(len(sends))
         for ts, m in sends:
             args += [ts, m]
-        return args
+        return args, (adds, removes, held)
 
     def reserve(
         self, profile: Profile, send: Send, caps: Mapping[str, Mapping[str, int]], global_caps: Mapping[str, int]
@@ -342,7 +380,7 @@ class RedisStore(StateStore):
         return [a for a, t in zip(members, targets) if t == contact]
 
     def delete(self, key: str) -> None:
-        blob, _version, _log, _sends = self._run("delete", [("script", "load", profile_keys(key), ())])[0]
+        _version, blob, _log, _sends = self._run("delete", [("script", "load", profile_keys(key), ("-1",))])[0]
         timers = list(from_parts(key, blob or None, [], []).timers) if blob else []
         (members,) = self._run("delete", [("cmd", "SMEMBERS", links_key(key))])
         calls: list[Call] = [("cmd", "DEL", *profile_keys(key), links_key(key))]
@@ -353,8 +391,8 @@ class RedisStore(StateStore):
         self._base.pop(key, None)
 
     def export(self, contact_id: str) -> dict[str, Any] | None:
-        blob, _version, log_flat, sends_flat = self._run(
-            "export", [("script", "load", profile_keys(contact_id), ())])[0]
+        _version, blob, log_flat, sends_flat = self._run(
+            "export", [("script", "load", profile_keys(contact_id), ("-1",))])[0]
         aliases = self._linked(contact_id)
         if not blob and not log_flat and not sends_flat and not aliases:
             return None
@@ -362,14 +400,22 @@ class RedisStore(StateStore):
         return {"contact_id": contact_id, "aliases": aliases,
                 "profile": snapshot(profile) if (blob or log_flat or sends_flat) else None}
 
-    def stats(self) -> dict[str, int]:
-        def count(pattern: str) -> int:
-            return sum(1 for _ in self.client.scan_iter(match=pattern, count=1000))
+    def _nodes(self) -> list[Any]:
+        """One plain client per primary (just the client itself outside a cluster)."""
+        if hasattr(self.client, "get_primaries"):
+            return [node.redis_connection for node in self.client.get_primaries()]
+        return [self.client]
 
+    def stats(self) -> dict[str, int]:
+        """Counts by key pattern (SCAN on every primary): for reports, not the hot path."""
+        def count(pattern: str) -> int:
+            return sum(1 for node in self._nodes() for _ in node.scan_iter(match=pattern, count=1000))
+
+        (timers,) = self._run("stats", [("cmd", "ZCARD", TIMERS_KEY)])
         return {
-            "profiles": count(f"{PREFIX}:{{*}}:p"),
-            "aliases": count(f"{PREFIX}:{{{anonymous_key('*')}}}:alias"),
-            "timers": int(self.client.zcard(TIMERS_KEY)),
+            "profiles": self._with_retry("stats", lambda: count(f"{PREFIX}:{{*}}:p")),
+            "aliases": self._with_retry("stats", lambda: count(f"{PREFIX}:{{{anonymous_key('*')}}}:alias")),
+            "timers": int(timers),
         }
 
     def close(self) -> None:

@@ -40,10 +40,14 @@ for i = 1, #due, 2 do redis.call('ZREM', KEYS[1], due[i]) end
 return due
 """
 
-#: Read one profile. KEYS: blob hash, log, sends. Returns {blob, version, log, sends}.
+#: Read one profile. KEYS: blob hash, log, sends. ARGV: the version the caller holds
+#: in its cache ('-1': none). Returns {version} when that is still current (nothing else
+#: to send), else {version, blob, log, sends}.
 LOAD = """
 local h = redis.call('HMGET', KEYS[1], 'blob', 'ver')
-return {h[1] or '', h[2] or '0',
+local ver = h[2] or '0'
+if ver == ARGV[1] then return {ver} end
+return {ver, h[1] or '',
         redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES'),
         redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')}
 """

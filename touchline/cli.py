@@ -4,6 +4,9 @@
     touchline run --input events.jsonl # replay a file in event time
     touchline simulate --out events.jsonl
     touchline bench --events 200000
+    touchline run --redis redis://127.0.0.1:6379/0   # state in Redis (production)
+    touchline contact export ID --redis URL   # everything stored about a contact, as JSON
+    touchline contact erase ID --redis URL    # right to erasure: the contact and its aliases
     touchline config --config my.toml  # the effective settings, as JSON
     touchline schema                   # print the event JSON Schema
 """
@@ -51,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", type=int, help="Prometheus port on 127.0.0.1 (default 9464, 0 = any free)")
     run.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
     run.add_argument("--batch-size", type=int, help="events per micro-batch (default 100)")
+    run.add_argument("--redis", metavar="URL", help="keep state in Redis at URL (sets state.url), "
+                     "e.g. redis://127.0.0.1:6379/0, rediss://..., redis+cluster://host:port")
     run.add_argument("--quiet", action="store_true", help="no live progress line")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_sim_args(run)
@@ -66,7 +71,21 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, default=100, help="events per micro-batch (default 100)")
     bench.add_argument("--config", type=Path, help="settings file")
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")
+    bench.add_argument("--redis", metavar="URL",
+                       help="also run on Redis at URL: batched vs naive one-call-per-command, same data "
+                            "(uses database keys under tl:*; FLUSHDB first)")
+    bench.add_argument("--naive-events", type=int, default=20_000,
+                       help="events for the naive Redis path (it is slow; default 20000)")
     _add_sim_args(bench)
+
+    contact = sub.add_parser("contact", help="privacy operations on one contact's stored state")
+    contact_sub = contact.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, text in (("export", "print everything stored about a contact as JSON"),
+                       ("erase", "delete a contact, its profile, sends, timers and linked anonymous ids")):
+        c = contact_sub.add_parser(name, help=text)
+        c.add_argument("contact_id", metavar="ID", help="contact id")
+        c.add_argument("--redis", metavar="URL", help="the Redis holding the state (sets state.url)")
+        c.add_argument("--config", type=Path, help="settings file (uses its [state] section)")
 
     cfg = sub.add_parser("config", help="print the effective settings (file + environment + defaults) as JSON")
     cfg.add_argument("--config", type=Path, help="settings file (.toml, .yaml)")
@@ -93,6 +112,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError("--follow needs --input FILE (the file to tail)")
         o["source.follow"] = True
         o["engine.clock"] = "wall"
+    if getattr(args, "redis", None):
+        o["state.url"] = args.redis
     if getattr(args, "no_metrics", False):
         o["metrics.enabled"] = False
     return o
@@ -158,6 +179,34 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_contact(args: argparse.Namespace, settings: Settings) -> int:
+    from touchline.state import mask_url, open_store
+
+    url = settings.state.url
+    if url.startswith("memory://"):
+        raise ConfigError("the in-process store (memory://) keeps nothing after a run ends; "
+                          "pass --redis URL or set state.url to the Redis the engine uses")
+    store = open_store(url, settings.state.options())
+    try:
+        found = store.export(args.contact_id)
+        if args.action == "export":
+            if found is None:
+                print(f"touchline: nothing stored about contact {args.contact_id!r} in {mask_url(url)}",
+                      file=sys.stderr)
+                return EXIT_RUNTIME
+            print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
+            return 0
+        store.erase(args.contact_id)
+        if found is None:
+            print(f"nothing stored about contact {args.contact_id!r}; nothing to erase", file=sys.stderr)
+        else:
+            print(f"erased contact {args.contact_id!r}: profile, sends, timers and "
+                  f"{len(found['aliases'])} linked anonymous id(s)", file=sys.stderr)
+        return 0
+    finally:
+        store.close()
+
+
 def _cmd_config(_args: argparse.Namespace, settings: Settings) -> int:
     from touchline.state import mask_url
 
@@ -187,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         overrides = _overrides(args)
         settings = load_settings(getattr(args, "config", None), overrides)
-        commands = {"run": _cmd_run, "simulate": _cmd_simulate, "bench": _cmd_bench, "config": _cmd_config}
+        commands = {"run": _cmd_run, "simulate": _cmd_simulate, "bench": _cmd_bench, "config": _cmd_config,
+                    "contact": _cmd_contact}
         return commands[args.command](args, settings)
     except ConfigError as exc:
         print(f"touchline: {exc}", file=sys.stderr)

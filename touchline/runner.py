@@ -56,7 +56,7 @@ def build_engine(settings: Settings, registry: CollectorRegistry) -> Engine:
         clock=WallClock() if settings.engine.clock == "wall" else EventTimeClock(),
         retention_days=settings.state.retention_days,
     )
-    return Engine(open_store(settings.state.url), core, metrics)
+    return Engine(open_store(settings.state.url, settings.state.options()), core, metrics)
 
 
 @dataclass

@@ -15,15 +15,18 @@ import tomllib
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from touchline.decisions.events import KNOWN_TYPES
 from touchline.decisions.models import ModelConfig
 from touchline.decisions.policy import PolicyConfig
+
+if TYPE_CHECKING:
+    from touchline.state.base import StoreOptions
 
 
 class ConfigError(ValueError):
@@ -64,8 +67,32 @@ class OutputSettings(_Section):
 
 
 class StateSettings(_Section):
-    url: str = Field(default="memory://", description="memory:// or redis://[user:pass@]host:port/db")
-    retention_days: float = Field(default=90.0, gt=0, description="forget contacts inactive this long")
+    url: str = Field(
+        default="memory://",
+        description="memory://, redis://[user:pass@]host:port/db, rediss:// (TLS), redis+cluster://host:port",
+    )
+    retention_days: float = Field(default=90.0, gt=0, description="forget contacts inactive this long (event time)")
+    ttl_days: float | None = Field(
+        default=None, gt=0, description="Redis TTL of a profile after its last write (default retention + 30 days)"
+    )
+    retry_seconds: float = Field(default=60.0, ge=0, le=3600, description="retry an unreachable Redis this long")
+    socket_timeout: float = Field(default=5.0, gt=0, le=300)
+    cache_profiles: int = Field(default=50_000, ge=0, description="profiles kept in memory, checked by version on load")
+    username: str | None = Field(default=None, description="Redis ACL user (or put it in the URL)")
+    password: SecretStr | None = Field(default=None, description="Redis password (or TOUCHLINE_STATE__PASSWORD)")
+
+    def options(self) -> "StoreOptions":
+        """What a networked store needs beside the URL."""
+        from touchline.state.base import StoreOptions
+
+        return StoreOptions(
+            ttl_days=self.ttl_days or self.retention_days + 30,
+            retry_seconds=self.retry_seconds,
+            socket_timeout=self.socket_timeout,
+            cache_profiles=self.cache_profiles,
+            username=self.username,
+            password=self.password.get_secret_value() if self.password else None,
+        )
 
 
 class MetricsSettings(_Section):
