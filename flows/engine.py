@@ -27,7 +27,7 @@ def build_flow(
     """Wire the engine flow."""
     flow = Dataflow(name)
     raw = op.input("events", flow, source)
-    results = op.map("process", raw, engine.process)
+    results = op.map("process", raw, engine.process_or_halt)
     decisions = op.flat_map("decisions", results, _decisions)
     dead = op.flat_map("dead_letters", results, _dead_letters)
     op.output("decisions_out", op.key_on("decisions_key", decisions, _one_key), decisions_sink)

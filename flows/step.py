@@ -11,6 +11,7 @@ Metrics are counted once per batch.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from touchline.decisions.clock import Clock
 from touchline.decisions.engine import BatchRun, DecisionCore
 from touchline.decisions.events import Event, Rejected, parse_event
 from touchline.metrics.engine import EngineMetrics
-from touchline.state.base import StateStore
+from touchline.state.base import StateStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,25 @@ class Engine:
         self.core = core
         self.metrics = metrics
         self.totals = Totals()
+        #: Set when the state store failed for good: the run stops and reports it.
+        self.failure: StoreError | None = None
+        #: Set on failure, so the source stops reading (the runner's stop event).
+        self.halt: threading.Event | None = None
+
+    def process_or_halt(self, batch: RawBatch) -> BatchResult:
+        """:meth:`process`, except that a state store that stays unreachable stops the run
+        cleanly: the batch is not committed (a restart replays it) and the runner reports
+        the error, instead of the dataflow dying with a backtrace."""
+        if self.failure is not None:
+            return BatchResult([], [])
+        try:
+            return self.process(batch)
+        except StoreError as exc:
+            log.error("stopping: %s", exc)
+            self.failure = exc
+            if self.halt is not None:
+                self.halt.set()
+            return BatchResult([], [])
 
     @property
     def models(self):

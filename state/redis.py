@@ -169,12 +169,12 @@ class RedisStore(StateStore):
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + self.options.retry_seconds
-                    log.warning("state store %s unreachable during %s (%s); retrying for up to %.0f s",
+                    log.warning("state store %s unreachable during %s (%s); retrying for up to %g s",
                                 self.masked_url, op, exc, self.options.retry_seconds)
                     health.up = False
                 if now >= deadline:
                     raise StoreUnavailable(
-                        f"Redis at {self.masked_url} unreachable for {self.options.retry_seconds:.0f} s "
+                        f"Redis at {self.masked_url} unreachable for {self.options.retry_seconds:g} s "
                         f"during {op}: {exc}") from exc
                 time.sleep(min(delay, max(0.0, deadline - now)) * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, 2.0)

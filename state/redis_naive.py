@@ -36,7 +36,10 @@ class NaiveRedisStore(RedisStore):
         self.url = url
 
     def _call(self, op: str, *command: Any) -> Any:
-        return self._with_retry(op, lambda: self.client.execute_command(*command))
+        reply = self._with_retry(op, lambda: self.client.execute_command(*command))
+        if command[-1] == "WITHSCORES" or "WITHSCORES" in command:  # RESP3 gives [member, score] pairs
+            return [x for pair in reply for x in (pair if isinstance(pair, (list, tuple)) else (pair,))]
+        return reply
 
     def begin(self, events: Sequence[Event], now_ms: int | None, limit: int = 10_000):
         resolved = self.resolve(events) if events else []

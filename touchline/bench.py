@@ -50,18 +50,109 @@ def generate(settings: Settings, events: int) -> list[bytes]:
         spec = replace(spec, contacts=spec.contacts * 2)
 
 
+def _flow_run(settings: Settings, lines: list[bytes], batch_size: int) -> tuple[Any, float, CollectorRegistry]:
+    registry = CollectorRegistry()
+    engine = build_engine(settings, registry)
+    try:
+        with tempfile.TemporaryDirectory(prefix="touchline-bench-") as tmp:
+            out = Path(tmp)
+            flow = build_flow(LinesSource(lines, "bench", batch_size), engine,
+                              JsonlSink(out / "decisions.jsonl"), JsonlSink(out / "dead_letters.jsonl"))
+            start = time.perf_counter()
+            run_main(flow)
+            seconds = time.perf_counter() - start
+        if engine.failure is not None:
+            raise engine.failure
+        return engine, seconds, registry
+    finally:
+        engine.store.close()
+
+
+def _store_ms_per_batch(registry: CollectorRegistry) -> dict[str, float]:
+    """Mean state-store time per batch and operation, from the engine's own histogram."""
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for metric in registry.collect():
+        if metric.name == "touchline_state_store_seconds":
+            for sample in metric.samples:
+                op = sample.labels.get("op", "")
+                if sample.name.endswith("_sum"):
+                    sums[op] = sample.value
+                elif sample.name.endswith("_count"):
+                    counts[op] = sample.value
+    return {op: round(1000 * sums[op] / counts[op], 3) for op in sorted(sums) if counts.get(op)}
+
+
+def _path_figures(settings: Settings, url: str, lines: list[bytes], batch_size: int) -> dict[str, Any]:
+    """One store URL over ``lines``, on an emptied database."""
+    import redis
+
+    plain = url.replace("+naive", "")
+    client = redis.Redis.from_url(plain)
+    client.flushdb()
+    client.close()
+    engine, seconds, registry = _flow_run(settings.model_copy(update={
+        "state": settings.state.model_copy(update={"url": url})}), lines, batch_size)
+    t = engine.totals
+    return {
+        "url": url.split("@")[-1],
+        "events": len(lines),
+        "seconds": round(seconds, 3),
+        "events_per_second": round(len(lines) / seconds, 1),
+        "processing_latency_ms": {
+            "p50": round(weighted_percentile(t.batch_latency_ms, 0.5) or 0, 3),
+            "p99": round(weighted_percentile(t.batch_latency_ms, 0.99) or 0, 3),
+        },
+        "store_ms_per_batch": _store_ms_per_batch(registry),
+        "decisions": sum(t.decisions.values()),
+    }
+
+
+def run_redis_comparison(settings: Settings, url: str, events: int, naive_events: int,
+                         batch_size: int) -> dict[str, Any]:
+    """The Redis paths on the same data in one run: batched (pipelines of Lua scripts) over
+    ``events``, and batched against naive (one call per command) over the first
+    ``naive_events`` of them; each on a flushed database."""
+    if not url.startswith(("redis://", "rediss://")):
+        raise ValueError(f"bench --redis needs a redis:// or rediss:// URL, got {url!r}")
+    lines = generate(settings, events)
+    head = lines[:naive_events]
+    naive_url = url.replace("redis://", "redis+naive://", 1).replace("rediss://", "rediss+naive://", 1)
+    batched_head = _path_figures(settings, url, head, batch_size)
+    naive_head = _path_figures(settings, naive_url, head, batch_size)
+    if naive_head["decisions"] != batched_head["decisions"]:
+        raise RuntimeError("batched and naive Redis paths decided differently on the same data")
+    return {
+        "batch_size": batch_size,
+        "batched": _path_figures(settings, url, lines, batch_size),
+        "same_data": {"batched": batched_head, "naive": naive_head,
+                      "ratio": round(batched_head["events_per_second"] / naive_head["events_per_second"], 1)},
+    }
+
+
+def format_redis(f: dict[str, Any]) -> str:
+    """The Redis comparison as text."""
+    def line(name: str, p: dict[str, Any]) -> str:
+        lat = p["processing_latency_ms"]
+        ops = ", ".join(f"{op} {ms:.2f}" for op, ms in p["store_ms_per_batch"].items())
+        return (f"  {name:<18}{p['events_per_second']:>10,.0f} events/s over {p['events']:,} events; "
+                f"p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms; store ms/batch: {ops}")
+
+    same = f["same_data"]
+    return "\n".join([
+        f"Redis ({f['batched']['url']}), batch size {f['batch_size']}:",
+        line("batched", f["batched"]),
+        line("batched (same)", same["batched"]),
+        line("naive (same)", same["naive"]),
+        f"  batched / naive   {same['ratio']}x on the same {same['naive']['events']:,} events",
+    ])
+
+
 def run_bench(settings: Settings, events: int, batch_size: int) -> dict[str, Any]:
     """Run the flow over ``events`` simulated events and return the figures."""
     lines = generate(settings, events)
     baseline_mb = _rss_mb()
-    engine = build_engine(settings, CollectorRegistry())
-    with tempfile.TemporaryDirectory(prefix="touchline-bench-") as tmp:
-        out = Path(tmp)
-        flow = build_flow(LinesSource(lines, "bench", batch_size), engine,
-                          JsonlSink(out / "decisions.jsonl"), JsonlSink(out / "dead_letters.jsonl"))
-        start = time.perf_counter()
-        run_main(flow)
-        seconds = time.perf_counter() - start
+    engine, seconds, _ = _flow_run(settings, lines, batch_size)
     t = engine.totals
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {

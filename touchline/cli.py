@@ -112,7 +112,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError("--follow needs --input FILE (the file to tail)")
         o["source.follow"] = True
         o["engine.clock"] = "wall"
-    if getattr(args, "redis", None):
+    if getattr(args, "redis", None) and args.command != "bench":
         o["state.url"] = args.redis
     if getattr(args, "no_metrics", False):
         o["metrics.enabled"] = False
@@ -174,8 +174,19 @@ def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from touchline.bench import format_bench, run_bench
 
-    figures = run_bench(settings, events=args.events, batch_size=args.batch_size)
-    print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode() if args.json else format_bench(figures))
+    figures = run_bench(settings.model_copy(update={"state": settings.state.model_copy(
+        update={"url": "memory://"})}), events=args.events, batch_size=args.batch_size)
+    if args.redis:
+        from touchline.bench import format_redis, run_redis_comparison
+
+        figures["redis"] = run_redis_comparison(settings, args.redis, args.events, args.naive_events,
+                                                args.batch_size)
+    if args.json:
+        print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(format_bench(figures))
+        if args.redis:
+            print(format_redis(figures["redis"]))
     return 0
 
 

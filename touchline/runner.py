@@ -126,6 +126,8 @@ def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: C
     out_dir.mkdir(parents=True, exist_ok=True)
     decisions_path = out_dir / settings.output.decisions
     dead_path = out_dir / settings.output.dead_letters
+    for path in (decisions_path, dead_path):  # a run with no output must not leave an older run's file
+        path.write_bytes(b"")
     period = None
     stop = stop or threading.Event()
     if settings.source.kind == "jsonl":
@@ -140,6 +142,7 @@ def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: C
         source = SimulatorSource(spec, settings.source.batch_size, stop)
         period = (spec.start_ms, spec.start_ms + int(spec.days * 86_400_000))
     flow = build_flow(source, engine, JsonlSink(decisions_path), JsonlSink(dead_path))
+    engine.halt = stop
     server = None
     outputs = {"decisions": str(decisions_path), "dead letters": str(dead_path)}
     if settings.metrics.enabled:
@@ -160,8 +163,12 @@ def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: C
         if server is not None:
             server.shutdown()
             server.server_close()
+    try:
+        if engine.failure is not None:
+            raise engine.failure
+        summary = build_summary(engine, time.perf_counter() - started, outputs)  # reads store stats
+    finally:
         engine.store.close()
-    summary = build_summary(engine, time.perf_counter() - started, outputs)
     summary["interrupted"] = stop.is_set()
     return RunResult(summary, engine, stop.is_set())
 

@@ -1,0 +1,288 @@
+"""Redis-only behaviour, against real redis-server processes (standalone and a 3-node cluster):
+the engine on Redis decides exactly as on the in-process store, idempotency across
+restarts, atomic reservation from two clients, NOSCRIPT recovery, TTL expiry, a Redis
+restart mid-run, clear errors, and the privacy commands."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+
+from touchline.cli import main
+from touchline.decisions.events import Event
+from touchline.decisions.profile import DAY_MS, Profile, Send
+from touchline.flows.step import RawBatch
+from touchline.runner import build_engine, run
+from touchline.state import StoreError, StoreOptions, StoreUnavailable, open_store
+from touchline.state.redis import RedisStore, alias_key, profile_keys
+
+T0 = 1767614400000
+
+
+def _run(small_settings, url: str, out: str):
+    result = run(small_settings(out, **{"state.url": url}), progress=None, registry=CollectorRegistry())
+    return result, (Path(result.summary["outputs"]["decisions"])).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def memory_reference(tmp_path_factory):
+    """Decisions and state of a small simulated run on the in-process store."""
+    from touchline.settings import load_settings
+
+    settings = load_settings(None, {"simulator.contacts": 200, "simulator.days": 14, "metrics.enabled": False,
+                                    "output.dir": tmp_path_factory.mktemp("mem")})
+    result = run(settings, progress=None, registry=CollectorRegistry())
+    return result, Path(result.summary["outputs"]["decisions"]).read_bytes()
+
+
+def _contacts_with_aliases(store, decisions: bytes, n: int = 5) -> list[str]:
+    ids = sorted({orjson.loads(line)["contact_id"] for line in decisions.splitlines()})
+    return [c for c in ids if (store.export(c) or {}).get("aliases")][:n]
+
+
+@pytest.mark.parametrize("which", ["redis", "naive"])
+def test_engine_on_redis_decides_exactly_as_in_memory(which, redis_url, small_settings, memory_reference):
+    """Same events, same decisions, byte for byte, and the same exported profiles."""
+    mem_result, mem_decisions = memory_reference
+    url = redis_url if which == "redis" else redis_url.replace("redis://", "redis+naive://")
+    result, decisions = _run(small_settings, url, which)
+    assert decisions == mem_decisions and decisions
+    assert result.summary["state"] == mem_result.summary["state"]
+    redis_store = open_store(redis_url)
+    contacts = _contacts_with_aliases(redis_store, decisions)
+    assert contacts
+    for contact in contacts:
+        assert redis_store.export(contact) == mem_result.engine.store.export(contact)
+
+
+def test_engine_on_cluster_decides_exactly_as_in_memory(redis_cluster_url, small_settings, memory_reference):
+    """The same on a 3-node Redis Cluster (keys of a contact share one slot)."""
+    _, mem_decisions = memory_reference
+    _, decisions = _run(small_settings, redis_cluster_url, "cluster")
+    assert decisions == mem_decisions
+
+
+def test_replayed_events_change_nothing_across_restarts(redis_url, small_settings):
+    """A second run over the same events (a new process would do the same) finds every event
+    already applied: no new events, no decisions, the same stored state."""
+    first, _ = _run(small_settings, redis_url, "first")
+    state = first.summary["state"]
+    second, decisions = _run(small_settings, redis_url, "second")
+    assert second.summary["events_processed"] == 0
+    assert second.summary["duplicates_ignored"] == first.summary["events_processed"]
+    assert decisions == b""
+    assert second.summary["state"] == state
+
+
+def test_fresh_store_reads_what_another_wrote(redis_url):
+    """State lives in Redis, not in the writer's memory (its cache is only a cache)."""
+    a, b = RedisStore(redis_url), RedisStore(redis_url)
+    p = a.load(["c1"])["c1"]
+    p.events_total, p.timezone = 4, "Europe/Paris"
+    a.save({"c1": p})
+    got = b.load(["c1"])["c1"]
+    assert (got.events_total, got.timezone) == (4, "Europe/Paris")
+    got.events_total = 5  # b writes: a's cached copy is now stale and must not be served
+    b.save({"c1": got})
+    assert a.load(["c1"])["c1"].events_total == 5
+
+
+def test_commit_refuses_a_lost_update(redis_url):
+    """Two writers of one profile: the one that loaded the older version is refused by name."""
+    a, b = RedisStore(redis_url), RedisStore(redis_url)
+    pa, pb = a.load(["c1"])["c1"], b.load(["c1"])["c1"]
+    pa.events_total = 1
+    a.save({"c1": pa})
+    pb.events_total = 2
+    with pytest.raises(StoreError, match="CONFLICT"):
+        b.save({"c1": pb})
+
+
+def test_reservation_is_atomic_across_two_clients(redis_url):
+    """Two clients race to reserve 40 different sends each on one contact with a cap of 10
+    emails a day: exactly 10 succeed in total, and Redis holds exactly those."""
+    caps = {"email": {"24h": 10}}
+    results: list[bool] = []
+    lock = threading.Lock()
+    start = threading.Barrier(2)
+
+    def worker(name: str) -> None:
+        store = RedisStore(redis_url)
+        start.wait()
+        for i in range(40):
+            ok = store.reserve(Profile("c1", known=True), Send(T0 + i, "email", f"{name}{i}"), caps, {})
+            with lock:
+                results.append(ok)
+        store.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 10 and len(results) == 80
+    assert redis.Redis.from_url(redis_url).zcard(profile_keys("c1")[2]) == 10
+
+
+def test_reservation_replay_is_not_counted_twice(redis_url):
+    """Reserving the same send again (a replayed decision) succeeds without using the cap."""
+    s = RedisStore(redis_url)
+    caps = {"email": {"24h": 2}}
+    p = Profile("c1", known=True)
+    assert s.reserve(p, Send(T0, "email", "welcome"), caps, {})
+    assert s.reserve(p, Send(T0, "email", "welcome"), caps, {})
+    assert s.reserve(p, Send(T0 + 1, "email", "cart"), caps, {})
+    assert not s.reserve(p, Send(T0 + 2, "email", "x"), caps, {})
+    assert len(p.sends) == 2
+
+
+def test_scripts_reload_after_script_flush(redis_url):
+    """SCRIPT FLUSH (or a failover to a node without the scripts): NOSCRIPT is answered by
+    loading the scripts and running what did not run; nothing is lost or applied twice."""
+    s = RedisStore(redis_url)
+    raw = redis.Redis.from_url(redis_url)
+    s.resolve([Event("e0", "identify", T0, contact_id="c1", anonymous_id="a1")])
+    p = s.load(["c1"])["c1"]
+    p.events_total = 1
+    raw.script_flush()
+    s.commit({"c1": p}, (), [("c1", "cart", T0 + 10)])
+    raw.script_flush()
+    assert s.pop_due(T0 + 10) == [(T0 + 10, "c1", "cart")]
+    raw.script_flush()
+    assert s.reserve(p, Send(T0, "email", "welcome"), {"email": {"24h": 1}}, {})
+    raw.script_flush()
+    assert RedisStore(redis_url).load(["c1"])["c1"].events_total == 1
+    assert s.resolve([Event("e1", "page_view", T0, anonymous_id="a1")]) == [("c1", None)]
+
+
+def test_ttl_forgets_abandoned_contacts(redis_url):
+    """Every key of a profile, its sends and its alias carry a TTL refreshed on write."""
+    s = RedisStore(redis_url, StoreOptions(ttl_days=1.5 / 86_400))  # 1.5 s
+    s.resolve([Event("e0", "identify", T0, contact_id="c1", anonymous_id="a1")])
+    p = s.load(["c1"])["c1"]
+    from touchline.decisions.profile import apply_event
+
+    apply_event(p, "e0", "identify", T0, {}, {})
+    s.save({"c1": p})
+    s.reserve(p, Send(T0, "email", "welcome"), {}, {})
+    raw = redis.Redis.from_url(redis_url)
+    for key in (*profile_keys("c1"), alias_key("a1")):
+        assert 0 < raw.pttl(key) <= 1500, key
+    time.sleep(1.7)
+    fresh = RedisStore(redis_url)
+    assert fresh.export("c1") is None
+    assert fresh.stats()["profiles"] == 0 and fresh.stats()["aliases"] == 0
+
+
+def _batches(settings, size: int = 100) -> list[list[bytes]]:
+    from touchline.bench import generate
+
+    lines = generate(settings, 4_000)
+    return [lines[i:i + size] for i in range(0, len(lines), size)]
+
+
+def _decide_all(engine, batches) -> list[dict]:
+    out: list[dict] = []
+    for i, lines in enumerate(batches):
+        out += engine.process(RawBatch(lines, "sim", i * 100)).decisions
+    return out
+
+
+def test_redis_restart_mid_run_loses_nothing(redis_server, redis_url, small_settings, caplog):
+    """Redis goes away for a second in the middle of a run: the engine retries with backoff,
+    logs it, counts it in metrics, and ends with exactly the decisions of an undisturbed run."""
+    settings = small_settings("x")
+    batches = _batches(settings)
+    reference = _decide_all(build_engine(settings, CollectorRegistry()), batches)
+    registry = CollectorRegistry()
+    engine = build_engine(small_settings("y", **{"state.url": redis_url}), registry)
+    half = len(batches) // 2
+    got = _decide_all(engine, batches[:half])
+    restarter = threading.Thread(target=redis_server.restart, kwargs={"down_seconds": 1.0})
+    with caplog.at_level(logging.WARNING, logger="touchline.state.redis"):
+        restarter.start()
+        time.sleep(0.3)  # the server is down now
+        got += _decide_all(engine, batches[half:])
+        restarter.join()
+    assert got == reference and got
+    assert registry.get_sample_value("touchline_state_store_reconnects_total") >= 1
+    assert registry.get_sample_value("touchline_state_store_errors_total", {"op": "resolve"}) >= 1
+    assert registry.get_sample_value("touchline_state_store_up") == 1
+    assert any("unreachable" in r.getMessage() for r in caplog.records)
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+
+def test_redis_down_for_good_stops_the_run_with_a_clear_error(tmp_path, small_settings):
+    """Past the retry budget the run stops (uncommitted batches replay on restart) with an
+    error that names the server and the operation, not a dataflow backtrace."""
+    from redis_servers import RedisServer
+
+    server = RedisServer(tmp_path / "doomed").start()
+    settings = small_settings("z", **{"state.url": server.url, "state.retry_seconds": 0.5})
+    stop = threading.Event()
+    killer = threading.Timer(0.5, server.stop)
+    killer.start()
+    try:
+        with pytest.raises(StoreUnavailable, match=r"unreachable for 0.5 s during|cannot reach"):
+            run(settings.model_copy(update={"simulator": settings.simulator.model_copy(update={"days": 60})}),
+                progress=None, registry=CollectorRegistry(), stop=stop)
+    finally:
+        killer.cancel()
+        server.stop()
+
+
+def test_unreachable_or_refusing_redis_is_a_clear_cli_error(redis_url, tmp_path, capsys):
+    from redis_servers import free_port
+
+    rc = main(["run", "--redis", f"redis://127.0.0.1:{free_port()}/0", "--no-metrics", "--quiet",
+               "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "cannot reach Redis at redis://127.0.0.1:" in err and "Traceback" not in err
+    with pytest.raises(StoreError, match="redis://u:\\*\\*\\*@127.0.0.1"):
+        open_store(redis_url.replace("redis://", "redis://u:wrongpass@"))
+    with pytest.raises(StoreError, match="DB index is out of range"):
+        open_store(redis_url.rsplit("/", 1)[0] + "/99")
+
+
+def test_database_index_is_honoured(redis_url):
+    url1 = redis_url.rsplit("/", 1)[0] + "/1"
+    s = RedisStore(url1)
+    s.save({"c1": Profile("c1", known=True, events_total=1)})
+    raw = redis.Redis.from_url(redis_url)
+    assert raw.exists(profile_keys("c1")[0]) == 0
+    assert redis.Redis.from_url(url1).exists(profile_keys("c1")[0]) == 1
+    redis.Redis.from_url(url1).flushdb()
+
+
+def test_contact_export_and_erase_commands(redis_url, small_settings, capsys):
+    """export prints everything stored; erase removes profile, sends, timers and aliases, and an
+    old anonymous id no longer leads back to the erased contact."""
+    _, decisions = _run(small_settings, redis_url, "cli")
+    store = open_store(redis_url)
+    contact = _contacts_with_aliases(store, decisions, 1)[0]
+    alias = store.export(contact)["aliases"][0]
+    capsys.readouterr()
+    assert main(["contact", "export", contact, "--redis", redis_url]) == 0
+    exported = orjson.loads(capsys.readouterr().out)
+    assert exported["contact_id"] == contact and alias in exported["aliases"]
+    assert exported["profile"]["events_total"] > 0 and exported["profile"]["sends"]
+    assert main(["contact", "erase", contact, "--redis", redis_url]) == 0
+    assert "erased contact" in capsys.readouterr().err
+    assert main(["contact", "export", contact, "--redis", redis_url]) == 1
+    assert "nothing stored" in capsys.readouterr().err
+    fresh = open_store(redis_url)
+    assert fresh.resolve([Event("z1", "page_view", T0 + 90 * DAY_MS, anonymous_id=alias)]) == [
+        (f"anon:{alias}", None)]
+    assert all(contact not in key for key, _kind in
+               ((m.rpartition("\x1f")[0], 0) for m in redis.Redis.from_url(redis_url, decode_responses=True)
+                .zrange("tl:{timers}:due", 0, -1)))
+    assert main(["contact", "erase", contact, "--redis", redis_url]) == 0  # idempotent
+    assert main(["contact", "export", contact]) == 2  # the in-process store keeps nothing
+    assert "memory://" in capsys.readouterr().err
