@@ -9,7 +9,7 @@ each class taking the URL and :class:`StoreOptions` as its arguments.
 >>> open_store("mongo://x")
 Traceback (most recent call last):
 ...
-ValueError: state URL 'mongo://x': no store for scheme 'mongo' (known: memory, redis, redis+cluster, redis+naive, rediss, rediss+cluster)
+ValueError: state URL 'mongo://x': no store for scheme 'mongo' (known: memory, redis, redis+cluster, redis+naive, rediss, rediss+cluster, rediss+naive)
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ BUILTIN_STORES: dict[str, str] = {
     "redis+cluster": "touchline.state.redis:RedisStore",
     "rediss+cluster": "touchline.state.redis:RedisStore",
     "redis+naive": "touchline.state.redis_naive:NaiveRedisStore",
+    "rediss+naive": "touchline.state.redis_naive:NaiveRedisStore",
 }
 
 

@@ -32,7 +32,7 @@ class NaiveRedisStore(RedisStore):
     """:class:`RedisStore` semantics, one round trip per command (the benchmark's baseline)."""
 
     def __init__(self, url: str, options: StoreOptions | None = None) -> None:
-        super().__init__(url.replace("redis+naive://", "redis://", 1), options)
+        super().__init__(url.replace("+naive://", "://", 1), options)
         self.url = url
 
     def _call(self, op: str, *command: Any) -> Any:
