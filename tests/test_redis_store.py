@@ -286,3 +286,55 @@ def test_contact_export_and_erase_commands(redis_url, small_settings, capsys):
     assert main(["contact", "erase", contact, "--redis", redis_url]) == 0  # idempotent
     assert main(["contact", "export", contact]) == 2  # the in-process store keeps nothing
     assert "memory://" in capsys.readouterr().err
+
+
+def test_tls_and_acl_user(tmp_path):
+    """rediss:// with a CA file, and an ACL user with a password, from the URL or the settings;
+    a wrong certificate chain or password is a clear error, with the password masked."""
+    import shutil
+    import subprocess
+
+    from redis_servers import free_port
+
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl is needed to make the test certificates"
+
+    def sh(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=tmp_path, check=True, capture_output=True)
+
+    sh("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+       "-subj", "/CN=touchline-test-ca")
+    sh("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (tmp_path / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    sh("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+       "-out", "server.crt", "-days", "2", "-extfile", "ext")
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--tls-cert-file", "server.crt", "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.crt",
+         "--tls-auth-clients", "no", "--user", "default", "off", "--user", "app", "on", ">s3cret", "~*", "&*",
+         "+@all"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ca = tmp_path / "ca.crt"
+        url = f"rediss://app:s3cret@127.0.0.1:{port}/0?ssl_ca_certs={ca}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                store = open_store(url)
+                break
+            except StoreUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        store.save({"c1": Profile("c1", known=True, events_total=2)})
+        options = StoreOptions(username="app", password="s3cret")
+        assert open_store(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}", options).load(["c1"])["c1"].events_total == 2
+        with pytest.raises(StoreUnavailable, match="certificate verify failed"):
+            open_store(f"rediss://app:s3cret@127.0.0.1:{port}/0")
+        with pytest.raises(StoreError) as err:
+            open_store(f"rediss://app:wrong@127.0.0.1:{port}/0?ssl_ca_certs={ca}")
+        assert "wrong" not in str(err.value) and "app:***@" in str(err.value)
+    finally:
+        proc.terminate()
+        proc.wait(10)
