@@ -12,10 +12,20 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Sequence
 
 from touchline.decisions.events import Event
-from touchline.decisions.policy import MESSAGE_CHANNELS
-from touchline.decisions.profile import LONGEST_WINDOW_MS, WINDOWS, Profile, Send
+from touchline.decisions.policy import cap_violation
+from touchline.decisions.profile import LONGEST_WINDOW_MS, Profile, Send
 from touchline.state.base import StoreOptions, anonymous_key
-from touchline.state.codec import SEP, from_parts, log_diff, log_entries, log_index, send_entries, send_member, to_blob
+from touchline.state.codec import (
+    SEP,
+    from_parts,
+    log_diff,
+    log_entries,
+    log_index,
+    parse_send,
+    send_entries,
+    send_member,
+    to_blob,
+)
 from touchline.state.redis import (
     TIMERS_KEY,
     RedisStore,
@@ -130,16 +140,9 @@ class NaiveRedisStore(RedisStore):
         member = send_member(send)
         if self._call("reserve", "ZSCORE", sends_key, member) is None:
             rows = _pairs(self._call("reserve", "ZRANGEBYSCORE", sends_key, "-inf", "+inf", "WITHSCORES"))
-            recorded = [(ts, m.partition(SEP)[0]) for ts, m in rows]
-            for window, limit in caps.get(send.channel, {}).items():
-                since = send.ts_ms - WINDOWS[window]
-                if sum(1 for ts, ch in recorded if ch == send.channel and ts > since) >= limit:
-                    return False
-            if send.channel in MESSAGE_CHANNELS:
-                for window, limit in global_caps.items():
-                    since = send.ts_ms - WINDOWS[window]
-                    if sum(1 for ts, ch in recorded if ch in MESSAGE_CHANNELS and ts > since) >= limit:
-                        return False
+            recorded = [parse_send(m, ts) for ts, m in rows]
+            if cap_violation(recorded, send.channel, send.ts_ms, dict(caps), dict(global_caps)):
+                return False
             self._call("reserve", "ZADD", sends_key, send.ts_ms, member)
             self._call("reserve", "PEXPIRE", sends_key, self.ttl_ms)
         if send not in profile.sends:
