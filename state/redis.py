@@ -24,6 +24,7 @@ options such as ``ssl_ca_certs`` and ``ssl_cert_reqs`` pass through) and
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
@@ -46,7 +47,6 @@ from touchline.state.base import (
     StoreOptions,
     StoreUnavailable,
     anonymous_key,
-    is_known_key,
 )
 from touchline.state.codec import SEP, from_parts, log_diff, log_index, send_entries, send_member, to_blob
 from touchline.state.redis_scripts import SCRIPTS
@@ -144,8 +144,6 @@ class RedisStore(StateStore):
 
     @staticmethod
     def _sha(text: str) -> str:
-        import hashlib
-
         return hashlib.sha1(text.encode()).hexdigest()
 
     # ---------------------------------------------------------------- transport
@@ -380,9 +378,9 @@ class RedisStore(StateStore):
         return [a for a, t in zip(members, targets) if t == contact]
 
     def delete(self, key: str) -> None:
-        _version, blob, _log, _sends = self._run("delete", [("script", "load", profile_keys(key), ("-1",))])[0]
+        (_version, blob, _log, _sends), members = self._run(
+            "delete", [("script", "load", profile_keys(key), ("-1",)), ("cmd", "SMEMBERS", links_key(key))])
         timers = list(from_parts(key, blob or None, [], []).timers) if blob else []
-        (members,) = self._run("delete", [("cmd", "SMEMBERS", links_key(key))])
         calls: list[Call] = [("cmd", "DEL", *profile_keys(key), links_key(key))]
         if timers:
             calls.append(("cmd", "ZREM", TIMERS_KEY, *(timer_member(key, k) for k in timers)))
@@ -468,4 +466,4 @@ def _walk(events: Sequence[Event], links: Mapping[str, tuple[str | None, bool, b
     return out
 
 
-__all__ = ["RedisStore", "StoreHealth", "profile_keys", "alias_key", "links_key", "TIMERS_KEY", "is_known_key"]
+__all__ = ["RedisStore", "StoreHealth", "profile_keys", "alias_key", "links_key", "TIMERS_KEY"]
