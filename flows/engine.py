@@ -1,4 +1,4 @@
-"""The engine dataflow: source -> engine step -> decisions and dead letters.
+"""The engine dataflow: source -> engine step -> decisions, deliveries and dead letters.
 
 Wiring only; the logic is in :mod:`touchline.flows.step` and ``touchline.decisions``.
 Items are whole micro-batches (lists of raw lines), so Bytewax's per-item cost is
@@ -12,7 +12,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
-from bytewax.outputs import Sink
+from bytewax.outputs import FixedPartitionedSink, Sink
 
 from touchline.flows.step import BatchResult, Engine
 
@@ -22,17 +22,28 @@ def build_flow(
     engine: Engine,
     decisions_sink: Sink,
     dead_letter_sink: Sink,
+    delivery_sink: Sink | None = None,
     name: str = "touchline",
 ) -> Dataflow:
-    """Wire the engine flow."""
+    """Wire the engine flow. Decisions go to the decisions output (the audit trail) and,
+    when given, to the channel connectors."""
     flow = Dataflow(name)
     raw = op.input("events", flow, source)
     results = op.map("process", raw, engine.process_or_halt)
     decisions = op.flat_map("decisions", results, _decisions)
     dead = op.flat_map("dead_letters", results, _dead_letters)
-    op.output("decisions_out", op.key_on("decisions_key", decisions, _one_key), decisions_sink)
-    op.output("dead_letters_out", op.key_on("dead_letters_key", dead, _one_key), dead_letter_sink)
+    _output("decisions_out", decisions, decisions_sink)
+    _output("dead_letters_out", dead, dead_letter_sink)
+    if delivery_sink is not None:
+        op.output("deliver", decisions, delivery_sink)
     return flow
+
+
+def _output(step_id: str, stream: Any, sink: Sink) -> None:
+    """A partitioned sink (one file) needs keyed items; a dynamic one (Kafka) takes them as they are."""
+    if isinstance(sink, FixedPartitionedSink):
+        stream = op.key_on(f"{step_id}_key", stream, _one_key)
+    op.output(step_id, stream, sink)
 
 
 def _decisions(result: BatchResult) -> list[dict[str, Any]]:

@@ -41,6 +41,8 @@ class RawBatch:
     #: Move the engine clock to at least this time after the lines (end of a
     #: simulated period, or an idle tick in live mode).
     advance_to_ms: int | None = None
+    #: Per-line positions when they are not consecutive (Kafka offsets); else first_offset + i.
+    offsets: list[int] | None = None
 
 
 @dataclass(slots=True)
@@ -80,8 +82,10 @@ class Engine:
         self.core = core
         self.metrics = metrics
         self.totals = Totals()
-        #: Set when the state store failed for good: the run stops and reports it.
-        self.failure: StoreError | None = None
+        #: Set when the state store (or the broker) failed for good: the run stops and reports it.
+        self.failure: Exception | None = None
+        #: Event clock: claim timers only this long behind the newest event (late partitions).
+        self.lateness_ms = 0
         #: Set on failure, so the source stops reading (the runner's stop event).
         self.halt: threading.Event | None = None
 
@@ -94,11 +98,16 @@ class Engine:
         try:
             return self.process(batch)
         except StoreError as exc:
+            self.fail(exc)
+            return BatchResult([], [])
+
+    def fail(self, exc: Exception) -> None:
+        """Stop the run because a dependency failed for good (thread-safe; the first error wins)."""
+        if self.failure is None:
             log.error("stopping: %s", exc)
             self.failure = exc
-            if self.halt is not None:
-                self.halt.set()
-            return BatchResult([], [])
+        if self.halt is not None:
+            self.halt.set()
 
     @property
     def models(self):
@@ -117,17 +126,19 @@ class Engine:
         for i, raw in enumerate(batch.lines):
             parsed = parse_event(raw)
             if isinstance(parsed, Rejected):
-                dead.append(parsed.to_dead_letter(f"{batch.source}:{batch.first_offset + i}"))
+                at = batch.offsets[i] if batch.offsets is not None else batch.first_offset + i
+                dead.append(parsed.to_dead_letter(f"{batch.source}:{at}"))
             else:
                 events.append(parsed)
         events.sort(key=lambda ev: ev.ts_ms)  # stable: ties keep arrival order
         store, timings = self.store, dict[str, float]()
         horizon = self.core.advance(events, batch.advance_to_ms)
-        resolved, due = _timed(timings, "resolve", store.begin, events, horizon)
+        timer_horizon = horizon - self.lateness_ms if not self.core.live else horizon
+        resolved, due = _timed(timings, "resolve", store.begin, events, timer_horizon)
         keys = {k for k, _ in resolved} | {m for _, m in resolved if m} | {k for _, k, _ in due}
         profiles = _timed(timings, "load", store.load, keys) if keys else {}
         run = BatchRun(self.core, profiles, store.reserve)
-        run.run(events, resolved, due, horizon)
+        run.run(events, resolved, due, timer_horizon)
         live = {k: profiles[k] for k in run.touched - run.deleted}
         _timed(timings, "save", store.commit, live, run.merged_away,
                [(k, kind, due_ms) for (k, kind), due_ms in run.to_schedule.items()])

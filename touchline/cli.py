@@ -5,6 +5,8 @@
     touchline simulate --out events.jsonl
     touchline bench --events 200000
     touchline run --redis redis://127.0.0.1:6379/0   # state in Redis (production)
+    touchline run --kafka 127.0.0.1:9092             # events topic in, decisions topic out
+    touchline simulate --kafka 127.0.0.1:9092 --rate 5000   # load generator
     touchline contact export ID --redis URL   # everything stored about a contact, as JSON
     touchline contact erase ID --redis URL    # right to erasure: the contact and its aliases
     touchline config --config my.toml  # the effective settings, as JSON
@@ -56,12 +58,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, help="events per micro-batch (default 100)")
     run.add_argument("--redis", metavar="URL", help="keep state in Redis at URL (sets state.url), "
                      "e.g. redis://127.0.0.1:6379/0, rediss://..., redis+cluster://host:port")
+    run.add_argument("--kafka", metavar="HOST:PORT",
+                     help="production mode: read the events topic and write the decisions, dead-letter and "
+                          "channel topics on this broker (sets kafka.bootstrap); topics via [kafka] settings")
     run.add_argument("--quiet", action="store_true", help="no live progress line")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_sim_args(run)
 
-    sim = sub.add_parser("simulate", help="write simulator events to a JSONL file")
-    sim.add_argument("--out", type=Path, required=True, help="JSONL file to write ('-' for stdout)")
+    sim = sub.add_parser("simulate", help="write simulator events to a JSONL file, or produce them to Kafka")
+    dest = sim.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--out", type=Path, help="JSONL file to write ('-' for stdout)")
+    dest.add_argument("--kafka", metavar="HOST:PORT", help="produce to the events topic on this broker (load generator)")
+    sim.add_argument("--rate", type=float, help="with --kafka: events per second, steady (default: as fast as possible)")
+    sim.add_argument("--topic", help="with --kafka: topic (default kafka.events_topic, touchline.events)")
     sim.add_argument("--config", type=Path, help="settings file (uses its [simulator] section)")
     sim.add_argument("--malformed-rate", type=float, help="share of deliberately invalid lines (default 0.002)")
     _add_sim_args(sim)
@@ -114,6 +123,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         o["engine.clock"] = "wall"
     if getattr(args, "redis", None) and args.command != "bench":
         o["state.url"] = args.redis
+    if getattr(args, "kafka", None):
+        o["kafka.bootstrap"] = args.kafka
+        if args.command == "run" and getattr(args, "input", None) is None:
+            o["source.kind"] = "kafka"
+    if getattr(args, "topic", None):
+        o["kafka.events_topic"] = args.topic
+    if getattr(args, "rate", None) is not None and not getattr(args, "kafka", None):
+        raise ConfigError("--rate applies to --kafka (a file is written as fast as possible)")
     if getattr(args, "no_metrics", False):
         o["metrics.enabled"] = False
     return o
@@ -129,7 +146,10 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"metrics: http://{host}:{port}/metrics", file=sys.stderr)
 
     verb = "following (live, wall clock; Ctrl-C to stop)" if settings.source.follow else "replaying"
+    ks = settings.kafka
     what = f"{verb} {settings.source.path}" if settings.source.kind == "jsonl" else (
+        f"reading Kafka topic {ks.events_topic} at {ks.bootstrap} from {ks.start}"
+        f"{' (Ctrl-C to stop)' if ks.tail else ' to its end'}") if settings.source.kind == "kafka" else (
         f"simulating {settings.simulator.contacts:,} contacts over {settings.simulator.days:g} days "
         f"(seed {settings.simulator.seed})")
     if not args.quiet:
@@ -155,6 +175,13 @@ def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
     sim = Simulator(simulator_spec(settings))
     n = 0
+    if args.kafka:
+        from touchline.connectors.loadgen import produce_events
+
+        stats = produce_events(sim.lines(), settings.kafka, rate=args.rate, progress=sys.stderr)
+        print(f"produced {stats.produced:,} events to {settings.kafka.events_topic} in {stats.seconds:.1f} s "
+              f"({stats.rate:,.0f}/s)" + (f"; {stats.failed:,} FAILED" if stats.failed else ""), file=sys.stderr)
+        return EXIT_RUNTIME if stats.failed else 0
     if str(args.out) == "-":
         out = sys.stdout.buffer
         for line in sim.lines():

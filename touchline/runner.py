@@ -121,30 +121,111 @@ def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: C
         on_metrics: Any = None, stop: threading.Event | None = None) -> RunResult:
     """Run the engine to the end of its input (or until ``stop`` is set); returns the summary."""
     registry = registry or CollectorRegistry()
+    stop = stop or threading.Event()
+    kafka = settings.kafka.client_config() if settings.kafka.bootstrap else None
     engine = build_engine(settings, registry)
+    engine.halt = stop
+    engine.lateness_ms = int(settings.engine.allowed_lateness_seconds * 1000)
+    closers: list[Any] = [engine.store.close]
+    try:
+        io = _build_io(settings, engine, registry, kafka, stop)
+        closers = [*io.closers, *closers]
+        return _run_flow(settings, engine, io, registry, progress, on_metrics, stop)
+    finally:
+        for close in closers:
+            close()
+
+
+@dataclass
+class _Io:
+    """A run's source, sinks and connectors, and how to close them (in order)."""
+
+    source: Any
+    decisions_sink: Any
+    dead_letter_sink: Any
+    delivery: Any
+    outputs: dict[str, str]
+    period: tuple[int, int] | None
+    closers: list[Any]
+
+
+def _build_io(settings: Settings, engine: Engine, registry: CollectorRegistry, kafka: dict[str, str] | None,
+              stop: threading.Event) -> _Io:
+    from touchline.connectors.channels.base import DeliveryReport
+    from touchline.connectors.channels.registry import BuildContext, Delivery, DeliverySink
+    from touchline.connectors.deadletters import DeadLetterSink, JsonlDeadLetters
+    from touchline.metrics.connectors import ConnectorMetrics
+
     out_dir = settings.output.dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    decisions_path = out_dir / settings.output.decisions
-    dead_path = out_dir / settings.output.dead_letters
-    for path in (decisions_path, dead_path):  # a run with no output must not leave an older run's file
-        path.write_bytes(b"")
-    period = None
-    stop = stop or threading.Event()
-    if settings.source.kind == "jsonl":
-        if settings.source.path is None:
-            raise ValueError("source.kind is jsonl but source.path is not set (use --input FILE)")
-        source: Any = JsonlSource(Path(settings.source.path), settings.source.batch_size, stop,
-                                     follow=settings.source.follow, tick_seconds=settings.source.tick_seconds)
-    else:
-        from touchline.connectors.sim_source import SimulatorSource
+    closers: list[Any] = []
+    ks = settings.kafka
+    outputs: dict[str, str] = {}
+    if kafka is not None:
+        from touchline.connectors.kafka import KafkaDeadLetters, KafkaRecordSink
 
-        spec = simulator_spec(settings)
-        source = SimulatorSource(spec, settings.source.batch_size, stop)
-        period = (spec.start_ms, spec.start_ms + int(spec.days * 86_400_000))
-    flow = build_flow(source, engine, JsonlSink(decisions_path), JsonlSink(dead_path))
-    engine.halt = stop
+        decisions_sink: Any = KafkaRecordSink(kafka, ks.decisions_topic, engine.fail, timeout_seconds=ks.retry_seconds)
+        dead_writer: Any = KafkaDeadLetters(kafka, ks.dead_letter_topic, engine.fail, timeout_seconds=ks.retry_seconds)
+        outputs.update({"decisions": f"kafka topic {ks.decisions_topic}",
+                        "dead letters": f"kafka topic {ks.dead_letter_topic}"})
+    else:
+        decisions_path = out_dir / settings.output.decisions
+        dead_path = out_dir / settings.output.dead_letters
+        decisions_path.write_bytes(b"")  # a run with no decisions must not leave an older run's file
+        decisions_sink = JsonlSink(decisions_path)
+        dead_writer = JsonlDeadLetters(dead_path)
+        outputs.update({"decisions": str(decisions_path), "dead letters": str(dead_path)})
+    closers.append(dead_writer.close)
+    report = DeliveryReport(ConnectorMetrics(registry), dead_writer)
+    delivery = Delivery.build(settings.delivery, BuildContext(
+        report, out_dir / "outbox", kafka, ks.channel_topic_prefix, ks.retry_seconds, settings.simulator.seed))
+    if kafka is not None:
+        from touchline.connectors.kafka import ensure_topics
+
+        topics = [ks.decisions_topic, ks.dead_letter_topic,
+                  *(c.topic for c in delivery.connectors.values() if c.kind == "kafka")]
+        if settings.source.kind == "kafka":
+            topics.insert(0, ks.events_topic)
+        ensure_topics(kafka, topics, create=ks.create_topics, partitions=ks.partitions,
+                      replication_factor=ks.replication_factor, timeout=ks.connect_timeout_seconds)
+    delivery.start()
+    closers.insert(0, lambda: delivery.close(settings.delivery.flush_seconds))
+    for channel, where in delivery.describe().items():
+        outputs[f"channel {channel}"] = where
+    source, period = _build_source(settings, engine, kafka, stop)
+    return _Io(source, decisions_sink, DeadLetterSink(dead_writer),
+               DeliverySink(delivery) if delivery.connectors else None, outputs, period, closers)
+
+
+def _build_source(settings: Settings, engine: Engine, kafka: dict[str, str] | None,
+                  stop: threading.Event) -> tuple[Any, tuple[int, int] | None]:
+    src = settings.source
+    if src.kind == "jsonl":
+        if src.path is None:
+            raise ValueError("source.kind is jsonl but source.path is not set (use --input FILE)")
+        return JsonlSource(Path(src.path), src.batch_size, stop, follow=src.follow,
+                           tick_seconds=src.tick_seconds), None
+    if src.kind == "kafka":
+        from touchline.connectors.kafka import KafkaEventSource
+
+        assert kafka is not None  # the settings validator requires kafka.bootstrap
+        ks = settings.kafka
+        return KafkaEventSource(kafka, ks.events_topic, batch_size=src.batch_size, linger_ms=ks.linger_ms,
+                                start=ks.start, tail=ks.tail, stop=stop,
+                                tick_seconds=src.tick_seconds if settings.engine.clock == "wall" else None,
+                                retry_seconds=ks.retry_seconds, on_fatal=engine.fail), None
+    from touchline.connectors.sim_source import SimulatorSource
+
+    spec = simulator_spec(settings)
+    return (SimulatorSource(spec, src.batch_size, stop),
+            (spec.start_ms, spec.start_ms + int(spec.days * 86_400_000)))
+
+
+def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRegistry, progress: TextIO | None,
+              on_metrics: Any, stop: threading.Event) -> RunResult:
+    flow = build_flow(io.source, engine, io.decisions_sink, io.dead_letter_sink, io.delivery)
     server = None
-    outputs = {"decisions": str(decisions_path), "dead letters": str(dead_path)}
+    outputs = dict(io.outputs)
     if settings.metrics.enabled:
         host, port, server = serve_metrics(registry, settings.metrics.host, settings.metrics.port)
         outputs["metrics"] = f"http://{host}:{port}/metrics (served while running)"
@@ -154,7 +235,7 @@ def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: C
     restore = _stop_on_signals(stop)
     try:
         if progress is not None:
-            with Progress(engine, source, progress, period):
+            with Progress(engine, io.source, progress, io.period):
                 run_main(flow)
         else:
             run_main(flow)
@@ -163,14 +244,16 @@ def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: C
         if server is not None:
             server.shutdown()
             server.server_close()
-    try:
-        if engine.failure is not None:
-            raise engine.failure
-        summary = build_summary(engine, time.perf_counter() - started, outputs)  # reads store stats
-    finally:
-        engine.store.close()
-    summary["interrupted"] = stop.is_set()
-    return RunResult(summary, engine, stop.is_set())
+    wall = time.perf_counter() - started
+    if io.delivery is not None:  # deliveries in flight finish (or fail into dead letters) before the summary
+        io.delivery.delivery.close(settings.delivery.flush_seconds)
+    if engine.failure is not None:
+        raise engine.failure
+    report = io.delivery.delivery.report if io.delivery is not None else None
+    summary = build_summary(engine, wall, outputs, report.outcomes if report else None)  # reads store stats
+    interrupted = stop.is_set() and engine.failure is None
+    summary["interrupted"] = interrupted
+    return RunResult(summary, engine, interrupted)
 
 
 def _stop_on_signals(stop: threading.Event):

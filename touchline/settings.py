@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from touchline.decisions.events import KNOWN_TYPES
 from touchline.decisions.models import ModelConfig
 from touchline.decisions.policy import PolicyConfig
+from touchline.connectors.channels.config import DeliverySettings
 
 if TYPE_CHECKING:
     from touchline.state.base import StoreOptions
@@ -38,7 +39,7 @@ class _Section(BaseModel):
 
 
 class SourceSettings(_Section):
-    kind: Literal["simulator", "jsonl"] = "simulator"
+    kind: Literal["simulator", "jsonl", "kafka"] = "simulator"
     path: Path | None = Field(default=None, description="JSONL file when kind = jsonl")
     batch_size: int = Field(default=100, ge=1, le=100_000)
     follow: bool = Field(default=False, description="tail the JSONL file (live mode) until stopped")
@@ -132,6 +133,59 @@ class EngineSettings(_Section):
     clock: Literal["event", "wall"] = Field(
         default="event", description="event: replay on event time; wall: live on the system clock"
     )
+    allowed_lateness_seconds: float = Field(
+        default=0.0, ge=0, le=86_400,
+        description="event clock: fire timers only this long behind the newest event time, so an event "
+        "arriving late from another Kafka partition can still cancel them",
+    )
+
+
+class KafkaSettings(_Section):
+    """The broker and topics of the production engine (``touchline run --kafka HOST:PORT``)."""
+
+    bootstrap: str | None = Field(default=None, description="host:port[,host:port...]; set to read from Kafka")
+    events_topic: str = "touchline.events"
+    decisions_topic: str = "touchline.decisions"
+    dead_letter_topic: str = "touchline.dead-letters"
+    channel_topic_prefix: str = Field(default="touchline.channel.", description="+ channel name: the per-channel topics")
+    start: Literal["earliest", "latest"] = Field(default="earliest", description="where a new run starts reading")
+    tail: bool = Field(default=True, description="at the end of the topic wait for more (false: stop there, a replay)")
+    create_topics: bool = Field(default=True, description="create missing topics at start (else: a clear error)")
+    partitions: int = Field(default=3, ge=1, le=10_000, description="partitions of topics created at start")
+    replication_factor: int = Field(default=1, ge=1, le=16)
+    linger_ms: float = Field(default=20.0, ge=0, le=10_000, description="wait at most this long to fill a batch")
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, le=600, description="broker check at start")
+    retry_seconds: float = Field(default=60.0, gt=0, le=3600,
+                                 description="a broker outage is retried this long before the run stops")
+    config: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="librdkafka properties passed through, e.g. security.protocol, sasl.mechanism, "
+        "sasl.username, ssl.ca.location",
+    )
+    sasl_password: SecretStr | None = Field(default=None, description="sasl.password (or TOUCHLINE_KAFKA__SASL_PASSWORD)")
+    ssl_key_password: SecretStr | None = Field(default=None, description="ssl.key.password")
+
+    @field_validator("config")
+    @classmethod
+    def _no_secrets_inline(cls, value: dict[str, Any]) -> dict[str, Any]:
+        owned = {"bootstrap.servers": "bootstrap", "sasl.password": "sasl_password",
+                 "ssl.key.password": "ssl_key_password"}
+        for key, field_name in owned.items():
+            if key in value:
+                raise ValueError(f"{key!r} is set by kafka.{field_name}; use that key instead")
+        return value
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka configuration shared by consumers, producers and the admin client."""
+        if not self.bootstrap:
+            raise ConfigError("kafka.bootstrap is not set (use --kafka HOST:PORT)")
+        out = {"bootstrap.servers": self.bootstrap}
+        out.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in self.config.items()})
+        if self.sasl_password is not None:
+            out["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_key_password is not None:
+            out["ssl.key.password"] = self.ssl_key_password.get_secret_value()
+        return out
 
 
 _file_data: ContextVar[dict[str, Any]] = ContextVar("touchline_file_settings", default={})
@@ -159,6 +213,14 @@ class Settings(BaseSettings):
     models: ModelSettings = Field(default_factory=ModelSettings)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    delivery: "DeliverySettings" = Field(default_factory=lambda: DeliverySettings())
+
+    @model_validator(mode="after")
+    def _kafka_source_needs_bootstrap(self) -> "Settings":
+        if self.source.kind == "kafka" and not self.kafka.bootstrap:
+            raise ValueError("source.kind is kafka but kafka.bootstrap is not set (use --kafka HOST:PORT)")
+        return self
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):

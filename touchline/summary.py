@@ -25,9 +25,13 @@ def weighted_percentile(samples: Iterable[tuple[float, int]], q: float) -> float
     return pairs[-1][0]
 
 
-def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str]) -> dict[str, Any]:
-    """Collect the run's figures from the engine's tallies."""
+def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str],
+                  deliveries: dict[tuple[str, str], int] | None = None) -> dict[str, Any]:
+    """Collect the run's figures from the engine's tallies (and the connectors' outcomes)."""
     t = engine.totals
+    delivered: dict[str, dict[str, int]] = {}
+    for (channel, outcome), n in sorted((deliveries or {}).items()):
+        delivered.setdefault(channel, {"delivered": 0, "failed": 0})[outcome] = n
     decision_lat = [(v, 1) for v in t.decision_latency_ms]
     return {
         "events_processed": t.events,
@@ -49,6 +53,8 @@ def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str]) 
             "decision_p50": _round(weighted_percentile(decision_lat, 0.5)),
             "decision_p99": _round(weighted_percentile(decision_lat, 0.99)),
         },
+        "deliveries": delivered,
+        "delivery_failures_total": sum(d["failed"] for d in delivered.values()),
         "state": engine.store.stats(),
         "outputs": outputs,
     }
@@ -73,6 +79,10 @@ def format_summary(s: dict[str, Any]) -> str:
     out += [f"    {k:<30} {v:>8,}" for k, v in s["suppressed"].items()]
     out.append(f"  dead letters       {s['dead_letters_total']:,}")
     out += [f"    {k:<30} {v:>8,}" for k, v in s["dead_letters"].items()]
+    if s.get("deliveries"):
+        out.append("  deliveries         " + "; ".join(
+            f"{ch} {d['delivered']:,} delivered" + (f", {d['failed']:,} FAILED (dead letters)" if d["failed"] else "")
+            for ch, d in s["deliveries"].items()))
     out.append("  models (progressive validation on delayed labels)")
     for name, m in s["models"].items():
         if m["roc_auc"] is not None:

@@ -1,0 +1,1 @@
+"""Channel connectors: deliver decisions to the systems that message people."""

@@ -1,0 +1,146 @@
+"""Which connector delivers each channel, and how: the ``[delivery]`` settings section.
+
+Pure configuration (no I/O), validated at start with errors that name the key::
+
+    [delivery.channels.email]
+    kind = "smtp"
+    host = "smtp.internal"
+    sender = "news@example.com"
+    address_book = "contacts.csv"
+
+    [delivery.channels.sms]
+    kind = "webhook"
+    url = "https://sms-gateway.internal/send"
+    rate_per_second = 20
+
+Channels left out use ``delivery.default``: ``auto`` is one Kafka topic per channel when
+``kafka.bootstrap`` is set (production: downstream senders consume them), else a JSONL
+file per channel in the output directory's ``outbox/`` (the embedded default).
+
+>>> d = DeliverySettings.model_validate({"channels": {"sms": {"kind": "webhook", "url": "http://127.0.0.1:8080/"}}})
+>>> d.for_channel("sms", kafka=False).kind, d.for_channel("email", kafka=False).kind, d.for_channel("email", kafka=True).kind
+('webhook', 'jsonl', 'kafka')
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+#: Channels a decision can name (the policy's channels plus the sales hand-off).
+CHANNELS = ("email", "sms", "push", "sales_task")
+
+
+class _Connector(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Retrying(_Connector):
+    timeout_seconds: float = Field(default=5.0, gt=0, le=300, description="per attempt")
+    max_attempts: int = Field(default=5, ge=1, le=100, description="first try included")
+    backoff_seconds: float = Field(default=0.2, ge=0, le=60, description="first retry delay; doubles, with jitter")
+    backoff_max_seconds: float = Field(default=30.0, ge=0, le=3600)
+    rate_per_second: float = Field(default=50.0, gt=0, description="token bucket: sustained sends per second")
+    burst: int = Field(default=10, ge=1, description="token bucket: sends allowed at once")
+    queue_size: int = Field(default=1000, ge=1, le=1_000_000, description="waiting decisions before backpressure")
+    concurrency: int = Field(default=4, ge=1, le=256, description="deliveries in flight")
+
+
+class JsonlConnectorConfig(_Connector):
+    """Append each decision to a JSONL file (``-`` for stdout)."""
+
+    kind: Literal["jsonl"] = "jsonl"
+    path: str | None = Field(default=None, description="default: <output.dir>/outbox/<channel>.jsonl")
+
+
+class KafkaConnectorConfig(_Connector):
+    """Produce each decision to a topic of its own channel, keyed by contact."""
+
+    kind: Literal["kafka"] = "kafka"
+    topic: str | None = Field(default=None, description="default: kafka.channel_topic_prefix + channel")
+
+
+class WebhookConnectorConfig(_Retrying):
+    """POST the decision JSON to an HTTP endpoint, with ``Idempotency-Key: <decision_id>``."""
+
+    kind: Literal["webhook"] = "webhook"
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    bearer_token: SecretStr | None = Field(default=None, description="sent as Authorization: Bearer ...")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http:// or https:// URL with a host, got {value!r}")
+        return value
+
+
+class SmtpConnectorConfig(_Retrying):
+    """Render a template per decision and send it as an email."""
+
+    kind: Literal["smtp"] = "smtp"
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=1, le=65535)
+    security: Literal["none", "starttls", "tls"] = "none"
+    username: str | None = None
+    password: SecretStr | None = None
+    sender: str = Field(description="From: address")
+    templates: Path | None = Field(default=None, description="directory of <template>.txt files (Jinja2)")
+    address_book: Path | None = Field(default=None, description="CSV with columns contact_id,email")
+    recipient: str | None = Field(default=None, description="address pattern, e.g. '{contact_id}@staging.example'")
+    rate_per_second: float = Field(default=10.0, gt=0)
+    concurrency: int = Field(default=2, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _where_to(self) -> "SmtpConnectorConfig":
+        if self.address_book is None and self.recipient is None:
+            raise ValueError("an smtp channel needs address_book (CSV contact_id,email) or recipient (a pattern)")
+        if self.username and self.password is None:
+            raise ValueError("username is set but password is not")
+        return self
+
+
+class NoConnectorConfig(_Connector):
+    """Do not deliver this channel (decisions still go to the decisions output)."""
+
+    kind: Literal["none"] = "none"
+
+
+ConnectorConfig = Annotated[
+    Union[JsonlConnectorConfig, KafkaConnectorConfig, WebhookConnectorConfig, SmtpConnectorConfig,
+          NoConnectorConfig],
+    Field(discriminator="kind"),
+]
+
+
+class DeliverySettings(_Connector):
+    """Connectors per channel."""
+
+    default: Literal["auto", "jsonl", "kafka", "none"] = Field(
+        default="auto", description="for channels not listed: auto = kafka when kafka.bootstrap is set, else jsonl"
+    )
+    channels: dict[str, ConnectorConfig] = Field(default_factory=dict)
+    flush_seconds: float = Field(default=30.0, ge=0, le=3600,
+                                 description="at the end of a run, wait this long for deliveries in flight")
+
+    @field_validator("channels")
+    @classmethod
+    def _known(cls, value: dict[str, ConnectorConfig]) -> dict[str, ConnectorConfig]:
+        unknown = sorted(set(value) - set(CHANNELS))
+        if unknown:
+            raise ValueError(f"unknown channel(s) {unknown}; known: {', '.join(CHANNELS)}")
+        return value
+
+    def for_channel(self, channel: str, kafka: bool) -> ConnectorConfig:
+        """The connector configuration of ``channel`` (listed, or the default)."""
+        if channel in self.channels:
+            return self.channels[channel]
+        kind = ("kafka" if kafka else "jsonl") if self.default == "auto" else self.default
+        if kind == "kafka" and not kafka:
+            raise ValueError("delivery.default is kafka but kafka.bootstrap is not set")
+        return {"jsonl": JsonlConnectorConfig, "kafka": KafkaConnectorConfig, "none": NoConnectorConfig}[kind]()

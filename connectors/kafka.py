@@ -1,0 +1,331 @@
+"""Kafka in and out: the events source, the decisions and dead-letter sinks, topic checks.
+
+The source wraps Bytewax's ``KafkaSource`` partitions (one per Kafka partition, the
+offset as snapshot) and groups their messages into the engine's micro-batches. The
+sinks produce with delivery reports, because Bytewax's ``KafkaSink`` ignores them (a
+produce to a missing topic would vanish silently) and it cannot carry per-message
+headers we need for dead letters.
+
+Connectivity is checked before the dataflow starts: ``KafkaSource`` would otherwise
+wait forever on a broker that is down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+import orjson
+from bytewax.connectors.kafka import KafkaError, KafkaSource
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, Producer
+from confluent_kafka import KafkaError as ConfluentError
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from touchline.flows.step import RawBatch
+
+log = logging.getLogger(__name__)
+
+_DUMP = orjson.OPT_SORT_KEYS
+#: Consumer errors that mean "cannot reach the cluster" (retried by librdkafka; we bound the wait).
+_OUTAGE_CODES = {ConfluentError._ALL_BROKERS_DOWN, ConfluentError._TRANSPORT, ConfluentError._RESOLVE}
+
+
+class KafkaUnavailable(RuntimeError):
+    """The brokers cannot be reached, or a topic cannot be used; the message says which."""
+
+
+class KafkaConfigError(ValueError):
+    """librdkafka rejected a configuration property (``kafka.config``)."""
+
+
+def _admin(config: dict[str, str]) -> AdminClient:
+    try:
+        return AdminClient(dict(config))  # type: ignore[arg-type]  # str values are what librdkafka takes
+    except KafkaException as exc:
+        raise KafkaConfigError(f"kafka.config: {exc.args[0].str() if exc.args else exc}") from None
+
+
+def check_cluster(config: dict[str, str], timeout: float) -> set[str]:
+    """The topic names on the cluster; a clear error if the brokers do not answer in time."""
+    admin = _admin(config)
+    try:
+        meta = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else exc
+        text = err.str() if hasattr(err, "str") else str(err)
+        raise KafkaUnavailable(f"Kafka at {config['bootstrap.servers']} unreachable within {timeout:g} s "
+                               f"({text}); is the broker running and kafka.bootstrap right?") from None
+    return set(meta.topics)
+
+
+def ensure_topics(config: dict[str, str], topics: list[str], *, create: bool, partitions: int,
+                  replication_factor: int, timeout: float) -> list[str]:
+    """Make sure ``topics`` exist (creating the missing ones if allowed); returns those created."""
+    existing = check_cluster(config, timeout)
+    missing = [t for t in dict.fromkeys(topics) if t not in existing]
+    if not missing:
+        return []
+    if not create:
+        raise KafkaUnavailable(f"Kafka topic(s) {', '.join(missing)} do not exist on {config['bootstrap.servers']}; "
+                               "create them, or set kafka.create_topics = true")
+    futures = _admin(config).create_topics(
+        [NewTopic(t, num_partitions=partitions, replication_factor=replication_factor) for t in missing],
+        operation_timeout=timeout, request_timeout=timeout)
+    for topic, future in futures.items():
+        try:
+            future.result(timeout=timeout)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.code() != ConfluentError.TOPIC_ALREADY_EXISTS:
+                raise KafkaUnavailable(f"cannot create Kafka topic {topic}: {err.str()}") from None
+    # A new topic's metadata reaches every broker a moment later; wait until it is visible.
+    deadline = time.monotonic() + timeout
+    while set(missing) - check_cluster(config, timeout) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return missing
+
+
+# ---------------------------------------------------------------------------------- source
+class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
+    """One Kafka partition, read by Bytewax's partition and grouped into micro-batches."""
+
+    def __init__(self, inner: StatefulSourcePartition, topic: str, partition: int, batch_size: int,
+                 linger_s: float, stop: threading.Event, tick_s: float | None, retry_s: float,
+                 bootstrap: str, on_fatal: Callable[[Exception], None]) -> None:
+        self._inner = inner
+        self._name = f"{topic}[{partition}]"
+        self._batch_size, self._linger, self._stop = batch_size, linger_s, stop
+        self._tick, self._retry, self._bootstrap, self._on_fatal = tick_s, retry_s, bootstrap, on_fatal
+        self._lines: list[bytes] = []
+        self._offsets: list[int] = []
+        self._first_at = 0.0
+        self._next_tick = time.monotonic() + (tick_s or 0)
+        self._resume = inner.snapshot()
+        self._eof = False
+        self._down_since: float | None = None
+        self._awake: datetime | None = None
+
+    def next_batch(self) -> list[RawBatch]:
+        if self._stop.is_set():
+            raise StopIteration()
+        if self._eof:
+            if self._lines:
+                return self._emit()
+            raise StopIteration()
+        try:
+            items = self._inner.next_batch()
+        except StopIteration:
+            self._eof = True
+            items = []
+        for item in items:
+            if isinstance(item, KafkaError):
+                self._error(item.err)
+                continue
+            if not self._lines:
+                self._first_at = time.monotonic()
+            self._lines.append(item.value if item.value is not None else b"")
+            self._offsets.append(item.offset)
+        if items:
+            self._down_since = None
+        now = time.monotonic()
+        self._awake = None
+        if self._lines and (len(self._lines) >= self._batch_size or now - self._first_at >= self._linger or self._eof):
+            return self._emit()
+        if self._tick is not None and now >= self._next_tick:  # live mode: let wall-clock timers fire
+            self._next_tick = now + self._tick
+            return [RawBatch([], self._name, 0, time.perf_counter_ns())]
+        if not items and not self._lines:  # idle: poll again shortly instead of spinning
+            self._awake = datetime.now(timezone.utc) + timedelta(milliseconds=5)
+        return []
+
+    def _emit(self) -> list[RawBatch]:
+        batch = RawBatch(self._lines, self._name, self._offsets[0], time.perf_counter_ns(), offsets=self._offsets)
+        self._resume = self._offsets[-1] + 1
+        self._lines, self._offsets = [], []
+        return [batch]
+
+    def _error(self, err: ConfluentError) -> None:
+        if err.fatal():
+            self._on_fatal(KafkaUnavailable(f"Kafka consumer on {self._name}: fatal error {err.str()}"))
+            self._stop.set()
+            return
+        if err.code() in _OUTAGE_CODES:
+            now = time.monotonic()
+            if self._down_since is None:
+                self._down_since = now
+                log.warning("Kafka at %s unreachable (%s); retrying for up to %.0f s",
+                            self._bootstrap, err.str(), self._retry)
+            elif now - self._down_since > self._retry:
+                self._on_fatal(KafkaUnavailable(
+                    f"Kafka at {self._bootstrap} unreachable for {now - self._down_since:.0f} s while reading "
+                    f"{self._name} ({err.str()}); the run stopped, a new run resumes from the last committed batch"))
+                self._stop.set()
+            return
+        log.warning("Kafka consumer on %s: %s", self._name, err.str())
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
+
+    def snapshot(self) -> Any:
+        """Resume at the first message not yet handed to the engine (buffered ones included)."""
+        return self._offsets[0] if self._offsets else self._resume
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class KafkaEventSource(FixedPartitionedSource[RawBatch, Any]):
+    """Events from a Kafka topic, in micro-batches of raw message values.
+
+    Partitions are Bytewax's (one per Kafka partition) and snapshot the offset, so with
+    recovery a run resumes exactly after the last batch it processed. Delivery: at least
+    once into the engine; the engine's event-id idempotency makes it effectively once
+    for state. A batch is emitted when it holds ``batch_size`` messages or its first one
+    has waited ``linger_ms``. Dead letters name ``topic[partition]:offset``.
+    """
+
+    def __init__(self, client_config: dict[str, str], topic: str, *, batch_size: int, linger_ms: float,
+                 start: str, tail: bool, stop: threading.Event, tick_seconds: float | None,
+                 retry_seconds: float, on_fatal: Callable[[Exception], None]) -> None:
+        self.topic = topic
+        self._inner = KafkaSource(
+            [client_config["bootstrap.servers"]], [topic], tail=tail,
+            starting_offset=OFFSET_BEGINNING if start == "earliest" else OFFSET_END,
+            add_config={k: v for k, v in client_config.items() if k != "bootstrap.servers"},
+            batch_size=batch_size, raise_on_errors=False)
+        self._bootstrap = client_config["bootstrap.servers"]
+        self._batch_size, self._linger = batch_size, linger_ms / 1000
+        self.stop, self._tick, self._retry, self._on_fatal = stop, tick_seconds, retry_seconds, on_fatal
+        self.progress: dict[str, float] = {}
+
+    def list_parts(self) -> list[str]:
+        return self._inner.list_parts()
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _BatchingPartition:
+        idx, topic = for_part.split("-", 1)
+        return _BatchingPartition(self._inner.build_part(step_id, for_part, resume_state), topic, int(idx),
+                                  self._batch_size, self._linger, self.stop, self._tick, self._retry,
+                                  self._bootstrap, self._on_fatal)
+
+
+# ---------------------------------------------------------------------------------- producing
+class ReportingProducer:
+    """A confluent-kafka producer that reports every delivery and applies backpressure.
+
+    Idempotent producer (``enable.idempotence``): librdkafka's own retries never write a
+    message twice. A full local queue blocks ``produce`` (polling) instead of failing.
+    """
+
+    def __init__(self, client_config: dict[str, str], timeout_seconds: float, **extra: Any) -> None:
+        config: dict[str, Any] = {"enable.idempotence": True, "acks": "all", "linger.ms": 2,
+                                  "message.timeout.ms": int(timeout_seconds * 1000), **client_config, **extra}
+        try:
+            self._producer = Producer(config)
+        except KafkaException as exc:
+            raise KafkaConfigError(f"kafka.config: {exc.args[0].str() if exc.args else exc}") from None
+
+    def produce(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, str | bytes | None]] | None,
+                on_delivery: Callable[[Any, Any], None]) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+                break
+            except BufferError:  # local queue full: wait for deliveries (backpressure)
+                self._producer.poll(0.05)
+        self._producer.poll(0)
+
+    def poll(self, timeout: float = 0) -> None:
+        self._producer.poll(timeout)
+
+    def flush(self, timeout: float) -> int:
+        return self._producer.flush(timeout)
+
+
+class _RecordSinkPartition(StatelessSinkPartition[dict[str, Any]]):
+    def __init__(self, sink: "KafkaRecordSink") -> None:
+        self._sink = sink
+        self._producer = ReportingProducer(sink.client_config, sink.timeout_seconds)
+
+    def write_batch(self, items: list[dict[str, Any]]) -> None:
+        sink = self._sink
+        for record in items:
+            key = record.get(sink.key_field)
+            self._producer.produce(sink.topic, orjson.dumps(record, option=_DUMP),
+                                   str(key).encode() if key is not None else None, None, self._reported)
+        # Wait for the batch: at least once relative to the engine's progress.
+        self._producer.flush(sink.timeout_seconds + 5)
+
+    def _reported(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._sink.on_fatal(KafkaUnavailable(
+                f"could not write to Kafka topic {self._sink.topic} at {self._sink.client_config['bootstrap.servers']}: "
+                f"{err.str()}"))
+
+    def close(self) -> None:
+        self._producer.flush(self._sink.timeout_seconds)
+
+
+class KafkaRecordSink(DynamicSink[dict[str, Any]]):
+    """JSON records (decisions) to a topic, keyed by ``key_field`` (the contact: per-contact order).
+
+    Delivery: at least once. Each batch is flushed and every delivery report checked;
+    a message librdkafka could not deliver within ``timeout_seconds`` stops the run
+    with the error (the decisions topic is the audit trail: never dropped silently).
+    Replays re-emit the same decision ids, which downstream consumers deduplicate on.
+    """
+
+    def __init__(self, client_config: dict[str, str], topic: str, on_fatal: Callable[[Exception], None],
+                 key_field: str = "contact_id", timeout_seconds: float = 60.0) -> None:
+        self.client_config, self.topic, self.on_fatal = client_config, topic, on_fatal
+        self.key_field, self.timeout_seconds = key_field, timeout_seconds
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RecordSinkPartition:
+        return _RecordSinkPartition(self)
+
+
+class KafkaDeadLetters:
+    """Dead letters to a topic: the original payload as the value, the reason in headers.
+
+    Headers: ``touchline.reason``, ``touchline.detail``, ``touchline.kind``, ``touchline.source``
+    (invalid events), or ``touchline.channel``/``touchline.error``/``touchline.attempts``
+    (failed deliveries, whose value is the decision JSON). Thread-safe: the engine and
+    the connectors' threads write here.
+    """
+
+    HEADERS = ("reason", "detail", "kind", "source", "channel", "connector", "error", "attempts", "decision_id")
+
+    def __init__(self, client_config: dict[str, str], topic: str, on_fatal: Callable[[Exception], None],
+                 timeout_seconds: float = 60.0) -> None:
+        self.topic, self.on_fatal, self.bootstrap = topic, on_fatal, client_config["bootstrap.servers"]
+        self._producer = ReportingProducer(client_config, timeout_seconds)
+        self._lock = threading.Lock()
+        self.timeout_seconds = timeout_seconds
+
+    def __call__(self, records: list[dict[str, Any]]) -> None:
+        with self._lock:
+            for record in records:
+                if record.get("kind") == "delivery_failed":
+                    value = orjson.dumps(record["decision"], option=_DUMP)
+                    key = record.get("contact_id")
+                else:  # the original bytes as far as they were UTF-8 (invalid bytes stay \\xNN escapes)
+                    value = str(record.get("raw", "")).encode("utf-8", "surrogateescape")
+                    key = None
+                headers: list[tuple[str, str | bytes | None]] = [(f"touchline.{h}", str(record[h]).encode("utf-8", "replace")[:4096])
+                           for h in self.HEADERS if record.get(h) is not None]
+                self._producer.produce(self.topic, value, str(key).encode() if key else None, headers,
+                                       self._reported)
+            self._producer.flush(self.timeout_seconds + 5)
+
+    def _reported(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.on_fatal(KafkaUnavailable(f"could not write dead letters to Kafka topic {self.topic} at "
+                                           f"{self.bootstrap}: {err.str()}"))
+
+    def close(self) -> None:
+        with self._lock:
+            self._producer.flush(self.timeout_seconds)
