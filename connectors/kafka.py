@@ -73,7 +73,8 @@ def ensure_topics(config: dict[str, str], topics: list[str], *, create: bool, pa
     if not create:
         raise KafkaUnavailable(f"Kafka topic(s) {', '.join(missing)} do not exist on {config['bootstrap.servers']}; "
                                "create them, or set kafka.create_topics = true")
-    futures = _admin(config).create_topics(
+    admin = _admin(config)  # keep a reference: a collected client aborts its own requests
+    futures = admin.create_topics(
         [NewTopic(t, num_partitions=partitions, replication_factor=replication_factor) for t in missing],
         operation_timeout=timeout, request_timeout=timeout)
     for topic, future in futures.items():

@@ -64,3 +64,61 @@ def redis_cluster(tmp_path_factory):
 def redis_cluster_url(redis_cluster) -> str:
     redis_cluster.flush()
     return redis_cluster.url
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory):
+    """A real Kafka-protocol broker (Tansu, memory storage) on a free loopback port."""
+    from kafka_broker import TansuBroker
+
+    broker = TansuBroker(tmp_path_factory.mktemp("tansu")).start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def topics(request) -> dict[str, str]:
+    """Topic names of this test's own, so tests on the shared broker never see each other's messages."""
+    import re
+    import uuid
+
+    stem = re.sub(r"[^a-zA-Z0-9]+", "-", request.node.name)[:60] + "-" + uuid.uuid4().hex[:6]
+    return {
+        "kafka.events_topic": f"{stem}.events",
+        "kafka.decisions_topic": f"{stem}.decisions",
+        "kafka.dead_letter_topic": f"{stem}.dead",
+        "kafka.channel_topic_prefix": f"{stem}.channel.",
+    }
+
+
+@pytest.fixture
+def smtp_server():
+    """A real SMTP server (aiosmtpd) on loopback; ``.messages`` collects what it accepted and
+    ``.reject`` (a list of reply lines) makes it answer the next DATA commands with errors."""
+    import threading
+    from email import message_from_bytes
+
+    from aiosmtpd.controller import Controller
+
+    from redis_servers import free_port
+
+    class Handler:
+        def __init__(self) -> None:
+            self.messages: list = []
+            self.reject: list[str] = []
+            self.lock = threading.Lock()
+
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's naming)
+            with self.lock:
+                if self.reject:
+                    return self.reject.pop(0)
+                msg = message_from_bytes(envelope.content)
+                self.messages.append((envelope.rcpt_tos, msg))
+            return "250 OK"
+
+    handler = Handler()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    handler.port = controller.port  # type: ignore[attr-defined]
+    yield handler
+    controller.stop()

@@ -15,7 +15,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.redis_servers import free_port
+from redis_servers import free_port
 
 
 class TansuBroker:

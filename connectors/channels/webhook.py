@@ -43,7 +43,8 @@ class WebhookConnector(QueuedConnector):
 
     Delivery: at least once, deduplicated by the key. Retried with exponential backoff
     and jitter: connection errors, timeouts and 5xx; 429 waits as long as Retry-After
-    says (capped by ``backoff_max_seconds``). Other 4xx answers are permanent: the
+    says (capped by ``backoff_max_seconds``); 409 (the key still in flight at the endpoint)
+    is asked again later. Other 4xx answers are permanent: the
     decision goes to dead letters at once. A 2xx is never retried.
     """
 
@@ -78,9 +79,11 @@ class WebhookConnector(QueuedConnector):
         detail = f"HTTP {status} from {self.config.url}: {response.text[:200]}"
         if status == 429:
             raise RetryableError("http_429", detail, retry_after_seconds(response.headers.get("Retry-After")))
+        if status == 409:  # the same key still in flight at the endpoint: ask again later
+            raise RetryableError("http_409", detail, retry_after_seconds(response.headers.get("Retry-After")))
         if status >= 500 or status == 408:
             raise RetryableError(f"http_{status // 100}xx", detail,
                                  retry_after_seconds(response.headers.get("Retry-After")))
-        raise PermanentError(f"http_{status}" if status in (400, 401, 403, 404, 409, 410, 413, 422) else "http_4xx",
+        raise PermanentError(f"http_{status}" if status in (400, 401, 403, 404, 410, 413, 422) else "http_4xx",
                              detail)
 
