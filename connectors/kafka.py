@@ -35,6 +35,22 @@ _DUMP = orjson.OPT_SORT_KEYS
 _OUTAGE_CODES = {ConfluentError._ALL_BROKERS_DOWN, ConfluentError._TRANSPORT, ConfluentError._RESOLVE}
 
 
+#: librdkafka's own log lines (connection refused, retries) go here instead of raw to stderr:
+#: outages are reported by the engine itself, once and clearly; turn on DEBUG to see these.
+LIBRDKAFKA_LOG = logging.getLogger("touchline.librdkafka")
+
+
+class _QuietLibrdkafka(logging.LoggerAdapter):
+    """Logs librdkafka's lines at DEBUG whatever their syslog level."""
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        super().log(logging.DEBUG, msg, *args, **kwargs)
+
+
+def _with_logger(config: dict[str, Any]) -> dict[str, Any]:
+    return {**config, "logger": _QuietLibrdkafka(LIBRDKAFKA_LOG, {})}
+
+
 class KafkaUnavailable(RuntimeError):
     """The brokers cannot be reached, or a topic cannot be used; the message says which."""
 
@@ -45,7 +61,7 @@ class KafkaConfigError(ValueError):
 
 def _admin(config: dict[str, str]) -> AdminClient:
     try:
-        return AdminClient(dict(config))  # type: ignore[arg-type]  # str values are what librdkafka takes
+        return AdminClient(_with_logger(config))
     except KafkaException as exc:
         raise KafkaConfigError(f"kafka.config: {exc.args[0].str() if exc.args else exc}") from None
 
@@ -197,7 +213,7 @@ class KafkaEventSource(FixedPartitionedSource[RawBatch, Any]):
         self._inner = KafkaSource(
             [client_config["bootstrap.servers"]], [topic], tail=tail,
             starting_offset=OFFSET_BEGINNING if start == "earliest" else OFFSET_END,
-            add_config={k: v for k, v in client_config.items() if k != "bootstrap.servers"},
+            add_config=_with_logger({k: v for k, v in client_config.items() if k != "bootstrap.servers"}),
             batch_size=batch_size, raise_on_errors=False)
         self._bootstrap = client_config["bootstrap.servers"]
         self._batch_size, self._linger = batch_size, linger_ms / 1000
@@ -226,7 +242,7 @@ class ReportingProducer:
         config: dict[str, Any] = {"enable.idempotence": True, "acks": "all", "linger.ms": 2,
                                   "message.timeout.ms": int(timeout_seconds * 1000), **client_config, **extra}
         try:
-            self._producer = Producer(config)
+            self._producer = Producer(_with_logger(config))
         except KafkaException as exc:
             raise KafkaConfigError(f"kafka.config: {exc.args[0].str() if exc.args else exc}") from None
 

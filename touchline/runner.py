@@ -128,8 +128,7 @@ def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: C
     engine.lateness_ms = int(settings.engine.allowed_lateness_seconds * 1000)
     closers: list[Any] = [engine.store.close]
     try:
-        io = _build_io(settings, engine, registry, kafka, stop)
-        closers = [*io.closers, *closers]
+        io = _build_io(settings, engine, registry, kafka, stop, closers)
         return _run_flow(settings, engine, io, registry, progress, on_metrics, stop)
     finally:
         for close in closers:
@@ -146,11 +145,12 @@ class _Io:
     delivery: Any
     outputs: dict[str, str]
     period: tuple[int, int] | None
-    closers: list[Any]
 
 
 def _build_io(settings: Settings, engine: Engine, registry: CollectorRegistry, kafka: dict[str, str] | None,
-              stop: threading.Event) -> _Io:
+              stop: threading.Event, closers: list[Any]) -> _Io:
+    """Open the run's outputs, connectors and source; each registers its close in ``closers``
+    as soon as it exists, so a failure half-way closes what was opened."""
     from touchline.connectors.channels.base import DeliveryReport
     from touchline.connectors.channels.registry import BuildContext, Delivery, DeliverySink
     from touchline.connectors.deadletters import DeadLetterSink, JsonlDeadLetters
@@ -158,9 +158,22 @@ def _build_io(settings: Settings, engine: Engine, registry: CollectorRegistry, k
 
     out_dir = settings.output.dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    closers: list[Any] = []
     ks = settings.kafka
     outputs: dict[str, str] = {}
+    if kafka is not None:  # before any client exists: a broker that is down is one clear error
+        from touchline.connectors.channels.config import CHANNELS
+        from touchline.connectors.kafka import ensure_topics
+
+        channel_topics = []
+        for channel in CHANNELS:
+            cfg = settings.delivery.for_channel(channel, kafka=True)
+            if cfg.kind == "kafka":
+                channel_topics.append(getattr(cfg, "topic", None) or ks.channel_topic_prefix + channel)
+        topics = [ks.decisions_topic, ks.dead_letter_topic, *channel_topics]
+        if settings.source.kind == "kafka":
+            topics.insert(0, ks.events_topic)
+        ensure_topics(kafka, topics, create=ks.create_topics, partitions=ks.partitions,
+                      replication_factor=ks.replication_factor, timeout=ks.connect_timeout_seconds)
     if kafka is not None:
         from touchline.connectors.kafka import KafkaDeadLetters, KafkaRecordSink
 
@@ -175,26 +188,17 @@ def _build_io(settings: Settings, engine: Engine, registry: CollectorRegistry, k
         decisions_sink = JsonlSink(decisions_path)
         dead_writer = JsonlDeadLetters(dead_path)
         outputs.update({"decisions": str(decisions_path), "dead letters": str(dead_path)})
-    closers.append(dead_writer.close)
+    closers.insert(0, dead_writer.close)
     report = DeliveryReport(ConnectorMetrics(registry), dead_writer)
     delivery = Delivery.build(settings.delivery, BuildContext(
         report, out_dir / "outbox", kafka, ks.channel_topic_prefix, ks.retry_seconds, settings.simulator.seed))
-    if kafka is not None:
-        from touchline.connectors.kafka import ensure_topics
-
-        topics = [ks.decisions_topic, ks.dead_letter_topic,
-                  *(c.topic for c in delivery.connectors.values() if c.kind == "kafka")]
-        if settings.source.kind == "kafka":
-            topics.insert(0, ks.events_topic)
-        ensure_topics(kafka, topics, create=ks.create_topics, partitions=ks.partitions,
-                      replication_factor=ks.replication_factor, timeout=ks.connect_timeout_seconds)
-    delivery.start()
     closers.insert(0, lambda: delivery.close(settings.delivery.flush_seconds))
+    delivery.start()
     for channel, where in delivery.describe().items():
         outputs[f"channel {channel}"] = where
     source, period = _build_source(settings, engine, kafka, stop)
     return _Io(source, decisions_sink, DeadLetterSink(dead_writer),
-               DeliverySink(delivery) if delivery.connectors else None, outputs, period, closers)
+               DeliverySink(delivery) if delivery.connectors else None, outputs, period)
 
 
 def _build_source(settings: Settings, engine: Engine, kafka: dict[str, str] | None,
