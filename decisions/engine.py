@@ -21,6 +21,7 @@ from touchline.decisions.clock import Clock, EventTimeClock
 from touchline.decisions.events import KNOWN_TYPES, Event
 from touchline.decisions.features import features
 from touchline.decisions.models import ModelConfig, ScoreModel
+from touchline.decisions.feedback import FEEDBACK_TYPES, feedback_key, is_linked
 from touchline.decisions.policy import Candidate, PolicyConfig, Suppression, arbitrate, in_holdout
 from touchline.decisions.profile import (
     DAY_MS,
@@ -116,6 +117,8 @@ class BatchRun:
         self.decisions: list[dict[str, Any]] = []
         self.decision_event_ms: list[int] = []
         self.by_type: Counter = Counter()
+        #: (channel, outcome, linked to a decision id) -> feedback events applied
+        self.feedback: Counter = Counter()
         self.suppressed: Counter = Counter()
         self.decided: Counter = Counter()
         self.timers_fired: Counter = Counter()
@@ -244,6 +247,10 @@ class BatchRun:
             self.duplicates += 1
             return
         self.by_type[ev.type if ev.type in KNOWN_TYPES else "other"] += 1  # bounded: no label per stranger type
+        if ev.type in FEEDBACK_TYPES:
+            fb = feedback_key(ev.type, ev.properties, ev.channel)
+            if fb is not None:
+                self.feedback[(*fb, "true" if is_linked(ev.properties) else "false")] += 1
         now = core.clock.now() if core.live else profile.last_ts
         active = ev.type not in PASSIVE_TYPES
         for model, obs, label in label_rules.on_event(profile, ev.type, ev.ts_ms, core.labels.goal_types, active):

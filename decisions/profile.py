@@ -26,6 +26,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from touchline.decisions.feedback import FEEDBACK_TYPES, apply_feedback
+
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 
@@ -93,6 +95,10 @@ class Profile:
     aliases: list[str] = field(default_factory=list)
     consent: dict[str, bool] = field(default_factory=dict)
     bounced: list[str] = field(default_factory=list)
+    #: channel -> feedback outcome (delivered, open, click, reply, bounce, unsubscribe) -> count
+    engagement: dict[str, dict[str, int]] = field(default_factory=dict)
+    last_engaged_ts: int | None = None
+    soft_bounces: dict[str, int] = field(default_factory=dict)  # channel -> soft bounces in a row
     sends: list[Send] = field(default_factory=list)
     pending: dict[str, Observation] = field(default_factory=dict)
     observed: dict[str, int] = field(default_factory=dict)  # model -> last observation time
@@ -238,8 +244,8 @@ def _apply_semantics(
         target, granted = properties.get("channel") or channel, properties.get("granted")
         if isinstance(target, str) and isinstance(granted, bool):
             profile.consent[target] = granted
-    elif event_type == "email_bounce" and "email" not in profile.bounced:
-        profile.bounced.append("email")
+    if event_type in FEEDBACK_TYPES:
+        apply_feedback(profile, event_type, ts_ms, properties, channel)
 
 
 def merge_into(target: Profile, source: Profile) -> dict[str, int]:
@@ -284,6 +290,14 @@ def merge_into(target: Profile, source: Profile) -> dict[str, int]:
     for channel in source.bounced:
         if channel not in target.bounced:
             target.bounced.append(channel)
+    for channel, counts in source.engagement.items():
+        mine = target.engagement.setdefault(channel, {})
+        for outcome, n in counts.items():
+            mine[outcome] = mine.get(outcome, 0) + n
+    if source.last_engaged_ts is not None:
+        target.last_engaged_ts = max(source.last_engaged_ts, target.last_engaged_ts or source.last_engaged_ts)
+    for channel, streak in source.soft_bounces.items():
+        target.soft_bounces[channel] = max(streak, target.soft_bounces.get(channel, 0))
     for device in source.devices:
         if device not in target.devices and len(target.devices) < MAX_DEVICES:
             target.devices.append(device)
@@ -333,6 +347,8 @@ def snapshot(profile: Profile) -> dict[str, Any]:
         "aliases": list(profile.aliases),
         "consent": dict(profile.consent),
         "bounced": list(profile.bounced),
+        "engagement": {ch: dict(c) for ch, c in profile.engagement.items()},
+        "last_engaged_ts": profile.last_engaged_ts,
         "sends": [{"ts": s.ts_ms, "channel": s.channel, "action": s.action} for s in profile.sends],
         "sends_in_windows": sends_in_windows(profile),
         "windows": {name: dict(sorted((k, v) for k, v in c.items() if v)) for name, (_, c) in profile.windows.items()},

@@ -72,6 +72,7 @@ class Totals:
     first_event_ms: int | None = None
     last_event_ms: int | None = None
     store_reconnects: int = 0
+    feedback: Counter = field(default_factory=Counter)
 
 
 class Engine:
@@ -175,6 +176,8 @@ class Engine:
         m.count(m.decisions, run.decided)
         m.count(m.timers_fired, run.timers_fired)
         m.count(m.labels, run.labelled)
+        m.count(m.feedback, run.feedback)
+        t.feedback.update(run.feedback)
         if run.duplicates:
             m.duplicates.inc(run.duplicates)
         if batch.lines:  # idle ticks are not batches

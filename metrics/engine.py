@@ -36,6 +36,10 @@ class EngineMetrics:
         self.duplicates = PromCounter(
             "touchline_duplicate_events", "Events ignored because their event_id was already applied.", registry=registry
         )
+        self.feedback = PromCounter(
+            "touchline_feedback_events",
+            "Channel feedback applied (delivered, open, click, reply, bounce, unsubscribe), by channel, outcome "
+            "and whether it named its decision id.", ["channel", "outcome", "linked"], registry=registry)
         self.dead_letters = PromCounter(
             "touchline_dead_letters", "Records sent to the dead-letter output, by reason.", ["reason"], registry=registry
         )

@@ -41,7 +41,7 @@ SEP = "\x1f"  # ASCII unit separator: never part of an event type, channel or ac
 _SCALARS = (
     "first_ts", "last_ts", "last_activity_ts", "events_total", "purchases_total", "monetary_total",
     "last_purchase_ts", "cart_value", "cart_updated_ts", "timezone", "locale", "devices", "aliases",
-    "consent", "bounced", "observed", "last_lead", "timers",
+    "consent", "bounced", "observed", "last_lead", "timers", "engagement", "last_engaged_ts", "soft_bounces",
 )
 
 

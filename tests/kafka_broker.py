@@ -111,3 +111,6 @@ class TansuBroker:
             out.append(msg)
         consumer.close()
         return out
+
+    def topic_exists(self, topic: str) -> bool:
+        return topic in AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=5).topics

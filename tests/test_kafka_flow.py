@@ -154,3 +154,54 @@ def test_simulate_kafka_produces_at_the_chosen_rate(kafka_broker, topics, capsys
 def test_rate_without_kafka_is_a_usage_error(capsys, tmp_path):
     assert main(["simulate", "--out", str(tmp_path / "e.jsonl"), "--rate", "10"]) == 2
     assert "--rate applies to --kafka" in capsys.readouterr().err
+
+
+def test_feedback_comes_back_through_the_events_topic(kafka_broker, topics, small_settings):
+    """A decision goes out on the email topic; its bounce comes back in on the events topic,
+    naming the decision id, and the next decision for that contact avoids email."""
+    from prometheus_client import CollectorRegistry
+
+    settings = _kafka_settings(small_settings, kafka_broker, topics, **{"kafka.tail": True,
+                                                                         "policy.holdout_share": 0.0})
+    events, email_topic = topics["kafka.events_topic"], topics["kafka.channel_topic_prefix"] + "email"
+    kafka_broker.create_topics(events, partitions=1)
+    registry, stop, box = CollectorRegistry(), threading.Event(), {}
+    thread = threading.Thread(target=lambda: box.update(
+        result=run(settings, progress=None, stop=stop, registry=registry)))
+    thread.start()
+
+    def wait_for(predicate, what: str, timeout: float = 30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    t0 = 1767614400000  # 2026-01-05T12:00Z
+    ev = lambda eid, type_, ts, **kw: orjson.dumps({"event_id": eid, "type": type_, "ts": ts, "contact_id": "c1", **kw})
+    try:
+        kafka_broker.produce(events, [ev("s1", "signup", t0)])
+        sent = wait_for(lambda: kafka_broker.consume_all(email_topic, timeout=1) if kafka_broker.topic_exists(
+            email_topic) else None, "the welcome email")
+        decision = orjson.loads(sent[0].value())
+        kafka_broker.produce(events, [
+            ev("b1", "email_bounce", t0 + 60_000, channel="email",
+               properties={"decision_id": decision["decision_id"], "bounce_type": "hard"}),
+            ev("c1", "add_to_cart", t0 + 86_400_000, properties={"value": 20}),
+            ev("p1", "page_view", t0 + 86_400_000 + 40 * 60_000),  # moves event time past the cart timer
+        ])
+        wait_for(lambda: (registry.get_sample_value("touchline_feedback_events_total",
+                                                    {"channel": "email", "outcome": "bounce", "linked": "true"})
+                          and registry.get_sample_value("touchline_timers_fired_total", {"kind": "cart"})),
+                 "the bounce and the cart timer")
+    finally:
+        stop.set()
+        thread.join(60)
+    result = box["result"]
+    assert len(kafka_broker.consume_all(email_topic)) == 1  # no cart reminder by email after the bounce
+    assert result.summary["suppressed"].get("bounced", 0) >= 1
+    profile = result.engine.store.load(["c1"])["c1"]
+    assert profile.bounced == ["email"] and profile.engagement["email"]["bounce"] == 1
+    assert result.summary["feedback"] == {"email/bounce": 1}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Iterable
 
 from touchline.flows.step import Engine
@@ -53,11 +54,22 @@ def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str],
             "decision_p50": _round(weighted_percentile(decision_lat, 0.5)),
             "decision_p99": _round(weighted_percentile(decision_lat, 0.99)),
         },
+        "feedback": _sum_feedback(t.feedback),
+        "feedback_linked_share": (round(sum(n for k, n in t.feedback.items() if k[2] == "true")
+                                        / sum(t.feedback.values()), 4) if t.feedback else None),
         "deliveries": delivered,
         "delivery_failures_total": sum(d["failed"] for d in delivered.values()),
         "state": engine.store.stats(),
         "outputs": outputs,
     }
+
+
+def _sum_feedback(feedback: Counter) -> dict[str, int]:
+    """Feedback per channel/outcome, linked and unlinked together."""
+    out: Counter = Counter()
+    for (channel, outcome, _linked), n in feedback.items():
+        out[f"{channel}/{outcome}"] += n
+    return dict(sorted(out.items()))
 
 
 def _round(value: float | None) -> float | None:
