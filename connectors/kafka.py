@@ -58,6 +58,10 @@ def _with_logger(config: dict[str, Any]) -> dict[str, Any]:
 CONSUMER_DEFAULTS = {"fetch.wait.max.ms": "10"}
 
 
+#: Decisions a sink lets wait for their acknowledgement before it waits itself.
+MAX_IN_FLIGHT = 10_000
+
+
 class KafkaUnavailable(RuntimeError):
     """The brokers cannot be reached, or a topic cannot be used; the message says which."""
 
@@ -267,6 +271,10 @@ class ReportingProducer:
     def poll(self, timeout: float = 0) -> None:
         self._producer.poll(timeout)
 
+    def in_flight(self) -> int:
+        """Messages produced but not yet acknowledged (or failed)."""
+        return len(self._producer)
+
     def flush(self, timeout: float) -> int:
         return self._producer.flush(timeout)
 
@@ -282,8 +290,12 @@ class _RecordSinkPartition(StatelessSinkPartition[dict[str, Any]]):
             key = record.get(sink.key_field)
             self._producer.produce(sink.topic, orjson.dumps(record, option=_DUMP),
                                    str(key).encode() if key is not None else None, None, self._reported)
-        # Wait for the batch: at least once relative to the engine's progress.
-        self._producer.flush(sink.timeout_seconds + 5)
+        # No flush per batch: waiting for the broker's acknowledgement would stall the
+        # dataflow for a round trip per batch. Reports are served here and on close, which
+        # flushes; a bounded number of messages in flight keeps memory in check.
+        self._producer.poll(0)
+        if self._producer.in_flight() > MAX_IN_FLIGHT:
+            self._producer.flush(sink.timeout_seconds + 5)
 
     def _reported(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -298,10 +310,14 @@ class _RecordSinkPartition(StatelessSinkPartition[dict[str, Any]]):
 class KafkaRecordSink(DynamicSink[dict[str, Any]]):
     """JSON records (decisions) to a topic, keyed by ``key_field`` (the contact: per-contact order).
 
-    Delivery: at least once. Each batch is flushed and every delivery report checked;
-    a message librdkafka could not deliver within ``timeout_seconds`` stops the run
-    with the error (the decisions topic is the audit trail: never dropped silently).
-    Replays re-emit the same decision ids, which downstream consumers deduplicate on.
+    Delivery: at least once for runs that end, cleanly or on an error: every delivery
+    report is checked and closing flushes; a message librdkafka could not deliver within
+    ``timeout_seconds`` stops the run with the error (the decisions topic is the audit
+    trail: never dropped silently). Batches are not flushed one by one (that would stall
+    the dataflow a broker round trip per batch), so a killed process can lose the
+    decisions still in flight (at most ``MAX_IN_FLIGHT``); the source offsets are not
+    committed either, so a restart from the same start offset replays them. Replays
+    re-emit the same decision ids, which downstream consumers deduplicate on.
     """
 
     def __init__(self, client_config: dict[str, str], topic: str, on_fatal: Callable[[Exception], None],

@@ -25,10 +25,12 @@ file per channel in the output directory's ``outbox/`` (the embedded default).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, field_validator, model_validator,
+)
 
 #: Channels a decision can name (the policy's channels plus the sales hand-off).
 CHANNELS = ("email", "sms", "push", "sales_task")
@@ -105,17 +107,46 @@ class SmtpConnectorConfig(_Retrying):
         return self
 
 
+class PluginConnectorConfig(BaseModel):
+    """A connector kind registered by a plug-in (entry-point group ``touchline.connectors``);
+    its other keys are passed to the plug-in, which validates them."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str
+
+
 class NoConnectorConfig(_Connector):
     """Do not deliver this channel (decisions still go to the decisions output)."""
 
     kind: Literal["none"] = "none"
 
 
+BUILTIN_KINDS = ("jsonl", "kafka", "webhook", "smtp", "none")
+
+
+def _kind_tag(value: Any) -> str:
+    kind = value.get("kind", "jsonl") if isinstance(value, dict) else getattr(value, "kind", "jsonl")
+    return kind if kind in BUILTIN_KINDS else "plugin"
+
+
 ConnectorConfig = Annotated[
-    Union[JsonlConnectorConfig, KafkaConnectorConfig, WebhookConnectorConfig, SmtpConnectorConfig,
-          NoConnectorConfig],
-    Field(discriminator="kind"),
+    Union[
+        Annotated[JsonlConnectorConfig, Tag("jsonl")],
+        Annotated[KafkaConnectorConfig, Tag("kafka")],
+        Annotated[WebhookConnectorConfig, Tag("webhook")],
+        Annotated[SmtpConnectorConfig, Tag("smtp")],
+        Annotated[NoConnectorConfig, Tag("none")],
+        Annotated[PluginConnectorConfig, Tag("plugin")],
+    ],
+    Discriminator(_kind_tag),
 ]
+
+
+def _plugin_exists(kind: str) -> bool:
+    from importlib.metadata import entry_points
+
+    return any(ep.name == kind for ep in entry_points(group="touchline.connectors"))
 
 
 class DeliverySettings(_Connector):
@@ -134,6 +165,10 @@ class DeliverySettings(_Connector):
         unknown = sorted(set(value) - set(CHANNELS))
         if unknown:
             raise ValueError(f"unknown channel(s) {unknown}; known: {', '.join(CHANNELS)}")
+        for channel, cfg in value.items():
+            if isinstance(cfg, PluginConnectorConfig) and not _plugin_exists(cfg.kind):
+                raise ValueError(f"{channel}: no connector of kind {cfg.kind!r}; known: "
+                                 f"{', '.join(BUILTIN_KINDS)} (or a touchline.connectors plug-in)")
         return value
 
     def for_channel(self, channel: str, kafka: bool) -> ConnectorConfig:
