@@ -47,10 +47,11 @@ class _DecisionReader(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             for msg in self.consumer.consume(1000, 0.05):
-                if msg.error():
+                value = msg.value()
+                if msg.error() or value is None:
                     continue
                 now = time.perf_counter_ns()
-                trigger = orjson.loads(msg.value()).get("trigger") or {}
+                trigger = orjson.loads(value).get("trigger") or {}
                 self.received.append((now, trigger))
                 self.last_ns = now
         self.consumer.close()
@@ -72,8 +73,9 @@ def broker_hop_ms(config: dict[str, str], topic: str, rate: float, seconds: floa
     def read() -> None:
         while not done.is_set():
             for msg in consumer.consume(1000, 0.05):
-                if not msg.error():
-                    latencies.append((time.perf_counter_ns() - sent[int(msg.value())]) / 1e6)
+                value = msg.value()
+                if not msg.error() and value is not None:
+                    latencies.append((time.perf_counter_ns() - sent[int(value)]) / 1e6)
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
@@ -149,7 +151,8 @@ def run_kafka_bench(settings: Settings, bootstrap: str, rate: float, seconds: fl
         reader.start()
         time.sleep(3.0)  # let the engine start and assign its partitions; it reads from the earliest offset
         if engine.poll() is not None:
-            raise RuntimeError(f"the engine process exited early: {engine.stderr.read().decode()[-2000:]}")
+            _, early = engine.communicate()
+            raise RuntimeError(f"the engine process exited early: {early.decode()[-2000:]}")
         start_ns = time.perf_counter_ns()
         stats = produce_events(lines, kafka, rate=rate, record_ids=True)
         produced_ns = time.perf_counter_ns()
