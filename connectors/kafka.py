@@ -58,6 +58,8 @@ def _with_logger(config: dict[str, Any]) -> dict[str, Any]:
 CONSUMER_DEFAULTS = {"fetch.wait.max.ms": "10"}
 
 
+#: An input partition with no messages for this long asks the cluster whether it is still there.
+IDLE_PROBE_SECONDS = 5.0
 #: Decisions a sink lets wait for their acknowledgement before it waits itself.
 MAX_IN_FLIGHT = 10_000
 
@@ -124,11 +126,14 @@ class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
 
     def __init__(self, inner: StatefulSourcePartition, topic: str, partition: int, batch_size: int,
                  linger_s: float, stop: threading.Event, tick_s: float | None, retry_s: float,
-                 bootstrap: str, on_fatal: Callable[[Exception], None]) -> None:
+                 client_config: dict[str, str], on_fatal: Callable[[Exception], None]) -> None:
         self._inner = inner
         self._name = f"{topic}[{partition}]"
         self._batch_size, self._linger, self._stop = batch_size, linger_s, stop
-        self._tick, self._retry, self._bootstrap, self._on_fatal = tick_s, retry_s, bootstrap, on_fatal
+        self._tick, self._retry, self._on_fatal = tick_s, retry_s, on_fatal
+        self._config, self._bootstrap = client_config, client_config["bootstrap.servers"]
+        self._next_probe = 0.0
+        self._last_data = time.monotonic()
         self._lines: list[bytes] = []
         self._offsets: list[int] = []
         self._first_at = 0.0
@@ -158,9 +163,11 @@ class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
                 self._first_at = time.monotonic()
             self._lines.append(item.value if item.value is not None else b"")
             self._offsets.append(item.offset)
-        if items:
-            self._down_since = None
         now = time.monotonic()
+        if items:
+            self._down_since, self._last_data = None, now
+        elif now >= self._next_probe and (self._down_since is not None or now - self._last_data >= IDLE_PROBE_SECONDS):
+            self._probe(now)
         self._awake = None
         if self._lines and (len(self._lines) >= self._batch_size or now - self._first_at >= self._linger or self._eof):
             return self._emit()
@@ -177,6 +184,29 @@ class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
         self._lines, self._offsets = [], []
         return [batch]
 
+    def _probe(self, now: float) -> None:
+        """While no messages arrive, ask the cluster now and then whether it is there: librdkafka
+        reports an outage once (if at all) and never reports the end of one. An outage that
+        outlasts the retry budget stops the run."""
+        self._next_probe = now + 1.0
+        try:
+            check_cluster(self._config, timeout=1.0)
+        except KafkaUnavailable:
+            if self._down_since is None:
+                self._down_since = now
+                log.warning("Kafka at %s unreachable while reading %s; retrying for up to %.0f s",
+                            self._bootstrap, self._name, self._retry)
+            elif now - self._down_since > self._retry:
+                self._on_fatal(KafkaUnavailable(
+                    f"Kafka at {self._bootstrap} unreachable for {now - (self._down_since or now):.0f} s while "
+                    f"reading {self._name}; the run stopped (kafka.retry_seconds = {self._retry:g})"))
+                self._stop.set()
+            return
+        if self._down_since is not None:
+            log.warning("Kafka at %s reachable again", self._bootstrap)
+        self._down_since = None
+        self._next_probe = now + IDLE_PROBE_SECONDS
+
     def _error(self, err: ConfluentError) -> None:
         if err.fatal():
             self._on_fatal(KafkaUnavailable(f"Kafka consumer on {self._name}: fatal error {err.str()}"))
@@ -188,11 +218,6 @@ class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
                 self._down_since = now
                 log.warning("Kafka at %s unreachable (%s); retrying for up to %.0f s",
                             self._bootstrap, err.str(), self._retry)
-            elif now - self._down_since > self._retry:
-                self._on_fatal(KafkaUnavailable(
-                    f"Kafka at {self._bootstrap} unreachable for {now - self._down_since:.0f} s while reading "
-                    f"{self._name} ({err.str()}); the run stopped, a new run resumes from the last committed batch"))
-                self._stop.set()
             return
         log.warning("Kafka consumer on %s: %s", self._name, err.str())
 
@@ -227,7 +252,7 @@ class KafkaEventSource(FixedPartitionedSource[RawBatch, Any]):
             add_config=_with_logger({**CONSUMER_DEFAULTS,
                                      **{k: v for k, v in client_config.items() if k != "bootstrap.servers"}}),
             batch_size=batch_size, raise_on_errors=False)
-        self._bootstrap = client_config["bootstrap.servers"]
+        self._config = client_config
         self._batch_size, self._linger = batch_size, linger_ms / 1000
         self.stop, self._tick, self._retry, self._on_fatal = stop, tick_seconds, retry_seconds, on_fatal
         self.progress: dict[str, float] = {}
@@ -239,7 +264,7 @@ class KafkaEventSource(FixedPartitionedSource[RawBatch, Any]):
         idx, topic = for_part.split("-", 1)
         return _BatchingPartition(self._inner.build_part(step_id, for_part, resume_state), topic, int(idx),
                                   self._batch_size, self._linger, self.stop, self._tick, self._retry,
-                                  self._bootstrap, self._on_fatal)
+                                  self._config, self._on_fatal)
 
 
 # ---------------------------------------------------------------------------------- producing

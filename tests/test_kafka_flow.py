@@ -205,3 +205,48 @@ def test_feedback_comes_back_through_the_events_topic(kafka_broker, topics, smal
     profile = result.engine.store.load(["c1"])["c1"]
     assert profile.bounced == ["email"] and profile.engagement["email"]["bounce"] == 1
     assert result.summary["feedback"] == {"email/bounce": 1}
+
+
+def test_broker_lost_mid_run_stops_with_a_clear_error(tmp_path, small_settings, topics):
+    """A broker that goes away under a tailing run: retried for kafka.retry_seconds, then the
+    run ends with an error naming the broker (no hang, no backtrace)."""
+    from kafka_broker import TansuBroker
+
+    broker = TansuBroker(tmp_path / "tansu").start()
+    try:
+        settings = _kafka_settings(small_settings, broker, topics, **{"kafka.tail": True, "kafka.retry_seconds": 3,
+                                                                      "simulator.days": 1})
+        broker.create_topics(topics["kafka.events_topic"])
+        broker.produce(topics["kafka.events_topic"], _events(settings))
+        box: dict = {}
+
+        def target() -> None:
+            try:
+                run(settings, progress=None)
+            except RuntimeError as exc:
+                box["error"] = exc
+
+        thread = threading.Thread(target=target)
+        thread.start()
+        time.sleep(4)
+        broker.stop()
+        thread.join(90)
+        assert not thread.is_alive()
+        assert "unreachable" in str(box["error"]) and broker.bootstrap in str(box["error"])
+    finally:
+        broker.stop()
+
+
+def test_hostile_messages_become_dead_letters_with_reasons(kafka_broker, topics, small_settings):
+    settings = _kafka_settings(small_settings, kafka_broker, topics)
+    kafka_broker.create_topics(topics["kafka.events_topic"], partitions=1)
+    hostile = [b"\xff\xfe\x00garbage", None, b"null", b'{"event_id": "x"}', b"[" * 100_000,
+               b'{"event_id":"ok-1","type":"page_view","ts":1767614400000,"contact_id":"c1"}']
+    kafka_broker.produce(topics["kafka.events_topic"], hostile)
+    result = run(settings, progress=None)
+    assert result.summary["events_processed"] == 1
+    dead = kafka_broker.consume_all(topics["kafka.dead_letter_topic"])
+    reasons = sorted(dict(m.headers())["touchline.reason"].decode() for m in dead)
+    assert len(reasons) == 5 and "oversized" in reasons
+    offsets = sorted(int(dict(m.headers())["touchline.source"].decode().rsplit(":", 1)[1]) for m in dead)
+    assert offsets == [0, 1, 2, 3, 4]

@@ -158,9 +158,11 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         f"{' (Ctrl-C to stop)' if ks.tail else ' to its end'}") if settings.source.kind == "kafka" else (
         f"simulating {settings.simulator.contacts:,} contacts over {settings.simulator.days:g} days "
         f"(seed {settings.simulator.seed})")
+    where = (f"Kafka topic {ks.decisions_topic} at {ks.bootstrap}" if ks.bootstrap
+             else settings.output.dir / settings.output.decisions)
     if not args.quiet:
         print(f"touchline {touchline.__version__}: {what}; state {mask_url(settings.state.url)}; "
-              f"decisions -> {settings.output.dir / settings.output.decisions}", file=sys.stderr)
+              f"decisions -> {where}", file=sys.stderr)
     result = run(settings, progress=None if args.quiet else sys.stderr, on_metrics=announce)
     summary_path = settings.output.dir / "summary.json"
     summary_path.write_bytes(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
