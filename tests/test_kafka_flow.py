@@ -250,3 +250,14 @@ def test_hostile_messages_become_dead_letters_with_reasons(kafka_broker, topics,
     assert len(reasons) == 5 and "oversized" in reasons
     offsets = sorted(int(dict(m.headers())["touchline.source"].decode().rsplit(":", 1)[1]) for m in dead)
     assert offsets == [0, 1, 2, 3, 4]
+
+
+def test_security_settings_reach_librdkafka(kafka_broker, topics, small_settings):
+    """SASL/SSL properties pass through to the clients: asking the plaintext test broker
+    for TLS fails the handshake, which surfaces as the clear start-up error."""
+    settings = _kafka_settings(small_settings, kafka_broker, topics, **{
+        "kafka.connect_timeout_seconds": 3,
+        "kafka.config": {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "sasl.username": "u"},
+        "kafka.sasl_password": "p"})
+    with pytest.raises(RuntimeError, match=r"unreachable within 3 s"):
+        run(settings, progress=None)
