@@ -385,7 +385,9 @@ class KafkaDeadLetters:
                            for h in self.HEADERS if record.get(h) is not None]
                 self._producer.produce(self.topic, value, str(key).encode() if key else None, headers,
                                        self._reported)
-            self._producer.flush(self.timeout_seconds + 5)
+            self._producer.poll(0)  # as the decisions sink: no wait per batch; close flushes
+            if self._producer.in_flight() > MAX_IN_FLIGHT:
+                self._producer.flush(self.timeout_seconds + 5)
 
     def _reported(self, err: Any, msg: Any) -> None:
         if err is not None:

@@ -30,20 +30,21 @@ class ProduceStats:
         return self.produced / self.seconds if self.seconds > 0 else 0.0
 
 
-def message_key(line: bytes) -> bytes | None:
-    """The partitioning key of an event line: its contact, else its anonymous id.
+def key_and_id(line: bytes) -> tuple[bytes | None, str | None]:
+    """The partitioning key of an event line (its contact, else its anonymous id) and its event id.
 
-    >>> message_key(b'{"contact_id": "c-1", "anonymous_id": "a-9"}'), message_key(b'not json')
-    (b'c-1', None)
+    >>> key_and_id(b'{"event_id": "e1", "contact_id": "c-1", "anonymous_id": "a-9"}'), key_and_id(b'not json')
+    ((b'c-1', 'e1'), (None, None))
     """
     try:
         event = orjson.loads(line)
     except orjson.JSONDecodeError:
-        return None
+        return None, None
     if not isinstance(event, dict):
-        return None
+        return None, None
     key = event.get("contact_id") or event.get("anonymous_id")
-    return str(key).encode() if key is not None else None
+    event_id = event.get("event_id")
+    return (str(key).encode() if key is not None else None), (event_id if isinstance(event_id, str) else None)
 
 
 def produce_events(lines: Iterable[bytes], kafka: Any, *, rate: float | None = None, limit: int | None = None,
@@ -69,11 +70,10 @@ def produce_events(lines: Iterable[bytes], kafka: Any, *, rate: float | None = N
                 ahead = start + i / rate - time.perf_counter()
                 if ahead > 0.0005:
                     producer.poll(ahead)  # serve delivery reports while waiting
-            if stats.sent_ns is not None:
-                event_id = _event_id(line)
-                if event_id is not None:
-                    stats.sent_ns[event_id] = time.perf_counter_ns()
-            producer.produce(kafka.events_topic, line, message_key(line), None, reported)
+            key, event_id = key_and_id(line)
+            if stats.sent_ns is not None and event_id is not None:
+                stats.sent_ns[event_id] = time.perf_counter_ns()
+            producer.produce(kafka.events_topic, line, key, None, reported)
             stats.produced += 1
             if progress is not None and time.perf_counter() >= next_report:
                 elapsed = time.perf_counter() - start
@@ -85,10 +85,3 @@ def produce_events(lines: Iterable[bytes], kafka: Any, *, rate: float | None = N
         stats.seconds = time.perf_counter() - start
     return stats
 
-
-def _event_id(line: bytes) -> str | None:
-    try:
-        event = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-    return event.get("event_id") if isinstance(event, dict) else None

@@ -142,7 +142,7 @@ class _Io:
     source: Any
     decisions_sink: Any
     dead_letter_sink: Any
-    delivery: Any
+    delivery_sink: Any
     outputs: dict[str, str]
     period: tuple[int, int] | None
 
@@ -160,22 +160,16 @@ def _build_io(settings: Settings, engine: Engine, registry: CollectorRegistry, k
     out_dir.mkdir(parents=True, exist_ok=True)
     ks = settings.kafka
     outputs: dict[str, str] = {}
-    if kafka is not None:  # before any client exists: a broker that is down is one clear error
-        from touchline.connectors.channels.config import CHANNELS
-        from touchline.connectors.kafka import ensure_topics
+    if kafka is not None:
+        from touchline.connectors.kafka import KafkaDeadLetters, KafkaRecordSink, ensure_topics
 
-        channel_topics = []
-        for channel in CHANNELS:
-            cfg = settings.delivery.for_channel(channel, kafka=True)
-            if cfg.kind == "kafka":
-                channel_topics.append(getattr(cfg, "topic", None) or ks.channel_topic_prefix + channel)
-        topics = [ks.decisions_topic, ks.dead_letter_topic, *channel_topics]
+        # Before any client exists: a broker that is down is one clear error.
+        topics = [ks.decisions_topic, ks.dead_letter_topic,
+                  *settings.delivery.kafka_topics(ks.channel_topic_prefix).values()]
         if settings.source.kind == "kafka":
             topics.insert(0, ks.events_topic)
         ensure_topics(kafka, topics, create=ks.create_topics, partitions=ks.partitions,
                       replication_factor=ks.replication_factor, timeout=ks.connect_timeout_seconds)
-    if kafka is not None:
-        from touchline.connectors.kafka import KafkaDeadLetters, KafkaRecordSink
 
         decisions_sink: Any = KafkaRecordSink(kafka, ks.decisions_topic, engine.fail, timeout_seconds=ks.retry_seconds)
         dead_writer: Any = KafkaDeadLetters(kafka, ks.dead_letter_topic, engine.fail, timeout_seconds=ks.retry_seconds)
@@ -227,7 +221,7 @@ def _build_source(settings: Settings, engine: Engine, kafka: dict[str, str] | No
 
 def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRegistry, progress: TextIO | None,
               on_metrics: Any, stop: threading.Event) -> RunResult:
-    flow = build_flow(io.source, engine, io.decisions_sink, io.dead_letter_sink, io.delivery)
+    flow = build_flow(io.source, engine, io.decisions_sink, io.dead_letter_sink, io.delivery_sink)
     server = None
     outputs = dict(io.outputs)
     if settings.metrics.enabled:
@@ -249,12 +243,12 @@ def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRe
             server.shutdown()
             server.server_close()
     wall = time.perf_counter() - started
-    if io.delivery is not None:  # deliveries in flight finish (or fail into dead letters) before the summary
-        io.delivery.delivery.close(settings.delivery.flush_seconds)
+    delivery = io.delivery_sink.delivery if io.delivery_sink is not None else None
+    if delivery is not None:  # deliveries in flight finish (or fail into dead letters) before the summary
+        delivery.close(settings.delivery.flush_seconds)
     if engine.failure is not None:
         raise engine.failure
-    report = io.delivery.delivery.report if io.delivery is not None else None
-    summary = build_summary(engine, wall, outputs, report.outcomes if report else None)  # reads store stats
+    summary = build_summary(engine, wall, outputs, delivery.report.outcomes if delivery else None)  # reads store stats
     interrupted = stop.is_set() and engine.failure is None
     summary["interrupted"] = interrupted
     return RunResult(summary, engine, interrupted)

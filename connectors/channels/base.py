@@ -257,7 +257,7 @@ class QueuedConnector(ChannelConnector):
 
     def _deliver(self, decision: dict[str, Any], queued_at: float, session: Any) -> Any:
         """Attempt until delivered, a permanent error, the attempt budget or shutdown; returns
-        the session to use next (a failed attempt may have replaced a broken one)."""
+        the session to use next."""
         cfg, attempt = self.config, 0
         while True:
             if self._abort.is_set() or not self._bucket.take(self._abort):
@@ -268,9 +268,6 @@ class QueuedConnector(ChannelConnector):
                 self.send(decision, session)
             except DeliveryError as exc:
                 self.report.error(self.channel, self.kind, exc.code)
-                if getattr(exc, "broken_session", False):
-                    self.close_session(session)
-                    session = self.open_session()
                 if not exc.retryable or attempt >= cfg.max_attempts:
                     self._fail(decision, exc, attempt, queued_at)
                     return session

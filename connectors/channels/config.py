@@ -179,3 +179,16 @@ class DeliverySettings(_Connector):
         if kind == "kafka" and not kafka:
             raise ValueError("delivery.default is kafka but kafka.bootstrap is not set")
         return {"jsonl": JsonlConnectorConfig, "kafka": KafkaConnectorConfig, "none": NoConnectorConfig}[kind]()
+
+    def kafka_topics(self, prefix: str) -> dict[str, str]:
+        """channel -> topic, for the channels delivered to Kafka when Kafka is configured.
+
+        >>> DeliverySettings().kafka_topics("tl.")["sms"]
+        'tl.sms'
+        """
+        out = {}
+        for channel in CHANNELS:
+            cfg = self.for_channel(channel, kafka=True)
+            if isinstance(cfg, KafkaConnectorConfig):
+                out[channel] = cfg.topic or prefix + channel
+        return out

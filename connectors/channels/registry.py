@@ -45,8 +45,8 @@ def _kafka(channel: str, cfg: Any, ctx: BuildContext) -> ChannelConnector:
 
     if ctx.kafka_config is None:
         raise ValueError(f"delivery.channels.{channel}: kind kafka needs kafka.bootstrap (or --kafka HOST:PORT)")
-    return KafkaChannelConnector(channel, ctx.report, ctx.kafka_config, cfg.topic or ctx.channel_topic_prefix + channel,
-                                 ctx.kafka_timeout_seconds)
+    topic = cfg.topic or ctx.channel_topic_prefix + channel  # as DeliverySettings.kafka_topics names it
+    return KafkaChannelConnector(channel, ctx.report, ctx.kafka_config, topic, ctx.kafka_timeout_seconds)
 
 
 def _webhook(channel: str, cfg: Any, ctx: BuildContext) -> ChannelConnector:
