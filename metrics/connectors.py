@@ -57,3 +57,17 @@ class ConnectorMetrics:
 
     def error(self, channel: str, connector: str, code: str) -> None:
         self.errors.labels(channel, connector, code).inc()
+
+
+class BytewaxKafkaLag:
+    """Re-exports Bytewax's ``bytewax_kafka_consumer_lag{step_id,topic,partition}`` gauge,
+    which Bytewax keeps on the global default registry, on the run's injected registry.
+
+    Bytewax sets it from librdkafka's statistics every second once a partition has
+    consumed its first message: messages on the broker not yet read, per partition.
+    """
+
+    def collect(self):
+        from bytewax.connectors.kafka import BYTEWAX_CONSUMER_LAG_GAUGE
+
+        return BYTEWAX_CONSUMER_LAG_GAUGE.collect()

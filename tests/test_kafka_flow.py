@@ -64,13 +64,15 @@ def test_kafka_run_gives_the_same_decisions_as_a_file_replay(kafka_broker, topic
 
 
 def test_several_partitions_keyed_by_contact_process_everything_once(kafka_broker, topics, small_settings):
-    settings = _kafka_settings(small_settings, kafka_broker, topics, **{"simulator.days": 5})
-    lines = _events(settings)
+    from prometheus_client import CollectorRegistry
+
     from touchline.connectors.loadgen import produce_events
 
+    settings = _kafka_settings(small_settings, kafka_broker, topics, **{"simulator.days": 5})
+    lines = _events(settings)
     stats = produce_events(lines, settings.kafka)  # creates the topic with kafka.partitions (3)
     assert stats.produced == len(lines) and stats.failed == 0
-    result = run(settings, progress=None)
+    result = run(settings, progress=None, registry=CollectorRegistry())
     s = result.summary
     assert s["events_processed"] + s["dead_letters_total"] == len(lines)
     ids = [orjson.loads(m.value())["decision_id"] for m in kafka_broker.consume_all(topics["kafka.decisions_topic"])]
@@ -196,6 +198,10 @@ def test_feedback_comes_back_through_the_events_topic(kafka_broker, topics, smal
                                                     {"channel": "email", "outcome": "bounce", "linked": "true"})
                           and registry.get_sample_value("touchline_timers_fired_total", {"kind": "cart"})),
                  "the bounce and the cart timer")
+        # Bytewax's per-partition consumer lag, re-exported on the run's registry
+        lag = wait_for(lambda: [s for m in registry.collect() if m.name == "bytewax_kafka_consumer_lag"
+                                for s in m.samples if s.labels["topic"] == events], "the lag gauge")
+        assert [s.labels["partition"] for s in lag] == ["0"] and lag[0].value >= 0
     finally:
         stop.set()
         thread.join(60)

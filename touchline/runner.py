@@ -205,6 +205,9 @@ def _build_source(settings: Settings, engine: Engine, kafka: dict[str, str] | No
                            tick_seconds=src.tick_seconds), None
     if src.kind == "kafka":
         from touchline.connectors.kafka import KafkaEventSource
+        from touchline.metrics.connectors import BytewaxKafkaLag
+
+        engine.metrics.registry.register(BytewaxKafkaLag())  # type: ignore[arg-type]
 
         assert kafka is not None  # the settings validator requires kafka.bootstrap
         ks = settings.kafka
