@@ -9,6 +9,7 @@
     touchline simulate --kafka 127.0.0.1:9092 --rate 5000   # load generator
     touchline contact export ID --redis URL   # everything stored about a contact, as JSON
     touchline contact erase ID --redis URL    # right to erasure: the contact and its aliases
+    touchline journeys check examples/journeys/   # validate journey files
     touchline config --config my.toml  # the effective settings, as JSON
     touchline schema                   # print the event JSON Schema
 """
@@ -101,6 +102,11 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("contact_id", metavar="ID", help="contact id")
         c.add_argument("--redis", metavar="URL", help="the Redis holding the state (sets state.url)")
         c.add_argument("--config", type=Path, help="settings file (uses its [state] section)")
+
+    journeys = sub.add_parser("journeys", help="journey files: check them")
+    journeys_sub = journeys.add_subparsers(dest="action", metavar="ACTION", required=True)
+    check = journeys_sub.add_parser("check", help="validate journey files; errors name the file, line and field")
+    check.add_argument("paths", nargs="+", type=Path, metavar="FILE_OR_DIR", help="*.yaml files or directories of them")
 
     cfg = sub.add_parser("config", help="print the effective settings (file + environment + defaults) as JSON")
     cfg.add_argument("--config", type=Path, help="settings file (.toml, .yaml)")
@@ -271,6 +277,27 @@ def _cmd_config(_args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_journeys(args: argparse.Namespace) -> int:
+    from touchline.decisions.journeys import JourneyError
+    from touchline.journey_files import load_journeys
+
+    try:
+        loaded, problems = load_journeys(args.paths)
+    except JourneyError as exc:
+        print(f"touchline: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    for path, journey in loaded:
+        entry = type(journey.entry).__name__.removesuffix("Entry").lower()
+        print(f"ok  {path}: journey {journey.journey!r}, priority {journey.priority}, {entry} entry, "
+              f"{len(journey.steps)} steps")
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"touchline: {len(problems)} journey file problem(s)", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
+
+
 def _cmd_schema(_args: argparse.Namespace, _settings: Settings | None) -> int:
     from touchline.decisions.events import load_schema
 
@@ -288,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "schema":
         return _cmd_schema(args, None)
+    if args.command == "journeys":
+        return _cmd_journeys(args)
     try:
         overrides = _overrides(args)
         settings = load_settings(getattr(args, "config", None), overrides)

@@ -1,0 +1,611 @@
+"""Journey definitions: the YAML format marketers write, validated before anything runs.
+
+A journey is a small state machine per contact: an entry criterion, ordered steps
+(send, wait, wait until a time of day, wait for an event, branch, hand to sales,
+suppress a channel, exit),
+exit criteria, a re-entry rule, a priority and caps. This module is the format and its
+checks only (no I/O: text in, a :class:`Journey` or a :class:`JourneyError` out); the
+reference is ``docs/journeys.md`` and the shipped examples are ``examples/journeys/``.
+
+>>> j = parse_journey('''
+... journey: welcome
+... entry: {event: signup}
+... steps:
+...   - send: {channel: email, template: welcome/1}
+...   - wait: 2d
+...   - send: {channel: email, template: welcome/benefits}
+... ''', "welcome.yaml")
+>>> [s.id for s in j.steps], j.steps[1].wait_ms
+(['step-1', 'step-2', 'step-3'], 172800000)
+>>> try:
+...     parse_journey("journey: x\\nentry: {event: signup}\\nsteps:\\n  - wait: 3 parsecs\\n", "x.yaml")
+... except JourneyError as exc:
+...     print(exc)
+x.yaml:4: steps[0].wait: bad duration '3 parsecs': use a number and s, m, h, d or w (e.g. 30m, 24h, 7d)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator,
+)
+
+from touchline.decisions.events import KNOWN_TYPES
+from touchline.decisions.policy import ALL_CHANNELS
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
+_TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+#: Comparison operators of a condition, e.g. ``{value: {gte: 20}}``.
+OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "exists", "contains")
+#: Profile facts a segment, branch or rule can test (the engine computes each).
+PROFILE_FIELDS = {
+    "known": "the contact is identified (not only an anonymous visitor)",
+    "events_total": "events seen for the contact",
+    "purchases_total": "purchases ever",
+    "monetary_total": "value of all purchases",
+    "cart_value": "value of the open cart (0 if none)",
+    "days_since_last_purchase": "days since the last purchase (absent if none)",
+    "days_since_last_activity": "days since the last event the person did themselves",
+    "days_since_first_seen": "days since the contact's first event",
+    "timezone": "the contact's IANA time zone, if known",
+    "locale": "the contact's locale, if known",
+    "lead_score": "the lead model's latest score (0..1)",
+    "churn_score": "the churn model's latest score (0..1)",
+    "email_opens_30d": "email opens in the last 30 days",
+    "consent_email": "the contact may be emailed", "consent_sms": "may get SMS", "consent_push": "may get push",
+}
+#: Where exits come from; ``goal`` counts as a conversion.
+EXIT_REASONS = ("goal", "unsubscribed", "preempted", "completed", "exit_step", "timeout", "suppressed")
+
+
+class JourneyError(ValueError):
+    """A journey file that cannot run; the message names the file, the line and the field."""
+
+
+def parse_duration(text: Any) -> int:
+    """A duration such as ``30m``, ``24h``, ``7d`` or ``2w``, in milliseconds.
+
+    >>> parse_duration("30m"), parse_duration("1.5h"), parse_duration(90)
+    (1800000, 5400000, 90000)
+    """
+    if isinstance(text, bool):
+        raise ValueError(f"bad duration {text!r}")
+    if isinstance(text, (int, float)):  # a bare number is seconds
+        if text < 0:
+            raise ValueError(f"duration must not be negative, got {text}")
+        return int(text * 1000)
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"bad duration {text!r}: use a number and s, m, h, d or w (e.g. 30m, 24h, 7d)")
+    return int(float(match.group(1)) * _UNIT_MS[match.group(2)])
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _check_condition(name: str, value: Any) -> Any:
+    """A condition is a plain value (equality) or a mapping of operators to operands."""
+    if isinstance(value, dict):
+        bad = sorted(set(value) - set(OPERATORS))
+        if bad:
+            raise ValueError(f"{name}: unknown operator(s) {bad}; known: {', '.join(OPERATORS)}")
+        for op in ("in", "not_in"):
+            if op in value and not isinstance(value[op], list):
+                raise ValueError(f"{name}: {op} needs a list")
+        if "exists" in value and not isinstance(value["exists"], bool):
+            raise ValueError(f"{name}: exists needs true or false")
+    return value
+
+
+def _profile_conditions(value: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(value) - set(PROFILE_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown profile field(s) {unknown}; known: {', '.join(PROFILE_FIELDS)}")
+    for name, cond in value.items():
+        _check_condition(name, cond)
+    return value
+
+
+def _event_type(value: str) -> str:
+    if value not in KNOWN_TYPES:
+        raise ValueError(f"unknown event type {value!r} (see `touchline schema` for the known types)")
+    return value
+
+
+# ---------------------------------------------------------------------------------- entry
+class EventEntry(_Strict):
+    """Enter when an event of this type arrives, optionally with conditions on its properties."""
+
+    event: str
+    where: dict[str, Any] = Field(default_factory=dict, description="event property -> condition")
+    profile: dict[str, Any] = Field(default_factory=dict, description="profile field -> condition, after the event")
+
+    _type = field_validator("event")(classmethod(lambda cls, v: _event_type(v)))
+    _fields = field_validator("profile")(classmethod(lambda cls, v: _profile_conditions(v)))
+
+    @field_validator("where")
+    @classmethod
+    def _conditions(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name, cond in value.items():
+            _check_condition(name, cond)
+        return value
+
+
+class ScoreCrossing(_Strict):
+    model: Literal["lead", "churn"]
+    crosses: float = Field(ge=0.0, le=1.0, description="enter when the score rises to or above this")
+
+
+class ScoreEntry(_Strict):
+    """Enter when a model's score crosses a threshold upwards (e.g. a lead becoming an MQL)."""
+
+    score: ScoreCrossing
+
+
+class SegmentEntry(_Strict):
+    """Enter when the contact's profile matches, checked after each of their events."""
+
+    segment: dict[str, Any]
+
+    _fields = field_validator("segment")(classmethod(lambda cls, v: _profile_conditions(v)))
+
+
+class DateSpec(_Strict):
+    attribute: str = Field(description="a date the contact carries, e.g. birthday, or signup (first seen)")
+    every: Literal["year"] = "year"
+    at: str = Field(default="09:00", description="local time of day (contact's time zone)")
+
+    @field_validator("at")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        if not _TIME_OF_DAY.match(value):
+            raise ValueError(f"bad time of day {value!r}: use HH:MM, 24-hour")
+        return value
+
+
+class DateEntry(_Strict):
+    """Enter on the anniversary of a date field (birthday, signup), at a local time of day."""
+
+    date: DateSpec
+
+
+def _entry_tag(value: Any) -> str:
+    keys = set(value) if isinstance(value, dict) else {k for k in ("event", "score", "segment", "date")
+                                                         if getattr(value, k, None) is not None}
+    found = [k for k in ("event", "score", "segment", "date") if k in keys]
+    return found[0] if len(found) == 1 else "invalid"
+
+
+Entry = Annotated[
+    Union[Annotated[EventEntry, Tag("event")], Annotated[ScoreEntry, Tag("score")],
+          Annotated[SegmentEntry, Tag("segment")], Annotated[DateEntry, Tag("date")]],
+    Discriminator(_entry_tag, custom_error_type="entry_kind",
+                  custom_error_message="entry needs exactly one of: event, score, segment, date"),
+]
+
+
+# ---------------------------------------------------------------------------------- steps
+class _Step(_Strict):
+    id: str = Field(default="", description="unique in the journey; default step-N")
+    next: str | None = Field(default=None, description="step id to go to after this one (default: the next)")
+
+
+class SendSpec(_Strict):
+    channel: str
+    template: str = Field(min_length=1)
+    offer: str | None = None
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, value: str) -> str:
+        if value not in ALL_CHANNELS:
+            raise ValueError(f"unknown channel {value!r}; known: {', '.join(ALL_CHANNELS)}")
+        return value
+
+
+class SendStep(_Step):
+    """Send a message (one candidate in arbitration, subject to caps, consent, quiet hours)."""
+
+    send: SendSpec
+
+
+class WaitStep(_Step):
+    """Wait a fixed duration (event time in replay, wall time live)."""
+
+    wait: str | int | float
+
+    @field_validator("wait")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        parse_duration(value)
+        return value
+
+    @property
+    def wait_ms(self) -> int:
+        return parse_duration(self.wait)
+
+
+class WaitUntilSpec(_Strict):
+    time: str = Field(description="HH:MM in the contact's time zone (policy default zone if unknown)")
+    days: list[str] = Field(default_factory=lambda: list(WEEKDAYS), description="weekdays allowed, e.g. [mon, tue]")
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        if not _TIME_OF_DAY.match(value):
+            raise ValueError(f"bad time of day {value!r}: use HH:MM, 24-hour")
+        return value
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, value: list[str]) -> list[str]:
+        bad = [d for d in value if d not in WEEKDAYS]
+        if bad or not value:
+            raise ValueError(f"days must be some of {', '.join(WEEKDAYS)}; got {value}")
+        return value
+
+
+class WaitUntilStep(_Step):
+    """Wait until the next time of day (and weekday) in the contact's own time zone."""
+
+    wait_until: WaitUntilSpec
+
+
+class WaitForSpec(_Strict):
+    event: str
+    where: dict[str, Any] = Field(default_factory=dict)
+    timeout: str | int | float
+
+    _type = field_validator("event")(classmethod(lambda cls, v: _event_type(v)))
+
+    @field_validator("timeout")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        parse_duration(value)
+        return value
+
+
+class WaitForStep(_Step):
+    """Wait until an event happens, or a timeout passes; go on by which came first."""
+
+    wait_for: WaitForSpec
+    on_event: str | None = Field(default=None, description="step id when the event came (default: next step)")
+    on_timeout: str | None = Field(default=None, description="step id on timeout (default: next step)")
+
+
+class BranchCase(_Strict):
+    """One case; the first that holds wins."""
+
+    event_happened: str | None = Field(default=None, description="this event type since the journey was entered")
+    score: dict[str, Any] | None = Field(default=None, description="{lead: {gte: 0.7}}")
+    profile: dict[str, Any] | None = Field(default=None, description="profile field -> condition")
+    percent: float | None = Field(default=None, gt=0, le=100,
+                                  description="random split: this share of contacts (stable per contact)")
+    goto: str
+
+    @model_validator(mode="after")
+    def _one_test(self) -> "BranchCase":
+        tests = [n for n in ("event_happened", "score", "profile", "percent") if getattr(self, n) is not None]
+        if len(tests) != 1:
+            raise ValueError(f"a branch case needs exactly one of event_happened, score, profile, percent "
+                             f"(got {tests or 'none'})")
+        if self.event_happened is not None:
+            _event_type(self.event_happened)
+        if self.score is not None:
+            bad = sorted(set(self.score) - {"lead", "churn"})
+            if bad:
+                raise ValueError(f"score: unknown model(s) {bad}; known: lead, churn")
+            for name, cond in self.score.items():
+                _check_condition(name, cond)
+        if self.profile is not None:
+            _profile_conditions(self.profile)
+        return self
+
+
+class BranchStep(_Step):
+    """Go to the first case that holds, else to ``else``."""
+
+    branch: list[BranchCase] = Field(min_length=1)
+    else_: str = Field(alias="else", description="step id when no case holds")
+
+    @model_validator(mode="after")
+    def _percent_total(self) -> "BranchStep":
+        total = sum(c.percent or 0 for c in self.branch)
+        if total > 100:
+            raise ValueError(f"random split percents add up to {total:g}, more than 100")
+        return self
+
+
+class AssignRule(_Strict):
+    profile: dict[str, Any]
+    rep: str = Field(min_length=1)
+
+    _fields = field_validator("profile")(classmethod(lambda cls, v: _profile_conditions(v)))
+
+
+class HandoffSpec(_Strict):
+    assign: Literal["round_robin", "rules"]
+    reps: list[str] = Field(default_factory=list, description="round_robin: the reps, in turn")
+    rules: list[AssignRule] = Field(default_factory=list, description="rules: first match wins")
+    default: str | None = Field(default=None, description="rules: the rep when no rule matches")
+    template: str = "sales/handoff"
+
+    @model_validator(mode="after")
+    def _complete(self) -> "HandoffSpec":
+        if self.assign == "round_robin" and not self.reps:
+            raise ValueError("round_robin needs reps: [name, ...]")
+        if self.assign == "rules" and (not self.rules or not self.default):
+            raise ValueError("rules assignment needs rules: [...] and a default rep")
+        return self
+
+
+class HandoffStep(_Step):
+    """Create a sales task for a rep (channel ``sales_task``): the MQL -> SQL hand-off."""
+
+    hand_to_sales: HandoffSpec
+
+
+class SuppressSpec(_Strict):
+    channels: list[str] = Field(min_length=1)
+    reason: str = Field(default="journey", min_length=1)
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, value: list[str]) -> list[str]:
+        bad = [c for c in value if c not in ALL_CHANNELS]
+        if bad:
+            raise ValueError(f"unknown channel(s) {bad}; known: {', '.join(ALL_CHANNELS)}")
+        return value
+
+
+class SuppressStep(_Step):
+    """Stop messaging the contact on these channels (a sunset's "stop mailing")."""
+
+    suppress: SuppressSpec
+
+
+class ExitStep(_Step):
+    """Leave the journey here."""
+
+    exit: Literal["goal", "completed"] = "completed"
+
+
+_STEP_KINDS = ("send", "wait", "wait_until", "wait_for", "branch", "hand_to_sales", "suppress", "exit")
+
+
+def _step_tag(value: Any) -> str:
+    keys = set(value) if isinstance(value, dict) else {k for k in _STEP_KINDS if hasattr(value, k)}
+    found = [k for k in _STEP_KINDS if k in keys]
+    return found[0] if len(found) == 1 else "invalid"
+
+
+Step = Annotated[
+    Union[Annotated[SendStep, Tag("send")], Annotated[WaitStep, Tag("wait")],
+          Annotated[WaitUntilStep, Tag("wait_until")], Annotated[WaitForStep, Tag("wait_for")],
+          Annotated[BranchStep, Tag("branch")], Annotated[HandoffStep, Tag("hand_to_sales")],
+          Annotated[SuppressStep, Tag("suppress")], Annotated[ExitStep, Tag("exit")]],
+    Discriminator(_step_tag, custom_error_type="step_kind",
+                  custom_error_message=f"a step needs exactly one of: {', '.join(_STEP_KINDS)}"),
+]
+
+
+# ---------------------------------------------------------------------------------- journey
+class ExitCriteria(_Strict):
+    goal: list[str] = Field(default_factory=list, description="event types that end the journey as converted")
+    unsubscribed: bool = Field(default=True, description="leave when the contact unsubscribes")
+    higher_priority: bool = Field(default=True, description="leave when a higher-priority journey is entered")
+
+    @field_validator("goal")
+    @classmethod
+    def _types(cls, value: list[str]) -> list[str]:
+        for t in value:
+            _event_type(t)
+        return value
+
+
+class ReEntry(_Strict):
+    allowed: bool = False
+    after: str | int | float = Field(default="0s", description="minimum time since the last exit")
+
+    @field_validator("after")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        parse_duration(value)
+        return value
+
+
+class JourneyCaps(_Strict):
+    sends: int = Field(ge=1, description="at most this many messages from this journey ...")
+    per: str = Field(default="30d", description="... within this window")
+
+    @field_validator("per")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
+class Journey(_Strict):
+    """One journey file."""
+
+    journey: str = Field(pattern=r"^[a-z][a-z0-9_\-]{0,63}$", description="name: lowercase, digits, _ or -")
+    description: str = ""
+    priority: int = Field(default=50, ge=0, le=1000, description="higher wins arbitration and pre-empts")
+    entry: Entry
+    exit: ExitCriteria = Field(default_factory=ExitCriteria)
+    re_entry: ReEntry = Field(default_factory=ReEntry)
+    caps: JourneyCaps | None = None
+    suppressed: Literal["defer", "skip"] = Field(
+        default="defer", description="a send step the policy suppresses: retry later (defer) or move on (skip)")
+    defer_for: str = Field(default="1h", description="how long a deferred send waits before trying again")
+    defer_max: int = Field(default=24, ge=1, le=1000, description="deferrals before the step is skipped")
+    steps: list[Step] = Field(min_length=1)
+
+    @field_validator("defer_for")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
+# ---------------------------------------------------------------------------------- loading
+def _load_with_lines(text: str) -> tuple[Any, dict[tuple, int]]:
+    """Safe-load YAML and remember the line of every key and list item (for error messages).
+    A key given twice in one mapping is an error (PyYAML would silently keep the last)."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if node is None:
+        return None, {}
+    loader = yaml.SafeLoader("")
+    data = loader.construct_document(node)
+    lines: dict[tuple, int] = {}
+
+    def mark(n: yaml.Node, path: tuple) -> None:
+        lines[path] = n.start_mark.line + 1
+        if isinstance(n, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, value_node in n.value:
+                key = loader.construct_object(key_node, deep=True)
+                if key in seen:
+                    raise yaml.MarkedYAMLError(problem=f"key {key!r} appears twice in one mapping",
+                                               problem_mark=key_node.start_mark)
+                seen.add(key)
+                mark(value_node, (*path, key))
+                lines[(*path, key)] = key_node.start_mark.line + 1
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                mark(item, (*path, i))
+
+    mark(node, ())
+    return data, lines
+
+
+def _line_of(loc: tuple, data: Any, lines: dict[tuple, int]) -> tuple[int | None, str]:
+    """Map a pydantic error location to (line, dotted path), skipping union tags."""
+    path: list[Any] = []
+    current = data
+    for part in loc:
+        if isinstance(current, dict) and part in current:
+            path.append(part)
+            current = current[part]
+        elif isinstance(current, dict) and part == "else_" and "else" in current:
+            path.append("else")
+            current = current["else"]
+        elif isinstance(current, list) and isinstance(part, int) and part < len(current):
+            path.append(part)
+            current = current[part]
+    line = None
+    for end in range(len(path), -1, -1):
+        if tuple(path[:end]) in lines:
+            line = lines[tuple(path[:end])]
+            break
+    dotted = ""
+    for part in path:
+        dotted += f"[{part}]" if isinstance(part, int) else (f".{part}" if dotted else str(part))
+    return line, dotted or "(top level)"
+
+
+def parse_journey(text: str, source: str = "<journey>") -> Journey:
+    """Parse and check one journey; every problem is named with file, line and field."""
+    try:
+        data, lines = _load_with_lines(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        raise JourneyError(f"{where}: invalid YAML: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise JourneyError(f"{source}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise JourneyError(f"{source}:1: a journey file is a mapping with journey, entry and steps; "
+                           f"got {type(data).__name__}")
+    try:
+        journey = Journey.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            line, path = _line_of(err["loc"], data, lines)
+            msg = "unknown key (typo?)" if err["type"] == "extra_forbidden" else err["msg"]
+            msg = msg.removeprefix("Value error, ")
+            if err["type"] in ("step_kind", "entry_kind") and isinstance(err.get("input"), dict):
+                msg += f" (got keys: {', '.join(map(str, err['input']))})"
+            problems.append(f"{source}:{line or 1}: {path}: {msg}")
+        raise JourneyError("\n".join(dict.fromkeys(problems))) from None
+    _check_flow(journey, data, lines, source)
+    return journey
+
+
+def _check_flow(journey: Journey, data: dict, lines: dict[tuple, int], source: str) -> None:
+    """Step ids unique, every jump lands on a step, and no loop runs without waiting."""
+    problems: list[str] = []
+    for i, step in enumerate(journey.steps):
+        if not step.id:
+            step.id = f"step-{i + 1}"
+    ids = [s.id for s in journey.steps]
+    seen: set[str] = set()
+    for i, step in enumerate(journey.steps):
+        if step.id in seen:
+            problems.append(f"{source}:{lines.get(('steps', i), 1)}: steps[{i}].id: duplicate step id {step.id!r}")
+        seen.add(step.id)
+    for i, step in enumerate(journey.steps):
+        for field_name, target in _jumps(step):
+            if target not in seen:
+                line = lines.get(("steps", i, field_name), lines.get(("steps", i), 1))
+                problems.append(f"{source}:{line}: steps[{i}].{field_name}: no step with id {target!r}; "
+                                f"steps: {', '.join(ids)}")
+    if not problems:
+        loop = _instant_loop(journey)
+        if loop:
+            i = ids.index(loop[0])
+            problems.append(f"{source}:{lines.get(('steps', i), 1)}: steps[{i}]: steps {' -> '.join(loop)} loop "
+                            "without a wait; add a wait, wait_until or wait_for step to the loop")
+    if problems:
+        raise JourneyError("\n".join(problems))
+
+
+def _jumps(step: Any) -> list[tuple[str, str]]:
+    out = [("next", step.next)] if step.next else []
+    if isinstance(step, WaitForStep):
+        out += [(n, t) for n, t in (("on_event", step.on_event), ("on_timeout", step.on_timeout)) if t]
+    if isinstance(step, BranchStep):
+        out += [(f"branch[{k}].goto", c.goto) for k, c in enumerate(step.branch)] + [("else", step.else_)]
+    return out
+
+
+def successors(journey: Journey, index: int) -> list[int]:
+    """Indexes of the steps that can follow step ``index`` (end of list: none)."""
+    step = journey.steps[index]
+    ids = {s.id: i for i, s in enumerate(journey.steps)}
+    following = [index + 1] if index + 1 < len(journey.steps) else []
+    if isinstance(step, ExitStep):
+        return []
+    if isinstance(step, BranchStep):
+        return [ids[c.goto] for c in step.branch] + [ids[step.else_]]
+    if isinstance(step, WaitForStep):
+        return [*([ids[step.on_event]] if step.on_event else following),
+                *([ids[step.on_timeout]] if step.on_timeout else following)]
+    return [ids[step.next]] if step.next else following
+
+
+def _instant_loop(journey: Journey) -> list[str] | None:
+    """A cycle of steps none of which waits (it would spin forever within one moment)."""
+    waiting = (WaitStep, WaitUntilStep, WaitForStep)
+    for start in range(len(journey.steps)):
+        stack = [(start, [start])]
+        while stack:
+            node, path = stack.pop()
+            if isinstance(journey.steps[node], waiting):
+                continue
+            for nxt in successors(journey, node):
+                if nxt == start:
+                    return [journey.steps[i].id for i in [*path, start]]
+                if nxt not in path:
+                    stack.append((nxt, [*path, nxt]))
+    return None
+
