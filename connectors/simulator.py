@@ -24,7 +24,7 @@ import hashlib
 import heapq
 import random
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any, Iterator
 from zoneinfo import ZoneInfo
@@ -196,7 +196,8 @@ class _Person:
                 if not self.known:  # a guest checkout asks for an email: the person becomes known
                     self._become_known(out, ts := ts + 10_000, device, session)
                     logged_in = True
-                emit("purchase", value=round(cart, 2), currency="EUR", order_id=f"o-{self.index}-{self.n}")
+                order = f"o-{self.index}-{self.n}"
+                emit("purchase", value=round(cart, 2), currency="EUR", order_id=order, category=_pick(order, CATEGORIES))
         elif self.known and rng.random() < 0.005 + 0.15 * t.intent ** 1.5:
             emit("form_submit", form=rng.choice(["demo_request", "contact", "newsletter"]))
         if self.known and rng.random() < 0.02:
@@ -208,7 +209,8 @@ class _Person:
         self.linked.add(device)
         self._event(out, ts, "signup", device=device, contact=True, session=session,
                     method=rng.choice(["email", "google", "apple"]))
-        self._event(out, ts + 1_000, "identify", device=device, contact=True, session=session)
+        self._event(out, ts + 1_000, "identify", device=device, contact=True, session=session,
+                    birthday=_birthday(self.index, ts))
         for channel in ("sms", "push"):
             p_grant = 0.65 if t.preferred_channel == channel else 0.15
             granted = rng.random() < p_grant
@@ -327,3 +329,22 @@ def _malformed(kind: str, ts: int, n: int, seed: int) -> bytes:
     elif kind == "oversized":
         base["properties"] = {"blob": "x" * (70 * 1024)}
     return orjson.dumps(base, option=_DUMP)
+
+
+#: Product categories of simulated purchases (some are consumables, for replenishment journeys).
+CATEGORIES = ("shoes", "bags", "coffee", "consumables", "pet-food", "accessories")
+
+
+def _pick(key: str, options: tuple[str, ...]) -> str:
+    """A stable choice by hash (no draw from the simulator's random stream, so adding the
+    property left every other simulated event unchanged)."""
+    return options[int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "big") % len(options)]
+
+
+def _birthday(index: int, ts_ms: int) -> str:
+    """A stable date of birth (age 18-70) per simulated person, a few of them within the run."""
+    h = int.from_bytes(hashlib.blake2b(f"birthday:{index}".encode(), digest_size=8).digest(), "big")
+    year = datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).year - 18 - h % 52
+    day = datetime(year, 1, 1, tzinfo=timezone.utc) + timedelta(days=(h >> 8) % 365)
+    return day.date().isoformat()
+

@@ -34,6 +34,8 @@ from touchline.decisions.profile import (
     is_too_late,
     merge_into,
 )
+from touchline.decisions.journey_runtime import TIMER_PREFIX as JOURNEY_TIMER_PREFIX
+from touchline.decisions.journey_runtime import JourneyCandidate, JourneyRunner
 from touchline.decisions.record import build_record
 from touchline.decisions.triggers import (
     CART_TIMER,
@@ -81,8 +83,10 @@ class DecisionCore:
         labels: LabelSettings,
         clock: Clock | None = None,
         retention_days: float = 90.0,
+        journeys: JourneyRunner | None = None,
     ) -> None:
         self.policy = policy
+        self.journeys = journeys
         self.labels = labels
         self.clock = clock or EventTimeClock()
         self.live = not isinstance(self.clock, EventTimeClock)
@@ -217,6 +221,14 @@ class BatchRun:
             scores = {"churn": churn}
             self._decide(profile, inactivity_candidates(profile, now, scores, core.policy), scores,
                          {"kind": "timer", "timer": kind}, f"timer:{kind}:{due_ms}", due_ms, now)
+        elif kind.startswith(JOURNEY_TIMER_PREFIX) and core.journeys is not None:
+            set_timer = self._timer_setter(profile)
+            proposed = core.journeys.on_timer(profile, kind[len(JOURNEY_TIMER_PREFIX):], now, {}, set_timer)
+            if proposed:
+                scores = {"lead": self._score("lead", features(profile, now))}
+                sent, suppressed = self._decide(profile, [jc.candidate for jc in proposed], scores,
+                                                {"kind": "timer", "timer": kind}, f"timer:{kind}:{due_ms}", due_ms, now)
+                core.journeys.settle(profile, proposed, _sent(proposed, sent), _reasons(suppressed), now, set_timer)
         elif kind == EXPIRE_TIMER:
             last = profile.last_activity_ts or profile.last_ts
             if last + core.retention_ms > now:
@@ -281,10 +293,22 @@ class BatchRun:
         if "lead" in scores and profile.known and ev.type in INTENT_TYPES:  # where a hand-off is judged
             profile.last_lead = scores["lead"]
         candidates = on_event_candidates(ev.type, profile, scores, core.policy, previous_lead)
+        proposed = []
+        if core.journeys is not None:
+            set_timer = self._timer_setter(profile)
+            proposed = core.journeys.on_event(profile, ev.type, ev.properties, ev.ts_ms, scores, set_timer)
+            candidates += [jc.candidate for jc in proposed]
         if candidates and "lead" not in scores:  # every decision records the scores it was made with
             scores["lead"] = self._score("lead", features(profile, profile.last_ts))
-        self._decide(profile, candidates, scores, {"kind": "event", "event_id": ev.event_id, "type": ev.type},
-                     ev.event_id, ev.ts_ms, now)
+        sent, suppressed = self._decide(profile, candidates, scores,
+                                        {"kind": "event", "event_id": ev.event_id, "type": ev.type},
+                                        ev.event_id, ev.ts_ms, now)
+        if proposed:
+            assert core.journeys is not None
+            core.journeys.settle(profile, proposed, _sent(proposed, sent), _reasons(suppressed), now, set_timer)
+
+    def _timer_setter(self, profile: Profile) -> Callable[[str, int], None]:
+        return lambda kind, due_ms: self._set_timer(profile, kind, due_ms)
 
     def _merge(self, contact: Profile, anon_key: str) -> None:
         anon = self.profiles.get(anon_key)
@@ -339,9 +363,10 @@ class BatchRun:
         trigger_id: str,
         event_ms: int,
         now_ms: int,
-    ) -> None:
+    ) -> tuple[Candidate | None, list[Suppression]]:
+        """Arbitrate, reserve and record; returns what was sent (if anything) and what was held back."""
         if not candidates:
-            return
+            return None, []
         core = self.core
         policy = core.policy
         holdout = in_holdout(profile.key, policy.holdout_name, policy.holdout_share)
@@ -354,7 +379,7 @@ class BatchRun:
         for s in suppressed:
             self.suppressed[s.reason] += 1
         if winner is None:
-            return
+            return None, suppressed
         self.decided[(winner.action, winner.channel)] += 1
         record = build_record(
             contact=profile.key,
@@ -372,3 +397,13 @@ class BatchRun:
         )
         self.decisions.append(record)
         self.decision_event_ms.append(event_ms)
+        return winner, suppressed
+
+
+def _sent(proposed: list[JourneyCandidate], winner: Candidate | None) -> JourneyCandidate | None:
+    """The journey step among ``proposed`` that won the decision point, if one did."""
+    return next((jc for jc in proposed if jc.candidate is winner), None)
+
+
+def _reasons(suppressed: list[Suppression]) -> dict[tuple[str, str], str]:
+    return {(s.action, s.channel): s.reason for s in suppressed}

@@ -439,6 +439,8 @@ class Journey(_Strict):
     journey: str = Field(pattern=r"^[a-z][a-z0-9_\-]{0,63}$", description="name: lowercase, digits, _ or -")
     description: str = ""
     priority: int = Field(default=50, ge=0, le=1000, description="higher wins arbitration and pre-empts")
+    allow_anonymous: bool = Field(default=False, description="let anonymous visitors enter (they cannot be "
+                                  "messaged until identified; steps wait for that)")
     entry: Entry
     exit: ExitCriteria = Field(default_factory=ExitCriteria)
     re_entry: ReEntry = Field(default_factory=ReEntry)

@@ -178,6 +178,10 @@ class Candidate:
     expected_value: float
     why: str
     template: str = ""
+    journey: str | None = None
+    step: str | None = None
+    offer: str | None = None
+    assignee: str | None = None  # a sales hand-off's rep
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,6 +99,10 @@ class Profile:
     engagement: dict[str, dict[str, int]] = field(default_factory=dict)
     last_engaged_ts: int | None = None
     soft_bounces: dict[str, int] = field(default_factory=dict)  # channel -> soft bounces in a row
+    #: journey name -> the contact's place in it (plain data: see decisions/journey_runtime.py)
+    journeys: dict[str, dict[str, Any]] = field(default_factory=dict)
+    score_memory: dict[str, float] = field(default_factory=dict)  # model -> last score (threshold crossings)
+    attributes: dict[str, str] = field(default_factory=dict)  # dates journeys use, e.g. birthday
     sends: list[Send] = field(default_factory=list)
     pending: dict[str, Observation] = field(default_factory=dict)
     observed: dict[str, int] = field(default_factory=dict)  # model -> last observation time
@@ -298,6 +302,10 @@ def merge_into(target: Profile, source: Profile) -> dict[str, int]:
         target.last_engaged_ts = max(source.last_engaged_ts, target.last_engaged_ts or source.last_engaged_ts)
     for channel, streak in source.soft_bounces.items():
         target.soft_bounces[channel] = max(streak, target.soft_bounces.get(channel, 0))
+    for name, state in source.journeys.items():  # an anonymous visitor's journeys carry over
+        target.journeys.setdefault(name, state)
+    for name, value in source.attributes.items():
+        target.attributes.setdefault(name, value)
     for device in source.devices:
         if device not in target.devices and len(target.devices) < MAX_DEVICES:
             target.devices.append(device)
@@ -349,6 +357,8 @@ def snapshot(profile: Profile) -> dict[str, Any]:
         "bounced": list(profile.bounced),
         "engagement": {ch: dict(c) for ch, c in profile.engagement.items()},
         "last_engaged_ts": profile.last_engaged_ts,
+        "journeys": {name: dict(state) for name, state in profile.journeys.items()},
+        "attributes": dict(profile.attributes),
         "sends": [{"ts": s.ts_ms, "channel": s.channel, "action": s.action} for s in profile.sends],
         "sends_in_windows": sends_in_windows(profile),
         "windows": {name: dict(sorted((k, v) for k, v in c.items() if v)) for name, (_, c) in profile.windows.items()},

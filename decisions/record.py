@@ -47,16 +47,16 @@ def build_record(
     experiment: dict[str, str],
 ) -> dict[str, Any]:
     """Assemble the decision record (DESIGN.md contract)."""
-    return {
+    record = {
         "schema_version": DECISION_SCHEMA_VERSION,
         "decision_id": decision_id(contact, chosen.action, chosen.channel, trigger_id),
         "contact_id": contact,
         "action": chosen.action,
         "channel": chosen.channel,
         "template": chosen.template,
-        "offer": None,
-        "journey": None,
-        "step": None,
+        "offer": chosen.offer,
+        "journey": chosen.journey,
+        "step": chosen.step,
         "priority": chosen.priority,
         "expected_value": chosen.expected_value,
         "scores": scores,
@@ -67,3 +67,6 @@ def build_record(
         "event_time": iso_ms(event_time_ms),
         "decision_time": iso_ms(decision_time_ms),
     }
+    if chosen.assignee is not None:
+        record["assignee"] = chosen.assignee
+    return record

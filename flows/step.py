@@ -73,6 +73,7 @@ class Totals:
     last_event_ms: int | None = None
     store_reconnects: int = 0
     feedback: Counter = field(default_factory=Counter)
+    journeys: Counter = field(default_factory=Counter)
 
 
 class Engine:
@@ -178,6 +179,20 @@ class Engine:
         m.count(m.labels, run.labelled)
         m.count(m.feedback, run.feedback)
         t.feedback.update(run.feedback)
+        journeys = self.core.journeys
+        if journeys is not None:
+            j = journeys.tallies
+            m.count(m.journey_entries, j.entries)
+            m.count(m.journey_exits, j.exits)
+            m.count(m.journey_sends, j.sends)
+            m.count(m.journey_suppressed, j.suppressed)
+            m.count(m.journey_conversions, {name: n for (name, reason), n in j.exits.items() if reason == "goal"})
+            t.journeys.update({f"{name} entered": n for name, n in j.entries.items()})
+            t.journeys.update({f"{name} exited {reason}": n for (name, reason), n in j.exits.items()})
+            t.journeys.update({f"{name} sent {step}": n for (name, step), n in j.sends.items()})
+            t.journeys.update({f"{name} {how} {step}": n for (name, step, how), n in j.suppressed.items()})
+            for counter in (j.entries, j.exits, j.sends, j.suppressed):
+                counter.clear()
         if run.duplicates:
             m.duplicates.inc(run.duplicates)
         if batch.lines:  # idle ticks are not batches

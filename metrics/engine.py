@@ -40,6 +40,19 @@ class EngineMetrics:
             "touchline_feedback_events",
             "Channel feedback applied (delivered, open, click, reply, bounce, unsubscribe), by channel, outcome "
             "and whether it named its decision id.", ["channel", "outcome", "linked"], registry=registry)
+        self.journey_entries = PromCounter(
+            "touchline_journey_entries", "Contacts entering a journey.", ["journey"], registry=registry)
+        self.journey_exits = PromCounter(
+            "touchline_journey_exits", "Contacts leaving a journey, by reason (goal, unsubscribed, preempted, "
+            "completed).", ["journey", "reason"], registry=registry)
+        self.journey_sends = PromCounter(
+            "touchline_journey_step_sends", "Journey steps sent (won their decision point).", ["journey", "step"],
+            registry=registry)
+        self.journey_conversions = PromCounter(
+            "touchline_journey_conversions", "Contacts reaching a journey's goal.", ["journey"], registry=registry)
+        self.journey_suppressed = PromCounter(
+            "touchline_journey_steps_suppressed", "Journey send steps held back, by what the journey did "
+            "(deferred, skipped).", ["journey", "step", "handling"], registry=registry)
         self.dead_letters = PromCounter(
             "touchline_dead_letters", "Records sent to the dead-letter output, by reason.", ["reason"], registry=registry
         )

@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, help="events per micro-batch (default 100)")
     run.add_argument("--redis", metavar="URL", help="keep state in Redis at URL (sets state.url), "
                      "e.g. redis://127.0.0.1:6379/0, rediss://..., redis+cluster://host:port")
+    run.add_argument("--journeys", metavar="PATH", type=Path, action="append",
+                     help="run the journeys in this file or directory (repeatable; sets journeys.files), "
+                          "e.g. examples/journeys")
     run.add_argument("--kafka", metavar="HOST:PORT",
                      help="production mode: read the events topic and write the decisions, dead-letter and "
                           "channel topics on this broker (sets kafka.bootstrap); topics via [kafka] settings")
@@ -139,6 +142,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         o["kafka.bootstrap"] = args.kafka
         if args.command == "run" and getattr(args, "input", None) is None:
             o["source.kind"] = "kafka"
+    if getattr(args, "journeys", None) and args.command == "run":
+        o["journeys.files"] = args.journeys
     if getattr(args, "topic", None):
         o["kafka.events_topic"] = args.topic
     if args.command == "simulate" and getattr(args, "rate", None) is not None and not getattr(args, "kafka", None):

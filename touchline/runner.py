@@ -43,11 +43,26 @@ def simulator_spec(settings: Settings) -> "SimulatorSpec":
     )
 
 
-def build_engine(settings: Settings, registry: CollectorRegistry) -> Engine:
+def build_engine(settings: Settings, registry: CollectorRegistry, trace: Any = None) -> Engine:
     """The engine for these settings, its metrics on ``registry``."""
     metrics = EngineMetrics(registry)
     metrics.build.info({"version": touchline.__version__})
     labels = settings.labels
+    journeys = None
+    if settings.journeys.files:
+        from touchline.decisions.journey_runtime import JourneyRunner
+        from touchline.decisions.journeys import JourneyError
+        from touchline.journey_files import load_journeys
+        from touchline.settings import ConfigError
+
+        try:
+            loaded, problems = load_journeys(list(settings.journeys.files))
+        except JourneyError as exc:
+            raise ConfigError(f"journeys.files: {exc}") from None
+        if problems:
+            raise ConfigError("journeys.files:\n  " + "\n  ".join(problems))
+        journeys = JourneyRunner([j for _, j in loaded], settings.policy.quiet_hours.default_timezone,
+                                 settings.policy.consent_default, trace)
     core = DecisionCore(
         policy=settings.policy,
         models={"lead": settings.models.lead, "churn": settings.models.churn},
@@ -55,6 +70,7 @@ def build_engine(settings: Settings, registry: CollectorRegistry) -> Engine:
                              labels.sample_gap_hours, labels.sample_rate),
         clock=WallClock() if settings.engine.clock == "wall" else EventTimeClock(),
         retention_days=settings.state.retention_days,
+        journeys=journeys,
     )
     return Engine(open_store(settings.state.url, settings.state.options()), core, metrics)
 

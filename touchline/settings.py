@@ -140,6 +140,11 @@ class EngineSettings(_Section):
     )
 
 
+class JourneySettings(_Section):
+    files: list[Path] = Field(default_factory=list,
+                              description="journey files or directories of them (e.g. examples/journeys)")
+
+
 class KafkaSettings(_Section):
     """The broker and topics of the production engine (``touchline run --kafka HOST:PORT``)."""
 
@@ -214,6 +219,7 @@ class Settings(BaseSettings):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    journeys: JourneySettings = Field(default_factory=JourneySettings)
     delivery: "DeliverySettings" = Field(default_factory=lambda: DeliverySettings())
 
     @model_validator(mode="after")

@@ -57,6 +57,7 @@ def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str],
         "feedback": _sum_feedback(t.feedback),
         "feedback_linked_share": (round(sum(n for k, n in t.feedback.items() if k[2] == "true")
                                         / sum(t.feedback.values()), 4) if t.feedback else None),
+        "journeys": dict(sorted(t.journeys.items())),
         "deliveries": delivered,
         "delivery_failures_total": sum(d["failed"] for d in delivered.values()),
         "state": engine.store.stats(),
@@ -91,6 +92,9 @@ def format_summary(s: dict[str, Any]) -> str:
     out += [f"    {k:<30} {v:>8,}" for k, v in s["suppressed"].items()]
     out.append(f"  dead letters       {s['dead_letters_total']:,}")
     out += [f"    {k:<30} {v:>8,}" for k, v in s["dead_letters"].items()]
+    if s.get("journeys"):
+        out.append("  journeys")
+        out += [f"    {k:<42} {v:>8,}" for k, v in s["journeys"].items()]
     if s.get("deliveries"):
         out.append("  deliveries         " + "; ".join(
             f"{ch} {d['delivered']:,} delivered" + (f", {d['failed']:,} FAILED (dead letters)" if d["failed"] else "")
