@@ -219,8 +219,17 @@ class BatchRun:
             churn = self._score("churn", feats)
             self._observe(profile, label_rules.CHURN, feats, churn, now)
             scores = {"churn": churn}
-            self._decide(profile, inactivity_candidates(profile, now, scores, core.policy), scores,
-                         {"kind": "timer", "timer": kind}, f"timer:{kind}:{due_ms}", due_ms, now)
+            candidates = inactivity_candidates(profile, now, scores, core.policy)
+            proposed = []
+            if core.journeys is not None:
+                set_timer = self._timer_setter(profile)
+                proposed = core.journeys.on_scores(profile, scores, now, set_timer)
+                candidates += [jc.candidate for jc in proposed]
+            sent, suppressed = self._decide(profile, candidates, scores, {"kind": "timer", "timer": kind},
+                                            f"timer:{kind}:{due_ms}", due_ms, now)
+            if proposed:
+                assert core.journeys is not None
+                core.journeys.settle(profile, proposed, _sent(proposed, sent), _reasons(suppressed), now, set_timer)
         elif kind.startswith(JOURNEY_TIMER_PREFIX) and core.journeys is not None:
             set_timer = self._timer_setter(profile)
             proposed = core.journeys.on_timer(profile, kind[len(JOURNEY_TIMER_PREFIX):], now, {}, set_timer)
@@ -275,13 +284,15 @@ class BatchRun:
         )
         observe_churn = active and self._may_observe(profile, label_rules.CHURN, ev.ts_ms)
         scores: dict[str, float] = {}
+        churn: float | None = None
         if observe_lead or observe_churn or (profile.known and ev.type in INTENT_TYPES):
             feats = features(profile, profile.last_ts)
             lead = scores["lead"] = self._score("lead", feats)
             if observe_lead:
                 self._observe(profile, label_rules.LEAD, feats, lead, ev.ts_ms)
             if observe_churn:
-                self._observe(profile, label_rules.CHURN, feats, self._score("churn", feats), ev.ts_ms)
+                churn = self._score("churn", feats)
+                self._observe(profile, label_rules.CHURN, feats, churn, ev.ts_ms)
         if active:
             if INACTIVITY_TIMER not in profile.timers:
                 self._set_timer(profile, INACTIVITY_TIMER, ev.ts_ms + core.inactive_ms)
@@ -296,7 +307,8 @@ class BatchRun:
         proposed = []
         if core.journeys is not None:
             set_timer = self._timer_setter(profile)
-            proposed = core.journeys.on_event(profile, ev.type, ev.properties, ev.ts_ms, scores, set_timer)
+            seen = scores if churn is None else {**scores, "churn": churn}  # journeys may enter on churn
+            proposed = core.journeys.on_event(profile, ev.type, ev.properties, ev.ts_ms, seen, set_timer)
             candidates += [jc.candidate for jc in proposed]
         if candidates and "lead" not in scores:  # every decision records the scores it was made with
             scores["lead"] = self._score("lead", features(profile, profile.last_ts))

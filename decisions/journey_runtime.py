@@ -243,6 +243,17 @@ class JourneyRunner:
                 profile.score_memory[model] = round(scores[model], 6)
         return out
 
+    def on_scores(self, profile: Profile, scores: dict[str, float], now_ms: int,
+                  set_timer: Callable[[str, int], None]) -> list[JourneyCandidate]:
+        """Scores computed without an event (the inactivity check): score-crossing entries only."""
+        out: list[JourneyCandidate] = []
+        for journey in self.journeys:
+            if isinstance(journey.entry, ScoreEntry) and self._crossed(profile, journey.entry, scores):
+                out += self._enter(profile, journey, now_ms, scores, set_timer)
+        for model, value in scores.items():
+            profile.score_memory[model] = round(value, 6)
+        return out
+
     def on_timer(self, profile: Profile, name: str, now_ms: int, scores: dict[str, float],
                  set_timer: Callable[[str, int], None]) -> list[JourneyCandidate]:
         """The journey's timer came due: a wait ended, a deferred send retries, or a date entry."""
