@@ -95,3 +95,34 @@ def test_check_command_reports_every_file_and_exits_2(tmp_path, capsys):
     assert f"journey name 't' is already used by {good}" in captured.err
     assert main(["journeys", "check", str(tmp_path / "missing.yaml")]) == 2
     assert "no such file or directory" in capsys.readouterr().err
+
+
+def test_preview_shows_what_a_contact_would_get_and_when(capsys):
+    events = EXAMPLES.parent / "cart-contact.jsonl"
+    config = EXAMPLES.parent / "journeys.toml"
+    assert main(["journeys", "preview", str(EXAMPLES / "abandoned_cart.yaml"), "--contact-events", str(events),
+                 "--config", str(config), "--days", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run: nothing sent" in out
+    sends = [line for line in out.splitlines() if "SEND" in line]
+    assert len(sends) == 2
+    assert "2026-01-06T20:12:00Z" in sends[0] and "email cart/reminder" in sends[0]  # 30 min after the cart
+    assert "push cart/offer-push offer cart-10" in sends[1] and "2026-01-08T07" in sends[1]  # after quiet hours
+    assert "no email_open before the timeout" in out and "exited: completed" in out
+    assert "deferred 1h (x" in out  # hourly deferrals folded into one line
+
+
+def test_preview_json_and_hostile_event_files(tmp_path, capsys):
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b'\xff\xfe garbage\n{"event_id": "e1", "type": "signup", "ts": 1767614400000, '
+                       b'"contact_id": "c1"}\n')
+    assert main(["journeys", "preview", str(EXAMPLES / "welcome.yaml"), "--contact-events", str(events),
+                 "--config", str(EXAMPLES.parent / "journeys.toml"), "--json", "--days", "6"]) == 0
+    import orjson
+
+    result = orjson.loads(capsys.readouterr().out)
+    assert [d["source"] for d in result["dead_letters"]] == ["events.jsonl:1"]
+    assert [e["step"] for e in result["timeline"] if e["what"].startswith("SEND")] == [
+        "welcome", "benefits", "first_purchase_offer"]
+    assert main(["journeys", "preview", str(EXAMPLES / "welcome.yaml"), "--contact-events", str(tmp_path)]) == 2
+    assert "not a readable file" in capsys.readouterr().err

@@ -10,6 +10,7 @@
     touchline contact export ID --redis URL   # everything stored about a contact, as JSON
     touchline contact erase ID --redis URL    # right to erasure: the contact and its aliases
     touchline journeys check examples/journeys/   # validate journey files
+    touchline journeys preview examples/journeys/abandoned_cart.yaml --contact-events cart.jsonl
     touchline config --config my.toml  # the effective settings, as JSON
     touchline schema                   # print the event JSON Schema
 """
@@ -110,6 +111,13 @@ def _parser() -> argparse.ArgumentParser:
     journeys_sub = journeys.add_subparsers(dest="action", metavar="ACTION", required=True)
     check = journeys_sub.add_parser("check", help="validate journey files; errors name the file, line and field")
     check.add_argument("paths", nargs="+", type=Path, metavar="FILE_OR_DIR", help="*.yaml files or directories of them")
+    prev = journeys_sub.add_parser("preview", help="dry run: what a contact with these events would get, and when")
+    prev.add_argument("file", type=Path, metavar="FILE", help="one journey file")
+    prev.add_argument("--contact-events", type=Path, required=True, metavar="EVENTS.jsonl",
+                      help="the contact's events (JSONL, the event contract), replayed on event time")
+    prev.add_argument("--days", type=float, default=60.0, help="time to play out after the last event (default 60)")
+    prev.add_argument("--config", type=Path, help="settings file (policy, caps, quiet hours, models)")
+    prev.add_argument("--json", action="store_true", help="print the timeline as JSON")
 
     cfg = sub.add_parser("config", help="print the effective settings (file + environment + defaults) as JSON")
     cfg.add_argument("--config", type=Path, help="settings file (.toml, .yaml)")
@@ -303,6 +311,20 @@ def _cmd_journeys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
+    from touchline.decisions.journeys import JourneyError
+    from touchline.journey_preview import dumps, format_preview, preview
+
+    if not 0 < args.days <= 3650:
+        raise ConfigError("--days must be between 0 and 3650")
+    try:
+        result = preview(settings, args.file, args.contact_events, args.days)
+    except JourneyError as exc:
+        raise ConfigError(str(exc)) from None
+    print(dumps(result) if args.json else format_preview(result))
+    return 0
+
+
 def _cmd_schema(_args: argparse.Namespace, _settings: Settings | None) -> int:
     from touchline.decisions.events import load_schema
 
@@ -320,12 +342,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "schema":
         return _cmd_schema(args, None)
-    if args.command == "journeys":
+    if args.command == "journeys" and args.action == "check":
         return _cmd_journeys(args)
     try:
         overrides = _overrides(args)
         settings = load_settings(getattr(args, "config", None), overrides)
-        commands = {"run": _cmd_run, "simulate": _cmd_simulate, "bench": _cmd_bench, "config": _cmd_config,
+        commands = {"journeys": _cmd_preview, "run": _cmd_run, "simulate": _cmd_simulate, "bench": _cmd_bench, "config": _cmd_config,
                     "contact": _cmd_contact}
         return commands[args.command](args, settings)
     except ConfigError as exc:

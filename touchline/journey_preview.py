@@ -1,0 +1,90 @@
+"""``touchline journeys preview``: what a contact with these events would get from a journey, and when.
+
+A dry run: the events are replayed on event time through the real engine (policy,
+caps, quiet hours, models) with only this journey, in memory, then time runs on for
+``days`` so every wait plays out. Nothing is sent anywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry
+
+from touchline.decisions.engine import DecisionCore, LabelSettings
+from touchline.decisions.journey_runtime import JourneyRunner
+from touchline.decisions.profile import DAY_MS, HOUR_MS
+from touchline.flows.step import Engine, RawBatch
+from touchline.journey_files import load_journeys
+from touchline.metrics.engine import EngineMetrics
+from touchline.settings import ConfigError, Settings
+from touchline.state.memory import MemoryStore
+
+
+def preview(settings: Settings, journey_path: Path, events_path: Path, days: float) -> dict[str, Any]:
+    """The timeline (journey steps and sends, in time order) and what could not be read."""
+    loaded, problems = load_journeys([journey_path])
+    if problems:
+        raise ConfigError("\n".join(problems))
+    if len(loaded) != 1:
+        raise ConfigError(f"{journey_path}: preview takes one journey file")
+    journey = loaded[0][1]
+    if not events_path.is_file():
+        raise ConfigError(f"--contact-events {events_path}: not a readable file")
+    lines = [ln for ln in events_path.read_bytes().splitlines() if ln.strip()]
+    trace: list[dict[str, Any]] = []
+    labels = settings.labels
+    runner = JourneyRunner([journey], settings.policy.quiet_hours.default_timezone, settings.policy.consent_default,
+                           trace.append)
+    core = DecisionCore(
+        policy=settings.policy, models={"lead": settings.models.lead, "churn": settings.models.churn},
+        labels=LabelSettings(labels.lead_horizon_days, labels.churn_horizon_days, frozenset(labels.goal_types),
+                             labels.sample_gap_hours, labels.sample_rate),
+        retention_days=settings.state.retention_days, journeys=runner)
+    engine = Engine(MemoryStore(), core, EngineMetrics(CollectorRegistry()))
+    result = engine.process(RawBatch(lines, events_path.name, 1))
+    decisions = list(result.decisions)
+    if engine.totals.last_event_ms is not None:
+        end = engine.totals.last_event_ms + int(days * DAY_MS)
+        t = engine.clock.now()
+        while t < end:
+            t = min(end, t + HOUR_MS)
+            decisions += engine.process(RawBatch([], "preview", 0, advance_to_ms=t)).decisions
+    timeline = [{"time": entry["time"], "contact": entry["contact"], "step": entry["step"], "what": entry["what"]}
+                for entry in trace]
+    for d in decisions:  # the journey's sends, and other sends that share its caps
+        what = f"SEND {d['channel']} {d['template']}" + (f" offer {d['offer']}" if d.get("offer") else "") + (
+            f" to rep {d['assignee']}" if d.get("assignee") else "")
+        ours = d.get("journey") == journey.journey
+        timeline.append({"time": d["decision_time"][:19] + "Z", "contact": d["contact_id"],
+                         "step": d["step"] if ours else f"({d['action']})",
+                         "what": what if ours else f"other: {what}", "decision_id": d["decision_id"]})
+    timeline.sort(key=lambda e: (e["time"], 0 if "SEND" in e["what"] else 1))
+    return {"journey": journey.journey, "events": len(lines), "dead_letters": result.dead_letters,
+            "timeline": timeline, "days_after_last_event": days}
+
+
+def format_preview(p: dict[str, Any]) -> str:
+    out = [f"journey {p['journey']}: {p['events']} event(s) replayed, then {p['days_after_last_event']:g} days "
+           "of waiting played out (dry run: nothing sent)"]
+    for bad in p["dead_letters"]:
+        out.append(f"  skipped invalid event at {bad['source']}: {bad['reason']} ({bad.get('detail', '')})")
+    if not p["timeline"]:
+        out.append("  no contact entered the journey")
+    timeline = p["timeline"]
+    i = 0
+    while i < len(timeline):  # hourly deferrals of one step fold into one line
+        e, j = timeline[i], i + 1
+        while j < len(timeline) and (timeline[j]["contact"], timeline[j]["step"], timeline[j]["what"]) == (
+                e["contact"], e["step"], e["what"]) and "deferred" in e["what"]:
+            j += 1
+        repeat = f" (x{j - i}, last at {timeline[j - 1]['time']})" if j - i > 1 else ""
+        out.append(f"  {e['time']}  {e['contact']:<12} {e['step']:<22} {e['what']}{repeat}")
+        i = j
+    return "\n".join(out)
+
+
+def dumps(p: dict[str, Any]) -> str:
+    return orjson.dumps(p, option=orjson.OPT_INDENT_2).decode()
