@@ -229,7 +229,7 @@ class BatchRun:
                                             f"timer:{kind}:{due_ms}", due_ms, now)
             if proposed:
                 assert core.journeys is not None
-                core.journeys.settle(profile, proposed, _sent(proposed, sent), _reasons(suppressed), now, set_timer)
+                self._settle(profile, proposed, sent, suppressed, now, set_timer)
         elif kind.startswith(JOURNEY_TIMER_PREFIX) and core.journeys is not None:
             set_timer = self._timer_setter(profile)
             proposed = core.journeys.on_timer(profile, kind[len(JOURNEY_TIMER_PREFIX):], now, {}, set_timer)
@@ -237,7 +237,7 @@ class BatchRun:
                 scores = {"lead": self._score("lead", features(profile, now))}
                 sent, suppressed = self._decide(profile, [jc.candidate for jc in proposed], scores,
                                                 {"kind": "timer", "timer": kind}, f"timer:{kind}:{due_ms}", due_ms, now)
-                core.journeys.settle(profile, proposed, _sent(proposed, sent), _reasons(suppressed), now, set_timer)
+                self._settle(profile, proposed, sent, suppressed, now, set_timer)
         elif kind == EXPIRE_TIMER:
             last = profile.last_activity_ts or profile.last_ts
             if last + core.retention_ms > now:
@@ -308,7 +308,7 @@ class BatchRun:
         if core.journeys is not None:
             set_timer = self._timer_setter(profile)
             seen = scores if churn is None else {**scores, "churn": churn}  # journeys may enter on churn
-            proposed = core.journeys.on_event(profile, ev.type, ev.properties, ev.ts_ms, seen, set_timer)
+            proposed = core.journeys.on_event(profile, ev.type, ev.properties, now, seen, set_timer)
             candidates += [jc.candidate for jc in proposed]
         if candidates and "lead" not in scores:  # every decision records the scores it was made with
             scores["lead"] = self._score("lead", features(profile, profile.last_ts))
@@ -317,7 +317,20 @@ class BatchRun:
                                         ev.event_id, ev.ts_ms, now)
         if proposed:
             assert core.journeys is not None
-            core.journeys.settle(profile, proposed, _sent(proposed, sent), _reasons(suppressed), now, set_timer)
+            self._settle(profile, proposed, sent, suppressed, now, set_timer)
+
+    def _settle(self, profile: Profile, proposed: list[JourneyCandidate], sent: Candidate | None,
+                suppressed: list[Suppression], now_ms: int, set_timer: Callable[[str, int], None]) -> None:
+        """Journeys move on after the decision; a record made at this point says what became of
+        the journey steps it beat (deferred to when, or skipped)."""
+        assert self.core.journeys is not None
+        handled = self.core.journeys.settle(profile, proposed, _sent(proposed, sent), _reasons(suppressed),
+                                            now_ms, set_timer)
+        if sent is not None and handled and self.decisions:
+            for entry in self.decisions[-1]["suppressed"]:
+                then = handled.get((entry["action"], entry["channel"]))
+                if then is not None:
+                    entry["journey_step"] = then
 
     def _timer_setter(self, profile: Profile) -> Callable[[str, int], None]:
         return lambda kind, due_ms: self._set_timer(profile, kind, due_ms)

@@ -286,8 +286,12 @@ class JourneyRunner:
         return self._run(profile, journey, now_ms, scores, set_timer)
 
     def settle(self, profile: Profile, proposed: list[JourneyCandidate], sent: JourneyCandidate | None,
-               reasons: dict[tuple[str, str], str], now_ms: int, set_timer: Callable[[str, int], None]) -> None:
-        """Move each proposing journey on after arbitration: sent, deferred or skipped."""
+               reasons: dict[tuple[str, str], str], now_ms: int, set_timer: Callable[[str, int], None]
+               ) -> dict[tuple[str, str], str]:
+        """Move each proposing journey on after arbitration: sent, deferred or skipped.
+
+        Returns what became of each held-back step, by (action, channel), for the record."""
+        handled: dict[tuple[str, str], str] = {}
         for jc in proposed:
             journey = self.by_name[jc.journey]
             state = profile.journeys.get(jc.journey)
@@ -311,12 +315,15 @@ class JourneyRunner:
                 state["wait"] = {"kind": "retry", "until": due}
                 set_timer(timer_kind(journey.journey), due)
                 self.tallies.suppressed[(jc.journey, jc.step, "deferred")] += 1
+                handled[(jc.candidate.action, jc.candidate.channel)] = f"deferred to {_iso(due)}"
                 self._trace(profile, journey, jc.step, now_ms, f"suppressed ({reason}): deferred {journey.defer_for}")
             else:
                 state["defers"] = 0
                 self.tallies.suppressed[(jc.journey, jc.step, "skipped")] += 1
+                handled[(jc.candidate.action, jc.candidate.channel)] = "skipped"
                 self._trace(profile, journey, jc.step, now_ms, f"suppressed ({reason}): skipped")
                 self._continue_after(state, journey, index, step, now_ms, profile, set_timer)
+        return handled
 
     # ------------------------------------------------------------------ internals
     def _continue_after(self, state: dict, journey: Journey, index: int, step: Any, now_ms: int,

@@ -153,7 +153,40 @@ def test_one_message_per_decision_point_with_the_built_in_triggers():
     e = journey_engine(example("welcome"), built_ins=True)
     got = run(e, [line("s1", "signup", T0, "c1")])
     assert len(got) == 1  # the built-in welcome and the journey's first step compete
-    assert any(s["reason"] == "arbitration" for s in got[0]["suppressed"])
+    [beaten] = [s for s in got[0]["suppressed"] if s["action"] == "welcome.welcome"]
+    assert beaten["reason"] == "arbitration"
+    assert beaten["journey_step"] == "deferred to 2026-01-05T13:00:00Z"  # the record says which and why
+
+
+def test_onboarding_after_a_first_purchase_only_on_weekday_mornings():
+    e = journey_engine(example("onboarding"))
+    run(e, [line("s1", "signup", T0 - DAY_MS, "c1", context={"timezone": "Europe/Paris"}),
+            line("b1", "purchase", T0 + 4 * DAY_MS, "c1", properties={"value": 30})])  # Friday 12:00 UTC
+    got = advance(e, T0 + 30 * DAY_MS, every_ms=6 * HOUR_MS)
+    assert steps(got) == [("onboarding", "how_to", "email"), ("onboarding", "review", "email"),
+                          ("onboarding", "send_cross_sell", "email")]
+    assert got[0]["event_time"] == "2026-01-11T08:30:00.000Z"  # a day later, then the next 09:30 in Paris
+    assert got[1]["event_time"] == "2026-01-19T08:30:00.000Z"  # a week later, moved to Monday 09:30
+    run(e, [line("b2", "purchase", T0 + 31 * DAY_MS, "c1", properties={"value": 30})])  # not a first purchase
+    assert "onboarding" not in {d["journey"] for d in advance(e, T0 + 40 * DAY_MS)}
+
+
+def test_live_mode_waits_run_on_the_wall_clock_and_fire_on_idle_ticks():
+    from test_engine_step import FakeWallClock
+
+    clock = FakeWallClock(T0)
+    spec = parse_journey("journey: live\nentry: {event: chat_message}\nsteps:\n  - wait: 10m\n"
+                         "  - send: {channel: email, template: t}\n")
+    cfg = PolicyConfig(holdout_share=0.0, actions=BUILT_INS_OFF)
+    core = DecisionCore(cfg, {"lead": ModelConfig(name="lead"), "churn": ModelConfig(name="churn")},
+                        LabelSettings(7.0, 7.0, GOALS), clock,
+                        journeys=JourneyRunner([spec], "UTC", cfg.consent_default))
+    e = Engine(MemoryStore(), core, EngineMetrics(CollectorRegistry()))
+    run(e, [line("s1", "signup", T0 - DAY_MS, "c1"), line("m1", "chat_message", T0 - DAY_MS, "c1")])
+    clock.t = T0 + 9 * MIN  # event times are a day old: the wait runs from the wall clock's now
+    assert run(e, []) == []
+    clock.t = T0 + 10 * MIN
+    assert steps(run(e, [])) == [("live", "step-2", "email")]
 
 
 def test_birthday_greeting_at_nine_local_on_the_day():
