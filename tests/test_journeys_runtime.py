@@ -284,3 +284,15 @@ def test_a_month_of_simulated_events_exercises_every_kind_of_wait(small_settings
     assert {"welcome", "abandoned_cart", "onboarding", "lead_nurturing", "birthday", "replenishment"} <= entered
     assert journeys.get("welcome sent benefits", 0) > 0  # sent after a 2-day wait
     assert journeys.get("onboarding sent how_to", 0) > 0  # after a wait_until
+
+
+def test_journeys_decide_the_same_on_redis_as_in_process(small_settings, redis_url, tmp_path):
+    from touchline.runner import run as run_engine
+
+    common = {"simulator.contacts": 300, "simulator.days": 20, "journeys.files": [EXAMPLES],
+              "policy.actions": BUILT_INS_OFF}
+    run_engine(small_settings("mem", **common), progress=None)
+    run_engine(small_settings("redis", **common, **{"state.url": redis_url}), progress=None)
+    memory = (tmp_path / "mem" / "decisions.jsonl").read_bytes()
+    assert memory and memory == (tmp_path / "redis" / "decisions.jsonl").read_bytes()
+    assert b'"journey":"welcome"' in memory

@@ -60,7 +60,7 @@ def build_engine(settings: Settings, registry: CollectorRegistry, trace: Any = N
         except JourneyError as exc:
             raise ConfigError(f"journeys.files: {exc}") from None
         if problems:
-            raise ConfigError("journeys.files:\n  " + "\n  ".join(problems))
+            raise ConfigError("journeys.files:\n  " + "\n  ".join(line for p in problems for line in p.splitlines()))
         journeys = JourneyRunner([j for _, j in loaded], settings.policy.quiet_hours.default_timezone,
                                  settings.policy.consent_default, trace)
     core = DecisionCore(
