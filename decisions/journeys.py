@@ -31,11 +31,11 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
-    BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator,
+    AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator,
 )
 
 from touchline.decisions.events import KNOWN_TYPES
-from touchline.decisions.policy import ALL_CHANNELS
+from touchline.decisions.policy import ALL_CHANNELS, _check_channels
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
@@ -91,6 +91,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+def _valid_duration(value: Any) -> Any:
+    parse_duration(value)
+    return value
+
+
+def _valid_time_of_day(value: str) -> str:
+    if not _TIME_OF_DAY.match(value):
+        raise ValueError(f"bad time of day {value!r}: use HH:MM, 24-hour")
+    return value
+
+
+def _valid_channel(value: str) -> str:
+    if value not in ALL_CHANNELS:
+        raise ValueError(f"unknown channel {value!r}; known: {', '.join(ALL_CHANNELS)}")
+    return value
+
+
 def _check_condition(name: str, value: Any) -> Any:
     """A condition is a plain value (equality) or a mapping of operators to operands."""
     if isinstance(value, dict):
@@ -120,16 +137,21 @@ def _event_type(value: str) -> str:
     return value
 
 
+#: Field types that check themselves, so each rule is written once.
+Duration = Annotated[Union[str, int, float], AfterValidator(_valid_duration)]
+TimeOfDay = Annotated[str, AfterValidator(_valid_time_of_day)]
+Channel = Annotated[str, AfterValidator(_valid_channel)]
+EventType = Annotated[str, AfterValidator(_event_type)]
+ProfileConditions = Annotated[dict[str, Any], AfterValidator(_profile_conditions)]
+
+
 # ---------------------------------------------------------------------------------- entry
 class EventEntry(_Strict):
     """Enter when an event of this type arrives, optionally with conditions on its properties."""
 
-    event: str
+    event: EventType
     where: dict[str, Any] = Field(default_factory=dict, description="event property -> condition")
-    profile: dict[str, Any] = Field(default_factory=dict, description="profile field -> condition, after the event")
-
-    _type = field_validator("event")(classmethod(lambda cls, v: _event_type(v)))
-    _fields = field_validator("profile")(classmethod(lambda cls, v: _profile_conditions(v)))
+    profile: ProfileConditions = Field(default_factory=dict, description="profile field -> condition, after the event")
 
     @field_validator("where")
     @classmethod
@@ -153,22 +175,13 @@ class ScoreEntry(_Strict):
 class SegmentEntry(_Strict):
     """Enter when the contact's profile matches, checked after each of their events."""
 
-    segment: dict[str, Any]
-
-    _fields = field_validator("segment")(classmethod(lambda cls, v: _profile_conditions(v)))
+    segment: ProfileConditions
 
 
 class DateSpec(_Strict):
     attribute: str = Field(description="a date the contact carries, e.g. birthday, or signup (first seen)")
     every: Literal["year"] = "year"
-    at: str = Field(default="09:00", description="local time of day (contact's time zone)")
-
-    @field_validator("at")
-    @classmethod
-    def _time(cls, value: str) -> str:
-        if not _TIME_OF_DAY.match(value):
-            raise ValueError(f"bad time of day {value!r}: use HH:MM, 24-hour")
-        return value
+    at: TimeOfDay = Field(default="09:00", description="local time of day (contact's time zone)")
 
 
 class DateEntry(_Strict):
@@ -199,16 +212,9 @@ class _Step(_Strict):
 
 
 class SendSpec(_Strict):
-    channel: str
+    channel: Channel
     template: str = Field(min_length=1)
     offer: str | None = None
-
-    @field_validator("channel")
-    @classmethod
-    def _channel(cls, value: str) -> str:
-        if value not in ALL_CHANNELS:
-            raise ValueError(f"unknown channel {value!r}; known: {', '.join(ALL_CHANNELS)}")
-        return value
 
 
 class SendStep(_Step):
@@ -220,13 +226,7 @@ class SendStep(_Step):
 class WaitStep(_Step):
     """Wait a fixed duration (event time in replay, wall time live)."""
 
-    wait: str | int | float
-
-    @field_validator("wait")
-    @classmethod
-    def _duration(cls, value: Any) -> Any:
-        parse_duration(value)
-        return value
+    wait: Duration
 
     @property
     def wait_ms(self) -> int:
@@ -234,15 +234,8 @@ class WaitStep(_Step):
 
 
 class WaitUntilSpec(_Strict):
-    time: str = Field(description="HH:MM in the contact's time zone (policy default zone if unknown)")
+    time: TimeOfDay = Field(description="HH:MM in the contact's time zone (policy default zone if unknown)")
     days: list[str] = Field(default_factory=lambda: list(WEEKDAYS), description="weekdays allowed, e.g. [mon, tue]")
-
-    @field_validator("time")
-    @classmethod
-    def _time(cls, value: str) -> str:
-        if not _TIME_OF_DAY.match(value):
-            raise ValueError(f"bad time of day {value!r}: use HH:MM, 24-hour")
-        return value
 
     @field_validator("days")
     @classmethod
@@ -260,17 +253,9 @@ class WaitUntilStep(_Step):
 
 
 class WaitForSpec(_Strict):
-    event: str
+    event: EventType
     where: dict[str, Any] = Field(default_factory=dict)
-    timeout: str | int | float
-
-    _type = field_validator("event")(classmethod(lambda cls, v: _event_type(v)))
-
-    @field_validator("timeout")
-    @classmethod
-    def _duration(cls, value: Any) -> Any:
-        parse_duration(value)
-        return value
+    timeout: Duration
 
 
 class WaitForStep(_Step):
@@ -325,10 +310,8 @@ class BranchStep(_Step):
 
 
 class AssignRule(_Strict):
-    profile: dict[str, Any]
+    profile: ProfileConditions
     rep: str = Field(min_length=1)
-
-    _fields = field_validator("profile")(classmethod(lambda cls, v: _profile_conditions(v)))
 
 
 class HandoffSpec(_Strict):
@@ -354,16 +337,8 @@ class HandoffStep(_Step):
 
 
 class SuppressSpec(_Strict):
-    channels: list[str] = Field(min_length=1)
+    channels: Annotated[list[str], AfterValidator(_check_channels)] = Field(min_length=1)
     reason: str = Field(default="journey", min_length=1)
-
-    @field_validator("channels")
-    @classmethod
-    def _channels(cls, value: list[str]) -> list[str]:
-        bad = [c for c in value if c not in ALL_CHANNELS]
-        if bad:
-            raise ValueError(f"unknown channel(s) {bad}; known: {', '.join(ALL_CHANNELS)}")
-        return value
 
 
 class SuppressStep(_Step):
@@ -399,38 +374,20 @@ Step = Annotated[
 
 # ---------------------------------------------------------------------------------- journey
 class ExitCriteria(_Strict):
-    goal: list[str] = Field(default_factory=list, description="event types that end the journey as converted")
+    goal: list[EventType] = Field(default_factory=list, description="event types that end the journey as converted")
     unsubscribed: bool = Field(default=True, description="leave when the contact unsubscribes")
     higher_priority: bool = Field(default=True, description="leave when a higher-priority journey is entered")
 
-    @field_validator("goal")
-    @classmethod
-    def _types(cls, value: list[str]) -> list[str]:
-        for t in value:
-            _event_type(t)
-        return value
 
 
 class ReEntry(_Strict):
     allowed: bool = False
-    after: str | int | float = Field(default="0s", description="minimum time since the last exit")
-
-    @field_validator("after")
-    @classmethod
-    def _duration(cls, value: Any) -> Any:
-        parse_duration(value)
-        return value
+    after: Duration = Field(default="0s", description="minimum time since the last exit")
 
 
 class JourneyCaps(_Strict):
     sends: int = Field(ge=1, description="at most this many messages from this journey ...")
-    per: str = Field(default="30d", description="... within this window")
-
-    @field_validator("per")
-    @classmethod
-    def _duration(cls, value: str) -> str:
-        parse_duration(value)
-        return value
+    per: Duration = Field(default="30d", description="... within this window")
 
 
 class Journey(_Strict):
@@ -447,15 +404,10 @@ class Journey(_Strict):
     caps: JourneyCaps | None = None
     suppressed: Literal["defer", "skip"] = Field(
         default="defer", description="a send step the policy suppresses: retry later (defer) or move on (skip)")
-    defer_for: str = Field(default="1h", description="how long a deferred send waits before trying again")
+    defer_for: Duration = Field(default="1h", description="how long a deferred send waits before trying again")
     defer_max: int = Field(default=24, ge=1, le=1000, description="deferrals before the step is skipped")
     steps: list[Step] = Field(min_length=1)
 
-    @field_validator("defer_for")
-    @classmethod
-    def _duration(cls, value: str) -> str:
-        parse_duration(value)
-        return value
 
 
 # ---------------------------------------------------------------------------------- loading
