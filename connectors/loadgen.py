@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, TextIO
+from typing import Any, Callable, Iterable, TextIO
 
 import orjson
 
@@ -28,6 +28,14 @@ class ProduceStats:
     @property
     def rate(self) -> float:
         return self.produced / self.seconds if self.seconds > 0 else 0.0
+
+
+def wait_for_slot(start: float, index: int, rate: float, poll: Callable[[float], Any]) -> None:
+    """Pace by schedule: message ``index`` is due at ``start + index / rate`` (perf_counter
+    seconds). Waits in ``poll`` so the producer serves delivery reports meanwhile."""
+    ahead = start + index / rate - time.perf_counter()
+    if ahead > 0.0005:
+        poll(ahead)
 
 
 def key_and_id(line: bytes) -> tuple[bytes | None, str | None]:
@@ -67,9 +75,7 @@ def produce_events(lines: Iterable[bytes], kafka: Any, *, rate: float | None = N
             if limit is not None and i >= limit:
                 break
             if rate:
-                ahead = start + i / rate - time.perf_counter()
-                if ahead > 0.0005:
-                    producer.poll(ahead)  # serve delivery reports while waiting
+                wait_for_slot(start, i, rate, producer.poll)
             key, event_id = key_and_id(line)
             if stats.sent_ns is not None and event_id is not None:
                 stats.sent_ns[event_id] = time.perf_counter_ns()

@@ -25,7 +25,7 @@ from touchline.decisions.journeys import (
     BranchStep, DateEntry, EventEntry, ExitStep, HandoffStep, Journey, ScoreEntry, SegmentEntry, SendStep,
     SuppressStep, WaitForStep, WaitStep, WaitUntilStep, WEEKDAYS, parse_duration,
 )
-from touchline.decisions.policy import Candidate, _zone
+from touchline.decisions.policy import Candidate, contact_zone
 from touchline.decisions.profile import DAY_MS, Profile
 
 TIMER_PREFIX = "journey:"
@@ -117,8 +117,7 @@ def next_time_of_day(now_ms: int, hhmm: str, zone_name: str | None, default_zone
     >>> (next_time_of_day(t, "13:30", "Europe/Berlin", "UTC") - t) / 3_600_000
     0.5
     """
-    zone = _zone(zone_name) if zone_name else None
-    zone = zone or _zone(default_zone) or timezone.utc
+    zone = contact_zone(zone_name, default_zone)
     hour, minute = map(int, hhmm.split(":"))
     local = datetime.fromtimestamp(now_ms / 1000, tz=zone)
     for add in range(0, 8):
@@ -131,8 +130,7 @@ def next_time_of_day(now_ms: int, hhmm: str, zone_name: str | None, default_zone
 
 def next_anniversary(now_ms: int, on: date, hhmm: str, zone_name: str | None, default_zone: str) -> int:
     """The next yearly return of the date ``on`` at ``hhmm`` local time (29 Feb -> 28 Feb)."""
-    zone = _zone(zone_name) if zone_name else None
-    zone = zone or _zone(default_zone) or timezone.utc
+    zone = contact_zone(zone_name, default_zone)
     hour, minute = map(int, hhmm.split(":"))
     year = datetime.fromtimestamp(now_ms / 1000, tz=zone).year
     for y in (year, year + 1):

@@ -207,8 +207,12 @@ def local_hour(now_ms: int, zone_name: str | None, default_zone: str) -> int:
     >>> local_hour(1767610800000, "Asia/Tokyo", "UTC"), local_hour(1767610800000, "Mars/Base", "UTC")
     (20, 11)
     """
-    zone: tzinfo = (_zone(zone_name) if zone_name else None) or _zone(default_zone) or dt_timezone.utc
-    return datetime.fromtimestamp(now_ms / 1000, tz=zone).hour
+    return datetime.fromtimestamp(now_ms / 1000, tz=contact_zone(zone_name, default_zone)).hour
+
+
+def contact_zone(zone_name: str | None, default_zone: str) -> tzinfo:
+    """The contact's zone, else the configured default, else UTC (unknown names fall through)."""
+    return (_zone(zone_name) if zone_name else None) or _zone(default_zone) or dt_timezone.utc
 
 
 def in_quiet_hours(hour: int, quiet: QuietHours) -> bool:

@@ -28,7 +28,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from touchline.bench import _cpus, generate
 from touchline.connectors.kafka import CONSUMER_DEFAULTS, ensure_topics
-from touchline.connectors.loadgen import produce_events
+from touchline.connectors.loadgen import produce_events, wait_for_slot
 from touchline.settings import Settings
 
 
@@ -81,9 +81,7 @@ def broker_hop_ms(config: dict[str, str], topic: str, rate: float, seconds: floa
     reader.start()
     start, n = time.perf_counter(), int(rate * seconds)
     for i in range(n):
-        ahead = start + i / rate - time.perf_counter()
-        if ahead > 0.0005:
-            producer.poll(ahead)
+        wait_for_slot(start, i, rate, producer.poll)
         sent[i] = time.perf_counter_ns()
         producer.produce(topic, str(i).encode())
         producer.poll(0)
