@@ -107,6 +107,11 @@ class ChannelConnector(ABC):
         self.channel = channel
         self.report = report
 
+    @property
+    def target(self) -> str:
+        """Where this connector delivers, for people (startup line, summary)."""
+        return ""
+
     def start(self) -> None:
         """Open connections or files; raise with a clear message if that cannot work at all."""
 

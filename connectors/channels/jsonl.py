@@ -30,6 +30,10 @@ class JsonlConnector(ChannelConnector):
         self._out: BinaryIO | None = None
         self._lock = threading.Lock()
 
+    @property
+    def target(self) -> str:
+        return str(self.path) if self.path is not None else "stdout"
+
     def start(self) -> None:
         if self.path is None:
             self._out = sys.stdout.buffer

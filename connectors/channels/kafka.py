@@ -34,6 +34,10 @@ class KafkaChannelConnector(ChannelConnector):
         self._producer: ReportingProducer | None = None
         self._pending = 0
 
+    @property
+    def target(self) -> str:
+        return self.topic
+
     def start(self) -> None:
         self._producer = ReportingProducer(self._client_config, self.timeout_seconds)
 

@@ -122,13 +122,7 @@ class Delivery:
 
     def describe(self) -> dict[str, str]:
         """channel -> connector kind and where it delivers (summary, startup line)."""
-        out = {}
-        for channel, c in self.connectors.items():
-            where = getattr(c, "path", None) or getattr(c, "topic", None) or getattr(getattr(c, "config", None), "url", None)
-            if c.kind == "smtp":
-                where = f"{c.config.host}:{c.config.port}"
-            out[channel] = f"{c.kind} {where if where is not None else 'stdout'}"
-        return out
+        return {channel: f"{c.kind} {c.target}" for channel, c in self.connectors.items()}
 
 
 class _DeliveryPartition(StatelessSinkPartition[dict[str, Any]]):

@@ -147,6 +147,10 @@ class SmtpConnector(QueuedConnector):
         self.templates = Templates(config.templates)
         self.recipients = Recipients(config.address_book, config.recipient)
 
+    @property
+    def target(self) -> str:
+        return f"{self.config.host}:{self.config.port}"
+
     def open_session(self) -> _Session:
         return _Session()
 

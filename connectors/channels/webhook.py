@@ -58,6 +58,10 @@ class WebhookConnector(QueuedConnector):
         if config.bearer_token is not None:
             self.headers["Authorization"] = f"Bearer {config.bearer_token.get_secret_value()}"
 
+    @property
+    def target(self) -> str:
+        return self.config.url
+
     def open_session(self) -> httpx.Client:
         return httpx.Client(timeout=self.config.timeout_seconds, headers=self.headers, follow_redirects=False)
 
