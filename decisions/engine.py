@@ -20,7 +20,8 @@ from touchline.decisions import labels as label_rules
 from touchline.decisions.clock import Clock, EventTimeClock
 from touchline.decisions.events import KNOWN_TYPES, Event
 from touchline.decisions.features import features
-from touchline.decisions.models import ModelConfig, ScoreModel
+from touchline.decisions.champion import Drift, ModelSlot, Restore
+from touchline.decisions.models import ModelConfig, ScoreSettings
 from touchline.decisions.feedback import FEEDBACK_TYPES, feedback_key, is_linked
 from touchline.decisions.policy import Candidate, PolicyConfig, Suppression, arbitrate, in_holdout
 from touchline.decisions.profile import (
@@ -84,6 +85,7 @@ class DecisionCore:
         clock: Clock | None = None,
         retention_days: float = 90.0,
         journeys: JourneyRunner | None = None,
+        restore: Restore | None = None,
     ) -> None:
         self.policy = policy
         self.journeys = journeys
@@ -91,7 +93,8 @@ class DecisionCore:
         self.clock = clock or EventTimeClock()
         self.live = not isinstance(self.clock, EventTimeClock)
         self.retention_ms = int(retention_days * DAY_MS)
-        self.models = {name: ScoreModel.build(cfg) for name, cfg in models.items()}
+        #: score name -> champion (decides) and challengers (shadow)
+        self.models = {name: ModelSlot(name, _as_score(name, cfg), restore) for name, cfg in models.items()}
         self.idle_ms = int(policy.cart_abandon_minutes * 60_000)
         self.inactive_ms = int(policy.inactivity_days * DAY_MS)
 
@@ -102,6 +105,12 @@ class DecisionCore:
         if advance_to_ms is not None:
             self.clock.observe(advance_to_ms)
         return self.clock.now()
+
+
+def _as_score(name: str, cfg: ModelConfig) -> ScoreSettings:
+    if isinstance(cfg, ScoreSettings):
+        return cfg if cfg.name else cfg.model_copy(update={"name": name})
+    return ScoreSettings(**{**cfg.spec(), "name": cfg.name or name})
 
 
 class BatchRun:
@@ -127,6 +136,11 @@ class BatchRun:
         self.decided: Counter = Counter()
         self.timers_fired: Counter = Counter()
         self.labelled: Counter = Counter()
+        #: model -> label delays (seconds, event time) of the labels resolved in this batch
+        self.label_delays: dict[str, list[float]] = {}
+        self.drifts: list[Drift] = []
+        #: features each model last scored, for the challengers' shadow scores in a record
+        self._scored_features: dict[str, dict[str, float]] = {}
         self.scores: dict[str, list[float]] = {name: [] for name in core.models}
         self.duplicates = 0
         self.deleted: set[str] = set()  # merged away or expired: not to be saved
@@ -195,7 +209,8 @@ class BatchRun:
             model = _TIMER_LABEL[kind]
             resolved = label_rules.on_deadline(profile, model, now)
             if resolved is not None:
-                self._learn(model, *resolved)
+                obs, label = resolved
+                self._learn(model, obs, label, now)
             return
         if kind == CART_TIMER:
             if profile.cart_value <= 0 or profile.cart_updated_ts is None:
@@ -275,7 +290,7 @@ class BatchRun:
         now = core.clock.now() if core.live else profile.last_ts
         active = ev.type not in PASSIVE_TYPES
         for model, obs, label in label_rules.on_event(profile, ev.type, ev.ts_ms, core.labels.goal_types, active):
-            self._learn(model, obs, label)
+            self._learn(model, obs, label, ev.ts_ms)
         # Score only where a decision or a training example can follow.
         observe_lead = (
             ev.type in LEAD_MOMENTS
@@ -354,6 +369,7 @@ class BatchRun:
     def _score(self, model: str, feats: dict[str, float]) -> float:
         p = self.core.models[model].predict(feats)
         self.scores[model].append(p)
+        self._scored_features[model] = feats
         return p
 
     def _may_observe(self, profile: Profile, model: str, now_ms: int) -> bool:
@@ -371,12 +387,17 @@ class BatchRun:
         profile.observed[model] = now_ms
         horizon = self.core.labels.lead_horizon_ms if model == label_rules.LEAD else self.core.labels.churn_horizon_ms
         deadline = now_ms + horizon
-        profile.pending[model] = Observation(now_ms, deadline, feats, p, self.core.models[model].version)
+        slot = self.core.models[model]
+        profile.pending[model] = Observation(now_ms, deadline, feats, p, slot.champion.version, slot.shadow(feats))
         self._set_timer(profile, LABEL_TIMER[model], deadline)
 
-    def _learn(self, model: str, obs: Observation, label: bool) -> None:
-        self.core.models[model].learn(obs.features, label, obs.probability)
+    def _learn(self, model: str, obs: Observation, label: bool, at_ms: int) -> None:
+        """Every model of the score learns from the features captured at scoring time."""
+        delay_ms = max(0, at_ms - obs.scored_at_ms)
+        self.drifts += self.core.models[model].learn(obs.features, label, obs.model_version, obs.probability,
+                                                     obs.shadow, delay_ms)
         self.labelled[(model, "positive" if label else "negative")] += 1
+        self.label_delays.setdefault(model, []).append(delay_ms / 1000)
 
     # --------------------------------------------------------------- policy
     def _decide(
@@ -410,10 +431,7 @@ class BatchRun:
             contact=profile.key,
             chosen=winner,
             suppressed=suppressed,
-            scores={
-                name: {"p": round(p, 6), "model": name, "version": core.models[name].version, "labels": core.models[name].labels}
-                for name, p in sorted(scores.items())
-            },
+            scores={name: self._score_entry(name, p) for name, p in sorted(scores.items())},
             trigger=trigger,
             trigger_id=trigger_id,
             event_time_ms=event_ms,
@@ -423,6 +441,17 @@ class BatchRun:
         self.decisions.append(record)
         self.decision_event_ms.append(event_ms)
         return winner, suppressed
+
+    def _score_entry(self, name: str, p: float) -> dict[str, Any]:
+        """What a record says about a score: the value, which model version gave it after how
+        many labels, and what each challenger would have said (shadow scoring)."""
+        slot = self.core.models[name]
+        entry: dict[str, Any] = {"p": round(p, 6), "model": name, "estimator": slot.champion.estimator_name,
+                                 "version": slot.champion.version, "labels": slot.champion.labels}
+        feats = self._scored_features.get(name)
+        if slot.challengers and feats is not None:
+            entry["challengers"] = slot.shadow(feats)
+        return entry
 
 
 def _sent(proposed: list[JourneyCandidate], winner: Candidate | None) -> JourneyCandidate | None:

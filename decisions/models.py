@@ -1,11 +1,18 @@
-"""Online lead and churn scorers: a River estimator plus its feature list, version and
-progressive metrics.
+"""Scoring models: which estimator, on which features, and its progressive evaluation.
 
-A model learns only when a label resolves, from the features captured when it
-scored (see :mod:`touchline.decisions.labels`), and its quality is measured the
-progressive way: each label first grades the prediction made back then, then trains.
+An estimator is named in configuration by a registered name (``logreg``, ``hat``,
+``arf``, or one a plug-in registers in the ``touchline.models`` entry-point group) or by
+an import path (``package.module:factory`` or ``package.module.Class``). Whatever it
+names must build an object with River's two verbs, ``learn_one`` and
+``predict_proba_one``: a River estimator or pipeline, or anything shaped like one.
+
+A model learns only when a label resolves, from the features captured when it scored
+(see :mod:`touchline.decisions.labels`), and each label first grades the prediction
+made back then (progressive validation, :mod:`touchline.decisions.evaluation`).
 
 >>> m = ScoreModel.build(ModelConfig(name="lead"))
+>>> m.version
+'logreg-e0c16f7b'
 >>> 0.0 <= m.predict({"known": 1.0}) <= 1.0
 True
 >>> m.learn({"known": 1.0}, True, 0.5); m.labels
@@ -14,36 +21,157 @@ True
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
+import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from importlib.metadata import entry_points
+from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from river import compose, linear_model, metrics, optim, preprocessing
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from river import compose, forest, linear_model, optim, preprocessing, tree
 
+from touchline.decisions.evaluation import Evaluation
 from touchline.decisions.features import FEATURE_NAMES
 
 
-def default_pipeline() -> Any:
-    """StandardScaler | LogisticRegression (SGD at River's default rate 0.01): fast and stable."""
+# ------------------------------------------------------------------ shipped models
+def default_pipeline(learning_rate: float = 0.01, l2: float = 0.0) -> compose.Pipeline:
+    """StandardScaler | LogisticRegression (plain SGD, River's default rate 0.01): fast,
+    stable and well calibrated; the default for both scores."""
     return compose.Pipeline(
         preprocessing.StandardScaler(),
-        linear_model.LogisticRegression(optimizer=optim.SGD(0.01)),
+        linear_model.LogisticRegression(optimizer=optim.SGD(learning_rate), l2=l2),
     )
 
 
+def hoeffding_adaptive_tree(grace_period: int = 100, delta: float = 1e-5, max_depth: int = 12,
+                            seed: int = 42) -> tree.HoeffdingAdaptiveTreeClassifier:
+    """A Hoeffding adaptive tree: picks up interactions (cart value x recency) a linear
+    model cannot, and replaces branches whose error drifts (ADWIN per node)."""
+    return tree.HoeffdingAdaptiveTreeClassifier(
+        grace_period=grace_period, delta=delta, max_depth=max_depth, leaf_prediction="nba", seed=seed
+    )
+
+
+def adaptive_random_forest(n_models: int = 5, max_features: str | int = "sqrt", lambda_value: int = 6,
+                           seed: int = 42) -> forest.ARFClassifier:
+    """An adaptive random forest: the strongest of the three on non-linear data and the
+    slowest (each label trains ``n_models`` trees, each with a drift detector)."""
+    return forest.ARFClassifier(n_models=n_models, max_features=max_features, lambda_value=lambda_value,
+                                seed=seed)
+
+
+#: Shipped estimators by short name (plug-ins add theirs through entry points).
+BUILTIN_MODELS: dict[str, str] = {
+    "logreg": "touchline.decisions.models:default_pipeline",
+    "hat": "touchline.decisions.models:hoeffding_adaptive_tree",
+    "arf": "touchline.decisions.models:adaptive_random_forest",
+}
+ENTRY_POINT_GROUP = "touchline.models"
+
+
+def registered_models() -> dict[str, str]:
+    """Short name -> import path, shipped ones and those registered by installed plug-ins."""
+    found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return {**found, **BUILTIN_MODELS}
+
+
+def resolve(spec: str) -> tuple[str, Callable[..., Any]]:
+    """(short name, factory) for a registered name or an import path; clear errors otherwise.
+
+    >>> resolve("hat")[0], resolve("river.linear_model.LogisticRegression")[0]
+    ('hat', 'LogisticRegression')
+    >>> resolve("nope")
+    Traceback (most recent call last):
+    ...
+    ValueError: 'nope' is neither a registered model (arf, hat, logreg) nor an import path like 'package.module:factory'
+    """
+    registry = registered_models()
+    if spec in registry:
+        return spec, _import(registry[spec], spec)
+    if ":" not in spec and "." not in spec:
+        raise ValueError(f"{spec!r} is neither a registered model ({', '.join(sorted(registry))}) "
+                         "nor an import path like 'package.module:factory'")
+    target = _import(spec, spec)
+    return spec.replace(":", ".").rpartition(".")[2], target
+
+
+def _import(path: str, spec: str) -> Any:
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(f"{spec!r} is not of the form 'package.module:factory' or 'package.module.Class'")
+    try:
+        target = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {spec!r}: {exc}") from None
+    except AttributeError as exc:
+        raise ValueError(f"cannot import {spec!r}: {exc}") from None
+    return target
+
+
+def build_estimator(spec: str, params: dict[str, Any] | None = None) -> tuple[str, Any]:
+    """(short name, a new estimator) for ``spec`` built with ``params``.
+
+    A class or factory is called with the params; an estimator *instance* (e.g. a
+    pipeline defined at module level) is cloned, River-style, so two slots never share
+    one mutable model.
+    """
+    short, target = resolve(spec)
+    params = dict(params or {})
+    if inspect.isclass(target) or (callable(target) and not hasattr(target, "learn_one")):
+        try:
+            inspect.signature(target).bind(**params)
+        except TypeError as exc:
+            raise ValueError(f"{spec!r} does not take these params: {exc}") from None
+        except ValueError:  # no signature (a builtin): let the call say it
+            pass
+        try:
+            estimator = target(**params)
+        except Exception as exc:  # the factory's own complaint, e.g. a bad value
+            raise ValueError(f"building {spec!r} failed: {type(exc).__name__}: {exc}") from None
+    elif hasattr(target, "learn_one"):
+        if hasattr(target, "clone"):
+            try:
+                estimator = target.clone(params) if params else target.clone()
+            except Exception as exc:
+                raise ValueError(f"cloning {spec!r} with {params} failed: {exc}") from None
+        elif params:
+            raise ValueError(f"{spec!r} is an instance without clone(); it takes no params")
+        else:
+            estimator = copy.deepcopy(target)
+    else:
+        raise ValueError(f"{spec!r} is neither a class, a factory nor an estimator")
+    missing = [verb for verb in ("learn_one", "predict_proba_one") if not callable(getattr(estimator, verb, None))]
+    if missing:
+        raise ValueError(f"{spec!r} builds a {type(estimator).__name__}, which has no {' or '.join(missing)} "
+                         "(a binary classifier with River's API is needed)")
+    return short, estimator
+
+
+# ------------------------------------------------------------------ configuration
+Scalar = str | int | float | bool
+
+
 class ModelConfig(BaseModel):
-    """How one score is produced: which estimator, on which features."""
+    """How one model is built: which estimator, with which parameters, on which features."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(default="", description="filled in from the settings key (lead, churn)")
     estimator: str = Field(
-        default="touchline.decisions.models:default_pipeline",
-        description="'module:callable' returning an object with learn_one/predict_proba_one",
+        default="logreg",
+        description="a registered name (logreg, hat, arf, or a plug-in's) or 'package.module:factory'",
     )
+    params: dict[str, Scalar | list[Scalar] | None] = Field(
+        default_factory=dict, description="keyword arguments for the estimator's factory or class")
     features: list[str] = Field(default_factory=lambda: list(FEATURE_NAMES))
 
     @field_validator("features")
@@ -54,89 +182,82 @@ class ModelConfig(BaseModel):
             raise ValueError(f"unknown feature(s) {unknown}; known: {', '.join(FEATURE_NAMES)}")
         if not value:
             raise ValueError("at least one feature is required")
+        if len(set(value)) != len(value):
+            raise ValueError("a feature is listed twice")
         return value
 
-    @field_validator("estimator")
-    @classmethod
-    def _importable(cls, value: str) -> str:
-        load_factory(value)
-        return value
+    @model_validator(mode="after")
+    def _buildable(self) -> "ModelConfig":
+        build_estimator(self.estimator, self.params)  # every mistake surfaces at start, by key
+        return self
+
+    @property
+    def version(self) -> str:
+        """Short name + a stable hash of what defines the model: the same configuration
+        is the same version in every process, a changed parameter or feature list is a new one."""
+        canonical = orjson.dumps([self.estimator, self.params, self.features], option=orjson.OPT_SORT_KEYS)
+        digest = hashlib.blake2b(canonical, digest_size=4).hexdigest()
+        return f"{resolve(self.estimator)[0]}-{digest}"
+
+    def spec(self) -> dict[str, Any]:
+        """The definition without the slot name, as stored in deployments and checkpoints."""
+        return {"estimator": self.estimator, "params": self.params, "features": self.features}
 
 
-def load_factory(path: str) -> Callable[[], Any]:
-    """Resolve 'package.module:callable' and say clearly what is wrong if it can't be."""
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise ValueError(f"{path!r} is not of the form 'package.module:callable'")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot import {path!r}: {exc}") from None
-    if not callable(factory):
-        raise ValueError(f"{path!r} is not callable")
-    return factory
+class PromotionRule(BaseModel):
+    """Promote the challenger when it beats the champion by ``margin`` on ``metric``,
+    measured on the same ``min_labels`` (or more) labels."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: Literal["roc_auc", "log_loss"] = "log_loss"
+    margin: float = Field(default=0.01, ge=0, le=1, description="roc_auc points, or log loss lower by this")
+    min_labels: int = Field(default=500, ge=1)
 
 
-class BinnedROCAUC:
-    """Progressive ROC AUC from score histograms: O(1) per label, exact to the bin width.
+class ScoreSettings(ModelConfig):
+    """One score (lead or churn): the champion that decides, an optional challenger that
+    scores in shadow and learns from the same labels, and an optional promotion rule."""
 
-    River's ROCAUC updates a confusion matrix per threshold on every label (~80 µs at 100
-    thresholds); counting positives and negatives per score bin and reading the AUC
-    on demand costs nothing per label and is within 1/bins of the exact value.
+    challenger: ModelConfig | None = None
+    promote: PromotionRule | None = Field(default=None, description="automatic promotion (off when absent)")
 
-    >>> auc = BinnedROCAUC()
-    >>> for y, p in [(True, 0.9), (True, 0.6), (False, 0.4), (False, 0.7)]:
-    ...     auc.update(y, p)
-    >>> auc.get()
-    0.75
-    """
+    def champion(self) -> ModelConfig:
+        return ModelConfig(name=self.name, **self.spec())
 
-    def __init__(self, bins: int = 1000) -> None:
-        self.bins = bins
-        self.pos = [0] * bins
-        self.neg = [0] * bins
-
-    def update(self, label: bool, score: float) -> None:
-        b = min(self.bins - 1, max(0, int(score * self.bins)))
-        (self.pos if label else self.neg)[b] += 1
-
-    def get(self) -> float:
-        """P(score of a positive > score of a negative), ties counted half."""
-        n_pos, n_neg = sum(self.pos), sum(self.neg)
-        if not n_pos or not n_neg:
-            return 0.5
-        below = 0  # negatives in lower bins
-        wins = 0.0
-        for p, n in zip(self.pos, self.neg):
-            wins += p * (below + 0.5 * n)
-            below += n
-        return wins / (n_pos * n_neg)
+    def challenger_config(self) -> ModelConfig | None:
+        if self.challenger is None:
+            return None
+        return ModelConfig(name=self.name, **self.challenger.spec())
 
 
+# ------------------------------------------------------------------ the model
 @dataclass
 class ScoreModel:
     """A named online binary classifier with its progressive evaluation."""
 
     name: str
     version: str
+    estimator_name: str
     feature_names: tuple[str, ...]
     estimator: Any
-    roc_auc: "BinnedROCAUC" = field(default_factory=lambda: BinnedROCAUC())
-    log_loss: metrics.LogLoss = field(default_factory=metrics.LogLoss)
-    labels: int = 0
-    positives: int = 0
+    config: ModelConfig
+    evaluation: Evaluation = field(default_factory=Evaluation)
+    #: For a challenger: the champion's evaluation on exactly the labels this model was
+    #: graded on, so the two are compared like for like.
+    versus: Evaluation | None = None
+    #: Where this model's state came from (fresh, or the checkpoint it was restored from).
+    origin: str = "fresh"
 
     @classmethod
     def build(cls, config: ModelConfig) -> "ScoreModel":
-        digest = hashlib.blake2b(
-            f"{config.estimator}|{','.join(config.features)}".encode(), digest_size=4
-        ).hexdigest()
-        return cls(
-            name=config.name,
-            version=f"{config.estimator.rpartition(':')[2]}-{digest}",
-            feature_names=tuple(config.features),
-            estimator=load_factory(config.estimator)(),
-        )
+        short, estimator = build_estimator(config.estimator, config.params)
+        return cls(name=config.name, version=config.version, estimator_name=short,
+                   feature_names=tuple(config.features), estimator=estimator, config=config)
+
+    @property
+    def labels(self) -> int:
+        return self.evaluation.labels
 
     def select(self, features: dict[str, float]) -> dict[str, float]:
         """The subset of ``features`` this model reads (all of them: no copy)."""
@@ -145,25 +266,21 @@ class ScoreModel:
         return {name: features.get(name, 0.0) for name in self.feature_names}
 
     def predict(self, features: dict[str, float]) -> float:
-        """Probability of the positive class."""
+        """Probability of the positive class (0.5 when the estimator has nothing to say)."""
         proba = self.estimator.predict_proba_one(self.select(features))
-        p = float(proba.get(True, 0.0))
-        return p if math.isfinite(p) else 0.5
+        p = float(proba.get(True, 0.0)) if proba else 0.5
+        return min(1.0, max(0.0, p)) if math.isfinite(p) else 0.5
 
-    def learn(self, features: dict[str, float], label: bool, predicted: float) -> None:
-        """Grade the prediction made at scoring time, then train on the captured features."""
-        self.roc_auc.update(label, predicted)
-        self.log_loss.update(label, min(max(predicted, 1e-6), 1 - 1e-6))
+    def learn(self, features: dict[str, float], label: bool, predicted: float | None = None,
+              delay_ms: int = 0) -> bool:
+        """Grade the prediction made at scoring time (when there is one), then train on the
+        captured features. Returns True when the grading detected drift."""
+        drifted = self.evaluation.update(label, predicted, delay_ms) if predicted is not None else False
         self.estimator.learn_one(self.select(features), label)
-        self.labels += 1
-        self.positives += int(label)
+        return drifted
 
-    def quality(self) -> dict[str, float | int | None]:
-        """Progressive ROC AUC and log loss so far (None until both classes were seen)."""
-        both = 0 < self.positives < self.labels
-        return {
-            "labels": self.labels,
-            "positives": self.positives,
-            "roc_auc": round(self.roc_auc.get(), 4) if both else None,
-            "log_loss": round(self.log_loss.get(), 4) if self.labels else None,
-        }
+    def quality(self) -> dict[str, Any]:
+        """Progressive figures so far (None where not defined yet)."""
+        out = self.evaluation.summary()
+        out.pop("calibration")
+        return out

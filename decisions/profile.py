@@ -63,6 +63,8 @@ class Observation:
     features: dict[str, float]
     probability: float
     model_version: str
+    #: Challengers' probabilities at the same moment, by version (champion/challenger).
+    shadow: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

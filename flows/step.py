@@ -20,6 +20,7 @@ from typing import Any
 from touchline.decisions.clock import Clock
 from touchline.decisions.engine import BatchRun, DecisionCore
 from touchline.decisions.events import Event, Rejected, parse_event
+from touchline.flows.models import ModelKeeper
 from touchline.metrics.engine import EngineMetrics
 from touchline.state.base import StateStore, StoreError
 
@@ -90,6 +91,8 @@ class Engine:
         self.lateness_ms = 0
         #: Set on failure, so the source stops reading (the runner's stop event).
         self.halt: threading.Event | None = None
+        #: Deployment polling, promotion and checkpoints (None: models live and die with the run).
+        self.keeper: ModelKeeper | None = None
 
     def process_or_halt(self, batch: RawBatch) -> BatchResult:
         """:meth:`process`, except that a state store that stays unreachable stops the run
@@ -123,6 +126,8 @@ class Engine:
     # ------------------------------------------------------------------ batch
     def process(self, batch: RawBatch) -> BatchResult:
         """Run one batch end to end; the result is ready to emit."""
+        if self.keeper is not None:
+            self.keeper.tick()  # between batches: a swap never splits one
         dead: list[dict[str, Any]] = []
         events: list[Event] = []
         for i, raw in enumerate(batch.lines):
@@ -204,10 +209,10 @@ class Engine:
             wall_ms = time.time_ns() / 1e6
             for event_ms in run.decision_event_ms:
                 m.event_to_decision.observe(max(0.0, (wall_ms - event_ms) / 1000))
-        for name in {model for model, _label in run.labelled}:  # only models that learned
-            auc = self.models[name].quality()["roc_auc"]
-            if auc is not None:
-                m.model_auc.labels(name).set(auc)
+        if run.label_delays or run.drifts:
+            m.models.export(self.models, run.label_delays, run.drifts)
+            if self.keeper is not None:
+                self.keeper.after_batch(run.drifts)
         for name, scores in run.scores.items():
             hist = m.scores.labels(name)
             for s in scores:

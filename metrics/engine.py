@@ -21,6 +21,7 @@ from typing import Mapping
 from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram, Info
 
 from touchline.decisions.events import KNOWN_TYPES
+from touchline.metrics.models import ModelMetrics
 
 #: Latency buckets (seconds) that resolve sub-second SLOs and still show slow tails.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -99,10 +100,6 @@ class EngineMetrics:
         self.scores = Histogram(
             "touchline_model_score", "Scores produced, by model.", ["model"], buckets=SCORE_BUCKETS, registry=registry
         )
-        self.model_auc = Gauge(
-            "touchline_model_roc_auc", "Progressive ROC AUC of each model on resolved labels.", ["model"],
-            registry=registry,
-        )
         self.batch_size = Histogram(
             "touchline_batch_events", "Events per micro-batch.", buckets=(1, 10, 100, 500, 1000, 5000, 10000),
             registry=registry,
@@ -111,6 +108,8 @@ class EngineMetrics:
             "touchline_clock_seconds", "The engine clock (event-time watermark in replay), epoch seconds.",
             registry=registry,
         )
+        #: model quality, deployment and checkpoints (see :mod:`touchline.metrics.models`)
+        self.models = ModelMetrics(registry)
         self.build = Info("touchline_build", "Version of the running engine.", registry=registry)
 
     def count_events(self, by_type: Mapping[str, int]) -> None:

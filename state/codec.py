@@ -112,7 +112,8 @@ def to_blob(profile: Profile) -> bytes:
     """Everything but the log and the sends, as compact JSON."""
     data: dict[str, Any] = {name: getattr(profile, name) for name in _SCALARS}
     data["pending"] = {
-        model: [o.scored_at_ms, o.deadline_ms, o.features, o.probability, o.model_version]
+        model: [o.scored_at_ms, o.deadline_ms, o.features, o.probability, o.model_version,
+                *((o.shadow,) if o.shadow else ())]
         for model, o in profile.pending.items()
     }
     return orjson.dumps(data)
@@ -136,8 +137,9 @@ def from_parts(
             if name in data:
                 setattr(profile, name, data[name])
         profile.pending = {
-            model: Observation(int(s), int(d), dict(f), float(p), str(v))
-            for model, (s, d, f, p, v) in data.get("pending", {}).items()
+            model: Observation(int(o[0]), int(o[1]), dict(o[2]), float(o[3]), str(o[4]),
+                               dict(o[5]) if len(o) > 5 else {})
+            for model, o in data.get("pending", {}).items()
         }
     entries = sorted(
         (ts, *member.split(SEP, 1)) for ts, member in log  # (ts, type, event id), oldest first

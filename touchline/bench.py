@@ -52,7 +52,7 @@ def generate(settings: Settings, events: int) -> list[bytes]:
 
 def _flow_run(settings: Settings, lines: list[bytes], batch_size: int) -> tuple[Any, float, CollectorRegistry]:
     registry = CollectorRegistry()
-    engine = build_engine(settings, registry)
+    engine = build_engine(settings, registry, keep_models=False)  # a benchmark starts from fresh models
     try:
         with tempfile.TemporaryDirectory(prefix="touchline-bench-") as tmp:
             out = Path(tmp)

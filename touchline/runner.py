@@ -27,6 +27,7 @@ from touchline.summary import build_summary
 
 if TYPE_CHECKING:
     from touchline.connectors.simulator import SimulatorSpec
+    from touchline.flows.models import ModelKeeper
 
 
 def simulator_spec(settings: Settings) -> "SimulatorSpec":
@@ -43,8 +44,10 @@ def simulator_spec(settings: Settings) -> "SimulatorSpec":
     )
 
 
-def build_engine(settings: Settings, registry: CollectorRegistry, trace: Any = None) -> Engine:
-    """The engine for these settings, its metrics on ``registry``."""
+def build_engine(settings: Settings, registry: CollectorRegistry, trace: Any = None,
+                 keep_models: bool = True) -> Engine:
+    """The engine for these settings, its metrics on ``registry``; with ``keep_models`` its
+    models come from (and are checkpointed to) the model store."""
     metrics = EngineMetrics(registry)
     metrics.build.info({"version": touchline.__version__})
     labels = settings.labels
@@ -63,16 +66,60 @@ def build_engine(settings: Settings, registry: CollectorRegistry, trace: Any = N
             raise ConfigError("journeys.files:\n  " + "\n  ".join(line for p in problems for line in p.splitlines()))
         journeys = JourneyRunner([j for _, j in loaded], settings.policy.quiet_hours.default_timezone,
                                  settings.policy.consent_default, trace)
+    store = open_store(settings.state.url, settings.state.options())
+    try:
+        keeper = model_keeper(settings, metrics) if keep_models else None
+    except Exception:
+        store.close()
+        raise
+    scores = keeper.reconcile(settings.models.scores()) if keeper is not None else settings.models.scores()
     core = DecisionCore(
         policy=settings.policy,
-        models={"lead": settings.models.lead, "churn": settings.models.churn},
+        models=dict(scores),
         labels=LabelSettings(labels.lead_horizon_days, labels.churn_horizon_days, frozenset(labels.goal_types),
                              labels.sample_gap_hours, labels.sample_rate),
         clock=WallClock() if settings.engine.clock == "wall" else EventTimeClock(),
         retention_days=settings.state.retention_days,
         journeys=journeys,
+        restore=keeper.restore if keeper is not None else None,
     )
-    return Engine(open_store(settings.state.url, settings.state.options()), core, metrics)
+    engine = Engine(store, core, metrics)
+    if keeper is not None:
+        keeper.attach(core.models)
+        engine.keeper = keeper
+    metrics.models.export(core.models, {})
+    return engine
+
+
+def model_store_url(settings: Settings) -> str | None:
+    """Where this run keeps its models: ``models.store``, or with ``auto`` the state store's
+    Redis (production) or a directory beside the outputs (embedded); None when ``off``."""
+    chosen = settings.models.store
+    if chosen == "off":
+        return None
+    if chosen != "auto":
+        return chosen
+    scheme, _, rest = settings.state.url.partition("://")
+    if scheme.startswith("redis"):
+        return f"{scheme.removesuffix('+naive')}://{rest}"
+    return f"file://{settings.output.dir / 'models'}"
+
+
+def model_keeper(settings: Settings, metrics: EngineMetrics | None = None) -> "ModelKeeper | None":
+    """The keeper of this run's models, on the model store the settings name (None if off)."""
+    from touchline.flows.models import ModelKeeper
+    from touchline.state.models import open_model_store
+
+    url = model_store_url(settings)
+    if url is None:
+        return None
+    ms, state = settings.models, settings.state
+    same_redis = ms.store == "auto"
+    store = open_model_store(url, state.username if same_redis else None,
+                             state.password.get_secret_value() if same_redis and state.password else None)
+    key = ms.checkpoint_key.get_secret_value().encode() if ms.checkpoint_key else None
+    return ModelKeeper(store, poll_seconds=ms.poll_seconds, checkpoint_seconds=ms.checkpoint_seconds,
+                       restore=ms.restore, key=key, metrics=metrics.models if metrics is not None else None)
 
 
 @dataclass
@@ -143,6 +190,8 @@ def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: C
     engine.halt = stop
     engine.lateness_ms = int(settings.engine.allowed_lateness_seconds * 1000)
     closers: list[Any] = [engine.store.close]
+    if engine.keeper is not None:  # the final checkpoint, after the last batch
+        closers.insert(0, engine.keeper.close)
     try:
         io = _build_io(settings, engine, registry, kafka, stop, closers)
         return _run_flow(settings, engine, io, registry, progress, on_metrics, stop)

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from touchline.decisions.events import KNOWN_TYPES
-from touchline.decisions.models import ModelConfig
+from touchline.decisions.models import ScoreSettings
 from touchline.decisions.policy import PolicyConfig
 from touchline.connectors.channels.config import DeliverySettings
 
@@ -119,14 +119,40 @@ class LabelSettings(_Section):
 
 
 class ModelSettings(_Section):
-    lead: ModelConfig = Field(default_factory=lambda: ModelConfig(name="lead"))
-    churn: ModelConfig = Field(default_factory=lambda: ModelConfig(name="churn"))
+    """The lead and churn scores (champion, challenger, promotion rule) and where models are kept."""
+
+    lead: ScoreSettings = Field(default_factory=lambda: ScoreSettings(name="lead"))
+    churn: ScoreSettings = Field(default_factory=lambda: ScoreSettings(name="churn"))
+    store: str = Field(
+        default="auto",
+        description="where deployment and checkpoints live: auto (the state store's Redis, else "
+        "file://<output.dir>/models), file://DIR, redis://..., or off (models start fresh every run)",
+    )
+    checkpoint_seconds: float = Field(default=60.0, gt=0, le=86_400, description="save learned state this often")
+    poll_seconds: float = Field(default=5.0, gt=0, le=3600, description="look for a new deployment this often")
+    restore: bool = Field(default=True, description="start from the checkpoints (false: fresh models, "
+                          "still saved)")
+    checkpoint_key: SecretStr | None = Field(
+        default=None, description="sign checkpoints and refuse unsigned ones (TOUCHLINE_MODELS__CHECKPOINT_KEY)")
 
     @model_validator(mode="after")
     def _names(self) -> "ModelSettings":
         self.lead.name = self.lead.name or "lead"
         self.churn.name = self.churn.name or "churn"
         return self
+
+    @field_validator("store")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if value in ("auto", "off"):
+            return value
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme not in ("file", "redis", "rediss", "redis+cluster", "rediss+cluster") or not rest:
+            raise ValueError("use auto, off, file://DIR or a redis:// URL")
+        return value
+
+    def scores(self) -> dict[str, ScoreSettings]:
+        return {"lead": self.lead, "churn": self.churn}
 
 
 class EngineSettings(_Section):

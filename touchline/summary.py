@@ -47,7 +47,8 @@ def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str],
         "dead_letters": dict(t.dead_letters.most_common()),
         "dead_letters_total": sum(t.dead_letters.values()),
         "timers_fired": dict(sorted(t.timers.items())),
-        "models": {name: {"version": m.version, **m.quality()} for name, m in engine.models.items()},
+        "models": {name: _slot_summary(slot) for name, slot in engine.models.items()},
+        "model_store": _model_store(engine),
         "latency_ms": {
             "processing_p50": _round(weighted_percentile(t.batch_latency_ms, 0.5)),
             "processing_p99": _round(weighted_percentile(t.batch_latency_ms, 0.99)),
@@ -63,6 +64,29 @@ def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str],
         "state": engine.store.stats(),
         "outputs": outputs,
     }
+
+
+def _slot_summary(slot: Any) -> dict[str, Any]:
+    champion = slot.champion
+    out = {"version": champion.version, "estimator": champion.config.estimator, "origin": champion.origin,
+           **champion.quality()}
+    if slot.challengers:
+        out["challengers"] = [
+            {"version": c.version, "estimator": c.config.estimator, "origin": c.origin, **c.quality(),
+             "champion_on_same_labels": ({k: v for k, v in c.versus.summary().items() if k != "calibration"}
+                                         if c.versus is not None else None)}
+            for c in slot.challengers]
+    return out
+
+
+def _model_store(engine: Engine) -> dict[str, Any] | None:
+    keeper = engine.keeper
+    if keeper is None:
+        return None
+    from touchline.state import mask_url
+
+    return {"url": mask_url(keeper.store.url), "revision": keeper.revision, "restored": keeper.restored,
+            "refused": keeper.refused, "changes": keeper.changes}
 
 
 def _sum_feedback(feedback: Counter) -> dict[str, int]:
@@ -101,13 +125,20 @@ def format_summary(s: dict[str, Any]) -> str:
             for ch, d in s["deliveries"].items()))
     out.append("  models (progressive validation on delayed labels)")
     for name, m in s["models"].items():
-        if m["roc_auc"] is not None:
-            auc = f"{m['roc_auc']:.3f}"
-        else:
-            auc = "n/a (no labels yet)" if not m["labels"] else "n/a (one class so far)"
-        loss = "n/a" if m["log_loss"] is None else m["log_loss"]
-        out.append(f"    {name:<6} ROC AUC {auc}, log loss {loss}, labels {m['labels']:,}"
-                   f" ({m['positives']:,} positive)  [{m['version']}]")
+        out.append(f"    {name:<6} {_quality(m)}  [{m['version']}]")
+        for c in m.get("challengers", []):
+            versus = c["champion_on_same_labels"]
+            out.append(f"      challenger {_quality(c)}  [{c['version']}]")
+            if versus is not None:
+                out.append(f"      champion on the same labels: {_quality(versus)}")
+    store = s.get("model_store")
+    if store:
+        notes = [f"revision {store['revision']}"]
+        if store["restored"]:
+            notes.append("restored " + ", ".join(store["restored"]))
+        if store["refused"]:
+            notes.append(f"{len(store['refused'])} checkpoint(s) refused (see log), started fresh")
+        out.append(f"  model store        {store['url']} ({'; '.join(notes)})")
     out.append(
         f"  latency            processing p50 {_ms(lat['processing_p50'])}, p99 {_ms(lat['processing_p99'])};"
         f" event-to-decision p50 {_ms(lat['decision_p50'])}, p99 {_ms(lat['decision_p99'])} (wall time in the engine)"
@@ -117,6 +148,17 @@ def format_summary(s: dict[str, Any]) -> str:
     for name, path in s["outputs"].items():
         out.append(f"  {name:<18} {path}")
     return "\n".join(out)
+
+
+def _quality(m: dict[str, Any]) -> str:
+    if m["roc_auc"] is not None:
+        auc = f"{m['roc_auc']:.3f}"
+    else:
+        auc = "n/a (no labels yet)" if not m["labels"] else "n/a (one class so far)"
+    loss = "n/a" if m["log_loss"] is None else m["log_loss"]
+    cal = "" if m.get("calibration_error") is None else f", calibration error {m['calibration_error']}"
+    drift = f", drift x{m['drifts']}" if m.get("drifts") else ""
+    return f"ROC AUC {auc}, log loss {loss}{cal}, labels {m['labels']:,} ({m['positives']:,} positive){drift}"
 
 
 def _ms(value: float | None) -> str:

@@ -1,0 +1,159 @@
+"""Champion and challenger for one score: the champion decides, the challenger scores in
+shadow on the same moments and learns from the same labels, and promotion swaps them
+without losing what either has learned.
+
+The comparison is paired: a challenger is graded only on labels whose observation it
+scored too, and the champion's grades on exactly those labels are kept beside it
+(``versus``), so a challenger deployed last week is not compared with a champion's
+whole history.
+
+>>> from touchline.decisions.models import ModelConfig, PromotionRule, ScoreSettings
+>>> slot = ModelSlot("lead", ScoreSettings(challenger=ModelConfig(estimator="hat"),
+...                  promote=PromotionRule(metric="log_loss", margin=0.0, min_labels=2)))
+>>> slot.champion.estimator_name, [c.estimator_name for c in slot.challengers]
+('logreg', ['hat'])
+>>> shadow = slot.shadow({"known": 1.0})
+>>> for label in (True, False, True):
+...     _ = slot.learn({"known": 1.0}, label, slot.champion.version, 0.99, shadow, delay_ms=0)
+>>> slot.challengers[0].versus.labels, slot.challengers[0].labels
+(3, 3)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from touchline.decisions.evaluation import Evaluation
+from touchline.decisions.models import ModelConfig, ScoreModel, ScoreSettings
+
+#: Restore a model from its checkpoint (by its config's version), or None for a fresh one.
+Restore = Callable[[ModelConfig], ScoreModel | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """Drift the error stream of one model showed at one label."""
+
+    score: str
+    role: str
+    version: str
+    labels: int
+
+
+class ModelSlot:
+    """The models behind one score name."""
+
+    def __init__(self, name: str, settings: ScoreSettings, restore: Restore | None = None) -> None:
+        self.name = name
+        self.settings = settings
+        self.champion = _obtain(settings.champion(), restore)
+        challenger = settings.challenger_config()
+        self.challengers: list[ScoreModel] = []
+        if challenger is not None:
+            self.add_challenger(challenger, restore)
+
+    def add_challenger(self, config: ModelConfig, restore: Restore | None = None) -> ScoreModel:
+        """Shadow another model (``touchline models evaluate`` runs several at once)."""
+        model = _obtain(config, restore)
+        if model.versus is None:
+            model.versus = Evaluation()
+        self.challengers.append(model)
+        return model
+
+    @property
+    def models(self) -> list[ScoreModel]:
+        return [self.champion, *self.challengers]
+
+    def role(self, model: ScoreModel) -> str:
+        return "champion" if model is self.champion else "challenger"
+
+    # ----------------------------------------------------------------- scoring
+    def predict(self, features: dict[str, float]) -> float:
+        return self.champion.predict(features)
+
+    def shadow(self, features: dict[str, float]) -> dict[str, float]:
+        """The challengers' probabilities at this moment, by version (empty without one)."""
+        return {c.version: round(c.predict(features), 6) for c in self.challengers}
+
+    def learn(self, features: dict[str, float], label: bool, scored_by: str, probability: float,
+              shadow: dict[str, float], delay_ms: int) -> list[Drift]:
+        """One resolved label: every model is graded on what it predicted back then (if it
+        had been deployed by then) and trains on the captured features."""
+        predicted = {scored_by: probability, **shadow}
+        drifts = []
+        champion_p = predicted.get(self.champion.version)
+        for model in self.models:
+            p = predicted.get(model.version)
+            if model is not self.champion:
+                if p is None or champion_p is None:
+                    p = None  # not comparable: train, do not grade
+                elif model.versus is not None:
+                    model.versus.update(label, champion_p, delay_ms)
+            if model.learn(features, label, p, delay_ms):
+                drifts.append(Drift(self.name, self.role(model), model.version, model.labels))
+        return drifts
+
+    # ----------------------------------------------------------------- promotion
+    def promotion_due(self) -> ScoreModel | None:
+        """The challenger the promotion rule says should take over, if any."""
+        rule = self.settings.promote
+        if rule is None:
+            return None
+        best, best_gain = None, rule.margin
+        for c in self.challengers:
+            if c.versus is None or c.labels < rule.min_labels:
+                continue
+            mine, theirs = c.evaluation.metric(rule.metric), c.versus.metric(rule.metric)
+            if mine is not None and theirs is not None and mine - theirs > best_gain:
+                best, best_gain = c, mine - theirs
+        return best
+
+    def head_to_head(self) -> list[dict[str, object]]:
+        """Each challenger beside the champion on the same labels (for status and reports)."""
+        rows = []
+        for c in self.challengers:
+            if c.versus is None:
+                continue
+            rows.append({"challenger": c.version, "labels": c.labels,
+                         "challenger_metrics": c.quality(),
+                         "champion_metrics": {k: v for k, v in c.versus.summary().items() if k != "calibration"}})
+        return rows
+
+    # ----------------------------------------------------------------- swapping
+    def reconfigure(self, settings: ScoreSettings, restore: Restore | None = None) -> list[str]:
+        """Move to a new deployment between batches. Models whose version is unchanged keep
+        their state; a challenger named as the new champion is promoted with everything it
+        learned in shadow; anything else is restored from its checkpoint or starts fresh.
+        Returns what changed, for the log."""
+        live = {m.version: m for m in self.models}
+        changes = []
+        new_champion_cfg = settings.champion()
+        champion = live.get(new_champion_cfg.version)
+        if champion is None:
+            champion = _obtain(new_champion_cfg, restore)
+            changes.append(f"{self.name}: champion {self.champion.version} -> {champion.version} ({champion.origin})")
+        elif champion is not self.champion:
+            changes.append(f"{self.name}: challenger {champion.version} promoted to champion "
+                           f"(was {self.champion.version}; {champion.labels} labels learned in shadow)")
+        champion.versus = None
+        challengers: list[ScoreModel] = []
+        cfg = settings.challenger_config()
+        if cfg is not None and cfg.version != champion.version:
+            model = live.get(cfg.version)
+            if model is None or model is champion:
+                model = _obtain(cfg, restore)
+                changes.append(f"{self.name}: challenger {model.version} deployed ({model.origin})")
+            if model.versus is None:
+                model.versus = Evaluation()
+            challengers.append(model)
+        for old in self.challengers:
+            if old not in challengers and old is not champion:
+                changes.append(f"{self.name}: challenger {old.version} retired")
+        self.champion, self.challengers, self.settings = champion, challengers, settings
+        return changes
+
+
+def _obtain(config: ModelConfig, restore: Restore | None) -> ScoreModel:
+    model = restore(config) if restore is not None else None
+    return model if model is not None else ScoreModel.build(config)
