@@ -156,6 +156,22 @@ def build_estimator(spec: str, params: dict[str, Any] | None = None) -> tuple[st
     return short, estimator
 
 
+def trial(estimator: Any, features: list[str], spec: str, params: dict[str, Any]) -> None:
+    """Learn one example of each class on a throwaway estimator and predict: a parameter of
+    the right name but a wrong type or value fails here, at start, not at the first label."""
+    x = {name: 0.0 for name in features}
+    try:
+        estimator.learn_one(x, True)
+        estimator.learn_one(dict(x, **{features[0]: 1.0}), False)
+        proba = estimator.predict_proba_one(x)
+    except Exception as exc:
+        shown = f" with {params}" if params else ""
+        raise ValueError(f"{spec!r}{shown} does not work: {type(exc).__name__}: {exc}") from None
+    if not isinstance(proba, dict) or not proba:
+        raise ValueError(f"{spec!r} predicts nothing after learning both classes (got {proba!r}); "
+                         "check its params")
+
+
 # ------------------------------------------------------------------ configuration
 Scalar = str | int | float | bool
 
@@ -188,7 +204,8 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _buildable(self) -> "ModelConfig":
-        build_estimator(self.estimator, self.params)  # every mistake surfaces at start, by key
+        _, estimator = build_estimator(self.estimator, self.params)  # every mistake surfaces at start, by key
+        trial(estimator, self.features, self.estimator, self.params)
         return self
 
     @property
@@ -202,6 +219,11 @@ class ModelConfig(BaseModel):
     def spec(self) -> dict[str, Any]:
         """The definition without the slot name, as stored in deployments and checkpoints."""
         return {"estimator": self.estimator, "params": self.params, "features": self.features}
+
+
+def config_from(name: str, spec: dict[str, Any]) -> ModelConfig:
+    """A model configuration from a stored spec (a deployment's champion or challenger)."""
+    return ModelConfig(name=name, **{k: spec[k] for k in ("estimator", "params", "features") if k in spec})
 
 
 class PromotionRule(BaseModel):

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import orjson
 
 from touchline.decisions.champion import Drift, ModelSlot
-from touchline.decisions.models import ModelConfig, ScoreModel, ScoreSettings
+from touchline.decisions.models import ModelConfig, ScoreModel, ScoreSettings, config_from
 from touchline.state.models import (
     CheckpointError,
     ModelStore,
@@ -262,11 +262,11 @@ def promoted_deployment(current: dict[str, Any] | None, score: str, version: str
     challenger = entry.get("challenger")
     if not challenger:
         raise ValueError(f"{score} has no challenger to promote")
-    cfg = ModelConfig(name=score, **challenger)
+    cfg = config_from(score, challenger)
     if version is not None and cfg.version != version:
         raise ValueError(f"{score}'s challenger is now {cfg.version}, not {version}")
-    old = ModelConfig(name=score, **{k: entry[k] for k in ("estimator", "params", "features") if k in entry})
-    entry.update(challenger)
+    old = config_from(score, entry)
+    entry.update(cfg.spec())
     entry["challenger"] = None
     scores[score] = entry
     return new_revision(current, scores, f"{score}: promoted {cfg.version} over {old.version} ({why})")

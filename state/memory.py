@@ -15,7 +15,7 @@ enforces that); scale out with the Redis store instead.
 from __future__ import annotations
 
 import heapq
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterator, Any, Iterable, Mapping, Sequence
 
 from touchline.decisions.events import Event
 from touchline.decisions.policy import cap_violation
@@ -106,6 +106,10 @@ class MemoryStore(StateStore):
         if profile is None and not aliases:
             return None
         return {"contact_id": contact_id, "aliases": aliases, "profile": snapshot(profile) if profile else None}
+
+    def profiles(self) -> Iterator[Profile]:
+        """Every stored profile (offline evaluation counts what is still pending)."""
+        return iter(self._profiles.values())
 
     def stats(self) -> dict[str, int]:
         return {"profiles": len(self._profiles), "aliases": len(self._aliases), "timers": len(self._timers)}

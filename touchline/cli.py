@@ -11,6 +11,10 @@
     touchline contact erase ID --redis URL    # right to erasure: the contact and its aliases
     touchline journeys check examples/journeys/   # validate journey files
     touchline journeys preview examples/journeys/abandoned_cart.yaml --contact-events cart.jsonl
+    touchline models list              # registered models (logreg, hat, arf, plug-ins)
+    touchline models evaluate --input events.jsonl --model logreg --model hat
+    touchline models deploy lead hat   # shadow a challenger in the running engine
+    touchline models promote lead      # the challenger becomes champion
     touchline config --config my.toml  # the effective settings, as JSON
     touchline schema                   # print the event JSON Schema
 """
@@ -119,6 +123,42 @@ def _parser() -> argparse.ArgumentParser:
     prev.add_argument("--config", type=Path, help="settings file (policy, caps, quiet hours, models)")
     prev.add_argument("--json", action="store_true", help="print the timeline as JSON")
 
+    models = sub.add_parser("models", help="models: list, status, deploy, promote, evaluate offline")
+    models_sub = models.add_subparsers(dest="action", metavar="ACTION", required=True)
+    models_sub.add_parser("list", help="the registered models (shipped and plug-ins) and their parameters")
+    store_help = "the engine's model store follows its settings: --config, --redis (production) or --out (embedded)"
+    m_status = models_sub.add_parser("status", help="deployment, versions and the figures of the last checkpoint",
+                                     description=store_help)
+    m_deploy = models_sub.add_parser(
+        "deploy", help="deploy a model as a score's challenger (default) or champion; a running engine picks it "
+        "up within models.poll_seconds", description=store_help)
+    m_deploy.add_argument("score", choices=["lead", "churn"])
+    m_deploy.add_argument("model", metavar="MODEL", help="NAME or NAME(param=value, ...): a registered name "
+                          "(touchline models list) or an import path, e.g. 'hat(grace_period=50)'")
+    m_deploy.add_argument("--features", help="comma-separated feature list (default: all)")
+    m_deploy.add_argument("--as", dest="role", choices=["challenger", "champion"], default="challenger",
+                          help="challenger: score in shadow first (default); champion: replace the champion now")
+    m_promote = models_sub.add_parser("promote", help="make a score's challenger its champion (keeps what it learned)",
+                                      description=store_help)
+    m_promote.add_argument("score", choices=["lead", "churn"])
+    m_promote.add_argument("--version", help="only if the challenger is this version (guards against a race)")
+    for p in (m_status, m_deploy, m_promote):
+        p.add_argument("--config", type=Path, help="settings file (its [models], [state] and [output] sections)")
+        p.add_argument("--redis", metavar="URL", help="the engine's Redis (sets state.url)")
+        p.add_argument("--out", type=Path, help="the engine's output directory (embedded model store)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+    m_eval = models_sub.add_parser(
+        "evaluate", help="replay recorded events through candidate models offline and compare their "
+        "progressive metrics")
+    m_eval.add_argument("--input", type=Path, required=True, metavar="EVENTS.jsonl", help="recorded events (JSONL)")
+    m_eval.add_argument("--model", action="append", required=True, metavar="MODEL",
+                        help="NAME or NAME(param=value, ...) or an import path; repeat to compare (the first "
+                        "one decides, the others shadow it; all see the same labels)")
+    m_eval.add_argument("--score", choices=["lead", "churn", "both"], default="both")
+    m_eval.add_argument("--features", help="comma-separated feature list (default: all)")
+    m_eval.add_argument("--config", type=Path, help="settings file (labels, policy)")
+    m_eval.add_argument("--json", action="store_true", help="print the figures as JSON")
+
     cfg = sub.add_parser("config", help="print the effective settings (file + environment + defaults) as JSON")
     cfg.add_argument("--config", type=Path, help="settings file (.toml, .yaml)")
 
@@ -132,7 +172,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "simulator.contacts": getattr(args, "contacts", None),
         "simulator.days": getattr(args, "days", None),
         "simulator.malformed_rate": getattr(args, "malformed_rate", None),
-        "output.dir": getattr(args, "out", None) if args.command == "run" else None,
+        "output.dir": getattr(args, "out", None) if args.command in ("run", "models") else None,
         "metrics.port": getattr(args, "metrics_port", None),
         "source.batch_size": getattr(args, "batch_size", None),
     }
@@ -325,6 +365,32 @@ def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from touchline import model_commands as mc
+
+    features = [f.strip() for f in args.features.split(",") if f.strip()] if getattr(args, "features", None) else None
+    if args.action == "evaluate":
+        scores = ["lead", "churn"] if args.score == "both" else [args.score]
+        result = mc.evaluate(settings, args.input, args.model, scores, features)
+        print(mc.dumps(result) if args.json else mc.format_evaluation(result))
+        return 0
+    if args.action == "status":
+        found = mc.status(settings)
+        print(mc.dumps(found) if args.json else mc.format_status(found))
+        return 0
+    model = mc.model_config(args.score, args.model, features) if args.action == "deploy" else None
+    try:
+        if model is not None:
+            doc = mc.deploy(settings, args.score, model, args.role)
+        else:
+            doc = mc.promote(settings, args.score, args.version)
+    except ValueError as exc:  # nothing to promote, a stale --version, an invalid deployment
+        print(f"touchline: {mc._first_error(exc, getattr(args, 'model', args.score))}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(mc.dumps(doc) if args.json else f"deployment revision {doc['revision']}: {doc['history'][-1]['change']}")
+    return 0
+
+
 def _cmd_schema(_args: argparse.Namespace, _settings: Settings | None) -> int:
     from touchline.decisions.events import load_schema
 
@@ -344,11 +410,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_schema(args, None)
     if args.command == "journeys" and args.action == "check":
         return _cmd_journeys(args)
+    if args.command == "models" and args.action == "list":
+        from touchline.model_commands import list_models
+
+        print(list_models())
+        return 0
     try:
         overrides = _overrides(args)
         settings = load_settings(getattr(args, "config", None), overrides)
         commands = {"journeys": _cmd_preview, "run": _cmd_run, "simulate": _cmd_simulate, "bench": _cmd_bench, "config": _cmd_config,
-                    "contact": _cmd_contact}
+                    "contact": _cmd_contact, "models": _cmd_models}
         return commands[args.command](args, settings)
     except ConfigError as exc:
         print(f"touchline: {exc}", file=sys.stderr)

@@ -1,0 +1,318 @@
+"""``touchline models ...``: list, status, deploy, promote and evaluate models.
+
+Models on the command line are written ``NAME`` or ``NAME(param=value, ...)``, where NAME
+is a registered name or an import path:
+
+>>> parse_model_spec("hat(grace_period=50, delta=1e-4)")
+('hat', {'grace_period': 50, 'delta': 0.0001})
+>>> parse_model_spec("river.linear_model.LogisticRegression")
+('river.linear_model.LogisticRegression', {})
+>>> parse_model_spec("hat(grace_period=)")
+Traceback (most recent call last):
+...
+ValueError: model 'hat(grace_period=)': parameters must be written name=value with literal values (invalid syntax)
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from touchline.decisions.models import ModelConfig, ScoreSettings, config_from, registered_models, resolve
+from touchline.settings import ConfigError, Settings
+
+SCORES = ("lead", "churn")
+
+
+def parse_model_spec(text: str) -> tuple[str, dict[str, Any]]:
+    """(estimator, params) from ``NAME`` or ``NAME(k=v, ...)`` (values are Python literals)."""
+    text = text.strip()
+    if "(" not in text:
+        return text, {}
+    if not text.endswith(")"):
+        raise ValueError(f"model {text!r}: expected NAME(param=value, ...)")
+    name, _, args = text[:-1].partition("(")
+    try:
+        call = ast.parse(f"f({args})", mode="eval").body
+        assert isinstance(call, ast.Call)
+        if call.args:
+            raise ValueError("positional values are not allowed")
+        params = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg is not None}
+    except (SyntaxError, ValueError) as exc:
+        reason = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+        raise ValueError(f"model {text!r}: parameters must be written name=value with literal values "
+                         f"({reason})") from None
+    return name.strip(), params
+
+
+def model_config(score: str, text: str, features: list[str] | None = None) -> ModelConfig:
+    """A validated model configuration from a command-line spec (ConfigError naming it if not)."""
+    try:
+        estimator, params = parse_model_spec(text)
+        extra = {"features": features} if features else {}
+        return ModelConfig(name=score, estimator=estimator, params=params, **extra)
+    except ValueError as exc:
+        raise ConfigError(_first_error(exc, text)) from None
+
+
+def _first_error(exc: ValueError, text: str) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        where = "".join(f"{p}: " for p in err["loc"][:1])
+        return f"model {text!r}: {where}{err['msg'].removeprefix('Value error, ')}"
+    return str(exc)
+
+
+# ------------------------------------------------------------------ list
+def list_models() -> str:
+    """The registered models with their parameters and what they are for."""
+    lines = []
+    for name, path in sorted(registered_models().items()):
+        try:
+            _, factory = resolve(name)
+            params = ", ".join(str(p) for p in inspect.signature(factory).parameters.values())
+            doc = (inspect.getdoc(factory) or "").split("\n\n")[0].replace("\n", " ")
+        except (ValueError, TypeError) as exc:
+            params, doc = "?", f"(cannot be loaded: {exc})"
+        lines.append(f"{name:<8} {path}({params})\n         {doc}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ store commands
+def _store(settings: Settings):
+    from touchline.runner import model_store_url
+    from touchline.state.models import open_model_store
+
+    url = model_store_url(settings)
+    if url is None:
+        raise ConfigError("models.store is off: there is no model store to read or change")
+    ms, state = settings.models, settings.state
+    same = ms.store == "auto"
+    return open_model_store(url, state.username if same else None,
+                            state.password.get_secret_value() if same and state.password else None)
+
+
+def _configured_doc(settings: Settings, current: dict[str, Any] | None) -> dict[str, Any]:
+    """The deployment to change: the stored one, or the configuration's if none is stored
+    yet (seeded the way the engine seeds it, so the engine keeps the change)."""
+    from touchline.flows.models import seed_of
+    from touchline.state.models import new_revision
+
+    if current is not None:
+        return current
+    configured = settings.models.scores()
+    scores = {k: v.model_dump(exclude={"name"}) for k, v in configured.items()}
+    return new_revision(None, scores, "configured", seed=seed_of(configured))
+
+
+def status(settings: Settings) -> dict[str, Any]:
+    """The stored deployment and the figures of the last checkpoint."""
+    from touchline.state import mask_url
+
+    store = _store(settings)
+    try:
+        deployment = store.read_deployment()
+        status_doc = store.read_status()
+        checkpoints = {score: store.checkpoints(score) for score in SCORES}
+        return {"store": mask_url(store.url), "deployment": deployment, "status": status_doc,
+                "checkpoints": checkpoints}
+    finally:
+        store.close()
+
+
+def format_status(s: dict[str, Any]) -> str:
+    dep, st = s["deployment"], s["status"]
+    if dep is None:
+        return f"model store {s['store']}: no deployment yet (the engine writes one when it starts)"
+    out = [f"model store {s['store']}, deployment revision {dep['revision']}"]
+    for name, score in sorted(dep.get("scores", {}).items()):
+        champion = config_from(name, score)
+        line = f"  {name}: champion {champion.version} ({_spec_text(score)})"
+        if score.get("challenger"):
+            challenger = config_from(name, score["challenger"])
+            line += f"; challenger {challenger.version} ({_spec_text(score['challenger'])})"
+        if score.get("promote"):
+            rule = score["promote"]
+            line += (f"; auto-promote on {rule['metric']} by > {rule['margin']} over >= {rule['min_labels']} "
+                     "labels")
+        out.append(line)
+    if st is not None:
+        age = time.time() - float(st.get("saved_at", 0))
+        out.append(f"  figures from the last checkpoint ({age:,.0f} s ago, revision {st.get('revision')}):")
+        for name, score in sorted(st.get("scores", {}).items()):
+            for m in score.get("models", []):
+                out.append(f"    {name:<6} {m['role']:<10} {m['version']:<22} {_figures(m)}")
+            for h in score.get("head_to_head", []):
+                out.append(f"    {name:<6} champion on the challenger's {h['labels']:,} labels: "
+                           f"{_figures(h['champion_metrics'])}")
+    out.append("  history: " + "; ".join(f"r{h['revision']} {h['change']}" for h in dep.get("history", [])[-5:]))
+    return "\n".join(out)
+
+
+def _spec_text(spec: dict[str, Any]) -> str:
+    params = ", ".join(f"{k}={v!r}" for k, v in sorted((spec.get("params") or {}).items()))
+    return f"{spec['estimator']}({params})" if params else spec["estimator"]
+
+
+def _figures(m: dict[str, Any]) -> str:
+    def fmt(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    return (f"labels {m['labels']:,}, ROC AUC {fmt(m['roc_auc'])}, log loss {fmt(m['log_loss'])}, "
+            f"calibration error {fmt(m.get('calibration_error'))}, drifts {m.get('drifts', 0)}")
+
+
+def deploy(settings: Settings, score: str, model: ModelConfig, role: str) -> dict[str, Any]:
+    """A new deployment revision with ``model`` as the score's challenger (or champion)."""
+    from touchline.state.models import new_revision
+
+    store = _store(settings)
+
+    def change(current: dict[str, Any] | None) -> dict[str, Any]:
+        doc = _configured_doc(settings, current)
+        scores = {k: dict(v) for k, v in doc["scores"].items()}
+        entry = scores.setdefault(score, ScoreSettings().model_dump(exclude={"name"}))
+        if role == "champion":
+            entry.update(model.spec())
+            if entry.get("challenger") and config_from(score, entry["challenger"]).version == model.version:
+                entry["challenger"] = None
+        else:
+            entry["challenger"] = model.spec()
+        ScoreSettings(**{**entry, "name": score})  # still a valid score
+        return new_revision(doc, scores, f"{score}: {model.version} deployed as {role}")
+
+    try:
+        doc = store.update_deployment(change)
+        assert doc is not None
+        return doc
+    finally:
+        store.close()
+
+
+def promote(settings: Settings, score: str, version: str | None) -> dict[str, Any]:
+    """A new deployment revision with the score's challenger as its champion."""
+    from touchline.flows.models import promoted_deployment
+
+    store = _store(settings)
+    try:
+        doc = store.update_deployment(
+            lambda current: promoted_deployment(_configured_doc(settings, current), score, version, "manual"))
+        assert doc is not None
+        return doc
+    finally:
+        store.close()
+
+
+# ------------------------------------------------------------------ evaluate
+def evaluate(settings: Settings, input_path: Path, models: list[str], scores: list[str],
+             features: list[str] | None = None, batch_size: int = 1000) -> dict[str, Any]:
+    """Replay ``input_path`` through the engine (event time, in-process state, no outputs)
+    with ``models`` scoring each of ``scores`` side by side: the first decides, the others
+    shadow it, all learn from the same delayed labels and are graded on the same ones."""
+    from prometheus_client import CollectorRegistry
+
+    from touchline.decisions.clock import EventTimeClock
+    from touchline.decisions.engine import DecisionCore, LabelSettings
+    from touchline.flows.step import Engine, RawBatch
+    from touchline.metrics.engine import EngineMetrics
+    from touchline.state.memory import MemoryStore
+
+    configs = {score: [model_config(score, text, features) for text in models] for score in scores}
+    for score, cfgs in configs.items():
+        versions = [c.version for c in cfgs]
+        if len(set(versions)) != len(versions):
+            raise ConfigError(f"--model: the same model is listed twice ({', '.join(versions)})")
+    base = settings.models.scores()
+    slots_cfg: dict[str, Any] = {}
+    for score in SCORES:
+        if score in configs:
+            first = configs[score][0]
+            slots_cfg[score] = ScoreSettings(name=score, **first.spec())
+        else:
+            slots_cfg[score] = base[score].model_copy(update={"challenger": None, "promote": None})
+    labels = settings.labels
+    core = DecisionCore(
+        policy=settings.policy, models=slots_cfg,
+        labels=LabelSettings(labels.lead_horizon_days, labels.churn_horizon_days, frozenset(labels.goal_types),
+                             labels.sample_gap_hours, labels.sample_rate),
+        clock=EventTimeClock(), retention_days=settings.state.retention_days)
+    for score, cfgs in configs.items():
+        for cfg in cfgs[1:]:
+            core.models[score].add_challenger(cfg)
+    store = MemoryStore()
+    engine = Engine(store, core, EngineMetrics(CollectorRegistry()))
+    if not input_path.is_file():
+        raise ConfigError(f"--input {input_path}: no such file")
+    started = time.perf_counter()
+    batch: list[bytes] = []
+    offset = 1
+    with open(input_path, "rb") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            batch.append(line.rstrip(b"\r\n"))
+            if len(batch) >= batch_size:
+                engine.process(RawBatch(batch, input_path.name, offset))
+                offset += len(batch)
+                batch = []
+    if batch:
+        engine.process(RawBatch(batch, input_path.name, offset))
+    wall = time.perf_counter() - started
+    t = engine.totals
+    pending = {score: sum(score in p.pending for p in store.profiles()) for score in configs}
+    return {
+        "input": str(input_path),
+        "events": t.events,
+        "invalid_lines": sum(t.dead_letters.values()),
+        "seconds": round(wall, 2),
+        #: observations whose horizon had not passed when the input ended: no label yet
+        "pending_at_end": pending,
+        "scores": {
+            score: [{"role": core.models[score].role(m), "model": m.config.estimator, "params": m.config.params,
+                     "version": m.version, **m.evaluation.summary()} for m in core.models[score].models]
+            for score in configs
+        },
+    }
+
+
+def format_evaluation(r: dict[str, Any]) -> str:
+    out = [f"{r['events']:,} events from {r['input']} replayed in {r['seconds']} s"
+           + (f" ({r['invalid_lines']:,} invalid lines skipped)" if r["invalid_lines"] else "")]
+    for score, rows in r["scores"].items():
+        out.append("")
+        out.append(f"{score}: {r['pending_at_end'].get(score, 0):,} observations still pending at the end of the input")
+        out.append(f"{score}: progressive validation on delayed labels (each label grades the "
+                   "prediction made when the model scored)")
+        out.append(f"  {'model':<28} {'labels':>7} {'pos':>6} {'ROC AUC':>8} {'log loss':>9} {'cal.err':>8} "
+                   f"{'delay h':>8} {'drifts':>6}")
+        for i, m in enumerate(rows, 1):
+            def f(v: Any, spec: str = ".4f") -> str:
+                return "n/a" if v is None else format(v, spec)
+
+            name = f"[{i}] " + _spec_text({"estimator": m["model"], "params": m["params"]})
+            name = name if len(name) <= 28 else name[:27] + "~"
+            out.append(f"  {name:<28} {m['labels']:>7,} {m['positives']:>6,} {f(m['roc_auc']):>8} "
+                       f"{f(m['log_loss']):>9} {f(m['calibration_error']):>8} {f(m['label_delay_hours'], '.1f'):>8} "
+                       f"{m['drifts']:>6}")
+        out.append("  calibration, predicted / observed positive rate (labels) per score bucket:")
+        buckets = sorted({row["bucket"] for m in rows for row in m["calibration"]})
+        for bucket in buckets:
+            cells = []
+            for m in rows:
+                row = next((x for x in m["calibration"] if x["bucket"] == bucket), None)
+                cells.append("-" if row is None else f"{row['predicted']:.3f} / {row['observed']:.3f} ({row['labels']})")
+            out.append(f"    {bucket}  " + "  |  ".join(f"{c:<26}" for c in cells))
+        out.append("    columns: " + ", ".join(f"[{i}] " + _spec_text({"estimator": m["model"], "params": m["params"]})
+                                             for i, m in enumerate(rows, 1)))
+    return "\n".join(out)
+
+
+def dumps(data: Any) -> str:
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
