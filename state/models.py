@@ -187,13 +187,14 @@ class FileModelStore(ModelStore):
     def __init__(self, url: str) -> None:
         self.url = url
         self.dir = Path(url.partition("://")[2] or ".")
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ModelStoreError(f"models.store {url}: cannot create directory: {exc}") from None
+        if self.dir.exists() and not self.dir.is_dir():
+            raise ModelStoreError(f"models.store {url}: {self.dir} is not a directory")
 
     def _write(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ModelStoreError(f"models.store {self.url}: cannot create {path.parent}: {exc}") from None
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -215,6 +216,10 @@ class FileModelStore(ModelStore):
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ModelStoreError(f"models.store {self.url}: cannot create directory: {exc}") from None
         with open(self.dir / ".deployment.lock", "a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
@@ -244,7 +249,8 @@ class FileModelStore(ModelStore):
             return None
 
     def checkpoints(self, score: str) -> list[str]:
-        return sorted(p.stem for p in (self.dir / _safe(score)).glob("*.ckpt"))
+        folder = self.dir / _safe(score)
+        return sorted(p.stem for p in folder.glob("*.ckpt")) if folder.is_dir() else []
 
     def delete_checkpoint(self, score: str, version: str) -> None:
         (self.dir / _safe(score) / f"{_safe(version)}.ckpt").unlink(missing_ok=True)
