@@ -113,8 +113,8 @@ class Evaluation:
         self.calibration = Calibration()
         self.delay_ms_sum = 0
         self.delay_ms_max = 0
-        #: ADWIN over |label - p|: a shift in the error's mean is a shift in the data
-        #: (or in what the label means), whichever way it goes.
+        #: ADWIN over |label - p|: a rise in the error's mean means the data (or what the
+        #: label means) shifted away from what the model learned.
         self.drift = drift.ADWIN(delta=drift_delta)
         self.drifts = 0
         self.last_drift_label: int | None = None
@@ -130,8 +130,11 @@ class Evaluation:
         delay_ms = max(0, delay_ms)
         self.delay_ms_sum += delay_ms
         self.delay_ms_max = max(self.delay_ms_max, delay_ms)
+        before = self.drift.estimation
         self.drift.update(abs(float(label) - p))
-        if self.drift.drift_detected:
+        # ADWIN flags any change in the mean error; a model that is still improving (error
+        # falling) is not drift. Only a rise is reported.
+        if self.drift.drift_detected and self.drift.estimation > before:
             self.drifts += 1
             self.last_drift_label = self.labels
             return True

@@ -330,6 +330,13 @@ def test_drift_is_detected_when_the_error_rate_shifts():
     assert any(detected) and ev.drifts >= 1
 
 
+def test_a_model_getting_better_is_not_drift():
+    ev = Evaluation()
+    for _ in range(600):
+        ev.update(False, 0.9)
+    assert not any(ev.update(True, 0.9) for _ in range(300)) and ev.drifts == 0  # the error fell
+
+
 # ------------------------------------------------------------------ the commands
 def test_models_evaluate_compares_candidates_on_the_same_labels(tmp_path, capsys):
     path = tmp_path / "ev.jsonl"
