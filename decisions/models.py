@@ -12,10 +12,10 @@ made back then (progressive validation, :mod:`touchline.decisions.evaluation`).
 
 >>> m = ScoreModel.build(ModelConfig(name="lead"))
 >>> m.version
-'logreg-e0c16f7b'
+'logreg-08b62d7a'
 >>> 0.0 <= m.predict({"known": 1.0}) <= 1.0
 True
->>> m.learn({"known": 1.0}, True, 0.5); m.labels
+>>> _ = m.learn({"known": 1.0}, True, 0.5); m.labels
 1
 """
 
