@@ -284,21 +284,13 @@ class RedisModelStore(ModelStore):
                  socket_timeout: float = 5.0) -> None:
         import redis
 
-        self.url = url
-        scheme, _, rest = url.partition("://")
-        kwargs: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout}
-        if username:
-            kwargs["username"] = username
-        if password:
-            kwargs["password"] = password
-        plain = f"{scheme.removesuffix('+cluster')}://{rest}"
-        try:
-            if scheme.endswith("+cluster"):
-                from redis.cluster import RedisCluster
+        from touchline.state.base import StoreOptions
+        from touchline.state.redis import _client
 
-                self.client: Any = RedisCluster.from_url(plain, **kwargs)
-            else:
-                self.client = redis.Redis.from_url(plain, **kwargs)
+        self.url = url
+        try:
+            self.client: Any = _client(url, StoreOptions(socket_timeout=socket_timeout, username=username,
+                                                         password=password), decode_responses=False)
             self.client.ping()
         except (redis.RedisError, OSError, ValueError) as exc:
             from touchline.state import mask_url

@@ -90,12 +90,14 @@ class _Base:
 Call = tuple
 
 
-def _client(url: str, options: StoreOptions) -> Any:
+def _client(url: str, options: StoreOptions, decode_responses: bool = True) -> Any:
+    """A client for ``redis://``, ``rediss://`` or ``redis+cluster://`` URLs (the state store's,
+    and with ``decode_responses=False`` the model store's, whose checkpoints are bytes)."""
     scheme, _, rest = url.partition("://")
     cluster = scheme.endswith("+cluster")
     plain_url = f"{scheme.removesuffix('+cluster')}://{rest}"
     kwargs: dict[str, Any] = {
-        "decode_responses": True,
+        "decode_responses": decode_responses,
         "socket_timeout": options.socket_timeout,
         "socket_connect_timeout": options.socket_timeout,
     }

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
-from touchline.decisions.engine import DecisionCore, LabelSettings
+from touchline.decisions.engine import DecisionCore
 from touchline.decisions.journey_runtime import JourneyRunner
 from touchline.decisions.profile import DAY_MS, HOUR_MS
 from touchline.flows.step import Engine, RawBatch
@@ -35,13 +35,11 @@ def preview(settings: Settings, journey_path: Path, events_path: Path, days: flo
         raise ConfigError(f"--contact-events {events_path}: not a readable file")
     lines = [ln for ln in events_path.read_bytes().splitlines() if ln.strip()]
     trace: list[dict[str, Any]] = []
-    labels = settings.labels
     runner = JourneyRunner([journey], settings.policy.quiet_hours.default_timezone, settings.policy.consent_default,
                            trace.append)
     core = DecisionCore(
         policy=settings.policy, models={"lead": settings.models.lead, "churn": settings.models.churn},
-        labels=LabelSettings(labels.lead_horizon_days, labels.churn_horizon_days, frozenset(labels.goal_types),
-                             labels.sample_gap_hours, labels.sample_rate),
+        labels=settings.labels.rules(),
         retention_days=settings.state.retention_days, journeys=runner)
     engine = Engine(MemoryStore(), core, EngineMetrics(CollectorRegistry()))
     result = engine.process(RawBatch(lines, events_path.name, 1))

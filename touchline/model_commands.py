@@ -19,12 +19,15 @@ import ast
 import inspect
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from touchline.decisions.models import ModelConfig, ScoreSettings, config_from, registered_models, resolve
 from touchline.settings import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from touchline.state.models import ModelStore
 
 SCORES = ("lead", "churn")
 
@@ -86,17 +89,13 @@ def list_models() -> str:
 
 
 # ------------------------------------------------------------------ store commands
-def _store(settings: Settings):
-    from touchline.runner import model_store_url
-    from touchline.state.models import open_model_store
+def _store(settings: Settings) -> "ModelStore":
+    from touchline.runner import open_models_store
 
-    url = model_store_url(settings)
-    if url is None:
+    store = open_models_store(settings)
+    if store is None:
         raise ConfigError("models.store is off: there is no model store to read or change")
-    ms, state = settings.models, settings.state
-    same = ms.store == "auto"
-    return open_model_store(url, state.username if same else None,
-                            state.password.get_secret_value() if same and state.password else None)
+    return store
 
 
 def _configured_doc(settings: Settings, current: dict[str, Any] | None) -> dict[str, Any]:
@@ -219,7 +218,7 @@ def evaluate(settings: Settings, input_path: Path, models: list[str], scores: li
     from prometheus_client import CollectorRegistry
 
     from touchline.decisions.clock import EventTimeClock
-    from touchline.decisions.engine import DecisionCore, LabelSettings
+    from touchline.decisions.engine import DecisionCore
     from touchline.flows.step import Engine, RawBatch
     from touchline.metrics.engine import EngineMetrics
     from touchline.state.memory import MemoryStore
@@ -237,11 +236,9 @@ def evaluate(settings: Settings, input_path: Path, models: list[str], scores: li
             slots_cfg[score] = ScoreSettings(name=score, **first.spec())
         else:
             slots_cfg[score] = base[score].model_copy(update={"challenger": None, "promote": None})
-    labels = settings.labels
     core = DecisionCore(
         policy=settings.policy, models=slots_cfg,
-        labels=LabelSettings(labels.lead_horizon_days, labels.churn_horizon_days, frozenset(labels.goal_types),
-                             labels.sample_gap_hours, labels.sample_rate),
+        labels=settings.labels.rules(),
         clock=EventTimeClock(), retention_days=settings.state.retention_days)
     for score, cfgs in configs.items():
         for cfg in cfgs[1:]:

@@ -17,7 +17,7 @@ import touchline
 from touchline.connectors.files import JsonlSink, JsonlSource
 from touchline.decisions.clock import EventTimeClock, WallClock
 from touchline.flows.engine import build_flow
-from touchline.decisions.engine import DecisionCore, LabelSettings
+from touchline.decisions.engine import DecisionCore
 from touchline.flows.step import Engine
 from touchline.metrics.engine import EngineMetrics
 from touchline.metrics.server import serve_metrics
@@ -28,6 +28,7 @@ from touchline.summary import build_summary
 if TYPE_CHECKING:
     from touchline.connectors.simulator import SimulatorSpec
     from touchline.flows.models import ModelKeeper
+    from touchline.state.models import ModelStore
 
 
 def simulator_spec(settings: Settings) -> "SimulatorSpec":
@@ -50,7 +51,6 @@ def build_engine(settings: Settings, registry: CollectorRegistry, trace: Any = N
     models come from (and are checkpointed to) the model store."""
     metrics = EngineMetrics(registry)
     metrics.build.info({"version": touchline.__version__})
-    labels = settings.labels
     journeys = None
     if settings.journeys.files:
         from touchline.decisions.journey_runtime import JourneyRunner
@@ -76,8 +76,7 @@ def build_engine(settings: Settings, registry: CollectorRegistry, trace: Any = N
     core = DecisionCore(
         policy=settings.policy,
         models=dict(scores),
-        labels=LabelSettings(labels.lead_horizon_days, labels.churn_horizon_days, frozenset(labels.goal_types),
-                             labels.sample_gap_hours, labels.sample_rate),
+        labels=settings.labels.rules(),
         clock=WallClock() if settings.engine.clock == "wall" else EventTimeClock(),
         retention_days=settings.state.retention_days,
         journeys=journeys,
@@ -105,9 +104,9 @@ def model_store_url(settings: Settings) -> str | None:
     return f"file://{settings.output.dir / 'models'}"
 
 
-def model_keeper(settings: Settings, metrics: EngineMetrics | None = None) -> "ModelKeeper | None":
-    """The keeper of this run's models, on the model store the settings name (None if off)."""
-    from touchline.flows.models import ModelKeeper
+def open_models_store(settings: Settings) -> "ModelStore | None":
+    """The model store the settings name (None when ``models.store = off``); with ``auto`` on
+    Redis it logs in with the state store's credentials."""
     from touchline.state.models import open_model_store
 
     url = model_store_url(settings)
@@ -115,8 +114,18 @@ def model_keeper(settings: Settings, metrics: EngineMetrics | None = None) -> "M
         return None
     ms, state = settings.models, settings.state
     same_redis = ms.store == "auto"
-    store = open_model_store(url, state.username if same_redis else None,
-                             state.password.get_secret_value() if same_redis and state.password else None)
+    return open_model_store(url, state.username if same_redis else None,
+                            state.password.get_secret_value() if same_redis and state.password else None)
+
+
+def model_keeper(settings: Settings, metrics: EngineMetrics | None = None) -> "ModelKeeper | None":
+    """The keeper of this run's models, on the model store the settings name (None if off)."""
+    from touchline.flows.models import ModelKeeper
+
+    store = open_models_store(settings)
+    if store is None:
+        return None
+    ms = settings.models
     key = ms.checkpoint_key.get_secret_value().encode() if ms.checkpoint_key else None
     return ModelKeeper(store, poll_seconds=ms.poll_seconds, checkpoint_seconds=ms.checkpoint_seconds,
                        restore=ms.restore, key=key, metrics=metrics.models if metrics is not None else None)

@@ -27,6 +27,7 @@ from touchline.decisions.policy import PolicyConfig
 from touchline.connectors.channels.config import DeliverySettings
 
 if TYPE_CHECKING:
+    from touchline.decisions.engine import LabelSettings as LabelRules
     from touchline.state.base import StoreOptions
 
 
@@ -116,6 +117,13 @@ class LabelSettings(_Section):
         if unknown:
             raise ValueError(f"unknown event type(s) {unknown}")
         return value
+
+    def rules(self) -> "LabelRules":
+        """These settings as the decision core takes them."""
+        from touchline.decisions.engine import LabelSettings as LabelRules
+
+        return LabelRules(self.lead_horizon_days, self.churn_horizon_days, frozenset(self.goal_types),
+                          self.sample_gap_hours, self.sample_rate)
 
 
 class ModelSettings(_Section):
