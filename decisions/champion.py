@@ -117,7 +117,7 @@ class ModelSlot:
                 continue
             rows.append({"challenger": c.version, "labels": c.labels,
                          "challenger_metrics": c.quality(),
-                         "champion_metrics": {k: v for k, v in c.versus.summary().items() if k != "calibration"}})
+                         "champion_metrics": c.versus.figures()})
         return rows
 
     # ----------------------------------------------------------------- swapping

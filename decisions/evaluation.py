@@ -152,6 +152,10 @@ class Evaluation:
 
     def summary(self) -> dict[str, Any]:
         """Everything, rounded for people (None where it is not defined yet)."""
+        return {**self.figures(), "calibration": self.calibration.rows()}
+
+    def figures(self) -> dict[str, Any]:
+        """The headline figures: :meth:`summary` without the per-bucket calibration table."""
         auc, ll = self.auc(), self.log_loss()
         return {
             "labels": self.labels,
@@ -161,7 +165,6 @@ class Evaluation:
             "calibration_error": round(self.calibration.ece(), 4) if self.labels else None,
             "label_delay_hours": round(self.delay_ms_sum / self.labels / 3_600_000, 2) if self.labels else None,
             "drifts": self.drifts,
-            "calibration": self.calibration.rows(),
         }
 
     def metric(self, name: str) -> float | None:

@@ -245,12 +245,13 @@ class ScoreSettings(ModelConfig):
     promote: PromotionRule | None = Field(default=None, description="automatic promotion (off when absent)")
 
     def champion(self) -> ModelConfig:
-        return ModelConfig(name=self.name, **self.spec())
+        """The champion's configuration (already validated with these settings: not built again)."""
+        return ModelConfig.model_construct(name=self.name, **self.spec())
 
     def challenger_config(self) -> ModelConfig | None:
         if self.challenger is None:
             return None
-        return ModelConfig(name=self.name, **self.challenger.spec())
+        return self.challenger.model_copy(update={"name": self.name})
 
 
 # ------------------------------------------------------------------ the model
@@ -303,6 +304,4 @@ class ScoreModel:
 
     def quality(self) -> dict[str, Any]:
         """Progressive figures so far (None where not defined yet)."""
-        out = self.evaluation.summary()
-        out.pop("calibration")
-        return out
+        return self.evaluation.figures()

@@ -22,7 +22,7 @@ only in ``touchline_model_info``, whose old series are removed on a swap.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -75,7 +75,7 @@ class ModelMetrics:
         self._info_labels: set[tuple[str, str, str, str]] = set()
 
     def export(self, slots: Mapping[str, ModelSlot], delays_s: Mapping[str, list[float]],
-               drifts: list[Drift] = ()) -> None:  # type: ignore[assignment]
+               drifts: Sequence[Drift] = ()) -> None:
         """Refresh the gauges of models that learned in this batch (and the deployed versions)."""
         for name, values in delays_s.items():
             hist = self.label_delay.labels(name)

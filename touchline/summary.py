@@ -73,8 +73,7 @@ def _slot_summary(slot: Any) -> dict[str, Any]:
     if slot.challengers:
         out["challengers"] = [
             {"version": c.version, "estimator": c.config.estimator, "origin": c.origin, **c.quality(),
-             "champion_on_same_labels": ({k: v for k, v in c.versus.summary().items() if k != "calibration"}
-                                         if c.versus is not None else None)}
+             "champion_on_same_labels": c.versus.figures() if c.versus is not None else None}
             for c in slot.challengers]
     return out
 
