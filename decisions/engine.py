@@ -21,6 +21,8 @@ from touchline.decisions.clock import Clock, EventTimeClock
 from touchline.decisions.events import KNOWN_TYPES, Event
 from touchline.decisions.features import features
 from touchline.decisions.champion import Drift, ModelSlot, Restore
+from touchline.decisions.experiment_runtime import ExperimentRuntime, ExperimentTallies
+from touchline.decisions.experiments import ExperimentSettings
 from touchline.decisions.models import ModelConfig, ScoreSettings
 from touchline.decisions.feedback import FEEDBACK_TYPES, feedback_key, is_linked
 from touchline.decisions.policy import Candidate, PolicyConfig, Suppression, arbitrate, in_holdout
@@ -31,6 +33,7 @@ from touchline.decisions.profile import (
     Observation,
     Profile,
     Send,
+    money,
     apply_event,
     is_too_late,
     merge_into,
@@ -86,9 +89,13 @@ class DecisionCore:
         retention_days: float = 90.0,
         journeys: JourneyRunner | None = None,
         restore: Restore | None = None,
+        experiments: ExperimentSettings | None = None,
     ) -> None:
         self.policy = policy
         self.journeys = journeys
+        self.experiments = ExperimentRuntime(experiments or ExperimentSettings(), policy.holdout_name)
+        if journeys is not None and self.experiments.settings.splits:
+            journeys.wait_override = self.experiments.wait_override
         self.labels = labels
         self.clock = clock or EventTimeClock()
         self.live = not isinstance(self.clock, EventTimeClock)
@@ -136,6 +143,8 @@ class BatchRun:
         self.decided: Counter = Counter()
         self.timers_fired: Counter = Counter()
         self.labelled: Counter = Counter()
+        #: exposures, outcomes, conversions and their records (the experiments output)
+        self.exp = ExperimentTallies()
         #: model -> label delays (seconds, event time) of the labels resolved in this batch
         self.label_delays: dict[str, list[float]] = {}
         self.drifts: list[Drift] = []
@@ -205,6 +214,8 @@ class BatchRun:
         core = self.core
         now = core.clock.now() if core.live else due_ms
         self.timers_fired[kind] += 1
+        if core.experiments.on_timer(profile, kind, now, self.exp, self._timer_setter(profile)):
+            return
         if kind in _TIMER_LABEL:
             model = _TIMER_LABEL[kind]
             resolved = label_rules.on_deadline(profile, model, now)
@@ -291,6 +302,9 @@ class BatchRun:
         active = ev.type not in PASSIVE_TYPES
         for model, obs, label in label_rules.on_event(profile, ev.type, ev.ts_ms, core.labels.goal_types, active):
             self._learn(model, obs, label, ev.ts_ms)
+        if ev.type in core.experiments.conversion_types:
+            core.experiments.on_event(profile, ev.type, ev.event_id, ev.ts_ms, money(ev.properties.get("value")),
+                                      self.exp, self._timer_setter(profile))
         # Score only where a decision or a training example can follow.
         observe_lead = (
             ev.type in LEAD_MOMENTS
@@ -416,7 +430,14 @@ class BatchRun:
         core = self.core
         policy = core.policy
         holdout = in_holdout(profile.key, policy.holdout_name, policy.holdout_share)
+        lead = scores.get("lead")
+        marks: dict[int, list] = {}
+        if not holdout:  # a holdout contact gets no message, so no variant either
+            candidates, marks = core.experiments.vary(profile, candidates, lead, now_ms, policy, self.exp)
         winner, suppressed = arbitrate(candidates, profile, now_ms, policy, holdout)
+        would_send = None
+        if holdout and profile.known and policy.holdout_name not in profile.exposures:
+            would_send = arbitrate(candidates, profile, now_ms, policy, False)[0]  # what it would have got
         if winner is not None and not self.reserve(
             profile, Send(now_ms, winner.channel, winner.action), policy.caps, policy.global_caps
         ):
@@ -424,6 +445,10 @@ class BatchRun:
             winner = None
         for s in suppressed:
             self.suppressed[s.reason] += 1
+        winner_marks = next((marks.get(i, []) for i, c in enumerate(candidates) if c is winner), [])
+        arms = core.experiments.on_decision(profile, sent=winner, would_send=would_send, marks=winner_marks,
+                                            trigger_id=trigger_id, lead=lead, now_ms=now_ms, tallies=self.exp,
+                                            set_timer=self._timer_setter(profile))
         if winner is None:
             return None, suppressed
         self.decided[(winner.action, winner.channel)] += 1
@@ -437,6 +462,8 @@ class BatchRun:
             event_time_ms=event_ms,
             decision_time_ms=now_ms,
             experiment={"name": policy.holdout_name, "arm": "treatment"},
+            experiments=arms["experiments"],
+            segment=arms["segment"],
         )
         self.decisions.append(record)
         self.decision_event_ms.append(event_ms)

@@ -188,6 +188,8 @@ class JourneyRunner:
         self.tallies = Tallies()
         self._round_robin: Counter = Counter()
         self._date_attrs = {j.entry.date.attribute for j in self.journeys if isinstance(j.entry, DateEntry)}
+        #: (contact key, journey, wait step id) -> wait in ms, or None for the file's: timing experiments
+        self.wait_override: Callable[[str, str, str], int | None] | None = None
 
     # ------------------------------------------------------------------ engine entry points
     def on_event(self, profile: Profile, event_type: str, properties: dict[str, Any], ts_ms: int,
@@ -393,7 +395,8 @@ class JourneyRunner:
             name = journey.journey
             if isinstance(step, (WaitStep, WaitUntilStep)):
                 if isinstance(step, WaitStep):
-                    due = now_ms + step.wait_ms
+                    override = self.wait_override(profile.key, name, step.id) if self.wait_override else None
+                    due = now_ms + (step.wait_ms if override is None else override)
                 else:
                     due = next_time_of_day(now_ms, step.wait_until.time, profile.timezone, self.default_zone,
                                            step.wait_until.days)

@@ -110,6 +110,12 @@ class Profile:
     observed: dict[str, int] = field(default_factory=dict)  # model -> last observation time
     last_lead: float | None = None  # the lead score at the previous scoring (threshold crossings)
     timers: dict[str, int] = field(default_factory=dict)
+    #: sent decisions that can still earn attribution credit:
+    #: [ts_ms, decision_id, channel, action, bandit tag [split, segment, arm] or None, rewarded]
+    touches: list[list[Any]] = field(default_factory=list)
+    #: experiment -> this contact's exposure (arm, when, segment, conversion); kept once closed
+    #: as {"arm", "closed"} so a contact is exposed once per experiment (intent to treat)
+    exposures: dict[str, dict[str, Any]] = field(default_factory=dict)
     # window name -> (expiry queue of (ts, type, event_id), counts by type)
     windows: dict[str, tuple[deque, dict[str, int]]] = field(
         default_factory=lambda: {name: (deque(), {}) for name in WINDOWS}
@@ -182,7 +188,7 @@ def _insert_windowed(profile: Profile, entry: tuple[int, str, str]) -> None:
                 c[key] -= 1
 
 
-def _money(value: Any) -> float:
+def money(value: Any) -> float:
     """A usable amount, or 0: not a number, negative, NaN or absurdly large values don't count."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return 0.0
@@ -228,16 +234,16 @@ def _apply_semantics(
 ) -> None:
     """What specific event types mean for the contact beyond being counted."""
     if event_type == "add_to_cart":
-        profile.cart_value += _money(properties.get("value"))
+        profile.cart_value += money(properties.get("value"))
         profile.cart_updated_ts = ts_ms
     elif event_type == "remove_from_cart":
-        profile.cart_value = max(0.0, profile.cart_value - _money(properties.get("value")))
+        profile.cart_value = max(0.0, profile.cart_value - money(properties.get("value")))
         profile.cart_updated_ts = ts_ms
     elif event_type == "checkout_start":
         profile.cart_updated_ts = ts_ms
     elif event_type == "purchase":
         profile.purchases_total += 1
-        profile.monetary_total += _money(properties.get("value"))
+        profile.monetary_total += money(properties.get("value"))
         profile.last_purchase_ts = max(ts_ms, profile.last_purchase_ts or ts_ms)
         profile.cart_value = 0.0
         profile.cart_updated_ts = ts_ms
@@ -365,5 +371,7 @@ def snapshot(profile: Profile) -> dict[str, Any]:
         "sends_in_windows": sends_in_windows(profile),
         "windows": {name: dict(sorted((k, v) for k, v in c.items() if v)) for name, (_, c) in profile.windows.items()},
         "pending_labels": sorted(profile.pending),
+        "experiments": {name: dict(e) for name, e in profile.exposures.items()},
+        "touches": [{"ts": t[0], "decision_id": t[1], "channel": t[2], "action": t[3]} for t in profile.touches],
         "timers": dict(profile.timers),
     }

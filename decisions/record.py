@@ -45,6 +45,8 @@ def build_record(
     event_time_ms: int,
     decision_time_ms: int,
     experiment: dict[str, str],
+    experiments: dict[str, str] | None = None,
+    segment: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Assemble the decision record (DESIGN.md contract)."""
     record = {
@@ -63,9 +65,13 @@ def build_record(
         "reasons": [chosen.why, f"priority {chosen.priority}, expected value {chosen.expected_value:.4g}"],
         "suppressed": [{"action": s.action, "channel": s.channel, "reason": s.reason} for s in suppressed],
         "experiment": experiment,
+        "experiments": experiments if experiments is not None else {experiment["name"]: experiment["arm"]},
+        "segment": segment or {},
         "trigger": trigger,
         "event_time": iso_ms(event_time_ms),
         "decision_time": iso_ms(decision_time_ms),
+        "event_time_ms": event_time_ms,
+        "decision_time_ms": decision_time_ms,
     }
     if chosen.assignee is not None:
         record["assignee"] = chosen.assignee

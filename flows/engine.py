@@ -24,9 +24,11 @@ def build_flow(
     dead_letter_sink: Sink,
     delivery_sink: Sink | None = None,
     name: str = "touchline",
+    experiments_sink: Sink | None = None,
 ) -> Dataflow:
     """Wire the engine flow. Decisions go to the decisions output (the audit trail) and,
-    when given, to the channel connectors."""
+    when given, to the channel connectors; exposures, outcomes and conversions to the
+    experiments output when given."""
     flow = Dataflow(name)
     raw = op.input("events", flow, source)
     results = op.map("process", raw, engine.process_or_halt)
@@ -36,6 +38,8 @@ def build_flow(
     _output("dead_letters_out", dead, dead_letter_sink)
     if delivery_sink is not None:
         op.output("deliver", decisions, delivery_sink)
+    if experiments_sink is not None:
+        _output("experiments_out", op.flat_map("experiments", results, _experiments), experiments_sink)
     return flow
 
 
@@ -48,6 +52,10 @@ def _output(step_id: str, stream: Any, sink: Sink) -> None:
 
 def _decisions(result: BatchResult) -> list[dict[str, Any]]:
     return result.decisions
+
+
+def _experiments(result: BatchResult) -> list[dict[str, Any]]:
+    return result.experiments
 
 
 def _dead_letters(result: BatchResult) -> list[dict[str, Any]]:

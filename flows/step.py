@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from touchline.decisions.clock import Clock
 from touchline.decisions.engine import BatchRun, DecisionCore
@@ -52,6 +52,8 @@ class BatchResult:
 
     decisions: list[dict[str, Any]]
     dead_letters: list[dict[str, Any]]
+    #: exposures, outcomes and conversions (the experiments output)
+    experiments: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -93,6 +95,8 @@ class Engine:
         self.halt: threading.Event | None = None
         #: Deployment polling, promotion and checkpoints (None: models live and die with the run).
         self.keeper: ModelKeeper | None = None
+        #: Called with every batch's result before it is emitted (the closed-loop simulator reacts here).
+        self.listeners: list[Callable[[BatchResult], None]] = []
 
     def process_or_halt(self, batch: RawBatch) -> BatchResult:
         """:meth:`process`, except that a state store that stays unreachable stops the run
@@ -153,7 +157,10 @@ class Engine:
             _timed(timings, "delete", store.delete, key)
         dead.extend(run.dead)
         self._account(batch, events, run, dead, timings)
-        return BatchResult(run.decisions, dead)
+        result = BatchResult(run.decisions, dead, run.exp.records)
+        for listener in self.listeners:
+            listener(result)
+        return result
 
     def _account(self, batch: RawBatch, events: list[Event], run: BatchRun, dead: list[dict[str, Any]],
                  timings: dict[str, float]) -> None:
@@ -183,6 +190,7 @@ class Engine:
         m.count(m.timers_fired, run.timers_fired)
         m.count(m.labels, run.labelled)
         m.count(m.feedback, run.feedback)
+        m.experiments.count(run.exp)
         t.feedback.update(run.feedback)
         journeys = self.core.journeys
         if journeys is not None:

@@ -21,6 +21,7 @@ from typing import Mapping
 from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram, Info
 
 from touchline.decisions.events import KNOWN_TYPES
+from touchline.metrics.experiments import ExperimentMetrics
 from touchline.metrics.models import ModelMetrics
 
 #: Latency buckets (seconds) that resolve sub-second SLOs and still show slow tails.
@@ -110,6 +111,7 @@ class EngineMetrics:
         )
         #: model quality, deployment and checkpoints (see :mod:`touchline.metrics.models`)
         self.models = ModelMetrics(registry)
+        self.experiments = ExperimentMetrics(registry)
         self.build = Info("touchline_build", "Version of the running engine.", registry=registry)
 
     def count_events(self, by_type: Mapping[str, int]) -> None:

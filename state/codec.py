@@ -42,7 +42,7 @@ _SCALARS = (
     "first_ts", "last_ts", "last_activity_ts", "events_total", "purchases_total", "monetary_total",
     "last_purchase_ts", "cart_value", "cart_updated_ts", "timezone", "locale", "devices", "aliases",
     "consent", "bounced", "observed", "last_lead", "timers", "engagement", "last_engaged_ts", "soft_bounces",
-    "journeys", "score_memory", "attributes",
+    "journeys", "score_memory", "attributes", "touches", "exposures",
 )
 
 

@@ -289,6 +289,8 @@ def test_build_record_fields():
         event_time_ms=NOON,
         decision_time_ms=NOON + 1500,
         experiment={"name": "global_holdout", "arm": "treatment"},
+        experiments={"global_holdout": "treatment", "cart_copy": "b"},
+        segment={"lead_band": "mid", "lifecycle": "prospect", "channel_preference": "email"},
     )
     assert rec == {
         "schema_version": DECISION_SCHEMA_VERSION,
@@ -306,9 +308,13 @@ def test_build_record_fields():
         "reasons": ["cart 50.00 open for 30 min", "priority 80, expected value 12.35"],
         "suppressed": [{"action": "cart_reminder", "channel": "sms", "reason": "no_consent"}],
         "experiment": {"name": "global_holdout", "arm": "treatment"},
+        "experiments": {"global_holdout": "treatment", "cart_copy": "b"},
+        "segment": {"lead_band": "mid", "lifecycle": "prospect", "channel_preference": "email"},
         "trigger": {"kind": "timer", "timer": "cart"},
         "event_time": "2026-01-05T12:00:00.000Z",
         "decision_time": "2026-01-05T12:00:01.500Z",
+        "event_time_ms": NOON,
+        "decision_time_ms": NOON + 1500,
     }
 
 

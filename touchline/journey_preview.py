@@ -40,7 +40,7 @@ def preview(settings: Settings, journey_path: Path, events_path: Path, days: flo
     core = DecisionCore(
         policy=settings.policy, models={"lead": settings.models.lead, "churn": settings.models.churn},
         labels=settings.labels.rules(),
-        retention_days=settings.state.retention_days, journeys=runner)
+        retention_days=settings.state.retention_days, journeys=runner, experiments=settings.experiments)
     engine = Engine(MemoryStore(), core, EngineMetrics(CollectorRegistry()))
     result = engine.process(RawBatch(lines, events_path.name, 1))
     decisions = list(result.decisions)

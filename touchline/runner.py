@@ -27,6 +27,7 @@ from touchline.summary import build_summary
 
 if TYPE_CHECKING:
     from touchline.connectors.simulator import SimulatorSpec
+    from touchline.decisions.journey_runtime import JourneyRunner
     from touchline.flows.models import ModelKeeper
     from touchline.state.models import ModelStore
 
@@ -66,6 +67,7 @@ def build_engine(settings: Settings, registry: CollectorRegistry, trace: Any = N
             raise ConfigError("journeys.files:\n  " + "\n  ".join(line for p in problems for line in p.splitlines()))
         journeys = JourneyRunner([j for _, j in loaded], settings.policy.quiet_hours.default_timezone,
                                  settings.policy.consent_default, trace)
+    check_splits(settings, journeys)
     store = open_store(settings.state.url, settings.state.options())
     try:
         keeper = model_keeper(settings, metrics) if keep_models else None
@@ -81,6 +83,7 @@ def build_engine(settings: Settings, registry: CollectorRegistry, trace: Any = N
         retention_days=settings.state.retention_days,
         journeys=journeys,
         restore=keeper.restore if keeper is not None else None,
+        experiments=settings.experiments,
     )
     engine = Engine(store, core, metrics)
     if keeper is not None:
@@ -88,6 +91,31 @@ def build_engine(settings: Settings, registry: CollectorRegistry, trace: Any = N
         engine.keeper = keeper
     metrics.models.export(core.models, {})
     return engine
+
+
+def check_splits(settings: Settings, journeys: "JourneyRunner | None") -> None:
+    """Journey splits name a loaded journey, and its steps: a typo is an error, not a split that never runs."""
+    from touchline.decisions.journeys import WaitStep
+    from touchline.settings import ConfigError
+
+    for name, split in settings.experiments.splits.items():
+        if split.journey is None:
+            continue
+        key = f"experiments.splits.{name}"
+        journey = journeys.by_name.get(split.journey) if journeys is not None else None
+        if journey is None:
+            known = ", ".join(sorted(journeys.by_name)) if journeys is not None else "none loaded (use --journeys)"
+            raise ConfigError(f"{key}.journey: unknown journey {split.journey!r}; known: {known}")
+        steps = {s.id: s for s in journey.steps}
+        if split.step is not None and split.step not in steps:
+            raise ConfigError(f"{key}.step: journey {split.journey} has no step {split.step!r}; "
+                              f"steps: {', '.join(steps)}")
+        for variant in split.variants:
+            for step in variant.waits:
+                if not isinstance(steps.get(step), WaitStep):
+                    waits = [s for s, st in steps.items() if isinstance(st, WaitStep)]
+                    raise ConfigError(f"{key}.variants.{variant.name}.waits: {step!r} is not a wait step of "
+                                      f"journey {split.journey}; wait steps: {', '.join(waits) or 'none'}")
 
 
 def model_store_url(settings: Settings) -> str | None:
@@ -219,6 +247,7 @@ class _Io:
     delivery_sink: Any
     outputs: dict[str, str]
     period: tuple[int, int] | None
+    experiments_sink: Any = None
 
 
 def _build_io(settings: Settings, engine: Engine, registry: CollectorRegistry, kafka: dict[str, str] | None,
@@ -238,7 +267,7 @@ def _build_io(settings: Settings, engine: Engine, registry: CollectorRegistry, k
         from touchline.connectors.kafka import KafkaDeadLetters, KafkaRecordSink, ensure_topics
 
         # Before any client exists: a broker that is down is one clear error.
-        topics = [ks.decisions_topic, ks.dead_letter_topic,
+        topics = [ks.decisions_topic, ks.dead_letter_topic, ks.experiments_topic,
                   *settings.delivery.kafka_topics(ks.channel_topic_prefix).values()]
         if settings.source.kind == "kafka":
             topics.insert(0, ks.events_topic)
@@ -247,15 +276,22 @@ def _build_io(settings: Settings, engine: Engine, registry: CollectorRegistry, k
 
         decisions_sink: Any = KafkaRecordSink(kafka, ks.decisions_topic, engine.fail, timeout_seconds=ks.retry_seconds)
         dead_writer: Any = KafkaDeadLetters(kafka, ks.dead_letter_topic, engine.fail, timeout_seconds=ks.retry_seconds)
+        experiments_sink: Any = KafkaRecordSink(kafka, ks.experiments_topic, engine.fail,
+                                                timeout_seconds=ks.retry_seconds)
         outputs.update({"decisions": f"kafka topic {ks.decisions_topic}",
-                        "dead letters": f"kafka topic {ks.dead_letter_topic}"})
+                        "dead letters": f"kafka topic {ks.dead_letter_topic}",
+                        "experiments": f"kafka topic {ks.experiments_topic}"})
     else:
         decisions_path = out_dir / settings.output.decisions
         dead_path = out_dir / settings.output.dead_letters
-        decisions_path.write_bytes(b"")  # a run with no decisions must not leave an older run's file
+        experiments_path = out_dir / settings.output.experiments
+        for path in (decisions_path, experiments_path):  # a run must not leave an older run's records
+            path.write_bytes(b"")
         decisions_sink = JsonlSink(decisions_path)
+        experiments_sink = JsonlSink(experiments_path)
         dead_writer = JsonlDeadLetters(dead_path)
-        outputs.update({"decisions": str(decisions_path), "dead letters": str(dead_path)})
+        outputs.update({"decisions": str(decisions_path), "dead letters": str(dead_path),
+                        "experiments": str(experiments_path)})
     closers.insert(0, dead_writer.close)
     report = DeliveryReport(ConnectorMetrics(registry), dead_writer)
     delivery = Delivery.build(settings.delivery, BuildContext(
@@ -266,7 +302,7 @@ def _build_io(settings: Settings, engine: Engine, registry: CollectorRegistry, k
         outputs[f"channel {channel}"] = where
     source, period = _build_source(settings, engine, kafka, stop)
     return _Io(source, decisions_sink, DeadLetterSink(dead_writer),
-               DeliverySink(delivery) if delivery.connectors else None, outputs, period)
+               DeliverySink(delivery) if delivery.connectors else None, outputs, period, experiments_sink)
 
 
 def _build_source(settings: Settings, engine: Engine, kafka: dict[str, str] | None,
@@ -298,7 +334,8 @@ def _build_source(settings: Settings, engine: Engine, kafka: dict[str, str] | No
 
 def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRegistry, progress: TextIO | None,
               on_metrics: Any, stop: threading.Event) -> RunResult:
-    flow = build_flow(io.source, engine, io.decisions_sink, io.dead_letter_sink, io.delivery_sink)
+    flow = build_flow(io.source, engine, io.decisions_sink, io.dead_letter_sink, io.delivery_sink,
+                      experiments_sink=io.experiments_sink)
     server = None
     outputs = dict(io.outputs)
     if settings.metrics.enabled:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from touchline.decisions.events import KNOWN_TYPES
+from touchline.decisions.experiments import ExperimentSettings
 from touchline.decisions.models import ScoreSettings
 from touchline.decisions.policy import PolicyConfig
 from touchline.connectors.channels.config import DeliverySettings
@@ -53,6 +54,8 @@ class SimulatorSettings(_Section):
     days: float = Field(default=30.0, gt=0, le=3650)
     start: datetime = datetime(2026, 1, 5, tzinfo=timezone.utc)
     malformed_rate: float = Field(default=0.002, ge=0.0, le=1.0)
+    closed_loop: bool = Field(default=False, description="people react to the engine's decisions, with a true "
+                              "effect the simulator knows (run --simulate): measured lift vs true lift")
 
     @field_validator("start")
     @classmethod
@@ -66,6 +69,8 @@ class OutputSettings(_Section):
     dir: Path = Path("touchline-out")
     decisions: str = "decisions.jsonl"
     dead_letters: str = "dead_letters.jsonl"
+    experiments: str = Field(default="experiments.jsonl", description="exposures, outcomes and conversions")
+    events: str = Field(default="events.jsonl", description="simulator runs: the events the engine was given")
 
 
 class StateSettings(_Section):
@@ -186,6 +191,7 @@ class KafkaSettings(_Section):
     events_topic: str = "touchline.events"
     decisions_topic: str = "touchline.decisions"
     dead_letter_topic: str = "touchline.dead-letters"
+    experiments_topic: str = "touchline.experiments"
     channel_topic_prefix: str = Field(default="touchline.channel.", description="+ channel name: the per-channel topics")
     start: Literal["earliest", "latest"] = Field(default="earliest", description="where a new run starts reading")
     tail: bool = Field(default=True, description="at the end of the topic wait for more (false: stop there, a replay)")
@@ -254,12 +260,17 @@ class Settings(BaseSettings):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     journeys: JourneySettings = Field(default_factory=JourneySettings)
+    experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
     delivery: "DeliverySettings" = Field(default_factory=lambda: DeliverySettings())
 
     @model_validator(mode="after")
     def _kafka_source_needs_bootstrap(self) -> "Settings":
         if self.source.kind == "kafka" and not self.kafka.bootstrap:
             raise ValueError("source.kind is kafka but kafka.bootstrap is not set (use --kafka HOST:PORT)")
+        for name, split in self.experiments.splits.items():
+            if split.action is not None and split.action not in self.policy.actions:
+                raise ValueError(f"experiments.splits.{name}.action: unknown action {split.action!r}; "
+                                 f"known: {', '.join(sorted(self.policy.actions))}")
         return self
 
     @classmethod

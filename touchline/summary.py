@@ -62,6 +62,7 @@ def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str],
         "deliveries": delivered,
         "delivery_failures_total": sum(d["failed"] for d in delivered.values()),
         "state": engine.store.stats(),
+        "experiments": engine.core.experiments.summary(),
         "outputs": outputs,
     }
 
@@ -138,6 +139,7 @@ def format_summary(s: dict[str, Any]) -> str:
         if store["refused"]:
             notes.append(f"{len(store['refused'])} checkpoint(s) refused (see log), started fresh")
         out.append(f"  model store        {store['url']} ({'; '.join(notes)})")
+    out += _experiment_lines(s.get("experiments") or {})
     out.append(
         f"  latency            processing p50 {_ms(lat['processing_p50'])}, p99 {_ms(lat['processing_p99'])};"
         f" event-to-decision p50 {_ms(lat['decision_p50'])}, p99 {_ms(lat['decision_p99'])} (wall time in the engine)"
@@ -147,6 +149,42 @@ def format_summary(s: dict[str, Any]) -> str:
     for name, path in s["outputs"].items():
         out.append(f"  {name:<18} {path}")
     return "\n".join(out)
+
+
+def _experiment_lines(e: dict[str, Any]) -> list[str]:
+    """Lift per segment (with the truth, when a closed-loop simulation knows it) and attribution."""
+    out = []
+    for name, estimates in e.get("lift", {}).items():
+        if not estimates:
+            continue
+        first = estimates[0]
+        out.append(f"  lift               {name}: {first['arm']} vs {first['baseline']}, conversion in "
+                   f"{_days(e.get('window_ms'))}, {first['confidence']:.0%} interval")
+        for est in estimates:
+            seg = est["segment"]
+            label = "everyone" if seg["dimension"] == "all" else f"{seg['dimension']}={seg['value']}"
+            truth = est.get("true_lift")
+            true_text = ""
+            if truth is not None:
+                inside = est["low"] <= truth <= est["high"]
+                true_text = f"  true {truth * 100:+.1f} pp ({'inside' if inside else 'OUTSIDE'})"
+            out.append(f"    {label:<30} {est['lift'] * 100:+6.1f} pp [{est['low'] * 100:+.1f}, {est['high'] * 100:+.1f}]"
+                       f"  {est['treated_conversions']:,}/{est['treated']:,} vs {est['control_conversions']:,}/"
+                       f"{est['control']:,}  {est['verdict']}{true_text}")
+    attribution = e.get("attribution") or {}
+    if attribution:
+        out.append("  attribution        conversions credited per channel, by model")
+        for model, channels in attribution.items():
+            out.append(f"    {model:<12} " + ", ".join(f"{ch} {v['conversions']:,.1f}" for ch, v in channels.items()))
+    for name, segments in (e.get("bandits") or {}).items():
+        out.append(f"  bandit {name:<11} " + "; ".join(
+            f"{seg}: " + ", ".join(f"{arm} {v['rate']:.1%} of {v['rewards']:,}" for arm, v in arms.items())
+            for seg, arms in segments.items()))
+    return out
+
+
+def _days(window_ms: int | None) -> str:
+    return "the window" if not window_ms else f"{window_ms / 86_400_000:g} days"
 
 
 def _quality(m: dict[str, Any]) -> str:

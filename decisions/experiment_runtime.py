@@ -1,0 +1,264 @@
+"""Experiments at run time: variants, exposures, conversions, attribution and bandit rewards.
+
+Pure, like the rest of ``decisions/``: the engine calls in at its decision points, its
+conversion events and its timers, and this module changes the contact's profile and
+returns the records of the experiments output (see the README).
+
+- **Exposure** (intent to treat): the first decision point at which a known contact
+  would get a message, absent the holdout. Treated contacts get it; holdout contacts do
+  not, and are exposed all the same. One exposure per contact and experiment.
+- **Outcome**: when the exposure's window closes, on the engine clock, whether the
+  contact converted in it. Outcomes are what lift is computed from.
+- **Conversion**: every conversion event of a known contact, with the credit each
+  attribution model gives the sent decisions before it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from touchline.decisions.attribution import MODELS, Touch, attribute
+from touchline.decisions.experiments import (
+    GLOBAL, Bandit, ExperimentSettings, Split, Variant, assign, segment_of,
+)
+from touchline.decisions.journeys import parse_duration
+from touchline.decisions.lift import LiftTable
+from touchline.decisions.policy import Candidate, PolicyConfig, eligibility
+from touchline.decisions.profile import Profile
+from touchline.decisions.record import decision_id, iso_ms
+
+EXPOSURE_TIMER_PREFIX = "exp:"
+TOUCH_TIMER = "touches"
+SetTimer = Callable[[str, int], None]
+
+
+@dataclass
+class ExperimentTallies:
+    """What one batch did, for the metrics (counted once per batch) and the output."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    exposures: Counter = field(default_factory=Counter)  # (experiment, arm)
+    outcomes: Counter = field(default_factory=Counter)  # (experiment, arm, converted)
+    conversions: Counter = field(default_factory=Counter)  # attributed: "true" / "false"
+    credit: Counter = field(default_factory=Counter)  # (model, channel) -> conversions credited
+    credit_value: Counter = field(default_factory=Counter)  # (model, channel) -> value credited
+    choices: Counter = field(default_factory=Counter)  # (split, arm, explored) of bandits
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A candidate's variant in one split, and the bandit tag its reward goes to."""
+
+    split: str
+    variant: str
+    bandit_segment: str | None = None
+
+
+class ExperimentRuntime:
+    """Per worker: the settings, one bandit per adaptive split, and the lift tallies."""
+
+    def __init__(self, settings: ExperimentSettings, holdout_name: str = GLOBAL, seed: int = 0) -> None:
+        self.settings = settings
+        self.holdout_name = holdout_name
+        self.conversion_types = frozenset(settings.conversion_types)
+        self.window_ms = settings.window_ms
+        self.bandits = {name: Bandit(name, split, seed) for name, split in settings.splits.items()
+                        if split.assignment != "hash"}
+        self.lift = LiftTable()
+        #: (model, channel) -> [conversions, value] credited over the run (summary)
+        self.credited: Counter = Counter()
+        self.credited_value: Counter = Counter()
+        self._waits = {
+            (split.journey, step): (name, {v.name: parse_duration(v.waits[step]) for v in split.variants
+                                           if step in v.waits})
+            for name, split in settings.splits.items() if split.journey is not None
+            for v in split.variants for step in v.waits
+        }
+
+    # ---------------------------------------------------------------- variants
+    def wait_override(self, contact: str, journey: str, step: str) -> int | None:
+        """A timing variant's wait for this contact, or None (the journey file's)."""
+        found = self._waits.get((journey, step))
+        if found is None:
+            return None
+        name, waits = found
+        return waits.get(assign(contact, name, self.settings.splits[name]).name)
+
+    def vary(self, profile: Profile, candidates: list[Candidate], lead: float | None, now_ms: int,
+             policy: PolicyConfig, tallies: ExperimentTallies) -> tuple[list[Candidate], dict[int, list[Assignment]]]:
+        """Apply each split to the candidates it covers; returns them and their assignments
+        (by position in the returned list). A variant that moves a candidate onto a channel
+        another candidate of the action already has is merged into it."""
+        if not self.settings.splits:
+            return candidates, {}
+        segment = segment_of(profile, lead, self.settings.lead_bands)
+        chosen: dict[str, Assignment] = {}
+        out: list[Candidate] = []
+        assigned: dict[int, list[Assignment]] = {}
+        seen: set[tuple[str, str]] = set()
+        for cand in candidates:
+            marks: list[Assignment] = []
+            for name, split in self.settings.splits.items():
+                if not split.matches(cand):
+                    continue
+                if name not in chosen:
+                    chosen[name] = self._choose(name, split, profile, cand, segment, now_ms, policy, tallies)
+                mark = chosen[name]
+                cand = _variant(split, mark.variant).apply(cand)
+                marks.append(mark)
+            if (cand.action, cand.channel) in seen:
+                continue
+            seen.add((cand.action, cand.channel))
+            if marks:
+                assigned[len(out)] = marks
+            out.append(cand)
+        return out, assigned
+
+    def _choose(self, name: str, split: Split, profile: Profile, cand: Candidate, segment: dict[str, str],
+                now_ms: int, policy: PolicyConfig, tallies: ExperimentTallies) -> Assignment:
+        bandit = self.bandits.get(name)
+        if bandit is None:
+            return Assignment(name, assign(profile.key, name, split).name)
+        seg = "all" if split.segment_by == "none" else segment[split.segment_by]
+        # Only arms that could be sent now: a variant on a channel without consent teaches nothing.
+        arms = [v.name for v in split.variants if eligibility(v.apply(cand), profile, now_ms, policy, False) is None]
+        arm, explored = bandit.choose(seg, arms or [v.name for v in split.variants])
+        tallies.choices[(name, arm, "true" if explored else "false")] += 1
+        return Assignment(name, arm, seg)
+
+    # ---------------------------------------------------------------- decisions
+    def on_decision(self, profile: Profile, *, sent: Candidate | None, would_send: Candidate | None,
+                    marks: list[Assignment], trigger_id: str, lead: float | None, now_ms: int,
+                    tallies: ExperimentTallies, set_timer: SetTimer) -> dict[str, Any]:
+        """After arbitration: remember a sent decision for attribution and bandits, and
+        expose the contact where this is its first chance. Returns the record's
+        ``experiments`` and ``segment`` fields."""
+        segment = segment_of(profile, lead, self.settings.lead_bands)
+        arms = {self.holdout_name: "treatment" if sent is not None else "holdout"}
+        arms.update({m.split: m.variant for m in marks})
+        if not profile.known:
+            return {"experiments": arms, "segment": segment}
+        target = sent or would_send
+        if target is not None and self.holdout_name not in profile.exposures:
+            self._expose(profile, self.holdout_name, arms[self.holdout_name], "holdout", target, sent is not None,
+                         trigger_id, segment, now_ms, tallies, set_timer)
+        if sent is not None:
+            for mark in marks:
+                if mark.split not in profile.exposures:
+                    self._expose(profile, mark.split, mark.variant, self.settings.splits[mark.split].baseline, sent,
+                                 True, trigger_id, segment, now_ms, tallies, set_timer)
+            tag = [[m.split, m.bandit_segment, m.variant] for m in marks if m.bandit_segment is not None]
+            self._expire_touches(profile, now_ms, set_timer)
+            profile.touches.append([now_ms, decision_id(profile.key, sent.action, sent.channel, trigger_id),
+                                    sent.channel, sent.action, tag or None, False])
+            if tag and TOUCH_TIMER not in profile.timers:
+                set_timer(TOUCH_TIMER, now_ms + self.window_ms)
+        return {"experiments": arms, "segment": segment}
+
+    def _expose(self, profile: Profile, experiment: str, arm: str, baseline: str, target: Candidate, sent: bool,
+                trigger_id: str, segment: dict[str, str], now_ms: int, tallies: ExperimentTallies,
+                set_timer: SetTimer) -> None:
+        profile.exposures[experiment] = {"arm": arm, "baseline": baseline, "at": now_ms, "segment": segment,
+                                         "converted_at": None, "value": 0.0}
+        set_timer(EXPOSURE_TIMER_PREFIX + experiment, now_ms + self.window_ms)
+        tallies.exposures[(experiment, arm)] += 1
+        tallies.records.append({
+            "kind": "exposure", "experiment": experiment, "arm": arm, "baseline": baseline,
+            "contact_id": profile.key, "exposed_at_ms": now_ms, "exposed_at": iso_ms(now_ms),
+            "window_ms": self.window_ms, "segment": segment, "action": target.action, "channel": target.channel,
+            "decision_id": decision_id(profile.key, target.action, target.channel, trigger_id), "sent": sent,
+        })
+
+    # ---------------------------------------------------------------- conversions
+    def on_event(self, profile: Profile, event_type: str, event_id: str, ts_ms: int, value: float,
+                 tallies: ExperimentTallies, set_timer: SetTimer) -> None:
+        """A conversion event of a known contact: exposures in window convert, touches get credit."""
+        if event_type not in self.conversion_types or not profile.known:
+            return
+        for exp in profile.exposures.values():
+            if "closed" not in exp and exp["converted_at"] is None and exp["at"] < ts_ms <= exp["at"] + self.window_ms:
+                exp["converted_at"], exp["value"] = ts_ms, value
+        self._expire_touches(profile, ts_ms, set_timer)
+        touches = [Touch(t[0], t[1], t[2], t[3]) for t in profile.touches]
+        credits = attribute(touches, ts_ms, self.window_ms, self.settings.half_life_ms)
+        for model in MODELS:
+            for touch, weight in credits[model]:
+                tallies.credit[(model, touch.channel)] += weight
+                tallies.credit_value[(model, touch.channel)] += weight * value
+                self.credited[(model, touch.channel)] += weight
+                self.credited_value[(model, touch.channel)] += weight * value
+        tallies.conversions["true" if credits["last_touch"] else "false"] += 1
+        for t in profile.touches:  # a bandit arm is rewarded by the first conversion after it
+            if t[4] and not t[5] and t[0] < ts_ms:
+                t[5] = True
+                for split, seg, arm in t[4]:
+                    if split in self.bandits:
+                        self.bandits[split].reward(seg, arm, True)
+        tallies.records.append({
+            "kind": "conversion", "contact_id": profile.key, "event_id": event_id, "ts_ms": ts_ms,
+            "ts": iso_ms(ts_ms), "type": event_type, "value": value,
+            "credits": {m: [{"decision_id": t.decision_id, "channel": t.channel, "action": t.action,
+                             "weight": round(w, 6)} for t, w in credits[m]] for m in MODELS},
+        })
+
+    # ---------------------------------------------------------------- timers
+    def on_timer(self, profile: Profile, kind: str, now_ms: int, tallies: ExperimentTallies,
+                 set_timer: SetTimer) -> bool:
+        """Handle an experiments timer; False if ``kind`` is not one."""
+        if kind == TOUCH_TIMER:
+            self._expire_touches(profile, now_ms, set_timer)
+            return True
+        if not kind.startswith(EXPOSURE_TIMER_PREFIX):
+            return False
+        experiment = kind[len(EXPOSURE_TIMER_PREFIX):]
+        exp = profile.exposures.get(experiment)
+        if exp is None or "closed" in exp:
+            return True
+        converted = exp["converted_at"] is not None
+        profile.exposures[experiment] = {"arm": exp["arm"], "closed": now_ms}
+        self.lift.add(experiment, exp["arm"], exp["baseline"], exp["segment"], converted)
+        tallies.outcomes[(experiment, exp["arm"], "true" if converted else "false")] += 1
+        tallies.records.append({
+            "kind": "outcome", "experiment": experiment, "arm": exp["arm"], "baseline": exp["baseline"],
+            "contact_id": profile.key, "exposed_at_ms": exp["at"], "window_ms": self.window_ms,
+            "segment": exp["segment"], "converted": converted, "converted_at_ms": exp["converted_at"],
+            "value": exp["value"],
+        })
+        return True
+
+    def _expire_touches(self, profile: Profile, now_ms: int, set_timer: SetTimer) -> None:
+        """Drop touches past the window; a bandit arm never followed by a conversion gets 0."""
+        horizon = now_ms - self.window_ms
+        keep = []
+        for t in profile.touches:
+            if t[0] >= horizon:
+                keep.append(t)
+            elif t[4] and not t[5]:
+                for split, seg, arm in t[4]:
+                    if split in self.bandits:
+                        self.bandits[split].reward(seg, arm, False)
+        profile.touches = keep[-20:]
+        pending = [t[0] for t in keep if t[4] and not t[5]]
+        if pending:
+            set_timer(TOUCH_TIMER, min(pending) + self.window_ms)
+        else:
+            profile.timers.pop(TOUCH_TIMER, None)
+
+    def summary(self) -> dict[str, Any]:
+        """Lift per experiment and segment, attribution totals and bandit state, as JSON."""
+        s = self.settings
+        experiments = {}
+        for name in self.lift.experiments():
+            experiments[name] = [e.to_dict() for e in self.lift.estimates(name, s.confidence, s.min_per_arm)]
+        attribution: dict[str, dict[str, dict[str, float]]] = {}
+        for (model, channel), n in sorted(self.credited.items()):
+            attribution.setdefault(model, {})[channel] = {
+                "conversions": round(n, 3), "value": round(self.credited_value[(model, channel)], 2)}
+        return {"window_ms": self.window_ms, "lift": experiments, "attribution": attribution,
+                "bandits": {name: b.status() for name, b in self.bandits.items()}}
+
+
+def _variant(split: Split, name: str) -> Variant:
+    return next(v for v in split.variants if v.name == name)
