@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from typing import Iterator
+from typing import Iterator, Protocol
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
@@ -13,8 +13,20 @@ from touchline.connectors.simulator import Simulator, SimulatorSpec
 from touchline.flows.step import RawBatch
 
 
+class LineSimulator(Protocol):
+    """What the source needs of a simulator: :class:`Simulator` or a closed-loop one."""
+
+    @property
+    def spec(self) -> SimulatorSpec: ...
+
+    @property
+    def end_ms(self) -> int: ...
+
+    def lines(self) -> Iterator[bytes]: ...
+
+
 class _SimPartition(StatefulSourcePartition[RawBatch, int]):
-    def __init__(self, sim: Simulator, batch_size: int, resume: int | None, progress: dict[str, float],
+    def __init__(self, sim: LineSimulator, batch_size: int, resume: int | None, progress: dict[str, float],
                  stop: threading.Event):
         self._stop = stop
         self._sim = sim
@@ -50,10 +62,18 @@ class SimulatorSource(FixedPartitionedSource[RawBatch, int]):
     Delivery: exactly once with recovery; the snapshot is the number of lines
     emitted, and a resumed run regenerates and skips them (same seed, same lines).
     Setting ``stop`` ends the input cleanly after the current batch.
+
+    ``simulator`` replaces the open-loop :class:`Simulator` of ``spec`` with another
+    line simulator, e.g. :class:`touchline.connectors.closed_loop.ClosedLoopSimulator`
+    (whose ``spec`` then wins). Recovery of a closed-loop run is not exact: the skip on
+    resume regenerates the natural lines only, and reactions come back only as the engine
+    re-emits the decisions they answer.
     """
 
-    def __init__(self, spec: SimulatorSpec, batch_size: int = 1000, stop: threading.Event | None = None):
-        self.spec = spec
+    def __init__(self, spec: SimulatorSpec, batch_size: int = 1000, stop: threading.Event | None = None,
+                 simulator: LineSimulator | None = None):
+        self.simulator = simulator
+        self.spec = simulator.spec if simulator is not None else spec
         self.batch_size = batch_size
         self.stop = stop or threading.Event()
         self.progress: dict[str, float] = {"lines": 0}
@@ -62,4 +82,5 @@ class SimulatorSource(FixedPartitionedSource[RawBatch, int]):
         return ["simulator"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _SimPartition:
-        return _SimPartition(Simulator(self.spec), self.batch_size, resume_state, self.progress, self.stop)
+        sim = self.simulator if self.simulator is not None else Simulator(self.spec)
+        return _SimPartition(sim, self.batch_size, resume_state, self.progress, self.stop)

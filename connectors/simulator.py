@@ -296,14 +296,20 @@ class Simulator:
 
     def lines(self) -> Iterator[bytes]:
         """Raw JSON lines in nondecreasing event time, malformed ones interleaved."""
+        for _ts, _person, line in self.timed_lines():
+            yield line
+
+    def timed_lines(self) -> Iterator[tuple[int, int, bytes]]:
+        """:meth:`lines` with each line's event time (epoch ms) and person index (-1 for a
+        malformed line), so a consumer (the closed-loop simulator) need not parse them."""
         people = [_Person(self.spec, i).events() for i in range(self.spec.contacts)]
         bad = random.Random(_stable_seed("malformed", self.spec.seed))
         rate = self.spec.malformed_rate
         kinds = 0
-        for ts, _person, _n, line in heapq.merge(*people):
-            yield line
+        for ts, person, _n, line in heapq.merge(*people):
+            yield ts, person, line
             if rate and bad.random() < rate:
-                yield _malformed(MALFORMED_KINDS[kinds % len(MALFORMED_KINDS)], ts, kinds, self.spec.seed)
+                yield ts, -1, _malformed(MALFORMED_KINDS[kinds % len(MALFORMED_KINDS)], ts, kinds, self.spec.seed)
                 kinds += 1
 
 

@@ -49,8 +49,8 @@ class Credit:
 
 
 def in_window(touches: Iterable[Touch], conversion_ms: int, window_ms: int) -> list[Touch]:
-    """Touches strictly before the conversion and no older than the window, oldest first."""
-    return sorted(t for t in touches if conversion_ms - window_ms <= t.ts_ms < conversion_ms)
+    """Touches strictly before the conversion and less than a window older, oldest first."""
+    return sorted(t for t in touches if conversion_ms - window_ms < t.ts_ms < conversion_ms)
 
 
 def attribute(touches: Iterable[Touch], conversion_ms: int, window_ms: int,
@@ -68,8 +68,3 @@ def attribute(touches: Iterable[Touch], conversion_ms: int, window_ms: int,
         "linear": [(t, 1.0 / n) for t in eligible],
         "time_decay": [(t, d / total) for t, d in zip(eligible, decay)],
     }
-
-
-def keep_recent(touches: list[Touch], now_ms: int, window_ms: int) -> list[Touch]:
-    """The touches still able to earn credit: inside the window, at most :data:`MAX_TOUCHES`."""
-    return [t for t in touches if t.ts_ms >= now_ms - window_ms][-MAX_TOUCHES:]

@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from touchline.decisions.attribution import MODELS, Touch, attribute
+from touchline.decisions.attribution import MAX_TOUCHES, MODELS, Touch, attribute
 from touchline.decisions.experiments import (
     GLOBAL, Bandit, ExperimentSettings, Split, Variant, assign, segment_of,
 )
@@ -231,15 +231,15 @@ class ExperimentRuntime:
     def _expire_touches(self, profile: Profile, now_ms: int, set_timer: SetTimer) -> None:
         """Drop touches past the window; a bandit arm never followed by a conversion gets 0."""
         horizon = now_ms - self.window_ms
-        keep = []
+        live = [t for t in profile.touches if t[0] > horizon]
+        keep = live[-MAX_TOUCHES:]  # bounded: a contact messaged very often keeps its newest touches
         for t in profile.touches:
-            if t[0] >= horizon:
-                keep.append(t)
-            elif t[4] and not t[5]:
+            if t[4] and not t[5] and (t[0] <= horizon or t not in keep):
+                t[5] = True
                 for split, seg, arm in t[4]:
                     if split in self.bandits:
                         self.bandits[split].reward(seg, arm, False)
-        profile.touches = keep[-20:]
+        profile.touches = keep
         pending = [t[0] for t in keep if t[4] and not t[5]]
         if pending:
             set_timer(TOUCH_TIMER, min(pending) + self.window_ms)

@@ -97,6 +97,10 @@ class Engine:
         self.keeper: ModelKeeper | None = None
         #: Called with every batch's result before it is emitted (the closed-loop simulator reacts here).
         self.listeners: list[Callable[[BatchResult], None]] = []
+        #: A closed-loop simulation driving this engine (runner.ClosedLoop), if any.
+        self.closed_loop: Any = None
+        #: Where a simulator run records the events it was given (for reports and replays).
+        self.recorded_events: Any = None
 
     def process_or_halt(self, batch: RawBatch) -> BatchResult:
         """:meth:`process`, except that a state store that stays unreachable stops the run

@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--kafka", metavar="HOST:PORT",
                      help="production mode: read the events topic and write the decisions, dead-letter and "
                           "channel topics on this broker (sets kafka.bootstrap); topics via [kafka] settings")
+    run.add_argument("--simulate", action="store_true",
+                     help="closed-loop simulation: simulated people react to the decisions with a true effect the "
+                          "simulator knows; the summary shows measured lift per segment against the true lift")
+    run.add_argument("--holdout", type=float, metavar="SHARE",
+                     help="share of contacts in the global holdout, never messaged (sets policy.holdout_share; "
+                          "default 0.05)")
     run.add_argument("--quiet", action="store_true", help="no live progress line")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_sim_args(run)
@@ -159,6 +165,10 @@ def _parser() -> argparse.ArgumentParser:
     m_eval.add_argument("--config", type=Path, help="settings file (labels, policy)")
     m_eval.add_argument("--json", action="store_true", help="print the figures as JSON")
 
+    from touchline import report as report_cmd
+
+    report_cmd.add_parser(sub)
+
     cfg = sub.add_parser("config", help="print the effective settings (file + environment + defaults) as JSON")
     cfg.add_argument("--config", type=Path, help="settings file (.toml, .yaml)")
 
@@ -196,6 +206,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         o["kafka.events_topic"] = args.topic
     if args.command == "simulate" and getattr(args, "rate", None) is not None and not getattr(args, "kafka", None):
         raise ConfigError("--rate applies to --kafka (a file is written as fast as possible)")
+    if getattr(args, "simulate", False):
+        if getattr(args, "input", None) is not None or getattr(args, "kafka", None):
+            raise ConfigError("--simulate runs the simulator as the input; drop --input/--kafka")
+        o["simulator.closed_loop"] = True
+    if getattr(args, "holdout", None) is not None:
+        o["policy.holdout_share"] = args.holdout
     if getattr(args, "no_metrics", False):
         o["metrics.enabled"] = False
     return o
@@ -408,6 +424,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "schema":
         return _cmd_schema(args, None)
+    if args.command == "report":
+        from touchline import report as report_cmd
+
+        return report_cmd.main(args)
     if args.command == "journeys" and args.action == "check":
         return _cmd_journeys(args)
     if args.command == "models" and args.action == "list":

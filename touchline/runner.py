@@ -328,8 +328,74 @@ def _build_source(settings: Settings, engine: Engine, kafka: dict[str, str] | No
     from touchline.connectors.sim_source import SimulatorSource
 
     spec = simulator_spec(settings)
-    return (SimulatorSource(spec, src.batch_size, stop),
+    sim: Any
+    if settings.simulator.closed_loop:
+        from touchline.connectors.closed_loop import ClosedLoopSimulator
+
+        sim = ClosedLoopSimulator(spec)
+        loop = ClosedLoop(sim)
+        engine.listeners.append(loop.on_batch)
+        engine.closed_loop = loop
+    else:
+        from touchline.connectors.simulator import Simulator
+
+        sim = Simulator(spec)
+    recorded = RecordedLines(sim, settings.output.dir / settings.output.events)
+    engine.recorded_events = recorded.path
+    return (SimulatorSource(spec, src.batch_size, stop, simulator=recorded),
             (spec.start_ms, spec.start_ms + int(spec.days * 86_400_000)))
+
+
+class ClosedLoop:
+    """The closed-loop simulator and what it needs from the engine: each batch's decisions
+    (people react to them) and the outcomes (to compute the true lift at the end)."""
+
+    def __init__(self, sim: Any) -> None:
+        self.sim = sim
+        self.outcomes: list[dict[str, Any]] = []
+
+    def on_batch(self, result: Any) -> None:
+        self.sim.react(result.decisions)
+        self.outcomes.extend(r for r in result.experiments if r["kind"] == "outcome")
+
+
+class RecordedLines:
+    """A simulator whose lines are also written to a file, so ``touchline report`` (and any
+    replay) sees exactly the events this run was given, reactions included."""
+
+    def __init__(self, sim: Any, path: Path) -> None:
+        self.sim, self.path = sim, path
+
+    @property
+    def spec(self) -> Any:
+        return self.sim.spec
+
+    @property
+    def end_ms(self) -> int:
+        return self.sim.end_ms
+
+    def lines(self):
+        with self.path.open("wb") as out:
+            for line in self.sim.lines():
+                out.write(line + b"\n")
+                yield line
+
+
+def attach_truth(summary: dict[str, Any], engine: Engine) -> None:
+    """A closed-loop simulation knows the true lift: put it beside each measured one."""
+    loop = engine.closed_loop
+    if loop is None:
+        return
+    experiments = engine.core.experiments
+    truth = loop.sim.true_lift(loop.outcomes, experiments.holdout_name)
+    for est in summary["experiments"]["lift"].get(experiments.holdout_name, []):
+        seg = est["segment"]
+        found = truth.get((seg["dimension"], seg["value"]))
+        est["true_lift"] = None if found is None else round(found.lift, 6)
+    summary["experiments"]["truth"] = {
+        "experiment": experiments.holdout_name,
+        "note": "true lift: the simulator's own average treatment effect on the treated contacts of each segment",
+    }
 
 
 def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRegistry, progress: TextIO | None,
@@ -362,7 +428,10 @@ def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRe
         delivery.close(settings.delivery.flush_seconds)
     if engine.failure is not None:
         raise engine.failure
+    if engine.recorded_events is not None:
+        outputs["events"] = str(engine.recorded_events)
     summary = build_summary(engine, wall, outputs, delivery.report.outcomes if delivery else None)  # reads store stats
+    attach_truth(summary, engine)
     interrupted = stop.is_set() and engine.failure is None
     summary["interrupted"] = interrupted
     return RunResult(summary, engine, interrupted)
