@@ -191,11 +191,8 @@ class ExperimentRuntime:
                 self.credited_value[(model, touch.channel)] += weight * value
         tallies.conversions["true" if credits["last_touch"] else "false"] += 1
         for t in profile.touches:  # a bandit arm is rewarded by the first conversion after it
-            if t[4] and not t[5] and t[0] < ts_ms:
-                t[5] = True
-                for split, seg, arm in t[4]:
-                    if split in self.bandits:
-                        self.bandits[split].reward(seg, arm, True)
+            if t[0] < ts_ms:
+                self._reward(t, True)
         tallies.records.append({
             "kind": "conversion", "contact_id": profile.key, "event_id": event_id, "ts_ms": ts_ms,
             "ts": iso_ms(ts_ms), "type": event_type, "value": value,
@@ -234,17 +231,23 @@ class ExperimentRuntime:
         live = [t for t in profile.touches if t[0] > horizon]
         keep = live[-MAX_TOUCHES:]  # bounded: a contact messaged very often keeps its newest touches
         for t in profile.touches:
-            if t[4] and not t[5] and (t[0] <= horizon or t not in keep):
-                t[5] = True
-                for split, seg, arm in t[4]:
-                    if split in self.bandits:
-                        self.bandits[split].reward(seg, arm, False)
+            if t[0] <= horizon or t not in keep:
+                self._reward(t, False)
         profile.touches = keep
         pending = [t[0] for t in keep if t[4] and not t[5]]
         if pending:
             set_timer(TOUCH_TIMER, min(pending) + self.window_ms)
         else:
             profile.timers.pop(TOUCH_TIMER, None)
+
+    def _reward(self, touch: list[Any], converted: bool) -> None:
+        """Settle a touch's bandit arms once: 1 for a conversion after it, 0 when it leaves the window."""
+        if not touch[4] or touch[5]:
+            return
+        touch[5] = True
+        for split, seg, arm in touch[4]:
+            if split in self.bandits:
+                self.bandits[split].reward(seg, arm, converted)
 
     def summary(self) -> dict[str, Any]:
         """Lift per experiment and segment, attribution totals and bandit state, as JSON."""

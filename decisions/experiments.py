@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from river import bandit, proba
 
 from touchline.decisions.journeys import parse_duration
-from touchline.decisions.policy import ALL_CHANNELS, Candidate
+from touchline.decisions.policy import ALL_CHANNELS, Candidate, bucket
 from touchline.decisions.profile import DAY_MS, Profile
 
 GLOBAL = "global_holdout"
@@ -163,16 +163,6 @@ class ExperimentSettings(_Strict):
     @property
     def half_life_ms(self) -> int:
         return int(self.half_life_days * DAY_MS)
-
-
-def bucket(contact: str, experiment: str) -> float:
-    """A uniform number in [0, 1) from a stable hash of experiment and contact.
-
-    >>> bucket("c-1", "a") == bucket("c-1", "a") != bucket("c-1", "b")
-    True
-    """
-    digest = hashlib.blake2b(f"{experiment}:{contact}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
 
 
 def assign(contact: str, name: str, split: Split) -> Variant:

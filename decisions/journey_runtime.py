@@ -15,7 +15,6 @@ point (1 ms later), so one moment never sends twice.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -25,7 +24,7 @@ from touchline.decisions.journeys import (
     BranchStep, DateEntry, EventEntry, ExitStep, HandoffStep, Journey, ScoreEntry, SegmentEntry, SendStep,
     SuppressStep, WaitForStep, WaitStep, WaitUntilStep, WEEKDAYS, parse_duration,
 )
-from touchline.decisions.policy import Candidate, contact_zone
+from touchline.decisions.policy import Candidate, bucket, contact_zone
 from touchline.decisions.profile import DAY_MS, Profile
 
 TIMER_PREFIX = "journey:"
@@ -102,8 +101,7 @@ def all_match(values: dict[str, Any], conditions: dict[str, Any]) -> bool:
 
 def split_bucket(contact: str, journey: str, step: str) -> float:
     """A stable number in [0, 100) per contact and step: random splits without state."""
-    digest = hashlib.blake2b(f"{journey}:{step}:{contact}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 * 100
+    return bucket(contact, f"{journey}:{step}") * 100
 
 
 # ---------------------------------------------------------------------------------- time of day

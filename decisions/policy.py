@@ -248,14 +248,25 @@ def cap_violation(
     return None
 
 
+def bucket(contact: str, experiment: str) -> float:
+    """A uniform number in [0, 1) from a stable hash of experiment and contact: the one
+    assignment rule of holdouts, splits and journey branches (no state, the same on every
+    worker and replay, independent across experiment names).
+
+    >>> bucket("c-1", "a") == bucket("c-1", "a") != bucket("c-1", "b")
+    True
+    """
+    digest = hashlib.blake2b(f"{experiment}:{contact}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
 def in_holdout(contact_key: str, experiment: str, share: float) -> bool:
     """Stable hash assignment: the same contact is in or out on every worker and run.
 
     >>> in_holdout("c-1", "global_holdout", 0.0), in_holdout("c-1", "global_holdout", 1.0)
     (False, True)
     """
-    digest = hashlib.blake2b(f"{experiment}:{contact_key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < share
+    return bucket(contact_key, experiment) < share
 
 
 def eligibility(
