@@ -51,6 +51,19 @@ REASONS = (
 )
 
 
+def check_known_types(value: list[str]) -> list[str]:
+    """A settings validator: every name is a known event type (a typo is an error, not a
+    goal or conversion that never happens).
+
+    >>> check_known_types(["purchase"])
+    ['purchase']
+    """
+    unknown = sorted(set(value) - KNOWN_TYPES)
+    if unknown:
+        raise ValueError(f"unknown event type(s) {unknown}")
+    return value
+
+
 def load_schema() -> dict[str, Any]:
     """Return the shipped event JSON Schema (version :data:`SCHEMA_VERSION`)."""
     text = resources.files("touchline.decisions").joinpath("schema/event-v1.json").read_bytes()

@@ -23,11 +23,12 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from river import bandit, proba
 
+from touchline.decisions.events import check_known_types
 from touchline.decisions.journeys import parse_duration
 from touchline.decisions.policy import ALL_CHANNELS, Candidate, bucket
 from touchline.decisions.profile import DAY_MS, Profile
@@ -118,7 +119,8 @@ class Split(_Strict):
 class ExperimentSettings(_Strict):
     """Splits, and how conversions, attribution and lift are measured."""
 
-    conversion_types: list[str] = Field(default_factory=lambda: ["purchase"], min_length=1,
+    conversion_types: Annotated[list[str], AfterValidator(check_known_types)] = Field(
+                                        default_factory=lambda: ["purchase"], min_length=1,
                                         description="event types that count as a conversion")
     window_days: float = Field(default=7.0, gt=0, le=90,
                                description="conversion window after an exposure, and the attribution lookback")
@@ -129,15 +131,6 @@ class ExperimentSettings(_Strict):
                                     description="lead score cut points: low < first <= mid < second <= high")
     splits: dict[str, Split] = Field(default_factory=dict)
 
-    @field_validator("conversion_types")
-    @classmethod
-    def _known_types(cls, value: list[str]) -> list[str]:
-        from touchline.decisions.events import KNOWN_TYPES
-
-        unknown = sorted(set(value) - KNOWN_TYPES)
-        if unknown:
-            raise ValueError(f"unknown event type(s) {unknown}")
-        return value
 
     @field_validator("lead_bands")
     @classmethod

@@ -15,13 +15,13 @@ import tomllib
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from touchline.decisions.events import KNOWN_TYPES
+from touchline.decisions.events import check_known_types
 from touchline.decisions.experiments import ExperimentSettings
 from touchline.decisions.models import ScoreSettings
 from touchline.decisions.policy import PolicyConfig
@@ -109,19 +109,13 @@ class MetricsSettings(_Section):
 
 
 class LabelSettings(_Section):
-    goal_types: list[str] = Field(default_factory=lambda: ["purchase", "form_submit", "signup"], min_length=1)
+    goal_types: Annotated[list[str], AfterValidator(check_known_types)] = Field(
+        default_factory=lambda: ["purchase", "form_submit", "signup"], min_length=1)
     lead_horizon_days: float = Field(default=3.0, gt=0, description="a goal within this long after scoring is a positive")
     churn_horizon_days: float = Field(default=7.0, gt=0)
     sample_gap_hours: float = Field(default=24.0, ge=0, description="min time between observations per contact")
     sample_rate: float = Field(default=0.3, gt=0, le=1, description="share of intent events a lead observation may start at")
 
-    @field_validator("goal_types")
-    @classmethod
-    def _known(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - KNOWN_TYPES)
-        if unknown:
-            raise ValueError(f"unknown event type(s) {unknown}")
-        return value
 
     def rules(self) -> "LabelRules":
         """These settings as the decision core takes them."""
