@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
+from time import perf_counter_ns
 from typing import Any, Callable, Mapping
 
 import orjson
 
 from touchline.decisions import labels as label_rules
 from touchline.decisions.clock import Clock, EventTimeClock
-from touchline.decisions.events import KNOWN_TYPES, Event
+from touchline.decisions.events import KNOWN_TYPES, Event, missing_attributes
 from touchline.decisions.features import features
 from touchline.decisions.champion import Drift, ModelSlot, Restore
 from touchline.decisions.experiment_runtime import ExperimentRuntime, ExperimentTallies
@@ -135,7 +136,6 @@ class BatchRun:
         self.reserve = reserve
         self.dead: list[dict[str, Any]] = []
         self.decisions: list[dict[str, Any]] = []
-        self.decision_event_ms: list[int] = []
         self.by_type: Counter = Counter()
         #: (channel, outcome, linked to a decision id) -> feedback events applied
         self.feedback: Counter = Counter()
@@ -152,6 +152,16 @@ class BatchRun:
         self._scored_features: dict[str, dict[str, float]] = {}
         self.scores: dict[str, list[float]] = {name: [] for name in core.models}
         self.duplicates = 0
+        #: identity of each applied event: known, anonymous_resolved or anonymous_unresolved
+        self.identities: Counter = Counter()
+        #: anonymous ids linked to a known contact in this batch
+        self.merges = 0
+        #: profiles that saw their first event, by identity (known, anonymous)
+        self.new_ids: Counter = Counter()
+        #: (event type, attribute) -> events without an attribute the decisions rely on
+        self.missing: Counter = Counter()
+        #: time spent in model predictions (the "score" stage; the rest of ``run`` is "policy")
+        self.score_ns = 0
         self.deleted: set[str] = set()  # merged away or expired: not to be saved
         self.expired: set[str] = set()  # inactive past retention: forget with their aliases
         #: profiles changed in this batch: only these are saved (a stale timer for a
@@ -281,7 +291,9 @@ class BatchRun:
             self.expired.discard(key)
             profile = self.profiles[key] = Profile(key, known=profile.known)
         self.touched.add(key)
+        fresh = profile.events_total == 0
         if merged is not None:
+            self.merges += 1
             self._merge(profile, merged)
         if is_too_late(profile, ev.ts_ms):
             self.dead.append({
@@ -294,6 +306,13 @@ class BatchRun:
             self.duplicates += 1
             return
         self.by_type[ev.type if ev.type in KNOWN_TYPES else "other"] += 1  # bounded: no label per stranger type
+        known = profile.known
+        self.identities["known" if ev.contact_id is not None else
+                        "anonymous_resolved" if known else "anonymous_unresolved"] += 1
+        if fresh:
+            self.new_ids["known" if known else "anonymous"] += 1
+        for attribute in missing_attributes(ev.type, ev.properties, ev.context, ev.channel):
+            self.missing[(ev.type, attribute)] += 1
         if ev.type in FEEDBACK_TYPES:
             fb = feedback_key(ev.type, ev.properties, ev.channel)
             if fb is not None:
@@ -381,7 +400,9 @@ class BatchRun:
 
     # --------------------------------------------------------------- models
     def _score(self, model: str, feats: dict[str, float]) -> float:
+        started = perf_counter_ns()
         p = self.core.models[model].predict(feats)
+        self.score_ns += perf_counter_ns() - started
         self.scores[model].append(p)
         self._scored_features[model] = feats
         return p
@@ -466,7 +487,6 @@ class BatchRun:
             segment=arms["segment"],
         )
         self.decisions.append(record)
-        self.decision_event_ms.append(event_ms)
         return winner, suppressed
 
     def _score_entry(self, name: str, p: float) -> dict[str, Any]:

@@ -51,6 +51,48 @@ REASONS = (
 )
 
 
+#: Attributes the decisions rely on, by event type. An event without one is still
+#: processed (a default applies: no cart value, the default time zone, consent left as
+#: it was), and counted in ``touchline_missing_attributes_total`` so a tracking change
+#: that drops a field shows up on a dashboard instead of as quietly worse decisions.
+EXPECTED_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "add_to_cart": ("value",),
+    "remove_from_cart": ("value",),
+    "purchase": ("value",),
+    "consent_update": ("channel", "granted"),
+    "signup": ("timezone",),
+    "identify": ("timezone",),
+}
+
+
+def missing_attributes(event_type: str, properties: dict[str, Any], context: dict[str, Any],
+                       channel: str | None) -> tuple[str, ...]:
+    """The expected attributes (:data:`EXPECTED_ATTRIBUTES`) this event lacks or has unusable.
+
+    >>> missing_attributes("purchase", {"value": "12"}, {}, None)
+    ('value',)
+    >>> missing_attributes("consent_update", {"granted": True}, {}, "sms")
+    ()
+    """
+    expected = EXPECTED_ATTRIBUTES.get(event_type)
+    if not expected:
+        return ()
+    missing = []
+    for name in expected:
+        if name == "value":
+            value = properties.get("value")
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e12
+        elif name == "granted":
+            ok = isinstance(properties.get("granted"), bool)
+        elif name == "channel":
+            ok = isinstance(properties.get("channel") or channel, str)
+        else:  # timezone
+            ok = isinstance(context.get("timezone"), str) and bool(context["timezone"])
+        if not ok:
+            missing.append(name)
+    return tuple(missing)
+
+
 def check_known_types(value: list[str]) -> list[str]:
     """A settings validator: every name is a known event type (a typo is an error, not a
     goal or conversion that never happens).

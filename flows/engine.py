@@ -14,6 +14,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import FixedPartitionedSink, Sink
 
+from touchline.flows.emit import timed
 from touchline.flows.step import BatchResult, Engine
 
 
@@ -28,7 +29,14 @@ def build_flow(
 ) -> Dataflow:
     """Wire the engine flow. Decisions go to the decisions output (the audit trail) and,
     when given, to the channel connectors; exposures, outcomes and conversions to the
-    experiments output when given."""
+    experiments output when given. Every output's write time is the engine's "emit"
+    stage; the decisions output's also ends the event-to-decision latency."""
+    decisions_sink = timed(decisions_sink, engine.decisions_emitted)
+    dead_letter_sink = timed(dead_letter_sink, engine.emitted)
+    if delivery_sink is not None:
+        delivery_sink = timed(delivery_sink, engine.emitted)
+    if experiments_sink is not None:
+        experiments_sink = timed(experiments_sink, engine.emitted)
     flow = Dataflow(name)
     raw = op.input("events", flow, source)
     results = op.map("process", raw, engine.process_or_halt)

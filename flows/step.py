@@ -101,6 +101,27 @@ class Engine:
         self.closed_loop: Any = None
         #: Where a simulator run records the events it was given (for reports and replays).
         self.recorded_events: Any = None
+        #: The ``source`` label of this engine's event metrics (simulator, jsonl, kafka):
+        #: the kind of source, never a file or topic name, so the label set stays bounded.
+        self.source_kind = "unknown"
+        #: Output write time since the last batch was accounted (the "emit" stage).
+        self._emit_seconds = 0.0
+
+    def emitted(self, _records: list[Any], seconds: float) -> None:
+        """An output wrote a batch of records (called by the timed sinks, on this worker's thread)."""
+        self._emit_seconds += seconds
+
+    def decisions_emitted(self, records: list[Any], seconds: float) -> None:
+        """Decisions were written to the decisions output: in live mode, the end of their
+        event-to-decision latency (event time of the trigger to now)."""
+        self._emit_seconds += seconds
+        if self.core.live and records:
+            wall_ms = time.time_ns() / 1e6
+            hist = self.metrics.event_to_decision
+            for record in records:
+                event_ms = record.get("event_time_ms") if isinstance(record, dict) else None
+                if isinstance(event_ms, int):
+                    hist.observe(max(0.0, (wall_ms - event_ms) / 1000))
 
     def process_or_halt(self, batch: RawBatch) -> BatchResult:
         """:meth:`process`, except that a state store that stays unreachable stops the run
@@ -136,6 +157,7 @@ class Engine:
         """Run one batch end to end; the result is ready to emit."""
         if self.keeper is not None:
             self.keeper.tick()  # between batches: a swap never splits one
+        started_ns = time.perf_counter_ns()
         dead: list[dict[str, Any]] = []
         events: list[Event] = []
         for i, raw in enumerate(batch.lines):
@@ -146,6 +168,7 @@ class Engine:
             else:
                 events.append(parsed)
         events.sort(key=lambda ev: ev.ts_ms)  # stable: ties keep arrival order
+        parsed_ns = time.perf_counter_ns()
         store, timings = self.store, dict[str, float]()
         horizon = self.core.advance(events, batch.advance_to_ms)
         timer_horizon = horizon - self.lateness_ms if not self.core.live else horizon
@@ -153,21 +176,25 @@ class Engine:
         keys = {k for k, _ in resolved} | {m for _, m in resolved if m} | {k for _, k, _ in due}
         profiles = _timed(timings, "load", store.load, keys) if keys else {}
         run = BatchRun(self.core, profiles, store.reserve)
+        run_started_ns = time.perf_counter_ns()
         run.run(events, resolved, due, timer_horizon)
+        run_ns = time.perf_counter_ns() - run_started_ns
         live = {k: profiles[k] for k in run.touched - run.deleted}
         _timed(timings, "save", store.commit, live, run.merged_away,
                [(k, kind, due_ms) for (k, kind), due_ms in run.to_schedule.items()])
         for key in run.expired:
             _timed(timings, "delete", store.delete, key)
         dead.extend(run.dead)
-        self._account(batch, events, run, dead, timings)
+        stages = {"parse": (parsed_ns - started_ns) / 1e9, "state": sum(timings.values()),
+                  "score": run.score_ns / 1e9, "policy": max(0, run_ns - run.score_ns) / 1e9}
+        self._account(batch, events, run, dead, timings, stages)
         result = BatchResult(run.decisions, dead, run.exp.records)
         for listener in self.listeners:
             listener(result)
         return result
 
     def _account(self, batch: RawBatch, events: list[Event], run: BatchRun, dead: list[dict[str, Any]],
-                 timings: dict[str, float]) -> None:
+                 timings: dict[str, float], stages: dict[str, float]) -> None:
         done_ns = time.perf_counter_ns()
         m, t = self.metrics, self.totals
         latency_ms = (done_ns - batch.read_ns) / 1e6
@@ -187,7 +214,15 @@ class Engine:
             t.first_event_ms = first if t.first_event_ms is None else min(t.first_event_ms, first)
             t.last_event_ms = last if t.last_event_ms is None else max(t.last_event_ms, last)
         t.decision_latency_ms.extend(latency_ms for _ in run.decisions)
-        m.count_events(run.by_type)
+        source = self.source_kind
+        m.count_events(run.by_type, source)
+        if batch.lines:
+            m.received_bytes.labels(source).inc(sum(map(len, batch.lines)))
+        m.count(m.identity_events, run.identities)
+        m.count(m.new_ids, run.new_ids)
+        m.count(m.missing_attributes, run.missing)
+        if run.merges:
+            m.identity_merges.inc(run.merges)
         m.count(m.dead_letters, dead_by_reason)
         m.count(m.suppressions, run.suppressed)
         m.count(m.decisions, run.decided)
@@ -217,10 +252,12 @@ class Engine:
         seconds = latency_ms / 1000
         for _ in range(n):
             m.processing.observe(seconds)
-        if self.core.live:
-            wall_ms = time.time_ns() / 1e6
-            for event_ms in run.decision_event_ms:
-                m.event_to_decision.observe(max(0.0, (wall_ms - event_ms) / 1000))
+        if batch.lines:  # idle ticks are not batches
+            for stage, seconds_spent in stages.items():
+                m.stage_latency.labels(stage).observe(seconds_spent)
+        if self._emit_seconds:  # what the previous batch's outputs took to write
+            m.stage_latency.labels("emit").observe(self._emit_seconds)
+            self._emit_seconds = 0.0
         if run.label_delays or run.drifts:
             m.models.export(self.models, run.label_delays, run.drifts)
             if self.keeper is not None:

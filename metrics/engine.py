@@ -8,17 +8,33 @@ labelled ``inc()`` per event would cost more than the event's own processing.
 >>> from prometheus_client import CollectorRegistry
 >>> reg = CollectorRegistry()
 >>> m = EngineMetrics(reg)
->>> m.count_events({"page_view": 3, "wishlist_add": 1})
->>> reg.get_sample_value("touchline_events_total", {"type": "other"})
+>>> m.count_events({"page_view": 3, "wishlist_add": 1}, "jsonl")
+>>> reg.get_sample_value("touchline_events_total", {"type": "other", "source": "jsonl"})
 1.0
+
+Process metrics (``process_*``, ``python_gc_*``, ``python_info``) are on the same registry:
+
+>>> reg.get_sample_value("process_resident_memory_bytes") > 0
+True
 """
 
 from __future__ import annotations
 
+import platform
 from collections import Counter
+from importlib.metadata import PackageNotFoundError, version
 from typing import Mapping
 
-from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram, Info
+from prometheus_client import (
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    CollectorRegistry,
+    Counter as PromCounter,
+    Gauge,
+    Histogram,
+    Info,
+)
 
 from touchline.decisions.events import KNOWN_TYPES
 from touchline.metrics.experiments import ExperimentMetrics
@@ -26,6 +42,12 @@ from touchline.metrics.models import ModelMetrics
 
 #: Latency buckets (seconds) that resolve sub-second SLOs and still show slow tails.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Per-batch stage times are often well under a millisecond.
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, *LATENCY_BUCKETS[:-3])
+#: The stages of a batch, in order (``touchline_stage_latency_seconds{stage}``).
+STAGES = ("parse", "state", "score", "policy", "emit")
+#: ``touchline_identity_events_total{identity}``: how an applied event's identity resolved.
+IDENTITIES = ("known", "anonymous_resolved", "anonymous_unresolved")
 SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
 
@@ -34,7 +56,11 @@ class EngineMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.events = PromCounter("touchline_events", "Valid events processed, by type.", ["type"], registry=registry)
+        self.events = PromCounter("touchline_events", "Valid events applied, by type and source kind.",
+                                  ["type", "source"], registry=registry)
+        self.received_bytes = PromCounter(
+            "touchline_received_bytes", "Raw event bytes read, invalid events included, by source kind.", ["source"],
+            registry=registry)
         self.duplicates = PromCounter(
             "touchline_duplicate_events", "Events ignored because their event_id was already applied.", registry=registry
         )
@@ -73,7 +99,8 @@ class EngineMetrics:
         )
         self.event_to_decision = Histogram(
             "touchline_event_to_decision_seconds",
-            "Event time of the trigger to decision emit (wall clock); meaningful in live mode.",
+            "Event time of the trigger to the decision written to the decisions output (live, wall-clock mode "
+            "only: a replay's event times are in the past).",
             buckets=LATENCY_BUCKETS, registry=registry,
         )
         self.processing = Histogram(
@@ -81,9 +108,14 @@ class EngineMetrics:
             "Wall time from an event entering the engine to its processing being emitted.",
             buckets=LATENCY_BUCKETS, registry=registry,
         )
+        self.stage_latency = Histogram(
+            "touchline_stage_latency_seconds",
+            "Time per micro-batch in each stage: parse (validate events), state (state store round trips), "
+            "score (model predictions), policy (the rest of the decision loop: triggers, journeys, arbitration, "
+            "experiments), emit (writing a batch's outputs).", ["stage"], buckets=STAGE_BUCKETS, registry=registry)
         self.store_latency = Histogram(
-            "touchline_state_store_seconds", "State store call latency, by operation.", ["op"],
-            buckets=LATENCY_BUCKETS, registry=registry,
+            "touchline_state_store_latency_seconds", "State store round-trip latency per batch, by operation "
+            "(resolve, load, save, delete).", ["op"], buckets=STAGE_BUCKETS, registry=registry,
         )
         self.store_errors = PromCounter(
             "touchline_state_store_errors", "Failed state store attempts (each retried), by operation.", ["op"],
@@ -109,20 +141,52 @@ class EngineMetrics:
             "touchline_clock_seconds", "The engine clock (event-time watermark in replay), epoch seconds.",
             registry=registry,
         )
+        self.identity_events = PromCounter(
+            "touchline_identity_events", "Applied events by how their identity resolved: known (arrived with a "
+            "contact id), anonymous_resolved (an anonymous id already linked to a contact), anonymous_unresolved.",
+            ["identity"], registry=registry)
+        self.identity_merges = PromCounter(
+            "touchline_identity_merges", "Anonymous ids linked to a known contact (their history merged into it).",
+            registry=registry)
+        self.new_ids = PromCounter(
+            "touchline_new_ids", "Profiles that received their first event, by identity (known, anonymous).",
+            ["identity"], registry=registry)
+        self.missing_attributes = PromCounter(
+            "touchline_missing_attributes", "Events without an attribute the decisions rely on (a default was "
+            "used), by event type and attribute.", ["type", "attribute"], registry=registry)
         #: model quality, deployment and checkpoints (see :mod:`touchline.metrics.models`)
         self.models = ModelMetrics(registry)
         self.experiments = ExperimentMetrics(registry)
-        self.build = Info("touchline_build", "Version of the running engine.", registry=registry)
+        self.build = Info("touchline_build", "Versions of the running engine and of what it runs on.",
+                          registry=registry)
+        self.build.info(build_labels())
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
 
-    def count_events(self, by_type: Mapping[str, int]) -> None:
+    def count_events(self, by_type: Mapping[str, int], source: str) -> None:
         """Add a batch's event counts, folding unknown types into ``other``."""
         folded: Counter[str] = Counter()
         for type_, n in by_type.items():
             folded[type_ if type_ in KNOWN_TYPES else "other"] += n
         for type_, n in folded.items():
-            self.events.labels(type_).inc(n)
+            self.events.labels(type_, source).inc(n)
 
     def count(self, counter: PromCounter, tallies: Mapping[tuple[str, ...] | str, int]) -> None:
         """Add a batch's tallies to a labelled counter (keys are label values)."""
         for labels, n in tallies.items():
             counter.labels(*((labels,) if isinstance(labels, str) else labels)).inc(n)
+
+
+def build_labels() -> dict[str, str]:
+    """``touchline_build_info``: this engine's version and those of Python, Bytewax and River."""
+    import touchline
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "unknown"
+
+    return {"version": touchline.__version__, "python": platform.python_version(),
+            "bytewax": installed("bytewax"), "river": installed("river")}

@@ -399,7 +399,7 @@ def test_metrics_match_totals():
     assert sum(t.by_type.values()) == len(_scenario()) - 2 + 1  # minus bad line and duplicate, plus wishlist
     for type_, n in t.by_type.items():
         label = "other" if type_ == "wishlist_add" else type_
-        assert value("touchline_events_total", {"type": label}) == n
+        assert value("touchline_events_total", {"type": label, "source": "unknown"}) == n
     assert value("touchline_duplicate_events_total") == t.duplicates == 1
     assert t.dead_letters == Counter({"bad_json": 1, "not_object": 1})
     for reason, n in t.dead_letters.items():

@@ -179,11 +179,11 @@ def test_metrics_server_serves_and_reports_busy_port():
     registry = CollectorRegistry()
     from touchline.metrics.engine import EngineMetrics
 
-    EngineMetrics(registry).count_events({"purchase": 2})
+    EngineMetrics(registry).count_events({"purchase": 2}, "jsonl")
     host, port, server = serve_metrics(registry, "127.0.0.1", 0)
     try:
         body = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read().decode()
-        assert 'touchline_events_total{type="purchase"} 2.0' in body
+        assert 'touchline_events_total{source="jsonl",type="purchase"} 2.0' in body
         with pytest.raises(MetricsServerError, match="already in use"):
             serve_metrics(registry, "127.0.0.1", port)
     finally:
@@ -239,7 +239,7 @@ def test_metrics_are_served_on_loopback_while_running_and_released_after(tmp_pat
     run(settings, progress=None, on_metrics=scrape)
     host, port = seen["addr"]
     assert host == "127.0.0.1" and port > 0
-    assert 'touchline_build_info{version="' in seen["body"]
+    assert "touchline_build_info{" in seen["body"] and 'version="' in seen["body"]
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2)
 

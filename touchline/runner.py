@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 from bytewax.testing import run_main
 from prometheus_client import CollectorRegistry
 
-import touchline
 from touchline.connectors.files import JsonlSink, JsonlSource
 from touchline.decisions.clock import EventTimeClock, WallClock
 from touchline.flows.engine import build_flow
@@ -51,7 +50,6 @@ def build_engine(settings: Settings, registry: CollectorRegistry, trace: Any = N
     """The engine for these settings, its metrics on ``registry``; with ``keep_models`` its
     models come from (and are checkpointed to) the model store."""
     metrics = EngineMetrics(registry)
-    metrics.build.info({"version": touchline.__version__})
     journeys = None
     if settings.journeys.files:
         from touchline.decisions.journey_runtime import JourneyRunner
@@ -86,6 +84,7 @@ def build_engine(settings: Settings, registry: CollectorRegistry, trace: Any = N
         experiments=settings.experiments,
     )
     engine = Engine(store, core, metrics)
+    engine.source_kind = settings.source.kind
     if keeper is not None:
         keeper.attach(core.models)
         engine.keeper = keeper
