@@ -106,6 +106,19 @@ class Engine:
         self.source_kind = "unknown"
         #: Output write time since the last batch was accounted (the "emit" stage).
         self._emit_seconds = 0.0
+        #: When the batch in progress started (monotonic seconds), for the liveness probe.
+        self.busy_since: float | None = None
+
+    def not_alive(self, stall_seconds: float) -> str | None:
+        """Why a liveness probe should fail (restart me), or None: the run stopped on a
+        failure, or one batch has been running for longer than ``stall_seconds``."""
+        if self.failure is not None:
+            return f"the engine stopped: {self.failure}"
+        started = self.busy_since
+        if started is not None and time.monotonic() - started > stall_seconds:
+            return (f"one batch has been running for {time.monotonic() - started:.0f} s "
+                    f"(metrics.stall_seconds = {stall_seconds:g})")
+        return None
 
     def emitted(self, _records: list[Any], seconds: float) -> None:
         """An output wrote a batch of records (called by the timed sinks, on this worker's thread)."""
@@ -129,11 +142,14 @@ class Engine:
         the error, instead of the dataflow dying with a backtrace."""
         if self.failure is not None:
             return BatchResult([], [])
+        self.busy_since = time.monotonic()
         try:
             return self.process(batch)
         except StoreError as exc:
             self.fail(exc)
             return BatchResult([], [])
+        finally:
+            self.busy_since = None
 
     def fail(self, exc: Exception) -> None:
         """Stop the run because a dependency failed for good (thread-safe; the first error wins)."""

@@ -141,5 +141,11 @@ class StateStore(ABC):
         """Sizes worth reporting (profiles, aliases, timers)."""
         return {}
 
+    def ping(self, timeout: float = 1.0) -> str:
+        """Check the store answers within ``timeout`` seconds (the readiness probe); returns a
+        line for the probe's answer, raises :class:`StoreUnavailable` if it does not. An
+        in-process store is always there."""
+        return "in-process"
+
     def close(self) -> None:
         """Release connections."""

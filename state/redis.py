@@ -27,9 +27,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import redis
@@ -137,6 +138,10 @@ class RedisStore(StateStore):
         #: whose profile another writer changed gets the new one: never a stale read.
         self._base: OrderedDict[str, _Base] = OrderedDict()
         self._lent: set[str] = set()
+        #: the readiness probe's own client (see :meth:`ping`)
+        self._probe: Any = None
+        self._probe_timeout = 0.0
+        self._probe_lock = threading.Lock()
 
     @property
     def masked_url(self) -> str:
@@ -418,7 +423,29 @@ class RedisStore(StateStore):
             "timers": int(timers),
         }
 
+    def ping(self, timeout: float = 1.0) -> str:
+        """PING on a client of its own with short timeouts: a probe must answer quickly and
+        must not wait behind (or disturb) the engine's pipelines and their retries."""
+        with self._probe_lock:
+            if self._probe is None or self._probe_timeout != timeout:
+                if self._probe is not None:
+                    self._probe.close()
+                self._probe = _client(self.url, replace(self.options, socket_timeout=timeout))
+                self._probe_timeout = timeout
+            started = time.perf_counter()
+            try:
+                self._probe.ping()
+            except (redis.RedisError, OSError) as exc:
+                raise StoreUnavailable(f"Redis at {self.masked_url} did not answer PING within {timeout:g} s: "
+                                       f"{exc}") from None
+        return f"{self.masked_url} answered PING in {(time.perf_counter() - started) * 1000:.1f} ms"
+
     def close(self) -> None:
+        if self._probe is not None:
+            try:
+                self._probe.close()
+            except Exception:
+                pass
         try:
             self.client.close()
         except Exception:  # closing a dead connection is not worth a traceback

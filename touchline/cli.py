@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -59,8 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--follow", action="store_true",
                      help="live mode: tail --input like tail -f, timers on the wall clock; Ctrl-C to stop")
     run.add_argument("--out", type=Path, help="output directory (default touchline-out)")
-    run.add_argument("--metrics-port", type=int, help="Prometheus port on 127.0.0.1 (default 9464, 0 = any free)")
-    run.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
+    run.add_argument("--metrics-port", type=int,
+                     help="port of /metrics, /healthz and /readyz (default 9464, 0 = any free)")
+    run.add_argument("--metrics-host", metavar="ADDRESS",
+                     help="address they bind (default 127.0.0.1; 0.0.0.0 exposes them on every interface)")
+    run.add_argument("--no-metrics", action="store_true", help="do not serve /metrics and the health endpoints")
+    run.add_argument("--log-format", choices=("text", "json"), help="log lines as text or JSON objects "
+                     "(default text; sets logging.format)")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                     help="default warning; info adds operational lines (never personal data)")
     run.add_argument("--batch-size", type=int, help="events per micro-batch (default 100)")
     run.add_argument("--redis", metavar="URL", help="keep state in Redis at URL (sets state.url), "
                      "e.g. redis://127.0.0.1:6379/0, rediss://..., redis+cluster://host:port")
@@ -184,6 +190,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "simulator.malformed_rate": getattr(args, "malformed_rate", None),
         "output.dir": getattr(args, "out", None) if args.command in ("run", "models") else None,
         "metrics.port": getattr(args, "metrics_port", None),
+        "metrics.host": getattr(args, "metrics_host", None),
+        "logging.format": getattr(args, "log_format", None),
+        "logging.level": getattr(args, "log_level", None),
         "source.batch_size": getattr(args, "batch_size", None),
     }
     if getattr(args, "input", None) is not None:
@@ -416,7 +425,9 @@ def _cmd_schema(_args: argparse.Namespace, _settings: Settings | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from touchline import logs
+
+    logs.configure()
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -438,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         overrides = _overrides(args)
         settings = load_settings(getattr(args, "config", None), overrides)
+        logs.configure(settings.logging.level, settings.logging.format)
         commands = {"journeys": _cmd_preview, "run": _cmd_run, "simulate": _cmd_simulate, "bench": _cmd_bench, "config": _cmd_config,
                     "contact": _cmd_contact, "models": _cmd_models}
         return commands[args.command](args, settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
@@ -24,10 +25,13 @@ from touchline.settings import Settings
 from touchline.state import open_store
 from touchline.summary import build_summary
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from touchline.connectors.simulator import SimulatorSpec
     from touchline.decisions.journey_runtime import JourneyRunner
     from touchline.flows.models import ModelKeeper
+    from touchline.metrics.server import Health
     from touchline.state.models import ModelStore
 
 
@@ -404,11 +408,19 @@ def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRe
     server = None
     outputs = dict(io.outputs)
     if settings.metrics.enabled:
-        host, port, server = serve_metrics(registry, settings.metrics.host, settings.metrics.port)
-        outputs["metrics"] = f"http://{host}:{port}/metrics (served while running)"
+        host, port, server = serve_metrics(registry, settings.metrics.host, settings.metrics.port,
+                                           health_checks(settings, engine))
+        outputs["metrics"] = f"http://{host}:{port}/metrics (served while running; also /healthz, /readyz)"
+        log.info("serving /metrics, /healthz and /readyz on %s:%s", host, port,
+                 extra={"metrics_host": host, "metrics_port": port})
         if on_metrics:
             on_metrics(host, port)
     started = time.perf_counter()
+    from touchline.state import mask_url
+
+    log.info("run started: source %s, state %s", settings.source.kind, mask_url(settings.state.url),
+             extra={"source": settings.source.kind, "state": mask_url(settings.state.url),
+                    "clock": settings.engine.clock, "batch_size": settings.source.batch_size})
     restore = _stop_on_signals(stop)
     try:
         if progress is not None:
@@ -422,6 +434,12 @@ def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRe
             server.shutdown()
             server.server_close()
     wall = time.perf_counter() - started
+    t = engine.totals
+    log.info("run %s after %.1f s: %d events, %d decisions, %d dead letters",
+             "stopped" if engine.failure is not None else "interrupted" if stop.is_set() else "finished", wall,
+             t.events, sum(t.decisions.values()), sum(t.dead_letters.values()),
+             extra={"seconds": round(wall, 3), "events": t.events, "decisions": sum(t.decisions.values()),
+                    "dead_letters": sum(t.dead_letters.values()), "failed": engine.failure is not None})
     delivery = io.delivery_sink.delivery if io.delivery_sink is not None else None
     if delivery is not None:  # deliveries in flight finish (or fail into dead letters) before the summary
         delivery.close(settings.delivery.flush_seconds)
@@ -434,6 +452,26 @@ def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRe
     interrupted = stop.is_set() and engine.failure is None
     summary["interrupted"] = interrupted
     return RunResult(summary, engine, interrupted)
+
+
+def health_checks(settings: Settings, engine: Engine) -> "Health":
+    """Readiness: the state store answers, and the Kafka brokers when Kafka is used.
+    Liveness: the engine has not stopped and no batch is stuck."""
+    from touchline.metrics.server import Health
+
+    checks = {"state_store": engine.store.ping}
+    if settings.kafka.bootstrap:
+        from touchline.connectors.kafka import check_cluster
+
+        config = settings.kafka.client_config()
+
+        def broker() -> str:
+            topics = check_cluster(config, timeout=1.0)
+            return f"{config['bootstrap.servers']} answered ({len(topics)} topics)"
+
+        checks["broker"] = broker
+    stall = settings.metrics.stall_seconds
+    return Health(checks, alive=lambda: engine.not_alive(stall))
 
 
 def _stop_on_signals(stop: threading.Event):

@@ -103,9 +103,18 @@ class StateSettings(_Section):
 
 
 class MetricsSettings(_Section):
-    enabled: bool = True
-    host: str = "127.0.0.1"
+    enabled: bool = Field(default=True, description="serve /metrics, /healthz and /readyz while running")
+    host: str = Field(default="127.0.0.1", description="address to bind; loopback unless you choose otherwise")
     port: int = Field(default=9464, ge=0, le=65535)
+    stall_seconds: float = Field(default=300.0, gt=0, description="/healthz fails once one batch runs this "
+                                 "long (keep it above state.retry_seconds and kafka.retry_seconds)")
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="warning", description="info for production: operational lines, never personal data")
+    format: Literal["text", "json"] = Field(default="text", description="json: one object per line, for "
+                                            "log shippers")
 
 
 class LabelSettings(_Section):
@@ -248,6 +257,7 @@ class Settings(BaseSettings):
     output: OutputSettings = Field(default_factory=OutputSettings)
     state: StateSettings = Field(default_factory=StateSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
     labels: LabelSettings = Field(default_factory=LabelSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)

@@ -1,0 +1,94 @@
+"""Logging set-up for the entry point: text or one JSON object per line, personal data masked.
+
+Log lines at info level and above never carry personal data: the engine logs counts,
+states and masked URLs, never a contact id, and a filter masks e-mail addresses and
+phone numbers that reach a message anyway (a mail server's error quoting a recipient,
+say). Debug level is for local troubleshooting and is not masked.
+
+>>> import logging
+>>> record = logging.LogRecord("touchline.x", logging.WARNING, __file__, 1,
+...                            "delivery failed: 550 <%s> unknown", ("ada@example.com",), None)
+>>> Redact().filter(record)
+True
+>>> record.getMessage()
+'delivery failed: 550 <[email]> unknown'
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import orjson
+
+LogFormat = Literal["text", "json"]
+LEVELS = ("debug", "info", "warning", "error")
+
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+#: international (E.164-style) numbers, as the SMS connectors address them; a bare digit
+#: run is left alone, since epoch milliseconds and dates look the same
+_PHONE = re.compile(r"(?<![\w+])\+\d[\d ()-]{6,}\d(?!\w)")
+#: What a LogRecord always has; anything else was passed with ``extra=`` and is a field.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+def redact(text: str) -> str:
+    """Mask e-mail addresses and phone numbers.
+
+    >>> redact("sms to +44 7700 900123 failed; mail to bo@example.org bounced at 1767225600000")
+    'sms to [phone] failed; mail to [email] bounced at 1767225600000'
+    """
+    return _PHONE.sub("[phone]", _EMAIL.sub("[email]", text))
+
+
+class Redact(logging.Filter):
+    """Masks personal data in records at info level and above (message, arguments, exception)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.INFO:
+            return True
+        record.msg = redact(record.getMessage())
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts (UTC, ms), level, logger, message, any ``extra=`` fields,
+    and the exception when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                doc[key] = value
+        if record.exc_info:
+            doc["exception"] = record.exc_text or self.formatException(record.exc_info)
+        return orjson.dumps(doc, default=str).decode()
+
+
+def configure(level: str = "warning", fmt: LogFormat = "text", stream: Any = None) -> logging.Handler:
+    """Install one root handler on ``stream`` (stderr) in ``fmt``, replacing the one a previous
+    call installed (other handlers, such as a test runner's, are left alone); returns it."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.set_name("touchline")
+    handler.addFilter(Redact())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == "touchline"]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for noisy in ("bytewax", "urllib3"):  # their info lines are about their internals, not the run
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    return handler
