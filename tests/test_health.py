@@ -171,3 +171,29 @@ def test_json_logs_at_info_level_carry_no_personal_data(tmp_path, capsys):
     assert len(identities) > 100
     leaked = sorted(i for i in identities if re.search(rf"(?<![\w-]){re.escape(i)}(?![\w-])", err))
     assert not leaked, leaked[:5]
+
+
+def exposed_names() -> set[str]:
+    """Every metric family the engine and its connectors register, as a scrape names them."""
+    from touchline.metrics.connectors import ConnectorMetrics
+    from touchline.metrics.engine import EngineMetrics
+
+    registry = CollectorRegistry()
+    EngineMetrics(registry)
+    ConnectorMetrics(registry)
+    names = set()
+    for family in registry.collect():
+        suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
+        names.add(family.name + suffix)
+    return names
+
+
+def test_the_readme_documents_exactly_the_metrics_the_engine_exposes():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("### Observability"):readme.index("### State")]
+    documented = set(re.findall(r"`((?:touchline|process|python)_[a-z_]+)(?:\{[^}`]*\})?`", section))
+    exposed = exposed_names()
+    assert exposed - documented == set(), "exposed but not documented"
+    assert documented - exposed == set(), "documented but not exposed"
