@@ -66,16 +66,19 @@ def scraped_engine(tmp_path):
 
 def test_prometheus_scrapes_the_engine_and_answers_throughput_and_p99(scraped_engine):
     live, prom = scraped_engine
-    started, fed_before = time.monotonic(), live.fed
     up = poll(lambda: scalar(prom.query('up{job="touchline"}')), 30, "a first scrape")
     assert up == 1.0
+    started, fed_before = time.monotonic(), live.fed
+    # rate() over a window the series only partly covers underestimates: wait for a full one
+    poll(lambda: (scalar(prom.query('count_over_time(up{job="touchline"}[10s])')) or 0) >= 9, 30,
+         "10 s of scrapes")
     throughput = poll(lambda: scalar(prom.query('sum(rate(touchline_events_total{job="touchline"}[10s]))')),
                       40, "a throughput figure")
     p99 = poll(lambda: scalar(prom.query(
         'histogram_quantile(0.99, sum by (le) (rate(touchline_processing_latency_seconds_bucket{job="touchline"}[10s])))'
     )), 40, "a p99 figure")
     feed_rate = (live.fed - fed_before) / (time.monotonic() - started)
-    assert 0.2 * feed_rate < throughput < 3 * feed_rate, (throughput, feed_rate)
+    assert 0.5 * feed_rate < throughput < 2 * feed_rate, (throughput, feed_rate)
     assert 0 < p99 < 10  # live batches take milliseconds; the bucket layout resolves sub-second values
     e2e = poll(lambda: scalar(prom.query(
         'histogram_quantile(0.5, sum by (le) (rate(touchline_event_to_decision_seconds_bucket{job="touchline"}[30s])))'
