@@ -70,12 +70,25 @@ def _flow_run(settings: Settings, lines: list[bytes], batch_size: int) -> tuple[
 
 def _store_ms_per_batch(registry: CollectorRegistry) -> dict[str, float]:
     """Mean state-store time per batch and operation, from the engine's own histogram."""
+    return _ms_per_batch(registry, "touchline_state_store_latency_seconds", "op")
+
+
+def _stage_ms_per_batch(registry: CollectorRegistry) -> dict[str, float]:
+    """Mean time per batch in each stage (parse, state, score, policy, emit)."""
+    from touchline.metrics.engine import STAGES
+
+    found = _ms_per_batch(registry, "touchline_stage_latency_seconds", "stage")
+    return {stage: found[stage] for stage in STAGES if stage in found}
+
+
+def _ms_per_batch(registry: CollectorRegistry, histogram: str, label: str) -> dict[str, float]:
+    """Mean milliseconds per observation of ``histogram``, by the value of ``label``."""
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
     for metric in registry.collect():
-        if metric.name == "touchline_state_store_seconds":
+        if metric.name == histogram:
             for sample in metric.samples:
-                op = sample.labels.get("op", "")
+                op = sample.labels.get(label, "")
                 if sample.name.endswith("_sum"):
                     sums[op] = sample.value
                 elif sample.name.endswith("_count"):
@@ -152,7 +165,7 @@ def run_bench(settings: Settings, events: int, batch_size: int) -> dict[str, Any
     """Run the flow over ``events`` simulated events and return the figures."""
     lines = generate(settings, events)
     baseline_mb = _rss_mb()
-    engine, seconds, _ = _flow_run(settings, lines, batch_size)
+    engine, seconds, registry = _flow_run(settings, lines, batch_size)
     t = engine.totals
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
@@ -164,6 +177,7 @@ def run_bench(settings: Settings, events: int, batch_size: int) -> dict[str, Any
             "p50": round(weighted_percentile(t.batch_latency_ms, 0.5) or 0, 3),
             "p99": round(weighted_percentile(t.batch_latency_ms, 0.99) or 0, 3),
         },
+        "stage_ms_per_batch": _stage_ms_per_batch(registry),
         "decisions": sum(t.decisions.values()),
         "dead_letters": sum(t.dead_letters.values()),
         "memory_mb": {"baseline_with_input": round(baseline_mb, 1), "peak_rss": round(peak_mb, 1)},
@@ -187,6 +201,8 @@ def format_bench(f: dict[str, Any]) -> str:
         f"touchline bench: {f['events']:,} events, batch size {f['batch_size']}, {f['machine']}",
         f"  throughput        {f['events_per_second']:,.0f} events/s ({f['seconds']:.2f} s)",
         f"  processing        p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms per event (batch read -> processed)",
+        "  stages            " + ", ".join(f"{k} {v:.2f}" for k, v in f["stage_ms_per_batch"].items())
+        + " ms per batch (mean)",
         f"  memory            peak RSS {mem['peak_rss']:.0f} MB (before the run, with input held: "
         f"{mem['baseline_with_input']:.0f} MB)",
         f"  output            {f['decisions']:,} decisions, {f['dead_letters']:,} dead letters; state {f['state']}",
