@@ -87,6 +87,9 @@ class Engine:
         self.core = core
         self.metrics = metrics
         self.totals = Totals()
+        health = store.health
+        if health is not None:  # read at scrape time: during an outage the engine is inside a retry loop
+            metrics.store_up.set_function(lambda: 1.0 if health.up else 0.0)
         #: Set when the state store (or the broker) failed for good: the run stops and reports it.
         self.failure: Exception | None = None
         #: Event clock: claim timers only this long behind the newest event (late partitions).
@@ -294,7 +297,6 @@ class Engine:
                 m.store_reconnects.inc(health.reconnects)
                 self.totals.store_reconnects += health.reconnects
                 health.reconnects = 0
-            m.store_up.set(1 if health.up else 0)
 
 
 def _timed(timings: dict[str, float], op: str, fn, *args):

@@ -76,6 +76,7 @@ def test_readiness_follows_the_state_store_and_liveness_survives_a_short_outage(
         check = orjson.loads(body)["checks"]["state_store"]
         assert check["ok"] is False and "did not answer PING" in check["detail"] and "127.0.0.1" in check["detail"]
         assert get(live.url + "/healthz")[0] == 200  # retrying within its budget: do not restart it
+        wait_for(lambda: total(samples(live.url), "touchline_state_store_up") == 0, what="store up 0 while down")
         redis_server.start()
         wait_for(lambda: get(live.url + "/readyz")[0] == 200, what="readyz 200 again")
         wait_for(lambda: total(samples(live.url), "touchline_state_store_up") == 1, what="store up again")
