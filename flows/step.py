@@ -194,10 +194,10 @@ class Engine:
         resolved, due = _timed(timings, "resolve", store.begin, events, timer_horizon)
         keys = {k for k, _ in resolved} | {m for _, m in resolved if m} | {k for _, k, _ in due}
         profiles = _timed(timings, "load", store.load, keys) if keys else {}
-        run = BatchRun(self.core, profiles, store.reserve)
+        run = BatchRun(self.core, profiles, lambda *args: _timed(timings, "reserve", store.reserve, *args))
         run_started_ns = time.perf_counter_ns()
         run.run(events, resolved, due, timer_horizon)
-        run_ns = time.perf_counter_ns() - run_started_ns
+        run_ns = time.perf_counter_ns() - run_started_ns - int(timings.get("reserve", 0.0) * 1e9)
         live = {k: profiles[k] for k in run.touched - run.deleted}
         _timed(timings, "save", store.commit, live, run.merged_away,
                [(k, kind, due_ms) for (k, kind), due_ms in run.to_schedule.items()])
