@@ -98,6 +98,19 @@ def test_readiness_names_an_unreachable_broker(tmp_path):
     assert broker["ok"] is False and f"127.0.0.1:{port} unreachable" in broker["detail"]
 
 
+def test_readiness_with_a_real_broker_and_redis(tmp_path, kafka_broker, redis_url):
+    settings = load_settings(None, {"kafka.bootstrap": kafka_broker.bootstrap, "state.url": redis_url,
+                                    "output.dir": tmp_path, "models.store": "off"})
+    engine = build_engine(settings, CollectorRegistry(), keep_models=False)
+    try:
+        status, body = health_checks(settings, engine).readiness()
+    finally:
+        engine.store.close()
+    assert status == 200, body
+    assert body["checks"]["broker"]["detail"].startswith(f"{kafka_broker.bootstrap} answered")
+    assert "answered PING" in body["checks"]["state_store"]["detail"]
+
+
 def test_liveness_fails_on_a_stuck_batch_or_a_stopped_engine(tmp_path):
     settings = load_settings(None, {"output.dir": tmp_path, "models.store": "off", "metrics.stall_seconds": 120})
     engine = build_engine(settings, CollectorRegistry(), keep_models=False)
