@@ -25,6 +25,8 @@ from typing import Any
 import fastjsonschema
 import orjson
 
+from touchline.decisions.profile import usable_amount
+
 SCHEMA_VERSION = 1
 #: Largest accepted raw event; bigger payloads are dead-lettered before parsing.
 MAX_EVENT_BYTES = 64 * 1024
@@ -80,8 +82,7 @@ def missing_attributes(event_type: str, properties: dict[str, Any], context: dic
     missing = []
     for name in expected:
         if name == "value":
-            value = properties.get("value")
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e12
+            ok = usable_amount(properties.get("value"))
         elif name == "granted":
             ok = isinstance(properties.get("granted"), bool)
         elif name == "channel":

@@ -188,11 +188,18 @@ def _insert_windowed(profile: Profile, entry: tuple[int, str, str]) -> None:
                 c[key] -= 1
 
 
+def usable_amount(value: Any) -> bool:
+    """A number that can be a money amount: not a bool, negative, NaN or absurdly large.
+
+    >>> usable_amount(12.5), usable_amount("12"), usable_amount(float("nan"))
+    (True, False, False)
+    """
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value < 1e12  # NaN fails
+
+
 def money(value: Any) -> float:
-    """A usable amount, or 0: not a number, negative, NaN or absurdly large values don't count."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return 0.0
-    return float(value) if 0 <= value < 1e12 else 0.0  # also false for NaN
+    """A usable amount, or 0 (see :func:`usable_amount`)."""
+    return float(value) if usable_amount(value) else 0.0
 
 
 def apply_event(
