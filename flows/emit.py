@@ -48,20 +48,26 @@ class _TimedPartitionedSink(FixedPartitionedSink):
         return _TimedStatefulPartition(self.inner.build_part(step_id, for_part, resume_state), self.on_write)
 
 
-class _TimedStatefulPartition(StatefulSinkPartition):
-    def __init__(self, inner: StatefulSinkPartition, on_write: OnWrite) -> None:
+class _TimedWrites:
+    """What both kinds of timed partition do: time each write, forward the close."""
+
+    inner: Any
+
+    def __init__(self, inner: Any, on_write: OnWrite) -> None:
         self.inner, self.on_write = inner, on_write
 
-    def write_batch(self, values: list[Any]) -> None:
+    def write_batch(self, items: list[Any]) -> None:
         started = time.perf_counter()
-        self.inner.write_batch(values)
-        self.on_write(values, time.perf_counter() - started)
-
-    def snapshot(self) -> Any:
-        return self.inner.snapshot()
+        self.inner.write_batch(items)
+        self.on_write(items, time.perf_counter() - started)
 
     def close(self) -> None:
         self.inner.close()
+
+
+class _TimedStatefulPartition(_TimedWrites, StatefulSinkPartition):
+    def snapshot(self) -> Any:
+        return self.inner.snapshot()
 
 
 class _TimedDynamicSink(DynamicSink):
@@ -72,14 +78,5 @@ class _TimedDynamicSink(DynamicSink):
         return _TimedStatelessPartition(self.inner.build(step_id, worker_index, worker_count), self.on_write)
 
 
-class _TimedStatelessPartition(StatelessSinkPartition):
-    def __init__(self, inner: StatelessSinkPartition, on_write: OnWrite) -> None:
-        self.inner, self.on_write = inner, on_write
-
-    def write_batch(self, items: list[Any]) -> None:
-        started = time.perf_counter()
-        self.inner.write_batch(items)
-        self.on_write(items, time.perf_counter() - started)
-
-    def close(self) -> None:
-        self.inner.close()
+class _TimedStatelessPartition(_TimedWrites, StatelessSinkPartition):
+    pass
