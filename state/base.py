@@ -28,6 +28,10 @@ def is_known_key(key: str) -> bool:
     return not key.startswith(ANON_PREFIX)
 
 
+#: How long the readiness probe waits for a store's answer.
+PROBE_TIMEOUT = 1.0
+
+
 class StoreError(RuntimeError):
     """The store refused or failed an operation (the message says which and why)."""
 
@@ -141,10 +145,10 @@ class StateStore(ABC):
         """Sizes worth reporting (profiles, aliases, timers)."""
         return {}
 
-    def ping(self, timeout: float = 1.0) -> str:
-        """Check the store answers within ``timeout`` seconds (the readiness probe); returns a
-        line for the probe's answer, raises :class:`StoreUnavailable` if it does not. An
-        in-process store is always there."""
+    def ping(self) -> str:
+        """Check the store answers within :data:`PROBE_TIMEOUT` seconds (the readiness probe);
+        returns a line for the probe's answer, raises :class:`StoreUnavailable` if it does not.
+        An in-process store is always there."""
         return "in-process"
 
     def close(self) -> None:

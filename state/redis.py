@@ -42,6 +42,7 @@ from touchline.decisions.events import Event
 from touchline.decisions.policy import MESSAGE_CHANNELS
 from touchline.decisions.profile import DAY_MS, LONGEST_WINDOW_MS, WINDOWS, Profile, Send, snapshot
 from touchline.state.base import (
+    PROBE_TIMEOUT,
     StateStore,
     StoreError,
     StoreHealth,
@@ -140,7 +141,6 @@ class RedisStore(StateStore):
         self._lent: set[str] = set()
         #: the readiness probe's own client (see :meth:`ping`)
         self._probe: Any = None
-        self._probe_timeout = 0.0
         self._probe_lock = threading.Lock()
 
     @property
@@ -423,20 +423,17 @@ class RedisStore(StateStore):
             "timers": int(timers),
         }
 
-    def ping(self, timeout: float = 1.0) -> str:
+    def ping(self) -> str:
         """PING on a client of its own with short timeouts: a probe must answer quickly and
         must not wait behind (or disturb) the engine's pipelines and their retries."""
         with self._probe_lock:
-            if self._probe is None or self._probe_timeout != timeout:
-                if self._probe is not None:
-                    self._probe.close()
-                self._probe = _client(self.url, replace(self.options, socket_timeout=timeout))
-                self._probe_timeout = timeout
+            if self._probe is None:
+                self._probe = _client(self.url, replace(self.options, socket_timeout=PROBE_TIMEOUT))
             started = time.perf_counter()
             try:
                 self._probe.ping()
             except (redis.RedisError, OSError) as exc:
-                raise StoreUnavailable(f"Redis at {self.masked_url} did not answer PING within {timeout:g} s: "
+                raise StoreUnavailable(f"Redis at {self.masked_url} did not answer PING within {PROBE_TIMEOUT:g} s: "
                                        f"{exc}") from None
         return f"{self.masked_url} answered PING in {(time.perf_counter() - started) * 1000:.1f} ms"
 
