@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+import waiting
 from live_engine import LiveEngine
 from touchline import cli
 from touchline.metrics.server import Health
@@ -29,14 +30,8 @@ def get(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def wait_for(predicate, seconds: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {seconds:g} s waiting for {what}")
+def wait_for(predicate, what: str):
+    return waiting.wait_for(predicate, what, timeout=20.0, interval=0.1)
 
 
 def samples(url: str) -> dict[tuple[str, tuple], float]:
@@ -189,14 +184,10 @@ def test_json_logs_at_info_level_carry_no_personal_data(tmp_path, capsys):
 
 def exposed_names() -> set[str]:
     """Every metric family the engine and its connectors register, as a scrape names them."""
-    from touchline.metrics.connectors import ConnectorMetrics
-    from touchline.metrics.engine import EngineMetrics
+    from shipped_metrics import engine_registry
 
-    registry = CollectorRegistry()
-    EngineMetrics(registry)
-    ConnectorMetrics(registry)
     names = set()
-    for family in registry.collect():
+    for family in engine_registry().collect():
         suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
         names.add(family.name + suffix)
     return names

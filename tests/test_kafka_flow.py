@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from touchline.cli import main
+from waiting import wait_for
 from touchline.connectors.simulator import Simulator
 from touchline.runner import run, simulator_spec
 from touchline.settings import load_settings
@@ -171,15 +172,6 @@ def test_feedback_comes_back_through_the_events_topic(kafka_broker, topics, smal
     thread = threading.Thread(target=lambda: box.update(
         result=run(settings, progress=None, stop=stop, registry=registry)))
     thread.start()
-
-    def wait_for(predicate, what: str, timeout: float = 30.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}")
 
     t0 = 1767614400000  # 2026-01-05T12:00Z
     ev = lambda eid, type_, ts, **kw: orjson.dumps({"event_id": eid, "type": type_, "ts": ts, "contact_id": "c1", **kw})

@@ -10,20 +10,14 @@ import json
 import re
 import subprocess
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 
-from touchline.metrics.connectors import ConnectorMetrics
-from touchline.metrics.engine import LATENCY_BUCKETS, EngineMetrics
+from shipped_metrics import RULE_TESTS, RULES, dashboard, dashboard_targets, engine_registry, substituted
+from touchline.metrics.engine import LATENCY_BUCKETS
 
-ROOT = Path(__file__).resolve().parent.parent
-RULES = ROOT / "metrics" / "alerts" / "touchline.rules.yml"
-RULE_TESTS = ROOT / "metrics" / "alerts" / "touchline.rules.test.yml"
-DASHBOARD = ROOT / "metrics" / "dashboards" / "touchline.json"
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 JOB_MATCHER = 'job=~"$job"'
@@ -95,24 +89,8 @@ def selectors(expr: str) -> list[tuple[str, str | None]]:
     return found
 
 
-def dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text())
-
-
-def dashboard_targets() -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    for panel in dashboard()["panels"]:
-        for target in panel.get("targets", []):
-            yield panel, target
-
-
 def rules() -> list[dict[str, Any]]:
     return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
-
-
-def substituted(expr: str) -> str:
-    for variable, value in SUBSTITUTES.items():
-        expr = expr.replace(variable, value)
-    return expr
 
 
 # ---------------------------------------------------------------------------------- rules
@@ -183,7 +161,7 @@ def test_dashboard_queries_filter_by_job_and_use_only_known_variables():
 
 
 def test_dashboard_queries_are_valid_promql(tmp_path: Path):
-    records = [{"record": f"dashboard:panel{panel['id']}_{target['refId']}", "expr": substituted(target["expr"])}
+    records = [{"record": f"dashboard:panel{panel['id']}_{target['refId']}", "expr": substituted(target["expr"], SUBSTITUTES)}
                for panel, target in dashboard_targets()]
     assert not [r for r in records if "$" in r["expr"]]
     path = tmp_path / "dashboard.rules.yml"
@@ -196,9 +174,7 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path):
 def registered_series() -> set[str]:
     """Every sample name the engine's registry can expose, labelled families included (which
     have no samples until a child is created)."""
-    registry = CollectorRegistry()
-    EngineMetrics(registry)
-    ConnectorMetrics(registry)
+    registry = engine_registry()
     suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_count", "_sum"],
                 "summary": ["", "_count", "_sum"], "info": ["_info"], "stateset": [""], "gaugehistogram":
                 ["_bucket", "_gcount", "_gsum"], "unknown": [""]}

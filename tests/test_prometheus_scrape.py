@@ -6,28 +6,18 @@ from __future__ import annotations
 import math
 import re
 import time
-from pathlib import Path
 
-import orjson
 import pytest
 
 from live_engine import LiveEngine
 from prometheus_server import PrometheusServer
+from shipped_metrics import RULES, dashboard_targets, substituted
+from waiting import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
-DASHBOARD = ROOT / "metrics" / "dashboards" / "touchline.json"
-RULES = ROOT / "metrics" / "alerts" / "touchline.rules.yml"
 
 
 def poll(fn, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {seconds:g} s waiting for {what}; last answer {last!r}")
+    return wait_for(fn, what, timeout=seconds, interval=0.5)
 
 
 def scalar(result: list[dict]) -> float | None:
@@ -41,16 +31,9 @@ def scalar(result: list[dict]) -> float | None:
 def dashboard_queries() -> list[tuple[str, str]]:
     """(panel title, expr) of every dashboard target, with Grafana's variables filled in
     as Grafana would for this job."""
-    doc = orjson.loads(DASHBOARD.read_bytes())
-    panels = [p for top in doc["panels"] for p in [top, *top.get("panels", [])]]
-    out = []
-    for panel in panels:
-        for target in panel.get("targets", []):
-            expr = target.get("expr")
-            if expr:
-                out.append((panel.get("title", "?"),
-                            expr.replace("$__rate_interval", "15s").replace("$job", "touchline")))
-    return out
+    filled = {"$__rate_interval": "15s", "$job": "touchline"}
+    return [(panel.get("title", "?"), substituted(target["expr"], filled))
+            for panel, target in dashboard_targets() if target.get("expr")]
 
 
 @pytest.fixture

@@ -1,0 +1,46 @@
+"""What ``metrics/`` ships (the Grafana dashboard, the Prometheus rules) and the registry the
+engine exposes, for the tests that keep them in step."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from touchline.metrics.connectors import ConnectorMetrics
+from touchline.metrics.engine import EngineMetrics
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ROOT / "metrics" / "alerts" / "touchline.rules.yml"
+RULE_TESTS = ROOT / "metrics" / "alerts" / "touchline.rules.test.yml"
+DASHBOARD = ROOT / "metrics" / "dashboards" / "touchline.json"
+
+
+def dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text())
+
+
+def dashboard_targets() -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(panel, target) of every query in the dashboard, panels inside collapsed rows included."""
+    for top in dashboard()["panels"]:
+        for panel in [top, *top.get("panels", [])]:
+            for target in panel.get("targets", []):
+                yield panel, target
+
+
+def substituted(expr: str, substitutes: Mapping[str, str]) -> str:
+    """``expr`` with Grafana's variables filled in, as Grafana would before sending it."""
+    for variable, value in substitutes.items():
+        expr = expr.replace(variable, value)
+    return expr
+
+
+def engine_registry() -> CollectorRegistry:
+    """A fresh registry with every series the engine and its channel connectors register."""
+    registry = CollectorRegistry()
+    EngineMetrics(registry)
+    ConnectorMetrics(registry)
+    return registry
