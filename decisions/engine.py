@@ -103,6 +103,8 @@ class DecisionCore:
         self.retention_ms = int(retention_days * DAY_MS)
         #: score name -> champion (decides) and challengers (shadow)
         self.models = {name: ModelSlot(name, _as_score(name, cfg), restore) for name, cfg in models.items()}
+        #: False: labels are counted but no model learns (frozen models decide alike on every run)
+        self.learn = True
         self.idle_ms = int(policy.cart_abandon_minutes * 60_000)
         self.inactive_ms = int(policy.inactivity_days * DAY_MS)
 
@@ -163,6 +165,8 @@ class BatchRun:
         #: time spent in model predictions (the "score" stage; the rest of ``run`` is "policy")
         self.score_ns = 0
         self.deleted: set[str] = set()  # merged away or expired: not to be saved
+        #: merged-away profile -> the profile it went into (its drop waits for that one's write)
+        self.merged_into: dict[str, str] = {}
         self.expired: set[str] = set()  # inactive past retention: forget with their aliases
         #: profiles changed in this batch: only these are saved (a stale timer for a
         #: forgotten key must not bring back an empty profile)
@@ -397,6 +401,7 @@ class BatchRun:
         for kind in anon.timers:
             self.to_schedule.pop((anon_key, kind), None)
         self.deleted.add(anon_key)  # dropped with its pending timers when the batch is saved
+        self.merged_into[anon_key] = contact.key
 
     # --------------------------------------------------------------- models
     def _score(self, model: str, feats: dict[str, float]) -> float:
@@ -429,9 +434,11 @@ class BatchRun:
     def _learn(self, model: str, obs: Observation, label: bool, at_ms: int) -> None:
         """Every model of the score learns from the features captured at scoring time."""
         delay_ms = max(0, at_ms - obs.scored_at_ms)
+        self.labelled[(model, "positive" if label else "negative")] += 1
+        if not self.core.learn:
+            return
         self.drifts += self.core.models[model].learn(obs.features, label, obs.model_version, obs.probability,
                                                      obs.shadow, delay_ms)
-        self.labelled[(model, "positive" if label else "negative")] += 1
         self.label_delays.setdefault(model, []).append(delay_ms / 1000)
 
     # --------------------------------------------------------------- policy

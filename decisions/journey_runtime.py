@@ -185,9 +185,17 @@ class JourneyRunner:
         self.trace = trace
         self.tallies = Tallies()
         self._round_robin: Counter = Counter()
+        #: The next turn of a named round-robin counter; the engine points this at its state
+        #: store, so every worker and process shares one rotation.
+        self.next_turn: Callable[[str], int] = self._local_turn
         self._date_attrs = {j.entry.date.attribute for j in self.journeys if isinstance(j.entry, DateEntry)}
         #: (contact key, journey, wait step id) -> wait in ms, or None for the file's: timing experiments
         self.wait_override: Callable[[str, str, str], int | None] | None = None
+
+    def _local_turn(self, name: str) -> int:
+        turn = self._round_robin[name]
+        self._round_robin[name] += 1
+        return turn
 
     # ------------------------------------------------------------------ engine entry points
     def on_event(self, profile: Profile, event_type: str, properties: dict[str, Any], ts_ms: int,
@@ -451,10 +459,7 @@ class JourneyRunner:
     def _assign(self, profile: Profile, journey: Journey, step: HandoffStep, scores: dict[str, float]) -> str:
         spec = step.hand_to_sales
         if spec.assign == "round_robin":
-            key = (journey.journey, step.id)
-            rep = spec.reps[self._round_robin[key] % len(spec.reps)]
-            self._round_robin[key] += 1
-            return rep
+            return spec.reps[self.next_turn(f"{journey.journey}:{step.id}") % len(spec.reps)]
         facts = profile_facts(profile, profile.last_ts, scores, self.consent_default)
         for rule in spec.rules:
             if all_match(facts, rule.profile):

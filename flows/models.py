@@ -76,6 +76,8 @@ class ModelKeeper:
         now = time.monotonic()
         self._next_poll = now + poll_seconds
         self._next_checkpoint = now + checkpoint_seconds
+        #: False on every process but one of a cluster: they learn, one of them checkpoints
+        self.saves = True
 
     # ----------------------------------------------------------------- start
     def reconcile(self, configured: Mapping[str, ScoreSettings]) -> dict[str, ScoreSettings]:
@@ -200,6 +202,8 @@ class ModelKeeper:
 
     def checkpoint(self) -> None:
         """Save every live model and a status document; drop checkpoints of retired versions."""
+        if not self.saves:
+            return
         started = time.perf_counter()
         try:
             for name, slot in self.slots.items():

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import threading
+
+import orjson
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from touchline.decisions.engine import BatchRun, DecisionCore
 from touchline.decisions.events import Event, Rejected, parse_event
 from touchline.flows.models import ModelKeeper
 from touchline.metrics.engine import EngineMetrics
-from touchline.state.base import StateStore, StoreError
+from touchline.state.base import OutboxEntry, StateStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,10 @@ class Totals:
     first_event_ms: int | None = None
     last_event_ms: int | None = None
     store_reconnects: int = 0
+    #: profiles redone because another writer changed them during a batch
+    conflicts: int = 0
+    #: decisions emitted again at start from the outbox
+    recovered: int = 0
     feedback: Counter = field(default_factory=Counter)
     journeys: Counter = field(default_factory=Counter)
 
@@ -111,6 +117,12 @@ class Engine:
         self._emit_seconds = 0.0
         #: When the batch in progress started (monotonic seconds), for the liveness probe.
         self.busy_since: float | None = None
+        #: Channels with a connector: their decisions stay in the outbox until delivered too.
+        self.channel_outputs: frozenset[str] = frozenset()
+        #: Emit the decisions earlier runs left in the outbox, at the first batch (one worker).
+        self.recover_outbox = False
+        #: (profile key, decision id, output) confirmed by the outputs, for the next batch's ack
+        self._done: deque[tuple[str, str, str]] = deque()
 
     def not_alive(self, stall_seconds: float) -> str | None:
         """Why a liveness probe should fail (restart me), or None: the run stopped on a
@@ -188,31 +200,104 @@ class Engine:
                 events.append(parsed)
         events.sort(key=lambda ev: ev.ts_ms)  # stable: ties keep arrival order
         parsed_ns = time.perf_counter_ns()
-        store, timings = self.store, dict[str, float]()
+        timings = dict[str, float]()
         horizon = self.core.advance(events, batch.advance_to_ms)
         timer_horizon = horizon - self.lateness_ms if not self.core.live else horizon
-        resolved, due = _timed(timings, "resolve", store.begin, events, timer_horizon)
-        keys = {k for k, _ in resolved} | {m for _, m in resolved if m} | {k for _, k, _ in due}
-        profiles = _timed(timings, "load", store.load, keys) if keys else {}
-        run = BatchRun(self.core, profiles, lambda *args: _timed(timings, "reserve", store.reserve, *args))
-        run_started_ns = time.perf_counter_ns()
-        run.run(events, resolved, due, timer_horizon)
-        run_ns = time.perf_counter_ns() - run_started_ns - int(timings.get("reserve", 0.0) * 1e9)
-        live = {k: profiles[k] for k in run.touched - run.deleted}
-        _timed(timings, "save", store.commit, live, run.merged_away,
-               [(k, kind, due_ms) for (k, kind), due_ms in run.to_schedule.items()])
+        self._flush_acks(timings)
+        resolved, due = _timed(timings, "resolve", self.store.begin, events, timer_horizon)
+        run = self._decide_and_commit(events, resolved, due, timer_horizon, timings)
+        run_ns = run.run_ns - int(timings.get("reserve", 0.0) * 1e9)
         for key in run.expired:
-            _timed(timings, "delete", store.delete, key)
+            _timed(timings, "delete", self.store.delete, key)
         dead.extend(run.dead)
         stages = {"parse": (parsed_ns - started_ns) / 1e9, "state": sum(timings.values()),
                   "score": run.score_ns / 1e9, "policy": max(0, run_ns - run.score_ns) / 1e9}
         self._account(batch, events, run, dead, timings, stages)
-        result = BatchResult(run.decisions, dead, run.exp.records)
+        result = BatchResult(self._recovered() + run.decisions, dead, run.exp.records)
         for listener in self.listeners:
             listener(result)
         return result
 
-    def _account(self, batch: RawBatch, events: list[Event], run: BatchRun, dead: list[dict[str, Any]],
+    def _decide_and_commit(self, events: list[Event], resolved: list[tuple[str, str | None]],
+                           due: list[tuple[int, str, str]], horizon: int, timings: dict[str, float]) -> "_Committed":
+        """Run the batch over loaded profiles and commit it with its decisions (the outbox).
+        Profiles another writer changed meanwhile (a contact whose events arrive on two
+        partitions, a timer fired by another worker) are reloaded and redone, alone."""
+        store = self.store
+        retry_keys: set[str] | None = None
+        done = _Committed()
+        for attempt in range(MAX_CONFLICT_RETRIES + 1):
+            ev, res, tim = _only(events, resolved, due, retry_keys)
+            keys = {k for k, _ in res} | {m for _, m in res if m} | {k for _, k, _ in tim}
+            profiles = _timed(timings, "load", store.load, keys) if keys else {}
+            run = BatchRun(self.core, profiles, lambda *args: _timed(timings, "reserve", store.reserve, *args))
+            started_ns = time.perf_counter_ns()
+            run.run(ev, res, tim, horizon)
+            done.run_ns += time.perf_counter_ns() - started_ns
+            live = {k: profiles[k] for k in run.touched - run.deleted}
+            timers = dict(run.to_schedule)
+            if retry_keys is not None:  # a conflicted attempt may have scheduled stale times: set them right
+                timers.update({(k, kind): t for k, p in live.items() for kind, t in p.timers.items()})
+            conflicts = _timed(timings, "save", store.commit, live, run.merged_away,
+                               [(k, kind, t) for (k, kind), t in timers.items()],
+                               outbox=self._outbox(run.decisions), fired=tim, merged_into=run.merged_into)
+            done.absorb(run, conflicts)
+            if not conflicts:
+                return done
+            self.totals.conflicts += len(conflicts)
+            retry_keys = conflicts | {a for a, c in run.merged_into.items() if c in conflicts}
+            log.info("%d profile(s) changed by another writer during the batch; redoing them (attempt %d)",
+                     len(conflicts), attempt + 1)
+            time.sleep(min(0.5, 0.01 * 2 ** attempt))
+        raise StoreError(f"profiles {', '.join(sorted(retry_keys or ()))} kept changing under this worker for "
+                         f"{MAX_CONFLICT_RETRIES} retries")
+
+    def _outbox(self, decisions: list[dict[str, Any]]) -> dict[str, list[OutboxEntry]]:
+        """Each decision, by the profile it belongs to, for the same atomic write as that profile."""
+        out: dict[str, list[OutboxEntry]] = {}
+        channels = self.channel_outputs
+        for record in decisions:
+            out.setdefault(record["contact_id"], []).append(OutboxEntry(
+                record["decision_id"], orjson.dumps(record, option=orjson.OPT_SORT_KEYS),
+                record["channel"] in channels))
+        return out
+
+    def output_done(self, records: list[dict[str, Any]], part: str) -> None:
+        """An output is done with these decisions (``d``: the decisions output acknowledged them;
+        ``c``: the channel delivery reached an outcome). Any thread; the store hears of it
+        at the start of the next batch, on the engine's own thread."""
+        done = self._done
+        for record in records:
+            done.append((record["contact_id"], record["decision_id"], part))
+
+    def _flush_acks(self, timings: dict[str, float]) -> None:
+        done = self._done
+        if done:
+            taken = [done.popleft() for _ in range(len(done))]
+            _timed(timings, "ack", self.store.ack, taken)
+
+    def close_outbox(self) -> None:
+        """Pass on what the outputs confirmed after the last batch (at shutdown)."""
+        try:
+            self._flush_acks({})
+        except StoreError as exc:  # the entries stay: the next start emits them again
+            log.warning("could not trim the outbox at shutdown: %s", exc)
+
+    def _recovered(self) -> list[dict[str, Any]]:
+        """At the first batch (one worker only): decisions committed by an earlier run that an
+        output never confirmed: a crash between the commit and the broker's acknowledgement.
+        They go out again with the same ids; the send ledger keeps deliveries single."""
+        if not self.recover_outbox:
+            return []
+        self.recover_outbox = False
+        found = self.store.pending()
+        if found:
+            log.warning("emitting %d decision(s) again that an earlier run committed but no output confirmed",
+                        len(found))
+        self.totals.recovered += len(found)
+        return [p.record for p in found]
+
+    def _account(self, batch: RawBatch, events: list[Event], run: "_Committed", dead: list[dict[str, Any]],
                  timings: dict[str, float], stages: dict[str, float]) -> None:
         done_ns = time.perf_counter_ns()
         m, t = self.metrics, self.totals
@@ -299,10 +384,54 @@ class Engine:
                 health.reconnects = 0
 
 
-def _timed(timings: dict[str, float], op: str, fn, *args):
+#: How often one batch redoes profiles that other writers keep changing before giving up.
+MAX_CONFLICT_RETRIES = 20
+
+
+class _Committed:
+    """What a batch's runs (the first, and any redo of conflicted profiles) produced."""
+
+    def __init__(self) -> None:
+        self.runs: list[BatchRun] = []
+        self.run_ns = 0
+
+    def absorb(self, run: BatchRun, conflicts: set[str]) -> None:
+        """Keep ``run``'s output except the decisions of profiles that were not written."""
+        if conflicts:
+            run.decisions = [d for d in run.decisions if d["contact_id"] not in conflicts]
+            run.expired -= conflicts
+        self.runs.append(run)
+
+    def __getattr__(self, name: str) -> Any:
+        """Tallies of the first run, plus the redone runs' (rare: a conflict) for lists and counters."""
+        runs = self.__dict__["runs"]
+        first = getattr(runs[0], name)
+        if len(runs) == 1:
+            return first
+        if isinstance(first, Counter):
+            return sum((getattr(r, name) for r in runs[1:]), Counter(first))
+        if isinstance(first, list):
+            return [x for r in runs for x in getattr(r, name)]
+        if isinstance(first, set):
+            return set().union(*(getattr(r, name) for r in runs))
+        if isinstance(first, int) and not isinstance(first, bool):
+            return sum(getattr(r, name) for r in runs)
+        return first
+
+
+def _only(events: list[Event], resolved: list[tuple[str, str | None]], due: list[tuple[int, str, str]],
+          keys: set[str] | None) -> tuple[list[Event], list[tuple[str, str | None]], list[tuple[int, str, str]]]:
+    """The events and timers of ``keys`` (all when None)."""
+    if keys is None:
+        return events, resolved, due
+    picked = [(ev, r) for ev, r in zip(events, resolved) if r[0] in keys]
+    return [ev for ev, _ in picked], [r for _, r in picked], [t for t in due if t[1] in keys]
+
+
+def _timed(timings: dict[str, float], op: str, fn, *args, **kwargs):
     """Call ``fn`` and add its wall time to ``timings[op]`` (state-store latency metric)."""
     start = time.perf_counter()
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     finally:
         timings[op] = timings.get(op, 0.0) + time.perf_counter() - start

@@ -40,6 +40,29 @@ class StoreUnavailable(StoreError):
     """The store's server could not be reached (at start, or for longer than the retry budget)."""
 
 
+class StoreDataLost(StoreError):
+    """The store no longer holds what this engine wrote (restarted without persistence,
+    flushed, or another server): going on would break caps and lose timers."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """A decision committed with the state that made it, until its outputs are done with it."""
+
+    decision_id: str
+    record: bytes  # the decision record as JSON
+    to_channel: bool  # a channel connector must deliver it too (not only the decisions topic)
+
+
+@dataclass(slots=True)
+class Pending:
+    """A decision found in an outbox at start: committed, but an output never confirmed it."""
+
+    record: dict[str, Any]
+    to_decisions: bool
+    to_channel: bool
+
+
 @dataclass(frozen=True)
 class StoreOptions:
     """Settings a networked store needs beside its URL (from ``[state]`` in the settings)."""
@@ -92,13 +115,22 @@ class StateStore(ABC):
         return resolved, (self.pop_due(now_ms, limit) if now_ms is not None else [])
 
     def commit(
-        self, profiles: Mapping[str, Profile], deleted: Iterable[str], timers: Iterable[tuple[str, str, int]]
-    ) -> None:
-        """``save(profiles, deleted)`` and ``schedule(timers)`` together."""
+        self, profiles: Mapping[str, Profile], deleted: Iterable[str], timers: Iterable[tuple[str, str, int]],
+        *, outbox: Mapping[str, Sequence[OutboxEntry]] | None = None, fired: Iterable[tuple[str, str, int]] = (),
+        merged_into: Mapping[str, str] | None = None,
+    ) -> set[str]:
+        """``save(profiles, deleted)`` and ``schedule(timers)`` together; returns the profiles
+        that were not written because another writer changed them since they were loaded
+        (reload and redo them). ``outbox`` holds each profile's new decisions, written with
+        it; ``fired`` the claimed timers this batch handled (their claim ends here);
+        ``merged_into`` says which profile each merged-away one went into (a merge whose
+        target was not written keeps its source). An in-process store has no other
+        writer, and nothing of it survives a crash, so it needs no outbox."""
         self.save(profiles, deleted)
         timers = list(timers)
         if timers:
             self.schedule(timers)
+        return set()
 
     @abstractmethod
     def load(self, keys: Iterable[str]) -> dict[str, Profile]:
@@ -140,6 +172,35 @@ class StateStore(ABC):
         existed = self.export(contact_id) is not None
         self.delete(contact_id)
         return existed
+
+    # ------------------------------------------------------------ crash safety
+    def ack(self, done: Iterable[tuple[str, str, str]]) -> None:
+        """Outputs are done with outbox entries: (profile key, decision id, ``d`` for the
+        decisions output or ``c`` for the channel delivery)."""
+
+    def pending(self, limit: int = 100_000) -> list[Pending]:
+        """Decisions committed but not confirmed by their outputs (to emit again at start)."""
+        return []
+
+    def own_timers(self, worker_index: int, worker_count: int) -> None:
+        """Claim only this worker's share of the timers (several workers on one store)."""
+
+    def restore_claimed(self) -> int:
+        """Put back timers this worker's share claimed but never committed (a crash); at start."""
+        return 0
+
+    def claim_epoch(self, resuming: bool) -> str:
+        """Mark the store as this deployment's, and check it on every commit from now on.
+        ``resuming``: the engine continues from a snapshot, so the mark must be there already
+        (else :class:`StoreDataLost`). Returns a line about the store's durability."""
+        return "in-process: nothing survives the process"
+
+    def next_turn(self, name: str) -> int:
+        """The next number of a counter shared by every worker (round-robin assignment)."""
+        self._turns = getattr(self, "_turns", {})
+        turn = self._turns.get(name, 0)
+        self._turns[name] = turn + 1
+        return turn
 
     def stats(self) -> dict[str, int]:
         """Sizes worth reporting (profiles, aliases, timers)."""

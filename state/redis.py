@@ -14,8 +14,14 @@ Cluster slot::
     tl:{c1}:log        zset   type<US>event_id by event time: windows and seen ids
     tl:{c1}:sends      zset   channel<US>action<US>ts by send time: frequency caps
     tl:{c1}:links      set    anonymous ids ever linked to contact c1 (for erasure)
+    tl:{c1}:outbox     hash   decisions committed with the profile until their outputs
+                              confirm them: r:<id> record, d:<id> / c:<id> still owed to
+                              the decisions output / the channel delivery
     tl:{anon:a1}:alias string the contact anonymous id a1 is linked to
-    tl:{timers}:due    zset   profile key<US>timer kind by due time
+    tl:{timers:07}:due zset   profile key<US>timer kind by due time, in 32 shards by key
+    tl:{timers:07}:inflight   timers claimed by a worker, until its batch commits
+    tl:{meta}:epoch    string written at first start; every commit checks it is still there
+    tl:{rr}:<name>     counter round-robin turns shared by every worker
 
 URLs: ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS; redis-py query
 options such as ``ssl_ca_certs`` and ``ssl_cert_reqs`` pass through) and
@@ -33,6 +39,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import orjson
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
@@ -47,6 +54,9 @@ from touchline.state.base import (
     StoreError,
     StoreHealth,
     StoreOptions,
+    OutboxEntry,
+    Pending,
+    StoreDataLost,
     StoreUnavailable,
     anonymous_key,
 )
@@ -56,13 +66,38 @@ from touchline.state.redis_scripts import SCRIPTS
 log = logging.getLogger(__name__)
 
 PREFIX = "tl"
-TIMERS_KEY = f"{PREFIX}:{{timers}}:due"
+#: The single timer set of earlier versions; moved into the shards at start.
+LEGACY_TIMERS_KEY = f"{PREFIX}:{{timers}}:due"
+#: Timer shards: each worker claims only its own (hash of the profile key), so no one key is hot.
+TIMER_SHARDS = 32
+EPOCH_KEY = f"{PREFIX}:{{meta}}:epoch"
 _RETRYABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
 def profile_keys(key: str) -> tuple[str, str, str]:
     """Blob hash, event log and sends of one profile (one hash tag)."""
     return f"{PREFIX}:{{{key}}}:p", f"{PREFIX}:{{{key}}}:log", f"{PREFIX}:{{{key}}}:sends"
+
+
+def outbox_key(key: str) -> str:
+    return f"{PREFIX}:{{{key}}}:outbox"
+
+
+def timer_shard(key: str) -> int:
+    """Stable across processes (not Python's salted ``hash``).
+
+    >>> timer_shard("c1"), timer_shard("c1") == timer_shard("c1")
+    (21, True)
+    """
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "big") % TIMER_SHARDS
+
+
+def timer_keys(shard: int) -> tuple[str, str]:
+    """Due and in-flight sets of one shard (one hash tag: one Cluster slot)."""
+    return f"{PREFIX}:{{timers:{shard:02d}}}:due", f"{PREFIX}:{{timers:{shard:02d}}}:inflight"
+
+
+TIMERS_KEY = timer_keys(0)[0]  # kept for callers that name one timer set
 
 
 def links_key(contact: str) -> str:
@@ -142,6 +177,11 @@ class RedisStore(StateStore):
         #: the readiness probe's own client (see :meth:`ping`)
         self._probe: Any = None
         self._probe_lock = threading.Lock()
+        #: timer shards this worker claims (all of them unless told otherwise)
+        self._shards: list[int] = list(range(TIMER_SHARDS))
+        #: the epoch every commit checks (None until claim_epoch: tools that only read)
+        self._epoch: str | None = None
+        self.cluster = hasattr(self.client, "get_primaries")
 
     @property
     def masked_url(self) -> str:
@@ -154,11 +194,12 @@ class RedisStore(StateStore):
         return hashlib.sha1(text.encode()).hexdigest()
 
     # ---------------------------------------------------------------- transport
-    def _run(self, op: str, calls: Sequence[Call]) -> list[Any]:
-        """Run ``calls`` in one pipeline; retry on a lost connection with backoff."""
+    def _run(self, op: str, calls: Sequence[Call], keep: Callable[[Exception], bool] | None = None) -> list[Any]:
+        """Run ``calls`` in one pipeline; retry on a lost connection with backoff. Error
+        replies for which ``keep`` is true are returned in place instead of raised."""
         if not calls:
             return []
-        return self._with_retry(op, lambda: self._pipeline(calls))
+        return self._with_retry(op, lambda: self._pipeline(calls, keep))
 
     def _with_retry(self, op: str, attempt: Callable[[], Any]) -> Any:
         """Retry ``attempt`` while Redis is unreachable, with exponential backoff and jitter,
@@ -194,7 +235,7 @@ class RedisStore(StateStore):
                 log.warning("state store %s reachable again; %s succeeded after retrying", self.masked_url, op)
             return result
 
-    def _pipeline(self, calls: Sequence[Call]) -> list[Any]:
+    def _pipeline(self, calls: Sequence[Call], keep: Callable[[Exception], bool] | None = None) -> list[Any]:
         results = self._send(calls)
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:  # scripts flushed (or a new node): load them and run what did not run
@@ -205,7 +246,7 @@ class RedisStore(StateStore):
         for r in results:
             if isinstance(r, _RETRYABLE):
                 raise r
-            if isinstance(r, Exception):
+            if isinstance(r, Exception) and not (keep is not None and keep(r)):
                 raise StoreError(f"Redis at {self.masked_url}: {r}")
         return results
 
@@ -242,11 +283,10 @@ class RedisStore(StateStore):
         ]
         calls += [("cmd", "SADD", links_key(c), a) for a, c in first_link.items()]
         calls += [("cmd", "PEXPIRE", links_key(c), self.ttl_ms) for c in set(first_link.values())]
-        if now_ms is not None:
-            calls.append(("script", "pop_due", (TIMERS_KEY,), (str(now_ms), str(limit))))
-        results = self._run("resolve", calls)
+        claims = self._claim_calls(now_ms, limit) if now_ms is not None else []
+        results = self._run("resolve", calls + claims)
         links = {a: (r[0] or None, bool(r[1]), bool(r[2])) for a, r in zip(anons, results)}
-        due = _parse_due(results[-1]) if now_ms is not None else []
+        due = self._claimed(results[len(calls):], limit) if claims else []
         return _walk(events, links), due
 
     # ---------------------------------------------------------------- profiles
@@ -276,49 +316,59 @@ class RedisStore(StateStore):
         return out
 
     def save(self, profiles: Mapping[str, Profile], deleted: Iterable[str] = ()) -> None:
-        self.commit(profiles, deleted, ())
+        conflicts = self.commit(profiles, deleted, ())
+        if conflicts:
+            raise StoreError(f"Redis at {self.masked_url}: CONFLICT: {', '.join(sorted(conflicts))} changed by "
+                             "another writer since loaded; nothing of theirs was written")
 
     def schedule(self, timers: Iterable[tuple[str, str, int]]) -> None:
         self.commit({}, (), timers)
 
     def commit(self, profiles: Mapping[str, Profile], deleted: Iterable[str],
-               timers: Iterable[tuple[str, str, int]]) -> None:
-        """Save, drop and schedule in one round trip."""
+               timers: Iterable[tuple[str, str, int]], *, outbox: Mapping[str, Sequence[OutboxEntry]] | None = None,
+               fired: Iterable[tuple[str, str, int]] = (), merged_into: Mapping[str, str] | None = None) -> set[str]:
+        """Save profiles (each with its outbox entries, atomically), schedule timers and check
+        the epoch in one round trip; then end the claims of fired timers and drop merged-away
+        and expired profiles in a second one, for what was written. Returns the profiles a
+        concurrent writer changed since they were loaded (nothing of theirs was written)."""
         deleted = list(deleted)
-        cache = self._base
-        unknown = [k for k in deleted if k not in cache]
+        unknown = [k for k in deleted if k not in self._base]
         if unknown:  # need their timers to cancel them: rare (not the engine's path)
             self.load(unknown)
         calls: list[Call] = []
         diffs = {}
         for key, profile in profiles.items():
-            args, diffs[key] = self._commit_args(key, profile)
-            calls.append(("script", "commit", profile_keys(key), args))
-        for key in deleted:
-            base = cache.pop(key, None)
-            calls.append(("cmd", "DEL", *profile_keys(key)))
-            if base and base.timers:
-                calls.append(("cmd", "ZREM", TIMERS_KEY, *(timer_member(key, kind) for kind in base.timers)))
-        latest: dict[str, int] = {}
-        for key, kind, due in timers:
-            latest[timer_member(key, kind)] = due
-        if latest:
-            flat: list[Any] = []
-            for member, due in latest.items():
-                flat += [due, member]
-            calls.append(("cmd", "ZADD", TIMERS_KEY, *flat))
+            args, diffs[key] = self._commit_args(key, profile, (outbox or {}).get(key, ()))
+            calls.append(("script", "commit", (*profile_keys(key), outbox_key(key)), args))
+        calls += _schedule_calls(timers)
+        if self._epoch is not None:
+            calls.append(("cmd", "GET", EPOCH_KEY))
         lent, self._lent = self._lent, set()
         try:
-            results = self._run("save", calls)
+            results = self._run("save", calls, keep=_is_conflict)
         except BaseException:
             for key in (*profiles, *lent):  # unknown outcome: read them afresh next time
-                cache.pop(key, None)
+                self._base.pop(key, None)
             raise
+        if self._epoch is not None:
+            self._check_epoch(results[-1])
+        conflicts = {key for key, r in zip(profiles, results) if isinstance(r, Exception)}
+        self._remember(profiles, results, diffs, lent, conflicts)
+        self._finish(deleted, fired, merged_into or {}, conflicts)
+        return conflicts
+
+    def _remember(self, profiles: Mapping[str, Profile], results: Sequence[Any], diffs: dict[str, tuple],
+                  lent: set[str], conflicts: set[str]) -> None:
+        """Update the cache to what Redis now holds (conflicted profiles: unknown, so dropped)."""
+        cache = self._base
         for key in lent - profiles.keys():  # handed out but not saved: may have been changed
             base = cache.get(key)
             if base is not None:
                 base.profile = None
         for (key, profile), version in zip(profiles.items(), results):
+            if key in conflicts:
+                cache.pop(key, None)
+                continue
             adds, removes, held = diffs[key]
             for _, member, event_id in adds:
                 held[event_id] = member
@@ -329,7 +379,33 @@ class RedisStore(StateStore):
         while len(cache) > self.options.cache_profiles:
             cache.popitem(last=False)
 
-    def _commit_args(self, key: str, profile: Profile) -> tuple[list[Any], tuple]:
+    def _finish(self, deleted: list[str], fired: Iterable[tuple[str, str, int]], merged_into: Mapping[str, str],
+                conflicts: set[str]) -> None:
+        """After the profiles are written: end the claims of the timers that fired on written
+        profiles, drop merged-away profiles whose target was written, and expired ones."""
+        calls: list[Call] = []
+        done: dict[int, list[str]] = {}
+        for _due, key, kind in fired:
+            if key not in conflicts:
+                done.setdefault(timer_shard(key), []).append(timer_member(key, kind))
+        calls += [("cmd", "ZREM", timer_keys(shard)[1], *members) for shard, members in done.items()]
+        for key in deleted:
+            if key in conflicts or merged_into.get(key) in conflicts:
+                continue
+            base = self._base.pop(key, None)
+            calls.append(("cmd", "DEL", *profile_keys(key)))
+            if base and base.timers:
+                calls += _cancel_calls(key, base.timers)
+        self._run("save", calls)
+
+    def _check_epoch(self, seen: Any) -> None:
+        if seen != self._epoch:
+            raise StoreDataLost(
+                f"Redis at {self.masked_url} lost its data: the epoch key {EPOCH_KEY} is "
+                f"{'gone' if seen is None else 'another deployment’s'} (restarted without persistence, flushed, or "
+                "failed over to an empty replica); stopping before frequency caps and timers go wrong")
+
+    def _commit_args(self, key: str, profile: Profile, outbox: Sequence[OutboxEntry] = ()) -> tuple[list[Any], tuple]:
         """Arguments of the commit script, and the log diff they carry."""
         base = self._base.get(key)
         if base is None:  # never read: replace whatever is stored
@@ -349,6 +425,11 @@ class RedisStore(StateStore):
         args.append(len(sends))
         for ts, m in sends:
             args += [ts, m]
+        args.append(len(outbox) * 2 + sum(e.to_channel for e in outbox))
+        for entry in outbox:
+            args += [f"r:{entry.decision_id}", entry.record, f"d:{entry.decision_id}", 1]
+            if entry.to_channel:
+                args += [f"c:{entry.decision_id}", 1]
         return args, (adds, removes, held)
 
     def reserve(
@@ -373,8 +454,104 @@ class RedisStore(StateStore):
 
     # ---------------------------------------------------------------- timers
     def pop_due(self, now_ms: int, limit: int = 10_000) -> list[tuple[int, str, str]]:
-        (due,) = self._run("pop_due", [("script", "pop_due", (TIMERS_KEY,), (str(now_ms), str(limit)))])
-        return _parse_due(due)
+        return self._claimed(self._run("pop_due", self._claim_calls(now_ms, limit)), limit)
+
+    def _claim_calls(self, now_ms: int, limit: int) -> list[Call]:
+        return [("script", "claim_due", timer_keys(shard), (str(now_ms), str(limit))) for shard in self._shards]
+
+    def _claimed(self, replies: Sequence[Any], limit: int) -> list[tuple[int, str, str]]:
+        """Due timers claimed from every shard, soonest first; beyond ``limit`` they go back."""
+        due = sorted((t for reply in replies for t in _parse_due(reply)), key=lambda t: (t[0], t[1], t[2]))
+        if len(due) > limit:
+            extra: dict[int, list[str]] = {}
+            for _, key, kind in due[limit:]:
+                extra.setdefault(timer_shard(key), []).append(timer_member(key, kind))
+            self._run("pop_due", [("script", "restore_claimed", timer_keys(shard), tuple(members))
+                                  for shard, members in extra.items()])
+            due = due[:limit]
+        return due
+
+    def own_timers(self, worker_index: int, worker_count: int) -> None:
+        """Claim only the shards ``shard % worker_count == worker_index``."""
+        self._shards = [s for s in range(TIMER_SHARDS) if s % worker_count == worker_index]
+
+    def restore_claimed(self) -> int:
+        """Put back what this worker's shards claimed and never committed; move timers from
+        the single timer set of earlier versions into their shards."""
+        restored = sum(int(n) for n in self._run(
+            "restore", [("script", "restore_claimed", timer_keys(s), ("*",)) for s in self._shards]))
+        if 0 in self._shards:
+            self._migrate_legacy_timers()
+        return restored
+
+    def _migrate_legacy_timers(self) -> None:
+        (flat,) = self._run("restore", [("cmd", "ZRANGE", LEGACY_TIMERS_KEY, 0, -1, "WITHSCORES")])
+        if not flat:
+            return
+        by_shard: dict[int, list[Any]] = {}
+        for due, member in _pairs(flat):
+            by_shard.setdefault(timer_shard(member.rpartition(SEP)[0]), []).extend((due, member))
+        self._run("restore", [("cmd", "ZADD", timer_keys(shard)[0], "NX", *flat_pairs)
+                              for shard, flat_pairs in by_shard.items()] + [("cmd", "DEL", LEGACY_TIMERS_KEY)])
+        log.info("moved %d timers into the sharded timer sets", len(flat) // 2)
+
+    # ---------------------------------------------------------------- crash safety
+    def ack(self, done: Iterable[tuple[str, str, str]]) -> None:
+        """Outputs are done with these outbox entries; one round trip for all of them."""
+        calls: list[Call] = []
+        for key, decision_id, part in done:
+            other = "c" if part == "d" else "d"
+            calls.append(("script", "outbox_ack", (outbox_key(key),),
+                          (f"{part}:{decision_id}", f"r:{decision_id}", f"{other}:{decision_id}")))
+        self._run("ack", calls)
+
+    def pending(self, limit: int = 100_000) -> list[Pending]:
+        """Every outbox entry still owed to an output (SCAN over each primary: a start-up
+        cost proportional to the keyspace, paid by one worker)."""
+        keys = self._with_retry("pending", lambda: [k for node in self._nodes()
+                                                    for k in node.scan_iter(match=f"{PREFIX}:{{*}}:outbox", count=2000)])
+        out: list[Pending] = []
+        for start in range(0, len(keys), 500):
+            for fields in self._run("pending", [("cmd", "HGETALL", k) for k in keys[start:start + 500]]):
+                out += _pending_of(_as_dict(fields))
+                if len(out) >= limit:
+                    return out[:limit]
+        return out
+
+    def claim_epoch(self, resuming: bool) -> str:
+        """Write the epoch key if it is missing (a first start) and check it on every commit.
+        A resumed engine finds none only if Redis lost its data. Returns a line about how
+        the server persists (the engine warns when a restart of it would lose everything)."""
+        token = hashlib.blake2b(f"{time.time_ns()}{random.random()}".encode(), digest_size=8).hexdigest()
+        created, current = self._run("epoch", [("cmd", "SET", EPOCH_KEY, token, "NX"), ("cmd", "GET", EPOCH_KEY)])
+        if created and resuming:
+            self._run("epoch", [("cmd", "DEL", EPOCH_KEY)])
+            raise StoreDataLost(
+                f"Redis at {self.masked_url} holds no Touchline state (no {EPOCH_KEY}) although this engine resumes "
+                "from a recovery snapshot: Redis lost its data (restarted without persistence, flushed, or another "
+                "server). Restore Redis from a backup, or start over with a new engine.recovery_dir")
+        self._epoch = current
+        return self._durability()
+
+    def _durability(self) -> str:
+        """How the server persists, from CONFIG GET (refused on some managed services)."""
+        try:
+            aof = self.client.config_get("appendonly").get("appendonly")
+            save = self.client.config_get("save").get("save")
+        except (redis.RedisError, AttributeError):
+            return f"Redis at {self.masked_url}: persistence unknown (CONFIG GET refused)"
+        if aof == "yes":
+            return f"Redis at {self.masked_url}: append-only file on"
+        if save:
+            return (f"WARNING: Redis at {self.masked_url} persists by RDB snapshots only (save {save}): a restart "
+                    "loses the writes since the last snapshot; production needs appendonly yes")
+        return (f"WARNING: Redis at {self.masked_url} has no persistence (appendonly no, no save points): a restart "
+                "loses all state; production needs appendonly yes")
+
+    def next_turn(self, name: str) -> int:
+        """One counter shared by every worker and process."""
+        (turn,) = self._run("turn", [("cmd", "INCR", f"{PREFIX}:{{rr}}:{name}")])
+        return int(turn) - 1
 
     # ---------------------------------------------------------------- lifecycle and privacy
     def _linked(self, contact: str) -> list[str]:
@@ -388,9 +565,9 @@ class RedisStore(StateStore):
         (_version, blob, _log, _sends), members = self._run(
             "delete", [("script", "load", profile_keys(key), ("-1",)), ("cmd", "SMEMBERS", links_key(key))])
         timers = list(from_parts(key, blob or None, [], []).timers) if blob else []
-        calls: list[Call] = [("cmd", "DEL", *profile_keys(key), links_key(key))]
+        calls: list[Call] = [("cmd", "DEL", *profile_keys(key), links_key(key), outbox_key(key))]
         if timers:
-            calls.append(("cmd", "ZREM", TIMERS_KEY, *(timer_member(key, k) for k in timers)))
+            calls += _cancel_calls(key, timers)
         calls += [("script", "unlink", (alias_key(a), *profile_keys(anonymous_key(a))), (key,)) for a in members]
         self._run("delete", calls)
         self._base.pop(key, None)
@@ -416,7 +593,7 @@ class RedisStore(StateStore):
         def count(pattern: str) -> int:
             return sum(1 for node in self._nodes() for _ in node.scan_iter(match=pattern, count=1000))
 
-        (timers,) = self._run("stats", [("cmd", "ZCARD", TIMERS_KEY)])
+        timers = sum(self._run("stats", [("cmd", "ZCARD", timer_keys(s)[0]) for s in range(TIMER_SHARDS)]))
         return {
             "profiles": self._with_retry("stats", lambda: count(f"{PREFIX}:{{*}}:p")),
             "aliases": self._with_retry("stats", lambda: count(f"{PREFIX}:{{{anonymous_key('*')}}}:alias")),
@@ -447,6 +624,46 @@ class RedisStore(StateStore):
             self.client.close()
         except Exception:  # closing a dead connection is not worth a traceback
             pass
+
+
+def _as_dict(fields: Any) -> dict[str, str]:
+    if isinstance(fields, dict):
+        return fields
+    return dict(zip(fields[0::2], fields[1::2]))
+
+
+def _pending_of(fields: Mapping[str, str]) -> list[Pending]:
+    """The entries of one outbox hash that some output still needs."""
+    out = []
+    for field, value in fields.items():
+        if field.startswith("r:"):
+            decision_id = field[2:]
+            to_decisions, to_channel = f"d:{decision_id}" in fields, f"c:{decision_id}" in fields
+            if to_decisions or to_channel:
+                out.append(Pending(orjson.loads(value), to_decisions, to_channel))
+    return out
+
+
+def _is_conflict(reply: Exception) -> bool:
+    return str(reply).startswith("CONFLICT")
+
+
+def _schedule_calls(timers: Iterable[tuple[str, str, int]]) -> list[Call]:
+    """ZADDs into each timer's shard; the last time given for a (key, kind) wins."""
+    latest: dict[str, tuple[int, int]] = {}
+    for key, kind, due in timers:
+        latest[timer_member(key, kind)] = (timer_shard(key), due)
+    by_shard: dict[int, list[Any]] = {}
+    for member, (shard, due) in latest.items():
+        by_shard.setdefault(shard, []).extend((due, member))
+    return [("cmd", "ZADD", timer_keys(shard)[0], *flat) for shard, flat in by_shard.items()]
+
+
+def _cancel_calls(key: str, kinds: Iterable[str]) -> list[Call]:
+    """Remove a profile's timers, pending or claimed."""
+    members = [timer_member(key, kind) for kind in kinds]
+    due, inflight = timer_keys(timer_shard(key))
+    return [("cmd", "ZREM", due, *members), ("cmd", "ZREM", inflight, *members)]
 
 
 def _pairs(flat: Sequence[str]) -> list[tuple[int, str]]:
@@ -492,4 +709,4 @@ def _walk(events: Sequence[Event], links: Mapping[str, tuple[str | None, bool, b
     return out
 
 
-__all__ = ["RedisStore", "StoreHealth", "profile_keys", "alias_key", "links_key", "TIMERS_KEY"]
+__all__ = ["RedisStore", "StoreHealth", "profile_keys", "alias_key", "links_key", "outbox_key", "timer_keys", "TIMERS_KEY"]

@@ -97,8 +97,9 @@ class NaiveRedisStore(RedisStore):
             out[key] = profile
         return out
 
-    def commit(self, profiles: Mapping[str, Profile], deleted: Iterable[str],
-               timers: Iterable[tuple[str, str, int]]) -> None:
+    def commit(self, profiles: Mapping[str, Profile], deleted: Iterable[str],  # type: ignore[override]
+               timers: Iterable[tuple[str, str, int]], **_crash_safety: Any) -> set[str]:
+        """The baseline writes no outbox and checks no versions: a benchmark, not a production store."""
         for key, profile in profiles.items():
             p, log, sends = profile_keys(key)
             base = self._base.get(key)
@@ -132,6 +133,7 @@ class NaiveRedisStore(RedisStore):
                 self._call("save", "ZREM", TIMERS_KEY, timer_member(key, kind))
         for key, kind, due in timers:
             self._call("save", "ZADD", TIMERS_KEY, due, timer_member(key, kind))
+        return set()
 
     def reserve(
         self, profile: Profile, send: Send, caps: Mapping[str, Mapping[str, int]], global_caps: Mapping[str, int]

@@ -33,11 +33,47 @@ end
 return 0
 """
 
-#: Claim due timers. KEYS: timer set. ARGV: now ms, limit. Returns member, due, ...
-POP_DUE = """
+#: Claim due timers of one shard: move them from the due set to the in-flight set, where
+#: they stay until the commit of the batch that fired them (a crash in between puts
+#: them back at the next start, see RESTORE_CLAIMED). KEYS: due, in-flight (one shard).
+#: ARGV: now ms, limit. Returns member, due, ...
+CLAIM_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
-for i = 1, #due, 2 do redis.call('ZREM', KEYS[1], due[i]) end
+for i = 1, #due, 2 do
+  redis.call('ZREM', KEYS[1], due[i])
+  redis.call('ZADD', KEYS[2], due[i + 1], due[i])
+end
 return due
+"""
+
+#: Put claimed timers back (claimed beyond the limit, or claimed by a process that died
+#: before committing). A timer set again since (a member already due) keeps its new time.
+#: KEYS: due, in-flight. ARGV: members to put back ('*' for all). Returns how many.
+RESTORE_CLAIMED = """
+local rows
+if ARGV[1] == '*' then
+  rows = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+else
+  rows = {}
+  for i = 1, #ARGV do
+    local score = redis.call('ZSCORE', KEYS[2], ARGV[i])
+    if score then rows[#rows + 1] = ARGV[i]; rows[#rows + 1] = score end
+  end
+end
+for i = 1, #rows, 2 do
+  redis.call('ZADD', KEYS[1], 'NX', rows[i + 1], rows[i])
+  redis.call('ZREM', KEYS[2], rows[i])
+end
+return #rows / 2
+"""
+
+#: One output is done with an outbox entry (``d`` the decisions topic, ``c`` the channel
+#: delivery); the record goes once no output still needs it. KEYS: outbox. ARGV: marker
+#: field, record field, the other marker field.
+OUTBOX_ACK = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 0 then redis.call('HDEL', KEYS[1], ARGV[2]) end
+return redis.call('HLEN', KEYS[1])
 """
 
 #: Read one profile. KEYS: blob hash, log, sends. ARGV: the version the caller holds
@@ -54,9 +90,12 @@ return {ver, h[1] or '',
 
 #: Write one profile's changes: compare-and-set on its version, log entries added and
 #: removed, sends, eviction of everything older than the longest window, TTL.
-#: KEYS: blob hash, log, sends.
+#: The decisions made for the profile in the same batch go into its outbox in the same
+#: atomic step, so a decision exists exactly when the state that made it does.
+#: KEYS: blob hash, log, sends, outbox.
 #: ARGV: expected version (-1: replace the log whatever is there), blob, horizon ms,
-#:       ttl ms, n adds, (score, member) * n, n removes, member * n, n sends, (score, member) * n.
+#:       ttl ms, n adds, (score, member) * n, n removes, member * n, n sends, (score, member) * n,
+#:       n outbox fields, (field, value) * n.
 #: A retried commit that already landed (version one ahead, same blob) is a no-op.
 COMMIT = """
 local ver = tonumber(redis.call('HGET', KEYS[1], 'ver') or '0')
@@ -86,6 +125,11 @@ while i <= last do
   i = stop + 1
 end
 pairs_into(KEYS[3])
+local nout = tonumber(ARGV[i] or '0'); i = i + 1
+if nout > 0 then
+  redis.call('HSET', KEYS[4], unpack(ARGV, i, i + 2 * nout - 1))
+  redis.call('PEXPIRE', KEYS[4], ARGV[4])
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[3])
 for k = 1, 3 do redis.call('PEXPIRE', KEYS[k], ARGV[4]) end
@@ -141,7 +185,9 @@ return 1
 SCRIPTS: dict[str, str] = {
     "link": LINK,
     "unlink": UNLINK,
-    "pop_due": POP_DUE,
+    "claim_due": CLAIM_DUE,
+    "restore_claimed": RESTORE_CLAIMED,
+    "outbox_ack": OUTBOX_ACK,
     "load": LOAD,
     "commit": COMMIT,
     "reserve": RESERVE,

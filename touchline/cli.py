@@ -82,6 +82,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--holdout", type=float, metavar="SHARE",
                      help="share of contacts in the global holdout, never messaged (sets policy.holdout_share; "
                           "default 0.05)")
+    run.add_argument("--processes", type=int, metavar="N",
+                     help="with --kafka and --redis: N engine processes on this host, the Kafka partitions "
+                          "spread over them (sets runtime.processes)")
+    run.add_argument("--process-id", type=int, metavar="I",
+                     help="this process's index in a cluster of several hosts (with --addresses)")
+    run.add_argument("--addresses", metavar="HOST:PORT,...",
+                     help="every process of the cluster, in process-id order (Bytewax's -a)")
+    run.add_argument("--recovery-dir", type=Path, metavar="DIR",
+                     help="where Bytewax keeps its snapshots (default <out>/recovery); keep it across restarts")
     run.add_argument("--quiet", action="store_true", help="no live progress line")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_sim_args(run)
@@ -223,6 +232,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         o["policy.holdout_share"] = args.holdout
     if getattr(args, "no_metrics", False):
         o["metrics.enabled"] = False
+    if args.command == "run":
+        o["runtime.processes"] = getattr(args, "processes", None)
+        o["runtime.process_id"] = getattr(args, "process_id", None)
+        o["runtime.recovery_dir"] = getattr(args, "recovery_dir", None)
+        if getattr(args, "addresses", None):
+            o["runtime.addresses"] = [a.strip() for a in args.addresses.split(",") if a.strip()]
     return o
 
 
@@ -230,6 +245,11 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from touchline.runner import run
     from touchline.state import mask_url
     from touchline.summary import format_summary
+
+    if settings.runtime.processes > 1 and settings.runtime.process_id is None:
+        from touchline.runtime import run_processes
+
+        return run_processes(settings, sys.argv[1:] if args.argv is None else args.argv)
 
     def announce(host: str, port: int) -> None:
         if not args.quiet:
@@ -248,7 +268,8 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"touchline {touchline.__version__}: {what}; state {mask_url(settings.state.url)}; "
               f"decisions -> {where}", file=sys.stderr)
     result = run(settings, progress=None if args.quiet else sys.stderr, on_metrics=announce)
-    summary_path = settings.output.dir / "summary.json"
+    index = settings.runtime.process_id
+    summary_path = settings.output.dir / ("summary.json" if index is None else f"summary-{index}.json")
     summary_path.write_bytes(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
     if args.json:
         print(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2).decode())
@@ -430,6 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure()
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else None
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

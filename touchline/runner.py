@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from bytewax.testing import run_main
 from prometheus_client import CollectorRegistry
 
 from touchline.connectors.files import JsonlSink, JsonlSource
@@ -21,6 +20,7 @@ from touchline.decisions.engine import DecisionCore
 from touchline.flows.step import Engine
 from touchline.metrics.engine import EngineMetrics
 from touchline.metrics.server import serve_metrics
+from touchline.runtime import execute
 from touchline.settings import Settings
 from touchline.state import open_store
 from touchline.summary import build_summary
@@ -87,10 +87,14 @@ def build_engine(settings: Settings, registry: CollectorRegistry, trace: Any = N
         restore=keeper.restore if keeper is not None else None,
         experiments=settings.experiments,
     )
+    core.learn = settings.models.learn
+    if journeys is not None:  # one round-robin rotation for every worker and process
+        journeys.next_turn = store.next_turn
     engine = Engine(store, core, metrics)
     engine.source_kind = settings.source.kind
     if keeper is not None:
         keeper.attach(core.models)
+        keeper.saves = (settings.runtime.process_id or 0) == 0  # one checkpoint writer: no clobbering
         engine.keeper = keeper
     metrics.models.export(core.models, {})
     return engine
@@ -229,15 +233,36 @@ def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: C
     engine = build_engine(settings, registry)
     engine.halt = stop
     engine.lateness_ms = int(settings.engine.allowed_lateness_seconds * 1000)
-    closers: list[Any] = [engine.store.close]
+    closers: list[Any] = [engine.close_outbox, engine.store.close]
     if engine.keeper is not None:  # the final checkpoint, after the last batch
         closers.insert(0, engine.keeper.close)
     try:
+        recovery = _take_over(settings, engine)
         io = _build_io(settings, engine, registry, kafka, stop, closers)
-        return _run_flow(settings, engine, io, registry, progress, on_metrics, stop)
+        return _run_flow(settings, engine, io, registry, progress, on_metrics, stop, recovery)
     finally:
         for close in closers:
             close()
+
+
+def _take_over(settings: Settings, engine: Engine) -> bool:
+    """Before the first batch: resume or create the recovery partitions, check the store is
+    the one this deployment wrote (and how it persists), claim this process's timer shards
+    and put back the timers a crashed run claimed. Returns whether recovery is on."""
+    from touchline.runtime import prepare_recovery, process_count, recovers
+
+    recovery = recovers(settings)
+    resuming = prepare_recovery(settings) if recovery else False
+    durability = engine.store.claim_epoch(resuming)
+    if durability.startswith("WARNING"):
+        log.warning("%s", durability.removeprefix("WARNING: "))
+    index = settings.runtime.process_id or 0
+    engine.store.own_timers(index, process_count(settings))
+    restored = engine.store.restore_claimed()
+    if restored:
+        log.warning("%d timer(s) claimed by a run that stopped before committing them are due again", restored)
+    engine.recover_outbox = index == 0
+    return recovery
 
 
 @dataclass
@@ -402,7 +427,7 @@ def attach_truth(summary: dict[str, Any], engine: Engine) -> None:
 
 
 def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRegistry, progress: TextIO | None,
-              on_metrics: Any, stop: threading.Event) -> RunResult:
+              on_metrics: Any, stop: threading.Event, recovery: bool = False) -> RunResult:
     flow = build_flow(io.source, engine, io.decisions_sink, io.dead_letter_sink, io.delivery_sink,
                       experiments_sink=io.experiments_sink)
     server = None
@@ -425,9 +450,9 @@ def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRe
     try:
         if progress is not None:
             with Progress(engine, io.source, progress, io.period):
-                run_main(flow)
+                execute(flow, settings, recovery)
         else:
-            run_main(flow)
+            execute(flow, settings, recovery)
     finally:
         restore()
         if server is not None:
@@ -443,6 +468,7 @@ def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRe
     delivery = io.delivery_sink.delivery if io.delivery_sink is not None else None
     if delivery is not None:  # deliveries in flight finish (or fail into dead letters) before the summary
         delivery.close(settings.delivery.flush_seconds)
+    engine.close_outbox()
     if engine.failure is not None:
         raise engine.failure
     if engine.recorded_events is not None:

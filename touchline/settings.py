@@ -150,6 +150,8 @@ class ModelSettings(_Section):
                           "still saved)")
     checkpoint_key: SecretStr | None = Field(
         default=None, description="sign checkpoints and refuse unsigned ones (TOUCHLINE_MODELS__CHECKPOINT_KEY)")
+    learn: bool = Field(default=True, description="learn from resolved labels (false: models stay as restored, "
+                        "so two runs of the same input decide exactly alike)")
 
     @model_validator(mode="after")
     def _names(self) -> "ModelSettings":
@@ -180,6 +182,35 @@ class EngineSettings(_Section):
         description="event clock: fire timers only this long behind the newest event time, so an event "
         "arriving late from another Kafka partition can still cancel them",
     )
+
+
+class RuntimeSettings(_Section):
+    """How the production engine executes: Bytewax's runtime, recovery and processes."""
+
+    recovery: bool = Field(default=True, description="with Kafka in and Redis state: snapshot the Kafka offsets "
+                           "so a restart resumes where the last snapshot was, not at the start of the topic")
+    recovery_dir: Path | None = Field(default=None, description="Bytewax recovery partitions (default "
+                                      "<output.dir>/recovery); created on first start; keep it across restarts")
+    snapshot_seconds: float = Field(default=5.0, gt=0, le=3600, description="epoch length: a snapshot this "
+                                    "often; a restart replays at most this much input")
+    backup_seconds: float = Field(default=30.0, ge=0, le=86_400, description="keep superseded snapshots this "
+                                  "long (time to back the recovery directory up elsewhere)")
+    processes: int = Field(default=1, ge=1, le=256, description="engine processes on this host (touchline run "
+                           "--processes N): each one worker, Kafka partitions spread over them")
+    process_id: int | None = Field(default=None, ge=0, description="this process's index in a cluster "
+                                   "(with addresses; one per host)")
+    addresses: list[str] = Field(default_factory=list, description="host:port of every process of the cluster, "
+                                 "in process-id order (Bytewax's -a)")
+
+    @model_validator(mode="after")
+    def _cluster(self) -> "RuntimeSettings":
+        if self.process_id is not None and not self.addresses:
+            raise ValueError("process_id needs addresses (host:port of every process, in order)")
+        if self.addresses and self.process_id is None:
+            raise ValueError("addresses need process_id (this process's index in them)")
+        if self.process_id is not None and self.process_id >= len(self.addresses):
+            raise ValueError(f"process_id {self.process_id} is not an index of the {len(self.addresses)} addresses")
+        return self
 
 
 class JourneySettings(_Section):
@@ -263,6 +294,7 @@ class Settings(BaseSettings):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     journeys: JourneySettings = Field(default_factory=JourneySettings)
     experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
     delivery: "DeliverySettings" = Field(default_factory=lambda: DeliverySettings())
@@ -271,6 +303,10 @@ class Settings(BaseSettings):
     def _kafka_source_needs_bootstrap(self) -> "Settings":
         if self.source.kind == "kafka" and not self.kafka.bootstrap:
             raise ValueError("source.kind is kafka but kafka.bootstrap is not set (use --kafka HOST:PORT)")
+        cluster = self.runtime.processes > 1 or self.runtime.addresses
+        if cluster and (self.source.kind != "kafka" or self.state.url.startswith("memory")):
+            raise ValueError("runtime.processes / addresses: several processes need Kafka in (--kafka) and a shared "
+                             "state store (--redis)")
         for name, split in self.experiments.splits.items():
             if split.action is not None and split.action not in self.policy.actions:
                 raise ValueError(f"experiments.splits.{name}.action: unknown action {split.action!r}; "

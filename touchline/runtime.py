@@ -1,0 +1,175 @@
+"""How the engine flow executes: Bytewax's production runtime, with recovery, on one or
+several processes.
+
+Every run goes through ``bytewax.run.cli_main`` (what ``python -m bytewax.run`` calls);
+``bytewax.testing.run_main`` is left to the tests. With Kafka in and a networked state
+store, recovery is on: Bytewax snapshots each Kafka partition's offset at every epoch
+(``runtime.snapshot_seconds``), and a restart resumes at the last completed epoch, so
+catch-up is proportional to what arrived since then, not to the topic. What the replay
+re-reads is made harmless by the state store (event ids) and the outbox (decisions
+committed with the state are emitted again, with the same ids).
+
+``--processes N`` on one host starts N copies of this command, each one Bytewax process
+of one worker (``-i``/``-a`` in Bytewax's terms, on loopback ports), and stops them all
+when one fails, so a supervisor restarts the whole cluster.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from bytewax.dataflow import Dataflow
+    from bytewax.recovery import RecoveryConfig
+
+    from touchline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def recovers(settings: "Settings") -> bool:
+    """Recovery applies where a restart can resume: Kafka in, state in a shared store."""
+    return (settings.runtime.recovery and settings.source.kind == "kafka"
+            and not settings.state.url.startswith("memory"))
+
+
+def recovery_dir(settings: "Settings") -> Path:
+    return settings.runtime.recovery_dir or settings.output.dir / "recovery"
+
+
+def process_count(settings: "Settings") -> int:
+    rt = settings.runtime
+    return len(rt.addresses) if rt.addresses else 1
+
+
+def prepare_recovery(settings: "Settings") -> bool:
+    """Create the recovery partitions on first start; True if they existed (a resume).
+
+    Safe when several processes start at once on one directory (a file lock)."""
+    directory = recovery_dir(settings)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".touchline.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if any(directory.glob("part-*.sqlite3")):
+            return True
+        from bytewax.recovery import init_db_dir
+
+        init_db_dir(directory, max(1, settings.runtime.processes, process_count(settings)))
+        return False
+
+
+def recovery_config(settings: "Settings") -> "RecoveryConfig":
+    from bytewax.recovery import RecoveryConfig
+
+    return RecoveryConfig(str(recovery_dir(settings)), timedelta(seconds=settings.runtime.backup_seconds))
+
+
+def execute(flow: "Dataflow", settings: "Settings", recovery: bool) -> None:
+    """Run ``flow`` to its end on Bytewax's runtime (this process's part of the cluster)."""
+    from bytewax.run import cli_main
+
+    rt = settings.runtime
+    cli_main(flow, workers_per_process=1, process_id=rt.process_id, addresses=rt.addresses or None,
+             epoch_interval=timedelta(seconds=rt.snapshot_seconds),
+             recovery_config=recovery_config(settings) if recovery else None)
+
+
+# ------------------------------------------------------------------ several processes, one host
+def free_ports(n: int) -> list[int]:
+    """``n`` ports free on loopback now (for the processes' exchange addresses)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def child_argv(argv: Sequence[str], index: int, addresses: list[str], metrics_port: int | None) -> list[str]:
+    """This command's arguments for process ``index``: without ``--processes``, with its id.
+
+    >>> child_argv(["run", "--kafka", "k:9", "--processes", "2", "--metrics-port=9464"], 1, ["a:1", "a:2"], 9465)
+    ['run', '--kafka', 'k:9', '--process-id', '1', '--addresses', 'a:1,a:2', '--metrics-port', '9465']
+    """
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--processes", "--metrics-port", "--process-id", "--addresses"):
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    out += ["--process-id", str(index), "--addresses", ",".join(addresses)]
+    if metrics_port is not None:
+        out += ["--metrics-port", str(metrics_port)]
+    return out
+
+
+def run_processes(settings: "Settings", argv: Sequence[str]) -> int:
+    """Start ``runtime.processes`` engine processes on this host and wait for them; the
+    first to fail stops the others. Returns the worst exit code."""
+    count = settings.runtime.processes
+    if recovers(settings):
+        prepare_recovery(settings)
+    addresses = [f"127.0.0.1:{p}" for p in free_ports(count)]
+    port = settings.metrics.port if settings.metrics.enabled else None
+    children: list[subprocess.Popen[Any]] = []
+    for i in range(count):
+        metrics_port = None if port is None else (0 if port == 0 else port + i)
+        cmd = [sys.executable, "-m", "touchline", *child_argv(argv, i, addresses, metrics_port)]
+        children.append(subprocess.Popen(cmd, env={**os.environ, "TOUCHLINE_RUNTIME__PROCESSES": "1"}))
+    print(f"touchline: {count} processes (pids {', '.join(str(c.pid) for c in children)}) exchanging on "
+          f"{', '.join(addresses)}", file=sys.stderr)
+    return _supervise(children)
+
+
+def _supervise(children: list[subprocess.Popen[Any]]) -> int:
+    forwarded: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        forwarded.append(signum)
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while any(c.poll() is None for c in children):
+            failed = [c for c in children if c.poll() not in (None, 0, 130)]
+            if failed and not forwarded:
+                print(f"touchline: process {failed[0].pid} exited with {failed[0].returncode}; stopping the others",
+                      file=sys.stderr)
+                forward(signal.SIGTERM, None)
+                _reap(children, 30.0)
+                break
+            time.sleep(0.2)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    codes = [c.wait() for c in children]
+    return max(codes, key=lambda c: (c not in (0,), c))
+
+
+def _reap(children: list[subprocess.Popen[Any]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for child in children:
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+
