@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 from bytewax.connectors.kafka import KafkaError, KafkaSource
@@ -25,7 +26,6 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, Producer
 from confluent_kafka import KafkaError as ConfluentError
 from confluent_kafka.admin import AdminClient, NewTopic
-
 from touchline.flows.step import RawBatch
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,9 @@ CONSUMER_DEFAULTS = {"fetch.wait.max.ms": "10"}
 
 #: An input partition with no messages for this long asks the cluster whether it is still there.
 IDLE_PROBE_SECONDS = 5.0
-#: Decisions a sink lets wait for their acknowledgement before it waits itself.
-MAX_IN_FLIGHT = 10_000
+#: Records a sink lets wait for their acknowledgement before it waits itself (backpressure):
+#: bounds what the engine runs ahead of its outputs when the broker stops answering.
+MAX_IN_FLIGHT = 250
 
 
 class KafkaUnavailable(RuntimeError):
@@ -175,7 +176,7 @@ class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
             self._next_tick = now + self._tick
             return [RawBatch([], self._name, 0, time.perf_counter_ns())]
         if not items and not self._lines:  # idle: poll again shortly instead of spinning
-            self._awake = datetime.now(timezone.utc) + timedelta(milliseconds=5)
+            self._awake = datetime.now(UTC) + timedelta(milliseconds=5)
         return []
 
     def _emit(self) -> list[RawBatch]:
@@ -262,6 +263,11 @@ class KafkaEventSource(FixedPartitionedSource[RawBatch, Any]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _BatchingPartition:
         idx, topic = for_part.split("-", 1)
+        if resume_state is None:
+            log.info("reading %s[%s] from its %s offset (no snapshot)", topic, idx, "earliest"
+                     if self._inner._starting_offset == OFFSET_BEGINNING else "latest")
+        else:  # recovery: the offset the last completed snapshot holds
+            log.info("resuming %s[%s] at offset %s", topic, idx, resume_state)
         return _BatchingPartition(self._inner.build_part(step_id, for_part, resume_state), topic, int(idx),
                                   self._batch_size, self._linger, self.stop, self._tick, self._retry,
                                   self._config, self._on_fatal)
@@ -272,12 +278,15 @@ class ReportingProducer:
     """A confluent-kafka producer that reports every delivery and applies backpressure.
 
     Idempotent producer (``enable.idempotence``): librdkafka's own retries never write a
-    message twice. A full local queue blocks ``produce`` (polling) instead of failing.
+    message twice. A full local queue blocks ``produce`` (polling) for at most
+    ``timeout_seconds``, then raises :class:`KafkaUnavailable`. Delivery reports are
+    served only by ``poll``/``flush``/``wait_below``, so on the caller's thread.
     """
 
     def __init__(self, client_config: dict[str, str], timeout_seconds: float, **extra: Any) -> None:
         config: dict[str, Any] = {"enable.idempotence": True, "acks": "all", "linger.ms": 2,
                                   "message.timeout.ms": int(timeout_seconds * 1000), **client_config, **extra}
+        self.bootstrap, self.timeout_seconds = client_config["bootstrap.servers"], timeout_seconds
         try:
             self._producer = Producer(_with_logger(config))
         except KafkaException as exc:
@@ -285,11 +294,15 @@ class ReportingProducer:
 
     def produce(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, str | bytes | None]] | None,
                 on_delivery: Callable[[Any, Any], None]) -> None:
+        deadline = time.monotonic() + self.timeout_seconds
         while True:
             try:
                 self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
                 break
-            except BufferError:  # local queue full: wait for deliveries (backpressure)
+            except BufferError:  # local queue full: wait for deliveries (backpressure), not forever
+                if time.monotonic() >= deadline:
+                    raise KafkaUnavailable(f"Kafka at {self.bootstrap} took no writes to topic {topic} for "
+                                           f"{self.timeout_seconds:g} s (local queue full)") from None
                 self._producer.poll(0.05)
         self._producer.poll(0)
 
@@ -297,58 +310,155 @@ class ReportingProducer:
         self._producer.poll(timeout)
 
     def in_flight(self) -> int:
-        """Messages produced but not yet acknowledged (or failed)."""
+        """Messages produced but not yet acknowledged (or failed), or whose report is not yet served."""
         return len(self._producer)
 
     def flush(self, timeout: float) -> int:
         return self._producer.flush(timeout)
 
+    def wait_below(self, bound: int, timeout: float, give_up: Callable[[], bool] = lambda: False) -> bool:
+        """Serve delivery reports until at most ``bound`` messages are in flight; False if
+        ``timeout`` passed or ``give_up()`` became true first."""
+        deadline = time.monotonic() + timeout
+        self._producer.poll(0)
+        while len(self._producer) > bound:
+            if give_up() or time.monotonic() >= deadline:
+                return False
+            self._producer.poll(0.05)
+        return True
+
+    def abandon(self) -> None:
+        """Give up on the messages in flight and serve their (failed) reports now: left to the
+        producer's destruction they would be purged later, after their outcome could count."""
+        self._producer.purge()
+        self._producer.poll(0)
+        self._producer.flush(1.0)  # purged reports arrive through the queue a moment later
+
+
+def _write_error(topic: str, bootstrap: str, err: Any, timeout_seconds: float) -> KafkaUnavailable:
+    """The one-line error of a write the broker did not acknowledge."""
+    if err.code() in (ConfluentError._MSG_TIMED_OUT, *_OUTAGE_CODES):
+        return KafkaUnavailable(f"Kafka at {bootstrap} did not acknowledge writes to topic {topic} within "
+                                f"{timeout_seconds:g} s ({err.str()}); the run stopped "
+                                f"(kafka.retry_seconds = {timeout_seconds:g})")
+    return KafkaUnavailable(f"could not write to Kafka topic {topic} at {bootstrap}: {err.str()}")
+
 
 class _RecordSinkPartition(StatelessSinkPartition[dict[str, Any]]):
-    def __init__(self, sink: "KafkaRecordSink") -> None:
+    """One worker's records to the sink's topic.
+
+    Delivery: at least once. ``write_batch`` hands its records to librdkafka and returns
+    once at most ``MAX_IN_FLIGHT`` of this partition's records wait for the broker's
+    acknowledgement, so a broker that stops answering holds the dataflow back (no new
+    events are taken) instead of letting it run ahead of its outputs; ``close`` waits for
+    every acknowledgement. A record the broker did not acknowledge within
+    ``timeout_seconds`` stops the run through ``on_fatal``; nothing is raised here (an
+    exception in a sink is a Rust panic in Bytewax), and after the failure nothing more
+    is written (a restart replays from the source).
+    """
+
+    def __init__(self, sink: KafkaRecordSink) -> None:
         self._sink = sink
         self._producer = ReportingProducer(sink.client_config, sink.timeout_seconds)
+        self._acked: list[dict[str, Any]] = []
+        self._failed = False
+        self._closed = False
 
     def write_batch(self, items: list[dict[str, Any]]) -> None:
-        sink = self._sink
+        if not self._failed:
+            try:
+                self._produce(items)
+                # Not a flush per batch (a broker round trip per batch): a bounded wait.
+                if not self._producer.wait_below(MAX_IN_FLIGHT, self._sink.timeout_seconds + 5, self._has_failed):
+                    self._unacknowledged()
+            except Exception as exc:  # noqa: BLE001 (never out of write_batch: see the class docstring)
+                self._fail(exc)
+        self._hand_over_acked()
+
+    def _produce(self, items: list[dict[str, Any]]) -> None:
+        sink, track = self._sink, self._sink.on_acked is not None
         for record in items:
             key = record.get(sink.key_field)
             self._producer.produce(sink.topic, orjson.dumps(record, option=_DUMP),
-                                   str(key).encode() if key is not None else None, None, self._reported)
-        # No flush per batch: waiting for the broker's acknowledgement would stall the
-        # dataflow for a round trip per batch. Reports are served here and on close, which
-        # flushes; a bounded number of messages in flight keeps memory in check.
-        self._producer.poll(0)
-        if self._producer.in_flight() > MAX_IN_FLIGHT:
-            self._producer.flush(sink.timeout_seconds + 5)
+                                   str(key).encode() if key is not None else None, None,
+                                   self._tracked(record) if track else self._reported)
 
-    def _reported(self, err: Any, msg: Any) -> None:
+    def _tracked(self, record: dict[str, Any]) -> Callable[[Any, Any], None]:
+        def reported(err: Any, _msg: Any) -> None:
+            if err is None:
+                self._acked.append(record)  # handed over after the poll, never from inside a report
+            else:
+                self._reported(err, _msg)
+        return reported
+
+    def _reported(self, err: Any, _msg: Any) -> None:
         if err is not None:
-            self._sink.on_fatal(KafkaUnavailable(
-                f"could not write to Kafka topic {self._sink.topic} at {self._sink.client_config['bootstrap.servers']}: "
-                f"{err.str()}"))
+            self._fail(_write_error(self._sink.topic, self._producer.bootstrap, err, self._sink.timeout_seconds))
+
+    def _has_failed(self) -> bool:
+        return self._failed
+
+    def _unacknowledged(self) -> None:
+        if not self._failed:
+            self._fail(KafkaUnavailable(
+                f"Kafka at {self._producer.bootstrap} did not acknowledge {self._producer.in_flight()} write(s) to "
+                f"topic {self._sink.topic} within {self._sink.timeout_seconds + 5:g} s; the run stopped"))
+
+    def _fail(self, exc: Exception) -> None:
+        """Stop the run (once per partition: one outage is one error, not one per record)."""
+        if not self._failed:
+            self._failed = True
+            self._sink.on_fatal(exc)
+
+    def _hand_over_acked(self) -> None:
+        if not self._acked:
+            return
+        acked, self._acked = self._acked, []
+        try:
+            self._sink.on_acked(acked)  # type: ignore[misc]  (only tracked when set)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(RuntimeError(f"on_acked of Kafka topic {self._sink.topic} failed: {exc!r}"))
 
     def close(self) -> None:
-        self._producer.flush(self._sink.timeout_seconds)
+        """Wait for every acknowledgement (up to ``timeout_seconds``); after a failure, give up
+        on the rest at once (quietly: the run already reports the error)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not self._failed and not self._producer.wait_below(0, self._sink.timeout_seconds + 5, self._has_failed):
+                self._unacknowledged()
+            if self._producer.in_flight():
+                self._producer.abandon()
+        except Exception as exc:  # noqa: BLE001 (an exception in close is a panic too)
+            self._fail(exc)
+        self._hand_over_acked()
 
 
 class KafkaRecordSink(DynamicSink[dict[str, Any]]):
     """JSON records (decisions) to a topic, keyed by ``key_field`` (the contact: per-contact order).
 
     Delivery: at least once for runs that end, cleanly or on an error: every delivery
-    report is checked and closing flushes; a message librdkafka could not deliver within
-    ``timeout_seconds`` stops the run with the error (the decisions topic is the audit
-    trail: never dropped silently). Batches are not flushed one by one (that would stall
-    the dataflow a broker round trip per batch), so a killed process can lose the
-    decisions still in flight (at most ``MAX_IN_FLIGHT``); the source offsets are not
-    committed either, so a restart from the same start offset replays them. Replays
-    re-emit the same decision ids, which downstream consumers deduplicate on.
+    report is checked, at most ``MAX_IN_FLIGHT`` records per worker wait for their
+    acknowledgement at any time (more and the dataflow waits: backpressure), and the end
+    of the run waits for all of them. A record not acknowledged within ``timeout_seconds``
+    (``kafka.retry_seconds``) stops the run with one error naming the broker (the
+    decisions topic is the audit trail: never dropped silently); a broker back within
+    that time loses nothing. A killed process can lose the records still in flight (at
+    most ``MAX_IN_FLIGHT``); source offsets are not committed either, so a restart from
+    the same start offset replays them, with the same decision ids, which downstream
+    consumers deduplicate on.
+
+    ``on_acked``, when given, is called on the dataflow thread (at the end of a batch
+    write, and on close) with the records the broker acknowledged since its last call,
+    the same dict objects written; records whose delivery failed are never passed.
     """
 
     def __init__(self, client_config: dict[str, str], topic: str, on_fatal: Callable[[Exception], None],
-                 key_field: str = "contact_id", timeout_seconds: float = 60.0) -> None:
+                 key_field: str = "contact_id", timeout_seconds: float = 60.0, *,
+                 on_acked: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
         self.client_config, self.topic, self.on_fatal = client_config, topic, on_fatal
-        self.key_field, self.timeout_seconds = key_field, timeout_seconds
+        self.key_field, self.timeout_seconds, self.on_acked = key_field, timeout_seconds, on_acked
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RecordSinkPartition:
         return _RecordSinkPartition(self)
@@ -360,7 +470,8 @@ class KafkaDeadLetters:
     Headers: ``touchline.reason``, ``touchline.detail``, ``touchline.kind``, ``touchline.source``
     (invalid events), or ``touchline.channel``/``touchline.error``/``touchline.attempts``
     (failed deliveries, whose value is the decision JSON). Thread-safe: the engine and
-    the connectors' threads write here.
+    the connectors' threads write here. Delivery: as :class:`KafkaRecordSink` (bounded
+    in flight, every report checked, a failure stops the run once, never raised).
     """
 
     HEADERS = ("reason", "detail", "kind", "source", "channel", "connector", "error", "attempts", "decision_id")
@@ -371,29 +482,52 @@ class KafkaDeadLetters:
         self._producer = ReportingProducer(client_config, timeout_seconds)
         self._lock = threading.Lock()
         self.timeout_seconds = timeout_seconds
+        self._failed = False
 
     def __call__(self, records: list[dict[str, Any]]) -> None:
         with self._lock:
-            for record in records:
-                if record.get("kind") == "delivery_failed":
-                    value = orjson.dumps(record["decision"], option=_DUMP)
-                    key = record.get("contact_id")
-                else:  # the original bytes as far as they were UTF-8 (invalid bytes stay \\xNN escapes)
-                    value = str(record.get("raw", "")).encode("utf-8", "surrogateescape")
-                    key = None
-                headers: list[tuple[str, str | bytes | None]] = [(f"touchline.{h}", str(record[h]).encode("utf-8", "replace")[:4096])
-                           for h in self.HEADERS if record.get(h) is not None]
-                self._producer.produce(self.topic, value, str(key).encode() if key else None, headers,
-                                       self._reported)
-            self._producer.poll(0)  # as the decisions sink: no wait per batch; close flushes
-            if self._producer.in_flight() > MAX_IN_FLIGHT:
-                self._producer.flush(self.timeout_seconds + 5)
+            if self._failed:
+                return
+            try:
+                for record in records:
+                    self._produce(record)
+                if not self._producer.wait_below(MAX_IN_FLIGHT, self.timeout_seconds + 5, self._has_failed):
+                    self._fail(KafkaUnavailable(f"Kafka at {self.bootstrap} did not acknowledge dead letters "
+                                                f"within {self.timeout_seconds + 5:g} s"))
+            except Exception as exc:  # noqa: BLE001 (called from sinks and connector threads: never raise)
+                self._fail(exc)
+
+    def _produce(self, record: dict[str, Any]) -> None:
+        if record.get("kind") == "delivery_failed":
+            value = orjson.dumps(record["decision"], option=_DUMP)
+            key = record.get("contact_id")
+        else:  # the original bytes as far as they were UTF-8 (invalid bytes stay \\xNN escapes)
+            value = str(record.get("raw", "")).encode("utf-8", "surrogateescape")
+            key = None
+        headers: list[tuple[str, str | bytes | None]] = [(f"touchline.{h}", str(record[h]).encode("utf-8", "replace")[:4096])
+                                                         for h in self.HEADERS if record.get(h) is not None]
+        self._producer.produce(self.topic, value, str(key).encode() if key else None, headers, self._reported)
 
     def _reported(self, err: Any, msg: Any) -> None:
         if err is not None:
-            self.on_fatal(KafkaUnavailable(f"could not write dead letters to Kafka topic {self.topic} at "
-                                           f"{self.bootstrap}: {err.str()}"))
+            self._fail(_write_error(self.topic, self.bootstrap, err, self.timeout_seconds))
+
+    def _has_failed(self) -> bool:
+        return self._failed
+
+    def _fail(self, exc: Exception) -> None:
+        if not self._failed:
+            self._failed = True
+            self.on_fatal(exc)
 
     def close(self) -> None:
         with self._lock:
-            self._producer.flush(self.timeout_seconds)
+            try:
+                if not self._failed and not self._producer.wait_below(0, self.timeout_seconds + 5, self._has_failed):
+                    self._fail(KafkaUnavailable(f"Kafka at {self.bootstrap} did not acknowledge "
+                                                f"{self._producer.in_flight()} dead letter(s) within "
+                                                f"{self.timeout_seconds + 5:g} s"))
+                if self._producer.in_flight():
+                    self._producer.abandon()
+            except Exception as exc:  # noqa: BLE001
+                self._fail(exc)

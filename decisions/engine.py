@@ -392,9 +392,10 @@ class BatchRun:
         if anon is None:
             return
         alias = anon_key.partition(":")[2]
-        if alias not in contact.aliases and len(contact.aliases) < MAX_ALIASES:
+        merged_before = alias in contact.aliases  # the contact was written merged, the drop of anon was not (a crash)
+        if not merged_before and len(contact.aliases) < MAX_ALIASES:
             contact.aliases.append(alias)
-        if anon.events_total:
+        if anon.events_total and not merged_before:
             adopted = merge_into(contact, anon)
             for kind, due in adopted.items():
                 self._set_timer(contact, kind, due)

@@ -117,9 +117,14 @@ class Engine:
         self._emit_seconds = 0.0
         #: When the batch in progress started (monotonic seconds), for the liveness probe.
         self.busy_since: float | None = None
+        #: This worker's name in the store (its process index): whose watermark to keep.
+        self.worker = "0"
         #: Channels with a connector: their decisions stay in the outbox until delivered too.
         self.channel_outputs: frozenset[str] = frozenset()
-        #: Emit the decisions earlier runs left in the outbox, at the first batch (one worker).
+        #: The decisions output confirms a decision by writing it (a file); False when the
+        #: output's own acknowledgement does (Kafka: the broker's).
+        self.acks_on_write = True
+        #: Emit the decisions earlier runs left in the outbox, before the first batch (one worker).
         self.recover_outbox = False
         #: (profile key, decision id, output) confirmed by the outputs, for the next batch's ack
         self._done: deque[tuple[str, str, str]] = deque()
@@ -143,6 +148,8 @@ class Engine:
         """Decisions were written to the decisions output: in live mode, the end of their
         event-to-decision latency (event time of the trigger to now)."""
         self._emit_seconds += seconds
+        if self.acks_on_write:
+            self.output_done(records, "d")
         if self.core.live and records:
             wall_ms = time.time_ns() / 1e6
             hist = self.metrics.event_to_decision
@@ -213,7 +220,7 @@ class Engine:
         stages = {"parse": (parsed_ns - started_ns) / 1e9, "state": sum(timings.values()),
                   "score": run.score_ns / 1e9, "policy": max(0, run_ns - run.score_ns) / 1e9}
         self._account(batch, events, run, dead, timings, stages)
-        result = BatchResult(self._recovered() + run.decisions, dead, run.exp.records)
+        result = BatchResult(run.decisions, dead, run.exp.records)
         for listener in self.listeners:
             listener(result)
         return result
@@ -240,8 +247,11 @@ class Engine:
                 timers.update({(k, kind): t for k, p in live.items() for kind, t in p.timers.items()})
             conflicts = _timed(timings, "save", store.commit, live, run.merged_away,
                                [(k, kind, t) for (k, kind), t in timers.items()],
-                               outbox=self._outbox(run.decisions), fired=tim, merged_into=run.merged_into)
+                               outbox=self._outbox(run.decisions), fired=tim, merged_into=run.merged_into,
+                               watermark=None if self.core.live else (self.worker, self.core.clock.now()))
             done.absorb(run, conflicts)
+            if run.decisions and log.isEnabledFor(logging.DEBUG):
+                log.debug("committed decisions %s", " ".join(d["decision_id"] for d in run.decisions))
             if not conflicts:
                 return done
             self.totals.conflicts += len(conflicts)
@@ -283,17 +293,13 @@ class Engine:
         except StoreError as exc:  # the entries stay: the next start emits them again
             log.warning("could not trim the outbox at shutdown: %s", exc)
 
-    def _recovered(self) -> list[dict[str, Any]]:
-        """At the first batch (one worker only): decisions committed by an earlier run that an
-        output never confirmed: a crash between the commit and the broker's acknowledgement.
-        They go out again with the same ids; the send ledger keeps deliveries single."""
+    def recovered(self) -> list[dict[str, Any]]:
+        """Decisions an earlier run committed that an output never confirmed (a crash between
+        the commit and the broker's acknowledgement); taken once, by one worker, at start."""
         if not self.recover_outbox:
             return []
         self.recover_outbox = False
         found = self.store.pending()
-        if found:
-            log.warning("emitting %d decision(s) again that an earlier run committed but no output confirmed",
-                        len(found))
         self.totals.recovered += len(found)
         return [p.record for p in found]
 

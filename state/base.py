@@ -117,14 +117,15 @@ class StateStore(ABC):
     def commit(
         self, profiles: Mapping[str, Profile], deleted: Iterable[str], timers: Iterable[tuple[str, str, int]],
         *, outbox: Mapping[str, Sequence[OutboxEntry]] | None = None, fired: Iterable[tuple[str, str, int]] = (),
-        merged_into: Mapping[str, str] | None = None,
+        merged_into: Mapping[str, str] | None = None, watermark: tuple[str, int] | None = None,
     ) -> set[str]:
         """``save(profiles, deleted)`` and ``schedule(timers)`` together; returns the profiles
         that were not written because another writer changed them since they were loaded
         (reload and redo them). ``outbox`` holds each profile's new decisions, written with
         it; ``fired`` the claimed timers this batch handled (their claim ends here);
         ``merged_into`` says which profile each merged-away one went into (a merge whose
-        target was not written keeps its source). An in-process store has no other
+        target was not written keeps its source); ``watermark`` is (worker, event clock)
+        after the batch, written with it (see :meth:`watermark`). An in-process store has no other
         writer, and nothing of it survives a crash, so it needs no outbox."""
         self.save(profiles, deleted)
         timers = list(timers)
@@ -181,6 +182,12 @@ class StateStore(ABC):
     def pending(self, limit: int = 100_000) -> list[Pending]:
         """Decisions committed but not confirmed by their outputs (to emit again at start)."""
         return []
+
+    def watermark(self, worker: str) -> int | None:
+        """The event clock ``worker`` had after its last committed batch: a restarted engine
+        goes on from it, so its timers fire as they would have without the restart (the
+        store already holds what that clock made happen)."""
+        return None
 
     def own_timers(self, worker_index: int, worker_count: int) -> None:
         """Claim only this worker's share of the timers (several workers on one store)."""

@@ -111,6 +111,9 @@ def send_entries(profile: Profile) -> list[tuple[int, str]]:
 def to_blob(profile: Profile) -> bytes:
     """Everything but the log and the sends, as compact JSON."""
     data: dict[str, Any] = {name: getattr(profile, name) for name in _SCALARS}
+    #: sends up to here were decided with this state; later ones in the sends set are only
+    #: reservations (a run stopped between reserving and committing: see from_parts)
+    data["sent_through"] = max((s.ts_ms for s in profile.sends), default=0)
     data["pending"] = {
         model: [o.scored_at_ms, o.deadline_ms, o.features, o.probability, o.model_version,
                 *((o.shadow,) if o.shadow else ())]
@@ -131,8 +134,10 @@ def from_parts(
     entries the in-process windows hold, because both expire on the same rule.
     """
     profile = Profile(key, known=is_known_key(key))
+    through: int | None = 0  # no state yet: every send in the set is a reservation of a lost batch
     if blob:
         data = orjson.loads(blob)
+        through = data.get("sent_through")  # None: written before reservations were told apart
         for name in _SCALARS:
             if name in data:
                 setattr(profile, name, data[name])
@@ -153,5 +158,9 @@ def from_parts(
                 queue.append(entry)
                 counts[entry[1]] = counts.get(entry[1], 0) + 1
     profile.seen = {entry[2] for entry in profile.windows["30d"][0]}
-    profile.sends = sorted((parse_send(m, ts) for ts, m in sends), key=lambda s: s.ts_ms)
+    every = sorted((parse_send(m, ts) for ts, m in sends), key=lambda s: s.ts_ms)
+    # A reservation no committed state knows of is the decision a crashed run made and never
+    # committed: its replay makes it again (and the reservation matches), so it must not
+    # hold that same decision back as if already sent.
+    profile.sends = every if through is None else [s for s in every if s.ts_ms <= through]
     return profile

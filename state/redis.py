@@ -21,6 +21,7 @@ Cluster slot::
     tl:{timers:07}:due zset   profile key<US>timer kind by due time, in 32 shards by key
     tl:{timers:07}:inflight   timers claimed by a worker, until its batch commits
     tl:{meta}:epoch    string written at first start; every commit checks it is still there
+    tl:{meta}:watermarks hash worker -> its event clock after its last commit
     tl:{rr}:<name>     counter round-robin turns shared by every worker
 
 URLs: ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS; redis-py query
@@ -71,6 +72,7 @@ LEGACY_TIMERS_KEY = f"{PREFIX}:{{timers}}:due"
 #: Timer shards: each worker claims only its own (hash of the profile key), so no one key is hot.
 TIMER_SHARDS = 32
 EPOCH_KEY = f"{PREFIX}:{{meta}}:epoch"
+WATERMARKS_KEY = f"{PREFIX}:{{meta}}:watermarks"
 _RETRYABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
@@ -326,7 +328,8 @@ class RedisStore(StateStore):
 
     def commit(self, profiles: Mapping[str, Profile], deleted: Iterable[str],
                timers: Iterable[tuple[str, str, int]], *, outbox: Mapping[str, Sequence[OutboxEntry]] | None = None,
-               fired: Iterable[tuple[str, str, int]] = (), merged_into: Mapping[str, str] | None = None) -> set[str]:
+               fired: Iterable[tuple[str, str, int]] = (), merged_into: Mapping[str, str] | None = None,
+               watermark: tuple[str, int] | None = None) -> set[str]:
         """Save profiles (each with its outbox entries, atomically), schedule timers and check
         the epoch in one round trip; then end the claims of fired timers and drop merged-away
         and expired profiles in a second one, for what was written. Returns the profiles a
@@ -341,6 +344,8 @@ class RedisStore(StateStore):
             args, diffs[key] = self._commit_args(key, profile, (outbox or {}).get(key, ()))
             calls.append(("script", "commit", (*profile_keys(key), outbox_key(key)), args))
         calls += _schedule_calls(timers)
+        if watermark is not None:  # after the profiles: never ahead of what they hold
+            calls.append(("cmd", "HSET", WATERMARKS_KEY, watermark[0], watermark[1]))
         if self._epoch is not None:
             calls.append(("cmd", "GET", EPOCH_KEY))
         lent, self._lent = self._lent, set()
@@ -470,6 +475,10 @@ class RedisStore(StateStore):
                                   for shard, members in extra.items()])
             due = due[:limit]
         return due
+
+    def watermark(self, worker: str) -> int | None:
+        (value,) = self._run("watermark", [("cmd", "HGET", WATERMARKS_KEY, worker)])
+        return int(value) if value is not None else None
 
     def own_timers(self, worker_index: int, worker_count: int) -> None:
         """Claim only the shards ``shard % worker_count == worker_index``."""
@@ -690,7 +699,8 @@ def _walk(events: Sequence[Event], links: Mapping[str, tuple[str | None, bool, b
             pending_merge.add(anon)
         elif target is not None:
             current[anon] = target
-            if anon_exists:  # linked before, but the merge never landed (a crash in between)
+            if anon_exists:  # linked before, but the merge never landed (a crash in between): until
+                current[anon] = anonymous_key(anon)  # it does, its events stay where they were applied
                 pending_merge.add(anon)
         else:
             current[anon] = anonymous_key(anon)

@@ -63,7 +63,7 @@ class WebhookServer:
                         server.replays += 1
                     else:
                         server.in_flight.discard(key)
-                        if 200 <= status < 300:
+                        if 200 <= status < 300 and len(body) == length and body:
                             server.delivered[key] = orjson.loads(body)
                 try:
                     self.send_response(status)

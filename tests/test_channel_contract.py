@@ -153,6 +153,25 @@ def test_close_without_submissions_is_clean(harness):
     assert rec.dead == [] and harness.received() == []
 
 
+def test_with_a_send_ledger_a_reemitted_decision_is_sent_once_and_settled(harness):
+    from touchline.connectors.channels.registry import Delivery
+    from touchline.state.ledger import MemorySendLedger
+
+    rec, ledger, done = Recorder(), MemorySendLedger(), []
+    delivery = Delivery({"email": harness.build(rec)}, rec.report, ledger)
+    delivery.on_done = done.extend
+    delivery.start()
+    sent = [decision(i) for i in range(20)]
+    delivery.submit(sent[:12])
+    delivery.submit(sent)  # a re-emission while the first 12 are in flight or delivered
+    delivery.close(30)
+    ids = {d["decision_id"] for d in sent}
+    assert sorted(harness.received()) == sorted(ids)
+    assert rec.report.outcomes[("email", "duplicate")] == 12
+    assert {d["decision_id"] for d in done} == ids
+    assert ledger.claim(ids).done == ids  # every outcome recorded, the kafka connector's included
+
+
 # ------------------------------------------------------------------------ webhook behaviour
 def _webhook(server: WebhookServer, rec: Recorder, **cfg):
     defaults = {"url": server.url, "backoff_seconds": 0.01, "backoff_max_seconds": 5.0, "rate_per_second": 1000,

@@ -89,6 +89,6 @@ def configure(level: str = "warning", fmt: LogFormat = "text", stream: Any = Non
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("bytewax", "urllib3"):  # their info lines are about their internals, not the run
+    for noisy in ("bytewax", "urllib3", "httpx", "httpcore"):  # internals (httpx: a line per request)
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     return handler

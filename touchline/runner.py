@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+import orjson
 from prometheus_client import CollectorRegistry
 
 from touchline.connectors.files import JsonlSink, JsonlSource
@@ -257,6 +258,11 @@ def _take_over(settings: Settings, engine: Engine) -> bool:
     if durability.startswith("WARNING"):
         log.warning("%s", durability.removeprefix("WARNING: "))
     index = settings.runtime.process_id or 0
+    engine.worker = str(index)
+    saved = engine.store.watermark(engine.worker) if recovery else None
+    if saved is not None and not engine.core.live:  # the clock the store's state was made with
+        engine.core.clock.observe(saved)
+        log.info("event clock resumed at %d (its value after the last committed batch)", saved)
     engine.store.own_timers(index, process_count(settings))
     restored = engine.store.restore_claimed()
     if restored:
@@ -302,7 +308,9 @@ def _build_io(settings: Settings, engine: Engine, registry: CollectorRegistry, k
         ensure_topics(kafka, topics, create=ks.create_topics, partitions=ks.partitions,
                       replication_factor=ks.replication_factor, timeout=ks.connect_timeout_seconds)
 
-        decisions_sink: Any = KafkaRecordSink(kafka, ks.decisions_topic, engine.fail, timeout_seconds=ks.retry_seconds)
+        decisions_sink: Any = KafkaRecordSink(kafka, ks.decisions_topic, engine.fail, timeout_seconds=ks.retry_seconds,
+                                              on_acked=lambda records: engine.output_done(records, "d"))
+        engine.acks_on_write = False  # the broker's acknowledgement confirms a decision, not the write
         dead_writer: Any = KafkaDeadLetters(kafka, ks.dead_letter_topic, engine.fail, timeout_seconds=ks.retry_seconds)
         experiments_sink: Any = KafkaRecordSink(kafka, ks.experiments_topic, engine.fail,
                                                 timeout_seconds=ks.retry_seconds)
@@ -322,15 +330,33 @@ def _build_io(settings: Settings, engine: Engine, registry: CollectorRegistry, k
                         "experiments": str(experiments_path)})
     closers.insert(0, dead_writer.close)
     report = DeliveryReport(ConnectorMetrics(registry), dead_writer)
+    ledger = _send_ledger(settings)
+    closers.insert(0, ledger.close)
     delivery = Delivery.build(settings.delivery, BuildContext(
-        report, out_dir / "outbox", kafka, ks.channel_topic_prefix, ks.retry_seconds, settings.simulator.seed))
+        report, out_dir / "outbox", kafka, ks.channel_topic_prefix, ks.retry_seconds, settings.simulator.seed,
+        ledger=ledger))
     closers.insert(0, lambda: delivery.close(settings.delivery.flush_seconds))
+    delivery.on_done = lambda records: engine.output_done(records, "c")
+    engine.channel_outputs = frozenset(delivery.connectors)
     delivery.start()
     for channel, where in delivery.describe().items():
         outputs[f"channel {channel}"] = where
     source, period = _build_source(settings, engine, kafka, stop)
     return _Io(source, decisions_sink, DeadLetterSink(dead_writer),
                DeliverySink(delivery) if delivery.connectors else None, outputs, period, experiments_sink)
+
+
+def _send_ledger(settings: Settings) -> Any:
+    """Where deliveries are claimed and marked: beside the state in Redis (shared by every
+    process and kept across restarts), else in this process."""
+    from touchline.state.ledger import MemorySendLedger, RedisSendLedger
+
+    url, ds = settings.state.url, settings.delivery
+    if url.partition("://")[0].removesuffix("+naive").removesuffix("+cluster") in ("redis", "rediss"):
+        return RedisSendLedger(url.replace("+naive://", "://", 1), settings.state.options(),
+                               lease_seconds=ds.lease_seconds, delivered_ttl_days=ds.sent_ttl_days,
+                               retry_seconds=settings.state.retry_seconds)
+    return MemorySendLedger(lease_seconds=ds.lease_seconds, delivered_ttl_days=ds.sent_ttl_days)
 
 
 def _build_source(settings: Settings, engine: Engine, kafka: dict[str, str] | None,
@@ -426,8 +452,38 @@ def attach_truth(summary: dict[str, Any], engine: Engine) -> None:
     }
 
 
+def emit_recovered(engine: Engine, io: _Io) -> int:
+    """Before the flow starts: send the decisions an earlier run committed but no output
+    confirmed, with their ids, to the decisions output and the channel delivery (whose
+    send ledger drops those already delivered). Returns how many."""
+    records = engine.recovered()
+    if not records:
+        return 0
+    log.warning("emitting %d decision(s) again that an earlier run committed but no output confirmed",
+                len(records), extra={"decisions": len(records)})
+    sink = io.decisions_sink
+    if isinstance(sink, JsonlSink):  # the run's own file starts empty: these go beside it
+        path = sink.path.with_suffix(".recovered.jsonl")
+        with path.open("ab") as out:
+            out.write(b"".join(orjson.dumps(r, option=orjson.OPT_SORT_KEYS) + b"\n" for r in records))
+        engine.output_done(records, "d")
+        log.warning("the decisions emitted again are in %s", path)
+    else:
+        part = sink.build("recovered", 0, 1)
+        try:
+            part.write_batch(records)
+        finally:
+            part.close()
+    if engine.failure is not None:
+        raise engine.failure
+    if io.delivery_sink is not None:
+        io.delivery_sink.delivery.submit(records)
+    return len(records)
+
+
 def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRegistry, progress: TextIO | None,
               on_metrics: Any, stop: threading.Event, recovery: bool = False) -> RunResult:
+    emit_recovered(engine, io)
     flow = build_flow(io.source, engine, io.decisions_sink, io.dead_letter_sink, io.delivery_sink,
                       experiments_sink=io.experiments_sink)
     server = None

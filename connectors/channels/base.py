@@ -25,7 +25,8 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from touchline.metrics.connectors import ConnectorMetrics
 
@@ -55,29 +56,52 @@ class PermanentError(DeliveryError):
     """A failure no retry will fix: a 4xx, a rejected address, a template error."""
 
 
+#: Told of each outcome: (channel, decision or None, outcome). Outcomes: "delivered", "failed"
+#: (final: dead-lettered) and "shutdown" (the engine stopped before delivering it).
+OutcomeListener = Callable[[str, dict[str, Any] | None, str], None]
+
+
 class DeliveryReport:
     """Where connectors report outcomes: metrics, dead letters and the run's tallies.
 
-    Thread-safe: connectors call it from their worker threads.
+    Thread-safe: connectors call it from their worker threads. ``listener`` (set by
+    :class:`~touchline.connectors.channels.registry.Delivery`) hears each outcome, so the
+    send ledger and the engine's outbox learn which decisions are done.
     """
 
     def __init__(self, metrics: ConnectorMetrics, dead_letters: DeadLetterWrite) -> None:
         self.metrics = metrics
         self._dead_letters = dead_letters
         self._lock = threading.Lock()
-        self.outcomes: Counter[tuple[str, str]] = Counter()  # (channel, delivered|failed)
+        self.outcomes: Counter[tuple[str, str]] = Counter()  # (channel, delivered|failed|duplicate)
+        self.listener: OutcomeListener | None = None
 
-    def delivered(self, channel: str, connector: str, seconds: float, attempts: int = 1) -> None:
+    def delivered(self, channel: str, connector: str, seconds: float, attempts: int = 1,
+                  decision: dict[str, Any] | None = None) -> None:
+        """One decision delivered; connectors pass ``decision`` so the send ledger can record it
+        at once (without it, it is recorded when the channel has nothing in flight)."""
         self.metrics.delivered(channel, connector, seconds, attempts)
         with self._lock:
             self.outcomes[(channel, "delivered")] += 1
+        if self.listener is not None:
+            self.listener(channel, decision, "delivered")
+
+    def duplicate(self, channel: str, connector: str, count: int) -> None:
+        """Decisions not handed to the connector: the send ledger has them delivered or in flight."""
+        self.metrics.deliveries.labels(channel, connector, "duplicate").inc(count)
+        with self._lock:
+            self.outcomes[(channel, "duplicate")] += count
 
     def error(self, channel: str, connector: str, code: str) -> None:
         self.metrics.error(channel, connector, code)
 
     def failed(self, decision: dict[str, Any], channel: str, connector: str, error: DeliveryError,
-               attempts: int, seconds: float) -> None:
-        """A decision that will not be delivered: counted, logged and dead-lettered with the error."""
+               attempts: int, seconds: float, *, shutdown: bool = False) -> None:
+        """A decision that will not be delivered: counted, logged and dead-lettered with the error.
+
+        ``shutdown`` (or the code ``shutdown``): the engine stopped before it was delivered, so
+        it is not final; a later run may deliver it.
+        """
         self.metrics.failed(channel, connector, seconds, attempts)
         with self._lock:
             self.outcomes[(channel, "failed")] += 1
@@ -95,6 +119,8 @@ class DeliveryReport:
             "contact_id": decision.get("contact_id"),
             "decision": decision,
         }])
+        if self.listener is not None:
+            self.listener(channel, decision, "shutdown" if shutdown or error.code == "shutdown" else "failed")
 
 
 class ChannelConnector(ABC):
@@ -279,16 +305,18 @@ class QueuedConnector(ChannelConnector):
                 delay = backoff_delay(attempt, cfg.backoff_seconds, cfg.backoff_max_seconds, self._rng)
                 if exc.retry_after is not None:
                     delay = min(max(exc.retry_after, 0.0), max(cfg.backoff_max_seconds, 0.0))
-                if self._abort.wait(delay):
-                    self._fail(decision, exc, attempt, queued_at)
+                if self._abort.wait(delay):  # stopped while waiting to retry: not final
+                    self._fail(decision, exc, attempt, queued_at, shutdown=True)
                     return session
                 continue
             except Exception as exc:  # a bug or an unexpected library error: never lose the decision
                 log.exception("%s connector for %s: unexpected error", self.kind, self.channel)
                 self._fail(decision, PermanentError("internal", f"{type(exc).__name__}: {exc}"), attempt, queued_at)
                 return session
-            self.report.delivered(self.channel, self.kind, time.monotonic() - queued_at, attempt)
+            self.report.delivered(self.channel, self.kind, time.monotonic() - queued_at, attempt, decision)
             return session
 
-    def _fail(self, decision: dict[str, Any], error: DeliveryError, attempts: int, queued_at: float) -> None:
-        self.report.failed(decision, self.channel, self.kind, error, attempts, time.monotonic() - queued_at)
+    def _fail(self, decision: dict[str, Any], error: DeliveryError, attempts: int, queued_at: float,
+              shutdown: bool = False) -> None:
+        self.report.failed(decision, self.channel, self.kind, error, attempts, time.monotonic() - queued_at,
+                           shutdown=shutdown)

@@ -158,6 +158,11 @@ class DeliverySettings(_Connector):
     channels: dict[str, ConnectorConfig] = Field(default_factory=dict)
     flush_seconds: float = Field(default=30.0, ge=0, le=3600,
                                  description="at the end of a run, wait this long for deliveries in flight")
+    lease_seconds: float = Field(default=30.0, gt=0, le=3600,
+                                 description="send ledger: a claim on a decision lapses this long after its "
+                                 "process stopped renewing it (a crash), so a re-emission can deliver it")
+    sent_ttl_days: float = Field(default=30.0, gt=0, le=3650,
+                                 description="send ledger: remember a delivered decision this long")
 
     @field_validator("channels")
     @classmethod

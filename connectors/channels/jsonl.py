@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
-
-from touchline.connectors.channels.base import ChannelConnector, DeliveryError, DeliveryReport
+from touchline.connectors.channels.base import (
+    ChannelConnector,
+    DeliveryError,
+    DeliveryReport,
+)
 
 _DUMP = orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
 
@@ -57,8 +60,8 @@ class JsonlConnector(ChannelConnector):
                                    time.monotonic() - start)
             return
         seconds = time.monotonic() - start
-        for _ in decisions:
-            self.report.delivered(self.channel, self.kind, seconds)
+        for decision in decisions:
+            self.report.delivered(self.channel, self.kind, seconds, decision=decision)
 
     def close(self, timeout: float = 30.0) -> None:
         if self._out is not None and self.path is not None:

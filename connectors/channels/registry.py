@@ -1,4 +1,5 @@
-"""Build the connectors that configuration names, and route decisions to them by channel.
+"""Build the connectors that configuration names, and route decisions to them by channel,
+claiming each decision in the send ledger first so none is delivered twice.
 
 Connector kinds are looked up in :data:`BUILDERS`, and plug-ins add kinds through the
 ``touchline.connectors`` entry-point group: an entry point named ``kind`` whose object
@@ -8,15 +9,20 @@ is called as ``builder(channel, config, context) -> ChannelConnector``.
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-
 from touchline.connectors.channels.base import ChannelConnector, DeliveryReport
 from touchline.connectors.channels.config import CHANNELS, DeliverySettings
+
+if TYPE_CHECKING:
+    from touchline.state.ledger import SendLedger
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +37,9 @@ class BuildContext:
     channel_topic_prefix: str = "touchline.channel."
     kafka_timeout_seconds: float = 60.0
     seed: int | None = None
+    #: Where decisions are claimed before sending and marked once final (None: no ledger,
+    #: so a re-emitted decision is sent again, deduplicated only by the endpoint's key).
+    ledger: SendLedger | None = None
 
 
 def _jsonl(channel: str, cfg: Any, ctx: BuildContext) -> ChannelConnector:
@@ -78,47 +87,272 @@ def builder_for(kind: str) -> Callable[[str, Any, BuildContext], ChannelConnecto
     raise ValueError(f"no channel connector of kind {kind!r}; known: {', '.join(sorted(BUILDERS))}")
 
 
-class Delivery:
-    """The connectors of a run, one per delivered channel; routes decisions by channel."""
+DoneCallback = Callable[[list[dict[str, Any]]], None]
 
-    def __init__(self, connectors: dict[str, ChannelConnector], report: DeliveryReport) -> None:
+
+class _Track:
+    """A channel's decisions handed to its connector and not yet settled."""
+
+    __slots__ = ("outstanding", "pending")
+
+    def __init__(self) -> None:
+        self.pending: dict[str, dict[str, Any]] = {}  # decision id -> decision
+        self.outstanding = 0  # handed over minus outcomes reported
+
+
+class Delivery:
+    """The connectors of a run, one per delivered channel; routes decisions by channel.
+
+    With a send ledger, ``submit`` claims the batch's decision ids in one round trip and
+    hands only claimed decisions to connectors; the rest (delivered already, or in flight
+    elsewhere) are counted as ``duplicate``. Final outcomes (delivered, or failed and
+    dead-lettered) are marked in the ledger; a decision the engine stopped before sending
+    is released, so a later run sends it. While a decision is in flight its claim is
+    renewed, so a slow endpoint never lets another process take it over.
+
+    ``on_done``, settable any time, hears (from a background thread, one call at a time,
+    in batches) the decisions that need no more delivery: delivered, failed for good,
+    skipped as already final, or routed to a channel without a connector. Not those the
+    engine stopped before sending, nor those skipped while another owner holds them
+    (they may still need a re-emission if that owner dies).
+
+    A connector that reports ``delivered`` without the decision (the kafka connector) has
+    its decisions settled when it has nothing in flight (at the latest on close).
+    The report belongs to this Delivery: it listens to its outcomes. A ledger that stays
+    unreachable fails ``submit`` (sending unclaimed could send twice); the ledger is the
+    caller's to close.
+    """
+
+    def __init__(self, connectors: dict[str, ChannelConnector], report: DeliveryReport,
+                 ledger: SendLedger | None = None) -> None:
         self.connectors = connectors
         self.report = report
+        self.ledger = ledger
+        self.on_done: DoneCallback | None = None
         self._closed = False
+        self._tracks = {channel: _Track() for channel in connectors}
+        self._wake = threading.Condition()  # guards _tracks and _settled
+        self._settled: list[tuple[str, dict[str, Any]]] = []  # ("final"|"release"|"skip", decision)
+        self._stopping = False
+        self._settler: threading.Thread | None = None
+        #: decisions another owner held a claim on when submitted: claimed again later (that
+        #: owner may have died; its claim then lapses), until delivered by someone
+        self._held: list[dict[str, Any]] = []
+        report.listener = self._outcome
 
     @classmethod
-    def build(cls, settings: DeliverySettings, ctx: BuildContext) -> "Delivery":
+    def build(cls, settings: DeliverySettings, ctx: BuildContext) -> Delivery:
         connectors: dict[str, ChannelConnector] = {}
         for channel in CHANNELS:
             cfg = settings.for_channel(channel, kafka=ctx.kafka_config is not None)
             if cfg.kind == "none":
                 continue
             connectors[channel] = builder_for(cfg.kind)(channel, cfg, ctx)
-        return cls(connectors, ctx.report)
+        return cls(connectors, ctx.report, ctx.ledger)
 
     def start(self) -> None:
         for connector in self.connectors.values():
             connector.start()
+        self._settler = threading.Thread(target=self._settle_loop, name="touchline-delivery-settle", daemon=True)
+        self._settler.start()
 
     def submit(self, decisions: list[dict[str, Any]]) -> None:
         by_channel: dict[str, list[dict[str, Any]]] = {}
+        unrouted: list[dict[str, Any]] = []
         for decision in decisions:
-            by_channel.setdefault(decision.get("channel", ""), []).append(decision)
+            channel = decision.get("channel", "")
+            if channel in self.connectors:
+                by_channel.setdefault(channel, []).append(decision)
+            else:
+                unrouted.append(decision)
+        if unrouted:
+            self._settle("skip", unrouted)  # no connector will ever deliver them
+        claim = None
+        if self.ledger is not None and by_channel:
+            claim = self.ledger.claim([str(d["decision_id"]) for batch in by_channel.values() for d in batch
+                                       if d.get("decision_id") is not None])
         for channel, batch in by_channel.items():
-            connector = self.connectors.get(channel)
-            if connector is not None:
-                connector.submit(batch)
+            connector = self.connectors[channel]
+            if claim is not None:
+                batch = self._claimed(channel, connector.kind, batch, claim)
+                if not batch:
+                    continue
+            with self._wake:
+                track = self._tracks[channel]
+                track.outstanding += len(batch)
+                for decision in batch:
+                    if decision.get("decision_id") is not None:
+                        track.pending[str(decision["decision_id"])] = decision
+            connector.submit(batch)
 
+    def _claimed(self, channel: str, kind: str, batch: list[dict[str, Any]], claim: Any) -> list[dict[str, Any]]:
+        """The decisions of ``batch`` this process may send; the others counted and settled."""
+        send: list[dict[str, Any]] = []
+        final: list[dict[str, Any]] = []
+        for decision in batch:
+            if decision.get("decision_id") is None:  # nothing to deduplicate by: sent unclaimed
+                send.append(decision)
+                continue
+            decision_id = str(decision["decision_id"])
+            if decision_id in claim:
+                claim.discard(decision_id)  # a second copy in the same submit is a duplicate
+                send.append(decision)
+            elif decision_id in claim.done:
+                final.append(decision)
+            else:
+                with self._wake:
+                    self._held.append(decision)
+        if final:
+            self.report.duplicate(channel, kind, len(final))
+        if final:
+            self._settle("skip", final)
+        return send
+
+    # ------------------------------------------------------------------ outcomes
+    def _outcome(self, channel: str, decision: dict[str, Any] | None, outcome: str) -> None:
+        """The report's listener (any connector thread): settle the decision."""
+        kind = "release" if outcome == "shutdown" else "final"
+        if decision is not None and kind == "final" and channel in self._tracks and self._mark_now(decision):
+            kind = "marked"
+        with self._wake:
+            track = self._tracks.get(channel)
+            if track is None:
+                return
+            track.outstanding -= 1
+            if decision is not None:
+                track.pending.pop(str(decision.get("decision_id")), None)
+                self._settled.append((kind, decision))
+            if track.outstanding <= 0:  # nothing in flight: the rest had unattributed deliveries
+                track.outstanding = 0
+                if track.pending:
+                    self._settled.extend(("final", d) for d in track.pending.values())
+                    track.pending.clear()
+            self._wake.notify()
+
+    def _mark_now(self, decision: dict[str, Any]) -> bool:
+        """Record a final outcome in the ledger at once, on the connector's thread: the time
+        between the endpoint's answer and this mark is the only window in which a crash
+        makes a re-emission send the decision again (with the same idempotency key)."""
+        if self.ledger is None or decision.get("decision_id") is None:
+            return False
+        try:
+            self.ledger.delivered([str(decision["decision_id"])])
+        except Exception:  # the settle loop tries again
+            log.exception("send ledger: could not record decision %s as final", decision.get("decision_id"))
+            return False
+        return True
+
+    def _settle(self, kind: str, decisions: list[dict[str, Any]]) -> None:
+        with self._wake:
+            self._settled.extend((kind, d) for d in decisions)
+            self._wake.notify()
+
+    def _settle_loop(self) -> None:
+        """Record settled decisions in batches off the connectors' threads; renew claims in flight."""
+        period = self.ledger.lease_seconds / 3 if self.ledger is not None else None
+        next_renew = time.monotonic() + period if period else float("inf")
+        while True:
+            renew: list[str] = []
+            with self._wake:
+                while not self._settled and not self._stopping:
+                    left = next_renew - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._wake.wait(left if period else None)
+                batch, self._settled = self._settled, []
+                stopping = self._stopping
+                held: list[dict[str, Any]] = []
+                if period and time.monotonic() >= next_renew:
+                    next_renew = time.monotonic() + period
+                    renew = [i for track in self._tracks.values() for i in track.pending]
+                    held, self._held = self._held, []
+            self._apply(batch)
+            if held and not stopping:
+                self._retry_held(held)
+            if renew and self.ledger is not None:
+                try:
+                    self.ledger.renew(renew)
+                except Exception:
+                    log.exception("send ledger: could not renew %d claims in flight", len(renew))
+            if stopping:
+                return
+
+    def _apply(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        if not batch:
+            return
+        if self.ledger is not None:
+            final = [str(d["decision_id"]) for kind, d in batch if kind == "final" and d.get("decision_id") is not None]
+            released = [str(d["decision_id"]) for kind, d in batch
+                        if kind == "release" and d.get("decision_id") is not None]
+            try:
+                if final:
+                    self.ledger.delivered(final)
+                if released:
+                    self.ledger.release(released)
+            except Exception:  # the claims lapse after their lease: a re-emission may then resend
+                log.exception("send ledger: could not record %d final and %d released decisions",
+                              len(final), len(released))
+        on_done = self.on_done
+        if on_done is not None:
+            done = [d for kind, d in batch if kind != "release"]
+            if done:
+                try:
+                    on_done(done)
+                except Exception:
+                    log.exception("delivery on_done callback failed")
+
+    def _retry_held(self, held: list[dict[str, Any]]) -> None:
+        """Claim again what another owner held: delivered by it meanwhile (settled here as a
+        duplicate), or its claim lapsed (sent now), or still held (kept for later)."""
+        try:
+            self.submit(held)
+        except Exception:  # the ledger is unreachable: try again at the next period
+            log.exception("send ledger: could not claim %d held decisions again", len(held))
+            with self._wake:
+                self._held.extend(held)
+
+    def _wait_held(self, timeout: float) -> None:
+        """At close: give decisions held by a lapsing claim (a crashed process) the time to be
+        claimed and delivered here; what is still held after ``timeout`` stays in the outbox."""
+        deadline = time.monotonic() + timeout
+        step = max(0.2, min(2.0, self.ledger.lease_seconds / 10)) if self.ledger is not None else 1.0
+        while time.monotonic() < deadline:
+            with self._wake:
+                held, self._held = self._held, []
+            if not held:
+                return
+            self._retry_held(held)
+            for connector in self.connectors.values():
+                connector.flush(max(0.0, deadline - time.monotonic()))
+            time.sleep(step)
+        with self._wake:
+            if self._held:
+                log.warning("%d decision(s) still claimed by another process at shutdown; the next start "
+                            "delivers them", len(self._held))
+
+    # ------------------------------------------------------------------ lifecycle
     def close(self, timeout: float) -> None:
-        """Wait for deliveries in flight (up to ``timeout`` each), then release; idempotent."""
+        """Wait for deliveries in flight (up to ``timeout`` each), then release; idempotent.
+
+        The ledger is the caller's: it stays open."""
         if self._closed:
             return
+        self._wait_held(timeout)
         self._closed = True
         for connector in self.connectors.values():
             try:
                 connector.close(timeout)
             except Exception:  # one connector's trouble must not keep the others from closing
                 log.exception("closing the %s connector for %s", connector.kind, connector.channel)
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._settler is not None:
+            self._settler.join()
+            self._settler = None
+        with self._wake:
+            batch, self._settled = self._settled, []
+        self._apply(batch)
 
     def describe(self) -> dict[str, str]:
         """channel -> connector kind and where it delivers (summary, startup line)."""
@@ -136,7 +370,8 @@ class _DeliveryPartition(StatelessSinkPartition[dict[str, Any]]):
 class DeliverySink(DynamicSink[dict[str, Any]]):
     """Decisions into the channel connectors.
 
-    Delivery: each connector's (see :mod:`touchline.connectors.channels.base`); a full
+    Delivery: each connector's (see :mod:`touchline.connectors.channels.base`), never
+    twice for one decision id when a send ledger is configured (:class:`Delivery`); a full
     connector queue blocks here, which holds the dataflow back (backpressure).
     """
 
