@@ -129,7 +129,7 @@ class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
                  linger_s: float, stop: threading.Event, tick_s: float | None, retry_s: float,
                  client_config: dict[str, str], on_fatal: Callable[[Exception], None]) -> None:
         self._inner = inner
-        self._name = f"{topic}[{partition}]"
+        self._name, self._partition = f"{topic}[{partition}]", partition
         self._batch_size, self._linger, self._stop = batch_size, linger_s, stop
         self._tick, self._retry, self._on_fatal = tick_s, retry_s, on_fatal
         self._config, self._bootstrap = client_config, client_config["bootstrap.servers"]
@@ -174,13 +174,14 @@ class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
             return self._emit()
         if self._tick is not None and now >= self._next_tick:  # live mode: let wall-clock timers fire
             self._next_tick = now + self._tick
-            return [RawBatch([], self._name, 0, time.perf_counter_ns())]
+            return [RawBatch([], self._name, 0, time.perf_counter_ns(), partition=self._partition)]
         if not items and not self._lines:  # idle: poll again shortly instead of spinning
             self._awake = datetime.now(UTC) + timedelta(milliseconds=5)
         return []
 
     def _emit(self) -> list[RawBatch]:
-        batch = RawBatch(self._lines, self._name, self._offsets[0], time.perf_counter_ns(), offsets=self._offsets)
+        batch = RawBatch(self._lines, self._name, self._offsets[0], time.perf_counter_ns(), offsets=self._offsets,
+                         partition=self._partition)
         self._resume = self._offsets[-1] + 1
         self._lines, self._offsets = [], []
         return [batch]
@@ -411,11 +412,12 @@ class _RecordSinkPartition(StatelessSinkPartition[dict[str, Any]]):
             self._sink.on_fatal(exc)
 
     def _hand_over_acked(self) -> None:
-        if not self._acked:
+        on_acked = self._sink.on_acked
+        if not self._acked or on_acked is None:
             return
         acked, self._acked = self._acked, []
         try:
-            self._sink.on_acked(acked)  # type: ignore[misc]  (only tracked when set)
+            on_acked(acked)
         except Exception as exc:  # noqa: BLE001
             self._fail(RuntimeError(f"on_acked of Kafka topic {self._sink.topic} failed: {exc!r}"))
 

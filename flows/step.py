@@ -46,6 +46,9 @@ class RawBatch:
     advance_to_ms: int | None = None
     #: Per-line positions when they are not consecutive (Kafka offsets); else first_offset + i.
     offsets: list[int] | None = None
+    #: The input partition (Kafka partition; 0 for a file or the simulator). Timers set while
+    #: processing it fire on its own event clock, by the worker that reads it.
+    partition: int = 0
 
 
 @dataclass(slots=True)
@@ -117,8 +120,8 @@ class Engine:
         self._emit_seconds = 0.0
         #: When the batch in progress started (monotonic seconds), for the liveness probe.
         self.busy_since: float | None = None
-        #: This worker's name in the store (its process index): whose watermark to keep.
-        self.worker = "0"
+        #: Input partition -> its event clock (timers set on a partition fire on its clock).
+        self._clocks: dict[int, int] = {}
         #: Channels with a connector: their decisions stay in the outbox until delivered too.
         self.channel_outputs: frozenset[str] = frozenset()
         #: The decisions output confirms a decision by writing it (a file); False when the
@@ -176,7 +179,7 @@ class Engine:
     def fail(self, exc: Exception) -> None:
         """Stop the run because a dependency failed for good (thread-safe; the first error wins)."""
         if self.failure is None:
-            log.error("stopping: %s", exc)
+            log.info("stopping: %s", exc)  # the caller reports it (the CLI: one line, exit 1)
             self.failure = exc
         if self.halt is not None:
             self.halt.set()
@@ -209,10 +212,11 @@ class Engine:
         parsed_ns = time.perf_counter_ns()
         timings = dict[str, float]()
         horizon = self.core.advance(events, batch.advance_to_ms)
-        timer_horizon = horizon - self.lateness_ms if not self.core.live else horizon
+        timer_horizon = horizon if self.core.live else self._partition_clock(batch, events) - self.lateness_ms
         self._flush_acks(timings)
-        resolved, due = _timed(timings, "resolve", self.store.begin, events, timer_horizon)
-        run = self._decide_and_commit(events, resolved, due, timer_horizon, timings)
+        resolved, due = _timed(timings, "resolve", self.store.begin, events, timer_horizon,
+                               partition=batch.partition)
+        run = self._decide_and_commit(events, resolved, due, timer_horizon, timings, batch.partition)
         run_ns = run.run_ns - int(timings.get("reserve", 0.0) * 1e9)
         for key in run.expired:
             _timed(timings, "delete", self.store.delete, key)
@@ -225,8 +229,27 @@ class Engine:
             listener(result)
         return result
 
+    def _partition_clock(self, batch: RawBatch, events: list[Event]) -> int:
+        """The event clock of the batch's input partition: the newest event time it has seen
+        (from where its last committed batch left it, after a restart). Timers set while
+        processing a partition fire on its clock, so a contact's timers and events interleave
+        alike however many workers read the partitions and however they interleave."""
+        part = batch.partition
+        clock = self._clocks.get(part)
+        if clock is None:
+            clock = self.store.watermark(part) or 0
+            self.core.clock.observe(clock)
+        for ev in events:
+            if ev.ts_ms > clock:
+                clock = ev.ts_ms
+        if batch.advance_to_ms is not None and batch.advance_to_ms > clock:
+            clock = batch.advance_to_ms
+        self._clocks[part] = clock
+        return clock
+
     def _decide_and_commit(self, events: list[Event], resolved: list[tuple[str, str | None]],
-                           due: list[tuple[int, str, str]], horizon: int, timings: dict[str, float]) -> "_Committed":
+                           due: list[tuple[int, str, str]], horizon: int, timings: dict[str, float],
+                           partition: int = 0) -> "_Committed":
         """Run the batch over loaded profiles and commit it with its decisions (the outbox).
         Profiles another writer changed meanwhile (a contact whose events arrive on two
         partitions, a timer fired by another worker) are reloaded and redone, alone."""
@@ -248,7 +271,8 @@ class Engine:
             conflicts = _timed(timings, "save", store.commit, live, run.merged_away,
                                [(k, kind, t) for (k, kind), t in timers.items()],
                                outbox=self._outbox(run.decisions), fired=tim, merged_into=run.merged_into,
-                               watermark=None if self.core.live else (self.worker, self.core.clock.now()))
+                               watermark=None if self.core.live else self._clocks.get(partition),
+                               partition=partition)
             done.absorb(run, conflicts)
             if run.decisions and log.isEnabledFor(logging.DEBUG):
                 log.debug("committed decisions %s", " ".join(d["decision_id"] for d in run.decisions))

@@ -108,24 +108,28 @@ class StateStore(ABC):
         """
 
     def begin(
-        self, events: Sequence[Event], now_ms: int | None, limit: int = 10_000
+        self, events: Sequence[Event], now_ms: int | None, limit: int = 10_000, partition: int = 0
     ) -> tuple[list[tuple[str, str | None]], list[tuple[int, str, str]]]:
-        """``resolve(events)`` and ``pop_due(now_ms)`` together (one round trip where it matters)."""
+        """``resolve(events)`` and ``pop_due(now_ms)`` together (one round trip where it matters).
+
+        ``partition``: the input partition the events came from. A shared store keeps the
+        timers set while processing a partition with that partition, claimed only by the
+        worker reading it, on that partition's event clock."""
         resolved = self.resolve(events) if events else []
-        return resolved, (self.pop_due(now_ms, limit) if now_ms is not None else [])
+        return resolved, (self.pop_due(now_ms, limit, partition) if now_ms is not None else [])
 
     def commit(
         self, profiles: Mapping[str, Profile], deleted: Iterable[str], timers: Iterable[tuple[str, str, int]],
-        *, outbox: Mapping[str, Sequence[OutboxEntry]] | None = None, fired: Iterable[tuple[str, str, int]] = (),
-        merged_into: Mapping[str, str] | None = None, watermark: tuple[str, int] | None = None,
+        *, outbox: Mapping[str, Sequence[OutboxEntry]] | None = None, fired: Iterable[tuple[int, str, str]] = (),
+        merged_into: Mapping[str, str] | None = None, watermark: int | None = None, partition: int = 0,
     ) -> set[str]:
         """``save(profiles, deleted)`` and ``schedule(timers)`` together; returns the profiles
         that were not written because another writer changed them since they were loaded
         (reload and redo them). ``outbox`` holds each profile's new decisions, written with
         it; ``fired`` the claimed timers this batch handled (their claim ends here);
         ``merged_into`` says which profile each merged-away one went into (a merge whose
-        target was not written keeps its source); ``watermark`` is (worker, event clock)
-        after the batch, written with it (see :meth:`watermark`). An in-process store has no other
+        target was not written keeps its source); ``watermark`` is the partition's event
+        clock after the batch, written with it (see :meth:`watermark`). An in-process store has no other
         writer, and nothing of it survives a crash, so it needs no outbox."""
         self.save(profiles, deleted)
         timers = list(timers)
@@ -157,7 +161,7 @@ class StateStore(ABC):
         """Set timers as (key, kind, due_ms); one pending timer per key and kind."""
 
     @abstractmethod
-    def pop_due(self, now_ms: int, limit: int = 10_000) -> list[tuple[int, str, str]]:
+    def pop_due(self, now_ms: int, limit: int = 10_000, partition: int = 0) -> list[tuple[int, str, str]]:
         """Claim timers due at or before ``now_ms`` as (due_ms, key, kind), soonest first."""
 
     @abstractmethod
@@ -183,23 +187,21 @@ class StateStore(ABC):
         """Decisions committed but not confirmed by their outputs (to emit again at start)."""
         return []
 
-    def watermark(self, worker: str) -> int | None:
-        """The event clock ``worker`` had after its last committed batch: a restarted engine
-        goes on from it, so its timers fire as they would have without the restart (the
+    def watermark(self, partition: int) -> int | None:
+        """The event clock of an input partition after its last committed batch: a restarted
+        engine goes on from it, so timers fire as they would have without the restart (the
         store already holds what that clock made happen)."""
         return None
 
-    def own_timers(self, worker_index: int, worker_count: int) -> None:
-        """Claim only this worker's share of the timers (several workers on one store)."""
+    def claim_epoch(self, expected: str | None) -> str:
+        """Mark the store as this deployment's and check the mark on every commit from now on;
+        returns the mark. ``expected``: the mark a recovery snapshot was taken with, which
+        the store must still hold (else :class:`StoreDataLost`); None on a first start."""
+        return ""
 
-    def restore_claimed(self) -> int:
-        """Put back timers this worker's share claimed but never committed (a crash); at start."""
-        return 0
-
-    def claim_epoch(self, resuming: bool) -> str:
-        """Mark the store as this deployment's, and check it on every commit from now on.
-        ``resuming``: the engine continues from a snapshot, so the mark must be there already
-        (else :class:`StoreDataLost`). Returns a line about the store's durability."""
+    def durability(self) -> str:
+        """A line about whether the store's data survives a restart of its server; starts
+        with ``WARNING`` when it does not."""
         return "in-process: nothing survives the process"
 
     def next_turn(self, name: str) -> int:

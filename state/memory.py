@@ -81,7 +81,7 @@ class MemoryStore(StateStore):
             self._timers[(key, kind)] = due
             heapq.heappush(self._heap, (due, key, kind))
 
-    def pop_due(self, now_ms: int, limit: int = 10_000) -> list[tuple[int, str, str]]:
+    def pop_due(self, now_ms: int, limit: int = 10_000, partition: int = 0) -> list[tuple[int, str, str]]:
         out: list[tuple[int, str, str]] = []
         heap, timers = self._heap, self._timers
         while heap and heap[0][0] <= now_ms and len(out) < limit:

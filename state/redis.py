@@ -18,10 +18,10 @@ Cluster slot::
                               confirm them: r:<id> record, d:<id> / c:<id> still owed to
                               the decisions output / the channel delivery
     tl:{anon:a1}:alias string the contact anonymous id a1 is linked to
-    tl:{timers:07}:due zset   profile key<US>timer kind by due time, in 32 shards by key
-    tl:{timers:07}:inflight   timers claimed by a worker, until its batch commits
+    tl:{timers:p3}:due zset   profile key<US>timer kind by due time, per input partition
+    tl:{timers:p3}:inflight   timers claimed by the partition's worker, until its batch commits
     tl:{meta}:epoch    string written at first start; every commit checks it is still there
-    tl:{meta}:watermarks hash worker -> its event clock after its last commit
+    tl:{meta}:watermarks hash input partition -> its event clock after its last commit
     tl:{rr}:<name>     counter round-robin turns shared by every worker
 
 URLs: ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS; redis-py query
@@ -69,8 +69,6 @@ log = logging.getLogger(__name__)
 PREFIX = "tl"
 #: The single timer set of earlier versions; moved into the shards at start.
 LEGACY_TIMERS_KEY = f"{PREFIX}:{{timers}}:due"
-#: Timer shards: each worker claims only its own (hash of the profile key), so no one key is hot.
-TIMER_SHARDS = 32
 EPOCH_KEY = f"{PREFIX}:{{meta}}:epoch"
 WATERMARKS_KEY = f"{PREFIX}:{{meta}}:watermarks"
 _RETRYABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
@@ -85,18 +83,14 @@ def outbox_key(key: str) -> str:
     return f"{PREFIX}:{{{key}}}:outbox"
 
 
-def timer_shard(key: str) -> int:
-    """Stable across processes (not Python's salted ``hash``).
+def timer_keys(partition: int) -> tuple[str, str]:
+    """Due and in-flight timers of one input partition (one hash tag: one Cluster slot).
 
-    >>> timer_shard("c1"), timer_shard("c1") == timer_shard("c1")
-    (21, True)
+    Timers set while processing partition p are claimed by the worker reading p, on p's
+    event clock: a contact's timers and events then interleave the same way whatever the
+    number of workers and however partitions are interleaved.
     """
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "big") % TIMER_SHARDS
-
-
-def timer_keys(shard: int) -> tuple[str, str]:
-    """Due and in-flight sets of one shard (one hash tag: one Cluster slot)."""
-    return f"{PREFIX}:{{timers:{shard:02d}}}:due", f"{PREFIX}:{{timers:{shard:02d}}}:inflight"
+    return f"{PREFIX}:{{timers:p{partition}}}:due", f"{PREFIX}:{{timers:p{partition}}}:inflight"
 
 
 TIMERS_KEY = timer_keys(0)[0]  # kept for callers that name one timer set
@@ -179,8 +173,8 @@ class RedisStore(StateStore):
         #: the readiness probe's own client (see :meth:`ping`)
         self._probe: Any = None
         self._probe_lock = threading.Lock()
-        #: timer shards this worker claims (all of them unless told otherwise)
-        self._shards: list[int] = list(range(TIMER_SHARDS))
+        #: partitions whose timers claimed by a crashed run were put back (once, at first use)
+        self._restored: set[int] = set()
         #: the epoch every commit checks (None until claim_epoch: tools that only read)
         self._epoch: str | None = None
         self.cluster = hasattr(self.client, "get_primaries")
@@ -267,8 +261,10 @@ class RedisStore(StateStore):
         resolved, _ = self.begin(events, None)
         return resolved
 
-    def begin(self, events: Sequence[Event], now_ms: int | None, limit: int = 10_000):
-        """Resolve identities and claim due timers in one round trip."""
+    def begin(self, events: Sequence[Event], now_ms: int | None, limit: int = 10_000, partition: int = 0):
+        """Resolve identities and claim the partition's due timers in one round trip."""
+        if partition not in self._restored:
+            self.restore_claimed(partition)
         first_link: dict[str, str] = {}
         anons: list[str] = []
         for ev in events:
@@ -285,10 +281,10 @@ class RedisStore(StateStore):
         ]
         calls += [("cmd", "SADD", links_key(c), a) for a, c in first_link.items()]
         calls += [("cmd", "PEXPIRE", links_key(c), self.ttl_ms) for c in set(first_link.values())]
-        claims = self._claim_calls(now_ms, limit) if now_ms is not None else []
+        claims = self._claim_calls(now_ms, limit, partition) if now_ms is not None else []
         results = self._run("resolve", calls + claims)
         links = {a: (r[0] or None, bool(r[1]), bool(r[2])) for a, r in zip(anons, results)}
-        due = self._claimed(results[len(calls):], limit) if claims else []
+        due = self._claimed(results[len(calls):], limit, partition) if claims else []
         return _walk(events, links), due
 
     # ---------------------------------------------------------------- profiles
@@ -328,8 +324,8 @@ class RedisStore(StateStore):
 
     def commit(self, profiles: Mapping[str, Profile], deleted: Iterable[str],
                timers: Iterable[tuple[str, str, int]], *, outbox: Mapping[str, Sequence[OutboxEntry]] | None = None,
-               fired: Iterable[tuple[str, str, int]] = (), merged_into: Mapping[str, str] | None = None,
-               watermark: tuple[str, int] | None = None) -> set[str]:
+               fired: Iterable[tuple[int, str, str]] = (), merged_into: Mapping[str, str] | None = None,
+               watermark: int | None = None, partition: int = 0) -> set[str]:
         """Save profiles (each with its outbox entries, atomically), schedule timers and check
         the epoch in one round trip; then end the claims of fired timers and drop merged-away
         and expired profiles in a second one, for what was written. Returns the profiles a
@@ -343,9 +339,9 @@ class RedisStore(StateStore):
         for key, profile in profiles.items():
             args, diffs[key] = self._commit_args(key, profile, (outbox or {}).get(key, ()))
             calls.append(("script", "commit", (*profile_keys(key), outbox_key(key)), args))
-        calls += _schedule_calls(timers)
+        calls += _schedule_calls(timers, partition)
         if watermark is not None:  # after the profiles: never ahead of what they hold
-            calls.append(("cmd", "HSET", WATERMARKS_KEY, watermark[0], watermark[1]))
+            calls.append(("cmd", "HSET", WATERMARKS_KEY, f"p{partition}", watermark))
         if self._epoch is not None:
             calls.append(("cmd", "GET", EPOCH_KEY))
         lent, self._lent = self._lent, set()
@@ -359,7 +355,7 @@ class RedisStore(StateStore):
             self._check_epoch(results[-1])
         conflicts = {key for key, r in zip(profiles, results) if isinstance(r, Exception)}
         self._remember(profiles, results, diffs, lent, conflicts)
-        self._finish(deleted, fired, merged_into or {}, conflicts)
+        self._finish(deleted, fired, merged_into or {}, conflicts, partition)
         return conflicts
 
     def _remember(self, profiles: Mapping[str, Profile], results: Sequence[Any], diffs: dict[str, tuple],
@@ -384,23 +380,21 @@ class RedisStore(StateStore):
         while len(cache) > self.options.cache_profiles:
             cache.popitem(last=False)
 
-    def _finish(self, deleted: list[str], fired: Iterable[tuple[str, str, int]], merged_into: Mapping[str, str],
-                conflicts: set[str]) -> None:
+    def _finish(self, deleted: list[str], fired: Iterable[tuple[int, str, str]], merged_into: Mapping[str, str],
+                conflicts: set[str], partition: int) -> None:
         """After the profiles are written: end the claims of the timers that fired on written
         profiles, drop merged-away profiles whose target was written, and expired ones."""
         calls: list[Call] = []
-        done: dict[int, list[str]] = {}
-        for _due, key, kind in fired:
-            if key not in conflicts:
-                done.setdefault(timer_shard(key), []).append(timer_member(key, kind))
-        calls += [("cmd", "ZREM", timer_keys(shard)[1], *members) for shard, members in done.items()]
+        done = [timer_member(key, kind) for _due, key, kind in fired if key not in conflicts]
+        if done:
+            calls.append(("cmd", "ZREM", timer_keys(partition)[1], *done))
         for key in deleted:
             if key in conflicts or merged_into.get(key) in conflicts:
                 continue
             base = self._base.pop(key, None)
             calls.append(("cmd", "DEL", *profile_keys(key)))
             if base and base.timers:
-                calls += _cancel_calls(key, base.timers)
+                calls += _cancel_calls(key, base.timers, [partition])
         self._run("save", calls)
 
     def _check_epoch(self, seen: Any) -> None:
@@ -458,51 +452,52 @@ class RedisStore(StateStore):
         return bool(ok)
 
     # ---------------------------------------------------------------- timers
-    def pop_due(self, now_ms: int, limit: int = 10_000) -> list[tuple[int, str, str]]:
-        return self._claimed(self._run("pop_due", self._claim_calls(now_ms, limit)), limit)
+    def pop_due(self, now_ms: int, limit: int = 10_000, partition: int = 0) -> list[tuple[int, str, str]]:
+        if partition not in self._restored:
+            self.restore_claimed(partition)
+        return self._claimed(self._run("pop_due", self._claim_calls(now_ms, limit, partition)), limit, partition)
 
-    def _claim_calls(self, now_ms: int, limit: int) -> list[Call]:
-        return [("script", "claim_due", timer_keys(shard), (str(now_ms), str(limit))) for shard in self._shards]
+    @staticmethod
+    def _claim_calls(now_ms: int, limit: int, partition: int) -> list[Call]:
+        return [("script", "claim_due", timer_keys(partition), (str(now_ms), str(limit)))]
 
-    def _claimed(self, replies: Sequence[Any], limit: int) -> list[tuple[int, str, str]]:
-        """Due timers claimed from every shard, soonest first; beyond ``limit`` they go back."""
+    def _claimed(self, replies: Sequence[Any], limit: int, partition: int) -> list[tuple[int, str, str]]:
+        """Due timers claimed, soonest first; beyond ``limit`` they go back."""
         due = sorted((t for reply in replies for t in _parse_due(reply)), key=lambda t: (t[0], t[1], t[2]))
         if len(due) > limit:
-            extra: dict[int, list[str]] = {}
-            for _, key, kind in due[limit:]:
-                extra.setdefault(timer_shard(key), []).append(timer_member(key, kind))
-            self._run("pop_due", [("script", "restore_claimed", timer_keys(shard), tuple(members))
-                                  for shard, members in extra.items()])
+            members = tuple(timer_member(key, kind) for _, key, kind in due[limit:])
+            self._run("pop_due", [("script", "restore_claimed", timer_keys(partition), members)])
             due = due[:limit]
         return due
 
-    def watermark(self, worker: str) -> int | None:
-        (value,) = self._run("watermark", [("cmd", "HGET", WATERMARKS_KEY, worker)])
+    def restore_claimed(self, partition: int) -> int:
+        """Put back what a run that stopped before committing had claimed of this partition's
+        timers (the worker reading a partition is its only claimant); move timers from the
+        single timer set of earlier versions into the first partition asked for."""
+        self._restored.add(partition)
+        (restored,) = self._run("restore", [("script", "restore_claimed", timer_keys(partition), ("*",))])
+        if restored:
+            log.warning("%d timer(s) of input partition %d claimed by a run that stopped before committing them "
+                        "are due again", restored, partition)
+        self._migrate_legacy_timers(partition)
+        return int(restored)
+
+    def watermark(self, partition: int) -> int | None:
+        (value,) = self._run("watermark", [("cmd", "HGET", WATERMARKS_KEY, f"p{partition}")])
         return int(value) if value is not None else None
 
-    def own_timers(self, worker_index: int, worker_count: int) -> None:
-        """Claim only the shards ``shard % worker_count == worker_index``."""
-        self._shards = [s for s in range(TIMER_SHARDS) if s % worker_count == worker_index]
+    def _partitions(self) -> list[int]:
+        """Input partitions that ever committed (each has a timer set)."""
+        (fields,) = self._run("stats", [("cmd", "HKEYS", WATERMARKS_KEY)])
+        return sorted({0, *(int(f[1:]) for f in fields if f[:1] == "p" and f[1:].isdigit())})
 
-    def restore_claimed(self) -> int:
-        """Put back what this worker's shards claimed and never committed; move timers from
-        the single timer set of earlier versions into their shards."""
-        restored = sum(int(n) for n in self._run(
-            "restore", [("script", "restore_claimed", timer_keys(s), ("*",)) for s in self._shards]))
-        if 0 in self._shards:
-            self._migrate_legacy_timers()
-        return restored
-
-    def _migrate_legacy_timers(self) -> None:
+    def _migrate_legacy_timers(self, partition: int) -> None:
         (flat,) = self._run("restore", [("cmd", "ZRANGE", LEGACY_TIMERS_KEY, 0, -1, "WITHSCORES")])
         if not flat:
             return
-        by_shard: dict[int, list[Any]] = {}
-        for due, member in _pairs(flat):
-            by_shard.setdefault(timer_shard(member.rpartition(SEP)[0]), []).extend((due, member))
-        self._run("restore", [("cmd", "ZADD", timer_keys(shard)[0], "NX", *flat_pairs)
-                              for shard, flat_pairs in by_shard.items()] + [("cmd", "DEL", LEGACY_TIMERS_KEY)])
-        log.info("moved %d timers into the sharded timer sets", len(flat) // 2)
+        pairs = [x for due, member in _pairs(flat) for x in (due, member)]
+        self._run("restore", [("cmd", "ZADD", timer_keys(partition)[0], "NX", *pairs), ("cmd", "DEL", LEGACY_TIMERS_KEY)])
+        log.info("moved %d timers of an earlier version into input partition %d's", len(flat) // 2, partition)
 
     # ---------------------------------------------------------------- crash safety
     def ack(self, done: Iterable[tuple[str, str, str]]) -> None:
@@ -527,22 +522,22 @@ class RedisStore(StateStore):
                     return out[:limit]
         return out
 
-    def claim_epoch(self, resuming: bool) -> str:
-        """Write the epoch key if it is missing (a first start) and check it on every commit.
-        A resumed engine finds none only if Redis lost its data. Returns a line about how
-        the server persists (the engine warns when a restart of it would lose everything)."""
+    def claim_epoch(self, expected: str | None) -> str:
+        """Write the epoch key if it is missing (a first start), check it on every commit."""
         token = hashlib.blake2b(f"{time.time_ns()}{random.random()}".encode(), digest_size=8).hexdigest()
         created, current = self._run("epoch", [("cmd", "SET", EPOCH_KEY, token, "NX"), ("cmd", "GET", EPOCH_KEY)])
-        if created and resuming:
-            self._run("epoch", [("cmd", "DEL", EPOCH_KEY)])
+        if expected is not None and current != expected:
+            if created:
+                self._run("epoch", [("cmd", "DEL", EPOCH_KEY)])
             raise StoreDataLost(
-                f"Redis at {self.masked_url} holds no Touchline state (no {EPOCH_KEY}) although this engine resumes "
-                "from a recovery snapshot: Redis lost its data (restarted without persistence, flushed, or another "
-                "server). Restore Redis from a backup, or start over with a new engine.recovery_dir")
+                f"Redis at {self.masked_url} {'holds no Touchline state' if created else 'holds another deployment’s state'}"
+                f" ({EPOCH_KEY} is not the {expected} this engine's recovery snapshot was taken with): its data was "
+                "lost (restarted without persistence, flushed, or another server). Restore Redis from a backup, or "
+                "start over with a new runtime.recovery_dir")
         self._epoch = current
-        return self._durability()
+        return str(current)
 
-    def _durability(self) -> str:
+    def durability(self) -> str:
         """How the server persists, from CONFIG GET (refused on some managed services)."""
         try:
             aof = self.client.config_get("appendonly").get("appendonly")
@@ -576,7 +571,7 @@ class RedisStore(StateStore):
         timers = list(from_parts(key, blob or None, [], []).timers) if blob else []
         calls: list[Call] = [("cmd", "DEL", *profile_keys(key), links_key(key), outbox_key(key))]
         if timers:
-            calls += _cancel_calls(key, timers)
+            calls += _cancel_calls(key, timers, self._partitions())
         calls += [("script", "unlink", (alias_key(a), *profile_keys(anonymous_key(a))), (key,)) for a in members]
         self._run("delete", calls)
         self._base.pop(key, None)
@@ -602,7 +597,7 @@ class RedisStore(StateStore):
         def count(pattern: str) -> int:
             return sum(1 for node in self._nodes() for _ in node.scan_iter(match=pattern, count=1000))
 
-        timers = sum(self._run("stats", [("cmd", "ZCARD", timer_keys(s)[0]) for s in range(TIMER_SHARDS)]))
+        timers = sum(self._run("stats", [("cmd", "ZCARD", timer_keys(p)[0]) for p in self._partitions()]))
         return {
             "profiles": self._with_retry("stats", lambda: count(f"{PREFIX}:{{*}}:p")),
             "aliases": self._with_retry("stats", lambda: count(f"{PREFIX}:{{{anonymous_key('*')}}}:alias")),
@@ -657,22 +652,19 @@ def _is_conflict(reply: Exception) -> bool:
     return str(reply).startswith("CONFLICT")
 
 
-def _schedule_calls(timers: Iterable[tuple[str, str, int]]) -> list[Call]:
-    """ZADDs into each timer's shard; the last time given for a (key, kind) wins."""
-    latest: dict[str, tuple[int, int]] = {}
-    for key, kind, due in timers:
-        latest[timer_member(key, kind)] = (timer_shard(key), due)
-    by_shard: dict[int, list[Any]] = {}
-    for member, (shard, due) in latest.items():
-        by_shard.setdefault(shard, []).extend((due, member))
-    return [("cmd", "ZADD", timer_keys(shard)[0], *flat) for shard, flat in by_shard.items()]
+def _schedule_calls(timers: Iterable[tuple[str, str, int]], partition: int) -> list[Call]:
+    """One ZADD into the partition's timers; the last time given for a (key, kind) wins."""
+    latest = {timer_member(key, kind): due for key, kind, due in timers}
+    if not latest:
+        return []
+    return [("cmd", "ZADD", timer_keys(partition)[0], *(x for member, due in latest.items() for x in (due, member)))]
 
 
-def _cancel_calls(key: str, kinds: Iterable[str]) -> list[Call]:
-    """Remove a profile's timers, pending or claimed."""
+def _cancel_calls(key: str, kinds: Iterable[str], partitions: Iterable[int]) -> list[Call]:
+    """Remove a profile's timers, pending or claimed, from these partitions' sets (a timer
+    left behind elsewhere fires stale: the profile no longer holds it, so nothing happens)."""
     members = [timer_member(key, kind) for kind in kinds]
-    due, inflight = timer_keys(timer_shard(key))
-    return [("cmd", "ZREM", due, *members), ("cmd", "ZREM", inflight, *members)]
+    return [("cmd", "ZREM", k, *members) for p in partitions for k in timer_keys(p)]
 
 
 def _pairs(flat: Sequence[str]) -> list[tuple[int, str]]:

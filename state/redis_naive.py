@@ -51,7 +51,7 @@ class NaiveRedisStore(RedisStore):
             return [x for pair in reply for x in (pair if isinstance(pair, (list, tuple)) else (pair,))]
         return reply
 
-    def begin(self, events: Sequence[Event], now_ms: int | None, limit: int = 10_000):
+    def begin(self, events: Sequence[Event], now_ms: int | None, limit: int = 10_000, partition: int = 0):
         resolved = self.resolve(events) if events else []
         return resolved, (self.pop_due(now_ms, limit) if now_ms is not None else [])
 
@@ -74,7 +74,7 @@ class NaiveRedisStore(RedisStore):
                 out.append((target or anonymous_key(anon or ""), None))
         return out
 
-    def pop_due(self, now_ms: int, limit: int = 10_000) -> list[tuple[int, str, str]]:
+    def pop_due(self, now_ms: int, limit: int = 10_000, partition: int = 0) -> list[tuple[int, str, str]]:
         flat = self._call("pop_due", "ZRANGEBYSCORE", TIMERS_KEY, "-inf", now_ms, "WITHSCORES", "LIMIT", 0, limit)
         out = []
         for due, member in _pairs(flat):

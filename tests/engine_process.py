@@ -76,6 +76,15 @@ class EngineProcess:
         assert self.proc is not None
         return self.proc.wait(timeout)
 
+    def wait_reading(self, timeout: float = 60.0) -> None:
+        """Until the engine has opened its input (start-up done), or it ended."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.running():
+            text = self.stderr_path.read_text(errors="replace")
+            if " reading " in text or " resuming " in text:
+                return
+            time.sleep(0.02)
+
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -93,12 +102,14 @@ class EngineProcess:
 
 def crash_repeatedly(engine: EngineProcess, kills: int, rng: Any, low: float, high: float,
                      timeout: float = 300.0) -> list[float]:
-    """Start the engine and SIGKILL it ``kills`` times at random moments (seconds after a
-    start), restarting it each time; then let it run to its end. Returns the moments."""
+    """Start the engine and SIGKILL it ``kills`` times at random moments (seconds after it
+    began reading its input), restarting it each time; then let it run to its end.
+    Returns the moments."""
     moments: list[float] = []
     deadline = time.monotonic() + timeout
     while len(moments) < kills:
         engine.start()
+        engine.wait_reading()
         moment = rng.uniform(low, high)
         time.sleep(moment)
         assert engine.running(), (f"the run reached the end of the topic after {len(moments)} kills: "

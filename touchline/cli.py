@@ -121,6 +121,15 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=float, default=60.0, help="with --kafka: how long to offer load (default 60)")
     bench.add_argument("--naive-events", type=int, default=20_000,
                        help="events for the naive Redis path (it is slow; default 20000)")
+    bench.add_argument("--processes", metavar="N[,N...]",
+                       help="with --kafka: run the engine as 'touchline run --processes N' on Redis state (--redis "
+                            "URL, else a local redis-server started here), once per N with the same events on "
+                            "fresh topics, and print the figures side by side, with each process's CPU; e.g. 1,2")
+    bench.add_argument("--catchup", metavar="K[,K...]",
+                       help="with --kafka: measure catch-up after a restart at K events into a topic, with "
+                            "recovery and without (python -m touchline.catchup --help for more options)")
+    bench.add_argument("--keep", action="store_true", help="with --processes/--catchup: keep the work directory "
+                       "(engine logs, summaries)")
     _add_sim_args(bench)
 
     contact = sub.add_parser("contact", help="privacy operations on one contact's stored state")
@@ -314,11 +323,32 @@ def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from touchline.bench import format_bench, run_bench
 
+    if (args.processes or args.catchup) and not args.kafka:
+        raise ConfigError("--processes and --catchup measure the Kafka path: add --kafka tansu|HOST:PORT")
+    if args.kafka and args.catchup:
+        from touchline.catchup import format_catchup, parse_counts, run_catchup
+
+        cfig = run_catchup(settings, args.kafka, parse_counts(args.catchup, "--catchup"), redis_url=args.redis,
+                           batch_size=args.batch_size, keep=args.keep)
+        print(orjson.dumps(cfig, option=orjson.OPT_INDENT_2).decode() if args.json else format_catchup(cfig))
+        return 0
     if args.kafka:
         from touchline.bench_kafka import format_kafka_bench, run_kafka_bench
 
         if args.rate <= 0 or args.seconds <= 0:
             raise ConfigError("--rate and --seconds must be positive")
+        if args.processes:
+            from touchline.bench_kafka import format_processes_bench, run_kafka_bench_processes
+            from touchline.catchup import parse_counts
+
+            counts = parse_counts(args.processes, "--processes")
+            if max(counts) > 64:
+                raise ConfigError("--processes: at most 64 processes")
+            pfig = run_kafka_bench_processes(settings, args.kafka, args.rate, args.seconds, args.batch_size,
+                                             counts, redis_url=args.redis, keep=args.keep)
+            print(orjson.dumps(pfig, option=orjson.OPT_INDENT_2).decode() if args.json
+                  else format_processes_bench(pfig))
+            return 0
         kfig = run_kafka_bench(settings, args.kafka, args.rate, args.seconds, args.batch_size)
         print(orjson.dumps(kfig, option=orjson.OPT_INDENT_2).decode() if args.json else format_kafka_bench(kfig))
         return 0

@@ -247,26 +247,20 @@ def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: C
 
 
 def _take_over(settings: Settings, engine: Engine) -> bool:
-    """Before the first batch: resume or create the recovery partitions, check the store is
-    the one this deployment wrote (and how it persists), claim this process's timer shards
-    and put back the timers a crashed run claimed. Returns whether recovery is on."""
-    from touchline.runtime import prepare_recovery, process_count, recovers
+    """Before the first batch: resume or create the recovery partitions and check the store
+    is the one this deployment wrote (and how it persists). Returns whether recovery is on."""
+    from touchline.runtime import adopt_epoch, prepare_recovery, recovers, recovery_dir
 
     recovery = recovers(settings)
-    resuming = prepare_recovery(settings) if recovery else False
-    durability = engine.store.claim_epoch(resuming)
+    if recovery:
+        prepare_recovery(settings)
+        adopt_epoch(engine.store, recovery_dir(settings) / "touchline.epoch")
+    else:
+        engine.store.claim_epoch(None)
+    durability = engine.store.durability()
     if durability.startswith("WARNING"):
         log.warning("%s", durability.removeprefix("WARNING: "))
     index = settings.runtime.process_id or 0
-    engine.worker = str(index)
-    saved = engine.store.watermark(engine.worker) if recovery else None
-    if saved is not None and not engine.core.live:  # the clock the store's state was made with
-        engine.core.clock.observe(saved)
-        log.info("event clock resumed at %d (its value after the last committed batch)", saved)
-    engine.store.own_timers(index, process_count(settings))
-    restored = engine.store.restore_claimed()
-    if restored:
-        log.warning("%d timer(s) claimed by a run that stopped before committing them are due again", restored)
     engine.recover_outbox = index == 0
     return recovery
 
@@ -516,11 +510,13 @@ def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRe
             server.server_close()
     wall = time.perf_counter() - started
     t = engine.totals
-    log.info("run %s after %.1f s: %d events, %d decisions, %d dead letters",
+    log.info("run %s after %.1f s: %d events, %d decisions, %d dead letters, %d decisions emitted again from the "
+             "outbox, %d profiles redone after a concurrent write",
              "stopped" if engine.failure is not None else "interrupted" if stop.is_set() else "finished", wall,
-             t.events, sum(t.decisions.values()), sum(t.dead_letters.values()),
+             t.events, sum(t.decisions.values()), sum(t.dead_letters.values()), t.recovered, t.conflicts,
              extra={"seconds": round(wall, 3), "events": t.events, "decisions": sum(t.decisions.values()),
-                    "dead_letters": sum(t.dead_letters.values()), "failed": engine.failure is not None})
+                    "dead_letters": sum(t.dead_letters.values()), "failed": engine.failure is not None,
+                    "recovered": t.recovered, "conflicts": t.conflicts})
     delivery = io.delivery_sink.delivery if io.delivery_sink is not None else None
     if delivery is not None:  # deliveries in flight finish (or fail into dead letters) before the summary
         delivery.close(settings.delivery.flush_seconds)

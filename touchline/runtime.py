@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from bytewax.recovery import RecoveryConfig
 
     from touchline.settings import Settings
+    from touchline.state.base import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,21 @@ def prepare_recovery(settings: "Settings") -> bool:
 
         init_db_dir(directory, max(1, settings.runtime.processes, process_count(settings)))
         return False
+
+
+def adopt_epoch(store: "StateStore", marker: Path) -> str:
+    """Tie the recovery directory to the store it was made with: the store's epoch mark is
+    kept beside the snapshots, so a resume finds out when the store lost its data (or is
+    another one) instead of replaying a snapshot over state that is not there."""
+    with open(marker.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        expected = marker.read_text().strip() if marker.exists() else None
+        epoch = store.claim_epoch(expected or None)
+        if expected is None:
+            tmp = marker.with_suffix(".tmp")
+            tmp.write_text(epoch + "\n")
+            os.replace(tmp, marker)
+        return epoch
 
 
 def recovery_config(settings: "Settings") -> "RecoveryConfig":
