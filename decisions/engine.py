@@ -164,6 +164,8 @@ class BatchRun:
         self.missing: Counter = Counter()
         #: time spent in model predictions (the "score" stage; the rest of ``run`` is "policy")
         self.score_ns = 0
+        #: time ``run`` took in all (set by the caller, which also times the reservations in it)
+        self.run_ns = 0
         self.deleted: set[str] = set()  # merged away or expired: not to be saved
         #: merged-away profile -> the profile it went into (its drop waits for that one's write)
         self.merged_into: dict[str, str] = {}

@@ -253,29 +253,12 @@ class Engine:
         """Run the batch over loaded profiles and commit it with its decisions (the outbox).
         Profiles another writer changed meanwhile (a contact whose events arrive on two
         partitions, a timer fired by another worker) are reloaded and redone, alone."""
-        store = self.store
         retry_keys: set[str] | None = None
         done = _Committed()
         for attempt in range(MAX_CONFLICT_RETRIES + 1):
-            ev, res, tim = _only(events, resolved, due, retry_keys)
-            keys = {k for k, _ in res} | {m for _, m in res if m} | {k for _, k, _ in tim}
-            profiles = _timed(timings, "load", store.load, keys) if keys else {}
-            run = BatchRun(self.core, profiles, lambda *args: _timed(timings, "reserve", store.reserve, *args))
-            started_ns = time.perf_counter_ns()
-            run.run(ev, res, tim, horizon)
-            done.run_ns += time.perf_counter_ns() - started_ns
-            live = {k: profiles[k] for k in run.touched - run.deleted}
-            timers = dict(run.to_schedule)
-            if retry_keys is not None:  # a conflicted attempt may have scheduled stale times: set them right
-                timers.update({(k, kind): t for k, p in live.items() for kind, t in p.timers.items()})
-            conflicts = _timed(timings, "save", store.commit, live, run.merged_away,
-                               [(k, kind, t) for (k, kind), t in timers.items()],
-                               outbox=self._outbox(run.decisions), fired=tim, merged_into=run.merged_into,
-                               watermark=None if self.core.live else self._clocks.get(partition),
-                               partition=partition)
+            run, conflicts = self._attempt(_only(events, resolved, due, retry_keys), horizon, timings, partition,
+                                           redo=retry_keys is not None)
             done.absorb(run, conflicts)
-            if run.decisions and log.isEnabledFor(logging.DEBUG):
-                log.debug("committed decisions %s", " ".join(d["decision_id"] for d in run.decisions))
             if not conflicts:
                 return done
             self.totals.conflicts += len(conflicts)
@@ -285,6 +268,29 @@ class Engine:
             time.sleep(min(0.5, 0.01 * 2 ** attempt))
         raise StoreError(f"profiles {', '.join(sorted(retry_keys or ()))} kept changing under this worker for "
                          f"{MAX_CONFLICT_RETRIES} retries")
+
+    def _attempt(self, items: tuple[list[Event], list[tuple[str, str | None]], list[tuple[int, str, str]]],
+                 horizon: int, timings: dict[str, float], partition: int, redo: bool) -> tuple[BatchRun, set[str]]:
+        """Load, decide and commit once; returns the run and the profiles that were not written."""
+        store = self.store
+        events, resolved, due = items
+        keys = {k for k, _ in resolved} | {m for _, m in resolved if m} | {k for _, k, _ in due}
+        profiles = _timed(timings, "load", store.load, keys) if keys else {}
+        run = BatchRun(self.core, profiles, lambda *args: _timed(timings, "reserve", store.reserve, *args))
+        started_ns = time.perf_counter_ns()
+        run.run(events, resolved, due, horizon)
+        run.run_ns = time.perf_counter_ns() - started_ns
+        live = {k: profiles[k] for k in run.touched - run.deleted}
+        timers = dict(run.to_schedule)
+        if redo:  # a conflicted attempt may have scheduled stale times: set every timer right
+            timers.update({(k, kind): t for k, p in live.items() for kind, t in p.timers.items()})
+        conflicts = _timed(timings, "save", store.commit, live, run.merged_away,
+                           [(k, kind, t) for (k, kind), t in timers.items()],
+                           outbox=self._outbox(run.decisions), fired=due, merged_into=run.merged_into,
+                           watermark=None if self.core.live else self._clocks.get(partition), partition=partition)
+        if run.decisions and log.isEnabledFor(logging.DEBUG):
+            log.debug("committed decisions %s", " ".join(d["decision_id"] for d in run.decisions))
+        return run, conflicts
 
     def _outbox(self, decisions: list[dict[str, Any]]) -> dict[str, list[OutboxEntry]]:
         """Each decision, by the profile it belongs to, for the same atomic write as that profile."""
@@ -423,7 +429,6 @@ class _Committed:
 
     def __init__(self) -> None:
         self.runs: list[BatchRun] = []
-        self.run_ns = 0
 
     def absorb(self, run: BatchRun, conflicts: set[str]) -> None:
         """Keep ``run``'s output except the decisions of profiles that were not written."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
+from contextlib import contextmanager
+from types import SimpleNamespace
 import signal
 import time
 
@@ -51,15 +53,27 @@ def stream(kafka_broker, topics):
     return lines
 
 
-def test_sigkill_at_ten_random_moments_loses_nothing_and_delivers_once(kafka_broker, topics, redis_url, stream,
-                                                                        tmp_path):
-    ref_topics, crash_topics = _suffixed(topics, "ref"), _suffixed(topics, "crash")
+@contextmanager
+def _beside_a_reference(kafka_broker, topics, redis_url, tmp_path, name: str):
+    """An uninterrupted reference run of the stream (Redis db 1, outputs of its own), then an
+    engine of the same settings on db 2 and outputs of its own, for the test to disturb;
+    email goes to a webhook endpoint for each."""
+    ref_topics, run_topics = _suffixed(topics, "ref"), _suffixed(topics, name)
     with WebhookServer() as ref_hook, WebhookServer() as hook:
         ref = EngineProcess(tmp_path / "ref", write_config(tmp_path / "ref.toml", ref_topics, ref_hook.url),
                             kafka_broker.bootstrap, _db(redis_url, 1))
         assert ref.start().wait() == 0, ref.stderr()
-        engine = EngineProcess(tmp_path / "crash", write_config(tmp_path / "crash.toml", crash_topics, hook.url),
+        engine = EngineProcess(tmp_path / name, write_config(tmp_path / f"{name}.toml", run_topics, hook.url),
                                kafka_broker.bootstrap, _db(redis_url, 2))
+        yield SimpleNamespace(ref=ref, engine=engine, ref_topics=ref_topics, topics=run_topics, ref_hook=ref_hook,
+                              hook=hook)
+
+
+def test_sigkill_at_ten_random_moments_loses_nothing_and_delivers_once(kafka_broker, topics, redis_url, stream,
+                                                                        tmp_path):
+    with _beside_a_reference(kafka_broker, topics, redis_url, tmp_path, "crash") as runs:
+        ref, engine, ref_topics, crash_topics, ref_hook, hook = (
+            runs.ref, runs.engine, runs.ref_topics, runs.topics, runs.ref_hook, runs.hook)
         moments = crash_repeatedly(engine, kills=10, rng=random.Random(17), low=0.3, high=1.5)
         assert len(moments) == 10
     expected = ids_of(kafka_broker.consume_all(ref_topics["kafka.decisions_topic"]))
@@ -109,13 +123,8 @@ def _records(broker, topics) -> dict[str, dict]:
 
 def test_sigterm_then_restart_finishes_with_nothing_lost_or_repeated(kafka_broker, topics, redis_url, stream,
                                                                      tmp_path):
-    ref_topics, run_topics = _suffixed(topics, "ref"), _suffixed(topics, "term")
-    with WebhookServer() as ref_hook, WebhookServer() as hook:
-        ref = EngineProcess(tmp_path / "ref", write_config(tmp_path / "ref.toml", ref_topics, ref_hook.url),
-                            kafka_broker.bootstrap, _db(redis_url, 1))
-        assert ref.start().wait() == 0, ref.stderr()
-        engine = EngineProcess(tmp_path / "term", write_config(tmp_path / "term.toml", run_topics, hook.url),
-                               kafka_broker.bootstrap, _db(redis_url, 2))
+    with _beside_a_reference(kafka_broker, topics, redis_url, tmp_path, "term") as runs:
+        engine, ref_topics, run_topics, ref_hook, hook = runs.engine, runs.ref_topics, runs.topics, runs.ref_hook, runs.hook
         engine.start()
         time.sleep(3.0)
         assert engine.running()

@@ -163,12 +163,7 @@ def run_kafka_bench(settings: Settings, bootstrap: str, rate: float, seconds: fl
         start_ns = time.perf_counter_ns()
         stats = produce_events(lines, kafka, rate=rate, record_ids=True)
         produced_ns = time.perf_counter_ns()
-        # Drain: wait until decisions stop arriving for 3 s (or the drain budget ends).
-        deadline = time.monotonic() + drain_seconds
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            if reader.last_ns and time.perf_counter_ns() - max(reader.last_ns, produced_ns) > 3e9:
-                break
+        _drain(reader, produced_ns, drain_seconds, engine)
         peak_mb = _peak_rss_mb(engine.pid)
         cpu_end = cpu_seconds(engine.pid)
         cpu_wall = (time.perf_counter_ns() - start_ns) / 1e9
@@ -248,6 +243,18 @@ def format_kafka_bench(f: dict[str, Any]) -> str:
 
 # ------------------------------------------------------------------ several engine processes
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _drain(reader: Any, produced_ns: int, drain_seconds: float, engine: Any) -> None:
+    """Wait until decisions stop arriving for 3 s after the last event was produced, the
+    engine exits, or the drain budget ends."""
+    deadline = time.monotonic() + drain_seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if engine.poll() is not None:
+            break
+        if reader.last_ns and time.perf_counter_ns() - max(reader.last_ns, produced_ns) > 3e9:
+            break
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -439,13 +446,7 @@ def _bench_round(settings: Settings, services: Services, lines: list[bytes], rat
         start_ns = time.perf_counter_ns()
         stats = produce_events(lines, kafka, rate=rate, record_ids=True)
         produced_ns = time.perf_counter_ns()
-        deadline = time.monotonic() + drain_seconds
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            if engine.poll() is not None:
-                break
-            if reader.last_ns and time.perf_counter_ns() - max(reader.last_ns, produced_ns) > 3e9:
-                break
+        _drain(reader, produced_ns, drain_seconds, engine)
         # the engine cannot finish before the last event exists; after it, the last decision read marks the end
         end_ns = max(reader.last_ns, produced_ns)
         cpu_end = [cpu_seconds(p) for p in pids]

@@ -21,7 +21,7 @@ from touchline.decisions.engine import DecisionCore
 from touchline.flows.step import Engine
 from touchline.metrics.engine import EngineMetrics
 from touchline.metrics.server import serve_metrics
-from touchline.runtime import execute
+from touchline.runtime import execute, hold
 from touchline.settings import Settings
 from touchline.state import open_store
 from touchline.summary import build_summary
@@ -238,9 +238,10 @@ def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: C
     if engine.keeper is not None:  # the final checkpoint, after the last batch
         closers.insert(0, engine.keeper.close)
     try:
-        recovery = _take_over(settings, engine)
-        io = _build_io(settings, engine, registry, kafka, stop, closers)
-        return _run_flow(settings, engine, io, registry, progress, on_metrics, stop, recovery)
+        with hold(settings):
+            recovery = _take_over(settings, engine)
+            io = _build_io(settings, engine, registry, kafka, stop, closers)
+            return _run_flow(settings, engine, io, registry, progress, on_metrics, stop, recovery)
     finally:
         for close in closers:
             close()

@@ -24,9 +24,10 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 if TYPE_CHECKING:
     from bytewax.dataflow import Dataflow
@@ -98,6 +99,45 @@ def execute(flow: "Dataflow", settings: "Settings", recovery: bool) -> None:
     cli_main(flow, workers_per_process=1, process_id=rt.process_id, addresses=rt.addresses or None,
              epoch_interval=timedelta(seconds=rt.snapshot_seconds),
              recovery_config=recovery_config(settings) if recovery else None)
+
+
+def hold(settings: "Settings") -> Any:
+    """For the whole run: this process id's lock on the recovery directory (when recovering)."""
+    if not recovers(settings):
+        return _nothing()
+    recovery_dir(settings).mkdir(parents=True, exist_ok=True)
+    return _running(settings)
+
+
+class RecoveryDirInUse(RuntimeError):
+    """Another engine process with the same process id runs on this recovery directory."""
+
+
+@contextmanager
+def _running(settings: "Settings") -> Iterator[None]:
+    """Hold this process id's lock on the recovery directory while running: two engines
+    resuming from one snapshot would both replay it and write over each other's snapshots."""
+    index = settings.runtime.process_id or 0
+    path = recovery_dir(settings) / f".touchline-process-{index}.lock"
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise RecoveryDirInUse(
+                f"recovery directory {recovery_dir(settings)} is in use by another engine process "
+                f"(process id {index}, pid {lock.read().strip() or '?'}); run several processes with "
+                "--processes N, or give each engine its own --recovery-dir") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
 
 # ------------------------------------------------------------------ several processes, one host
@@ -177,8 +217,20 @@ def _supervise(children: list[subprocess.Popen[Any]]) -> int:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-    codes = [c.wait() for c in children]
-    return max(codes, key=lambda c: (c not in (0,), c))
+    return worst_exit([c.wait() for c in children])
+
+
+def worst_exit(codes: list[int]) -> int:
+    """A failure wins over an interruption (the others were stopped because of it), which
+    wins over success.
+
+    >>> worst_exit([130, 1, 130]), worst_exit([0, 130]), worst_exit([0, 0])
+    (1, 130, 0)
+    """
+    failed = [c for c in codes if c not in (0, 130)]
+    if failed:
+        return 1 if any(c < 0 for c in failed) else max(failed)
+    return 130 if 130 in codes else 0
 
 
 def _reap(children: list[subprocess.Popen[Any]], timeout: float) -> None:

@@ -202,6 +202,15 @@ class RuntimeSettings(_Section):
     addresses: list[str] = Field(default_factory=list, description="host:port of every process of the cluster, "
                                  "in process-id order (Bytewax's -a)")
 
+    @field_validator("addresses")
+    @classmethod
+    def _host_ports(cls, value: list[str]) -> list[str]:
+        for address in value:
+            host, sep, port = address.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{address!r} is not host:port")
+        return value
+
     @model_validator(mode="after")
     def _cluster(self) -> "RuntimeSettings":
         if self.process_id is not None and not self.addresses:
