@@ -45,9 +45,9 @@ def _resumed_offsets(stderr: str) -> list[int]:
 
 @pytest.fixture
 def stream(kafka_broker, topics):
-    """~27k events of 1,000 contacts over 20 days on one partition (one partition: the order of
+    """~41k events of 1,500 contacts over 20 days on one partition (one partition: the order of
     events is the topic's, so two runs of it can be compared decision by decision)."""
-    lines = _events(1000, 20)
+    lines = _events(1500, 20)
     kafka_broker.create_topics(topics["kafka.events_topic"], partitions=1)
     kafka_broker.produce(topics["kafka.events_topic"], lines)
     return lines
@@ -74,7 +74,7 @@ def test_sigkill_at_ten_random_moments_loses_nothing_and_delivers_once(kafka_bro
     with _beside_a_reference(kafka_broker, topics, redis_url, tmp_path, "crash") as runs:
         ref, engine, ref_topics, crash_topics, ref_hook, hook = (
             runs.ref, runs.engine, runs.ref_topics, runs.topics, runs.ref_hook, runs.hook)
-        moments = crash_repeatedly(engine, kills=10, rng=random.Random(17), low=0.3, high=1.5)
+        moments = crash_repeatedly(engine, kills=10, rng=random.Random(17), low=0.4, high=1.2)
         assert len(moments) == 10
     expected = ids_of(kafka_broker.consume_all(ref_topics["kafka.decisions_topic"]))
     got = ids_of(kafka_broker.consume_all(crash_topics["kafka.decisions_topic"]))
@@ -101,6 +101,8 @@ def test_sigkill_at_ten_random_moments_loses_nothing_and_delivers_once(kafka_bro
     resumed = [o[0] for o in offsets if o]  # a kill before the first snapshot resumes nothing
     assert len(resumed) >= 5 and resumed == sorted(resumed) and resumed[0] > 0, offsets
     assert all(len(o) == 1 for o in offsets[offsets.index([resumed[0]]):]), offsets
+    print(f"crash suite: {len(expected)} decisions, 0 missing; {hook.replays} re-sent to the endpoint with their "
+          f"key; restarts resumed at offsets {resumed} of {len(stream)}")
     # stored state equal, for a sample of contacts
     a, b = RedisStore(_db(redis_url, 1)), RedisStore(_db(redis_url, 2))
     contacts = sorted({orjson.loads(line)["contact_id"] for line in stream[:3000]
