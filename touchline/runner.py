@@ -338,7 +338,7 @@ def _build_io(settings: Settings, engine: Engine, registry: CollectorRegistry, k
         outputs[f"channel {channel}"] = where
     source, period = _build_source(settings, engine, kafka, stop)
     return _Io(source, decisions_sink, DeadLetterSink(dead_writer),
-               DeliverySink(delivery) if delivery.connectors else None, outputs, period, experiments_sink)
+               DeliverySink(delivery, engine.fail) if delivery.connectors else None, outputs, period, experiments_sink)
 
 
 def _send_ledger(settings: Settings) -> Any:

@@ -360,11 +360,23 @@ class Delivery:
 
 
 class _DeliveryPartition(StatelessSinkPartition[dict[str, Any]]):
-    def __init__(self, delivery: Delivery) -> None:
-        self._delivery = delivery
+    def __init__(self, delivery: Delivery, on_fatal: Callable[[Exception], None] | None) -> None:
+        self._delivery, self._on_fatal = delivery, on_fatal
+        self._failed = False
 
     def write_batch(self, items: list[dict[str, Any]]) -> None:
-        self._delivery.submit(items)
+        """Never raises (an exception here ends the dataflow with a panic): a ledger that stays
+        unreachable stops the run through ``on_fatal``; the decisions not handed over stay
+        in the engine's outbox and go out at the next start."""
+        if self._failed:
+            return
+        try:
+            self._delivery.submit(items)
+        except Exception as exc:  # noqa: BLE001
+            self._failed = True
+            if self._on_fatal is None:
+                raise
+            self._on_fatal(exc)
 
 
 class DeliverySink(DynamicSink[dict[str, Any]]):
@@ -375,8 +387,8 @@ class DeliverySink(DynamicSink[dict[str, Any]]):
     connector queue blocks here, which holds the dataflow back (backpressure).
     """
 
-    def __init__(self, delivery: Delivery) -> None:
-        self.delivery = delivery
+    def __init__(self, delivery: Delivery, on_fatal: Callable[[Exception], None] | None = None) -> None:
+        self.delivery, self.on_fatal = delivery, on_fatal
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _DeliveryPartition:
-        return _DeliveryPartition(self.delivery)
+        return _DeliveryPartition(self.delivery, self.on_fatal)
