@@ -180,6 +180,7 @@ def run_processes(settings: "Settings", argv: Sequence[str]) -> int:
     """Start ``runtime.processes`` engine processes on this host and wait for them; the
     first to fail stops the others. Returns the worst exit code."""
     count = settings.runtime.processes
+    _preflight(settings)
     if recovers(settings):
         prepare_recovery(settings)
     addresses = [f"127.0.0.1:{p}" for p in free_ports(count)]
@@ -188,10 +189,31 @@ def run_processes(settings: "Settings", argv: Sequence[str]) -> int:
     for i in range(count):
         metrics_port = None if port is None else (0 if port == 0 else port + i)
         cmd = [sys.executable, "-m", "touchline", *child_argv(argv, i, addresses, metrics_port)]
-        children.append(subprocess.Popen(cmd, env={**os.environ, "TOUCHLINE_RUNTIME__PROCESSES": "1"}))
+        children.append(subprocess.Popen(cmd, env={**os.environ, "TOUCHLINE_RUNTIME__PROCESSES": "1"},
+                                         preexec_fn=_die_with_parent))
     print(f"touchline: {count} processes (pids {', '.join(str(c.pid) for c in children)}) exchanging on "
           f"{', '.join(addresses)}", file=sys.stderr)
     return _supervise(children)
+
+
+def _die_with_parent() -> None:
+    """In a child, before it runs: SIGTERM it when this parent dies, even by SIGKILL (Linux
+    prctl), so a killed group leaves no engine running on its own."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the supervisor's own signal forwarding remains
+        pass
+
+
+def _preflight(settings: "Settings") -> None:
+    """The broker and the store answer: one error for the group, not one per process."""
+    from touchline.connectors.kafka import check_cluster
+    from touchline.state import open_store
+
+    check_cluster(settings.kafka.client_config(), settings.kafka.connect_timeout_seconds)
+    open_store(settings.state.url, settings.state.options()).close()
 
 
 def _supervise(children: list[subprocess.Popen[Any]]) -> int:
