@@ -334,12 +334,18 @@ class RedisStore(StateStore):
         unknown = [k for k in deleted if k not in self._base]
         if unknown:  # need their timers to cancel them: rare (not the engine's path)
             self.load(unknown)
-        calls: list[Call] = []
+        # Timers go before the profiles that hold them: a process killed while its pipeline is
+        # being sent leaves a prefix of it applied, and a profile written without its timer
+        # would never set that timer again (a timer without its profile fires stale: nothing).
+        schedule = _schedule_calls(timers, partition)
+        if schedule and self.cluster:  # no order across nodes within one pipeline
+            self._run("save", schedule)
+            schedule = []
+        calls: list[Call] = list(schedule)
         diffs = {}
         for key, profile in profiles.items():
             args, diffs[key] = self._commit_args(key, profile, (outbox or {}).get(key, ()))
             calls.append(("script", "commit", (*profile_keys(key), outbox_key(key)), args))
-        calls += _schedule_calls(timers, partition)
         if watermark is not None:  # after the profiles: never ahead of what they hold
             calls.append(("cmd", "HSET", WATERMARKS_KEY, f"p{partition}", watermark))
         if self._epoch is not None:
@@ -353,6 +359,7 @@ class RedisStore(StateStore):
             raise
         if self._epoch is not None:
             self._check_epoch(results[-1])
+        results = results[len(schedule):]
         conflicts = {key for key, r in zip(profiles, results) if isinstance(r, Exception)}
         self._remember(profiles, results, diffs, lent, conflicts)
         self._finish(deleted, fired, merged_into or {}, conflicts, partition)

@@ -45,9 +45,9 @@ def _resumed_offsets(stderr: str) -> list[int]:
 
 @pytest.fixture
 def stream(kafka_broker, topics):
-    """~41k events of 1,500 contacts over 20 days on one partition (one partition: the order of
+    """~57k events of 2,000 contacts over 20 days on one partition (one partition: the order of
     events is the topic's, so two runs of it can be compared decision by decision)."""
-    lines = _events(1500, 20)
+    lines = _events(2000, 20)
     kafka_broker.create_topics(topics["kafka.events_topic"], partitions=1)
     kafka_broker.produce(topics["kafka.events_topic"], lines)
     return lines
