@@ -56,6 +56,7 @@ class _JsonlPartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
         if self._stop.is_set():
             raise StopIteration()
         lines: list[bytes] = []
+        numbers: list[int] = []  # each line's number in the file (blank lines are skipped, not renumbered)
         first = self._line + 1
         while len(lines) < self._batch_size:
             start = self._file.tell()
@@ -72,17 +73,19 @@ class _JsonlPartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
                     if not rest or rest.endswith(b"\n"):
                         break
                 lines.append(line)
+                numbers.append(self._line)
                 continue
             line = line.rstrip(b"\r\n")
             if line.strip():
                 lines.append(line)
+                numbers.append(self._line)
             elif not lines:
                 first = self._line + 1
         self._offset = self._file.tell()
         self._progress["fraction"] = self._offset / max(self._size, self._offset, 1)
         if lines:
             self._awake = None
-            return [RawBatch(lines, self._name, first, time.perf_counter_ns())]
+            return [RawBatch(lines, self._name, first, time.perf_counter_ns(), offsets=numbers)]
         if not self._follow:
             raise StopIteration()
         # Following a growing file: an empty batch is a clock tick, so timers fire while idle.

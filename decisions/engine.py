@@ -303,7 +303,7 @@ class BatchRun:
             self._merge(profile, merged)
         if is_too_late(profile, ev.ts_ms):
             self.dead.append({
-                "kind": "invalid_event", "reason": "late_event", "source": "engine",
+                "kind": "invalid_event", "reason": "late_event", "source": ev.source or "engine",
                 "detail": f"event {ev.event_id!r} is older than the idempotency window of its contact",
                 "raw": orjson.dumps(ev.to_dict(), option=orjson.OPT_SORT_KEYS).decode(),
             })

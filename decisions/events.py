@@ -130,6 +130,9 @@ class Event:
     session_id: str | None = None
     properties: dict[str, Any] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
+    #: where it was read (``file:line``, ``topic[partition]:offset``), for a dead letter made
+    #: of it later; not part of the event
+    source: str | None = field(default=None, compare=False)
 
     @property
     def identity(self) -> str:

@@ -203,10 +203,11 @@ class Engine:
         events: list[Event] = []
         for i, raw in enumerate(batch.lines):
             parsed = parse_event(raw)
+            at = f"{batch.source}:{batch.offsets[i] if batch.offsets is not None else batch.first_offset + i}"
             if isinstance(parsed, Rejected):
-                at = batch.offsets[i] if batch.offsets is not None else batch.first_offset + i
-                dead.append(parsed.to_dead_letter(f"{batch.source}:{at}"))
+                dead.append(parsed.to_dead_letter(at))
             else:
+                parsed.source = at
                 events.append(parsed)
         events.sort(key=lambda ev: ev.ts_ms)  # stable: ties keep arrival order
         parsed_ns = time.perf_counter_ns()
