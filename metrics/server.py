@@ -24,6 +24,7 @@ probe never waits behind the engine or hammers a struggling dependency.
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 import threading
 import time
@@ -33,6 +34,8 @@ from typing import Any, Callable
 import orjson
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+
+log = logging.getLogger(__name__)
 
 #: A readiness check: returns a line saying what answered, raises with the reason if not.
 Check = Callable[[], str]
@@ -122,6 +125,16 @@ def _handler(registry: CollectorRegistry, health: Health) -> type[BaseHTTPReques
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A scraper that gave up and closed its connection is not an error worth a
+        traceback on stderr (the default), nor anything else here: the log has it."""
+        import sys
+
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return
+        log.warning("metrics server: %s from %s: %s", type(error).__name__, client_address[0], error)
 
 
 class _Server6(_Server):

@@ -202,3 +202,34 @@ def test_the_readme_documents_exactly_the_metrics_the_engine_exposes():
     exposed = exposed_names()
     assert exposed - documented == set(), "exposed but not documented"
     assert documented - exposed == set(), "documented but not exposed"
+
+
+def test_a_scraper_that_hangs_up_leaves_no_traceback(capfd):
+    """A client that closes its connection (RST) before reading the answer: no traceback on
+    stderr, and the server keeps answering."""
+    import socket
+    import struct
+    import urllib.request
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    from touchline.metrics.server import serve_metrics
+
+    registry = CollectorRegistry()
+    wide = Counter("touchline_test_wide", "many series", ["n"], registry=registry)
+    for n in range(3000):  # a body larger than the socket buffers: the write meets the reset
+        wide.labels(str(n)).inc()
+    host, port, server = serve_metrics(registry, "127.0.0.1", 0)
+    try:
+        for _ in range(5):
+            client = socket.create_connection((host, port))
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            client.close()  # with linger 0: a reset, as a scraper's timeout does
+        time.sleep(0.5)
+        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=5) as answer:
+            assert answer.status == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in capfd.readouterr().err
