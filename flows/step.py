@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import logging
 import threading
-
-import orjson
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+import orjson
 
 from touchline.decisions.clock import Clock
 from touchline.decisions.engine import BatchRun, DecisionCore
 from touchline.decisions.events import Event, Rejected, parse_event
 from touchline.flows.models import ModelKeeper
 from touchline.metrics.engine import EngineMetrics
-from touchline.state.base import OutboxEntry, StateStore, StoreError
+from touchline.state.base import OutboxEntry, Pending, StateStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -324,15 +324,16 @@ class Engine:
         except StoreError as exc:  # the entries stay: the next start emits them again
             log.warning("could not trim the outbox at shutdown: %s", exc)
 
-    def recovered(self) -> list[dict[str, Any]]:
+    def recovered(self) -> list[Pending]:
         """Decisions an earlier run committed that an output never confirmed (a crash between
-        the commit and the broker's acknowledgement); taken once, by one worker, at start."""
+        the commit and the broker's acknowledgement), with the outputs that still owe them;
+        taken once, by one worker, at start."""
         if not self.recover_outbox:
             return []
         self.recover_outbox = False
         found = self.store.pending()
         self.totals.recovered += len(found)
-        return [p.record for p in found]
+        return found
 
     def _account(self, batch: RawBatch, events: list[Event], run: "_Committed", dead: list[dict[str, Any]],
                  timings: dict[str, float], stages: dict[str, float]) -> None:

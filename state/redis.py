@@ -175,6 +175,8 @@ class RedisStore(StateStore):
         self._probe_lock = threading.Lock()
         #: partitions whose timers claimed by a crashed run were put back (once, at first use)
         self._restored: set[int] = set()
+        #: input partitions with a timer set, as far as known (see _partitions)
+        self._known_partitions: set[int] | None = None
         #: the epoch every commit checks (None until claim_epoch: tools that only read)
         self._epoch: str | None = None
         self.cluster = hasattr(self.client, "get_primaries")
@@ -348,6 +350,8 @@ class RedisStore(StateStore):
             calls.append(("script", "commit", (*profile_keys(key), outbox_key(key)), args))
         if watermark is not None:  # after the profiles: never ahead of what they hold
             calls.append(("cmd", "HSET", WATERMARKS_KEY, f"p{partition}", watermark))
+            if self._known_partitions is not None:
+                self._known_partitions.add(partition)
         if self._epoch is not None:
             calls.append(("cmd", "GET", EPOCH_KEY))
         lent, self._lent = self._lent, set()
@@ -493,10 +497,14 @@ class RedisStore(StateStore):
         (value,) = self._run("watermark", [("cmd", "HGET", WATERMARKS_KEY, f"p{partition}")])
         return int(value) if value is not None else None
 
-    def _partitions(self) -> list[int]:
-        """Input partitions that ever committed (each has a timer set)."""
-        (fields,) = self._run("stats", [("cmd", "HKEYS", WATERMARKS_KEY)])
-        return sorted({0, *(int(f[1:]) for f in fields if f[:1] == "p" and f[1:].isdigit())})
+    def _partitions(self, fresh: bool = False) -> list[int]:
+        """Input partitions that ever committed (each has a timer set): read once, then kept
+        up to date by this store's own commits (a delete on the hot path costs no round trip
+        for it; a timer another process adds later in a new partition only fires stale)."""
+        if self._known_partitions is None or fresh:
+            (fields,) = self._run("stats", [("cmd", "HKEYS", WATERMARKS_KEY)])
+            self._known_partitions = {0, *(int(f[1:]) for f in fields if f[:1] == "p" and f[1:].isdigit())}
+        return sorted(self._known_partitions)
 
     def _migrate_legacy_timers(self, partition: int) -> None:
         (flat,) = self._run("restore", [("cmd", "ZRANGE", LEGACY_TIMERS_KEY, 0, -1, "WITHSCORES")])
@@ -604,7 +612,7 @@ class RedisStore(StateStore):
         def count(pattern: str) -> int:
             return sum(1 for node in self._nodes() for _ in node.scan_iter(match=pattern, count=1000))
 
-        timers = sum(self._run("stats", [("cmd", "ZCARD", timer_keys(p)[0]) for p in self._partitions()]))
+        timers = sum(self._run("stats", [("cmd", "ZCARD", timer_keys(p)[0]) for p in self._partitions(fresh=True)]))
         return {
             "profiles": self._with_retry("stats", lambda: count(f"{PREFIX}:{{*}}:p")),
             "aliases": self._with_retry("stats", lambda: count(f"{PREFIX}:{{{anonymous_key('*')}}}:alias")),

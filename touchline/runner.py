@@ -134,10 +134,20 @@ def model_store_url(settings: Settings) -> str | None:
         return None
     if chosen != "auto":
         return chosen
+    shared = state_redis_url(settings)
+    return shared if shared is not None else f"file://{settings.output.dir / 'models'}"
+
+
+def state_redis_url(settings: Settings) -> str | None:
+    """The Redis the state store uses (the benchmark-only ``+naive`` scheme as the plain one),
+    for what lives beside the state: models, the send ledger. None for other stores.
+
+    >>> from touchline.settings import load_settings
+    >>> state_redis_url(load_settings(None, {"state.url": "redis+naive://h:1/2"})), state_redis_url(load_settings(None, {}))
+    ('redis://h:1/2', None)
+    """
     scheme, _, rest = settings.state.url.partition("://")
-    if scheme.startswith("redis"):
-        return f"{scheme.removesuffix('+naive')}://{rest}"
-    return f"file://{settings.output.dir / 'models'}"
+    return f"{scheme.removesuffix('+naive')}://{rest}" if scheme.startswith("redis") else None
 
 
 def open_models_store(settings: Settings) -> "ModelStore | None":
@@ -346,11 +356,10 @@ def _send_ledger(settings: Settings) -> Any:
     process and kept across restarts), else in this process."""
     from touchline.state.ledger import MemorySendLedger, RedisSendLedger
 
-    url, ds = settings.state.url, settings.delivery
-    if url.partition("://")[0].removesuffix("+naive").removesuffix("+cluster") in ("redis", "rediss"):
-        return RedisSendLedger(url.replace("+naive://", "://", 1), settings.state.options(),
-                               lease_seconds=ds.lease_seconds, delivered_ttl_days=ds.sent_ttl_days,
-                               retry_seconds=settings.state.retry_seconds)
+    url, ds = state_redis_url(settings), settings.delivery
+    if url is not None:
+        return RedisSendLedger(url, settings.state.options(), lease_seconds=ds.lease_seconds,
+                               delivered_ttl_days=ds.sent_ttl_days, retry_seconds=settings.state.retry_seconds)
     return MemorySendLedger(lease_seconds=ds.lease_seconds, delivered_ttl_days=ds.sent_ttl_days)
 
 
@@ -449,14 +458,23 @@ def attach_truth(summary: dict[str, Any], engine: Engine) -> None:
 
 def emit_recovered(engine: Engine, io: _Io) -> int:
     """Before the flow starts: send the decisions an earlier run committed but no output
-    confirmed, with their ids, to the decisions output and the channel delivery (whose
-    send ledger drops those already delivered). Returns how many."""
-    records = engine.recovered()
-    if not records:
+    confirmed, with their ids, to the outputs that still owe them: the decisions output,
+    and the channel delivery (whose send ledger drops those already delivered). Returns how many."""
+    found = engine.recovered()
+    if not found:
         return 0
     log.warning("emitting %d decision(s) again that an earlier run committed but no output confirmed",
-                len(records), extra={"decisions": len(records)})
-    sink = io.decisions_sink
+                len(found), extra={"decisions": len(found)})
+    _write_recovered(engine, io.decisions_sink, [p.record for p in found if p.to_decisions])
+    to_channels = [p.record for p in found if p.to_channel]
+    if io.delivery_sink is not None and to_channels:
+        io.delivery_sink.delivery.submit(to_channels)
+    return len(found)
+
+
+def _write_recovered(engine: Engine, sink: Any, records: list[dict[str, Any]]) -> None:
+    if not records:
+        return
     if isinstance(sink, JsonlSink):  # the run's own file starts empty: these go beside it
         path = sink.path.with_suffix(".recovered.jsonl")
         with path.open("ab") as out:
@@ -471,9 +489,6 @@ def emit_recovered(engine: Engine, io: _Io) -> int:
             part.close()
     if engine.failure is not None:
         raise engine.failure
-    if io.delivery_sink is not None:
-        io.delivery_sink.delivery.submit(records)
-    return len(records)
 
 
 def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRegistry, progress: TextIO | None,
