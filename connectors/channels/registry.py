@@ -104,8 +104,9 @@ class Delivery:
     """The connectors of a run, one per delivered channel; routes decisions by channel.
 
     With a send ledger, ``submit`` claims the batch's decision ids in one round trip and
-    hands only claimed decisions to connectors; the rest (delivered already, or in flight
-    elsewhere) are counted as ``duplicate``. Final outcomes (delivered, or failed and
+    hands only claimed decisions to connectors; those delivered already are counted as
+    ``duplicate``, those claimed by another owner are held and claimed again every third of
+    a lease (that owner may have died) until someone delivers them. Final outcomes (delivered, or failed and
     dead-lettered) are marked in the ledger; a decision the engine stopped before sending
     is released, so a later run sends it. While a decision is in flight its claim is
     renewed, so a slow endpoint never lets another process take it over.
@@ -195,7 +196,7 @@ class Delivery:
                 continue
             decision_id = str(decision["decision_id"])
             if decision_id in claim:
-                claim.discard(decision_id)  # a second copy in the same submit is a duplicate
+                claim.discard(decision_id)  # a second copy in the same submit is held, like any claimed one
                 send.append(decision)
             elif decision_id in claim.done:
                 final.append(decision)
@@ -204,7 +205,6 @@ class Delivery:
                     self._held.append(decision)
         if final:
             self.report.duplicate(channel, kind, len(final))
-        if final:
             self._settle("skip", final)
         return send
 
