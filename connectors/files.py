@@ -51,6 +51,7 @@ class _JsonlPartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
         self._awake: datetime | None = None
         self._offset, self._line = resume or (0, 0)
         self._file.seek(self._offset)
+        self._ended = False
 
     def next_batch(self) -> list[RawBatch]:
         if self._stop.is_set():
@@ -58,10 +59,14 @@ class _JsonlPartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
         lines: list[bytes] = []
         numbers: list[int] = []  # each line's number in the file (blank lines are skipped, not renumbered)
         first = self._line + 1
+        if self._ended:
+            raise StopIteration()
+        at_end = False
         while len(lines) < self._batch_size:
             start = self._file.tell()
             line = self._file.readline(MAX_EVENT_BYTES + 1)
             if not line:
+                at_end = True
                 break
             if self._follow and not line.endswith(b"\n") and len(line) <= MAX_EVENT_BYTES:
                 self._file.seek(start)  # a line still being written: read it whole next time
@@ -83,11 +88,11 @@ class _JsonlPartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
                 first = self._line + 1
         self._offset = self._file.tell()
         self._progress["fraction"] = self._offset / max(self._size, self._offset, 1)
-        if lines:
+        final = at_end and not self._follow
+        self._ended = final
+        if lines or final:  # the last batch of a file says so: events held for ordering are released
             self._awake = None
-            return [RawBatch(lines, self._name, first, time.perf_counter_ns(), offsets=numbers)]
-        if not self._follow:
-            raise StopIteration()
+            return [RawBatch(lines, self._name, first, time.perf_counter_ns(), offsets=numbers, final=final)]
         # Following a growing file: an empty batch is a clock tick, so timers fire while idle.
         self._awake = datetime.now(timezone.utc) + self._tick
         return [RawBatch([], self._name, first, time.perf_counter_ns())]

@@ -24,9 +24,10 @@ class _LinesPartition(StatefulSourcePartition[RawBatch, int]):
         first = self._pos + 1
         self._pos += len(chunk)
         end = None
-        if self._pos >= len(self._lines):
+        final = self._pos >= len(self._lines)
+        if final:
             end, self._end = self._end, None
-        return [RawBatch(chunk, self._name, first, time.perf_counter_ns(), end)]
+        return [RawBatch(chunk, self._name, first, time.perf_counter_ns(), end, final=final)]
 
     def snapshot(self) -> int:
         return self._pos

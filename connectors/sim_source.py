@@ -50,7 +50,7 @@ class _SimPartition(StatefulSourcePartition[RawBatch, int]):
             self._done = True
             end = self._sim.end_ms
         self._progress["lines"] = self._emitted
-        return [RawBatch(lines, "simulator", first, time.perf_counter_ns(), end)]
+        return [RawBatch(lines, "simulator", first, time.perf_counter_ns(), end, final=self._done)]
 
     def snapshot(self) -> int:
         return self._emitted

@@ -11,6 +11,7 @@ timer: label deadlines, abandoned carts, inactivity (churn win-back), retention 
 from __future__ import annotations
 
 import heapq
+import logging
 from collections import Counter
 from time import perf_counter_ns
 from typing import Any, Callable, Mapping
@@ -60,6 +61,7 @@ CART_EVENTS = frozenset({"add_to_cart", "remove_from_cart", "checkout_start"})
 #: Moments a lead observation is taken at: the intent events a sales hand-off is decided
 #: on, so the model is trained on the situations it is asked about.
 LEAD_MOMENTS = INTENT_TYPES - {"page_view"}
+log = logging.getLogger(__name__)
 LABEL_TIMER = {label_rules.LEAD: "label_lead", label_rules.CHURN: "label_churn"}
 _TIMER_LABEL = {v: k for k, v in LABEL_TIMER.items()}
 
@@ -137,6 +139,8 @@ class BatchRun:
         self.profiles = profiles
         self.reserve = reserve
         self.dead: list[dict[str, Any]] = []
+        #: the profile each dead letter came from (a redone profile's are made again)
+        self.dead_keys: list[str] = []
         self.decisions: list[dict[str, Any]] = []
         self.by_type: Counter = Counter()
         #: (channel, outcome, linked to a decision id) -> feedback events applied
@@ -175,12 +179,18 @@ class BatchRun:
         self.touched: set[str] = set()
         self.to_schedule: dict[tuple[str, str], int] = {}
         self.horizon_ms = 0
-        self._queue: list[tuple[int, int, str, Any]] = []
+        #: profile key -> the event or timer that raised while handling it (not to be saved)
+        self.failed: dict[str, Any] = {}
+        #: events and timers to leave out (those that raised in an earlier run of the batch)
+        self.skip: set[Any] = set()
+        #: internal_error dead letters
+        self.errors: list[dict[str, Any]] = []
+        self._queue: list[tuple[int, int, int, str, Any]] = []
         self._seq = 0
 
-    def _push(self, ts_ms: int, kind: str, item: Any) -> None:
+    def _push(self, ts_ms: int, kind: str, item: Any, rank: int = 1) -> None:
         self._seq += 1
-        heapq.heappush(self._queue, (ts_ms, self._seq, kind, item))
+        heapq.heappush(self._queue, (ts_ms, rank, self._seq, kind, item))
 
     def run(
         self,
@@ -188,23 +198,53 @@ class BatchRun:
         resolved: list[tuple[str, str | None]],
         due: list[tuple[int, str, str]],
         horizon_ms: int,
+        at: list[tuple[int, bool]] | None = None,
     ) -> None:
         """Process ``events`` (with their resolved keys) and ``due`` timers in time order.
 
         Timers set while running that come due by ``horizon_ms`` (the batch's clock) fire
-        in this run, between the events they fall between.
+        in this run, between the events they fall between. ``at``: each event's place in
+        that order and whether it came later than the allowed lateness (then it goes after
+        the timers due by its place); default: its own time. An exception while handling
+        one event or timer does not stop the rest: see :attr:`failed`.
         """
         self.horizon_ms = horizon_ms
-        for ev, (key, merged) in zip(events, resolved):
-            self._push(ev.ts_ms, "event", (ev, key, merged))
+        for i, (ev, (key, merged)) in enumerate(zip(events, resolved)):
+            place, late = at[i] if at is not None else (ev.ts_ms, False)
+            self._push(place, "event", (ev, key, merged), 2 if late else 0)
         for due_ms, key, kind in due:
             self._push(due_ms, "timer", (key, kind, due_ms))
+        skip, failed = self.skip, self.failed
         while self._queue:
-            _ts, _, kind, item = heapq.heappop(self._queue)
-            if kind == "event":
-                self._on_event(*item)
-            else:
-                self._on_timer(*item)
+            *_, kind, item = heapq.heappop(self._queue)
+            key = item[1] if kind == "event" else item[0]
+            if key in failed or _item_id(kind, item) in skip:
+                continue
+            try:
+                if kind == "event":
+                    self._on_event(*item)
+                else:
+                    self._on_timer(*item)
+            except Exception as exc:  # a bug met by one input: that profile is redone without it
+                self._fail(key, kind, item, exc)
+
+    def _fail(self, key: str, kind: str, item: Any, exc: Exception) -> None:
+        """Record an exception raised while handling one event or timer: its profile is not
+        saved from this run (the caller redoes it without the item) and it is dead-lettered."""
+        self.failed[key] = _item_id(kind, item)
+        log.warning("internal error on %s of profile %r: %s: %s", kind, key, type(exc).__name__, exc,
+                    exc_info=log.isEnabledFor(logging.DEBUG))
+        detail = f"{type(exc).__name__}: {exc}"[:1000]
+        if kind == "event":
+            ev = item[0]
+            raw = ev.raw.decode("utf-8", "backslashreplace") if ev.raw is not None else repr(ev.to_dict())[:65_536]
+            self.errors.append({"kind": "invalid_event", "reason": "internal_error", "source": ev.source or "engine",
+                                "detail": f"processing event {ev.event_id!r} raised {detail}", "raw": raw})
+        else:
+            _, timer, due_ms = item
+            self.errors.append({"kind": "timer", "reason": "internal_error", "source": "timer",
+                                "detail": f"timer {timer!r} due at {due_ms} ms raised {detail}",
+                                "profile": key, "timer": timer, "due_ms": due_ms})
 
     @property
     def merged_away(self) -> set[str]:
@@ -305,8 +345,10 @@ class BatchRun:
             self.dead.append({
                 "kind": "invalid_event", "reason": "late_event", "source": ev.source or "engine",
                 "detail": f"event {ev.event_id!r} is older than the idempotency window of its contact",
-                "raw": orjson.dumps(ev.to_dict(), option=orjson.OPT_SORT_KEYS).decode(),
+                "raw": ev.raw.decode("utf-8", "backslashreplace") if ev.raw is not None
+                else orjson.dumps(ev.to_dict(), option=orjson.OPT_SORT_KEYS).decode(),
             })
+            self.dead_keys.append(key)
             return
         if not apply_event(profile, ev.event_id, ev.type, ev.ts_ms, ev.properties, ev.context, ev.channel):
             self.duplicates += 1
@@ -509,6 +551,11 @@ class BatchRun:
         if slot.challengers and feats is not None:
             entry["challengers"] = slot.shadow(feats)
         return entry
+
+
+def _item_id(kind: str, item: Any) -> Any:
+    """What names an event or a timer of the queue across runs of one batch."""
+    return id(item[0]) if kind == "event" else item
 
 
 def _sent(proposed: list[JourneyCandidate], winner: Candidate | None) -> JourneyCandidate | None:

@@ -50,6 +50,10 @@ REASONS = (
     "wrong_type",
     "bad_timestamp",
     "invalid",
+    "future_event",
+    "before_floor",
+    "late_event",
+    "internal_error",
 )
 
 
@@ -133,6 +137,8 @@ class Event:
     #: where it was read (``file:line``, ``topic[partition]:offset``), for a dead letter made
     #: of it later; not part of the event
     source: str | None = field(default=None, compare=False)
+    #: the line as read (dead letters quote it whole; held events are kept as it)
+    raw: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def identity(self) -> str:
@@ -255,4 +261,5 @@ def parse_event(raw: bytes) -> Event | Rejected:
         session_id=doc.get("session_id"),
         properties=doc.get("properties") or {},
         context=doc.get("context") or {},
+        raw=raw,
     )

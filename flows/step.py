@@ -22,6 +22,7 @@ import orjson
 from touchline.decisions.clock import Clock
 from touchline.decisions.engine import BatchRun, DecisionCore
 from touchline.decisions.events import Event, Rejected, parse_event
+from touchline.decisions.reorder import EventOrder, TimeRules
 from touchline.flows.models import ModelKeeper
 from touchline.metrics.engine import EngineMetrics
 from touchline.state.base import OutboxEntry, Pending, StateStore, StoreError
@@ -49,6 +50,8 @@ class RawBatch:
     #: The input partition (Kafka partition; 0 for a file or the simulator). Timers set while
     #: processing it fire on its own event clock, by the worker that reads it.
     partition: int = 0
+    #: The last batch of a finite input: events held back for ordering are released.
+    final: bool = False
 
 
 @dataclass(slots=True)
@@ -101,8 +104,14 @@ class Engine:
             metrics.store_up.set_function(lambda: 1.0 if health.up else 0.0)
         #: Set when the state store (or the broker) failed for good: the run stops and reports it.
         self.failure: Exception | None = None
-        #: Event clock: claim timers only this long behind the newest event (late partitions).
-        self.lateness_ms = 0
+        #: What event times are believed, and how long events wait to be put in order. By
+        #: default every time (a jump needs no quorum); ``build_engine`` applies the settings.
+        self.time = TimeRules(quorum=1, check_wall=False)
+        #: Input partition -> its reorder buffer (event clock only).
+        self._orders: dict[int, EventOrder] = {}
+        #: The largest share of events and timers that may raise before the run stops.
+        self.max_error_share = 0.01
+        self._errors = _ErrorWindow()
         #: Set on failure, so the source stops reading (the runner's stop event).
         self.halt: threading.Event | None = None
         #: Deployment polling, promotion and checkpoints (None: models live and die with the run).
@@ -173,6 +182,12 @@ class Engine:
         except StoreError as exc:
             self.fail(exc)
             return BatchResult([], [])
+        except Exception as exc:  # noqa: BLE001 - a bug outside one event's handling: stop, say where
+            log.debug("batch from %s raised", batch.source, exc_info=True)
+            self.fail(InternalErrorFlood(f"internal error in a batch read from {batch.source} at position "
+                                         f"{batch.first_offset}: {type(exc).__name__}: {exc} (a bug to report; "
+                                         "the batch was not committed, a restart reads it again)"))
+            return BatchResult([], [])
         finally:
             self.busy_since = None
 
@@ -200,94 +215,144 @@ class Engine:
             self.keeper.tick()  # between batches: a swap never splits one
         started_ns = time.perf_counter_ns()
         dead: list[dict[str, Any]] = []
-        events: list[Event] = []
-        for i, raw in enumerate(batch.lines):
-            parsed = parse_event(raw)
-            at = f"{batch.source}:{batch.offsets[i] if batch.offsets is not None else batch.first_offset + i}"
-            if isinstance(parsed, Rejected):
-                dead.append(parsed.to_dead_letter(at))
-            else:
-                parsed.source = at
-                events.append(parsed)
-        events.sort(key=lambda ev: ev.ts_ms)  # stable: ties keep arrival order
+        events, positions = self._parse(batch, dead)
         parsed_ns = time.perf_counter_ns()
         timings = dict[str, float]()
-        horizon = self.core.advance(events, batch.advance_to_ms)
-        timer_horizon = horizon if self.core.live else self._partition_clock(batch, events) - self.lateness_ms
+        events, at, horizon = self._in_order(batch, events, positions, dead)
         self._flush_acks(timings)
-        resolved, due = _timed(timings, "resolve", self.store.begin, events, timer_horizon,
-                               partition=batch.partition)
-        run = self._decide_and_commit(events, resolved, due, timer_horizon, timings, batch.partition)
+        resolved, due = _timed(timings, "resolve", self.store.begin, events, horizon, partition=batch.partition)
+        run = self._decide_and_commit(events, at, resolved, due, horizon or 0, timings, batch.partition)
         run_ns = run.run_ns - int(timings.get("reserve", 0.0) * 1e9)
         for key in run.expired:
             _timed(timings, "delete", self.store.delete, key)
         dead.extend(run.dead)
+        dead.extend(run.errors)
         stages = {"parse": (parsed_ns - started_ns) / 1e9, "state": sum(timings.values()),
                   "score": run.score_ns / 1e9, "policy": max(0, run_ns - run.score_ns) / 1e9}
         self._account(batch, events, run, dead, timings, stages)
+        self._watch_errors(len(events) + len(due), len(run.errors))
         result = BatchResult(run.decisions, dead, run.exp.records)
         for listener in self.listeners:
             listener(result)
         return result
 
-    def _partition_clock(self, batch: RawBatch, events: list[Event]) -> int:
-        """The event clock of the batch's input partition: the newest event time it has seen
-        (from where its last committed batch left it, after a restart). Timers set while
-        processing a partition fire on its clock, so a contact's timers and events interleave
-        alike however many workers read the partitions and however they interleave."""
-        part = batch.partition
-        clock = self._clocks.get(part)
-        if clock is None:
-            clock = self.store.watermark(part) or 0
-            self.core.clock.observe(clock)
-        for ev in events:
-            if ev.ts_ms > clock:
-                clock = ev.ts_ms
-        if batch.advance_to_ms is not None and batch.advance_to_ms > clock:
-            clock = batch.advance_to_ms
-        self._clocks[part] = clock
-        return clock
+    def _parse(self, batch: RawBatch, dead: list[dict[str, Any]]) -> tuple[list[Event], list[int]]:
+        """Valid, believable events with their input positions; the rest into ``dead``."""
+        events: list[Event] = []
+        positions: list[int] = []
+        rules = self.time
+        wall_ms = time.time_ns() // 1_000_000
+        offsets = batch.offsets
+        for i, raw in enumerate(batch.lines):
+            pos = offsets[i] if offsets is not None else batch.first_offset + i
+            at = f"{batch.source}:{pos}"
+            try:
+                parsed = parse_event(raw)
+            except Exception as exc:  # noqa: BLE001 - a parser bug must not end the run
+                parsed = Rejected("internal_error", f"parsing raised {type(exc).__name__}: {exc}"[:1000], raw)
+            if isinstance(parsed, Event):
+                bad = rules.out_of_bounds(parsed.ts_ms, wall_ms)
+                if bad is None:
+                    parsed.source = at
+                    events.append(parsed)
+                    positions.append(pos)
+                    continue
+                parsed = Rejected(*bad, raw)
+            dead.append(parsed.to_dead_letter(at))
+        return events, positions
 
-    def _decide_and_commit(self, events: list[Event], resolved: list[tuple[str, str | None]],
-                           due: list[tuple[int, str, str]], horizon: int, timings: dict[str, float],
-                           partition: int = 0) -> "_Committed":
+    def _in_order(self, batch: RawBatch, events: list[Event], positions: list[int],
+                  dead: list[dict[str, Any]]) -> tuple[list[Event], list[tuple[int, bool]] | None, int | None]:
+        """The events to process now, in order, with their places among the timers, and the
+        horizon timers fire up to. Live: as they came (sorted within the batch), on the wall
+        clock. Event clock: through the partition's reorder buffer (:mod:`..decisions.reorder`)."""
+        if self.core.live:
+            events.sort(key=lambda ev: ev.ts_ms)  # stable: ties keep arrival order
+            return events, None, self.core.advance(events, batch.advance_to_ms)
+        order = self._orders.get(batch.partition) or self._resume_order(batch.partition)
+        for ev, pos in zip(events, positions):
+            order.add(ev, pos)
+        if batch.advance_to_ms is not None:
+            order.advance(batch.advance_to_ms)
+        released = order.flush() if batch.final else order.take()
+        for ev, why in order.rejected:
+            dead.append(Rejected("future_event", why, ev.raw or b"").to_dead_letter(ev.source or batch.source))
+        order.rejected.clear()
+        out = [r.event for r in released]
+        self.core.advance(out, batch.advance_to_ms)
+        self._clocks[batch.partition] = order.clock if order.clock is not None else 0
+        return out, [(r.at_ms, r.late) for r in released], order.clock if batch.final else order.watermark
+
+    def _resume_order(self, partition: int) -> EventOrder:
+        """The partition's reorder buffer, at the event clock its last committed batch left."""
+        clock = self.store.watermark(partition)
+        if clock is not None:
+            self.core.clock.observe(clock)
+        order = self._orders[partition] = self.time.order(clock)
+        return order
+
+    def _watch_errors(self, items: int, errors: int) -> None:
+        """Stop the run when events and timers raise too often: a bug, not bad input."""
+        share = self._errors.add(items, errors)
+        if share is not None and share > self.max_error_share:
+            self.fail(InternalErrorFlood(
+                f"{self._errors.errors} of the last {self._errors.items} events and timers raised an internal "
+                f"error ({share:.1%} > engine.max_internal_error_share {self.max_error_share:.1%}): stopping, this "
+                "is a bug to report, not bad input (the internal_error dead letters say where)"))
+
+    def _decide_and_commit(self, events: list[Event], at: list[tuple[int, bool]] | None,
+                           resolved: list[tuple[str, str | None]], due: list[tuple[int, str, str]], horizon: int,
+                           timings: dict[str, float], partition: int = 0) -> "_Committed":
         """Run the batch over loaded profiles and commit it with its decisions (the outbox).
         Profiles another writer changed meanwhile (a contact whose events arrive on two
-        partitions, a timer fired by another worker) are reloaded and redone, alone."""
+        partitions, a timer fired by another worker) are reloaded and redone, alone; so are
+        profiles where an event or timer raised, without that item."""
         retry_keys: set[str] | None = None
+        skip: set[Any] = set()
         done = _Committed()
         for attempt in range(MAX_CONFLICT_RETRIES + 1):
-            run, conflicts = self._attempt(_only(events, resolved, due, retry_keys), horizon, timings, partition,
-                                           redo=retry_keys is not None)
-            done.absorb(run, conflicts)
-            if not conflicts:
+            run, conflicts = self._attempt(_only(events, at, resolved, due, retry_keys), horizon, timings, partition,
+                                           redo=retry_keys is not None, skip=skip)
+            failed = set(run.failed)
+            done.absorb(run, conflicts | failed)
+            if not conflicts and not failed:
                 return done
-            self.totals.conflicts += len(conflicts)
-            retry_keys = conflicts | {a for a, c in run.merged_into.items() if c in conflicts}
-            log.info("%d profile(s) changed by another writer during the batch; redoing them (attempt %d)",
-                     len(conflicts), attempt + 1)
-            time.sleep(min(0.5, 0.01 * 2 ** attempt))
+            skip.update(run.failed.values())
+            redo = conflicts | failed
+            retry_keys = redo | {a for a, c in run.merged_into.items() if c in redo}
+            if conflicts:
+                self.totals.conflicts += len(conflicts)
+                log.info("%d profile(s) changed by another writer during the batch; redoing them (attempt %d)",
+                         len(conflicts), attempt + 1)
+                time.sleep(min(0.5, 0.01 * 2 ** attempt))
         raise StoreError(f"profiles {', '.join(sorted(retry_keys or ()))} kept changing under this worker for "
                          f"{MAX_CONFLICT_RETRIES} retries")
 
-    def _attempt(self, items: tuple[list[Event], list[tuple[str, str | None]], list[tuple[int, str, str]]],
-                 horizon: int, timings: dict[str, float], partition: int, redo: bool) -> tuple[BatchRun, set[str]]:
-        """Load, decide and commit once; returns the run and the profiles that were not written."""
+    def _attempt(self, items: "_Items", horizon: int, timings: dict[str, float], partition: int, redo: bool,
+                 skip: set[Any]) -> tuple[BatchRun, set[str]]:
+        """Load, decide and commit once; returns the run and the profiles that were not written.
+        Profiles where an item raised (``run.failed``) are not written either."""
         store = self.store
-        events, resolved, due = items
+        events, at, resolved, due = items
         keys = {k for k, _ in resolved} | {m for _, m in resolved if m} | {k for _, k, _ in due}
         profiles = _timed(timings, "load", store.load, keys) if keys else {}
         run = BatchRun(self.core, profiles, lambda *args: _timed(timings, "reserve", store.reserve, *args))
+        run.skip = skip
         started_ns = time.perf_counter_ns()
-        run.run(events, resolved, due, horizon)
+        run.run(events, resolved, due, horizon, at)
         run.run_ns = time.perf_counter_ns() - started_ns
-        live = {k: profiles[k] for k in run.touched - run.deleted}
-        timers = dict(run.to_schedule)
+        keep_out = set(run.failed)
+        if keep_out:  # and what merged into them: all of it is redone
+            keep_out |= {a for a, c in run.merged_into.items() if c in keep_out}
+        live = {k: profiles[k] for k in run.touched - run.deleted - keep_out}
+        timers = {kk: t for kk, t in run.to_schedule.items() if kk[0] not in keep_out}
         if redo:  # a conflicted attempt may have scheduled stale times: set every timer right
             timers.update({(k, kind): t for k, p in live.items() for kind, t in p.timers.items()})
-        conflicts = _timed(timings, "save", store.commit, live, run.merged_away,
+        decisions = [d for d in run.decisions if d["contact_id"] not in keep_out] if keep_out else run.decisions
+        conflicts = _timed(timings, "save", store.commit, live, run.merged_away - keep_out,
                            [(k, kind, t) for (k, kind), t in timers.items()],
-                           outbox=self._outbox(run.decisions), fired=due, merged_into=run.merged_into,
+                           outbox=self._outbox(decisions), fired=[t for t in due if t[1] not in keep_out],
+                           merged_into=run.merged_into,
                            watermark=None if self.core.live else self._clocks.get(partition), partition=partition)
         if run.decisions and log.isEnabledFor(logging.DEBUG):
             log.debug("committed decisions %s", " ".join(d["decision_id"] for d in run.decisions))
@@ -437,6 +502,8 @@ class _Committed:
         if conflicts:
             run.decisions = [d for d in run.decisions if d["contact_id"] not in conflicts]
             run.expired -= conflicts
+            kept = [(d, k) for d, k in zip(run.dead, run.dead_keys) if k not in conflicts]
+            run.dead, run.dead_keys = [d for d, _ in kept], [k for _, k in kept]
         self.runs.append(run)
 
     def __getattr__(self, name: str) -> Any:
@@ -456,13 +523,51 @@ class _Committed:
         return first
 
 
-def _only(events: list[Event], resolved: list[tuple[str, str | None]], due: list[tuple[int, str, str]],
-          keys: set[str] | None) -> tuple[list[Event], list[tuple[str, str | None]], list[tuple[int, str, str]]]:
-    """The events and timers of ``keys`` (all when None)."""
+_Items = tuple[list[Event], "list[tuple[int, bool]] | None", list[tuple[str, str | None]], list[tuple[int, str, str]]]
+
+
+def _only(events: list[Event], at: list[tuple[int, bool]] | None, resolved: list[tuple[str, str | None]],
+          due: list[tuple[int, str, str]], keys: set[str] | None) -> _Items:
+    """The events (with their places) and timers of ``keys`` (all when None)."""
     if keys is None:
-        return events, resolved, due
-    picked = [(ev, r) for ev, r in zip(events, resolved) if r[0] in keys]
-    return [ev for ev, _ in picked], [r for _, r in picked], [t for t in due if t[1] in keys]
+        return events, at, resolved, due
+    picked = [i for i, r in enumerate(resolved) if r[0] in keys]
+    return ([events[i] for i in picked], None if at is None else [at[i] for i in picked],
+            [resolved[i] for i in picked], [t for t in due if t[1] in keys])
+
+
+class InternalErrorFlood(RuntimeError):
+    """Too many events and timers raised: the engine has a bug, the input is not to blame."""
+
+
+class _ErrorWindow:
+    """Internal errors among the last :data:`ERROR_WINDOW` or so events and timers."""
+
+    def __init__(self) -> None:
+        self._batches: deque[tuple[int, int]] = deque()
+        self.items = 0
+        self.errors = 0
+
+    def add(self, items: int, errors: int) -> float | None:
+        """Count a batch; the error share once there are enough errors to judge (else None)."""
+        if not items and not errors:
+            return None
+        self._batches.append((items, errors))
+        self.items += items
+        self.errors += errors
+        while len(self._batches) > 1 and self.items - self._batches[0][0] >= ERROR_WINDOW:
+            old_items, old_errors = self._batches.popleft()
+            self.items -= old_items
+            self.errors -= old_errors
+        if self.errors < MIN_ERRORS_TO_STOP:
+            return None
+        return self.errors / max(self.items, 1)
+
+
+#: Internal errors are judged over about this many recent events and timers...
+ERROR_WINDOW = 10_000
+#: ...and only once there are this many (one odd event is not a flood).
+MIN_ERRORS_TO_STOP = 10
 
 
 def _timed(timings: dict[str, float], op: str, fn, *args, **kwargs):

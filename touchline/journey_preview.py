@@ -42,7 +42,7 @@ def preview(settings: Settings, journey_path: Path, events_path: Path, days: flo
         labels=settings.labels.rules(),
         retention_days=settings.state.retention_days, journeys=runner, experiments=settings.experiments)
     engine = Engine(MemoryStore(), core, EngineMetrics(CollectorRegistry()))
-    result = engine.process(RawBatch(lines, events_path.name, 1))
+    result = engine.process(RawBatch(lines, events_path.name, 1, final=True))
     decisions = list(result.decisions)
     if engine.totals.last_event_ms is not None:
         end = engine.totals.last_event_ms + int(days * DAY_MS)

@@ -259,8 +259,7 @@ def evaluate(settings: Settings, input_path: Path, models: list[str], scores: li
                 engine.process(RawBatch(batch, input_path.name, offset))
                 offset += len(batch)
                 batch = []
-    if batch:
-        engine.process(RawBatch(batch, input_path.name, offset))
+    engine.process(RawBatch(batch, input_path.name, offset, final=True))  # held events are released
     wall = time.perf_counter() - started
     t = engine.totals
     pending = {score: sum(score in p.pending for p in store.profiles()) for score in configs}

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from touchline.connectors.files import JsonlSink, JsonlSource
 from touchline.decisions.clock import EventTimeClock, WallClock
+from touchline.decisions.reorder import TimeRules
 from touchline.flows.engine import build_flow
 from touchline.decisions.engine import DecisionCore
 from touchline.flows.step import Engine
@@ -48,6 +49,15 @@ def simulator_spec(settings: Settings) -> "SimulatorSpec":
         start_ms=int(sim.start.timestamp() * 1000),
         malformed_rate=sim.malformed_rate,
     )
+
+
+def time_rules(settings: Settings) -> TimeRules:
+    """The engine's event-time rules from its settings. Simulated input may lie in the
+    future on purpose: only real input is held to the wall clock."""
+    e = settings.engine
+    return TimeRules(lateness_ms=int(e.allowed_lateness_seconds * 1000), max_ahead_ms=int(e.max_future_seconds * 1000),
+                     floor_ms=int(e.min_event_time.timestamp() * 1000), quorum=e.time_jump_quorum,
+                     check_wall=settings.source.kind != "simulator")
 
 
 def build_engine(settings: Settings, registry: CollectorRegistry, trace: Any = None,
@@ -93,6 +103,8 @@ def build_engine(settings: Settings, registry: CollectorRegistry, trace: Any = N
         journeys.next_turn = store.next_turn
     engine = Engine(store, core, metrics)
     engine.source_kind = settings.source.kind
+    engine.time = time_rules(settings)
+    engine.max_error_share = settings.engine.max_internal_error_share
     if keeper is not None:
         keeper.attach(core.models)
         keeper.saves = (settings.runtime.process_id or 0) == 0  # one checkpoint writer: no clobbering
@@ -243,7 +255,6 @@ def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: C
     kafka = settings.kafka.client_config() if settings.kafka.bootstrap else None
     engine = build_engine(settings, registry)
     engine.halt = stop
-    engine.lateness_ms = int(settings.engine.allowed_lateness_seconds * 1000)
     closers: list[Any] = [engine.close_outbox, engine.store.close]
     if engine.keeper is not None:  # the final checkpoint, after the last batch
         closers.insert(0, engine.keeper.close)

@@ -179,9 +179,36 @@ class EngineSettings(_Section):
     )
     allowed_lateness_seconds: float = Field(
         default=0.0, ge=0, le=86_400,
-        description="event clock: fire timers only this long behind the newest event time, so an event "
-        "arriving late from another Kafka partition can still cancel them",
+        description="event clock: hold events and timers this long behind the newest event time of their input "
+        "partition and process them in event-time order, so events out of order by less than this give the "
+        "decisions of the sorted stream (later ones are processed at once, out of order)",
     )
+    max_future_seconds: float = Field(
+        default=86_400, gt=0, le=10 * 365 * 86_400,
+        description="an event time further ahead than this of the wall clock (or, on the event clock, of its "
+        "partition's event clock, unless time_jump_quorum events agree) is a future_event dead letter",
+    )
+    min_event_time: datetime = Field(
+        default=datetime(2000, 1, 1, tzinfo=timezone.utc),
+        description="event times before this are before_floor dead letters (RFC 3339 with an offset)",
+    )
+    time_jump_quorum: int = Field(
+        default=20, ge=1, le=100_000,
+        description="event clock: events far ahead of their partition's clock move it only when this many agree "
+        "(a gap in the data, not a wrong device clock)",
+    )
+    max_internal_error_share: float = Field(
+        default=0.01, gt=0, le=1,
+        description="the run stops when more than this share of recent events and timers raised an internal "
+        "error (at least 10): a bug, not bad input",
+    )
+
+    @field_validator("min_event_time")
+    @classmethod
+    def _has_offset(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("min_event_time needs a time zone offset, e.g. 2000-01-01T00:00:00Z")
+        return value
 
 
 class RuntimeSettings(_Section):

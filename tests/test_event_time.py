@@ -1,0 +1,184 @@
+"""Event times that lie, and events out of order: bounds, a robust clock, and reordering.
+
+End to end through ``touchline.runner.run`` on JSONL files made from a simulated stream,
+plus the reorder buffer on its own (pure).
+"""
+
+from __future__ import annotations
+
+import random
+
+import orjson
+import pytest
+
+from touchline.connectors.simulator import Simulator
+from touchline.decisions.events import Event, parse_ts
+from touchline.decisions.reorder import EventOrder
+from touchline.runner import run, simulator_spec
+
+DAY_MS = 86_400_000
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory) -> list[bytes]:
+    """A simulated stream (sorted by event time), 300 contacts over 14 days."""
+    from touchline.settings import load_settings
+
+    settings = load_settings(None, {"simulator.contacts": 300, "simulator.days": 14, "simulator.malformed_rate": 0,
+                                    "output.dir": tmp_path_factory.mktemp("sim")})
+    return list(Simulator(simulator_spec(settings)).lines())
+
+
+def _run(small_settings, tmp_path, lines: list[bytes], name: str, **overrides) -> tuple[list[bytes], list[dict]]:
+    path = tmp_path / f"{name}.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    settings = small_settings(out=name, **{"source.kind": "jsonl", "source.path": path, **overrides})
+    run(settings, progress=None)
+    out = settings.output.dir
+    decisions = (out / "decisions.jsonl").read_bytes().splitlines()
+    dead = [orjson.loads(x) for x in (out / "dead_letters.jsonl").read_bytes().splitlines()]
+    return decisions, dead
+
+
+def _ts(line: bytes) -> int:
+    return parse_ts(orjson.loads(line)["ts"])
+
+
+def _with(line: bytes, **fields) -> bytes:
+    return orjson.dumps({**orjson.loads(line), **fields})
+
+
+# ------------------------------------------------------------------ bounds
+
+
+def test_far_future_and_far_past_times_are_dead_letters_and_change_nothing(small_settings, tmp_path, stream):
+    """Year 9999 and year 1 are dead-lettered with their line, and the decisions are those
+    of the stream without them (no clock dragged, no timers fired, no profile expired)."""
+    clean, dead = _run(small_settings, tmp_path, stream, "clean")
+    assert clean and not dead
+    hostile = list(stream)
+    victim = orjson.loads(stream[len(stream) // 3])
+    hostile.insert(len(stream) // 3, orjson.dumps({**victim, "event_id": "x-future", "ts": "9999-12-31T23:59:59Z"}))
+    hostile.insert(len(stream) // 2, orjson.dumps({**victim, "event_id": "x-past", "ts": "0001-01-01T00:00:00Z"}))
+    decided, dead = _run(small_settings, tmp_path, hostile, "hostile")
+    assert decided == clean
+    assert {(d["reason"], d["source"]) for d in dead} == {
+        ("future_event", f"hostile.jsonl:{len(stream) // 3 + 1}"),
+        ("before_floor", f"hostile.jsonl:{len(stream) // 2 + 1}")}
+    assert "engine.max_future_seconds" in next(d["detail"] for d in dead if d["reason"] == "future_event")
+
+
+def test_an_outlier_within_the_wall_clock_does_not_move_the_clock(small_settings, tmp_path, stream):
+    """An event months ahead of the stream, but not of today, is still taken for a wrong
+    clock: it waits for others to agree on a jump, none do, so it is a dead letter."""
+    clean, _ = _run(small_settings, tmp_path, stream, "clean")
+    hostile = list(stream)
+    at = len(stream) // 4
+    hostile.insert(at, _with(stream[at], event_id="x-ahead", ts=_ts(stream[at]) + 120 * DAY_MS))
+    decided, dead = _run(small_settings, tmp_path, hostile, "hostile")
+    assert decided == clean
+    assert [(d["reason"], d["source"]) for d in dead] == [("future_event", f"hostile.jsonl:{at + 1}")]
+
+
+def test_a_gap_in_the_data_is_not_taken_for_outliers(small_settings, tmp_path, stream):
+    """A stream that resumes after three weeks of nothing: the clock jumps once enough events
+    agree, and every event is applied."""
+    half = len(stream) // 2
+    gapped = stream[:half] + [_with(x, ts=_ts(x) + 21 * DAY_MS) for x in stream[half:]]
+    decided, dead = _run(small_settings, tmp_path, gapped, "gap")
+    assert not dead
+    assert decided
+
+
+def test_events_after_a_gap_at_the_very_end_are_applied_without_moving_the_clock(small_settings, tmp_path,
+                                                                                   stream):
+    tail = [_with(stream[-1], event_id=f"late-{i}", ts=_ts(stream[-1]) + 30 * DAY_MS + i) for i in range(3)]
+    clean, _ = _run(small_settings, tmp_path, stream, "clean")
+    decided, dead = _run(small_settings, tmp_path, stream + tail, "tail")
+    assert not dead
+    assert decided[:len(clean)] == clean  # no timer of anybody fired at the tail's time
+
+
+# ------------------------------------------------------------------ disorder
+
+
+def _disorder(lines: list[bytes], within_ms: int, seed: int) -> list[bytes]:
+    """Each event delayed by up to ``within_ms`` of event time (arrival order shuffled)."""
+    rng = random.Random(seed)
+    return [x for _, x in sorted(((_ts(x) + rng.randrange(within_ms), x) for x in lines), key=lambda p: p[0])]
+
+
+def test_disorder_within_the_lateness_gives_the_sorted_result_at_any_batch_size(small_settings, tmp_path, stream):
+    """Shuffled within 4 minutes, lateness 5 minutes: byte-identical decisions to the sorted
+    stream, for batch sizes 1, 37 and 1000."""
+    lateness = {"engine.allowed_lateness_seconds": 300}
+    sorted_decisions, _ = _run(small_settings, tmp_path, stream, "sorted", **lateness)
+    shuffled = _disorder(stream, 240_000, seed=7)
+    assert shuffled != stream
+    for size in (1, 37, 1000):
+        got, dead = _run(small_settings, tmp_path, shuffled, f"shuffled-{size}", **lateness,
+                         **{"source.batch_size": size})
+        assert not dead
+        assert got == sorted_decisions, f"batch size {size}"
+
+
+def test_disorder_beyond_the_lateness_is_still_independent_of_batch_size(small_settings, tmp_path, stream):
+    shuffled = _disorder(stream, 600_000, seed=3)
+    results = {size: _run(small_settings, tmp_path, shuffled, f"b{size}", **{"engine.allowed_lateness_seconds": 60,
+                                                                            "source.batch_size": size})[0]
+               for size in (7, 100)}
+    assert results[7] == results[100]
+
+
+# ------------------------------------------------------------------ the buffer alone
+
+
+def _ev(i: int, ts: int) -> Event:
+    return Event(f"e{i}", "page_view", ts, f"c{i % 5}")
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_release_order_is_the_sorted_order_whatever_the_cuts(seed):
+    rng = random.Random(seed)
+    lateness = rng.choice([0, 10, 100])
+    times = sorted(rng.randrange(10_000) for _ in range(300))
+    arrivals = sorted(((t + (rng.randrange(lateness) if lateness else 0), i, t) for i, t in enumerate(times)))
+    out = []
+    order = EventOrder(lateness, max_ahead_ms=100_000, quorum=5)
+    for pos, (_, i, t) in enumerate(arrivals):
+        order.add(_ev(i, t), pos)
+        if rng.random() < 0.3:
+            out += order.take()
+    out += order.flush()
+    assert [r.event.ts_ms for r in out] == sorted(times)
+    assert not any(r.late for r in out)
+
+
+def test_waiting_ahead_outliers_are_rejected_after_patience():
+    order = EventOrder(0, max_ahead_ms=1_000, quorum=3, patience=10)
+    order.add(_ev(0, 100), 0)
+    order.add(_ev(1, 10_000_000), 1)
+    for pos in range(2, 11):
+        order.add(_ev(pos, 100 + pos), pos)
+    assert not order.rejected
+    order.add(_ev(11, 200), 11)
+    assert [ev.ts_ms for ev, _ in order.rejected] == [10_000_000]
+    assert order.clock == 200
+
+
+def test_a_quorum_ahead_moves_the_clock_to_their_median_and_leaves_far_outliers_waiting():
+    order = EventOrder(0, max_ahead_ms=1_000, quorum=3)
+    order.add(_ev(0, 100), 0)
+    for pos, ts in enumerate([50_000, 99_999_999, 50_010], start=1):
+        order.add(_ev(pos, ts), pos)
+    assert order.clock == 50_010
+    assert [r.event.ts_ms for r in order.take()] == [100, 50_000, 50_010]
+    assert [ev.ts_ms for _, ev in order.held()] == [99_999_999]
+
+
+def test_a_restored_buffer_ignores_the_same_position_read_again():
+    order = EventOrder(100, max_ahead_ms=10_000, quorum=3, clock=1_000)
+    order.restore(_ev(0, 950), 5)
+    order.add(_ev(0, 950), 5)  # the replay reads it again
+    order.add(_ev(1, 1_200), 6)
+    assert [(r.event.ts_ms, r.late) for r in order.take()] == [(950, False)]
