@@ -310,7 +310,8 @@ class Engine:
         retry_keys: set[str] | None = None
         skip: set[Any] = set()
         done = _Committed()
-        for attempt in range(MAX_CONFLICT_RETRIES + 1):
+        attempt = 0  # redos for conflicts; a redo for an item that raised leaves that item out, so it ends
+        while attempt <= MAX_CONFLICT_RETRIES:
             run, conflicts = self._attempt(_only(events, at, resolved, due, retry_keys), horizon, timings, partition,
                                            redo=retry_keys is not None, skip=skip)
             failed = set(run.failed)
@@ -325,6 +326,7 @@ class Engine:
                 log.info("%d profile(s) changed by another writer during the batch; redoing them (attempt %d)",
                          len(conflicts), attempt + 1)
                 time.sleep(min(0.5, 0.01 * 2 ** attempt))
+                attempt += 1
         raise StoreError(f"profiles {', '.join(sorted(retry_keys or ()))} kept changing under this worker for "
                          f"{MAX_CONFLICT_RETRIES} retries")
 
