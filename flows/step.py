@@ -109,6 +109,9 @@ class Engine:
         self.time = TimeRules(quorum=1, check_wall=False)
         #: Input partition -> its reorder buffer (event clock only).
         self._orders: dict[int, EventOrder] = {}
+        #: positions of held events the store keeps, and of those released but not yet dropped
+        self._stored_held: dict[int, set[int]] = {}
+        self._released: dict[int, set[int]] = {}
         #: The largest share of events and timers that may raise before the run stops.
         self.max_error_share = 0.01
         self._errors = _ErrorWindow()
@@ -219,6 +222,8 @@ class Engine:
         parsed_ns = time.perf_counter_ns()
         timings = dict[str, float]()
         events, at, horizon = self._in_order(batch, events, positions, dead)
+        if not self.core.live:
+            self._keep_held(batch.partition, timings)
         self._flush_acks(timings)
         resolved, due = _timed(timings, "resolve", self.store.begin, events, horizon, partition=batch.partition)
         run = self._decide_and_commit(events, at, resolved, due, horizon or 0, timings, batch.partition)
@@ -284,12 +289,35 @@ class Engine:
         return out, [(r.at_ms, r.late) for r in released], order.clock if batch.final else order.watermark
 
     def _resume_order(self, partition: int) -> EventOrder:
-        """The partition's reorder buffer, at the event clock its last committed batch left."""
+        """The partition's reorder buffer, at the event clock its last committed batch left,
+        holding what it held then."""
         clock = self.store.watermark(partition)
         if clock is not None:
             self.core.clock.observe(clock)
         order = self._orders[partition] = self.time.order(clock)
+        kept = self.store.held(partition)
+        for pos, source, line in kept:
+            parsed = parse_event(line)
+            if isinstance(parsed, Event):
+                parsed.source = source
+                order.restore(parsed, pos)
+        self._stored_held[partition] = {pos for pos, _, _ in kept}
+        if kept:
+            log.info("input partition %d: %d event(s) held for ordering when the last run stopped", partition,
+                     len(kept))
         return order
+
+    def _keep_held(self, partition: int, timings: dict[str, float]) -> None:
+        """Store what the partition's buffer holds now (the input may commit past it), and drop
+        what the previous batch released, now that it has committed."""
+        now = dict(self._orders[partition].held())
+        stored = self._stored_held.get(partition, set())
+        add = {pos: (ev.source or "", ev.raw or b"") for pos, ev in now.items() if pos not in stored}
+        drop = self._released.pop(partition, set())
+        if add or drop:
+            _timed(timings, "hold", self.store.hold, partition, add, drop)
+        self._released[partition] = stored - now.keys()
+        self._stored_held[partition] = set(now)
 
     def _watch_errors(self, items: int, errors: int) -> None:
         """Stop the run when events and timers raise too often: a bug, not bad input."""

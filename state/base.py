@@ -193,6 +193,16 @@ class StateStore(ABC):
         store already holds what that clock made happen)."""
         return None
 
+    def held(self, partition: int) -> list[tuple[int, str, bytes]]:
+        """Events an input partition's reorder buffer was holding (waiting for the watermark to
+        pass them) at its last batch, as (position, source, line), by position: the input may
+        already be committed past them, so a restart must not lose them."""
+        return []
+
+    def hold(self, partition: int, add: Mapping[int, tuple[str, bytes]], drop: Iterable[int]) -> None:
+        """Keep events held by a partition's reorder buffer (position -> (source, line)) and
+        forget released ones (only once the batch that applied them has committed)."""
+
     def claim_epoch(self, expected: str | None) -> str:
         """Mark the store as this deployment's and check the mark on every commit from now on;
         returns the mark. ``expected``: the mark a recovery snapshot was taken with, which

@@ -22,6 +22,7 @@ Cluster slot::
     tl:{timers:p3}:inflight   timers claimed by the partition's worker, until its batch commits
     tl:{meta}:epoch    string written at first start; every commit checks it is still there
     tl:{meta}:watermarks hash input partition -> its event clock after its last commit
+    tl:{hold:p3}       hash   events partition 3's reorder buffer holds: position -> [source, line]
     tl:{rr}:<name>     counter round-robin turns shared by every worker
 
 URLs: ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS; redis-py query
@@ -91,6 +92,11 @@ def timer_keys(partition: int) -> tuple[str, str]:
     number of workers and however partitions are interleaved.
     """
     return f"{PREFIX}:{{timers:p{partition}}}:due", f"{PREFIX}:{{timers:p{partition}}}:inflight"
+
+
+def hold_key(partition: int) -> str:
+    """Events one input partition's reorder buffer holds (see :mod:`touchline.decisions.reorder`)."""
+    return f"{PREFIX}:{{hold:p{partition}}}"
 
 
 TIMERS_KEY = timer_keys(0)[0]  # kept for callers that name one timer set
@@ -492,6 +498,24 @@ class RedisStore(StateStore):
                         "are due again", restored, partition)
         self._migrate_legacy_timers(partition)
         return int(restored)
+
+    def held(self, partition: int) -> list[tuple[int, str, bytes]]:
+        (entries,) = self._run("hold", [("cmd", "HGETALL", hold_key(partition))])
+        found = [(int(pos), *orjson.loads(value)) for pos, value in (entries or {}).items()]
+        return sorted((pos, source, line.encode()) for pos, source, line in found)
+
+    def hold(self, partition: int, add: Mapping[int, tuple[str, bytes]], drop: Iterable[int]) -> None:
+        calls: list[Call] = []
+        if add:
+            flat: list[Any] = []
+            for pos, (source, line) in add.items():
+                flat += [str(pos), orjson.dumps([source, line.decode("utf-8", "replace")]).decode()]
+            calls.append(("cmd", "HSET", hold_key(partition), *flat))
+        drop = [str(pos) for pos in drop]
+        if drop:
+            calls.append(("cmd", "HDEL", hold_key(partition), *drop))
+        if calls:
+            self._run("hold", calls)
 
     def watermark(self, partition: int) -> int | None:
         (value,) = self._run("watermark", [("cmd", "HGET", WATERMARKS_KEY, f"p{partition}")])

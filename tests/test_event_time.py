@@ -182,3 +182,58 @@ def test_a_restored_buffer_ignores_the_same_position_read_again():
     order.add(_ev(0, 950), 5)  # the replay reads it again
     order.add(_ev(1, 1_200), 6)
     assert [(r.event.ts_ms, r.late) for r in order.take()] == [(950, False)]
+
+
+# ------------------------------------------------------------------ held events survive a stop
+
+
+def _engine_on(url: str, lateness_ms: int):
+    from prometheus_client import CollectorRegistry
+
+    from touchline.decisions.engine import DecisionCore, LabelSettings
+    from touchline.decisions.models import ModelConfig
+    from touchline.decisions.policy import PolicyConfig
+    from touchline.decisions.reorder import TimeRules
+    from touchline.flows.step import Engine
+    from touchline.metrics.engine import EngineMetrics
+    from touchline.state import open_store
+
+    core = DecisionCore(PolicyConfig(holdout_share=0.0),
+                        {"lead": ModelConfig(name="lead"), "churn": ModelConfig(name="churn")},
+                        LabelSettings(7.0, 7.0, frozenset({"purchase"})))
+    engine = Engine(open_store(url), core, EngineMetrics(CollectorRegistry()))
+    engine.time = TimeRules(lateness_ms=lateness_ms, check_wall=False)
+    core.learn = False  # models are not what this is about: they are not kept across the stop here
+    return engine
+
+
+def test_events_held_for_ordering_survive_a_stop_between_batches(redis_url, stream):
+    """A process stopped while its buffer holds events (the input committed past them) and a
+    new one reading on from there: every event applied once, the same decisions as one run."""
+    from touchline.flows.step import RawBatch
+
+    lines = _disorder(stream[:3000], 240_000, seed=11)
+    cut = 1500
+
+    def decisions_of(engine, batches):
+        out = []
+        for batch in batches:
+            out += engine.process(batch).decisions
+        return out
+
+    whole = _engine_on(redis_url, 300_000)
+    expected = decisions_of(whole, [RawBatch(lines[:cut], "in", 1), RawBatch(lines[cut:], "in", cut + 1, final=True)])
+    whole.store.close()
+    import redis
+
+    redis.Redis.from_url(redis_url).flushall()
+    first = _engine_on(redis_url, 300_000)
+    got = decisions_of(first, [RawBatch(lines[:cut], "in", 1)])
+    assert first._orders[0].held(), "the cut leaves events held"
+    first.store.close()  # stopped: nothing more of it runs
+    second = _engine_on(redis_url, 300_000)
+    got += decisions_of(second, [RawBatch(lines[cut - 200:], "in", cut - 199, final=True)])  # re-reads a little
+    assert got == expected
+    assert second.totals.events + first.totals.events == len(lines)
+    assert second.totals.duplicates == 200 - sum(pos > cut - 200 for pos, _ in first._orders[0].held())
+    assert not redis.Redis.from_url(redis_url).hlen("tl:{hold:p0}") > 0 or second._released[0]
