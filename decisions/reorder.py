@@ -140,6 +140,10 @@ class EventOrder:
         self._ahead.clear()
         return self.take()
 
+    def __len__(self) -> int:
+        """How many events are held or waiting ahead."""
+        return len(self._held) + len(self._ahead)
+
     def held(self) -> list[tuple[int, Event]]:
         """Events held or waiting ahead, by position (what a restart must not lose)."""
         return [(pos, ev) for _, pos, ev in self._held] + [(pos, ev) for _, pos, ev in self._ahead]

@@ -87,6 +87,8 @@ class Totals:
     conflicts: int = 0
     #: decisions emitted again at start from the outbox
     recovered: int = 0
+    #: events later than the allowed lateness (processed out of event-time order)
+    out_of_order: int = 0
     feedback: Counter = field(default_factory=Counter)
     journeys: Counter = field(default_factory=Counter)
 
@@ -284,6 +286,11 @@ class Engine:
             dead.append(Rejected("future_event", why, ev.raw or b"").to_dead_letter(ev.source or batch.source))
         order.rejected.clear()
         out = [r.event for r in released]
+        late = sum(r.late for r in released)
+        if late:
+            self.totals.out_of_order += late
+            self.metrics.out_of_order.inc(late)
+        self.metrics.held_events.set(sum(map(len, self._orders.values())))
         self.core.advance(out, batch.advance_to_ms)
         self._clocks[batch.partition] = order.clock if order.clock is not None else 0
         return out, [(r.at_ms, r.late) for r in released], order.clock if batch.final else order.watermark

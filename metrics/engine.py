@@ -84,6 +84,12 @@ class EngineMetrics:
         self.dead_letters = PromCounter(
             "touchline_dead_letters", "Records sent to the dead-letter output, by reason.", ["reason"], registry=registry
         )
+        self.out_of_order = PromCounter(
+            "touchline_events_out_of_order", "Events later than engine.allowed_lateness_seconds behind their input "
+            "partition's clock: processed at once, out of event-time order.", registry=registry)
+        self.held_events = Gauge(
+            "touchline_events_held", "Events held back to be processed in event-time order (or waiting for others "
+            "to agree on a jump of the clock).", registry=registry)
         self.decisions = PromCounter(
             "touchline_decisions", "Decisions emitted, by action and channel.", ["action", "channel"], registry=registry
         )

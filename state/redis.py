@@ -511,9 +511,9 @@ class RedisStore(StateStore):
             for pos, (source, line) in add.items():
                 flat += [str(pos), orjson.dumps([source, line.decode("utf-8", "replace")]).decode()]
             calls.append(("cmd", "HSET", hold_key(partition), *flat))
-        drop = [str(pos) for pos in drop]
-        if drop:
-            calls.append(("cmd", "HDEL", hold_key(partition), *drop))
+        fields = [str(pos) for pos in drop]
+        if fields:
+            calls.append(("cmd", "HDEL", hold_key(partition), *fields))
         if calls:
             self._run("hold", calls)
 
