@@ -2,31 +2,32 @@
 
 Events arrive out of order (clients batch, networks retry, partitions lag). On the event
 clock the engine processes a partition's events in event-time order: an event is held
-until the partition's watermark (its newest event time minus the allowed lateness)
-passes it, then released with the others in time order. Every step depends only on the
-sequence of arrivals, never on how they were cut into micro-batches, so the same input
-gives the same decisions at any batch size; and a stream out of order by less than the
-lateness gives exactly the decisions of the sorted stream.
+until the partition's watermark (its clock minus the allowed lateness) passes it, then
+released with the others in time order. Every step depends only on the sequence of
+arrivals, never on how they were cut into micro-batches, so the same input gives the same
+decisions at any batch size; and a stream out of order by less than the lateness gives
+exactly the decisions of the sorted stream.
 
-An event later than the lateness cannot be put back in order: it is released at once,
-out of order, at the watermark it arrived at (and counted). An event too far *ahead* of
-the partition's clock (``max_ahead_ms``) does not move the clock on its own: a wrong
-device clock must not fire everybody's timers. It waits aside until ``quorum`` such
-events agree the stream really jumped ahead (a gap in the data), or is rejected once
-``patience`` later positions went by without that, or at the end of the input if an
-in-range event came after it (events ahead at the very end are let through, but leave the
-clock where it was).
+The clock is the newest time that ``quorum`` events have reached, not the newest event
+time: one event with a wrong device clock (or a few, fewer than ``quorum``) never moves
+it, so it fires nobody's timers; it is applied to its own contact, in time order. An event
+later than the lateness cannot be put back in order: it is released at once, out of order,
+at the watermark it arrived at (and counted). An event more than ``max_ahead_ms`` ahead of
+the clock waits aside until ``quorum`` such events agree the stream jumped ahead (a gap in
+the data); else it is rejected once ``patience`` later positions went by, or at the end of
+the input if an in-range event came after it (events ahead at the very end are let
+through, but leave the clock where it was).
 
 >>> from touchline.decisions.events import Event
->>> order = EventOrder(lateness_ms=10, max_ahead_ms=1_000, quorum=3)
->>> for pos, ts in enumerate([100, 95, 120, 90, 50_000, 130]):
+>>> order = EventOrder(lateness_ms=10, max_ahead_ms=1_000, quorum=2)
+>>> for pos, ts in enumerate([100, 95, 120, 90, 50_000, 130, 80, 140]):
 ...     order.add(Event(f"e{pos}", "page_view", ts, "c1"), pos)
 >>> [(r.event.ts_ms, r.at_ms, r.late) for r in order.take()]
-[(95, 95, False), (100, 100, False), (90, 110, True), (120, 120, False)]
+[(90, 90, False), (95, 95, False), (100, 100, False), (80, 110, True), (120, 120, False)]
 >>> order.clock, order.watermark, len(order.held())
-(130, 120, 2)
+(130, 120, 3)
 >>> [(r.event.ts_ms, r.late) for r in order.flush()], [ev.ts_ms for ev, _ in order.rejected]
-([(130, False)], [50000])
+([(130, False), (140, False)], [50000])
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class EventOrder:
     lateness_ms: int
     max_ahead_ms: int
     quorum: int
-    #: the newest accepted event time (None before the first event)
+    #: the newest time ``quorum`` accepted events reached (None before there were that many)
     clock: int | None = None
     #: how many later positions an event waiting ahead gets before it is taken for a wrong clock
     patience: int = 0
@@ -69,12 +70,16 @@ class EventOrder:
     _ahead: list[tuple[int, int, Event]] = field(default_factory=list)
     _positions: set[int] = field(default_factory=set)
     _out: list[Released] = field(default_factory=list)
+    #: the ``quorum`` newest times accepted events reached (a min-heap: the clock is its root)
+    _top: list[int] = field(default_factory=list)
     #: position of the last event that was not ahead
     _last_in_range: int = -1
 
     def __post_init__(self) -> None:
         if not self.patience:
             self.patience = 50 * self.quorum
+        if self.clock is not None:  # resumed: the quorum had reached it
+            self._top = [self.clock] * self.quorum
 
     @property
     def watermark(self) -> int | None:
@@ -99,15 +104,14 @@ class EventOrder:
             self._out.append(Released(event, clock - self.lateness_ms, True))
             return
         self._hold(event, pos)
-        if clock is None or event.ts_ms > clock:
-            self.clock = event.ts_ms
-        self._release(self.clock - self.lateness_ms)  # type: ignore[operator]
+        self._reach(event.ts_ms)
+        if self.clock is not None:
+            self._release(self.clock - self.lateness_ms)
 
     def advance(self, to_ms: int) -> None:
         """Move the clock to at least ``to_ms`` (the end of a simulated period)."""
-        if self.clock is None or to_ms > self.clock:
-            self.clock = to_ms
-        self._release(self.clock - self.lateness_ms)
+        self._set_clock(to_ms)
+        self._release(to_ms - self.lateness_ms)
 
     def restore(self, event: Event, pos: int) -> None:
         """Put back an event held when the previous run stopped (before any new arrival)."""
@@ -118,6 +122,7 @@ class EventOrder:
             self._ahead.append((event.ts_ms, pos, event))
         else:
             self._hold(event, pos)
+            self._reach(event.ts_ms)
 
     def take(self) -> list[Released]:
         """What was released since the last call, in processing order."""
@@ -125,11 +130,12 @@ class EventOrder:
         return out
 
     def flush(self) -> list[Released]:
-        """End of the input: release everything held. Of what waits ahead, the events no
+        """End of the input: release everything held (with fewer than ``quorum`` events in
+        all, the clock becomes the newest of them). Of what waits ahead, the events no
         in-range event came after (a gap at the end of the data) are released too, after the
-        others, without moving the clock (so they fire nobody's timers); the rest are rejected."""
-        if self._held:
-            self.clock = max(self.clock or 0, max(ts for ts, _, _ in self._held))
+        others, without moving the clock; the rest are rejected."""
+        if self.clock is None and self._top:
+            self.clock = max(self._top)
         self._release(None)
         trailing = sorted((a for a in self._ahead if a[1] > self._last_in_range), key=lambda a: (a[0], a[1]))
         for ts, pos, event in sorted(self._ahead, key=lambda a: (a[0], a[1])):
@@ -160,6 +166,26 @@ class EventOrder:
             self._positions.discard(pos)
             out.append(Released(event, ts, False))
 
+    def _reach(self, ts_ms: int) -> None:
+        """An accepted event reached ``ts_ms``: the clock is the ``quorum``-th newest such time."""
+        top = self._top
+        if len(top) < self.quorum:
+            heapq.heappush(top, ts_ms)
+        elif ts_ms > top[0]:
+            heapq.heapreplace(top, ts_ms)
+        else:
+            return
+        if len(top) == self.quorum and (self.clock is None or top[0] > self.clock):
+            self.clock = top[0]
+
+    def _set_clock(self, to_ms: int) -> None:
+        """Move the clock to ``to_ms`` if that is ahead (every newest time is at least there)."""
+        if self.clock is not None and to_ms <= self.clock:
+            return
+        self.clock = to_ms
+        self._top = [max(t, to_ms) for t in self._top] + [to_ms] * (self.quorum - len(self._top))
+        heapq.heapify(self._top)
+
     def _jump(self) -> None:
         """``quorum`` events agree the stream moved ahead (a gap in the data): move the clock
         to their median and take in every waiting event near it; far outliers keep waiting."""
@@ -170,10 +196,12 @@ class EventOrder:
         self._ahead = [a for a in self._ahead if a[0] > limit]  # kept in arrival order
         log.info("input partition's event clock jumps ahead by %.0f s: %d events agree on a gap in the data",
                  (median - (self.clock or median)) / 1000, len(taken))
+        self._set_clock(median)
         for ts, pos, event in sorted(taken, key=lambda a: a[1]):  # arrival order
             self._positions.discard(pos)
             self._hold(event, pos)
-        self.clock = max(self.clock or 0, max(ts for ts, _, _ in taken))
+            self._reach(ts)
+        assert self.clock is not None
         self._release(self.clock - self.lateness_ms)
 
     def _expire_ahead(self, pos: int) -> None:

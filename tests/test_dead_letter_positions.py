@@ -19,7 +19,8 @@ def test_dead_letters_point_at_their_own_line(small_settings, tmp_path):
              _event("e0", T - 40 * DAY_MS), b'{"event_id": "x"}']
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
-    settings = small_settings(**{"source.kind": "jsonl", "source.path": path, "source.batch_size": 2})
+    settings = small_settings(**{"source.kind": "jsonl", "source.path": path, "source.batch_size": 2,
+                                 "engine.time_jump_quorum": 1})  # three events: each moves the clock
     run(settings, progress=None)
     dead = [orjson.loads(line) for line in (settings.output.dir / "dead_letters.jsonl").read_bytes().splitlines()]
     where = {d["reason"]: d["source"] for d in dead}

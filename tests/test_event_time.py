@@ -156,23 +156,33 @@ def test_release_order_is_the_sorted_order_whatever_the_cuts(seed):
 
 def test_waiting_ahead_outliers_are_rejected_after_patience():
     order = EventOrder(0, max_ahead_ms=1_000, quorum=3, patience=10)
-    order.add(_ev(0, 100), 0)
-    order.add(_ev(1, 10_000_000), 1)
-    for pos in range(2, 11):
+    for pos in range(3):
+        order.add(_ev(pos, 100 + pos), pos)
+    order.add(_ev(3, 10_000_000), 3)
+    for pos in range(4, 13):
         order.add(_ev(pos, 100 + pos), pos)
     assert not order.rejected
-    order.add(_ev(11, 200), 11)
+    order.add(_ev(13, 200), 13)
     assert [ev.ts_ms for ev, _ in order.rejected] == [10_000_000]
-    assert order.clock == 200
+    assert order.clock == 111  # the third newest of 112, 111, 200
+
+
+def test_one_outlier_within_reach_does_not_move_the_clock_and_is_applied_in_time_order():
+    order = EventOrder(0, max_ahead_ms=100_000, quorum=3)
+    times = [100, 101, 102, 90_000, 103, 104, 105]
+    for pos, ts in enumerate(times):
+        order.add(_ev(pos, ts), pos)
+    assert order.clock == 104  # the third newest of 105, 104 and the outlier
+    assert [r.event.ts_ms for r in order.take()] == [100, 101, 102, 103, 104]
+    assert [r.event.ts_ms for r in order.flush()] == [105, 90_000]
 
 
 def test_a_quorum_ahead_moves_the_clock_to_their_median_and_leaves_far_outliers_waiting():
     order = EventOrder(0, max_ahead_ms=1_000, quorum=3)
-    order.add(_ev(0, 100), 0)
-    for pos, ts in enumerate([50_000, 99_999_999, 50_010], start=1):
+    for pos, ts in enumerate([100, 101, 102, 50_000, 99_999_999, 50_010]):
         order.add(_ev(pos, ts), pos)
     assert order.clock == 50_010
-    assert [r.event.ts_ms for r in order.take()] == [100, 50_000, 50_010]
+    assert [r.event.ts_ms for r in order.take()] == [100, 101, 102, 50_000, 50_010]
     assert [ev.ts_ms for _, ev in order.held()] == [99_999_999]
 
 
@@ -180,7 +190,9 @@ def test_a_restored_buffer_ignores_the_same_position_read_again():
     order = EventOrder(100, max_ahead_ms=10_000, quorum=3, clock=1_000)
     order.restore(_ev(0, 950), 5)
     order.add(_ev(0, 950), 5)  # the replay reads it again
-    order.add(_ev(1, 1_200), 6)
+    for pos, ts in [(6, 1_200), (7, 1_300), (8, 1_400)]:
+        order.add(_ev(pos, ts), pos)
+    assert order.clock == 1_200
     assert [(r.event.ts_ms, r.late) for r in order.take()] == [(950, False)]
 
 

@@ -194,8 +194,9 @@ class EngineSettings(_Section):
     )
     time_jump_quorum: int = Field(
         default=20, ge=1, le=100_000,
-        description="event clock: events far ahead of their partition's clock move it only when this many agree "
-        "(a gap in the data, not a wrong device clock)",
+        description="event clock: a partition's clock is the newest time this many of its events reached, so "
+        "fewer events with a wrong device clock never move it; events far ahead move it only when this many agree "
+        "(a gap in the data)",
     )
     max_internal_error_share: float = Field(
         default=0.01, gt=0, le=1,
