@@ -43,8 +43,8 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}://[^\s'\"<>`]+")
 #: Characters that end a sentence or a bracket after a URL rather than belong to it.
 _TRAILING = ").,;:]}!"
 #: Setting names whose plain-string values are secrets (plug-in connectors, kafka.config).
-_SECRET_NAME = re.compile(r"pass(word|wd|phrase)?|secret|token|api[_.-]?key|apikey|auth|credential|private[_.-]?key",
-                          re.IGNORECASE)
+_SECRET_NAME = re.compile(r"password|passwd|passphrase|(?<![a-z])pass(?![a-z])|secret|token|api[_.-]?key|"
+                          r"(?<![a-z])auth(?![a-z])|authorization|credential|private[_.-]?key", re.IGNORECASE)
 
 _known: tuple[str, ...] = ()  # longest first; replaced as a whole, so never mutated in place
 
@@ -155,8 +155,10 @@ def redact_config(value: Any, name: str = "") -> Any:
 def secret_name(name: str) -> bool:
     """Whether a setting of this name holds a secret.
 
-    >>> [secret_name(n) for n in ("sasl_password", "api_key", "bearer_token", "url", "sasl.username")]
-    [True, True, True, False, False]
+    >>> [secret_name(n) for n in ("sasl_password", "api_key", "bearer_token", "basic_auth", "ssl.keystore.password")]
+    [True, True, True, True, True]
+    >>> [secret_name(n) for n in ("url", "sasl.username", "sasl.oauthbearer.method", "author", "passes")]
+    [False, False, False, False, False]
     """
     return bool(_SECRET_NAME.search(name))
 
