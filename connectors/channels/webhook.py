@@ -66,7 +66,6 @@ class WebhookConnector(QueuedConnector):
                         **{name: value.get_secret_value() for name, value in config.headers.items()}}
         if config.bearer_token is not None:
             self.headers["Authorization"] = f"Bearer {config.bearer_token.get_secret_value()}"
-
         #: the URL as printed: password and query values masked (the request uses the real one)
         self.shown_url = redact_url(config.url)
 
