@@ -35,6 +35,8 @@ import orjson
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from touchline.redact import redact_tree
+
 log = logging.getLogger(__name__)
 
 #: A readiness check: returns a line saying what answered, raises with the reason if not.
@@ -62,7 +64,7 @@ class Health:
         problem = self.alive()
         if problem is None:
             return 200, {"status": "alive"}
-        return 503, {"status": "not alive", "reason": problem}
+        return 503, {"status": "not alive", "reason": redact_tree(problem)}
 
     def readiness(self) -> tuple[int, dict[str, Any]]:
         with self._lock:  # concurrent probes share one round of checks
@@ -79,7 +81,8 @@ class Health:
             if problem is not None:
                 checks["engine"] = {"ok": False, "detail": problem}
             ok = all(c["ok"] for c in checks.values())
-            answer = (200 if ok else 503), {"status": "ready" if ok else "not ready", "checks": checks}
+            # a dependency's error may quote its URL: answered with password and query values masked
+            answer = (200 if ok else 503), {"status": "ready" if ok else "not ready", "checks": redact_tree(checks)}
             self._cached = (now, answer)
             return answer
 

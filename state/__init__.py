@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from importlib import import_module
 from importlib.metadata import entry_points
-from urllib.parse import urlsplit, urlunsplit
 
+from touchline.redact import redact_url
 from touchline.state.base import StateStore, StoreError, StoreOptions, StoreUnavailable
 from touchline.state.memory import MemoryStore
 
@@ -32,19 +32,9 @@ BUILTIN_STORES: dict[str, str] = {
 }
 
 
-def mask_url(url: str) -> str:
-    """The URL with any password replaced, for logs and printed settings.
-
-    >>> mask_url("redis://app:s3cret@cache:6379/0"), mask_url("memory://")
-    ('redis://app:***@cache:6379/0', 'memory://')
-    """
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+#: The one URL redaction (:func:`touchline.redact.redact_url`), under the name this package
+#: has always exported: password and query values masked, user name kept.
+mask_url = redact_url
 
 
 def _load(target: str) -> type[StateStore]:
@@ -59,14 +49,14 @@ def open_store(url: str, options: StoreOptions | None = None) -> StateStore:
     """
     scheme, sep, _ = url.partition("://")
     if not sep:
-        raise ValueError(f"state URL {mask_url(url)!r} has no scheme; use e.g. memory:// or redis://host:6379/0")
+        raise ValueError(f"state URL {redact_url(url)!r} has no scheme; use e.g. memory:// or redis://host:6379/0")
     if scheme in BUILTIN_STORES:
         return _load(BUILTIN_STORES[scheme])(url, options)  # type: ignore[call-arg]
     plugins = {ep.name: ep for ep in entry_points(group="touchline.stores")}
     if scheme in plugins:
         return plugins[scheme].load()(url, options)
     known = ", ".join(sorted({*BUILTIN_STORES, *plugins}))
-    raise ValueError(f"state URL {mask_url(url)!r}: no store for scheme {scheme!r} (known: {known})")
+    raise ValueError(f"state URL {redact_url(url)!r}: no store for scheme {scheme!r} (known: {known})")
 
 
 __all__ = ["StateStore", "StoreError", "StoreOptions", "StoreUnavailable", "MemoryStore", "open_store", "mask_url"]

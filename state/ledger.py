@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
+from touchline.redact import redact_url
 from touchline.state.base import StoreError, StoreOptions, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -196,9 +197,7 @@ class RedisSendLedger(SendLedger):
 
     @property
     def masked_url(self) -> str:
-        from touchline.state import mask_url
-
-        return mask_url(self.url)
+        return redact_url(self.url)
 
     def key(self, decision_id: str) -> str:
         """The decision's entry: its own hash tag, so a batch spreads over Cluster slots."""

@@ -293,9 +293,9 @@ class RedisModelStore(ModelStore):
                                                          password=password), decode_responses=False)
             self.client.ping()
         except (redis.RedisError, OSError, ValueError) as exc:
-            from touchline.state import mask_url
+            from touchline.redact import redact_url
 
-            raise ModelStoreError(f"models.store {mask_url(url)}: {exc}") from None
+            raise ModelStoreError(f"models.store {redact_url(url)}: {exc}") from None
         self._cas = self.client.register_script(_CAS)
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:

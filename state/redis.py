@@ -50,6 +50,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from touchline.decisions.events import Event
 from touchline.decisions.policy import MESSAGE_CHANNELS
 from touchline.decisions.profile import DAY_MS, LONGEST_WINDOW_MS, WINDOWS, Profile, Send, snapshot
+from touchline.redact import redact_url
 from touchline.state.base import (
     PROBE_TIMEOUT,
     StateStore,
@@ -189,9 +190,7 @@ class RedisStore(StateStore):
 
     @property
     def masked_url(self) -> str:
-        from touchline.state import mask_url
-
-        return mask_url(self.url)
+        return redact_url(self.url)
 
     @staticmethod
     def _sha(text: str) -> str:

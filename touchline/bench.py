@@ -25,6 +25,7 @@ from touchline.connectors.files import JsonlSink
 from touchline.connectors.lines import LinesSource
 from touchline.connectors.simulator import Simulator
 from touchline.flows.engine import build_flow
+from touchline.redact import redact_url
 from touchline.runner import build_engine, simulator_spec
 from touchline.settings import Settings
 from touchline.summary import weighted_percentile
@@ -108,7 +109,7 @@ def _path_figures(settings: Settings, url: str, lines: list[bytes], batch_size: 
         "state": settings.state.model_copy(update={"url": url})}), lines, batch_size)
     t = engine.totals
     return {
-        "url": url.split("@")[-1],
+        "url": redact_url(url),
         "events": len(lines),
         "seconds": round(seconds, 3),
         "events_per_second": round(len(lines) / seconds, 1),
@@ -127,7 +128,7 @@ def run_redis_comparison(settings: Settings, url: str, events: int, naive_events
     ``events``, and batched against naive (one call per command) over the first
     ``naive_events`` of them; each on a flushed database."""
     if not url.startswith(("redis://", "rediss://")):
-        raise ValueError(f"bench --redis needs a redis:// or rediss:// URL, got {url!r}")
+        raise ValueError(f"bench --redis needs a redis:// or rediss:// URL, got {redact_url(url)!r}")
     lines = generate(settings, events)
     head = lines[:naive_events]
     naive_url = url.replace("redis://", "redis+naive://", 1).replace("rediss://", "rediss+naive://", 1)

@@ -361,9 +361,9 @@ class Services:
 
     @property
     def redis_name(self) -> str:
-        from touchline.state import mask_url
+        from touchline.redact import redact_url
 
-        return "redis-server (local, appendonly everysec)" if self.redis is not None else mask_url(self.redis_url or "")
+        return "redis-server (local, appendonly everysec)" if self.redis is not None else redact_url(self.redis_url or "")
 
     def __exit__(self, *_exc: Any) -> None:
         from touchline.connectors.tansu import stop_process

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 import orjson
 
+from touchline.redact import redact_secrets
 from touchline.settings import ConfigError, Settings
 
 
@@ -206,10 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures = run_catchup(settings, args.kafka, parse_counts(args.events, "--events"), redis_url=args.redis,
                               extra=args.extra, batch_size=args.batch_size, processes=args.processes, keep=args.keep)
     except ConfigError as exc:
-        print(f"touchline.catchup: {exc}", file=sys.stderr)
+        print(f"touchline.catchup: {redact_secrets(str(exc))}", file=sys.stderr)
         return 2
     except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
-        print(f"touchline.catchup: error: {exc}", file=sys.stderr)
+        print(f"touchline.catchup: error: {redact_secrets(str(exc))}", file=sys.stderr)
         return 1
     print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode() if args.json else format_catchup(figures))
     return 0

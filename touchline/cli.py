@@ -252,7 +252,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from touchline.runner import run
-    from touchline.state import mask_url
+    from touchline.redact import redact_url
     from touchline.summary import format_summary
 
     if settings.runtime.processes > 1 and settings.runtime.process_id is None:
@@ -274,7 +274,7 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     where = (f"Kafka topic {ks.decisions_topic} at {ks.bootstrap}" if ks.bootstrap
              else settings.output.dir / settings.output.decisions)
     if not args.quiet:
-        print(f"touchline {touchline.__version__}: {what}; state {mask_url(settings.state.url)}; "
+        print(f"touchline {touchline.__version__}: {what}; state {redact_url(settings.state.url)}; "
               f"decisions -> {where}", file=sys.stderr)
     result = run(settings, progress=None if args.quiet else sys.stderr, on_metrics=announce)
     index = settings.runtime.process_id
@@ -370,7 +370,8 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_contact(args: argparse.Namespace, settings: Settings) -> int:
-    from touchline.state import mask_url, open_store
+    from touchline.redact import redact_url
+    from touchline.state import open_store
 
     url = settings.state.url
     if url.startswith("memory://"):
@@ -381,7 +382,7 @@ def _cmd_contact(args: argparse.Namespace, settings: Settings) -> int:
         found = store.export(args.contact_id)
         if args.action == "export":
             if found is None:
-                print(f"touchline: nothing stored about contact {args.contact_id!r} in {mask_url(url)}",
+                print(f"touchline: nothing stored about contact {args.contact_id!r} in {redact_url(url)}",
                       file=sys.stderr)
                 return EXIT_RUNTIME
             print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
@@ -398,10 +399,11 @@ def _cmd_contact(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_config(_args: argparse.Namespace, settings: Settings) -> int:
-    from touchline.state import mask_url
+    """The effective settings, secrets masked: SecretStr fields and header values as
+    ``**********``, URLs (state, model store, webhooks) without password or query values."""
+    from touchline.redact import redact_config
 
-    data = settings.model_dump(mode="json")
-    data["state"]["url"] = mask_url(settings.state.url)
+    data = redact_config(settings.model_dump(mode="json"))
     print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
     return 0
 
@@ -477,6 +479,7 @@ def _cmd_schema(_args: argparse.Namespace, _settings: Settings | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     from touchline import logs
+    from touchline.redact import redact_secrets, remember_settings
 
     logs.configure()
     parser = _parser()
@@ -501,20 +504,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         overrides = _overrides(args)
         settings = load_settings(getattr(args, "config", None), overrides)
+        remember_settings(settings)  # masked wherever they surface: logs, errors, dead letters
         logs.configure(settings.logging.level, settings.logging.format)
         commands = {"journeys": _cmd_preview, "run": _cmd_run, "simulate": _cmd_simulate, "bench": _cmd_bench, "config": _cmd_config,
                     "contact": _cmd_contact, "models": _cmd_models}
         return commands[args.command](args, settings)
     except ConfigError as exc:
-        print(f"touchline: {exc}", file=sys.stderr)
+        print(f"touchline: {redact_secrets(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         print("touchline: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
-    except (OSError, ValueError, RuntimeError) as exc:
-        print(f"touchline: error: {exc}", file=sys.stderr)
+    except (OSError, ValueError, RuntimeError) as exc:  # a connector's or a store's error may quote a URL
+        print(f"touchline: error: {redact_secrets(str(exc))}", file=sys.stderr)
         return EXIT_RUNTIME
 
 

@@ -1,9 +1,13 @@
-"""Logging set-up for the entry point: text or one JSON object per line, personal data masked.
+"""Logging set-up for the entry point: text or one JSON object per line, secrets and personal
+data masked.
 
-Log lines at info level and above never carry personal data: the engine logs counts,
+No log line at any level carries a secret: every record's message, arguments, exception
+text and ``extra=`` fields go through :func:`touchline.redact.redact_secrets` (URL
+passwords and query values, the configured secrets), whichever library logged it.
+Log lines at info level and above never carry personal data either: the engine logs counts,
 states and masked URLs, never a contact id, and a filter masks e-mail addresses and
 phone numbers that reach a message anyway (a mail server's error quoting a recipient,
-say). Debug level is for local troubleshooting and is not masked.
+say). Debug level is for local troubleshooting and is not masked for personal data.
 
 >>> import logging
 >>> record = logging.LogRecord("touchline.x", logging.WARNING, __file__, 1,
@@ -23,6 +27,8 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 import orjson
+
+from touchline.redact import redact_secrets
 
 LogFormat = Literal["text", "json"]
 LEVELS = ("debug", "info", "warning", "error")
@@ -44,17 +50,47 @@ def redact(text: str) -> str:
     return _PHONE.sub("[phone]", _EMAIL.sub("[email]", text))
 
 
-class Redact(logging.Filter):
-    """Masks personal data in records at info level and above (message, arguments, exception)."""
+class RedactSecrets(logging.Filter):
+    """Masks secrets in every record, at every level: the message with its arguments, the
+    exception and stack text, and string ``extra=`` fields (:func:`redact_secrets`; a record
+    without ``://`` or a known secret in it costs one ``getMessage``).
+
+    >>> record = logging.LogRecord("httpx", logging.INFO, __file__, 1, 'HTTP Request: %s %s "%s"',
+    ...                            ("POST", "https://u:pw@h/hook?api_key=k", "HTTP/1.1 500"), None)
+    >>> RedactSecrets().filter(record), record.getMessage()
+    (True, 'HTTP Request: POST https://u:***@h/hook?api_key=*** "HTTP/1.1 500"')
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.INFO:
-            return True
-        record.msg = redact(record.getMessage())
+        try:
+            message = record.getMessage()
+        except Exception:  # arguments that do not fit the message: shown, masked, not raised here
+            message = f"{record.msg} (log arguments did not fit: {record.args!r})"
+        record.msg = self.clean(record, message)
         record.args = None
         if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = self.clean(record, logging.Formatter().formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = self.clean(record, record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.clean(record, record.stack_info)
+        for key in record.__dict__.keys() - _STANDARD:
+            value = record.__dict__[key]
+            if isinstance(value, str):
+                record.__dict__[key] = self.clean(record, value)
         return True
+
+    def clean(self, record: logging.LogRecord, text: str) -> str:
+        return redact_secrets(text)
+
+
+class Redact(RedactSecrets):
+    """Masks secrets in every record and personal data in records at info level and above
+    (message, arguments, exception)."""
+
+    def clean(self, record: logging.LogRecord, text: str) -> str:
+        text = redact_secrets(text)
+        return redact(text) if record.levelno >= logging.INFO else text
 
 
 class JsonFormatter(logging.Formatter):
@@ -89,6 +125,9 @@ def configure(level: str = "warning", fmt: LogFormat = "text", stream: Any = Non
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("bytewax", "urllib3", "httpx", "httpcore"):  # internals (httpx: a line per request)
+    # Internals. httpx logs a line per request at info (one per decision sent to a webhook),
+    # so it stays at warning even in debug runs: the webhook connector logs failed attempts
+    # itself, with the URL masked; should anyone turn httpx up, the filter masks its URLs too.
+    for noisy in ("bytewax", "urllib3", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     return handler

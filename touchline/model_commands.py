@@ -113,14 +113,14 @@ def _configured_doc(settings: Settings, current: dict[str, Any] | None) -> dict[
 
 def status(settings: Settings) -> dict[str, Any]:
     """The stored deployment and the figures of the last checkpoint."""
-    from touchline.state import mask_url
+    from touchline.redact import redact_url
 
     store = _store(settings)
     try:
         deployment = store.read_deployment()
         status_doc = store.read_status()
         checkpoints = {score: store.checkpoints(score) for score in SCORES}
-        return {"store": mask_url(store.url), "deployment": deployment, "status": status_doc,
+        return {"store": redact_url(store.url), "deployment": deployment, "status": status_doc,
                 "checkpoints": checkpoints}
     finally:
         store.close()

@@ -25,6 +25,7 @@ from touchline.metrics.server import serve_metrics
 from touchline.runtime import execute, hold
 from touchline.settings import Settings
 from touchline.state import open_store
+from touchline.redact import remember_settings
 from touchline.summary import build_summary
 
 log = logging.getLogger(__name__)
@@ -250,6 +251,7 @@ class Progress:
 def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: CollectorRegistry | None = None,
         on_metrics: Any = None, stop: threading.Event | None = None) -> RunResult:
     """Run the engine to the end of its input (or until ``stop`` is set); returns the summary."""
+    remember_settings(settings)  # its secrets are masked wherever they surface (logs, dead letters)
     registry = registry or CollectorRegistry()
     stop = stop or threading.Event()
     kafka = settings.kafka.client_config() if settings.kafka.bootstrap else None
@@ -518,10 +520,10 @@ def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRe
         if on_metrics:
             on_metrics(host, port)
     started = time.perf_counter()
-    from touchline.state import mask_url
+    from touchline.redact import redact_url
 
-    log.info("run started: source %s, state %s", settings.source.kind, mask_url(settings.state.url),
-             extra={"source": settings.source.kind, "state": mask_url(settings.state.url),
+    log.info("run started: source %s, state %s", settings.source.kind, redact_url(settings.state.url),
+             extra={"source": settings.source.kind, "state": redact_url(settings.state.url),
                     "clock": settings.engine.clock, "batch_size": settings.source.batch_size})
     restore = _stop_on_signals(stop)
     try:

@@ -26,6 +26,7 @@ from touchline.decisions.experiments import ExperimentSettings
 from touchline.decisions.models import ScoreSettings
 from touchline.decisions.policy import PolicyConfig
 from touchline.connectors.channels.config import DeliverySettings
+from touchline.redact import redact_secrets, secret_name
 
 if TYPE_CHECKING:
     from touchline.decisions.engine import LabelSettings as LabelRules
@@ -386,8 +387,9 @@ def _format(exc: ValidationError, origin: str) -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown key (typo?)"
         value = err.get("input")
-        shown = "" if isinstance(value, (dict, list)) or value is None else f" (got {value!r})"
-        lines.append(f"  {key}: {msg}{shown}")
+        secret = any(secret_name(str(part)) or part == "headers" for part in err["loc"])
+        shown = "" if isinstance(value, (dict, list)) or value is None or secret else f" (got {value!r})"
+        lines.append(redact_secrets(f"  {key}: {msg}{shown}"))
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any, Iterable
 
 from touchline.flows.step import Engine
+from touchline.redact import redact_tree, redact_url
 
 
 def weighted_percentile(samples: Iterable[tuple[float, int]], q: float) -> float | None:
@@ -28,13 +29,14 @@ def weighted_percentile(samples: Iterable[tuple[float, int]], q: float) -> float
 
 def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str],
                   deliveries: dict[tuple[str, str], int] | None = None) -> dict[str, Any]:
-    """Collect the run's figures from the engine's tallies (and the connectors' outcomes)."""
+    """Collect the run's figures from the engine's tallies (and the connectors' outcomes),
+    secrets masked (:func:`touchline.redact.redact_tree`): this is what summary.json holds."""
     t = engine.totals
     delivered: dict[str, dict[str, int]] = {}
     for (channel, outcome), n in sorted((deliveries or {}).items()):
         delivered.setdefault(channel, {"delivered": 0, "failed": 0})[outcome] = n
     decision_lat = [(v, 1) for v in t.decision_latency_ms]
-    return {
+    return redact_tree({
         "events_processed": t.events,
         "lines_read": t.lines,
         "duplicates_ignored": t.duplicates,
@@ -65,7 +67,7 @@ def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str],
         "state": engine.store.stats(),
         "experiments": engine.core.experiments.summary(),
         "outputs": outputs,
-    }
+    })  # outputs and stores are named by URL: never with a password or a query value
 
 
 def _slot_summary(slot: Any) -> dict[str, Any]:
@@ -84,9 +86,7 @@ def _model_store(engine: Engine) -> dict[str, Any] | None:
     keeper = engine.keeper
     if keeper is None:
         return None
-    from touchline.state import mask_url
-
-    return {"url": mask_url(keeper.store.url), "revision": keeper.revision, "restored": keeper.restored,
+    return {"url": redact_url(keeper.store.url), "revision": keeper.revision, "restored": keeper.restored,
             "refused": keeper.refused, "changes": keeper.changes}
 
 

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from touchline.metrics.connectors import ConnectorMetrics
+from touchline.redact import redact_secrets
 
 log = logging.getLogger(__name__)
 
@@ -100,20 +101,23 @@ class DeliveryReport:
         """A decision that will not be delivered: counted, logged and dead-lettered with the error.
 
         ``shutdown`` (or the code ``shutdown``): the engine stopped before it was delivered, so
-        it is not final; a later run may deliver it.
+        it is not final; a later run may deliver it. The error's text is redacted here, for
+        every connector (plug-ins too): an endpoint URL's password and query values, and the
+        configured secrets, never reach the log or the dead letter.
         """
         self.metrics.failed(channel, connector, seconds, attempts)
         with self._lock:
             self.outcomes[(channel, "failed")] += 1
+        detail = redact_secrets(str(error))
         log.warning("delivery of decision %s on %s (%s) failed after %d attempt(s): %s: %s",
-                    decision.get("decision_id"), channel, connector, attempts, error.code, error)
+                    decision.get("decision_id"), channel, connector, attempts, error.code, detail)
         self._dead_letters([{
             "kind": "delivery_failed",
             "reason": "delivery_failed",
             "channel": channel,
             "connector": connector,
             "error": error.code,
-            "detail": str(error),
+            "detail": detail,
             "attempts": attempts,
             "decision_id": decision.get("decision_id"),
             "contact_id": decision.get("contact_id"),
@@ -305,6 +309,8 @@ class QueuedConnector(ChannelConnector):
                 delay = backoff_delay(attempt, cfg.backoff_seconds, cfg.backoff_max_seconds, self._rng)
                 if exc.retry_after is not None:
                     delay = min(max(exc.retry_after, 0.0), max(cfg.backoff_max_seconds, 0.0))
+                log.debug("%s connector for %s: attempt %d of decision %s failed: %s: %s; next in %.2f s",
+                          self.kind, self.channel, attempt, decision.get("decision_id"), exc.code, exc, delay)
                 if self._abort.wait(delay):  # stopped while waiting to retry: not final
                     self._fail(decision, exc, attempt, queued_at, shutdown=True)
                     return session

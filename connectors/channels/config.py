@@ -32,6 +32,8 @@ from pydantic import (
     BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, field_validator, model_validator,
 )
 
+from touchline.redact import redact_url
+
 #: Channels a decision can name (the policy's channels plus the sales hand-off).
 CHANNELS = ("email", "sms", "push", "sales_task")
 
@@ -69,16 +71,21 @@ class WebhookConnectorConfig(_Retrying):
     """POST the decision JSON to an HTTP endpoint, with ``Idempotency-Key: <decision_id>``."""
 
     kind: Literal["webhook"] = "webhook"
-    url: str
-    headers: dict[str, str] = Field(default_factory=dict)
+    url: str = Field(description="printed with its password and query values masked")
+    headers: dict[str, SecretStr] = Field(default_factory=dict, description="sent with every request; the values "
+                                          "are secrets (printed as **********)")
     bearer_token: SecretStr | None = Field(default=None, description="sent as Authorization: Bearer ...")
 
     @field_validator("url")
     @classmethod
     def _http(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected an http:// or https:// URL with a host, got {value!r}")
+        try:
+            parts = urlsplit(value)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:  # a bad port or IPv6 literal
+            ok = False
+        if not ok:
+            raise ValueError(f"expected an http:// or https:// URL with a host, got {redact_url(value)!r}")
         return value
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from touchline.connectors.channels.base import ChannelConnector, DeliveryReport
 from touchline.connectors.channels.config import CHANNELS, DeliverySettings
+from touchline.redact import redact_secrets
 
 if TYPE_CHECKING:
     from touchline.state.ledger import SendLedger
@@ -355,8 +356,9 @@ class Delivery:
         self._apply(batch)
 
     def describe(self) -> dict[str, str]:
-        """channel -> connector kind and where it delivers (summary, startup line)."""
-        return {channel: f"{c.kind} {c.target}" for channel, c in self.connectors.items()}
+        """channel -> connector kind and where it delivers (summary, startup line), secrets
+        masked (a plug-in's target too)."""
+        return {channel: redact_secrets(f"{c.kind} {c.target}") for channel, c in self.connectors.items()}
 
 
 class _DeliveryPartition(StatelessSinkPartition[dict[str, Any]]):

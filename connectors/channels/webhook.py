@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import logging
 import time
 from datetime import timezone
 from typing import Any
@@ -13,6 +14,14 @@ import orjson
 import touchline
 from touchline.connectors.channels.base import DeliveryReport, PermanentError, QueuedConnector, RetryableError
 from touchline.connectors.channels.config import WebhookConnectorConfig
+from touchline.logs import RedactSecrets
+from touchline.redact import redact_secrets, redact_url
+
+# httpx logs each request's full URL at info (password and query string included): masked
+# at the source, whatever handlers the application installed (touchline.logs keeps httpx
+# at warning besides).
+if not any(isinstance(f, RedactSecrets) for f in logging.getLogger("httpx").filters):
+    logging.getLogger("httpx").addFilter(RedactSecrets())
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -54,13 +63,15 @@ class WebhookConnector(QueuedConnector):
                  seed: int | None = None) -> None:
         super().__init__(channel, report, config, seed)
         self.headers = {"Content-Type": "application/json", "User-Agent": f"touchline/{touchline.__version__}",
-                        **config.headers}
+                        **{name: value.get_secret_value() for name, value in config.headers.items()}}
         if config.bearer_token is not None:
             self.headers["Authorization"] = f"Bearer {config.bearer_token.get_secret_value()}"
+        #: the URL as printed: password and query values masked (the request uses the real one)
+        self.shown_url = redact_url(config.url)
 
     @property
     def target(self) -> str:
-        return self.config.url
+        return self.shown_url
 
     def open_session(self) -> httpx.Client:
         return httpx.Client(timeout=self.config.timeout_seconds, headers=self.headers, follow_redirects=False)
@@ -74,13 +85,15 @@ class WebhookConnector(QueuedConnector):
             response = session.post(self.config.url, content=body,
                                     headers={"Idempotency-Key": str(decision.get("decision_id", ""))})
         except httpx.TimeoutException as exc:
-            raise RetryableError("timeout", f"no answer within {self.config.timeout_seconds:g} s ({exc!r})") from None
-        except httpx.TransportError as exc:
-            raise RetryableError("connection", f"{type(exc).__name__}: {exc}") from None
+            raise RetryableError("timeout", f"no answer within {self.config.timeout_seconds:g} s from "
+                                 f"{self.shown_url} ({redact_secrets(repr(exc))})") from None
+        except httpx.TransportError as exc:  # may quote the URL or a header value (an illegal one)
+            raise RetryableError("connection", f"{type(exc).__name__} from {self.shown_url}: "
+                                 f"{redact_secrets(str(exc))}") from None
         status = response.status_code
         if 200 <= status < 300:
             return
-        detail = f"HTTP {status} from {self.config.url}: {response.text[:200]}"
+        detail = f"HTTP {status} from {self.shown_url}: {redact_secrets(response.text[:200])}"
         if status == 429:
             raise RetryableError("http_429", detail, retry_after_seconds(response.headers.get("Retry-After")))
         if status == 409:  # the same key still in flight at the endpoint: ask again later
