@@ -25,6 +25,7 @@ from touchline.decisions.events import Event, Rejected, parse_event
 from touchline.flows.models import ModelKeeper
 from touchline.metrics.engine import EngineMetrics
 from touchline.state.base import OutboxEntry, Pending, StateStore, StoreError
+from touchline.state.erasure import screen as screen_erased
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class Totals:
     events: int = 0
     lines: int = 0
     duplicates: int = 0
+    #: events of erased identities, dropped
+    erased: int = 0
     by_type: Counter = field(default_factory=Counter)
     dead_letters: Counter = field(default_factory=Counter)
     decisions: Counter = field(default_factory=Counter)
@@ -210,6 +213,7 @@ class Engine:
                 parsed.source = at
                 events.append(parsed)
         events.sort(key=lambda ev: ev.ts_ms)  # stable: ties keep arrival order
+        events = self._drop_erased(events)
         parsed_ns = time.perf_counter_ns()
         timings = dict[str, float]()
         horizon = self.core.advance(events, batch.advance_to_ms)
@@ -229,6 +233,18 @@ class Engine:
         for listener in self.listeners:
             listener(result)
         return result
+
+    def _drop_erased(self, events: list[Event]) -> list[Event]:
+        """Events of erased contacts and anonymous ids go no further: counted, never stored,
+        decided on or dead-lettered (a dead letter would keep what was erased); a newer signup
+        or consent grant re-admits the contact (see :mod:`touchline.state.erasure`)."""
+        if not events:
+            return events
+        kept, dropped = screen_erased(self.store, events)
+        if dropped:
+            self.totals.erased += dropped
+            self.metrics.erased_events.inc(dropped)
+        return kept
 
     def _partition_clock(self, batch: RawBatch, events: list[Event]) -> int:
         """The event clock of the batch's input partition: the newest event time it has seen
