@@ -213,9 +213,9 @@ class Engine:
                 parsed.source = at
                 events.append(parsed)
         events.sort(key=lambda ev: ev.ts_ms)  # stable: ties keep arrival order
-        events = self._drop_erased(events)
         parsed_ns = time.perf_counter_ns()
         timings = dict[str, float]()
+        events = self._drop_erased(events, timings)
         horizon = self.core.advance(events, batch.advance_to_ms)
         timer_horizon = horizon if self.core.live else self._partition_clock(batch, events) - self.lateness_ms
         self._flush_acks(timings)
@@ -234,13 +234,14 @@ class Engine:
             listener(result)
         return result
 
-    def _drop_erased(self, events: list[Event]) -> list[Event]:
+    def _drop_erased(self, events: list[Event], timings: dict[str, float]) -> list[Event]:
         """Events of erased contacts and anonymous ids go no further: counted, never stored,
         decided on or dead-lettered (a dead letter would keep what was erased); a newer signup
-        or consent grant re-admits the contact (see :mod:`touchline.state.erasure`)."""
+        or consent grant re-admits the contact (see :mod:`touchline.state.erasure`). The
+        lookup is timed as part of identity resolution."""
         if not events:
             return events
-        kept, dropped = screen_erased(self.store, events)
+        kept, dropped = _timed(timings, "resolve", screen_erased, self.store, events)
         if dropped:
             self.totals.erased += dropped
             self.metrics.erased_events.inc(dropped)

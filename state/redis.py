@@ -644,7 +644,7 @@ class RedisStore(StateStore):
             return {}
         key = self._erasure_secret()
         names = [tombstone_id(key, i) for i in wanted]
-        (values,) = self._run("erased", [("cmd", "HMGET", TOMBSTONES_KEY, *names)])
+        (values,) = self._run("resolve", [("cmd", "HMGET", TOMBSTONES_KEY, *names)])
         return {i: Tombstone.loads(v) for i, v in zip(wanted, values) if v is not None}
 
     def readmit(self, contact_id: str, hits: Mapping[Identity, Tombstone], ts_ms: int) -> None:
@@ -658,10 +658,10 @@ class RedisStore(StateStore):
                 blob = to_blob(fresh_profile(contact_id, t.unsubscribed)) if kind == CONTACT else b""
                 seeds.append(("script", "seed", (profile_keys(pkey)[0],), (blob, t.version + 1, self.ttl_ms)))
             self._base.pop(pkey, None)
-        self._run("readmit", seeds)
+        self._run("resolve", seeds)
         marks = [x for i, t in hits.items() for x in (tombstone_id(key, i), t.dumps(), t.readmitted(ts_ms).dumps())]
         if marks:
-            self._run("readmit", [("script", "readmit", (TOMBSTONES_KEY,), marks)])
+            self._run("resolve", [("script", "readmit", (TOMBSTONES_KEY,), marks)])
 
     def _erasure_secret(self) -> bytes:
         """The key of the tombstones' hashes: ``state.erasure_key``, else one generated at the
@@ -674,11 +674,11 @@ class RedisStore(StateStore):
             secret = configured.encode()
         else:
             token = secrets.token_hex(32)
-            _, stored = self._run("erasure key", [("cmd", "SET", ERASURE_KEY_KEY, token, "NX"),
+            _, stored = self._run("resolve", [("cmd", "SET", ERASURE_KEY_KEY, token, "NX"),
                                                   ("cmd", "GET", ERASURE_KEY_KEY)])
             secret = str(stored).encode()
         check = hmac.new(secret, b"touchline erasure key check", hashlib.sha256).hexdigest()[:16]
-        _, seen, count = self._run("erasure key", [("cmd", "SET", ERASURE_CHECK_KEY, check, "NX"),
+        _, seen, count = self._run("resolve", [("cmd", "SET", ERASURE_CHECK_KEY, check, "NX"),
                                                    ("cmd", "GET", ERASURE_CHECK_KEY), ("cmd", "HLEN", TOMBSTONES_KEY)])
         if seen != check:
             if count:
@@ -687,7 +687,7 @@ class RedisStore(StateStore):
                     f"Redis at {self.masked_url}: {where} is not the key its {count} erasure tombstone(s) were made "
                     f"with, so erased contacts would come back; set state.erasure_key to the key they were made with "
                     f"(the value of {ERASURE_KEY_KEY} if none was configured)")
-            self._run("erasure key", [("cmd", "SET", ERASURE_CHECK_KEY, check)])
+            self._run("resolve", [("cmd", "SET", ERASURE_CHECK_KEY, check)])
         self._erasure_key = secret
         return secret
 

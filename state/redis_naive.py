@@ -82,7 +82,7 @@ class NaiveRedisStore(RedisStore):
         if not wanted:
             return {}
         key = self._erasure_secret()
-        values = self._call("erased", "HMGET", TOMBSTONES_KEY, *(tombstone_id(key, i) for i in wanted))
+        values = self._call("resolve", "HMGET", TOMBSTONES_KEY, *(tombstone_id(key, i) for i in wanted))
         return {i: Tombstone.loads(v) for i, v in zip(wanted, values) if v is not None}
 
     def pop_due(self, now_ms: int, limit: int = 10_000, partition: int = 0) -> list[tuple[int, str, str]]:

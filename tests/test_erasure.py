@@ -373,3 +373,16 @@ def test_the_opt_in_example_config_loads_and_sends_no_email_without_consent(tmp_
     assert not [c for c in sent if c[0] == "ann" and c[1] in ("email", "sms", "push")]
     assert ("bea", "email") in sent
     assert e.totals.suppressions["no_consent"] >= 1
+
+
+def test_erase_names_the_kafka_topics_and_compaction(tmp_path, monkeypatch, capsys):
+    """With Kafka configured, erase lists the topics that may hold the contact and says how a
+    tombstone on a compacted topic removes its records (nothing is sent to a broker)."""
+    monkeypatch.setenv("TOUCHLINE_KAFKA__BOOTSTRAP", "127.0.0.1:1")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["contact", "erase", "ann", "--outputs", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "keyed by contact id 'ann': touchline.decisions, touchline.experiments" in err
+    assert "touchline.events" in err and "touchline.dead-letters" in err
+    assert "cleanup.policy=compact" in err and "null value" in err
