@@ -149,7 +149,8 @@ def screen(store: "StateStore", events: list[Event]) -> tuple[list[Event], int]:
     call each. ``events`` in time order, so the events of a contact that follow its
     re-admitting event in the same batch pass and those before it do not.
     """
-    wanted = {i for ev in events for i in identities(ev)}
+    wanted = {(CONTACT, c) for ev in events if (c := ev.contact_id) is not None}
+    wanted.update((ANONYMOUS, a) for ev in events if (a := ev.anonymous_id) is not None)
     found = dict(store.tombstones(wanted)) if wanted else {}
     if not found:
         return events, 0
