@@ -5,7 +5,8 @@ Every hot-path call is one pipeline of EVALSHA calls to the scripts in
 three round trips whatever its size: ``begin`` (identity links + due timers),
 ``load`` (the feature read: each profile's blob, event log and sends) and ``commit``
 (the state update: blobs, log entries added and evicted, sends, TTLs, timers,
-merged-away profiles). ``reserve`` is one atomic script per decision.
+merged-away profiles), after one HMGET of the batch's identities on the erasure tombstones
+(``tombstones``). ``reserve`` is one atomic script per decision.
 
 Keys of one profile share the hash tag ``{key}``, so each script touches one Redis
 Cluster slot::
