@@ -26,6 +26,7 @@ from touchline.decisions.reorder import EventOrder, TimeRules
 from touchline.flows.models import ModelKeeper
 from touchline.metrics.engine import EngineMetrics
 from touchline.state.base import OutboxEntry, Pending, StateStore, StoreError
+from touchline.state.erasure import screen as screen_erased
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class Totals:
     events: int = 0
     lines: int = 0
     duplicates: int = 0
+    #: events of erased identities, dropped
+    erased: int = 0
     by_type: Counter = field(default_factory=Counter)
     dead_letters: Counter = field(default_factory=Counter)
     decisions: Counter = field(default_factory=Counter)
@@ -223,6 +226,7 @@ class Engine:
         events, positions = self._parse(batch, dead)
         parsed_ns = time.perf_counter_ns()
         timings = dict[str, float]()
+        events, positions = self._drop_erased(events, positions, timings)
         events, at, horizon = self._in_order(batch, events, positions, dead)
         if not self.core.live:
             self._keep_held(batch.partition, timings)
@@ -267,6 +271,22 @@ class Engine:
                 parsed = Rejected(*bad, raw)
             dead.append(parsed.to_dead_letter(at))
         return events, positions
+
+    def _drop_erased(self, events: list[Event], positions: list[int],
+                     timings: dict[str, float]) -> tuple[list[Event], list[int]]:
+        """Events of erased contacts and anonymous ids go no further: counted, never stored,
+        decided on or dead-lettered (a dead letter would keep what was erased); a newer signup
+        or consent grant re-admits the contact (see :mod:`touchline.state.erasure`). The
+        lookup is timed as part of identity resolution."""
+        if not events:
+            return events, positions
+        kept, dropped = _timed(timings, "resolve", screen_erased, self.store, events)
+        if not dropped:
+            return events, positions
+        self.totals.erased += dropped
+        self.metrics.erased_events.inc(dropped)
+        still = set(map(id, kept))
+        return kept, [pos for ev, pos in zip(events, positions) if id(ev) in still]
 
     def _in_order(self, batch: RawBatch, events: list[Event], positions: list[int],
                   dead: list[dict[str, Any]]) -> tuple[list[Event], list[tuple[int, bool]] | None, int | None]:

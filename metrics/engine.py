@@ -64,6 +64,9 @@ class EngineMetrics:
         self.duplicates = PromCounter(
             "touchline_duplicate_events", "Events ignored because their event_id was already applied.", registry=registry
         )
+        self.erased_events = PromCounter(
+            "touchline_erased_events", "Events dropped because their contact or anonymous id was erased (never "
+            "stored, decided on or dead-lettered).", registry=registry)
         self.feedback = PromCounter(
             "touchline_feedback_events",
             "Channel feedback applied (delivered, open, click, reply, bounce, unsubscribe), by channel, outcome "

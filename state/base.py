@@ -10,10 +10,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Iterable, Mapping, Sequence
 
 from touchline.decisions.events import Event
 from touchline.decisions.profile import Profile, Send
+
+if TYPE_CHECKING:
+    from touchline.state.erasure import Identity, Tombstone
 
 ANON_PREFIX = "anon:"
 
@@ -73,6 +76,7 @@ class StoreOptions:
     cache_profiles: int = 50_000  # profiles a Redis store keeps in memory (validated by version on load)
     username: str | None = None
     password: str | None = None  # secret: from settings' SecretStr, never logged
+    erasure_key: str | None = None  # secret: keys the tombstones' hashes (state/erasure.py)
 
 
 @dataclass
@@ -172,11 +176,21 @@ class StateStore(ABC):
     def export(self, contact_id: str) -> dict[str, Any] | None:
         """Everything stored about a contact, JSON-ready; None if nothing is stored."""
 
-    def erase(self, contact_id: str) -> bool:
-        """Right to erasure: delete the contact and its aliases. True if anything existed."""
-        existed = self.export(contact_id) is not None
-        self.delete(contact_id)
-        return existed
+    # ------------------------------------------------------------ erasure (state/erasure.py)
+    def erase(self, contact_id: str, now_ms: int | None = None) -> bool:
+        """Right to erasure: tombstone the contact and its linked anonymous ids (kept beyond
+        retention), then delete the contact, its sends, timers, outbox and aliases. True if
+        anything was stored. ``now_ms``: the erasure's time if not the wall clock."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no tombstones: it cannot erase for good")
+
+    def tombstones(self, identities: "Collection[Identity]") -> "dict[Identity, Tombstone]":
+        """The tombstones of those identities that have one (one lookup for all of them)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no tombstones")
+
+    def readmit(self, contact_id: str, hits: "Mapping[Identity, Tombstone]", ts_ms: int) -> None:
+        """A re-admitting event at ``ts_ms``: the contact starts afresh with its refused channels
+        still refused, and the tombstones ``hits`` are marked re-admitted (they keep their time)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no tombstones")
 
     # ------------------------------------------------------------ crash safety
     def ack(self, done: Iterable[tuple[str, str, str]]) -> None:

@@ -15,12 +15,24 @@ enforces that); scale out with the Redis store instead.
 from __future__ import annotations
 
 import heapq
-from typing import Iterator, Any, Iterable, Mapping, Sequence
+import secrets
+from typing import Collection, Iterator, Any, Iterable, Mapping, Sequence
 
 from touchline.decisions.events import Event
 from touchline.decisions.policy import cap_violation
 from touchline.decisions.profile import Profile, Send, snapshot
 from touchline.state.base import StateStore, StoreOptions, anonymous_key, is_known_key
+from touchline.state.erasure import (
+    ANONYMOUS,
+    CONTACT,
+    Identity,
+    Tombstone,
+    erasure_time,
+    fresh_profile,
+    tombstone_id,
+    tombstones_of,
+    unsubscribed,
+)
 
 
 class MemoryStore(StateStore):
@@ -33,6 +45,11 @@ class MemoryStore(StateStore):
         self._links: dict[str, set[str]] = {}  # contact id -> every anonymous id linked to it
         self._timers: dict[tuple[str, str], int] = {}
         self._heap: list[tuple[int, str, str]] = []
+        #: tombstone id -> tombstone of an erased identity (state/erasure.py)
+        self._tombstones: dict[str, Tombstone] = {}
+        #: no key configured: a random one, which lives exactly as long as the tombstones here
+        secret = options.erasure_key if options is not None else None
+        self._erasure_key = secret.encode() if secret else secrets.token_bytes(32)
 
     # identity -----------------------------------------------------------------
     def resolve(self, events: Sequence[Event]) -> list[tuple[str, str | None]]:
@@ -106,6 +123,33 @@ class MemoryStore(StateStore):
         if profile is None and not aliases:
             return None
         return {"contact_id": contact_id, "aliases": aliases, "profile": snapshot(profile) if profile else None}
+
+    def erase(self, contact_id: str, now_ms: int | None = None) -> bool:
+        existed = self.export(contact_id) is not None
+        anons = sorted(self._links.get(contact_id, ()))
+        profile = self._profiles.get(contact_id)
+        anon_profiles = [self._profiles.get(anonymous_key(a)) for a in anons]
+        at = erasure_time(now_ms, [p.last_ts for p in (profile, *anon_profiles) if p is not None])
+        key = self._erasure_key
+        self._tombstones[tombstone_id(key, (CONTACT, contact_id))] = Tombstone(
+            at, unsubscribed([profile, *anon_profiles]))
+        for a in anons:
+            self._tombstones[tombstone_id(key, (ANONYMOUS, a))] = Tombstone(at)
+            self._profiles.pop(anonymous_key(a), None)
+        self.delete(contact_id)
+        return existed
+
+    def tombstones(self, identities: Collection[Identity]) -> dict[Identity, Tombstone]:
+        if not self._tombstones:
+            return {}
+        return tombstones_of(self._tombstones, self._erasure_key, identities)
+
+    def readmit(self, contact_id: str, hits: Mapping[Identity, Tombstone], ts_ms: int) -> None:
+        refused = [ch for t in hits.values() for ch in t.unsubscribed]
+        if (CONTACT, contact_id) in hits and contact_id not in self._profiles:
+            self._profiles[contact_id] = fresh_profile(contact_id, refused)
+        for identity, t in hits.items():
+            self._tombstones[tombstone_id(self._erasure_key, identity)] = t.readmitted(ts_ms)
 
     def profiles(self) -> Iterator[Profile]:
         """Every stored profile (offline evaluation counts what is still pending)."""

@@ -5,7 +5,8 @@ Every hot-path call is one pipeline of EVALSHA calls to the scripts in
 three round trips whatever its size: ``begin`` (identity links + due timers),
 ``load`` (the feature read: each profile's blob, event log and sends) and ``commit``
 (the state update: blobs, log entries added and evicted, sends, TTLs, timers,
-merged-away profiles). ``reserve`` is one atomic script per decision.
+merged-away profiles), after one HMGET of the batch's identities on the erasure tombstones
+(``tombstones``). ``reserve`` is one atomic script per decision.
 
 Keys of one profile share the hash tag ``{key}``, so each script touches one Redis
 Cluster slot::
@@ -24,6 +25,8 @@ Cluster slot::
     tl:{meta}:watermarks hash input partition -> its event clock after its last commit
     tl:{hold:p3}       hash   events partition 3's reorder buffer holds: position -> [source, line]
     tl:{rr}:<name>     counter round-robin turns shared by every worker
+    tl:{erased}:tombstones hash HMAC of an erased identity -> its tombstone (no TTL)
+    tl:{meta}:erasure-key   string the erasure key generated when none is configured
 
 URLs: ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS; redis-py query
 options such as ``ssl_ca_certs`` and ``ssl_cert_reqs`` pass through) and
@@ -33,13 +36,15 @@ options such as ``ssl_ca_certs`` and ``ssl_cert_reqs`` pass through) and
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import random
+import secrets
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
 
 import orjson
 import redis
@@ -63,6 +68,16 @@ from touchline.state.base import (
     StoreUnavailable,
     anonymous_key,
 )
+from touchline.state.erasure import (
+    ANONYMOUS,
+    CONTACT,
+    Identity,
+    Tombstone,
+    erasure_time,
+    fresh_profile,
+    tombstone_id,
+    unsubscribed,
+)
 from touchline.state.codec import SEP, from_parts, log_diff, log_index, send_entries, send_member, to_blob
 from touchline.state.redis_scripts import SCRIPTS
 
@@ -73,6 +88,12 @@ PREFIX = "tl"
 LEGACY_TIMERS_KEY = f"{PREFIX}:{{timers}}:due"
 EPOCH_KEY = f"{PREFIX}:{{meta}}:epoch"
 WATERMARKS_KEY = f"{PREFIX}:{{meta}}:watermarks"
+#: Erased identities: tombstone id (keyed hash) -> tombstone (state/erasure.py); no TTL.
+TOMBSTONES_KEY = f"{PREFIX}:{{erased}}:tombstones"
+#: The erasure key generated at the first erasure when none is configured, and a check of
+#: the key the tombstones were made with.
+ERASURE_KEY_KEY = f"{PREFIX}:{{meta}}:erasure-key"
+ERASURE_CHECK_KEY = f"{PREFIX}:{{meta}}:erasure-key-check"
 _RETRYABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
@@ -187,6 +208,8 @@ class RedisStore(StateStore):
         #: the epoch every commit checks (None until claim_epoch: tools that only read)
         self._epoch: str | None = None
         self.cluster = hasattr(self.client, "get_primaries")
+        #: the key of the tombstones' hashes, once known (see _erasure_secret)
+        self._erasure_key: bytes | None = None
 
     @property
     def masked_url(self) -> str:
@@ -613,6 +636,84 @@ class RedisStore(StateStore):
         calls += [("script", "unlink", (alias_key(a), *profile_keys(anonymous_key(a))), (key,)) for a in members]
         self._run("delete", calls)
         self._base.pop(key, None)
+
+    # ---------------------------------------------------------------- erasure (state/erasure.py)
+    def erase(self, contact_id: str, now_ms: int | None = None) -> bool:
+        """Tombstone the contact and the anonymous ids linked to it (kept without a TTL), then
+        delete it: profile, log, sends, timers, outbox, links and those anonymous ids' aliases
+        and profiles. The tombstones go first: an erasure cut short already drops the events,
+        and running it again finishes it."""
+        key = self._erasure_secret()
+        (version, blob, log_flat, sends_flat), marks = self._run(
+            "erase", [("script", "load", profile_keys(contact_id), ("-1",)), ("cmd", "HVALS", WATERMARKS_KEY)])
+        anons = self._linked(contact_id)
+        anon_parts = self._run("erase", [("script", "load", profile_keys(anonymous_key(a)), ("-1",)) for a in anons])
+        profile = from_parts(contact_id, blob, [], []) if blob else None
+        anon_profiles = [from_parts(anonymous_key(a), r[1], [], []) if r[1] else None for a, r in zip(anons, anon_parts)]
+        at = erasure_time(now_ms, [int(m) for m in marks] + [p.last_ts for p in (profile, *anon_profiles) if p])
+        fields: list[Any] = [tombstone_id(key, (CONTACT, contact_id)),
+                             Tombstone(at, unsubscribed([profile, *anon_profiles]), int(version)).dumps()]
+        for a, reply in zip(anons, anon_parts):
+            fields += [tombstone_id(key, (ANONYMOUS, a)), Tombstone(at, (), int(reply[0])).dumps()]
+        self._run("erase", [("cmd", "HSET", TOMBSTONES_KEY, *fields)])
+        self.delete(contact_id)
+        for a in anons:
+            self._base.pop(anonymous_key(a), None)
+        return bool(blob or log_flat or sends_flat or anons)
+
+    def tombstones(self, identities: Collection[Identity]) -> dict[Identity, Tombstone]:
+        """One HMGET on the tombstone hash for the batch's distinct identities."""
+        wanted = list(identities)
+        if not wanted:
+            return {}
+        key = self._erasure_secret()
+        names = [tombstone_id(key, i) for i in wanted]
+        (values,) = self._run("resolve", [("cmd", "HMGET", TOMBSTONES_KEY, *names)])
+        return {i: Tombstone.loads(v) for i, v in zip(wanted, values) if v is not None}
+
+    def readmit(self, contact_id: str, hits: Mapping[Identity, Tombstone], ts_ms: int) -> None:
+        """Seed the re-admitted profiles (a version above the erased one's, so no cache anywhere
+        takes the new profile for the old), then mark the tombstones."""
+        key = self._erasure_secret()
+        seeds: list[Call] = []
+        for (kind, value), t in hits.items():
+            pkey = contact_id if kind == CONTACT else anonymous_key(value)
+            if kind == CONTACT or t.version:
+                blob = to_blob(fresh_profile(contact_id, t.unsubscribed)) if kind == CONTACT else b""
+                seeds.append(("script", "seed", (profile_keys(pkey)[0],), (blob, t.version + 1, self.ttl_ms)))
+            self._base.pop(pkey, None)
+        self._run("resolve", seeds)
+        marks = [x for i, t in hits.items() for x in (tombstone_id(key, i), t.dumps(), t.readmitted(ts_ms).dumps())]
+        if marks:
+            self._run("resolve", [("script", "readmit", (TOMBSTONES_KEY,), marks)])
+
+    def _erasure_secret(self) -> bytes:
+        """The key of the tombstones' hashes: ``state.erasure_key``, else one generated at the
+        first erasure and kept in the store. A key that differs from the one the existing
+        tombstones were made with is refused: they would no longer match."""
+        if self._erasure_key is not None:
+            return self._erasure_key
+        configured = self.options.erasure_key
+        if configured:
+            secret = configured.encode()
+        else:
+            token = secrets.token_hex(32)
+            _, stored = self._run("resolve", [("cmd", "SET", ERASURE_KEY_KEY, token, "NX"),
+                                                  ("cmd", "GET", ERASURE_KEY_KEY)])
+            secret = str(stored).encode()
+        check = hmac.new(secret, b"touchline erasure key check", hashlib.sha256).hexdigest()[:16]
+        _, seen, count = self._run("resolve", [("cmd", "SET", ERASURE_CHECK_KEY, check, "NX"),
+                                                   ("cmd", "GET", ERASURE_CHECK_KEY), ("cmd", "HLEN", TOMBSTONES_KEY)])
+        if seen != check:
+            if count:
+                where = "state.erasure_key" if configured else f"the key kept in {ERASURE_KEY_KEY}"
+                raise StoreError(
+                    f"Redis at {self.masked_url}: {where} is not the key its {count} erasure tombstone(s) were made "
+                    f"with, so erased contacts would come back; set state.erasure_key to the key they were made with "
+                    f"(the value of {ERASURE_KEY_KEY} if none was configured)")
+            self._run("resolve", [("cmd", "SET", ERASURE_CHECK_KEY, check)])
+        self._erasure_key = secret
+        return secret
 
     def export(self, contact_id: str) -> dict[str, Any] | None:
         _version, blob, log_flat, sends_flat = self._run(

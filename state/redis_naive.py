@@ -9,12 +9,13 @@ never run production on it (``redis+naive://`` selects it on purpose only).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Collection, Iterable, Mapping, Sequence
 
 from touchline.decisions.events import Event
 from touchline.decisions.policy import cap_violation
 from touchline.decisions.profile import LONGEST_WINDOW_MS, Profile, Send
 from touchline.state.base import StoreOptions, anonymous_key
+from touchline.state.erasure import Identity, Tombstone, tombstone_id
 from touchline.state.codec import (
     SEP,
     from_parts,
@@ -28,6 +29,7 @@ from touchline.state.codec import (
 )
 from touchline.state.redis import (
     TIMERS_KEY,
+    TOMBSTONES_KEY,
     RedisStore,
     _Base,
     _pairs,
@@ -73,6 +75,15 @@ class NaiveRedisStore(RedisStore):
                     self._call("resolve", "PEXPIRE", alias_key(anon or ""), self.ttl_ms)
                 out.append((target or anonymous_key(anon or ""), None))
         return out
+
+    def tombstones(self, identities: Collection[Identity]) -> dict[Identity, Tombstone]:
+        """One HMGET, as the batched store does (erasing and re-admitting are inherited: rare)."""
+        wanted = list(identities)
+        if not wanted:
+            return {}
+        key = self._erasure_secret()
+        values = self._call("resolve", "HMGET", TOMBSTONES_KEY, *(tombstone_id(key, i) for i in wanted))
+        return {i: Tombstone.loads(v) for i, v in zip(wanted, values) if v is not None}
 
     def pop_due(self, now_ms: int, limit: int = 10_000, partition: int = 0) -> list[tuple[int, str, str]]:
         flat = self._call("pop_due", "ZRANGEBYSCORE", TIMERS_KEY, "-inf", now_ms, "WITHSCORES", "LIMIT", 0, limit)

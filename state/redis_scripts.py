@@ -182,6 +182,29 @@ redis.call('PEXPIRE', sends, ARGV[5])
 return 1
 """
 
+#: Start a re-admitted profile afresh, unless something wrote it since the erasure.
+#: KEYS: blob hash. ARGV: blob ('' for none), version (above any its erased self had), ttl ms.
+SEED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'blob', ARGV[1]) end
+redis.call('HSET', KEYS[1], 'ver', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+#: Mark tombstones re-admitted, each only if it is still the one the caller read (an erasure
+#: since then wins). KEYS: tombstone hash. ARGV: (field, value read, new value) * n.
+READMIT = """
+local n = 0
+for i = 1, #ARGV, 3 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+    n = n + 1
+  end
+end
+return n
+"""
+
 SCRIPTS: dict[str, str] = {
     "link": LINK,
     "unlink": UNLINK,
@@ -191,4 +214,6 @@ SCRIPTS: dict[str, str] = {
     "load": LOAD,
     "commit": COMMIT,
     "reserve": RESERVE,
+    "seed": SEED,
+    "readmit": READMIT,
 }

@@ -257,3 +257,120 @@ def test_open_store_errors(url, needle):
     assert repr(url) in str(err.value)
     if "scheme '" in needle:
         assert "memory" in str(err.value)  # lists the known schemes
+
+
+# ------------------------------------------------------------------ erasure that sticks
+
+#: the erasure tests also run on the naive Redis path (it shares the tombstones with the batched one)
+ERASING = {**STORES, "redis-naive": "redis_url"}
+
+
+@pytest.fixture(params=list(ERASING))
+def erasing_store(request):
+    """Like ``new_store``, over every store that implements erasure (the naive one included)."""
+    made = []
+    fixture = ERASING[request.param]
+    url = request.getfixturevalue(fixture) if fixture else None
+    if request.param == "redis-naive":
+        url = url.replace("redis://", "redis+naive://", 1)
+
+    def make():
+        made.append(open_store(url) if url else MemoryStore())
+        return made[-1]
+
+    make.shared = url is not None  # type: ignore[attr-defined]
+    yield make
+    for store in made:
+        store.close()
+
+
+def _erasable(make) -> StateStore:
+    """c1 with anonymous id a1 linked, email refused, events up to T0 + 5; c2 untouched."""
+    s = _linked_store(make)
+    p = s.load(["c1"])["c1"]
+    p.consent.update({"email": False, "push": True})
+    p.last_ts = T0 + 5
+    s.save({"c1": p})
+    s.resolve([ev(9, "c2", "a2")])
+    return s
+
+
+def test_erase_tombstones_the_contact_and_its_anonymous_ids(erasing_store):
+    """erase leaves a tombstone for the contact (with its refused channels) and for each linked
+    anonymous id, at the later of the given time and the contact's newest event; others have none."""
+    from touchline.state.erasure import ANONYMOUS, CONTACT
+
+    s = _erasable(erasing_store)
+    assert s.erase("c1", now_ms=T0) is True
+    assert s.export("c1") is None
+    found = s.tombstones({(CONTACT, "c1"), (ANONYMOUS, "a1"), (CONTACT, "c2"), (ANONYMOUS, "a2"), (CONTACT, "a1")})
+    assert set(found) == {(CONTACT, "c1"), (ANONYMOUS, "a1")}
+    assert found[(CONTACT, "c1")].erased_ms == T0 + 5 == found[(ANONYMOUS, "a1")].erased_ms
+    assert found[(CONTACT, "c1")].unsubscribed == ("email",)
+    assert found[(ANONYMOUS, "a1")].unsubscribed == ()
+    assert found[(CONTACT, "c1")].readmitted_ms is None
+    assert s.resolve([ev(20, anon="a1")]) == [("anon:a1", None)]  # the alias went with the contact
+    assert s.stats()["timers"] == 0
+    assert s.tombstones(set()) == {}
+
+
+def test_erase_of_an_unknown_contact_still_tombstones_it(erasing_store):
+    """A contact the store never saw is tombstoned anyway: its events are dropped from now on."""
+    from touchline.state.erasure import CONTACT
+
+    s = erasing_store()
+    assert s.erase("nobody", now_ms=T0) is False
+    assert s.tombstones([(CONTACT, "nobody")])[(CONTACT, "nobody")].erased_ms == T0
+
+
+def test_erase_uses_the_wall_clock_when_no_time_is_given(erasing_store):
+    """Without now_ms the erasure is at least the wall clock's now."""
+    import time
+
+    from touchline.state.erasure import CONTACT
+
+    s = erasing_store()
+    before = time.time_ns() // 1_000_000
+    s.erase("c9")
+    assert s.tombstones([(CONTACT, "c9")])[(CONTACT, "c9")].erased_ms >= before
+
+
+def test_readmit_starts_afresh_with_refused_channels_still_refused(erasing_store):
+    """readmit seeds an empty profile that keeps the refused channels, and marks the tombstones
+    re-admitted: newer events pass, events not newer than the erasure still do not."""
+    from touchline.state.erasure import ANONYMOUS, CONTACT
+
+    s = _erasable(erasing_store)
+    s.erase("c1", now_ms=T0)
+    hits = s.tombstones([(CONTACT, "c1"), (ANONYMOUS, "a1")])
+    s.readmit("c1", hits, T0 + DAY_MS)
+    p = s.load(["c1"])["c1"]
+    assert p.consent == {"email": False} and p.events_total == 0 and p.known
+    after = s.tombstones([(CONTACT, "c1"), (ANONYMOUS, "a1")])
+    for t in after.values():
+        assert t.readmitted_ms == T0 + DAY_MS and t.unsubscribed == ()
+        assert t.admits(T0 + DAY_MS) and not t.admits(T0 + 5)
+    p.events_total = 1
+    s.save({"c1": p})  # the seeded profile is written on like any other
+    assert s.load(["c1"])["c1"].events_total == 1
+
+
+def test_erase_is_seen_by_another_store_on_the_same_state(erasing_store):
+    """A shared store: an erasure made through one client is seen by another at once, and the
+    other's cached profile neither survives the erasure nor hides the re-admitted profile
+    (which is written at a version above the erased one, never at one a cache may hold)."""
+    from touchline.state.erasure import CONTACT
+
+    if not erasing_store.shared:
+        pytest.skip("the in-process store has one client")
+    engine, tool = erasing_store(), erasing_store()
+    p = engine.load(["c1"])["c1"]
+    p.events_total = 3
+    engine.save({"c1": p})  # the engine's cache holds c1 at version 1
+    assert tool.erase("c1", now_ms=T0)
+    hits = engine.tombstones([(CONTACT, "c1")])
+    assert hits[(CONTACT, "c1")].version == 1
+    erasing_store().readmit("c1", hits, T0 + DAY_MS)
+    assert engine.load(["c1"])["c1"].events_total == 0
+    assert tool.erase("c1", now_ms=T0 + 2 * DAY_MS)
+    assert engine.load(["c1"])["c1"].events_total == 0  # erased again: nothing comes back from a cache

@@ -8,7 +8,8 @@
     touchline run --kafka 127.0.0.1:9092             # events topic in, decisions topic out
     touchline simulate --kafka 127.0.0.1:9092 --rate 5000   # load generator
     touchline contact export ID --redis URL   # everything stored about a contact, as JSON
-    touchline contact erase ID --redis URL    # right to erasure: the contact and its aliases
+    touchline contact erase ID --redis URL    # right to erasure: the contact and its aliases, tombstoned
+    touchline contact erase ID --redis URL --outputs touchline-out   # ... and out of a run's JSONL outputs
     touchline journeys check examples/journeys/   # validate journey files
     touchline journeys preview examples/journeys/abandoned_cart.yaml --contact-events cart.jsonl
     touchline models list              # registered models (logreg, hat, arf, plug-ins)
@@ -135,11 +136,19 @@ def _parser() -> argparse.ArgumentParser:
     contact = sub.add_parser("contact", help="privacy operations on one contact's stored state")
     contact_sub = contact.add_subparsers(dest="action", metavar="ACTION", required=True)
     for name, text in (("export", "print everything stored about a contact as JSON"),
-                       ("erase", "delete a contact, its profile, sends, timers and linked anonymous ids")):
+                       ("erase", "delete a contact, its profile, sends, timers, outbox and linked anonymous ids, "
+                        "and tombstone them so their events are dropped; list the outputs that still hold it")):
         c = contact_sub.add_parser(name, help=text)
         c.add_argument("contact_id", metavar="ID", help="contact id")
         c.add_argument("--redis", metavar="URL", help="the Redis holding the state (sets state.url)")
-        c.add_argument("--config", type=Path, help="settings file (uses its [state] section)")
+        c.add_argument("--config", type=Path, help="settings file (uses its [state], [output] and [kafka] sections)")
+        if name == "erase":
+            c.add_argument("--outputs", type=Path, metavar="DIR",
+                           help="rewrite the JSONL outputs in DIR (a run's --out) without the contact's lines; "
+                                "refused while an engine writes there")
+            c.add_argument("--settle-seconds", type=float, default=2.0, metavar="S",
+                           help="then wait S seconds and delete again what a batch in flight during the erasure "
+                                "wrote (default 2; 0: do not wait)")
 
     journeys = sub.add_parser("journeys", help="journey files: check them")
     journeys_sub = journeys.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -375,8 +384,14 @@ def _cmd_contact(args: argparse.Namespace, settings: Settings) -> int:
 
     url = settings.state.url
     if url.startswith("memory://"):
+        if args.action == "erase" and args.outputs is not None:
+            print("state: the in-process store (memory://) kept nothing after its run ended", file=sys.stderr)
+            return _erase_outputs(args, settings, [args.contact_id])
         raise ConfigError("the in-process store (memory://) keeps nothing after a run ends; "
-                          "pass --redis URL or set state.url to the Redis the engine uses")
+                          "pass --redis URL or set state.url to the Redis the engine uses"
+                          + (" (--outputs DIR alone cleans a run's JSONL outputs)" if args.action == "erase" else ""))
+    if args.action == "erase" and args.settle_seconds < 0:
+        raise ConfigError("--settle-seconds must be 0 or more")
     store = open_store(url, settings.state.options())
     try:
         found = store.export(args.contact_id)
@@ -388,14 +403,61 @@ def _cmd_contact(args: argparse.Namespace, settings: Settings) -> int:
             print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
             return 0
         store.erase(args.contact_id)
+        aliases = list(found["aliases"]) if found is not None else []
         if found is None:
-            print(f"nothing stored about contact {args.contact_id!r}; nothing to erase", file=sys.stderr)
+            print(f"nothing stored about contact {args.contact_id!r}; tombstoned anyway", file=sys.stderr)
         else:
-            print(f"erased contact {args.contact_id!r}: profile, sends, timers and "
-                  f"{len(found['aliases'])} linked anonymous id(s)", file=sys.stderr)
-        return 0
+            print(f"erased contact {args.contact_id!r}: profile, sends, timers, outbox and "
+                  f"{len(aliases)} linked anonymous id(s)", file=sys.stderr)
+        print("its events (and its anonymous ids') are dropped from now on, until a signup or granted "
+              "consent_update newer than the erasure re-admits it", file=sys.stderr)
+        if args.settle_seconds > 0:
+            _settle(store, args.contact_id, args.settle_seconds)
     finally:
         store.close()
+    return _erase_outputs(args, settings, [args.contact_id, *aliases])
+
+
+def _settle(store: Any, contact_id: str, seconds: float) -> None:
+    """A batch in flight when the tombstone was written may still commit the contact: wait,
+    and delete again whatever it wrote (unless the contact was re-admitted meanwhile)."""
+    import time
+
+    from touchline.state.erasure import CONTACT
+
+    time.sleep(seconds)
+    tombstone = store.tombstones([(CONTACT, contact_id)]).get((CONTACT, contact_id))
+    if tombstone is not None and tombstone.readmitted_ms is None and store.export(contact_id) is not None:
+        store.delete(contact_id)
+        print("deleted again what a batch in flight during the erasure wrote", file=sys.stderr)
+
+
+def _erase_outputs(args: argparse.Namespace, settings: Settings, ids: list[str]) -> int:
+    """List (or with --outputs, remove) what the run's JSONL outputs and Kafka topics hold of ``ids``."""
+    from touchline.erasure_outputs import OutputsInUse, count_mentions, kafka_notes, rewrite_without
+
+    if args.outputs is not None:
+        if not args.outputs.is_dir():
+            raise ConfigError(f"--outputs {args.outputs}: not a directory")
+        try:
+            removed = rewrite_without(args.outputs, ids)
+        except OutputsInUse as exc:
+            print(f"touchline: {exc}", file=sys.stderr)
+            return EXIT_RUNTIME
+        for path, n in removed.items():
+            print(f"removed {n:,} line(s) from {path}", file=sys.stderr)
+        if not removed:
+            print(f"no JSONL output in {args.outputs} mentions the contact", file=sys.stderr)
+    else:
+        held = count_mentions(settings.output.dir, ids)
+        for path, n in held.items():
+            print(f"still in {path}: {n:,} line(s)", file=sys.stderr)
+        if held:
+            print(f"remove them with: touchline contact erase {args.contact_id} --outputs {settings.output.dir} "
+                  "(once no engine writes there)", file=sys.stderr)
+    for line in kafka_notes(settings, args.contact_id):
+        print(line, file=sys.stderr)
+    return 0
 
 
 def _cmd_config(_args: argparse.Namespace, settings: Settings) -> int:

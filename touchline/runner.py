@@ -19,6 +19,7 @@ from touchline.decisions.clock import EventTimeClock, WallClock
 from touchline.decisions.reorder import TimeRules
 from touchline.flows.engine import build_flow
 from touchline.decisions.engine import DecisionCore
+from touchline.erasure_outputs import writing_outputs
 from touchline.flows.step import Engine
 from touchline.metrics.engine import EngineMetrics
 from touchline.metrics.server import serve_metrics
@@ -261,7 +262,7 @@ def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: C
     if engine.keeper is not None:  # the final checkpoint, after the last batch
         closers.insert(0, engine.keeper.close)
     try:
-        with hold(settings):
+        with hold(settings), writing_outputs(settings.output.dir):
             recovery = _take_over(settings, engine)
             io = _build_io(settings, engine, registry, kafka, stop, closers)
             return _run_flow(settings, engine, io, registry, progress, on_metrics, stop, recovery)

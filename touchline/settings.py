@@ -88,6 +88,9 @@ class StateSettings(_Section):
     cache_profiles: int = Field(default=50_000, ge=0, description="profiles kept in memory, checked by version on load")
     username: str | None = Field(default=None, description="Redis ACL user (or put it in the URL)")
     password: SecretStr | None = Field(default=None, description="Redis password (or TOUCHLINE_STATE__PASSWORD)")
+    erasure_key: SecretStr | None = Field(
+        default=None, description="keys the hashes naming erased contacts' tombstones (or "
+        "TOUCHLINE_STATE__ERASURE_KEY); unset: a random key generated once and kept in the store")
 
     def options(self) -> "StoreOptions":
         """What a networked store needs beside the URL."""
@@ -100,6 +103,7 @@ class StateSettings(_Section):
             cache_profiles=self.cache_profiles,
             username=self.username,
             password=self.password.get_secret_value() if self.password else None,
+            erasure_key=self.erasure_key.get_secret_value() if self.erasure_key else None,
         )
 
 

@@ -41,6 +41,7 @@ def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str],
         "lines_read": t.lines,
         "duplicates_ignored": t.duplicates,
         "out_of_order_events": t.out_of_order,
+        "erased_events_dropped": t.erased,
         "wall_seconds": round(wall_seconds, 3),
         "events_per_second": round(t.lines / wall_seconds, 1) if wall_seconds > 0 else None,
         "event_types": dict(t.by_type.most_common()),
@@ -115,6 +116,8 @@ def format_summary(s: dict[str, Any]) -> str:
     out += [f"    {k:<30} {v:>8,}" for k, v in s["decisions"].items()]
     out.append(f"  suppressed         {sum(s['suppressed'].values()):,} candidates")
     out += [f"    {k:<30} {v:>8,}" for k, v in s["suppressed"].items()]
+    if s.get("erased_events_dropped"):
+        out.append(f"  erased             {s['erased_events_dropped']:,} events of erased contacts dropped")
     out.append(f"  dead letters       {s['dead_letters_total']:,}")
     out += [f"    {k:<30} {v:>8,}" for k, v in s["dead_letters"].items()]
     if s.get("journeys"):
