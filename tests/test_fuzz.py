@@ -35,11 +35,9 @@ store = "off"
 """
 
 
-def _deep(depth: int) -> Any:
-    doc: Any = 1
-    for _ in range(depth):
-        doc = {"n": doc}
-    return doc
+def _deep(depth: int) -> bytes:
+    """``depth`` nested objects as JSON text (deeper than any encoder will write)."""
+    return b'{"n":' * depth + b"1" + b"}" * depth
 
 
 def _doc(line: bytes) -> dict[str, Any]:
@@ -64,10 +62,10 @@ def _truncate(line: bytes, rng: random.Random, _: int) -> list[bytes]:
 
 def _deep_and_late(line: bytes, rng: random.Random, newest: int) -> list[bytes]:
     doc = _doc(line)
-    doc["properties"] = {"nest": _deep(rng.choice([60, 200, 250, 253, 300, 2000]))}
+    doc.pop("properties", None)
     doc["ts"] = max(946_684_800_001, newest - rng.randrange(31, 60) * DAY_MS)
     doc["event_id"] = f"{doc['event_id']}-deep{rng.randrange(10**9)}"
-    return [_reencode(doc)]
+    return [_reencode(doc)[:-1] + b',"properties":' + _deep(rng.choice([60, 200, 250, 253, 300, 2000])) + b"}"]
 
 
 def _far_time(line: bytes, rng: random.Random, _: int) -> list[bytes]:
@@ -181,7 +179,7 @@ def streams(tmp_path_factory) -> tuple[Path, Path, set[str]]:
     (root / "clean.jsonl").write_bytes(b"\n".join(clean) + b"\n")
     (root / "fuzzed.jsonl").write_bytes(b"\n".join(out) + b"\n")
     untouched = spared - named
-    assert len(untouched) > 200
+    assert len(untouched) > 80  # byte flips name some spared contacts by chance
     return root / "clean.jsonl", root / "fuzzed.jsonl", untouched
 
 
@@ -213,7 +211,8 @@ def test_a_hundred_thousand_mutated_lines(streams, tmp_path):
     summary = orjson.loads((tmp_path / "fuzzed" / "summary.json").read_bytes())
     non_blank = sum(1 for x in raw_lines if x.strip())
     assert summary["lines_read"] == non_blank
-    assert summary["events_processed"] + summary["duplicates_ignored"] + summary["dead_letters_total"] == non_blank
+    assert (summary["events_processed"] + summary["duplicates_ignored"] + summary["dead_letters_total"]
+            + summary["erased_events_dropped"]) == non_blank
     dead = [orjson.loads(x) for x in (tmp_path / "fuzzed" / "dead_letters.jsonl").read_bytes().splitlines()]
     assert len(dead) == summary["dead_letters_total"] > 30_000
     for d in dead:
@@ -227,6 +226,6 @@ def test_a_hundred_thousand_mutated_lines(streams, tmp_path):
 
     # the bad lines change nobody else's decisions
     before, after = _by_contact(tmp_path / "clean"), _by_contact(tmp_path / "fuzzed")
-    assert sum(len(before[c]) for c in untouched) > 100
+    assert sum(len(before[c]) for c in untouched) > 50
     changed = sorted(c for c in untouched if before.get(c, []) != after.get(c, []))
     assert changed == [], f"{len(changed)} contacts no bad line names got other decisions: {changed[:5]}"
