@@ -8,13 +8,14 @@ arrivals, never on how they were cut into micro-batches, so the same input gives
 decisions at any batch size; and a stream out of order by less than the lateness gives
 exactly the decisions of the sorted stream.
 
-The clock is the newest time that ``quorum`` events have reached, not the newest event
-time: one event with a wrong device clock (or a few, fewer than ``quorum``) never moves
-it, so it fires nobody's timers; it is applied to its own contact, in time order. An event
+The clock is the median event time of the last ``2 * quorum - 1`` arrivals, not the newest
+event time: events with a wrong device clock (fewer than ``quorum`` among any ``2 * quorum
+- 1`` in a row) never move it, so they fire nobody's timers; each is applied to its own
+contact, in time order. An event
 later than the lateness cannot be put back in order: it is released at once, out of order,
 at the watermark it arrived at (and counted). An event more than ``max_ahead_ms`` ahead of
-the clock waits aside until ``quorum`` such events agree the stream jumped ahead (a gap in
-the data); else it is rejected once ``patience`` later positions went by, or at the end of
+the clock waits aside until ``quorum`` such events in a row agree the stream jumped ahead
+(a gap in the data); else it is rejected once ``patience`` later positions went by, or at the end of
 the input if an in-range event came after it (events ahead at the very end are let
 through, but leave the clock where it was).
 
@@ -34,6 +35,8 @@ from __future__ import annotations
 
 import heapq
 import logging
+from bisect import bisect_left, insort
+from collections import deque
 from dataclasses import dataclass, field
 
 from touchline.decisions.events import Event
@@ -58,7 +61,7 @@ class EventOrder:
     lateness_ms: int
     max_ahead_ms: int
     quorum: int
-    #: the newest time ``quorum`` accepted events reached (None before there were that many)
+    #: the median time of the recent arrivals in range (None before there were enough)
     clock: int | None = None
     #: how many later positions an event waiting ahead gets before it is taken for a wrong clock
     patience: int = 0
@@ -70,16 +73,15 @@ class EventOrder:
     _ahead: list[tuple[int, int, Event]] = field(default_factory=list)
     _positions: set[int] = field(default_factory=set)
     _out: list[Released] = field(default_factory=list)
-    #: the ``quorum`` newest times accepted events reached (a min-heap: the clock is its root)
-    _top: list[int] = field(default_factory=list)
+    #: event times of the last ``2 * quorum - 1`` arrivals in range, in arrival order and sorted
+    _recent: deque[int] = field(default_factory=deque)
+    _recent_sorted: list[int] = field(default_factory=list)
     #: position of the last event that was not ahead
     _last_in_range: int = -1
 
     def __post_init__(self) -> None:
         if not self.patience:
             self.patience = 50 * self.quorum
-        if self.clock is not None:  # resumed: the quorum had reached it
-            self._top = [self.clock] * self.quorum
 
     @property
     def watermark(self) -> int | None:
@@ -95,7 +97,7 @@ class EventOrder:
         if clock is not None and event.ts_ms > clock + self.max_ahead_ms:
             self._positions.add(pos)
             self._ahead.append((event.ts_ms, pos, event))
-            if len(self._ahead) >= self.quorum:
+            if sum(1 for a in self._ahead if a[1] > self._last_in_range) >= self.quorum:
                 self._jump()
             return
         self._last_in_range = pos
@@ -134,8 +136,8 @@ class EventOrder:
         all, the clock becomes the newest of them). Of what waits ahead, the events no
         in-range event came after (a gap at the end of the data) are released too, after the
         others, without moving the clock; the rest are rejected."""
-        if self.clock is None and self._top:
-            self.clock = max(self._top)
+        if self.clock is None and self._recent:
+            self.clock = max(self._recent)
         self._release(None)
         trailing = sorted((a for a in self._ahead if a[1] > self._last_in_range), key=lambda a: (a[0], a[1]))
         for ts, pos, event in sorted(self._ahead, key=lambda a: (a[0], a[1])):
@@ -167,28 +169,28 @@ class EventOrder:
             out.append(Released(event, ts, False))
 
     def _reach(self, ts_ms: int) -> None:
-        """An accepted event reached ``ts_ms``: the clock is the ``quorum``-th newest such time."""
-        top = self._top
-        if len(top) < self.quorum:
-            heapq.heappush(top, ts_ms)
-        elif ts_ms > top[0]:
-            heapq.heapreplace(top, ts_ms)
-        else:
-            return
-        if len(top) == self.quorum and (self.clock is None or top[0] > self.clock):
-            self.clock = top[0]
+        """An event in range arrived: the clock is the median event time of the last
+        ``2 * quorum - 1`` such arrivals (never going back), so fewer than ``quorum`` of them
+        with a wrong clock cannot move it, whatever their share of the whole stream."""
+        recent, ranked = self._recent, self._recent_sorted
+        recent.append(ts_ms)
+        insort(ranked, ts_ms)
+        if len(recent) > 2 * self.quorum - 1:
+            del ranked[bisect_left(ranked, recent.popleft())]
+        if len(recent) == 2 * self.quorum - 1:
+            median = ranked[self.quorum - 1]
+            if self.clock is None or median > self.clock:
+                self.clock = median
 
     def _set_clock(self, to_ms: int) -> None:
-        """Move the clock to ``to_ms`` if that is ahead (every newest time is at least there)."""
-        if self.clock is not None and to_ms <= self.clock:
-            return
-        self.clock = to_ms
-        self._top = [max(t, to_ms) for t in self._top] + [to_ms] * (self.quorum - len(self._top))
-        heapq.heapify(self._top)
+        """Move the clock to ``to_ms`` if that is ahead."""
+        if self.clock is None or to_ms > self.clock:
+            self.clock = to_ms
 
     def _jump(self) -> None:
-        """``quorum`` events agree the stream moved ahead (a gap in the data): move the clock
-        to their median and take in every waiting event near it; far outliers keep waiting."""
+        """``quorum`` events in a row agree the stream moved ahead (a gap in the data: every
+        event after it is ahead, none in range in between): move the clock to their median and
+        take in every waiting event near it; far outliers keep waiting."""
         ahead = sorted(self._ahead, key=lambda a: (a[0], a[1]))
         median = ahead[len(ahead) // 2][0]
         limit = median + self.max_ahead_ms
