@@ -24,7 +24,7 @@ from touchline.decisions.engine import BatchRun, DecisionCore
 from touchline.decisions.events import Event, Rejected, parse_event
 from touchline.flows.models import ModelKeeper
 from touchline.metrics.engine import EngineMetrics
-from touchline.state.base import OutboxEntry, Pending, StateStore, StoreError
+from touchline.state.base import OutboxEntry, Pending, StateStore, StoreError, contact_key
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,7 @@ class Engine:
         events.sort(key=lambda ev: ev.ts_ms)  # stable: ties keep arrival order
         parsed_ns = time.perf_counter_ns()
         timings = dict[str, float]()
+        events = self._claim_ids(events, dead, timings)
         horizon = self.core.advance(events, batch.advance_to_ms)
         timer_horizon = horizon if self.core.live else self._partition_clock(batch, events) - self.lateness_ms
         self._flush_acks(timings)
@@ -229,6 +230,26 @@ class Engine:
         for listener in self.listeners:
             listener(result)
         return result
+
+    def _claim_ids(self, events: list[Event], dead: list[dict[str, Any]], timings: dict[str, float]) -> list[Event]:
+        """The events whose ``event_id`` is theirs: an id another identity already used within
+        the idempotency window is a dead letter (``duplicate_id``), never applied to this one's
+        profile. The same identity again is a replay, left to the profile's own dedupe. In the
+        batch's (event time) order, the order it is applied in: the earlier event keeps the id."""
+        if not events:
+            return events
+        free = _timed(timings, "claim", self.store.claim_ids, events)
+        if all(free):
+            return events
+        kept = []
+        for ev, ok in zip(events, free):
+            if ok:
+                kept.append(ev)
+            else:  # the other identity is not named: one contact's dead letter never shows another's id
+                dead.append({"kind": "invalid_event", "reason": "duplicate_id", "source": ev.source or "engine",
+                             "detail": f"event_id {ev.event_id!r} already used by another identity",
+                             "raw": orjson.dumps(ev.to_dict(), option=orjson.OPT_SORT_KEYS).decode()})
+        return kept
 
     def _partition_clock(self, batch: RawBatch, events: list[Event]) -> int:
         """The event clock of the batch's input partition: the newest event time it has seen
@@ -294,11 +315,12 @@ class Engine:
         return run, conflicts
 
     def _outbox(self, decisions: list[dict[str, Any]]) -> dict[str, list[OutboxEntry]]:
-        """Each decision, by the profile it belongs to, for the same atomic write as that profile."""
+        """Each decision, by the profile it belongs to (the key of its contact id), for the same
+        atomic write as that profile."""
         out: dict[str, list[OutboxEntry]] = {}
         channels = self.channel_outputs
         for record in decisions:
-            out.setdefault(record["contact_id"], []).append(OutboxEntry(
+            out.setdefault(contact_key(record["contact_id"]), []).append(OutboxEntry(
                 record["decision_id"], orjson.dumps(record, option=orjson.OPT_SORT_KEYS),
                 record["channel"] in channels))
         return out
@@ -309,7 +331,7 @@ class Engine:
         at the start of the next batch, on the engine's own thread."""
         done = self._done
         for record in records:
-            done.append((record["contact_id"], record["decision_id"], part))
+            done.append((contact_key(record["contact_id"]), record["decision_id"], part))
 
     def _flush_acks(self, timings: dict[str, float]) -> None:
         done = self._done
@@ -435,7 +457,7 @@ class _Committed:
     def absorb(self, run: BatchRun, conflicts: set[str]) -> None:
         """Keep ``run``'s output except the decisions of profiles that were not written."""
         if conflicts:
-            run.decisions = [d for d in run.decisions if d["contact_id"] not in conflicts]
+            run.decisions = [d for d in run.decisions if contact_key(d["contact_id"]) not in conflicts]
             run.expired -= conflicts
         self.runs.append(run)
 

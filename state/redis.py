@@ -17,7 +17,9 @@ Cluster slot::
     tl:{c1}:outbox     hash   decisions committed with the profile until their outputs
                               confirm them: r:<id> record, d:<id> / c:<id> still owed to
                               the decisions output / the channel delivery
-    tl:{anon:a1}:alias string the contact anonymous id a1 is linked to
+    tl:{anon:a1}:alias string the contact anonymous id a1 is linked to (its profile key)
+    tl:{id:<digest>}   string "<identity digest> <event time>": who claimed an event id (a
+                              BLAKE2b digest of it), expiring after the idempotency window
     tl:{timers:p3}:due zset   profile key<US>timer kind by due time, per input partition
     tl:{timers:p3}:inflight   timers claimed by the partition's worker, until its batch commits
     tl:{meta}:epoch    string written at first start; every commit checks it is still there
@@ -50,6 +52,7 @@ from touchline.decisions.events import Event
 from touchline.decisions.policy import MESSAGE_CHANNELS
 from touchline.decisions.profile import DAY_MS, LONGEST_WINDOW_MS, WINDOWS, Profile, Send, snapshot
 from touchline.state.base import (
+    ID_CLAIM_MS,
     PROBE_TIMEOUT,
     StateStore,
     StoreError,
@@ -60,6 +63,9 @@ from touchline.state.base import (
     StoreDataLost,
     StoreUnavailable,
     anonymous_key,
+    contact_key,
+    id_digest,
+    identity_digest,
 )
 from touchline.state.codec import SEP, from_parts, log_diff, log_index, send_entries, send_member, to_blob
 from touchline.state.redis_scripts import SCRIPTS
@@ -102,6 +108,11 @@ def links_key(contact: str) -> str:
 
 def alias_key(anonymous_id: str) -> str:
     return f"{PREFIX}:{{{anonymous_key(anonymous_id)}}}:alias"
+
+
+def id_claim_key(event_id: str) -> str:
+    """Where the claim of one event id lives (its own key: one Cluster slot each, its own TTL)."""
+    return f"{PREFIX}:{{id:{id_digest(event_id)}}}"
 
 
 def timer_member(key: str, kind: str) -> str:
@@ -274,7 +285,7 @@ class RedisStore(StateStore):
             if anon is None:
                 continue
             if anon not in first_link and ev.contact_id is not None:
-                first_link[anon] = ev.contact_id
+                first_link[anon] = contact_key(ev.contact_id)
             if anon not in anons:
                 anons.append(anon)
         calls: list[Call] = [
@@ -288,6 +299,14 @@ class RedisStore(StateStore):
         links = {a: (r[0] or None, bool(r[1]), bool(r[2])) for a, r in zip(anons, results)}
         due = self._claimed(results[len(calls):], limit, partition) if claims else []
         return _walk(events, links), due
+
+    def claim_ids(self, events: Sequence[Event]) -> list[bool]:
+        """One script call per event, all in one pipeline (one round trip per batch); each is
+        atomic, so of two processes claiming an id at once exactly one identity wins."""
+        window = str(ID_CLAIM_MS)
+        calls: list[Call] = [("script", "claim_id", (id_claim_key(ev.event_id),),
+                              (identity_digest(ev), str(ev.ts_ms), window, window)) for ev in events]
+        return [bool(r) for r in self._run("claim", calls)]
 
     # ---------------------------------------------------------------- profiles
     def load(self, keys: Iterable[str]) -> dict[str, Profile]:
@@ -574,7 +593,7 @@ class RedisStore(StateStore):
 
     # ---------------------------------------------------------------- lifecycle and privacy
     def _linked(self, contact: str) -> list[str]:
-        """Anonymous ids whose link points to ``contact`` now."""
+        """Anonymous ids whose link points to ``contact`` (a profile key) now."""
         (members,) = self._run("export", [("cmd", "SMEMBERS", links_key(contact))])
         members = sorted(members)
         targets = self._run("export", [("cmd", "GET", alias_key(a)) for a in members])
@@ -592,12 +611,13 @@ class RedisStore(StateStore):
         self._base.pop(key, None)
 
     def export(self, contact_id: str) -> dict[str, Any] | None:
+        key = contact_key(contact_id)
         _version, blob, log_flat, sends_flat = self._run(
-            "export", [("script", "load", profile_keys(contact_id), ("-1",))])[0]
-        aliases = self._linked(contact_id)
+            "export", [("script", "load", profile_keys(key), ("-1",))])[0]
+        aliases = self._linked(key)
         if not blob and not log_flat and not sends_flat and not aliases:
             return None
-        profile = from_parts(contact_id, blob or None, _pairs(log_flat), _pairs(sends_flat))
+        profile = from_parts(key, blob or None, _pairs(log_flat), _pairs(sends_flat))
         return {"contact_id": contact_id, "aliases": aliases,
                 "profile": snapshot(profile) if (blob or log_flat or sends_flat) else None}
 
@@ -716,14 +736,16 @@ def _walk(events: Sequence[Event], links: Mapping[str, tuple[str | None, bool, b
         anon = ev.anonymous_id
         if ev.contact_id is not None:
             merged = None
-            if anon is not None and anon in pending_merge and links[anon][0] == ev.contact_id:
+            key = contact_key(ev.contact_id)
+            if anon is not None and anon in pending_merge and links[anon][0] == key:
                 pending_merge.discard(anon)
-                current[anon] = ev.contact_id
+                current[anon] = key
                 merged = anonymous_key(anon)
-            out.append((ev.contact_id, merged))
+            out.append((key, merged))
         else:
             out.append((current.get(anon or "", anonymous_key(anon or "")), None))
     return out
 
 
-__all__ = ["RedisStore", "StoreHealth", "profile_keys", "alias_key", "links_key", "outbox_key", "timer_keys", "TIMERS_KEY"]
+__all__ = ["RedisStore", "StoreHealth", "profile_keys", "alias_key", "links_key", "outbox_key", "timer_keys", "TIMERS_KEY",
+           "id_claim_key"]

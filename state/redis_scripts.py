@@ -182,6 +182,22 @@ redis.call('PEXPIRE', sends, ARGV[5])
 return 1
 """
 
+#: Claim one event id for an identity (see StateStore.claim_ids). KEYS: the id's claim key.
+#: ARGV: identity digest, event time ms, window ms, ttl ms. The claim is "<identity> <event time>".
+#: Returns 1 (claimed now, or already this identity's) or 0 (another identity's, within the window).
+CLAIM_ID = """
+local held = redis.call('GET', KEYS[1])
+if held then
+  local cut = string.find(held, ' ', 1, true)
+  if cut then
+    if string.sub(held, 1, cut - 1) == ARGV[1] then return 1 end
+    if math.abs(tonumber(ARGV[2]) - tonumber(string.sub(held, cut + 1))) < tonumber(ARGV[3]) then return 0 end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'PX', ARGV[4])
+return 1
+"""
+
 SCRIPTS: dict[str, str] = {
     "link": LINK,
     "unlink": UNLINK,
@@ -191,4 +207,5 @@ SCRIPTS: dict[str, str] = {
     "load": LOAD,
     "commit": COMMIT,
     "reserve": RESERVE,
+    "claim_id": CLAIM_ID,
 }
