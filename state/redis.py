@@ -301,12 +301,17 @@ class RedisStore(StateStore):
         return _walk(events, links), due
 
     def claim_ids(self, events: Sequence[Event]) -> list[bool]:
-        """One script call per event, all in one pipeline (one round trip per batch); each is
-        atomic, so of two processes claiming an id at once exactly one identity wins."""
+        """One round trip per batch: one script call for the whole batch (on Redis Cluster, one
+        per event in a pipeline: each id is its own slot). A script is atomic, so of two
+        processes claiming an id at once exactly one identity wins."""
         window = str(ID_CLAIM_MS)
-        calls: list[Call] = [("script", "claim_id", (id_claim_key(ev.event_id),),
-                              (identity_digest(ev), str(ev.ts_ms), window, window)) for ev in events]
-        return [bool(r) for r in self._run("claim", calls)]
+        keys = [id_claim_key(ev.event_id) for ev in events]
+        args = [(identity_digest(ev), str(ev.ts_ms)) for ev in events]
+        if self.cluster:
+            calls: list[Call] = [("script", "claim_ids", (k,), (window, window, *a)) for k, a in zip(keys, args)]
+            return [bool(r[0]) for r in self._run("claim", calls)]
+        (got,) = self._run("claim", [("script", "claim_ids", keys, (window, window, *(x for a in args for x in a)))])
+        return [bool(r) for r in got]
 
     # ---------------------------------------------------------------- profiles
     def load(self, keys: Iterable[str]) -> dict[str, Profile]:

@@ -182,20 +182,28 @@ redis.call('PEXPIRE', sends, ARGV[5])
 return 1
 """
 
-#: Claim one event id for an identity (see StateStore.claim_ids). KEYS: the id's claim key.
-#: ARGV: identity digest, event time ms, window ms, ttl ms. The claim is "<identity> <event time>".
-#: Returns 1 (claimed now, or already this identity's) or 0 (another identity's, within the window).
-CLAIM_ID = """
-local held = redis.call('GET', KEYS[1])
-if held then
-  local cut = string.find(held, ' ', 1, true)
-  if cut then
-    if string.sub(held, 1, cut - 1) == ARGV[1] then return 1 end
-    if math.abs(tonumber(ARGV[2]) - tonumber(string.sub(held, cut + 1))) < tonumber(ARGV[3]) then return 0 end
+#: Claim event ids for identities, in order (see StateStore.claim_ids). KEYS: the ids' claim
+#: keys (one per call on Redis Cluster, where each is its own slot; a whole batch otherwise).
+#: ARGV: window ms, ttl ms, then (identity digest, event time ms) per key. A claim is the
+#: string "<identity> <event time>". Returns per key 1 (claimed now, or already this
+#: identity's) or 0 (another identity's, within the window of its event time).
+CLAIM_IDS = """
+local window = tonumber(ARGV[1])
+local out = {}
+for k = 1, #KEYS do
+  local who, ts = ARGV[2 * k + 1], ARGV[2 * k + 2]
+  local ok = 1
+  local held = redis.call('GET', KEYS[k])
+  local cut = held and string.find(held, ' ', 1, true)
+  if cut and string.sub(held, 1, cut - 1) == who then
+    ok = 2
+  elseif cut and math.abs(tonumber(ts) - tonumber(string.sub(held, cut + 1))) < window then
+    ok = 0
   end
+  if ok == 1 then redis.call('SET', KEYS[k], who .. ' ' .. ts, 'PX', ARGV[2]) end
+  out[k] = math.min(ok, 1)
 end
-redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'PX', ARGV[4])
-return 1
+return out
 """
 
 SCRIPTS: dict[str, str] = {
@@ -207,5 +215,5 @@ SCRIPTS: dict[str, str] = {
     "load": LOAD,
     "commit": COMMIT,
     "reserve": RESERVE,
-    "claim_id": CLAIM_ID,
+    "claim_ids": CLAIM_IDS,
 }
