@@ -502,7 +502,7 @@ class BatchRun:
             return None, []
         core = self.core
         policy = core.policy
-        holdout = in_holdout(profile.key, policy.holdout_name, policy.holdout_share)
+        holdout = in_holdout(profile.contact_id, policy.holdout_name, policy.holdout_share)
         lead = scores.get("lead")
         marks: dict[int, list] = {}
         if not holdout:  # a holdout contact gets no message, so no variant either
@@ -526,7 +526,7 @@ class BatchRun:
             return None, suppressed
         self.decided[(winner.action, winner.channel)] += 1
         record = build_record(
-            contact=profile.key,
+            contact=profile.contact_id,
             chosen=winner,
             suppressed=suppressed,
             scores={name: self._score_entry(name, p) for name, p in sorted(scores.items())},

@@ -54,6 +54,7 @@ REASONS = (
     "before_floor",
     "late_event",
     "internal_error",
+    "duplicate_id",  # event_id already used by another identity (the store's claim, see StateStore.claim_ids)
 )
 
 
@@ -117,7 +118,25 @@ def load_schema() -> dict[str, Any]:
     return orjson.loads(text)
 
 
-_validate = fastjsonschema.compile(load_schema())
+#: The schema's pattern for ids: no control characters. Ids go into keys, set members and the
+#: decision id's hash input, all joined with the unit separator U+001F; an id holding one could
+#: collide with another (see the README's Redis key layout), so the contract keeps them out.
+NO_CONTROLS = "^[^\\u0000-\\u001f\\u007f]*$"
+
+
+def _python_patterns(node: Any) -> Any:
+    """The schema with each pattern's ``$`` as Python's ``\\Z``: JSON Schema patterns are
+    ECMA-262, whose ``$`` is the end of the text, but Python's also matches before a final
+    newline (so ``"c1\\n"`` would pass a no-control-characters pattern)."""
+    if isinstance(node, dict):
+        return {k: (v[:-1] + "\\Z" if k == "pattern" and isinstance(v, str) and v.endswith("$")
+                    else _python_patterns(v)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_python_patterns(v) for v in node]
+    return node
+
+
+_validate = fastjsonschema.compile(_python_patterns(load_schema()))
 _REQUIRED: tuple[str, ...] = tuple(load_schema()["required"])
 
 
@@ -217,6 +236,8 @@ def _describe(exc: fastjsonschema.JsonSchemaValueException, doc: dict[str, Any])
         if name == "ts":
             return "wrong_type", f"ts must be an RFC 3339 string or epoch milliseconds, got {got}"
         return "wrong_type", f"{name} has the wrong type ({got}): {exc.message.replace('data.', '')}"
+    if rule == "pattern" and exc.rule_definition == NO_CONTROLS.replace("$", "\\Z"):
+        return "invalid", f"{name} must not contain control characters (U+0000-U+001F, U+007F)"
     message = exc.message.replace("data.", "")
     if name == "ts":
         return "bad_timestamp", message

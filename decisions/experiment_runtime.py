@@ -120,7 +120,7 @@ class ExperimentRuntime:
                 now_ms: int, policy: PolicyConfig, tallies: ExperimentTallies) -> Assignment:
         bandit = self.bandits.get(name)
         if bandit is None:
-            return Assignment(name, assign(profile.key, name, split).name)
+            return Assignment(name, assign(profile.contact_id, name, split).name)
         seg = "all" if split.segment_by == "none" else segment[split.segment_by]
         # Only arms that could be sent now: a variant on a channel without consent teaches nothing.
         arms = [v.name for v in split.variants if eligibility(v.apply(cand), profile, now_ms, policy, False) is None]
@@ -151,7 +151,7 @@ class ExperimentRuntime:
                                  True, trigger_id, segment, now_ms, tallies, set_timer)
             tag = [[m.split, m.bandit_segment, m.variant] for m in marks if m.bandit_segment is not None]
             self._expire_touches(profile, now_ms, set_timer)
-            profile.touches.append([now_ms, decision_id(profile.key, sent.action, sent.channel, trigger_id),
+            profile.touches.append([now_ms, decision_id(profile.contact_id, sent.action, sent.channel, trigger_id),
                                     sent.channel, sent.action, tag or None, False])
             if tag and TOUCH_TIMER not in profile.timers:
                 set_timer(TOUCH_TIMER, now_ms + self.window_ms)
@@ -166,9 +166,9 @@ class ExperimentRuntime:
         tallies.exposures[(experiment, arm)] += 1
         tallies.records.append({
             "kind": "exposure", "experiment": experiment, "arm": arm, "baseline": baseline,
-            "contact_id": profile.key, "exposed_at_ms": now_ms, "exposed_at": iso_ms(now_ms),
+            "contact_id": profile.contact_id, "exposed_at_ms": now_ms, "exposed_at": iso_ms(now_ms),
             "window_ms": self.window_ms, "segment": segment, "action": target.action, "channel": target.channel,
-            "decision_id": decision_id(profile.key, target.action, target.channel, trigger_id), "sent": sent,
+            "decision_id": decision_id(profile.contact_id, target.action, target.channel, trigger_id), "sent": sent,
         })
 
     # ---------------------------------------------------------------- conversions
@@ -194,7 +194,7 @@ class ExperimentRuntime:
             if t[0] < ts_ms:
                 self._reward(t, True)
         tallies.records.append({
-            "kind": "conversion", "contact_id": profile.key, "event_id": event_id, "ts_ms": ts_ms,
+            "kind": "conversion", "contact_id": profile.contact_id, "event_id": event_id, "ts_ms": ts_ms,
             "ts": iso_ms(ts_ms), "type": event_type, "value": value,
             "credits": {m: [{"decision_id": t.decision_id, "channel": t.channel, "action": t.action,
                              "weight": round(w, 6)} for t, w in credits[m]] for m in MODELS},
@@ -219,7 +219,7 @@ class ExperimentRuntime:
         tallies.outcomes[(experiment, exp["arm"], "true" if converted else "false")] += 1
         tallies.records.append({
             "kind": "outcome", "experiment": experiment, "arm": exp["arm"], "baseline": exp["baseline"],
-            "contact_id": profile.key, "exposed_at_ms": exp["at"], "window_ms": self.window_ms,
+            "contact_id": profile.contact_id, "exposed_at_ms": exp["at"], "window_ms": self.window_ms,
             "segment": exp["segment"], "converted": converted, "converted_at_ms": exp["converted_at"],
             "value": exp["value"],
         })

@@ -401,7 +401,7 @@ class JourneyRunner:
             name = journey.journey
             if isinstance(step, (WaitStep, WaitUntilStep)):
                 if isinstance(step, WaitStep):
-                    override = self.wait_override(profile.key, name, step.id) if self.wait_override else None
+                    override = self.wait_override(profile.contact_id, name, step.id) if self.wait_override else None
                     due = now_ms + (step.wait_ms if override is None else override)
                 else:
                     due = next_time_of_day(now_ms, step.wait_until.time, profile.timezone, self.default_zone,
@@ -469,7 +469,7 @@ class JourneyRunner:
     def _branch(self, profile: Profile, journey: Journey, step: BranchStep, state: dict, now_ms: int,
                 scores: dict[str, float]) -> str:
         facts: dict[str, Any] | None = None
-        bucket = split_bucket(profile.key, journey.journey, step.id)
+        bucket = split_bucket(profile.contact_id, journey.journey, step.id)
         cumulative = 0.0
         for case in step.branch:
             if case.event_happened is not None:
@@ -544,7 +544,7 @@ class JourneyRunner:
 
     def _trace(self, profile: Profile, journey: Journey, step: str, now_ms: int, what: str) -> None:
         if self.trace is not None:
-            self.trace({"time": _iso(now_ms), "contact": profile.key, "journey": journey.journey, "step": step,
+            self.trace({"time": _iso(now_ms), "contact": profile.contact_id, "journey": journey.journey, "step": step,
                         "what": what})
 
 

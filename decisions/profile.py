@@ -54,6 +54,50 @@ MAX_ALIASES = 64
 CHANNELS = ("email", "sms", "push")
 
 
+#: Profile keys: a known contact's key is its contact id; an anonymous visitor's is
+#: ``anon:<anonymous id>``. A contact id that begins with a reserved prefix (``anon:``, the
+#: escape ``~`` itself, or ``}``, which would leave a Redis Cluster hash tag empty) is stored
+#: as ``~<contact id>``, so the two key spaces never meet and every ordinary id keeps its key.
+ANON_PREFIX = "anon:"
+ESCAPE = "~"
+_RESERVED = (ANON_PREFIX, ESCAPE, "}")
+
+
+def contact_key(contact_id: str) -> str:
+    """Profile key of a known contact.
+
+    >>> contact_key("c1"), contact_key("anon:x"), contact_key("~x")
+    ('c1', '~anon:x', '~~x')
+    """
+    return ESCAPE + contact_id if contact_id.startswith(_RESERVED) else contact_id
+
+
+def anonymous_key(anonymous_id: str) -> str:
+    """Profile key of a visitor known only by an anonymous/device id."""
+    return ANON_PREFIX + anonymous_id
+
+
+def is_known_key(key: str) -> bool:
+    """Whether a profile key is a known contact (not an anonymous visitor)."""
+    return not key.startswith(ANON_PREFIX)
+
+
+def contact_of(key: str) -> str:
+    """The id a profile key stands for in outputs (decision records, exports) and hash-based
+    assignments (holdout, experiments, journey splits): a known contact's id, unescaped; an
+    anonymous visitor's key as it is (``anon:<id>``: no output names an anonymous visitor as a contact).
+
+    >>> contact_of(contact_key("anon:x")), contact_of("c1"), contact_of(anonymous_key("x"))
+    ('anon:x', 'c1', 'anon:x')
+    """
+    return key[1:] if key.startswith(ESCAPE) else key
+
+
+def anonymous_of(key: str) -> str:
+    """The anonymous id of an anonymous visitor's profile key."""
+    return key[len(ANON_PREFIX):]
+
+
 @dataclass(slots=True)
 class Observation:
     """Features and prediction captured at scoring time, waiting for their label."""
@@ -121,6 +165,11 @@ class Profile:
         default_factory=lambda: {name: (deque(), {}) for name in WINDOWS}
     )
     seen: set[str] = field(default_factory=set)
+
+    @property
+    def contact_id(self) -> str:
+        """The contact id outputs show for this profile (see :func:`contact_of`)."""
+        return contact_of(self.key)
 
     def window_count(self, window: str, type_: str) -> int:
         """Events of ``type_`` in ``window`` as of :attr:`last_ts`."""

@@ -25,7 +25,7 @@ from touchline.decisions.events import Event, Rejected, parse_event
 from touchline.decisions.reorder import EventOrder, TimeRules
 from touchline.flows.models import ModelKeeper
 from touchline.metrics.engine import EngineMetrics
-from touchline.state.base import OutboxEntry, Pending, StateStore, StoreError
+from touchline.state.base import OutboxEntry, Pending, StateStore, StoreError, contact_key
 from touchline.state.erasure import screen as screen_erased
 
 log = logging.getLogger(__name__)
@@ -230,6 +230,7 @@ class Engine:
         events, at, horizon = self._in_order(batch, events, positions, dead)
         if not self.core.live:
             self._keep_held(batch.partition, timings)
+        events, at = self._claim_ids(events, at, dead, timings)
         self._flush_acks(timings)
         resolved, due = _timed(timings, "resolve", self.store.begin, events, horizon, partition=batch.partition)
         run = self._decide_and_commit(events, at, resolved, due, horizon or 0, timings, batch.partition)
@@ -271,6 +272,28 @@ class Engine:
                 parsed = Rejected(*bad, raw)
             dead.append(parsed.to_dead_letter(at))
         return events, positions
+
+    def _claim_ids(self, events: list[Event], at: list[tuple[int, bool]] | None, dead: list[dict[str, Any]],
+                   timings: dict[str, float]) -> tuple[list[Event], list[tuple[int, bool]] | None]:
+        """The events whose ``event_id`` is theirs: an id another identity already used within
+        the idempotency window is a dead letter (``duplicate_id``), never applied to this one's
+        profile. The same identity again is a replay, left to the profile's own dedupe. In the
+        order they are applied in (event time, as released): the earlier event keeps the id."""
+        if not events:
+            return events, at
+        free = _timed(timings, "claim", self.store.claim_ids, events)
+        if all(free):
+            return events, at
+        kept = []
+        for ev, ok in zip(events, free):
+            if ok:
+                kept.append(ev)
+            else:  # the other identity is not named: one contact's dead letter never shows another's id
+                dead.append({"kind": "invalid_event", "reason": "duplicate_id", "source": ev.source or "engine",
+                             "detail": f"event_id {ev.event_id!r} already used by another identity",
+                             "raw": ev.raw.decode("utf-8", "backslashreplace") if ev.raw is not None
+                             else orjson.dumps(ev.to_dict(), option=orjson.OPT_SORT_KEYS).decode()})
+        return kept, None if at is None else [place for place, ok in zip(at, free) if ok]
 
     def _drop_erased(self, events: list[Event], positions: list[int],
                      timings: dict[str, float]) -> tuple[list[Event], list[int]]:
@@ -405,7 +428,8 @@ class Engine:
         timers = {kk: t for kk, t in run.to_schedule.items() if kk[0] not in keep_out}
         if redo:  # a conflicted attempt may have scheduled stale times: set every timer right
             timers.update({(k, kind): t for k, p in live.items() for kind, t in p.timers.items()})
-        decisions = [d for d in run.decisions if d["contact_id"] not in keep_out] if keep_out else run.decisions
+        decisions = ([d for d in run.decisions if contact_key(d["contact_id"]) not in keep_out] if keep_out
+                     else run.decisions)
         conflicts = _timed(timings, "save", store.commit, live, run.merged_away - keep_out,
                            [(k, kind, t) for (k, kind), t in timers.items()],
                            outbox=self._outbox(decisions), fired=[t for t in due if t[1] not in keep_out],
@@ -416,11 +440,12 @@ class Engine:
         return run, conflicts
 
     def _outbox(self, decisions: list[dict[str, Any]]) -> dict[str, list[OutboxEntry]]:
-        """Each decision, by the profile it belongs to, for the same atomic write as that profile."""
+        """Each decision, by the profile it belongs to (the key of its contact id), for the same
+        atomic write as that profile."""
         out: dict[str, list[OutboxEntry]] = {}
         channels = self.channel_outputs
         for record in decisions:
-            out.setdefault(record["contact_id"], []).append(OutboxEntry(
+            out.setdefault(contact_key(record["contact_id"]), []).append(OutboxEntry(
                 record["decision_id"], orjson.dumps(record, option=orjson.OPT_SORT_KEYS),
                 record["channel"] in channels))
         return out
@@ -431,7 +456,7 @@ class Engine:
         at the start of the next batch, on the engine's own thread."""
         done = self._done
         for record in records:
-            done.append((record["contact_id"], record["decision_id"], part))
+            done.append((contact_key(record["contact_id"]), record["decision_id"], part))
 
     def _flush_acks(self, timings: dict[str, float]) -> None:
         done = self._done
@@ -557,7 +582,7 @@ class _Committed:
     def absorb(self, run: BatchRun, conflicts: set[str]) -> None:
         """Keep ``run``'s output except the decisions of profiles that were not written."""
         if conflicts:
-            run.decisions = [d for d in run.decisions if d["contact_id"] not in conflicts]
+            run.decisions = [d for d in run.decisions if contact_key(d["contact_id"]) not in conflicts]
             run.expired -= conflicts
             kept = [(d, k) for d, k in zip(run.dead, run.dead_keys) if k not in conflicts]
             run.dead, run.dead_keys = [d for d, _ in kept], [k for _, k in kept]

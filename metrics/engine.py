@@ -124,7 +124,7 @@ class EngineMetrics:
             "experiments), emit (writing a batch's outputs).", ["stage"], buckets=STAGE_BUCKETS, registry=registry)
         self.store_latency = Histogram(
             "touchline_state_store_latency_seconds", "State store round-trip latency per batch, by operation "
-            "(resolve, load, reserve, save, delete).", ["op"], buckets=STAGE_BUCKETS, registry=registry,
+            "(claim, resolve, load, reserve, save, delete, ack).", ["op"], buckets=STAGE_BUCKETS, registry=registry,
         )
         self.store_errors = PromCounter(
             "touchline_state_store_errors", "Failed state store attempts (each retried), by operation.", ["op"],

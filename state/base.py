@@ -7,28 +7,56 @@ a store persists them, resolves identities, keeps timers and reserves sends.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Collection, Iterable, Mapping, Sequence
 
 from touchline.decisions.events import Event
-from touchline.decisions.profile import Profile, Send
+from touchline.decisions.profile import (  # noqa: F401 (the key scheme, re-exported for the stores)
+    ANON_PREFIX,
+    LONGEST_WINDOW_MS,
+    Profile,
+    Send,
+    anonymous_key,
+    anonymous_of,
+    contact_key,
+    contact_of,
+    is_known_key,
+)
 
 if TYPE_CHECKING:
     from touchline.state.erasure import Identity, Tombstone
 
-ANON_PREFIX = "anon:"
+
+#: How long an event id stays claimed by the identity it first came under (see
+#: :meth:`StateStore.claim_ids`): the idempotency window, as long as a profile remembers
+#: its own event ids (:func:`touchline.decisions.profile.is_too_late`).
+ID_CLAIM_MS = LONGEST_WINDOW_MS
 
 
-def anonymous_key(anonymous_id: str) -> str:
-    """Profile key of a visitor known only by an anonymous/device id."""
-    return ANON_PREFIX + anonymous_id
+def _digest(text: str, size: int) -> str:
+    return base64.urlsafe_b64encode(hashlib.blake2b(text.encode(), digest_size=size).digest()).decode().rstrip("=")
 
 
-def is_known_key(key: str) -> bool:
-    """Whether a profile key is a known contact (not an anonymous visitor)."""
-    return not key.startswith(ANON_PREFIX)
+def id_digest(event_id: str) -> str:
+    """What a store keeps of an event id it claims: 16 bytes of BLAKE2b, URL-safe base64
+    (22 characters, whatever the id's length; never a brace, space or separator).
+
+    >>> id_digest("e1"), len(id_digest("x" * 10_000))
+    ('r91EA8QQad-Dnb4iSfmK7g', 22)
+    """
+    return _digest(event_id, 16)
+
+
+def identity_digest(event: Event) -> str:
+    """Who claims an event id: 8 bytes of BLAKE2b of the profile key of the identity the event
+    arrived under (its contact, else its anonymous id: :attr:`Event.identity`, in the key
+    scheme's separate spaces, so contact ``x`` and anonymous visitor ``x`` differ)."""
+    key = contact_key(event.contact_id) if event.contact_id is not None else anonymous_key(event.anonymous_id or "")
+    return _digest(key, 8)
 
 
 #: How long the readiness probe waits for a store's answer.
@@ -142,6 +170,22 @@ class StateStore(ABC):
         return set()
 
     @abstractmethod
+    def claim_ids(self, events: Sequence[Event]) -> list[bool]:
+        """Claim each event's ``event_id`` for the identity it arrived under, in order; False for
+        an event whose id another identity claimed (the engine dead-letters it, ``duplicate_id``).
+
+        ``event_id`` is the idempotency key of the whole store, not of one contact: without
+        this, an id first seen under one contact would be applied again under another. The
+        same identity claiming again gets True (a replay: the profile's own dedupe counts it
+        as a duplicate, and a batch that claimed its ids and crashed before committing still
+        applies when replayed). A claim holds for events within :data:`ID_CLAIM_MS` of its
+        event time; after that the id is free again (for the next identity that uses it).
+        Claims are atomic across processes sharing the store (exactly one identity wins an
+        id), kept as digests (:func:`id_digest`, :func:`identity_digest`) and forgotten once
+        out of the window, so memory stays bounded.
+        """
+
+    @abstractmethod
     def load(self, keys: Iterable[str]) -> dict[str, Profile]:
         """Profiles for ``keys``; an unknown key gets a new empty profile (not yet stored)."""
 
@@ -170,11 +214,12 @@ class StateStore(ABC):
 
     @abstractmethod
     def delete(self, key: str) -> None:
-        """Forget a profile and its aliases (retention expiry)."""
+        """Forget a profile (by its profile key) and its aliases (retention expiry)."""
 
     @abstractmethod
     def export(self, contact_id: str) -> dict[str, Any] | None:
-        """Everything stored about a contact, JSON-ready; None if nothing is stored."""
+        """Everything stored about a contact (by its contact id, not its profile key), JSON-ready;
+        None if nothing is stored."""
 
     # ------------------------------------------------------------ erasure (state/erasure.py)
     def erase(self, contact_id: str, now_ms: int | None = None) -> bool:

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 import orjson
 
 from touchline.decisions.events import Event
-from touchline.decisions.profile import Profile
+from touchline.decisions.profile import Profile, contact_key
 
 if TYPE_CHECKING:
     from touchline.state.base import StateStore
@@ -139,7 +139,7 @@ def unsubscribed(profiles: Iterable[Profile | None]) -> tuple[str, ...]:
 
 def fresh_profile(contact_id: str, refused: Sequence[str]) -> Profile:
     """The profile a re-admitted contact starts from: empty, its refused channels still refused."""
-    return Profile(contact_id, known=True, consent={ch: False for ch in refused})
+    return Profile(contact_key(contact_id), known=True, consent={ch: False for ch in refused})
 
 
 def screen(store: "StateStore", events: list[Event]) -> tuple[list[Event], int]:

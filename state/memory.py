@@ -21,7 +21,6 @@ from typing import Collection, Iterator, Any, Iterable, Mapping, Sequence
 from touchline.decisions.events import Event
 from touchline.decisions.policy import cap_violation
 from touchline.decisions.profile import Profile, Send, snapshot
-from touchline.state.base import StateStore, StoreOptions, anonymous_key, is_known_key
 from touchline.state.erasure import (
     ANONYMOUS,
     CONTACT,
@@ -33,6 +32,16 @@ from touchline.state.erasure import (
     tombstones_of,
     unsubscribed,
 )
+from touchline.state.base import (
+    ID_CLAIM_MS,
+    StateStore,
+    StoreOptions,
+    anonymous_key,
+    contact_key,
+    id_digest,
+    identity_digest,
+    is_known_key,
+)
 
 
 class MemoryStore(StateStore):
@@ -41,8 +50,8 @@ class MemoryStore(StateStore):
     def __init__(self, url: str = "memory://", options: StoreOptions | None = None) -> None:
         self.url = url
         self._profiles: dict[str, Profile] = {}
-        self._aliases: dict[str, str] = {}  # anonymous id -> contact id
-        self._links: dict[str, set[str]] = {}  # contact id -> every anonymous id linked to it
+        self._aliases: dict[str, str] = {}  # anonymous id -> the contact's profile key
+        self._links: dict[str, set[str]] = {}  # contact's profile key -> every anonymous id linked to it
         self._timers: dict[tuple[str, str], int] = {}
         self._heap: list[tuple[int, str, str]] = []
         #: tombstone id -> tombstone of an erased identity (state/erasure.py)
@@ -50,6 +59,35 @@ class MemoryStore(StateStore):
         #: no key configured: a random one, which lives exactly as long as the tombstones here
         secret = options.erasure_key if options is not None else None
         self._erasure_key = secret.encode() if secret else secrets.token_bytes(32)
+
+        self._claims: dict[str, tuple[str, int]] = {}  # event id digest -> (identity digest, event time)
+        self._claim_times: list[tuple[int, str]] = []  # (event time, id digest): oldest pruned first
+        self._newest_claim = 0
+
+    # event ids ----------------------------------------------------------------
+    def claim_ids(self, events: Sequence[Event]) -> list[bool]:
+        """See :meth:`StateStore.claim_ids`. Claims older than the window behind the newest event
+        claimed so far are pruned (event time: a replay keeps as many as living through it)."""
+        claims, times = self._claims, self._claim_times
+        out: list[bool] = []
+        for ev in events:
+            digest, who, ts = id_digest(ev.event_id), identity_digest(ev), ev.ts_ms
+            held = claims.get(digest)
+            if held is not None and held[0] != who and abs(ts - held[1]) < ID_CLAIM_MS:
+                out.append(False)
+                continue
+            if held is None or held[0] != who:
+                claims[digest] = (who, ts)
+                heapq.heappush(times, (ts, digest))
+            self._newest_claim = max(self._newest_claim, ts)
+            out.append(True)
+        horizon = self._newest_claim - ID_CLAIM_MS
+        while times and times[0][0] <= horizon:
+            ts, digest = heapq.heappop(times)
+            held = claims.get(digest)
+            if held is not None and held[1] == ts:
+                del claims[digest]
+        return out
 
     # identity -----------------------------------------------------------------
     def resolve(self, events: Sequence[Event]) -> list[tuple[str, str | None]]:
@@ -59,11 +97,12 @@ class MemoryStore(StateStore):
             if ev.contact_id is not None:
                 merged = None
                 anon = ev.anonymous_id
+                key = contact_key(ev.contact_id)
                 if anon is not None and anon not in aliases:
-                    aliases[anon] = ev.contact_id
-                    self._links.setdefault(ev.contact_id, set()).add(anon)
+                    aliases[anon] = key
+                    self._links.setdefault(key, set()).add(anon)
                     merged = anonymous_key(anon)
-                out.append((ev.contact_id, merged))
+                out.append((key, merged))
             else:
                 anon = ev.anonymous_id or ""
                 out.append((aliases.get(anon) or anonymous_key(anon), None))
@@ -118,16 +157,18 @@ class MemoryStore(StateStore):
             del self._aliases[anon]
 
     def export(self, contact_id: str) -> dict[str, Any] | None:
-        profile = self._profiles.get(contact_id)
-        aliases = sorted(self._links.get(contact_id, ()))
+        key = contact_key(contact_id)
+        profile = self._profiles.get(key)
+        aliases = sorted(self._links.get(key, ()))
         if profile is None and not aliases:
             return None
         return {"contact_id": contact_id, "aliases": aliases, "profile": snapshot(profile) if profile else None}
 
     def erase(self, contact_id: str, now_ms: int | None = None) -> bool:
         existed = self.export(contact_id) is not None
-        anons = sorted(self._links.get(contact_id, ()))
-        profile = self._profiles.get(contact_id)
+        pkey = contact_key(contact_id)
+        anons = sorted(self._links.get(pkey, ()))
+        profile = self._profiles.get(pkey)
         anon_profiles = [self._profiles.get(anonymous_key(a)) for a in anons]
         at = erasure_time(now_ms, [p.last_ts for p in (profile, *anon_profiles) if p is not None])
         key = self._erasure_key
@@ -136,7 +177,7 @@ class MemoryStore(StateStore):
         for a in anons:
             self._tombstones[tombstone_id(key, (ANONYMOUS, a))] = Tombstone(at)
             self._profiles.pop(anonymous_key(a), None)
-        self.delete(contact_id)
+        self.delete(pkey)
         return existed
 
     def tombstones(self, identities: Collection[Identity]) -> dict[Identity, Tombstone]:
@@ -146,8 +187,9 @@ class MemoryStore(StateStore):
 
     def readmit(self, contact_id: str, hits: Mapping[Identity, Tombstone], ts_ms: int) -> None:
         refused = [ch for t in hits.values() for ch in t.unsubscribed]
-        if (CONTACT, contact_id) in hits and contact_id not in self._profiles:
-            self._profiles[contact_id] = fresh_profile(contact_id, refused)
+        pkey = contact_key(contact_id)
+        if (CONTACT, contact_id) in hits and pkey not in self._profiles:
+            self._profiles[pkey] = fresh_profile(contact_id, refused)
         for identity, t in hits.items():
             self._tombstones[tombstone_id(self._erasure_key, identity)] = t.readmitted(ts_ms)
 

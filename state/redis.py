@@ -18,7 +18,9 @@ Cluster slot::
     tl:{c1}:outbox     hash   decisions committed with the profile until their outputs
                               confirm them: r:<id> record, d:<id> / c:<id> still owed to
                               the decisions output / the channel delivery
-    tl:{anon:a1}:alias string the contact anonymous id a1 is linked to
+    tl:{anon:a1}:alias string the contact anonymous id a1 is linked to (its profile key)
+    tl:{id:<digest>}   string "<identity digest> <event time>": who claimed an event id (a
+                              BLAKE2b digest of it), expiring after the idempotency window
     tl:{timers:p3}:due zset   profile key<US>timer kind by due time, per input partition
     tl:{timers:p3}:inflight   timers claimed by the partition's worker, until its batch commits
     tl:{meta}:epoch    string written at first start; every commit checks it is still there
@@ -57,6 +59,7 @@ from touchline.decisions.policy import MESSAGE_CHANNELS
 from touchline.decisions.profile import DAY_MS, LONGEST_WINDOW_MS, WINDOWS, Profile, Send, snapshot
 from touchline.redact import redact_url
 from touchline.state.base import (
+    ID_CLAIM_MS,
     PROBE_TIMEOUT,
     StateStore,
     StoreError,
@@ -67,6 +70,9 @@ from touchline.state.base import (
     StoreDataLost,
     StoreUnavailable,
     anonymous_key,
+    contact_key,
+    id_digest,
+    identity_digest,
 )
 from touchline.state.erasure import (
     ANONYMOUS,
@@ -130,6 +136,11 @@ def links_key(contact: str) -> str:
 
 def alias_key(anonymous_id: str) -> str:
     return f"{PREFIX}:{{{anonymous_key(anonymous_id)}}}:alias"
+
+
+def id_claim_key(event_id: str) -> str:
+    """Where the claim of one event id lives (its own key: one Cluster slot each, its own TTL)."""
+    return f"{PREFIX}:{{id:{id_digest(event_id)}}}"
 
 
 def timer_member(key: str, kind: str) -> str:
@@ -302,7 +313,7 @@ class RedisStore(StateStore):
             if anon is None:
                 continue
             if anon not in first_link and ev.contact_id is not None:
-                first_link[anon] = ev.contact_id
+                first_link[anon] = contact_key(ev.contact_id)
             if anon not in anons:
                 anons.append(anon)
         calls: list[Call] = [
@@ -316,6 +327,19 @@ class RedisStore(StateStore):
         links = {a: (r[0] or None, bool(r[1]), bool(r[2])) for a, r in zip(anons, results)}
         due = self._claimed(results[len(calls):], limit, partition) if claims else []
         return _walk(events, links), due
+
+    def claim_ids(self, events: Sequence[Event]) -> list[bool]:
+        """One round trip per batch: one script call for the whole batch (on Redis Cluster, one
+        per event in a pipeline: each id is its own slot). A script is atomic, so of two
+        processes claiming an id at once exactly one identity wins."""
+        window = str(ID_CLAIM_MS)
+        keys = [id_claim_key(ev.event_id) for ev in events]
+        args = [(identity_digest(ev), str(ev.ts_ms)) for ev in events]
+        if self.cluster:
+            calls: list[Call] = [("script", "claim_ids", (k,), (window, window, *a)) for k, a in zip(keys, args)]
+            return [bool(r[0]) for r in self._run("claim", calls)]
+        (got,) = self._run("claim", [("script", "claim_ids", keys, (window, window, *(x for a in args for x in a)))])
+        return [bool(r) for r in got]
 
     # ---------------------------------------------------------------- profiles
     def load(self, keys: Iterable[str]) -> dict[str, Profile]:
@@ -620,7 +644,7 @@ class RedisStore(StateStore):
 
     # ---------------------------------------------------------------- lifecycle and privacy
     def _linked(self, contact: str) -> list[str]:
-        """Anonymous ids whose link points to ``contact`` now."""
+        """Anonymous ids whose link points to ``contact`` (a profile key) now."""
         (members,) = self._run("export", [("cmd", "SMEMBERS", links_key(contact))])
         members = sorted(members)
         targets = self._run("export", [("cmd", "GET", alias_key(a)) for a in members])
@@ -644,11 +668,12 @@ class RedisStore(StateStore):
         and profiles. The tombstones go first: an erasure cut short already drops the events,
         and running it again finishes it."""
         key = self._erasure_secret()
+        pkey = contact_key(contact_id)
         (version, blob, log_flat, sends_flat), marks = self._run(
-            "erase", [("script", "load", profile_keys(contact_id), ("-1",)), ("cmd", "HVALS", WATERMARKS_KEY)])
-        anons = self._linked(contact_id)
+            "erase", [("script", "load", profile_keys(pkey), ("-1",)), ("cmd", "HVALS", WATERMARKS_KEY)])
+        anons = self._linked(pkey)
         anon_parts = self._run("erase", [("script", "load", profile_keys(anonymous_key(a)), ("-1",)) for a in anons])
-        profile = from_parts(contact_id, blob, [], []) if blob else None
+        profile = from_parts(pkey, blob, [], []) if blob else None
         anon_profiles = [from_parts(anonymous_key(a), r[1], [], []) if r[1] else None for a, r in zip(anons, anon_parts)]
         at = erasure_time(now_ms, [int(m) for m in marks] + [p.last_ts for p in (profile, *anon_profiles) if p])
         fields: list[Any] = [tombstone_id(key, (CONTACT, contact_id)),
@@ -656,7 +681,7 @@ class RedisStore(StateStore):
         for a, reply in zip(anons, anon_parts):
             fields += [tombstone_id(key, (ANONYMOUS, a)), Tombstone(at, (), int(reply[0])).dumps()]
         self._run("erase", [("cmd", "HSET", TOMBSTONES_KEY, *fields)])
-        self.delete(contact_id)
+        self.delete(pkey)
         for a in anons:
             self._base.pop(anonymous_key(a), None)
         return bool(blob or log_flat or sends_flat or anons)
@@ -677,7 +702,7 @@ class RedisStore(StateStore):
         key = self._erasure_secret()
         seeds: list[Call] = []
         for (kind, value), t in hits.items():
-            pkey = contact_id if kind == CONTACT else anonymous_key(value)
+            pkey = contact_key(contact_id) if kind == CONTACT else anonymous_key(value)
             if kind == CONTACT or t.version:
                 blob = to_blob(fresh_profile(contact_id, t.unsubscribed)) if kind == CONTACT else b""
                 seeds.append(("script", "seed", (profile_keys(pkey)[0],), (blob, t.version + 1, self.ttl_ms)))
@@ -716,12 +741,13 @@ class RedisStore(StateStore):
         return secret
 
     def export(self, contact_id: str) -> dict[str, Any] | None:
+        key = contact_key(contact_id)
         _version, blob, log_flat, sends_flat = self._run(
-            "export", [("script", "load", profile_keys(contact_id), ("-1",))])[0]
-        aliases = self._linked(contact_id)
+            "export", [("script", "load", profile_keys(key), ("-1",))])[0]
+        aliases = self._linked(key)
         if not blob and not log_flat and not sends_flat and not aliases:
             return None
-        profile = from_parts(contact_id, blob or None, _pairs(log_flat), _pairs(sends_flat))
+        profile = from_parts(key, blob or None, _pairs(log_flat), _pairs(sends_flat))
         return {"contact_id": contact_id, "aliases": aliases,
                 "profile": snapshot(profile) if (blob or log_flat or sends_flat) else None}
 
@@ -840,14 +866,16 @@ def _walk(events: Sequence[Event], links: Mapping[str, tuple[str | None, bool, b
         anon = ev.anonymous_id
         if ev.contact_id is not None:
             merged = None
-            if anon is not None and anon in pending_merge and links[anon][0] == ev.contact_id:
+            key = contact_key(ev.contact_id)
+            if anon is not None and anon in pending_merge and links[anon][0] == key:
                 pending_merge.discard(anon)
-                current[anon] = ev.contact_id
+                current[anon] = key
                 merged = anonymous_key(anon)
-            out.append((ev.contact_id, merged))
+            out.append((key, merged))
         else:
             out.append((current.get(anon or "", anonymous_key(anon or "")), None))
     return out
 
 
-__all__ = ["RedisStore", "StoreHealth", "profile_keys", "alias_key", "links_key", "outbox_key", "timer_keys", "TIMERS_KEY"]
+__all__ = ["RedisStore", "StoreHealth", "profile_keys", "alias_key", "links_key", "outbox_key", "timer_keys", "TIMERS_KEY",
+           "id_claim_key"]

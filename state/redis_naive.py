@@ -14,8 +14,8 @@ from typing import Any, Collection, Iterable, Mapping, Sequence
 from touchline.decisions.events import Event
 from touchline.decisions.policy import cap_violation
 from touchline.decisions.profile import LONGEST_WINDOW_MS, Profile, Send
-from touchline.state.base import StoreOptions, anonymous_key
 from touchline.state.erasure import Identity, Tombstone, tombstone_id
+from touchline.state.base import ID_CLAIM_MS, StoreOptions, anonymous_key, contact_key, identity_digest
 from touchline.state.codec import (
     SEP,
     from_parts,
@@ -34,6 +34,7 @@ from touchline.state.redis import (
     _Base,
     _pairs,
     alias_key,
+    id_claim_key,
     links_key,
     profile_keys,
     timer_member,
@@ -63,12 +64,13 @@ class NaiveRedisStore(RedisStore):
             anon = ev.anonymous_id
             if ev.contact_id is not None:
                 merged = None
-                if anon is not None and self._call("resolve", "SET", alias_key(anon), ev.contact_id, "NX"):
+                key = contact_key(ev.contact_id)
+                if anon is not None and self._call("resolve", "SET", alias_key(anon), key, "NX"):
                     self._call("resolve", "PEXPIRE", alias_key(anon), self.ttl_ms)
-                    self._call("resolve", "SADD", links_key(ev.contact_id), anon)
-                    self._call("resolve", "PEXPIRE", links_key(ev.contact_id), self.ttl_ms)
+                    self._call("resolve", "SADD", links_key(key), anon)
+                    self._call("resolve", "PEXPIRE", links_key(key), self.ttl_ms)
                     merged = anonymous_key(anon)
-                out.append((ev.contact_id, merged))
+                out.append((key, merged))
             else:
                 target = self._call("resolve", "GET", alias_key(anon or ""))
                 if target:
@@ -84,6 +86,25 @@ class NaiveRedisStore(RedisStore):
         key = self._erasure_secret()
         values = self._call("resolve", "HMGET", TOMBSTONES_KEY, *(tombstone_id(key, i) for i in wanted))
         return {i: Tombstone.loads(v) for i, v in zip(wanted, values) if v is not None}
+
+    def claim_ids(self, events: Sequence[Event]) -> list[bool]:
+        """The claims of :class:`RedisStore` as a read and a write per event (not atomic across
+        processes: a baseline, like its reservations)."""
+        out = []
+        for ev in events:
+            key, who = id_claim_key(ev.event_id), identity_digest(ev)
+            held = self._call("claim", "GET", key)
+            if held is not None:
+                holder, _, ts = held.partition(" ")
+                if holder == who:
+                    out.append(True)
+                    continue
+                if abs(ev.ts_ms - int(ts)) < ID_CLAIM_MS:
+                    out.append(False)
+                    continue
+            self._call("claim", "SET", key, f"{who} {ev.ts_ms}", "PX", ID_CLAIM_MS)
+            out.append(True)
+        return out
 
     def pop_due(self, now_ms: int, limit: int = 10_000, partition: int = 0) -> list[tuple[int, str, str]]:
         flat = self._call("pop_due", "ZRANGEBYSCORE", TIMERS_KEY, "-inf", now_ms, "WITHSCORES", "LIMIT", 0, limit)

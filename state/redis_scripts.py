@@ -205,6 +205,30 @@ end
 return n
 """
 
+#: Claim event ids for identities, in order (see StateStore.claim_ids). KEYS: the ids' claim
+#: keys (one per call on Redis Cluster, where each is its own slot; a whole batch otherwise).
+#: ARGV: window ms, ttl ms, then (identity digest, event time ms) per key. A claim is the
+#: string "<identity> <event time>". Returns per key 1 (claimed now, or already this
+#: identity's) or 0 (another identity's, within the window of its event time).
+CLAIM_IDS = """
+local window = tonumber(ARGV[1])
+local out = {}
+for k = 1, #KEYS do
+  local who, ts = ARGV[2 * k + 1], ARGV[2 * k + 2]
+  local ok = 1
+  local held = redis.call('GET', KEYS[k])
+  local cut = held and string.find(held, ' ', 1, true)
+  if cut and string.sub(held, 1, cut - 1) == who then
+    ok = 2
+  elseif cut and math.abs(tonumber(ts) - tonumber(string.sub(held, cut + 1))) < window then
+    ok = 0
+  end
+  if ok == 1 then redis.call('SET', KEYS[k], who .. ' ' .. ts, 'PX', ARGV[2]) end
+  out[k] = math.min(ok, 1)
+end
+return out
+"""
+
 SCRIPTS: dict[str, str] = {
     "link": LINK,
     "unlink": UNLINK,
@@ -216,4 +240,5 @@ SCRIPTS: dict[str, str] = {
     "reserve": RESERVE,
     "seed": SEED,
     "readmit": READMIT,
+    "claim_ids": CLAIM_IDS,
 }

@@ -61,3 +61,33 @@ def test_thousands_of_mutated_events_are_all_accounted_for():
     # every line is an applied event, a duplicate, or a dead letter: nothing vanishes
     assert t.events + t.duplicates + dead_total == len(lines)
     assert t.events > 500 and t.duplicates > 20 and dead_total > 500
+    assert t.dead_letters["duplicate_id"] > 100  # ids reused by other contacts: never applied to them
+
+
+def test_hostile_ids_are_kept_apart_or_named_dead_letters():
+    """Ids built to collide: a contact spelled like an anonymous key, the escape, braces,
+    unicode, control characters (the unit separator the store joins members with), a 10 KB id,
+    and one event_id reused by another contact. Each valid one is its own contact and gets its
+    welcome under its real id; each invalid line is a dead letter naming its line and why."""
+    registry = CollectorRegistry()
+    core = DecisionCore(PolicyConfig(holdout_share=0.0),
+                        {"lead": ModelConfig(name="lead"), "churn": ModelConfig(name="churn")},
+                        LabelSettings(7, 7, frozenset({"purchase", "signup"})))
+    engine = Engine(open_store("memory://"), core, EngineMetrics(registry))
+    good = ["anon:x", "~", "~anon:x", "{x}", "}x", "x}", "über-☃"]
+    bad = ["x\x1fcart", "\x1f", "c1\n", "k" * 10_240]
+    lines = [orjson.dumps({"event_id": f"v-{i}", "type": "page_view", "ts": T0, "anonymous_id": c})
+             for i, c in enumerate(good)]
+    lines += [orjson.dumps({"event_id": f"s-{i}", "type": "signup", "ts": T0 + 1, "contact_id": c})
+              for i, c in enumerate(good + bad)]
+    lines.append(orjson.dumps({"event_id": "s-0", "type": "signup", "ts": T0 + 2, "contact_id": "victim"}))
+    res = engine.process(RawBatch(lines, "ids.jsonl", 1))
+    assert sorted(d["contact_id"] for d in res.decisions) == sorted(good)
+    dead = [(d["reason"], d["source"]) for d in res.dead_letters]
+    first_bad = len(good) * 2 + 1
+    assert dead == [("invalid", f"ids.jsonl:{first_bad + i}") for i in range(len(bad))] + [
+        ("duplicate_id", f"ids.jsonl:{len(lines)}")]
+    assert "control characters" in res.dead_letters[0]["detail"]
+    assert "256" in res.dead_letters[3]["detail"]
+    assert engine.store.stats()["profiles"] == 2 * len(good)  # every visitor and every contact apart
+    assert registry.get_sample_value("touchline_dead_letters_total", {"reason": "duplicate_id"}) == 1

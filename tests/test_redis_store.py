@@ -213,7 +213,7 @@ def test_redis_restart_mid_run_loses_nothing(redis_server, redis_url, small_sett
         restarter.join()
     assert got == reference and got
     assert registry.get_sample_value("touchline_state_store_reconnects_total") >= 1
-    assert registry.get_sample_value("touchline_state_store_errors_total", {"op": "resolve"}) >= 1
+    assert registry.get_sample_value("touchline_state_store_errors_total", {"op": "claim"}) >= 1  # a batch's first trip
     assert registry.get_sample_value("touchline_state_store_up") == 1
     assert any("unreachable" in r.getMessage() for r in caplog.records)
     assert any("reachable again" in r.getMessage() for r in caplog.records)
@@ -338,3 +338,65 @@ def test_tls_and_acl_user(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# ------------------------------------------------------------------ event ids store-wide (issue 18, item 5)
+
+def test_event_id_claims_are_atomic_across_two_processes(redis_url):
+    """Two engines (own connections, as two processes have) claim the same 500 ids at once,
+    each for its own contact, in batches of 50: every id is won by exactly one of them."""
+    won: dict[str, list[str]] = {"c1": [], "c2": []}
+    start = threading.Barrier(2)
+
+    def worker(contact: str) -> None:
+        store = RedisStore(redis_url)
+        start.wait()
+        for b in range(10):
+            events = [Event(f"e{i}", "page_view", T0 + i, contact_id=contact) for i in range(b * 50, b * 50 + 50)]
+            won[contact] += [ev.event_id for ev, ok in zip(events, store.claim_ids(events)) if ok]
+        store.close()
+
+    threads = [threading.Thread(target=worker, args=(c,)) for c in won]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(won["c1"] + won["c2"], key=lambda e: int(e[1:])) == [f"e{i}" for i in range(500)]
+    assert not set(won["c1"]) & set(won["c2"])
+
+
+def test_event_id_claims_expire_after_the_window_and_survive_a_restart(redis_server, redis_url):
+    """Each claim is one small key whose TTL is the idempotency window; it survives a Redis
+    restart (append-only file), so the other identity is still refused afterwards."""
+    from touchline.state.base import ID_CLAIM_MS
+    from touchline.state.redis import id_claim_key
+
+    s = RedisStore(redis_url)
+    assert s.claim_ids([Event("e1", "t", T0, contact_id="c1"), Event("x" * 10_240, "t", T0, contact_id="c1")]) == [
+        True, True]
+    raw = redis.Redis.from_url(redis_url)
+    for eid in ("e1", "x" * 10_240):
+        key = id_claim_key(eid)
+        assert len(key) < 40 and ID_CLAIM_MS - 60_000 < raw.pttl(key) <= ID_CLAIM_MS
+        assert raw.memory_usage(key) < 120  # bytes per claimed id, whatever the id's length
+    s.close()
+    redis_server.restart()
+    after = RedisStore(redis_url)
+    assert after.claim_ids([Event("e1", "t", T0 + 1, contact_id="c2"), Event("e1", "t", T0 + 2, contact_id="c1")]) == [
+        False, True]
+
+
+def test_engine_refuses_a_reused_event_id_after_a_restart(redis_server, redis_url, small_settings):
+    """An engine applies c1's signup; Redis restarts and a new engine gets the same id under c2:
+    a duplicate_id dead letter, and c2's profile never sees it."""
+    line = orjson.dumps({"event_id": "s1", "type": "signup", "ts": T0, "contact_id": "c1"})
+    other = orjson.dumps({"event_id": "s1", "type": "signup", "ts": T0, "contact_id": "c2"})
+    first = build_engine(small_settings("a", **{"state.url": redis_url}), CollectorRegistry())
+    assert [d["contact_id"] for d in first.process(RawBatch([line], "in.jsonl", 1)).decisions] == ["c1"]
+    first.store.close()
+    redis_server.restart()
+    second = build_engine(small_settings("b", **{"state.url": redis_url}), CollectorRegistry())
+    res = second.process(RawBatch([other, line], "in.jsonl", 7))
+    assert [(d["reason"], d["source"]) for d in res.dead_letters] == [("duplicate_id", "in.jsonl:7")]
+    assert res.decisions == [] and second.totals.duplicates == 1
+    assert second.store.export("c2") is None

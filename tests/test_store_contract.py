@@ -6,12 +6,20 @@ to STORES (a factory returning a fresh, empty store) and it runs the whole suite
 
 from __future__ import annotations
 
+import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
+from touchline.decisions.engine import DecisionCore, LabelSettings
 from touchline.decisions.events import Event
-from touchline.decisions.profile import DAY_MS, HOUR_MS, Profile, Send
+from touchline.decisions.models import ModelConfig
+from touchline.decisions.policy import PolicyConfig
+from touchline.decisions.profile import DAY_MS, HOUR_MS, Profile, Send, apply_event
+from touchline.decisions.record import decision_id
+from touchline.flows.step import Engine, RawBatch
+from touchline.metrics.engine import EngineMetrics
 from touchline.state import MemoryStore, open_store
-from touchline.state.base import StateStore, anonymous_key, is_known_key
+from touchline.state.base import ID_CLAIM_MS, StateStore, anonymous_key, contact_key, contact_of, is_known_key
 
 #: implementation -> fixture giving its URL (each test gets an empty store)
 STORES = {"memory": None, "redis": "redis_url", "redis-cluster": "redis_cluster_url"}
@@ -374,3 +382,202 @@ def test_erase_is_seen_by_another_store_on_the_same_state(erasing_store):
     assert engine.load(["c1"])["c1"].events_total == 0
     assert tool.erase("c1", now_ms=T0 + 2 * DAY_MS)
     assert engine.load(["c1"])["c1"].events_total == 0  # erased again: nothing comes back from a cache
+
+
+# ------------------------------------------------------------------ identity namespaces (issue 18, item 6)
+
+#: Ids a store must keep apart and intact: reserved prefixes, the escape itself, the unit
+#: separator the Redis codec joins members with, Redis Cluster hash-tag braces (a key that
+#: starts with '}' would leave the tag empty), unicode, and a 10 KB id.
+ODD_IDS = ["anon:x", "~", "~anon:x", "~~x", "x\x1fcart", "\x1f", "{x}", "}x", "x}", "{", "}", "über-☃-客户",
+           "🙂" * 3, "k" * 10_240]
+
+
+def test_key_scheme_keeps_ordinary_ids_and_escapes_reserved_ones():
+    """Ordinary contact ids are their own keys (existing data stays valid); reserved prefixes
+    are escaped; anonymous keys are their own space; contact_of undoes the escape."""
+    assert [contact_key(c) for c in ("c1", "c-1", "x~", "anonx", "an:on")] == ["c1", "c-1", "x~", "anonx", "an:on"]
+    assert contact_key("anon:x") == "~anon:x" and contact_key("~x") == "~~x" and contact_key("}x") == "~}x"
+    keys = {contact_key(i) for i in ODD_IDS} | {anonymous_key(i) for i in ODD_IDS}
+    assert len(keys) == 2 * len(ODD_IDS)  # no contact key is another contact's or any anonymous key
+    for i in ODD_IDS:
+        assert is_known_key(contact_key(i)) and not is_known_key(anonymous_key(i))
+        assert contact_of(contact_key(i)) == i
+        assert not contact_key(i).startswith("}")  # a Redis hash tag is never empty
+
+
+def test_contact_spelled_like_an_anonymous_key_is_its_own_profile(new_store):
+    """Contact 'anon:x' and anonymous visitor 'x' resolve, save, load, export and erase apart."""
+    s = new_store()
+    got = s.resolve([ev(0, "anon:x"), ev(1, anon="x"), ev(2, "anon:x")])
+    assert got == [("~anon:x", None), ("anon:x", None), ("~anon:x", None)]
+    profiles = s.load(["~anon:x", "anon:x"])
+    assert profiles["~anon:x"].known and profiles["~anon:x"].contact_id == "anon:x"
+    assert not profiles["anon:x"].known
+    profiles["~anon:x"].events_total, profiles["anon:x"].events_total = 2, 1
+    s.save(profiles)
+    assert s.load(["~anon:x"])["~anon:x"].events_total == 2 and s.load(["anon:x"])["anon:x"].events_total == 1
+    out = s.export("anon:x")
+    assert out["contact_id"] == "anon:x" and out["profile"]["known"] and out["profile"]["events_total"] == 2
+    assert s.erase("anon:x")
+    assert s.load(["anon:x"])["anon:x"].events_total == 1  # the anonymous visitor is untouched
+
+
+def test_reserved_contact_links_anonymous_ids_like_any_other(new_store):
+    """Contact 'anon:x' identifying with anonymous id 'x' merges that visitor in once; 'x' then
+    resolves to the contact, and erasing the contact drops the link."""
+    s = new_store()
+    assert s.resolve([ev(0, anon="x"), ev(1, "anon:x", "x"), ev(2, anon="x")]) == [
+        ("anon:x", None), ("~anon:x", "anon:x"), ("~anon:x", None)]
+    assert s.export("anon:x")["aliases"] == ["x"]
+    assert s.erase("anon:x")
+    assert s.resolve([ev(3, anon="x")]) == [("anon:x", None)]
+
+
+@pytest.mark.parametrize("odd", ODD_IDS, ids=lambda i: repr(i)[:16])
+def test_odd_ids_round_trip(new_store, odd):
+    """An id with separators, braces, the escape, unicode or 10 KB is stored and read back
+    intact, as a contact and as an anonymous visitor: its event log (event ids with the same
+    characters), its timers (a member joined by the unit separator) and its links."""
+    s = new_store()
+    contact, anon = contact_key(odd), anonymous_key(odd)
+    assert s.resolve([ev(0, anon=odd), ev(1, odd), ev(2, anon=odd)]) == [(anon, None), (contact, None), (anon, None)]
+    profiles = s.load([contact, anon])
+    for n, (key, p) in enumerate(profiles.items()):
+        assert apply_event(p, f"{odd}-e{n}", "x\x1ftype", T0 + n, {}, {})
+        p.timers["cart"] = T0 + 10 + n
+    s.save(profiles)
+    s.schedule([(contact, "cart", T0 + 10), (anon, "cart", T0 + 11)])
+    assert s.pop_due(T0 + 20) == [(T0 + 10, contact, "cart"), (T0 + 11, anon, "cart")]
+    again = new_store().load([contact, anon]) if not isinstance(s, MemoryStore) else s.load([contact, anon])
+    assert again[contact].seen == {f"{odd}-e0"} and again[contact].known and again[contact].contact_id == odd
+    assert again[anon].seen == {f"{odd}-e1"} and not again[anon].known
+    assert again[contact].window_count("1h", "other") == 1
+    assert s.export(odd)["profile"]["events_total"] == 1
+    assert s.resolve([ev(3, odd, odd)]) == [(contact, anon)]  # the link works for such ids too
+    assert s.export(odd)["aliases"] == [odd]
+
+
+def _engine(store: StateStore) -> Engine:
+    core = DecisionCore(PolicyConfig(holdout_share=0.0),
+                        {"lead": ModelConfig(name="lead"), "churn": ModelConfig(name="churn")},
+                        LabelSettings(7.0, 7.0, frozenset({"purchase", "signup"})))
+    return Engine(store, core, EngineMetrics(CollectorRegistry()))
+
+
+def _line(eid: str, type_: str, ts: int, contact: str | None = None, anon: str | None = None) -> bytes:
+    doc = {"event_id": eid, "type": type_, "ts": ts, "contact_id": contact, "anonymous_id": anon}
+    return orjson.dumps({k: v for k, v in doc.items() if v is not None})
+
+
+def test_engine_messages_a_contact_spelled_like_an_anonymous_key(new_store):
+    """In one stream, contact 'anon:x' signs up and anonymous visitor 'x' browses: two profiles,
+    and the contact gets its welcome, in a record naming its real id, committed in its outbox."""
+    store = new_store()
+    engine = _engine(store)
+    res = engine.process(RawBatch([_line("v1", "page_view", T0, anon="x"), _line("s1", "signup", T0 + 1, "anon:x"),
+                                   _line("v2", "page_view", T0 + 2, anon="x")], "mixed.jsonl", 1))
+    assert res.dead_letters == []
+    assert [(d["contact_id"], d["action"]) for d in res.decisions] == [("anon:x", "welcome")]
+    assert res.decisions[0]["decision_id"] == decision_id("anon:x", "welcome", "email", "s1")
+    contact = store.export("anon:x")["profile"]
+    assert contact["known"] and contact["events_total"] == 1 and contact["sends"]
+    assert store.load(["anon:x"])["anon:x"].events_total == 2  # the visitor's own profile
+    engine.output_done(res.decisions, "d")  # the outbox entry is found by the record's contact id
+    engine.close_outbox()
+    assert store.pending() == []
+
+
+# ------------------------------------------------------------------ event ids store-wide (issue 18, item 5)
+
+CLAIMERS = {**STORES, "redis-naive": "redis_url"}
+
+
+@pytest.fixture(params=list(CLAIMERS))
+def claim_store(request):
+    """A factory of stores sharing one (empty) state, the naive Redis baseline included."""
+    made = []
+    fixture = CLAIMERS[request.param]
+    url = request.getfixturevalue(fixture) if fixture else None
+    if request.param == "redis-naive":
+        url = url.replace("redis://", "redis+naive://", 1)
+
+    def make():
+        made.append(open_store(url) if url else (made[0] if made else MemoryStore()))
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.close()
+
+
+def test_event_id_is_claimed_by_the_first_identity(claim_store):
+    """An id used by a second identity is refused (in the same call and later ones), the first
+    identity may use it again (a replay), and contact 'x' is not anonymous visitor 'x'."""
+    s = claim_store()
+    got = s.claim_ids([Event("e1", "t", T0, contact_id="c1"), Event("e1", "t", T0, contact_id="c2"),
+                       Event("e1", "t", T0 + 5, contact_id="c1", anonymous_id="a1"), Event("e2", "t", T0, contact_id="x")])
+    assert got == [True, False, True, True]
+    assert s.claim_ids([Event("e2", "t", T0, anonymous_id="x"), Event("e2", "t", T0, contact_id="x"),
+                        Event("e1", "t", T0, anonymous_id="a1"), Event("e3", "t", T0, anonymous_id="a1"),
+                        Event("e3", "t", T0, anonymous_id="a1")]) == [False, True, False, True, True]
+    assert claim_store().claim_ids([Event("e1", "t", T0 + DAY_MS, contact_id="c2"),  # another store, same state
+                                    Event("e1", "t", T0 + DAY_MS, contact_id="c1")]) == [False, True]
+
+
+def test_claim_lapses_after_the_idempotency_window(claim_store):
+    """An id is another identity's only within the window (event time) of its claim."""
+    s = claim_store()
+    assert s.claim_ids([Event("e1", "t", T0, contact_id="c1")]) == [True]
+    assert s.claim_ids([Event("e1", "t", T0 + ID_CLAIM_MS - 1, contact_id="c2")]) == [False]
+    assert s.claim_ids([Event("e1", "t", T0 + ID_CLAIM_MS, contact_id="c2")]) == [True]
+    assert s.claim_ids([Event("e1", "t", T0 + ID_CLAIM_MS + 1, contact_id="c1")]) == [False]  # c2's now
+
+
+def test_claims_of_odd_and_long_ids(claim_store):
+    """Event ids and identities with separators, braces, unicode or 10 KB claim like any other."""
+    s = claim_store()
+    events = [Event(odd, "t", T0, contact_id=odd) for odd in ODD_IDS]
+    assert s.claim_ids(events) == [True] * len(ODD_IDS)
+    assert s.claim_ids([Event(odd, "t", T0, anonymous_id=odd) for odd in ODD_IDS]) == [False] * len(ODD_IDS)
+    assert s.claim_ids(events) == [True] * len(ODD_IDS)
+
+
+def test_memory_claims_stay_bounded():
+    """The in-process store forgets claims once the newest event is a window past them."""
+    s = MemoryStore()
+    for day in range(90):
+        assert s.claim_ids([Event(f"d{day}-{i}", "t", T0 + day * DAY_MS, contact_id="c1") for i in range(100)])
+    assert len(s._claims) <= 31 * 100
+    assert s.claim_ids([Event("d89-0", "t", T0 + 89 * DAY_MS, contact_id="c2")]) == [False]
+
+
+def test_engine_dead_letters_an_event_id_used_by_another_contact(new_store):
+    """The same event_id under two contacts: the first is applied, the second is a duplicate_id
+    dead letter naming its own line and not the other contact; so in a later batch, and after
+    the store is opened again. Replaying the same lines gives duplicates, not duplicate_id."""
+    store = new_store()
+    engine = _engine(store)
+    first = [_line("s1", "signup", T0, "c1"), _line("s1", "signup", T0 + 1, "c2"), _line("p1", "page_view", T0, "c3")]
+    res = engine.process(RawBatch(first, "in.jsonl", 1))
+    assert [d["contact_id"] for d in res.decisions] == ["c1"]
+    assert [(d["reason"], d["source"]) for d in res.dead_letters] == [("duplicate_id", "in.jsonl:2")]
+    assert "another identity" in res.dead_letters[0]["detail"] and "c1" not in res.dead_letters[0]["detail"]
+    assert orjson.loads(res.dead_letters[0]["raw"])["contact_id"] == "c2"
+    later = engine.process(RawBatch([_line("p1", "purchase", T0 + 5, anon="a9")], "in.jsonl", 4))
+    assert [(d["reason"], d["source"]) for d in later.dead_letters] == [("duplicate_id", "in.jsonl:4")]
+    again = _engine(store if isinstance(store, MemoryStore) else new_store())
+    replay = again.process(RawBatch(first, "in.jsonl", 1))
+    assert [d["reason"] for d in replay.dead_letters] == ["duplicate_id"]  # c2's line, as the first time
+    assert again.totals.duplicates == 2 and replay.decisions == []  # c1 and c3 again: plain duplicates
+    assert engine.totals.dead_letters["duplicate_id"] == 2
+    assert store.load(["c2"])["c2"].events_total == 0 and store.load(["c1"])["c1"].events_total == 1
+
+
+def test_claimed_batch_that_never_committed_still_applies_on_replay(new_store):
+    """A batch claims its ids and dies before its commit: its replay (same identities) applies."""
+    store = new_store()
+    lines = [_line("s1", "signup", T0, "c1"), _line("v1", "page_view", T0 + 1, anon="a1")]
+    store.claim_ids([Event("s1", "signup", T0, contact_id="c1"), Event("v1", "page_view", T0 + 1, anonymous_id="a1")])
+    res = _engine(store).process(RawBatch(lines, "in.jsonl", 1))
+    assert res.dead_letters == [] and [d["contact_id"] for d in res.decisions] == ["c1"]
