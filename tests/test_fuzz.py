@@ -166,7 +166,7 @@ def streams(tmp_path_factory) -> tuple[Path, Path, set[str]]:
     for n in range(MUTATED_LINES):
         source = rng.choice(victims)
         mutated = MUTATIONS[n % len(MUTATIONS)](clean[source], rng, newest)
-        inserts[rng.randrange(len(clean) + 1)] += mutated
+        inserts[min(len(clean), max(0, source + rng.randrange(-20, 21)))] += mutated  # about when it was sent
         for line in mutated:
             named |= _ids(line)
         named.add(contact_of_line[source] or "")
