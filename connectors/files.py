@@ -95,7 +95,7 @@ class _JsonlPartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
             return [RawBatch(lines, self._name, first, time.perf_counter_ns(), offsets=numbers, final=final)]
         # Following a growing file: an empty batch is a clock tick, so timers fire while idle.
         self._awake = datetime.now(timezone.utc) + self._tick
-        return [RawBatch([], self._name, first, time.perf_counter_ns())]
+        return [RawBatch([], self._name, first, time.perf_counter_ns(), idle=True)]
 
     def next_awake(self) -> datetime | None:
         return self._awake

@@ -60,6 +60,9 @@ CONSUMER_DEFAULTS = {"fetch.wait.max.ms": "10"}
 
 #: An input partition with no messages for this long asks the cluster whether it is still there.
 IDLE_PROBE_SECONDS = 5.0
+#: After this long without a message a partition says it is idle (once): on the event clock
+#: the engine then processes what it holds back for ordering instead of waiting for more.
+IDLE_RELEASE_SECONDS = 1.0
 #: Records a sink lets wait for their acknowledgement before it waits itself (backpressure):
 #: bounds what the engine runs ahead of its outputs when the broker stops answering.
 MAX_IN_FLIGHT = 250
@@ -141,6 +144,8 @@ class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
         self._next_tick = time.monotonic() + (tick_s or 0)
         self._resume = inner.snapshot()
         self._eof = False
+        self._final_sent = False
+        self._idle_said = False
         self._down_since: float | None = None
         self._awake: datetime | None = None
 
@@ -150,6 +155,10 @@ class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
         if self._eof:
             if self._lines:
                 return self._emit()
+            if not self._final_sent:  # the end of a finite read (tail off): held events are released
+                self._final_sent = True
+                return [RawBatch([], self._name, self._resume or 0, time.perf_counter_ns(),
+                                 partition=self._partition, final=True)]
             raise StopIteration()
         try:
             items = self._inner.next_batch()
@@ -166,7 +175,7 @@ class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
             self._offsets.append(item.offset)
         now = time.monotonic()
         if items:
-            self._down_since, self._last_data = None, now
+            self._down_since, self._last_data, self._idle_said = None, now, False
         elif now >= self._next_probe and (self._down_since is not None or now - self._last_data >= IDLE_PROBE_SECONDS):
             self._probe(now)
         self._awake = None
@@ -176,6 +185,10 @@ class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
             self._next_tick = now + self._tick
             return [RawBatch([], self._name, 0, time.perf_counter_ns(), partition=self._partition)]
         if not items and not self._lines:  # idle: poll again shortly instead of spinning
+            if not self._idle_said and now - self._last_data >= IDLE_RELEASE_SECONDS:
+                self._idle_said = True
+                return [RawBatch([], self._name, self._resume or 0, time.perf_counter_ns(), partition=self._partition,
+                                 idle=True)]
             self._awake = datetime.now(UTC) + timedelta(milliseconds=5)
         return []
 

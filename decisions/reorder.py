@@ -148,6 +148,16 @@ class EventOrder:
         self._ahead.clear()
         return self.take()
 
+    def catch_up(self) -> list[Released]:
+        """The input went quiet (a tailed topic): release what is held, moving the clock to the
+        newest of it, instead of waiting for newer events that may not come for a long time.
+        Events waiting ahead keep waiting. (Only a pause in the input triggers this, so a
+        replay of a full topic is processed the same whatever its batches.)"""
+        if self._held:
+            self._set_clock(max(ts for ts, _, _ in self._held))
+            self._release(None)
+        return self.take()
+
     def __len__(self) -> int:
         """How many events are held or waiting ahead."""
         return len(self._held) + len(self._ahead)

@@ -53,6 +53,9 @@ class RawBatch:
     partition: int = 0
     #: The last batch of a finite input: events held back for ordering are released.
     final: bool = False
+    #: The source has had nothing new for a while (a tailed topic or file): events held back
+    #: for ordering are processed rather than kept waiting for newer ones.
+    idle: bool = False
 
 
 @dataclass(slots=True)
@@ -324,7 +327,7 @@ class Engine:
             order.add(ev, pos)
         if batch.advance_to_ms is not None:
             order.advance(batch.advance_to_ms)
-        released = order.flush() if batch.final else order.take()
+        released = order.flush() if batch.final else order.catch_up() if batch.idle else order.take()
         for ev, why in order.rejected:
             dead.append(Rejected("future_event", why, ev.raw or b"").to_dead_letter(ev.source or batch.source))
         order.rejected.clear()

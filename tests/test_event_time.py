@@ -257,3 +257,16 @@ def test_events_held_for_ordering_survive_a_stop_between_batches(redis_url, stre
     assert second.totals.events + first.totals.events == len(lines)
     assert second.totals.duplicates == 200 - sum(pos > cut - 200 for pos, _ in first._orders[0].held())
     assert not redis.Redis.from_url(redis_url).hlen("tl:{hold:p0}") > 0 or second._released[0]
+
+
+def test_a_quiet_tailed_input_releases_what_is_held():
+    """A trickle on a tailed topic: when the input goes quiet the held events are processed
+    (and the clock moves to them) instead of waiting for newer ones that may not come."""
+    order = EventOrder(0, max_ahead_ms=100_000, quorum=20)
+    for pos, ts in enumerate([100, 300, 200]):
+        order.add(_ev(pos, ts), pos)
+    assert order.take() == [] and order.clock is None
+    assert [r.event.ts_ms for r in order.catch_up()] == [100, 200, 300]
+    assert order.clock == 300
+    order.add(_ev(3, 250), 3)  # later than the clock now: processed at once, out of order
+    assert [(r.event.ts_ms, r.late) for r in order.take()] == [(250, True)]
