@@ -246,11 +246,14 @@ def _duplicate_key(raw: bytes) -> str | None:
         doc = json.loads(raw, object_pairs_hook=_pairs)
     except RecursionError:  # orjson reads 1024 levels, the json module fewer
         return "nested too deeply to check for duplicate keys"
+    except ValueError as exc:  # never seen (orjson is the stricter parser), but never a traceback
+        return f"could not be checked for duplicate keys: {exc}"
     stack: list[tuple[Any, str]] = [(doc, "")]
     while stack:  # depth first, in document order
         item, path = stack.pop()
         if isinstance(item, _Repeated):
-            return f"duplicate key {orjson.dumps(item.key).decode()}" + (f" in {path}" if path else "")
+            where = f" in {path}" if len(path) <= 200 else f" in ...{path[-200:]}"
+            return f"duplicate key {orjson.dumps(item.key).decode()}" + (where if path else "")
         if isinstance(item, dict):
             children = [(v, f"{path}.{k}" if path else k) for k, v in item.items()]
         elif isinstance(item, list):
