@@ -87,9 +87,13 @@ class Health:
             return answer
 
 
-def _handler(registry: CollectorRegistry, health: Health) -> type[BaseHTTPRequestHandler]:
+def _handler(registry: CollectorRegistry, health: Health, client_timeout: float) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "touchline"
+        #: seconds a client may stall on one read or write before it is dropped: each connection
+        #: has a thread of its own, so a slow client never delays another, and one that opens a
+        #: connection and goes quiet does not keep its thread forever
+        timeout = client_timeout
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             path = self.path.split("?", 1)[0].rstrip("/") or "/"
@@ -145,12 +149,20 @@ class _Server6(_Server):
 
 
 def serve_metrics(registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 9464,
-                  health: Health | None = None) -> tuple[str, int, ThreadingHTTPServer]:
+                  health: Health | None = None, client_timeout: float = 10.0) -> tuple[str, int, ThreadingHTTPServer]:
     """Serve /metrics, /healthz and /readyz from a daemon thread; returns (host, bound port,
-    server), which the caller shuts down. Port 0 picks a free one."""
+    server), which the caller shuts down. Port 0 picks a free one.
+
+    Each connection is served on a thread of its own (a slow or silent client delays no
+    other, and is dropped after ``client_timeout`` seconds of silence). A scrape needs the
+    GIL for some 10 ms of rendering and a few hand-overs from the engine thread; Bytewax
+    releases the GIL while it runs (``allow_threads``) and takes it per operator call, so
+    Python's switch interval applies. What it cannot interrupt is a full cyclic garbage
+    collection of the engine's heap (0.1-0.7 s with the in-process store at a few thousand
+    contacts): the longest scrapes under load are those that land on one."""
     try:
         server_class = _Server6 if ":" in host else _Server  # "::1" is IPv6 loopback
-        server = server_class((host, port), _handler(registry, health or Health()))
+        server = server_class((host, port), _handler(registry, health or Health(), client_timeout))
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise MetricsServerError(

@@ -234,3 +234,34 @@ def test_a_scraper_that_hangs_up_leaves_no_traceback(capfd):
         server.shutdown()
         server.server_close()
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_silent_or_slow_client_delays_no_other_and_is_dropped(capfd):
+    """A client that connects and sends nothing holds one thread, not the server: others are
+    answered meanwhile, and after ``client_timeout`` it is dropped, without a traceback."""
+    import socket
+    import urllib.request
+
+    from prometheus_client import CollectorRegistry
+
+    from touchline.metrics.server import serve_metrics
+
+    host, port, server = serve_metrics(CollectorRegistry(), "127.0.0.1", 0, client_timeout=0.5)
+    try:
+        silent = socket.create_connection((host, port))
+        half = socket.create_connection((host, port))
+        half.sendall(b"GET /metrics HTTP/1.1\r\n")  # a request line, then nothing
+        for _ in range(3):
+            with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=5) as answer:
+                assert answer.status == 200
+        for client in (silent, half):
+            client.settimeout(5)
+            started = time.monotonic()
+            while client.recv(1024):  # the server closes it (a 408 first, or just EOF)
+                pass
+            assert time.monotonic() - started < 5
+            client.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in capfd.readouterr().err

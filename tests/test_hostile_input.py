@@ -8,6 +8,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from touchline.decisions.engine import DecisionCore, LabelSettings
+from touchline.decisions.events import Event, Rejected, _duplicate_key, _may_repeat_keys, parse_event
 from touchline.decisions.models import ModelConfig
 from touchline.decisions.policy import PolicyConfig
 from touchline.flows.step import Engine, RawBatch
@@ -91,3 +92,107 @@ def test_hostile_ids_are_kept_apart_or_named_dead_letters():
     assert "256" in res.dead_letters[3]["detail"]
     assert engine.store.stats()["profiles"] == 2 * len(good)  # every visitor and every contact apart
     assert registry.get_sample_value("touchline_dead_letters_total", {"reason": "duplicate_id"}) == 1
+
+
+# -- repeated keys: orjson keeps the last silently; the contract says an event has each key once
+
+BASE = b'"type":"page_view","ts":1767610800000,"contact_id":"c1"'
+
+
+def _reject(raw: bytes) -> tuple[str, str]:
+    result = parse_event(raw)
+    assert isinstance(result, Rejected), result
+    return result.reason, result.detail
+
+
+def test_a_repeated_top_level_key_is_rejected_naming_it():
+    assert _reject(b'{"event_id":"e1",' + BASE + b',"event_id":"e2"}') == ("invalid", 'duplicate key "event_id"')
+
+
+def test_a_repeated_nested_key_is_rejected_with_its_path():
+    raw = b'{"event_id":"e1",' + BASE + b',"properties":{"sku":"a","value":3,"sku":"b"}}'
+    assert _reject(raw) == ("invalid", 'duplicate key "sku" in properties')
+    raw = b'{"event_id":"e1",' + BASE + b',"context":{"device":{"os":"x"}},"properties":{"items":[{"q":1},{"q":1,"q":2}]}}'
+    assert _reject(raw) == ("invalid", 'duplicate key "q" in properties.items[1]')
+
+
+def test_whitespace_before_the_colon_does_not_hide_a_repeat():
+    raw = b'{ "event_id" : "e1" ,\t"type":"page_view", "ts" :1767610800000, "contact_id"\r\n:"c1", "event_id"\t:\n"e2" }'
+    assert _reject(raw) == ("invalid", 'duplicate key "event_id"')
+
+
+def test_a_key_spelled_with_an_escape_is_the_same_key():
+    assert _reject(b'{"event_id":"e1",' + BASE + b',"\\u0065vent_id":"e2"}') == ("invalid", 'duplicate key "event_id"')
+
+
+def test_an_escaped_quote_before_a_colon_in_a_value_is_not_a_repeat():
+    # '\":' inside a string looks like the end of a key to the fast count: the exact check
+    # runs and finds nothing repeated
+    for value in (b'"say \\": hi"', b'"\\"  :\\":"', b'"a\\\\\\":b"'):
+        raw = b'{"event_id":"e1",' + BASE + b',"properties":{"note":' + value + b',"k\\":":1}}'
+        assert _may_repeat_keys(raw, orjson.loads(raw))
+        event = parse_event(raw)
+        assert isinstance(event, Event), (raw, event)
+        assert event.properties["note"] == orjson.loads(value)
+    # a backslash-escaped backslash before a key's closing quote is still a key
+    raw = b'{"event_id":"e1",' + BASE + b',"properties":{"a\\\\":1,"a\\\\":2}}'
+    assert _reject(raw) == ("invalid", 'duplicate key "a\\\\" in properties')
+
+
+def test_the_fast_check_agrees_with_an_exact_parse_on_random_documents():
+    rng = random.Random(20261202)
+    keys = ["a", "b", "a\\\"", "\\\":", "\\u0061", "x y", "é"]
+    strings = ['"v"', '"\\":"', '": "', '"\\\\"', '"http://x:1/"', '"\\u0022:"']
+    ws = ["", " ", "\t", "\r\n", "  "]
+
+    def value(depth: int) -> str:
+        roll = rng.random()
+        if depth < 3 and roll < 0.25:
+            members = [f'"{rng.choice(keys)}"{rng.choice(ws)}:{rng.choice(ws)}{value(depth + 1)}'
+                       for _ in range(rng.randrange(4))]
+            return "{" + ",".join(members) + "}"
+        if depth < 3 and roll < 0.35:
+            return "[" + ",".join(value(depth + 1) for _ in range(rng.randrange(3))) + "]"
+        return rng.choice(strings + ["1", "null", "true"])
+
+    import json
+
+    def repeats(raw: bytes) -> bool:
+        found = []
+
+        def hook(pairs: list) -> dict:
+            found.append(len({k for k, _ in pairs}) != len(pairs))
+            return dict(pairs)
+        json.loads(raw, object_pairs_hook=hook)
+        return any(found)
+
+    checked = with_repeats = 0
+    for _ in range(3000):
+        raw = ("{" + f'"p"{rng.choice(ws)}:' + value(0) + "}").encode()
+        doc = orjson.loads(raw)
+        truth = repeats(raw)
+        with_repeats += truth
+        checked += 1
+        if truth:
+            assert _may_repeat_keys(raw, doc) and _duplicate_key(raw), raw
+        elif _may_repeat_keys(raw, doc):
+            assert _duplicate_key(raw) is None, raw
+    assert with_repeats > 100 and checked - with_repeats > 100
+
+
+def test_byte_order_mark_nul_and_crlf():
+    event = b'{"event_id":"e1",' + BASE + b'}'
+    # a UTF-8 BOM is not JSON text (RFC 8259 8.1: senders must not add one): a clear bad_json
+    reason, detail = _reject(b"\xef\xbb\xbf" + event)
+    assert reason == "bad_json" and "byte order mark" in detail
+    assert _reject(event + b"\x00")[0] == "bad_json"
+    assert _reject(event[:20] + b"\x00" + event[20:])[0] == "bad_json"
+    assert isinstance(parse_event(event + b"\r"), Event)  # a CR left by a CRLF line end is whitespace
+    assert isinstance(parse_event(event + b"\r\n"), Event)
+
+
+def test_deep_nesting_is_answered_not_raised():
+    for depth in (500, 1020, 1100):
+        nested = b'{"a":' * depth + b'{"b":1,"b":2}' + b"}" * depth
+        result = parse_event(b'{"event_id":"e1",' + BASE + b',"properties":' + nested + b"}")
+        assert isinstance(result, Rejected) and result.reason in ("invalid", "bad_json"), result

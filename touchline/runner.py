@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -527,6 +528,14 @@ def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRe
              extra={"source": settings.source.kind, "state": redact_url(settings.state.url),
                     "clock": settings.engine.clock, "batch_size": settings.source.batch_size})
     restore = _stop_on_signals(stop)
+    # Everything built so far (modules, compiled schema, models, journeys: ~120k objects)
+    # lives as long as the run. Out of the cyclic collector's sight, it no longer adds to each
+    # full collection, which holds the GIL throughout: the engine and a /metrics scrape both
+    # wait for it (measured: full collections ~225 -> ~110 ms at p50, scrape p99 ~330 ->
+    # ~220 ms at 6,000 in-process contacts). Reference counting still frees these objects;
+    # unfrozen at the end, so a process that runs again does not keep them.
+    gc.collect()
+    gc.freeze()
     try:
         if progress is not None:
             with Progress(engine, io.source, progress, io.period):
@@ -534,6 +543,7 @@ def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRe
         else:
             execute(flow, settings, recovery)
     finally:
+        gc.unfreeze()
         restore()
         if server is not None:
             server.shutdown()
