@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from importlib import resources
-from typing import Any
+from typing import Any, Iterable
 
 import fastjsonschema
 import orjson
@@ -198,26 +198,17 @@ class Rejected:
         }
 
 
-def _members(obj: dict[str, Any]) -> int:
-    """Members of a parsed object and of every object nested in it."""
-    count = len(obj)
-    for value in obj.values():
-        kind = type(value)
-        if kind is dict:
-            count += _members(value)
-        elif kind is list:
-            count += _members_of_items(value)
-    return count
-
-
-def _members_of_items(items: list[Any]) -> int:
-    count = 0
-    for value in items:
-        kind = type(value)
-        if kind is dict:
-            count += _members(value)
-        elif kind is list:
-            count += _members_of_items(value)
+def _members(value: Any) -> int:
+    """Members of every object in a parsed JSON object or array, nested ones included."""
+    items: Iterable[Any]
+    if type(value) is dict:
+        count, items = len(value), value.values()
+    else:
+        count, items = 0, value
+    for item in items:
+        kind = type(item)
+        if kind is dict or kind is list:
+            count += _members(item)
     return count
 
 

@@ -291,7 +291,7 @@ def test_models_learn_from_features_captured_when_they_scored(small_settings):
                                  "models.store": "off"})
     engine = build_engine(settings, CollectorRegistry())
     Recorder.seen.clear()  # the configuration's trial run learned too
-    engine.process(RawBatch([orjson.dumps(e) for e in events], "t", 1))
+    engine.process(RawBatch([orjson.dumps(e) for e in events], "t", 1, final=True))
     assert len(Recorder.seen) == 1, "the purchase should resolve the one lead observation"
     x = Recorder.seen[0]
     # counts are log1p: one add_to_cart in the last hour and no purchase, as of the add_to_cart;

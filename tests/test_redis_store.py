@@ -213,7 +213,9 @@ def test_redis_restart_mid_run_loses_nothing(redis_server, redis_url, small_sett
         restarter.join()
     assert got == reference and got
     assert registry.get_sample_value("touchline_state_store_reconnects_total") >= 1
-    assert registry.get_sample_value("touchline_state_store_errors_total", {"op": "claim"}) >= 1  # a batch's first trip
+    errors = [s for m in registry.collect() if m.name == "touchline_state_store_errors"
+              for s in m.samples if s.name.endswith("_total")]
+    assert sum(s.value for s in errors) >= 1, errors  # on whichever round trip the outage met first
     assert registry.get_sample_value("touchline_state_store_up") == 1
     assert any("unreachable" in r.getMessage() for r in caplog.records)
     assert any("reachable again" in r.getMessage() for r in caplog.records)
@@ -392,11 +394,11 @@ def test_engine_refuses_a_reused_event_id_after_a_restart(redis_server, redis_ur
     line = orjson.dumps({"event_id": "s1", "type": "signup", "ts": T0, "contact_id": "c1"})
     other = orjson.dumps({"event_id": "s1", "type": "signup", "ts": T0, "contact_id": "c2"})
     first = build_engine(small_settings("a", **{"state.url": redis_url}), CollectorRegistry())
-    assert [d["contact_id"] for d in first.process(RawBatch([line], "in.jsonl", 1)).decisions] == ["c1"]
+    assert [d["contact_id"] for d in first.process(RawBatch([line], "in.jsonl", 1, final=True)).decisions] == ["c1"]
     first.store.close()
     redis_server.restart()
     second = build_engine(small_settings("b", **{"state.url": redis_url}), CollectorRegistry())
-    res = second.process(RawBatch([other, line], "in.jsonl", 7))
+    res = second.process(RawBatch([other, line], "in.jsonl", 7, final=True))
     assert [(d["reason"], d["source"]) for d in res.dead_letters] == [("duplicate_id", "in.jsonl:7")]
     assert res.decisions == [] and second.totals.duplicates == 1
     assert second.store.export("c2") is None

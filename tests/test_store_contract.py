@@ -273,14 +273,20 @@ def test_open_store_errors(url, needle):
 ERASING = {**STORES, "redis-naive": "redis_url"}
 
 
+def _store_url(request, table: dict[str, str | None]) -> str | None:
+    """The URL of the store a parametrised fixture stands for (None: the memory store)."""
+    fixture = table[request.param]
+    url = request.getfixturevalue(fixture) if fixture else None
+    if url is not None and request.param == "redis-naive":
+        url = url.replace("redis://", "redis+naive://", 1)
+    return url
+
+
 @pytest.fixture(params=list(ERASING))
 def erasing_store(request):
     """Like ``new_store``, over every store that implements erasure (the naive one included)."""
-    made = []
-    fixture = ERASING[request.param]
-    url = request.getfixturevalue(fixture) if fixture else None
-    if request.param == "redis-naive":
-        url = url.replace("redis://", "redis+naive://", 1)
+    made: list[StateStore] = []
+    url = _store_url(request, ERASING)
 
     def make():
         made.append(open_store(url) if url else MemoryStore())
@@ -496,11 +502,8 @@ CLAIMERS = {**STORES, "redis-naive": "redis_url"}
 @pytest.fixture(params=list(CLAIMERS))
 def claim_store(request):
     """A factory of stores sharing one (empty) state, the naive Redis baseline included."""
-    made = []
-    fixture = CLAIMERS[request.param]
-    url = request.getfixturevalue(fixture) if fixture else None
-    if request.param == "redis-naive":
-        url = url.replace("redis://", "redis+naive://", 1)
+    made: list[StateStore] = []
+    url = _store_url(request, CLAIMERS)
 
     def make():
         made.append(open_store(url) if url else (made[0] if made else MemoryStore()))
