@@ -117,6 +117,10 @@ class Engine:
         self.time = TimeRules(quorum=1, check_wall=False)
         #: Input partition -> its reorder buffer (event clock only).
         self._orders: dict[int, EventOrder] = {}
+        #: Keep events held for ordering in the store: for an input a restart resumes mid-way
+        #: (Kafka, whose offsets a snapshot may commit past them); a file or the simulator is
+        #: read again from its start.
+        self.keep_held = False
         #: positions of held events the store keeps, and of those released but not yet dropped
         self._stored_held: dict[int, set[int]] = {}
         self._released: dict[int, set[int]] = {}
@@ -231,12 +235,14 @@ class Engine:
         timings = dict[str, float]()
         events, positions = self._drop_erased(events, positions, timings)
         events, at, horizon = self._in_order(batch, events, positions, dead)
-        if not self.core.live:
-            self._keep_held(batch.partition, timings)
+        if self.keep_held:
+            self._keep_held(batch, timings)
         events, at = self._claim_ids(events, at, dead, timings)
         self._flush_acks(timings)
         resolved, due = _timed(timings, "resolve", self.store.begin, events, horizon, partition=batch.partition)
         run = self._decide_and_commit(events, at, resolved, due, horizon or 0, timings, batch.partition)
+        if batch.final and self.keep_held:  # no next batch to drop what this one released
+            self._keep_held(batch, timings)
         run_ns = run.run_ns - int(timings.get("reserve", 0.0) * 1e9)
         for key in run.expired:
             _timed(timings, "delete", self.store.delete, key)
@@ -322,7 +328,7 @@ class Engine:
         if self.core.live:
             events.sort(key=lambda ev: ev.ts_ms)  # stable: ties keep arrival order
             return events, None, self.core.advance(events, batch.advance_to_ms)
-        order = self._orders.get(batch.partition) or self._resume_order(batch.partition)
+        order = self._orders.get(batch.partition) or self._resume_order(batch)
         for ev, pos in zip(events, positions):
             order.add(ev, pos)
         if batch.advance_to_ms is not None:
@@ -341,34 +347,37 @@ class Engine:
         self._clocks[batch.partition] = order.clock if order.clock is not None else 0
         return out, [(r.at_ms, r.late) for r in released], order.clock if batch.final else order.watermark
 
-    def _resume_order(self, partition: int) -> EventOrder:
+    def _resume_order(self, batch: RawBatch) -> EventOrder:
         """The partition's reorder buffer, at the event clock its last committed batch left,
-        holding what it held then."""
-        clock = self.store.watermark(partition)
+        holding what it held then (an input a restart resumes mid-way: see ``keep_held``)."""
+        clock = self.store.watermark(batch.partition)
         if clock is not None:
             self.core.clock.observe(clock)
-        order = self._orders[partition] = self.time.order(clock)
-        kept = self.store.held(partition)
+        order = self._orders[batch.partition] = self.time.order(clock)
+        kept = self.store.held(batch.source) if self.keep_held else []
         for pos, source, line in kept:
             parsed = parse_event(line)
             if isinstance(parsed, Event):
                 parsed.source = source
                 order.restore(parsed, pos)
-        self._stored_held[partition] = {pos for pos, _, _ in kept}
+        self._stored_held[batch.partition] = {pos for pos, _, _ in kept}
         if kept:
-            log.info("input partition %d: %d event(s) held for ordering when the last run stopped", partition,
-                     len(kept))
+            log.info("%s: %d event(s) held for ordering when the last run stopped", batch.source, len(kept))
         return order
 
-    def _keep_held(self, partition: int, timings: dict[str, float]) -> None:
+    def _keep_held(self, batch: RawBatch, timings: dict[str, float]) -> None:
         """Store what the partition's buffer holds now (the input may commit past it), and drop
         what the previous batch released, now that it has committed."""
+        partition = batch.partition
         now = dict(self._orders[partition].held())
         stored = self._stored_held.get(partition, set())
         add = {pos: (ev.source or "", ev.raw or b"") for pos, ev in now.items() if pos not in stored}
         drop = self._released.pop(partition, set())
+        if batch.final:  # committed already: nothing comes after it
+            drop |= stored - now.keys()
+            stored = set(now)
         if add or drop:
-            _timed(timings, "hold", self.store.hold, partition, add, drop)
+            _timed(timings, "hold", self.store.hold, batch.source, add, drop)
         self._released[partition] = stored - now.keys()
         self._stored_held[partition] = set(now)
 

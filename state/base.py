@@ -252,14 +252,14 @@ class StateStore(ABC):
         store already holds what that clock made happen)."""
         return None
 
-    def held(self, partition: int) -> list[tuple[int, str, bytes]]:
-        """Events an input partition's reorder buffer was holding (waiting for the watermark to
-        pass them) at its last batch, as (position, source, line), by position: the input may
-        already be committed past them, so a restart must not lose them."""
+    def held(self, source: str) -> list[tuple[int, str, bytes]]:
+        """Events the reorder buffer of an input (``topic[partition]``) was holding, waiting
+        for the watermark to pass them, at its last batch, as (position, where read, line), by
+        position: the input may already be committed past them, so a restart must not lose them."""
         return []
 
-    def hold(self, partition: int, add: Mapping[int, tuple[str, bytes]], drop: Iterable[int]) -> None:
-        """Keep events held by a partition's reorder buffer (position -> (source, line)) and
+    def hold(self, source: str, add: Mapping[int, tuple[str, bytes]], drop: Iterable[int]) -> None:
+        """Keep events an input's reorder buffer holds (position -> (where read, line)) and
         forget released ones (only once the batch that applied them has committed)."""
 
     def claim_epoch(self, expected: str | None) -> str:

@@ -25,7 +25,7 @@ Cluster slot::
     tl:{timers:p3}:inflight   timers claimed by the partition's worker, until its batch commits
     tl:{meta}:epoch    string written at first start; every commit checks it is still there
     tl:{meta}:watermarks hash input partition -> its event clock after its last commit
-    tl:{hold:p3}       hash   events partition 3's reorder buffer holds: position -> [source, line]
+    tl:{hold:t[3]}     hash   events the reorder buffer of topic t, partition 3 holds: offset -> [where, line]
     tl:{rr}:<name>     counter round-robin turns shared by every worker
     tl:{erased}:tombstones hash HMAC of an erased identity -> its tombstone (no TTL)
     tl:{meta}:erasure-key   string the erasure key generated when none is configured
@@ -122,9 +122,10 @@ def timer_keys(partition: int) -> tuple[str, str]:
     return f"{PREFIX}:{{timers:p{partition}}}:due", f"{PREFIX}:{{timers:p{partition}}}:inflight"
 
 
-def hold_key(partition: int) -> str:
-    """Events one input partition's reorder buffer holds (see :mod:`touchline.decisions.reorder`)."""
-    return f"{PREFIX}:{{hold:p{partition}}}"
+def hold_key(source: str) -> str:
+    """Events one input's reorder buffer holds (``topic[partition]``; see
+    :mod:`touchline.decisions.reorder`)."""
+    return f"{PREFIX}:{{hold:{source}}}"
 
 
 TIMERS_KEY = timer_keys(0)[0]  # kept for callers that name one timer set
@@ -545,21 +546,21 @@ class RedisStore(StateStore):
         self._migrate_legacy_timers(partition)
         return int(restored)
 
-    def held(self, partition: int) -> list[tuple[int, str, bytes]]:
-        (entries,) = self._run("hold", [("cmd", "HGETALL", hold_key(partition))])
+    def held(self, source: str) -> list[tuple[int, str, bytes]]:
+        (entries,) = self._run("hold", [("cmd", "HGETALL", hold_key(source))])
         found = [(int(pos), *orjson.loads(value)) for pos, value in (entries or {}).items()]
         return sorted((pos, source, line.encode()) for pos, source, line in found)
 
-    def hold(self, partition: int, add: Mapping[int, tuple[str, bytes]], drop: Iterable[int]) -> None:
+    def hold(self, source: str, add: Mapping[int, tuple[str, bytes]], drop: Iterable[int]) -> None:
         calls: list[Call] = []
         if add:
             flat: list[Any] = []
-            for pos, (source, line) in add.items():
-                flat += [str(pos), orjson.dumps([source, line.decode("utf-8", "replace")]).decode()]
-            calls.append(("cmd", "HSET", hold_key(partition), *flat))
+            for pos, (where, line) in add.items():
+                flat += [str(pos), orjson.dumps([where, line.decode("utf-8", "replace")]).decode()]
+            calls.append(("cmd", "HSET", hold_key(source), *flat))
         fields = [str(pos) for pos in drop]
         if fields:
-            calls.append(("cmd", "HDEL", hold_key(partition), *fields))
+            calls.append(("cmd", "HDEL", hold_key(source), *fields))
         if calls:
             self._run("hold", calls)
 

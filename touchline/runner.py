@@ -107,6 +107,7 @@ def build_engine(settings: Settings, registry: CollectorRegistry, trace: Any = N
     engine = Engine(store, core, metrics)
     engine.source_kind = settings.source.kind
     engine.time = time_rules(settings)
+    engine.keep_held = settings.source.kind == "kafka"  # files and the simulator are read again from their start
     engine.max_error_share = settings.engine.max_internal_error_share
     if keeper is not None:
         keeper.attach(core.models)
