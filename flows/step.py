@@ -1,9 +1,11 @@
-"""One micro-batch through the engine: parse, load state, decide, save state, account.
+"""One micro-batch through the engine: parse, screen, order, load state, decide, save, account.
 
-The I/O half of the engine step: the state store is called three times per batch
-(``begin``: identities and due timers; ``load``: the profiles; ``commit``: changed
-profiles, merged-away ones and new timers), plus ``reserve`` per decision and
-``delete`` per contact past retention, around the pure decision loop in
+The I/O half of the engine step. Per batch the state store is asked: ``tombstones`` (are
+any of these identities erased), ``claim_ids`` (event ids store-wide), ``ack`` (what the
+outputs confirmed), ``begin`` (identities and due timers), ``load`` (the profiles) and
+``commit`` (changed profiles with their decisions, merged-away ones, new timers), plus
+``hold`` on Kafka when the reorder buffer changed, ``reserve`` per decision and ``delete``
+per contact past retention, around the pure decision loop in
 :mod:`touchline.decisions.engine`. A networked store makes each call one round trip.
 Metrics are counted once per batch.
 """
@@ -225,7 +227,10 @@ class Engine:
 
     # ------------------------------------------------------------------ batch
     def process(self, batch: RawBatch) -> BatchResult:
-        """Run one batch end to end; the result is ready to emit."""
+        """Run one batch end to end; the result is ready to emit. Parse (bad lines and
+        unbelievable times become dead letters), drop erased identities' events, put the rest
+        in event-time order (:mod:`touchline.decisions.reorder`), claim their ids, then decide
+        and commit what was released."""
         if self.keeper is not None:
             self.keeper.tick()  # between batches: a swap never splits one
         started_ns = time.perf_counter_ns()
