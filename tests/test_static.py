@@ -49,6 +49,16 @@ def build_link_tree(dest: Path, root: Path = ROOT) -> Path:
     return dest
 
 
+def run_mypy(tree: Path, *options: str, capture_output: bool = False,
+             timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    """``mypy -p touchline`` on ``tree`` with the project's settings. It runs from the tree:
+    the working directory comes first on mypy's search path, so ``touchline`` is the tree and
+    never the source folder of the same name."""
+    return subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
+                           "--cache-dir", str(ROOT / ".mypy_cache"), "-p", "touchline", *options],
+                          cwd=tree, text=True, capture_output=capture_output, timeout=timeout)
+
+
 def test_link_tree_holds_every_source_module(tmp_path):
     """Every module in a package folder is in the tree mypy checks (none left unchecked)."""
     tree = build_link_tree(tmp_path)
@@ -61,13 +71,7 @@ def test_link_tree_holds_every_source_module(tmp_path):
 
 
 def test_mypy_finds_no_type_errors(tmp_path):
-    tree = build_link_tree(tmp_path / "tree")
-    # Run from the tree (the working directory comes first on mypy's search path), so
-    # ``touchline`` is the tree and never the source folder of the same name.
-    done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
-         "--cache-dir", str(ROOT / ".mypy_cache"), "-p", "touchline"],
-        cwd=tree, capture_output=True, text=True, timeout=600)
+    done = run_mypy(build_link_tree(tmp_path / "tree"), capture_output=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no issues found" in done.stdout
 
@@ -76,3 +80,10 @@ def test_ruff_finds_no_unused_or_undefined_names():
     done = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "F,E9", *PACKAGES, "tests"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+if __name__ == "__main__":  # the type check alone: python tests/test_static.py [mypy options]
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sys.exit(run_mypy(build_link_tree(Path(tmp)), *sys.argv[1:]).returncode)
