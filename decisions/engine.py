@@ -23,7 +23,7 @@ from touchline.decisions.clock import Clock, EventTimeClock
 from touchline.decisions.events import KNOWN_TYPES, Event, missing_attributes
 from touchline.decisions.features import features
 from touchline.decisions.champion import Drift, ModelSlot, Restore
-from touchline.decisions.experiment_runtime import ExperimentRuntime, ExperimentTallies
+from touchline.decisions.experiment_runtime import Assignment, ExperimentRuntime, ExperimentTallies
 from touchline.decisions.experiments import ExperimentSettings
 from touchline.decisions.models import ModelConfig, ScoreSettings
 from touchline.decisions.feedback import FEEDBACK_TYPES, feedback_key, is_linked
@@ -142,13 +142,13 @@ class BatchRun:
         #: the profile each dead letter came from (a redone profile's are made again)
         self.dead_keys: list[str] = []
         self.decisions: list[dict[str, Any]] = []
-        self.by_type: Counter = Counter()
+        self.by_type: Counter[str] = Counter()
         #: (channel, outcome, linked to a decision id) -> feedback events applied
-        self.feedback: Counter = Counter()
-        self.suppressed: Counter = Counter()
-        self.decided: Counter = Counter()
-        self.timers_fired: Counter = Counter()
-        self.labelled: Counter = Counter()
+        self.feedback: Counter[tuple[str, str, str]] = Counter()
+        self.suppressed: Counter[str] = Counter()
+        self.decided: Counter[tuple[str, str]] = Counter()
+        self.timers_fired: Counter[str] = Counter()
+        self.labelled: Counter[tuple[str, str]] = Counter()
         #: exposures, outcomes, conversions and their records (the experiments output)
         self.exp = ExperimentTallies()
         #: model -> label delays (seconds, event time) of the labels resolved in this batch
@@ -159,13 +159,13 @@ class BatchRun:
         self.scores: dict[str, list[float]] = {name: [] for name in core.models}
         self.duplicates = 0
         #: identity of each applied event: known, anonymous_resolved or anonymous_unresolved
-        self.identities: Counter = Counter()
+        self.identities: Counter[str] = Counter()
         #: anonymous ids linked to a known contact in this batch
         self.merges = 0
         #: profiles that saw their first event, by identity (known, anonymous)
-        self.new_ids: Counter = Counter()
+        self.new_ids: Counter[str] = Counter()
         #: (event type, attribute) -> events without an attribute the decisions rely on
-        self.missing: Counter = Counter()
+        self.missing: Counter[tuple[str, str]] = Counter()
         #: time spent in model predictions (the "score" stage; the rest of ``run`` is "policy")
         self.score_ns = 0
         #: time ``run`` took in all (set by the caller, which also times the reservations in it)
@@ -504,7 +504,7 @@ class BatchRun:
         policy = core.policy
         holdout = in_holdout(profile.contact_id, policy.holdout_name, policy.holdout_share)
         lead = scores.get("lead")
-        marks: dict[int, list] = {}
+        marks: dict[int, list[Assignment]] = {}
         if not holdout:  # a holdout contact gets no message, so no variant either
             candidates, marks = core.experiments.vary(profile, candidates, lead, now_ms, policy, self.exp)
         winner, suppressed = arbitrate(candidates, profile, now_ms, policy, holdout)

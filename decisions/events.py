@@ -116,7 +116,8 @@ def check_known_types(value: list[str]) -> list[str]:
 def load_schema() -> dict[str, Any]:
     """Return the shipped event JSON Schema (version :data:`SCHEMA_VERSION`)."""
     text = resources.files("touchline.decisions").joinpath("schema/event-v1.json").read_bytes()
-    return orjson.loads(text)
+    schema: dict[str, Any] = orjson.loads(text)
+    return schema
 
 
 #: The schema's pattern for ids: no control characters. Ids go into keys, set members and the
@@ -232,7 +233,7 @@ def _may_repeat_keys(raw: bytes, doc: dict[str, Any]) -> bool:
     return raw.translate(None, b" \t\n\r").count(b'":') != members
 
 
-class _Repeated(dict):  # type: ignore[type-arg]
+class _Repeated(dict[str, Any]):
     """An object read by :func:`_duplicate_key` that had a key more than once."""
 
     key = ""

@@ -15,7 +15,7 @@ returns the records of the experiments output (see the README).
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -39,12 +39,14 @@ class ExperimentTallies:
     """What one batch did, for the metrics (counted once per batch) and the output."""
 
     records: list[dict[str, Any]] = field(default_factory=list)
-    exposures: Counter = field(default_factory=Counter)  # (experiment, arm)
-    outcomes: Counter = field(default_factory=Counter)  # (experiment, arm, converted)
-    conversions: Counter = field(default_factory=Counter)  # attributed: "true" / "false"
-    credit: Counter = field(default_factory=Counter)  # (model, channel) -> conversions credited
-    credit_value: Counter = field(default_factory=Counter)  # (model, channel) -> value credited
-    choices: Counter = field(default_factory=Counter)  # (split, arm, explored) of bandits
+    exposures: Counter[tuple[str, str]] = field(default_factory=Counter)  # (experiment, arm)
+    outcomes: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (experiment, arm, converted)
+    conversions: Counter[str] = field(default_factory=Counter)  # attributed: "true" / "false"
+    #: (model, channel) -> conversions credited (fractional: a float sum, not a Counter's int counts)
+    credit: defaultdict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
+    #: (model, channel) -> value credited
+    credit_value: defaultdict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
+    choices: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (split, arm, explored) of bandits
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +70,8 @@ class ExperimentRuntime:
                         if split.assignment != "hash"}
         self.lift = LiftTable()
         #: (model, channel) -> [conversions, value] credited over the run (summary)
-        self.credited: Counter = Counter()
-        self.credited_value: Counter = Counter()
+        self.credited: defaultdict[tuple[str, str], float] = defaultdict(float)
+        self.credited_value: defaultdict[tuple[str, str], float] = defaultdict(float)
         self._waits = {
             (split.journey, step): (name, {v.name: parse_duration(v.waits[step]) for v in split.variants
                                            if step in v.waits})

@@ -72,9 +72,11 @@ class Variant(_Strict):
 
     def apply(self, candidate: Candidate) -> Candidate:
         """The candidate as this variant sends it."""
-        changes = {k: v for k, v in (("template", self.template), ("channel", self.channel), ("offer", self.offer))
-                   if v is not None}
-        return replace(candidate, **changes) if changes else candidate
+        if self.template is None and self.channel is None and self.offer is None:  # a control
+            return candidate
+        return replace(candidate, template=self.template if self.template is not None else candidate.template,
+                       channel=self.channel if self.channel is not None else candidate.channel,
+                       offer=self.offer if self.offer is not None else candidate.offer)
 
 
 class Split(_Strict):

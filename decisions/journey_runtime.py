@@ -46,7 +46,7 @@ def matches(value: Any, condition: Any) -> bool:
     (True, False, True)
     """
     if not isinstance(condition, dict):
-        return value == condition
+        return bool(value == condition)
     for op, operand in condition.items():
         if op == "exists":
             if (value is not None) != operand:
@@ -55,13 +55,14 @@ def matches(value: Any, condition: Any) -> bool:
         if value is None:
             return False
         try:
-            ok = {
+            tests: dict[str, Callable[[], object]] = {
                 "eq": lambda: value == operand, "ne": lambda: value != operand,
                 "gt": lambda: value > operand, "gte": lambda: value >= operand,
                 "lt": lambda: value < operand, "lte": lambda: value <= operand,
                 "in": lambda: value in operand, "not_in": lambda: value not in operand,
                 "contains": lambda: operand in value,
-            }[op]()
+            }
+            ok = tests[op]()
         except TypeError:  # comparing a number with a string: not a match
             return False
         if not ok:
@@ -166,10 +167,10 @@ class JourneyCandidate:
 class Tallies:
     """What happened, for metrics (bounded labels: journey and step names come from files)."""
 
-    entries: Counter = field(default_factory=Counter)  # journey
-    exits: Counter = field(default_factory=Counter)  # (journey, reason)
-    sends: Counter = field(default_factory=Counter)  # (journey, step)
-    suppressed: Counter = field(default_factory=Counter)  # (journey, step, deferred|skipped)
+    entries: Counter[str] = field(default_factory=Counter)  # journey
+    exits: Counter[tuple[str, str]] = field(default_factory=Counter)  # (journey, reason)
+    sends: Counter[tuple[str, str]] = field(default_factory=Counter)  # (journey, step)
+    suppressed: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (journey, step, deferred|skipped)
 
 
 class JourneyRunner:
@@ -184,7 +185,7 @@ class JourneyRunner:
         self.consent_default = consent_default
         self.trace = trace
         self.tallies = Tallies()
-        self._round_robin: Counter = Counter()
+        self._round_robin: Counter[str] = Counter()
         #: The next turn of a named round-robin counter; the engine points this at its state
         #: store, so every worker and process shares one rotation.
         self.next_turn: Callable[[str], int] = self._local_turn
@@ -332,7 +333,7 @@ class JourneyRunner:
         return handled
 
     # ------------------------------------------------------------------ internals
-    def _continue_after(self, state: dict, journey: Journey, index: int, step: Any, now_ms: int,
+    def _continue_after(self, state: dict[str, Any], journey: Journey, index: int, step: Any, now_ms: int,
                         profile: Profile, set_timer: Callable[[str, int], None]) -> None:
         self._goto(state, journey, step.next, index)
         if state.get("active"):  # the next step runs at the next decision point
@@ -380,7 +381,7 @@ class JourneyRunner:
         elif timer_kind(journey.journey) in profile.timers:
             profile.timers.pop(timer_kind(journey.journey), None)  # its pending wait is void
 
-    def _goto(self, state: dict, journey: Journey, target: str | None, index: int) -> None:
+    def _goto(self, state: dict[str, Any], journey: Journey, target: str | None, index: int) -> None:
         if target is not None:
             state["step"] = self.index[journey.journey][target]
         elif index + 1 < len(journey.steps):
@@ -466,7 +467,7 @@ class JourneyRunner:
                 return rule.rep
         return spec.default or ""
 
-    def _branch(self, profile: Profile, journey: Journey, step: BranchStep, state: dict, now_ms: int,
+    def _branch(self, profile: Profile, journey: Journey, step: BranchStep, state: dict[str, Any], now_ms: int,
                 scores: dict[str, float]) -> str:
         facts: dict[str, Any] | None = None
         bucket = split_bucket(profile.contact_id, journey.journey, step.id)
@@ -489,7 +490,7 @@ class JourneyRunner:
                     return case.goto
         return step.else_
 
-    def _capped(self, state: dict, journey: Journey, now_ms: int) -> bool:
+    def _capped(self, state: dict[str, Any], journey: Journey, now_ms: int) -> bool:
         assert journey.caps is not None
         since = now_ms - self._cap_window(journey)
         return sum(1 for t in state.get("sends", []) if t > since) >= journey.caps.sends

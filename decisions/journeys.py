@@ -411,7 +411,12 @@ class Journey(_Strict):
 
 
 # ---------------------------------------------------------------------------------- loading
-def _load_with_lines(text: str) -> tuple[Any, dict[tuple, int]]:
+#: Where a node sits in a YAML document: its mapping keys (as YAML constructed them: any
+#: hashable) and list indices, from the top.
+YamlPath = tuple[Any, ...]
+
+
+def _load_with_lines(text: str) -> tuple[Any, dict[YamlPath, int]]:
     """Safe-load YAML and remember the line of every key and list item (for error messages).
     A key given twice in one mapping is an error (PyYAML would silently keep the last)."""
     node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -419,9 +424,9 @@ def _load_with_lines(text: str) -> tuple[Any, dict[tuple, int]]:
         return None, {}
     loader = yaml.SafeLoader("")
     data = loader.construct_document(node)
-    lines: dict[tuple, int] = {}
+    lines: dict[YamlPath, int] = {}
 
-    def mark(n: yaml.Node, path: tuple) -> None:
+    def mark(n: yaml.Node, path: YamlPath) -> None:
         lines[path] = n.start_mark.line + 1
         if isinstance(n, yaml.MappingNode):
             seen: set[Any] = set()
@@ -441,7 +446,7 @@ def _load_with_lines(text: str) -> tuple[Any, dict[tuple, int]]:
     return data, lines
 
 
-def _line_of(loc: tuple, data: Any, lines: dict[tuple, int]) -> tuple[int | None, str]:
+def _line_of(loc: YamlPath, data: Any, lines: dict[YamlPath, int]) -> tuple[int | None, str]:
     """Map a pydantic error location to (line, dotted path), skipping union tags."""
     path: list[Any] = []
     current = data
@@ -495,7 +500,7 @@ def parse_journey(text: str, source: str = "<journey>") -> Journey:
     return journey
 
 
-def _check_flow(journey: Journey, data: dict, lines: dict[tuple, int], source: str) -> None:
+def _check_flow(journey: Journey, data: dict[str, Any], lines: dict[YamlPath, int], source: str) -> None:
     """Step ids unique, every jump lands on a step, and no loop runs without waiting."""
     problems: list[str] = []
     for i, step in enumerate(journey.steps):

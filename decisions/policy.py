@@ -17,7 +17,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone as dt_timezone, tzinfo
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -228,8 +228,8 @@ def cap_violation(
     sends: Iterable[Send],
     channel: str,
     now_ms: int,
-    caps: dict[str, dict[str, int]],
-    global_caps: dict[str, int],
+    caps: Mapping[str, Mapping[str, int]],
+    global_caps: Mapping[str, int],
 ) -> str | None:
     """``channel_cap`` or ``global_cap`` if one more send now would break a cap, else None.
 

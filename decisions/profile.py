@@ -34,6 +34,8 @@ DAY_MS = 24 * HOUR_MS
 #: Feature windows, shortest first. The longest one bounds idempotency memory.
 WINDOWS: dict[str, int] = {"1h": HOUR_MS, "24h": DAY_MS, "7d": 7 * DAY_MS, "30d": 30 * DAY_MS}
 LONGEST_WINDOW_MS = max(WINDOWS.values())
+#: What a window's expiry queue holds: (ts, type, event id).
+WindowEntry = tuple[int, str, str]
 
 #: Types counted in windows under their own name; every other type counts as ``other``.
 COUNTED_TYPES: frozenset[str] = frozenset(
@@ -161,7 +163,7 @@ class Profile:
     #: as {"arm", "closed"} so a contact is exposed once per experiment (intent to treat)
     exposures: dict[str, dict[str, Any]] = field(default_factory=dict)
     # window name -> (expiry queue of (ts, type, event_id), counts by type)
-    windows: dict[str, tuple[deque, dict[str, int]]] = field(
+    windows: dict[str, tuple[deque[WindowEntry], dict[str, int]]] = field(
         default_factory=lambda: {name: (deque(), {}) for name in WINDOWS}
     )
     seen: set[str] = field(default_factory=set)

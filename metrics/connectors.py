@@ -17,7 +17,10 @@ of events), off the event hot path.
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 
 from touchline.metrics.engine import LATENCY_BUCKETS
 
@@ -67,7 +70,7 @@ class BytewaxKafkaLag:
     consumed its first message: messages on the broker not yet read, per partition.
     """
 
-    def collect(self):
+    def collect(self) -> Iterable[Metric]:
         from bytewax.connectors.kafka import BYTEWAX_CONSUMER_LAG_GAUGE
 
         return BYTEWAX_CONSUMER_LAG_GAUGE.collect()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import platform
 from collections import Counter
 from importlib.metadata import PackageNotFoundError, version
-from typing import Mapping
+from typing import Mapping, TypeVar
 
 from prometheus_client import (
     GCCollector,
@@ -39,6 +39,9 @@ from prometheus_client import (
 from touchline.decisions.events import KNOWN_TYPES
 from touchline.metrics.experiments import ExperimentMetrics
 from touchline.metrics.models import ModelMetrics
+
+#: A tally's key: one label value, or a tuple of them.
+LabelValues = TypeVar("LabelValues", bound=str | tuple[str, ...])
 
 #: Latency buckets (seconds) that resolve sub-second SLOs and still show slow tails.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -181,7 +184,7 @@ class EngineMetrics:
         for type_, n in folded.items():
             self.events.labels(type_, source).inc(n)
 
-    def count(self, counter: PromCounter, tallies: Mapping[tuple[str, ...] | str, int]) -> None:
+    def count(self, counter: PromCounter, tallies: Mapping[LabelValues, int]) -> None:
         """Add a batch's tallies to a labelled counter (keys are label values)."""
         for labels, n in tallies.items():
             counter.labels(*((labels,) if isinstance(labels, str) else labels)).inc(n)

@@ -18,11 +18,14 @@ attribution models from fixed lists, never a contact. Fed once per micro-batch.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter
 
 from touchline.decisions.experiment_runtime import ExperimentTallies
+
+#: A tally's key: one label value, or a tuple of them.
+LabelValues = TypeVar("LabelValues", bound=str | tuple[str, ...])
 
 
 class ExperimentMetrics:
@@ -51,13 +54,15 @@ class ExperimentMetrics:
 
     def count(self, t: ExperimentTallies) -> None:
         """Add one batch's tallies, and clear none of them (the batch owns them)."""
-        for counter, tallies in ((self.exposures, t.exposures), (self.outcomes, t.outcomes),
-                                 (self.conversions, t.conversions), (self.credit, t.credit),
-                                 (self.credit_value, t.credit_value), (self.choices, t.choices)):
-            _add(counter, tallies)
+        _add(self.exposures, t.exposures)
+        _add(self.outcomes, t.outcomes)
+        _add(self.conversions, t.conversions)
+        _add(self.credit, t.credit)
+        _add(self.credit_value, t.credit_value)
+        _add(self.choices, t.choices)
 
 
-def _add(counter: Counter, tallies: Mapping) -> None:
+def _add(counter: Counter, tallies: Mapping[LabelValues, float]) -> None:
     for labels, n in tallies.items():
         if n:
             counter.labels(*((labels,) if isinstance(labels, str) else labels)).inc(n)

@@ -14,6 +14,7 @@ ValueError: state URL 'mongo://x': no store for scheme 'mongo' (known: memory, r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import import_module
 from importlib.metadata import entry_points
 
@@ -37,9 +38,14 @@ BUILTIN_STORES: dict[str, str] = {
 mask_url = redact_url
 
 
-def _load(target: str) -> type[StateStore]:
+#: What opens a store: a :class:`StateStore` class, called with ``(url, options)``.
+StoreFactory = Callable[[str, StoreOptions | None], StateStore]
+
+
+def _load(target: str) -> StoreFactory:
     module, _, name = target.partition(":")
-    return getattr(import_module(module), name)
+    factory: StoreFactory = getattr(import_module(module), name)
+    return factory
 
 
 def open_store(url: str, options: StoreOptions | None = None) -> StateStore:
@@ -51,10 +57,11 @@ def open_store(url: str, options: StoreOptions | None = None) -> StateStore:
     if not sep:
         raise ValueError(f"state URL {redact_url(url)!r} has no scheme; use e.g. memory:// or redis://host:6379/0")
     if scheme in BUILTIN_STORES:
-        return _load(BUILTIN_STORES[scheme])(url, options)  # type: ignore[call-arg]
+        return _load(BUILTIN_STORES[scheme])(url, options)
     plugins = {ep.name: ep for ep in entry_points(group="touchline.stores")}
     if scheme in plugins:
-        return plugins[scheme].load()(url, options)
+        plugin: StoreFactory = plugins[scheme].load()
+        return plugin(url, options)
     known = ", ".join(sorted({*BUILTIN_STORES, *plugins}))
     raise ValueError(f"state URL {redact_url(url)!r}: no store for scheme {scheme!r} (known: {known})")
 

@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Collection, Iterable, Mapping, Sequence
 
 from touchline.decisions.events import Event
-from touchline.decisions.profile import (  # noqa: F401 (the key scheme, re-exported for the stores)
-    ANON_PREFIX,
+from touchline.decisions.profile import (  # the key scheme, re-exported (``X as X``) for the stores
+    ANON_PREFIX as ANON_PREFIX,
     LONGEST_WINDOW_MS,
     Profile,
     Send,
-    anonymous_key,
-    anonymous_of,
-    contact_key,
-    contact_of,
-    is_known_key,
+    anonymous_key as anonymous_key,
+    anonymous_of as anonymous_of,
+    contact_key as contact_key,
+    contact_of as contact_of,
+    is_known_key as is_known_key,
 )
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ class StoreHealth:
     have no metrics registry of their own)."""
 
     up: bool = True
-    errors: Counter = field(default_factory=Counter)  # op -> failed attempts
+    errors: Counter[str] = field(default_factory=Counter)  # op -> failed attempts
     reconnects: int = 0
 
 
@@ -275,7 +275,7 @@ class StateStore(ABC):
 
     def next_turn(self, name: str) -> int:
         """The next number of a counter shared by every worker (round-robin assignment)."""
-        self._turns = getattr(self, "_turns", {})
+        self._turns: dict[str, int] = getattr(self, "_turns", {})
         turn = self._turns.get(name, 0)
         self._turns[name] = turn + 1
         return turn

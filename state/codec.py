@@ -32,6 +32,7 @@ from touchline.decisions.profile import (
     Observation,
     Profile,
     Send,
+    WindowEntry,
 )
 from touchline.state.base import is_known_key
 
@@ -122,6 +123,12 @@ def to_blob(profile: Profile) -> bytes:
     return orjson.dumps(data)
 
 
+def _log_entry(ts: int, member: str) -> WindowEntry:
+    """A log member (``type<SEP>event id``) at ``ts`` as a window entry: (ts, type, event id)."""
+    type_, event_id = member.split(SEP, 1)
+    return ts, type_, event_id
+
+
 def from_parts(
     key: str,
     blob: bytes | str | None,
@@ -146,9 +153,7 @@ def from_parts(
                                dict(o[5]) if len(o) > 5 else {})
             for model, o in data.get("pending", {}).items()
         }
-    entries = sorted(
-        (ts, *member.split(SEP, 1)) for ts, member in log  # (ts, type, event id), oldest first
-    )
+    entries = sorted(_log_entry(ts, member) for ts, member in log)  # oldest first
     horizon_30d = profile.last_ts - LONGEST_WINDOW_MS
     for name, length in WINDOWS.items():
         queue, counts = profile.windows[name]

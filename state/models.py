@@ -36,12 +36,14 @@ import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import orjson
 import river
 
 from touchline.decisions.models import ModelConfig, ScoreModel
+
+T = TypeVar("T")
 
 MAGIC = b"TOUCHLINE-MODEL-CHECKPOINT 1\n"
 FORMAT = 1
@@ -298,7 +300,7 @@ class RedisModelStore(ModelStore):
             raise ModelStoreError(f"models.store {redact_url(url)}: {exc}") from None
         self._cas = self.client.register_script(_CAS)
 
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
         import redis
 
         try:
@@ -341,7 +343,8 @@ class RedisModelStore(ModelStore):
         self._call("saving a checkpoint", lambda: self.client.set(self._ckpt(score, version), blob))
 
     def load_checkpoint(self, score: str, version: str) -> bytes | None:
-        return self._call("loading a checkpoint", lambda: self.client.get(self._ckpt(score, version)))
+        blob: bytes | None = self._call("loading a checkpoint", lambda: self.client.get(self._ckpt(score, version)))
+        return blob
 
     def checkpoints(self, score: str) -> list[str]:
         prefix = self._ckpt(score, "")

@@ -46,7 +46,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterable, Mapping, Sequence, TypeVar
 
 import orjson
 import redis
@@ -88,6 +88,7 @@ from touchline.state.codec import SEP, from_parts, log_diff, log_index, send_ent
 from touchline.state.redis_scripts import SCRIPTS
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PREFIX = "tl"
 #: The single timer set of earlier versions; moved into the shards at start.
@@ -160,7 +161,10 @@ class _Base:
 
 
 #: One call in a pipeline: ("script", name, keys, args) or ("cmd", command, *args).
-Call = tuple
+Call = tuple[Any, ...]
+#: What a commit changes in a profile's event log: entries added as (ts, member, event id),
+#: members removed, and the log (event id -> member) they apply to.
+LogDiff = tuple[list[tuple[int, str, str]], list[str], dict[str, str]]
 
 
 def _client(url: str, options: StoreOptions, decode_responses: bool = True) -> Any:
@@ -190,6 +194,8 @@ def _client(url: str, options: StoreOptions, decode_responses: bool = True) -> A
 
 class RedisStore(StateStore):
     """Profiles, aliases and timers in Redis; see the module docstring for the layout."""
+
+    health: StoreHealth  # always set: a networked store
 
     def __init__(self, url: str, options: StoreOptions | None = None) -> None:
         self.url = url
@@ -239,7 +245,7 @@ class RedisStore(StateStore):
             return []
         return self._with_retry(op, lambda: self._pipeline(calls, keep))
 
-    def _with_retry(self, op: str, attempt: Callable[[], Any]) -> Any:
+    def _with_retry(self, op: str, attempt: Callable[[], T]) -> T:
         """Retry ``attempt`` while Redis is unreachable, with exponential backoff and jitter,
         for up to ``options.retry_seconds``; every operation the store does is safe to repeat."""
         health = self.health
@@ -303,7 +309,9 @@ class RedisStore(StateStore):
         resolved, _ = self.begin(events, None)
         return resolved
 
-    def begin(self, events: Sequence[Event], now_ms: int | None, limit: int = 10_000, partition: int = 0):
+    def begin(
+        self, events: Sequence[Event], now_ms: int | None, limit: int = 10_000, partition: int = 0
+    ) -> tuple[list[tuple[str, str | None]], list[tuple[int, str, str]]]:
         """Resolve identities and claim the partition's due timers in one round trip."""
         if partition not in self._restored:
             self.restore_claimed(partition)
@@ -422,7 +430,7 @@ class RedisStore(StateStore):
         self._finish(deleted, fired, merged_into or {}, conflicts, partition)
         return conflicts
 
-    def _remember(self, profiles: Mapping[str, Profile], results: Sequence[Any], diffs: dict[str, tuple],
+    def _remember(self, profiles: Mapping[str, Profile], results: Sequence[Any], diffs: dict[str, LogDiff],
                   lent: set[str], conflicts: set[str]) -> None:
         """Update the cache to what Redis now holds (conflicted profiles: unknown, so dropped)."""
         cache = self._base
@@ -468,7 +476,7 @@ class RedisStore(StateStore):
                 f"{'gone' if seen is None else 'another deployment’s'} (restarted without persistence, flushed, or "
                 "failed over to an empty replica); stopping before frequency caps and timers go wrong")
 
-    def _commit_args(self, key: str, profile: Profile, outbox: Sequence[OutboxEntry] = ()) -> tuple[list[Any], tuple]:
+    def _commit_args(self, key: str, profile: Profile, outbox: Sequence[OutboxEntry] = ()) -> tuple[list[Any], LogDiff]:
         """Arguments of the commit script, and the log diff they carry."""
         base = self._base.get(key)
         if base is None:  # never read: replace whatever is stored
@@ -846,22 +854,22 @@ def _parse_due(flat: Sequence[str]) -> list[tuple[int, str, str]]:
     return out
 
 
-def _walk(events: Sequence[Event], links: Mapping[str, tuple[str | None, bool, bool]]):
+def _walk(events: Sequence[Event], links: Mapping[str, tuple[str | None, bool, bool]]) -> list[tuple[str, str | None]]:
     """Resolve each event given every anonymous id's link as Redis answered it, with the
     same rules (and results) as the in-process store; see :meth:`StateStore.resolve`."""
     current: dict[str, str] = {}  # anonymous id -> key its events resolve to, so far in this batch
     pending_merge: set[str] = set()  # merges still to hand out (the first linking event gets it)
-    for anon, (target, linked_now, anon_exists) in links.items():
+    for linked, (target, linked_now, anon_exists) in links.items():
         if linked_now:
-            current[anon] = anonymous_key(anon)
-            pending_merge.add(anon)
+            current[linked] = anonymous_key(linked)
+            pending_merge.add(linked)
         elif target is not None:
-            current[anon] = target
+            current[linked] = target
             if anon_exists:  # linked before, but the merge never landed (a crash in between): until
-                current[anon] = anonymous_key(anon)  # it does, its events stay where they were applied
-                pending_merge.add(anon)
+                current[linked] = anonymous_key(linked)  # it does, its events stay where they were applied
+                pending_merge.add(linked)
         else:
-            current[anon] = anonymous_key(anon)
+            current[linked] = anonymous_key(linked)
     out: list[tuple[str, str | None]] = []
     for ev in events:
         anon = ev.anonymous_id

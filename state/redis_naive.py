@@ -54,7 +54,9 @@ class NaiveRedisStore(RedisStore):
             return [x for pair in reply for x in (pair if isinstance(pair, (list, tuple)) else (pair,))]
         return reply
 
-    def begin(self, events: Sequence[Event], now_ms: int | None, limit: int = 10_000, partition: int = 0):
+    def begin(
+        self, events: Sequence[Event], now_ms: int | None, limit: int = 10_000, partition: int = 0
+    ) -> tuple[list[tuple[str, str | None]], list[tuple[int, str, str]]]:
         resolved = self.resolve(events) if events else []
         return resolved, (self.pop_due(now_ms, limit) if now_ms is not None else [])
 
@@ -129,7 +131,7 @@ class NaiveRedisStore(RedisStore):
             out[key] = profile
         return out
 
-    def commit(self, profiles: Mapping[str, Profile], deleted: Iterable[str],  # type: ignore[override]
+    def commit(self, profiles: Mapping[str, Profile], deleted: Iterable[str],
                timers: Iterable[tuple[str, str, int]], **_crash_safety: Any) -> set[str]:
         """The baseline writes no outbox and checks no versions: a benchmark, not a production store."""
         for key, profile in profiles.items():

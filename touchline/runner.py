@@ -391,7 +391,7 @@ def _build_source(settings: Settings, engine: Engine, kafka: dict[str, str] | No
         from touchline.connectors.kafka import KafkaEventSource
         from touchline.metrics.connectors import BytewaxKafkaLag
 
-        engine.metrics.registry.register(BytewaxKafkaLag())  # type: ignore[arg-type]
+        engine.metrics.registry.register(BytewaxKafkaLag())
 
         assert kafka is not None  # the settings validator requires kafka.bootstrap
         ks = settings.kafka
