@@ -27,7 +27,7 @@ from touchline.decisions.events import Event, Rejected, parse_event
 from touchline.decisions.reorder import EventOrder, TimeRules
 from touchline.flows.models import ModelKeeper
 from touchline.metrics.engine import EngineMetrics
-from touchline.state.base import OutboxEntry, Pending, StateStore, StoreError, contact_key
+from touchline.state.base import OutboxEntry, Pending, StateStore, StoreError, StoreHealth, contact_key
 from touchline.state.erasure import screen as screen_erased
 
 log = logging.getLogger(__name__)
@@ -109,9 +109,10 @@ class Engine:
         self.core = core
         self.metrics = metrics
         self.totals = Totals()
-        health = store.health
-        if health is not None:  # read at scrape time: during an outage the engine is inside a retry loop
-            metrics.store_up.set_function(lambda: 1.0 if health.up else 0.0)
+        #: connection health of the state store's server, as seen by each of its clients
+        self.healths: list[StoreHealth] = [store.health] if store.health is not None else []
+        if self.healths:  # read at scrape time: during an outage the engine is inside a retry loop
+            metrics.store_up.set_function(lambda: 1.0 if all(h.up for h in self.healths) else 0.0)
         #: Set when the state store (or the broker) failed for good: the run stops and reports it.
         self.failure: Exception | None = None
         #: What event times are believed, and how long events wait to be put in order. By

@@ -32,7 +32,7 @@ from typing import Any
 
 import redis
 from touchline.redact import redact_url
-from touchline.state.base import StoreError, StoreOptions, StoreUnavailable
+from touchline.state.base import StoreError, StoreHealth, StoreOptions, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,9 @@ class RedisSendLedger(SendLedger):
         self.retry_seconds = retry_seconds
         self.prefix = prefix
         self.token = uuid.uuid4().hex
+        #: whether Redis answered the ledger's last call (the state store's up gauge reads it too:
+        #: during an outage the engine may be waiting in a delivery, not in a state call)
+        self.health = StoreHealth()
         try:
             self.client = _client(url, options or StoreOptions())
         except (redis.RedisError, ValueError) as exc:
@@ -216,8 +219,11 @@ class RedisSendLedger(SendLedger):
                 pipe = self.client.pipeline(transaction=False)
                 for decision_id in ids:
                     add(pipe, self.key(decision_id))
-                return list(pipe.execute())
+                replies = list(pipe.execute())
+                self.health.up = True
+                return replies
             except _RETRYABLE as exc:
+                self.health.up = False
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + self.retry_seconds

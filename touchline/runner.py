@@ -353,6 +353,9 @@ def _build_io(settings: Settings, engine: Engine, registry: CollectorRegistry, k
     report = DeliveryReport(ConnectorMetrics(registry), dead_writer)
     ledger = _send_ledger(settings)
     closers.insert(0, ledger.close)
+    ledger_health = getattr(ledger, "health", None)
+    if ledger_health is not None and engine.healths:  # the same Redis: its outage is the store's
+        engine.healths.append(ledger_health)
     delivery = Delivery.build(settings.delivery, BuildContext(
         report, out_dir / "outbox", kafka, ks.channel_topic_prefix, ks.retry_seconds, settings.simulator.seed,
         ledger=ledger))
