@@ -148,7 +148,7 @@ class Engine:
         #: When the batch in progress started (monotonic seconds), for the liveness probe.
         self.busy_since: float | None = None
         #: Input partition -> its event clock (timers set on a partition fire on its clock).
-        self._clocks: dict[int, int] = {}
+        self._clocks: dict[int, int | None] = {}
         #: Channels with a connector: their decisions stay in the outbox until delivered too.
         self.channel_outputs: frozenset[str] = frozenset()
         #: The decisions output confirms a decision by writing it (a file); False when the
@@ -350,13 +350,13 @@ class Engine:
             self.metrics.out_of_order.inc(late)
         self.metrics.held_events.set(sum(map(len, self._orders.values())))
         self.core.advance(out, batch.advance_to_ms)
-        self._clocks[batch.partition] = order.clock if order.clock is not None else 0
+        self._clocks[batch.partition] = order.clock  # None until enough events: nothing to resume from
         return out, [(r.at_ms, r.late) for r in released], order.clock if batch.final else order.watermark
 
     def _resume_order(self, batch: RawBatch) -> EventOrder:
         """The partition's reorder buffer, at the event clock its last committed batch left,
         holding what it held then (an input a restart resumes mid-way: see ``keep_held``)."""
-        clock = self.store.watermark(batch.partition)
+        clock = self.store.watermark(batch.partition) or None  # 0: an earlier version's "no clock yet"
         if clock is not None:
             self.core.clock.observe(clock)
         order = self._orders[batch.partition] = self.time.order(clock)

@@ -272,3 +272,23 @@ def test_a_quiet_tailed_input_releases_what_is_held():
     assert order.clock == 300
     order.add(_ev(3, 250), 3)  # later than the clock now: processed at once, out of order
     assert [(r.event.ts_ms, r.late) for r in order.take()] == [(250, True)]
+
+
+def test_a_restart_before_the_clock_exists_starts_without_one(redis_url):
+    """Fewer events than the quorum needs, then a stop: the next run must not resume from a
+    clock of 0 (every event would wait aside as 'ahead' of it)."""
+    from touchline.flows.step import RawBatch
+
+    first = _engine_on(redis_url, 0)
+    first.time = type(first.time)(quorum=20, check_wall=False)
+    lines = [orjson.dumps({"event_id": f"e{i}", "type": "page_view", "ts": 1_767_571_200_000 + i, "contact_id": "c1"})
+             for i in range(5)]
+    first.process(RawBatch(lines, "in", 1))
+    first.store.close()
+    second = _engine_on(redis_url, 0)
+    second.time = type(second.time)(quorum=20, check_wall=False)
+    assert second.store.watermark(0) is None
+    second.process(RawBatch(lines + [orjson.dumps({"event_id": "e9", "type": "page_view", "ts": 1_767_571_300_000,
+                                                   "contact_id": "c1"})], "in", 1, final=True))
+    assert second._orders[0].clock == 1_767_571_300_000 and not second._orders[0].rejected
+    assert second.totals.events == 6
