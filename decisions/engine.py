@@ -16,8 +16,6 @@ from collections import Counter
 from time import perf_counter_ns
 from typing import Any, Callable, Mapping
 
-import orjson
-
 from touchline.decisions import labels as label_rules
 from touchline.decisions.clock import Clock, EventTimeClock
 from touchline.decisions.events import KNOWN_TYPES, Event, missing_attributes
@@ -237,9 +235,7 @@ class BatchRun:
         detail = f"{type(exc).__name__}: {exc}"[:1000]
         if kind == "event":
             ev = item[0]
-            raw = ev.raw.decode("utf-8", "backslashreplace") if ev.raw is not None else repr(ev.to_dict())[:65_536]
-            self.errors.append({"kind": "invalid_event", "reason": "internal_error", "source": ev.source or "engine",
-                                "detail": f"processing event {ev.event_id!r} raised {detail}", "raw": raw})
+            self.errors.append(ev.to_dead_letter("internal_error", f"processing event {ev.event_id!r} raised {detail}"))
         else:
             _, timer, due_ms = item
             self.errors.append({"kind": "timer", "reason": "internal_error", "source": "timer",
@@ -342,12 +338,8 @@ class BatchRun:
             self.merges += 1
             self._merge(profile, merged)
         if is_too_late(profile, ev.ts_ms):
-            self.dead.append({
-                "kind": "invalid_event", "reason": "late_event", "source": ev.source or "engine",
-                "detail": f"event {ev.event_id!r} is older than the idempotency window of its contact",
-                "raw": ev.raw.decode("utf-8", "backslashreplace") if ev.raw is not None
-                else orjson.dumps(ev.to_dict(), option=orjson.OPT_SORT_KEYS).decode(),
-            })
+            self.dead.append(ev.to_dead_letter(
+                "late_event", f"event {ev.event_id!r} is older than the idempotency window of its contact"))
             self.dead_keys.append(key)
             return
         if not apply_event(profile, ev.event_id, ev.type, ev.ts_ms, ev.properties, ev.context, ev.channel):

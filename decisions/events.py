@@ -179,6 +179,21 @@ class Event:
             out["context"] = self.context
         return out
 
+    def to_dead_letter(self, reason: str, detail: str) -> dict[str, Any]:
+        """A dead letter of a valid event the engine refused later (late, a reused id, a bug):
+        where it was read, and the line as read (an event made in code: its contract form).
+
+        >>> Event("e1", "page_view", 5, "c1", source="in.jsonl:3", raw=b'{"x":1}').to_dead_letter("late_event", "old")
+        {'kind': 'invalid_event', 'reason': 'late_event', 'detail': 'old', 'source': 'in.jsonl:3', 'raw': '{"x":1}'}
+        """
+        raw = self.raw
+        if raw is None:
+            try:
+                raw = orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS)
+            except orjson.JSONEncodeError:  # nested deeper than orjson writes
+                raw = repr(self.to_dict())[:MAX_EVENT_BYTES].encode()
+        return Rejected(reason, detail, raw).to_dead_letter(self.source or "engine")
+
 
 @dataclass(slots=True, frozen=True)
 class Rejected:

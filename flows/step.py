@@ -304,10 +304,7 @@ class Engine:
             if ok:
                 kept.append(ev)
             else:  # the other identity is not named: one contact's dead letter never shows another's id
-                dead.append({"kind": "invalid_event", "reason": "duplicate_id", "source": ev.source or "engine",
-                             "detail": f"event_id {ev.event_id!r} already used by another identity",
-                             "raw": ev.raw.decode("utf-8", "backslashreplace") if ev.raw is not None
-                             else orjson.dumps(ev.to_dict(), option=orjson.OPT_SORT_KEYS).decode()})
+                dead.append(ev.to_dead_letter("duplicate_id", f"event_id {ev.event_id!r} already used by another identity"))
         return kept, None if at is None else [place for place, ok in zip(at, free) if ok]
 
     def _drop_erased(self, events: list[Event], positions: list[int],
@@ -341,7 +338,7 @@ class Engine:
             order.advance(batch.advance_to_ms)
         released = order.flush() if batch.final else order.catch_up() if batch.idle else order.take()
         for ev, why in order.rejected:
-            dead.append(Rejected("future_event", why, ev.raw or b"").to_dead_letter(ev.source or batch.source))
+            dead.append(ev.to_dead_letter("future_event", why))
         order.rejected.clear()
         out = [r.event for r in released]
         late = sum(r.late for r in released)
