@@ -18,7 +18,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from touchline.decisions.events import MAX_EVENT_BYTES
-from touchline.flows.step import RawBatch
+from touchline.decisions.batches import RawBatch
 
 _DUMP = orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
 

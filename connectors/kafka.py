@@ -26,7 +26,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, Producer
 from confluent_kafka import KafkaError as ConfluentError
 from confluent_kafka.admin import AdminClient, NewTopic
-from touchline.flows.step import RawBatch
+from touchline.decisions.batches import RawBatch
 
 log = logging.getLogger(__name__)
 

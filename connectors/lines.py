@@ -7,7 +7,7 @@ from typing import Sequence
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from touchline.flows.step import RawBatch
+from touchline.decisions.batches import RawBatch
 
 
 class _LinesPartition(StatefulSourcePartition[RawBatch, int]):

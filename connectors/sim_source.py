@@ -10,7 +10,7 @@ from typing import Iterator, Protocol
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from touchline.connectors.simulator import Simulator, SimulatorSpec
-from touchline.flows.step import RawBatch
+from touchline.decisions.batches import RawBatch
 
 
 class LineSimulator(Protocol):

@@ -7,7 +7,7 @@ scored too, and the champion's grades on exactly those labels are kept beside it
 (``versus``), so a challenger deployed last week is not compared with a champion's
 whole history.
 
->>> from touchline.decisions.models import ModelConfig, PromotionRule, ScoreSettings
+>>> from touchline.decisions.estimators import ModelConfig, PromotionRule, ScoreSettings
 >>> slot = ModelSlot("lead", ScoreSettings(challenger=ModelConfig(estimator="hat"),
 ...                  promote=PromotionRule(metric="log_loss", margin=0.0, min_labels=2)))
 >>> slot.champion.estimator_name, [c.estimator_name for c in slot.challengers]
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from touchline.decisions.evaluation import Evaluation
-from touchline.decisions.models import ModelConfig, ScoreModel, ScoreSettings
+from touchline.decisions.estimators import ModelConfig, ScoreModel, ScoreSettings
 
 #: Restore a model from its checkpoint (by its config's version), or None for a fresh one.
 Restore = Callable[[ModelConfig], ScoreModel | None]

@@ -22,7 +22,7 @@ from typing import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
 
-from touchline.metrics.engine import LATENCY_BUCKETS
+from touchline.metrics.engine_metrics import LATENCY_BUCKETS
 
 
 class ConnectorMetrics:

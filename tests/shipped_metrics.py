@@ -11,7 +11,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from touchline.metrics.connectors import ConnectorMetrics
-from touchline.metrics.engine import EngineMetrics
+from touchline.metrics.engine_metrics import EngineMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "metrics" / "alerts" / "touchline.rules.yml"

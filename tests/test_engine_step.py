@@ -10,13 +10,14 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from touchline.decisions.models import ModelConfig
+from touchline.decisions.estimators import ModelConfig
 from touchline.decisions.policy import PolicyConfig
 from touchline.decisions.profile import DAY_MS, HOUR_MS
 from touchline.decisions.record import decision_id, iso_ms
-from touchline.decisions.engine import DecisionCore, LabelSettings
-from touchline.flows.step import Engine, RawBatch
-from touchline.metrics.engine import EngineMetrics
+from touchline.decisions.batch_run import DecisionCore, LabelSettings
+from touchline.batch_service import Engine
+from touchline.decisions.batches import RawBatch
+from touchline.metrics.engine_metrics import EngineMetrics
 from touchline.state.memory import MemoryStore
 
 T0 = 1767614400000  # 2026-01-05T12:00:00Z (a Monday, midday UTC)

@@ -18,12 +18,13 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from touchline.cli import main
-from touchline.decisions.engine import DecisionCore, LabelSettings
-from touchline.decisions.models import ModelConfig
+from touchline.decisions.batch_run import DecisionCore, LabelSettings
+from touchline.decisions.estimators import ModelConfig
 from touchline.decisions.policy import PolicyConfig
 from touchline.decisions.profile import DAY_MS, HOUR_MS
-from touchline.flows.step import Engine, RawBatch
-from touchline.metrics.engine import EngineMetrics
+from touchline.batch_service import Engine
+from touchline.decisions.batches import RawBatch
+from touchline.metrics.engine_metrics import EngineMetrics
 from touchline.state import open_store
 from touchline.state.base import StateStore
 from touchline.state.erasure import CONTACT

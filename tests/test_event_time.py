@@ -210,12 +210,12 @@ def test_a_restored_buffer_ignores_the_same_position_read_again():
 def _engine_on(url: str, lateness_ms: int):
     from prometheus_client import CollectorRegistry
 
-    from touchline.decisions.engine import DecisionCore, LabelSettings
-    from touchline.decisions.models import ModelConfig
+    from touchline.decisions.batch_run import DecisionCore, LabelSettings
+    from touchline.decisions.estimators import ModelConfig
     from touchline.decisions.policy import PolicyConfig
     from touchline.decisions.reorder import TimeRules
-    from touchline.flows.step import Engine
-    from touchline.metrics.engine import EngineMetrics
+    from touchline.batch_service import Engine
+    from touchline.metrics.engine_metrics import EngineMetrics
     from touchline.state import open_store
 
     core = DecisionCore(PolicyConfig(holdout_share=0.0),
@@ -231,7 +231,7 @@ def _engine_on(url: str, lateness_ms: int):
 def test_events_held_for_ordering_survive_a_stop_between_batches(redis_url, stream):
     """A process stopped while its buffer holds events (the input committed past them) and a
     new one reading on from there: every event applied once, the same decisions as one run."""
-    from touchline.flows.step import RawBatch
+    from touchline.decisions.batches import RawBatch
 
     lines = _disorder(stream[:3000], 240_000, seed=11)
     cut = 1500
@@ -277,7 +277,7 @@ def test_a_quiet_tailed_input_releases_what_is_held():
 def test_a_restart_before_the_clock_exists_starts_without_one(redis_url):
     """Fewer events than the quorum needs, then a stop: the next run must not resume from a
     clock of 0 (every event would wait aside as 'ahead' of it)."""
-    from touchline.flows.step import RawBatch
+    from touchline.decisions.batches import RawBatch
 
     first = _engine_on(redis_url, 0)
     first.time = type(first.time)(quorum=20, check_wall=False)

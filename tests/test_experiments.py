@@ -11,14 +11,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from touchline.decisions.attribution import MODELS, Touch, attribute
-from touchline.decisions.engine import DecisionCore, LabelSettings
+from touchline.decisions.batch_run import DecisionCore, LabelSettings
 from touchline.decisions.experiments import Bandit, ExperimentSettings, Split, Variant, assign, bucket
 from touchline.decisions.lift import LiftTable, difference_interval, estimate
-from touchline.decisions.models import ModelConfig
+from touchline.decisions.estimators import ModelConfig
 from touchline.decisions.policy import PolicyConfig
 from touchline.decisions.profile import DAY_MS, HOUR_MS, Profile
-from touchline.flows.step import Engine, RawBatch
-from touchline.metrics.engine import EngineMetrics
+from touchline.batch_service import Engine
+from touchline.decisions.batches import RawBatch
+from touchline.metrics.engine_metrics import EngineMetrics
 from touchline.settings import ConfigError, load_settings
 from touchline.state.codec import from_parts, to_blob
 from touchline.state.memory import MemoryStore

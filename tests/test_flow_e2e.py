@@ -177,7 +177,7 @@ def test_hostile_input_file_ends_in_a_result(tmp_path):
 
 def test_metrics_server_serves_and_reports_busy_port():
     registry = CollectorRegistry()
-    from touchline.metrics.engine import EngineMetrics
+    from touchline.metrics.engine_metrics import EngineMetrics
 
     EngineMetrics(registry).count_events({"purchase": 2}, "jsonl")
     host, port, server = serve_metrics(registry, "127.0.0.1", 0)

@@ -7,12 +7,13 @@ import random
 import orjson
 from prometheus_client import CollectorRegistry
 
-from touchline.decisions.engine import DecisionCore, LabelSettings
+from touchline.decisions.batch_run import DecisionCore, LabelSettings
 from touchline.decisions.events import Event, Rejected, _duplicate_key, _may_repeat_keys, parse_event
-from touchline.decisions.models import ModelConfig
+from touchline.decisions.estimators import ModelConfig
 from touchline.decisions.policy import PolicyConfig
-from touchline.flows.step import Engine, RawBatch
-from touchline.metrics.engine import EngineMetrics
+from touchline.batch_service import Engine
+from touchline.decisions.batches import RawBatch
+from touchline.metrics.engine_metrics import EngineMetrics
 from touchline.state import open_store
 
 T0 = 1767610800000

@@ -10,12 +10,13 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-import touchline.decisions.engine as engine_module
-from touchline.decisions.engine import DecisionCore, LabelSettings
-from touchline.decisions.models import ModelConfig
+import touchline.decisions.batch_run as engine_module
+from touchline.decisions.batch_run import DecisionCore, LabelSettings
+from touchline.decisions.estimators import ModelConfig
 from touchline.decisions.policy import PolicyConfig
-from touchline.flows.step import Engine, InternalErrorFlood, RawBatch
-from touchline.metrics.engine import EngineMetrics
+from touchline.batch_service import Engine, InternalErrorFlood
+from touchline.decisions.batches import RawBatch
+from touchline.metrics.engine_metrics import EngineMetrics
 from touchline.runner import run
 from touchline.state.memory import MemoryStore
 

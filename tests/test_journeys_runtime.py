@@ -10,14 +10,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from test_engine_step import HIGH, MIN, T0, line, run
-from touchline.decisions.engine import DecisionCore, LabelSettings
+from touchline.decisions.batch_run import DecisionCore, LabelSettings
 from touchline.decisions.journey_runtime import JourneyRunner
 from touchline.decisions.journeys import parse_journey
-from touchline.decisions.models import ModelConfig
+from touchline.decisions.estimators import ModelConfig
 from touchline.decisions.policy import PolicyConfig
 from touchline.decisions.profile import DAY_MS, HOUR_MS
-from touchline.flows.step import Engine
-from touchline.metrics.engine import EngineMetrics
+from touchline.batch_service import Engine
+from touchline.metrics.engine_metrics import EngineMetrics
 from touchline.state.memory import MemoryStore
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "journeys"

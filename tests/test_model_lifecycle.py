@@ -14,10 +14,10 @@ from prometheus_client import CollectorRegistry
 
 from touchline.cli import main
 from touchline.decisions.evaluation import Evaluation
-from touchline.flows.step import RawBatch
+from touchline.decisions.batches import RawBatch
 from touchline.model_commands import deploy, model_config, promote
 from touchline.runner import build_engine, run
-from touchline.state.models import MAGIC, FileModelStore, RedisModelStore, new_revision
+from touchline.state.model_store import MAGIC, FileModelStore, RedisModelStore, new_revision
 
 
 class Constant:
@@ -36,7 +36,7 @@ class Recorder:
     seen: list[dict] = []
 
     def __init__(self):
-        from touchline.decisions.models import default_pipeline
+        from touchline.decisions.estimators import default_pipeline
 
         self.inner = default_pipeline()
 

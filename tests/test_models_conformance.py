@@ -18,8 +18,8 @@ import pytest
 from river import base, checks
 
 from touchline.decisions.features import FEATURE_NAMES
-from touchline.decisions.models import ModelConfig, ScoreModel, build_estimator, registered_models, resolve
-from touchline.state.models import decode_checkpoint, encode_checkpoint
+from touchline.decisions.estimators import ModelConfig, ScoreModel, build_estimator, registered_models, resolve
+from touchline.state.model_store import decode_checkpoint, encode_checkpoint
 
 MODELS = sorted(registered_models())
 SIGNAL = "cart_value"  # the one feature that separates the classes in the synthetic stream

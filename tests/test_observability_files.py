@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from shipped_metrics import RULE_TESTS, RULES, dashboard, dashboard_targets, engine_registry, substituted
-from touchline.metrics.engine import LATENCY_BUCKETS
+from touchline.metrics.engine_metrics import LATENCY_BUCKETS
 
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}

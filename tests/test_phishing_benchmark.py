@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from river import datasets, evaluate, metrics
 
-from touchline.decisions.models import default_pipeline
+from touchline.decisions.estimators import default_pipeline
 
 
 def progressive_accuracy(model) -> float:

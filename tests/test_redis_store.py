@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from touchline.cli import main
 from touchline.decisions.events import Event
 from touchline.decisions.profile import DAY_MS, Profile, Send
-from touchline.flows.step import RawBatch
+from touchline.decisions.batches import RawBatch
 from touchline.runner import build_engine, run
 from touchline.state import StoreError, StoreOptions, StoreUnavailable, open_store
 from touchline.state.redis import RedisStore, alias_key, profile_keys

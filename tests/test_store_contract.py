@@ -10,14 +10,15 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from touchline.decisions.engine import DecisionCore, LabelSettings
+from touchline.decisions.batch_run import DecisionCore, LabelSettings
 from touchline.decisions.events import Event
-from touchline.decisions.models import ModelConfig
+from touchline.decisions.estimators import ModelConfig
 from touchline.decisions.policy import PolicyConfig
 from touchline.decisions.profile import DAY_MS, HOUR_MS, Profile, Send, apply_event
 from touchline.decisions.record import decision_id
-from touchline.flows.step import Engine, RawBatch
-from touchline.metrics.engine import EngineMetrics
+from touchline.batch_service import Engine
+from touchline.decisions.batches import RawBatch
+from touchline.metrics.engine_metrics import EngineMetrics
 from touchline.state import MemoryStore, open_store
 from touchline.state.base import ID_CLAIM_MS, StateStore, anonymous_key, contact_key, contact_of, is_known_key
 

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from touchline.connectors.files import JsonlSink
 from touchline.connectors.lines import LinesSource
 from touchline.connectors.simulator import Simulator
-from touchline.flows.engine import build_flow
+from touchline.flows.dataflow import build_flow
 from touchline.redact import redact_url
 from touchline.runner import build_engine, simulator_spec
 from touchline.settings import Settings
@@ -76,7 +76,7 @@ def _store_ms_per_batch(registry: CollectorRegistry) -> dict[str, float]:
 
 def _stage_ms_per_batch(registry: CollectorRegistry) -> dict[str, float]:
     """Mean time per batch in each stage (parse, state, score, policy, emit)."""
-    from touchline.metrics.engine import STAGES
+    from touchline.metrics.engine_metrics import STAGES
 
     found = _ms_per_batch(registry, "touchline_stage_latency_seconds", "stage")
     return {stage: found[stage] for stage in STAGES if stage in found}

@@ -13,12 +13,13 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
-from touchline.decisions.engine import DecisionCore
+from touchline.decisions.batch_run import DecisionCore
 from touchline.decisions.journey_runtime import JourneyRunner
 from touchline.decisions.profile import DAY_MS, HOUR_MS
-from touchline.flows.step import Engine, RawBatch
+from touchline.batch_service import Engine
+from touchline.decisions.batches import RawBatch
 from touchline.journey_files import load_journeys
-from touchline.metrics.engine import EngineMetrics
+from touchline.metrics.engine_metrics import EngineMetrics
 from touchline.settings import ConfigError, Settings
 from touchline.state.memory import MemoryStore
 

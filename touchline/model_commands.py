@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from touchline.decisions.models import ModelConfig, ScoreSettings, config_from, registered_models, resolve
+from touchline.decisions.estimators import ModelConfig, ScoreSettings, config_from, registered_models, resolve
 from touchline.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
-    from touchline.state.models import ModelStore
+    from touchline.state.model_store import ModelStore
 
 SCORES = ("lead", "churn")
 
@@ -101,8 +101,8 @@ def _store(settings: Settings) -> "ModelStore":
 def _configured_doc(settings: Settings, current: dict[str, Any] | None) -> dict[str, Any]:
     """The deployment to change: the stored one, or the configuration's if none is stored
     yet (seeded the way the engine seeds it, so the engine keeps the change)."""
-    from touchline.flows.models import seed_of
-    from touchline.state.models import new_revision
+    from touchline.model_keeper import seed_of
+    from touchline.state.model_store import new_revision
 
     if current is not None:
         return current
@@ -170,7 +170,7 @@ def _figures(m: dict[str, Any]) -> str:
 
 def deploy(settings: Settings, score: str, model: ModelConfig, role: str) -> dict[str, Any]:
     """A new deployment revision with ``model`` as the score's challenger (or champion)."""
-    from touchline.state.models import new_revision
+    from touchline.state.model_store import new_revision
 
     store = _store(settings)
 
@@ -197,7 +197,7 @@ def deploy(settings: Settings, score: str, model: ModelConfig, role: str) -> dic
 
 def promote(settings: Settings, score: str, version: str | None) -> dict[str, Any]:
     """A new deployment revision with the score's challenger as its champion."""
-    from touchline.flows.models import promoted_deployment
+    from touchline.model_keeper import promoted_deployment
 
     store = _store(settings)
     try:
@@ -218,9 +218,10 @@ def evaluate(settings: Settings, input_path: Path, models: list[str], scores: li
     from prometheus_client import CollectorRegistry
 
     from touchline.decisions.clock import EventTimeClock
-    from touchline.decisions.engine import DecisionCore
-    from touchline.flows.step import Engine, RawBatch
-    from touchline.metrics.engine import EngineMetrics
+    from touchline.decisions.batch_run import DecisionCore
+    from touchline.batch_service import Engine
+    from touchline.decisions.batches import RawBatch
+    from touchline.metrics.engine_metrics import EngineMetrics
     from touchline.state.memory import MemoryStore
 
     configs = {score: [model_config(score, text, features) for text in models] for score in scores}

@@ -18,11 +18,11 @@ from prometheus_client import CollectorRegistry
 from touchline.connectors.files import JsonlSink, JsonlSource
 from touchline.decisions.clock import EventTimeClock, WallClock
 from touchline.decisions.reorder import TimeRules
-from touchline.flows.engine import build_flow
-from touchline.decisions.engine import DecisionCore
+from touchline.flows.dataflow import build_flow
+from touchline.decisions.batch_run import DecisionCore
 from touchline.erasure_outputs import writing_outputs
-from touchline.flows.step import Engine
-from touchline.metrics.engine import EngineMetrics
+from touchline.batch_service import Engine
+from touchline.metrics.engine_metrics import EngineMetrics
 from touchline.metrics.server import serve_metrics
 from touchline.runtime import execute, hold
 from touchline.settings import Settings
@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from touchline.connectors.simulator import SimulatorSpec
     from touchline.decisions.journey_runtime import JourneyRunner
-    from touchline.flows.models import ModelKeeper
+    from touchline.model_keeper import ModelKeeper
     from touchline.metrics.server import Health
-    from touchline.state.models import ModelStore
+    from touchline.state.model_store import ModelStore
 
 
 def simulator_spec(settings: Settings) -> "SimulatorSpec":
@@ -169,7 +169,7 @@ def state_redis_url(settings: Settings) -> str | None:
 def open_models_store(settings: Settings) -> "ModelStore | None":
     """The model store the settings name (None when ``models.store = off``); with ``auto`` on
     Redis it logs in with the state store's credentials."""
-    from touchline.state.models import open_model_store
+    from touchline.state.model_store import open_model_store
 
     url = model_store_url(settings)
     if url is None:
@@ -182,7 +182,7 @@ def open_models_store(settings: Settings) -> "ModelStore | None":
 
 def model_keeper(settings: Settings, metrics: EngineMetrics | None = None) -> "ModelKeeper | None":
     """The keeper of this run's models, on the model store the settings name (None if off)."""
-    from touchline.flows.models import ModelKeeper
+    from touchline.model_keeper import ModelKeeper
 
     store = open_models_store(settings)
     if store is None:

@@ -23,13 +23,13 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from touchline.decisions.events import check_known_types
 from touchline.decisions.experiments import ExperimentSettings
-from touchline.decisions.models import ScoreSettings
+from touchline.decisions.estimators import ScoreSettings
 from touchline.decisions.policy import PolicyConfig
 from touchline.connectors.channels.config import DeliverySettings
 from touchline.redact import redact_secrets, secret_name
 
 if TYPE_CHECKING:
-    from touchline.decisions.engine import LabelSettings as LabelRules
+    from touchline.decisions.batch_run import LabelSettings as LabelRules
     from touchline.state.base import StoreOptions
 
 
@@ -133,7 +133,7 @@ class LabelSettings(_Section):
 
     def rules(self) -> "LabelRules":
         """These settings as the decision core takes them."""
-        from touchline.decisions.engine import LabelSettings as LabelRules
+        from touchline.decisions.batch_run import LabelSettings as LabelRules
 
         return LabelRules(self.lead_horizon_days, self.churn_horizon_days, frozenset(self.goal_types),
                           self.sample_gap_hours, self.sample_rate)

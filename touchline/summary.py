@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Iterable
 
-from touchline.flows.step import Engine
+from touchline.batch_service import Engine
 from touchline.redact import redact_tree, redact_url
 
 

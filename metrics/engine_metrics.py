@@ -38,7 +38,7 @@ from prometheus_client import (
 
 from touchline.decisions.events import KNOWN_TYPES
 from touchline.metrics.experiments import ExperimentMetrics
-from touchline.metrics.models import ModelMetrics
+from touchline.metrics.model_metrics import ModelMetrics
 
 #: A tally's key: one label value, or a tuple of them.
 LabelValues = TypeVar("LabelValues", bound=str | tuple[str, ...])
@@ -166,7 +166,7 @@ class EngineMetrics:
         self.missing_attributes = PromCounter(
             "touchline_missing_attributes", "Events without an attribute the decisions rely on (a default was "
             "used), by event type and attribute.", ["type", "attribute"], registry=registry)
-        #: model quality, deployment and checkpoints (see :mod:`touchline.metrics.models`)
+        #: model quality, deployment and checkpoints (see :mod:`touchline.metrics.model_metrics`)
         self.models = ModelMetrics(registry)
         self.experiments = ExperimentMetrics(registry)
         self.build = Info("touchline_build", "Versions of the running engine and of what it runs on.",

@@ -25,8 +25,8 @@ from typing import Any, Mapping
 import orjson
 
 from touchline.decisions.champion import Drift, ModelSlot
-from touchline.decisions.models import ModelConfig, ScoreModel, ScoreSettings, config_from
-from touchline.state.models import (
+from touchline.decisions.estimators import ModelConfig, ScoreModel, ScoreSettings, config_from
+from touchline.state.model_store import (
     CheckpointError,
     ModelStore,
     ModelStoreError,

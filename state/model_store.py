@@ -12,7 +12,7 @@ which, never a crash; the engine then starts that model fresh. Pickles run code 
 loaded: point ``models.store`` only at storage you trust, and set a key to refuse
 checkpoints nobody with the key wrote.
 
->>> from touchline.decisions.models import ModelConfig, ScoreModel
+>>> from touchline.decisions.estimators import ModelConfig, ScoreModel
 >>> m = ScoreModel.build(ModelConfig(name="lead"))
 >>> blob = encode_checkpoint(m)
 >>> decode_checkpoint(blob, m.config).version == m.version
@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import orjson
 import river
 
-from touchline.decisions.models import ModelConfig, ScoreModel
+from touchline.decisions.estimators import ModelConfig, ScoreModel
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ only in ``touchline_model_info``, whose old series are removed on a swap.
 
 >>> from prometheus_client import CollectorRegistry
 >>> from touchline.decisions.champion import ModelSlot
->>> from touchline.decisions.models import ScoreSettings
+>>> from touchline.decisions.estimators import ScoreSettings
 >>> reg = CollectorRegistry()
 >>> m = ModelMetrics(reg)
 >>> slot = ModelSlot("lead", ScoreSettings())

@@ -23,7 +23,7 @@ from touchline.decisions.features import features
 from touchline.decisions.champion import Drift, ModelSlot, Restore
 from touchline.decisions.experiment_runtime import Assignment, ExperimentRuntime, ExperimentTallies
 from touchline.decisions.experiments import ExperimentSettings
-from touchline.decisions.models import ModelConfig, ScoreSettings
+from touchline.decisions.estimators import ModelConfig, ScoreSettings
 from touchline.decisions.feedback import FEEDBACK_TYPES, feedback_key, is_linked
 from touchline.decisions.policy import Candidate, PolicyConfig, Suppression, arbitrate, in_holdout
 from touchline.decisions.profile import (

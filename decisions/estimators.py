@@ -67,9 +67,9 @@ def adaptive_random_forest(n_models: int = 5, max_features: str | int = "sqrt", 
 
 #: Shipped estimators by short name (plug-ins add theirs through entry points).
 BUILTIN_MODELS: dict[str, str] = {
-    "logreg": "touchline.decisions.models:default_pipeline",
-    "hat": "touchline.decisions.models:hoeffding_adaptive_tree",
-    "arf": "touchline.decisions.models:adaptive_random_forest",
+    "logreg": "touchline.decisions.estimators:default_pipeline",
+    "hat": "touchline.decisions.estimators:hoeffding_adaptive_tree",
+    "arf": "touchline.decisions.estimators:adaptive_random_forest",
 }
 ENTRY_POINT_GROUP = "touchline.models"
 

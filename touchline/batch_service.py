@@ -6,7 +6,7 @@ outputs confirmed), ``begin`` (identities and due timers), ``load`` (the profile
 ``commit`` (changed profiles with their decisions, merged-away ones, new timers), plus
 ``hold`` on Kafka when the reorder buffer changed, ``reserve`` per decision and ``delete``
 per contact past retention, around the pure decision loop in
-:mod:`touchline.decisions.engine`. A networked store makes each call one round trip.
+:mod:`touchline.decisions.batch_run`. A networked store makes each call one round trip.
 Metrics are counted once per batch.
 """
 
@@ -21,12 +21,13 @@ from typing import Any, Callable
 
 import orjson
 
+from touchline.decisions.batches import BatchResult, RawBatch
 from touchline.decisions.clock import Clock
-from touchline.decisions.engine import BatchRun, DecisionCore
+from touchline.decisions.batch_run import BatchRun, DecisionCore
 from touchline.decisions.events import Event, Rejected, parse_event
 from touchline.decisions.reorder import EventOrder, TimeRules
-from touchline.flows.models import ModelKeeper
-from touchline.metrics.engine import EngineMetrics
+from touchline.model_keeper import ModelKeeper
+from touchline.metrics.engine_metrics import EngineMetrics
 from touchline.state.base import OutboxEntry, Pending, StateStore, StoreError, StoreHealth, contact_key
 from touchline.state.erasure import screen as screen_erased
 
@@ -35,39 +36,6 @@ log = logging.getLogger(__name__)
 #: Latency samples kept for the end-of-run percentiles (batches and decisions each).
 LATENCY_SAMPLES = 200_000
 
-
-
-@dataclass(slots=True)
-class RawBatch:
-    """Raw lines as read from a source, with where they came from and when."""
-
-    lines: list[bytes]
-    source: str
-    first_offset: int = 0
-    read_ns: int = field(default_factory=time.perf_counter_ns)
-    #: Move the engine clock to at least this time after the lines (end of a
-    #: simulated period, or an idle tick in live mode).
-    advance_to_ms: int | None = None
-    #: Per-line positions when they are not consecutive (Kafka offsets); else first_offset + i.
-    offsets: list[int] | None = None
-    #: The input partition (Kafka partition; 0 for a file or the simulator). Timers set while
-    #: processing it fire on its own event clock, by the worker that reads it.
-    partition: int = 0
-    #: The last batch of a finite input: events held back for ordering are released.
-    final: bool = False
-    #: The source has had nothing new for a while (a tailed topic or file): events held back
-    #: for ordering are processed rather than kept waiting for newer ones.
-    idle: bool = False
-
-
-@dataclass(slots=True)
-class BatchResult:
-    """What one batch produced: decisions to emit and records for dead letters."""
-
-    decisions: list[dict[str, Any]]
-    dead_letters: list[dict[str, Any]]
-    #: exposures, outcomes and conversions (the experiments output)
-    experiments: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

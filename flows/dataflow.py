@@ -1,6 +1,6 @@
 """The engine dataflow: source -> engine step -> decisions, deliveries and dead letters.
 
-Wiring only; the logic is in :mod:`touchline.flows.step` and ``touchline.decisions``.
+Wiring only; the logic is in :mod:`touchline.batch_service` and ``touchline.decisions``.
 Items are whole micro-batches (lists of raw lines), so Bytewax's per-item cost is
 paid once per batch and the state store sees one round trip per operation per batch.
 """
@@ -15,7 +15,8 @@ from bytewax.inputs import Source
 from bytewax.outputs import FixedPartitionedSink, Sink
 
 from touchline.flows.emit import timed
-from touchline.flows.step import BatchResult, Engine
+from touchline.batch_service import Engine
+from touchline.decisions.batches import BatchResult
 
 
 def build_flow(
