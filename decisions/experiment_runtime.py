@@ -235,7 +235,7 @@ class ExperimentRuntime:
         for t in profile.touches:
             if t[0] <= horizon or t not in keep:
                 self._reward(t, False)
-        profile.touches = keep
+        profile.touches[:] = keep
         pending = [t[0] for t in keep if t[4] and not t[5]]
         if pending:
             set_timer(TOUCH_TIMER, min(pending) + self.window_ms)

@@ -1,8 +1,9 @@
 """Per-contact state and its pure update rules: windowed counts on event time, RFM,
-cart, devices, consent, sends, pending label observations and timers.
+cart, devices, consent, sends and timers, beside one state per feature (journeys,
+touches, exposures, label observations: :mod:`touchline.decisions.feature_states`).
 
-The profile is plain data changed only by the functions here, so every store
-(in-process, Redis) shares one definition of what an event does to a contact.
+The profile is plain data changed only by pure functions, so every store (in-process,
+Redis) shares one definition of what an event does to a contact.
 
 Window semantics, exactly: the count of type ``t`` in window ``w`` is the number of
 distinct events of type ``t`` with ``as_of - w < ts <= as_of``, where ``as_of`` is the
@@ -26,6 +27,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from touchline.decisions.feature_states import (
+    Exposures,
+    FeatureState,
+    JourneyStates,
+    Observation as Observation,  # re-exported: where observations were always imported from
+    Observations,
+    ObservedAt,
+    Touches,
+)
 from touchline.decisions.feedback import FEEDBACK_TYPES, apply_feedback
 
 HOUR_MS = 3_600_000
@@ -101,19 +111,6 @@ def anonymous_of(key: str) -> str:
 
 
 @dataclass(slots=True)
-class Observation:
-    """Features and prediction captured at scoring time, waiting for their label."""
-
-    scored_at_ms: int
-    deadline_ms: int
-    features: dict[str, float]
-    probability: float
-    model_version: str
-    #: Challengers' probabilities at the same moment, by version (champion/challenger).
-    shadow: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
 class Send:
     """One reserved send: used for frequency caps and per-action cooldowns."""
 
@@ -124,7 +121,10 @@ class Send:
 
 @dataclass(slots=True)
 class Profile:
-    """Everything the engine keeps about one contact (or one still-anonymous visitor)."""
+    """Everything the engine keeps about one contact (or one still-anonymous visitor): a core
+    (RFM, cart, identity, consent and feedback, windows, sends, timers) that the functions
+    here update, plus one state per feature (:data:`FEATURE_STATES`) that merges and
+    encodes itself."""
 
     key: str
     known: bool = False
@@ -147,26 +147,22 @@ class Profile:
     engagement: dict[str, dict[str, int]] = field(default_factory=dict)
     last_engaged_ts: int | None = None
     soft_bounces: dict[str, int] = field(default_factory=dict)  # channel -> soft bounces in a row
-    #: journey name -> the contact's place in it (plain data: see decisions/journey_runtime.py)
-    journeys: dict[str, dict[str, Any]] = field(default_factory=dict)
     score_memory: dict[str, float] = field(default_factory=dict)  # model -> last score (threshold crossings)
     attributes: dict[str, str] = field(default_factory=dict)  # dates journeys use, e.g. birthday
     sends: list[Send] = field(default_factory=list)
-    pending: dict[str, Observation] = field(default_factory=dict)
-    observed: dict[str, int] = field(default_factory=dict)  # model -> last observation time
     last_lead: float | None = None  # the lead score at the previous scoring (threshold crossings)
     timers: dict[str, int] = field(default_factory=dict)
-    #: sent decisions that can still earn attribution credit:
-    #: [ts_ms, decision_id, channel, action, bandit tag [split, segment, arm] or None, rewarded]
-    touches: list[list[Any]] = field(default_factory=list)
-    #: experiment -> this contact's exposure (arm, when, segment, conversion); kept once closed
-    #: as {"arm", "closed"} so a contact is exposed once per experiment (intent to treat)
-    exposures: dict[str, dict[str, Any]] = field(default_factory=dict)
     # window name -> (expiry queue of (ts, type, event_id), counts by type)
     windows: dict[str, tuple[deque[WindowEntry], dict[str, int]]] = field(
         default_factory=lambda: {name: (deque(), {}) for name in WINDOWS}
     )
     seen: set[str] = field(default_factory=set)
+    # per-feature states (decisions/feature_states.py), each listed in FEATURE_STATES
+    journeys: JourneyStates = field(default_factory=JourneyStates)
+    pending: Observations = field(default_factory=Observations)
+    observed: ObservedAt = field(default_factory=ObservedAt)
+    exposures: Exposures = field(default_factory=Exposures)
+    touches: Touches = field(default_factory=Touches)
 
     @property
     def contact_id(self) -> str:
@@ -180,6 +176,18 @@ class Profile:
     def window_total(self, window: str) -> int:
         """All events in ``window`` as of :attr:`last_ts`."""
         return len(self.windows[window][0])
+
+
+#: The profile's per-feature states by field name: merging, the snapshot and the stored blob
+#: loop over these (each merges and encodes itself), so a new feature's state is one class
+#: and one line here.
+FEATURE_STATES: dict[str, type[FeatureState]] = {
+    "journeys": JourneyStates,
+    "pending": Observations,
+    "observed": ObservedAt,
+    "exposures": Exposures,
+    "touches": Touches,
+}
 
 
 def type_key(event_type: str) -> str:
@@ -266,9 +274,8 @@ def apply_event(
     if event_id in profile.seen:
         return False
     advance(profile, ts_ms)
-    key = type_key(event_type)
     profile.seen.add(event_id)
-    _insert_windowed(profile, (ts_ms, key, event_id))
+    _insert_windowed(profile, (ts_ms, type_key(event_type), event_id))
     profile.events_total += 1
     if profile.first_ts is None or ts_ms < profile.first_ts:
         profile.first_ts = ts_ms
@@ -276,6 +283,13 @@ def apply_event(
         profile.last_activity_ts is None or ts_ms > profile.last_activity_ts
     ):
         profile.last_activity_ts = ts_ms
+    _apply_context(profile, context)
+    _apply_semantics(profile, event_type, ts_ms, properties, channel)
+    return True
+
+
+def _apply_context(profile: Profile, context: dict[str, Any]) -> None:
+    """Where the event came from: the newest timezone and locale, and a bounded list of devices."""
     timezone, locale, device = context.get("timezone"), context.get("locale"), context.get("device")
     if isinstance(timezone, str):
         profile.timezone = timezone
@@ -283,39 +297,66 @@ def apply_event(
         profile.locale = locale
     if isinstance(device, str) and device not in profile.devices and len(profile.devices) < MAX_DEVICES:
         profile.devices.append(device)
-    _apply_semantics(profile, event_type, ts_ms, properties, channel)
-    return True
+
+
+#: Event types that change the cart (a purchase also counts towards RFM).
+CART_TYPES = frozenset({"add_to_cart", "remove_from_cart", "checkout_start", "purchase"})
+#: Event types that change consent.
+CONSENT_TYPES = frozenset({"unsubscribe", "consent_update"})
 
 
 def _apply_semantics(
     profile: Profile, event_type: str, ts_ms: int, properties: dict[str, Any], channel: str | None
 ) -> None:
     """What specific event types mean for the contact beyond being counted."""
+    if event_type in CART_TYPES:
+        _apply_cart(profile, event_type, ts_ms, money(properties.get("value")))
+    elif event_type in CONSENT_TYPES:
+        _apply_consent(profile, event_type, properties, channel)
+    if event_type in FEEDBACK_TYPES:
+        apply_feedback(profile, event_type, ts_ms, properties, channel)
+
+
+def _apply_cart(profile: Profile, event_type: str, ts_ms: int, value: float) -> None:
+    """A cart event of :data:`CART_TYPES`: the cart's value and when it last changed; a purchase
+    empties the cart into the RFM totals.
+
+    >>> p = Profile("c1")
+    >>> _apply_cart(p, "add_to_cart", 1, 30.0); _apply_cart(p, "remove_from_cart", 2, 50.0)
+    >>> p.cart_value, p.cart_updated_ts
+    (0.0, 2)
+    """
     if event_type == "add_to_cart":
-        profile.cart_value += money(properties.get("value"))
-        profile.cart_updated_ts = ts_ms
+        profile.cart_value += value
     elif event_type == "remove_from_cart":
-        profile.cart_value = max(0.0, profile.cart_value - money(properties.get("value")))
-        profile.cart_updated_ts = ts_ms
-    elif event_type == "checkout_start":
-        profile.cart_updated_ts = ts_ms
+        profile.cart_value = max(0.0, profile.cart_value - value)
     elif event_type == "purchase":
         profile.purchases_total += 1
-        profile.monetary_total += money(properties.get("value"))
+        profile.monetary_total += value
         profile.last_purchase_ts = max(ts_ms, profile.last_purchase_ts or ts_ms)
         profile.cart_value = 0.0
-        profile.cart_updated_ts = ts_ms
-    elif event_type == "unsubscribe":
-        target = properties.get("channel") or channel
+    profile.cart_updated_ts = ts_ms
+
+
+def _apply_consent(profile: Profile, event_type: str, properties: dict[str, Any], channel: str | None) -> None:
+    """An event of :data:`CONSENT_TYPES`: an unsubscribe refuses its channel (no channel or
+    ``all``: every channel); a consent update sets its channel's consent when it says which.
+
+    >>> p = Profile("c1")
+    >>> _apply_consent(p, "consent_update", {"channel": "sms", "granted": True}, None)
+    >>> _apply_consent(p, "unsubscribe", {}, None)
+    >>> p.consent
+    {'sms': False, 'email': False, 'push': False}
+    """
+    target = properties.get("channel") or channel
+    if event_type == "unsubscribe":
         for ch in CHANNELS if target in (None, "all") else (target,):
             if isinstance(ch, str):
                 profile.consent[ch] = False
-    elif event_type == "consent_update":
-        target, granted = properties.get("channel") or channel, properties.get("granted")
-        if isinstance(target, str) and isinstance(granted, bool):
-            profile.consent[target] = granted
-    if event_type in FEEDBACK_TYPES:
-        apply_feedback(profile, event_type, ts_ms, properties, channel)
+        return
+    granted = properties.get("granted")
+    if isinstance(target, str) and isinstance(granted, bool):
+        profile.consent[target] = granted
 
 
 def merge_into(target: Profile, source: Profile) -> dict[str, int]:
@@ -327,9 +368,24 @@ def merge_into(target: Profile, source: Profile) -> dict[str, int]:
     """
     advance(target, source.last_ts)
     advance(source, target.last_ts)
+    _merge_windows(target, source)
+    _merge_totals(target, source)
+    _merge_cart(target, source)
+    _merge_identity(target, source)
+    _merge_channels(target, source)
+    for name in FEATURE_STATES:
+        getattr(target, name).merge(getattr(source, name))
+    target.sends = sorted([*target.sends, *source.sends], key=lambda s: s.ts_ms)
+    adopted = {kind: due for kind, due in source.timers.items() if kind not in target.timers}
+    target.timers.update(adopted)
+    return adopted
+
+
+def _merge_windows(target: Profile, source: Profile) -> None:
+    """Both sides' events in every window (the target's copy of an event id wins), and their seen ids."""
     for name in WINDOWS:
         queue, counts = target.windows[name]
-        src_queue, src_counts = source.windows[name]
+        src_queue, _ = source.windows[name]
         merged = sorted([*queue, *(e for e in src_queue if e[2] not in target.seen)])
         queue.clear()
         queue.extend(merged)
@@ -337,25 +393,56 @@ def merge_into(target: Profile, source: Profile) -> dict[str, int]:
         for _, key, _ in merged:
             counts[key] = counts.get(key, 0) + 1
     target.seen |= source.seen
+
+
+def _earliest(a: int | None, b: int | None) -> int | None:
+    """The earlier of two times either of which may be unknown.
+
+    >>> _earliest(None, 5), _earliest(3, 5), _earliest(None, None)
+    (5, 3, None)
+    """
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _latest(a: int | None, b: int | None) -> int | None:
+    """The later of two times either of which may be unknown."""
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _merge_totals(target: Profile, source: Profile) -> None:
+    """RFM: totals add up; first, last-activity and last-purchase times span both sides."""
     target.events_total += source.events_total
     target.purchases_total += source.purchases_total
     target.monetary_total += source.monetary_total
-    target.first_ts = min(t for t in (target.first_ts, source.first_ts) if t is not None) if (
-        target.first_ts is not None or source.first_ts is not None
-    ) else None
-    target.last_activity_ts = max(
-        (t for t in (target.last_activity_ts, source.last_activity_ts) if t is not None), default=None
-    )
-    target.last_purchase_ts = max(
-        (t for t in (target.last_purchase_ts, source.last_purchase_ts) if t is not None), default=None
-    )
+    target.first_ts = _earliest(target.first_ts, source.first_ts)
+    target.last_activity_ts = _latest(target.last_activity_ts, source.last_activity_ts)
+    target.last_purchase_ts = _latest(target.last_purchase_ts, source.last_purchase_ts)
+
+
+def _merge_cart(target: Profile, source: Profile) -> None:
+    """The cart of whichever side changed it last."""
     if source.cart_updated_ts is not None and (
         target.cart_updated_ts is None or source.cart_updated_ts > target.cart_updated_ts
     ):
         target.cart_value, target.cart_updated_ts = source.cart_value, source.cart_updated_ts
+
+
+def _merge_identity(target: Profile, source: Profile) -> None:
+    """What the contact is known by: its own timezone, locale and attributes first, the
+    visitor's where it has none; the devices of both (bounded)."""
     target.timezone = target.timezone or source.timezone
     target.locale = target.locale or source.locale
-    for channel, granted in source.consent.items():  # a refusal on either side wins
+    for name, value in source.attributes.items():
+        target.attributes.setdefault(name, value)
+    for device in source.devices:
+        if device not in target.devices and len(target.devices) < MAX_DEVICES:
+            target.devices.append(device)
+
+
+def _merge_channels(target: Profile, source: Profile) -> None:
+    """Consent and channel feedback: a refusal on either side wins, a bounced channel stays
+    bounced, engagement adds up, the longer soft-bounce streak counts."""
+    for channel, granted in source.consent.items():
         target.consent[channel] = granted and target.consent.get(channel, True)
     for channel in source.bounced:
         if channel not in target.bounced:
@@ -368,21 +455,6 @@ def merge_into(target: Profile, source: Profile) -> dict[str, int]:
         target.last_engaged_ts = max(source.last_engaged_ts, target.last_engaged_ts or source.last_engaged_ts)
     for channel, streak in source.soft_bounces.items():
         target.soft_bounces[channel] = max(streak, target.soft_bounces.get(channel, 0))
-    for name, state in source.journeys.items():  # an anonymous visitor's journeys carry over
-        target.journeys.setdefault(name, state)
-    for name, value in source.attributes.items():
-        target.attributes.setdefault(name, value)
-    for device in source.devices:
-        if device not in target.devices and len(target.devices) < MAX_DEVICES:
-            target.devices.append(device)
-    for obs_kind, obs in source.pending.items():
-        target.pending.setdefault(obs_kind, obs)
-    for obs_kind, at in source.observed.items():
-        target.observed[obs_kind] = max(at, target.observed.get(obs_kind, at))
-    target.sends = sorted([*target.sends, *source.sends], key=lambda s: s.ts_ms)
-    adopted = {kind: due for kind, due in source.timers.items() if kind not in target.timers}
-    target.timers.update(adopted)
-    return adopted
 
 
 def sends_in_windows(profile: Profile) -> dict[str, dict[str, int]]:
@@ -403,8 +475,9 @@ def sends_in_windows(profile: Profile) -> dict[str, dict[str, int]]:
 
 
 def snapshot(profile: Profile) -> dict[str, Any]:
-    """A JSON-ready view of the profile (export, debugging, audit)."""
-    return {
+    """A JSON-ready view of the profile (export, debugging, audit): the core, then what
+    each feature's state shows of itself."""
+    view = {
         "key": profile.key,
         "known": profile.known,
         "first_ts": profile.first_ts,
@@ -423,13 +496,12 @@ def snapshot(profile: Profile) -> dict[str, Any]:
         "bounced": list(profile.bounced),
         "engagement": {ch: dict(c) for ch, c in profile.engagement.items()},
         "last_engaged_ts": profile.last_engaged_ts,
-        "journeys": {name: dict(state) for name, state in profile.journeys.items()},
         "attributes": dict(profile.attributes),
         "sends": [{"ts": s.ts_ms, "channel": s.channel, "action": s.action} for s in profile.sends],
         "sends_in_windows": sends_in_windows(profile),
         "windows": {name: dict(sorted((k, v) for k, v in c.items() if v)) for name, (_, c) in profile.windows.items()},
-        "pending_labels": sorted(profile.pending),
-        "experiments": {name: dict(e) for name, e in profile.exposures.items()},
-        "touches": [{"ts": t[0], "decision_id": t[1], "channel": t[2], "action": t[3]} for t in profile.touches],
         "timers": dict(profile.timers),
     }
+    for name in FEATURE_STATES:
+        view.update(getattr(profile, name).view())
+    return view

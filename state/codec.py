@@ -6,8 +6,10 @@ so expiry is one ``ZREMRANGEBYSCORE`` and idempotency survives restarts:
 * the event log (``type<US>event_id`` by event time): the 30-day window every shorter
   window is a slice of, and the memory of event ids seen;
 * the sends (``channel<US>action<US>ts`` by send time): what frequency caps count;
-* everything else (RFM, cart, consent, devices, pending label observations, timers)
-  in one orjson blob, rewritten when the profile changes.
+* everything else in one orjson blob, rewritten when the profile changes: the core's
+  fields (RFM, cart, consent, devices, timers ...) under their names, and each feature's
+  state (journeys, pending label observations ...: ``FEATURE_STATES``) under its field's
+  name, as its own ``to_json`` writes it.
 
 Pure functions, no I/O: :mod:`touchline.decisions.profile` stays the one definition of
 what an event does; this module only says how a profile is laid out.
@@ -27,9 +29,9 @@ from typing import Any, Iterable
 import orjson
 
 from touchline.decisions.profile import (
+    FEATURE_STATES,
     LONGEST_WINDOW_MS,
     WINDOWS,
-    Observation,
     Profile,
     Send,
     WindowEntry,
@@ -38,12 +40,13 @@ from touchline.state.base import is_known_key
 
 SEP = "\x1f"  # ASCII unit separator: never part of an event type, channel or action name
 
-#: Fields kept in the blob (everything but windows, seen ids and sends).
-_SCALARS = (
+#: The core's fields kept in the blob as they are (all but the key, windows, seen ids and
+#: sends); the feature states follow, each under its field's name.
+_CORE_FIELDS = (
     "first_ts", "last_ts", "last_activity_ts", "events_total", "purchases_total", "monetary_total",
     "last_purchase_ts", "cart_value", "cart_updated_ts", "timezone", "locale", "devices", "aliases",
-    "consent", "bounced", "observed", "last_lead", "timers", "engagement", "last_engaged_ts", "soft_bounces",
-    "journeys", "score_memory", "attributes", "touches", "exposures",
+    "consent", "bounced", "last_lead", "timers", "engagement", "last_engaged_ts", "soft_bounces",
+    "score_memory", "attributes",
 )
 
 
@@ -111,15 +114,12 @@ def send_entries(profile: Profile) -> list[tuple[int, str]]:
 
 def to_blob(profile: Profile) -> bytes:
     """Everything but the log and the sends, as compact JSON."""
-    data: dict[str, Any] = {name: getattr(profile, name) for name in _SCALARS}
+    data: dict[str, Any] = {name: getattr(profile, name) for name in _CORE_FIELDS}
     #: sends up to here were decided with this state; later ones in the sends set are only
     #: reservations (a run stopped between reserving and committing: see from_parts)
     data["sent_through"] = max((s.ts_ms for s in profile.sends), default=0)
-    data["pending"] = {
-        model: [o.scored_at_ms, o.deadline_ms, o.features, o.probability, o.model_version,
-                *((o.shadow,) if o.shadow else ())]
-        for model, o in profile.pending.items()
-    }
+    for name in FEATURE_STATES:
+        data[name] = getattr(profile, name).to_json()
     return orjson.dumps(data)
 
 
@@ -135,37 +135,55 @@ def from_parts(
     log: Iterable[tuple[int, str]],
     sends: Iterable[tuple[int, str]],
 ) -> Profile:
-    """Rebuild a profile from its blob, event log and sends (as :func:`to_blob` and the sets hold them).
-
-    Each window is the slice of the log newer than ``last_ts - window``: the same
-    entries the in-process windows hold, because both expire on the same rule.
-    """
+    """Rebuild a profile from its blob, event log and sends (as :func:`to_blob` and the sets hold them)."""
     profile = Profile(key, known=is_known_key(key))
     through: int | None = 0  # no state yet: every send in the set is a reservation of a lost batch
     if blob:
         data = orjson.loads(blob)
         through = data.get("sent_through")  # None: written before reservations were told apart
-        for name in _SCALARS:
-            if name in data:
-                setattr(profile, name, data[name])
-        profile.pending = {
-            model: Observation(int(o[0]), int(o[1]), dict(o[2]), float(o[3]), str(o[4]),
-                               dict(o[5]) if len(o) > 5 else {})
-            for model, o in data.get("pending", {}).items()
-        }
+        _restore_fields(profile, data)
+    _restore_windows(profile, log)
+    profile.sends = _committed_sends(sends, through)
+    return profile
+
+
+def _restore_fields(profile: Profile, data: dict[str, Any]) -> None:
+    """The blob's fields into ``profile``; a field the blob lacks (written before it existed) keeps its default."""
+    for name in _CORE_FIELDS:
+        if name in data:
+            setattr(profile, name, data[name])
+    for name, state in FEATURE_STATES.items():
+        if name in data:
+            setattr(profile, name, state.from_json(data[name]))
+
+
+def _restore_windows(profile: Profile, log: Iterable[tuple[int, str]]) -> None:
+    """The windows and seen ids from the event log, as of the profile's time.
+
+    Each window is the slice of the log newer than ``last_ts - window``: the same
+    entries the in-process windows hold, because both expire on the same rule.
+    """
     entries = sorted(_log_entry(ts, member) for ts, member in log)  # oldest first
     horizon_30d = profile.last_ts - LONGEST_WINDOW_MS
     for name, length in WINDOWS.items():
         queue, counts = profile.windows[name]
-        since = profile.last_ts - length
+        since = max(profile.last_ts - length, horizon_30d)
         for entry in entries:
-            if entry[0] > since and entry[0] > horizon_30d:
+            if entry[0] > since:
                 queue.append(entry)
                 counts[entry[1]] = counts.get(entry[1], 0) + 1
     profile.seen = {entry[2] for entry in profile.windows["30d"][0]}
+
+
+def _committed_sends(sends: Iterable[tuple[int, str]], through: int | None) -> list[Send]:
+    """The sends a committed state knows of, oldest first: those up to ``through`` (None: all).
+
+    A reservation no committed state knows of is the decision a crashed run made and never
+    committed: its replay makes it again (and the reservation matches), so it must not
+    hold that same decision back as if already sent.
+
+    >>> _committed_sends([(9, "email" + SEP + "x" + SEP + "9"), (5, "sms" + SEP + "y" + SEP + "5")], 5)
+    [Send(ts_ms=5, channel='sms', action='y')]
+    """
     every = sorted((parse_send(m, ts) for ts, m in sends), key=lambda s: s.ts_ms)
-    # A reservation no committed state knows of is the decision a crashed run made and never
-    # committed: its replay makes it again (and the reservation matches), so it must not
-    # hold that same decision back as if already sent.
-    profile.sends = every if through is None else [s for s in every if s.ts_ms <= through]
-    return profile
+    return every if through is None else [s for s in every if s.ts_ms <= through]

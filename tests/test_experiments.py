@@ -132,9 +132,9 @@ def test_holdout_contact_is_exposed_not_messaged_and_outcomes_close_on_event_tim
 def test_experiment_state_survives_the_redis_codec():
     """Touches and exposures are in the profile blob, so a restart keeps the windows open."""
     p = Profile("c1", known=True)
-    p.touches = [[5, "d1", "email", "welcome", [["x", "all", "a"]], False]]
-    p.exposures = {"global_holdout": {"arm": "holdout", "baseline": "holdout", "at": 5, "segment": {},
-                                      "converted_at": None, "value": 0.0}}
+    p.touches.append([5, "d1", "email", "welcome", [["x", "all", "a"]], False])
+    p.exposures["global_holdout"] = {"arm": "holdout", "baseline": "holdout", "at": 5, "segment": {},
+                                     "converted_at": None, "value": 0.0}
     back = from_parts("c1", to_blob(p), [], [])
     assert back.touches == p.touches and back.exposures == p.exposures
 

@@ -3,13 +3,17 @@ merging an anonymous history into a contact, and model features."""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from math import isclose, log1p
 
+import orjson
 import pytest
 
+from touchline.decisions.feature_states import Exposures, JourneyStates, Observations, ObservedAt, Touches
 from touchline.decisions.features import FEATURE_NAMES, FEATURE_TYPES, FEATURE_WINDOWS, features
 from touchline.decisions.profile import (
     DAY_MS,
+    FEATURE_STATES,
     HOUR_MS,
     LONGEST_WINDOW_MS,
     WINDOWS,
@@ -22,6 +26,7 @@ from touchline.decisions.profile import (
     merge_into,
     snapshot,
 )
+from touchline.state.codec import _CORE_FIELDS, from_parts, log_entries, send_entries, to_blob
 
 T0 = 1767614400000  # 2026-01-05T12:00:00Z
 MIN = 60_000
@@ -316,9 +321,9 @@ def test_merge_adopts_timers_pending_and_sends():
     contact.timers = {"inactivity": T0 + 9 * DAY_MS}
     anon.timers = {"inactivity": T0 + 7 * DAY_MS, "cart": T0 + 40 * MIN}
     lead_obs = Observation(T0, T0 + 7 * DAY_MS, {"known": 0.0}, 0.3, "v1")
-    anon.pending = {"lead": lead_obs}
-    anon.observed = {"lead": T0}
-    contact.observed = {"lead": T0 - DAY_MS, "churn": T0 - DAY_MS}
+    anon.pending["lead"] = lead_obs
+    anon.observed["lead"] = T0
+    contact.observed.update({"lead": T0 - DAY_MS, "churn": T0 - DAY_MS})
     anon.sends = [Send(T0 + 5, "push", "cart_reminder")]
     contact.sends = [Send(T0 - DAY_MS, "email", "welcome"), Send(T0 + 10, "email", "x")]
     adopted = merge_into(contact, anon)
@@ -427,3 +432,74 @@ def test_merge_refusal_on_either_side_wins_and_bounces_carry():
     merge_into(contact, anon)
     assert contact.consent == {"sms": False, "push": False}
     assert contact.bounced == ["email"]
+
+
+def test_merge_folds_every_feature_state():
+    """Each feature's state merges by its own rule: journeys, exposures and pending observations
+    of the contact stand, the visitor's others join; the later observation time counts; touches
+    join in time order, each decision once."""
+    contact, anon = Profile("c1", known=True), Profile("anon:a")
+    contact.journeys["welcome"] = {"step": "mine"}
+    anon.journeys.update({"welcome": {"step": "theirs"}, "cart": {"step": "c1"}})
+    contact.exposures["x"] = {"arm": "a", "closed": 5}
+    anon.exposures.update({"x": {"arm": "b", "closed": 6}, "y": {"arm": "b", "closed": 6}})
+    contact.touches.append([T0 + 2, "d2", "email", "welcome", None, False])
+    anon.touches.extend([[T0 + 1, "d1", "sms", "x", None, False], [T0 + 2, "d2", "email", "welcome", None, False]])
+    mine, theirs = (Observation(T0, T0 + DAY_MS, {}, p, "v1") for p in (0.1, 0.9))
+    contact.pending["lead"] = mine
+    anon.pending.update({"lead": theirs, "churn": theirs})
+    contact.observed.update({"lead": T0, "churn": T0 + 5})
+    anon.observed.update({"lead": T0 + 9, "churn": T0 + 1})
+    merge_into(contact, anon)
+    assert contact.journeys == {"welcome": {"step": "mine"}, "cart": {"step": "c1"}}
+    assert contact.exposures == {"x": {"arm": "a", "closed": 5}, "y": {"arm": "b", "closed": 6}}
+    assert [t[1] for t in contact.touches] == ["d1", "d2"]
+    assert contact.pending == {"lead": mine, "churn": theirs}
+    assert contact.observed == {"lead": T0 + 9, "churn": T0 + 5}
+
+
+# ---------------------------------------------------------------- the stored blob
+
+#: A profile as the store wrote it before the feature states were split out of the profile
+#: (state/codec.py at commit bb63bac): blob, event log and sends. Existing Redis data looks like this.
+OLD_BLOB = (
+    b'{"first_ts":1000,"last_ts":4000,"last_activity_ts":3000,"events_total":4,"purchases_total":0,'
+    b'"monetary_total":0.0,"last_purchase_ts":null,"cart_value":30.0,"cart_updated_ts":2000,'
+    b'"timezone":"Europe/Paris","locale":null,"devices":["phone"],"aliases":[],"consent":{"sms":false},'
+    b'"bounced":[],"observed":{"lead":3000,"churn":2500},"last_lead":0.25,"timers":{"cart":5000},'
+    b'"engagement":{"email":{"open":1},"sms":{"unsubscribe":1}},"last_engaged_ts":3000,"soft_bounces":{},'
+    b'"journeys":{"welcome":{"active":true,"step":"s2","entries":1}},"score_memory":{"lead":0.25},'
+    b'"attributes":{"birthday":"1990-01-01"},"touches":[[3000,"d1","email","welcome",[["x","all","a"]],false]],'
+    b'"exposures":{"global_holdout":{"arm":"treatment","baseline":"holdout","at":3000,"segment":{},'
+    b'"converted_at":null,"value":0.0},"old":{"arm":"a","closed":2000}},"sent_through":3500,'
+    b'"pending":{"lead":[3000,9000,{"known":1.0},0.25,"v1"],"churn":[3000,9000,{"known":1.0},0.5,"v2",{"v3":0.4}]}}'
+)
+OLD_LOG = [(1000, "page_view\x1fe1"), (2000, "add_to_cart\x1fe2"), (3000, "email_open\x1fe3"),
+           (4000, "unsubscribe\x1fe4")]
+OLD_SENDS = [(3500, "email\x1fwelcome\x1f3500")]
+
+
+def test_a_blob_written_before_the_split_loads_and_writes_back_the_same():
+    """Existing Redis data loads into the typed feature states, and writing it back gives the same
+    keys and values (only the keys' order in the JSON object differs)."""
+    back = from_parts("c1", OLD_BLOB, OLD_LOG, OLD_SENDS)
+    assert orjson.loads(to_blob(back)) == orjson.loads(OLD_BLOB)
+    assert (type(back.journeys), type(back.touches), type(back.exposures), type(back.pending),
+            type(back.observed)) == (JourneyStates, Touches, Exposures, Observations, ObservedAt)
+    assert back.pending["churn"] == Observation(3000, 9000, {"known": 1.0}, 0.5, "v2", {"v3": 0.4})
+    assert back.pending["lead"].shadow == {}
+    assert back.journeys["welcome"]["step"] == "s2" and back.exposures["old"] == {"arm": "a", "closed": 2000}
+    assert back.seen == {"e1", "e2", "e3", "e4"} and back.window_count("30d", "add_to_cart") == 1
+    assert log_entries(back) == OLD_LOG and send_entries(back) == OLD_SENDS
+    again = from_parts("c1", to_blob(back), log_entries(back), send_entries(back))
+    assert snapshot(again) == snapshot(back)
+
+
+def test_every_profile_field_is_in_the_blob_or_rebuilt_from_the_sets():
+    """A field added to the profile must be stored (a core field or a feature state), or it is
+    lost at the first restart on Redis."""
+    rebuilt = {"key", "known", "windows", "seen", "sends"}  # from the key, the event log and the sends set
+    stored = set(_CORE_FIELDS) | set(FEATURE_STATES)
+    assert not stored & rebuilt and len(_CORE_FIELDS) == len(set(_CORE_FIELDS))
+    assert {f.name for f in fields(Profile)} == stored | rebuilt
+    assert all(isinstance(getattr(Profile("c1"), name), state) for name, state in FEATURE_STATES.items())

@@ -1,0 +1,194 @@
+"""The parts of a profile that each belong to one feature: journeys, attribution touches,
+experiment exposures and label observations.
+
+Each is the container it always was (a dict or a list: ``profile.journeys[name]`` and
+``profile.pending.get(model)`` read as before and cost nothing more on the hot path), with
+the duties that used to be spread over the profile's merge and the store's codec:
+
+* ``merge(other)``: fold in the state of an anonymous visitor who turned out to be this
+  contact (see :func:`touchline.decisions.profile.merge_into`);
+* ``to_json()`` / ``from_json(raw)``: the value the stored blob holds under the field's
+  name, and back (see :mod:`touchline.state.codec`);
+* ``view()``: what the profile's snapshot (export, audit) shows of it.
+
+>>> journeys = JourneyStates({"welcome": {"step": "s2"}})
+>>> journeys.merge({"welcome": {"step": "s1"}, "cart": {"step": "c1"}})  # the contact's own place stands
+>>> journeys
+{'welcome': {'step': 's2'}, 'cart': {'step': 'c1'}}
+>>> pending = Observations({"lead": Observation(1, 9, {"x": 1.0}, 0.25, "v1")})
+>>> Observations.from_json(pending.to_json()) == pending
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol, Sequence, TypeVar
+
+S = TypeVar("S", bound="FeatureState")
+
+
+class FeatureState(Protocol):
+    """What every per-feature state of a profile can do (see the module docstring)."""
+
+    def merge(self, other: Any) -> None:
+        """Fold ``other`` (the same feature's state of an anonymous visitor) into this one."""
+
+    def to_json(self) -> Any:
+        """The JSON-ready value the stored blob holds for this state."""
+
+    @classmethod
+    def from_json(cls: type[S], raw: Any) -> S:
+        """This state from what :meth:`to_json` gave (as read back from the blob)."""
+
+    def view(self) -> dict[str, Any]:
+        """The snapshot's entries for this state (export, audit), by snapshot key."""
+
+
+class JourneyStates(dict[str, dict[str, Any]]):
+    """Journey name -> the contact's place in it (plain data: see decisions/journey_runtime.py)."""
+
+    __slots__ = ()
+
+    def merge(self, other: Mapping[str, dict[str, Any]]) -> None:
+        """An anonymous visitor's journeys carry over where the contact has no place of its own."""
+        for name, state in other.items():
+            self.setdefault(name, state)
+
+    def to_json(self) -> dict[str, dict[str, Any]]:
+        return self
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, dict[str, Any]]) -> JourneyStates:
+        return cls(raw)
+
+    def view(self) -> dict[str, Any]:
+        return {"journeys": {name: dict(state) for name, state in self.items()}}
+
+
+class Touches(list[list[Any]]):
+    """Sent decisions that can still earn attribution credit, oldest first, each
+    ``[ts_ms, decision_id, channel, action, bandit tag [[split, segment, arm], ...] or None, rewarded]``
+    (see decisions/experiment_runtime.py).
+
+    >>> t = Touches([[5, "d1", "email", "welcome", None, False]])
+    >>> t.merge([[3, "d0", "sms", "x", None, False], [5, "d1", "email", "welcome", None, False]])
+    >>> [touch[1] for touch in t]
+    ['d0', 'd1']
+    """
+
+    __slots__ = ()
+
+    def merge(self, other: Sequence[list[Any]]) -> None:
+        """Another profile's touches join in time order, each decision once. (An anonymous
+        visitor is never sent to, so today the other side is always empty.)"""
+        if not other:
+            return
+        known = {touch[1] for touch in self}
+        self.extend(touch for touch in other if touch[1] not in known)
+        self.sort(key=lambda touch: touch[0])
+
+    def to_json(self) -> list[list[Any]]:
+        return self
+
+    @classmethod
+    def from_json(cls, raw: Sequence[list[Any]]) -> Touches:
+        return cls(raw)
+
+    def view(self) -> dict[str, Any]:
+        return {"touches": [{"ts": t[0], "decision_id": t[1], "channel": t[2], "action": t[3]} for t in self]}
+
+
+class Exposures(dict[str, dict[str, Any]]):
+    """Experiment -> this contact's exposure (arm, when, segment, conversion); once closed it is
+    kept as ``{"arm", "closed"}``, so a contact is exposed once per experiment (intent to treat)."""
+
+    __slots__ = ()
+
+    def merge(self, other: Mapping[str, dict[str, Any]]) -> None:
+        """The contact's own exposure to an experiment stands; others come along. (Only known
+        contacts are exposed, so today the other side is always empty.)"""
+        for experiment, exposure in other.items():
+            self.setdefault(experiment, exposure)
+
+    def to_json(self) -> dict[str, dict[str, Any]]:
+        return self
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, dict[str, Any]]) -> Exposures:
+        return cls(raw)
+
+    def view(self) -> dict[str, Any]:
+        return {"experiments": {name: dict(exposure) for name, exposure in self.items()}}
+
+
+@dataclass(slots=True)
+class Observation:
+    """Features and prediction captured at scoring time, waiting for their label."""
+
+    scored_at_ms: int
+    deadline_ms: int
+    features: dict[str, float]
+    probability: float
+    model_version: str
+    #: Challengers' probabilities at the same moment, by version (champion/challenger).
+    shadow: dict[str, float] = field(default_factory=dict)
+
+
+class Observations(dict[str, Observation]):
+    """Model -> the observation waiting for its label (see decisions/labels.py).
+
+    Stored as a list per model, the shadow scores only when there are any (a leaner blob).
+    """
+
+    __slots__ = ()
+
+    def merge(self, other: Mapping[str, Observation]) -> None:
+        """The contact's own pending observation of a model stands; the visitor's others come along."""
+        for model, observation in other.items():
+            self.setdefault(model, observation)
+
+    def to_json(self) -> dict[str, list[Any]]:
+        return {
+            model: [o.scored_at_ms, o.deadline_ms, o.features, o.probability, o.model_version,
+                    *((o.shadow,) if o.shadow else ())]
+            for model, o in self.items()
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Sequence[Any]]) -> Observations:
+        return cls({
+            model: Observation(int(o[0]), int(o[1]), dict(o[2]), float(o[3]), str(o[4]),
+                               dict(o[5]) if len(o) > 5 else {})
+            for model, o in raw.items()
+        })
+
+    def view(self) -> dict[str, Any]:
+        return {"pending_labels": sorted(self)}
+
+
+class ObservedAt(dict[str, int]):
+    """Model -> when the contact was last observed for it (how often it may be observed again).
+
+    >>> seen = ObservedAt({"lead": 5, "churn": 9})
+    >>> seen.merge({"lead": 7, "churn": 2})
+    >>> seen
+    {'lead': 7, 'churn': 9}
+    """
+
+    __slots__ = ()
+
+    def merge(self, other: Mapping[str, int]) -> None:
+        """The later observation of each model counts."""
+        for model, at in other.items():
+            self[model] = max(at, self.get(model, at))
+
+    def to_json(self) -> dict[str, int]:
+        return self
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, int]) -> ObservedAt:
+        return cls(raw)
+
+    def view(self) -> dict[str, Any]:
+        return {}  # bookkeeping of the scorer, not part of what a snapshot shows
