@@ -149,26 +149,43 @@ def screen(store: "StateStore", events: list[Event]) -> tuple[list[Event], int]:
     call each. ``events`` in time order, so the events of a contact that follow its
     re-admitting event in the same batch pass and those before it do not.
     """
-    wanted = {(CONTACT, c) for ev in events if (c := ev.contact_id) is not None}
-    wanted.update((ANONYMOUS, a) for ev in events if (a := ev.anonymous_id) is not None)
+    wanted = _identities_of(events)
     found = dict(store.tombstones(wanted)) if wanted else {}
     if not found:
         return events, 0
     kept: list[Event] = []
-    dropped = 0
-    for ev in events:
-        hits = [(i, found[i]) for i in identities(ev) if i in found]
-        if not hits or all(t.admits(ev.ts_ms) for _, t in hits):
+    for ev in events:  # in order: a re-admission lets the contact's later events pass
+        if _passes(store, ev, found):
             kept.append(ev)
-        elif readmits(ev) and all(ev.ts_ms > t.erased_ms for _, t in hits):
-            assert ev.contact_id is not None
-            store.readmit(ev.contact_id, {i: t for i, t in hits if t.readmitted_ms is None}, ev.ts_ms)
-            for i, t in hits:
-                found[i] = t if t.readmitted_ms is not None else t.readmitted(ev.ts_ms)
-            kept.append(ev)
-        else:
-            dropped += 1
-    return kept, dropped
+    return kept, len(events) - len(kept)
+
+
+def _identities_of(events: list[Event]) -> set[Identity]:
+    """The distinct identities a batch carries (what :func:`screen` looks up)."""
+    wanted = {(CONTACT, c) for ev in events if (c := ev.contact_id) is not None}
+    wanted.update((ANONYMOUS, a) for ev in events if (a := ev.anonymous_id) is not None)
+    return wanted
+
+
+def _passes(store: "StateStore", ev: Event, found: dict[Identity, Tombstone]) -> bool:
+    """Whether ``ev`` passes the tombstones ``found``: none of its identities is erased, or each
+    is re-admitted and the event is newer than the erasure, or the event re-admits them."""
+    hits = {i: found[i] for i in identities(ev) if i in found}
+    if not hits or all(t.admits(ev.ts_ms) for t in hits.values()):
+        return True
+    if readmits(ev) and all(ev.ts_ms > t.erased_ms for t in hits.values()):
+        _readmit(store, ev, hits, found)
+        return True
+    return False
+
+
+def _readmit(store: "StateStore", ev: Event, hits: dict[Identity, Tombstone], found: dict[Identity, Tombstone]) -> None:
+    """Re-admit the event's erased identities not yet re-admitted, in the store and in ``found``."""
+    assert ev.contact_id is not None  # readmits() holds
+    store.readmit(ev.contact_id, {i: t for i, t in hits.items() if t.readmitted_ms is None}, ev.ts_ms)
+    for i, t in hits.items():
+        if t.readmitted_ms is None:
+            found[i] = t.readmitted(ev.ts_ms)
 
 
 def erased_lines(lines: Iterable[bytes], ids: Iterable[str]) -> list[bool]:

@@ -68,26 +68,32 @@ class MemoryStore(StateStore):
     def claim_ids(self, events: Sequence[Event]) -> list[bool]:
         """See :meth:`StateStore.claim_ids`. Claims older than the window behind the newest event
         claimed so far are pruned (event time: a replay keeps as many as living through it)."""
+        out = [self._claim(ev) for ev in events]
+        self._prune_claims()
+        return out
+
+    def _claim(self, ev: Event) -> bool:
+        """Claim ``ev``'s id for its identity: False if another identity holds it within the window."""
+        digest, who, ts = id_digest(ev.event_id), identity_digest(ev), ev.ts_ms
+        held = self._claims.get(digest)
+        if held is not None and held[0] != who and abs(ts - held[1]) < ID_CLAIM_MS:
+            return False
+        if held is None or held[0] != who:
+            self._claims[digest] = (who, ts)
+            heapq.heappush(self._claim_times, (ts, digest))
+        self._newest_claim = max(self._newest_claim, ts)
+        return True
+
+    def _prune_claims(self) -> None:
+        """Forget claims older than the window behind the newest event claimed (a claim renewed
+        since by a later event of another identity stays: its time no longer matches)."""
         claims, times = self._claims, self._claim_times
-        out: list[bool] = []
-        for ev in events:
-            digest, who, ts = id_digest(ev.event_id), identity_digest(ev), ev.ts_ms
-            held = claims.get(digest)
-            if held is not None and held[0] != who and abs(ts - held[1]) < ID_CLAIM_MS:
-                out.append(False)
-                continue
-            if held is None or held[0] != who:
-                claims[digest] = (who, ts)
-                heapq.heappush(times, (ts, digest))
-            self._newest_claim = max(self._newest_claim, ts)
-            out.append(True)
         horizon = self._newest_claim - ID_CLAIM_MS
         while times and times[0][0] <= horizon:
             ts, digest = heapq.heappop(times)
             held = claims.get(digest)
             if held is not None and held[1] == ts:
                 del claims[digest]
-        return out
 
     # identity -----------------------------------------------------------------
     def resolve(self, events: Sequence[Event]) -> list[tuple[str, str | None]]:

@@ -110,27 +110,8 @@ def decode_checkpoint(blob: bytes, config: ModelConfig, key: bytes | None = None
         header, payload = read_header(blob)
     except CheckpointError as exc:
         raise CheckpointError(f"checkpoint of {who} is corrupt: {exc}") from None
-    if header.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint of {who} has format {header.get('format')!r}; this engine reads {FORMAT}")
-    if header.get("version") != config.version or header.get("spec") != config.spec():
-        raise CheckpointError(f"checkpoint of {who} holds model {header.get('version')!r} "
-                              f"({header.get('spec')}), not this configuration")
-    if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
-        raise CheckpointError(f"checkpoint of {who} is corrupt: payload checksum mismatch (truncated or altered)")
-    if key is not None:
-        signature = header.get("hmac")
-        if not isinstance(signature, str) or not hmac.compare_digest(
-                signature, hmac.new(key, payload, hashlib.sha256).hexdigest()):
-            raise CheckpointError(f"checkpoint of {who} is not signed with models.checkpoint_key; refusing to load it")
-    saved_with = str(header.get("river", "?"))
-    if _minor(saved_with) != _minor(river.__version__):
-        raise CheckpointError(f"checkpoint of {who} was saved with River {saved_with}; this engine runs "
-                              f"River {river.__version__} (model internals differ between minor versions)")
-    try:
-        state = pickle.loads(payload)
-        estimator, evaluation, versus = state["estimator"], state["evaluation"], state["versus"]
-    except Exception as exc:  # a pickle from another code version can fail in many ways
-        raise CheckpointError(f"checkpoint of {who} cannot be loaded: {type(exc).__name__}: {exc}") from None
+    _check_header(header, payload, config, key, who)
+    estimator, evaluation, versus = _unpickle(payload, who)
     model = ScoreModel.build(config)
     if type(estimator) is not type(model.estimator):
         raise CheckpointError(f"checkpoint of {who} holds a {type(estimator).__name__}, "
@@ -138,6 +119,39 @@ def decode_checkpoint(blob: bytes, config: ModelConfig, key: bytes | None = None
     model.estimator, model.evaluation, model.versus = estimator, evaluation, versus
     model.origin = f"restored, {model.labels} labels"
     return model
+
+
+def _check_header(header: dict[str, Any], payload: bytes, config: ModelConfig, key: bytes | None, who: str) -> None:
+    """Refuse a checkpoint of another format, model or configuration, an altered payload, one not
+    signed with ``key`` (when set), or one saved with another minor version of River."""
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint of {who} has format {header.get('format')!r}; this engine reads {FORMAT}")
+    if header.get("version") != config.version or header.get("spec") != config.spec():
+        raise CheckpointError(f"checkpoint of {who} holds model {header.get('version')!r} "
+                              f"({header.get('spec')}), not this configuration")
+    if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
+        raise CheckpointError(f"checkpoint of {who} is corrupt: payload checksum mismatch (truncated or altered)")
+    if key is not None and not _signed(header.get("hmac"), payload, key):
+        raise CheckpointError(f"checkpoint of {who} is not signed with models.checkpoint_key; refusing to load it")
+    saved_with = str(header.get("river", "?"))
+    if _minor(saved_with) != _minor(river.__version__):
+        raise CheckpointError(f"checkpoint of {who} was saved with River {saved_with}; this engine runs "
+                              f"River {river.__version__} (model internals differ between minor versions)")
+
+
+def _signed(signature: Any, payload: bytes, key: bytes) -> bool:
+    """Whether ``signature`` is the payload's HMAC-SHA256 under ``key`` (compared in constant time)."""
+    return isinstance(signature, str) and hmac.compare_digest(
+        signature, hmac.new(key, payload, hashlib.sha256).hexdigest())
+
+
+def _unpickle(payload: bytes, who: str) -> tuple[Any, Any, Any]:
+    """The estimator, its evaluation and its comparison with the champion, from a checked payload."""
+    try:
+        state = pickle.loads(payload)
+        return state["estimator"], state["evaluation"], state["versus"]
+    except Exception as exc:  # a pickle from another code version can fail in many ways
+        raise CheckpointError(f"checkpoint of {who} cannot be loaded: {type(exc).__name__}: {exc}") from None
 
 
 class ModelStore(ABC):

@@ -135,39 +135,47 @@ class NaiveRedisStore(RedisStore):
                timers: Iterable[tuple[str, str, int]], **_crash_safety: Any) -> set[str]:
         """The baseline writes no outbox and checks no versions: a benchmark, not a production store."""
         for key, profile in profiles.items():
-            p, log, sends = profile_keys(key)
-            base = self._base.get(key)
-            adds, removes = log_diff(profile, base.log if base else {})
-            if base is None:
-                self._call("save", "DEL", log)
-            version = int(self._call("save", "HGET", p, "ver") or 0) + 1
-            self._call("save", "HSET", p, "blob", to_blob(profile))
-            self._call("save", "HSET", p, "ver", version)
-            for ts, m, _ in adds:
-                self._call("save", "ZADD", log, ts, m)
-            for m in removes:
-                self._call("save", "ZREM", log, m)
-            for ts, m in send_entries(profile):
-                self._call("save", "ZADD", sends, ts, m)
-            horizon = profile.last_ts - LONGEST_WINDOW_MS
-            self._call("save", "ZREMRANGEBYSCORE", log, "-inf", horizon)
-            self._call("save", "ZREMRANGEBYSCORE", sends, "-inf", horizon)
-            for k in (p, log, sends):
-                self._call("save", "PEXPIRE", k, self.ttl_ms)
-            self._base[key] = _Base(version, log_index(m for _, m in log_entries(profile)), tuple(profile.timers))
+            self._save_profile(key, profile)
         for key in deleted:
-            base = self._base.pop(key, None)
-            if base is None:
-                blob = self._call("save", "HGET", profile_keys(key)[0], "blob")
-                kinds: Sequence[str] = tuple(from_parts(key, blob, [], []).timers) if blob else ()
-            else:
-                kinds = base.timers
-            self._call("save", "DEL", *profile_keys(key))
-            for kind in kinds:
-                self._call("save", "ZREM", TIMERS_KEY, timer_member(key, kind))
+            self._delete_profile(key)
         for key, kind, due in timers:
             self._call("save", "ZADD", TIMERS_KEY, due, timer_member(key, kind))
         return set()
+
+    def _save_profile(self, key: str, profile: Profile) -> None:
+        """Blob, version, log changes, sends, expiry and TTLs: one command each, as a hand-written loop does."""
+        p, log, sends = profile_keys(key)
+        base = self._base.get(key)
+        adds, removes = log_diff(profile, base.log if base else {})
+        if base is None:
+            self._call("save", "DEL", log)
+        version = int(self._call("save", "HGET", p, "ver") or 0) + 1
+        self._call("save", "HSET", p, "blob", to_blob(profile))
+        self._call("save", "HSET", p, "ver", version)
+        for ts, m, _ in adds:
+            self._call("save", "ZADD", log, ts, m)
+        for m in removes:
+            self._call("save", "ZREM", log, m)
+        for ts, m in send_entries(profile):
+            self._call("save", "ZADD", sends, ts, m)
+        horizon = profile.last_ts - LONGEST_WINDOW_MS
+        self._call("save", "ZREMRANGEBYSCORE", log, "-inf", horizon)
+        self._call("save", "ZREMRANGEBYSCORE", sends, "-inf", horizon)
+        for k in (p, log, sends):
+            self._call("save", "PEXPIRE", k, self.ttl_ms)
+        self._base[key] = _Base(version, log_index(m for _, m in log_entries(profile)), tuple(profile.timers))
+
+    def _delete_profile(self, key: str) -> None:
+        """The profile's keys and its timers (read from the stored blob when never loaded)."""
+        base = self._base.pop(key, None)
+        if base is None:
+            blob = self._call("save", "HGET", profile_keys(key)[0], "blob")
+            kinds: Sequence[str] = tuple(from_parts(key, blob, [], []).timers) if blob else ()
+        else:
+            kinds = base.timers
+        self._call("save", "DEL", *profile_keys(key))
+        for kind in kinds:
+            self._call("save", "ZREM", TIMERS_KEY, timer_member(key, kind))
 
     def reserve(
         self, profile: Profile, send: Send, caps: Mapping[str, Mapping[str, int]], global_caps: Mapping[str, int]
