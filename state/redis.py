@@ -281,18 +281,28 @@ class RedisStore(StateStore):
 
     def _pipeline(self, calls: Sequence[Call], keep: Callable[[Exception], bool] | None = None) -> list[Any]:
         results = self._send(calls)
+        self._rerun_unloaded_scripts(calls, results)
+        self._raise_errors(results, keep)
+        return results
+
+    def _rerun_unloaded_scripts(self, calls: Sequence[Call], results: list[Any]) -> None:
+        """Scripts flushed (or a new node): load them and run, in place, the calls that did not run."""
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-        if missing:  # scripts flushed (or a new node): load them and run what did not run
-            for text in SCRIPTS.values():
-                self.client.script_load(text)
-            for i, r in zip(missing, self._send([calls[i] for i in missing])):
-                results[i] = r
+        if not missing:
+            return
+        for text in SCRIPTS.values():
+            self.client.script_load(text)
+        for i, r in zip(missing, self._send([calls[i] for i in missing])):
+            results[i] = r
+
+    def _raise_errors(self, results: Sequence[Any], keep: Callable[[Exception], bool] | None) -> None:
+        """Raise the first error reply: a lost connection as it is (retried), any other as a
+        StoreError, unless ``keep`` keeps it in place."""
         for r in results:
             if isinstance(r, _RETRYABLE):
                 raise r
             if isinstance(r, Exception) and not (keep is not None and keep(r)):
                 raise StoreError(f"Redis at {self.masked_url}: {r}")
-        return results
 
     def _send(self, calls: Sequence[Call]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
@@ -315,27 +325,24 @@ class RedisStore(StateStore):
         """Resolve identities and claim the partition's due timers in one round trip."""
         if partition not in self._restored:
             self.restore_claimed(partition)
-        first_link: dict[str, str] = {}
-        anons: list[str] = []
-        for ev in events:
-            anon = ev.anonymous_id
-            if anon is None:
-                continue
-            if anon not in first_link and ev.contact_id is not None:
-                first_link[anon] = contact_key(ev.contact_id)
-            if anon not in anons:
-                anons.append(anon)
+        anons, first_link = _anonymous_links(events)
+        calls = self._link_calls(anons, first_link)
+        claims = self._claim_calls(now_ms, limit, partition) if now_ms is not None else []
+        results = self._run("resolve", calls + claims)
+        links = {a: (r[0] or None, bool(r[1]), bool(r[2])) for a, r in zip(anons, results)}
+        due = self._claimed(results[len(calls):], limit, partition) if claims else []
+        return _walk(events, links), due
+
+    def _link_calls(self, anons: list[str], first_link: Mapping[str, str]) -> list[Call]:
+        """Link each anonymous id to the first contact it comes with in the batch (a link that
+        exists stays), remember the link under the contact (for erasure) and read every link."""
         calls: list[Call] = [
             ("script", "link", (alias_key(a), profile_keys(anonymous_key(a))[0]), (first_link.get(a, ""), self.ttl_ms))
             for a in anons
         ]
         calls += [("cmd", "SADD", links_key(c), a) for a, c in first_link.items()]
         calls += [("cmd", "PEXPIRE", links_key(c), self.ttl_ms) for c in set(first_link.values())]
-        claims = self._claim_calls(now_ms, limit, partition) if now_ms is not None else []
-        results = self._run("resolve", calls + claims)
-        links = {a: (r[0] or None, bool(r[1]), bool(r[2])) for a, r in zip(anons, results)}
-        due = self._claimed(results[len(calls):], limit, partition) if claims else []
-        return _walk(events, links), due
+        return calls
 
     def claim_ids(self, events: Sequence[Event]) -> list[bool]:
         """One round trip per batch: one script call for the whole batch (on Redis Cluster, one
@@ -394,34 +401,12 @@ class RedisStore(StateStore):
         and expired profiles in a second one, for what was written. Returns the profiles a
         concurrent writer changed since they were loaded (nothing of theirs was written)."""
         deleted = list(deleted)
-        unknown = [k for k in deleted if k not in self._base]
-        if unknown:  # need their timers to cancel them: rare (not the engine's path)
-            self.load(unknown)
-        # Timers go before the profiles that hold them: a process killed while its pipeline is
-        # being sent leaves a prefix of it applied, and a profile written without its timer
-        # would never set that timer again (a timer without its profile fires stale: nothing).
-        schedule = _schedule_calls(timers, partition)
-        if schedule and self.cluster:  # no order across nodes within one pipeline
-            self._run("save", schedule)
-            schedule = []
-        calls: list[Call] = list(schedule)
-        diffs = {}
-        for key, profile in profiles.items():
-            args, diffs[key] = self._commit_args(key, profile, (outbox or {}).get(key, ()))
-            calls.append(("script", "commit", (*profile_keys(key), outbox_key(key)), args))
-        if watermark is not None:  # after the profiles: never ahead of what they hold
-            calls.append(("cmd", "HSET", WATERMARKS_KEY, f"p{partition}", watermark))
-            if self._known_partitions is not None:
-                self._known_partitions.add(partition)
-        if self._epoch is not None:
-            calls.append(("cmd", "GET", EPOCH_KEY))
+        self._load_unknown(deleted)
+        schedule = self._schedule_first(timers, partition)
+        profile_calls, diffs = self._profile_calls(profiles, outbox or {})
+        calls = [*schedule, *profile_calls, *self._after_profiles(watermark, partition)]
         lent, self._lent = self._lent, set()
-        try:
-            results = self._run("save", calls, keep=_is_conflict)
-        except BaseException:
-            for key in (*profiles, *lent):  # unknown outcome: read them afresh next time
-                self._base.pop(key, None)
-            raise
+        results = self._run_or_forget("save", calls, (*profiles, *lent))
         if self._epoch is not None:
             self._check_epoch(results[-1])
         results = results[len(schedule):]
@@ -429,6 +414,57 @@ class RedisStore(StateStore):
         self._remember(profiles, results, diffs, lent, conflicts)
         self._finish(deleted, fired, merged_into or {}, conflicts, partition)
         return conflicts
+
+    def _load_unknown(self, deleted: list[str]) -> None:
+        """Read the profiles to delete that this store never read: their timers are to be cancelled.
+        Rare: the engine deletes only profiles it loaded."""
+        unknown = [k for k in deleted if k not in self._base]
+        if unknown:
+            self.load(unknown)
+
+    def _schedule_first(self, timers: Iterable[tuple[str, str, int]], partition: int) -> list[Call]:
+        """The calls that schedule ``timers``, to go before the profiles that hold them: a process
+        killed while its pipeline is being sent leaves a prefix of it applied, and a profile written
+        without its timer would never set that timer again (a timer without its profile fires stale:
+        nothing). On Redis Cluster, with no order across nodes within one pipeline, they are sent
+        here, alone, and none are returned."""
+        schedule = _schedule_calls(timers, partition)
+        if schedule and self.cluster:
+            self._run("save", schedule)
+            return []
+        return schedule
+
+    def _profile_calls(self, profiles: Mapping[str, Profile],
+                       outbox: Mapping[str, Sequence[OutboxEntry]]) -> tuple[list[Call], dict[str, LogDiff]]:
+        """One commit script call per profile (with its outbox entries), and the log diff each carries."""
+        calls: list[Call] = []
+        diffs = {}
+        for key, profile in profiles.items():
+            args, diffs[key] = self._commit_args(key, profile, outbox.get(key, ()))
+            calls.append(("script", "commit", (*profile_keys(key), outbox_key(key)), args))
+        return calls, diffs
+
+    def _after_profiles(self, watermark: int | None, partition: int) -> list[Call]:
+        """What goes after the profiles: the partition's event clock (never ahead of what they hold)
+        and, last, the read of the epoch key the commit checks."""
+        calls: list[Call] = []
+        if watermark is not None:
+            calls.append(("cmd", "HSET", WATERMARKS_KEY, f"p{partition}", watermark))
+            if self._known_partitions is not None:
+                self._known_partitions.add(partition)
+        if self._epoch is not None:
+            calls.append(("cmd", "GET", EPOCH_KEY))
+        return calls
+
+    def _run_or_forget(self, op: str, calls: Sequence[Call], keys: Iterable[str]) -> list[Any]:
+        """Run a commit's calls (conflicts come back in place); if it fails, the outcome for
+        ``keys`` is unknown, so the cache forgets them and the next load reads them afresh."""
+        try:
+            return self._run(op, calls, keep=_is_conflict)
+        except BaseException:
+            for key in keys:
+                self._base.pop(key, None)
+            raise
 
     def _remember(self, profiles: Mapping[str, Profile], results: Sequence[Any], diffs: dict[str, LogDiff],
                   lent: set[str], conflicts: set[str]) -> None:
@@ -676,24 +712,31 @@ class RedisStore(StateStore):
         delete it: profile, log, sends, timers, outbox, links and those anonymous ids' aliases
         and profiles. The tombstones go first: an erasure cut short already drops the events,
         and running it again finishes it."""
+        fields, anons, held = self._tombstones_of(contact_id, now_ms)
+        self._run("erase", [("cmd", "HSET", TOMBSTONES_KEY, *fields)])
+        self.delete(contact_key(contact_id))
+        for a in anons:
+            self._base.pop(anonymous_key(a), None)
+        return held
+
+    def _tombstones_of(self, contact_id: str, now_ms: int | None) -> tuple[list[Any], list[str], bool]:
+        """The tombstones to write for erasing the contact, as HSET field-value pairs (the contact's
+        and each linked anonymous id's), those anonymous ids, and whether the store held anything
+        about the contact."""
         key = self._erasure_secret()
         pkey = contact_key(contact_id)
         (version, blob, log_flat, sends_flat), marks = self._run(
             "erase", [("script", "load", profile_keys(pkey), ("-1",)), ("cmd", "HVALS", WATERMARKS_KEY)])
         anons = self._linked(pkey)
         anon_parts = self._run("erase", [("script", "load", profile_keys(anonymous_key(a)), ("-1",)) for a in anons])
-        profile = from_parts(pkey, blob, [], []) if blob else None
-        anon_profiles = [from_parts(anonymous_key(a), r[1], [], []) if r[1] else None for a, r in zip(anons, anon_parts)]
-        at = erasure_time(now_ms, [int(m) for m in marks] + [p.last_ts for p in (profile, *anon_profiles) if p])
+        profiles = [_stored_profile(pkey, blob),
+                    *(_stored_profile(anonymous_key(a), r[1]) for a, r in zip(anons, anon_parts))]
+        at = erasure_time(now_ms, [int(m) for m in marks] + [p.last_ts for p in profiles if p])
         fields: list[Any] = [tombstone_id(key, (CONTACT, contact_id)),
-                             Tombstone(at, unsubscribed([profile, *anon_profiles]), int(version)).dumps()]
+                             Tombstone(at, unsubscribed(profiles), int(version)).dumps()]
         for a, reply in zip(anons, anon_parts):
             fields += [tombstone_id(key, (ANONYMOUS, a)), Tombstone(at, (), int(reply[0])).dumps()]
-        self._run("erase", [("cmd", "HSET", TOMBSTONES_KEY, *fields)])
-        self.delete(pkey)
-        for a in anons:
-            self._base.pop(anonymous_key(a), None)
-        return bool(blob or log_flat or sends_flat or anons)
+        return fields, anons, bool(blob or log_flat or sends_flat or anons)
 
     def tombstones(self, identities: Collection[Identity]) -> dict[Identity, Tombstone]:
         """One HMGET on the tombstone hash for the batch's distinct identities."""
@@ -804,6 +847,11 @@ class RedisStore(StateStore):
             pass
 
 
+def _stored_profile(key: str, blob: str | None) -> Profile | None:
+    """The profile a stored blob holds (without its log and sends), or None without a blob."""
+    return from_parts(key, blob, [], []) if blob else None
+
+
 def _as_dict(fields: Any) -> dict[str, str]:
     if isinstance(fields, dict):
         return fields
@@ -854,36 +902,62 @@ def _parse_due(flat: Sequence[str]) -> list[tuple[int, str, str]]:
     return out
 
 
+def _anonymous_links(events: Sequence[Event]) -> tuple[list[str], dict[str, str]]:
+    """The batch's anonymous ids in order of first appearance, and the profile key of the first
+    contact each comes with (for those that come with one)."""
+    anons: dict[str, None] = {}
+    first_link: dict[str, str] = {}
+    for ev in events:
+        anon = ev.anonymous_id
+        if anon is None:
+            continue
+        anons[anon] = None
+        if ev.contact_id is not None and anon not in first_link:
+            first_link[anon] = contact_key(ev.contact_id)
+    return list(anons), first_link
+
+
 def _walk(events: Sequence[Event], links: Mapping[str, tuple[str | None, bool, bool]]) -> list[tuple[str, str | None]]:
     """Resolve each event given every anonymous id's link as Redis answered it, with the
     same rules (and results) as the in-process store; see :meth:`StateStore.resolve`."""
-    current: dict[str, str] = {}  # anonymous id -> key its events resolve to, so far in this batch
-    pending_merge: set[str] = set()  # merges still to hand out (the first linking event gets it)
-    for linked, (target, linked_now, anon_exists) in links.items():
-        if linked_now:
-            current[linked] = anonymous_key(linked)
-            pending_merge.add(linked)
-        elif target is not None:
-            current[linked] = target
-            if anon_exists:  # linked before, but the merge never landed (a crash in between): until
-                current[linked] = anonymous_key(linked)  # it does, its events stay where they were applied
-                pending_merge.add(linked)
-        else:
-            current[linked] = anonymous_key(linked)
+    current, pending_merge = _starting_links(links)
     out: list[tuple[str, str | None]] = []
     for ev in events:
         anon = ev.anonymous_id
-        if ev.contact_id is not None:
-            merged = None
-            key = contact_key(ev.contact_id)
-            if anon is not None and anon in pending_merge and links[anon][0] == key:
-                pending_merge.discard(anon)
-                current[anon] = key
-                merged = anonymous_key(anon)
-            out.append((key, merged))
-        else:
+        if ev.contact_id is None:
             out.append((current.get(anon or "", anonymous_key(anon or "")), None))
+            continue
+        merged = None
+        key = contact_key(ev.contact_id)
+        if anon is not None and anon in pending_merge and links[anon][0] == key:  # the first linking event merges
+            pending_merge.discard(anon)
+            current[anon] = key
+            merged = anonymous_key(anon)
+        out.append((key, merged))
     return out
+
+
+def _starting_links(links: Mapping[str, tuple[str | None, bool, bool]]) -> tuple[dict[str, str], set[str]]:
+    """Where each anonymous id's events resolve at the start of the batch, and the anonymous ids
+    whose merge into their contact is still to be handed out.
+
+    An id linked by this batch, or linked before but whose merge never landed (a crash in
+    between, so its profile still exists), has a merge due: until it happens its events stay
+    where they were applied, under the anonymous key.
+
+    >>> current, due = _starting_links({"a": (None, False, False), "b": ("c1", False, False),
+    ...                                 "c": ("c1", True, True), "d": ("c2", False, True)})
+    >>> current, sorted(due)
+    ({'a': 'anon:a', 'b': 'c1', 'c': 'anon:c', 'd': 'anon:d'}, ['c', 'd'])
+    """
+    current: dict[str, str] = {}
+    pending_merge: set[str] = set()
+    for linked, (target, linked_now, anon_exists) in links.items():
+        merge_due = linked_now or (target is not None and anon_exists)
+        if merge_due:
+            pending_merge.add(linked)
+        current[linked] = target if target is not None and not merge_due else anonymous_key(linked)
+    return current, pending_merge
 
 
 __all__ = ["RedisStore", "StoreHealth", "profile_keys", "alias_key", "links_key", "outbox_key", "timer_keys", "TIMERS_KEY",
