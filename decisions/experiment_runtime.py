@@ -1,8 +1,9 @@
 """Experiments at run time: variants, exposures, conversions, attribution and bandit rewards.
 
-Pure, like the rest of ``decisions/``: the engine calls in at its decision points, its
-conversion events and its timers, and this module changes the contact's profile and
-returns the records of the experiments output (see the README).
+Pure, like the rest of ``decisions/``: a :class:`~touchline.decisions.participant.Participant`
+of the decision loop, called at its decision points (``shape``: variants; ``settle``:
+exposures, touches), its conversion events (``on_applied``) and its timers; it changes the
+contact's profile and adds the records of the experiments output (see the README).
 
 - **Exposure** (intent to treat): the first decision point at which a known contact
   would get a message, absent the holdout. Treated contacts get it; holdout contacts do
@@ -15,9 +16,9 @@ returns the records of the experiments output (see the README).
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 from touchline.decisions.attribution import MAX_TOUCHES, MODELS, Touch, attribute
 from touchline.decisions.experiments import (
@@ -25,28 +26,22 @@ from touchline.decisions.experiments import (
 )
 from touchline.decisions.journeys import parse_duration
 from touchline.decisions.lift import LiftTable
+from touchline.decisions.outcome import ExperimentTallies
+from touchline.decisions.participant import Participant
 from touchline.decisions.policy import Candidate, PolicyConfig, eligibility
-from touchline.decisions.profile import Profile
+from touchline.decisions.profile import Profile, money
 from touchline.decisions.record import decision_id, iso_ms
+
+if TYPE_CHECKING:
+    from touchline.decisions.arbitration import DecisionPoint
+    from touchline.decisions.events import Event
+    from touchline.decisions.moment import Moment
+
+__all__ = ["Assignment", "ExperimentRuntime", "ExperimentTallies"]
 
 EXPOSURE_TIMER_PREFIX = "exp:"
 TOUCH_TIMER = "touches"
 SetTimer = Callable[[str, int], None]
-
-
-@dataclass
-class ExperimentTallies:
-    """What one batch did, for the metrics (counted once per batch) and the output."""
-
-    records: list[dict[str, Any]] = field(default_factory=list)
-    exposures: Counter[tuple[str, str]] = field(default_factory=Counter)  # (experiment, arm)
-    outcomes: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (experiment, arm, converted)
-    conversions: Counter[str] = field(default_factory=Counter)  # attributed: "true" / "false"
-    #: (model, channel) -> conversions credited (fractional: a float sum, not a Counter's int counts)
-    credit: defaultdict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
-    #: (model, channel) -> value credited
-    credit_value: defaultdict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
-    choices: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (split, arm, explored) of bandits
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +53,14 @@ class Assignment:
     bandit_segment: str | None = None
 
 
-class ExperimentRuntime:
+class ExperimentRuntime(Participant):
     """Per worker: the settings, one bandit per adaptive split, and the lift tallies."""
 
-    def __init__(self, settings: ExperimentSettings, holdout_name: str = GLOBAL, seed: int = 0) -> None:
+    def __init__(self, settings: ExperimentSettings, holdout_name: str = GLOBAL, seed: int = 0,
+                 policy: PolicyConfig | None = None) -> None:
         self.settings = settings
+        #: the policy a bandit's arms are checked against (only arms that could be sent now)
+        self.policy = policy or PolicyConfig()
         self.holdout_name = holdout_name
         self.conversion_types = frozenset(settings.conversion_types)
         self.window_ms = settings.window_ms
@@ -78,6 +76,32 @@ class ExperimentRuntime:
             for name, split in settings.splits.items() if split.journey is not None
             for v in split.variants for step in v.waits
         }
+
+    # ---------------------------------------------------------------- participant hooks
+    def on_applied(self, at: Moment, event: Event) -> None:
+        """A conversion event (of a known contact): exposures in window convert, touches get credit."""
+        if event.type in self.conversion_types:
+            self.on_event(at.profile, event.type, event.event_id, event.ts_ms, money(event.properties.get("value")),
+                          at.outcome.exp, at.set_timer)
+
+    def owns_timer(self, kind: str) -> bool:
+        return kind == TOUCH_TIMER or kind.startswith(EXPOSURE_TIMER_PREFIX)
+
+    def on_timer(self, at: Moment, kind: str) -> list[Candidate]:
+        self.close(at.profile, kind, at.now_ms, at.outcome.exp, at.set_timer)
+        return []
+
+    def shape(self, at: Moment, point: DecisionPoint) -> None:
+        """Variants: each split applied to the candidates it covers."""
+        point.candidates, point.marks = self.vary(at.profile, point.candidates, point.lead, at.now_ms, self.policy,
+                                                  at.outcome.exp)
+
+    def settle(self, at: Moment, point: DecisionPoint) -> None:
+        """Exposures, touches for attribution and bandits, and the record's experiments and segment."""
+        arms = self.on_decision(at.profile, sent=point.winner, would_send=point.would_send,
+                                marks=point.winner_marks(), trigger_id=point.trigger.trigger_id, lead=point.lead,
+                                now_ms=at.now_ms, tallies=at.outcome.exp, set_timer=at.set_timer)
+        point.arms, point.segment = arms["experiments"], arms["segment"]
 
     # ---------------------------------------------------------------- variants
     def wait_override(self, contact: str, journey: str, step: str) -> int | None:
@@ -203,9 +227,9 @@ class ExperimentRuntime:
         })
 
     # ---------------------------------------------------------------- timers
-    def on_timer(self, profile: Profile, kind: str, now_ms: int, tallies: ExperimentTallies,
-                 set_timer: SetTimer) -> bool:
-        """Handle an experiments timer; False if ``kind`` is not one."""
+    def close(self, profile: Profile, kind: str, now_ms: int, tallies: ExperimentTallies,
+              set_timer: SetTimer) -> bool:
+        """Handle an experiments timer (touches expire, an exposure's window closes); False if ``kind`` is not one."""
         if kind == TOUCH_TIMER:
             self._expire_touches(profile, now_ms, set_timer)
             return True
