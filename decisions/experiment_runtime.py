@@ -171,17 +171,23 @@ class ExperimentRuntime(Participant):
             self._expose(profile, self.holdout_name, arms[self.holdout_name], "holdout", target, sent is not None,
                          trigger_id, segment, now_ms, tallies, set_timer)
         if sent is not None:
-            for mark in marks:
-                if mark.split not in profile.exposures:
-                    self._expose(profile, mark.split, mark.variant, self.settings.splits[mark.split].baseline, sent,
-                                 True, trigger_id, segment, now_ms, tallies, set_timer)
-            tag = [[m.split, m.bandit_segment, m.variant] for m in marks if m.bandit_segment is not None]
-            self._expire_touches(profile, now_ms, set_timer)
-            profile.touches.append([now_ms, decision_id(profile.contact_id, sent.action, sent.channel, trigger_id),
-                                    sent.channel, sent.action, tag or None, False])
-            if tag and TOUCH_TIMER not in profile.timers:
-                set_timer(TOUCH_TIMER, now_ms + self.window_ms)
+            self._sent(profile, sent, marks, trigger_id, segment, now_ms, tallies, set_timer)
         return {"experiments": arms, "segment": segment}
+
+    def _sent(self, profile: Profile, sent: Candidate, marks: list[Assignment], trigger_id: str,
+              segment: dict[str, str], now_ms: int, tallies: ExperimentTallies, set_timer: SetTimer) -> None:
+        """A sent decision: first exposure to each split it was varied by, and a touch that
+        attribution credits and a bandit's arm is rewarded through."""
+        for mark in marks:
+            if mark.split not in profile.exposures:
+                self._expose(profile, mark.split, mark.variant, self.settings.splits[mark.split].baseline, sent,
+                             True, trigger_id, segment, now_ms, tallies, set_timer)
+        tag = [[m.split, m.bandit_segment, m.variant] for m in marks if m.bandit_segment is not None]
+        self._expire_touches(profile, now_ms, set_timer)
+        profile.touches.append([now_ms, decision_id(profile.contact_id, sent.action, sent.channel, trigger_id),
+                                sent.channel, sent.action, tag or None, False])
+        if tag and TOUCH_TIMER not in profile.timers:
+            set_timer(TOUCH_TIMER, now_ms + self.window_ms)
 
     def _expose(self, profile: Profile, experiment: str, arm: str, baseline: str, target: Candidate, sent: bool,
                 trigger_id: str, segment: dict[str, str], now_ms: int, tallies: ExperimentTallies,
@@ -203,19 +209,11 @@ class ExperimentRuntime(Participant):
         """A conversion event of a known contact: exposures in window convert, touches get credit."""
         if event_type not in self.conversion_types or not profile.known:
             return
-        for exp in profile.exposures.values():
-            if "closed" not in exp and exp["converted_at"] is None and exp["at"] < ts_ms <= exp["at"] + self.window_ms:
-                exp["converted_at"], exp["value"] = ts_ms, value
+        self._convert_exposures(profile, ts_ms, value)
         self._expire_touches(profile, ts_ms, set_timer)
         touches = [Touch(t[0], t[1], t[2], t[3]) for t in profile.touches]
         credits = attribute(touches, ts_ms, self.window_ms, self.settings.half_life_ms)
-        for model in MODELS:
-            for touch, weight in credits[model]:
-                tallies.credit[(model, touch.channel)] += weight
-                tallies.credit_value[(model, touch.channel)] += weight * value
-                self.credited[(model, touch.channel)] += weight
-                self.credited_value[(model, touch.channel)] += weight * value
-        tallies.conversions["true" if credits["last_touch"] else "false"] += 1
+        self._credit(credits, value, tallies)
         for t in profile.touches:  # a bandit arm is rewarded by the first conversion after it
             if t[0] < ts_ms:
                 self._reward(t, True)
@@ -225,6 +223,23 @@ class ExperimentRuntime(Participant):
             "credits": {m: [{"decision_id": t.decision_id, "channel": t.channel, "action": t.action,
                              "weight": round(w, 6)} for t, w in credits[m]] for m in MODELS},
         })
+
+    def _convert_exposures(self, profile: Profile, ts_ms: int, value: float) -> None:
+        """Open exposures whose window holds the conversion convert (the first conversion only)."""
+        for exp in profile.exposures.values():
+            if "closed" not in exp and exp["converted_at"] is None and exp["at"] < ts_ms <= exp["at"] + self.window_ms:
+                exp["converted_at"], exp["value"] = ts_ms, value
+
+    def _credit(self, credits: dict[str, list[tuple[Touch, float]]], value: float, tallies: ExperimentTallies) -> None:
+        """Each attribution model's credit per channel: this batch's tallies and the run's totals."""
+        for model in MODELS:
+            for touch, weight in credits[model]:
+                key = (model, touch.channel)
+                tallies.credit[key] += weight
+                tallies.credit_value[key] += weight * value
+                self.credited[key] += weight
+                self.credited_value[key] += weight * value
+        tallies.conversions["true" if credits["last_touch"] else "false"] += 1
 
     # ---------------------------------------------------------------- timers
     def close(self, profile: Profile, kind: str, now_ms: int, tallies: ExperimentTallies,

@@ -17,6 +17,7 @@ point (1 ms later), so one moment never sends twice.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -171,6 +172,18 @@ class _Facts:
         if self._facts is None:
             self._facts = profile_facts(*self._args)
         return self._facts
+
+
+@dataclass(slots=True)
+class _Walk:
+    """One run of a journey's steps for one contact."""
+
+    profile: Profile
+    journey: Journey
+    state: dict[str, Any]
+    now_ms: int
+    scores: Mapping[str, float]
+    at: Moment
 
 
 def _awaited(step: Any, state: dict[str, Any], event_type: str, properties: dict[str, Any]) -> bool:
@@ -380,21 +393,10 @@ class JourneyRunner(Participant):
 
     def _enter(self, profile: Profile, journey: Journey, now_ms: int, scores: Mapping[str, float],
                at: Moment) -> list[Candidate]:
-        if not profile.known and not journey.allow_anonymous:
-            return []
         previous = profile.journeys.get(journey.journey)
-        if previous is not None:
-            if previous.get("active"):
-                return []
-            last_exit = previous.get("exited")
-            if last_exit is not None and (not journey.re_entry.allowed
-                                          or now_ms - last_exit < parse_duration(journey.re_entry.after)):
-                return []
-        for other in self.journeys:  # entering pre-empts lower-priority journeys that allow it
-            other_state = profile.journeys.get(other.journey)
-            if (other is not journey and other_state and other_state.get("active")
-                    and other.priority < journey.priority and other.exit.higher_priority):
-                self._exit(profile, other, "preempted", now_ms, at)
+        if not self._may_enter(profile, journey, previous, now_ms):
+            return []
+        self._preempt_for(profile, journey, now_ms, at)
         profile.journeys[journey.journey] = {
             "active": True, "step": 0, "entered": now_ms, "wait": None, "defers": 0, "seen": [],
             "sends": (previous or {}).get("sends", []), "entries": (previous or {}).get("entries", 0) + 1,
@@ -402,6 +404,27 @@ class JourneyRunner(Participant):
         at.outcome.journeys.entries[journey.journey] += 1
         self._trace(profile, journey, journey.steps[0].id, now_ms, "entered")
         return self._run(profile, journey, now_ms, scores, at)
+
+    @staticmethod
+    def _may_enter(profile: Profile, journey: Journey, previous: dict[str, Any] | None, now_ms: int) -> bool:
+        """Anonymous visitors only where allowed; not while inside; re-entry as the journey says."""
+        if not profile.known and not journey.allow_anonymous:
+            return False
+        if previous is None:
+            return True
+        if previous.get("active"):
+            return False
+        last_exit = previous.get("exited")
+        return last_exit is None or (journey.re_entry.allowed
+                                     and now_ms - last_exit >= parse_duration(journey.re_entry.after))
+
+    def _preempt_for(self, profile: Profile, journey: Journey, now_ms: int, at: Moment) -> None:
+        """Entering ``journey`` pre-empts the lower-priority journeys that allow it."""
+        for other in self.journeys:
+            other_state = profile.journeys.get(other.journey)
+            if (other is not journey and other_state and other_state.get("active")
+                    and other.priority < journey.priority and other.exit.higher_priority):
+                self._exit(profile, other, "preempted", now_ms, at)
 
     def _exit(self, profile: Profile, journey: Journey, reason: str, now_ms: int,
               at: Moment) -> None:
@@ -430,58 +453,77 @@ class JourneyRunner(Participant):
     def _run(self, profile: Profile, journey: Journey, now_ms: int, scores: Mapping[str, float],
              at: Moment) -> list[Candidate]:
         """Run steps until one waits, proposes a send, or the journey ends."""
-        state = profile.journeys[journey.journey]
+        walk = _Walk(profile, journey, profile.journeys[journey.journey], now_ms, scores, at)
         for _ in range(MAX_STEPS_AT_ONCE):
-            index = state["step"]
+            index = walk.state["step"]
             if index >= len(journey.steps):
                 self._exit(profile, journey, "completed", now_ms, at)
                 return []
-            step = journey.steps[index]
-            name = journey.journey
-            if isinstance(step, (WaitStep, WaitUntilStep)):
-                if isinstance(step, WaitStep):
-                    override = self.wait_override(profile.contact_id, name, step.id) if self.wait_override else None
-                    due = now_ms + (step.wait_ms if override is None else override)
-                else:
-                    due = next_time_of_day(now_ms, step.wait_until.time, profile.timezone, self.default_zone,
-                                           step.wait_until.days)
-                if due <= now_ms:  # already the time of day: go straight on
-                    self._goto(state, journey, step.next, index)
-                    continue
-                state["wait"] = {"kind": "time", "until": due}
-                at.set_timer(timer_kind(name), due)
-                self._trace(profile, journey, step.id, now_ms, f"waiting until {_iso(due)}")
-                return []
-            if isinstance(step, WaitForStep):
-                due = now_ms + parse_duration(step.wait_for.timeout)
-                state["wait"] = {"kind": "event", "until": due, "event": step.wait_for.event}
-                at.set_timer(timer_kind(name), due)
-                self._trace(profile, journey, step.id, now_ms,
-                            f"waiting for {step.wait_for.event} until {_iso(due)}")
-                return []
-            if isinstance(step, BranchStep):
-                target = self._branch(profile, journey, step, state, now_ms, scores)
-                self._trace(profile, journey, step.id, now_ms, f"branch -> {target}")
-                state["step"] = self.index[name][target]
-                continue
-            if isinstance(step, SuppressStep):
-                for channel in step.suppress.channels:
-                    profile.consent[channel] = False
-                self._trace(profile, journey, step.id, now_ms, f"stopped {', '.join(step.suppress.channels)}")
-                self._goto(state, journey, step.next, index)
-                continue
-            if isinstance(step, ExitStep):
-                self._exit(profile, journey, "goal" if step.exit == "goal" else "completed", now_ms, at)
-                return []
-            if isinstance(step, (SendStep, HandoffStep)):
-                if journey.caps is not None and self._capped(state, journey, now_ms):
-                    at.outcome.journeys.suppressed[(name, step.id, "skipped")] += 1
-                    self._trace(profile, journey, step.id, now_ms, "journey cap reached: skipped")
-                    self._goto(state, journey, step.next, index)
-                    continue
-                return [self._candidate(profile, journey, step, scores)]
-            raise AssertionError(f"unknown step {step!r}")
+            stop = self._step(walk, journey.steps[index], index)
+            if stop is not None:
+                return stop
         raise RuntimeError(f"journey {journey.journey}: more than {MAX_STEPS_AT_ONCE} steps at once")
+
+    def _step(self, walk: _Walk, step: Any, index: int) -> list[Candidate] | None:
+        """Run one step: None to go on to the next, else what the run ends with (a send, or nothing)."""
+        if isinstance(step, (WaitStep, WaitUntilStep)):
+            return self._wait(walk, step, index)
+        if isinstance(step, WaitForStep):
+            return self._wait_for(walk, step)
+        if isinstance(step, BranchStep):
+            target = self._branch(walk.profile, walk.journey, step, walk.state, walk.now_ms, walk.scores)
+            self._trace(walk.profile, walk.journey, step.id, walk.now_ms, f"branch -> {target}")
+            walk.state["step"] = self.index[walk.journey.journey][target]
+            return None
+        if isinstance(step, SuppressStep):
+            for channel in step.suppress.channels:
+                walk.profile.consent[channel] = False
+            self._trace(walk.profile, walk.journey, step.id, walk.now_ms,
+                        f"stopped {', '.join(step.suppress.channels)}")
+            self._goto(walk.state, walk.journey, step.next, index)
+            return None
+        if isinstance(step, ExitStep):
+            self._exit(walk.profile, walk.journey, "goal" if step.exit == "goal" else "completed", walk.now_ms, walk.at)
+            return []
+        if isinstance(step, (SendStep, HandoffStep)):
+            return self._send(walk, step, index)
+        raise AssertionError(f"unknown step {step!r}")
+
+    def _wait(self, walk: _Walk, step: WaitStep | WaitUntilStep, index: int) -> list[Candidate] | None:
+        """A timed wait (its length may be an experiment's), or until a time of day."""
+        profile, name, now_ms = walk.profile, walk.journey.journey, walk.now_ms
+        if isinstance(step, WaitStep):
+            override = self.wait_override(profile.contact_id, name, step.id) if self.wait_override else None
+            due = now_ms + (step.wait_ms if override is None else override)
+        else:
+            due = next_time_of_day(now_ms, step.wait_until.time, profile.timezone, self.default_zone,
+                                   step.wait_until.days)
+        if due <= now_ms:  # already the time of day: go straight on
+            self._goto(walk.state, walk.journey, step.next, index)
+            return None
+        walk.state["wait"] = {"kind": "time", "until": due}
+        walk.at.set_timer(timer_kind(name), due)
+        self._trace(profile, walk.journey, step.id, now_ms, f"waiting until {_iso(due)}")
+        return []
+
+    def _wait_for(self, walk: _Walk, step: WaitForStep) -> list[Candidate]:
+        """Wait for an event, until a timeout."""
+        due = walk.now_ms + parse_duration(step.wait_for.timeout)
+        walk.state["wait"] = {"kind": "event", "until": due, "event": step.wait_for.event}
+        walk.at.set_timer(timer_kind(walk.journey.journey), due)
+        self._trace(walk.profile, walk.journey, step.id, walk.now_ms,
+                    f"waiting for {step.wait_for.event} until {_iso(due)}")
+        return []
+
+    def _send(self, walk: _Walk, step: SendStep | HandoffStep, index: int) -> list[Candidate] | None:
+        """Propose the send, unless the journey's own cap is reached (then the step is skipped)."""
+        journey = walk.journey
+        if journey.caps is not None and self._capped(walk.state, journey, walk.now_ms):
+            walk.at.outcome.journeys.suppressed[(journey.journey, step.id, "skipped")] += 1
+            self._trace(walk.profile, journey, step.id, walk.now_ms, "journey cap reached: skipped")
+            self._goto(walk.state, journey, step.next, index)
+            return None
+        return [self._candidate(walk.profile, journey, step, walk.scores)]
 
     def _candidate(self, profile: Profile, journey: Journey, step: Any, scores: Mapping[str, float]) -> Candidate:
         action = f"{journey.journey}.{step.id}"
@@ -507,26 +549,31 @@ class JourneyRunner(Participant):
 
     def _branch(self, profile: Profile, journey: Journey, step: BranchStep, state: dict[str, Any], now_ms: int,
                 scores: Mapping[str, float]) -> str:
-        facts: dict[str, Any] | None = None
+        """The first case that holds: an event seen in the journey, a score, a profile fact,
+        or a share of contacts (a stable bucket per contact); else the ``else`` step."""
+        facts = _Facts(self, profile, now_ms, scores)
         bucket = split_bucket(profile.contact_id, journey.journey, step.id)
         cumulative = 0.0
         for case in step.branch:
-            if case.event_happened is not None:
-                if case.event_happened in state.get("seen", []):
-                    return case.goto
-            elif case.score is not None:
-                current = {m: scores.get(m, profile.score_memory.get(m)) for m in case.score}
-                if all_match(current, case.score):
-                    return case.goto
-            elif case.profile is not None:
-                facts = facts or profile_facts(profile, now_ms, scores, self.consent_default)
-                if all_match(facts, case.profile):
-                    return case.goto
-            elif case.percent is not None:
+            if case.percent is not None and case.event_happened is None and case.score is None \
+                    and case.profile is None:
                 cumulative += case.percent
                 if bucket < cumulative:
                     return case.goto
+            elif self._case_holds(case, profile, state, scores, facts):
+                return case.goto
         return step.else_
+
+    @staticmethod
+    def _case_holds(case: Any, profile: Profile, state: dict[str, Any], scores: Mapping[str, float],
+                    facts: _Facts) -> bool:
+        if case.event_happened is not None:
+            return case.event_happened in state.get("seen", [])
+        if case.score is not None:
+            return all_match({m: scores.get(m, profile.score_memory.get(m)) for m in case.score}, case.score)
+        if case.profile is not None:
+            return all_match(facts.get(), case.profile)
+        return False
 
     def _capped(self, state: dict[str, Any], journey: Journey, now_ms: int) -> bool:
         assert journey.caps is not None
@@ -556,18 +603,20 @@ class JourneyRunner(Participant):
 
     def _remember_dates(self, profile: Profile, properties: dict[str, Any], ts_ms: int,
                         at: Moment) -> None:
+        """Dates date entries start from: those an event carries (a birthday), and the signup day."""
         for attr in self._date_attrs:
             value = properties.get(attr)
             if isinstance(value, str) and _parse_date(value) and profile.attributes.get(attr) != value[:10]:
                 profile.attributes[attr] = value[:10]
-                for journey in self.journeys:
-                    if isinstance(journey.entry, DateEntry) and journey.entry.date.attribute == attr:
-                        self._schedule_date(profile, journey, ts_ms, at)
+                self._schedule_dates_on(profile, attr, ts_ms, at)
         if profile.first_ts is not None and "signup" in self._date_attrs and "signup" not in profile.attributes:
             profile.attributes["signup"] = _iso(profile.first_ts)[:10]
-            for journey in self.journeys:
-                if isinstance(journey.entry, DateEntry) and journey.entry.date.attribute == "signup":
-                    self._schedule_date(profile, journey, ts_ms + DAY_MS, at)
+            self._schedule_dates_on(profile, "signup", ts_ms + DAY_MS, at)
+
+    def _schedule_dates_on(self, profile: Profile, attr: str, after_ms: int, at: Moment) -> None:
+        for journey in self.journeys:
+            if isinstance(journey.entry, DateEntry) and journey.entry.date.attribute == attr:
+                self._schedule_date(profile, journey, after_ms, at)
 
     def _schedule_date(self, profile: Profile, journey: Journey, after_ms: int,
                        at: Moment) -> None:

@@ -301,6 +301,17 @@ class Engine:
             events.sort(key=lambda ev: ev.ts_ms)  # stable: ties keep arrival order
             return events, None, self.core.advance(events, batch.advance_to_ms)
         order = self._orders.get(batch.partition) or self._resume_order(batch)
+        released = self._release(batch, order, events, positions, dead)
+        out = [r.event for r in released]
+        self.core.advance(out, batch.advance_to_ms)
+        self._clocks[batch.partition] = order.clock  # None until enough events: nothing to resume from
+        return out, [(r.at_ms, r.late) for r in released], order.clock if batch.final else order.watermark
+
+    def _release(self, batch: RawBatch, order: EventOrder, events: list[Event], positions: list[int],
+                 dead: list[dict[str, Any]]) -> list[Any]:
+        """Add the batch to the partition's reorder buffer and take what may go now: everything
+        at the end of the input, everything held when the source is idle, else what the
+        watermark passed. Counts events later than the allowed lateness and those held."""
         for ev, pos in zip(events, positions):
             order.add(ev, pos)
         if batch.advance_to_ms is not None:
@@ -309,15 +320,12 @@ class Engine:
         for ev, why in order.rejected:
             dead.append(ev.to_dead_letter("future_event", why))
         order.rejected.clear()
-        out = [r.event for r in released]
         late = sum(r.late for r in released)
         if late:
             self.totals.out_of_order += late
             self.metrics.out_of_order.inc(late)
         self.metrics.held_events.set(sum(map(len, self._orders.values())))
-        self.core.advance(out, batch.advance_to_ms)
-        self._clocks[batch.partition] = order.clock  # None until enough events: nothing to resume from
-        return out, [(r.at_ms, r.late) for r in released], order.clock if batch.final else order.watermark
+        return released
 
     def _resume_order(self, batch: RawBatch) -> EventOrder:
         """The partition's reorder buffer, at the event clock its last committed batch left,
@@ -406,20 +414,13 @@ class Engine:
                  skip: set[Any]) -> tuple[BatchRun, set[str]]:
         """Load, decide and commit once; returns the run and the profiles that were not written.
         Profiles where an item raised (``run.failed``) are not written either."""
-        events, at, resolved, due = items
+        due = items[3]
         run = self._run_loaded(items, horizon, timings, skip)
-        keep_out = set(run.failed)
-        if keep_out:  # and what merged into them: all of it is redone
-            keep_out |= {a for a, c in run.merged_into.items() if c in keep_out}
+        keep_out = _kept_out(run)
         live = {k: run.profiles[k] for k in run.touched - run.deleted - keep_out}
-        timers = {kk: t for kk, t in run.timers.to_schedule.items() if kk[0] not in keep_out}
-        if redo:  # a conflicted attempt may have scheduled stale times: set every timer right
-            timers.update({(k, kind): t for k, p in live.items() for kind, t in p.timers.items()})
-        decisions = run.outcome.decisions
-        if keep_out:
-            decisions = [d for d in decisions if contact_key(d["contact_id"]) not in keep_out]
-        conflicts = _timed(timings, "save", self.store.commit, live, run.merged_away - keep_out,
-                           [(k, kind, t) for (k, kind), t in timers.items()],
+        timers = _timers_to_set(run, live, keep_out, redo)
+        decisions = [d for d in run.outcome.decisions if not keep_out or contact_key(d["contact_id"]) not in keep_out]
+        conflicts = _timed(timings, "save", self.store.commit, live, run.merged_away - keep_out, timers,
                            outbox=self._outbox(decisions), fired=[t for t in due if t[1] not in keep_out],
                            merged_into=run.merged_into,
                            watermark=None if self.core.live else self._clocks.get(partition), partition=partition)
@@ -602,6 +603,24 @@ def _only(events: list[Event], at: list[tuple[int, bool]] | None, resolved: list
     picked = [i for i, r in enumerate(resolved) if r[0] in keys]
     return ([events[i] for i in picked], None if at is None else [at[i] for i in picked],
             [resolved[i] for i in picked], [t for t in due if t[1] in keys])
+
+
+def _kept_out(run: BatchRun) -> set[str]:
+    """Profiles not to write from ``run``: where an item raised, and what merged into them
+    (all of it is redone)."""
+    keep_out = set(run.failed)
+    if keep_out:
+        keep_out |= {a for a, c in run.merged_into.items() if c in keep_out}
+    return keep_out
+
+
+def _timers_to_set(run: BatchRun, live: dict[str, Any], keep_out: set[str], redo: bool) -> list[tuple[str, str, int]]:
+    """The timers to schedule in the store. A redo of conflicted profiles may have scheduled
+    stale times: then every timer of the written profiles is set right."""
+    timers = {kk: t for kk, t in run.timers.to_schedule.items() if kk[0] not in keep_out}
+    if redo:
+        timers.update({(k, kind): t for k, p in live.items() for kind, t in p.timers.items()})
+    return [(k, kind, t) for (k, kind), t in timers.items()]
 
 
 class InternalErrorFlood(RuntimeError):
