@@ -212,7 +212,7 @@ def _parser() -> argparse.ArgumentParser:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The settings the command line sets, as dotted keys for :func:`load_settings` (None: not
     given, so the file or the environment decides); a flag combination that cannot work is a
-    ConfigError naming the flags. Keys keep one order, so the settings come out the same."""
+    ConfigError naming the flags."""
     o = _flag_overrides(args)
     o.update(_input_overrides(args))
     o.update(_server_overrides(args))
@@ -306,6 +306,8 @@ def _runtime_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """``touchline run``: run to the end of the input (or Ctrl-C), then save and print the summary;
+    with several local processes, start and supervise them instead."""
     from touchline.runner import run
 
     if settings.runtime.processes > 1 and settings.runtime.process_id is None:
@@ -456,6 +458,8 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_contact(args: argparse.Namespace, settings: Settings) -> int:
+    """``touchline contact export|erase ID``: on the state store the settings name, then (erase)
+    the run's outputs that still hold the contact or its anonymous ids."""
     from touchline.state import open_store
 
     url = settings.state.url
@@ -498,7 +502,8 @@ def _print_export(found: dict[str, Any] | None, contact_id: str, url: str) -> in
 
 def _erase_contact(store: Any, args: argparse.Namespace, found: dict[str, Any] | None) -> list[str]:
     """Erase and tombstone the contact (even when nothing is stored, so its later events are
-    dropped), say what went, then settle; the linked anonymous ids, whose output lines go too."""
+    dropped), say what went, and wait out a batch in flight (--settle-seconds); returns the linked
+    anonymous ids, whose output lines are removed too."""
     store.erase(args.contact_id)
     aliases = list(found["aliases"]) if found is not None else []
     if found is None:
@@ -601,6 +606,7 @@ def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    """``touchline models evaluate|status|deploy|promote`` (``list`` needs no settings: see :func:`main`)."""
     from touchline import model_commands as mc
 
     if args.action == "evaluate":

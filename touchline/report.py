@@ -646,6 +646,7 @@ def _days(*dailies: Mapping[tuple[int, str], float]) -> list[int]:
 
 
 def channels_section(data: ReportData) -> Section:
+    """Decisions and last-touch conversions per channel: totals, decisions per action, and per day."""
     dec, exp = data.decisions, data.experiments
     sec = Section("channels", "Decisions and conversions per channel over time",
                   "What the engine sent per channel and day (UTC, event time), and the conversions last-touch "
@@ -738,6 +739,7 @@ def _verdict(e: LiftEstimate) -> str:
 
 
 def _lift_table(exp: str, ests: list[LiftEstimate], truth: Truth | None, arms: bool) -> Table:
+    """One experiment's estimates, a row per segment (and arm); rows with too few contacts greyed."""
     cols = ["segment", *(["arm"] if arms else []), "treated conv / n", "rate", "control conv / n", "rate",
             "lift pp", "interval pp", *(["true lift pp"] if truth is not None else []), "verdict"]
     first_num = 2 if arms else 1
@@ -809,6 +811,7 @@ def _forest(exp: str, ests: list[LiftEstimate], truth: Truth | None, arms: bool,
 
 def lift_section(data: ReportData, confidence: float, min_per_arm: int, truth: Truth | None,
                  truth_for: str | None) -> Section:
+    """Per experiment: its arms' counts, then a forest plot and a table of the lift per segment."""
     exp = data.experiments
     sec = Section("lift", "Lift per segment", f"The causal number: conversion rate of the exposed contacts "
                   f"of an arm minus the control arm's within each exposure's window (intent-to-treat, segments "
@@ -877,6 +880,7 @@ def scores_section(data: ReportData) -> Section:
 
 
 def attribution_section(data: ReportData) -> Section:
+    """The four attribution models side by side: credit per channel and per action, and a bar plot per channel."""
     exp = data.experiments
     sec = Section("attribution", "Attribution comparison", "How four attribution rules split the same "
                   "conversions among the sent decisions before them (credit is a sum of weights, value is weight "
