@@ -128,7 +128,8 @@ def test_sigterm_then_restart_finishes_with_nothing_lost_or_repeated(kafka_broke
     with _beside_a_reference(kafka_broker, topics, redis_url, tmp_path, "term") as runs:
         engine, ref_topics, run_topics, ref_hook, hook = runs.engine, runs.ref_topics, runs.topics, runs.ref_hook, runs.hook
         engine.start()
-        time.sleep(3.0)
+        engine.wait_reading()  # start-up done (the signal handlers are in place): under load it takes a while
+        time.sleep(1.5)
         assert engine.running()
         engine.kill(signal.SIGTERM)
         assert engine.wait(60) == 130  # documented: interrupted, with a summary of what was processed
