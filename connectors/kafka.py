@@ -170,16 +170,16 @@ class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
             raise StopIteration()
         if self._eof:
             return self._after_end()
-        items = self._read()
+        got_items = self._read()
         now = time.monotonic()
-        self._watch_cluster(bool(items), now)
+        self._watch_cluster(got_items, now)
         self._awake = None
         if self._lines and self._batch_due(now):
             return self._emit()
         if self._tick is not None and now >= self._next_tick:  # live mode: let wall-clock timers fire
             self._next_tick = now + self._tick
             return [RawBatch([], self._name, 0, time.perf_counter_ns(), partition=self._partition)]
-        if not items and not self._lines:
+        if not got_items and not self._lines:
             return self._idle(now)
         return []
 
@@ -194,10 +194,11 @@ class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
                              partition=self._partition, final=True)]
         raise StopIteration()
 
-    def _read(self) -> list[Any]:
+    def _read(self) -> bool:
         """One read from Bytewax's partition into the buffer (consumer errors are reported,
-        not buffered); returns what it read. The inner partition's StopIteration marks the
-        end of a finite read instead of ending this one: the buffer still has to go out."""
+        not buffered); returns whether it read anything, errors included. The inner
+        partition's StopIteration marks the end of a finite read instead of ending this
+        one: the buffer still has to go out."""
         try:
             items = self._inner.next_batch()
         except StopIteration:
@@ -211,10 +212,11 @@ class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
                 self._first_at = time.monotonic()
             self._lines.append(item.value if item.value is not None else b"")
             self._offsets.append(item.offset)
-        return items
+        return bool(items)
 
     def _watch_cluster(self, got_items: bool, now: float) -> None:
-        """Messages prove the cluster is there; without them, probe it when a probe is due."""
+        """Anything read (a consumer error too) resets the outage and idle clocks; with
+        nothing read, ask the cluster whether it is there when a probe is due."""
         if got_items:
             self._down_since, self._last_data, self._idle_said = None, now, False
         elif now >= self._next_probe and (self._down_since is not None or now - self._last_data >= IDLE_PROBE_SECONDS):
