@@ -340,7 +340,7 @@ class Delivery:
 
     def _renew(self, decision_ids: list[str]) -> None:
         """Extend the claims in flight, so a slow endpoint never lets another process take
-        them over; a failure is logged (the claims hold until their lease ends)."""
+        them over; a failure is logged, and the next period tries again."""
         if self.ledger is None:
             return
         try:
@@ -359,8 +359,9 @@ class Delivery:
 
     @staticmethod
     def _record(ledger: SendLedger, batch: list[tuple[str, dict[str, Any]]]) -> None:
-        """Mark the final decisions and release the others in one go each; on failure the
-        claims lapse after their lease, and a re-emission may then resend."""
+        """Mark the decisions settled as final, and release those the engine stopped before
+        sending, one ledger call each (``marked`` ones are in already, ``skip`` ones need
+        nothing). On failure the claims lapse after their lease: a re-emission may resend."""
         final = _ids_of("final", batch)
         released = _ids_of("release", batch)
         try:
