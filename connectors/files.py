@@ -17,13 +17,14 @@ import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from touchline.decisions.errors import TouchlineError
 from touchline.decisions.events import MAX_EVENT_BYTES
 from touchline.decisions.batches import RawBatch
 
 _DUMP = orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
 
 
-class InputError(RuntimeError):
+class InputError(TouchlineError, RuntimeError):
     """An input file cannot be read (missing, a directory, no permission)."""
 
 

@@ -26,6 +26,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, Producer
 from confluent_kafka import KafkaError as ConfluentError
 from confluent_kafka.admin import AdminClient, NewTopic
+from touchline.decisions.errors import TouchlineError
 from touchline.decisions.batches import RawBatch
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,11 @@ IDLE_RELEASE_SECONDS = 1.0
 MAX_IN_FLIGHT = 250
 
 
-class KafkaUnavailable(RuntimeError):
+class KafkaUnavailable(TouchlineError, RuntimeError):
     """The brokers cannot be reached, or a topic cannot be used; the message says which."""
 
 
-class KafkaConfigError(ValueError):
+class KafkaConfigError(TouchlineError, ValueError):
     """librdkafka rejected a configuration property (``kafka.config``)."""
 
 

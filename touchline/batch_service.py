@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 
 import orjson
 
+from touchline.decisions.errors import TouchlineError
 from touchline.decisions.batches import BatchResult, RawBatch
 from touchline.decisions.clock import Clock
 from touchline.decisions.batch_run import BatchRun, DecisionCore
@@ -623,7 +624,7 @@ def _timers_to_set(run: BatchRun, live: dict[str, Any], keep_out: set[str], redo
     return [(k, kind, t) for (k, kind), t in timers.items()]
 
 
-class InternalErrorFlood(RuntimeError):
+class InternalErrorFlood(TouchlineError, RuntimeError):
     """Too many events and timers raised: the engine has a bug, the input is not to blame."""
 
 

@@ -38,6 +38,7 @@ import orjson
 from jinja2 import Environment
 from markupsafe import Markup
 
+from touchline.decisions.errors import TouchlineError
 from touchline.decisions.attribution import MODELS
 from touchline.decisions.events import Rejected, parse_event, parse_ts
 from touchline.decisions.lift import ALL, LiftEstimate, LiftTable
@@ -75,7 +76,7 @@ _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
 _SVG_REF = re.compile(r'(\bid="|url\(#|href="#)([^")]+)')
 
 
-class BadRecord(ValueError):
+class BadRecord(TouchlineError, ValueError):
     """A JSON line whose fields are missing or of the wrong type (the reason is the message)."""
 
 

@@ -21,6 +21,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from touchline.decisions.errors import TouchlineError
 from touchline.decisions.events import check_known_types
 from touchline.decisions.experiments import ExperimentSettings
 from touchline.decisions.estimators import ScoreSettings
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from touchline.state.base import StoreOptions
 
 
-class ConfigError(ValueError):
+class ConfigError(TouchlineError, ValueError):
     """Invalid configuration; the message names the file and key."""
 
 

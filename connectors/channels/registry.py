@@ -1,9 +1,10 @@
 """Build the connectors that configuration names, and route decisions to them by channel,
 claiming each decision in the send ledger first so none is delivered twice.
 
-Connector kinds are looked up in :data:`BUILDERS`, and plug-ins add kinds through the
-``touchline.connectors`` entry-point group: an entry point named ``kind`` whose object
-is called as ``builder(channel, config, context) -> ChannelConnector``.
+Connector kinds are looked up in :data:`CONNECTORS` (the one plug-in registry,
+:mod:`touchline.decisions.plugins`): the built-in kinds, then the ``touchline.connectors``
+entry-point group, where an entry point named ``kind`` is called as
+``builder(channel, config, context) -> ChannelConnector``.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from touchline.decisions.plugins import Registry
 from touchline.connectors.channels.base import ChannelConnector, DeliveryReport
 from touchline.connectors.channels.config import CHANNELS, DeliverySettings
 from touchline.redact import redact_secrets
@@ -74,18 +76,16 @@ def _smtp(channel: str, cfg: Any, ctx: BuildContext) -> ChannelConnector:
         raise ValueError(f"delivery.channels.{channel}: {exc}") from None
 
 
-BUILDERS: dict[str, Callable[[str, Any, BuildContext], ChannelConnector]] = {
-    "jsonl": _jsonl, "kafka": _kafka, "webhook": _webhook, "smtp": _smtp,
-}
+#: Channel connectors by kind: the built-in builders, then the ``touchline.connectors`` entry points.
+CONNECTORS = Registry("channel connector", "touchline.connectors",
+                      {kind: f"{__name__}:_{kind}" for kind in ("jsonl", "kafka", "webhook", "smtp")})
 
 
 def builder_for(kind: str) -> Callable[[str, Any, BuildContext], ChannelConnector]:
-    if kind in BUILDERS:
-        return BUILDERS[kind]
-    for ep in entry_points(group="touchline.connectors"):
-        if ep.name == kind:
-            return ep.load()
-    raise ValueError(f"no channel connector of kind {kind!r}; known: {', '.join(sorted(BUILDERS))}")
+    if kind not in CONNECTORS:
+        raise ValueError(f"no channel connector of kind {kind!r}; known: {', '.join(CONNECTORS.names())}")
+    builder: Callable[[str, Any, BuildContext], ChannelConnector] = CONNECTORS.load(kind)
+    return builder
 
 
 DoneCallback = Callable[[list[dict[str, Any]]], None]

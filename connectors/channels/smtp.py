@@ -25,6 +25,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
+from touchline.decisions.errors import TouchlineError
 from touchline.connectors.channels.base import (
     DeliveryError, DeliveryReport, PermanentError, QueuedConnector, RetryableError,
 )
@@ -41,7 +42,7 @@ _SAMPLE = {"decision_id": "0" * 32, "contact_id": "c-1", "action": "welcome", "c
            "template": "welcome/1", "offer": None, "journey": None, "step": None}
 
 
-class TemplateError(ValueError):
+class TemplateError(TouchlineError, ValueError):
     """A template or address setting that cannot work; the message names the file and line."""
 
 
