@@ -1,13 +1,12 @@
 """The event contract: parse and validate one raw event, or say exactly why not.
 
 The JSON Schema in ``schema/event-v1.json`` is the single source of truth; it is
-compiled once with fastjsonschema (about 6 µs per event), so the hot path and the
-published contract cannot drift apart. An event of the common shape is vouched for
-by a plain check of about 1 µs instead (:func:`_plainly_valid`, never more lenient
-than the schema); every other line meets the schema, which words each reason and
-message. Parsing never raises for bad input: it
-returns a :class:`Rejected` with a reason code and a message naming the field,
-which the flow sends to the dead-letter output together with the raw payload.
+compiled once with fastjsonschema (about 6 µs per event). An event of the common
+shape is vouched for by a plain check of about 1 µs instead (:func:`_plainly_valid`,
+which the tests hold to be never more lenient than the schema); every other line is
+judged by the schema, which words each reason and message. Parsing never raises for
+bad input: it returns a :class:`Rejected` with a reason code and a message naming the
+field, which the flow sends to the dead-letter output together with the raw payload.
 
 >>> ev = parse_event(b'{"event_id":"e1","type":"page_view","ts":"2026-01-01T00:00:00Z","contact_id":"c1"}')
 >>> ev.contact_id, ev.ts_ms
@@ -384,7 +383,8 @@ def _bad_value(exc: fastjsonschema.JsonSchemaValueException, name: str) -> tuple
 
 
 _ABSENT: Any = object()
-#: The schema's longest ``ts`` as epoch ms (year 3000) and the context fields it bounds.
+#: The schema's largest epoch-ms ``ts`` (year 3000) and the context fields whose length it bounds
+#: (tests/test_contract.py holds :func:`_plainly_valid` to the schema at each bound).
 _MAX_TS_MS = 32503680000000
 _CONTEXT_LIMITS = (("timezone", 64), ("locale", 64), ("device", 256))
 
