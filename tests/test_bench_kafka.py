@@ -70,12 +70,14 @@ def test_compare_runs_the_three_pipelines_over_every_event(kafka_broker, redis_u
         assert run["exit_code"] == 0 and run["decisions"] > 0 and run["events_per_second"] > 0, (name, run)
         assert run["processing_ms"]["p50"] <= run["processing_ms"]["p99"], (name, run)
         assert run["peak_rss_mb"] > 0 and run["cpu_seconds"] > 0 and run["redis_bytes"] > 0, (name, run)
+        assert run["redis_cpu_seconds"] > 0 and run["events_per_cpu_second"] > 0, (name, run)
     naive, batched, engine = (figures["runs"][name] for name in ("naive", "batched", "touchline"))
     assert naive["invalid"] == batched["invalid"] > 0  # the simulator's malformed lines, skipped by both loops
     assert engine["invalid"] >= naive["invalid"]  # the engine dead-letters at least those
     ratios = figures["ratios"]
-    assert ratios["touchline_over_naive"] == round(engine["events_per_second"] / naive["events_per_second"], 2)
-    assert ratios["touchline_over_batched"] == round(engine["events_per_second"] / batched["events_per_second"], 2)
+    for name, loop in (("naive", naive), ("batched", batched)):
+        for key, suffix in (("events_per_second", ""), ("events_per_cpu_second", "_per_cpu_second")):
+            assert ratios[f"touchline_over_{name}{suffix}"] == round(engine[key] / loop[key], 2), (name, key)
     text = format_compare(figures)
     assert re.search(r"^\s+naive loop\s+hand-batched\s+touchline$", text, re.M), text
     assert [v.replace(",", "") for v in _columns(text, "events consumed")] == ["1500"] * 3, text

@@ -16,8 +16,11 @@ decisions; events/s on the run's own clock, from just before its consumer starts
 outputs flushed (imports and model building are outside it, for all three); processing
 latency per event, p50 and p99 (from the batch read to its decisions handed to the
 producer; per event for the naive loop); the process's peak RSS and CPU seconds (whole
-process, from ``wait4``); the Redis memory the run left, also per contact of the input.
-Then the ratios Touchline / naive and Touchline / hand-batched.
+process, imports included, from ``wait4``); the CPU seconds Redis and the local broker used
+meanwhile, and events per CPU second of the three together, the machine's work per event,
+which depends far less than events/s on what else runs on the machine; the Redis memory the
+run left, also per contact of the input; the 1-minute load average before the run. Then the
+ratios Touchline / naive and Touchline / hand-batched, in events/s and per CPU second.
 """
 
 from __future__ import annotations
@@ -34,9 +37,9 @@ from typing import Any
 
 import orjson
 
-from touchline.bench_services import (Services, cell, create_round_topics, engine_command, engine_log_notes,
-                                      flush_redis, log_notes_text, machine, read_summaries, redis_used_bytes,
-                                      round_kafka, topic_env)
+from touchline.bench_services import (Services, cell, cpu_seconds, create_round_topics, engine_command,
+                                      engine_log_notes, flush_redis, log_notes_text, machine, read_summaries,
+                                      redis_cpu_seconds, redis_used_bytes, round_kafka, rounded, topic_env)
 from touchline.settings import Settings
 
 #: The runs, in the order they run and are shown.
@@ -84,28 +87,50 @@ def _wait4(proc: subprocess.Popen, name: str, timeout: float) -> tuple[int, Any]
         time.sleep(0.1)
 
 
-def _process_figures(done: Finished, redis_bytes: int) -> dict[str, Any]:
-    return {"exit_code": done.code, "peak_rss_mb": round(done.peak_rss_mb, 1),
-            "cpu_seconds": round(done.cpu_seconds, 2), "redis_bytes": redis_bytes}
+@dataclass
+class Sample:
+    """The services at one moment: Redis's memory and CPU so far, the local broker's CPU so far, the load."""
+
+    redis_bytes: int
+    redis_cpu: float
+    broker_cpu: float | None
+    load: float
+
+    @classmethod
+    def take(cls, services: Services) -> "Sample":
+        broker = services.broker
+        return cls(redis_used_bytes(services.state_url), redis_cpu_seconds(services.state_url),
+                   None if broker is None else cpu_seconds(broker.pid), os.getloadavg()[0])
+
+    def until(self, later: "Sample") -> dict[str, Any]:
+        """What the services used between this sample and ``later``."""
+        broker = None if self.broker_cpu is None or later.broker_cpu is None else later.broker_cpu - self.broker_cpu
+        return {"redis_bytes": later.redis_bytes - self.redis_bytes,
+                "redis_cpu_seconds": round(later.redis_cpu - self.redis_cpu, 2),
+                "broker_cpu_seconds": rounded(broker), "load_average_before": round(self.load, 2)}
 
 
-def _failed(name: str, done: Finished) -> RuntimeError:
-    return RuntimeError(f"the {name} run exited with {done.code}: {done.log[-2000:]}")
+def _measured(name: str, cmd: list[str], env: dict[str, str], services: Services, workdir: Path,
+              timeout: float) -> tuple[Finished, dict[str, Any]]:
+    """Run ``cmd`` on a flushed database; the process's figures and what Redis and the broker used meanwhile."""
+    flush_redis(services.state_url)
+    before = Sample.take(services)
+    done = run_measured(cmd, env, workdir, name, timeout)
+    after = Sample.take(services)
+    if done.code != 0:
+        raise RuntimeError(f"the {name} run exited with {done.code}: {done.log[-2000:]}")
+    return done, {"exit_code": done.code, "peak_rss_mb": round(done.peak_rss_mb, 1),
+                  "cpu_seconds": round(done.cpu_seconds, 2), **before.until(after)}
 
 
 def _loop_run(name: str, settings: Settings, services: Services, kafka: Any, workdir: Path,
               timeout: float) -> dict[str, Any]:
     """One hand-written loop (``naive`` or ``batched``) over the topic, on a flushed database."""
-    flush_redis(services.state_url)
-    before = redis_used_bytes(services.state_url)
     cmd = [sys.executable, "-m", "touchline.bench_loops", name, "--kafka", services.bootstrap,
            "--redis", services.state_url, "--topic", kafka.events_topic, "--out-topic", _out_topic(kafka, name),
            "--threshold", str(settings.policy.sales_lead_threshold), "--goals", ",".join(settings.labels.goal_types)]
-    done = run_measured(cmd, dict(os.environ), workdir, name, timeout)
-    if done.code != 0:
-        raise _failed(name, done)
-    return {**orjson.loads(done.stdout.read_bytes()),
-            **_process_figures(done, redis_used_bytes(services.state_url) - before)}
+    done, process = _measured(name, cmd, dict(os.environ), services, workdir, timeout)
+    return {**orjson.loads(done.stdout.read_bytes()), **process}
 
 
 def _out_topic(kafka: Any, name: str) -> str:
@@ -114,19 +139,25 @@ def _out_topic(kafka: Any, name: str) -> str:
 
 def _engine_run(services: Services, kafka: Any, batch_size: int, workdir: Path, timeout: float) -> dict[str, Any]:
     """``touchline run`` over the topic to its end, on a flushed database."""
-    flush_redis(services.state_url)
-    before = redis_used_bytes(services.state_url)
-    done = run_measured(engine_command(services, batch_size, workdir / "out"), topic_env(kafka, tail=False),
-                        workdir, "touchline", timeout)
-    if done.code != 0:
-        raise _failed("touchline", done)
+    done, process = _measured("touchline", engine_command(services, batch_size, workdir / "out"),
+                              topic_env(kafka, tail=False), services, workdir, timeout)
     (s,) = read_summaries(workdir / "out", 1, done.log[-2000:])
     return {"consumed": s["lines_read"], "invalid": s["dead_letters_total"], "duplicates": s["duplicates_ignored"],
             "decisions": s["decisions_total"], "seconds": s["wall_seconds"],
             "events_per_second": s["events_per_second"],
             "processing_ms": {"p50": s["latency_ms"]["processing_p50"], "p99": s["latency_ms"]["processing_p99"]},
-            **_process_figures(done, redis_used_bytes(services.state_url) - before),
-            "engine_log": engine_log_notes(done.log)}
+            **process, "engine_log": engine_log_notes(done.log)}
+
+
+def per_cpu_second(run: dict[str, Any]) -> float | None:
+    """Events per CPU second of the run's process, Redis and the local broker together: the
+    machine's work per event, which depends far less than events/s on what else shares it.
+
+    >>> per_cpu_second({"consumed": 600, "cpu_seconds": 1.0, "redis_cpu_seconds": 0.5, "broker_cpu_seconds": None})
+    400.0
+    """
+    cpu = run["cpu_seconds"] + run["redis_cpu_seconds"] + (run["broker_cpu_seconds"] or 0.0)
+    return round(run["consumed"] / cpu, 1) if cpu > 0 else None
 
 
 def _contacts(lines: list[bytes]) -> int:
@@ -143,6 +174,14 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     (1.1, None)
     """
     return None if not a or not b else round(a / b, 2)
+
+
+def _ratios(runs: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Touchline over each loop, in events/s and in events per CPU second."""
+    engine = runs["touchline"]
+    return {f"touchline_over_{name}{suffix}": _ratio(engine[key], runs[name][key])
+            for suffix, key in (("", "events_per_second"), ("_per_cpu_second", "events_per_cpu_second"))
+            for name in LOOPS}
 
 
 def _produce_once(settings: Settings, services: Services, events: int) -> tuple[Any, list[bytes]]:
@@ -171,7 +210,8 @@ def run_compare(settings: Settings, bootstrap: str, events: int, batch_size: int
             kafka, lines = _produce_once(settings, services, events)
             runs = {name: _loop_run(name, settings, services, kafka, tmp / name, timeout) for name in LOOPS}
             runs["touchline"] = _engine_run(services, kafka, batch_size, tmp / "touchline", timeout)
-            rate = {name: run["events_per_second"] for name, run in runs.items()}
+            for run in runs.values():
+                run["events_per_cpu_second"] = per_cpu_second(run)
             return {
                 "events": len(lines),
                 "contacts": _contacts(lines),
@@ -180,8 +220,7 @@ def run_compare(settings: Settings, bootstrap: str, events: int, batch_size: int
                 "batch_size": batch_size,
                 "hand_batch_size": 1000,
                 "runs": runs,
-                "ratios": {"touchline_over_naive": _ratio(rate["touchline"], rate["naive"]),
-                           "touchline_over_batched": _ratio(rate["touchline"], rate["batched"])},
+                "ratios": _ratios(runs),
                 "broker": services.broker_name,
                 "redis": services.redis_name,
                 "machine": machine("the run, the broker and Redis (and this process, idle while a run goes)"),
@@ -216,7 +255,11 @@ def _rows(f: dict[str, Any]) -> list[tuple[str, list[str]]]:
         ("processing latency p99 (ms)", latency("p99")),
         ("peak RSS (MB)", each("peak_rss_mb")),
         ("CPU s, whole process", each("cpu_seconds", ".1f")),
+        ("CPU s, Redis", each("redis_cpu_seconds", ".1f")),
+        ("CPU s, broker", each("broker_cpu_seconds", ".1f")),
+        ("events per CPU second", each("events_per_cpu_second")),
         ("Redis MB (KB per contact)", [redis_memory(run) for run in runs]),
+        ("load average before", each("load_average_before", ".1f")),
     ]
 
 
@@ -233,8 +276,8 @@ def format_compare(f: dict[str, Any]) -> str:
         "flushed before each run",
         row("", [TITLES[name] for name in RUNS]),
         *(row(label, cells) for label, cells in _rows(f)),
-        f"  touchline / naive loop        {cell(ratios['touchline_over_naive'], '.2f')}x events/s",
-        f"  touchline / hand-batched      {cell(ratios['touchline_over_batched'], '.2f')}x events/s",
+        *(f"  touchline / {TITLES[name]:<17} {cell(ratios[f'touchline_over_{name}'], '.2f')}x events/s, "
+          f"{cell(ratios[f'touchline_over_{name}_per_cpu_second'], '.2f')}x events per CPU second" for name in LOOPS),
         f"  engine log                    {notes or 'no conflicts, errors or tracebacks'}",
         "  naive loop: poll one event, orjson, HGETALL + ZRANGE, River learn + predict, ZADD, ZREMRANGEBYSCORE, HSET, "
         "2 EXPIRE (a round trip each), produce",

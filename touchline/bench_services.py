@@ -177,6 +177,18 @@ def redis_used_bytes(url: str) -> int:
         client.close()
 
 
+def redis_cpu_seconds(url: str) -> float:
+    """User + system CPU seconds the Redis server at ``url`` has used (``INFO cpu``)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        cpu = client.info("cpu")
+        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+    finally:
+        client.close()
+
+
 class Services:
     """The broker and Redis a measurement needs: those given, or local ones started here
     (``bootstrap == "tansu"``; ``redis_url`` None, unless ``with_redis`` is false) and
