@@ -16,7 +16,7 @@ decisions; events/s on the run's own clock, from just before its consumer starts
 outputs flushed (imports and model building are outside it, for all three); processing
 latency per event, p50 and p99 (from the batch read to its decisions handed to the
 producer; per event for the naive loop); the process's peak RSS and CPU seconds (whole
-process, imports included, from ``wait4``); the CPU seconds Redis and the local broker used
+process, imports included); the CPU seconds Redis and the local broker used
 meanwhile, and events per CPU second of the three together, the machine's work per event,
 which depends far less than events/s on what else runs on the machine; the Redis memory the
 run left, also per contact of the input; the 1-minute load average before the run. Then the
@@ -38,8 +38,9 @@ from typing import Any
 import orjson
 
 from touchline.bench_services import (Services, cell, cpu_seconds, create_round_topics, engine_command,
-                                      engine_log_notes, flush_redis, log_notes_text, machine, read_summaries,
-                                      redis_cpu_seconds, redis_used_bytes, round_kafka, rounded, topic_env)
+                                      engine_log_notes, flush_redis, log_notes_text, machine, peak_rss_mb,
+                                      read_summaries, redis_cpu_seconds, redis_used_bytes, round_kafka, rounded,
+                                      topic_env)
 from touchline.settings import Settings
 
 #: The runs, in the order they run and are shown.
@@ -62,24 +63,27 @@ class Finished:
 
 def run_measured(cmd: list[str], env: dict[str, str], workdir: Path, name: str, timeout: float) -> Finished:
     """Run ``cmd`` to its end (stdout to ``name``.out, stderr to ``name``.log in ``workdir``);
-    its exit code, peak RSS and CPU time from ``wait4``."""
+    its exit code, peak RSS and CPU time."""
     workdir.mkdir(parents=True, exist_ok=True)
     stdout, log = workdir / f"{name}.out", workdir / f"{name}.log"
     with open(stdout, "wb") as out, open(log, "wb") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-    code, usage = _wait4(proc, name, timeout)
-    return Finished(code, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, stdout,
-                    log.read_text(errors="replace"))
+    code, cpu, peak = _wait(proc, name, timeout)
+    return Finished(code, peak, cpu, stdout, log.read_text(errors="replace"))
 
 
-def _wait4(proc: subprocess.Popen, name: str, timeout: float) -> tuple[int, Any]:
-    """Reap ``proc`` with its resource usage; kill it after ``timeout`` seconds."""
+def _wait(proc: subprocess.Popen, name: str, timeout: float) -> tuple[int, float, float]:
+    """Reap ``proc``: its exit code, CPU seconds (``wait4``) and peak RSS in MB; kill it after
+    ``timeout`` seconds. The peak is the process's VmHWM, read every 0.1 s while it runs
+    (``wait4``'s maxrss would start from this process's, inherited at the fork)."""
     deadline = time.monotonic() + timeout
+    peak = 0.0
     while True:
+        peak = max(peak, peak_rss_mb(proc.pid) or 0.0)
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, usage
+            return proc.returncode, usage.ru_utime + usage.ru_stime, peak
         if time.monotonic() > deadline:
             proc.kill()
             proc.wait()

@@ -193,8 +193,8 @@ def save(client: Any, contact: Contact) -> None:
 def apply(contact: Contact, ev: HandEvent) -> bool:
     """Count the event into the contact; False (nothing changed) if its id was seen in the last 30 days.
 
-    >>> c = Contact("c1")
-    >>> apply(c, HandEvent("e1", "add_to_cart", 1_000, "c1", True, 20.0)), apply(c, HandEvent("e1", "add_to_cart", 1_000, "c1", True, 20.0))
+    >>> c, ev = Contact("c1"), HandEvent("e1", "add_to_cart", 1_000, "c1", True, 20.0)
+    >>> apply(c, ev), apply(c, ev)
     (True, False)
     >>> c.totals["cart_value"], c.totals["first_ts"], c.history, c.new
     (20.0, 1000.0, [(1000, 'add_to_cart')], {'add_to_cart|e1': 1000})
