@@ -4,6 +4,7 @@
     touchline run --input events.jsonl # replay a file in event time
     touchline simulate --out events.jsonl
     touchline bench --events 200000
+    touchline bench --kafka tansu --compare --events 60000   # the engine beside two loops written by hand
     touchline run --redis redis://127.0.0.1:6379/0   # state in Redis (production)
     touchline run --kafka 127.0.0.1:9092             # events topic in, decisions topic out
     touchline simulate --kafka 127.0.0.1:9092 --rate 5000   # load generator
@@ -25,7 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import orjson
 
@@ -107,13 +108,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_sim_args(sim)
 
     bench = sub.add_parser("bench", help="measure the engine: events/s, p50/p99 latency, peak memory")
-    bench.add_argument("--events", type=int, default=200_000, help="events to process (default 200000)")
-    bench.add_argument("--batch-size", type=int, default=100, help="events per micro-batch (default 100)")
+    bench.add_argument("--events", type=int, default=200_000, help="events to process (default 200000; "
+                       "also the events of --compare)")
+    bench.add_argument("--batch-size", type=int, default=100, help="events per micro-batch of the engine (default 100)")
     bench.add_argument("--config", type=Path, help="settings file")
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")
     bench.add_argument("--redis", metavar="URL",
                        help="also run on Redis at URL: batched vs naive one-call-per-command, same data "
-                            "(uses database keys under tl:*; FLUSHDB first)")
+                            "(uses database keys under tl:*; FLUSHDB first); with --kafka --processes, "
+                            "--catchup or --compare: the Redis they use (FLUSHDB before each round; default: a "
+                            "local redis-server started for the measurement)")
     bench.add_argument("--kafka", metavar="HOST:PORT",
                        help="measure end to end through Kafka instead: an engine process reads the events topic, "
                             "this one offers --rate events/s for --seconds and reads the decisions back; "
@@ -129,8 +133,15 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--catchup", metavar="K[,K...]",
                        help="with --kafka: measure catch-up after a restart at K events into a topic, with "
                             "recovery and without (python -m touchline.catchup --help for more options)")
-    bench.add_argument("--keep", action="store_true", help="with --processes/--catchup: keep the work directory "
-                       "(engine logs, summaries)")
+    bench.add_argument("--compare", action="store_true",
+                       help="with --kafka: produce --events events to one topic once, then run on it, each on a "
+                            "flushed Redis and as its own process, a naive per-event loop written by hand (one "
+                            "Redis call per command, River learn + predict per event), a hand-batched loop (1,000 "
+                            "events, one pipeline to read and one to write, batched produce) and the engine "
+                            "(touchline run --kafka --redis); print the three rates, p50/p99, memory and the "
+                            "ratios (python -m touchline.bench_loops --help: what the loops do and do not do)")
+    bench.add_argument("--keep", action="store_true", help="with --processes/--catchup/--compare: keep the work "
+                       "directory (engine logs, summaries)")
     _add_sim_args(bench)
 
     contact = sub.add_parser("contact", help="privacy operations on one contact's stored state")
@@ -409,52 +420,80 @@ def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from touchline.bench import format_bench, run_bench
+    """``touchline bench``: in process (and on Redis), or through Kafka (offered load,
+    --processes, --catchup, --compare); the figures as text or JSON."""
+    _check_bench_modes(args)
+    if not args.kafka:
+        figures, text = _bench_in_process(args, settings)
+    elif args.catchup:
+        figures, text = _bench_catchup(args, settings)
+    elif args.compare:
+        figures, text = _bench_compare(args, settings)
+    else:
+        figures, text = _bench_offered_load(args, settings)
+    print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode() if args.json else text(figures))
+    return 0
 
-    if (args.processes or args.catchup) and not args.kafka:
-        raise ConfigError("--processes and --catchup measure the Kafka path: add --kafka tansu|HOST:PORT")
-    if args.kafka and args.catchup:
-        from touchline.catchup import format_catchup, parse_counts, run_catchup
 
-        cfig = run_catchup(settings, args.kafka, parse_counts(args.catchup, "--catchup"), redis_url=args.redis,
-                           batch_size=args.batch_size, keep=args.keep)
-        print(orjson.dumps(cfig, option=orjson.OPT_INDENT_2).decode() if args.json else format_catchup(cfig))
-        return 0
-    if args.kafka:
-        from touchline.bench_kafka import format_kafka_bench, run_kafka_bench
+_KAFKA_MODES = ("processes", "catchup", "compare")
 
-        if args.rate <= 0 or args.seconds <= 0:
-            raise ConfigError("--rate and --seconds must be positive")
-        if args.processes:
-            from touchline.bench_kafka import format_processes_bench, run_kafka_bench_processes
-            from touchline.catchup import parse_counts
 
-            counts = parse_counts(args.processes, "--processes")
-            if max(counts) > 64:
-                raise ConfigError("--processes: at most 64 processes")
-            pfig = run_kafka_bench_processes(settings, args.kafka, args.rate, args.seconds, args.batch_size,
-                                             counts, redis_url=args.redis, keep=args.keep)
-            print(orjson.dumps(pfig, option=orjson.OPT_INDENT_2).decode() if args.json
-                  else format_processes_bench(pfig))
-            return 0
-        kfig = run_kafka_bench(settings, args.kafka, args.rate, args.seconds, args.batch_size)
-        print(orjson.dumps(kfig, option=orjson.OPT_INDENT_2).decode() if args.json else format_kafka_bench(kfig))
-        return 0
+def _check_bench_modes(args: argparse.Namespace) -> None:
+    """--processes, --catchup and --compare need --kafka, and go one at a time."""
+    modes = [f"--{mode}" for mode in _KAFKA_MODES if getattr(args, mode)]
+    if modes and not args.kafka:
+        raise ConfigError(f"{' and '.join(modes)} measure{'s' if len(modes) == 1 else ''} the Kafka path: "
+                          "add --kafka tansu|HOST:PORT")
+    if len(modes) > 1:
+        raise ConfigError(f"{' and '.join(modes)}: choose one")
+
+
+_Figures = tuple[dict[str, Any], Callable[[dict[str, Any]], str]]  # the figures, and what formats them as text
+
+
+def _bench_in_process(args: argparse.Namespace, settings: Settings) -> _Figures:
+    """The flow in process (in-memory state), then the Redis paths if --redis."""
+    from touchline.bench import format_bench, format_redis, run_bench, run_redis_comparison
 
     figures = run_bench(settings.model_copy(update={"state": settings.state.model_copy(
         update={"url": "memory://"})}), events=args.events, batch_size=args.batch_size)
-    if args.redis:
-        from touchline.bench import format_redis, run_redis_comparison
+    if not args.redis:
+        return figures, format_bench
+    figures["redis"] = run_redis_comparison(settings, args.redis, args.events, args.naive_events, args.batch_size)
+    return figures, lambda f: format_bench(f) + "\n" + format_redis(f["redis"])
 
-        figures["redis"] = run_redis_comparison(settings, args.redis, args.events, args.naive_events,
-                                                args.batch_size)
-    if args.json:
-        print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
-    else:
-        print(format_bench(figures))
-        if args.redis:
-            print(format_redis(figures["redis"]))
-    return 0
+
+def _bench_catchup(args: argparse.Namespace, settings: Settings) -> _Figures:
+    from touchline.catchup import format_catchup, parse_counts, run_catchup
+
+    return run_catchup(settings, args.kafka, parse_counts(args.catchup, "--catchup"), redis_url=args.redis,
+                       batch_size=args.batch_size, keep=args.keep), format_catchup
+
+
+def _bench_compare(args: argparse.Namespace, settings: Settings) -> _Figures:
+    from touchline.bench_compare import format_compare, run_compare
+
+    if args.events <= 0:
+        raise ConfigError("--events must be positive")
+    return run_compare(settings, args.kafka, args.events, args.batch_size, redis_url=args.redis,
+                       keep=args.keep), format_compare
+
+
+def _bench_offered_load(args: argparse.Namespace, settings: Settings) -> _Figures:
+    """--rate events/s for --seconds to one engine process, or to N processes each (--processes)."""
+    from touchline.bench_kafka import (format_kafka_bench, format_processes_bench, run_kafka_bench,
+                                       run_kafka_bench_processes)
+    from touchline.catchup import parse_counts
+
+    if args.rate <= 0 or args.seconds <= 0:
+        raise ConfigError("--rate and --seconds must be positive")
+    if not args.processes:
+        return run_kafka_bench(settings, args.kafka, args.rate, args.seconds, args.batch_size), format_kafka_bench
+    counts = parse_counts(args.processes, "--processes")
+    if max(counts) > 64:
+        raise ConfigError("--processes: at most 64 processes")
+    return run_kafka_bench_processes(settings, args.kafka, args.rate, args.seconds, args.batch_size, counts,
+                                     redis_url=args.redis, keep=args.keep), format_processes_bench
 
 
 def _cmd_contact(args: argparse.Namespace, settings: Settings) -> int:
