@@ -155,10 +155,11 @@ def test_redis_restarted_without_persistence_stops_the_run_before_caps_break(kaf
                            kafka_broker.bootstrap, server.url)
     try:
         engine.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not client.dbsize():
-            time.sleep(0.05)
-        time.sleep(1.0)
+        engine.wait_reading()
+        deadline = time.monotonic() + 60  # until decisions are out (on a loaded machine a while)
+        while time.monotonic() < deadline and engine.running() \
+                and not kafka_broker.consume_all(topics["kafka.decisions_topic"], timeout=2.0):
+            time.sleep(0.2)
         assert engine.running()
         server.proc.kill()  # type: ignore[union-attr]
         server.proc.wait()  # type: ignore[union-attr]
