@@ -127,33 +127,47 @@ def build_estimator(spec: str, params: dict[str, Any] | None = None) -> tuple[st
     short, target = resolve(spec)
     params = dict(params or {})
     if inspect.isclass(target) or (callable(target) and not hasattr(target, "learn_one")):
-        try:
-            inspect.signature(target).bind(**params)
-        except TypeError as exc:
-            raise ValueError(f"{spec!r} does not take these params: {exc}") from None
-        except ValueError:  # no signature (a builtin): let the call say it
-            pass
-        try:
-            estimator = target(**params)
-        except Exception as exc:  # the factory's own complaint, e.g. a bad value
-            raise ValueError(f"building {spec!r} failed: {type(exc).__name__}: {exc}") from None
+        estimator = _call_factory(target, spec, params)
     elif hasattr(target, "learn_one"):
-        if hasattr(target, "clone"):
-            try:
-                estimator = target.clone(params) if params else target.clone()
-            except Exception as exc:
-                raise ValueError(f"cloning {spec!r} with {params} failed: {exc}") from None
-        elif params:
-            raise ValueError(f"{spec!r} is an instance without clone(); it takes no params")
-        else:
-            estimator = copy.deepcopy(target)
+        estimator = _copy_instance(target, spec, params)
     else:
         raise ValueError(f"{spec!r} is neither a class, a factory nor an estimator")
+    _check_verbs(estimator, spec)
+    return short, estimator
+
+
+def _call_factory(target: Callable[..., Any], spec: str, params: dict[str, Any]) -> Any:
+    """A class or factory called with ``params``: wrong names are told before the call."""
+    try:
+        inspect.signature(target).bind(**params)
+    except TypeError as exc:
+        raise ValueError(f"{spec!r} does not take these params: {exc}") from None
+    except ValueError:  # no signature (a builtin): let the call say it
+        pass
+    try:
+        return target(**params)
+    except Exception as exc:  # the factory's own complaint, e.g. a bad value
+        raise ValueError(f"building {spec!r} failed: {type(exc).__name__}: {exc}") from None
+
+
+def _copy_instance(target: Any, spec: str, params: dict[str, Any]) -> Any:
+    """An estimator instance cloned (with ``params`` when it can take them), else deep-copied."""
+    if hasattr(target, "clone"):
+        try:
+            return target.clone(params) if params else target.clone()
+        except Exception as exc:
+            raise ValueError(f"cloning {spec!r} with {params} failed: {exc}") from None
+    if params:
+        raise ValueError(f"{spec!r} is an instance without clone(); it takes no params")
+    return copy.deepcopy(target)
+
+
+def _check_verbs(estimator: Any, spec: str) -> None:
+    """River's two verbs are what the engine calls: their absence is told at start."""
     missing = [verb for verb in ("learn_one", "predict_proba_one") if not callable(getattr(estimator, verb, None))]
     if missing:
         raise ValueError(f"{spec!r} builds a {type(estimator).__name__}, which has no {' or '.join(missing)} "
                          "(a binary classifier with River's API is needed)")
-    return short, estimator
 
 
 def trial(estimator: Any, features: list[str], spec: str, params: dict[str, Any]) -> None:
