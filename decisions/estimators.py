@@ -36,6 +36,7 @@ from river import compose, forest, linear_model, optim, preprocessing, tree
 
 from touchline.decisions.evaluation import Evaluation
 from touchline.decisions.features import FEATURE_NAMES
+from touchline.decisions.scaled_logistic import ScaledLogistic
 
 
 # ------------------------------------------------------------------ shipped models
@@ -285,6 +286,10 @@ class ScoreModel:
     versus: Evaluation | None = None
     #: Where this model's state came from (fresh, or the checkpoint it was restored from).
     origin: str = "fresh"
+    #: The one-pass reader of the default pipeline (see :mod:`touchline.decisions.scaled_logistic`)
+    #: and the estimator it was made for (a restore replaces the estimator).
+    _shortcut: ScaledLogistic | None = field(default=None, init=False, repr=False, compare=False)
+    _shortcut_for: Any = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def build(cls, config: ModelConfig) -> "ScoreModel":
@@ -304,8 +309,13 @@ class ScoreModel:
 
     def predict(self, features: dict[str, float]) -> float:
         """Probability of the positive class (0.5 when the estimator has nothing to say)."""
-        proba = self.estimator.predict_proba_one(self.select(features))
-        p = float(proba.get(True, 0.0)) if proba else 0.5
+        x = self.select(features)
+        if self._shortcut_for is not self.estimator:
+            self._shortcut, self._shortcut_for = ScaledLogistic.of(self.estimator), self.estimator
+        p = self._shortcut.predict(x) if self._shortcut is not None else None
+        if p is None:
+            proba = self.estimator.predict_proba_one(x)
+            p = float(proba.get(True, 0.0)) if proba else 0.5
         return min(1.0, max(0.0, p)) if math.isfinite(p) else 0.5
 
     def learn(self, features: dict[str, float], label: bool, predicted: float | None = None,
@@ -314,6 +324,8 @@ class ScoreModel:
         captured features. Returns True when the grading detected drift."""
         drifted = self.evaluation.update(label, predicted, delay_ms) if predicted is not None else False
         self.estimator.learn_one(self.select(features), label)
+        if self._shortcut is not None:
+            self._shortcut.stale()
         return drifted
 
     def quality(self) -> dict[str, Any]:
