@@ -310,9 +310,8 @@ class ScoreModel:
     def predict(self, features: dict[str, float]) -> float:
         """Probability of the positive class (0.5 when the estimator has nothing to say)."""
         x = self.select(features)
-        if self._shortcut_for is not self.estimator:
-            self._shortcut, self._shortcut_for = ScaledLogistic.of(self.estimator), self.estimator
-        p = self._shortcut.predict(x) if self._shortcut is not None else None
+        shortcut = self._one_pass()
+        p = shortcut.predict(x) if shortcut is not None else None
         if p is None:
             proba = self.estimator.predict_proba_one(x)
             p = float(proba.get(True, 0.0)) if proba else 0.5
@@ -323,10 +322,19 @@ class ScoreModel:
         """Grade the prediction made at scoring time (when there is one), then train on the
         captured features. Returns True when the grading detected drift."""
         drifted = self.evaluation.update(label, predicted, delay_ms) if predicted is not None else False
-        self.estimator.learn_one(self.select(features), label)
-        if self._shortcut is not None:
-            self._shortcut.stale()
+        x = self.select(features)
+        shortcut = self._one_pass()
+        if shortcut is None or not shortcut.learn(x, label):
+            self.estimator.learn_one(x, label)
+            if shortcut is not None:
+                shortcut.stale()
         return drifted
+
+    def _one_pass(self) -> ScaledLogistic | None:
+        """The one-pass reader of this estimator, made once per estimator (a restore replaces it)."""
+        if self._shortcut_for is not self.estimator:
+            self._shortcut, self._shortcut_for = ScaledLogistic.of(self.estimator), self.estimator
+        return self._shortcut
 
     def quality(self) -> dict[str, Any]:
         """Progressive figures so far (None where not defined yet)."""
