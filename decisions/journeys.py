@@ -34,6 +34,7 @@ from pydantic import (
     AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator,
 )
 
+from touchline.decisions.errors import TouchlineError
 from touchline.decisions.events import KNOWN_TYPES
 from touchline.decisions.policy import ALL_CHANNELS, _check_channels
 
@@ -65,7 +66,7 @@ PROFILE_FIELDS = {
 EXIT_REASONS = ("goal", "unsubscribed", "preempted", "completed", "exit_step", "timeout", "suppressed")
 
 
-class JourneyError(ValueError):
+class JourneyError(TouchlineError, ValueError):
     """A journey file that cannot run; the message names the file, the line and the field."""
 
 

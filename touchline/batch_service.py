@@ -4,8 +4,9 @@ The I/O half of the engine step. Per batch the state store is asked: ``tombstone
 any of these identities erased), ``claim_ids`` (event ids store-wide), ``ack`` (what the
 outputs confirmed), ``begin`` (identities and due timers), ``load`` (the profiles) and
 ``commit`` (changed profiles with their decisions, merged-away ones, new timers), plus
-``hold`` on Kafka when the reorder buffer changed, ``reserve`` per decision and ``delete``
-per contact past retention, around the pure decision loop in
+``hold`` on Kafka when the reorder buffer changed, ``reserve`` per decision (no round trip:
+the commit stores the send) and ``delete`` per contact past retention, around the pure
+decision loop in
 :mod:`touchline.decisions.batch_run`. A networked store makes each call one round trip.
 Metrics are counted once per batch.
 """
