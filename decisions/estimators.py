@@ -32,7 +32,7 @@ from typing import Any, Callable, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from river import compose, forest, linear_model, optim, preprocessing, tree
+from river import compose, linear_model, optim, preprocessing
 
 from touchline.decisions.evaluation import Evaluation
 from touchline.decisions.features import FEATURE_NAMES
@@ -50,18 +50,22 @@ def default_pipeline(learning_rate: float = 0.01, l2: float = 0.0) -> compose.Pi
 
 
 def hoeffding_adaptive_tree(grace_period: int = 100, delta: float = 1e-5, max_depth: int = 12,
-                            seed: int = 42) -> tree.HoeffdingAdaptiveTreeClassifier:
+                            seed: int = 42) -> Any:
     """A Hoeffding adaptive tree: picks up interactions (cart value x recency) a linear
     model cannot, and replaces branches whose error drifts (ADWIN per node)."""
+    from river import tree  # imported when used: river's trees and forests import scipy (about 1 s)
+
     return tree.HoeffdingAdaptiveTreeClassifier(
         grace_period=grace_period, delta=delta, max_depth=max_depth, leaf_prediction="nba", seed=seed
     )
 
 
 def adaptive_random_forest(n_models: int = 5, max_features: str | int = "sqrt", lambda_value: int = 6,
-                           seed: int = 42) -> forest.ARFClassifier:
+                           seed: int = 42) -> Any:
     """An adaptive random forest: the strongest of the three on non-linear data and the
     slowest (each label trains ``n_models`` trees, each with a drift detector)."""
+    from river import forest
+
     return forest.ARFClassifier(n_models=n_models, max_features=max_features, lambda_value=lambda_value,
                                 seed=seed)
 

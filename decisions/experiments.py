@@ -26,7 +26,6 @@ from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
-from river import bandit, proba
 
 from touchline.decisions.events import check_known_types
 from touchline.decisions.journeys import parse_duration
@@ -234,6 +233,8 @@ class Bandit:
         if policy is None:
             seed = int.from_bytes(hashlib.blake2b(f"{self.seed}:{self.name}:{segment}".encode(),
                                                   digest_size=4).digest(), "big")
+            from river import bandit, proba  # here: river.bandit imports scipy.stats (about 1 s at start-up)
+
             if self.split.assignment == "thompson":
                 policy = bandit.ThompsonSampling(reward_obj=proba.Beta(), seed=seed)
             else:
