@@ -69,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                      "(default text; sets logging.format)")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                      help="default warning; info adds operational lines (never personal data)")
-    run.add_argument("--batch-size", type=int, help="events per micro-batch (default 100)")
+    run.add_argument("--batch-size", type=int,
+                     help="events per micro-batch (default 100; from Kafka at most 1000: see kafka.batch_size)")
     run.add_argument("--redis", metavar="URL", help="keep state in Redis at URL (sets state.url), "
                      "e.g. redis://127.0.0.1:6379/0, rediss://..., redis+cluster://host:port")
     run.add_argument("--journeys", metavar="PATH", type=Path, action="append",
@@ -110,7 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure the engine: events/s, p50/p99 latency, peak memory")
     bench.add_argument("--events", type=int, default=200_000, help="events to process (default 200000; "
                        "also the events of --compare)")
-    bench.add_argument("--batch-size", type=int, default=100, help="events per micro-batch of the engine (default 100)")
+    bench.add_argument("--batch-size", type=int,
+                       help="events per micro-batch of the engine (default: as configured, 100 in process, "
+                            "at most 1000 from Kafka)")
     bench.add_argument("--config", type=Path, help="settings file")
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")
     bench.add_argument("--redis", metavar="URL",
@@ -253,6 +256,7 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "logging.format": getattr(args, "log_format", None),
         "logging.level": getattr(args, "log_level", None),
         "source.batch_size": getattr(args, "batch_size", None),
+        "kafka.batch_size": getattr(args, "batch_size", None) if args.command == "run" else None,
     }
 
 
@@ -455,11 +459,12 @@ def _bench_in_process(args: argparse.Namespace, settings: Settings) -> _Figures:
     """The flow in process (in-memory state), then the Redis paths if --redis."""
     from touchline.bench import format_bench, format_redis, run_bench, run_redis_comparison
 
+    batch_size = args.batch_size or settings.source.batch_size
     figures = run_bench(settings.model_copy(update={"state": settings.state.model_copy(
-        update={"url": "memory://"})}), events=args.events, batch_size=args.batch_size)
+        update={"url": "memory://"})}), events=args.events, batch_size=batch_size)
     if not args.redis:
         return figures, format_bench
-    figures["redis"] = run_redis_comparison(settings, args.redis, args.events, args.naive_events, args.batch_size)
+    figures["redis"] = run_redis_comparison(settings, args.redis, args.events, args.naive_events, batch_size)
     return figures, lambda f: format_bench(f) + "\n" + format_redis(f["redis"])
 
 
@@ -467,7 +472,7 @@ def _bench_catchup(args: argparse.Namespace, settings: Settings) -> _Figures:
     from touchline.catchup import format_catchup, parse_counts, run_catchup
 
     return run_catchup(settings, args.kafka, parse_counts(args.catchup, "--catchup"), redis_url=args.redis,
-                       batch_size=args.batch_size, keep=args.keep), format_catchup
+                       batch_size=args.batch_size or settings.kafka.batch_size, keep=args.keep), format_catchup
 
 
 def _bench_compare(args: argparse.Namespace, settings: Settings) -> _Figures:
@@ -475,7 +480,7 @@ def _bench_compare(args: argparse.Namespace, settings: Settings) -> _Figures:
 
     if args.events <= 0:
         raise ConfigError("--events must be positive")
-    return run_compare(settings, args.kafka, args.events, args.batch_size, redis_url=args.redis,
+    return run_compare(settings, args.kafka, args.events, args.batch_size or settings.kafka.batch_size, redis_url=args.redis,
                        keep=args.keep), format_compare
 
 
@@ -488,11 +493,11 @@ def _bench_offered_load(args: argparse.Namespace, settings: Settings) -> _Figure
     if args.rate <= 0 or args.seconds <= 0:
         raise ConfigError("--rate and --seconds must be positive")
     if not args.processes:
-        return run_kafka_bench(settings, args.kafka, args.rate, args.seconds, args.batch_size), format_kafka_bench
+        return run_kafka_bench(settings, args.kafka, args.rate, args.seconds, args.batch_size or settings.kafka.batch_size), format_kafka_bench
     counts = parse_counts(args.processes, "--processes")
     if max(counts) > 64:
         raise ConfigError("--processes: at most 64 processes")
-    return run_kafka_bench_processes(settings, args.kafka, args.rate, args.seconds, args.batch_size, counts,
+    return run_kafka_bench_processes(settings, args.kafka, args.rate, args.seconds, args.batch_size or settings.kafka.batch_size, counts,
                                      redis_url=args.redis, keep=args.keep), format_processes_bench
 
 
