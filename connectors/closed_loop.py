@@ -55,6 +55,8 @@ _UNSUBSCRIBE = b'"type":"unsubscribe"'
 _BOUNCE = b'"type":"email_bounce"'
 #: Feedback events per channel: (open-like event, click-like event or None).
 FEEDBACK = {"email": ("email_open", "email_click"), "sms": ("sms_reply", None), "push": ("push_open", None)}
+#: One reaction to queue: (event time ms, event type, properties).
+_Reaction = tuple[int, str, dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -263,24 +265,45 @@ class ClosedLoopSimulator:
         return traits
 
     def _react_one(self, person: int, decision_id: str, at: int, channel: str, template: Any) -> None:
-        """Draw and queue one message's reactions, and remember its truth."""
-        fx, traits = self.effects, self._person_traits(person)
-        d = _draw(self.spec.seed, decision_id, fx.delay_mean_ms)
+        """Draw and queue one message's reactions, and remember its truth.
+
+        Fatigue counts every message but sales tasks, read or not; feedback and a fatigue
+        unsubscribe come only from a message the person can still read."""
+        traits = self._person_traits(person)
+        d = _draw(self.spec.seed, decision_id, self.effects.delay_mean_ms)
         reachable = self._reachable(person, traits, channel, at)
         p_unsubscribe = self._p_unsubscribe(person, at) if channel != "sales_task" else 0.0
-        u = fx.uplift(traits, channel, template if isinstance(template, str) else None) if reachable else 0.0
-        caused, caused_at = d.cause < u, at + d.delay
-        self._messages[person].append(Message(person, decision_id, at, channel, u, caused, caused_at))
-        events = _purchase_session(decision_id, channel, template, caused_at, d.value) if caused else []
+        u = self.effects.uplift(traits, channel, template if isinstance(template, str) else None) if reachable else 0.0
+        message = Message(person, decision_id, at, channel, u, d.cause < u, at + d.delay)
+        self._messages[person].append(message)
+        events = _purchase_session(decision_id, channel, template, message.caused_at_ms, d.value) if message.caused else []
         if reachable and channel in FEEDBACK:
-            if caused or d.open < fx.p_open(traits, channel):  # a sale comes through the message
-                opened_at = min(at + d.open_delay, caused_at - MINUTE_MS) if caused else at + d.open_delay
-                events += _feedback(decision_id, channel, max(at + 1_000, opened_at),
-                                    caused or d.click < fx.click_given_open)
-            if d.unsubscribe < p_unsubscribe and (person, channel) not in self._unsubscribed:  # not already leaving
-                self._unreachable_from(person, channel, at + d.unsubscribe_delay)
-                events.append((at + d.unsubscribe_delay, "unsubscribe", {}))
+            events += self._read_feedback(message, traits, d)
+            events += self._fatigue_unsubscribe(message, d, p_unsubscribe)
         self._queue(person, channel, decision_id, events)
+
+    def _read_feedback(self, message: Message, traits: Traits, d: _Draws) -> list[_Reaction]:
+        """The open (and click) of a message the person reads. A message that caused a sale
+        is always read, at the latest a minute before the purchase, since the sale comes
+        through it; never sooner than a second after it was sent."""
+        fx, at = self.effects, message.decision_ms
+        if not (message.caused or d.open < fx.p_open(traits, message.channel)):
+            return []
+        opened_at = at + d.open_delay
+        if message.caused:
+            opened_at = min(opened_at, message.caused_at_ms - MINUTE_MS)
+        return _feedback(message.decision_id, message.channel, max(at + 1_000, opened_at),
+                         message.caused or d.click < fx.click_given_open)
+
+    def _fatigue_unsubscribe(self, message: Message, d: _Draws, p_unsubscribe: float) -> list[_Reaction]:
+        """The unsubscribe this message tips the person into, if it does; one who is already
+        leaving the channel does not leave it twice."""
+        person, channel = message.person, message.channel
+        if d.unsubscribe < p_unsubscribe and (person, channel) not in self._unsubscribed:
+            at = message.decision_ms + d.unsubscribe_delay
+            self._unreachable_from(person, channel, at)
+            return [(at, "unsubscribe", {})]
+        return []
 
     def _reachable(self, person: int, traits: Traits, channel: str, at: int) -> bool:
         """Whether the person still reads messages on ``channel`` at ``at``."""
@@ -300,7 +323,7 @@ class ClosedLoopSimulator:
         return min(1.0, max(0, extra) * self.effects.unsubscribe_step)
 
     def _queue(self, person: int, channel: str, decision_id: str,
-               events: list[tuple[int, str, dict[str, Any]]]) -> None:
+               events: list[_Reaction]) -> None:
         contact = f"c-{person}"
         with self._lock:
             for n, (ts, type_, props) in enumerate(events, 1):
@@ -399,7 +422,7 @@ def _draw(seed: int, decision_id: str, delay_mean_ms: float) -> _Draws:
 
 
 def _purchase_session(decision_id: str, channel: str, template: Any, at: int,
-                      value: float) -> list[tuple[int, str, dict[str, Any]]]:
+                      value: float) -> list[_Reaction]:
     """The caused purchase: a landing page view from the message, then the order."""
     order = f"ro-{_key(decision_id)}"
     url = f"/landing?utm_source={channel}&utm_campaign={template or 'none'}"
@@ -408,7 +431,7 @@ def _purchase_session(decision_id: str, channel: str, template: Any, at: int,
                               "category": _pick(order, CATEGORIES)})]
 
 
-def _feedback(decision_id: str, channel: str, at: int, click: bool) -> list[tuple[int, str, dict[str, Any]]]:
+def _feedback(decision_id: str, channel: str, at: int, click: bool) -> list[_Reaction]:
     opened, clicked = FEEDBACK[channel]
     events = [(at, opened, {"decision_id": decision_id})]
     if click and clicked is not None:

@@ -17,13 +17,14 @@ import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from touchline.decisions.errors import TouchlineError
 from touchline.decisions.events import MAX_EVENT_BYTES
 from touchline.decisions.batches import RawBatch
 
 _DUMP = orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
 
 
-class InputError(RuntimeError):
+class InputError(TouchlineError, RuntimeError):
     """An input file cannot be read (missing, a directory, no permission)."""
 
 
@@ -38,6 +39,8 @@ def check_readable(path: Path) -> None:
 
 
 class _JsonlPartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
+    """One JSONL file read in batches; the snapshot is (byte offset, lines read so far)."""
+
     def __init__(self, path: Path, batch_size: int, resume: tuple[int, int] | None, progress: dict[str, float],
                  stop: threading.Event, follow: bool, tick_seconds: float):
         self._stop = stop
@@ -54,48 +57,64 @@ class _JsonlPartition(StatefulSourcePartition[RawBatch, tuple[int, int]]):
         self._ended = False
 
     def next_batch(self) -> list[RawBatch]:
-        if self._stop.is_set():
+        """The next lines as one batch; the last batch of a file says so (``final``: events
+        held for ordering are released). Following a growing file, an empty batch is a
+        clock tick (``idle``), so timers fire while no lines come."""
+        if self._stop.is_set() or self._ended:
             raise StopIteration()
+        lines, numbers, first, ran_dry = self._read_batch()
+        self._offset = self._file.tell()
+        self._progress["fraction"] = self._offset / max(self._size, self._offset, 1)
+        final = ran_dry and not self._follow  # following, the end is only the end for now
+        self._ended = final
+        if lines or final:
+            self._awake = None
+            return [RawBatch(lines, self._name, first, time.perf_counter_ns(), offsets=numbers, final=final)]
+        self._awake = datetime.now(timezone.utc) + self._tick
+        return [RawBatch([], self._name, first, time.perf_counter_ns(), idle=True)]
+
+    def _read_batch(self) -> tuple[list[bytes], list[int], int, bool]:
+        """Up to ``batch_size`` non-blank lines with their numbers in the file (blank lines
+        are skipped, not renumbered), the number the batch starts at (past blank lines that
+        open it), and whether the read ran out of whole lines."""
         lines: list[bytes] = []
-        numbers: list[int] = []  # each line's number in the file (blank lines are skipped, not renumbered)
+        numbers: list[int] = []
         first = self._line + 1
-        if self._ended:
-            raise StopIteration()
-        at_end = False
         while len(lines) < self._batch_size:
-            start = self._file.tell()
-            line = self._file.readline(MAX_EVENT_BYTES + 1)
-            if not line:
-                at_end = True
-                break
-            if self._follow and not line.endswith(b"\n") and len(line) <= MAX_EVENT_BYTES:
-                self._file.seek(start)  # a line still being written: read it whole next time
-                break
-            self._line += 1
-            if len(line) > MAX_EVENT_BYTES and not line.endswith(b"\n"):
-                while True:  # oversized: keep the head for the dead letter, skip the rest
-                    rest = self._file.readline(1 << 20)
-                    if not rest or rest.endswith(b"\n"):
-                        break
-                lines.append(line)
-                numbers.append(self._line)
-                continue
-            line = line.rstrip(b"\r\n")
-            if line.strip():
+            line = self._next_line()
+            if line is None:
+                return lines, numbers, first, True
+            if line:
                 lines.append(line)
                 numbers.append(self._line)
             elif not lines:
                 first = self._line + 1
-        self._offset = self._file.tell()
-        self._progress["fraction"] = self._offset / max(self._size, self._offset, 1)
-        final = at_end and not self._follow
-        self._ended = final
-        if lines or final:  # the last batch of a file says so: events held for ordering are released
-            self._awake = None
-            return [RawBatch(lines, self._name, first, time.perf_counter_ns(), offsets=numbers, final=final)]
-        # Following a growing file: an empty batch is a clock tick, so timers fire while idle.
-        self._awake = datetime.now(timezone.utc) + self._tick
-        return [RawBatch([], self._name, first, time.perf_counter_ns(), idle=True)]
+        return lines, numbers, first, False
+
+    def _next_line(self) -> bytes | None:
+        """The next line without its line end (empty if blank), or None when no whole line is
+        left yet. An oversized line comes back as its first ``MAX_EVENT_BYTES + 1`` bytes, so it
+        is dead-lettered as ``oversized`` without being read whole into memory."""
+        start = self._file.tell()
+        line = self._file.readline(MAX_EVENT_BYTES + 1)
+        if not line:
+            return None
+        if self._follow and not line.endswith(b"\n") and len(line) <= MAX_EVENT_BYTES:
+            self._file.seek(start)  # a line still being written: read it whole next time
+            return None
+        self._line += 1
+        if len(line) > MAX_EVENT_BYTES and not line.endswith(b"\n"):
+            self._skip_rest_of_line()
+            return line
+        line = line.rstrip(b"\r\n")
+        return line if line.strip() else b""
+
+    def _skip_rest_of_line(self) -> None:
+        """Read past the rest of an oversized line, a megabyte at a time."""
+        while True:
+            rest = self._file.readline(1 << 20)
+            if not rest or rest.endswith(b"\n"):
+                return
 
     def next_awake(self) -> datetime | None:
         return self._awake

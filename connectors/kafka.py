@@ -26,6 +26,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, Producer
 from confluent_kafka import KafkaError as ConfluentError
 from confluent_kafka.admin import AdminClient, NewTopic
+from touchline.decisions.errors import TouchlineError
 from touchline.decisions.batches import RawBatch
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,11 @@ IDLE_RELEASE_SECONDS = 1.0
 MAX_IN_FLIGHT = 250
 
 
-class KafkaUnavailable(RuntimeError):
+class KafkaUnavailable(TouchlineError, RuntimeError):
     """The brokers cannot be reached, or a topic cannot be used; the message says which."""
 
 
-class KafkaConfigError(ValueError):
+class KafkaConfigError(TouchlineError, ValueError):
     """librdkafka rejected a configuration property (``kafka.config``)."""
 
 
@@ -106,9 +107,17 @@ def ensure_topics(config: dict[str, str], topics: list[str], *, create: bool, pa
     if not create:
         raise KafkaUnavailable(f"Kafka topic(s) {', '.join(missing)} do not exist on {config['bootstrap.servers']}; "
                                "create them, or set kafka.create_topics = true")
+    _create_topics(config, missing, partitions, replication_factor, timeout)
+    _wait_visible(config, missing, timeout)
+    return missing
+
+
+def _create_topics(config: dict[str, str], topics: list[str], partitions: int, replication_factor: int,
+                   timeout: float) -> None:
+    """Create ``topics``; one that another client created meanwhile is fine."""
     admin = _admin(config)  # keep a reference: a collected client aborts its own requests
     futures = admin.create_topics(
-        [NewTopic(t, num_partitions=partitions, replication_factor=replication_factor) for t in missing],
+        [NewTopic(t, num_partitions=partitions, replication_factor=replication_factor) for t in topics],
         operation_timeout=timeout, request_timeout=timeout)
     for topic, future in futures.items():
         try:
@@ -117,11 +126,14 @@ def ensure_topics(config: dict[str, str], topics: list[str], *, create: bool, pa
             err = exc.args[0]
             if err.code() != ConfluentError.TOPIC_ALREADY_EXISTS:
                 raise KafkaUnavailable(f"cannot create Kafka topic {topic}: {err.str()}") from None
-    # A new topic's metadata reaches every broker a moment later; wait until it is visible.
+
+
+def _wait_visible(config: dict[str, str], topics: list[str], timeout: float) -> None:
+    """Wait (up to ``timeout``) until new topics show in the metadata: it reaches every
+    broker a moment after the create."""
     deadline = time.monotonic() + timeout
-    while set(missing) - check_cluster(config, timeout) and time.monotonic() < deadline:
+    while set(topics) - check_cluster(config, timeout) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return missing
 
 
 # ---------------------------------------------------------------------------------- source
@@ -150,16 +162,44 @@ class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
         self._awake: datetime | None = None
 
     def next_batch(self) -> list[RawBatch]:
+        """What the engine gets on this poll: a full or lingered batch, a tick, an idle or
+        final marker, or nothing yet.
+
+        Read, note whether the cluster is still there, then decide; after the end of a
+        finite read only the buffered rest and the final marker are left."""
         if self._stop.is_set():
             raise StopIteration()
         if self._eof:
-            if self._lines:
-                return self._emit()
-            if not self._final_sent:  # the end of a finite read (tail off): held events are released
-                self._final_sent = True
-                return [RawBatch([], self._name, self._resume or 0, time.perf_counter_ns(),
-                                 partition=self._partition, final=True)]
-            raise StopIteration()
+            return self._after_end()
+        got_items = self._read()
+        now = time.monotonic()
+        self._watch_cluster(got_items, now)
+        self._awake = None
+        if self._lines and self._batch_due(now):
+            return self._emit()
+        if self._tick is not None and now >= self._next_tick:  # live mode: let wall-clock timers fire
+            self._next_tick = now + self._tick
+            return [RawBatch([], self._name, 0, time.perf_counter_ns(), partition=self._partition)]
+        if not got_items and not self._lines:
+            return self._idle(now)
+        return []
+
+    def _after_end(self) -> list[RawBatch]:
+        """The end of a finite read (tail off): the buffered rest, then one final marker so
+        the engine releases the events it holds back for ordering, then StopIteration."""
+        if self._lines:
+            return self._emit()
+        if not self._final_sent:
+            self._final_sent = True
+            return [RawBatch([], self._name, self._resume or 0, time.perf_counter_ns(),
+                             partition=self._partition, final=True)]
+        raise StopIteration()
+
+    def _read(self) -> bool:
+        """One read from Bytewax's partition into the buffer (consumer errors are reported,
+        not buffered); returns whether it read anything, errors included. The inner
+        partition's StopIteration marks the end of a finite read instead of ending this
+        one: the buffer still has to go out."""
         try:
             items = self._inner.next_batch()
         except StopIteration:
@@ -173,23 +213,29 @@ class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
                 self._first_at = time.monotonic()
             self._lines.append(item.value if item.value is not None else b"")
             self._offsets.append(item.offset)
-        now = time.monotonic()
-        if items:
+        return bool(items)
+
+    def _watch_cluster(self, got_items: bool, now: float) -> None:
+        """Anything read (a consumer error too) resets the outage and idle clocks; with
+        nothing read, ask the cluster whether it is there when a probe is due."""
+        if got_items:
             self._down_since, self._last_data, self._idle_said = None, now, False
         elif now >= self._next_probe and (self._down_since is not None or now - self._last_data >= IDLE_PROBE_SECONDS):
             self._probe(now)
-        self._awake = None
-        if self._lines and (len(self._lines) >= self._batch_size or now - self._first_at >= self._linger or self._eof):
-            return self._emit()
-        if self._tick is not None and now >= self._next_tick:  # live mode: let wall-clock timers fire
-            self._next_tick = now + self._tick
-            return [RawBatch([], self._name, 0, time.perf_counter_ns(), partition=self._partition)]
-        if not items and not self._lines:  # idle: poll again shortly instead of spinning
-            if not self._idle_said and now - self._last_data >= IDLE_RELEASE_SECONDS:
-                self._idle_said = True
-                return [RawBatch([], self._name, self._resume or 0, time.perf_counter_ns(), partition=self._partition,
-                                 idle=True)]
-            self._awake = datetime.now(UTC) + timedelta(milliseconds=5)
+
+    def _batch_due(self, now: float) -> bool:
+        """The buffer goes out when full, when its first message has lingered long enough,
+        or at the end of a finite read."""
+        return len(self._lines) >= self._batch_size or now - self._first_at >= self._linger or self._eof
+
+    def _idle(self, now: float) -> list[RawBatch]:
+        """Nothing read and nothing buffered: say idle once (the engine then stops holding
+        events back for ordering), otherwise ask Bytewax to poll again in 5 ms rather than spin."""
+        if not self._idle_said and now - self._last_data >= IDLE_RELEASE_SECONDS:
+            self._idle_said = True
+            return [RawBatch([], self._name, self._resume or 0, time.perf_counter_ns(), partition=self._partition,
+                             idle=True)]
+        self._awake = datetime.now(UTC) + timedelta(milliseconds=5)
         return []
 
     def _emit(self) -> list[RawBatch]:

@@ -43,6 +43,10 @@ MALFORMED_KINDS = ("bad_json", "not_object", "missing_event_id", "missing_ts", "
                    "ts_bool", "event_id_number", "bad_timestamp", "oversized")
 _DUMP = orjson.OPT_SORT_KEYS
 
+#: One generated event: (event time ms, person index, the person's event number, the JSON line).
+#: Tuples sort by time first, so a heap of them yields the stream in time order.
+_Line = tuple[int, int, int, bytes]
+
 
 @dataclass(frozen=True)
 class SimulatorSpec:
@@ -82,6 +86,25 @@ def _iso(ts_ms: int) -> str:
     return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+class _Visit:
+    """One session in progress: its device, its clock, and whether the person is logged in
+    (which decides whether its events carry the contact id)."""
+
+    def __init__(self, person: _Person, out: list[_Line], ts: int, device: str, session: str, logged_in: bool):
+        self.person = person
+        self.out = out
+        self.ts = ts
+        self.device = device
+        self.session = session
+        self.logged_in = logged_in
+
+    def emit(self, type_: str, **props: Any) -> None:
+        """The visit's next event, a think time (about 45 s) after the last one."""
+        self.ts += int(self.person.rng.expovariate(1 / 45_000)) + 1_000
+        self.person._event(self.out, self.ts, type_, device=self.device, contact=self.logged_in,
+                           session=self.session, **props)
+
+
 class _Person:
     """One person's lazily generated event stream."""
 
@@ -110,7 +133,7 @@ class _Person:
         self.unsubscribed = False
 
     # ------------------------------------------------------------------ emit
-    def _event(self, out: list, ts: int, type_: str, *, device: str | None = None, contact: bool = False,
+    def _event(self, out: list[_Line], ts: int, type_: str, *, device: str | None = None, contact: bool = False,
                channel: str | None = None, session: str | None = None, **properties: Any) -> None:
         self.n += 1
         rng = self.rng
@@ -149,61 +172,105 @@ class _Person:
     def _local_hour(self, ts: int) -> int:
         return datetime.fromtimestamp(ts / 1000, tz=_zone(self.traits.timezone)).hour
 
-    def _session(self, out: list, ts: int) -> None:
-        rng, t = self.rng, self.traits
-        device = self.devices[0]
-        if self.known and rng.random() < 0.2:  # the same person on a second device
+    def _session(self, out: list[_Line], ts: int) -> None:
+        """One visit: browse, shop, perhaps sign up or log in, then check out or get in touch.
+
+        Every step draws from the person's own random stream in a fixed order, so the
+        same seed gives the same bytes."""
+        device = self._session_device()
+        logged_in = self.known and device in self.linked and self.rng.random() < 0.5
+        visit = _Visit(self, out, ts, device, f"s-{self.index}-{self.n}", logged_in)
+        self._browse(visit)
+        cart = self._shop(visit)
+        self._identify(visit)
+        self._checkout_or_enquire(visit, cart)
+        if self.known and self.rng.random() < 0.02:
+            visit.emit("chat_message")
+
+    def _session_device(self) -> str:
+        """The device of a visit: a known person sometimes comes back on a second one, which
+        is how the identity graph gets more than one anonymous id per contact."""
+        if self.known and self.rng.random() < 0.2:
             if len(self.devices) == 1:
                 self.devices.append(f"anon-{_stable_seed('dev', self.spec.seed, self.index, 2):016x}")
-            device = self.devices[1]
-        logged_in = self.known and device in self.linked and rng.random() < 0.5
-        session = f"s-{self.index}-{self.n}"
+            return self.devices[1]
+        return self.devices[0]
 
-        def emit(type_: str, **props: Any) -> None:
-            nonlocal ts
-            ts += int(rng.expovariate(1 / 45_000)) + 1_000
-            self._event(out, ts, type_, device=device, contact=logged_in, session=session, **props)
-
-        emit("page_view", url=rng.choice(["/", "/", "/sale", "/blog", "/pricing"]))
+    def _browse(self, visit: _Visit) -> None:
+        """A landing page and a few more, as many for everyone (intent shows in product
+        views and carts, see :meth:`_shop`)."""
+        rng = self.rng
+        visit.emit("page_view", url=rng.choice(["/", "/", "/sale", "/blog", "/pricing"]))
         for _ in range(int(rng.expovariate(1.0))):
-            emit("page_view", url=rng.choice(["/category/shoes", "/category/bags", "/about", "/blog"]))
+            visit.emit("page_view", url=rng.choice(["/category/shoes", "/category/bags", "/about", "/blog"]))
+
+    def _shop(self, visit: _Visit) -> float:
+        """Product views, wishlist and cart moves, more of them with more intent; returns the
+        cart's value at the end of the visit."""
+        rng, intent = self.rng, self.traits.intent
         cart = 0.0
-        for _ in range(int(rng.expovariate(1 / (0.6 + 4.0 * t.intent)))):
+        for _ in range(int(rng.expovariate(1 / (0.6 + 4.0 * intent)))):
             product = f"p-{rng.randrange(200)}"
             price = round(rng.lognormvariate(3.5, 0.6), 2)
-            emit("product_view", product_id=product, price=price)
+            visit.emit("product_view", product_id=product, price=price)
             if rng.random() < 0.03:
-                emit("wishlist_add", product_id=product)
-            if rng.random() < 0.04 + 0.5 * t.intent:
-                qty = 1 + int(rng.random() < 0.2)
-                cart += price * qty
-                emit("add_to_cart", product_id=product, value=round(price * qty, 2), currency="EUR")
-                if rng.random() < 0.08:
-                    cart -= price * qty
-                    emit("remove_from_cart", product_id=product, value=round(price * qty, 2), currency="EUR")
-        # identity: sign up, or log in on a device not yet linked
-        if not self.known and rng.random() < 0.01 + 0.4 * t.intent ** 1.5:
-            self._become_known(out, ts := ts + 20_000, device, session)
-            logged_in = True
-        elif self.known and device not in self.linked and rng.random() < 0.6:
-            ts += 15_000
-            self._event(out, ts, "login", device=device, contact=True, session=session)
-            self.linked.add(device)
-            logged_in = True
-        if cart > 1.0 and rng.random() < 0.05 + 0.6 * t.intent:
-            emit("checkout_start", value=round(cart, 2), currency="EUR")
-            if rng.random() < (0.15 + 0.75 * t.intent) * (1.0 - 0.4 * t.price_sensitivity):
-                if not self.known:  # a guest checkout asks for an email: the person becomes known
-                    self._become_known(out, ts := ts + 10_000, device, session)
-                    logged_in = True
-                order = f"o-{self.index}-{self.n}"
-                emit("purchase", value=round(cart, 2), currency="EUR", order_id=order, category=_pick(order, CATEGORIES))
-        elif self.known and rng.random() < 0.005 + 0.15 * t.intent ** 1.5:
-            emit("form_submit", form=rng.choice(["demo_request", "contact", "newsletter"]))
-        if self.known and rng.random() < 0.02:
-            emit("chat_message")
+                visit.emit("wishlist_add", product_id=product)
+            if rng.random() < 0.04 + 0.5 * intent:
+                cart = self._cart_move(visit, product, price, cart)
+        return cart
 
-    def _become_known(self, out: list, ts: int, device: str, session: str) -> None:
+    def _cart_move(self, visit: _Visit, product: str, price: float, cart: float) -> float:
+        """Add a product to the cart, and now and then take it out again; returns the cart's
+        new value (added, then subtracted if taken out: kept as float sums in this order, so
+        the same seed gives the same bytes)."""
+        rng = self.rng
+        qty = 1 + int(rng.random() < 0.2)
+        cart += price * qty
+        visit.emit("add_to_cart", product_id=product, value=round(price * qty, 2), currency="EUR")
+        if rng.random() < 0.08:
+            cart -= price * qty
+            visit.emit("remove_from_cart", product_id=product, value=round(price * qty, 2), currency="EUR")
+        return cart
+
+    def _identify(self, visit: _Visit) -> None:
+        """An anonymous visitor may sign up; a known one may log in on a device not yet
+        linked. Either way the rest of the visit carries the contact id."""
+        rng, intent = self.rng, self.traits.intent
+        if not self.known and rng.random() < 0.01 + 0.4 * intent ** 1.5:
+            self._join(visit, after_ms=20_000)
+        elif self.known and visit.device not in self.linked and rng.random() < 0.6:
+            visit.ts += 15_000
+            self._event(visit.out, visit.ts, "login", device=visit.device, contact=True, session=visit.session)
+            self.linked.add(visit.device)
+            visit.logged_in = True
+
+    def _checkout_or_enquire(self, visit: _Visit, cart: float) -> None:
+        """A filled cart may go to checkout (and convert with intent, less so for the price
+        sensitive); otherwise a known person may send a form."""
+        rng, t = self.rng, self.traits
+        if cart > 1.0 and rng.random() < 0.05 + 0.6 * t.intent:
+            visit.emit("checkout_start", value=round(cart, 2), currency="EUR")
+            if rng.random() < (0.15 + 0.75 * t.intent) * (1.0 - 0.4 * t.price_sensitivity):
+                self._purchase(visit, cart)
+        elif self.known and rng.random() < 0.005 + 0.15 * t.intent ** 1.5:
+            visit.emit("form_submit", form=rng.choice(["demo_request", "contact", "newsletter"]))
+
+    def _purchase(self, visit: _Visit, cart: float) -> None:
+        """The order; a guest checkout asks for an email, so the person becomes known first."""
+        if not self.known:
+            self._join(visit, after_ms=10_000)
+        order = f"o-{self.index}-{self.n}"
+        visit.emit("purchase", value=round(cart, 2), currency="EUR", order_id=order, category=_pick(order, CATEGORIES))
+
+    def _join(self, visit: _Visit, *, after_ms: int) -> None:
+        """The person becomes known during the visit, which from then on is logged in."""
+        visit.ts += after_ms
+        self._become_known(visit.out, visit.ts, visit.device, visit.session)
+        visit.logged_in = True
+
+    def _become_known(self, out: list[_Line], ts: int, device: str, session: str) -> None:
+        """Signup, identify and the consent answers for SMS and push (granted more often for
+        the preferred channel)."""
         rng, t = self.rng, self.traits
         self.known = True
         self.linked.add(device)
@@ -217,30 +284,42 @@ class _Person:
             self.consent[channel] = granted
             self._event(out, ts + 2_000, "consent_update", contact=True, channel=channel, granted=granted)
 
-    def _engagement(self, out: list, day_start: int) -> None:
+    def _engagement(self, out: list[_Line], day_start: int) -> None:
         """Weekly newsletter and channel messages for known people, and their reactions."""
-        rng, t = self.rng, self.traits
         if not self.known:
             return
-        send = day_start + (10 - self._local_hour(day_start)) % 24 * HOUR_MS + rng.randrange(HOUR_MS)
+        t = self.traits
+        send = day_start + (10 - self._local_hour(day_start)) % 24 * HOUR_MS + self.rng.randrange(HOUR_MS)
         churned = t.churn_at_ms is not None and send >= t.churn_at_ms
-        if not self.unsubscribed and rng.random() < 1 / 7:
+        if not self.unsubscribed and self.rng.random() < 1 / 7:
             campaign = f"nl-{(day_start - self.spec.start_ms) // (7 * DAY_MS)}"
             if self.bad_email:
                 self._event(out, send, "email_bounce", contact=True, channel="email", campaign_id=campaign)
                 self.unsubscribed = True
-                return
-            self._event(out, send, "email_delivered", contact=True, channel="email", campaign_id=campaign)
-            p_open = 0.1 + 0.3 * (t.preferred_channel == "email") + 0.3 * t.intent
-            if not churned and rng.random() < p_open:
-                opened = send + int(rng.expovariate(1 / (3 * HOUR_MS)))
-                self._event(out, opened, "email_open", contact=True, channel="email", campaign_id=campaign)
-                if rng.random() < 0.25 + 0.3 * t.intent:
-                    self._event(out, opened + 30_000, "email_click", contact=True, channel="email",
-                                campaign_id=campaign)
-            if rng.random() < 0.006 + 0.02 * (churned or t.preferred_channel != "email"):
-                self._event(out, send + 5 * MINUTE_MS, "unsubscribe", contact=True, channel="email")
-                self.unsubscribed = True
+                return  # a bounce ends the day: no SMS or push either
+            self._newsletter(out, send, campaign, churned)
+        self._channel_messages(out, send, churned)
+
+    def _newsletter(self, out: list[_Line], send: int, campaign: str, churned: bool) -> None:
+        """One newsletter delivered; opened and clicked with intent (never once churned), and
+        now and then the reason to unsubscribe."""
+        rng, t = self.rng, self.traits
+        self._event(out, send, "email_delivered", contact=True, channel="email", campaign_id=campaign)
+        p_open = 0.1 + 0.3 * (t.preferred_channel == "email") + 0.3 * t.intent
+        if not churned and rng.random() < p_open:
+            opened = send + int(rng.expovariate(1 / (3 * HOUR_MS)))
+            self._event(out, opened, "email_open", contact=True, channel="email", campaign_id=campaign)
+            if rng.random() < 0.25 + 0.3 * t.intent:
+                self._event(out, opened + 30_000, "email_click", contact=True, channel="email",
+                            campaign_id=campaign)
+        if rng.random() < 0.006 + 0.02 * (churned or t.preferred_channel != "email"):
+            self._event(out, send + 5 * MINUTE_MS, "unsubscribe", contact=True, channel="email")
+            self.unsubscribed = True
+
+    def _channel_messages(self, out: list[_Line], send: int, churned: bool) -> None:
+        """An SMS or push message now and then where consent allows, answered more often on
+        the preferred channel (never once churned)."""
+        rng, t = self.rng, self.traits
         for channel, delivered, reacted in (("sms", "sms_delivered", "sms_reply"),
                                            ("push", "push_delivered", "push_open")):
             if self.consent.get(channel) and rng.random() < 1 / 10:
@@ -250,24 +329,31 @@ class _Person:
                     self._event(out, at + int(rng.expovariate(1 / (20 * MINUTE_MS))), reacted, contact=True,
                                 channel=channel)
 
-    def events(self) -> Iterator[tuple[int, int, int, bytes]]:
-        """This person's events in time order, generated one day at a time."""
-        rng = self.rng
+    def _sessions(self, out: list[_Line], next_session: int, day_end: int) -> int:
+        """The sessions that start before ``day_end`` (mostly in local daytime); returns when
+        the next one starts (the end of the run once the person has churned)."""
+        while next_session < day_end:
+            rate = self._active_rate(next_session)
+            if rate <= 0:
+                return self.end_ms
+            hour = self._local_hour(next_session)
+            if 7 <= hour <= 23 or self.rng.random() < 0.15:
+                self._session(out, next_session)
+            next_session += int(self.rng.expovariate(rate) * DAY_MS) + 10 * MINUTE_MS
+        return next_session
+
+    def events(self) -> Iterator[_Line]:
+        """This person's events in time order, generated one day at a time.
+
+        A day's sessions and messages can reach past midnight, so they wait in a heap
+        until their day comes; only what happens before the run's end is kept."""
         day = self.spec.start_ms
         next_session = self.first_ms
-        spill: list[tuple[int, int, int, bytes]] = []  # events that fall after the current day
+        spill: list[_Line] = []  # events that fall after the current day
         while day < self.end_ms:
             day_end = min(day + DAY_MS, self.end_ms)
-            out: list[tuple[int, int, int, bytes]] = []
-            while next_session < day_end:
-                rate = self._active_rate(next_session)
-                if rate <= 0:
-                    next_session = self.end_ms
-                    break
-                hour = self._local_hour(next_session)
-                if 7 <= hour <= 23 or rng.random() < 0.15:  # mostly local daytime
-                    self._session(out, next_session)
-                next_session += int(rng.expovariate(rate) * DAY_MS) + 10 * MINUTE_MS
+            out: list[_Line] = []
+            next_session = self._sessions(out, next_session, day_end)
             if day >= self.first_ms - DAY_MS:
                 self._engagement(out, day)
             for e in out:

@@ -127,31 +127,44 @@ class ModelSlot:
         learned in shadow; anything else is restored from its checkpoint or starts fresh.
         Returns what changed, for the log."""
         live = {m.version: m for m in self.models}
-        changes = []
-        new_champion_cfg = settings.champion()
-        champion = live.get(new_champion_cfg.version)
-        if champion is None:
-            champion = _obtain(new_champion_cfg, restore)
-            changes.append(f"{self.name}: champion {self.champion.version} -> {champion.version} ({champion.origin})")
-        elif champion is not self.champion:
-            changes.append(f"{self.name}: challenger {champion.version} promoted to champion "
-                           f"(was {self.champion.version}; {champion.labels} labels learned in shadow)")
-        champion.versus = None
-        challengers: list[ScoreModel] = []
-        cfg = settings.challenger_config()
-        if cfg is not None and cfg.version != champion.version:
-            model = live.get(cfg.version)
-            if model is None or model is champion:
-                model = _obtain(cfg, restore)
-                changes.append(f"{self.name}: challenger {model.version} deployed ({model.origin})")
-            if model.versus is None:
-                model.versus = Evaluation()
-            challengers.append(model)
+        changes: list[str] = []
+        champion = self._next_champion(settings, live, restore, changes)
+        challengers = self._next_challengers(settings, champion, live, restore, changes)
         for old in self.challengers:
             if old not in challengers and old is not champion:
                 changes.append(f"{self.name}: challenger {old.version} retired")
         self.champion, self.challengers, self.settings = champion, challengers, settings
         return changes
+
+    def _next_champion(self, settings: ScoreSettings, live: dict[str, ScoreModel], restore: Restore | None,
+                       changes: list[str]) -> ScoreModel:
+        """The new deployment's champion: the live model of its version (promoted, when it
+        was a challenger), else restored or fresh. A champion is graded against nobody."""
+        config = settings.champion()
+        champion = live.get(config.version)
+        if champion is None:
+            champion = _obtain(config, restore)
+            changes.append(f"{self.name}: champion {self.champion.version} -> {champion.version} ({champion.origin})")
+        elif champion is not self.champion:
+            changes.append(f"{self.name}: challenger {champion.version} promoted to champion "
+                           f"(was {self.champion.version}; {champion.labels} labels learned in shadow)")
+        champion.versus = None
+        return champion
+
+    def _next_challengers(self, settings: ScoreSettings, champion: ScoreModel, live: dict[str, ScoreModel],
+                          restore: Restore | None, changes: list[str]) -> list[ScoreModel]:
+        """The new deployment's challenger (none when it is the champion's version): the live
+        model of its version, else restored or fresh."""
+        config = settings.challenger_config()
+        if config is None or config.version == champion.version:
+            return []
+        model = live.get(config.version)
+        if model is None or model is champion:
+            model = _obtain(config, restore)
+            changes.append(f"{self.name}: challenger {model.version} deployed ({model.origin})")
+        if model.versus is None:
+            model.versus = Evaluation()
+        return [model]
 
 
 def _obtain(config: ModelConfig, restore: Restore | None) -> ScoreModel:

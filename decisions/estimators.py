@@ -32,10 +32,11 @@ from typing import Any, Callable, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from river import compose, forest, linear_model, optim, preprocessing, tree
+from river import compose, linear_model, optim, preprocessing
 
 from touchline.decisions.evaluation import Evaluation
 from touchline.decisions.features import FEATURE_NAMES
+from touchline.decisions.scaled_logistic import ScaledLogistic
 
 
 # ------------------------------------------------------------------ shipped models
@@ -49,18 +50,22 @@ def default_pipeline(learning_rate: float = 0.01, l2: float = 0.0) -> compose.Pi
 
 
 def hoeffding_adaptive_tree(grace_period: int = 100, delta: float = 1e-5, max_depth: int = 12,
-                            seed: int = 42) -> tree.HoeffdingAdaptiveTreeClassifier:
+                            seed: int = 42) -> Any:
     """A Hoeffding adaptive tree: picks up interactions (cart value x recency) a linear
     model cannot, and replaces branches whose error drifts (ADWIN per node)."""
+    from river import tree  # imported when used: river's trees and forests import scipy (about 1 s)
+
     return tree.HoeffdingAdaptiveTreeClassifier(
         grace_period=grace_period, delta=delta, max_depth=max_depth, leaf_prediction="nba", seed=seed
     )
 
 
 def adaptive_random_forest(n_models: int = 5, max_features: str | int = "sqrt", lambda_value: int = 6,
-                           seed: int = 42) -> forest.ARFClassifier:
+                           seed: int = 42) -> Any:
     """An adaptive random forest: the strongest of the three on non-linear data and the
     slowest (each label trains ``n_models`` trees, each with a drift detector)."""
+    from river import forest
+
     return forest.ARFClassifier(n_models=n_models, max_features=max_features, lambda_value=lambda_value,
                                 seed=seed)
 
@@ -127,33 +132,47 @@ def build_estimator(spec: str, params: dict[str, Any] | None = None) -> tuple[st
     short, target = resolve(spec)
     params = dict(params or {})
     if inspect.isclass(target) or (callable(target) and not hasattr(target, "learn_one")):
-        try:
-            inspect.signature(target).bind(**params)
-        except TypeError as exc:
-            raise ValueError(f"{spec!r} does not take these params: {exc}") from None
-        except ValueError:  # no signature (a builtin): let the call say it
-            pass
-        try:
-            estimator = target(**params)
-        except Exception as exc:  # the factory's own complaint, e.g. a bad value
-            raise ValueError(f"building {spec!r} failed: {type(exc).__name__}: {exc}") from None
+        estimator = _call_factory(target, spec, params)
     elif hasattr(target, "learn_one"):
-        if hasattr(target, "clone"):
-            try:
-                estimator = target.clone(params) if params else target.clone()
-            except Exception as exc:
-                raise ValueError(f"cloning {spec!r} with {params} failed: {exc}") from None
-        elif params:
-            raise ValueError(f"{spec!r} is an instance without clone(); it takes no params")
-        else:
-            estimator = copy.deepcopy(target)
+        estimator = _copy_instance(target, spec, params)
     else:
         raise ValueError(f"{spec!r} is neither a class, a factory nor an estimator")
+    _check_verbs(estimator, spec)
+    return short, estimator
+
+
+def _call_factory(target: Callable[..., Any], spec: str, params: dict[str, Any]) -> Any:
+    """A class or factory called with ``params``: wrong names are told before the call."""
+    try:
+        inspect.signature(target).bind(**params)
+    except TypeError as exc:
+        raise ValueError(f"{spec!r} does not take these params: {exc}") from None
+    except ValueError:  # no signature (a builtin): let the call say it
+        pass
+    try:
+        return target(**params)
+    except Exception as exc:  # the factory's own complaint, e.g. a bad value
+        raise ValueError(f"building {spec!r} failed: {type(exc).__name__}: {exc}") from None
+
+
+def _copy_instance(target: Any, spec: str, params: dict[str, Any]) -> Any:
+    """An estimator instance cloned (with ``params`` when it can take them), else deep-copied."""
+    if hasattr(target, "clone"):
+        try:
+            return target.clone(params) if params else target.clone()
+        except Exception as exc:
+            raise ValueError(f"cloning {spec!r} with {params} failed: {exc}") from None
+    if params:
+        raise ValueError(f"{spec!r} is an instance without clone(); it takes no params")
+    return copy.deepcopy(target)
+
+
+def _check_verbs(estimator: Any, spec: str) -> None:
+    """River's two verbs are what the engine calls: their absence is told at start."""
     missing = [verb for verb in ("learn_one", "predict_proba_one") if not callable(getattr(estimator, verb, None))]
     if missing:
         raise ValueError(f"{spec!r} builds a {type(estimator).__name__}, which has no {' or '.join(missing)} "
                          "(a binary classifier with River's API is needed)")
-    return short, estimator
 
 
 def trial(estimator: Any, features: list[str], spec: str, params: dict[str, Any]) -> None:
@@ -271,6 +290,10 @@ class ScoreModel:
     versus: Evaluation | None = None
     #: Where this model's state came from (fresh, or the checkpoint it was restored from).
     origin: str = "fresh"
+    #: The one-pass reader of the default pipeline (see :mod:`touchline.decisions.scaled_logistic`)
+    #: and the estimator it was made for (a restore replaces the estimator).
+    _shortcut: ScaledLogistic | None = field(default=None, init=False, repr=False, compare=False)
+    _shortcut_for: Any = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def build(cls, config: ModelConfig) -> "ScoreModel":
@@ -290,8 +313,12 @@ class ScoreModel:
 
     def predict(self, features: dict[str, float]) -> float:
         """Probability of the positive class (0.5 when the estimator has nothing to say)."""
-        proba = self.estimator.predict_proba_one(self.select(features))
-        p = float(proba.get(True, 0.0)) if proba else 0.5
+        x = self.select(features)
+        shortcut = self._one_pass()
+        p = shortcut.predict(x) if shortcut is not None else None
+        if p is None:
+            proba = self.estimator.predict_proba_one(x)
+            p = float(proba.get(True, 0.0)) if proba else 0.5
         return min(1.0, max(0.0, p)) if math.isfinite(p) else 0.5
 
     def learn(self, features: dict[str, float], label: bool, predicted: float | None = None,
@@ -299,8 +326,19 @@ class ScoreModel:
         """Grade the prediction made at scoring time (when there is one), then train on the
         captured features. Returns True when the grading detected drift."""
         drifted = self.evaluation.update(label, predicted, delay_ms) if predicted is not None else False
-        self.estimator.learn_one(self.select(features), label)
+        x = self.select(features)
+        shortcut = self._one_pass()
+        if shortcut is None or not shortcut.learn(x, label):
+            self.estimator.learn_one(x, label)
+            if shortcut is not None:
+                shortcut.stale()
         return drifted
+
+    def _one_pass(self) -> ScaledLogistic | None:
+        """The one-pass reader of this estimator, made once per estimator (a restore replaces it)."""
+        if self._shortcut_for is not self.estimator:
+            self._shortcut, self._shortcut_for = ScaledLogistic.of(self.estimator), self.estimator
+        return self._shortcut
 
     def quality(self) -> dict[str, Any]:
         """Progressive figures so far (None where not defined yet)."""

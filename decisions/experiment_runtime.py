@@ -1,8 +1,9 @@
 """Experiments at run time: variants, exposures, conversions, attribution and bandit rewards.
 
-Pure, like the rest of ``decisions/``: the engine calls in at its decision points, its
-conversion events and its timers, and this module changes the contact's profile and
-returns the records of the experiments output (see the README).
+Pure, like the rest of ``decisions/``: a :class:`~touchline.decisions.participant.Participant`
+of the decision loop, called at its decision points (``shape``: variants; ``settle``:
+exposures, touches), its conversion events (``on_applied``) and its timers; it changes the
+contact's profile and adds the records of the experiments output (see the README).
 
 - **Exposure** (intent to treat): the first decision point at which a known contact
   would get a message, absent the holdout. Treated contacts get it; holdout contacts do
@@ -15,9 +16,9 @@ returns the records of the experiments output (see the README).
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 from touchline.decisions.attribution import MAX_TOUCHES, MODELS, Touch, attribute
 from touchline.decisions.experiments import (
@@ -25,28 +26,22 @@ from touchline.decisions.experiments import (
 )
 from touchline.decisions.journeys import parse_duration
 from touchline.decisions.lift import LiftTable
+from touchline.decisions.outcome import ExperimentTallies
+from touchline.decisions.participant import Participant
 from touchline.decisions.policy import Candidate, PolicyConfig, eligibility
-from touchline.decisions.profile import Profile
+from touchline.decisions.profile import Profile, money
 from touchline.decisions.record import decision_id, iso_ms
+
+if TYPE_CHECKING:
+    from touchline.decisions.arbitration import DecisionPoint
+    from touchline.decisions.events import Event
+    from touchline.decisions.moment import Moment
+
+__all__ = ["Assignment", "ExperimentRuntime", "ExperimentTallies"]
 
 EXPOSURE_TIMER_PREFIX = "exp:"
 TOUCH_TIMER = "touches"
 SetTimer = Callable[[str, int], None]
-
-
-@dataclass
-class ExperimentTallies:
-    """What one batch did, for the metrics (counted once per batch) and the output."""
-
-    records: list[dict[str, Any]] = field(default_factory=list)
-    exposures: Counter[tuple[str, str]] = field(default_factory=Counter)  # (experiment, arm)
-    outcomes: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (experiment, arm, converted)
-    conversions: Counter[str] = field(default_factory=Counter)  # attributed: "true" / "false"
-    #: (model, channel) -> conversions credited (fractional: a float sum, not a Counter's int counts)
-    credit: defaultdict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
-    #: (model, channel) -> value credited
-    credit_value: defaultdict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
-    choices: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (split, arm, explored) of bandits
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +53,14 @@ class Assignment:
     bandit_segment: str | None = None
 
 
-class ExperimentRuntime:
+class ExperimentRuntime(Participant):
     """Per worker: the settings, one bandit per adaptive split, and the lift tallies."""
 
-    def __init__(self, settings: ExperimentSettings, holdout_name: str = GLOBAL, seed: int = 0) -> None:
+    def __init__(self, settings: ExperimentSettings, holdout_name: str = GLOBAL, seed: int = 0,
+                 policy: PolicyConfig | None = None) -> None:
         self.settings = settings
+        #: the policy a bandit's arms are checked against (only arms that could be sent now)
+        self.policy = policy or PolicyConfig()
         self.holdout_name = holdout_name
         self.conversion_types = frozenset(settings.conversion_types)
         self.window_ms = settings.window_ms
@@ -78,6 +76,32 @@ class ExperimentRuntime:
             for name, split in settings.splits.items() if split.journey is not None
             for v in split.variants for step in v.waits
         }
+
+    # ---------------------------------------------------------------- participant hooks
+    def on_applied(self, at: Moment, event: Event) -> None:
+        """A conversion event (of a known contact): exposures in window convert, touches get credit."""
+        if event.type in self.conversion_types:
+            self.on_event(at.profile, event.type, event.event_id, event.ts_ms, money(event.properties.get("value")),
+                          at.outcome.exp, at.set_timer)
+
+    def owns_timer(self, kind: str) -> bool:
+        return kind == TOUCH_TIMER or kind.startswith(EXPOSURE_TIMER_PREFIX)
+
+    def on_timer(self, at: Moment, kind: str) -> list[Candidate]:
+        self.close(at.profile, kind, at.now_ms, at.outcome.exp, at.set_timer)
+        return []
+
+    def shape(self, at: Moment, point: DecisionPoint) -> None:
+        """Variants: each split applied to the candidates it covers."""
+        point.candidates, point.marks = self.vary(at.profile, point.candidates, point.lead, at.now_ms, self.policy,
+                                                  at.outcome.exp)
+
+    def settle(self, at: Moment, point: DecisionPoint) -> None:
+        """Exposures, touches for attribution and bandits, and the record's experiments and segment."""
+        arms = self.on_decision(at.profile, sent=point.winner, would_send=point.would_send,
+                                marks=point.winner_marks(), trigger_id=point.trigger.trigger_id, lead=point.lead,
+                                now_ms=at.now_ms, tallies=at.outcome.exp, set_timer=at.set_timer)
+        point.arms, point.segment = arms["experiments"], arms["segment"]
 
     # ---------------------------------------------------------------- variants
     def wait_override(self, contact: str, journey: str, step: str) -> int | None:
@@ -147,17 +171,23 @@ class ExperimentRuntime:
             self._expose(profile, self.holdout_name, arms[self.holdout_name], "holdout", target, sent is not None,
                          trigger_id, segment, now_ms, tallies, set_timer)
         if sent is not None:
-            for mark in marks:
-                if mark.split not in profile.exposures:
-                    self._expose(profile, mark.split, mark.variant, self.settings.splits[mark.split].baseline, sent,
-                                 True, trigger_id, segment, now_ms, tallies, set_timer)
-            tag = [[m.split, m.bandit_segment, m.variant] for m in marks if m.bandit_segment is not None]
-            self._expire_touches(profile, now_ms, set_timer)
-            profile.touches.append([now_ms, decision_id(profile.contact_id, sent.action, sent.channel, trigger_id),
-                                    sent.channel, sent.action, tag or None, False])
-            if tag and TOUCH_TIMER not in profile.timers:
-                set_timer(TOUCH_TIMER, now_ms + self.window_ms)
+            self._sent(profile, sent, marks, trigger_id, segment, now_ms, tallies, set_timer)
         return {"experiments": arms, "segment": segment}
+
+    def _sent(self, profile: Profile, sent: Candidate, marks: list[Assignment], trigger_id: str,
+              segment: dict[str, str], now_ms: int, tallies: ExperimentTallies, set_timer: SetTimer) -> None:
+        """A sent decision: first exposure to each split it was varied by, and a touch that
+        attribution credits and a bandit's arm is rewarded through."""
+        for mark in marks:
+            if mark.split not in profile.exposures:
+                self._expose(profile, mark.split, mark.variant, self.settings.splits[mark.split].baseline, sent,
+                             True, trigger_id, segment, now_ms, tallies, set_timer)
+        tag = [[m.split, m.bandit_segment, m.variant] for m in marks if m.bandit_segment is not None]
+        self._expire_touches(profile, now_ms, set_timer)
+        profile.touches.append([now_ms, decision_id(profile.contact_id, sent.action, sent.channel, trigger_id),
+                                sent.channel, sent.action, tag or None, False])
+        if tag and TOUCH_TIMER not in profile.timers:
+            set_timer(TOUCH_TIMER, now_ms + self.window_ms)
 
     def _expose(self, profile: Profile, experiment: str, arm: str, baseline: str, target: Candidate, sent: bool,
                 trigger_id: str, segment: dict[str, str], now_ms: int, tallies: ExperimentTallies,
@@ -179,19 +209,11 @@ class ExperimentRuntime:
         """A conversion event of a known contact: exposures in window convert, touches get credit."""
         if event_type not in self.conversion_types or not profile.known:
             return
-        for exp in profile.exposures.values():
-            if "closed" not in exp and exp["converted_at"] is None and exp["at"] < ts_ms <= exp["at"] + self.window_ms:
-                exp["converted_at"], exp["value"] = ts_ms, value
+        self._convert_exposures(profile, ts_ms, value)
         self._expire_touches(profile, ts_ms, set_timer)
         touches = [Touch(t[0], t[1], t[2], t[3]) for t in profile.touches]
         credits = attribute(touches, ts_ms, self.window_ms, self.settings.half_life_ms)
-        for model in MODELS:
-            for touch, weight in credits[model]:
-                tallies.credit[(model, touch.channel)] += weight
-                tallies.credit_value[(model, touch.channel)] += weight * value
-                self.credited[(model, touch.channel)] += weight
-                self.credited_value[(model, touch.channel)] += weight * value
-        tallies.conversions["true" if credits["last_touch"] else "false"] += 1
+        self._credit(credits, value, tallies)
         for t in profile.touches:  # a bandit arm is rewarded by the first conversion after it
             if t[0] < ts_ms:
                 self._reward(t, True)
@@ -202,10 +224,27 @@ class ExperimentRuntime:
                              "weight": round(w, 6)} for t, w in credits[m]] for m in MODELS},
         })
 
+    def _convert_exposures(self, profile: Profile, ts_ms: int, value: float) -> None:
+        """Open exposures whose window holds the conversion convert (the first conversion only)."""
+        for exp in profile.exposures.values():
+            if "closed" not in exp and exp["converted_at"] is None and exp["at"] < ts_ms <= exp["at"] + self.window_ms:
+                exp["converted_at"], exp["value"] = ts_ms, value
+
+    def _credit(self, credits: dict[str, list[tuple[Touch, float]]], value: float, tallies: ExperimentTallies) -> None:
+        """Each attribution model's credit per channel: this batch's tallies and the run's totals."""
+        for model in MODELS:
+            for touch, weight in credits[model]:
+                key = (model, touch.channel)
+                tallies.credit[key] += weight
+                tallies.credit_value[key] += weight * value
+                self.credited[key] += weight
+                self.credited_value[key] += weight * value
+        tallies.conversions["true" if credits["last_touch"] else "false"] += 1
+
     # ---------------------------------------------------------------- timers
-    def on_timer(self, profile: Profile, kind: str, now_ms: int, tallies: ExperimentTallies,
-                 set_timer: SetTimer) -> bool:
-        """Handle an experiments timer; False if ``kind`` is not one."""
+    def close(self, profile: Profile, kind: str, now_ms: int, tallies: ExperimentTallies,
+              set_timer: SetTimer) -> bool:
+        """Handle an experiments timer (touches expire, an exposure's window closes); False if ``kind`` is not one."""
         if kind == TOUCH_TIMER:
             self._expire_touches(profile, now_ms, set_timer)
             return True

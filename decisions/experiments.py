@@ -26,7 +26,6 @@ from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
-from river import bandit, proba
 
 from touchline.decisions.events import check_known_types
 from touchline.decisions.journeys import parse_duration
@@ -189,16 +188,28 @@ def segment_of(profile: Profile, lead: float | None, bands: list[float]) -> dict
 
     Taken at exposure, before any treatment, so it is the same kind of fact in both arms.
     """
-    purchases = profile.purchases_total
-    lifecycle = "prospect" if purchases == 0 else "customer" if purchases == 1 else "repeat"
+    return {"lead_band": lead_band(lead, bands), "lifecycle": lifecycle_stage(profile.purchases_total),
+            "channel_preference": channel_preference(profile)}
+
+
+def lifecycle_stage(purchases: int) -> str:
+    """``prospect`` before a purchase, ``customer`` after one, ``repeat`` after more.
+
+    >>> [lifecycle_stage(n) for n in (0, 1, 2)]
+    ['prospect', 'customer', 'repeat']
+    """
+    return "prospect" if purchases == 0 else "customer" if purchases == 1 else "repeat"
+
+
+def channel_preference(profile: Profile) -> str:
+    """The messaging channel the contact engages on most (ties: the first by name); before any
+    engagement, an explicit opt-in to SMS, then push; else email."""
     engaged = {ch: sum(n for outcome, n in counts.items() if outcome in ("open", "click", "reply"))
                for ch, counts in profile.engagement.items() if ch in ("email", "sms", "push")}
     best = max(sorted(engaged), key=lambda ch: engaged[ch], default=None)
     if best is not None and engaged[best] > 0:
-        preference = best  # where the contact has engaged most
-    else:  # else an explicit opt-in to a second channel says which one the contact wants
-        preference = next((ch for ch in ("sms", "push") if profile.consent.get(ch)), "email")
-    return {"lead_band": lead_band(lead, bands), "lifecycle": lifecycle, "channel_preference": preference}
+        return best
+    return next((ch for ch in ("sms", "push") if profile.consent.get(ch)), "email")
 
 
 class Bandit:
@@ -222,6 +233,8 @@ class Bandit:
         if policy is None:
             seed = int.from_bytes(hashlib.blake2b(f"{self.seed}:{self.name}:{segment}".encode(),
                                                   digest_size=4).digest(), "big")
+            from river import bandit, proba  # here: river.bandit imports scipy.stats (about 1 s at start-up)
+
             if self.split.assignment == "thompson":
                 policy = bandit.ThompsonSampling(reward_obj=proba.Beta(), seed=seed)
             else:

@@ -59,8 +59,16 @@ _WINDOW_NAMES = tuple(
 def features(profile: Profile, now_ms: int) -> dict[str, float]:
     """The feature vector of ``profile`` as of ``now_ms`` (advances its windows)."""
     advance(profile, now_ms)
-    now = profile.last_ts
     out: dict[str, float] = {}
+    _window_counts(profile, out)
+    _recency(profile, profile.last_ts, out)
+    _value(profile, out)
+    _engagement(profile, profile.last_ts, out)
+    return out
+
+
+def _window_counts(profile: Profile, out: dict[str, float]) -> None:
+    """Events per feature type and in all, per window (``n_<type>_<window>``, ``n_all_<window>``)."""
     windows = profile.windows
     for w, names, all_name in _WINDOW_NAMES:
         queue, counts = windows[w]
@@ -69,22 +77,33 @@ def features(profile: Profile, now_ms: int) -> dict[str, float]:
             n = get(t, 0)
             out[name] = log1p(n) if n else 0.0
         out[all_name] = log1p(len(queue))
+
+
+def _recency(profile: Profile, now: int, out: dict[str, float]) -> None:
+    """Hours since the last activity and the last purchase, days since the first event."""
     last = profile.last_activity_ts
     out["hours_since_activity"] = log1p(max(0, now - last) / HOUR_MS) if last is not None else _NEVER
     bought = profile.last_purchase_ts
     out["hours_since_purchase"] = log1p(max(0, now - bought) / HOUR_MS) if bought is not None else _NEVER
     first = profile.first_ts
     out["days_known"] = log1p(max(0, now - first) / DAY_MS) if first is not None else 0.0
+
+
+def _value(profile: Profile, out: dict[str, float]) -> None:
+    """What the contact bought and has in the cart, its devices and whether it is known."""
     out["purchases_total"] = log1p(profile.purchases_total)
     out["monetary_total"] = log1p(max(0.0, profile.monetary_total))
     out["cart_value"] = log1p(profile.cart_value)
     out["has_open_cart"] = 1.0 if profile.cart_value > 0 else 0.0
     out["devices"] = float(len(profile.devices))
     out["known"] = 1.0 if profile.known else 0.0
+
+
+def _engagement(profile: Profile, now: int, out: dict[str, float]) -> None:
+    """Messages sent in the last week and the responses to them over 30 days."""
     week_ago = now - 7 * DAY_MS
     out["sends_7d"] = log1p(sum(1 for s in profile.sends if s.ts_ms > week_ago))
-    counts30 = windows["30d"][1]
+    counts30 = profile.windows["30d"][1]
     out["email_open_rate_30d"] = counts30.get("email_open", 0) / (counts30.get("email_delivered", 0) + 1)
     out["n_sms_reply_30d"] = log1p(counts30.get("sms_reply", 0))
     out["n_push_open_30d"] = log1p(counts30.get("push_open", 0))
-    return out

@@ -4,8 +4,9 @@ A contact's place in each journey is plain data in ``profile.journeys[name]`` (s
 saved with the profile, in Redis too, and survives a restart); every wait is a timer of
 kind ``journey:<name>`` on the engine clock (event time in replay, the wall clock live).
 
-The engine calls :meth:`JourneyRunner.on_event` after applying an event and
-:meth:`JourneyRunner.on_timer` when a journey timer comes due. Both return the send
+The runner is a :class:`~touchline.decisions.participant.Participant` of the decision loop:
+:meth:`JourneyRunner.propose` after an event is applied (or after scores computed without
+one) and :meth:`JourneyRunner.on_timer` when a journey timer comes due return the send
 candidates of this decision point; the engine arbitrates them with its other candidates
 (one message per decision point) and reports back with :meth:`JourneyRunner.settle`,
 which moves each journey on: a sent step goes to the next one, a suppressed step is
@@ -16,16 +17,22 @@ point (1 ms later), so one moment never sends twice.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from touchline.decisions.journeys import (
     BranchStep, DateEntry, EventEntry, ExitStep, HandoffStep, Journey, ScoreEntry, SegmentEntry, SendStep,
     SuppressStep, WaitForStep, WaitStep, WaitUntilStep, WEEKDAYS, parse_duration,
 )
 from touchline.decisions.policy import Candidate, bucket, contact_zone
+from touchline.decisions.participant import Participant
 from touchline.decisions.profile import DAY_MS, Profile
+
+if TYPE_CHECKING:
+    from touchline.decisions.arbitration import DecisionPoint
+    from touchline.decisions.events import Event
+    from touchline.decisions.moment import Moment
 
 TIMER_PREFIX = "journey:"
 #: Suppressions that waiting will not lift: the step is skipped even when the journey defers.
@@ -70,7 +77,7 @@ def matches(value: Any, condition: Any) -> bool:
     return True
 
 
-def profile_facts(profile: Profile, now_ms: int, scores: dict[str, float], consent_default: dict[str, bool]
+def profile_facts(profile: Profile, now_ms: int, scores: Mapping[str, float], consent_default: dict[str, bool]
                   ) -> dict[str, Any]:
     """The profile fields a journey condition can test (see ``PROFILE_FIELDS``)."""
     def days_since(ts: int | None) -> float | None:
@@ -154,27 +161,40 @@ def _parse_date(value: Any) -> date | None:
 
 
 # ---------------------------------------------------------------------------------- runner
-@dataclass
-class JourneyCandidate:
-    """A send step waiting for the engine's arbitration."""
+class _Facts:
+    """The profile facts of one decision point, computed at first need and then kept."""
 
-    journey: str
-    step: str
-    candidate: Candidate
+    def __init__(self, runner: JourneyRunner, profile: Profile, now_ms: int, scores: Mapping[str, float]) -> None:
+        self._args = (profile, now_ms, scores, runner.consent_default)
+        self._facts: dict[str, Any] | None = None
 
-
-@dataclass
-class Tallies:
-    """What happened, for metrics (bounded labels: journey and step names come from files)."""
-
-    entries: Counter[str] = field(default_factory=Counter)  # journey
-    exits: Counter[tuple[str, str]] = field(default_factory=Counter)  # (journey, reason)
-    sends: Counter[tuple[str, str]] = field(default_factory=Counter)  # (journey, step)
-    suppressed: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (journey, step, deferred|skipped)
+    def get(self) -> dict[str, Any]:
+        if self._facts is None:
+            self._facts = profile_facts(*self._args)
+        return self._facts
 
 
-class JourneyRunner:
-    """All configured journeys, run for one contact at a time."""
+@dataclass(slots=True)
+class _Walk:
+    """One run of a journey's steps for one contact."""
+
+    profile: Profile
+    journey: Journey
+    state: dict[str, Any]
+    now_ms: int
+    scores: Mapping[str, float]
+    at: Moment
+
+
+def _awaited(step: Any, state: dict[str, Any], event_type: str, properties: dict[str, Any]) -> bool:
+    """Whether ``step`` is waiting for this event (type and conditions)."""
+    wait = state.get("wait") or {}
+    return (isinstance(step, WaitForStep) and wait.get("kind") == "event" and step.wait_for.event == event_type
+            and all_match(properties, step.wait_for.where))
+
+
+class JourneyRunner(Participant):
+    """All configured journeys, run for one contact at a time; a :class:`Participant` of the decision loop."""
 
     def __init__(self, journeys: list[Journey], default_zone: str, consent_default: dict[str, bool],
                  trace: Callable[[dict[str, Any]], None] | None = None) -> None:
@@ -184,7 +204,6 @@ class JourneyRunner:
         self.default_zone = default_zone
         self.consent_default = consent_default
         self.trace = trace
-        self.tallies = Tallies()
         self._round_robin: Counter[str] = Counter()
         #: The next turn of a named round-robin counter; the engine points this at its state
         #: store, so every worker and process shares one rotation.
@@ -198,186 +217,228 @@ class JourneyRunner:
         self._round_robin[name] += 1
         return turn
 
-    # ------------------------------------------------------------------ engine entry points
-    def on_event(self, profile: Profile, event_type: str, properties: dict[str, Any], ts_ms: int,
-                 scores: dict[str, float], set_timer: Callable[[str, int], None]) -> list[JourneyCandidate]:
-        """An event was applied to ``profile``: exits, waits for events, entries, then steps."""
-        out: list[JourneyCandidate] = []
-        facts: dict[str, Any] | None = None
-        self._remember_dates(profile, properties, ts_ms, set_timer)
-        for journey in self.journeys:
-            state = profile.journeys.get(journey.journey)
-            if state is not None and state.get("active"):
-                if event_type in journey.exit.goal:
-                    self._exit(profile, journey, "goal", ts_ms, set_timer)
-                    continue
-                if event_type == "unsubscribe" and journey.exit.unsubscribed:
-                    self._exit(profile, journey, "unsubscribed", ts_ms, set_timer)
-                    continue
-                state.setdefault("seen", [])
-                if event_type not in state["seen"] and len(state["seen"]) < 64:
-                    state["seen"].append(event_type)
-                step = journey.steps[min(state["step"], len(journey.steps) - 1)]
-                wait = state.get("wait") or {}
-                if isinstance(step, WaitForStep) and wait.get("kind") == "event" and step.wait_for.event == event_type \
-                        and all_match(properties, step.wait_for.where):
-                    self._goto(state, journey, step.on_event, state["step"])
-                    state["wait"] = None
-                    self._trace(profile, journey, step.id, ts_ms, f"{event_type} arrived")
-                    out += self._run(profile, journey, ts_ms, scores, set_timer)
-                continue
-            entry = journey.entry
-            if isinstance(entry, EventEntry):
-                if entry.event != event_type or not all_match(properties, entry.where):
-                    continue
-                if entry.profile:
-                    facts = facts or profile_facts(profile, ts_ms, scores, self.consent_default)
-                    if not all_match(facts, entry.profile):
-                        continue
-            elif isinstance(entry, SegmentEntry):
-                facts = facts or profile_facts(profile, ts_ms, scores, self.consent_default)
-                self._schedule_segment_check(profile, journey, entry, set_timer)
-                if not all_match(facts, entry.segment):
-                    continue
-            elif isinstance(entry, ScoreEntry):
-                if not self._crossed(profile, entry, scores):
-                    continue
-            else:
-                continue  # date entries start from their timer
-            out += self._enter(profile, journey, ts_ms, scores, set_timer)
-        for model in ("lead", "churn"):
-            if model in scores:
-                profile.score_memory[model] = round(scores[model], 6)
+    # ------------------------------------------------------------------ participant hooks
+    def propose(self, at: Moment, event: Event | None, scores: Mapping[str, float]) -> list[Candidate]:
+        """After an event: exits, waits for events, entries, then steps. After scores computed
+        without an event (the inactivity check): score-crossing entries only."""
+        if event is None:
+            out = self._on_scores(at, scores)
+        else:
+            out = self._on_event(at, event.type, event.properties, scores)
+        self._remember_scores(at.profile, scores, ("lead", "churn") if event is not None else tuple(scores))
         return out
 
-    def on_scores(self, profile: Profile, scores: dict[str, float], now_ms: int,
-                  set_timer: Callable[[str, int], None]) -> list[JourneyCandidate]:
-        """Scores computed without an event (the inactivity check): score-crossing entries only."""
-        out: list[JourneyCandidate] = []
-        for journey in self.journeys:
-            if isinstance(journey.entry, ScoreEntry) and self._crossed(profile, journey.entry, scores):
-                out += self._enter(profile, journey, now_ms, scores, set_timer)
-        for model, value in scores.items():
-            profile.score_memory[model] = round(value, 6)
-        return out
+    def owns_timer(self, kind: str) -> bool:
+        return kind.startswith(TIMER_PREFIX)
 
-    def on_timer(self, profile: Profile, name: str, now_ms: int, scores: dict[str, float],
-                 set_timer: Callable[[str, int], None]) -> list[JourneyCandidate]:
+    def on_timer(self, at: Moment, kind: str) -> list[Candidate]:
         """The journey's timer came due: a wait ended, a deferred send retries, or a date entry."""
+        profile, name, now_ms = at.profile, kind[len(TIMER_PREFIX):], at.now_ms
         journey = self.by_name.get(name)
         if journey is None:  # a journey removed from the configuration since the timer was set
             profile.journeys.pop(name, None)
             return []
         state = profile.journeys.get(name)
         if state is None or not state.get("active"):
-            entry = journey.entry
-            if isinstance(entry, DateEntry):
-                self._schedule_date(profile, journey, now_ms + 1, set_timer)
-                return self._enter(profile, journey, now_ms, scores, set_timer)
-            if isinstance(entry, SegmentEntry):
-                facts = profile_facts(profile, now_ms, scores, self.consent_default)
-                if all_match(facts, entry.segment):
-                    return self._enter(profile, journey, now_ms, scores, set_timer)
+            return self._entry_timer(at, journey)
+        if state["step"] < len(journey.steps):  # past the end: the last step was a send, the journey is done
+            self._end_wait(at, journey, state)
+        return self._run(profile, journey, now_ms, {}, at)
+
+    def settle(self, at: Moment, point: DecisionPoint) -> None:
+        """Move each journey that proposed at ``point`` on: sent, deferred or skipped, and note
+        in the record what became of each held-back step."""
+        proposed = [c for c in point.proposed if c.journey is not None]
+        if not proposed:
+            return
+        reasons = {(s.action, s.channel): s.reason for s in point.suppressed}
+        for cand in proposed:
+            state = at.profile.journeys.get(cand.journey or "")
+            if state is None or not state.get("active"):
+                continue
+            if cand is point.winner:
+                self._sent(at, cand, state)
+            else:
+                reason = reasons.get((cand.action, cand.channel), "arbitration")
+                point.step_notes[(cand.action, cand.channel)] = self._held_back(at, cand, state, reason)
+
+    # ------------------------------------------------------------------ hook steps
+    def _on_event(self, at: Moment, event_type: str, properties: dict[str, Any],
+                  scores: Mapping[str, float]) -> list[Candidate]:
+        profile, ts_ms = at.profile, at.now_ms
+        out: list[Candidate] = []
+        facts = _Facts(self, profile, ts_ms, scores)
+        self._remember_dates(profile, properties, ts_ms, at)
+        for journey in self.journeys:
+            state = profile.journeys.get(journey.journey)
+            if state is not None and state.get("active"):
+                out += self._event_inside(at, journey, state, event_type, properties, scores)
+            elif self._event_enters(at, journey, event_type, properties, scores, facts):
+                out += self._enter(profile, journey, ts_ms, scores, at)
+        return out
+
+    def _event_inside(self, at: Moment, journey: Journey, state: dict[str, Any], event_type: str,
+                      properties: dict[str, Any], scores: Mapping[str, float]) -> list[Candidate]:
+        """An event of a contact inside ``journey``: a goal or unsubscribe exits; an awaited event moves on."""
+        profile, ts_ms = at.profile, at.now_ms
+        if event_type in journey.exit.goal:
+            self._exit(profile, journey, "goal", ts_ms, at)
             return []
+        if event_type == "unsubscribe" and journey.exit.unsubscribed:
+            self._exit(profile, journey, "unsubscribed", ts_ms, at)
+            return []
+        seen = state.setdefault("seen", [])
+        if event_type not in seen and len(seen) < 64:
+            seen.append(event_type)
+        step = journey.steps[min(state["step"], len(journey.steps) - 1)]
+        if not _awaited(step, state, event_type, properties):
+            return []
+        assert isinstance(step, WaitForStep)
+        self._goto(state, journey, step.on_event, state["step"])
+        state["wait"] = None
+        self._trace(profile, journey, step.id, ts_ms, f"{event_type} arrived")
+        return self._run(profile, journey, ts_ms, scores, at)
+
+    def _event_enters(self, at: Moment, journey: Journey, event_type: str, properties: dict[str, Any],
+                      scores: Mapping[str, float], facts: _Facts) -> bool:
+        """Whether this event makes the contact enter ``journey`` (date entries start from their timer)."""
+        entry = journey.entry
+        if isinstance(entry, EventEntry):
+            return (entry.event == event_type and all_match(properties, entry.where)
+                    and (not entry.profile or all_match(facts.get(), entry.profile)))
+        if isinstance(entry, SegmentEntry):
+            found = facts.get()
+            self._schedule_segment_check(at.profile, journey, entry, at)
+            return all_match(found, entry.segment)
+        if isinstance(entry, ScoreEntry):
+            return self._crossed(at.profile, entry, scores)
+        return False
+
+    def _on_scores(self, at: Moment, scores: Mapping[str, float]) -> list[Candidate]:
+        out: list[Candidate] = []
+        for journey in self.journeys:
+            if isinstance(journey.entry, ScoreEntry) and self._crossed(at.profile, journey.entry, scores):
+                out += self._enter(at.profile, journey, at.now_ms, scores, at)
+        return out
+
+    @staticmethod
+    def _remember_scores(profile: Profile, scores: Mapping[str, float], models: tuple[str, ...]) -> None:
+        """The scores a later score-crossing entry compares with."""
+        for model in models:
+            if model in scores:
+                profile.score_memory[model] = round(scores[model], 6)
+
+    def _entry_timer(self, at: Moment, journey: Journey) -> list[Candidate]:
+        """The timer of a journey the contact is not in: a date entry, or a segment that may now be true."""
+        profile, now_ms = at.profile, at.now_ms
+        entry = journey.entry
+        if isinstance(entry, DateEntry):
+            self._schedule_date(profile, journey, now_ms + 1, at)
+            return self._enter(profile, journey, now_ms, {}, at)
+        if isinstance(entry, SegmentEntry) and all_match(profile_facts(profile, now_ms, {}, self.consent_default),
+                                                         entry.segment):
+            return self._enter(profile, journey, now_ms, {}, at)
+        return []
+
+    def _end_wait(self, at: Moment, journey: Journey, state: dict[str, Any]) -> None:
+        """A wait ended: a timeout of a wait for an event, or a timed wait. A deferred send
+        ("retry") and the step after a send ("continue") resume at the current step."""
         wait = state.get("wait") or {}
-        if state["step"] >= len(journey.steps):  # the last step was a send: the journey is done
-            return self._run(profile, journey, now_ms, scores, set_timer)
         step = journey.steps[state["step"]]
         if wait.get("kind") == "event" and isinstance(step, WaitForStep):
             self._goto(state, journey, step.on_timeout, state["step"])
-            self._trace(profile, journey, step.id, now_ms, f"no {step.wait_for.event} before the timeout")
+            self._trace(at.profile, journey, step.id, at.now_ms, f"no {step.wait_for.event} before the timeout")
         elif wait.get("kind") == "time":
             self._goto(state, journey, step.next, state["step"])
-        # "retry" (a deferred send) and "continue" (after a send) resume at the current step
         state["wait"] = None
-        return self._run(profile, journey, now_ms, scores, set_timer)
 
-    def settle(self, profile: Profile, proposed: list[JourneyCandidate], sent: JourneyCandidate | None,
-               reasons: dict[tuple[str, str], str], now_ms: int, set_timer: Callable[[str, int], None]
-               ) -> dict[tuple[str, str], str]:
-        """Move each proposing journey on after arbitration: sent, deferred or skipped.
+    def _sent(self, at: Moment, cand: Candidate, state: dict[str, Any]) -> None:
+        """The journey's step was sent: count it against the journey's cap and go on."""
+        journey, now_ms = self.by_name[cand.journey or ""], at.now_ms
+        index = state["step"]
+        at.outcome.journeys.sends[(journey.journey, cand.step or "")] += 1
+        state["sends"] = [t for t in state.get("sends", []) if t > now_ms - self._cap_window(journey)]
+        state["sends"].append(now_ms)
+        state["defers"] = 0
+        self._trace(at.profile, journey, cand.step or "", now_ms, f"sent {cand.channel} {cand.template}")
+        self._continue_after(state, journey, index, journey.steps[index], now_ms, at.profile, at)
 
-        Returns what became of each held-back step, by (action, channel), for the record."""
-        handled: dict[tuple[str, str], str] = {}
-        for jc in proposed:
-            journey = self.by_name[jc.journey]
-            state = profile.journeys.get(jc.journey)
-            if state is None or not state.get("active"):
-                continue
-            index = state["step"]
-            step = journey.steps[index]
-            if jc is sent:
-                self.tallies.sends[(jc.journey, jc.step)] += 1
-                state["sends"] = [t for t in state.get("sends", []) if t > now_ms - self._cap_window(journey)]
-                state["sends"].append(now_ms)
-                state["defers"] = 0
-                self._trace(profile, journey, jc.step, now_ms, f"sent {jc.candidate.channel} {jc.candidate.template}")
-                self._continue_after(state, journey, index, step, now_ms, profile, set_timer)
-                continue
-            reason = reasons.get((jc.candidate.action, jc.candidate.channel), "arbitration")
-            defers = state.get("defers", 0)
-            if journey.suppressed == "defer" and defers < journey.defer_max and reason not in NEVER_DEFER:
-                state["defers"] = defers + 1
-                due = now_ms + parse_duration(journey.defer_for)
-                state["wait"] = {"kind": "retry", "until": due}
-                set_timer(timer_kind(journey.journey), due)
-                self.tallies.suppressed[(jc.journey, jc.step, "deferred")] += 1
-                handled[(jc.candidate.action, jc.candidate.channel)] = f"deferred to {_iso(due)}"
-                self._trace(profile, journey, jc.step, now_ms, f"suppressed ({reason}): deferred {journey.defer_for}")
-            else:
-                state["defers"] = 0
-                self.tallies.suppressed[(jc.journey, jc.step, "skipped")] += 1
-                handled[(jc.candidate.action, jc.candidate.channel)] = "skipped"
-                self._trace(profile, journey, jc.step, now_ms, f"suppressed ({reason}): skipped")
-                self._continue_after(state, journey, index, step, now_ms, profile, set_timer)
-        return handled
+    def _held_back(self, at: Moment, cand: Candidate, state: dict[str, Any], reason: str) -> str:
+        """The journey's step was held back: deferred (when the journey says so and waiting can
+        help) or skipped. Returns what became of it, for the record."""
+        journey, now_ms, step_id = self.by_name[cand.journey or ""], at.now_ms, cand.step or ""
+        defers = state.get("defers", 0)
+        if journey.suppressed == "defer" and defers < journey.defer_max and reason not in NEVER_DEFER:
+            state["defers"] = defers + 1
+            due = now_ms + parse_duration(journey.defer_for)
+            state["wait"] = {"kind": "retry", "until": due}
+            at.set_timer(timer_kind(journey.journey), due)
+            at.outcome.journeys.suppressed[(journey.journey, step_id, "deferred")] += 1
+            self._trace(at.profile, journey, step_id, now_ms, f"suppressed ({reason}): deferred {journey.defer_for}")
+            return f"deferred to {_iso(due)}"
+        state["defers"] = 0
+        at.outcome.journeys.suppressed[(journey.journey, step_id, "skipped")] += 1
+        self._trace(at.profile, journey, step_id, now_ms, f"suppressed ({reason}): skipped")
+        index = state["step"]
+        self._continue_after(state, journey, index, journey.steps[index], now_ms, at.profile, at)
+        return "skipped"
 
     # ------------------------------------------------------------------ internals
     def _continue_after(self, state: dict[str, Any], journey: Journey, index: int, step: Any, now_ms: int,
-                        profile: Profile, set_timer: Callable[[str, int], None]) -> None:
+                        profile: Profile, at: Moment) -> None:
         self._goto(state, journey, step.next, index)
         if state.get("active"):  # the next step runs at the next decision point
             state["wait"] = {"kind": "continue", "until": now_ms + 1}
-            set_timer(timer_kind(journey.journey), now_ms + 1)
+            at.set_timer(timer_kind(journey.journey), now_ms + 1)
 
-    def _enter(self, profile: Profile, journey: Journey, now_ms: int, scores: dict[str, float],
-               set_timer: Callable[[str, int], None]) -> list[JourneyCandidate]:
-        if not profile.known and not journey.allow_anonymous:
-            return []
+    def _enter(self, profile: Profile, journey: Journey, now_ms: int, scores: Mapping[str, float],
+               at: Moment) -> list[Candidate]:
         previous = profile.journeys.get(journey.journey)
-        if previous is not None:
-            if previous.get("active"):
-                return []
-            last_exit = previous.get("exited")
-            if last_exit is not None and (not journey.re_entry.allowed
-                                          or now_ms - last_exit < parse_duration(journey.re_entry.after)):
-                return []
-        for other in self.journeys:  # entering pre-empts lower-priority journeys that allow it
-            other_state = profile.journeys.get(other.journey)
-            if (other is not journey and other_state and other_state.get("active")
-                    and other.priority < journey.priority and other.exit.higher_priority):
-                self._exit(profile, other, "preempted", now_ms, set_timer)
+        if not self._may_enter(profile, journey, previous, now_ms):
+            return []
+        self._preempt_for(profile, journey, now_ms, at)
         profile.journeys[journey.journey] = {
             "active": True, "step": 0, "entered": now_ms, "wait": None, "defers": 0, "seen": [],
             "sends": (previous or {}).get("sends", []), "entries": (previous or {}).get("entries", 0) + 1,
         }
-        self.tallies.entries[journey.journey] += 1
+        at.outcome.journeys.entries[journey.journey] += 1
         self._trace(profile, journey, journey.steps[0].id, now_ms, "entered")
-        return self._run(profile, journey, now_ms, scores, set_timer)
+        return self._run(profile, journey, now_ms, scores, at)
+
+    @staticmethod
+    def _may_enter(profile: Profile, journey: Journey, previous: dict[str, Any] | None, now_ms: int) -> bool:
+        """Anonymous visitors only where allowed; not while inside; re-entry as the journey says."""
+        if not profile.known and not journey.allow_anonymous:
+            return False
+        if previous is None:
+            return True
+        if previous.get("active"):
+            return False
+        last_exit = previous.get("exited")
+        return last_exit is None or (journey.re_entry.allowed
+                                     and now_ms - last_exit >= parse_duration(journey.re_entry.after))
+
+    def _preempt_for(self, profile: Profile, journey: Journey, now_ms: int, at: Moment) -> None:
+        """Entering ``journey`` pre-empts the lower-priority journeys that allow it."""
+        for other in self.journeys:
+            other_state = profile.journeys.get(other.journey)
+            if (other is not journey and other_state and other_state.get("active")
+                    and other.priority < journey.priority and other.exit.higher_priority):
+                self._exit(profile, other, "preempted", now_ms, at)
 
     def _exit(self, profile: Profile, journey: Journey, reason: str, now_ms: int,
-              set_timer: Callable[[str, int], None] | None = None) -> None:
+              at: Moment) -> None:
         state = profile.journeys.get(journey.journey)
         if state is None or not state.get("active"):
             return
         state.update(active=False, exited=now_ms, exit_reason=reason, wait=None)
         for key in ("seen", "defers"):
             state.pop(key, None)
-        self.tallies.exits[(journey.journey, reason)] += 1
+        at.outcome.journeys.exits[(journey.journey, reason)] += 1
         self._trace(profile, journey, journey.steps[min(state["step"], len(journey.steps) - 1)].id, now_ms,
                     f"exited: {reason}")
-        if isinstance(journey.entry, DateEntry) and set_timer is not None:
-            self._schedule_date(profile, journey, now_ms + 1, set_timer)
+        if isinstance(journey.entry, DateEntry):
+            self._schedule_date(profile, journey, now_ms + 1, at)
         elif timer_kind(journey.journey) in profile.timers:
             profile.timers.pop(timer_kind(journey.journey), None)  # its pending wait is void
 
@@ -389,63 +450,82 @@ class JourneyRunner:
         else:
             state["step"] = len(journey.steps)  # past the end: completed
 
-    def _run(self, profile: Profile, journey: Journey, now_ms: int, scores: dict[str, float],
-             set_timer: Callable[[str, int], None]) -> list[JourneyCandidate]:
+    def _run(self, profile: Profile, journey: Journey, now_ms: int, scores: Mapping[str, float],
+             at: Moment) -> list[Candidate]:
         """Run steps until one waits, proposes a send, or the journey ends."""
-        state = profile.journeys[journey.journey]
+        walk = _Walk(profile, journey, profile.journeys[journey.journey], now_ms, scores, at)
         for _ in range(MAX_STEPS_AT_ONCE):
-            index = state["step"]
+            index = walk.state["step"]
             if index >= len(journey.steps):
-                self._exit(profile, journey, "completed", now_ms, set_timer)
+                self._exit(profile, journey, "completed", now_ms, at)
                 return []
-            step = journey.steps[index]
-            name = journey.journey
-            if isinstance(step, (WaitStep, WaitUntilStep)):
-                if isinstance(step, WaitStep):
-                    override = self.wait_override(profile.contact_id, name, step.id) if self.wait_override else None
-                    due = now_ms + (step.wait_ms if override is None else override)
-                else:
-                    due = next_time_of_day(now_ms, step.wait_until.time, profile.timezone, self.default_zone,
-                                           step.wait_until.days)
-                if due <= now_ms:  # already the time of day: go straight on
-                    self._goto(state, journey, step.next, index)
-                    continue
-                state["wait"] = {"kind": "time", "until": due}
-                set_timer(timer_kind(name), due)
-                self._trace(profile, journey, step.id, now_ms, f"waiting until {_iso(due)}")
-                return []
-            if isinstance(step, WaitForStep):
-                due = now_ms + parse_duration(step.wait_for.timeout)
-                state["wait"] = {"kind": "event", "until": due, "event": step.wait_for.event}
-                set_timer(timer_kind(name), due)
-                self._trace(profile, journey, step.id, now_ms,
-                            f"waiting for {step.wait_for.event} until {_iso(due)}")
-                return []
-            if isinstance(step, BranchStep):
-                target = self._branch(profile, journey, step, state, now_ms, scores)
-                self._trace(profile, journey, step.id, now_ms, f"branch -> {target}")
-                state["step"] = self.index[name][target]
-                continue
-            if isinstance(step, SuppressStep):
-                for channel in step.suppress.channels:
-                    profile.consent[channel] = False
-                self._trace(profile, journey, step.id, now_ms, f"stopped {', '.join(step.suppress.channels)}")
-                self._goto(state, journey, step.next, index)
-                continue
-            if isinstance(step, ExitStep):
-                self._exit(profile, journey, "goal" if step.exit == "goal" else "completed", now_ms, set_timer)
-                return []
-            if isinstance(step, (SendStep, HandoffStep)):
-                if journey.caps is not None and self._capped(state, journey, now_ms):
-                    self.tallies.suppressed[(name, step.id, "skipped")] += 1
-                    self._trace(profile, journey, step.id, now_ms, "journey cap reached: skipped")
-                    self._goto(state, journey, step.next, index)
-                    continue
-                return [JourneyCandidate(name, step.id, self._candidate(profile, journey, step, scores))]
-            raise AssertionError(f"unknown step {step!r}")
+            stop = self._step(walk, journey.steps[index], index)
+            if stop is not None:
+                return stop
         raise RuntimeError(f"journey {journey.journey}: more than {MAX_STEPS_AT_ONCE} steps at once")
 
-    def _candidate(self, profile: Profile, journey: Journey, step: Any, scores: dict[str, float]) -> Candidate:
+    def _step(self, walk: _Walk, step: Any, index: int) -> list[Candidate] | None:
+        """Run one step: None to go on to the next, else what the run ends with (a send, or nothing)."""
+        if isinstance(step, (WaitStep, WaitUntilStep)):
+            return self._wait(walk, step, index)
+        if isinstance(step, WaitForStep):
+            return self._wait_for(walk, step)
+        if isinstance(step, BranchStep):
+            target = self._branch(walk.profile, walk.journey, step, walk.state, walk.now_ms, walk.scores)
+            self._trace(walk.profile, walk.journey, step.id, walk.now_ms, f"branch -> {target}")
+            walk.state["step"] = self.index[walk.journey.journey][target]
+            return None
+        if isinstance(step, SuppressStep):
+            for channel in step.suppress.channels:
+                walk.profile.consent[channel] = False
+            self._trace(walk.profile, walk.journey, step.id, walk.now_ms,
+                        f"stopped {', '.join(step.suppress.channels)}")
+            self._goto(walk.state, walk.journey, step.next, index)
+            return None
+        if isinstance(step, ExitStep):
+            self._exit(walk.profile, walk.journey, "goal" if step.exit == "goal" else "completed", walk.now_ms, walk.at)
+            return []
+        if isinstance(step, (SendStep, HandoffStep)):
+            return self._send(walk, step, index)
+        raise AssertionError(f"unknown step {step!r}")
+
+    def _wait(self, walk: _Walk, step: WaitStep | WaitUntilStep, index: int) -> list[Candidate] | None:
+        """A timed wait (its length may be an experiment's), or until a time of day."""
+        profile, name, now_ms = walk.profile, walk.journey.journey, walk.now_ms
+        if isinstance(step, WaitStep):
+            override = self.wait_override(profile.contact_id, name, step.id) if self.wait_override else None
+            due = now_ms + (step.wait_ms if override is None else override)
+        else:
+            due = next_time_of_day(now_ms, step.wait_until.time, profile.timezone, self.default_zone,
+                                   step.wait_until.days)
+        if due <= now_ms:  # already the time of day: go straight on
+            self._goto(walk.state, walk.journey, step.next, index)
+            return None
+        walk.state["wait"] = {"kind": "time", "until": due}
+        walk.at.set_timer(timer_kind(name), due)
+        self._trace(profile, walk.journey, step.id, now_ms, f"waiting until {_iso(due)}")
+        return []
+
+    def _wait_for(self, walk: _Walk, step: WaitForStep) -> list[Candidate]:
+        """Wait for an event, until a timeout."""
+        due = walk.now_ms + parse_duration(step.wait_for.timeout)
+        walk.state["wait"] = {"kind": "event", "until": due, "event": step.wait_for.event}
+        walk.at.set_timer(timer_kind(walk.journey.journey), due)
+        self._trace(walk.profile, walk.journey, step.id, walk.now_ms,
+                    f"waiting for {step.wait_for.event} until {_iso(due)}")
+        return []
+
+    def _send(self, walk: _Walk, step: SendStep | HandoffStep, index: int) -> list[Candidate] | None:
+        """Propose the send, unless the journey's own cap is reached (then the step is skipped)."""
+        journey = walk.journey
+        if journey.caps is not None and self._capped(walk.state, journey, walk.now_ms):
+            walk.at.outcome.journeys.suppressed[(journey.journey, step.id, "skipped")] += 1
+            self._trace(walk.profile, journey, step.id, walk.now_ms, "journey cap reached: skipped")
+            self._goto(walk.state, journey, step.next, index)
+            return None
+        return [self._candidate(walk.profile, journey, step, walk.scores)]
+
+    def _candidate(self, profile: Profile, journey: Journey, step: Any, scores: Mapping[str, float]) -> Candidate:
         action = f"{journey.journey}.{step.id}"
         if isinstance(step, SendStep):
             return Candidate(action, step.send.channel, journey.priority, 1.0,
@@ -457,7 +537,7 @@ class JourneyRunner:
                          f"journey {journey.journey}, step {step.id}: hand to sales ({spec.assign})",
                          spec.template, journey=journey.journey, step=step.id, assignee=rep)
 
-    def _assign(self, profile: Profile, journey: Journey, step: HandoffStep, scores: dict[str, float]) -> str:
+    def _assign(self, profile: Profile, journey: Journey, step: HandoffStep, scores: Mapping[str, float]) -> str:
         spec = step.hand_to_sales
         if spec.assign == "round_robin":
             return spec.reps[self.next_turn(f"{journey.journey}:{step.id}") % len(spec.reps)]
@@ -468,27 +548,32 @@ class JourneyRunner:
         return spec.default or ""
 
     def _branch(self, profile: Profile, journey: Journey, step: BranchStep, state: dict[str, Any], now_ms: int,
-                scores: dict[str, float]) -> str:
-        facts: dict[str, Any] | None = None
+                scores: Mapping[str, float]) -> str:
+        """The first case that holds: an event seen in the journey, a score, a profile fact,
+        or a share of contacts (a stable bucket per contact); else the ``else`` step."""
+        facts = _Facts(self, profile, now_ms, scores)
         bucket = split_bucket(profile.contact_id, journey.journey, step.id)
         cumulative = 0.0
         for case in step.branch:
-            if case.event_happened is not None:
-                if case.event_happened in state.get("seen", []):
-                    return case.goto
-            elif case.score is not None:
-                current = {m: scores.get(m, profile.score_memory.get(m)) for m in case.score}
-                if all_match(current, case.score):
-                    return case.goto
-            elif case.profile is not None:
-                facts = facts or profile_facts(profile, now_ms, scores, self.consent_default)
-                if all_match(facts, case.profile):
-                    return case.goto
-            elif case.percent is not None:
+            if case.percent is not None and case.event_happened is None and case.score is None \
+                    and case.profile is None:
                 cumulative += case.percent
                 if bucket < cumulative:
                     return case.goto
+            elif self._case_holds(case, profile, state, scores, facts):
+                return case.goto
         return step.else_
+
+    @staticmethod
+    def _case_holds(case: Any, profile: Profile, state: dict[str, Any], scores: Mapping[str, float],
+                    facts: _Facts) -> bool:
+        if case.event_happened is not None:
+            return case.event_happened in state.get("seen", [])
+        if case.score is not None:
+            return all_match({m: scores.get(m, profile.score_memory.get(m)) for m in case.score}, case.score)
+        if case.profile is not None:
+            return all_match(facts.get(), case.profile)
+        return False
 
     def _capped(self, state: dict[str, Any], journey: Journey, now_ms: int) -> bool:
         assert journey.caps is not None
@@ -499,7 +584,7 @@ class JourneyRunner:
     def _cap_window(journey: Journey) -> int:
         return parse_duration(journey.caps.per) if journey.caps else 0
 
-    def _crossed(self, profile: Profile, entry: ScoreEntry, scores: dict[str, float]) -> bool:
+    def _crossed(self, profile: Profile, entry: ScoreEntry, scores: Mapping[str, float]) -> bool:
         model, threshold = entry.score.model, entry.score.crosses
         if model not in scores:
             return False
@@ -507,32 +592,34 @@ class JourneyRunner:
         return scores[model] >= threshold and (before is None or before < threshold)
 
     def _schedule_segment_check(self, profile: Profile, journey: Journey, entry: SegmentEntry,
-                                set_timer: Callable[[str, int], None]) -> None:
+                                at: Moment) -> None:
         """A segment on inactivity becomes true without any event: check it when it can."""
         cond = entry.segment.get("days_since_last_activity")
         if not isinstance(cond, dict) or profile.last_activity_ts is None:
             return
         days = cond.get("gte", cond.get("gt"))
         if isinstance(days, (int, float)) and not (profile.journeys.get(journey.journey) or {}).get("active"):
-            set_timer(timer_kind(journey.journey), profile.last_activity_ts + int(days * DAY_MS) + 1)
+            at.set_timer(timer_kind(journey.journey), profile.last_activity_ts + int(days * DAY_MS) + 1)
 
     def _remember_dates(self, profile: Profile, properties: dict[str, Any], ts_ms: int,
-                        set_timer: Callable[[str, int], None]) -> None:
+                        at: Moment) -> None:
+        """Dates date entries start from: those an event carries (a birthday), and the signup day."""
         for attr in self._date_attrs:
             value = properties.get(attr)
             if isinstance(value, str) and _parse_date(value) and profile.attributes.get(attr) != value[:10]:
                 profile.attributes[attr] = value[:10]
-                for journey in self.journeys:
-                    if isinstance(journey.entry, DateEntry) and journey.entry.date.attribute == attr:
-                        self._schedule_date(profile, journey, ts_ms, set_timer)
+                self._schedule_dates_on(profile, attr, ts_ms, at)
         if profile.first_ts is not None and "signup" in self._date_attrs and "signup" not in profile.attributes:
             profile.attributes["signup"] = _iso(profile.first_ts)[:10]
-            for journey in self.journeys:
-                if isinstance(journey.entry, DateEntry) and journey.entry.date.attribute == "signup":
-                    self._schedule_date(profile, journey, ts_ms + DAY_MS, set_timer)
+            self._schedule_dates_on(profile, "signup", ts_ms + DAY_MS, at)
+
+    def _schedule_dates_on(self, profile: Profile, attr: str, after_ms: int, at: Moment) -> None:
+        for journey in self.journeys:
+            if isinstance(journey.entry, DateEntry) and journey.entry.date.attribute == attr:
+                self._schedule_date(profile, journey, after_ms, at)
 
     def _schedule_date(self, profile: Profile, journey: Journey, after_ms: int,
-                       set_timer: Callable[[str, int], None]) -> None:
+                       at: Moment) -> None:
         assert isinstance(journey.entry, DateEntry)
         if (profile.journeys.get(journey.journey) or {}).get("active"):
             return  # rescheduled when it exits
@@ -540,7 +627,7 @@ class JourneyRunner:
         on = _parse_date(profile.attributes.get(spec.attribute))
         if on is None:
             return
-        set_timer(timer_kind(journey.journey),
+        at.set_timer(timer_kind(journey.journey),
                   next_anniversary(after_ms, on, spec.at, profile.timezone, self.default_zone))
 
     def _trace(self, profile: Profile, journey: Journey, step: str, now_ms: int, what: str) -> None:

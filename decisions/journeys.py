@@ -34,6 +34,7 @@ from pydantic import (
     AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator,
 )
 
+from touchline.decisions.errors import TouchlineError
 from touchline.decisions.events import KNOWN_TYPES
 from touchline.decisions.policy import ALL_CHANNELS, _check_channels
 
@@ -65,7 +66,7 @@ PROFILE_FIELDS = {
 EXIT_REASONS = ("goal", "unsubscribed", "preempted", "completed", "exit_step", "timeout", "suppressed")
 
 
-class JourneyError(ValueError):
+class JourneyError(TouchlineError, ValueError):
     """A journey file that cannot run; the message names the file, the line and the field."""
 
 
@@ -285,14 +286,19 @@ class BranchCase(_Strict):
         if self.event_happened is not None:
             _event_type(self.event_happened)
         if self.score is not None:
-            bad = sorted(set(self.score) - {"lead", "churn"})
-            if bad:
-                raise ValueError(f"score: unknown model(s) {bad}; known: lead, churn")
-            for name, cond in self.score.items():
-                _check_condition(name, cond)
+            _score_conditions(self.score)
         if self.profile is not None:
             _profile_conditions(self.profile)
         return self
+
+
+def _score_conditions(score: dict[str, Any]) -> None:
+    """A branch on scores names known models, each with a valid condition."""
+    bad = sorted(set(score) - {"lead", "churn"})
+    if bad:
+        raise ValueError(f"score: unknown model(s) {bad}; known: lead, churn")
+    for name, cond in score.items():
+        _check_condition(name, cond)
 
 
 class BranchStep(_Step):
@@ -447,7 +453,19 @@ def _load_with_lines(text: str) -> tuple[Any, dict[YamlPath, int]]:
 
 
 def _line_of(loc: YamlPath, data: Any, lines: dict[YamlPath, int]) -> tuple[int | None, str]:
-    """Map a pydantic error location to (line, dotted path), skipping union tags."""
+    """Map a pydantic error location to (line, dotted path), skipping union tags.
+
+    >>> data = {"steps": [{"branch": [], "else": "x"}]}
+    >>> lines = {("steps",): 1, ("steps", 0): 2, ("steps", 0, "else"): 3}
+    >>> _line_of(("steps", 0, "branch-step", "else_"), data, lines)
+    (3, 'steps[0].else')
+    """
+    path = _data_path(loc, data)
+    return _nearest_line(path, lines), _dotted(path) or "(top level)"
+
+
+def _data_path(loc: YamlPath, data: Any) -> list[Any]:
+    """The parts of ``loc`` that exist in ``data`` (pydantic's ``else_`` is the file's ``else``)."""
     path: list[Any] = []
     current = data
     for part in loc:
@@ -460,19 +478,43 @@ def _line_of(loc: YamlPath, data: Any, lines: dict[YamlPath, int]) -> tuple[int 
         elif isinstance(current, list) and isinstance(part, int) and part < len(current):
             path.append(part)
             current = current[part]
-    line = None
+    return path
+
+
+def _nearest_line(path: list[Any], lines: dict[YamlPath, int]) -> int | None:
+    """The line of ``path``, else of its closest ancestor that has one."""
     for end in range(len(path), -1, -1):
         if tuple(path[:end]) in lines:
-            line = lines[tuple(path[:end])]
-            break
+            return lines[tuple(path[:end])]
+    return None
+
+
+def _dotted(path: list[Any]) -> str:
+    """``["steps", 0, "next"]`` -> ``steps[0].next``.
+
+    >>> _dotted(["steps", 0, "next"])
+    'steps[0].next'
+    """
     dotted = ""
     for part in path:
         dotted += f"[{part}]" if isinstance(part, int) else (f".{part}" if dotted else str(part))
-    return line, dotted or "(top level)"
+    return dotted
 
 
 def parse_journey(text: str, source: str = "<journey>") -> Journey:
     """Parse and check one journey; every problem is named with file, line and field."""
+    data, lines = _load_journey_yaml(text, source)
+    try:
+        journey = Journey.model_validate(data)
+    except ValidationError as exc:
+        problems = [_problem(err, data, lines, source) for err in exc.errors()]
+        raise JourneyError("\n".join(dict.fromkeys(problems))) from None
+    _check_flow(journey, data, lines, source)
+    return journey
+
+
+def _load_journey_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[YamlPath, int]]:
+    """The document as a mapping with the line of every key; YAML errors name the line."""
     try:
         data, lines = _load_with_lines(text)
     except yaml.MarkedYAMLError as exc:
@@ -484,48 +526,64 @@ def parse_journey(text: str, source: str = "<journey>") -> Journey:
     if not isinstance(data, dict):
         raise JourneyError(f"{source}:1: a journey file is a mapping with journey, entry and steps; "
                            f"got {type(data).__name__}")
-    try:
-        journey = Journey.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            line, path = _line_of(err["loc"], data, lines)
-            msg = "unknown key (typo?)" if err["type"] == "extra_forbidden" else err["msg"]
-            msg = msg.removeprefix("Value error, ")
-            if err["type"] in ("step_kind", "entry_kind") and isinstance(err.get("input"), dict):
-                msg += f" (got keys: {', '.join(map(str, err['input']))})"
-            problems.append(f"{source}:{line or 1}: {path}: {msg}")
-        raise JourneyError("\n".join(dict.fromkeys(problems))) from None
-    _check_flow(journey, data, lines, source)
-    return journey
+    return data, lines
+
+
+def _problem(err: Any, data: dict[str, Any], lines: dict[YamlPath, int], source: str) -> str:
+    """One validation error as ``file:line: field: message``."""
+    line, path = _line_of(err["loc"], data, lines)
+    msg = "unknown key (typo?)" if err["type"] == "extra_forbidden" else err["msg"]
+    msg = msg.removeprefix("Value error, ")
+    if err["type"] in ("step_kind", "entry_kind") and isinstance(err.get("input"), dict):
+        msg += f" (got keys: {', '.join(map(str, err['input']))})"
+    return f"{source}:{line or 1}: {path}: {msg}"
 
 
 def _check_flow(journey: Journey, data: dict[str, Any], lines: dict[YamlPath, int], source: str) -> None:
     """Step ids unique, every jump lands on a step, and no loop runs without waiting."""
-    problems: list[str] = []
     for i, step in enumerate(journey.steps):
         if not step.id:
             step.id = f"step-{i + 1}"
-    ids = [s.id for s in journey.steps]
+    problems = _duplicate_ids(journey, lines, source) + _dangling_jumps(journey, lines, source)
+    if not problems:
+        problems = _instant_loop_problem(journey, lines, source)
+    if problems:
+        raise JourneyError("\n".join(problems))
+
+
+def _duplicate_ids(journey: Journey, lines: dict[YamlPath, int], source: str) -> list[str]:
+    """A problem for every step whose id an earlier step already has."""
+    problems = []
     seen: set[str] = set()
     for i, step in enumerate(journey.steps):
         if step.id in seen:
             problems.append(f"{source}:{lines.get(('steps', i), 1)}: steps[{i}].id: duplicate step id {step.id!r}")
         seen.add(step.id)
+    return problems
+
+
+def _dangling_jumps(journey: Journey, lines: dict[YamlPath, int], source: str) -> list[str]:
+    """A problem for every jump (next, on_event, goto, ...) to an id no step has."""
+    ids = [s.id for s in journey.steps]
+    known = set(ids)
+    problems = []
     for i, step in enumerate(journey.steps):
         for field_name, target in _jumps(step):
-            if target not in seen:
+            if target not in known:
                 line = lines.get(("steps", i, field_name), lines.get(("steps", i), 1))
                 problems.append(f"{source}:{line}: steps[{i}].{field_name}: no step with id {target!r}; "
                                 f"steps: {', '.join(ids)}")
-    if not problems:
-        loop = _instant_loop(journey)
-        if loop:
-            i = ids.index(loop[0])
-            problems.append(f"{source}:{lines.get(('steps', i), 1)}: steps[{i}]: steps {' -> '.join(loop)} loop "
-                            "without a wait; add a wait, wait_until or wait_for step to the loop")
-    if problems:
-        raise JourneyError("\n".join(problems))
+    return problems
+
+
+def _instant_loop_problem(journey: Journey, lines: dict[YamlPath, int], source: str) -> list[str]:
+    """The problem of a loop without a wait, named at its first step (none: empty)."""
+    loop = _instant_loop(journey)
+    if not loop:
+        return []
+    i = [s.id for s in journey.steps].index(loop[0])
+    return [f"{source}:{lines.get(('steps', i), 1)}: steps[{i}]: steps {' -> '.join(loop)} loop "
+            "without a wait; add a wait, wait_until or wait_for step to the loop"]
 
 
 def _jumps(step: Any) -> list[tuple[str, str]]:

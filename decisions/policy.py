@@ -236,16 +236,24 @@ def cap_violation(
     Shared by the policy (to explain) and by stores (to reserve atomically).
     """
     sends = list(sends)
-    for window, limit in caps.get(channel, {}).items():
-        since = now_ms - WINDOWS[window]
-        if sum(1 for s in sends if s.channel == channel and s.ts_ms > since) >= limit:
-            return "channel_cap"
-    if channel in MESSAGE_CHANNELS:
-        for window, limit in global_caps.items():
-            since = now_ms - WINDOWS[window]
-            if sum(1 for s in sends if s.channel in MESSAGE_CHANNELS and s.ts_ms > since) >= limit:
-                return "global_cap"
+    if _cap_reached(sends, (channel,), caps.get(channel, {}), now_ms):
+        return "channel_cap"
+    if channel in MESSAGE_CHANNELS and _cap_reached(sends, MESSAGE_CHANNELS, global_caps, now_ms):
+        return "global_cap"
     return None
+
+
+def _cap_reached(sends: list[Send], channels: tuple[str, ...], limits: Mapping[str, int], now_ms: int) -> bool:
+    """Whether the sends on ``channels`` already fill one of ``limits`` (window -> most sends).
+
+    >>> _cap_reached([Send(0, "email", "a")], ("email",), {"24h": 1}, 3_600_000)
+    True
+    """
+    for window, limit in limits.items():
+        since = now_ms - WINDOWS[window]
+        if sum(1 for s in sends if s.channel in channels and s.ts_ms > since) >= limit:
+            return True
+    return False
 
 
 def bucket(contact: str, experiment: str) -> float:
@@ -273,17 +281,28 @@ def eligibility(
     candidate: Candidate, profile: Profile, now_ms: int, config: PolicyConfig, in_holdout: bool
 ) -> str | None:
     """The first rule that forbids ``candidate`` now, as a reason code; None if eligible."""
-    channel = candidate.channel
     if in_holdout:
         return "holdout"
+    return (_unreachable(candidate.channel, profile, config)
+            or _untimely(candidate, profile, now_ms, config)
+            or cap_violation(profile.sends, candidate.channel, now_ms, config.caps, config.global_caps))
+
+
+def _unreachable(channel: str, profile: Profile, config: PolicyConfig) -> str | None:
+    """Why the contact cannot be reached on ``channel`` at all (unknown, bounced, no consent)."""
     if not profile.known:
         return "unreachable"
     if channel in profile.bounced:
         return "bounced"
     if not profile.consent.get(channel, config.consent_default.get(channel, False)):
         return "no_consent"
+    return None
+
+
+def _untimely(candidate: Candidate, profile: Profile, now_ms: int, config: PolicyConfig) -> str | None:
+    """Why not now: the contact's quiet hours on this channel, or the action's cooldown."""
     quiet = config.quiet_hours
-    if channel in quiet.channels and in_quiet_hours(
+    if candidate.channel in quiet.channels and in_quiet_hours(
         local_hour(now_ms, profile.timezone, quiet.default_timezone), quiet
     ):
         return "quiet_hours"
@@ -292,7 +311,7 @@ def eligibility(
         since = now_ms - int(action.cooldown_hours * 3_600_000)
         if any(s.action == candidate.action and s.ts_ms > since for s in profile.sends):
             return "cooldown"
-    return cap_violation(profile.sends, channel, now_ms, config.caps, config.global_caps)
+    return None
 
 
 def arbitrate(

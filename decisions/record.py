@@ -47,8 +47,10 @@ def build_record(
     experiment: dict[str, str],
     experiments: dict[str, str] | None = None,
     segment: dict[str, str] | None = None,
+    step_notes: dict[tuple[str, str], str] | None = None,
 ) -> dict[str, Any]:
-    """Assemble the decision record (DESIGN.md contract)."""
+    """Assemble the decision record (DESIGN.md contract). ``step_notes``: what became of a
+    held-back journey step, by (action, channel): ``journey_step`` of its suppressed entry."""
     record = {
         "schema_version": DECISION_SCHEMA_VERSION,
         "decision_id": decision_id(contact, chosen.action, chosen.channel, trigger_id),
@@ -63,7 +65,7 @@ def build_record(
         "expected_value": chosen.expected_value,
         "scores": scores,
         "reasons": [chosen.why, f"priority {chosen.priority}, expected value {chosen.expected_value:.4g}"],
-        "suppressed": [{"action": s.action, "channel": s.channel, "reason": s.reason} for s in suppressed],
+        "suppressed": [_suppressed_entry(s, step_notes) for s in suppressed],
         "experiment": experiment,
         "experiments": experiments if experiments is not None else {experiment["name"]: experiment["arm"]},
         "segment": segment or {},
@@ -76,3 +78,11 @@ def build_record(
     if chosen.assignee is not None:
         record["assignee"] = chosen.assignee
     return record
+
+
+def _suppressed_entry(s: Suppression, step_notes: dict[tuple[str, str], str] | None) -> dict[str, str]:
+    entry = {"action": s.action, "channel": s.channel, "reason": s.reason}
+    note = step_notes.get((s.action, s.channel)) if step_notes else None
+    if note is not None:
+        entry["journey_step"] = note
+    return entry

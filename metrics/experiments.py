@@ -4,7 +4,7 @@ Labels are bounded: experiment and arm names come from the configuration, channe
 attribution models from fixed lists, never a contact. Fed once per micro-batch.
 
 >>> from prometheus_client import CollectorRegistry
->>> from touchline.decisions.experiment_runtime import ExperimentTallies
+>>> from touchline.decisions.outcome import ExperimentTallies
 >>> reg = CollectorRegistry()
 >>> t = ExperimentTallies()
 >>> t.exposures[("global_holdout", "holdout")] += 2
@@ -22,7 +22,7 @@ from typing import Mapping, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter
 
-from touchline.decisions.experiment_runtime import ExperimentTallies
+from touchline.decisions.outcome import ExperimentTallies
 
 #: A tally's key: one label value, or a tuple of them.
 LabelValues = TypeVar("LabelValues", bound=str | tuple[str, ...])

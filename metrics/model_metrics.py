@@ -27,11 +27,13 @@ from typing import Mapping, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from touchline.decisions.champion import Drift, ModelSlot
-from touchline.decisions.evaluation import BUCKET_NAMES
+from touchline.decisions.evaluation import BUCKET_NAMES, Calibration, Evaluation
 
 #: Label delay buckets (seconds): a minute to a month.
 DELAY_BUCKETS = (60.0, 600.0, 3600.0, 6 * 3600.0, 86_400.0, 3 * 86_400.0, 7 * 86_400.0, 14 * 86_400.0,
                  30 * 86_400.0)
+#: One deployed model, as ``touchline_model_info`` labels it: (score, role, version, estimator).
+_Deployed = tuple[str, str, str, str]
 
 
 class ModelMetrics:
@@ -72,7 +74,7 @@ class ModelMetrics:
                                             "Time to save all model checkpoints.", registry=registry)
         self.last_checkpoint = Gauge("touchline_model_last_checkpoint_timestamp_seconds",
                                      "When the models were last checkpointed.", registry=registry)
-        self._info_labels: set[tuple[str, str, str, str]] = set()
+        self._info_labels: set[_Deployed] = set()
 
     def export(self, slots: Mapping[str, ModelSlot], delays_s: Mapping[str, list[float]],
                drifts: Sequence[Drift] = ()) -> None:
@@ -83,37 +85,55 @@ class ModelMetrics:
                 hist.observe(v)
         for d in drifts:
             self.drifts.labels(d.score, d.role).inc()
-        info = set()
+        deployed: set[_Deployed] = set()
         for name, slot in slots.items():
             for model in slot.models:
                 role = slot.role(model)
-                info.add((name, role, model.version, model.estimator_name))
-                if name not in delays_s:
-                    continue
-                ev = model.evaluation
-                self.labels.labels(name, role).set(ev.labels)
-                auc, ll = ev.auc(), ev.log_loss()
-                if auc is not None:
-                    self.auc.labels(name, role).set(auc)
-                if ll is not None:
-                    self.log_loss.labels(name, role).set(ll)
-                self.calibration_error.labels(name, role).set(ev.calibration.ece())
-                cal = ev.calibration
-                for b, bucket in enumerate(BUCKET_NAMES):
-                    n = cal.count[b]
-                    if n:
-                        self.cal_labels.labels(name, role, bucket).set(n)
-                        self.cal_predicted.labels(name, role, bucket).set(cal.predicted[b] / n)
-                        self.cal_observed.labels(name, role, bucket).set(cal.positives[b] / n)
-        for name, role, _version, _est in self._info_labels - info:
-            if not any(n == name and r == role for n, r, _, _ in info):
-                self._forget(name, role)  # e.g. a retired challenger: no stale figures
-        if info != self._info_labels:
-            for gone in self._info_labels - info:
-                self.info.remove(*gone)
-            for new in info - self._info_labels:
-                self.info.labels(*new).set(1)
-            self._info_labels = info
+                deployed.add((name, role, model.version, model.estimator_name))
+                if name in delays_s:  # only a model that learned has new figures
+                    self._grade(name, role, model.evaluation)
+        self._forget_retired(deployed)
+        self._set_info(deployed)
+
+    def _grade(self, name: str, role: str, ev: Evaluation) -> None:
+        """One model's progressive figures; AUC and log loss once they are defined."""
+        self.labels.labels(name, role).set(ev.labels)
+        auc, ll = ev.auc(), ev.log_loss()
+        if auc is not None:
+            self.auc.labels(name, role).set(auc)
+        if ll is not None:
+            self.log_loss.labels(name, role).set(ll)
+        self.calibration_error.labels(name, role).set(ev.calibration.ece())
+        self._calibrate(name, role, ev.calibration)
+
+    def _calibrate(self, name: str, role: str, cal: Calibration) -> None:
+        """Predicted and observed rates per score bucket, for buckets with labels (an empty
+        bucket has no rate to show)."""
+        for b, bucket in enumerate(BUCKET_NAMES):
+            n = cal.count[b]
+            if n:
+                self.cal_labels.labels(name, role, bucket).set(n)
+                self.cal_predicted.labels(name, role, bucket).set(cal.predicted[b] / n)
+                self.cal_observed.labels(name, role, bucket).set(cal.positives[b] / n)
+
+    def _forget_retired(self, deployed: set[_Deployed]) -> None:
+        """Remove the figures of a (score, role) no longer deployed, e.g. a retired
+        challenger: no stale figures (a new version in the same role keeps them)."""
+        live = {(name, role) for name, role, _, _ in deployed}
+        for name, role, _version, _est in self._info_labels - deployed:
+            if (name, role) not in live:
+                self._forget(name, role)
+
+    def _set_info(self, deployed: set[_Deployed]) -> None:
+        """``touchline_model_info`` is 1 for each deployed version; the series of versions
+        no longer deployed are removed (the version label is unbounded over time)."""
+        if deployed == self._info_labels:
+            return
+        for gone in self._info_labels - deployed:
+            self.info.remove(*gone)
+        for new in deployed - self._info_labels:
+            self.info.labels(*new).set(1)
+        self._info_labels = deployed
 
     def _forget(self, name: str, role: str) -> None:
         for gauge in (self.labels, self.auc, self.log_loss, self.calibration_error):

@@ -35,6 +35,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from touchline.decisions.errors import TouchlineError
 from touchline.redact import redact_tree
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 Check = Callable[[], str]
 
 
-class MetricsServerError(RuntimeError):
+class MetricsServerError(TouchlineError, RuntimeError):
     """The metrics endpoint could not be started (port in use, bad address)."""
 
 

@@ -15,9 +15,8 @@ ValueError: state URL 'mongo://x': no store for scheme 'mongo' (known: memory, r
 from __future__ import annotations
 
 from collections.abc import Callable
-from importlib import import_module
-from importlib.metadata import entry_points
 
+from touchline.decisions.plugins import Registry
 from touchline.redact import redact_url
 from touchline.state.base import StateStore, StoreError, StoreOptions, StoreUnavailable
 from touchline.state.memory import MemoryStore
@@ -40,12 +39,8 @@ mask_url = redact_url
 
 #: What opens a store: a :class:`StateStore` class, called with ``(url, options)``.
 StoreFactory = Callable[[str, StoreOptions | None], StateStore]
-
-
-def _load(target: str) -> StoreFactory:
-    module, _, name = target.partition(":")
-    factory: StoreFactory = getattr(import_module(module), name)
-    return factory
+#: Stores by URL scheme: the built-in ones, then the ``touchline.stores`` entry points.
+STORES = Registry("state store", "touchline.stores", BUILTIN_STORES)
 
 
 def open_store(url: str, options: StoreOptions | None = None) -> StateStore:
@@ -56,14 +51,11 @@ def open_store(url: str, options: StoreOptions | None = None) -> StateStore:
     scheme, sep, _ = url.partition("://")
     if not sep:
         raise ValueError(f"state URL {redact_url(url)!r} has no scheme; use e.g. memory:// or redis://host:6379/0")
-    if scheme in BUILTIN_STORES:
-        return _load(BUILTIN_STORES[scheme])(url, options)
-    plugins = {ep.name: ep for ep in entry_points(group="touchline.stores")}
-    if scheme in plugins:
-        plugin: StoreFactory = plugins[scheme].load()
-        return plugin(url, options)
-    known = ", ".join(sorted({*BUILTIN_STORES, *plugins}))
-    raise ValueError(f"state URL {redact_url(url)!r}: no store for scheme {scheme!r} (known: {known})")
+    if scheme not in STORES:
+        raise ValueError(f"state URL {redact_url(url)!r}: no store for scheme {scheme!r} "
+                         f"(known: {', '.join(STORES.names())})")
+    factory: StoreFactory = STORES.load(scheme)
+    return factory(url, options)
 
 
 __all__ = ["StateStore", "StoreError", "StoreOptions", "StoreUnavailable", "MemoryStore", "open_store", "mask_url"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Collection, Iterable, Mapping, Sequence
 
 from touchline.decisions.events import Event
+from touchline.decisions.policy import cap_violation
 from touchline.decisions.profile import (  # the key scheme, re-exported (``X as X``) for the stores
     ANON_PREFIX as ANON_PREFIX,
     LONGEST_WINDOW_MS,
@@ -193,16 +194,25 @@ class StateStore(ABC):
     def save(self, profiles: Mapping[str, Profile], deleted: Iterable[str] = ()) -> None:
         """Persist changed profiles and drop merged-away ones (with their pending timers)."""
 
-    @abstractmethod
     def reserve(
         self, profile: Profile, send: Send, caps: Mapping[str, Mapping[str, int]], global_caps: Mapping[str, int]
     ) -> bool:
-        """Atomically check the caps and record ``send`` (also on ``profile.sends``).
+        """Check the caps against the sends loaded with ``profile`` and record ``send`` on it.
 
         False if one more send would break a cap; then nothing is recorded. Reserving
         a send already recorded (same time, channel and action: a replayed decision)
-        returns True and records nothing more.
+        returns True and records nothing more. No round trip: the send is stored by the
+        :meth:`commit` of the profile, which checks the profile's version, so of two writers
+        deciding for one contact at once the second is redone on the first's sends (the
+        caps hold across workers and processes, and no send is stored for a decision that
+        was never committed).
         """
+        if send in profile.sends:  # a replayed decision: already reserved
+            return True
+        if cap_violation(profile.sends, send.channel, send.ts_ms, dict(caps), dict(global_caps)):
+            return False
+        profile.sends.append(send)
+        return True
 
     @abstractmethod
     def schedule(self, timers: Iterable[tuple[str, str, int]]) -> None:

@@ -19,8 +19,7 @@ import secrets
 from typing import Collection, Iterator, Any, Iterable, Mapping, Sequence
 
 from touchline.decisions.events import Event
-from touchline.decisions.policy import cap_violation
-from touchline.decisions.profile import Profile, Send, snapshot
+from touchline.decisions.profile import Profile, snapshot
 from touchline.state.erasure import (
     ANONYMOUS,
     CONTACT,
@@ -126,16 +125,6 @@ class MemoryStore(StateStore):
                 for kind in gone.timers:
                     self._timers.pop((key, kind), None)
         self._profiles.update(profiles)
-
-    def reserve(
-        self, profile: Profile, send: Send, caps: Mapping[str, Mapping[str, int]], global_caps: Mapping[str, int]
-    ) -> bool:
-        if send in profile.sends:  # a replayed decision: already reserved
-            return True
-        if cap_violation(profile.sends, send.channel, send.ts_ms, dict(caps), dict(global_caps)):
-            return False
-        profile.sends.append(send)
-        return True
 
     # timers -------------------------------------------------------------------
     def schedule(self, timers: Iterable[tuple[str, str, int]]) -> None:

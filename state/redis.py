@@ -6,7 +6,8 @@ three round trips whatever its size: ``begin`` (identity links + due timers),
 ``load`` (the feature read: each profile's blob, event log and sends) and ``commit``
 (the state update: blobs, log entries added and evicted, sends, TTLs, timers,
 merged-away profiles), after one HMGET of the batch's identities on the erasure tombstones
-(``tombstones``). ``reserve`` is one atomic script per decision.
+(``tombstones``). ``reserve`` costs no round trip: a decision's send is written by the
+commit of its profile, under the profile's version check.
 
 Keys of one profile share the hash tag ``{key}``, so each script touches one Redis
 Cluster slot::
@@ -55,8 +56,7 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from touchline.decisions.events import Event
-from touchline.decisions.policy import MESSAGE_CHANNELS
-from touchline.decisions.profile import DAY_MS, LONGEST_WINDOW_MS, WINDOWS, Profile, Send, snapshot
+from touchline.decisions.profile import DAY_MS, LONGEST_WINDOW_MS, Profile, snapshot
 from touchline.redact import redact_url
 from touchline.state.base import (
     ID_CLAIM_MS,
@@ -84,7 +84,7 @@ from touchline.state.erasure import (
     tombstone_id,
     unsubscribed,
 )
-from touchline.state.codec import SEP, from_parts, log_diff, log_index, send_entries, send_member, to_blob
+from touchline.state.codec import SEP, from_parts, log_diff, log_index, send_entries, to_blob
 from touchline.state.redis_scripts import SCRIPTS
 
 log = logging.getLogger(__name__)
@@ -538,26 +538,6 @@ class RedisStore(StateStore):
             if entry.to_channel:
                 args += [f"c:{entry.decision_id}", 1]
         return args, (adds, removes, held)
-
-    def reserve(
-        self, profile: Profile, send: Send, caps: Mapping[str, Mapping[str, int]], global_caps: Mapping[str, int]
-    ) -> bool:
-        ts = send.ts_ms
-        channel_caps = [(ts - WINDOWS[w], limit) for w, limit in caps.get(send.channel, {}).items()]
-        global_list = [(ts - WINDOWS[w], limit) for w, limit in global_caps.items()]
-        lowest = min((since for since, _ in channel_caps + global_list), default=ts)
-        args: list[Any] = [send_member(send), ts, send.channel, int(send.channel in MESSAGE_CHANNELS),
-                           self.ttl_ms, lowest, len(channel_caps)]
-        for since, limit in channel_caps:
-            args += [since, limit]
-        args.append(len(global_list))
-        for since, limit in global_list:
-            args += [since, limit]
-        args += [len(MESSAGE_CHANNELS), *sorted(MESSAGE_CHANNELS)]
-        (ok,) = self._run("reserve", [("script", "reserve", (profile_keys(profile.key)[2],), args)])
-        if ok and send not in profile.sends:
-            profile.sends.append(send)
-        return bool(ok)
 
     # ---------------------------------------------------------------- timers
     def pop_due(self, now_ms: int, limit: int = 10_000, partition: int = 0) -> list[tuple[int, str, str]]:

@@ -136,52 +136,6 @@ for k = 1, 3 do redis.call('PEXPIRE', KEYS[k], ARGV[4]) end
 return ver + 1
 """
 
-#: Check the caps and record a send in one atomic step.
-#: KEYS: sends. ARGV: member, send ms, channel, counts toward global caps (1/0), ttl ms,
-#:       lowest 'since' of all caps, n channel caps, (since ms, limit) * n,
-#:       n global caps, (since ms, limit) * n, n message channels, channel * n.
-#: Returns 1 (recorded now or already recorded: a replay) or 0 (a cap is full).
-RESERVE = """
-local sends = KEYS[1]
-if redis.call('ZSCORE', sends, ARGV[1]) then return 1 end
-local channel = ARGV[3]
-local rows = redis.call('ZRANGEBYSCORE', sends, '(' .. ARGV[6], '+inf', 'WITHSCORES')
-local chans, times = {}, {}
-for r = 1, #rows, 2 do
-  local cut = string.find(rows[r], '\\31', 1, true)
-  chans[#chans + 1] = string.sub(rows[r], 1, cut - 1)
-  times[#times + 1] = tonumber(rows[r + 1])
-end
-local i = 7
-local n = tonumber(ARGV[i]); i = i + 1
-for c = 1, n do
-  local since, limit, count = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), 0
-  i = i + 2
-  for r = 1, #chans do
-    if chans[r] == channel and times[r] > since then count = count + 1 end
-  end
-  if count >= limit then return 0 end
-end
-local ng = tonumber(ARGV[i]); i = i + 1
-local gstart = i
-i = i + 2 * ng
-local nm = tonumber(ARGV[i]); i = i + 1
-local messages = {}
-for m = 1, nm do messages[ARGV[i]] = true; i = i + 1 end
-if ARGV[4] == '1' then
-  for g = 0, ng - 1 do
-    local since, limit, count = tonumber(ARGV[gstart + 2 * g]), tonumber(ARGV[gstart + 2 * g + 1]), 0
-    for r = 1, #chans do
-      if messages[chans[r]] and times[r] > since then count = count + 1 end
-    end
-    if count >= limit then return 0 end
-  end
-end
-redis.call('ZADD', sends, ARGV[2], ARGV[1])
-redis.call('PEXPIRE', sends, ARGV[5])
-return 1
-"""
-
 #: Start a re-admitted profile afresh, unless something wrote it since the erasure.
 #: KEYS: blob hash. ARGV: blob ('' for none), version (above any its erased self had), ttl ms.
 SEED = """
@@ -237,7 +191,6 @@ SCRIPTS: dict[str, str] = {
     "outbox_ack": OUTBOX_ACK,
     "load": LOAD,
     "commit": COMMIT,
-    "reserve": RESERVE,
     "seed": SEED,
     "readmit": READMIT,
     "claim_ids": CLAIM_IDS,

@@ -14,6 +14,10 @@ from touchline.decisions.events import (
     SCHEMA_VERSION,
     Event,
     Rejected,
+    _contract_problem,
+    _plainly_valid,
+    _read_object,
+    _to_event,
     load_schema,
     parse_event,
     parse_ts,
@@ -351,3 +355,72 @@ def test_empty_object_names_the_first_required_field():
     got = parse_event(b"{}")
     assert isinstance(got, Rejected)
     assert (got.reason, got.detail) == ("missing_field", "event_id is required")
+
+
+# ------------------------------------------------- the plain check and the schema
+
+def _boundary_docs() -> list[dict]:
+    """Each string field of the schema at and either side of its length bounds, each integer
+    bound of ts, ids with control and with valid non-printable characters, wrong types."""
+    schema = load_schema()
+    docs = []
+    fields = [((name,), rule) for name, rule in schema["properties"].items() if rule.get("type") == "string"]
+    fields += [(("context", name), rule) for name, rule in schema["properties"]["context"]["properties"].items()]
+    for path, rule in fields:
+        lo, hi = rule.get("minLength", 0), rule["maxLength"]
+        for value in ["x" * n for n in {max(0, lo - 1), lo, hi, hi + 1}] + ["\u2028", "a\x7f", "\x00", "\xa0", "é" * hi, 5, None, [], True]:
+            docs.append(base(**{path[0]: value}) if len(path) == 1 else base(context={path[1]: value}))
+    ts = schema["properties"]["ts"]
+    docs += [base(ts=v) for v in (ts["minimum"] - 1, ts["minimum"], ts["maximum"], ts["maximum"] + 1,
+                                  "x" * ts["maxLength"], "x" * (ts["maxLength"] + 1), True, 1.0, [], {})]
+    docs += [base(contact_id=_DROP, anonymous_id=v) for v in ("a", "", "\u0085", 1, None)]
+    docs += [base(properties=v) for v in ({}, {"k": [1]}, [], None, "x")]
+    docs += [base(context=v) for v in ({}, {"extra": 1}, [], None)]
+    return docs
+
+
+@pytest.mark.parametrize("doc", _corpus() + _boundary_docs(), ids=lambda d: orjson.dumps(d).decode()[:70])
+def test_plain_check_never_accepts_what_the_schema_rejects(doc):
+    """The fast path skips the compiled schema for documents _plainly_valid vouches for: each
+    must be valid to the reference validator (it may pass a valid one on to the schema)."""
+    if _plainly_valid(doc):
+        assert Draft202012Validator(load_schema()).is_valid(doc), doc
+
+
+def _full_path(raw: bytes) -> Event | Rejected:
+    """parse_event without the fast path: every line through the compiled schema."""
+    doc = _read_object(raw)
+    if isinstance(doc, Rejected):
+        return doc
+    return _contract_problem(raw, doc) or _to_event(raw, doc)
+
+
+def test_fast_path_answers_as_the_schema_does_on_mutated_events():
+    """On thousands of seeded random mutations (wrong types, bounds, control characters,
+    repeated keys, big integers), parse_event gives the same event, or the same reason and
+    message, as the full path through the schema."""
+    import json
+    import random
+
+    rng = random.Random(20261202)
+    values = [None, True, 0, -1, 2**70, 1.5, 1e12, "", "x" * 300, "a\u2028b", "c\x1f", "2026-01-01T00:00:00Z",
+              "2026-13-01T00:00:00Z", [], {}, {"timezone": 5}, {"device": "d" * 300}, {"n": {"k": [1, 2**70]}}]
+    names = ["event_id", "type", "ts", "contact_id", "anonymous_id", "channel", "session_id", "properties",
+             "context", "extra"]
+    fast = 0
+    for i in range(4000):
+        doc = base(anonymous_id="a1", channel="email", session_id="s", properties={"value": 3.5},
+                   context={"timezone": "UTC"})
+        for _ in range(rng.randrange(3)):
+            name = rng.choice(names)
+            if rng.random() < 0.3:
+                doc.pop(name, None)
+            else:
+                doc[name] = rng.choice(values)
+        raw = json.dumps(doc).encode()  # writes 2**70 (orjson will not), and spaces round colons
+        if rng.random() < 0.1:  # a key written twice: orjson would keep the last silently
+            raw = raw[:-1] + b',"' + rng.choice(names).encode() + b'":"again"}'
+        got, want = parse_event(raw), _full_path(raw)
+        fast += isinstance(got, Event)
+        assert type(got) is type(want) and repr(got) == repr(want), raw
+    assert 500 < fast < 3500  # both outcomes exercised

@@ -128,7 +128,8 @@ def test_sigterm_then_restart_finishes_with_nothing_lost_or_repeated(kafka_broke
     with _beside_a_reference(kafka_broker, topics, redis_url, tmp_path, "term") as runs:
         engine, ref_topics, run_topics, ref_hook, hook = runs.engine, runs.ref_topics, runs.topics, runs.ref_hook, runs.hook
         engine.start()
-        time.sleep(3.0)
+        engine.wait_reading()  # start-up done (the signal handlers are in place): under load it takes a while
+        time.sleep(1.5)
         assert engine.running()
         engine.kill(signal.SIGTERM)
         assert engine.wait(60) == 130  # documented: interrupted, with a summary of what was processed
@@ -154,10 +155,11 @@ def test_redis_restarted_without_persistence_stops_the_run_before_caps_break(kaf
                            kafka_broker.bootstrap, server.url)
     try:
         engine.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not client.dbsize():
-            time.sleep(0.05)
-        time.sleep(1.0)
+        engine.wait_reading()
+        deadline = time.monotonic() + 60  # until decisions are out (on a loaded machine a while)
+        while time.monotonic() < deadline and engine.running() \
+                and not kafka_broker.consume_all(topics["kafka.decisions_topic"], timeout=2.0):
+            time.sleep(0.2)
         assert engine.running()
         server.proc.kill()  # type: ignore[union-attr]
         server.proc.wait()  # type: ignore[union-attr]

@@ -10,7 +10,8 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-import touchline.decisions.batch_run as engine_module
+import touchline.decisions.event_handler as event_module
+import touchline.decisions.timer_handler as timer_module
 from touchline.decisions.batch_run import DecisionCore, LabelSettings
 from touchline.decisions.estimators import ModelConfig
 from touchline.decisions.policy import PolicyConfig
@@ -46,7 +47,7 @@ def _raise_for(contact: str, real):
 
 
 def test_an_event_that_raises_is_dead_lettered_and_its_profile_redone_without_it(monkeypatch):
-    real, raised = engine_module.features, []
+    real, raised = event_module.features, []
 
     def second_event_raises_once(profile, now_ms):
         if profile.key == "c-bad" and profile.events_total == 2 and not raised:
@@ -54,7 +55,7 @@ def test_an_event_that_raises_is_dead_lettered_and_its_profile_redone_without_it
             raise ZeroDivisionError("boom")
         return real(profile, now_ms)
 
-    monkeypatch.setattr(engine_module, "features", second_event_raises_once)
+    monkeypatch.setattr(event_module, "features", second_event_raises_once)
     e = _engine()
     lines = [_line("ok1", "add_to_cart", T0, "c-ok", value=30), _line("b1", "page_view", T0 + 1, "c-bad"),
              _line("b2", "signup", T0 + 2, "c-bad"), _line("ok2", "checkout_start", T0 + 3, "c-ok", value=30)]
@@ -72,8 +73,8 @@ def test_an_event_that_raises_is_dead_lettered_and_its_profile_redone_without_it
 
 
 def test_a_timer_that_raises_is_dead_lettered_and_the_others_fire(monkeypatch):
-    real = engine_module.cart_candidates
-    monkeypatch.setattr(engine_module, "cart_candidates", _raise_for("c-bad", real))
+    real = timer_module.cart_candidates
+    monkeypatch.setattr(timer_module, "cart_candidates", _raise_for("c-bad", real))
     e = _engine()
     carts = [_line(f"a-{c}", "add_to_cart", T0, c, value=40) for c in ("c-bad", "c-ok")]
     e.process(RawBatch(carts, "in.jsonl", 1))
@@ -85,7 +86,7 @@ def test_a_timer_that_raises_is_dead_lettered_and_the_others_fire(monkeypatch):
 
 
 def test_a_flood_of_internal_errors_stops_the_run(monkeypatch):
-    monkeypatch.setattr(engine_module, "features", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(event_module, "features", lambda *a, **k: 1 / 0)
     e = _engine()
     lines = [_line(f"e{i}", "signup", T0 + i, f"c{i}") for i in range(50)]
     e.process_or_halt(RawBatch(lines, "in.jsonl", 1))
@@ -94,7 +95,7 @@ def test_a_flood_of_internal_errors_stops_the_run(monkeypatch):
 
 
 def test_a_few_internal_errors_among_many_events_do_not_stop_it(monkeypatch):
-    monkeypatch.setattr(engine_module, "features", _raise_for("c-bad", engine_module.features))
+    monkeypatch.setattr(event_module, "features", _raise_for("c-bad", event_module.features))
     e = _engine()
     lines = [_line(f"e{i}", "signup", T0 + i, "c-bad" if i % 500 == 0 else f"c{i}") for i in range(3000)]
     for start in range(0, len(lines), 100):

@@ -105,19 +105,33 @@ def test_commit_refuses_a_lost_update(redis_url):
         b.save({"c1": pb})
 
 
-def test_reservation_is_atomic_across_two_clients(redis_url):
-    """Two clients race to reserve 40 different sends each on one contact with a cap of 10
-    emails a day: exactly 10 succeed in total, and Redis holds exactly those."""
+def test_reservations_hold_the_caps_across_two_clients(redis_url):
+    """Two clients race to send 40 different messages each to one contact with a cap of 10
+    emails a day, each reserving on the profile it loaded and committing it (a commit that
+    lost the race to the other client is a CONFLICT: reloaded and decided again): exactly 10
+    succeed in total, and Redis holds exactly those."""
     caps = {"email": {"24h": 10}}
     results: list[bool] = []
+    conflicts: list[str] = []
     lock = threading.Lock()
     start = threading.Barrier(2)
+
+    def send_once(store: RedisStore, send: Send) -> bool:
+        while True:
+            profile = store.load(["c1"])["c1"]
+            if not store.reserve(profile, send, caps, {}):
+                return False
+            lost = store.commit({"c1": profile}, (), [])
+            if not lost:
+                return True
+            with lock:
+                conflicts.extend(lost)
 
     def worker(name: str) -> None:
         store = RedisStore(redis_url)
         start.wait()
         for i in range(40):
-            ok = store.reserve(Profile("c1", known=True), Send(T0 + i, "email", f"{name}{i}"), caps, {})
+            ok = send_once(store, Send(T0 + i, "email", f"{name}{i}"))
             with lock:
                 results.append(ok)
         store.close()
@@ -129,6 +143,19 @@ def test_reservation_is_atomic_across_two_clients(redis_url):
         t.join()
     assert results.count(True) == 10 and len(results) == 80
     assert redis.Redis.from_url(redis_url).zcard(profile_keys("c1")[2]) == 10
+
+
+def test_a_reservation_costs_no_round_trip_and_is_stored_by_the_commit(redis_url):
+    """reserve checks the caps on the loaded profile only; until the commit nothing is stored
+    (a decision that is never committed leaves no send behind)."""
+    s = RedisStore(redis_url)
+    raw = redis.Redis.from_url(redis_url)
+    p = s.load(["c1"])["c1"]
+    assert s.reserve(p, Send(T0, "email", "welcome"), {"email": {"24h": 1}}, {})
+    assert raw.zcard(profile_keys("c1")[2]) == 0
+    assert s.commit({"c1": p}, (), []) == set()
+    assert raw.zcard(profile_keys("c1")[2]) == 1
+    assert not s.reserve(s.load(["c1"])["c1"], Send(T0 + 1, "email", "x"), {"email": {"24h": 1}}, {})
 
 
 def test_reservation_replay_is_not_counted_twice(redis_url):
@@ -170,8 +197,8 @@ def test_ttl_forgets_abandoned_contacts(redis_url):
     from touchline.decisions.profile import apply_event
 
     apply_event(p, "e0", "identify", T0, {}, {})
-    s.save({"c1": p})
     s.reserve(p, Send(T0, "email", "welcome"), {}, {})
+    s.save({"c1": p})
     raw = redis.Redis.from_url(redis_url)
     for key in (*profile_keys("c1"), alias_key("a1")):
         assert 0 < raw.pttl(key) <= 1500, key

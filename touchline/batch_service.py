@@ -4,8 +4,9 @@ The I/O half of the engine step. Per batch the state store is asked: ``tombstone
 any of these identities erased), ``claim_ids`` (event ids store-wide), ``ack`` (what the
 outputs confirmed), ``begin`` (identities and due timers), ``load`` (the profiles) and
 ``commit`` (changed profiles with their decisions, merged-away ones, new timers), plus
-``hold`` on Kafka when the reorder buffer changed, ``reserve`` per decision and ``delete``
-per contact past retention, around the pure decision loop in
+``hold`` on Kafka when the reorder buffer changed, ``reserve`` per decision (no round trip:
+the commit stores the send) and ``delete`` per contact past retention, around the pure
+decision loop in
 :mod:`touchline.decisions.batch_run`. A networked store makes each call one round trip.
 Metrics are counted once per batch.
 """
@@ -17,17 +18,19 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import orjson
 
+from touchline.decisions.errors import TouchlineError
 from touchline.decisions.batches import BatchResult, RawBatch
 from touchline.decisions.clock import Clock
 from touchline.decisions.batch_run import BatchRun, DecisionCore
+from touchline.decisions.outcome import BatchOutcome, JourneyTallies
 from touchline.decisions.events import Event, Rejected, parse_event
 from touchline.decisions.reorder import EventOrder, TimeRules
 from touchline.model_keeper import ModelKeeper
-from touchline.metrics.engine_metrics import EngineMetrics
+from touchline.metrics.engine_metrics import EngineMetrics, observe_each, observe_many
 from touchline.state.base import OutboxEntry, Pending, StateStore, StoreError, StoreHealth, contact_key
 from touchline.state.erasure import screen as screen_erased
 
@@ -214,19 +217,19 @@ class Engine:
         events, at = self._claim_ids(events, at, dead, timings)
         self._flush_acks(timings)
         resolved, due = _timed(timings, "resolve", self.store.begin, events, horizon, partition=batch.partition)
-        run = self._decide_and_commit(events, at, resolved, due, horizon or 0, timings, batch.partition)
+        out, expired = self._decide_and_commit(events, at, resolved, due, horizon or 0, timings, batch.partition)
         if batch.final and self.keep_held:  # no next batch to drop what this one released
             self._keep_held(batch, timings)
-        run_ns = run.run_ns - int(timings.get("reserve", 0.0) * 1e9)
-        for key in run.expired:
+        run_ns = out.run_ns - int(timings.get("reserve", 0.0) * 1e9)
+        for key in expired:
             _timed(timings, "delete", self.store.delete, key)
-        dead.extend(run.dead)
-        dead.extend(run.errors)
+        dead.extend(out.dead)
+        dead.extend(out.errors)
         stages = {"parse": (parsed_ns - started_ns) / 1e9, "state": sum(timings.values()),
-                  "score": run.score_ns / 1e9, "policy": max(0, run_ns - run.score_ns) / 1e9}
-        self._account(batch, events, run, dead, timings, stages)
-        self._watch_errors(len(events) + len(due), len(run.errors))
-        result = BatchResult(run.decisions, dead, run.exp.records)
+                  "score": out.score_ns / 1e9, "policy": max(0, run_ns - out.score_ns) / 1e9}
+        self._account(batch, events, out, dead, timings, stages)
+        self._watch_errors(len(events) + len(due), len(out.errors))
+        result = BatchResult(out.decisions, dead, out.exp.records)
         for listener in self.listeners:
             listener(result)
         return result
@@ -300,6 +303,17 @@ class Engine:
             events.sort(key=lambda ev: ev.ts_ms)  # stable: ties keep arrival order
             return events, None, self.core.advance(events, batch.advance_to_ms)
         order = self._orders.get(batch.partition) or self._resume_order(batch)
+        released = self._release(batch, order, events, positions, dead)
+        out = [r.event for r in released]
+        self.core.advance(out, batch.advance_to_ms)
+        self._clocks[batch.partition] = order.clock  # None until enough events: nothing to resume from
+        return out, [(r.at_ms, r.late) for r in released], order.clock if batch.final else order.watermark
+
+    def _release(self, batch: RawBatch, order: EventOrder, events: list[Event], positions: list[int],
+                 dead: list[dict[str, Any]]) -> list[Any]:
+        """Add the batch to the partition's reorder buffer and take what may go now: everything
+        at the end of the input, everything held when the source is idle, else what the
+        watermark passed. Counts events later than the allowed lateness and those held."""
         for ev, pos in zip(events, positions):
             order.add(ev, pos)
         if batch.advance_to_ms is not None:
@@ -308,15 +322,12 @@ class Engine:
         for ev, why in order.rejected:
             dead.append(ev.to_dead_letter("future_event", why))
         order.rejected.clear()
-        out = [r.event for r in released]
         late = sum(r.late for r in released)
         if late:
             self.totals.out_of_order += late
             self.metrics.out_of_order.inc(late)
         self.metrics.held_events.set(sum(map(len, self._orders.values())))
-        self.core.advance(out, batch.advance_to_ms)
-        self._clocks[batch.partition] = order.clock  # None until enough events: nothing to resume from
-        return out, [(r.at_ms, r.late) for r in released], order.clock if batch.final else order.watermark
+        return released
 
     def _resume_order(self, batch: RawBatch) -> EventOrder:
         """The partition's reorder buffer, at the event clock its last committed batch left,
@@ -363,38 +374,64 @@ class Engine:
 
     def _decide_and_commit(self, events: list[Event], at: list[tuple[int, bool]] | None,
                            resolved: list[tuple[str, str | None]], due: list[tuple[int, str, str]], horizon: int,
-                           timings: dict[str, float], partition: int = 0) -> "_Committed":
-        """Run the batch over loaded profiles and commit it with its decisions (the outbox).
-        Profiles another writer changed meanwhile (a contact whose events arrive on two
-        partitions, a timer fired by another worker) are reloaded and redone, alone; so are
-        profiles where an event or timer raised, without that item."""
+                           timings: dict[str, float], partition: int = 0) -> tuple[BatchOutcome, set[str]]:
+        """Run the batch over loaded profiles and commit it with its decisions (the outbox);
+        returns what it did and the profiles that expired. Profiles another writer changed
+        meanwhile (a contact whose events arrive on two partitions, a timer fired by another
+        worker) are reloaded and redone, alone; so are profiles where an event or timer
+        raised, without that item."""
         retry_keys: set[str] | None = None
         skip: set[Any] = set()
-        done = _Committed()
+        outcome: BatchOutcome | None = None
+        expired: set[str] = set()
         attempt = 0  # redos for conflicts; a redo for an item that raised leaves that item out, so it ends
         while attempt <= MAX_CONFLICT_RETRIES:
             run, conflicts = self._attempt(_only(events, at, resolved, due, retry_keys), horizon, timings, partition,
                                            redo=retry_keys is not None, skip=skip)
-            failed = set(run.failed)
-            done.absorb(run, conflicts | failed)
-            if not conflicts and not failed:
-                return done
+            redo = conflicts | set(run.failed)
+            run.outcome.drop_profiles(redo, contact_key)
+            expired |= run.expired - redo
+            if outcome is None:
+                outcome = run.outcome
+            else:
+                outcome.absorb(run.outcome)
+            if not redo:
+                return outcome, expired
             skip.update(run.failed.values())
-            redo = conflicts | failed
             retry_keys = redo | {a for a, c in run.merged_into.items() if c in redo}
             if conflicts:
-                self.totals.conflicts += len(conflicts)
-                log.info("%d profile(s) changed by another writer during the batch; redoing them (attempt %d)",
-                         len(conflicts), attempt + 1)
-                time.sleep(min(0.5, 0.01 * 2 ** attempt))
+                self._conflicted(conflicts, attempt)
                 attempt += 1
         raise StoreError(f"profiles {', '.join(sorted(retry_keys or ()))} kept changing under this worker for "
                          f"{MAX_CONFLICT_RETRIES} retries")
+
+    def _conflicted(self, conflicts: set[str], attempt: int) -> None:
+        """Count profiles another writer changed, and back off before redoing them."""
+        self.totals.conflicts += len(conflicts)
+        log.info("%d profile(s) changed by another writer during the batch; redoing them (attempt %d)",
+                 len(conflicts), attempt + 1)
+        time.sleep(min(0.5, 0.01 * 2 ** attempt))
 
     def _attempt(self, items: "_Items", horizon: int, timings: dict[str, float], partition: int, redo: bool,
                  skip: set[Any]) -> tuple[BatchRun, set[str]]:
         """Load, decide and commit once; returns the run and the profiles that were not written.
         Profiles where an item raised (``run.failed``) are not written either."""
+        due = items[3]
+        run = self._run_loaded(items, horizon, timings, skip)
+        keep_out = _kept_out(run)
+        live = {k: run.profiles[k] for k in run.touched - run.deleted - keep_out}
+        timers = _timers_to_set(run, live, keep_out, redo)
+        decisions = [d for d in run.outcome.decisions if not keep_out or contact_key(d["contact_id"]) not in keep_out]
+        conflicts = _timed(timings, "save", self.store.commit, live, run.merged_away - keep_out, timers,
+                           outbox=self._outbox(decisions), fired=[t for t in due if t[1] not in keep_out],
+                           merged_into=run.merged_into,
+                           watermark=None if self.core.live else self._clocks.get(partition), partition=partition)
+        if decisions and log.isEnabledFor(logging.DEBUG):
+            log.debug("committed decisions %s", " ".join(d["decision_id"] for d in decisions))
+        return run, conflicts
+
+    def _run_loaded(self, items: "_Items", horizon: int, timings: dict[str, float], skip: set[Any]) -> BatchRun:
+        """Load the profiles the items touch and run the decision loop over them (timed)."""
         store = self.store
         events, at, resolved, due = items
         keys = {k for k, _ in resolved} | {m for _, m in resolved if m} | {k for _, k, _ in due}
@@ -403,24 +440,8 @@ class Engine:
         run.skip = skip
         started_ns = time.perf_counter_ns()
         run.run(events, resolved, due, horizon, at)
-        run.run_ns = time.perf_counter_ns() - started_ns
-        keep_out = set(run.failed)
-        if keep_out:  # and what merged into them: all of it is redone
-            keep_out |= {a for a, c in run.merged_into.items() if c in keep_out}
-        live = {k: profiles[k] for k in run.touched - run.deleted - keep_out}
-        timers = {kk: t for kk, t in run.to_schedule.items() if kk[0] not in keep_out}
-        if redo:  # a conflicted attempt may have scheduled stale times: set every timer right
-            timers.update({(k, kind): t for k, p in live.items() for kind, t in p.timers.items()})
-        decisions = ([d for d in run.decisions if contact_key(d["contact_id"]) not in keep_out] if keep_out
-                     else run.decisions)
-        conflicts = _timed(timings, "save", store.commit, live, run.merged_away - keep_out,
-                           [(k, kind, t) for (k, kind), t in timers.items()],
-                           outbox=self._outbox(decisions), fired=[t for t in due if t[1] not in keep_out],
-                           merged_into=run.merged_into,
-                           watermark=None if self.core.live else self._clocks.get(partition), partition=partition)
-        if run.decisions and log.isEnabledFor(logging.DEBUG):
-            log.debug("committed decisions %s", " ".join(d["decision_id"] for d in run.decisions))
-        return run, conflicts
+        run.outcome.run_ns = time.perf_counter_ns() - started_ns
+        return run
 
     def _outbox(self, decisions: list[dict[str, Any]]) -> dict[str, list[OutboxEntry]]:
         """Each decision, by the profile it belongs to (the key of its contact id), for the same
@@ -465,127 +486,112 @@ class Engine:
         self.totals.recovered += len(found)
         return found
 
-    def _account(self, batch: RawBatch, events: list[Event], run: "_Committed", dead: list[dict[str, Any]],
+    def _account(self, batch: RawBatch, events: list[Event], out: BatchOutcome, dead: list[dict[str, Any]],
                  timings: dict[str, float], stages: dict[str, float]) -> None:
-        done_ns = time.perf_counter_ns()
-        m, t = self.metrics, self.totals
-        latency_ms = (done_ns - batch.read_ns) / 1e6
-        n = len(events)
-        t.lines += len(batch.lines)
-        t.events += sum(run.by_type.values())
-        t.duplicates += run.duplicates
-        t.by_type.update(run.by_type)
+        """Count one batch, once: the run's totals (summary) and the metrics (scrapes)."""
+        latency_ms = (time.perf_counter_ns() - batch.read_ns) / 1e6
         dead_by_reason = Counter(d["reason"] for d in dead)
+        self._add_totals(batch, events, out, dead_by_reason, latency_ms)
+        self._count_outcome(batch, out, dead_by_reason)
+        self._count_journeys(out.journeys)
+        self._observe_latencies(batch, len(events), latency_ms, stages)
+        self._observe_models(out)
+        for op, seconds_spent in timings.items():
+            self.metrics.store_latency.labels(op).observe(seconds_spent)
+        self._count_store_health()
+
+    def _add_totals(self, batch: RawBatch, events: list[Event], out: BatchOutcome, dead_by_reason: Counter[str],
+                    latency_ms: float) -> None:
+        """The end-of-run summary's tallies."""
+        t = self.totals
+        t.lines += len(batch.lines)
+        t.events += sum(out.by_type.values())
+        t.duplicates += out.duplicates
+        t.by_type.update(out.by_type)
         t.dead_letters.update(dead_by_reason)
-        t.suppressions.update(run.suppressed)
-        t.decisions.update(run.decided)
-        t.timers.update(run.timers_fired)
-        if n:
-            t.batch_latency_ms.append((latency_ms, n))
+        t.suppressions.update(out.suppressed)
+        t.decisions.update(out.decided)
+        t.timers.update(out.timers_fired)
+        t.feedback.update(out.feedback)
+        if events:
+            t.batch_latency_ms.append((latency_ms, len(events)))
             first, last = events[0].ts_ms, events[-1].ts_ms
             t.first_event_ms = first if t.first_event_ms is None else min(t.first_event_ms, first)
             t.last_event_ms = last if t.last_event_ms is None else max(t.last_event_ms, last)
-        t.decision_latency_ms.extend(latency_ms for _ in run.decisions)
-        source = self.source_kind
-        m.count_events(run.by_type, source)
+        t.decision_latency_ms.extend(latency_ms for _ in out.decisions)
+
+    def _count_outcome(self, batch: RawBatch, out: BatchOutcome, dead_by_reason: Counter[str]) -> None:
+        """The batch's counters, one increment per label set (never per event)."""
+        m = self.metrics
+        m.count_events(out.by_type, self.source_kind)
         if batch.lines:
-            m.received_bytes.labels(source).inc(sum(map(len, batch.lines)))
-        m.count(m.identity_events, run.identities)
-        m.count(m.new_ids, run.new_ids)
-        m.count(m.missing_attributes, run.missing)
-        if run.merges:
-            m.identity_merges.inc(run.merges)
-        m.count(m.dead_letters, dead_by_reason)
-        m.count(m.suppressions, run.suppressed)
-        m.count(m.decisions, run.decided)
-        m.count(m.timers_fired, run.timers_fired)
-        m.count(m.labels, run.labelled)
-        m.count(m.feedback, run.feedback)
-        m.experiments.count(run.exp)
-        t.feedback.update(run.feedback)
-        journeys = self.core.journeys
-        if journeys is not None:
-            j = journeys.tallies
-            m.count(m.journey_entries, j.entries)
-            m.count(m.journey_exits, j.exits)
-            m.count(m.journey_sends, j.sends)
-            m.count(m.journey_suppressed, j.suppressed)
-            m.count(m.journey_conversions, {name: n for (name, reason), n in j.exits.items() if reason == "goal"})
-            t.journeys.update({f"{name} entered": n for name, n in j.entries.items()})
-            t.journeys.update({f"{name} exited {reason}": n for (name, reason), n in j.exits.items()})
-            t.journeys.update({f"{name} sent {step}": n for (name, step), n in j.sends.items()})
-            t.journeys.update({f"{name} {how} {step}": n for (name, step, how), n in j.suppressed.items()})
-            for counter in (j.entries, j.exits, j.sends, j.suppressed):
-                counter.clear()
-        if run.duplicates:
-            m.duplicates.inc(run.duplicates)
-        if batch.lines:  # idle ticks are not batches
+            m.received_bytes.labels(self.source_kind).inc(sum(map(len, batch.lines)))
+        tallies: list[tuple[Any, Mapping[Any, int]]] = [
+            (m.identity_events, out.identities), (m.new_ids, out.new_ids), (m.missing_attributes, out.missing),
+            (m.dead_letters, dead_by_reason), (m.suppressions, out.suppressed), (m.decisions, out.decided),
+            (m.timers_fired, out.timers_fired), (m.labels, out.labelled), (m.feedback, out.feedback)]
+        for counter, tally in tallies:
+            m.count(counter, tally)
+        if out.merges:
+            m.identity_merges.inc(out.merges)
+        if out.duplicates:
+            m.duplicates.inc(out.duplicates)
+        m.experiments.count(out.exp)
+
+    def _count_journeys(self, j: JourneyTallies) -> None:
+        """Journey entries, exits, sends and held-back steps: metrics and the summary."""
+        m, t = self.metrics, self.totals
+        m.count(m.journey_entries, j.entries)
+        m.count(m.journey_exits, j.exits)
+        m.count(m.journey_sends, j.sends)
+        m.count(m.journey_suppressed, j.suppressed)
+        m.count(m.journey_conversions, {name: n for (name, reason), n in j.exits.items() if reason == "goal"})
+        t.journeys.update({f"{name} entered": n for name, n in j.entries.items()})
+        t.journeys.update({f"{name} exited {reason}": n for (name, reason), n in j.exits.items()})
+        t.journeys.update({f"{name} sent {step}": n for (name, step), n in j.sends.items()})
+        t.journeys.update({f"{name} {how} {step}": n for (name, step, how), n in j.suppressed.items()})
+
+    def _observe_latencies(self, batch: RawBatch, n: int, latency_ms: float, stages: dict[str, float]) -> None:
+        """Batch size, per-event processing latency and time per stage (idle ticks are not batches)."""
+        m = self.metrics
+        if batch.lines:
             m.batch_size.observe(n)
-        seconds = latency_ms / 1000
-        for _ in range(n):
-            m.processing.observe(seconds)
-        if batch.lines:  # idle ticks are not batches
             for stage, seconds_spent in stages.items():
                 m.stage_latency.labels(stage).observe(seconds_spent)
+        if n:
+            observe_many(m.processing, latency_ms / 1000, n)
         if self._emit_seconds:  # what the previous batch's outputs took to write
             m.stage_latency.labels("emit").observe(self._emit_seconds)
             self._emit_seconds = 0.0
-        if run.label_delays or run.drifts:
-            m.models.export(self.models, run.label_delays, run.drifts)
+
+    def _observe_models(self, out: BatchOutcome) -> None:
+        """Model quality (when labels resolved), the score histograms and the watermark."""
+        m = self.metrics
+        if out.label_delays or out.drifts:
+            m.models.export(self.models, out.label_delays, out.drifts)
             if self.keeper is not None:
-                self.keeper.after_batch(run.drifts)
-        for name, scores in run.scores.items():
-            hist = m.scores.labels(name)
-            for s in scores:
-                hist.observe(s)
+                self.keeper.after_batch(out.drifts)
+        for name, scores in out.scores.items():
+            if scores:
+                observe_each(m.scores.labels(name), scores)
         m.watermark.set(self.clock.now() / 1000)
-        for op, seconds_spent in timings.items():
-            m.store_latency.labels(op).observe(seconds_spent)
-        health = self.store.health
-        if health is not None:  # failures the store retried through since the last batch
-            for op, n in health.errors.items():
-                m.store_errors.labels(op).inc(n)
-            health.errors.clear()
-            if health.reconnects:
-                m.store_reconnects.inc(health.reconnects)
-                self.totals.store_reconnects += health.reconnects
-                health.reconnects = 0
+
+    def _count_store_health(self) -> None:
+        """Failures the store retried through since the last batch, and its reconnects."""
+        m, health = self.metrics, self.store.health
+        if health is None:
+            return
+        for op, n in health.errors.items():
+            m.store_errors.labels(op).inc(n)
+        health.errors.clear()
+        if health.reconnects:
+            m.store_reconnects.inc(health.reconnects)
+            self.totals.store_reconnects += health.reconnects
+            health.reconnects = 0
 
 
 #: How often one batch redoes profiles that other writers keep changing before giving up.
 MAX_CONFLICT_RETRIES = 20
-
-
-class _Committed:
-    """What a batch's runs (the first, and any redo of conflicted profiles) produced."""
-
-    def __init__(self) -> None:
-        self.runs: list[BatchRun] = []
-
-    def absorb(self, run: BatchRun, conflicts: set[str]) -> None:
-        """Keep ``run``'s output except the decisions of profiles that were not written."""
-        if conflicts:
-            run.decisions = [d for d in run.decisions if contact_key(d["contact_id"]) not in conflicts]
-            run.expired -= conflicts
-            kept = [(d, k) for d, k in zip(run.dead, run.dead_keys) if k not in conflicts]
-            run.dead, run.dead_keys = [d for d, _ in kept], [k for _, k in kept]
-        self.runs.append(run)
-
-    def __getattr__(self, name: str) -> Any:
-        """Tallies of the first run, plus the redone runs' (rare: a conflict) for lists and counters."""
-        runs = self.__dict__["runs"]
-        first = getattr(runs[0], name)
-        if len(runs) == 1:
-            return first
-        if isinstance(first, Counter):
-            return sum((getattr(r, name) for r in runs[1:]), Counter(first))
-        if isinstance(first, list):
-            return [x for r in runs for x in getattr(r, name)]
-        if isinstance(first, set):
-            return set().union(*(getattr(r, name) for r in runs))
-        if isinstance(first, int) and not isinstance(first, bool):
-            return sum(getattr(r, name) for r in runs)
-        return first
 
 
 _Items = tuple[list[Event], "list[tuple[int, bool]] | None", list[tuple[str, str | None]], list[tuple[int, str, str]]]
@@ -601,7 +607,25 @@ def _only(events: list[Event], at: list[tuple[int, bool]] | None, resolved: list
             [resolved[i] for i in picked], [t for t in due if t[1] in keys])
 
 
-class InternalErrorFlood(RuntimeError):
+def _kept_out(run: BatchRun) -> set[str]:
+    """Profiles not to write from ``run``: where an item raised, and what merged into them
+    (all of it is redone)."""
+    keep_out = set(run.failed)
+    if keep_out:
+        keep_out |= {a for a, c in run.merged_into.items() if c in keep_out}
+    return keep_out
+
+
+def _timers_to_set(run: BatchRun, live: dict[str, Any], keep_out: set[str], redo: bool) -> list[tuple[str, str, int]]:
+    """The timers to schedule in the store. A redo of conflicted profiles may have scheduled
+    stale times: then every timer of the written profiles is set right."""
+    timers = {kk: t for kk, t in run.timers.to_schedule.items() if kk[0] not in keep_out}
+    if redo:
+        timers.update({(k, kind): t for k, p in live.items() for kind, t in p.timers.items()})
+    return [(k, kind, t) for (k, kind), t in timers.items()]
+
+
+class InternalErrorFlood(TouchlineError, RuntimeError):
     """Too many events and timers raised: the engine has a bug, the input is not to blame."""
 
 

@@ -66,48 +66,50 @@ def parse_counts(text: str, flag: str) -> list[int]:
 def _engine_run(services: Any, kafka: Any, batch_size: int, processes: int, recovery: bool, out_dir: Path,
                 recovery_dir: Path, log_path: Path, timeout: float) -> dict[str, Any]:
     """One ``touchline run`` to the end of the topic; its wall time and summed summaries."""
-    from touchline.bench_kafka import engine_log_notes, topic_env
+    from touchline.bench_services import engine_command, engine_log_notes, read_summaries, topic_env
 
-    cmd = [sys.executable, "-m", "touchline", "run", "--kafka", services.bootstrap, "--redis", services.redis_url,
-           "--quiet", "--json", "--no-metrics", "--log-level", "info", "--batch-size", str(batch_size),
-           "--out", str(out_dir), "--recovery-dir", str(recovery_dir)]
-    if processes > 1:
-        cmd += ["--processes", str(processes)]
+    extra = ["--recovery-dir", str(recovery_dir), *(["--processes", str(processes)] if processes > 1 else [])]
     env = topic_env(kafka, tail=False)
     env["TOUCHLINE_RUNTIME__RECOVERY"] = "true" if recovery else "false"
     started = time.perf_counter()
     with open(log_path, "wb") as err:
-        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, timeout=timeout)
+        proc = subprocess.run(engine_command(services, batch_size, out_dir, *extra), stdout=subprocess.DEVNULL,
+                              stderr=err, env=env, timeout=timeout)
     seconds = time.perf_counter() - started
     log_text = log_path.read_text(errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"touchline run exited with {proc.returncode}: {log_text[-2000:]}")
-    names = ["summary.json"] if processes == 1 else [f"summary-{i}.json" for i in range(processes)]
-    summaries = [orjson.loads((out_dir / name).read_bytes()) for name in names]
     return {
         "seconds": round(seconds, 2),
-        "engine_seconds": round(max(s["wall_seconds"] for s in summaries), 2),
-        "lines_read": sum(s["lines_read"] for s in summaries),
-        "events_processed": sum(s["events_processed"] for s in summaries),
-        "duplicates_ignored": sum(s["duplicates_ignored"] for s in summaries),
-        "dead_letters": sum(s["dead_letters_total"] for s in summaries),
+        **_summed(read_summaries(out_dir, processes, log_text[-2000:])),
         "resumed_partitions": log_text.count("resuming "),
         "engine_log": engine_log_notes(log_text),
     }
 
 
+def _summed(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The engine processes' summaries as one: the longest run time, the counts added up."""
+    def total(key: str) -> int:
+        return sum(s[key] for s in summaries)
+
+    return {
+        "engine_seconds": round(max(s["wall_seconds"] for s in summaries), 2),
+        "lines_read": total("lines_read"),
+        "events_processed": total("events_processed"),
+        "duplicates_ignored": total("duplicates_ignored"),
+        "dead_letters": total("dead_letters_total"),
+    }
+
+
 def _scenario(settings: Settings, services: Any, lines: list[bytes], k: int, extra: int, recovery: bool,
               batch_size: int, processes: int, partitions: int, workdir: Path, timeout: float) -> dict[str, Any]:
-    from touchline.bench_kafka import flush_redis, round_kafka
-    from touchline.connectors.kafka import ensure_topics
+    from touchline.bench_services import create_round_topics, flush_redis, round_kafka
     from touchline.connectors.loadgen import produce_events
 
-    flush_redis(services.redis_url)
+    flush_redis(services.state_url)
     stem = f"touchline-catchup-{int(time.time() * 1000)}-{k}-{'rec' if recovery else 'norec'}"
     kafka = round_kafka(settings, services.bootstrap, stem, partitions, tail=False)
-    ensure_topics(kafka.client_config(), [kafka.events_topic, kafka.decisions_topic, kafka.dead_letter_topic,
-                                          kafka.experiments_topic], create=True, partitions=partitions,
-                  replication_factor=kafka.replication_factor, timeout=kafka.connect_timeout_seconds)
+    create_round_topics(kafka)
     workdir.mkdir(parents=True, exist_ok=True)
     stats = produce_events(lines[:k], kafka)
     if stats.failed:
@@ -128,7 +130,7 @@ def run_catchup(settings: Settings, bootstrap: str, counts: list[int], *, redis_
                 timeout: float = 1800.0) -> dict[str, Any]:
     """Measure restart catch-up at each K in ``counts`` (see the module's docstring)."""
     from touchline.bench import _cpus, generate
-    from touchline.bench_kafka import Services
+    from touchline.bench_services import Services
 
     if extra <= 0:
         raise ConfigError("--extra must be positive")

@@ -4,6 +4,7 @@
     touchline run --input events.jsonl # replay a file in event time
     touchline simulate --out events.jsonl
     touchline bench --events 200000
+    touchline bench --kafka tansu --compare --events 60000   # the engine beside two loops written by hand
     touchline run --redis redis://127.0.0.1:6379/0   # state in Redis (production)
     touchline run --kafka 127.0.0.1:9092             # events topic in, decisions topic out
     touchline simulate --kafka 127.0.0.1:9092 --rate 5000   # load generator
@@ -25,7 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import orjson
 
@@ -68,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                      "(default text; sets logging.format)")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                      help="default warning; info adds operational lines (never personal data)")
-    run.add_argument("--batch-size", type=int, help="events per micro-batch (default 100)")
+    run.add_argument("--batch-size", type=int,
+                     help="events per micro-batch (default 100; from Kafka at most 1000: see kafka.batch_size)")
     run.add_argument("--redis", metavar="URL", help="keep state in Redis at URL (sets state.url), "
                      "e.g. redis://127.0.0.1:6379/0, rediss://..., redis+cluster://host:port")
     run.add_argument("--journeys", metavar="PATH", type=Path, action="append",
@@ -107,13 +109,18 @@ def _parser() -> argparse.ArgumentParser:
     _add_sim_args(sim)
 
     bench = sub.add_parser("bench", help="measure the engine: events/s, p50/p99 latency, peak memory")
-    bench.add_argument("--events", type=int, default=200_000, help="events to process (default 200000)")
-    bench.add_argument("--batch-size", type=int, default=100, help="events per micro-batch (default 100)")
+    bench.add_argument("--events", type=int, default=200_000, help="events to process (default 200000; "
+                       "also the events of --compare)")
+    bench.add_argument("--batch-size", type=int,
+                       help="events per micro-batch of the engine (default: as configured, 100 in process, "
+                            "at most 1000 from Kafka)")
     bench.add_argument("--config", type=Path, help="settings file")
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")
     bench.add_argument("--redis", metavar="URL",
                        help="also run on Redis at URL: batched vs naive one-call-per-command, same data "
-                            "(uses database keys under tl:*; FLUSHDB first)")
+                            "(uses database keys under tl:*; FLUSHDB first); with --kafka --processes, "
+                            "--catchup or --compare: the Redis they use (FLUSHDB before each round; default: a "
+                            "local redis-server started for the measurement)")
     bench.add_argument("--kafka", metavar="HOST:PORT",
                        help="measure end to end through Kafka instead: an engine process reads the events topic, "
                             "this one offers --rate events/s for --seconds and reads the decisions back; "
@@ -129,8 +136,15 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--catchup", metavar="K[,K...]",
                        help="with --kafka: measure catch-up after a restart at K events into a topic, with "
                             "recovery and without (python -m touchline.catchup --help for more options)")
-    bench.add_argument("--keep", action="store_true", help="with --processes/--catchup: keep the work directory "
-                       "(engine logs, summaries)")
+    bench.add_argument("--compare", action="store_true",
+                       help="with --kafka: produce --events events to one topic once, then run on it, each on a "
+                            "flushed Redis and as its own process, a naive per-event loop written by hand (one "
+                            "Redis call per command, River learn + predict per event), a hand-batched loop (1,000 "
+                            "events, one pipeline to read and one to write, batched produce) and the engine "
+                            "(touchline run --kafka --redis); print the three rates, p50/p99, memory and the "
+                            "ratios (python -m touchline.bench_loops --help: what the loops do and do not do)")
+    bench.add_argument("--keep", action="store_true", help="with --processes/--catchup/--compare: keep the work "
+                       "directory (engine logs, summaries)")
     _add_sim_args(bench)
 
     contact = sub.add_parser("contact", help="privacy operations on one contact's stored state")
@@ -210,7 +224,28 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    o: dict[str, Any] = {
+    """The settings the command line sets, as dotted keys for :func:`load_settings` (None: not
+    given, so the file or the environment decides); a flag combination that cannot work is a
+    ConfigError naming the flags."""
+    o = _flag_overrides(args)
+    o.update(_input_overrides(args))
+    o.update(_server_overrides(args))
+    if getattr(args, "journeys", None) and args.command == "run":
+        o["journeys.files"] = args.journeys
+    if getattr(args, "topic", None):
+        o["kafka.events_topic"] = args.topic
+    _check_rate(args)
+    o.update(_simulation_overrides(args))
+    if getattr(args, "no_metrics", False):
+        o["metrics.enabled"] = False
+    if args.command == "run":
+        o.update(_runtime_overrides(args))
+    return o
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags that set one setting each, as given (absent on this command: None)."""
+    return {
         "simulator.seed": getattr(args, "seed", None),
         "simulator.contacts": getattr(args, "contacts", None),
         "simulator.days": getattr(args, "days", None),
@@ -221,83 +256,142 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "logging.format": getattr(args, "log_format", None),
         "logging.level": getattr(args, "log_level", None),
         "source.batch_size": getattr(args, "batch_size", None),
+        "kafka.batch_size": getattr(args, "batch_size", None) if args.command == "run" else None,
     }
-    if getattr(args, "input", None) is not None:
+
+
+def _input_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``--input FILE`` replays a file; ``--follow`` tails it on the wall clock, so it needs one."""
+    o: dict[str, Any] = {}
+    has_input = getattr(args, "input", None) is not None
+    if has_input:
         o["source.kind"] = "jsonl"
         o["source.path"] = args.input
     if getattr(args, "follow", False):
-        if getattr(args, "input", None) is None:
+        if not has_input:
             raise ConfigError("--follow needs --input FILE (the file to tail)")
         o["source.follow"] = True
         o["engine.clock"] = "wall"
-    if getattr(args, "redis", None) and args.command != "bench":
+    return o
+
+
+def _server_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``--redis`` and ``--kafka`` name the engine's servers (``run`` then reads its events from
+    Kafka unless ``--input`` is given); ``bench`` takes them as what to measure, not as settings."""
+    o: dict[str, Any] = {}
+    if args.command == "bench":
+        return o
+    if getattr(args, "redis", None):
         o["state.url"] = args.redis
-    if getattr(args, "kafka", None) and args.command != "bench":
+    if getattr(args, "kafka", None):
         o["kafka.bootstrap"] = args.kafka
         if args.command == "run" and getattr(args, "input", None) is None:
             o["source.kind"] = "kafka"
-    if getattr(args, "journeys", None) and args.command == "run":
-        o["journeys.files"] = args.journeys
-    if getattr(args, "topic", None):
-        o["kafka.events_topic"] = args.topic
+    return o
+
+
+def _check_rate(args: argparse.Namespace) -> None:
+    """``simulate --rate`` paces a load generator: a file is written as fast as possible."""
     if args.command == "simulate" and getattr(args, "rate", None) is not None and not getattr(args, "kafka", None):
         raise ConfigError("--rate applies to --kafka (a file is written as fast as possible)")
+
+
+def _simulation_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``--simulate`` (the simulator is the input, so no other input) and ``--holdout``."""
+    o: dict[str, Any] = {}
     if getattr(args, "simulate", False):
         if getattr(args, "input", None) is not None or getattr(args, "kafka", None):
             raise ConfigError("--simulate runs the simulator as the input; drop --input/--kafka")
         o["simulator.closed_loop"] = True
     if getattr(args, "holdout", None) is not None:
         o["policy.holdout_share"] = args.holdout
-    if getattr(args, "no_metrics", False):
-        o["metrics.enabled"] = False
-    if args.command == "run":
-        o["runtime.processes"] = getattr(args, "processes", None)
-        o["runtime.process_id"] = getattr(args, "process_id", None)
-        o["runtime.recovery_dir"] = getattr(args, "recovery_dir", None)
-        if getattr(args, "addresses", None):
-            o["runtime.addresses"] = [a.strip() for a in args.addresses.split(",") if a.strip()]
+    return o
+
+
+def _runtime_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``run``'s process layout: how many processes, which one this is, and the cluster's addresses."""
+    o: dict[str, Any] = {
+        "runtime.processes": getattr(args, "processes", None),
+        "runtime.process_id": getattr(args, "process_id", None),
+        "runtime.recovery_dir": getattr(args, "recovery_dir", None),
+    }
+    if getattr(args, "addresses", None):
+        o["runtime.addresses"] = [a.strip() for a in args.addresses.split(",") if a.strip()]
     return o
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """``touchline run``: run to the end of the input (or Ctrl-C), then save and print the summary;
+    with several local processes, start and supervise them instead."""
     from touchline.runner import run
-    from touchline.redact import redact_url
-    from touchline.summary import format_summary
 
     if settings.runtime.processes > 1 and settings.runtime.process_id is None:
         from touchline.runtime import run_processes
 
         return run_processes(settings, sys.argv[1:] if args.argv is None else args.argv)
 
-    def announce(host: str, port: int) -> None:
-        if not args.quiet:
-            print(f"metrics: http://{host}:{port}/metrics", file=sys.stderr)
-
-    verb = "following (live, wall clock; Ctrl-C to stop)" if settings.source.follow else "replaying"
-    ks = settings.kafka
-    what = f"{verb} {settings.source.path}" if settings.source.kind == "jsonl" else (
-        f"reading Kafka topic {ks.events_topic} at {ks.bootstrap} from {ks.start}"
-        f"{' (Ctrl-C to stop)' if ks.tail else ' to its end'}") if settings.source.kind == "kafka" else (
-        f"simulating {settings.simulator.contacts:,} contacts over {settings.simulator.days:g} days "
-        f"(seed {settings.simulator.seed})")
-    where = (f"Kafka topic {ks.decisions_topic} at {ks.bootstrap}" if ks.bootstrap
-             else settings.output.dir / settings.output.decisions)
     if not args.quiet:
-        print(f"touchline {touchline.__version__}: {what}; state {redact_url(settings.state.url)}; "
-              f"decisions -> {where}", file=sys.stderr)
-    result = run(settings, progress=None if args.quiet else sys.stderr, on_metrics=announce)
-    index = settings.runtime.process_id
-    summary_path = settings.output.dir / ("summary.json" if index is None else f"summary-{index}.json")
-    summary_path.write_bytes(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-    if args.json:
-        print(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2).decode())
-    else:
-        print(format_summary(result.summary))
-        print(f"  {'summary':<18} {summary_path}")
+        print(_run_banner(settings), file=sys.stderr)
+    result = run(settings, progress=None if args.quiet else sys.stderr,
+                 on_metrics=None if args.quiet else _announce_metrics)
+    summary_path = _save_summary(settings, result.summary)
+    _print_summary(result.summary, summary_path, args.json)
     if result.interrupted:
         print("interrupted: the summary covers what was processed before Ctrl-C", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+
+
+def _announce_metrics(host: str, port: int) -> None:
+    """Where /metrics is served, once the server has bound (the port may have been 0: any free one)."""
+    print(f"metrics: http://{host}:{port}/metrics", file=sys.stderr)
+
+
+def _run_banner(settings: Settings) -> str:
+    """The line a run starts with: the version, what it reads, where state and decisions go."""
+    from touchline.redact import redact_url
+
+    return (f"touchline {touchline.__version__}: {_run_input(settings)}; state {redact_url(settings.state.url)}; "
+            f"decisions -> {_run_output(settings)}")
+
+
+def _run_input(settings: Settings) -> str:
+    """What the run reads: a file (replayed or followed), a Kafka topic, or the simulator."""
+    ks = settings.kafka
+    if settings.source.kind == "jsonl":
+        verb = "following (live, wall clock; Ctrl-C to stop)" if settings.source.follow else "replaying"
+        return f"{verb} {settings.source.path}"
+    if settings.source.kind == "kafka":
+        return (f"reading Kafka topic {ks.events_topic} at {ks.bootstrap} from {ks.start}"
+                f"{' (Ctrl-C to stop)' if ks.tail else ' to its end'}")
+    sim = settings.simulator
+    return f"simulating {sim.contacts:,} contacts over {sim.days:g} days (seed {sim.seed})"
+
+
+def _run_output(settings: Settings) -> str | Path:
+    """Where the decisions go: the Kafka decisions topic, or the JSONL file in the output directory."""
+    ks = settings.kafka
+    return (f"Kafka topic {ks.decisions_topic} at {ks.bootstrap}" if ks.bootstrap
+            else settings.output.dir / settings.output.decisions)
+
+
+def _save_summary(settings: Settings, summary: dict[str, Any]) -> Path:
+    """Write summary.json (summary-<process id>.json for one process of a cluster); its path."""
+    index = settings.runtime.process_id
+    summary_path = settings.output.dir / ("summary.json" if index is None else f"summary-{index}.json")
+    summary_path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    return summary_path
+
+
+def _print_summary(summary: dict[str, Any], summary_path: Path, as_json: bool) -> None:
+    """The summary on stdout: as JSON, or as text followed by where summary.json is."""
+    from touchline.summary import format_summary
+
+    if as_json:
+        print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(format_summary(summary))
+        print(f"  {'summary':<18} {summary_path}")
 
 
 def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
@@ -330,92 +424,142 @@ def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from touchline.bench import format_bench, run_bench
-
-    if (args.processes or args.catchup) and not args.kafka:
-        raise ConfigError("--processes and --catchup measure the Kafka path: add --kafka tansu|HOST:PORT")
-    if args.kafka and args.catchup:
-        from touchline.catchup import format_catchup, parse_counts, run_catchup
-
-        cfig = run_catchup(settings, args.kafka, parse_counts(args.catchup, "--catchup"), redis_url=args.redis,
-                           batch_size=args.batch_size, keep=args.keep)
-        print(orjson.dumps(cfig, option=orjson.OPT_INDENT_2).decode() if args.json else format_catchup(cfig))
-        return 0
-    if args.kafka:
-        from touchline.bench_kafka import format_kafka_bench, run_kafka_bench
-
-        if args.rate <= 0 or args.seconds <= 0:
-            raise ConfigError("--rate and --seconds must be positive")
-        if args.processes:
-            from touchline.bench_kafka import format_processes_bench, run_kafka_bench_processes
-            from touchline.catchup import parse_counts
-
-            counts = parse_counts(args.processes, "--processes")
-            if max(counts) > 64:
-                raise ConfigError("--processes: at most 64 processes")
-            pfig = run_kafka_bench_processes(settings, args.kafka, args.rate, args.seconds, args.batch_size,
-                                             counts, redis_url=args.redis, keep=args.keep)
-            print(orjson.dumps(pfig, option=orjson.OPT_INDENT_2).decode() if args.json
-                  else format_processes_bench(pfig))
-            return 0
-        kfig = run_kafka_bench(settings, args.kafka, args.rate, args.seconds, args.batch_size)
-        print(orjson.dumps(kfig, option=orjson.OPT_INDENT_2).decode() if args.json else format_kafka_bench(kfig))
-        return 0
-
-    figures = run_bench(settings.model_copy(update={"state": settings.state.model_copy(
-        update={"url": "memory://"})}), events=args.events, batch_size=args.batch_size)
-    if args.redis:
-        from touchline.bench import format_redis, run_redis_comparison
-
-        figures["redis"] = run_redis_comparison(settings, args.redis, args.events, args.naive_events,
-                                                args.batch_size)
-    if args.json:
-        print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
+    """``touchline bench``: in process (and on Redis), or through Kafka (offered load,
+    --processes, --catchup, --compare); the figures as text or JSON."""
+    _check_bench_modes(args)
+    if not args.kafka:
+        figures, text = _bench_in_process(args, settings)
+    elif args.catchup:
+        figures, text = _bench_catchup(args, settings)
+    elif args.compare:
+        figures, text = _bench_compare(args, settings)
     else:
-        print(format_bench(figures))
-        if args.redis:
-            print(format_redis(figures["redis"]))
+        figures, text = _bench_offered_load(args, settings)
+    print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode() if args.json else text(figures))
     return 0
 
 
+_KAFKA_MODES = ("processes", "catchup", "compare")
+
+
+def _check_bench_modes(args: argparse.Namespace) -> None:
+    """--processes, --catchup and --compare need --kafka, and go one at a time."""
+    modes = [f"--{mode}" for mode in _KAFKA_MODES if getattr(args, mode)]
+    if modes and not args.kafka:
+        raise ConfigError(f"{' and '.join(modes)} measure{'s' if len(modes) == 1 else ''} the Kafka path: "
+                          "add --kafka tansu|HOST:PORT")
+    if len(modes) > 1:
+        raise ConfigError(f"{' and '.join(modes)}: choose one")
+
+
+_Figures = tuple[dict[str, Any], Callable[[dict[str, Any]], str]]  # the figures, and what formats them as text
+
+
+def _bench_in_process(args: argparse.Namespace, settings: Settings) -> _Figures:
+    """The flow in process (in-memory state), then the Redis paths if --redis."""
+    from touchline.bench import format_bench, format_redis, run_bench, run_redis_comparison
+
+    batch_size = args.batch_size or settings.source.batch_size
+    figures = run_bench(settings.model_copy(update={"state": settings.state.model_copy(
+        update={"url": "memory://"})}), events=args.events, batch_size=batch_size)
+    if not args.redis:
+        return figures, format_bench
+    figures["redis"] = run_redis_comparison(settings, args.redis, args.events, args.naive_events, batch_size)
+    return figures, lambda f: format_bench(f) + "\n" + format_redis(f["redis"])
+
+
+def _bench_catchup(args: argparse.Namespace, settings: Settings) -> _Figures:
+    from touchline.catchup import format_catchup, parse_counts, run_catchup
+
+    return run_catchup(settings, args.kafka, parse_counts(args.catchup, "--catchup"), redis_url=args.redis,
+                       batch_size=args.batch_size or settings.kafka.batch_size, keep=args.keep), format_catchup
+
+
+def _bench_compare(args: argparse.Namespace, settings: Settings) -> _Figures:
+    from touchline.bench_compare import format_compare, run_compare
+
+    if args.events <= 0:
+        raise ConfigError("--events must be positive")
+    return run_compare(settings, args.kafka, args.events, args.batch_size or settings.kafka.batch_size, redis_url=args.redis,
+                       keep=args.keep), format_compare
+
+
+def _bench_offered_load(args: argparse.Namespace, settings: Settings) -> _Figures:
+    """--rate events/s for --seconds to one engine process, or to N processes each (--processes)."""
+    from touchline.bench_kafka import (format_kafka_bench, format_processes_bench, run_kafka_bench,
+                                       run_kafka_bench_processes)
+    from touchline.catchup import parse_counts
+
+    if args.rate <= 0 or args.seconds <= 0:
+        raise ConfigError("--rate and --seconds must be positive")
+    if not args.processes:
+        return run_kafka_bench(settings, args.kafka, args.rate, args.seconds, args.batch_size or settings.kafka.batch_size), format_kafka_bench
+    counts = parse_counts(args.processes, "--processes")
+    if max(counts) > 64:
+        raise ConfigError("--processes: at most 64 processes")
+    return run_kafka_bench_processes(settings, args.kafka, args.rate, args.seconds, args.batch_size or settings.kafka.batch_size, counts,
+                                     redis_url=args.redis, keep=args.keep), format_processes_bench
+
+
 def _cmd_contact(args: argparse.Namespace, settings: Settings) -> int:
-    from touchline.redact import redact_url
+    """``touchline contact export|erase ID``: on the state store the settings name, then (erase)
+    the run's outputs that still hold the contact or its anonymous ids."""
     from touchline.state import open_store
 
     url = settings.state.url
     if url.startswith("memory://"):
-        if args.action == "erase" and args.outputs is not None:
-            print("state: the in-process store (memory://) kept nothing after its run ended", file=sys.stderr)
-            return _erase_outputs(args, settings, [args.contact_id])
-        raise ConfigError("the in-process store (memory://) keeps nothing after a run ends; "
-                          "pass --redis URL or set state.url to the Redis the engine uses"
-                          + (" (--outputs DIR alone cleans a run's JSONL outputs)" if args.action == "erase" else ""))
+        return _contact_in_memory(args, settings)
     if args.action == "erase" and args.settle_seconds < 0:
         raise ConfigError("--settle-seconds must be 0 or more")
     store = open_store(url, settings.state.options())
     try:
         found = store.export(args.contact_id)
         if args.action == "export":
-            if found is None:
-                print(f"touchline: nothing stored about contact {args.contact_id!r} in {redact_url(url)}",
-                      file=sys.stderr)
-                return EXIT_RUNTIME
-            print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
-            return 0
-        store.erase(args.contact_id)
-        aliases = list(found["aliases"]) if found is not None else []
-        if found is None:
-            print(f"nothing stored about contact {args.contact_id!r}; tombstoned anyway", file=sys.stderr)
-        else:
-            print(f"erased contact {args.contact_id!r}: profile, sends, timers, outbox and "
-                  f"{len(aliases)} linked anonymous id(s)", file=sys.stderr)
-        print("its events (and its anonymous ids') are dropped from now on, until a signup or granted "
-              "consent_update newer than the erasure re-admits it", file=sys.stderr)
-        if args.settle_seconds > 0:
-            _settle(store, args.contact_id, args.settle_seconds)
+            return _print_export(found, args.contact_id, url)
+        aliases = _erase_contact(store, args, found)
     finally:
         store.close()
     return _erase_outputs(args, settings, [args.contact_id, *aliases])
+
+
+def _contact_in_memory(args: argparse.Namespace, settings: Settings) -> int:
+    """The in-process store kept nothing after its run ended: only a run's outputs (--outputs) can be erased."""
+    erasing = args.action == "erase"
+    if erasing and args.outputs is not None:
+        print("state: the in-process store (memory://) kept nothing after its run ended", file=sys.stderr)
+        return _erase_outputs(args, settings, [args.contact_id])
+    raise ConfigError("the in-process store (memory://) keeps nothing after a run ends; "
+                      "pass --redis URL or set state.url to the Redis the engine uses"
+                      + (" (--outputs DIR alone cleans a run's JSONL outputs)" if erasing else ""))
+
+
+def _print_export(found: dict[str, Any] | None, contact_id: str, url: str) -> int:
+    """Print what is stored about the contact as JSON; a runtime error when nothing is."""
+    from touchline.redact import redact_url
+
+    if found is None:
+        print(f"touchline: nothing stored about contact {contact_id!r} in {redact_url(url)}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def _erase_contact(store: Any, args: argparse.Namespace, found: dict[str, Any] | None) -> list[str]:
+    """Erase and tombstone the contact (even when nothing is stored, so its later events are
+    dropped), say what went, and wait out a batch in flight (--settle-seconds); returns the linked
+    anonymous ids, whose output lines are removed too."""
+    store.erase(args.contact_id)
+    aliases = list(found["aliases"]) if found is not None else []
+    if found is None:
+        print(f"nothing stored about contact {args.contact_id!r}; tombstoned anyway", file=sys.stderr)
+    else:
+        print(f"erased contact {args.contact_id!r}: profile, sends, timers, outbox and "
+              f"{len(aliases)} linked anonymous id(s)", file=sys.stderr)
+    print("its events (and its anonymous ids') are dropped from now on, until a signup or granted "
+          "consent_update newer than the erasure re-admits it", file=sys.stderr)
+    if args.settle_seconds > 0:
+        _settle(store, args.contact_id, args.settle_seconds)
+    return aliases
 
 
 def _settle(store: Any, contact_id: str, seconds: float) -> None:
@@ -506,19 +650,36 @@ def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    """``touchline models evaluate|status|deploy|promote`` (``list`` needs no settings: see :func:`main`)."""
     from touchline import model_commands as mc
 
-    features = [f.strip() for f in args.features.split(",") if f.strip()] if getattr(args, "features", None) else None
     if args.action == "evaluate":
         scores = ["lead", "churn"] if args.score == "both" else [args.score]
-        result = mc.evaluate(settings, args.input, args.model, scores, features)
+        result = mc.evaluate(settings, args.input, args.model, scores, _feature_list(args))
         print(mc.dumps(result) if args.json else mc.format_evaluation(result))
         return 0
     if args.action == "status":
         found = mc.status(settings)
         print(mc.dumps(found) if args.json else mc.format_status(found))
         return 0
-    model = mc.model_config(args.score, args.model, features) if args.action == "deploy" else None
+    return _change_deployment(args, settings)
+
+
+def _feature_list(args: argparse.Namespace) -> list[str] | None:
+    """``--features a, b`` as a list; None (all features) when not given.
+
+    >>> _feature_list(argparse.Namespace(features="recency, ,views")), _feature_list(argparse.Namespace())
+    (['recency', 'views'], None)
+    """
+    features = getattr(args, "features", None)
+    return [f.strip() for f in features.split(",") if f.strip()] if features else None
+
+
+def _change_deployment(args: argparse.Namespace, settings: Settings) -> int:
+    """``models deploy`` or ``models promote``: a new deployment revision, or why there is none."""
+    from touchline import model_commands as mc
+
+    model = mc.model_config(args.score, args.model, _feature_list(args)) if args.action == "deploy" else None
     try:
         if model is not None:
             doc = mc.deploy(settings, args.score, model, args.role)
@@ -541,7 +702,6 @@ def _cmd_schema(_args: argparse.Namespace, _settings: Settings | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     from touchline import logs
-    from touchline.redact import redact_secrets, remember_settings
 
     logs.configure()
     parser = _parser()
@@ -550,6 +710,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    done = _without_settings(args)
+    return done if done is not None else _with_settings(args)
+
+
+def _without_settings(args: argparse.Namespace) -> int | None:
+    """Run a command that reads no settings (so a broken config file cannot stop it); None for the others."""
     if args.command == "schema":
         return _cmd_schema(args, None)
     if args.command == "report":
@@ -563,6 +729,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(list_models())
         return 0
+    return None
+
+
+def _with_settings(args: argparse.Namespace) -> int:
+    """Load the settings (file, environment, flags), then run the command; its errors become one
+    line with secrets masked and an exit code."""
+    from touchline import logs
+    from touchline.redact import redact_secrets, remember_settings
+
     try:
         overrides = _overrides(args)
         settings = load_settings(getattr(args, "config", None), overrides)

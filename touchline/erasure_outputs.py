@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
+from touchline.decisions.errors import TouchlineError
 from touchline.state.erasure import erased_lines
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 LOCK_NAME = ".touchline-outputs.lock"
 
 
-class OutputsInUse(RuntimeError):
+class OutputsInUse(TouchlineError, RuntimeError):
     """An engine is writing to the output directory."""
 
 

@@ -27,6 +27,9 @@ from touchline.decisions.estimators import ModelConfig, ScoreSettings, config_fr
 from touchline.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
+    from touchline.batch_service import Engine
+    from touchline.decisions.batch_run import DecisionCore
+    from touchline.decisions.champion import ModelSlot
     from touchline.state.model_store import ModelStore
 
 SCORES = ("lead", "churn")
@@ -217,24 +220,53 @@ def evaluate(settings: Settings, input_path: Path, models: list[str], scores: li
     shadow it, all learn from the same delayed labels and are graded on the same ones."""
     from prometheus_client import CollectorRegistry
 
-    from touchline.decisions.clock import EventTimeClock
-    from touchline.decisions.batch_run import DecisionCore
     from touchline.batch_service import Engine
-    from touchline.decisions.batches import RawBatch
     from touchline.metrics.engine_metrics import EngineMetrics
     from touchline.state.memory import MemoryStore
 
+    configs = _candidates(models, scores, features)
+    core = _evaluation_core(settings, configs)
+    store = MemoryStore()
+    engine = Engine(store, core, EngineMetrics(CollectorRegistry()))
+    if not input_path.is_file():
+        raise ConfigError(f"--input {input_path}: no such file")
+    started = time.perf_counter()
+    _replay(engine, input_path, batch_size)
+    wall = time.perf_counter() - started
+    t = engine.totals
+    pending = {score: sum(score in p.pending for p in store.profiles()) for score in configs}
+    return {
+        "input": str(input_path),
+        "events": t.events,
+        "invalid_lines": sum(t.dead_letters.values()),
+        "seconds": round(wall, 2),
+        #: observations whose horizon had not passed when the input ended: no label yet
+        "pending_at_end": pending,
+        "scores": {score: _model_figures(core.models[score]) for score in configs},
+    }
+
+
+def _candidates(models: list[str], scores: list[str], features: list[str] | None) -> dict[str, list[ModelConfig]]:
+    """Each score's candidate models, validated; the same model twice would only compare it with itself."""
     configs = {score: [model_config(score, text, features) for text in models] for score in scores}
-    for score, cfgs in configs.items():
+    for cfgs in configs.values():
         versions = [c.version for c in cfgs]
         if len(set(versions)) != len(versions):
             raise ConfigError(f"--model: the same model is listed twice ({', '.join(versions)})")
+    return configs
+
+
+def _evaluation_core(settings: Settings, configs: dict[str, list[ModelConfig]]) -> "DecisionCore":
+    """A decision core on event time whose evaluated scores have the first candidate as champion
+    and the others as its challengers; a score not evaluated keeps its configured champion alone."""
+    from touchline.decisions.batch_run import DecisionCore
+    from touchline.decisions.clock import EventTimeClock
+
     base = settings.models.scores()
     slots_cfg: dict[str, Any] = {}
     for score in SCORES:
         if score in configs:
-            first = configs[score][0]
-            slots_cfg[score] = ScoreSettings(name=score, **first.spec())
+            slots_cfg[score] = ScoreSettings(name=score, **configs[score][0].spec())
         else:
             slots_cfg[score] = base[score].model_copy(update={"challenger": None, "promote": None})
     core = DecisionCore(
@@ -244,11 +276,14 @@ def evaluate(settings: Settings, input_path: Path, models: list[str], scores: li
     for score, cfgs in configs.items():
         for cfg in cfgs[1:]:
             core.models[score].add_challenger(cfg)
-    store = MemoryStore()
-    engine = Engine(store, core, EngineMetrics(CollectorRegistry()))
-    if not input_path.is_file():
-        raise ConfigError(f"--input {input_path}: no such file")
-    started = time.perf_counter()
+    return core
+
+
+def _replay(engine: "Engine", input_path: Path, batch_size: int) -> None:
+    """Feed the file's non-blank lines to the engine in batches of ``batch_size``; the last batch
+    is final, so events held for reordering are released."""
+    from touchline.decisions.batches import RawBatch
+
     batch: list[bytes] = []
     offset = 1
     with open(input_path, "rb") as fh:
@@ -260,55 +295,69 @@ def evaluate(settings: Settings, input_path: Path, models: list[str], scores: li
                 engine.process(RawBatch(batch, input_path.name, offset))
                 offset += len(batch)
                 batch = []
-    engine.process(RawBatch(batch, input_path.name, offset, final=True))  # held events are released
-    wall = time.perf_counter() - started
-    t = engine.totals
-    pending = {score: sum(score in p.pending for p in store.profiles()) for score in configs}
-    return {
-        "input": str(input_path),
-        "events": t.events,
-        "invalid_lines": sum(t.dead_letters.values()),
-        "seconds": round(wall, 2),
-        #: observations whose horizon had not passed when the input ended: no label yet
-        "pending_at_end": pending,
-        "scores": {
-            score: [{"role": core.models[score].role(m), "model": m.config.estimator, "params": m.config.params,
-                     "version": m.version, **m.evaluation.summary()} for m in core.models[score].models]
-            for score in configs
-        },
-    }
+    engine.process(RawBatch(batch, input_path.name, offset, final=True))
+
+
+def _model_figures(slot: "ModelSlot") -> list[dict[str, Any]]:
+    """Each model of a score: its role, estimator, parameters and version, and its progressive figures."""
+    return [{"role": slot.role(m), "model": m.config.estimator, "params": m.config.params,
+             "version": m.version, **m.evaluation.summary()} for m in slot.models]
 
 
 def format_evaluation(r: dict[str, Any]) -> str:
     out = [f"{r['events']:,} events from {r['input']} replayed in {r['seconds']} s"
            + (f" ({r['invalid_lines']:,} invalid lines skipped)" if r["invalid_lines"] else "")]
     for score, rows in r["scores"].items():
-        out.append("")
-        out.append(f"{score}: {r['pending_at_end'].get(score, 0):,} observations still pending at the end of the input")
-        out.append(f"{score}: progressive validation on delayed labels (each label grades the "
-                   "prediction made when the model scored)")
-        out.append(f"  {'model':<28} {'labels':>7} {'pos':>6} {'ROC AUC':>8} {'log loss':>9} {'cal.err':>8} "
-                   f"{'delay h':>8} {'drifts':>6}")
-        for i, m in enumerate(rows, 1):
-            def f(v: Any, spec: str = ".4f") -> str:
-                return "n/a" if v is None else format(v, spec)
-
-            name = f"[{i}] " + _spec_text({"estimator": m["model"], "params": m["params"]})
-            name = name if len(name) <= 28 else name[:27] + "~"
-            out.append(f"  {name:<28} {m['labels']:>7,} {m['positives']:>6,} {f(m['roc_auc']):>8} "
-                       f"{f(m['log_loss']):>9} {f(m['calibration_error']):>8} {f(m['label_delay_hours'], '.1f'):>8} "
-                       f"{m['drifts']:>6}")
-        out.append("  calibration, predicted / observed positive rate (labels) per score bucket:")
-        buckets = sorted({row["bucket"] for m in rows for row in m["calibration"]})
-        for bucket in buckets:
-            cells = []
-            for m in rows:
-                row = next((x for x in m["calibration"] if x["bucket"] == bucket), None)
-                cells.append("-" if row is None else f"{row['predicted']:.3f} / {row['observed']:.3f} ({row['labels']})")
-            out.append(f"    {bucket}  " + "  |  ".join(f"{c:<26}" for c in cells))
-        out.append("    columns: " + ", ".join(f"[{i}] " + _spec_text({"estimator": m["model"], "params": m["params"]})
-                                             for i, m in enumerate(rows, 1)))
+        out += _score_lines(score, rows, r["pending_at_end"].get(score, 0))
     return "\n".join(out)
+
+
+def _score_lines(score: str, rows: list[dict[str, Any]], pending: int) -> list[str]:
+    """One score's block: pending observations, a row of figures per model, then calibration."""
+    out = ["",
+           f"{score}: {pending:,} observations still pending at the end of the input",
+           f"{score}: progressive validation on delayed labels (each label grades the "
+           "prediction made when the model scored)",
+           f"  {'model':<28} {'labels':>7} {'pos':>6} {'ROC AUC':>8} {'log loss':>9} {'cal.err':>8} "
+           f"{'delay h':>8} {'drifts':>6}"]
+    out += [_model_row(i, m) for i, m in enumerate(rows, 1)]
+    out += _calibration_lines(rows)
+    return out
+
+
+def _figure(v: Any, spec: str = ".4f") -> str:
+    """A figure in the table, "n/a" when there is none yet.
+
+    >>> _figure(0.123456), _figure(None), _figure(3.25, ".1f")
+    ('0.1235', 'n/a', '3.2')
+    """
+    return "n/a" if v is None else format(v, spec)
+
+
+def _model_row(i: int, m: dict[str, Any]) -> str:
+    """The model's row: its number and spec (cut to the column, ``~`` marks the cut) and its figures."""
+    name = f"[{i}] " + _spec_text({"estimator": m["model"], "params": m["params"]})
+    name = name if len(name) <= 28 else name[:27] + "~"
+    return (f"  {name:<28} {m['labels']:>7,} {m['positives']:>6,} {_figure(m['roc_auc']):>8} "
+            f"{_figure(m['log_loss']):>9} {_figure(m['calibration_error']):>8} "
+            f"{_figure(m['label_delay_hours'], '.1f'):>8} {m['drifts']:>6}")
+
+
+def _calibration_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Per score bucket, each model's predicted / observed positive rate side by side, then which column is which."""
+    out = ["  calibration, predicted / observed positive rate (labels) per score bucket:"]
+    for bucket in sorted({row["bucket"] for m in rows for row in m["calibration"]}):
+        cells = [_calibration_cell(m, bucket) for m in rows]
+        out.append(f"    {bucket}  " + "  |  ".join(f"{c:<26}" for c in cells))
+    out.append("    columns: " + ", ".join(f"[{i}] " + _spec_text({"estimator": m["model"], "params": m["params"]})
+                                         for i, m in enumerate(rows, 1)))
+    return out
+
+
+def _calibration_cell(m: dict[str, Any], bucket: str) -> str:
+    """A model's "predicted / observed (labels)" in the bucket; "-" when it has no label there."""
+    row = next((x for x in m["calibration"] if x["bucket"] == bucket), None)
+    return "-" if row is None else f"{row['predicted']:.3f} / {row['observed']:.3f} ({row['labels']})"
 
 
 def dumps(data: Any) -> str:

@@ -65,16 +65,33 @@ def redact_url(url: str) -> str:
     if not sep:
         return url
     end = min((i for i in (rest.find(c) for c in "/?#") if i != -1), default=len(rest))
-    authority, tail = rest[:end], rest[end:]
+    return f"{scheme}://{_redact_authority(rest[:end])}{_redact_tail(rest[end:])}"
+
+
+def _redact_authority(authority: str) -> str:
+    """``user:password@host`` with the password masked; the user name stays (as redis-py shows it).
+
+    >>> _redact_authority("app:s3cret@cache:6379"), _redact_authority("app@cache"), _redact_authority("cache:6379")
+    ('app:***@cache:6379', 'app@cache', 'cache:6379')
+    """
     userinfo, sign, hostport = authority.rpartition("@")
     if sign and ":" in userinfo:
-        authority = f"{userinfo.partition(':')[0]}:{MASK}@{hostport}"
-    if "?" in tail or "#" in tail:
-        before, hashmark, fragment = tail.partition("#")
-        path, qmark, query = before.partition("?")
-        tail = (path + (f"?{_mask_pairs(query)}" if qmark else "")
-                + (f"#{_mask_pairs(fragment)}" if hashmark else ""))
-    return f"{scheme}://{authority}{tail}"
+        return f"{userinfo.partition(':')[0]}:{MASK}@{hostport}"
+    return authority
+
+
+def _redact_tail(tail: str) -> str:
+    """``/path?query#fragment`` with the query's and the fragment's values masked; the path stays.
+
+    >>> _redact_tail("/0?db=1#k=v"), _redact_tail("/plain"), _redact_tail("#frag")
+    ('/0?db=***#k=***', '/plain', '#frag')
+    """
+    if "?" not in tail and "#" not in tail:
+        return tail
+    before, hashmark, fragment = tail.partition("#")
+    path, qmark, query = before.partition("?")
+    return (path + (f"?{_mask_pairs(query)}" if qmark else "")
+            + (f"#{_mask_pairs(fragment)}" if hashmark else ""))
 
 
 def _mask_pairs(pairs: str) -> str:
@@ -140,16 +157,32 @@ def redact_config(value: Any, name: str = "") -> Any:
     {'url': 'https://u:***@h/x?api_key=***', 'headers': {'X-Api-Key': '**********'}, 'config': {'sasl.username': 'bob', 'ssl.keystore.password': '**********'}}
     """
     if isinstance(value, dict):
-        if name == "headers":
-            return {k: SECRET_MASK if v is not None else None for k, v in value.items()}
-        return {k: redact_config(v, str(k)) for k, v in value.items()}
+        return _redact_section(value, name)
     if isinstance(value, list):
         return [redact_config(v, name) for v in value]
     if isinstance(value, str):
-        if name and _SECRET_NAME.search(name) and value and value != SECRET_MASK:
-            return SECRET_MASK
-        return redact_secrets(value)
+        return _redact_setting(value, name)
     return value
+
+
+def _redact_section(section: dict[Any, Any], name: str) -> dict[Any, Any]:
+    """A settings mapping, each value redacted under its own key; a ``headers`` mapping's values
+    are all masked (unset ones stay null)."""
+    if name == "headers":
+        return {k: SECRET_MASK if v is not None else None for k, v in section.items()}
+    return {k: redact_config(v, str(k)) for k, v in section.items()}
+
+
+def _redact_setting(value: str, name: str) -> str:
+    """A string setting: wholly masked when its name says secret (unless empty or masked already),
+    else with any URL in it redacted.
+
+    >>> _redact_setting("pw", "sasl.password"), _redact_setting("", "sasl.password"), _redact_setting("bob", "user")
+    ('**********', '', 'bob')
+    """
+    if name and _SECRET_NAME.search(name) and value and value != SECRET_MASK:
+        return SECRET_MASK
+    return redact_secrets(value)
 
 
 def secret_name(name: str) -> bool:
@@ -197,23 +230,54 @@ def secrets_in(model: Any, name: str = "") -> set[str]:
     if isinstance(model, SecretStr):
         found.add(model.get_secret_value())
     elif isinstance(model, BaseModel):
-        for key, value in model:
-            found |= secrets_in(value, key)
+        found = _field_secrets(model)
     elif isinstance(model, dict):
-        for key, value in model.items():
-            if name == "headers":
-                found |= _header_secrets(value)
-            else:
-                found |= secrets_in(value, str(key))
+        found = _mapping_secrets(model, name)
     elif isinstance(model, (list, tuple, set, frozenset)):
-        for value in model:
-            found |= secrets_in(value, name)
+        found = _item_secrets(model, name)
     elif isinstance(model, str):
-        if name and secret_name(name):
-            found.add(model)
-        elif "://" in model:
-            found |= _url_secrets(model)
+        found = _string_secrets(model, name)
     return {s for s in found if s}
+
+
+def _field_secrets(model: BaseModel) -> set[str]:
+    """The secrets of a settings model's fields, each under its own name."""
+    found: set[str] = set()
+    for key, value in model:
+        found |= secrets_in(value, key)
+    return found
+
+
+def _mapping_secrets(mapping: dict[Any, Any], name: str) -> set[str]:
+    """The secrets of a mapping's values, each under its key; every value of a ``headers`` mapping is one."""
+    found: set[str] = set()
+    for key, value in mapping.items():
+        if name == "headers":
+            found |= _header_secrets(value)
+        else:
+            found |= secrets_in(value, str(key))
+    return found
+
+
+def _item_secrets(items: Iterable[Any], name: str) -> set[str]:
+    """The secrets of a list's items, each under the list's own name."""
+    found: set[str] = set()
+    for value in items:
+        found |= secrets_in(value, name)
+    return found
+
+
+def _string_secrets(value: str, name: str) -> set[str]:
+    """A string is a secret when its setting's name says so; else a URL in it may hold some.
+
+    >>> sorted(_string_secrets("s3cret-key", "api_key")), sorted(_string_secrets("redis://:pw@h/0", "url"))
+    (['s3cret-key'], ['pw'])
+    """
+    if name and secret_name(name):
+        return {value}
+    if "://" in value:
+        return _url_secrets(value)
+    return set()
 
 
 def _header_secrets(value: Any) -> set[str]:

@@ -38,6 +38,7 @@ import orjson
 from jinja2 import Environment
 from markupsafe import Markup
 
+from touchline.decisions.errors import TouchlineError
 from touchline.decisions.attribution import MODELS
 from touchline.decisions.events import Rejected, parse_event, parse_ts
 from touchline.decisions.lift import ALL, LiftEstimate, LiftTable
@@ -75,7 +76,7 @@ _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
 _SVG_REF = re.compile(r'(\bid="|url\(#|href="#)([^")]+)')
 
 
-class BadRecord(ValueError):
+class BadRecord(TouchlineError, ValueError):
     """A JSON line whose fields are missing or of the wrong type (the reason is the message)."""
 
 
@@ -646,39 +647,61 @@ def _days(*dailies: Mapping[tuple[int, str], float]) -> list[int]:
 
 
 def channels_section(data: ReportData) -> Section:
+    """Decisions and last-touch conversions per channel: totals, decisions per action, and per day."""
     dec, exp = data.decisions, data.experiments
     sec = Section("channels", "Decisions and conversions per channel over time",
                   "What the engine sent per channel and day (UTC, event time), and the conversions last-touch "
                   "attribution credits to each channel that day; a conversion after a message is not "
                   "necessarily caused by it (see Lift).")
     if not dec.total and not exp.credit["last_touch"].conversions:
-        parts = [m for m in (data.decisions_input.absent(), data.experiments_input.absent()) if m]
-        sec.empty = ("No decisions and no credited conversions to plot" + (f" ({'; '.join(parts)})" if parts else "")
-                     + ". Decisions come from decisions.jsonl, conversions from experiments.jsonl.")
+        sec.empty = _no_channels_message(data)
         return sec
     credited = exp.credit["last_touch"].channels
     totals: dict[str, float] = dict(dec.channels)
     for name, weight in credited.items():
         _bump(totals, name, weight)
-    names = _top(totals)
+    sec.tables.append(_channels_table(dec.channels, credited, totals))
+    if dec.actions:
+        sec.tables.append(_actions_table(dec.actions))
+    if data.decisions_input.absent():
+        sec.facts.append(f"No decisions: {data.decisions_input.absent()}.")
     days = _days(dec.daily, exp.daily)
-    decided = _daily_series(dec.daily, names, days)
-    converted = _daily_series(exp.daily, names, days)
+    if days:  # (conversions without a timestamp count in the tables, not on a time axis)
+        sec.plots.append(_channels_plot(dec, exp, _top(totals), days))
+    return sec
+
+
+def _no_channels_message(data: ReportData) -> str:
+    """Why the channels section is empty, naming the inputs that are missing."""
+    parts = [m for m in (data.decisions_input.absent(), data.experiments_input.absent()) if m]
+    return ("No decisions and no credited conversions to plot" + (f" ({'; '.join(parts)})" if parts else "")
+            + ". Decisions come from decisions.jsonl, conversions from experiments.jsonl.")
+
+
+def _channels_table(decided: Counter[str], credited: Mapping[str, float], totals: Mapping[str, float]) -> Table:
+    """Decisions and last-touch conversions per channel, the busiest first; the rest summed up in one row."""
     table = Table("channels-table", "Totals per channel", ["channel", "decisions", "last-touch conversions"],
                   numeric=frozenset({1, 2}))
     for name in _top(totals, TABLE_ROWS):
-        table.rows.append([name, _n(dec.channels[name]), _w(credited.get(name, 0.0))])
+        table.rows.append([name, _n(decided[name]), _w(credited.get(name, 0.0))])
     if len(totals) > TABLE_ROWS:
         table.rows.append([f"… {len(totals) - TABLE_ROWS} more channels", "", ""])
-    sec.tables.append(table)
-    if dec.actions:
-        actions = Table("actions-table", "Decisions per action", ["action", "decisions"], numeric=frozenset({1}))
-        actions.rows = [[name, _n(n)] for name, n in dec.actions.most_common(TABLE_ROWS)]
-        if len(dec.actions) > TABLE_ROWS:
-            actions.rows.append([f"… {len(dec.actions) - TABLE_ROWS} more actions", ""])
-        sec.tables.append(actions)
-    if data.decisions_input.absent():
-        sec.facts.append(f"No decisions: {data.decisions_input.absent()}.")
+    return table
+
+
+def _actions_table(actions: Counter[str]) -> Table:
+    """Decisions per action, the most frequent first; the rest summed up in one row."""
+    table = Table("actions-table", "Decisions per action", ["action", "decisions"], numeric=frozenset({1}))
+    table.rows = [[name, _n(n)] for name, n in actions.most_common(TABLE_ROWS)]
+    if len(actions) > TABLE_ROWS:
+        table.rows.append([f"… {len(actions) - TABLE_ROWS} more actions", ""])
+    return table
+
+
+def _channels_plot(dec: DecisionStats, exp: ExperimentStats, names: list[str], days: list[int]) -> Plot:
+    """Two daily line plots sharing the time axis and colours: decisions, and last-touch conversions, per channel."""
+    decided = _daily_series(dec.daily, names, days)
+    converted = _daily_series(exp.daily, names, days)
 
     def draw(fig: Figure) -> None:
         import matplotlib.dates as mdates
@@ -704,9 +727,7 @@ def channels_section(data: ReportData) -> Section:
         bottom.xaxis.set_major_locator(locator)
         bottom.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
 
-    if days:  # (conversions without a timestamp count in the tables, not on a time axis)
-        sec.plots.append(_draw("channels", "Decisions and last-touch conversions per channel and day", (9, 5), draw))
-    return sec
+    return _draw("channels", "Decisions and last-touch conversions per channel and day", (9, 5), draw)
 
 
 def _truth_for(truth: Truth | None, seg: tuple[str, str]) -> float | None:
@@ -719,27 +740,43 @@ def _verdict(e: LiftEstimate) -> str:
 
 
 def _lift_table(exp: str, ests: list[LiftEstimate], truth: Truth | None, arms: bool) -> Table:
+    """One experiment's estimates, a row per segment (and arm); rows with too few contacts greyed."""
     cols = ["segment", *(["arm"] if arms else []), "treated conv / n", "rate", "control conv / n", "rate",
             "lift pp", "interval pp", *(["true lift pp"] if truth is not None else []), "verdict"]
     first_num = 2 if arms else 1
     table = Table(f"lift-{_slug(exp)}", f"{exp}: each arm against {ests[0].baseline}, per segment", cols,
                   numeric=frozenset(range(first_num, len(cols) - 1)), wrap=frozenset({len(cols) - 1}))
-    muted = set()
-    for i, e in enumerate(ests):
-        empty = not (e.treated and e.control)
-        row = [_segment_label(e.segment), *([e.arm] if arms else []), f"{_n(e.treated_conversions)} / {_n(e.treated)}",
-               _rate(e.rate) if e.treated else "-", f"{_n(e.control_conversions)} / {_n(e.control)}",
-               _rate(e.control_rate) if e.control else "-", "-" if empty else _pp(e.lift),
-               "-" if empty else _ci(e.low, e.high)]
-        if truth is not None:
-            t = _truth_for(truth, e.segment)
-            row.append("-" if t is None else _pp(t))
-        row.append(_verdict(e))
-        table.rows.append(row)
-        if not e.enough:
-            muted.add(i)
-    table.muted = frozenset(muted)
+    table.rows = [_lift_row(e, truth, arms) for e in ests]
+    table.muted = frozenset(i for i, e in enumerate(ests) if not e.enough)  # too few to conclude: greyed
     return table
+
+
+def _lift_row(e: LiftEstimate, truth: Truth | None, arms: bool) -> list[str]:
+    """One estimate's cells: segment (and arm), both arms' counts and rates, the lift, the truth if known, the verdict."""
+    row = [_segment_label(e.segment), *([e.arm] if arms else []),
+           *_arm_cells(e.treated_conversions, e.treated, e.rate),
+           *_arm_cells(e.control_conversions, e.control, e.control_rate), *_lift_cells(e)]
+    if truth is not None:
+        t = _truth_for(truth, e.segment)
+        row.append("-" if t is None else _pp(t))
+    row.append(_verdict(e))
+    return row
+
+
+def _arm_cells(conversions: int, contacts: int, rate: float) -> list[str]:
+    """An arm's "conversions / contacts" and its rate ("-" for an arm with nobody in it).
+
+    >>> _arm_cells(3, 40, 0.075), _arm_cells(0, 0, 0.0)
+    (['3 / 40', '7.5%'], ['0 / 0', '-'])
+    """
+    return [f"{_n(conversions)} / {_n(contacts)}", _rate(rate) if contacts else "-"]
+
+
+def _lift_cells(e: LiftEstimate) -> list[str]:
+    """The lift and its interval, in points; "-" when an arm has nobody, so there is no estimate."""
+    if not (e.treated and e.control):
+        return ["-", "-"]
+    return [_pp(e.lift), _ci(e.low, e.high)]
 
 
 def _forest(exp: str, ests: list[LiftEstimate], truth: Truth | None, arms: bool, confidence: float) -> Plot:
@@ -775,6 +812,7 @@ def _forest(exp: str, ests: list[LiftEstimate], truth: Truth | None, arms: bool,
 
 def lift_section(data: ReportData, confidence: float, min_per_arm: int, truth: Truth | None,
                  truth_for: str | None) -> Section:
+    """Per experiment: its arms' counts, then a forest plot and a table of the lift per segment."""
     exp = data.experiments
     sec = Section("lift", "Lift per segment", f"The causal number: conversion rate of the exposed contacts "
                   f"of an arm minus the control arm's within each exposure's window (intent-to-treat, segments "
@@ -787,10 +825,7 @@ def lift_section(data: ReportData, confidence: float, min_per_arm: int, truth: T
                      "exposures when contacts enter an experiment, outcomes when their windows close.")
         return sec
     for name in names:
-        arms = sorted({a for e, a in exp.exposures if e == name} | {a for e, a in exp.outcomes if e == name})
-        sec.facts.append(f"{name}: " + "; ".join(
-            f"{arm} {_n(exp.exposures[(name, arm)])} exposed ({_n(exp.sent[(name, arm)])} sent), "
-            f"{_n(exp.outcomes[(name, arm)])} windows closed" for arm in arms))
+        sec.facts.append(_arm_counts(exp, name))
         ests = exp.lift.estimates(name, confidence, min_per_arm)
         if not ests:
             sec.facts.append(f"{name}: no closed windows in both arms yet, so no lift to estimate.")
@@ -800,6 +835,14 @@ def lift_section(data: ReportData, confidence: float, min_per_arm: int, truth: T
         sec.plots.append(_forest(name, ests, t, multi, confidence))
         sec.tables.append(_lift_table(name, ests, t, multi))
     return sec
+
+
+def _arm_counts(exp: ExperimentStats, name: str) -> str:
+    """One experiment's arms: contacts exposed (and sent to), and windows closed."""
+    arms = sorted({a for e, a in exp.exposures if e == name} | {a for e, a in exp.outcomes if e == name})
+    return f"{name}: " + "; ".join(
+        f"{arm} {_n(exp.exposures[(name, arm)])} exposed ({_n(exp.sent[(name, arm)])} sent), "
+        f"{_n(exp.outcomes[(name, arm)])} windows closed" for arm in arms)
 
 
 def scores_section(data: ReportData) -> Section:
@@ -838,6 +881,7 @@ def scores_section(data: ReportData) -> Section:
 
 
 def attribution_section(data: ReportData) -> Section:
+    """The four attribution models side by side: credit per channel and per action, and a bar plot per channel."""
     exp = data.experiments
     sec = Section("attribution", "Attribution comparison", "How four attribution rules split the same "
                   "conversions among the sent decisions before them (credit is a sum of weights, value is weight "
@@ -845,33 +889,53 @@ def attribution_section(data: ReportData) -> Section:
                   "the causal number.")
     credited = {m: exp.credit[m] for m in MODELS}
     if not any(c.conversions for c in credited.values()):
-        why = data.experiments_input.absent() or (
-            f"none of the {exp.conversions:,} conversion records has a touch in its attribution window"
-            if exp.conversions else f"{data.experiments_input.path} has no conversion records")
-        sec.empty = f"{why[:1].upper()}{why[1:]}. Nothing to attribute."
+        sec.empty = _nothing_attributed(data)
         return sec
     sec.facts.append(f"{_n(exp.conversions)} conversions worth {_w(exp.value)}; credited (at least one touch): "
                      + ", ".join(f"{m} {_n(c.conversions)}" for m, c in credited.items())
                      + ". Each model hands out one conversion's worth of credit per credited conversion.")
     for what, by, by_value in (("channel", "channels", "channel_value"), ("action", "actions", "action_value")):
-        totals: dict[str, float] = {}
-        for c in credited.values():
-            for name, weight in getattr(c, by).items():
-                _bump(totals, name, weight)
-        table = Table(f"attribution-{what}", f"Credit per {what} (conversions / value)",
-                      [what, *[k for _m in MODELS for k in ("conv", "value")]],
-                      numeric=frozenset(range(1, 1 + 2 * len(MODELS))), groups=[("", 1), *[(m, 2) for m in MODELS]])
-        for name in _top(totals, TABLE_ROWS):
-            table.rows.append([name, *[f for c in credited.values()
-                                       for f in (_w(getattr(c, by).get(name, 0.0)),
-                                                 _w(getattr(c, by_value).get(name, 0.0)))]])
-        if len(totals) > TABLE_ROWS:
-            table.rows.append([f"… {len(totals) - TABLE_ROWS} more", *[""] * (2 * len(MODELS))])
-        sec.tables.append(table)
-    channel_totals: dict[str, float] = {}
+        sec.tables.append(_credit_table(credited, what, by, by_value))
+    sec.plots.append(_attribution_plot(credited))
+    return sec
+
+
+def _nothing_attributed(data: ReportData) -> str:
+    """Why no model credited any conversion: no input, no conversions, or none with a touch in its window."""
+    exp = data.experiments
+    why = data.experiments_input.absent() or (
+        f"none of the {exp.conversions:,} conversion records has a touch in its attribution window"
+        if exp.conversions else f"{data.experiments_input.path} has no conversion records")
+    return f"{why[:1].upper()}{why[1:]}. Nothing to attribute."
+
+
+def _credit_totals(credited: Mapping[str, Credit], by: str) -> dict[str, float]:
+    """Credit per name (``by``: "channels" or "actions") summed over the models: what orders rows and bars."""
+    totals: dict[str, float] = {}
     for c in credited.values():
-        for name, weight in c.channels.items():
-            _bump(channel_totals, name, weight)
+        for name, weight in getattr(c, by).items():
+            _bump(totals, name, weight)
+    return totals
+
+
+def _credit_table(credited: Mapping[str, Credit], what: str, by: str, by_value: str) -> Table:
+    """Conversions and value credited per channel or action (``what``), one column pair per model."""
+    totals = _credit_totals(credited, by)
+    table = Table(f"attribution-{what}", f"Credit per {what} (conversions / value)",
+                  [what, *[k for _m in MODELS for k in ("conv", "value")]],
+                  numeric=frozenset(range(1, 1 + 2 * len(MODELS))), groups=[("", 1), *[(m, 2) for m in MODELS]])
+    for name in _top(totals, TABLE_ROWS):
+        table.rows.append([name, *[f for c in credited.values()
+                                   for f in (_w(getattr(c, by).get(name, 0.0)),
+                                             _w(getattr(c, by_value).get(name, 0.0)))]])
+    if len(totals) > TABLE_ROWS:
+        table.rows.append([f"… {len(totals) - TABLE_ROWS} more", *[""] * (2 * len(MODELS))])
+    return table
+
+
+def _attribution_plot(credited: Mapping[str, Credit]) -> Plot:
+    """Grouped bars per channel, one bar per model: conversions credited (left) and value credited (right)."""
+    channel_totals = _credit_totals(credited, "channels")
     names = _top(channel_totals)
 
     def folded(counts: Mapping[str, float]) -> list[float]:
@@ -892,9 +956,7 @@ def attribution_section(data: ReportData) -> Section:
             ax.set_ylabel(ylabel)
         fig.legend(*left.get_legend_handles_labels(), loc="outside upper center", ncols=len(MODELS))
 
-    sec.plots.append(_draw("attribution", "Attributed conversions and value per channel under four models",
-                           (9, 3.4), draw))
-    return sec
+    return _draw("attribution", "Attributed conversions and value per channel under four models", (9, 3.4), draw)
 
 
 # ---------------------------------------------------------------------------- the page
@@ -1017,15 +1079,12 @@ def simulation_truth(summary_path: Path) -> tuple[Truth | None, str | None]:
 def main(args: argparse.Namespace) -> int:
     """Run ``touchline report``: write the page, print its path and a digest; 2 for a bad input path."""
     out: Path = args.out
-    for role in ("decisions", "experiments", "events"):
-        path = getattr(args, role)
-        if path is not None and not path.is_file():
-            print(f"touchline report: --{role} {path}: no such file", file=sys.stderr)
-            return EXIT_USAGE
-    decisions = args.decisions or out / "decisions.jsonl"
-    experiments = args.experiments or out / "experiments.jsonl"
+    missing = _missing_given_file(args)
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return EXIT_USAGE
     default_events = out / "events.jsonl"
-    events = args.events or (default_events if default_events.is_file() else None)
+    decisions, experiments, events = _report_inputs(args, default_events)
     if not any(p is not None and p.is_file() for p in (decisions, experiments, events)):
         print(f"touchline report: nothing to report: neither {decisions} nor {experiments} exists "
               "(run `touchline run` first, or pass --out DIR / --decisions FILE)", file=sys.stderr)
@@ -1035,12 +1094,37 @@ def main(args: argparse.Namespace) -> int:
     truth, truth_for = simulation_truth(out / "summary.json")
     page = render(data, args.confidence, args.min_per_arm, truth, truth_for)
     target: Path = args.html or out / "report.html"
+    if not _write_page(target, page):
+        return EXIT_RUNTIME
+    print(f"report: {target}")
+    print(digest(data, args.confidence, args.min_per_arm))
+    return 0
+
+
+def _missing_given_file(args: argparse.Namespace) -> str | None:
+    """The error for the first input named on the command line that is not a file (None if all are)."""
+    for role in ("decisions", "experiments", "events"):
+        path = getattr(args, role)
+        if path is not None and not path.is_file():
+            return f"touchline report: --{role} {path}: no such file"
+    return None
+
+
+def _report_inputs(args: argparse.Namespace, default_events: Path) -> tuple[Path, Path, Path | None]:
+    """Decisions, experiments and events files: as given, else in the run's --out directory (the
+    events only if the run recorded them)."""
+    decisions = args.decisions or args.out / "decisions.jsonl"
+    experiments = args.experiments or args.out / "experiments.jsonl"
+    events = args.events or (default_events if default_events.is_file() else None)
+    return decisions, experiments, events
+
+
+def _write_page(target: Path, page: str) -> bool:
+    """Write the page (creating its directory); on failure say why and return False."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(page, encoding="utf-8")
     except OSError as exc:
         print(f"touchline report: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_RUNTIME
-    print(f"report: {target}")
-    print(digest(data, args.confidence, args.min_per_arm))
-    return 0
+        return False
+    return True

@@ -27,14 +27,18 @@ from touchline.metrics.server import serve_metrics
 from touchline.runtime import execute, hold
 from touchline.settings import Settings
 from touchline.state import open_store
-from touchline.redact import remember_settings
+from touchline.redact import redact_url, remember_settings
 from touchline.summary import build_summary
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    from http.server import ThreadingHTTPServer
+
     from touchline.connectors.simulator import SimulatorSpec
+    from touchline.decisions.experiments import Split
     from touchline.decisions.journey_runtime import JourneyRunner
+    from touchline.decisions.journeys import Journey, Step
     from touchline.model_keeper import ModelKeeper
     from touchline.metrics.server import Health
     from touchline.state.model_store import ModelStore
@@ -68,21 +72,7 @@ def build_engine(settings: Settings, registry: CollectorRegistry, trace: Any = N
     """The engine for these settings, its metrics on ``registry``; with ``keep_models`` its
     models come from (and are checkpointed to) the model store."""
     metrics = EngineMetrics(registry)
-    journeys = None
-    if settings.journeys.files:
-        from touchline.decisions.journey_runtime import JourneyRunner
-        from touchline.decisions.journeys import JourneyError
-        from touchline.journey_files import load_journeys
-        from touchline.settings import ConfigError
-
-        try:
-            loaded, problems = load_journeys(list(settings.journeys.files))
-        except JourneyError as exc:
-            raise ConfigError(f"journeys.files: {exc}") from None
-        if problems:
-            raise ConfigError("journeys.files:\n  " + "\n  ".join(line for p in problems for line in p.splitlines()))
-        journeys = JourneyRunner([j for _, j in loaded], settings.policy.quiet_hours.default_timezone,
-                                 settings.policy.consent_default, trace)
+    journeys = _journey_runner(settings, trace)
     check_splits(settings, journeys)
     store = open_store(settings.state.url, settings.state.options())
     try:
@@ -90,18 +80,7 @@ def build_engine(settings: Settings, registry: CollectorRegistry, trace: Any = N
     except Exception:
         store.close()
         raise
-    scores = keeper.reconcile(settings.models.scores()) if keeper is not None else settings.models.scores()
-    core = DecisionCore(
-        policy=settings.policy,
-        models=dict(scores),
-        labels=settings.labels.rules(),
-        clock=WallClock() if settings.engine.clock == "wall" else EventTimeClock(),
-        retention_days=settings.state.retention_days,
-        journeys=journeys,
-        restore=keeper.restore if keeper is not None else None,
-        experiments=settings.experiments,
-    )
-    core.learn = settings.models.learn
+    core = _decision_core(settings, journeys, keeper)
     if journeys is not None:  # one round-robin rotation for every worker and process
         journeys.next_turn = store.next_turn
     engine = Engine(store, core, metrics)
@@ -117,29 +96,80 @@ def build_engine(settings: Settings, registry: CollectorRegistry, trace: Any = N
     return engine
 
 
-def check_splits(settings: Settings, journeys: "JourneyRunner | None") -> None:
-    """Journey splits name a loaded journey, and its steps: a typo is an error, not a split that never runs."""
-    from touchline.decisions.journeys import WaitStep
+def _journey_runner(settings: Settings, trace: Any = None) -> "JourneyRunner | None":
+    """The runner of the journeys in ``journeys.files`` (None when there are none); every problem
+    in every file is reported at once, as a ConfigError naming the setting."""
+    if not settings.journeys.files:
+        return None
+    from touchline.decisions.journey_runtime import JourneyRunner
+    from touchline.decisions.journeys import JourneyError
+    from touchline.journey_files import load_journeys
     from touchline.settings import ConfigError
 
+    try:
+        loaded, problems = load_journeys(list(settings.journeys.files))
+    except JourneyError as exc:
+        raise ConfigError(f"journeys.files: {exc}") from None
+    if problems:
+        raise ConfigError("journeys.files:\n  " + "\n  ".join(line for p in problems for line in p.splitlines()))
+    return JourneyRunner([j for _, j in loaded], settings.policy.quiet_hours.default_timezone,
+                         settings.policy.consent_default, trace)
+
+
+def _decision_core(settings: Settings, journeys: "JourneyRunner | None", keeper: "ModelKeeper | None") -> DecisionCore:
+    """The decision core: policy, labels and clock from the settings; its models as the keeper
+    reconciles them with the model store (else as configured), restored from its checkpoint."""
+    scores = keeper.reconcile(settings.models.scores()) if keeper is not None else settings.models.scores()
+    core = DecisionCore(
+        policy=settings.policy,
+        models=dict(scores),
+        labels=settings.labels.rules(),
+        clock=WallClock() if settings.engine.clock == "wall" else EventTimeClock(),
+        retention_days=settings.state.retention_days,
+        journeys=journeys,
+        restore=keeper.restore if keeper is not None else None,
+        experiments=settings.experiments,
+    )
+    core.learn = settings.models.learn
+    return core
+
+
+def check_splits(settings: Settings, journeys: "JourneyRunner | None") -> None:
+    """Journey splits name a loaded journey, and its steps: a typo is an error, not a split that never runs."""
     for name, split in settings.experiments.splits.items():
         if split.journey is None:
             continue
         key = f"experiments.splits.{name}"
-        journey = journeys.by_name.get(split.journey) if journeys is not None else None
-        if journey is None:
-            known = ", ".join(sorted(journeys.by_name)) if journeys is not None else "none loaded (use --journeys)"
-            raise ConfigError(f"{key}.journey: unknown journey {split.journey!r}; known: {known}")
+        journey = _split_journey(key, split.journey, journeys)
         steps = {s.id: s for s in journey.steps}
-        if split.step is not None and split.step not in steps:
-            raise ConfigError(f"{key}.step: journey {split.journey} has no step {split.step!r}; "
-                              f"steps: {', '.join(steps)}")
-        for variant in split.variants:
-            for step in variant.waits:
-                if not isinstance(steps.get(step), WaitStep):
-                    waits = [s for s, st in steps.items() if isinstance(st, WaitStep)]
-                    raise ConfigError(f"{key}.variants.{variant.name}.waits: {step!r} is not a wait step of "
-                                      f"journey {split.journey}; wait steps: {', '.join(waits) or 'none'}")
+        _check_split_steps(key, split, steps)
+
+
+def _split_journey(key: str, name: str, journeys: "JourneyRunner | None") -> "Journey":
+    """The loaded journey a split names; an unknown name is an error that lists the known ones."""
+    from touchline.settings import ConfigError
+
+    journey = journeys.by_name.get(name) if journeys is not None else None
+    if journey is None:
+        known = ", ".join(sorted(journeys.by_name)) if journeys is not None else "none loaded (use --journeys)"
+        raise ConfigError(f"{key}.journey: unknown journey {name!r}; known: {known}")
+    return journey
+
+
+def _check_split_steps(key: str, split: "Split", steps: "dict[str, Step]") -> None:
+    """The split's ``step`` is a step of its journey, and every variant's ``waits`` names a wait step of it."""
+    from touchline.decisions.journeys import WaitStep
+    from touchline.settings import ConfigError
+
+    if split.step is not None and split.step not in steps:
+        raise ConfigError(f"{key}.step: journey {split.journey} has no step {split.step!r}; "
+                          f"steps: {', '.join(steps)}")
+    for variant in split.variants:
+        for step in variant.waits:
+            if not isinstance(steps.get(step), WaitStep):
+                waits = [s for s, st in steps.items() if isinstance(st, WaitStep)]
+                raise ConfigError(f"{key}.variants.{variant.name}.waits: {step!r} is not a wait step of "
+                                  f"journey {split.journey}; wait steps: {', '.join(waits) or 'none'}")
 
 
 def model_store_url(settings: Settings) -> str | None:
@@ -398,7 +428,7 @@ def _build_source(settings: Settings, engine: Engine, kafka: dict[str, str] | No
 
         assert kafka is not None  # the settings validator requires kafka.bootstrap
         ks = settings.kafka
-        return KafkaEventSource(kafka, ks.events_topic, batch_size=src.batch_size, linger_ms=ks.linger_ms,
+        return KafkaEventSource(kafka, ks.events_topic, batch_size=ks.batch_size, linger_ms=ks.linger_ms,
                                 start=ks.start, tail=ks.tail, stop=stop,
                                 tick_seconds=src.tick_seconds if settings.engine.clock == "wall" else None,
                                 retry_seconds=ks.retry_seconds, on_fatal=engine.fail), None
@@ -515,19 +545,9 @@ def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRe
     emit_recovered(engine, io)
     flow = build_flow(io.source, engine, io.decisions_sink, io.dead_letter_sink, io.delivery_sink,
                       experiments_sink=io.experiments_sink)
-    server = None
     outputs = dict(io.outputs)
-    if settings.metrics.enabled:
-        host, port, server = serve_metrics(registry, settings.metrics.host, settings.metrics.port,
-                                           health_checks(settings, engine))
-        outputs["metrics"] = f"http://{host}:{port}/metrics (served while running; also /healthz, /readyz)"
-        log.info("serving /metrics, /healthz and /readyz on %s:%s", host, port,
-                 extra={"metrics_host": host, "metrics_port": port})
-        if on_metrics:
-            on_metrics(host, port)
+    server = _serve_metrics(settings, engine, registry, outputs, on_metrics) if settings.metrics.enabled else None
     started = time.perf_counter()
-    from touchline.redact import redact_url
-
     log.info("run started: source %s, state %s", settings.source.kind, redact_url(settings.state.url),
              extra={"source": settings.source.kind, "state": redact_url(settings.state.url),
                     "clock": settings.engine.clock, "batch_size": settings.source.batch_size})
@@ -541,11 +561,7 @@ def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRe
     gc.collect()
     gc.freeze()
     try:
-        if progress is not None:
-            with Progress(engine, io.source, progress, io.period):
-                execute(flow, settings, recovery)
-        else:
-            execute(flow, settings, recovery)
+        _execute_flow(flow, settings, recovery, engine, io, progress)
     finally:
         gc.unfreeze()
         restore()
@@ -553,6 +569,36 @@ def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRe
             server.shutdown()
             server.server_close()
     wall = time.perf_counter() - started
+    _log_run_end(engine, stop, wall)
+    return _close_and_summarise(settings, engine, io, outputs, wall, stop)
+
+
+def _serve_metrics(settings: Settings, engine: Engine, registry: CollectorRegistry, outputs: dict[str, str],
+                   on_metrics: Any) -> "ThreadingHTTPServer":
+    """Serve /metrics, /healthz and /readyz while the run lasts; the server, its address added to
+    ``outputs`` and passed to ``on_metrics`` (the port may have been 0: any free one)."""
+    host, port, server = serve_metrics(registry, settings.metrics.host, settings.metrics.port,
+                                       health_checks(settings, engine))
+    outputs["metrics"] = f"http://{host}:{port}/metrics (served while running; also /healthz, /readyz)"
+    log.info("serving /metrics, /healthz and /readyz on %s:%s", host, port,
+             extra={"metrics_host": host, "metrics_port": port})
+    if on_metrics:
+        on_metrics(host, port)
+    return server
+
+
+def _execute_flow(flow: Any, settings: Settings, recovery: bool, engine: Engine, io: _Io,
+                  progress: TextIO | None) -> None:
+    """Run the dataflow to its end, with a live progress line on ``progress`` when there is one."""
+    if progress is not None:
+        with Progress(engine, io.source, progress, io.period):
+            execute(flow, settings, recovery)
+    else:
+        execute(flow, settings, recovery)
+
+
+def _log_run_end(engine: Engine, stop: threading.Event, wall: float) -> None:
+    """One line on how the run ended (stopped by a failure, interrupted, finished) and its totals."""
     t = engine.totals
     log.info("run %s after %.1f s: %d events, %d decisions, %d dead letters, %d decisions emitted again from the "
              "outbox, %d profiles redone after a concurrent write",
@@ -561,8 +607,14 @@ def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRe
              extra={"seconds": round(wall, 3), "events": t.events, "decisions": sum(t.decisions.values()),
                     "dead_letters": sum(t.dead_letters.values()), "failed": engine.failure is not None,
                     "recovered": t.recovered, "conflicts": t.conflicts})
+
+
+def _close_and_summarise(settings: Settings, engine: Engine, io: _Io, outputs: dict[str, str], wall: float,
+                         stop: threading.Event) -> RunResult:
+    """Let deliveries in flight finish (or fail into dead letters) and close the outbox, so the
+    summary counts them; a failure that stopped the engine is raised instead of a summary."""
     delivery = io.delivery_sink.delivery if io.delivery_sink is not None else None
-    if delivery is not None:  # deliveries in flight finish (or fail into dead letters) before the summary
+    if delivery is not None:
         delivery.close(settings.delivery.flush_seconds)
     engine.close_outbox()
     if engine.failure is not None:

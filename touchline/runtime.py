@@ -29,6 +29,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from touchline.decisions.errors import TouchlineError
+
 if TYPE_CHECKING:
     from bytewax.dataflow import Dataflow
     from bytewax.recovery import RecoveryConfig
@@ -109,7 +111,7 @@ def hold(settings: "Settings") -> Any:
     return _running(settings)
 
 
-class RecoveryDirInUse(RuntimeError):
+class RecoveryDirInUse(TouchlineError, RuntimeError):
     """Another engine process with the same process id runs on this recovery directory."""
 
 

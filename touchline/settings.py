@@ -21,6 +21,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from touchline.decisions.errors import TouchlineError
 from touchline.decisions.events import check_known_types
 from touchline.decisions.experiments import ExperimentSettings
 from touchline.decisions.estimators import ScoreSettings
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from touchline.state.base import StoreOptions
 
 
-class ConfigError(ValueError):
+class ConfigError(TouchlineError, ValueError):
     """Invalid configuration; the message names the file and key."""
 
 
@@ -275,6 +276,10 @@ class KafkaSettings(_Section):
     partitions: int = Field(default=3, ge=1, le=10_000, description="partitions of topics created at start")
     replication_factor: int = Field(default=1, ge=1, le=16)
     linger_ms: float = Field(default=20.0, ge=0, le=10_000, description="wait at most this long to fill a batch")
+    batch_size: int = Field(default=1000, ge=1, le=100_000,
+                            description="events per micro-batch read from Kafka, at most: a batch goes when it holds "
+                                        "this many or its first event waited linger_ms, so a light load keeps batches "
+                                        "small and quick and a heavy one shares each state-store round trip among more")
     connect_timeout_seconds: float = Field(default=10.0, gt=0, le=600, description="broker check at start")
     retry_seconds: float = Field(default=60.0, gt=0, le=3600,
                                  description="a broker outage is retried this long before the run stops")

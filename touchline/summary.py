@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
 from touchline.batch_service import Engine
 from touchline.redact import redact_tree, redact_url
@@ -32,10 +32,7 @@ def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str],
     """Collect the run's figures from the engine's tallies (and the connectors' outcomes),
     secrets masked (:func:`touchline.redact.redact_tree`): this is what summary.json holds."""
     t = engine.totals
-    delivered: dict[str, dict[str, int]] = {}
-    for (channel, outcome), n in sorted((deliveries or {}).items()):
-        delivered.setdefault(channel, {"delivered": 0, "failed": 0})[outcome] = n
-    decision_lat = [(v, 1) for v in t.decision_latency_ms]
+    delivered = _deliveries(deliveries or {})
     return redact_tree({
         "events_processed": t.events,
         "lines_read": t.lines,
@@ -53,15 +50,9 @@ def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str],
         "timers_fired": dict(sorted(t.timers.items())),
         "models": {name: _slot_summary(slot) for name, slot in engine.models.items()},
         "model_store": _model_store(engine),
-        "latency_ms": {
-            "processing_p50": _round(weighted_percentile(t.batch_latency_ms, 0.5)),
-            "processing_p99": _round(weighted_percentile(t.batch_latency_ms, 0.99)),
-            "decision_p50": _round(weighted_percentile(decision_lat, 0.5)),
-            "decision_p99": _round(weighted_percentile(decision_lat, 0.99)),
-        },
+        "latency_ms": _latency(t.batch_latency_ms, t.decision_latency_ms),
         "feedback": _sum_feedback(t.feedback),
-        "feedback_linked_share": (round(sum(n for k, n in t.feedback.items() if k[2] == "true")
-                                        / sum(t.feedback.values()), 4) if t.feedback else None),
+        "feedback_linked_share": _linked_share(t.feedback),
         "journeys": dict(sorted(t.journeys.items())),
         "deliveries": delivered,
         "delivery_failures_total": sum(d["failed"] for d in delivered.values()),
@@ -69,6 +60,40 @@ def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str],
         "experiments": engine.core.experiments.summary(),
         "outputs": outputs,
     })  # outputs and stores are named by URL: never with a password or a query value
+
+
+def _deliveries(outcomes: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    """Delivered and failed sends per channel, channels in name order.
+
+    >>> _deliveries({("sms", "failed"): 1, ("email", "delivered"): 5, ("sms", "delivered"): 3})
+    {'email': {'delivered': 5, 'failed': 0}, 'sms': {'delivered': 3, 'failed': 1}}
+    """
+    delivered: dict[str, dict[str, int]] = {}
+    for (channel, outcome), n in sorted(outcomes.items()):
+        delivered.setdefault(channel, {"delivered": 0, "failed": 0})[outcome] = n
+    return delivered
+
+
+def _latency(batch_ms: Collection[tuple[float, int]], decision_ms: Iterable[float]) -> dict[str, float | None]:
+    """p50 and p99 of the batch processing time (weighted by the batch's events) and of event-to-decision."""
+    decision_lat = [(v, 1) for v in decision_ms]
+    return {
+        "processing_p50": _round(weighted_percentile(batch_ms, 0.5)),
+        "processing_p99": _round(weighted_percentile(batch_ms, 0.99)),
+        "decision_p50": _round(weighted_percentile(decision_lat, 0.5)),
+        "decision_p99": _round(weighted_percentile(decision_lat, 0.99)),
+    }
+
+
+def _linked_share(feedback: Counter) -> float | None:
+    """The share of feedback linked to a decision of ours (keys end in "true"); None without feedback.
+
+    >>> _linked_share(Counter({("sms", "click", "true"): 3, ("sms", "click", "false"): 1})), _linked_share(Counter())
+    (0.75, None)
+    """
+    if not feedback:
+        return None
+    return round(sum(n for k, n in feedback.items() if k[2] == "true") / sum(feedback.values()), 4)
 
 
 def _slot_summary(slot: Any) -> dict[str, Any]:
@@ -105,29 +130,55 @@ def _round(value: float | None) -> float | None:
 
 def format_summary(s: dict[str, Any]) -> str:
     """Human-readable summary."""
-    lat = s["latency_ms"]
     out = [
         "",
         "Touchline run summary",
         f"  events processed   {s['events_processed']:,} of {s['lines_read']:,} lines in {s['wall_seconds']:.1f} s"
         f" ({s['events_per_second'] or 0:,.0f} events/s); duplicates ignored {s['duplicates_ignored']:,}",
-        f"  decisions          {s['decisions_total']:,}",
     ]
-    out += [f"    {k:<30} {v:>8,}" for k, v in s["decisions"].items()]
-    out.append(f"  suppressed         {sum(s['suppressed'].values()):,} candidates")
-    out += [f"    {k:<30} {v:>8,}" for k, v in s["suppressed"].items()]
+    out += _outcome_lines(s)
+    out += _delivery_lines(s)
+    out += _model_lines(s)
+    out += _experiment_lines(s.get("experiments") or {})
+    out += _run_lines(s)
+    return "\n".join(out)
+
+
+def _counts(counts: dict[str, int], width: int = 30) -> list[str]:
+    """One indented line per name and count, counts aligned.
+
+    >>> _counts({"email": 1200, "sms": 7}, width=6)
+    ['    email     1,200', '    sms           7']
+    """
+    return [f"    {k:<{width}} {v:>8,}" for k, v in counts.items()]
+
+
+def _outcome_lines(s: dict[str, Any]) -> list[str]:
+    """What became of the events: decisions, suppressed candidates, erased contacts' events, dead letters."""
+    out = [f"  decisions          {s['decisions_total']:,}", *_counts(s["decisions"]),
+           f"  suppressed         {sum(s['suppressed'].values()):,} candidates", *_counts(s["suppressed"])]
     if s.get("erased_events_dropped"):
         out.append(f"  erased             {s['erased_events_dropped']:,} events of erased contacts dropped")
-    out.append(f"  dead letters       {s['dead_letters_total']:,}")
-    out += [f"    {k:<30} {v:>8,}" for k, v in s["dead_letters"].items()]
+    out += [f"  dead letters       {s['dead_letters_total']:,}", *_counts(s["dead_letters"])]
+    return out
+
+
+def _delivery_lines(s: dict[str, Any]) -> list[str]:
+    """Journey counters and channel deliveries, each only when the run had any."""
+    out = []
     if s.get("journeys"):
         out.append("  journeys")
-        out += [f"    {k:<42} {v:>8,}" for k, v in s["journeys"].items()]
+        out += _counts(s["journeys"], 42)
     if s.get("deliveries"):
         out.append("  deliveries         " + "; ".join(
             f"{ch} {d['delivered']:,} delivered" + (f", {d['failed']:,} FAILED (dead letters)" if d["failed"] else "")
             for ch, d in s["deliveries"].items()))
-    out.append("  models (progressive validation on delayed labels)")
+    return out
+
+
+def _model_lines(s: dict[str, Any]) -> list[str]:
+    """Each score's champion and challengers (with the champion graded on the challenger's labels), and the model store."""
+    out = ["  models (progressive validation on delayed labels)"]
     for name, m in s["models"].items():
         out.append(f"    {name:<6} {_quality(m)}  [{m['version']}]")
         for c in m.get("challengers", []):
@@ -137,53 +188,81 @@ def format_summary(s: dict[str, Any]) -> str:
                 out.append(f"      champion on the same labels: {_quality(versus)}")
     store = s.get("model_store")
     if store:
-        notes = [f"revision {store['revision']}"]
-        if store["restored"]:
-            notes.append("restored " + ", ".join(store["restored"]))
-        if store["refused"]:
-            notes.append(f"{len(store['refused'])} checkpoint(s) refused (see log), started fresh")
-        out.append(f"  model store        {store['url']} ({'; '.join(notes)})")
-    out += _experiment_lines(s.get("experiments") or {})
-    out.append(
+        out.append(_model_store_line(store))
+    return out
+
+
+def _model_store_line(store: dict[str, Any]) -> str:
+    """Where the models are kept, the deployment revision, what was restored and what was refused.
+
+    >>> _model_store_line({"url": "file://out/models", "revision": 2, "restored": ["lead"], "refused": []})
+    '  model store        file://out/models (revision 2; restored lead)'
+    """
+    notes = [f"revision {store['revision']}"]
+    if store["restored"]:
+        notes.append("restored " + ", ".join(store["restored"]))
+    if store["refused"]:
+        notes.append(f"{len(store['refused'])} checkpoint(s) refused (see log), started fresh")
+    return f"  model store        {store['url']} ({'; '.join(notes)})"
+
+
+def _run_lines(s: dict[str, Any]) -> list[str]:
+    """Latency, what the state store holds, and where the outputs are."""
+    lat = s["latency_ms"]
+    out = [
         f"  latency            processing p50 {_ms(lat['processing_p50'])}, p99 {_ms(lat['processing_p99'])};"
         f" event-to-decision p50 {_ms(lat['decision_p50'])}, p99 {_ms(lat['decision_p99'])} (wall time in the engine)"
-    )
+    ]
     if s["state"]:
         out.append("  state              " + ", ".join(f"{k} {v:,}" for k, v in s["state"].items()))
     for name, path in s["outputs"].items():
         out.append(f"  {name:<18} {path}")
-    return "\n".join(out)
+    return out
 
 
 def _experiment_lines(e: dict[str, Any]) -> list[str]:
     """Lift per segment (with the truth, when a closed-loop simulation knows it) and attribution."""
     out = []
     for name, estimates in e.get("lift", {}).items():
-        if not estimates:
-            continue
-        first = estimates[0]
-        out.append(f"  lift               {name}: {first['arm']} vs {first['baseline']}, conversion in "
-                   f"{_days(e.get('window_ms'))}, {first['confidence']:.0%} interval")
-        for est in estimates:
-            seg = est["segment"]
-            label = "everyone" if seg["dimension"] == "all" else f"{seg['dimension']}={seg['value']}"
-            truth = est.get("true_lift")
-            true_text = ""
-            if truth is not None:
-                inside = est["low"] <= truth <= est["high"]
-                true_text = f"  true {truth * 100:+.1f} pp ({'inside' if inside else 'OUTSIDE'})"
-            out.append(f"    {label:<30} {est['lift'] * 100:+6.1f} pp [{est['low'] * 100:+.1f}, {est['high'] * 100:+.1f}]"
-                       f"  {est['treated_conversions']:,}/{est['treated']:,} vs {est['control_conversions']:,}/"
-                       f"{est['control']:,}  {est['verdict']}{true_text}")
-    attribution = e.get("attribution") or {}
-    if attribution:
-        out.append("  attribution        conversions credited per channel, by model")
-        for model, channels in attribution.items():
-            out.append(f"    {model:<12} " + ", ".join(f"{ch} {v['conversions']:,.1f}" for ch, v in channels.items()))
+        if estimates:
+            out += _lift_lines(name, estimates, e.get("window_ms"))
+    out += _attribution_lines(e.get("attribution") or {})
     for name, segments in (e.get("bandits") or {}).items():
         out.append(f"  bandit {name:<11} " + "; ".join(
             f"{seg}: " + ", ".join(f"{arm} {v['rate']:.1%} of {v['rewards']:,}" for arm, v in arms.items())
             for seg, arms in segments.items()))
+    return out
+
+
+def _lift_lines(name: str, estimates: list[dict[str, Any]], window_ms: int | None) -> list[str]:
+    """One experiment: what is compared, over which window, then one line per segment."""
+    first = estimates[0]
+    return [f"  lift               {name}: {first['arm']} vs {first['baseline']}, conversion in "
+            f"{_days(window_ms)}, {first['confidence']:.0%} interval", *(_estimate_line(est) for est in estimates)]
+
+
+def _estimate_line(est: dict[str, Any]) -> str:
+    """A segment's lift in points with its interval, both arms' conversions, the verdict, and the
+    true lift when known (inside the interval or OUTSIDE it)."""
+    seg = est["segment"]
+    label = "everyone" if seg["dimension"] == "all" else f"{seg['dimension']}={seg['value']}"
+    truth = est.get("true_lift")
+    true_text = ""
+    if truth is not None:
+        inside = est["low"] <= truth <= est["high"]
+        true_text = f"  true {truth * 100:+.1f} pp ({'inside' if inside else 'OUTSIDE'})"
+    return (f"    {label:<30} {est['lift'] * 100:+6.1f} pp [{est['low'] * 100:+.1f}, {est['high'] * 100:+.1f}]"
+            f"  {est['treated_conversions']:,}/{est['treated']:,} vs {est['control_conversions']:,}/"
+            f"{est['control']:,}  {est['verdict']}{true_text}")
+
+
+def _attribution_lines(attribution: dict[str, dict[str, Any]]) -> list[str]:
+    """Conversions credited per channel under each attribution model (nothing when none was)."""
+    if not attribution:
+        return []
+    out = ["  attribution        conversions credited per channel, by model"]
+    for model, channels in attribution.items():
+        out.append(f"    {model:<12} " + ", ".join(f"{ch} {v['conversions']:,.1f}" for ch, v in channels.items()))
     return out
 
 

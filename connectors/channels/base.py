@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from touchline.decisions.errors import TouchlineError
 from touchline.metrics.connectors import ConnectorMetrics
 from touchline.redact import redact_secrets
 
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 DeadLetterWrite = Callable[[list[dict[str, Any]]], None]
 
 
-class DeliveryError(Exception):
+class DeliveryError(TouchlineError):
     """One failed delivery attempt. ``code`` is a short fixed label (metrics, dead letters)."""
 
     retryable = False

@@ -151,9 +151,9 @@ ConnectorConfig = Annotated[
 
 
 def _plugin_exists(kind: str) -> bool:
-    from importlib.metadata import entry_points
+    from touchline.connectors.channels.registry import CONNECTORS
 
-    return any(ep.name == kind for ep in entry_points(group="touchline.connectors"))
+    return kind in CONNECTORS
 
 
 class DeliverySettings(_Connector):

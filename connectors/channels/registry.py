@@ -1,9 +1,10 @@
 """Build the connectors that configuration names, and route decisions to them by channel,
 claiming each decision in the send ledger first so none is delivered twice.
 
-Connector kinds are looked up in :data:`BUILDERS`, and plug-ins add kinds through the
-``touchline.connectors`` entry-point group: an entry point named ``kind`` whose object
-is called as ``builder(channel, config, context) -> ChannelConnector``.
+Connector kinds are looked up in :data:`CONNECTORS` (the one plug-in registry,
+:mod:`touchline.decisions.plugins`): the built-in kinds, then the ``touchline.connectors``
+entry-point group, where an entry point named ``kind`` is called as
+``builder(channel, config, context) -> ChannelConnector``.
 """
 
 from __future__ import annotations
@@ -13,17 +14,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from touchline.decisions.plugins import Registry
 from touchline.connectors.channels.base import ChannelConnector, DeliveryReport
 from touchline.connectors.channels.config import CHANNELS, DeliverySettings
 from touchline.redact import redact_secrets
 
 if TYPE_CHECKING:
-    from touchline.state.ledger import SendLedger
+    from touchline.state.ledger import Claim, SendLedger
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +76,16 @@ def _smtp(channel: str, cfg: Any, ctx: BuildContext) -> ChannelConnector:
         raise ValueError(f"delivery.channels.{channel}: {exc}") from None
 
 
-BUILDERS: dict[str, Callable[[str, Any, BuildContext], ChannelConnector]] = {
-    "jsonl": _jsonl, "kafka": _kafka, "webhook": _webhook, "smtp": _smtp,
-}
+#: Channel connectors by kind: the built-in builders, then the ``touchline.connectors`` entry points.
+CONNECTORS = Registry("channel connector", "touchline.connectors",
+                      {kind: f"{__name__}:_{kind}" for kind in ("jsonl", "kafka", "webhook", "smtp")})
 
 
 def builder_for(kind: str) -> Callable[[str, Any, BuildContext], ChannelConnector]:
-    if kind in BUILDERS:
-        return BUILDERS[kind]
-    for ep in entry_points(group="touchline.connectors"):
-        if ep.name == kind:
-            return ep.load()
-    raise ValueError(f"no channel connector of kind {kind!r}; known: {', '.join(sorted(BUILDERS))}")
+    if kind not in CONNECTORS:
+        raise ValueError(f"no channel connector of kind {kind!r}; known: {', '.join(CONNECTORS.names())}")
+    builder: Callable[[str, Any, BuildContext], ChannelConnector] = CONNECTORS.load(kind)
+    return builder
 
 
 DoneCallback = Callable[[list[dict[str, Any]]], None]
@@ -99,6 +99,32 @@ class _Track:
     def __init__(self) -> None:
         self.pending: dict[str, dict[str, Any]] = {}  # decision id -> decision
         self.outstanding = 0  # handed over minus outcomes reported
+
+
+class _Renewal:
+    """When the settle loop next renews claims: every third of the ledger's lease (never
+    without a ledger), so a claim in flight never lapses."""
+
+    def __init__(self, ledger: SendLedger | None) -> None:
+        self.period = ledger.lease_seconds / 3 if ledger is not None else None
+        self.next_at = time.monotonic() + self.period if self.period else float("inf")
+
+    def seconds_left(self) -> float | None:
+        """Time until the next renewal (0 or less: due); None when there is none to wait for."""
+        return self.next_at - time.monotonic() if self.period else None
+
+    def due(self) -> bool:
+        """Whether a renewal is due now; if so the next one is scheduled a period later."""
+        if self.period and time.monotonic() >= self.next_at:
+            self.next_at = time.monotonic() + self.period
+            return True
+        return False
+
+
+def _ids_of(kind: str, batch: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The decision ids of the settled decisions of one kind (those without an id have none
+    to record)."""
+    return [str(d["decision_id"]) for k, d in batch if k == kind and d.get("decision_id") is not None]
 
 
 class Delivery:
@@ -134,7 +160,7 @@ class Delivery:
         self._closed = False
         self._tracks = {channel: _Track() for channel in connectors}
         self._wake = threading.Condition()  # guards _tracks and _settled
-        self._settled: list[tuple[str, dict[str, Any]]] = []  # ("final"|"release"|"skip", decision)
+        self._settled: list[tuple[str, dict[str, Any]]] = []  # ("final"|"marked"|"release"|"skip", decision)
         self._stopping = False
         self._settler: threading.Thread | None = None
         #: decisions another owner held a claim on when submitted: claimed again later (that
@@ -159,6 +185,24 @@ class Delivery:
         self._settler.start()
 
     def submit(self, decisions: list[dict[str, Any]]) -> None:
+        """Hand decisions to their channels' connectors; with a ledger, only those claimed
+        here (see the class docstring). Raises if the ledger cannot be reached: sending
+        unclaimed could send twice."""
+        by_channel, unrouted = self._route(decisions)
+        if unrouted:
+            self._settle("skip", unrouted)  # no connector will ever deliver them
+        claim = self._claim(by_channel)
+        for channel, batch in by_channel.items():
+            connector = self.connectors[channel]
+            if claim is not None:
+                batch = self._claimed(channel, connector.kind, batch, claim)
+                if not batch:
+                    continue
+            self._count_in_flight(channel, batch)
+            connector.submit(batch)
+
+    def _route(self, decisions: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+        """The decisions by channel, in order, and those for a channel without a connector."""
         by_channel: dict[str, list[dict[str, Any]]] = {}
         unrouted: list[dict[str, Any]] = []
         for decision in decisions:
@@ -167,27 +211,27 @@ class Delivery:
                 by_channel.setdefault(channel, []).append(decision)
             else:
                 unrouted.append(decision)
-        if unrouted:
-            self._settle("skip", unrouted)  # no connector will ever deliver them
-        claim = None
-        if self.ledger is not None and by_channel:
-            claim = self.ledger.claim([str(d["decision_id"]) for batch in by_channel.values() for d in batch
-                                       if d.get("decision_id") is not None])
-        for channel, batch in by_channel.items():
-            connector = self.connectors[channel]
-            if claim is not None:
-                batch = self._claimed(channel, connector.kind, batch, claim)
-                if not batch:
-                    continue
-            with self._wake:
-                track = self._tracks[channel]
-                track.outstanding += len(batch)
-                for decision in batch:
-                    if decision.get("decision_id") is not None:
-                        track.pending[str(decision["decision_id"])] = decision
-            connector.submit(batch)
+        return by_channel, unrouted
 
-    def _claimed(self, channel: str, kind: str, batch: list[dict[str, Any]], claim: Any) -> list[dict[str, Any]]:
+    def _claim(self, by_channel: dict[str, list[dict[str, Any]]]) -> Claim | None:
+        """Claim every routed decision id in one ledger round trip; None without a ledger
+        (or nothing to claim)."""
+        if self.ledger is None or not by_channel:
+            return None
+        return self.ledger.claim([str(d["decision_id"]) for batch in by_channel.values() for d in batch
+                                  if d.get("decision_id") is not None])
+
+    def _count_in_flight(self, channel: str, batch: list[dict[str, Any]]) -> None:
+        """Count ``batch`` as handed over (and its identified decisions as pending) before the
+        connector sees it, so an outcome can never arrive for an untracked decision."""
+        with self._wake:
+            track = self._tracks[channel]
+            track.outstanding += len(batch)
+            for decision in batch:
+                if decision.get("decision_id") is not None:
+                    track.pending[str(decision["decision_id"])] = decision
+
+    def _claimed(self, channel: str, kind: str, batch: list[dict[str, Any]], claim: Claim) -> list[dict[str, Any]]:
         """The decisions of ``batch`` this process may send; the others counted and settled."""
         send: list[dict[str, Any]] = []
         final: list[dict[str, Any]] = []
@@ -212,9 +256,7 @@ class Delivery:
     # ------------------------------------------------------------------ outcomes
     def _outcome(self, channel: str, decision: dict[str, Any] | None, outcome: str) -> None:
         """The report's listener (any connector thread): settle the decision."""
-        kind = "release" if outcome == "shutdown" else "final"
-        if decision is not None and kind == "final" and channel in self._tracks and self._mark_now(decision):
-            kind = "marked"
+        kind = self._settle_kind(channel, decision, outcome)
         with self._wake:
             track = self._tracks.get(channel)
             if track is None:
@@ -223,12 +265,27 @@ class Delivery:
             if decision is not None:
                 track.pending.pop(str(decision.get("decision_id")), None)
                 self._settled.append((kind, decision))
-            if track.outstanding <= 0:  # nothing in flight: the rest had unattributed deliveries
-                track.outstanding = 0
-                if track.pending:
-                    self._settled.extend(("final", d) for d in track.pending.values())
-                    track.pending.clear()
+            if track.outstanding <= 0:
+                self._settle_unattributed(track)
             self._wake.notify()
+
+    def _settle_kind(self, channel: str, decision: dict[str, Any] | None, outcome: str) -> str:
+        """How an outcome settles: ``release`` when the engine stopped before sending (a later
+        run sends it), ``marked`` when the final outcome is already in the ledger, else
+        ``final`` (the settle loop records it)."""
+        if outcome == "shutdown":
+            return "release"
+        if decision is not None and channel in self._tracks and self._mark_now(decision):
+            return "marked"
+        return "final"
+
+    def _settle_unattributed(self, track: _Track) -> None:
+        """Nothing in flight on a channel: its decisions still pending had deliveries reported
+        without the decision (the kafka connector), so they are final. Lock held."""
+        track.outstanding = 0
+        if track.pending:
+            self._settled.extend(("final", d) for d in track.pending.values())
+            track.pending.clear()
 
     def _mark_now(self, decision: dict[str, Any]) -> bool:
         """Record a final outcome in the ledger at once, on the connector's thread: the time
@@ -249,58 +306,83 @@ class Delivery:
             self._wake.notify()
 
     def _settle_loop(self) -> None:
-        """Record settled decisions in batches off the connectors' threads; renew claims in flight."""
-        period = self.ledger.lease_seconds / 3 if self.ledger is not None else None
-        next_renew = time.monotonic() + period if period else float("inf")
+        """Record settled decisions in batches off the connectors' threads; every third of a
+        lease, renew the claims in flight and claim held decisions again."""
+        renewal = _Renewal(self.ledger)
         while True:
-            renew: list[str] = []
             with self._wake:
-                while not self._settled and not self._stopping:
-                    left = next_renew - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._wake.wait(left if period else None)
+                self._wait_for_work(renewal)
                 batch, self._settled = self._settled, []
                 stopping = self._stopping
-                held: list[dict[str, Any]] = []
-                if period and time.monotonic() >= next_renew:
-                    next_renew = time.monotonic() + period
-                    renew = [i for track in self._tracks.values() for i in track.pending]
-                    held, self._held = self._held, []
+                renew, held = self._take_renewals() if renewal.due() else ([], [])
             self._apply(batch)
             if held and not stopping:
                 self._retry_held(held)
-            if renew and self.ledger is not None:
-                try:
-                    self.ledger.renew(renew)
-                except Exception:
-                    log.exception("send ledger: could not renew %d claims in flight", len(renew))
+            if renew:
+                self._renew(renew)
             if stopping:
                 return
 
+    def _wait_for_work(self, renewal: _Renewal) -> None:
+        """Wait (lock held) until decisions are settled, the run stops, or claims are due."""
+        while not self._settled and not self._stopping:
+            left = renewal.seconds_left()
+            if left is not None and left <= 0:
+                break
+            self._wake.wait(left)
+
+    def _take_renewals(self) -> tuple[list[str], list[dict[str, Any]]]:
+        """The decision ids in flight (their claims to renew) and the held decisions, taken
+        to be claimed again. Lock held."""
+        in_flight = [i for track in self._tracks.values() for i in track.pending]
+        held, self._held = self._held, []
+        return in_flight, held
+
+    def _renew(self, decision_ids: list[str]) -> None:
+        """Extend the claims in flight, so a slow endpoint never lets another process take
+        them over; a failure is logged, and the next period tries again."""
+        if self.ledger is None:
+            return
+        try:
+            self.ledger.renew(decision_ids)
+        except Exception:
+            log.exception("send ledger: could not renew %d claims in flight", len(decision_ids))
+
     def _apply(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        """Record settled decisions in the ledger (final ones and releases), then tell
+        ``on_done`` about all but the released ones."""
         if not batch:
             return
         if self.ledger is not None:
-            final = [str(d["decision_id"]) for kind, d in batch if kind == "final" and d.get("decision_id") is not None]
-            released = [str(d["decision_id"]) for kind, d in batch
-                        if kind == "release" and d.get("decision_id") is not None]
-            try:
-                if final:
-                    self.ledger.delivered(final)
-                if released:
-                    self.ledger.release(released)
-            except Exception:  # the claims lapse after their lease: a re-emission may then resend
-                log.exception("send ledger: could not record %d final and %d released decisions",
-                              len(final), len(released))
+            self._record(self.ledger, batch)
+        self._tell_done([d for kind, d in batch if kind != "release"])
+
+    @staticmethod
+    def _record(ledger: SendLedger, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        """Mark the decisions settled as final, and release those the engine stopped before
+        sending, one ledger call each (``marked`` ones are in already, ``skip`` ones need
+        nothing). On failure the claims lapse after their lease: a re-emission may resend."""
+        final = _ids_of("final", batch)
+        released = _ids_of("release", batch)
+        try:
+            if final:
+                ledger.delivered(final)
+            if released:
+                ledger.release(released)
+        except Exception:
+            log.exception("send ledger: could not record %d final and %d released decisions",
+                          len(final), len(released))
+
+    def _tell_done(self, done: list[dict[str, Any]]) -> None:
+        """Pass decisions that need no more delivery to ``on_done``; its failure is logged,
+        never raised into the settle loop."""
         on_done = self.on_done
-        if on_done is not None:
-            done = [d for kind, d in batch if kind != "release"]
-            if done:
-                try:
-                    on_done(done)
-                except Exception:
-                    log.exception("delivery on_done callback failed")
+        if on_done is None or not done:
+            return
+        try:
+            on_done(done)
+        except Exception:
+            log.exception("delivery on_done callback failed")
 
     def _retry_held(self, held: list[dict[str, Any]]) -> None:
         """Claim again what another owner held: delivered by it meanwhile (settled here as a

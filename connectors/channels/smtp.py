@@ -25,8 +25,9 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
+from touchline.decisions.errors import TouchlineError
 from touchline.connectors.channels.base import (
-    DeliveryReport, PermanentError, QueuedConnector, RetryableError,
+    DeliveryError, DeliveryReport, PermanentError, QueuedConnector, RetryableError,
 )
 from touchline.connectors.channels.config import SmtpConnectorConfig
 
@@ -41,7 +42,7 @@ _SAMPLE = {"decision_id": "0" * 32, "contact_id": "c-1", "action": "welcome", "c
            "template": "welcome/1", "offer": None, "journey": None, "step": None}
 
 
-class TemplateError(ValueError):
+class TemplateError(TouchlineError, ValueError):
     """A template or address setting that cannot work; the message names the file and line."""
 
 
@@ -188,20 +189,19 @@ class SmtpConnector(QueuedConnector):
         return msg
 
     def send(self, decision: dict[str, Any], session: _Session) -> None:
+        """Send one decision's email on the session's connection (opened on first use).
+
+        A refused recipient (unless every refusal is a 4xx) and a 5xx answer are permanent;
+        a 4xx, a timeout or a lost connection is retried. A connection that failed is
+        dropped, so the retry opens a new one."""
         msg = self.message(decision)
         try:
-            if session.smtp is None:
-                session.smtp = self._connect()
-            refused = session.smtp.send_message(msg)
+            refused = self._transmit(msg, session)
         except smtplib.SMTPRecipientsRefused as exc:
-            codes = [code for code, _ in exc.recipients.values()]
-            error = RetryableError if all(400 <= c < 500 for c in codes) else PermanentError
-            raise error("recipient_refused", f"{msg['To']}: {exc.recipients}") from None
+            raise _refused_error(msg["To"], exc) from None
         except smtplib.SMTPResponseException as exc:
             self._drop(session)
-            if 400 <= exc.smtp_code < 500:
-                raise RetryableError("smtp_4xx", f"{exc.smtp_code} {exc.smtp_error!r}") from None
-            raise PermanentError("smtp_5xx", f"{exc.smtp_code} {exc.smtp_error!r}") from None
+            raise _response_error(exc) from None
         except (smtplib.SMTPServerDisconnected, socket.timeout, TimeoutError) as exc:
             self._drop(session)
             raise RetryableError("timeout" if not isinstance(exc, smtplib.SMTPServerDisconnected) else "disconnected",
@@ -212,7 +212,28 @@ class SmtpConnector(QueuedConnector):
         if refused:
             raise PermanentError("recipient_refused", f"{refused}")
 
+    def _transmit(self, msg: EmailMessage, session: _Session) -> dict[str, tuple[int, bytes]]:
+        """Send ``msg``, connecting first if the session has no connection; returns the
+        recipients the server refused (some accepted, so the message went out)."""
+        if session.smtp is None:
+            session.smtp = self._connect()
+        return session.smtp.send_message(msg)
+
     def _drop(self, session: _Session) -> None:
         if session.smtp is not None:
             session.smtp.close()
             session.smtp = None
+
+
+def _refused_error(to: str, exc: smtplib.SMTPRecipientsRefused) -> DeliveryError:
+    """Every recipient refused: worth a retry only if every refusal was temporary (4xx)."""
+    codes = [code for code, _ in exc.recipients.values()]
+    error = RetryableError if all(400 <= c < 500 for c in codes) else PermanentError
+    return error("recipient_refused", f"{to}: {exc.recipients}")
+
+
+def _response_error(exc: smtplib.SMTPResponseException) -> DeliveryError:
+    """An error answer from the server: 4xx is temporary (retried), anything else permanent."""
+    if 400 <= exc.smtp_code < 500:
+        return RetryableError("smtp_4xx", f"{exc.smtp_code} {exc.smtp_error!r}")
+    return PermanentError("smtp_5xx", f"{exc.smtp_code} {exc.smtp_error!r}")

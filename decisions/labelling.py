@@ -1,0 +1,87 @@
+"""Training examples of one batch: when a moment is observed (features and prediction kept
+until its label), and what the models learn when a label resolves (see
+:mod:`touchline.decisions.labels` for the rules)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from touchline.decisions import labels as label_rules
+from touchline.decisions.champion import ModelSlot
+from touchline.decisions.outcome import BatchOutcome
+from touchline.decisions.profile import DAY_MS, Observation, Profile
+
+if TYPE_CHECKING:
+    from touchline.decisions.moment import Moment
+
+LABEL_TIMER = {label_rules.LEAD: "label_lead", label_rules.CHURN: "label_churn"}
+TIMER_LABEL = {v: k for k, v in LABEL_TIMER.items()}
+
+
+class LabelSettings:
+    """Horizons and goals for the delayed labels (see :mod:`touchline.decisions.labels`)."""
+
+    def __init__(self, lead_horizon_days: float, churn_horizon_days: float, goal_types: frozenset[str],
+                 sample_gap_hours: float = 24.0, sample_rate: float = 0.3):
+        self.lead_horizon_ms = int(lead_horizon_days * DAY_MS)
+        self.churn_horizon_ms = int(churn_horizon_days * DAY_MS)
+        self.goal_types = goal_types
+        self.sample_gap_ms = int(sample_gap_hours * 3_600_000)
+        self.sample_rate = sample_rate
+
+
+class Labeller:
+    """Observes moments and teaches the models when their labels resolve."""
+
+    def __init__(self, settings: LabelSettings, models: dict[str, ModelSlot], learn: bool,
+                 outcome: BatchOutcome) -> None:
+        self.settings = settings
+        self.models = models
+        #: False: labels are counted but no model learns (frozen models decide alike on every run)
+        self.learn_on = learn
+        self.outcome = outcome
+
+    def on_event(self, profile: Profile, event_type: str, ts_ms: int, active: bool) -> None:
+        """Labels the event resolves (a goal for lead, activity for churn) are learnt now."""
+        for model, obs, label in label_rules.on_event(profile, event_type, ts_ms, self.settings.goal_types, active):
+            self.learn(model, obs, label, ts_ms)
+
+    def on_deadline(self, profile: Profile, kind: str, now_ms: int) -> bool:
+        """A label timer came due (False: ``kind`` is not one): the horizon passed without the outcome."""
+        model = TIMER_LABEL.get(kind)
+        if model is None:
+            return False
+        resolved = label_rules.on_deadline(profile, model, now_ms)
+        if resolved is not None:
+            self.learn(model, *resolved, now_ms)
+        return True
+
+    def may_observe(self, profile: Profile, model: str, now_ms: int) -> bool:
+        """One pending observation per model, and at most one per ``sample_gap`` per contact,
+        so a very active contact does not turn every click into a training example."""
+        if model in profile.pending:
+            return False
+        last = profile.observed.get(model)
+        return last is None or now_ms - last >= self.settings.sample_gap_ms
+
+    def observe(self, at: Moment, model: str, feats: dict[str, float], p: float, now_ms: int) -> None:
+        """Capture features and prediction now; the label comes when the horizon resolves."""
+        profile = at.profile
+        if model in profile.pending:
+            return
+        profile.observed[model] = now_ms
+        s = self.settings
+        deadline = now_ms + (s.lead_horizon_ms if model == label_rules.LEAD else s.churn_horizon_ms)
+        slot = self.models[model]
+        profile.pending[model] = Observation(now_ms, deadline, feats, p, slot.champion.version, slot.shadow(feats))
+        at.set_timer(LABEL_TIMER[model], deadline)
+
+    def learn(self, model: str, obs: Observation, label: bool, at_ms: int) -> None:
+        """Every model of the score learns from the features captured at scoring time."""
+        delay_ms = max(0, at_ms - obs.scored_at_ms)
+        self.outcome.labelled[(model, "positive" if label else "negative")] += 1
+        if not self.learn_on:
+            return
+        self.outcome.drifts += self.models[model].learn(obs.features, label, obs.model_version, obs.probability,
+                                                        obs.shadow, delay_ms)
+        self.outcome.label_delays.setdefault(model, []).append(delay_ms / 1000)

@@ -1,0 +1,95 @@
+"""One due timer through the decision loop: participants' timers (journeys, experiments),
+label deadlines, abandoned carts, inactivity (churn win-back) and retention expiry."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from touchline.decisions import labels as label_rules
+from touchline.decisions.arbitration import Trigger
+from touchline.decisions.event_handler import EXPIRE_TIMER
+from touchline.decisions.features import features
+from touchline.decisions.moment import Moment
+from touchline.decisions.policy import Candidate
+from touchline.decisions.triggers import CART_TIMER, INACTIVITY_TIMER, cart_candidates, inactivity_candidates
+
+if TYPE_CHECKING:
+    from touchline.decisions.batch_run import BatchRun
+
+
+class TimerHandler:
+    """Handles the due timers of one batch (see the module docstring)."""
+
+    def __init__(self, run: BatchRun) -> None:
+        self.run = run
+        self.core = run.core
+
+    def __call__(self, key: str, kind: str, due_ms: int) -> None:
+        run = self.run
+        profile = run.profiles.get(key)
+        if profile is None or key in run.deleted or profile.timers.get(kind) != due_ms:
+            return  # stale: replaced, merged away or expired since it was set
+        del profile.timers[kind]
+        run.touched.add(key)
+        at = run.moment(profile, self.core.clock.now() if self.core.live else due_ms)
+        run.outcome.timers_fired[kind] += 1
+        trigger = Trigger({"kind": "timer", "timer": kind}, f"timer:{kind}:{due_ms}", due_ms)
+        owner = next((p for p in run.participants if p.owns_timer(kind)), None)
+        if owner is not None:
+            self._decide_on(at, owner.on_timer(at, kind), trigger)
+        elif not run.labeller.on_deadline(profile, kind, at.now_ms):
+            self._builtin(at, kind, trigger)
+
+    def _builtin(self, at: Moment, kind: str, trigger: Trigger) -> None:
+        if kind == CART_TIMER:
+            self._cart(at, trigger)
+        elif kind == INACTIVITY_TIMER:
+            self._inactivity(at, trigger)
+        elif kind == EXPIRE_TIMER:
+            self._expire(at)
+
+    def _decide_on(self, at: Moment, proposed: list[Candidate], trigger: Trigger) -> None:
+        """A participant's proposals, decided with the lead score they are recorded with."""
+        if proposed:
+            scores = {"lead": self.run.scorer.score("lead", features(at.profile, at.now_ms))}
+            self.run.arbiter.decide(at, proposed, scores, trigger)
+
+    def _cart(self, at: Moment, trigger: Trigger) -> None:
+        """Cart abandoned, unless it changed since (then wait for the new idle deadline)."""
+        profile, now = at.profile, at.now_ms
+        if profile.cart_value <= 0 or profile.cart_updated_ts is None:
+            return
+        ready = profile.cart_updated_ts + self.core.idle_ms
+        if ready > now:
+            at.set_timer(CART_TIMER, ready)
+            return
+        scores = {"lead": self.run.scorer.score("lead", features(profile, now))}
+        self.run.arbiter.decide(at, cart_candidates(profile, now, scores, self.core.policy), scores, trigger)
+
+    def _inactivity(self, at: Moment, trigger: Trigger) -> None:
+        """Inactive long enough: score churn (an observation too), win-back and score-crossing entries."""
+        profile, now, run = at.profile, at.now_ms, self.run
+        last = profile.last_activity_ts
+        if last is None:
+            return
+        if last + self.core.inactive_ms > now:
+            at.set_timer(INACTIVITY_TIMER, last + self.core.inactive_ms)
+            return
+        feats = features(profile, now)
+        churn = run.scorer.score("churn", feats)
+        run.labeller.observe(at, label_rules.CHURN, feats, churn, now)
+        scores = {"churn": churn}
+        candidates = inactivity_candidates(profile, now, scores, self.core.policy)
+        for participant in run.participants:
+            candidates += participant.propose(at, None, scores)
+        run.arbiter.decide(at, candidates, scores, trigger)
+
+    def _expire(self, at: Moment) -> None:
+        """Inactive past retention: the profile is forgotten with its aliases."""
+        profile, run = at.profile, self.run
+        last = profile.last_activity_ts or profile.last_ts
+        if last + self.core.retention_ms > at.now_ms:
+            at.set_timer(EXPIRE_TIMER, last + self.core.retention_ms)
+            return
+        run.deleted.add(profile.key)
+        run.expired.add(profile.key)
