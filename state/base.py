@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Collection, Iterable, Mapping, Sequence
 
+from touchline.decisions.errors import TouchlineError
 from touchline.decisions.events import Event
 from touchline.decisions.policy import cap_violation
 from touchline.decisions.profile import (  # the key scheme, re-exported (``X as X``) for the stores
@@ -64,7 +65,7 @@ def identity_digest(event: Event) -> str:
 PROBE_TIMEOUT = 1.0
 
 
-class StoreError(RuntimeError):
+class StoreError(TouchlineError, RuntimeError):
     """The store refused or failed an operation (the message says which and why)."""
 
 

@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import orjson
 import river
 
+from touchline.decisions.errors import TouchlineError
 from touchline.decisions.estimators import ModelConfig, ScoreModel
 
 T = TypeVar("T")
@@ -53,11 +54,11 @@ HISTORY = 50
 Update = Callable[[dict[str, Any] | None], dict[str, Any] | None]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TouchlineError, ValueError):
     """A checkpoint that cannot be used; the message says whose and why."""
 
 
-class ModelStoreError(RuntimeError):
+class ModelStoreError(TouchlineError, RuntimeError):
     """The model store could not be read or written."""
 
 
