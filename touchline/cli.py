@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                      help="default warning; info adds operational lines (never personal data)")
     run.add_argument("--batch-size", type=int,
-                     help="events per micro-batch (default 100; from Kafka at most 1000: see kafka.batch_size)")
+                     help="events per micro-batch (default 100; sets source.batch_size and kafka.batch_size)")
     run.add_argument("--redis", metavar="URL", help="keep state in Redis at URL (sets state.url), "
                      "e.g. redis://127.0.0.1:6379/0, rediss://..., redis+cluster://host:port")
     run.add_argument("--journeys", metavar="PATH", type=Path, action="append",
@@ -112,8 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--events", type=int, default=200_000, help="events to process (default 200000; "
                        "also the events of --compare)")
     bench.add_argument("--batch-size", type=int,
-                       help="events per micro-batch of the engine (default: as configured, 100 in process, "
-                            "at most 1000 from Kafka)")
+                       help="events per micro-batch of the engine (default: as configured, 100)")
     bench.add_argument("--config", type=Path, help="settings file")
     bench.add_argument("--json", action="store_true", help="print the figures as JSON")
     bench.add_argument("--redis", metavar="URL",

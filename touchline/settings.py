@@ -276,10 +276,10 @@ class KafkaSettings(_Section):
     partitions: int = Field(default=3, ge=1, le=10_000, description="partitions of topics created at start")
     replication_factor: int = Field(default=1, ge=1, le=16)
     linger_ms: float = Field(default=20.0, ge=0, le=10_000, description="wait at most this long to fill a batch")
-    batch_size: int = Field(default=1000, ge=1, le=100_000,
+    batch_size: int = Field(default=100, ge=1, le=100_000,
                             description="events per micro-batch read from Kafka, at most: a batch goes when it holds "
-                                        "this many or its first event waited linger_ms, so a light load keeps batches "
-                                        "small and quick and a heavy one shares each state-store round trip among more")
+                                        "this many or its first event waited linger_ms; larger batches share each "
+                                        "state-store round trip among more events")
     connect_timeout_seconds: float = Field(default=10.0, gt=0, le=600, description="broker check at start")
     retry_seconds: float = Field(default=60.0, gt=0, le=3600,
                                  description="a broker outage is retried this long before the run stops")
