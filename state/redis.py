@@ -537,6 +537,7 @@ class RedisStore(StateStore):
             args += [f"r:{entry.decision_id}", entry.record, f"d:{entry.decision_id}", 1]
             if entry.to_channel:
                 args += [f"c:{entry.decision_id}", 1]
+        args.append(_commit_digest(args))
         return args, (adds, removes, held)
 
     # ---------------------------------------------------------------- timers
@@ -848,6 +849,21 @@ def _pending_of(fields: Mapping[str, str]) -> list[Pending]:
             if to_decisions or to_channel:
                 out.append(Pending(orjson.loads(value), to_decisions, to_channel))
     return out
+
+
+def _commit_digest(args: Sequence[Any]) -> str:
+    """What names one commit's whole change (blob, log, sends, outbox): a retried commit that
+    already landed is recognised by it, and a different writer's commit that happens to leave
+    the same blob (say, another send at the same moment) is not mistaken for one.
+
+    >>> _commit_digest([3, b"{}", 1]) == _commit_digest([3, b"{}", 1]) != _commit_digest([3, b"{}", 2])
+    True
+    """
+    h = hashlib.blake2b(digest_size=16)
+    for arg in args:
+        h.update(arg if isinstance(arg, bytes) else str(arg).encode())
+        h.update(b"\x1f")
+    return h.hexdigest()
 
 
 def _is_conflict(reply: Exception) -> bool:

@@ -21,7 +21,7 @@ from touchline.decisions.profile import DAY_MS, Profile, Send
 from touchline.decisions.batches import RawBatch
 from touchline.runner import build_engine, run
 from touchline.state import StoreError, StoreOptions, StoreUnavailable, open_store
-from touchline.state.redis import RedisStore, alias_key, profile_keys
+from touchline.state.redis import RedisStore, alias_key, outbox_key, profile_keys
 
 T0 = 1767614400000
 
@@ -429,3 +429,23 @@ def test_engine_refuses_a_reused_event_id_after_a_restart(redis_server, redis_ur
     assert [(d["reason"], d["source"]) for d in res.dead_letters] == [("duplicate_id", "in.jsonl:7")]
     assert res.decisions == [] and second.totals.duplicates == 1
     assert second.store.export("c2") is None
+
+
+def test_a_retried_commit_is_a_no_op_and_another_writers_same_blob_is_a_conflict(redis_url):
+    """A commit whose reply was lost and that is sent again (version one ahead, the same change)
+    changes nothing; another writer's commit from the same version is a CONFLICT even when it
+    leaves the same blob (here: another send at the same moment, which the blob does not show)."""
+    a, b = RedisStore(redis_url), RedisStore(redis_url)
+    pa, pb = a.load(["c1"])["c1"], b.load(["c1"])["c1"]
+    assert a.reserve(pa, Send(T0, "email", "welcome"), {}, {})
+    assert b.reserve(pb, Send(T0, "sms", "welcome"), {}, {})
+    keys = (*profile_keys("c1"), outbox_key("c1"))
+    args_a, _ = a._commit_args("c1", pa)
+    args_b, _ = b._commit_args("c1", pb)
+    assert args_a[1] == args_b[1]  # the same blob
+    first = a._run("save", [("script", "commit", keys, args_a)], keep=lambda exc: True)
+    again = a._run("save", [("script", "commit", keys, args_a)], keep=lambda exc: True)
+    assert first == again == [1]
+    (other,) = b._run("save", [("script", "commit", keys, args_b)], keep=lambda exc: True)
+    assert isinstance(other, Exception) and "CONFLICT" in str(other)
+    assert [s.channel for s in RedisStore(redis_url).load(["c1"])["c1"].sends] == ["email"]
