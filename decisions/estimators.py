@@ -27,13 +27,13 @@ import importlib
 import inspect
 import math
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, Callable, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from river import compose, linear_model, optim, preprocessing
 
+from touchline.decisions.plugins import Registry
 from touchline.decisions.evaluation import Evaluation
 from touchline.decisions.features import FEATURE_NAMES
 from touchline.decisions.scaled_logistic import ScaledLogistic
@@ -77,12 +77,13 @@ BUILTIN_MODELS: dict[str, str] = {
     "arf": "touchline.decisions.estimators:adaptive_random_forest",
 }
 ENTRY_POINT_GROUP = "touchline.models"
+#: Estimators by short name: the shipped ones, then the ``touchline.models`` entry points.
+MODELS = Registry("model", ENTRY_POINT_GROUP, BUILTIN_MODELS)
 
 
 def registered_models() -> dict[str, str]:
     """Short name -> import path, shipped ones and those registered by installed plug-ins."""
-    found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    return {**found, **BUILTIN_MODELS}
+    return MODELS.paths()
 
 
 def resolve(spec: str) -> tuple[str, Callable[..., Any]]:
