@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from touchline.decisions.champion import Drift
 
@@ -98,7 +98,7 @@ class BatchOutcome:
     #: time the loop took in all (set by the caller, which also times the reservations in it)
     run_ns: int = 0
 
-    def drop_profiles(self, keys: set[str], key_of: Any) -> None:
+    def drop_profiles(self, keys: set[str], key_of: Callable[[str], str]) -> None:
         """Forget the decisions and dead letters of profiles that were not written (they are redone)."""
         self.decisions = [d for d in self.decisions if key_of(d["contact_id"]) not in keys]
         kept = [(d, k) for d, k in zip(self.dead, self.dead_keys) if k not in keys]
