@@ -20,13 +20,13 @@ from touchline.decisions.batches import BatchResult
 
 
 def build_flow(
-    source: Source,
+    source: Source[Any],
     engine: Engine,
-    decisions_sink: Sink,
-    dead_letter_sink: Sink,
-    delivery_sink: Sink | None = None,
+    decisions_sink: Sink[Any],
+    dead_letter_sink: Sink[Any],
+    delivery_sink: Sink[Any] | None = None,
     name: str = "touchline",
-    experiments_sink: Sink | None = None,
+    experiments_sink: Sink[Any] | None = None,
 ) -> Dataflow:
     """Wire the engine flow. Decisions go to the decisions output (the audit trail) and,
     when given, to the channel connectors; exposures, outcomes and conversions to the
@@ -52,7 +52,7 @@ def build_flow(
     return flow
 
 
-def _output(step_id: str, stream: Any, sink: Sink) -> None:
+def _output(step_id: str, stream: Any, sink: Sink[Any]) -> None:
     """A partitioned sink (one file) needs keyed items; a dynamic one (Kafka) takes them as they are."""
     if isinstance(sink, FixedPartitionedSink):
         stream = op.key_on(f"{step_id}_key", stream, _one_key)

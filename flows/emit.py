@@ -25,7 +25,7 @@ from bytewax.outputs import DynamicSink, FixedPartitionedSink, Sink, StatefulSin
 OnWrite = Callable[[list[Any], float], None]
 
 
-def timed(sink: Sink, on_write: OnWrite) -> Sink:
+def timed(sink: Sink[Any], on_write: OnWrite) -> Sink[Any]:
     """``sink``, with each batch write timed into ``on_write``."""
     if isinstance(sink, FixedPartitionedSink):
         return _TimedPartitionedSink(sink, on_write)
@@ -34,8 +34,8 @@ def timed(sink: Sink, on_write: OnWrite) -> Sink:
     raise TypeError(f"cannot time a {type(sink).__name__}: not a FixedPartitionedSink or DynamicSink")
 
 
-class _TimedPartitionedSink(FixedPartitionedSink):
-    def __init__(self, inner: FixedPartitionedSink, on_write: OnWrite) -> None:
+class _TimedPartitionedSink(FixedPartitionedSink[Any, Any]):
+    def __init__(self, inner: FixedPartitionedSink[Any, Any], on_write: OnWrite) -> None:
         self.inner, self.on_write = inner, on_write
 
     def list_parts(self) -> list[str]:
@@ -65,18 +65,18 @@ class _TimedWrites:
         self.inner.close()
 
 
-class _TimedStatefulPartition(_TimedWrites, StatefulSinkPartition):
+class _TimedStatefulPartition(_TimedWrites, StatefulSinkPartition[Any, Any]):
     def snapshot(self) -> Any:
         return self.inner.snapshot()
 
 
-class _TimedDynamicSink(DynamicSink):
-    def __init__(self, inner: DynamicSink, on_write: OnWrite) -> None:
+class _TimedDynamicSink(DynamicSink[Any]):
+    def __init__(self, inner: DynamicSink[Any], on_write: OnWrite) -> None:
         self.inner, self.on_write = inner, on_write
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> "_TimedStatelessPartition":
         return _TimedStatelessPartition(self.inner.build(step_id, worker_index, worker_count), self.on_write)
 
 
-class _TimedStatelessPartition(_TimedWrites, StatelessSinkPartition):
+class _TimedStatelessPartition(_TimedWrites, StatelessSinkPartition[Any]):
     pass
