@@ -6,7 +6,7 @@ mypy checks the package as it is installed and imported, ``touchline.*``: pyproj
 every cross-package import would be a module it cannot find). The test builds that tree
 itself under a temporary directory, one symlink per source file, and runs
 ``mypy -p touchline`` on it with the project's ``[tool.mypy]`` settings (strict on
-``touchline.decisions``, ``touchline.state`` and ``touchline.metrics``).
+``touchline.decisions``, ``touchline.state``, ``touchline.metrics`` and ``touchline.flows``).
 """
 
 from __future__ import annotations
