@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from touchline.decisions.plugins import Registry
+from touchline.decisions.plugins import Registry, UnknownPlugin
 from touchline.redact import redact_url
 from touchline.state.base import StateStore, StoreError, StoreOptions, StoreUnavailable
 from touchline.state.memory import MemoryStore
@@ -51,10 +51,11 @@ def open_store(url: str, options: StoreOptions | None = None) -> StateStore:
     scheme, sep, _ = url.partition("://")
     if not sep:
         raise ValueError(f"state URL {redact_url(url)!r} has no scheme; use e.g. memory:// or redis://host:6379/0")
-    if scheme not in STORES:
+    try:
+        factory: StoreFactory = STORES.load(scheme)
+    except UnknownPlugin:
         raise ValueError(f"state URL {redact_url(url)!r}: no store for scheme {scheme!r} "
-                         f"(known: {', '.join(STORES.names())})")
-    factory: StoreFactory = STORES.load(scheme)
+                         f"(known: {', '.join(STORES.names())})") from None
     return factory(url, options)
 
 

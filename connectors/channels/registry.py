@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from touchline.decisions.plugins import Registry
+from touchline.decisions.plugins import Registry, UnknownPlugin
 from touchline.connectors.channels.base import ChannelConnector, DeliveryReport
 from touchline.connectors.channels.config import CHANNELS, DeliverySettings
 from touchline.redact import redact_secrets
@@ -82,9 +82,10 @@ CONNECTORS = Registry("channel connector", "touchline.connectors",
 
 
 def builder_for(kind: str) -> Callable[[str, Any, BuildContext], ChannelConnector]:
-    if kind not in CONNECTORS:
-        raise ValueError(f"no channel connector of kind {kind!r}; known: {', '.join(CONNECTORS.names())}")
-    builder: Callable[[str, Any, BuildContext], ChannelConnector] = CONNECTORS.load(kind)
+    try:
+        builder: Callable[[str, Any, BuildContext], ChannelConnector] = CONNECTORS.load(kind)
+    except UnknownPlugin:
+        raise ValueError(f"no channel connector of kind {kind!r}; known: {', '.join(CONNECTORS.names())}") from None
     return builder
 
 
