@@ -25,8 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence, TypeVar
 
-from mypy_extensions import mypyc_attr
-
 S = TypeVar("S", bound="FeatureState")
 
 
@@ -47,7 +45,6 @@ class FeatureState(Protocol):
         """The snapshot's entries for this state (export, audit), by snapshot key."""
 
 
-@mypyc_attr(native_class=False)  # compiled (mypyc): a subclass of a builtin container stays a Python class
 class JourneyStates(dict[str, dict[str, Any]]):
     """Journey name -> the contact's place in it (plain data: see decisions/journey_runtime.py)."""
 
@@ -69,7 +66,6 @@ class JourneyStates(dict[str, dict[str, Any]]):
         return {"journeys": {name: dict(state) for name, state in self.items()}}
 
 
-@mypyc_attr(native_class=False)  # compiled (mypyc): a subclass of a builtin container stays a Python class
 class Touches(list[list[Any]]):
     """Sent decisions that can still earn attribution credit, oldest first, each
     ``[ts_ms, decision_id, channel, action, bandit tag [[split, segment, arm], ...] or None, rewarded]``
@@ -103,7 +99,6 @@ class Touches(list[list[Any]]):
         return {"touches": [{"ts": t[0], "decision_id": t[1], "channel": t[2], "action": t[3]} for t in self]}
 
 
-@mypyc_attr(native_class=False)  # compiled (mypyc): a subclass of a builtin container stays a Python class
 class Exposures(dict[str, dict[str, Any]]):
     """Experiment -> this contact's exposure (arm, when, segment, conversion); once closed it is
     kept as ``{"arm", "closed"}``, so a contact is exposed once per experiment (intent to treat)."""
@@ -140,7 +135,6 @@ class Observation:
     shadow: dict[str, float] = field(default_factory=dict)
 
 
-@mypyc_attr(native_class=False)  # compiled (mypyc): a subclass of a builtin container stays a Python class
 class Observations(dict[str, Observation]):
     """Model -> the observation waiting for its label (see decisions/labels.py).
 
@@ -173,7 +167,6 @@ class Observations(dict[str, Observation]):
         return {"pending_labels": sorted(self)}
 
 
-@mypyc_attr(native_class=False)  # compiled (mypyc): a subclass of a builtin container stays a Python class
 class ObservedAt(dict[str, int]):
     """Model -> when the contact was last observed for it (how often it may be observed again).
 

@@ -74,7 +74,7 @@ class ScaledLogistic:
         if self.names is None or tuple(x) != self.names:
             if not self._read(tuple(x)):
                 return None
-        total: float = 0.0  # River's dot product starts from the integer 0
+        total: float = 0  # River's dot product starts from the integer 0
         for xi, (mean, std, weight) in zip(x.values(), self.rows):
             total = total + weight * ((xi - mean) / std if std else 0.0)
         return float(sigmoid(total + self.intercept))
@@ -107,7 +107,7 @@ class ScaledLogistic:
         counts, means, variances = self.scaler.counts, self.scaler.means, self.scaler.vars
         scaled = []
         rows = []
-        total: float = 0.0
+        total: float = 0
         for (i, xi), (_, _, weight) in zip(x.items(), self.rows):
             n = counts[i] + 1
             counts[i] = n
