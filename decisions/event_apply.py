@@ -68,6 +68,7 @@ class EventApplier:
     def merge(self, contact: Profile, anon_key: str) -> None:
         """Fold an anonymous visitor's profile into the known contact it turned out to be."""
         run = self.run
+        run.merged_into[anon_key] = contact.key  # landed once the contact is written, even with nothing to fold in
         anon = run.profiles.get(anon_key)
         if anon is None:
             return
@@ -80,4 +81,3 @@ class EventApplier:
                 run.timers.set(contact, kind, due)
         run.timers.forget(anon_key, anon.timers)
         run.deleted.add(anon_key)  # dropped with its pending timers when the batch is saved
-        run.merged_into[anon_key] = contact.key

@@ -140,6 +140,12 @@ def alias_key(anonymous_id: str) -> str:
     return f"{PREFIX}:{{{anonymous_key(anonymous_id)}}}:alias"
 
 
+def pending_merge_key(anonymous_id: str) -> str:
+    """The id of the event whose batch linked this anonymous id, until that batch's merge is
+    committed (see the ``link`` script)."""
+    return f"{PREFIX}:{{{anonymous_key(anonymous_id)}}}:merging"
+
+
 def id_claim_key(event_id: str) -> str:
     """Where the claim of one event id lives (its own key: one Cluster slot each, its own TTL)."""
     return f"{PREFIX}:{{id:{id_digest(event_id)}}}"
@@ -333,15 +339,16 @@ class RedisStore(StateStore):
         due = self._claimed(results[len(calls):], limit, partition) if claims else []
         return _walk(events, links), due
 
-    def _link_calls(self, anons: list[str], first_link: Mapping[str, str]) -> list[Call]:
+    def _link_calls(self, anons: list[str], first_link: Mapping[str, tuple[str, str]]) -> list[Call]:
         """Link each anonymous id to the first contact it comes with in the batch (a link that
         exists stays), remember the link under the contact (for erasure) and read every link."""
-        calls: list[Call] = [
-            ("script", "link", (alias_key(a), profile_keys(anonymous_key(a))[0]), (first_link.get(a, ""), self.ttl_ms))
-            for a in anons
-        ]
-        calls += [("cmd", "SADD", links_key(c), a) for a, c in first_link.items()]
-        calls += [("cmd", "PEXPIRE", links_key(c), self.ttl_ms) for c in set(first_link.values())]
+        calls: list[Call] = []
+        for a in anons:
+            contact, event_id = first_link.get(a, ("", ""))
+            keys = (alias_key(a), profile_keys(anonymous_key(a))[0], pending_merge_key(a))
+            calls.append(("script", "link", keys, (contact, self.ttl_ms, event_id)))
+        calls += [("cmd", "SADD", links_key(c), a) for a, (c, _) in first_link.items()]
+        calls += [("cmd", "PEXPIRE", links_key(c), self.ttl_ms) for c in {c for c, _ in first_link.values()}]
         return calls
 
     def claim_ids(self, events: Sequence[Event]) -> list[bool]:
@@ -496,6 +503,8 @@ class RedisStore(StateStore):
         done = [timer_member(key, kind) for _due, key, kind in fired if key not in conflicts]
         if done:
             calls.append(("cmd", "ZREM", timer_keys(partition)[1], *done))
+        calls += [("cmd", "DEL", pending_merge_key(anon_key.partition(":")[2]))  # the merge landed
+                  for anon_key, target in merged_into.items() if target not in conflicts]
         for key in deleted:
             if key in conflicts or merged_into.get(key) in conflicts:
                 continue
@@ -683,7 +692,8 @@ class RedisStore(StateStore):
         calls: list[Call] = [("cmd", "DEL", *profile_keys(key), links_key(key), outbox_key(key))]
         if timers:
             calls += _cancel_calls(key, timers, self._partitions())
-        calls += [("script", "unlink", (alias_key(a), *profile_keys(anonymous_key(a))), (key,)) for a in members]
+        calls += [("script", "unlink", (alias_key(a), *profile_keys(anonymous_key(a)), pending_merge_key(a)), (key,))
+                  for a in members]
         self._run("delete", calls)
         self._base.pop(key, None)
 
@@ -898,18 +908,18 @@ def _parse_due(flat: Sequence[str]) -> list[tuple[int, str, str]]:
     return out
 
 
-def _anonymous_links(events: Sequence[Event]) -> tuple[list[str], dict[str, str]]:
-    """The batch's anonymous ids in order of first appearance, and the profile key of the first
-    contact each comes with (for those that come with one)."""
+def _anonymous_links(events: Sequence[Event]) -> tuple[list[str], dict[str, tuple[str, str]]]:
+    """The batch's anonymous ids in order of first appearance, and, for those that come with a
+    contact, the profile key of the first such contact and the id of the event it came with."""
     anons: dict[str, None] = {}
-    first_link: dict[str, str] = {}
+    first_link: dict[str, tuple[str, str]] = {}
     for ev in events:
         anon = ev.anonymous_id
         if anon is None:
             continue
         anons[anon] = None
         if ev.contact_id is not None and anon not in first_link:
-            first_link[anon] = contact_key(ev.contact_id)
+            first_link[anon] = (contact_key(ev.contact_id), ev.event_id)
     return list(anons), first_link
 
 

@@ -7,15 +7,24 @@ significant digits, too few to print a millisecond timestamp back reliably.
 
 from __future__ import annotations
 
-#: Look up (and, given a contact, make) the link of one anonymous id.
-#: KEYS: alias key, the anonymous profile's blob key. ARGV: contact or '', ttl ms.
-#: Returns {target or '', 1 if linked now, 1 if the anonymous profile still exists}.
+#: Look up (and, given a contact, make) the link of one anonymous id. A link is made at the
+#: start of a batch, before that batch commits; the id of the event that made it is kept
+#: beside it until the merge lands (the commit deletes it). Should the process die in
+#: between, the replay of that event finds its own id there and merges again, as the first
+#: time: the anonymous history before it is never silently resolved straight to the contact.
+#: KEYS: alias key, the anonymous profile's blob key, the pending-merge key.
+#: ARGV: contact or '', ttl ms, the id of the batch's first event linking the two or ''.
+#: Returns {target or '', 1 if linked now (or the linking event is replayed), 1 if the
+#: anonymous profile still exists}.
 LINK = """
 local target = redis.call('GET', KEYS[1])
 local linked = 0
 if not target and ARGV[1] ~= '' then
   redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[2])
   target = ARGV[1]
+  linked = 1
+elseif target and target == ARGV[1] and ARGV[3] ~= '' and redis.call('GET', KEYS[3]) == ARGV[3] then
   linked = 1
 end
 if target then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -24,10 +33,10 @@ return {target or '', linked, redis.call('EXISTS', KEYS[2])}
 
 #: Remove an anonymous id's link only if it points to the contact being erased, with
 #: whatever is left of that anonymous profile.
-#: KEYS: alias key, anonymous blob, log and sends keys. ARGV: contact.
+#: KEYS: alias key, anonymous blob, log and sends keys, pending-merge key. ARGV: contact.
 UNLINK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
   return 1
 end
 return 0
