@@ -337,7 +337,10 @@ class Engine:
             self.core.clock.observe(clock)
         order = self._orders[batch.partition] = self.time.order(clock)
         kept = self.store.held(batch.source) if self.keep_held else []
+        again = _redelivered_from(batch)
         for pos, source, line in kept:
+            if again is not None and pos >= again:
+                continue  # read again from the input (a batch that stored it never committed): it arrives with the rest
             parsed = parse_event(line)
             if isinstance(parsed, Event):
                 parsed.source = source
@@ -605,6 +608,18 @@ def _only(events: list[Event], at: list[tuple[int, bool]] | None, resolved: list
     picked = [i for i, r in enumerate(resolved) if r[0] in keys]
     return ([events[i] for i in picked], None if at is None else [at[i] for i in picked],
             [resolved[i] for i in picked], [t for t in due if t[1] in keys])
+
+
+def _redelivered_from(batch: RawBatch) -> int | None:
+    """The input position from which a resumed input hands everything out again: the first
+    batch's first line (or, for a batch without lines, where reading resumes); None when that
+    is not a position (a Kafka sentinel such as "the end" or "the group's committed offset").
+
+    >>> _redelivered_from(RawBatch([b"{}"], "t[0]", 7, offsets=[7])), _redelivered_from(RawBatch([], "t[0]", -1))
+    (7, None)
+    """
+    first = batch.offsets[0] if batch.offsets else batch.first_offset
+    return first if first >= 0 else None
 
 
 def _kept_out(run: BatchRun) -> set[str]:
