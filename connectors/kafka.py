@@ -428,8 +428,10 @@ class _RecordSinkPartition(StatelessSinkPartition[dict[str, Any]]):
         if not self._failed:
             try:
                 self._produce(items)
-                # Not a flush per batch (a broker round trip per batch): a bounded wait.
-                if not self._producer.wait_below(MAX_IN_FLIGHT, self._sink.timeout_seconds + 5, self._has_failed):
+                # Bounded wait, not a flush per batch (a broker round trip), unless every record
+                # must be acknowledged before the dataflow's snapshot can cover it.
+                limit = 0 if self._sink.acknowledged_writes and items else MAX_IN_FLIGHT
+                if not self._producer.wait_below(limit, self._sink.timeout_seconds + 5, self._has_failed):
                     self._unacknowledged()
             except Exception as exc:  # noqa: BLE001 (never out of write_batch: see the class docstring)
                 self._fail(exc)
@@ -499,16 +501,18 @@ class _RecordSinkPartition(StatelessSinkPartition[dict[str, Any]]):
 class KafkaRecordSink(DynamicSink[dict[str, Any]]):
     """JSON records (decisions) to a topic, keyed by ``key_field`` (the contact: per-contact order).
 
-    Delivery: at least once for runs that end, cleanly or on an error: every delivery
-    report is checked, at most ``MAX_IN_FLIGHT`` records per worker wait for their
-    acknowledgement at any time (more and the dataflow waits: backpressure), and the end
-    of the run waits for all of them. A record not acknowledged within ``timeout_seconds``
-    (``kafka.retry_seconds``) stops the run with one error naming the broker (the
-    decisions topic is the audit trail: never dropped silently); a broker back within
-    that time loses nothing. A killed process can lose the records still in flight (at
-    most ``MAX_IN_FLIGHT``); source offsets are not committed either, so a restart from
-    the same start offset replays them, with the same decision ids, which downstream
-    consumers deduplicate on.
+    Delivery: at least once. Every delivery report is checked; a record not acknowledged
+    within ``timeout_seconds`` (``kafka.retry_seconds``) stops the run with one error naming
+    the broker (never dropped silently); a broker back within that time loses nothing.
+
+    - ``acknowledged_writes=True`` (records nothing else keeps, such as experiment records):
+      each batch write returns only once the broker acknowledged all of it, so the
+      dataflow's snapshot, taken after its writes, never covers a record a ``kill -9`` could
+      lose. One broker round trip per batch that has records.
+    - ``acknowledged_writes=False`` (decisions, which the state store's outbox keeps until
+      ``on_acked`` reports them, and hands out again after a crash): at most
+      ``MAX_IN_FLIGHT`` records per worker wait for their acknowledgement (more and the
+      dataflow waits: backpressure); the end of the run waits for all of them.
 
     ``on_acked``, when given, is called on the dataflow thread (at the end of a batch
     write, and on close) with the records the broker acknowledged since its last call,
@@ -517,9 +521,11 @@ class KafkaRecordSink(DynamicSink[dict[str, Any]]):
 
     def __init__(self, client_config: dict[str, str], topic: str, on_fatal: Callable[[Exception], None],
                  key_field: str = "contact_id", timeout_seconds: float = 60.0, *,
-                 on_acked: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+                 on_acked: Callable[[list[dict[str, Any]]], None] | None = None,
+                 acknowledged_writes: bool = True) -> None:
         self.client_config, self.topic, self.on_fatal = client_config, topic, on_fatal
         self.key_field, self.timeout_seconds, self.on_acked = key_field, timeout_seconds, on_acked
+        self.acknowledged_writes = acknowledged_writes
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RecordSinkPartition:
         return _RecordSinkPartition(self)
@@ -531,8 +537,10 @@ class KafkaDeadLetters:
     Headers: ``touchline.reason``, ``touchline.detail``, ``touchline.kind``, ``touchline.source``
     (invalid events), or ``touchline.channel``/``touchline.error``/``touchline.attempts``
     (failed deliveries, whose value is the decision JSON). Thread-safe: the engine and
-    the connectors' threads write here. Delivery: as :class:`KafkaRecordSink` (bounded
-    in flight, every report checked, a failure stops the run once, never raised).
+    the connectors' threads write here. Delivery: at least once, as :class:`KafkaRecordSink`
+    with ``acknowledged_writes`` (a call returns once the broker acknowledged its records, so
+    no snapshot of the input covers a dead letter still in flight; every report checked; a
+    failure stops the run once, never raised).
     """
 
     HEADERS = ("reason", "detail", "kind", "source", "channel", "connector", "error", "attempts", "decision_id")
@@ -552,7 +560,7 @@ class KafkaDeadLetters:
             try:
                 for record in records:
                     self._produce(record)
-                if not self._producer.wait_below(MAX_IN_FLIGHT, self.timeout_seconds + 5, self._has_failed):
+                if not self._producer.wait_below(0, self.timeout_seconds + 5, self._has_failed):
                     self._fail(KafkaUnavailable(f"Kafka at {self.bootstrap} did not acknowledge dead letters "
                                                 f"within {self.timeout_seconds + 5:g} s"))
             except Exception as exc:  # noqa: BLE001 (called from sinks and connector threads: never raise)

@@ -360,7 +360,8 @@ def _build_io(settings: Settings, engine: Engine, registry: CollectorRegistry, k
                       replication_factor=ks.replication_factor, timeout=ks.connect_timeout_seconds)
 
         decisions_sink: Any = KafkaRecordSink(kafka, ks.decisions_topic, engine.fail, timeout_seconds=ks.retry_seconds,
-                                              on_acked=lambda records: engine.output_done(records, "d"))
+                                              on_acked=lambda records: engine.output_done(records, "d"),
+                                              acknowledged_writes=False)  # the outbox keeps them until acked
         engine.acks_on_write = False  # the broker's acknowledgement confirms a decision, not the write
         dead_writer: Any = KafkaDeadLetters(kafka, ks.dead_letter_topic, engine.fail, timeout_seconds=ks.retry_seconds)
         experiments_sink: Any = KafkaRecordSink(kafka, ks.experiments_topic, engine.fail,
