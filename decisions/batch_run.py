@@ -54,10 +54,11 @@ class DecisionCore:
         models: dict[str, ModelConfig],
         labels: LabelSettings,
         clock: Clock | None = None,
-        retention_days: float = 90.0,
+        retention_days: float = 730.0,
         journeys: JourneyRunner | None = None,
         restore: Restore | None = None,
         experiments: ExperimentSettings | None = None,
+        anonymous_retention_days: float | None = None,
     ) -> None:
         self.policy = policy
         self.journeys = journeys
@@ -70,12 +71,19 @@ class DecisionCore:
         self.clock = clock or EventTimeClock()
         self.live = not isinstance(self.clock, EventTimeClock)
         self.retention_ms = int(retention_days * DAY_MS)
+        #: anonymous visitors are forgotten sooner (None: as known contacts)
+        self.anonymous_retention_ms = int((anonymous_retention_days or retention_days) * DAY_MS)
         #: score name -> champion (decides) and challengers (shadow)
         self.models = {name: ModelSlot(name, _as_score(name, cfg), restore) for name, cfg in models.items()}
         #: False: labels are counted but no model learns (frozen models decide alike on every run)
         self.learn = True
         self.idle_ms = int(policy.cart_abandon_minutes * 60_000)
         self.inactive_ms = int(policy.inactivity_days * DAY_MS)
+
+    def retention_ms_of(self, profile: Profile) -> int:
+        """How long ``profile`` is kept after its last activity: known contacts for years of
+        repeat purchasing, anonymous visitors briefly."""
+        return self.retention_ms if profile.known else self.anonymous_retention_ms
 
     def advance(self, events: list[Event], advance_to_ms: int | None) -> int:
         """Let the clock see a batch's events (and an explicit advance); returns its horizon."""

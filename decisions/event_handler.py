@@ -79,7 +79,7 @@ class EventHandler:
         if ev.type in CART_EVENTS and profile.cart_value > 0 and CART_TIMER not in profile.timers:
             at.set_timer(CART_TIMER, ev.ts_ms + core.idle_ms)
         if EXPIRE_TIMER not in profile.timers:  # every profile is discarded once inactive long enough
-            at.set_timer(EXPIRE_TIMER, (profile.last_activity_ts or ev.ts_ms) + core.retention_ms)
+            at.set_timer(EXPIRE_TIMER, (profile.last_activity_ts or ev.ts_ms) + core.retention_ms_of(profile))
 
     def _candidates(self, at: Moment, ev: Event, scores: dict[str, float], churn: float | None) -> list[Candidate]:
         """The built-in triggers' candidates, then each participant's (journeys may enter on churn)."""

@@ -50,6 +50,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "email_open_rate_30d",
     "n_sms_reply_30d",
     "n_push_open_30d",
+    *("rfm_frequency", "rfm_recency_days", "rfm_age_days", "purchase_gap_days", "days_overdue"),
 )
 _WINDOW_NAMES = tuple(
     (w, tuple((t, f"n_{t}_{w}") for t in FEATURE_TYPES), f"n_all_{w}") for w in FEATURE_WINDOWS
@@ -64,6 +65,7 @@ def features(profile: Profile, now_ms: int) -> dict[str, float]:
     _recency(profile, profile.last_ts, out)
     _value(profile, out)
     _engagement(profile, profile.last_ts, out)
+    _customer_base(profile, now_ms, out)
     return out
 
 
@@ -107,3 +109,36 @@ def _engagement(profile: Profile, now: int, out: dict[str, float]) -> None:
     out["email_open_rate_30d"] = counts30.get("email_open", 0) / (counts30.get("email_delivered", 0) + 1)
     out["n_sms_reply_30d"] = log1p(counts30.get("sms_reply", 0))
     out["n_push_open_30d"] = log1p(counts30.get("push_open", 0))
+
+
+def _customer_base(profile: Profile, now: int, out: dict[str, float]) -> None:
+    """The customer-base summary of repeat purchasing, in days, unscaled (what BG/NBD-style
+    models read): repeat purchases, first to last purchase, age since the first purchase; then
+    the contact's own mean gap between purchases and how far past it the contact now is
+    (negative: not yet due). All 0 for a contact that never bought.
+
+    >>> from touchline.decisions.profile import Profile, apply_event
+    >>> p = Profile("c1", known=True)
+    >>> for i, day in enumerate((0, 10, 30)):
+    ...     _ = apply_event(p, f"e{i}", "purchase", day * DAY_MS, {"value": 5.0}, {})
+    >>> out: dict[str, float] = {}
+    >>> _customer_base(p, 50 * DAY_MS, out)
+    >>> out
+    {'rfm_frequency': 2.0, 'rfm_recency_days': 30.0, 'rfm_age_days': 50.0, 'purchase_gap_days': 15.0, 'days_overdue': 5.0}
+    """
+    last = profile.last_purchase_ts
+    if last is None or not profile.purchases_total:
+        out.update(dict.fromkeys(_CUSTOMER_BASE, 0.0))
+        return
+    first = last if profile.first_purchase_ts is None else profile.first_purchase_ts  # older blobs: no first
+    repeats = float(profile.purchases_total - 1)
+    span = (last - first) / DAY_MS
+    gap = span / repeats if repeats else 0.0
+    out["rfm_frequency"] = repeats
+    out["rfm_recency_days"] = span
+    out["rfm_age_days"] = max(0, now - first) / DAY_MS
+    out["purchase_gap_days"] = gap
+    out["days_overdue"] = max(0, now - last) / DAY_MS - gap if repeats else 0.0
+
+
+_CUSTOMER_BASE = FEATURE_NAMES[-5:]

@@ -134,6 +134,7 @@ class Profile:
     events_total: int = 0
     purchases_total: int = 0
     monetary_total: float = 0.0
+    first_purchase_ts: int | None = None  # tenure as a customer (None in blobs written before it was kept)
     last_purchase_ts: int | None = None
     cart_value: float = 0.0
     cart_updated_ts: int | None = None
@@ -334,6 +335,8 @@ def _apply_cart(profile: Profile, event_type: str, ts_ms: int, value: float) -> 
         profile.purchases_total += 1
         profile.monetary_total += value
         profile.last_purchase_ts = max(ts_ms, profile.last_purchase_ts or ts_ms)
+        first = profile.first_purchase_ts
+        profile.first_purchase_ts = ts_ms if first is None else min(ts_ms, first)
         profile.cart_value = 0.0
     profile.cart_updated_ts = ts_ms
 
@@ -417,6 +420,7 @@ def _merge_totals(target: Profile, source: Profile) -> None:
     target.first_ts = _earliest(target.first_ts, source.first_ts)
     target.last_activity_ts = _latest(target.last_activity_ts, source.last_activity_ts)
     target.last_purchase_ts = _latest(target.last_purchase_ts, source.last_purchase_ts)
+    target.first_purchase_ts = _earliest(target.first_purchase_ts, source.first_purchase_ts)
 
 
 def _merge_cart(target: Profile, source: Profile) -> None:
@@ -486,6 +490,7 @@ def snapshot(profile: Profile) -> dict[str, Any]:
         "events_total": profile.events_total,
         "purchases_total": profile.purchases_total,
         "monetary_total": round(profile.monetary_total, 2),
+        "first_purchase_ts": profile.first_purchase_ts,
         "last_purchase_ts": profile.last_purchase_ts,
         "cart_value": round(profile.cart_value, 2),
         "timezone": profile.timezone,

@@ -88,8 +88,9 @@ class TimerHandler:
         """Inactive past retention: the profile is forgotten with its aliases."""
         profile, run = at.profile, self.run
         last = profile.last_activity_ts or profile.last_ts
-        if last + self.core.retention_ms > at.now_ms:
-            at.set_timer(EXPIRE_TIMER, last + self.core.retention_ms)
+        retention_ms = self.core.retention_ms_of(profile)
+        if last + retention_ms > at.now_ms:
+            at.set_timer(EXPIRE_TIMER, last + retention_ms)
             return
         run.deleted.add(profile.key)
         run.expired.add(profile.key)

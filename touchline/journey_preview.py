@@ -60,7 +60,8 @@ def _preview_engine(settings: Settings, journey: Journey, trace: list[dict[str, 
     core = DecisionCore(
         policy=settings.policy, models={"lead": settings.models.lead, "churn": settings.models.churn},
         labels=settings.labels.rules(),
-        retention_days=settings.state.retention_days, journeys=runner, experiments=settings.experiments)
+        retention_days=settings.state.retention_days,
+        anonymous_retention_days=settings.state.anonymous_retention_days, journeys=runner, experiments=settings.experiments)
     return Engine(MemoryStore(), core, EngineMetrics(CollectorRegistry()))
 
 

@@ -126,6 +126,7 @@ def _decision_core(settings: Settings, journeys: "JourneyRunner | None", keeper:
         labels=settings.labels.rules(),
         clock=WallClock() if settings.engine.clock == "wall" else EventTimeClock(),
         retention_days=settings.state.retention_days,
+        anonymous_retention_days=settings.state.anonymous_retention_days,
         journeys=journeys,
         restore=keeper.restore if keeper is not None else None,
         experiments=settings.experiments,

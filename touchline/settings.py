@@ -80,7 +80,10 @@ class StateSettings(_Section):
         default="memory://",
         description="memory://, redis://[user:pass@]host:port/db, rediss:// (TLS), redis+cluster://host:port",
     )
-    retention_days: float = Field(default=90.0, gt=0, description="forget contacts inactive this long (event time)")
+    retention_days: float = Field(default=730.0, gt=0, description="forget known contacts inactive this long (event "
+                                  "time): long enough to see a customer buy again")
+    anonymous_retention_days: float = Field(default=30.0, gt=0, description="forget anonymous visitors inactive "
+                                            "this long (at most retention_days)")
     ttl_days: float | None = Field(
         default=None, gt=0, description="Redis TTL of a profile after its last write (default retention + 30 days)"
     )
@@ -354,6 +357,7 @@ class Settings(BaseSettings):
         if cluster and (self.source.kind != "kafka" or self.state.url.startswith("memory")):
             raise ValueError("runtime.processes / addresses: several processes need Kafka in (--kafka) and a shared "
                              "state store (--redis)")
+        _check_labels_can_resolve(self)
         for name, split in self.experiments.splits.items():
             if split.action is not None and split.action not in self.policy.actions:
                 raise ValueError(f"experiments.splits.{name}.action: unknown action {split.action!r}; "
@@ -363,6 +367,36 @@ class Settings(BaseSettings):
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
         return (init_settings, env_settings, _FileSource(settings_cls))
+
+
+def _check_labels_can_resolve(settings: "Settings") -> None:
+    """Refuse label horizons a contact is forgotten before: such a label never resolves and its
+    model never learns. A churn observation can start once the contact has been inactive for
+    ``policy.inactivity_days`` (the win-back moment), so that counts towards its horizon.
+
+    >>> load_settings(None, {"labels.churn_horizon_days": 273, "state.retention_days": 90})
+    Traceback (most recent call last):
+    ...
+    touchline.settings.ConfigError: invalid configuration (defaults, environment, command line):
+      labels.churn_horizon_days (273) + policy.inactivity_days (7) must be shorter than state.retention_days (90): \
+a contact is forgotten before its churn label can resolve, so the churn model would never learn; raise \
+state.retention_days or shorten the horizon
+    """
+    labels, state = settings.labels, settings.state
+    retention = state.retention_days
+    if state.anonymous_retention_days > retention:
+        raise ValueError(f"state.anonymous_retention_days ({state.anonymous_retention_days:g}) is longer than "
+                         f"state.retention_days ({retention:g}): anonymous visitors would outlive known contacts")
+    inactive = settings.policy.inactivity_days
+    if labels.churn_horizon_days + inactive >= retention:
+        raise ValueError(f"labels.churn_horizon_days ({labels.churn_horizon_days:g}) + policy.inactivity_days "
+                         f"({inactive:g}) must be shorter than state.retention_days ({retention:g}): a contact is "
+                         "forgotten before its churn label can resolve, so the churn model would never learn; "
+                         "raise state.retention_days or shorten the horizon")
+    if labels.lead_horizon_days >= state.anonymous_retention_days:
+        raise ValueError(f"labels.lead_horizon_days ({labels.lead_horizon_days:g}) must be shorter than "
+                         f"state.anonymous_retention_days ({state.anonymous_retention_days:g}): an anonymous visitor "
+                         "is forgotten before its lead label can resolve")
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -398,6 +432,9 @@ def _format(exc: ValidationError, origin: str) -> str:
         value = err.get("input")
         secret = any(secret_name(str(part)) or part == "headers" for part in err["loc"])
         shown = "" if isinstance(value, (dict, list)) or value is None or secret else f" (got {value!r})"
+        if not key:  # a check across keys: its message names them
+            lines.append(redact_secrets(f"  {msg.removeprefix('Value error, ')}"))
+            continue
         lines.append(redact_secrets(f"  {key}: {msg}{shown}"))
     return "\n".join(lines)
 

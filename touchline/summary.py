@@ -181,6 +181,9 @@ def _model_lines(s: dict[str, Any]) -> list[str]:
     out = ["  models (progressive validation on delayed labels)"]
     for name, m in s["models"].items():
         out.append(f"    {name:<6} {_quality(m)}  [{m['version']}]")
+        warning = _balance_warning(name, m["labels"], m["positives"])
+        if warning:
+            out.append(f"      warning: {warning}")
         for c in m.get("challengers", []):
             versus = c["champion_on_same_labels"]
             out.append(f"      challenger {_quality(c)}  [{c['version']}]")
@@ -190,6 +193,30 @@ def _model_lines(s: dict[str, Any]) -> list[str]:
     if store:
         out.append(_model_store_line(store))
     return out
+
+
+#: Labels before the class balance is judged, and the share of one class that is too much.
+BALANCE_MIN_LABELS, BALANCE_MAX_SHARE = 50, 0.9
+
+
+def _balance_warning(name: str, labels: int, positives: int) -> str | None:
+    """What to say when a score's labels cannot teach it to rank: none resolved, or one class
+    nearly always.
+
+    >>> _balance_warning("churn", 1000, 910)
+    '91% of the churn labels are positive: the other class is rare, so the score has few examples to rank by (check labels.churn_horizon_days against how often contacts come back)'
+    >>> _balance_warning("lead", 1000, 500) is None, _balance_warning("lead", 10, 10) is None
+    (True, True)
+    """
+    if not labels:
+        return (f"no {name} label resolved: its horizon (labels.{name}_horizon_days) may not have passed within "
+                "the data seen")
+    share = positives / labels
+    if labels < BALANCE_MIN_LABELS or max(share, 1 - share) <= BALANCE_MAX_SHARE:
+        return None
+    side, pct = ("positive", share) if share > 0.5 else ("negative", 1 - share)
+    return (f"{pct:.0%} of the {name} labels are {side}: the other class is rare, so the score has few examples to "
+            f"rank by (check labels.{name}_horizon_days against how often contacts come back)")
 
 
 def _model_store_line(store: dict[str, Any]) -> str:

@@ -1,0 +1,107 @@
+"""Issue 20: repeat-purchase data. The customer-base features, retention that remembers
+customers for years and visitors briefly, and settings a model could never learn under."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from touchline.batch_service import Engine
+from touchline.cli import main
+from touchline.decisions.batch_run import DecisionCore, LabelSettings
+from touchline.decisions.batches import RawBatch
+from touchline.decisions.estimators import ModelConfig
+from touchline.decisions.features import features
+from touchline.decisions.policy import PolicyConfig
+from touchline.decisions.profile import DAY_MS, Profile, apply_event, merge_into
+from touchline.metrics.engine_metrics import EngineMetrics
+from touchline.settings import ConfigError, load_settings
+from touchline.state.memory import MemoryStore
+
+T0 = 1767614400000
+
+
+def _bought(profile: Profile, *days: float) -> Profile:
+    for i, day in enumerate(days):
+        apply_event(profile, f"{profile.key}-p{i}", "purchase", T0 + int(day * DAY_MS), {"value": 10.0}, {})
+    return profile
+
+
+def test_repeat_purchase_summary_as_of_a_moment():
+    """Frequency, recency and age as BG/NBD counts them (repeat purchases, first to last, since the
+    first), the contact's own gap and how overdue it is; the same whatever order purchases came in."""
+    p = _bought(Profile("c1", known=True), 40, 0, 10)  # out of order: first is day 0, last day 40
+    f = features(p, T0 + 60 * DAY_MS)
+    assert (f["rfm_frequency"], f["rfm_recency_days"], f["rfm_age_days"]) == (2.0, 40.0, 60.0)
+    assert (f["purchase_gap_days"], f["days_overdue"]) == (20.0, 0.0)
+    later = features(p, T0 + 100 * DAY_MS)
+    assert later["days_overdue"] == 40.0 and later["rfm_age_days"] == 100.0
+
+
+def test_a_single_purchase_and_no_purchase():
+    once = features(_bought(Profile("c1", known=True), 5), T0 + 35 * DAY_MS)
+    assert (once["rfm_frequency"], once["rfm_recency_days"], once["rfm_age_days"]) == (0.0, 0.0, 30.0)
+    assert once["days_overdue"] == 0.0  # no gap of its own to be overdue against
+    never = features(Profile("c2", known=True), T0)
+    assert all(never[k] == 0.0 for k in ("rfm_frequency", "rfm_recency_days", "rfm_age_days",
+                                          "purchase_gap_days", "days_overdue"))
+
+
+def test_an_anonymous_visitors_purchases_merge_into_the_customer_summary():
+    contact = _bought(Profile("c1", known=True), 30)
+    visitor = _bought(Profile("anon:a1"), 2)
+    merge_into(contact, visitor)
+    f = features(contact, T0 + 40 * DAY_MS)
+    assert (f["rfm_frequency"], f["rfm_recency_days"], f["rfm_age_days"]) == (1.0, 28.0, 38.0)
+
+
+def _engine(**store: float) -> Engine:
+    models = {"lead": ModelConfig(name="lead"), "churn": ModelConfig(name="churn")}
+    core = DecisionCore(PolicyConfig(holdout_share=0.0), models, LabelSettings(3.0, 7.0, frozenset({"purchase"})),
+                        **store)
+    return Engine(MemoryStore(), core, EngineMetrics(CollectorRegistry()))
+
+
+def _line(eid: str, type_: str, day: float, **ids: str) -> bytes:
+    return orjson.dumps({"event_id": eid, "type": type_, "ts": T0 + int(day * DAY_MS), **ids})
+
+
+def test_customers_are_remembered_for_years_and_visitors_briefly():
+    """With the defaults a customer who bought once and went quiet is still known 200 days
+    later; an anonymous visitor quiet for 31 days is forgotten."""
+    engine = _engine(retention_days=730, anonymous_retention_days=30)
+    engine.process(RawBatch([_line("e1", "purchase", 0, contact_id="c1", properties={"value": 5}),
+                             _line("e2", "page_view", 0, anonymous_id="a1")], "t"))
+    engine.process(RawBatch([_line("e3", "page_view", 200, contact_id="c2")], "t", advance_to_ms=T0 + 200 * DAY_MS))
+    stored = engine.store.export("c1")
+    assert stored is not None and stored["profile"]["purchases_total"] == 1
+    assert engine.store.stats()["profiles"] == 2  # c1 and c2; anon:a1 forgotten after 30 days
+
+
+def test_default_retention_in_settings():
+    s = load_settings(None, {})
+    assert (s.state.retention_days, s.state.anonymous_retention_days) == (730, 30)
+    assert s.state.options().ttl_days == 760
+
+
+@pytest.mark.parametrize(("overrides", "named"), [
+    ({"labels.churn_horizon_days": 273, "state.retention_days": 90},
+     ["labels.churn_horizon_days (273)", "policy.inactivity_days (7)", "state.retention_days (90)"]),
+    ({"labels.lead_horizon_days": 45}, ["labels.lead_horizon_days (45)", "state.anonymous_retention_days (30)"]),
+    ({"state.anonymous_retention_days": 800}, ["state.anonymous_retention_days (800)", "state.retention_days (730)"]),
+])
+def test_settings_a_model_cannot_learn_under_are_refused_naming_both_keys(overrides, named):
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, overrides)
+    assert all(part in str(err.value) for part in named), str(err.value)
+    assert "Value error" not in str(err.value)
+
+
+def test_a_refused_horizon_is_a_clear_cli_error(tmp_path, capsys):
+    config = tmp_path / "t.toml"
+    config.write_text("[labels]\nchurn_horizon_days = 273\n[state]\nretention_days = 90\n")
+    code = main(["run", "--config", str(config), "--out", str(tmp_path / "out"), "--no-metrics", "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0 and "labels.churn_horizon_days" in err and "state.retention_days" in err
+    assert "Traceback" not in err and not (tmp_path / "out" / "decisions.jsonl").exists()
