@@ -7,10 +7,14 @@ from typing import TYPE_CHECKING
 
 from touchline.decisions.events import KNOWN_TYPES, Event, missing_attributes
 from touchline.decisions.feedback import FEEDBACK_TYPES, feedback_key, is_linked
-from touchline.decisions.profile import MAX_ALIASES, Profile, apply_event, is_too_late, merge_into
+from touchline.decisions.profile import DAY_MS, MAX_ALIASES, Profile, apply_event, is_too_late, merge_into
 
 if TYPE_CHECKING:
     from touchline.decisions.batch_run import BatchRun
+
+
+#: Gaps between purchases are tallied in whole days up to this (longer ones count here).
+MAX_GAP_DAYS = 3650
 
 
 class EventApplier:
@@ -32,10 +36,13 @@ class EventApplier:
                 "late_event", f"event {ev.event_id!r} is older than the idempotency window of its contact"))
             self.outcome.dead_keys.append(key)
             return None
+        bought_before = profile.last_purchase_ts
         if not apply_event(profile, ev.event_id, ev.type, ev.ts_ms, ev.properties, ev.context, ev.channel):
             self.outcome.duplicates += 1
             return None
         self._count(ev, profile, fresh)
+        if ev.type == "purchase" and bought_before is not None and ev.ts_ms > bought_before:
+            self.outcome.purchase_gap_days[min(MAX_GAP_DAYS, (ev.ts_ms - bought_before) // DAY_MS)] += 1
         return profile
 
     def _live_profile(self, key: str) -> Profile:

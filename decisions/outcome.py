@@ -89,6 +89,9 @@ class BatchOutcome:
     identities: Counter[str] = field(default_factory=Counter)
     #: anonymous ids linked to a known contact in this batch
     merges: int = 0
+    #: whole days between a contact's consecutive purchases (capped at 10 years): the repeat-purchase
+    #: rhythm a churn horizon should be set against
+    purchase_gap_days: Counter[int] = field(default_factory=Counter)
     #: profiles that saw their first event, by identity (known, anonymous)
     new_ids: Counter[str] = field(default_factory=Counter)
     #: (event type, attribute) -> events without an attribute the decisions rely on
@@ -110,7 +113,7 @@ class BatchOutcome:
         for name in ("dead", "dead_keys", "errors", "decisions", "drifts"):
             getattr(self, name).extend(getattr(other, name))
         for name in ("by_type", "feedback", "suppressed", "decided", "timers_fired", "labelled", "identities",
-                     "new_ids", "missing"):
+                     "new_ids", "missing", "purchase_gap_days"):
             getattr(self, name).update(getattr(other, name))
         for name in ("duplicates", "merges", "score_ns", "run_ns"):
             setattr(self, name, getattr(self, name) + getattr(other, name))

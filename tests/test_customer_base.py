@@ -105,3 +105,18 @@ def test_a_refused_horizon_is_a_clear_cli_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code != 0 and "labels.churn_horizon_days" in err and "state.retention_days" in err
     assert "Traceback" not in err and not (tmp_path / "out" / "decisions.jsonl").exists()
+
+
+def test_the_run_tallies_the_time_between_purchases_for_the_summary():
+    """Whole days between a contact's consecutive purchases (a replayed purchase is not a gap),
+    and the summary's warning when the churn horizon is shorter than the median gap."""
+    from touchline.summary import _repeat_purchase_lines, _repeat_purchases
+
+    engine = _engine()
+    buys = [_line(f"b{i}", "purchase", day, contact_id="c1", properties={"value": 5}) for i, day in enumerate((0, 10, 30))]
+    engine.process(RawBatch(buys, "t"))
+    engine.process(RawBatch(buys[-1:], "t"))  # the last one again
+    assert engine.totals.purchase_gap_days == {10: 1, 20: 1}
+    r = _repeat_purchases(engine.totals.purchase_gap_days, engine.core.labels.churn_horizon_ms)
+    assert r is not None and (r["median_gap_days"], r["suggested_churn_horizon_days"]) == (10, 30)
+    assert "warning: labels.churn_horizon_days (7)" in _repeat_purchase_lines(r)[1]

@@ -70,6 +70,8 @@ class Totals:
     out_of_order: int = 0
     feedback: Counter = field(default_factory=Counter)
     journeys: Counter = field(default_factory=Counter)
+    #: whole days between consecutive purchases of a contact -> how often (bounded: <= 3,651 keys)
+    purchase_gap_days: Counter = field(default_factory=Counter)
 
 
 class Engine:
@@ -516,6 +518,7 @@ class Engine:
         t.decisions.update(out.decided)
         t.timers.update(out.timers_fired)
         t.feedback.update(out.feedback)
+        t.purchase_gap_days.update(out.purchase_gap_days)
         if events:
             t.batch_latency_ms.append((latency_ms, len(events)))
             first, last = events[0].ts_ms, events[-1].ts_ms

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Collection, Iterable
+from typing import Any, Collection, Iterable, Mapping
 
 from touchline.batch_service import Engine
 from touchline.redact import redact_tree, redact_url
@@ -49,6 +49,7 @@ def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str],
         "dead_letters_total": sum(t.dead_letters.values()),
         "timers_fired": dict(sorted(t.timers.items())),
         "models": {name: _slot_summary(slot) for name, slot in engine.models.items()},
+        "repeat_purchases": _repeat_purchases(t.purchase_gap_days, engine.core.labels.churn_horizon_ms),
         "model_store": _model_store(engine),
         "latency_ms": _latency(t.batch_latency_ms, t.decision_latency_ms),
         "feedback": _sum_feedback(t.feedback),
@@ -60,6 +61,37 @@ def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str],
         "experiments": engine.core.experiments.summary(),
         "outputs": outputs,
     })  # outputs and stores are named by URL: never with a password or a query value
+
+
+#: A churn horizon of this many median gaps between purchases: most who will buy again do
+#: within it (used for the suggestion in the summary, never set by itself).
+SUGGESTED_GAPS = 3
+
+
+def _repeat_purchases(gaps: Mapping[int, int], horizon_ms: int) -> dict[str, Any] | None:
+    """The population's time between consecutive purchases of a contact, against the churn
+    horizon: what "will buy again within H" should take H from. None without repeat purchases.
+
+    >>> _repeat_purchases({10: 3, 30: 2, 90: 1}, 7 * 86_400_000)
+    {'gaps': 6, 'median_gap_days': 10, 'p90_gap_days': 90, 'churn_horizon_days': 7.0, 'suggested_churn_horizon_days': 30}
+    """
+    total = sum(gaps.values())
+    if not total:
+        return None
+    ordered = sorted(gaps.items())
+    return {"gaps": total, "median_gap_days": _quantile_days(ordered, total, 0.5),
+            "p90_gap_days": _quantile_days(ordered, total, 0.9), "churn_horizon_days": horizon_ms / 86_400_000,
+            "suggested_churn_horizon_days": max(1, SUGGESTED_GAPS * _quantile_days(ordered, total, 0.5))}
+
+
+def _quantile_days(ordered: list[tuple[int, int]], total: int, q: float) -> int:
+    """The smallest gap (in whole days) with at least ``q`` of the gaps at or below it."""
+    seen = 0
+    for days, n in ordered:
+        seen += n
+        if seen >= q * total:
+            return days
+    return ordered[-1][0]
 
 
 def _deliveries(outcomes: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
@@ -139,6 +171,7 @@ def format_summary(s: dict[str, Any]) -> str:
     out += _outcome_lines(s)
     out += _delivery_lines(s)
     out += _model_lines(s)
+    out += _repeat_purchase_lines(s.get("repeat_purchases"))
     out += _experiment_lines(s.get("experiments") or {})
     out += _run_lines(s)
     return "\n".join(out)
@@ -217,6 +250,25 @@ def _balance_warning(name: str, labels: int, positives: int) -> str | None:
     side, pct = ("positive", share) if share > 0.5 else ("negative", 1 - share)
     return (f"{pct:.0%} of the {name} labels are {side}: the other class is rare, so the score has few examples to "
             f"rank by (check labels.{name}_horizon_days against how often contacts come back)")
+
+
+def _repeat_purchase_lines(r: dict[str, Any] | None) -> list[str]:
+    """The time between purchases against the churn horizon, with a warning when the horizon
+    is far shorter than it (churn would mostly mean "not back yet").
+
+    >>> _repeat_purchase_lines({"gaps": 6, "median_gap_days": 30, "p90_gap_days": 90, "churn_horizon_days": 7.0,
+    ...                         "suggested_churn_horizon_days": 90})[1]
+    '      warning: labels.churn_horizon_days (7) is shorter than the median gap between purchases: churn labels mostly mean "not back yet"; about 90 days (3 median gaps) fits this data'
+    """
+    if r is None:
+        return []
+    out = [f"  repeat purchases   {r['gaps']:,} gaps between a contact's purchases: median {r['median_gap_days']} days, "
+           f"90% within {r['p90_gap_days']} days; churn horizon {r['churn_horizon_days']:g} days"]
+    if r["churn_horizon_days"] < r["median_gap_days"]:
+        out.append(f"      warning: labels.churn_horizon_days ({r['churn_horizon_days']:g}) is shorter than the median gap "
+                   f"between purchases: churn labels mostly mean \"not back yet\"; about "
+                   f"{r['suggested_churn_horizon_days']} days ({SUGGESTED_GAPS} median gaps) fits this data")
+    return out
 
 
 def _model_store_line(store: dict[str, Any]) -> str:
