@@ -20,6 +20,8 @@ Cluster slot::
                               confirm them: r:<id> record, d:<id> / c:<id> still owed to
                               the decisions output / the channel delivery
     tl:{anon:a1}:alias string the contact anonymous id a1 is linked to (its profile key)
+    tl:{anon:a1}:merging string  the id of the event that linked a1, until the merge of its
+                              batch commits (a replay of that batch merges again)
     tl:{id:<digest>}   string "<identity digest> <event time>": who claimed an event id (a
                               BLAKE2b digest of it), expiring after the idempotency window
     tl:{timers:p3}:due zset   profile key<US>timer kind by due time, per input partition
