@@ -594,6 +594,10 @@ def _cmd_scores(args: argparse.Namespace, settings: Settings) -> int:
             print(f"touchline: {newer}; nothing to write", file=sys.stderr)
             return EXIT_RUNTIME
         print(f"skipped {newer}", file=sys.stderr)
+    if run.forgotten:
+        print(f"{run.forgotten:,} contact(s) of the events up to {sc.iso(at)} had no state left by then (the engine "
+              f"forgets a contact state.retention_days = {settings.state.retention_days:g} after its last activity): "
+              "not scored", file=sys.stderr)
     sc.write_csv(run.rows, args.out)
     where = "stdout" if str(args.out) == "-" else args.out
     print(f"wrote the scores of {len(run.rows):,} contacts as of {sc.iso(at)} to {where}", file=sys.stderr)

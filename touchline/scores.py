@@ -5,7 +5,8 @@ advanced to TIME, recency measured to TIME), the same :func:`features` and champ
 engine scores with. Two sources:
 
 - ``--input FILE``: the file's events up to TIME replayed into the in-process store, the
-  configured models learning on the way as in ``touchline run --input``;
+  configured models learning on the way as in ``touchline run --input``, and the event clock
+  moved on to TIME (the timers due by then fire: labels resolve, retention forgets);
 - ``--redis URL``: the stored profiles, with the models a running engine uses (the stored
   deployment's champions, restored from their checkpoints). A profile is kept as of its
   newest event (or timer): one newer than TIME cannot be wound back, so it is skipped and counted.
@@ -70,6 +71,8 @@ class ScoreRun:
     rows: list[ScoreRow] = field(default_factory=list)
     #: profiles whose stored state is newer than TIME (Redis): not scored
     newer: int = 0
+    #: contacts of the replayed events the engine had forgotten by TIME (retention)
+    forgotten: int = 0
     #: what was read, and where the models came from, one line each
     notes: list[str] = field(default_factory=list)
 
@@ -148,7 +151,8 @@ def scores_from_file(settings: Settings, path: Path, at_ms: int) -> ScoreRun:
         "state": settings.state.model_copy(update={"url": "memory://"}),
         "source": settings.source.model_copy(update={"kind": "jsonl", "path": path})})
     engine = build_engine(replay, CollectorRegistry(), keep_models=False)
-    fed, later = _replay_until(engine, path, at_ms, settings.source.batch_size)
+    seen: set[str] = set()
+    fed, later = _replay_until(engine, path, at_ms, settings.source.batch_size, seen)
     invalid = sum(engine.totals.dead_letters.values())
     run = ScoreRun(notes=[f"replayed {fed - invalid:,} events of {path} up to {iso(at_ms)}"
                           f" ({later:,} later ones left out, {invalid:,} invalid lines skipped)",
@@ -156,17 +160,20 @@ def scores_from_file(settings: Settings, path: Path, at_ms: int) -> ScoreRun:
     profiles = (p for p in engine.store.profiles() if is_known_key(p.key))  # type: ignore[attr-defined]
     run.rows = sorted((score_profile(p, at_ms, engine.core.models) for p in profiles),
                       key=lambda r: r.contact_id)
+    run.forgotten = len(seen - {r.contact_id for r in run.rows})
     return run
 
 
-def _replay_until(engine: Any, path: Path, at_ms: int, batch_size: int) -> tuple[int, int]:
+def _replay_until(engine: Any, path: Path, at_ms: int, batch_size: int, seen: set[str]) -> tuple[int, int]:
     """Feed the engine the file's lines whose event time is not after ``at_ms`` (invalid lines
-    too: the engine dead-letters them as in a run), in batches; (lines fed, events left out)."""
+    too: the engine dead-letters them as in a run), in batches, then move its clock to ``at_ms``
+    so the timers due by then fire (labels resolve, retention forgets); (lines fed, events left out).
+    The contact ids of the events fed are added to ``seen``."""
     from touchline.decisions.batches import RawBatch
 
     batch: list[bytes] = []
     fed = later = 0
-    for line in _until(_lines(path), at_ms):
+    for line in _until(_lines(path), at_ms, seen):
         if line is None:
             later += 1
             continue
@@ -175,7 +182,7 @@ def _replay_until(engine: Any, path: Path, at_ms: int, batch_size: int) -> tuple
             engine.process(RawBatch(batch, path.name, fed + 1))
             fed += len(batch)
             batch = []
-    engine.process(RawBatch(batch, path.name, fed + 1, final=True))
+    engine.process(RawBatch(batch, path.name, fed + 1, final=True, advance_to_ms=at_ms))
     if engine.failure is not None:
         raise engine.failure
     return fed + len(batch), later
@@ -189,18 +196,25 @@ def _lines(path: Path) -> Iterator[bytes]:
                 yield line.rstrip(b"\r\n")
 
 
-def _until(lines: Iterable[bytes], at_ms: int) -> Iterator[bytes | None]:
-    """Each line, or None in place of a valid event later than ``at_ms``.
+def _until(lines: Iterable[bytes], at_ms: int, seen: set[str]) -> Iterator[bytes | None]:
+    """Each line, or None in place of a valid event later than ``at_ms``; the contact ids of
+    the events kept go into ``seen``.
 
     >>> list(_until([b'{"event_id":"a","type":"page_view","ts":5,"contact_id":"c"}',
-    ...              b'{"event_id":"b","type":"page_view","ts":9,"contact_id":"c"}', b"oops"], 5))[1:]
+    ...              b'{"event_id":"b","type":"page_view","ts":9,"contact_id":"c"}', b"oops"], 5, set()))[1:]
     [None, b'oops']
     """
     from touchline.decisions.events import Event, parse_event
 
     for line in lines:
         ev = parse_event(line)
-        yield None if isinstance(ev, Event) and ev.ts_ms > at_ms else line
+        if isinstance(ev, Event):
+            if ev.ts_ms > at_ms:
+                yield None
+                continue
+            if ev.contact_id:
+                seen.add(ev.contact_id)
+        yield line
 
 
 # ------------------------------------------------------------------ --redis URL
@@ -318,6 +332,9 @@ def check_writable(out: Path) -> None:
     takes files; an OSError naming the path otherwise (``-`` is stdout: always fine)."""
     if str(out) == "-":
         return
+    above = next((d for d in out.parents if d.exists()), None)
+    if above is not None and not above.is_dir():
+        raise OSError(f"--out {out}: cannot write there: {above} is not a directory")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -326,14 +343,15 @@ def check_writable(out: Path) -> None:
         raise OSError(f"--out {out}: cannot write there: " + ("a directory" if out.is_dir() else "permission denied"))
 
 
-def write_csv(rows: Iterable[ScoreRow], out: Path, stdout: IO[str] = sys.stdout) -> None:
+def write_csv(rows: Iterable[ScoreRow], out: Path, stdout: IO[str] | None = None) -> None:
     """Write the CSV to ``out`` atomically (a temporary file beside it, renamed over it:
     a reader sees the old file or the whole new one), or to ``stdout`` for ``-``;
     an OSError naming the path when it cannot be written."""
     text = csv_text(rows)
     if str(out) == "-":
-        stdout.write(text)
-        stdout.flush()
+        stream = stdout or sys.stdout  # looked up now: the caller may have redirected it
+        stream.write(text)
+        stream.flush()
         return
     check_writable(out)
     try:
