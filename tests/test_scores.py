@@ -133,7 +133,7 @@ def test_stored_profiles_score_with_the_engine_models(stored, tmp_path, capsys):
     rows = _scores("--at", iso(at), "--redis", url, out=tmp_path / "redis.csv")
     assert set(rows) == set(last)
     err = capsys.readouterr().err
-    assert "deployment revision 1" in err and "restored" in err and "untrained" not in err
+    assert "deployment revision 1" in err and "labels from its checkpoint" in err and "untrained" not in err
     replayed = _scores("--at", iso(at), "--input", str(recorded), out=tmp_path / "file.csv")
     assert rows == replayed
 
@@ -216,3 +216,20 @@ def test_the_csv_is_replaced_whole(events, tmp_path):
     out.write_text("old\n")
     _scores("--at", "2026-01-09", "--input", str(events), out=out)
     assert out.read_text().startswith("contact_id,") and [p.name for p in tmp_path.iterdir()] == ["scores.csv"]
+
+
+def test_every_primary_of_a_cluster_is_read(redis_cluster_url, tmp_path, capsys):
+    """Profiles spread over a 3-primary Cluster are all scored (anonymous visitors are not
+    contacts); with no deployment stored yet, the configured models score, untrained, and say so."""
+    from touchline.decisions.profile import Profile, anonymous_key
+    from touchline.state import open_store
+
+    store = open_store(redis_cluster_url)
+    at = SIM_START + DAY_MS
+    store.save({**{f"c{i}": Profile(f"c{i}", known=True, last_ts=at - i, events_total=1) for i in range(30)},
+                anonymous_key("a1"): Profile(anonymous_key("a1"), last_ts=at, events_total=1)})
+    store.close()
+    rows = _scores("--at", iso(at), "--redis", redis_cluster_url, out=tmp_path / "cluster.csv")
+    assert set(rows) == {f"c{i}" for i in range(30)}
+    err = capsys.readouterr().err
+    assert "no deployment stored yet, the configured models" in err and "untrained: no checkpoint" in err

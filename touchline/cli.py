@@ -234,7 +234,8 @@ def _add_scores_parser(sub: Any) -> None:
         description="Score every known contact as of TIME with the lead and churn champions: one CSV row per "
         "contact (contact_id, lead_score, churn_score, lead_model_version, churn_model_version). With --input, "
         "the file's events up to TIME are replayed into the in-process store, the configured models learning "
-        "as in 'touchline run --input'. With --redis (or state.url), the stored profiles are scored with the "
+        "as in 'touchline run --input', and the event clock is moved to TIME (the timers due by then fire: labels "
+        "resolve, retention forgets). With --redis (or state.url), the stored profiles are scored with the "
         "models the engine uses (the stored deployment, restored from its checkpoints); a profile whose state "
         "is newer than TIME cannot be wound back: it is skipped and counted (an error when every one is).")
     sc.add_argument("--at", required=True, metavar="TIME",

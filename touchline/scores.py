@@ -302,12 +302,15 @@ def deployed_scores(store: "ModelStore", settings: Settings) -> tuple[dict[str, 
 
 
 def _model_notes(slots: Mapping[str, ModelSlot], how: str) -> list[str]:
-    """One line per score: its champion's version, where its state came from and its labels."""
+    """One line per score: its champion's version and where its state came from (``how``,
+    else its checkpoint, else untrained), with the labels it learned."""
     out = []
     for name, slot in slots.items():
         m = slot.champion
-        origin = how or ("untrained (no checkpoint)" if m.origin == "fresh" else m.origin)
-        out.append(f"{name}: {m.version} ({origin}; {m.labels:,} labels)")
+        if how or m.origin == "fresh":
+            out.append(f"{name}: {m.version} ({how or 'untrained: no checkpoint'}; {m.labels:,} labels)")
+        else:
+            out.append(f"{name}: {m.version} ({m.origin} from its checkpoint)")
     return out
 
 
@@ -332,15 +335,31 @@ def check_writable(out: Path) -> None:
     takes files; an OSError naming the path otherwise (``-`` is stdout: always fine)."""
     if str(out) == "-":
         return
+    _make_parent(out)
+    if out.is_dir():
+        raise _unwritable(out, "a directory")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise _unwritable(out, "permission denied")
+
+
+def _make_parent(out: Path) -> None:
+    """Create ``out``'s missing directories; an OSError when a file stands in the way."""
     above = next((d for d in out.parents if d.exists()), None)
     if above is not None and not above.is_dir():
-        raise OSError(f"--out {out}: cannot write there: {above} is not a directory")
+        raise _unwritable(out, f"{above} is not a directory")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OSError(f"--out {out}: cannot write there: {exc.strerror or exc}") from None
-    if out.is_dir() or not os.access(out.parent, os.W_OK | os.X_OK):
-        raise OSError(f"--out {out}: cannot write there: " + ("a directory" if out.is_dir() else "permission denied"))
+        raise _unwritable(out, exc.strerror or str(exc)) from None
+
+
+def _unwritable(out: Path, why: str) -> OSError:
+    """The one-line error for an ``--out`` that cannot be written.
+
+    >>> str(_unwritable(Path("/x/s.csv"), "permission denied"))
+    '--out /x/s.csv: cannot write there: permission denied'
+    """
+    return OSError(f"--out {out}: cannot write there: {why}")
 
 
 def write_csv(rows: Iterable[ScoreRow], out: Path, stdout: IO[str] | None = None) -> None:
@@ -357,7 +376,7 @@ def write_csv(rows: Iterable[ScoreRow], out: Path, stdout: IO[str] | None = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     except OSError as exc:
-        raise OSError(f"--out {out}: cannot write there: {exc.strerror or exc}") from None
+        raise _unwritable(out, exc.strerror or str(exc)) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
@@ -366,4 +385,4 @@ def write_csv(rows: Iterable[ScoreRow], out: Path, stdout: IO[str] | None = None
         os.replace(tmp, out)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise OSError(f"--out {out}: cannot write there: {exc.strerror or exc}") from None
+        raise _unwritable(out, exc.strerror or str(exc)) from None
