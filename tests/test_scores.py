@@ -82,17 +82,27 @@ def test_an_earlier_time_sees_only_the_events_up_to_it(events, tmp_path):
     assert all(early[c]["churn_score"] != late[c]["churn_score"] for c in early)
 
 
-def test_time_formats(events, tmp_path, capsys):
-    """A date is its midnight UTC; an offset is honoured; ``now`` is the wall clock, by which
-    the engine has forgotten every contact of a January file (retention): said, not hidden."""
+def test_time_formats(events, tmp_path):
+    """A date is its midnight UTC; an offset is honoured; ``now`` is the wall clock."""
     day = _scores("--at", "2026-01-09", "--input", str(events), out=tmp_path / "a.csv")
     assert day == _scores("--at", "2026-01-09T01:00:00+01:00", "--input", str(events), out=tmp_path / "b.csv")
-    capsys.readouterr()
-    assert _scores("--at", "now", "--input", str(events), out=tmp_path / "c.csv") == {}
     known = {e.contact_id for e in _events(events) if e.contact_id}
+    assert set(_scores("--at", "now", "--input", str(events), out=tmp_path / "c.csv")) <= known
+
+
+def test_contacts_forgotten_by_the_time_are_counted(events, tmp_path, capsys):
+    """Long after the file, the engine has forgotten every contact (state.retention_days after
+    its last activity): no rows, and stderr says how many and why."""
+    config = tmp_path / "short.toml"
+    config.write_text("[state]\nretention_days = 30\n")
+    evs = _events(events)
+    at = max(e.ts_ms for e in evs) + 60 * DAY_MS
+    capsys.readouterr()
+    assert _scores("--at", iso(at), "--input", str(events), "--config", str(config), out=tmp_path / "x.csv") == {}
     err = capsys.readouterr().err
-    assert f"{len(known):,} contact(s) of the events up to" in err
-    assert "state.retention_days = 90 after its last activity" in err
+    known = {e.contact_id for e in evs if e.contact_id}
+    assert f"{len(known):,} contact(s) of the events up to {iso(at)} had no state left by then" in err
+    assert "state.retention_days = 30 after its last activity" in err
 
 
 def test_stdout(events, capsys):
