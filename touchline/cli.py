@@ -8,7 +8,9 @@
     touchline run --redis redis://127.0.0.1:6379/0   # state in Redis (production)
     touchline run --kafka 127.0.0.1:9092             # events topic in, decisions topic out
     touchline simulate --kafka 127.0.0.1:9092 --rate 5000   # load generator
-    touchline contact export ID --redis URL   # everything stored about a contact, as JSON
+    touchline contact export ID --redis URL   # everything stored about a contact, as JSON, with its scores
+    touchline scores --at 2026-03-01 --input events.jsonl --out scores.csv   # every contact's scores as of a time
+    touchline scores --at now --redis URL --out scores.csv                   # ... from the stored state
     touchline contact erase ID --redis URL    # right to erasure: the contact and its aliases, tombstoned
     touchline contact erase ID --redis URL --outputs touchline-out   # ... and out of a run's JSONL outputs
     touchline journeys check examples/journeys/   # validate journey files
@@ -148,7 +150,8 @@ def _parser() -> argparse.ArgumentParser:
 
     contact = sub.add_parser("contact", help="privacy operations on one contact's stored state")
     contact_sub = contact.add_subparsers(dest="action", metavar="ACTION", required=True)
-    for name, text in (("export", "print everything stored about a contact as JSON"),
+    for name, text in (("export", "print everything stored about a contact as JSON, with its lead and churn "
+                        "scores as of its state (the deployed models)"),
                        ("erase", "delete a contact, its profile, sends, timers, outbox and linked anonymous ids, "
                         "and tombstone them so their events are dropped; list the outputs that still hold it")):
         c = contact_sub.add_parser(name, help=text)
@@ -162,6 +165,8 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("--settle-seconds", type=float, default=2.0, metavar="S",
                            help="then wait S seconds and delete again what a batch in flight during the erasure "
                                 "wrote (default 2; 0: do not wait)")
+
+    _add_scores_parser(sub)
 
     journeys = sub.add_parser("journeys", help="journey files: check them")
     journeys_sub = journeys.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -220,6 +225,29 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the event JSON Schema")
     return parser
+
+
+def _add_scores_parser(sub: Any) -> None:
+    """``touchline scores``: its options and help."""
+    sc = sub.add_parser(
+        "scores", help="lead and churn scores of every known contact as of a time, as CSV",
+        description="Score every known contact as of TIME with the lead and churn champions: one CSV row per "
+        "contact (contact_id, lead_score, churn_score, lead_model_version, churn_model_version). With --input, "
+        "the file's events up to TIME are replayed into the in-process store, the configured models learning "
+        "as in 'touchline run --input', and the event clock is moved to TIME (the timers due by then fire: labels "
+        "resolve, retention forgets). With --redis (or state.url), the stored profiles are scored with the "
+        "models the engine uses (the stored deployment, restored from its checkpoints); a profile whose state "
+        "is newer than TIME cannot be wound back: it is skipped and counted (an error when every one is).")
+    sc.add_argument("--at", required=True, metavar="TIME",
+                    help="ISO-8601 date (its midnight, UTC) or date-time (UTC without an offset), e.g. 2026-03-01 "
+                         "or 2026-03-01T12:00:00Z; or now")
+    sc.add_argument("--out", required=True, type=Path, metavar="FILE",
+                    help="CSV file to write (replaced atomically); '-' for stdout")
+    source = sc.add_mutually_exclusive_group()
+    source.add_argument("--input", type=Path, metavar="EVENTS.jsonl",
+                        help="replay these events (JSONL, the event contract) up to TIME")
+    source.add_argument("--redis", metavar="URL", help="score the profiles stored in this Redis (sets state.url)")
+    sc.add_argument("--config", type=Path, help="settings file (its [models], [labels], [state] sections)")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -514,7 +542,7 @@ def _cmd_contact(args: argparse.Namespace, settings: Settings) -> int:
     try:
         found = store.export(args.contact_id)
         if args.action == "export":
-            return _print_export(found, args.contact_id, url)
+            return _print_export(_with_scores(found, store, settings, args.contact_id), args.contact_id, url)
         aliases = _erase_contact(store, args, found)
     finally:
         store.close()
@@ -530,6 +558,51 @@ def _contact_in_memory(args: argparse.Namespace, settings: Settings) -> int:
     raise ConfigError("the in-process store (memory://) keeps nothing after a run ends; "
                       "pass --redis URL or set state.url to the Redis the engine uses"
                       + (" (--outputs DIR alone cleans a run's JSONL outputs)" if erasing else ""))
+
+
+def _with_scores(found: dict[str, Any] | None, store: Any, settings: Settings, contact_id: str) -> dict[str, Any] | None:
+    """The export with the contact's current scores (``scores``); when the models cannot be
+    read, the export without them and a line saying why (an export must not fail on a model)."""
+    from touchline.scores import contact_scores
+    from touchline.state.model_store import ModelStoreError
+
+    if found is None or found.get("profile") is None:
+        return found
+    try:
+        found["scores"] = contact_scores(store, settings, contact_id)
+    except (ModelStoreError, OSError, ValueError) as exc:
+        print(f"touchline: no scores in the export: {exc}", file=sys.stderr)
+    return found
+
+
+def _cmd_scores(args: argparse.Namespace, settings: Settings) -> int:
+    """``touchline scores --at TIME --out FILE``: every known contact's scores as of TIME, from
+    a replayed file or the stored state; what was read and skipped on stderr."""
+    from touchline import scores as sc
+
+    at = sc.parse_at(args.at)
+    sc.check_writable(args.out)
+    if args.input is not None:
+        run = sc.scores_from_file(settings, args.input, at)
+    else:
+        run = sc.scores_from_redis(settings, at)
+    for note in run.notes:
+        print(note, file=sys.stderr)
+    if run.newer:
+        newer = (f"{run.newer:,} stored contact(s) have state newer than {sc.iso(at)} (a profile cannot be wound "
+                 "back): not scored; replay the events with --input FILE to score them as of then")
+        if not run.rows:
+            print(f"touchline: {newer}; nothing to write", file=sys.stderr)
+            return EXIT_RUNTIME
+        print(f"skipped {newer}", file=sys.stderr)
+    if run.forgotten:
+        print(f"{run.forgotten:,} contact(s) of the events up to {sc.iso(at)} had no state left by then (the engine "
+              f"forgets a contact state.retention_days = {settings.state.retention_days:g} after its last activity): "
+              "not scored", file=sys.stderr)
+    sc.write_csv(run.rows, args.out)
+    where = "stdout" if str(args.out) == "-" else args.out
+    print(f"wrote the scores of {len(run.rows):,} contacts as of {sc.iso(at)} to {where}", file=sys.stderr)
+    return 0
 
 
 def _print_export(found: dict[str, Any] | None, contact_id: str, url: str) -> int:
@@ -743,7 +816,7 @@ def _with_settings(args: argparse.Namespace) -> int:
         remember_settings(settings)  # masked wherever they surface: logs, errors, dead letters
         logs.configure(settings.logging.level, settings.logging.format)
         commands = {"journeys": _cmd_preview, "run": _cmd_run, "simulate": _cmd_simulate, "bench": _cmd_bench, "config": _cmd_config,
-                    "contact": _cmd_contact, "models": _cmd_models}
+                    "contact": _cmd_contact, "models": _cmd_models, "scores": _cmd_scores}
         return commands[args.command](args, settings)
     except ConfigError as exc:
         print(f"touchline: {redact_secrets(str(exc))}", file=sys.stderr)
