@@ -500,21 +500,26 @@ class RedisStore(StateStore):
     def _finish(self, deleted: list[str], fired: Iterable[tuple[int, str, str]], merged_into: Mapping[str, str],
                 conflicts: set[str], partition: int) -> None:
         """After the profiles are written: end the claims of the timers that fired on written
-        profiles, drop merged-away profiles whose target was written, and expired ones."""
+        profiles, end the pending merges that landed, drop merged-away profiles whose target
+        was written, and expired ones."""
         calls: list[Call] = []
         done = [timer_member(key, kind) for _due, key, kind in fired if key not in conflicts]
         if done:
             calls.append(("cmd", "ZREM", timer_keys(partition)[1], *done))
-        calls += [("cmd", "DEL", pending_merge_key(anon_key.partition(":")[2]))  # the merge landed
+        calls += [("cmd", "DEL", pending_merge_key(anon_key.partition(":")[2]))
                   for anon_key, target in merged_into.items() if target not in conflicts]
         for key in deleted:
-            if key in conflicts or merged_into.get(key) in conflicts:
-                continue
-            base = self._base.pop(key, None)
-            calls.append(("cmd", "DEL", *profile_keys(key)))
-            if base and base.timers:
-                calls += _cancel_calls(key, base.timers, [partition])
+            if key not in conflicts and merged_into.get(key) not in conflicts:
+                calls += self._drop_calls(key, partition)
         self._run("save", calls)
+
+    def _drop_calls(self, key: str, partition: int) -> list[Call]:
+        """Delete a profile (merged away or expired) and cancel its timers."""
+        base = self._base.pop(key, None)
+        calls: list[Call] = [("cmd", "DEL", *profile_keys(key))]
+        if base and base.timers:
+            calls += _cancel_calls(key, base.timers, [partition])
+        return calls
 
     def _check_epoch(self, seen: Any) -> None:
         if seen != self._epoch:
