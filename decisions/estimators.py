@@ -1,7 +1,7 @@
 """Scoring models: which estimator, on which features, and its progressive evaluation.
 
 An estimator is named in configuration by a registered name (``logreg``, ``hat``,
-``arf``, or one a plug-in registers in the ``touchline.models`` entry-point group) or by
+``arf``, ``bgnbd``, or one a plug-in registers in the ``touchline.models`` entry-point group) or by
 an import path (``package.module:factory`` or ``package.module.Class``). Whatever it
 names must build an object with River's two verbs, ``learn_one`` and
 ``predict_proba_one``: a River estimator or pipeline, or anything shaped like one.
@@ -75,6 +75,7 @@ BUILTIN_MODELS: dict[str, str] = {
     "logreg": "touchline.decisions.estimators:default_pipeline",
     "hat": "touchline.decisions.estimators:hoeffding_adaptive_tree",
     "arf": "touchline.decisions.estimators:adaptive_random_forest",
+    "bgnbd": "touchline.decisions.customer_base:BGNBDChurn",
 }
 ENTRY_POINT_GROUP = "touchline.models"
 #: Estimators by short name: the shipped ones, then the ``touchline.models`` entry points.
@@ -94,7 +95,7 @@ def resolve(spec: str) -> tuple[str, Callable[..., Any]]:
     >>> resolve("nope")
     Traceback (most recent call last):
     ...
-    ValueError: 'nope' is neither a registered model (arf, hat, logreg) nor an import path like 'package.module:factory'
+    ValueError: 'nope' is neither a registered model (arf, bgnbd, hat, logreg) nor an import path like 'package.module:factory'
     """
     registry = registered_models()
     if spec in registry:
@@ -204,7 +205,7 @@ class ModelConfig(BaseModel):
     name: str = Field(default="", description="filled in from the settings key (lead, churn)")
     estimator: str = Field(
         default="logreg",
-        description="a registered name (logreg, hat, arf, or a plug-in's) or 'package.module:factory'",
+        description="a registered name (logreg, hat, arf, bgnbd, or a plug-in's) or 'package.module:factory'",
     )
     params: dict[str, Scalar | list[Scalar] | None] = Field(
         default_factory=dict, description="keyword arguments for the estimator's factory or class")
