@@ -21,6 +21,7 @@ True
 from __future__ import annotations
 
 import math
+import numbers
 import random
 from typing import Any
 
@@ -59,10 +60,15 @@ def summary_of(x: dict[FeatureName, Any]) -> Summary | None:
 
 
 def _number(value: Any) -> float | None:
-    """A finite, non-negative number, or None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A finite, non-negative number (numpy's included), or None.
+
+    >>> _number(np.int64(3)), _number(True), _number(-0.5), _number(float("inf"))
+    (3.0, None, None, None)
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
-    return float(value) if math.isfinite(value) and value >= 0 else None
+    number = float(value)
+    return number if math.isfinite(number) and number >= 0 else None
 
 
 class BGNBDChurn(base.Classifier):
@@ -140,13 +146,10 @@ class BGNBDChurn(base.Classifier):
 
     def refit(self) -> None:
         """Fit the population on the reservoir, starting from the current parameters; a
-        failed fit (not finite) keeps them."""
+        fit whose likelihood is not finite keeps them."""
         data = np.asarray(self.reservoir, dtype=np.float64)
-        try:
-            result = bgnbd.fit(data[:, 0], data[:, 1], data[:, 2], start=self.params)
-        except ValueError:
-            result = None
-        if result is not None and math.isfinite(result.log_likelihood):
+        result = bgnbd.fit(data[:, 0], data[:, 1], data[:, 2], start=self.params)
+        if math.isfinite(result.log_likelihood):
             self.params = result.params
         self.fits += 1
         self._since_fit = 0

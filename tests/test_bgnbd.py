@@ -207,3 +207,18 @@ def test_configured_as_a_churn_champion_or_challenger():
     assert model.version.startswith("bgnbd-") and model.estimator.horizon_days == 60
     x = {"rfm_frequency": 1.0, "rfm_recency_days": 5.0, "rfm_age_days": 300.0}
     assert model.predict(x) == model.estimator.predict_proba_one(x)[True]
+
+
+@pytest.mark.parametrize("summary", [(0.0, 0.0, 0.0), (0.0, 0.0, 120.0), (5.0, 50.0, 50.0), (1e9, 1e9, 1e9)])
+def test_a_degenerate_reservoir_fits_within_bounds(summary):
+    """Nobody back yet, everyone alike, absurd counts: the fit stays finite and inside its
+    search box, and scores stay probabilities."""
+    model = BGNBDChurn()
+    frequency, recency, age = summary
+    for _ in range(200):
+        model.learn_one({"rfm_frequency": frequency, "rfm_recency_days": recency, "rfm_age_days": age}, True)
+    assert model.fits == 1
+    bound = math.exp(bgnbd.LOG_BOUND) * 1.001
+    assert all(1 / bound <= v <= bound for v in (model.params.r, model.params.alpha, model.params.a, model.params.b))
+    for x in ({}, {"rfm_frequency": 3, "rfm_recency_days": 10.0, "rfm_age_days": 100.0}):
+        assert 0.0 <= model.predict_proba_one(x)[True] <= 1.0
