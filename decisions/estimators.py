@@ -75,7 +75,7 @@ BUILTIN_MODELS: dict[str, str] = {
     "logreg": "touchline.decisions.estimators:default_pipeline",
     "hat": "touchline.decisions.estimators:hoeffding_adaptive_tree",
     "arf": "touchline.decisions.estimators:adaptive_random_forest",
-    "bgnbd": "touchline.decisions.customer_base:BGNBDChurn",
+    "bgnbd": "touchline.decisions.bgnbd_churn:BGNBDChurn",
 }
 ENTRY_POINT_GROUP = "touchline.models"
 #: Estimators by short name: the shipped ones, then the ``touchline.models`` entry points.

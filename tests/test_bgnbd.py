@@ -1,6 +1,6 @@
 """The BG/NBD model (decisions/bgnbd.py) against the published CDNOW figures and data
 simulated from known populations, and the ``bgnbd`` churn estimator built on it
-(decisions/customer_base.py). The model conformance suite runs it too."""
+(decisions/bgnbd_churn.py). The model conformance suite runs it too."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from touchline.decisions import bgnbd
 from touchline.decisions.bgnbd import Params
-from touchline.decisions.customer_base import PRIOR, BGNBDChurn
+from touchline.decisions.bgnbd_churn import PRIOR, BGNBDChurn
 from touchline.decisions.estimators import ModelConfig, ScoreModel
 
 #: Fader, Hardie & Lee (2005), CDNOW cohort, time in weeks: the maximum-likelihood
