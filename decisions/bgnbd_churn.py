@@ -9,7 +9,9 @@ the summaries it learns from, refitted every ``refit_every`` of them once there 
 ``min_customers``. Until the first fit it predicts with a weak prior (the published CDNOW
 population, in days). A contact without a usable summary (a feature missing, negative or
 not a number) is scored as a customer who has just made a first purchase: the
-population's prior, and is not learned from.
+population's prior, and is not learned from. Neither is a summary of age 0 (the engine's
+all-zero summary of a contact who never bought, or a first purchase this instant): its
+likelihood is 1 whatever the population, so it would only crowd the reservoir.
 
 >>> model = BGNBDChurn(horizon_days=90)
 >>> regular = {"rfm_frequency": 12, "rfm_recency_days": 360, "rfm_age_days": 365}
@@ -125,7 +127,7 @@ class BGNBDChurn(base.Classifier):
     def learn_one(self, x: dict[FeatureName, Any], y: ClfTarget) -> None:
         """Keep the contact's summary (the label is not needed) and refit when due."""
         summary = summary_of(x)
-        if summary is None:
+        if summary is None or summary[2] <= 0:  # no history: nothing to learn about the population
             return
         self._keep(summary)
         self._since_fit += 1

@@ -165,6 +165,7 @@ def test_same_stream_same_bits_and_a_pickle_resumes_exactly():
     {"rfm_frequency": float("nan"), "rfm_recency_days": 10.0, "rfm_age_days": 50.0},
     {"rfm_frequency": "2", "rfm_recency_days": 10.0, "rfm_age_days": 50.0},
     {"rfm_frequency": None, "rfm_recency_days": 10.0, "rfm_age_days": 50.0},
+    {"rfm_frequency": 0.0, "rfm_recency_days": 0.0, "rfm_age_days": 0.0},  # the engine's never-bought
 ])
 def test_no_usable_summary_is_the_prior_and_is_not_learned(features):
     model = BGNBDChurn()
@@ -209,7 +210,7 @@ def test_configured_as_a_churn_champion_or_challenger():
     assert model.predict(x) == model.estimator.predict_proba_one(x)[True]
 
 
-@pytest.mark.parametrize("summary", [(0.0, 0.0, 0.0), (0.0, 0.0, 120.0), (5.0, 50.0, 50.0), (1e9, 1e9, 1e9)])
+@pytest.mark.parametrize("summary", [(0.0, 0.0, 0.5), (0.0, 0.0, 120.0), (5.0, 50.0, 50.0), (1e9, 1e9, 1e9)])
 def test_a_degenerate_reservoir_fits_within_bounds(summary):
     """Nobody back yet, everyone alike, absurd counts: the fit stays finite and inside its
     search box, and scores stay probabilities."""
