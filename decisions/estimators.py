@@ -177,6 +177,22 @@ def _check_verbs(estimator: Any, spec: str) -> None:
                          "(a binary classifier with River's API is needed)")
 
 
+def check_inputs(estimator: Any, features: list[str], spec: str) -> None:
+    """An estimator that declares the features it reads (``required_features``, e.g.
+    ``bgnbd``'s purchase summary) is refused a feature list without them: it could only
+    ever predict its prior.
+
+    >>> check_inputs(build_estimator("bgnbd")[1], ["cart_value", "rfm_frequency"], "bgnbd")
+    Traceback (most recent call last):
+    ...
+    ValueError: 'bgnbd' reads rfm_frequency, rfm_recency_days, rfm_age_days: add rfm_recency_days, rfm_age_days to its features
+    """
+    needed = [str(name) for name in getattr(estimator, "required_features", ())]
+    missing = [name for name in needed if name not in features]
+    if missing:
+        raise ValueError(f"{spec!r} reads {', '.join(needed)}: add {', '.join(missing)} to its features")
+
+
 def trial(estimator: Any, features: list[str], spec: str, params: dict[str, Any]) -> None:
     """Learn one example of each class on a throwaway estimator and predict: a parameter of
     the right name but a wrong type or value fails here, at start, not at the first label."""
@@ -226,6 +242,7 @@ class ModelConfig(BaseModel):
     @model_validator(mode="after")
     def _buildable(self) -> "ModelConfig":
         _, estimator = build_estimator(self.estimator, self.params)  # every mistake surfaces at start, by key
+        check_inputs(estimator, self.features, self.estimator)
         trial(estimator, self.features, self.estimator, self.params)
         return self
 

@@ -17,6 +17,9 @@ from touchline.decisions import bgnbd
 from touchline.decisions.bgnbd import Params
 from touchline.decisions.bgnbd_churn import PRIOR, BGNBDChurn
 from touchline.decisions.estimators import ModelConfig, ScoreModel
+from touchline.decisions.features import features
+from touchline.decisions.profile import DAY_MS, Profile, apply_event
+from touchline.settings import load_settings
 
 #: Fader, Hardie & Lee (2005), CDNOW cohort, time in weeks: the maximum-likelihood
 #: estimates and log-likelihood they publish.
@@ -223,3 +226,36 @@ def test_a_degenerate_reservoir_fits_within_bounds(summary):
     assert all(1 / bound <= v <= bound for v in (model.params.r, model.params.alpha, model.params.a, model.params.b))
     for x in ({}, {"rfm_frequency": 3, "rfm_recency_days": 10.0, "rfm_age_days": 100.0}):
         assert 0.0 <= model.predict_proba_one(x)[True] <= 1.0
+
+
+# ------------------------------------------------------------------ in the engine
+def customer(key: str, *days: float) -> Profile:
+    profile = Profile(key, known=True)
+    for i, day in enumerate(days):
+        apply_event(profile, f"{key}-p{i}", "purchase", int(day * DAY_MS), {"value": 10.0}, {})
+    return profile
+
+
+def test_scores_the_engine_feature_vector():
+    """The engine's own features (decisions/features.py) are what bgnbd reads: a regular
+    buyer is less likely to stay silent than one who stopped, a contact who never bought
+    gets the prior."""
+    model = ScoreModel.build(ModelConfig(name="churn", estimator="bgnbd"))
+    now = 400 * DAY_MS
+    regular = features(customer("regular", *range(0, 400, 20)), now)
+    lapsed = features(customer("lapsed", *range(0, 100, 20)), now)
+    never = features(Profile("never", known=True), now)
+    assert (regular["rfm_frequency"], regular["rfm_recency_days"], regular["rfm_age_days"]) == (19.0, 380.0, 400.0)
+    assert model.predict(regular) < model.predict(never) < model.predict(lapsed)
+    assert model.predict(never) == pytest.approx(bgnbd.p_no_purchase(PRIOR, 0, 0.0, 0.0, 90.0))
+    model.learn(never, True)
+    assert model.estimator.learned == 0  # nothing to learn from a contact who never bought
+
+
+def test_the_readme_configuration_loads(tmp_path):
+    config = tmp_path / "touchline.toml"
+    config.write_text('[labels]\nchurn_horizon_days = 90\n[models.churn.challenger]\nestimator = "bgnbd"\n'
+                      'params = { horizon_days = 90, refit_every = 500, min_customers = 200 }\n')
+    challenger = load_settings(config).models.churn.challenger_config()
+    assert challenger is not None and challenger.version.startswith("bgnbd-")
+    assert ScoreModel.build(challenger).estimator.horizon_days == 90

@@ -177,7 +177,8 @@ def test_missing_features_do_not_crash(name):
             assert 0.0 <= m.predict(x) <= 1.0
             m.learn(x, True, m.predict(x))
             assert 0.0 <= m.predict(x) <= 1.0
-    subset = ScoreModel.build(ModelConfig(name="lead", estimator=name, features=[SIGNAL, "known"]))
+    needed = list(getattr(build_estimator(name)[1], "required_features", ()))
+    subset = ScoreModel.build(ModelConfig(name="lead", estimator=name, features=[*needed, SIGNAL, "known"]))
     for x, y in scenario(name).stream(50):
         subset.learn(x, y)
     assert 0.0 <= subset.predict({}) <= 1.0
@@ -261,6 +262,8 @@ def test_building_is_deterministic(name):
     ({"estimator": "river.linear_model.LinearRegression"}, "builds a LinearRegression, which has no predict_proba_one"),
     ({"estimator": "hat", "params": {"no_such": 1}}, "'hat' does not take these params"),
     ({"estimator": "logreg", "features": ["no_such_feature"]}, "unknown feature(s) ['no_such_feature']"),
+    ({"estimator": "bgnbd", "features": ["cart_value", "rfm_age_days"]},
+     "'bgnbd' reads rfm_frequency, rfm_recency_days, rfm_age_days: add rfm_frequency, rfm_recency_days to its features"),
 ])
 def test_a_bad_configuration_is_a_value_error_naming_the_problem(kwargs, says):
     """Mistakes surface when the settings load, with a message that says what is wrong."""
