@@ -1,7 +1,7 @@
 """Scoring models: which estimator, on which features, and its progressive evaluation.
 
 An estimator is named in configuration by a registered name (``logreg``, ``hat``,
-``arf``, or one a plug-in registers in the ``touchline.models`` entry-point group) or by
+``arf``, ``bgnbd``, or one a plug-in registers in the ``touchline.models`` entry-point group) or by
 an import path (``package.module:factory`` or ``package.module.Class``). Whatever it
 names must build an object with River's two verbs, ``learn_one`` and
 ``predict_proba_one``: a River estimator or pipeline, or anything shaped like one.
@@ -75,6 +75,7 @@ BUILTIN_MODELS: dict[str, str] = {
     "logreg": "touchline.decisions.estimators:default_pipeline",
     "hat": "touchline.decisions.estimators:hoeffding_adaptive_tree",
     "arf": "touchline.decisions.estimators:adaptive_random_forest",
+    "bgnbd": "touchline.decisions.bgnbd_churn:BGNBDChurn",
 }
 ENTRY_POINT_GROUP = "touchline.models"
 #: Estimators by short name: the shipped ones, then the ``touchline.models`` entry points.
@@ -94,7 +95,7 @@ def resolve(spec: str) -> tuple[str, Callable[..., Any]]:
     >>> resolve("nope")
     Traceback (most recent call last):
     ...
-    ValueError: 'nope' is neither a registered model (arf, hat, logreg) nor an import path like 'package.module:factory'
+    ValueError: 'nope' is neither a registered model (arf, bgnbd, hat, logreg) nor an import path like 'package.module:factory'
     """
     registry = registered_models()
     if spec in registry:
@@ -176,6 +177,22 @@ def _check_verbs(estimator: Any, spec: str) -> None:
                          "(a binary classifier with River's API is needed)")
 
 
+def check_inputs(estimator: Any, features: list[str], spec: str) -> None:
+    """An estimator that declares the features it reads (``required_features``, e.g.
+    ``bgnbd``'s purchase summary) is refused a feature list without them: it could only
+    ever predict its prior.
+
+    >>> check_inputs(build_estimator("bgnbd")[1], ["cart_value", "rfm_frequency"], "bgnbd")
+    Traceback (most recent call last):
+    ...
+    ValueError: 'bgnbd' reads rfm_frequency, rfm_recency_days, rfm_age_days: add rfm_recency_days, rfm_age_days to its features
+    """
+    needed = [str(name) for name in getattr(estimator, "required_features", ())]
+    missing = [name for name in needed if name not in features]
+    if missing:
+        raise ValueError(f"{spec!r} reads {', '.join(needed)}: add {', '.join(missing)} to its features")
+
+
 def trial(estimator: Any, features: list[str], spec: str, params: dict[str, Any]) -> None:
     """Learn one example of each class on a throwaway estimator and predict: a parameter of
     the right name but a wrong type or value fails here, at start, not at the first label."""
@@ -204,7 +221,7 @@ class ModelConfig(BaseModel):
     name: str = Field(default="", description="filled in from the settings key (lead, churn)")
     estimator: str = Field(
         default="logreg",
-        description="a registered name (logreg, hat, arf, or a plug-in's) or 'package.module:factory'",
+        description="a registered name (logreg, hat, arf, bgnbd, or a plug-in's) or 'package.module:factory'",
     )
     params: dict[str, Scalar | list[Scalar] | None] = Field(
         default_factory=dict, description="keyword arguments for the estimator's factory or class")
@@ -225,6 +242,7 @@ class ModelConfig(BaseModel):
     @model_validator(mode="after")
     def _buildable(self) -> "ModelConfig":
         _, estimator = build_estimator(self.estimator, self.params)  # every mistake surfaces at start, by key
+        check_inputs(estimator, self.features, self.estimator)
         trial(estimator, self.features, self.estimator, self.params)
         return self
 

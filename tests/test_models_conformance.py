@@ -13,6 +13,8 @@ import random
 import re
 import sys
 import types
+from dataclasses import dataclass
+from typing import Callable
 
 import pytest
 from river import base, checks
@@ -22,10 +24,13 @@ from touchline.decisions.estimators import ModelConfig, ScoreModel, build_estima
 from touchline.state.model_store import decode_checkpoint, encode_checkpoint
 
 MODELS = sorted(registered_models())
-SIGNAL = "cart_value"  # the one feature that separates the classes in the synthetic stream
+SIGNAL = "cart_value"  # the one feature that separates the classes in the supervised stream
+#: A contact's purchase summary (repeat purchases, first to last purchase, since the first).
+PURCHASES = ("rfm_frequency", "rfm_recency_days", "rfm_age_days")
+Example = tuple[dict[str, float], bool]
 
 
-def stream(n: int = 300, seed: int = 7) -> list[tuple[dict[str, float], bool]]:
+def stream(n: int = 300, seed: int = 7) -> list[Example]:
     """Synthetic labelled examples over every feature: ``SIGNAL`` is high for positives
     and low for negatives, everything else is noise."""
     rng = random.Random(seed)
@@ -46,18 +51,77 @@ def probe(signal: float) -> dict[str, float]:
     return x
 
 
-PROBES = [probe(s) for s in (-1.0, 0.0, 1.5, 3.0, 4.0)]
+def purchase_stream(n: int = 300, seed: int = 7) -> list[Example]:
+    """Customers of a repeat-purchase business (Pareto/NBD-like: a purchase rate that
+    differs between customers, a silent dropout), each seen at a moment ``age_days`` after
+    the first purchase and labelled churned when no purchase follows within 90 days;
+    every other feature is noise."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        rate, lifetime, age = rng.gammavariate(0.8, 1 / 20), rng.expovariate(1 / 300), rng.uniform(30, 720)
+        purchases = _purchase_times(rng, rate, min(lifetime, age + 90))
+        before = [t for t in purchases if t <= age]
+        x = {name: rng.random() for name in FEATURE_NAMES}
+        x.update(rfm_frequency=float(len(before)), rfm_recency_days=before[-1] if before else 0.0, rfm_age_days=age)
+        out.append((x, len(before) == len(purchases)))
+    return out
+
+
+def _purchase_times(rng: random.Random, rate: float, until: float) -> list[float]:
+    """Repeat-purchase times of a Poisson process with ``rate`` per day up to ``until``."""
+    times, now = [], rng.expovariate(rate)
+    while now <= until:
+        times.append(now)
+        now += rng.expovariate(rate)
+    return times
+
+
+def purchase_probe(frequency: float, recency: float, age: float) -> dict[str, float]:
+    """A contact with average noise and the given purchase summary."""
+    x = {name: 0.5 for name in FEATURE_NAMES}
+    x.update(rfm_frequency=frequency, rfm_recency_days=recency, rfm_age_days=age)
+    return x
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What a model is shown: a labelled stream in which the features it reads tell the
+    classes apart, a clearly positive and a clearly negative contact, and probes."""
+
+    stream: Callable[..., list[Example]]
+    positive: dict[str, float]
+    negative: dict[str, float]
+    probes: tuple[dict[str, float], ...]
+
+
+#: By the features a model declares it needs (``required_features``; none: it learns from
+#: the labels over every feature). ``bgnbd`` reads the purchase summary and fits it
+#: without the labels, so its stream is one where that summary predicts churn; a model
+#: declaring features with no scenario here fails the suite rather than skipping it.
+SCENARIOS = {
+    (): Scenario(stream, probe(3.0), probe(0.0), tuple(probe(s) for s in (-1.0, 0.0, 1.5, 3.0, 4.0))),
+    PURCHASES: Scenario(
+        purchase_stream, purchase_probe(1, 10.0, 600.0), purchase_probe(20, 595.0, 600.0),
+        (purchase_probe(1, 10.0, 600.0), purchase_probe(20, 595.0, 600.0), purchase_probe(0, 0.0, 40.0),
+         purchase_probe(3, 100.0, 300.0), {}),
+    ),
+}
+
+
+def scenario(name: str) -> Scenario:
+    return SCENARIOS[tuple(getattr(build_estimator(name)[1], "required_features", ()))]
 
 
 def trained(name: str, n: int = 300) -> ScoreModel:
     model = ScoreModel.build(ModelConfig(name="lead", estimator=name))
-    for x, y in stream(n):
+    for x, y in scenario(name).stream(n):
         model.learn(x, y, model.predict(x))
     return model
 
 
 def predictions(model: ScoreModel) -> list[float]:
-    return [model.predict(x) for x in PROBES]
+    return [model.predict(x) for x in scenario(model.estimator_name).probes]
 
 
 # ------------------------------------------------------------------ River's own checks
@@ -88,16 +152,17 @@ def test_river_check_estimator(name, sklearn_importable):
 def test_predicts_a_probability_before_learning(name):
     """The engine scores contacts before any label has arrived."""
     model = ScoreModel.build(ModelConfig(name="lead", estimator=name))
-    for x in PROBES:
+    for x in scenario(name).probes:
         p = model.predict(x)
         assert isinstance(p, float) and 0.0 <= p <= 1.0
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_learns_a_separating_feature(name):
-    """After a few hundred labels, a clearly positive contact outranks a clearly negative one."""
-    model = trained(name)
-    positive, negative = model.predict(probe(3.0)), model.predict(probe(0.0))
+    """After a few hundred labels, a clearly positive contact outranks a clearly negative one
+    (on the features the model reads: see ``SCENARIOS``)."""
+    model, case = trained(name), scenario(name)
+    positive, negative = model.predict(case.positive), model.predict(case.negative)
     assert 0.0 <= negative < positive <= 1.0, (name, positive, negative)
 
 
@@ -112,8 +177,9 @@ def test_missing_features_do_not_crash(name):
             assert 0.0 <= m.predict(x) <= 1.0
             m.learn(x, True, m.predict(x))
             assert 0.0 <= m.predict(x) <= 1.0
-    subset = ScoreModel.build(ModelConfig(name="lead", estimator=name, features=[SIGNAL, "known"]))
-    for x, y in stream(50):
+    needed = list(getattr(build_estimator(name)[1], "required_features", ()))
+    subset = ScoreModel.build(ModelConfig(name="lead", estimator=name, features=[*needed, SIGNAL, "known"]))
+    for x, y in scenario(name).stream(50):
         subset.learn(x, y)
     assert 0.0 <= subset.predict({}) <= 1.0
 
@@ -125,7 +191,7 @@ def test_pickle_round_trip_keeps_predictions_and_future_learning(name):
     model = trained(name, 200)
     copy = pickle.loads(pickle.dumps(model))
     assert predictions(copy) == predictions(model)
-    for x, y in stream(100, seed=8):
+    for x, y in scenario(name).stream(100, seed=8):
         model.learn(x, y)
         copy.learn(x, y)
     assert predictions(copy) == predictions(model)
@@ -149,7 +215,7 @@ def test_two_builds_share_no_state(name):
     a, b = ScoreModel.build(config), ScoreModel.build(config)
     assert a.estimator is not b.estimator
     before = predictions(b)
-    for x, y in stream(200):
+    for x, y in scenario(name).stream(200):
         a.learn(x, y)
     assert predictions(a) != before  # a learned something...
     assert predictions(b) == before  # ...and b did not
@@ -181,7 +247,7 @@ def test_building_is_deterministic(name):
     at every step, so runs and replays are reproducible."""
     config = ModelConfig(name="lead", estimator=name)
     a, b = ScoreModel.build(config), ScoreModel.build(config)
-    for x, y in stream(200):
+    for x, y in scenario(name).stream(200):
         assert a.predict(x) == b.predict(x)
         a.learn(x, y)
         b.learn(x, y)
@@ -190,12 +256,14 @@ def test_building_is_deterministic(name):
 
 # ------------------------------------------------------------------ bad configurations
 @pytest.mark.parametrize("kwargs, says", [
-    ({"estimator": "nope"}, "'nope' is neither a registered model (arf, hat, logreg"),
+    ({"estimator": "nope"}, "'nope' is neither a registered model (arf, bgnbd, hat, logreg"),
     ({"estimator": "no_such_package.models:factory"}, "cannot import 'no_such_package.models:factory'"),
     ({"estimator": "river.linear_model:NoSuchModel"}, "has no attribute 'NoSuchModel'"),
     ({"estimator": "river.linear_model.LinearRegression"}, "builds a LinearRegression, which has no predict_proba_one"),
     ({"estimator": "hat", "params": {"no_such": 1}}, "'hat' does not take these params"),
     ({"estimator": "logreg", "features": ["no_such_feature"]}, "unknown feature(s) ['no_such_feature']"),
+    ({"estimator": "bgnbd", "features": ["cart_value", "rfm_age_days"]},
+     "'bgnbd' reads rfm_frequency, rfm_recency_days, rfm_age_days: add rfm_frequency, rfm_recency_days to its features"),
 ])
 def test_a_bad_configuration_is_a_value_error_naming_the_problem(kwargs, says):
     """Mistakes surface when the settings load, with a message that says what is wrong."""

@@ -1,0 +1,261 @@
+"""The BG/NBD model (decisions/bgnbd.py) against the published CDNOW figures and data
+simulated from known populations, and the ``bgnbd`` churn estimator built on it
+(decisions/bgnbd_churn.py). The model conformance suite runs it too."""
+
+from __future__ import annotations
+
+import math
+import pickle
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from touchline.decisions import bgnbd
+from touchline.decisions.bgnbd import Params
+from touchline.decisions.bgnbd_churn import PRIOR, BGNBDChurn
+from touchline.decisions.estimators import ModelConfig, ScoreModel
+from touchline.decisions.features import features
+from touchline.decisions.profile import DAY_MS, Profile, apply_event
+from touchline.settings import load_settings
+
+#: Fader, Hardie & Lee (2005), CDNOW cohort, time in weeks: the maximum-likelihood
+#: estimates and log-likelihood they publish.
+CDNOW = Params(r=0.243, alpha=4.414, a=0.793, b=2.426)
+CDNOW_LOG_LIKELIHOOD = -9582.4
+#: 2,357 customers' (x, t_x, T) in weeks: Fader and Hardie's CDNOW summary (as shipped by
+#: the lifetimes package).
+CDNOW_DATA = Path(__file__).parent / "data" / "cdnow_summary.csv"
+
+
+def cdnow() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    data = np.loadtxt(CDNOW_DATA, delimiter=",", skiprows=1)
+    return data[:, 0], data[:, 1], data[:, 2]
+
+
+def test_the_cdnow_fit_reproduces_the_published_estimates():
+    fit = bgnbd.fit(*cdnow())
+    assert fit.customers == 2357
+    for name in ("r", "alpha", "a", "b"):
+        assert getattr(fit.params, name) == pytest.approx(getattr(CDNOW, name), abs=0.001), name
+    assert fit.log_likelihood == pytest.approx(CDNOW_LOG_LIKELIHOOD, abs=0.05)
+
+
+def test_published_per_customer_figures():
+    """FHL 2005's worked example (x=2, t_x=30.43, T=38.86 weeks): 1.226 expected purchases
+    in the next 39 weeks; P(alive) 0.7266 as lifetimes computes it."""
+    assert bgnbd.expected_purchases(CDNOW, 2, 30.43, 38.86, 39.0) == pytest.approx(1.226, abs=0.0005)
+    assert bgnbd.p_alive(CDNOW, 2, 30.43, 38.86) == pytest.approx(0.72658, abs=1e-5)
+    assert bgnbd.p_alive(CDNOW, 7, 29.43, 35.0) == pytest.approx(0.77898, abs=1e-5)
+
+
+def test_the_time_unit_only_scales_alpha():
+    """The same customers in days fit the same population with alpha seven times larger."""
+    x, t_x, T = cdnow()
+    in_days = bgnbd.fit(x, t_x * 7, T * 7).params
+    assert in_days.alpha == pytest.approx(CDNOW.alpha * 7, rel=0.002)
+    assert (in_days.r, in_days.a, in_days.b) == pytest.approx((CDNOW.r, CDNOW.a, CDNOW.b), rel=0.002)
+    week, day = bgnbd.p_no_purchase(CDNOW, 2, 30.43, 38.86, 13.0), \
+        bgnbd.p_no_purchase(CDNOW.in_unit(7), 2, 30.43 * 7, 38.86 * 7, 91.0)
+    assert day == pytest.approx(week, rel=1e-9)
+
+
+@pytest.mark.parametrize("truth", [Params(0.5, 20.0, 0.8, 2.5), Params(2.0, 60.0, 0.3, 1.5)])
+def test_parameters_are_recovered_from_simulated_customers(truth):
+    rng = np.random.default_rng(11)
+    fitted = bgnbd.fit(*bgnbd.simulate(truth, rng.uniform(90, 540, 4000), rng)).params
+    for name in ("r", "alpha", "a", "b"):
+        assert getattr(fitted, name) == pytest.approx(getattr(truth, name), rel=0.2), (name, fitted)
+
+
+def future_purchase(params: Params, T: float, horizon: float, rng: random.Random) -> tuple[float, float, bool]:
+    """One simulated customer's summary at ``T`` and whether they buy in (T, T + horizon]."""
+    rate, dropout = rng.gammavariate(params.r, 1 / params.alpha), rng.betavariate(params.a, params.b)
+    times, now = [], 0.0
+    while True:
+        now += rng.expovariate(rate)
+        if now > T + horizon:
+            break
+        times.append(now)
+        if rng.random() < dropout:
+            break
+    before = [t for t in times if t <= T]
+    return len(before), before[-1] if before else 0.0, len(times) > len(before)
+
+
+def test_no_purchase_probability_matches_simulated_futures():
+    """Mean P(no purchase in H) matches the observed share, overall and among repeat
+    buyers, on customers drawn from the model (the alive-and-silent term included)."""
+    truth, rng = Params(0.8, 30.0, 0.7, 3.0), random.Random(5)
+    rows = []
+    for _ in range(6000):
+        T = rng.uniform(60, 400)
+        x, t_x, bought = future_purchase(truth, T, 90.0, rng)
+        rows.append((x, bgnbd.p_no_purchase(truth, x, t_x, T, 90.0), not bought))
+    for selected in (rows, [row for row in rows if row[0] > 0]):
+        predicted, observed = np.mean([row[1] for row in selected]), np.mean([row[2] for row in selected])
+        assert predicted == pytest.approx(observed, abs=0.015), (len(selected), predicted, observed)
+
+
+def test_no_purchase_limits():
+    """A horizon of 0: certain to buy nothing; an endless one: only the dead buy nothing."""
+    assert bgnbd.p_no_purchase(CDNOW, 3, 20.0, 38.0, 0.0) == pytest.approx(1.0)
+    assert bgnbd.p_no_purchase(CDNOW, 3, 20.0, 38.0, 1e12) == pytest.approx(1 - bgnbd.p_alive(CDNOW, 3, 20.0, 38.0))
+
+
+def test_p_alive_does_not_overflow_for_long_silences():
+    p = bgnbd.p_alive(CDNOW, 500, 1.0, 1e6)
+    assert 0.0 <= p < 1e-12 and math.isfinite(p)
+
+
+def test_parameters_must_be_positive():
+    with pytest.raises(ValueError, match="parameter alpha must be a finite number > 0"):
+        Params(1.0, 0.0, 1.0, 1.0)
+
+
+# ------------------------------------------------------------------ the bgnbd estimator
+def summaries(truth: Params, n: int, seed: int) -> list[dict[str, float]]:
+    """Feature dicts (days) of customers simulated from ``truth``."""
+    rng = np.random.default_rng(seed)
+    x, t_x, T = bgnbd.simulate(truth, rng.uniform(90, 540, n), rng)
+    return [{"rfm_frequency": float(a), "rfm_recency_days": float(b), "rfm_age_days": float(c)}
+            for a, b, c in zip(x, t_x, T)]
+
+
+DAYS = Params(0.5, 20.0, 0.8, 2.5)
+
+
+def test_the_estimator_recovers_the_population_from_its_stream():
+    model = BGNBDChurn()
+    for x in summaries(DAYS, 3000, seed=2):
+        model.learn_one(x, False)
+    assert len(model.reservoir) == 2000 and model.learned == 3000
+    assert model.fits == 1 + (3000 - 200) // 500
+    for name in ("r", "alpha", "a", "b"):
+        assert getattr(model.params, name) == pytest.approx(getattr(DAYS, name), rel=0.25), (name, model.params)
+
+
+def test_the_label_is_not_used():
+    """Unsupervised: the same summaries with any labels give the same model."""
+    a, b = BGNBDChurn(min_customers=50, refit_every=50), BGNBDChurn(min_customers=50, refit_every=50)
+    for i, x in enumerate(summaries(DAYS, 300, seed=3)):
+        a.learn_one(x, True)
+        b.learn_one(x, i % 3 == 0)
+    assert a.params == b.params and a.reservoir == b.reservoir
+
+
+def test_same_stream_same_bits_and_a_pickle_resumes_exactly():
+    stream = summaries(DAYS, 900, seed=4)
+    a, b = BGNBDChurn(reservoir_size=300, refit_every=200), BGNBDChurn(reservoir_size=300, refit_every=200)
+    for x in stream[:450]:
+        a.learn_one(x, None)
+        b.learn_one(x, None)
+    c = pickle.loads(pickle.dumps(a))
+    for x in stream[450:]:
+        a.learn_one(x, None)
+        b.learn_one(x, None)
+        c.learn_one(x, None)
+    assert a.params == b.params == c.params and a.reservoir == c.reservoir
+    assert a.params != PRIOR and a.fits == 4
+
+
+@pytest.mark.parametrize("features", [
+    {},
+    {"rfm_frequency": 2.0, "rfm_recency_days": 10.0},
+    {"rfm_frequency": -1.0, "rfm_recency_days": 10.0, "rfm_age_days": 50.0},
+    {"rfm_frequency": float("nan"), "rfm_recency_days": 10.0, "rfm_age_days": 50.0},
+    {"rfm_frequency": "2", "rfm_recency_days": 10.0, "rfm_age_days": 50.0},
+    {"rfm_frequency": None, "rfm_recency_days": 10.0, "rfm_age_days": 50.0},
+    {"rfm_frequency": 0.0, "rfm_recency_days": 0.0, "rfm_age_days": 0.0},  # the engine's never-bought
+])
+def test_no_usable_summary_is_the_prior_and_is_not_learned(features):
+    model = BGNBDChurn()
+    prior = model.predict_proba_one({})
+    assert prior[True] == pytest.approx(bgnbd.p_no_purchase(PRIOR, 0, 0.0, 0.0, 90.0))
+    assert model.predict_proba_one(features) == prior
+    model.learn_one(features, True)
+    assert model.learned == 0 and model.reservoir == []
+
+
+def test_probabilities_rank_lapsed_above_regular_customers():
+    model = BGNBDChurn()
+    for x in summaries(DAYS, 500, seed=6):
+        model.learn_one(x, False)
+    lapsed = model.predict_proba_one({"rfm_frequency": 8, "rfm_recency_days": 60.0, "rfm_age_days": 400.0})
+    regular = model.predict_proba_one({"rfm_frequency": 8, "rfm_recency_days": 395.0, "rfm_age_days": 400.0})
+    assert regular[True] < lapsed[True] and lapsed[True] + lapsed[False] == pytest.approx(1.0)
+    assert model.p_alive({"rfm_frequency": 8, "rfm_recency_days": 60.0, "rfm_age_days": 400.0}) < 0.5
+
+
+def test_a_longer_horizon_is_less_likely_silent():
+    x = {"rfm_frequency": 3, "rfm_recency_days": 100.0, "rfm_age_days": 200.0}
+    assert BGNBDChurn(horizon_days=30).predict_proba_one(x)[True] > BGNBDChurn(horizon_days=365).predict_proba_one(x)[True]
+
+
+@pytest.mark.parametrize("params, says", [
+    ({"horizon_days": 0}, "horizon_days must be a number of days > 0"),
+    ({"refit_every": 0}, "refit_every must be an integer >= 1"),
+    ({"min_customers": 2.5}, "min_customers must be an integer >= 1"),
+    ({"reservoir_size": 100}, "reservoir_size (100) must be an integer >= min_customers (200)"),
+])
+def test_bad_settings_are_refused_at_start_naming_the_parameter(params, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
+        ModelConfig(name="churn", estimator="bgnbd", params=params)
+
+
+def test_configured_as_a_churn_champion_or_challenger():
+    settings = ModelConfig(name="churn", estimator="bgnbd", params={"horizon_days": 60})
+    model = ScoreModel.build(settings)
+    assert model.version.startswith("bgnbd-") and model.estimator.horizon_days == 60
+    x = {"rfm_frequency": 1.0, "rfm_recency_days": 5.0, "rfm_age_days": 300.0}
+    assert model.predict(x) == model.estimator.predict_proba_one(x)[True]
+
+
+@pytest.mark.parametrize("summary", [(0.0, 0.0, 0.5), (0.0, 0.0, 120.0), (5.0, 50.0, 50.0), (1e9, 1e9, 1e9)])
+def test_a_degenerate_reservoir_fits_within_bounds(summary):
+    """Nobody back yet, everyone alike, absurd counts: the fit stays finite and inside its
+    search box, and scores stay probabilities."""
+    model = BGNBDChurn()
+    frequency, recency, age = summary
+    for _ in range(200):
+        model.learn_one({"rfm_frequency": frequency, "rfm_recency_days": recency, "rfm_age_days": age}, True)
+    assert model.fits == 1
+    bound = math.exp(bgnbd.LOG_BOUND) * 1.001
+    assert all(1 / bound <= v <= bound for v in (model.params.r, model.params.alpha, model.params.a, model.params.b))
+    for x in ({}, {"rfm_frequency": 3, "rfm_recency_days": 10.0, "rfm_age_days": 100.0}):
+        assert 0.0 <= model.predict_proba_one(x)[True] <= 1.0
+
+
+# ------------------------------------------------------------------ in the engine
+def customer(key: str, *days: float) -> Profile:
+    profile = Profile(key, known=True)
+    for i, day in enumerate(days):
+        apply_event(profile, f"{key}-p{i}", "purchase", int(day * DAY_MS), {"value": 10.0}, {})
+    return profile
+
+
+def test_scores_the_engine_feature_vector():
+    """The engine's own features (decisions/features.py) are what bgnbd reads: a regular
+    buyer is less likely to stay silent than one who stopped, a contact who never bought
+    gets the prior."""
+    model = ScoreModel.build(ModelConfig(name="churn", estimator="bgnbd"))
+    now = 400 * DAY_MS
+    regular = features(customer("regular", *range(0, 400, 20)), now)
+    lapsed = features(customer("lapsed", *range(0, 100, 20)), now)
+    never = features(Profile("never", known=True), now)
+    assert (regular["rfm_frequency"], regular["rfm_recency_days"], regular["rfm_age_days"]) == (19.0, 380.0, 400.0)
+    assert model.predict(regular) < model.predict(never) < model.predict(lapsed)
+    assert model.predict(never) == pytest.approx(bgnbd.p_no_purchase(PRIOR, 0, 0.0, 0.0, 90.0))
+    model.learn(never, True)
+    assert model.estimator.learned == 0  # nothing to learn from a contact who never bought
+
+
+def test_the_readme_configuration_loads(tmp_path):
+    config = tmp_path / "touchline.toml"
+    config.write_text('[labels]\nchurn_horizon_days = 90\n[models.churn.challenger]\nestimator = "bgnbd"\n'
+                      'params = { horizon_days = 90, refit_every = 500, min_customers = 200 }\n')
+    challenger = load_settings(config).models.churn.challenger_config()
+    assert challenger is not None and challenger.version.startswith("bgnbd-")
+    assert ScoreModel.build(challenger).estimator.horizon_days == 90
