@@ -90,6 +90,10 @@ def test_default_retention_in_settings():
      ["labels.churn_horizon_days (273)", "policy.inactivity_days (7)", "state.retention_days (90)"]),
     ({"labels.lead_horizon_days": 45}, ["labels.lead_horizon_days (45)", "state.anonymous_retention_days (30)"]),
     ({"state.anonymous_retention_days": 800}, ["state.anonymous_retention_days (800)", "state.retention_days (730)"]),
+    ({"labels.churn_horizon_days": 60, "models.churn.challenger": {"estimator": "bgnbd", "params": {"horizon_days": 30}}},
+     ["models.churn.challenger.params.horizon_days (30)", "labels.churn_horizon_days (60)"]),
+    ({"models.churn": {"estimator": "bgnbd"}}, ["models.churn.params.horizon_days (90, its default)",
+                                                 "labels.churn_horizon_days (7)"]),
 ])
 def test_settings_a_model_cannot_learn_under_are_refused_naming_both_keys(overrides, named):
     with pytest.raises(ConfigError) as err:

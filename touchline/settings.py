@@ -11,6 +11,7 @@ defaults. Unknown keys are errors, so a typo is caught at start, by name.
 
 from __future__ import annotations
 
+import inspect
 import tomllib
 from contextvars import ContextVar
 from datetime import datetime, timezone
@@ -24,7 +25,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from touchline.decisions.errors import TouchlineError
 from touchline.decisions.events import check_known_types
 from touchline.decisions.experiments import ExperimentSettings
-from touchline.decisions.estimators import ScoreSettings
+from touchline.decisions.estimators import ScoreSettings, resolve
 from touchline.decisions.policy import PolicyConfig
 from touchline.connectors.channels.config import DeliverySettings
 from touchline.redact import redact_secrets, secret_name
@@ -358,6 +359,7 @@ class Settings(BaseSettings):
             raise ValueError("runtime.processes / addresses: several processes need Kafka in (--kafka) and a shared "
                              "state store (--redis)")
         _check_labels_can_resolve(self)
+        _check_churn_models_ask_the_label_question(self)
         for name, split in self.experiments.splits.items():
             if split.action is not None and split.action not in self.policy.actions:
                 raise ValueError(f"experiments.splits.{name}.action: unknown action {split.action!r}; "
@@ -397,6 +399,32 @@ state.retention_days or shorten the horizon
         raise ValueError(f"labels.lead_horizon_days ({labels.lead_horizon_days:g}) must be shorter than "
                          f"state.anonymous_retention_days ({state.anonymous_retention_days:g}): an anonymous visitor "
                          "is forgotten before its lead label can resolve")
+
+
+def _check_churn_models_ask_the_label_question(settings: "Settings") -> None:
+    """A churn model with a horizon of its own (``bgnbd``'s ``horizon_days``) must predict over
+    the horizon its labels resolve on, or it is graded, and picked, on another question.
+
+    >>> load_settings(None, {"models.churn.challenger": {"estimator": "bgnbd"}})
+    Traceback (most recent call last):
+    ...
+    touchline.settings.ConfigError: invalid configuration (defaults, environment, command line):
+      models.churn.challenger.params.horizon_days (90, its default) differs from labels.churn_horizon_days (7): \
+set them to the same number of days
+    """
+    horizon = settings.labels.churn_horizon_days
+    churn = settings.models.churn
+    for key, config in (("models.churn", churn), ("models.churn.challenger", churn.challenger)):
+        if config is None:
+            continue
+        default = inspect.signature(resolve(config.estimator)[1]).parameters.get("horizon_days")
+        if default is None:
+            continue
+        value = config.params.get("horizon_days", default.default)
+        if value != horizon:
+            given = "" if "horizon_days" in config.params else ", its default"
+            raise ValueError(f"{key}.params.horizon_days ({value:g}{given}) differs from labels.churn_horizon_days "
+                             f"({horizon:g}): set them to the same number of days")
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
