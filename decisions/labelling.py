@@ -22,12 +22,15 @@ class LabelSettings:
     """Horizons and goals for the delayed labels (see :mod:`touchline.decisions.labels`)."""
 
     def __init__(self, lead_horizon_days: float, churn_horizon_days: float, goal_types: frozenset[str],
-                 sample_gap_hours: float = 24.0, sample_rate: float = 0.3):
+                 sample_gap_hours: float = 24.0, sample_rate: float = 0.3,
+                 churn_returns: frozenset[str] | None = None):
         self.lead_horizon_ms = int(lead_horizon_days * DAY_MS)
         self.churn_horizon_ms = int(churn_horizon_days * DAY_MS)
         self.goal_types = goal_types
         self.sample_gap_ms = int(sample_gap_hours * 3_600_000)
         self.sample_rate = sample_rate
+        #: event types that end a churn observation as "came back" (None: any activity)
+        self.churn_returns = churn_returns
 
 
 class Labeller:
@@ -43,7 +46,8 @@ class Labeller:
 
     def on_event(self, profile: Profile, event_type: str, ts_ms: int, active: bool) -> None:
         """Labels the event resolves (a goal for lead, activity for churn) are learnt now."""
-        for model, obs, label in label_rules.on_event(profile, event_type, ts_ms, self.settings.goal_types, active):
+        s = self.settings
+        for model, obs, label in label_rules.on_event(profile, event_type, ts_ms, s.goal_types, active, s.churn_returns):
             self.learn(model, obs, label, ts_ms)
 
     def on_deadline(self, profile: Profile, kind: str, now_ms: int) -> bool:

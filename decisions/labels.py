@@ -2,8 +2,9 @@
 
 - lead: positive when a goal event (purchase, form_submit, signup by default) follows
   the scoring moment within the horizon; negative when the horizon passes without one.
-- churn: positive when no activity follows within the horizon; negative as soon as
-  the contact acts again.
+- churn: positive when the contact does not come back within the horizon; negative as soon
+  as it does. Coming back is any activity by default, or only the event types given (for
+  purchase data: ``{"purchase"}``, "will this customer buy again within H").
 
 One observation per contact and model is pending at a time, so labels sample the
 stream instead of copying every event, and a pending observation is just a deadline
@@ -28,15 +29,26 @@ LEAD, CHURN = "lead", "churn"
 
 
 def on_event(
-    profile: Profile, event_type: str, ts_ms: int, goal_types: set[str] | frozenset[str], active: bool
+    profile: Profile, event_type: str, ts_ms: int, goal_types: set[str] | frozenset[str], active: bool,
+    returns: frozenset[str] | None = None,
 ) -> Iterator[tuple[str, Observation, bool]]:
-    """Labels an event resolves: (model, observation, label). Pops what it resolves."""
+    """Labels an event resolves: (model, observation, label). Pops what it resolves. A churn
+    observation ends on any activity, or, given ``returns``, only on those event types.
+
+    >>> p = Profile("c1")
+    >>> p.pending["churn"] = Observation(0, 1_000, {}, 0.2, "v1")
+    >>> list(on_event(p, "page_view", 500, {"purchase"}, active=True, returns=frozenset({"purchase"})))
+    []
+    >>> [(k, y) for k, _, y in on_event(p, "purchase", 600, {"purchase"}, active=True, returns=frozenset({"purchase"}))]
+    [('churn', False)]
+    """
     lead = profile.pending.get(LEAD)
     if lead is not None and event_type in goal_types and lead.scored_at_ms <= ts_ms <= lead.deadline_ms:
         del profile.pending[LEAD]
         yield LEAD, lead, True
     churn = profile.pending.get(CHURN)
-    if churn is not None and active and churn.scored_at_ms < ts_ms <= churn.deadline_ms:
+    came_back = active if returns is None else event_type in returns
+    if churn is not None and came_back and churn.scored_at_ms < ts_ms <= churn.deadline_ms:
         del profile.pending[CHURN]
         yield CHURN, churn, False
 

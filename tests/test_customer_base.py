@@ -124,3 +124,18 @@ def test_the_run_tallies_the_time_between_purchases_for_the_summary():
     r = _repeat_purchases(engine.totals.purchase_gap_days, engine.core.labels.churn_horizon_ms)
     assert r is not None and (r["median_gap_days"], r["suggested_churn_horizon_days"]) == (10, 30)
     assert "warning: labels.churn_horizon_days (7)" in _repeat_purchase_lines(r)[1]
+
+
+@pytest.mark.parametrize(("returns", "churned"), [(None, False), (frozenset({"purchase"}), True)])
+def test_what_counts_as_coming_back_ends_a_churn_observation(returns, churned):
+    """Any activity ends a churn observation by default; with ``labels.churn_returns =
+    ["purchase"]`` a visit without a purchase does not: the label asks "will this customer buy
+    again within the horizon"."""
+    models = {"lead": ModelConfig(name="lead"), "churn": ModelConfig(name="churn")}
+    labels = LabelSettings(3.0, 7.0, frozenset({"purchase"}), churn_returns=returns)
+    engine = Engine(MemoryStore(), DecisionCore(PolicyConfig(holdout_share=0.0), models, labels),
+                    EngineMetrics(CollectorRegistry()))
+    engine.process(RawBatch([_line("b0", "purchase", 0, contact_id="c1", properties={"value": 5}),
+                             _line("v1", "page_view", 2, contact_id="c1")], "t", advance_to_ms=T0 + 8 * DAY_MS))
+    quality = engine.models["churn"].champion.quality()
+    assert (quality["labels"], quality["positives"]) == (1, int(churned))

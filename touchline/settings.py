@@ -132,6 +132,9 @@ class LabelSettings(_Section):
         default_factory=lambda: ["purchase", "form_submit", "signup"], min_length=1)
     lead_horizon_days: float = Field(default=3.0, gt=0, description="a goal within this long after scoring is a positive")
     churn_horizon_days: float = Field(default=7.0, gt=0)
+    churn_returns: Annotated[list[str], AfterValidator(check_known_types)] | None = Field(
+        default=None, min_length=1, description="event types that count as coming back and end a churn observation "
+        "(purchase data: [\"purchase\"], 'will this customer buy again'); unset: any activity")
     sample_gap_hours: float = Field(default=24.0, ge=0, description="min time between observations per contact")
     sample_rate: float = Field(default=0.3, gt=0, le=1, description="share of intent events a lead observation may start at")
 
@@ -141,7 +144,8 @@ class LabelSettings(_Section):
         from touchline.decisions.batch_run import LabelSettings as LabelRules
 
         return LabelRules(self.lead_horizon_days, self.churn_horizon_days, frozenset(self.goal_types),
-                          self.sample_gap_hours, self.sample_rate)
+                          self.sample_gap_hours, self.sample_rate,
+                          None if self.churn_returns is None else frozenset(self.churn_returns))
 
 
 class ModelSettings(_Section):
