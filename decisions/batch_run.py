@@ -37,6 +37,7 @@ from touchline.decisions.outcome import BatchOutcome
 from touchline.decisions.participant import Participant
 from touchline.decisions.policy import PolicyConfig
 from touchline.decisions.profile import DAY_MS, Profile
+from touchline.decisions.score_rank import ScoreRank
 from touchline.decisions.scoring import Scorer
 from touchline.decisions.timer_handler import TimerHandler
 
@@ -79,6 +80,8 @@ class DecisionCore:
         self.learn = True
         self.idle_ms = int(policy.cart_abandon_minutes * 60_000)
         self.inactive_ms = int(policy.inactivity_days * DAY_MS)
+        #: churn scores at inactivity checks, to target the top share (policy.winback_top_share)
+        self.churn_rank = ScoreRank()
 
     def retention_ms_of(self, profile: Profile) -> int:
         """How long ``profile`` is kept after its last activity: known contacts for years of

@@ -79,10 +79,16 @@ class TimerHandler:
         churn = run.scorer.score("churn", feats)
         run.labeller.observe(at, label_rules.CHURN, feats, churn, now)
         scores = {"churn": churn}
-        candidates = inactivity_candidates(profile, now, scores, self.core.policy)
+        candidates = inactivity_candidates(profile, now, scores, self.core.policy) if self._targeted(churn) else []
         for participant in run.participants:
             candidates += participant.propose(at, None, scores)
         run.arbiter.decide(at, candidates, scores, trigger)
+
+    def _targeted(self, churn: float) -> bool:
+        """Within the top share of recent churn scores, when the policy targets one (every
+        score is ranked, so the share is of the contacts checked, not of those over the threshold)."""
+        share = self.core.policy.winback_top_share
+        return share is None or self.core.churn_rank.in_top(churn, share)
 
     def _expire(self, at: Moment) -> None:
         """Inactive past retention: the profile is forgotten with its aliases."""

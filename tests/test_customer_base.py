@@ -139,3 +139,40 @@ def test_what_counts_as_coming_back_ends_a_churn_observation(returns, churned):
                              _line("v1", "page_view", 2, contact_id="c1")], "t", advance_to_ms=T0 + 8 * DAY_MS))
     quality = engine.models["churn"].champion.quality()
     assert (quality["labels"], quality["positives"]) == (1, int(churned))
+
+
+def _inactive_buyers(top_share: float | None, contacts: int = 60) -> list[dict]:
+    """Win-back decisions for ``contacts`` customers who each bought once and went quiet, scored
+    by an untrained churn model (the same p for everyone, over the threshold)."""
+    from touchline.decisions.score_rank import ScoreRank
+
+    models = {"lead": ModelConfig(name="lead"), "churn": ModelConfig(name="churn")}
+    policy = PolicyConfig(holdout_share=0.0, winback_churn_threshold=0.5, winback_top_share=top_share)
+    core = DecisionCore(policy, models, LabelSettings(3.0, 7.0, frozenset({"purchase"})))
+    core.churn_rank = ScoreRank(window=100, min_scores=10)
+    core.learn = False
+    engine = Engine(MemoryStore(), core, EngineMetrics(CollectorRegistry()))
+    buys = [_line(f"b{i}", "purchase", i / contacts, contact_id=f"c{i}", properties={"value": 5})
+            for i in range(contacts)]
+    out = engine.process(RawBatch(buys, "t", advance_to_ms=T0 + 20 * DAY_MS)).decisions
+    return [d for d in out if d["action"] == "winback_offer"]
+
+
+def test_winback_to_a_top_share_reaches_no_one_when_the_score_ranks_no_one():
+    """Over the threshold alone every quiet customer gets a win-back; with a top share, a churn
+    score that is the same for everyone (it ranks no one) reaches only those checked before
+    ranking could start."""
+    assert len(_inactive_buyers(None)) == 60
+    assert len(_inactive_buyers(0.2)) == 9
+
+
+def test_a_top_share_of_spread_scores_reaches_about_that_share():
+    """Scores that do rank (however badly calibrated: all near 1 here) reach about the share asked."""
+    import random
+
+    from touchline.decisions.score_rank import ScoreRank
+
+    rng = random.Random(3)
+    rank = ScoreRank(window=2000, min_scores=200)
+    picked = [rank.in_top(1 - rng.random() * 1e-3, 0.1) for _ in range(5000)]
+    assert 0.08 < sum(picked[200:]) / 4800 < 0.12
