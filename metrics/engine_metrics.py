@@ -38,6 +38,7 @@ from prometheus_client import (
 )
 
 from touchline.decisions.events import KNOWN_TYPES
+from touchline.metrics.reach import DailyReach
 from touchline.metrics.experiments import ExperimentMetrics
 from touchline.metrics.model_metrics import ModelMetrics
 
@@ -58,7 +59,7 @@ SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 class EngineMetrics:
     """All engine series; create one per registry (tests use a fresh registry)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, reach_alert_share: float = 0.2) -> None:
         self.registry = registry
         self.events = PromCounter("touchline_events", "Valid events applied, by type and source kind.",
                                   ["type", "source"], registry=registry)
@@ -170,6 +171,8 @@ class EngineMetrics:
         #: model quality, deployment and checkpoints (see :mod:`touchline.metrics.model_metrics`)
         self.models = ModelMetrics(registry)
         self.experiments = ExperimentMetrics(registry)
+        #: each action's reach today against the known contacts (see :mod:`touchline.metrics.reach`)
+        self.reach = DailyReach(registry, reach_alert_share)
         self.build = Info("touchline_build", "Versions of the running engine and of what it runs on.",
                           registry=registry)
         self.build.info(build_labels())

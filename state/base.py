@@ -295,6 +295,13 @@ class StateStore(ABC):
         """Sizes worth reporting (profiles, aliases, timers)."""
         return {}
 
+    def known_contacts(self, max_age_seconds: float = 10.0) -> int | None:
+        """How many known contacts the store holds, cheaply (a running count; an estimate on a
+        networked store, where a crash between a commit and its count can leave it a few off);
+        None when the store cannot tell. What the reach of an action is measured against; a
+        networked store may answer from a read up to ``max_age_seconds`` old."""
+        return None
+
     def ping(self) -> str:
         """Check the store answers within :data:`PROBE_TIMEOUT` seconds (the readiness probe);
         returns a line for the probe's answer, raises :class:`StoreUnavailable` if it does not.

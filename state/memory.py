@@ -49,6 +49,7 @@ class MemoryStore(StateStore):
     def __init__(self, url: str = "memory://", options: StoreOptions | None = None) -> None:
         self.url = url
         self._profiles: dict[str, Profile] = {}
+        self._known = 0  # known contacts among the profiles (kept as they come and go)
         self._aliases: dict[str, str] = {}  # anonymous id -> the contact's profile key
         self._links: dict[str, set[str]] = {}  # contact's profile key -> every anonymous id linked to it
         self._timers: dict[tuple[str, str], int] = {}
@@ -120,11 +121,22 @@ class MemoryStore(StateStore):
 
     def save(self, profiles: Mapping[str, Profile], deleted: Iterable[str] = ()) -> None:
         for key in deleted:
-            gone = self._profiles.pop(key, None)
-            if gone is not None:
-                for kind in gone.timers:
-                    self._timers.pop((key, kind), None)
-        self._profiles.update(profiles)
+            self._drop(key)
+        stored = self._profiles
+        self._known += sum(1 for key in profiles if key not in stored and is_known_key(key))
+        stored.update(profiles)
+
+    def _drop(self, key: str) -> Profile | None:
+        """Forget one profile and its timers; the profile, if there was one."""
+        gone = self._profiles.pop(key, None)
+        if gone is not None:
+            self._known -= is_known_key(key)
+            for kind in gone.timers:
+                self._timers.pop((key, kind), None)
+        return gone
+
+    def known_contacts(self, max_age_seconds: float = 10.0) -> int:
+        return self._known
 
     # timers -------------------------------------------------------------------
     def schedule(self, timers: Iterable[tuple[str, str, int]]) -> None:
@@ -144,10 +156,7 @@ class MemoryStore(StateStore):
 
     # lifecycle and privacy ----------------------------------------------------
     def delete(self, key: str) -> None:
-        profile = self._profiles.pop(key, None)
-        if profile is not None:
-            for kind in profile.timers:
-                self._timers.pop((key, kind), None)
+        self._drop(key)
         for anon in self._links.pop(key, ()):
             del self._aliases[anon]
 
@@ -171,7 +180,7 @@ class MemoryStore(StateStore):
             at, unsubscribed([profile, *anon_profiles]))
         for a in anons:
             self._tombstones[tombstone_id(key, (ANONYMOUS, a))] = Tombstone(at)
-            self._profiles.pop(anonymous_key(a), None)
+            self._drop(anonymous_key(a))
         self.delete(pkey)
         return existed
 
@@ -184,7 +193,7 @@ class MemoryStore(StateStore):
         refused = [ch for t in hits.values() for ch in t.unsubscribed]
         pkey = contact_key(contact_id)
         if (CONTACT, contact_id) in hits and pkey not in self._profiles:
-            self._profiles[pkey] = fresh_profile(contact_id, refused)
+            self.save({pkey: fresh_profile(contact_id, refused)})
         for identity, t in hits.items():
             self._tombstones[tombstone_id(self._erasure_key, identity)] = t.readmitted(ts_ms)
 

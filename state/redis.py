@@ -75,6 +75,7 @@ from touchline.state.base import (
     contact_key,
     id_digest,
     identity_digest,
+    is_known_key,
 )
 from touchline.state.erasure import (
     ANONYMOUS,
@@ -102,6 +103,10 @@ TOMBSTONES_KEY = f"{PREFIX}:{{erased}}:tombstones"
 #: The erasure key generated at the first erasure when none is configured, and a check of
 #: the key the tombstones were made with.
 ERASURE_KEY_KEY = f"{PREFIX}:{{meta}}:erasure-key"
+#: The running count of known profiles (see :meth:`RedisStore.known_contacts`), and how
+#: often a process reads it.
+KNOWN_KEY = f"{PREFIX}:{{meta}}:known"
+KNOWN_READ_SECONDS = 10.0
 ERASURE_CHECK_KEY = f"{PREFIX}:{{meta}}:erasure-key-check"
 _RETRYABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
@@ -224,6 +229,7 @@ class RedisStore(StateStore):
         #: whose profile another writer changed gets the new one: never a stale read.
         self._base: OrderedDict[str, _Base] = OrderedDict()
         self._lent: set[str] = set()
+        self._known: tuple[float, int] | None = None  # (when read, the running count of known profiles)
         #: the readiness probe's own client (see :meth:`ping`)
         self._probe: Any = None
         self._probe_lock = threading.Lock()
@@ -421,7 +427,8 @@ class RedisStore(StateStore):
         results = results[len(schedule):]
         conflicts = {key for key, r in zip(profiles, results) if isinstance(r, Exception)}
         self._remember(profiles, results, diffs, lent, conflicts)
-        self._finish(deleted, fired, merged_into or {}, conflicts, partition)
+        created = sum(1 for key, r in zip(profiles, results) if key not in conflicts and int(r) == 1 and is_known_key(key))
+        self._finish(deleted, fired, merged_into or {}, conflicts, partition, created)
         return conflicts
 
     def _load_unknown(self, deleted: list[str]) -> None:
@@ -498,7 +505,7 @@ class RedisStore(StateStore):
             cache.popitem(last=False)
 
     def _finish(self, deleted: list[str], fired: Iterable[tuple[int, str, str]], merged_into: Mapping[str, str],
-                conflicts: set[str], partition: int) -> None:
+                conflicts: set[str], partition: int, created: int = 0) -> None:
         """After the profiles are written: end the claims of the timers that fired on written
         profiles, end the pending merges that landed, drop merged-away profiles whose target
         was written, and expired ones."""
@@ -511,6 +518,8 @@ class RedisStore(StateStore):
         for key in deleted:
             if key not in conflicts and merged_into.get(key) not in conflicts:
                 calls += self._drop_calls(key, partition)
+        if created:  # known contacts written for the first time (version 1)
+            calls.append(("cmd", "INCRBY", KNOWN_KEY, created))
         self._run("save", calls)
 
     def _drop_calls(self, key: str, partition: int) -> list[Call]:
@@ -696,13 +705,35 @@ class RedisStore(StateStore):
         (_version, blob, _log, _sends), members = self._run(
             "delete", [("script", "load", profile_keys(key), ("-1",)), ("cmd", "SMEMBERS", links_key(key))])
         timers = list(from_parts(key, blob or None, [], []).timers) if blob else []
-        calls: list[Call] = [("cmd", "DEL", *profile_keys(key), links_key(key), outbox_key(key))]
+        blob_key, *others = profile_keys(key)
+        calls: list[Call] = [("cmd", "DEL", blob_key), ("cmd", "DEL", *others, links_key(key), outbox_key(key))]
         if timers:
             calls += _cancel_calls(key, timers, self._partitions())
         calls += [("script", "unlink", (alias_key(a), *profile_keys(anonymous_key(a)), pending_merge_key(a)), (key,))
                   for a in members]
-        self._run("delete", calls)
+        removed = self._run("delete", calls)[0]
+        if removed and is_known_key(key):  # this call removed it: no other deleter counts it too
+            self._run("delete", [("cmd", "DECR", KNOWN_KEY)])
         self._base.pop(key, None)
+
+    def known_contacts(self, max_age_seconds: float = KNOWN_READ_SECONDS) -> int:
+        """The running count of known profiles (kept by commits and deletions), read again once
+        the last read is ``max_age_seconds`` old; counted once with SCAN where no count exists
+        yet (data written before it was kept)."""
+        now = time.monotonic()
+        if self._known is None or now - self._known[0] >= max_age_seconds:
+            (value,) = self._run("stats", [("cmd", "GET", KNOWN_KEY)])
+            if value is None:
+                self._run("stats", [("cmd", "SET", KNOWN_KEY, self._count_known(), "NX")])
+                (value,) = self._run("stats", [("cmd", "GET", KNOWN_KEY)])
+            self._known = (now, max(0, int(value)))
+        return self._known[1]
+
+    def _count_known(self) -> int:
+        """Known profiles by SCAN (every primary): once per store, where no running count exists."""
+        profiles = self._count_keys(f"{PREFIX}:{{*}}:p")
+        anonymous = self._count_keys(f"{PREFIX}:{{{anonymous_key('*')}}}:p")
+        return profiles - anonymous
 
     # ---------------------------------------------------------------- erasure (state/erasure.py)
     def erase(self, contact_id: str, now_ms: int | None = None) -> bool:
@@ -750,6 +781,13 @@ class RedisStore(StateStore):
         """Seed the re-admitted profiles (a version above the erased one's, so no cache anywhere
         takes the new profile for the old), then mark the tombstones."""
         key = self._erasure_secret()
+        self._run("resolve", self._seed_calls(contact_id, hits))
+        marks = [x for i, t in hits.items() for x in (tombstone_id(key, i), t.dumps(), t.readmitted(ts_ms).dumps())]
+        if marks:
+            self._run("resolve", [("script", "readmit", (TOMBSTONES_KEY,), marks)])
+
+    def _seed_calls(self, contact_id: str, hits: Mapping[Identity, Tombstone]) -> list[Call]:
+        """The re-admitted profiles, seeded (the contact's counted as known again)."""
         seeds: list[Call] = []
         for (kind, value), t in hits.items():
             pkey = contact_key(contact_id) if kind == CONTACT else anonymous_key(value)
@@ -757,10 +795,9 @@ class RedisStore(StateStore):
                 blob = to_blob(fresh_profile(contact_id, t.unsubscribed)) if kind == CONTACT else b""
                 seeds.append(("script", "seed", (profile_keys(pkey)[0],), (blob, t.version + 1, self.ttl_ms)))
             self._base.pop(pkey, None)
-        self._run("resolve", seeds)
-        marks = [x for i, t in hits.items() for x in (tombstone_id(key, i), t.dumps(), t.readmitted(ts_ms).dumps())]
-        if marks:
-            self._run("resolve", [("script", "readmit", (TOMBSTONES_KEY,), marks)])
+        if any(kind == CONTACT for kind, _ in hits):
+            seeds.append(("cmd", "INCR", KNOWN_KEY))
+        return seeds
 
     def _erasure_secret(self) -> bytes:
         """The key of the tombstones' hashes: ``state.erasure_key``, else one generated at the
@@ -809,15 +846,16 @@ class RedisStore(StateStore):
 
     def stats(self) -> dict[str, int]:
         """Counts by key pattern (SCAN on every primary): for reports, not the hot path."""
-        def count(pattern: str) -> int:
-            return sum(1 for node in self._nodes() for _ in node.scan_iter(match=pattern, count=1000))
-
         timers = sum(self._run("stats", [("cmd", "ZCARD", timer_keys(p)[0]) for p in self._partitions(fresh=True)]))
         return {
-            "profiles": self._with_retry("stats", lambda: count(f"{PREFIX}:{{*}}:p")),
-            "aliases": self._with_retry("stats", lambda: count(f"{PREFIX}:{{{anonymous_key('*')}}}:alias")),
+            "profiles": self._count_keys(f"{PREFIX}:{{*}}:p"),
+            "aliases": self._count_keys(f"{PREFIX}:{{{anonymous_key('*')}}}:alias"),
             "timers": int(timers),
         }
+
+    def _count_keys(self, pattern: str) -> int:
+        return self._with_retry("stats", lambda: sum(
+            1 for node in self._nodes() for _ in node.scan_iter(match=pattern, count=1000)))
 
     def ping(self) -> str:
         """PING on a client of its own with short timeouts: a probe must answer quickly and

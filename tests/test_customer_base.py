@@ -176,3 +176,20 @@ def test_a_top_share_of_spread_scores_reaches_about_that_share():
     rank = ScoreRank(window=2000, min_scores=200)
     picked = [rank.in_top(1 - rng.random() * 1e-3, 0.1) for _ in range(5000)]
     assert 0.08 < sum(picked[200:]) / 4800 < 0.12
+
+
+def test_each_actions_reach_today_and_the_known_base_are_on_metrics():
+    """What TouchlineActionReachTooWide reads: decisions per action on the engine clock's day,
+    the store's known contacts and the alert share from the settings."""
+    registry = CollectorRegistry()
+    models = {"lead": ModelConfig(name="lead"), "churn": ModelConfig(name="churn")}
+    core = DecisionCore(PolicyConfig(holdout_share=0.0), models, LabelSettings(3.0, 7.0, frozenset({"purchase"})))
+    engine = Engine(MemoryStore(), core, EngineMetrics(registry, reach_alert_share=0.3))
+    signups = [_line(f"s{i}", "signup", 1 + i / 100, contact_id=f"c{i}") for i in range(20)]
+    engine.process(RawBatch(signups + [_line("v", "page_view", 1, anonymous_id="a1")], "t"))
+    welcomes = registry.get_sample_value("touchline_action_daily_reach", {"action": "welcome"})
+    assert welcomes is not None and 0 < welcomes <= 20
+    assert registry.get_sample_value("touchline_known_contacts") == 20
+    assert registry.get_sample_value("touchline_reach_alert_share") == 0.3
+    engine.process(RawBatch([_line("n", "page_view", 3, contact_id="c0")], "t"))  # the next day: counts start again
+    assert registry.get_sample_value("touchline_action_daily_reach", {"action": "welcome"}) == 0

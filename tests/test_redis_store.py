@@ -504,3 +504,15 @@ def test_a_batch_killed_between_begin_and_commit_is_replayed_exactly(redis_url, 
     assert any(reference_engine.store.export(c)["profile"]["aliases"] for c in contacts)
     for contact in contacts:
         assert store.export(contact)["profile"] == reference_engine.store.export(contact)["profile"], contact
+
+
+def test_known_contacts_are_counted_once_where_data_predates_the_count(redis_url):
+    """State written before the running count existed: the first read counts the known profiles
+    with SCAN (anonymous ones left out) and keeps that count for every process."""
+    from touchline.state.redis import KNOWN_KEY
+
+    store = RedisStore(redis_url)
+    store.commit(store.load(["c1", "c2", "anon:a1"]), [], [])
+    redis.Redis.from_url(redis_url).delete(KNOWN_KEY)
+    assert RedisStore(redis_url).known_contacts() == 2
+    assert redis.Redis.from_url(redis_url).get(KNOWN_KEY) == b"2"

@@ -585,3 +585,21 @@ def test_claimed_batch_that_never_committed_still_applies_on_replay(new_store):
     store.claim_ids([Event("s1", "signup", T0, contact_id="c1"), Event("v1", "page_view", T0 + 1, anonymous_id="a1")])
     res = _engine(store).process(RawBatch(lines, "in.jsonl", 1))
     assert res.dead_letters == [] and [d["contact_id"] for d in res.decisions] == ["c1"]
+
+
+def test_known_contacts_are_counted_as_they_come_and_go(new_store):
+    """The running count of known contacts (what an action's daily reach is measured against):
+    anonymous profiles are not counted, a rewrite is not a new contact, deletion and erasure
+    take one off, re-admission puts one back."""
+    s = new_store()
+    s.commit(s.load(["c1", "c2", "c3", "anon:a1"]), [], [])
+    assert s.known_contacts(max_age_seconds=0) == 3
+    s.commit(s.load(["c1", "c2"]), [], [])
+    assert s.known_contacts(max_age_seconds=0) == 3
+    s.delete("c1")
+    s.delete("c1")  # already gone: not counted twice
+    s.erase("c2")
+    assert s.known_contacts(max_age_seconds=0) == 1
+    hits = s.tombstones([("contact", "c2")])
+    s.readmit("c2", hits, T0)
+    assert s.known_contacts(max_age_seconds=0) == 2

@@ -501,6 +501,7 @@ class Engine:
         self._count_journeys(out.journeys)
         self._observe_latencies(batch, len(events), latency_ms, stages)
         self._observe_models(out)
+        self.metrics.reach.add(out.decisions, self.store.known_contacts(), self.clock.now())
         for op, seconds_spent in timings.items():
             self.metrics.store_latency.labels(op).observe(seconds_spent)
         self._count_store_health()

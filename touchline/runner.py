@@ -71,7 +71,7 @@ def build_engine(settings: Settings, registry: CollectorRegistry, trace: Any = N
                  keep_models: bool = True) -> Engine:
     """The engine for these settings, its metrics on ``registry``; with ``keep_models`` its
     models come from (and are checkpointed to) the model store."""
-    metrics = EngineMetrics(registry)
+    metrics = EngineMetrics(registry, reach_alert_share=settings.metrics.reach_alert_share)
     journeys = _journey_runner(settings, trace)
     check_splits(settings, journeys)
     store = open_store(settings.state.url, settings.state.options())

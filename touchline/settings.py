@@ -118,6 +118,8 @@ class MetricsSettings(_Section):
     port: int = Field(default=9464, ge=0, le=65535)
     stall_seconds: float = Field(default=300.0, gt=0, description="/healthz fails once one batch runs this "
                                  "long (keep it above state.retry_seconds and kafka.retry_seconds)")
+    reach_alert_share: float = Field(default=0.2, gt=0, le=1, description="TouchlineActionReachTooWide fires when "
+                                     "one action reaches more than this share of the known contacts in a day")
 
 
 class LoggingSettings(_Section):
