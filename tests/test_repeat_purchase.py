@@ -103,6 +103,7 @@ def test_benchmark_prints_every_figure_on_a_tiny_population(capsys: pytest.Captu
     for m in figures["engine_models"].values():
         assert 0 < m["positives"] < m["labels"]
     assert "offline BG/NBD" in figures["bgnbd_params_days"]
+    assert 0.0 <= figures["engine_models"]["engine bgnbd"]["fitted_on_at_purchase_share"] <= 1.0
 
 
 def test_benchmark_text_names_each_figure(capsys: pytest.CaptureFixture[str]) -> None:

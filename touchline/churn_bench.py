@@ -235,16 +235,29 @@ def engine_scores(events: Path, cutoff_ms: int, horizon_days: float, estimator: 
     fitted = getattr(model.estimator, "params", None)
     if isinstance(fitted, bgnbd.Params):
         figures["bgnbd_params"] = _rounded(fitted)
+        figures["fitted_on_at_purchase_share"] = _at_purchase_share(getattr(model.estimator, "reservoir", []))
     return {r.contact_id: r.churn_score for r in run.rows}, figures
 
 
-def _rounded(params: bgnbd.Params) -> dict[str, float]:
-    """BG/NBD parameters (days) for printing.
+def _at_purchase_share(reservoir: Sequence[tuple[float, float, float]]) -> float | None:
+    """Share of the summaries a BG/NBD was fitted on that were taken at a purchase (age = the
+    last purchase's time): such a summary shows no silent spell, so no sign of dropout.
 
-    >>> _rounded(bgnbd.Params(0.24312, 30.9, 0.793, 2.426))
-    {'r': 0.243, 'alpha': 30.9, 'a': 0.793, 'b': 2.426}
+    >>> _at_purchase_share([(1.0, 5.0, 5.0), (1.0, 5.0, 9.0)])
+    0.5
     """
-    return {k: round(float(v), 3) for k, v in asdict(params).items()}
+    if not reservoir:
+        return None
+    return round(sum(1 for _x, t_x, age in reservoir if age - t_x < 1e-6) / len(reservoir), 4)
+
+
+def _rounded(params: bgnbd.Params) -> dict[str, float]:
+    """BG/NBD parameters (days) to four significant digits, for printing.
+
+    >>> _rounded(bgnbd.Params(0.24312, 30.9, 0.000123409, 8103.0839))
+    {'r': 0.2431, 'alpha': 30.9, 'a': 0.0001234, 'b': 8103.0}
+    """
+    return {k: float(f"{float(v):.4g}") for k, v in asdict(params).items()}
 
 
 # ------------------------------------------------------------------ the run
@@ -353,6 +366,8 @@ def format_figures(f: dict[str, Any]) -> str:
         share = m["positives"] / m["labels"] if m["labels"] else 0.0
         lines.append(f"  {name} online: {m['labels']:,} churn labels, {share:.1%} positive; progressive AUC "
                      f"{_num(m['roc_auc'])}, ECE {_num(m['calibration_error'])} ({m['version']})")
+        if m.get("fitted_on_at_purchase_share") is not None:
+            lines.append(f"  {name} fitted on summaries taken at a purchase: {m['fitted_on_at_purchase_share']:.1%}")
     for name, fp in f["bgnbd_params_days"].items():
         lines.append(f"  {name} parameters (days): " + ", ".join(f"{k} {v:g}" for k, v in fp.items()))
     lines.append(f"  time            {f['seconds']:.1f} s")
