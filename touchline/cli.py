@@ -28,12 +28,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import orjson
 
 import touchline
 from touchline.settings import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from touchline.connectors.repeat_purchase import RepeatPurchase
 
 EXIT_USAGE, EXIT_CONFIG, EXIT_RUNTIME, EXIT_INTERRUPTED = 2, 2, 1, 130
 
@@ -108,6 +111,10 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--topic", help="with --kafka: topic (default kafka.events_topic, touchline.events)")
     sim.add_argument("--config", type=Path, help="settings file (uses its [simulator] section)")
     sim.add_argument("--malformed-rate", type=float, help="share of deliberately invalid lines (default 0.002)")
+    sim.add_argument("--repeat-purchase", action="store_true",
+                     help="a repeat-purchase population instead: purchases only, rates that differ between customers, "
+                          "silent dropout (Pareto/NBD), staggered first purchases; --contacts customers (default 5000) "
+                          "over --days (default 540); see python -m touchline.churn_bench")
     _add_sim_args(sim)
 
     bench = sub.add_parser("bench", help="measure the engine: events/s, p50/p99 latency, peak memory")
@@ -425,7 +432,7 @@ def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from touchline.connectors.simulator import Simulator
     from touchline.runner import simulator_spec
 
-    sim = Simulator(simulator_spec(settings))
+    sim = _repeat_purchase(args, settings) if args.repeat_purchase else Simulator(simulator_spec(settings))
     n = 0
     if args.kafka:
         from touchline.connectors.loadgen import produce_events
@@ -448,6 +455,18 @@ def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
                 n += 1
         print(f"wrote {n:,} events to {args.out}", file=sys.stderr)
     return 0
+
+
+def _repeat_purchase(args: argparse.Namespace, settings: Settings) -> "RepeatPurchase":
+    """``simulate --repeat-purchase``: the population of :mod:`touchline.connectors.repeat_purchase`,
+    its own defaults where --contacts/--days are not given (the clickstream's 30 days are too short)."""
+    from touchline.connectors.repeat_purchase import RepeatPurchase, RepeatPurchaseSpec
+
+    if args.malformed_rate:
+        raise ConfigError("--malformed-rate applies to the clickstream simulator, not --repeat-purchase")
+    base = RepeatPurchaseSpec()
+    return RepeatPurchase(RepeatPurchaseSpec(seed=settings.simulator.seed, customers=args.contacts or base.customers,
+                                             days=args.days or base.days))
 
 
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:

@@ -75,6 +75,8 @@ class ScoreRun:
     forgotten: int = 0
     #: what was read, and where the models came from, one line each
     notes: list[str] = field(default_factory=list)
+    #: the models that gave the scores (with --input: their progressive figures from the replay)
+    models: Mapping[str, ModelSlot] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ TIME
@@ -156,7 +158,8 @@ def scores_from_file(settings: Settings, path: Path, at_ms: int) -> ScoreRun:
     invalid = sum(engine.totals.dead_letters.values())
     run = ScoreRun(notes=[f"replayed {fed - invalid:,} events of {path} up to {iso(at_ms)}"
                           f" ({later:,} later ones left out, {invalid:,} invalid lines skipped)",
-                          *_model_notes(engine.core.models, "learned in this replay")])
+                          *_model_notes(engine.core.models, "learned in this replay")],
+                   models=engine.core.models)
     profiles = (p for p in engine.store.profiles() if is_known_key(p.key))  # type: ignore[attr-defined]
     run.rows = sorted((score_profile(p, at_ms, engine.core.models) for p in profiles),
                       key=lambda r: r.contact_id)
