@@ -58,7 +58,8 @@ class EventHandler:
             and labeller.may_observe(profile, label_rules.LEAD, ev.ts_ms)
             and label_rules.sampled(ev.event_id, self.core.labels.sample_rate)
         )
-        observe_churn = active and labeller.may_observe(profile, label_rules.CHURN, ev.ts_ms)
+        observe_churn = (active and labeller.observes_churn_at_activity()
+                         and labeller.may_observe(profile, label_rules.CHURN, ev.ts_ms))
         if not (observe_lead or observe_churn or (profile.known and ev.type in INTENT_TYPES)):
             return {}, None
         feats = features(profile, profile.last_ts)
@@ -78,6 +79,7 @@ class EventHandler:
             at.set_timer(INACTIVITY_TIMER, ev.ts_ms + core.inactive_ms)
         if ev.type in CART_EVENTS and profile.cart_value > 0 and CART_TIMER not in profile.timers:
             at.set_timer(CART_TIMER, ev.ts_ms + core.idle_ms)
+        self.run.labeller.schedule_churn(at, ev.ts_ms)
         if EXPIRE_TIMER not in profile.timers:  # every profile is discarded once inactive long enough
             at.set_timer(EXPIRE_TIMER, (profile.last_activity_ts or ev.ts_ms) + core.retention_ms_of(profile))
 

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from touchline.decisions.moment import Moment
 
 LABEL_TIMER = {label_rules.LEAD: "label_lead", label_rules.CHURN: "label_churn"}
+#: When a known contact's next churn observation is taken (``labels.churn_observations = "random_times"``).
+OBSERVE_CHURN_TIMER = "observe_churn"
 TIMER_LABEL = {v: k for k, v in LABEL_TIMER.items()}
 
 
@@ -23,7 +25,7 @@ class LabelSettings:
 
     def __init__(self, lead_horizon_days: float, churn_horizon_days: float, goal_types: frozenset[str],
                  sample_gap_hours: float = 24.0, sample_rate: float = 0.3,
-                 churn_returns: frozenset[str] | None = None):
+                 churn_returns: frozenset[str] | None = None, churn_at_random_times: bool = False):
         self.lead_horizon_ms = int(lead_horizon_days * DAY_MS)
         self.churn_horizon_ms = int(churn_horizon_days * DAY_MS)
         self.goal_types = goal_types
@@ -31,6 +33,9 @@ class LabelSettings:
         self.sample_rate = sample_rate
         #: event types that end a churn observation as "came back" (None: any activity)
         self.churn_returns = churn_returns
+        #: churn observations of known contacts at random times (see :meth:`Labeller.schedule_churn`)
+        #: instead of at their activity
+        self.churn_at_random_times = churn_at_random_times
 
 
 class Labeller:
@@ -67,6 +72,19 @@ class Labeller:
             return False
         last = profile.observed.get(model)
         return last is None or now_ms - last >= self.settings.sample_gap_ms
+
+    def schedule_churn(self, at: Moment, after_ms: int) -> None:
+        """Set a known contact's next churn observation at a random time within a horizon after
+        ``after_ms``: observations then fall at times unrelated to what the contact does (a
+        silent spell included), the moments a churn score is asked about at an arbitrary
+        cut-off. Observations taken only at activity never see a silent customer."""
+        if not self.settings.churn_at_random_times or not at.profile.known or OBSERVE_CHURN_TIMER in at.profile.timers:
+            return
+        span = self.settings.churn_horizon_ms
+        at.set_timer(OBSERVE_CHURN_TIMER, after_ms + label_rules.offset_ms(at.profile.key, after_ms, span))
+
+    def observes_churn_at_activity(self) -> bool:
+        return not self.settings.churn_at_random_times
 
     def observe(self, at: Moment, model: str, feats: dict[str, float], p: float, now_ms: int) -> None:
         """Capture features and prediction now; the label comes when the horizon resolves."""

@@ -62,6 +62,17 @@ def on_deadline(profile: Profile, model: str, now_ms: int) -> tuple[Observation,
     return obs, model == CHURN
 
 
+def offset_ms(key: str, after_ms: int, span_ms: int) -> int:
+    """A deterministic draw in ``[0, span_ms)`` keyed by the profile and the time it is drawn
+    at (the same on every replay): when the next churn observation of a contact is taken.
+
+    >>> offset_ms("c1", 0, 1000) == offset_ms("c1", 0, 1000), 0 <= offset_ms("c1", 5, 1000) < 1000
+    (True, True)
+    """
+    digest = hashlib.blake2b(f"{key}|{after_ms}".encode(), digest_size=8, person=b"tl-obs").digest()
+    return int.from_bytes(digest, "big") % max(1, span_ms)
+
+
 def sampled(event_id: str, rate: float) -> bool:
     """Deterministic Bernoulli(rate) draw keyed by the event id (same on every replay).
 

@@ -9,6 +9,7 @@ from touchline.decisions import labels as label_rules
 from touchline.decisions.arbitration import Trigger
 from touchline.decisions.event_handler import EXPIRE_TIMER
 from touchline.decisions.features import features
+from touchline.decisions.labelling import OBSERVE_CHURN_TIMER
 from touchline.decisions.moment import Moment
 from touchline.decisions.policy import Candidate
 from touchline.decisions.triggers import CART_TIMER, INACTIVITY_TIMER, cart_candidates, inactivity_candidates
@@ -47,6 +48,8 @@ class TimerHandler:
             self._inactivity(at, trigger)
         elif kind == EXPIRE_TIMER:
             self._expire(at)
+        elif kind == OBSERVE_CHURN_TIMER:
+            self._observe_churn(at)
 
     def _decide_on(self, at: Moment, proposed: list[Candidate], trigger: Trigger) -> None:
         """A participant's proposals, decided with the lead score they are recorded with."""
@@ -77,12 +80,22 @@ class TimerHandler:
             return
         feats = features(profile, now)
         churn = run.scorer.score("churn", feats)
-        run.labeller.observe(at, label_rules.CHURN, feats, churn, now)
+        if run.labeller.observes_churn_at_activity():
+            run.labeller.observe(at, label_rules.CHURN, feats, churn, now)
         scores = {"churn": churn}
         candidates = inactivity_candidates(profile, now, scores, self.core.policy) if self._targeted(churn) else []
         for participant in run.participants:
             candidates += participant.propose(at, None, scores)
         run.arbiter.decide(at, candidates, scores, trigger)
+
+    def _observe_churn(self, at: Moment) -> None:
+        """A known contact's churn observation at a random time (``labels.churn_observations =
+        "random_times"``), then the next one, drawn after this one's horizon."""
+        profile, now, run = at.profile, at.now_ms, self.run
+        if label_rules.CHURN not in profile.pending:
+            feats = features(profile, now)
+            run.labeller.observe(at, label_rules.CHURN, feats, run.scorer.score("churn", feats), now)
+        run.labeller.schedule_churn(at, now + self.core.labels.churn_horizon_ms)
 
     def _targeted(self, churn: float) -> bool:
         """Within the top share of recent churn scores, when the policy targets one (every

@@ -193,3 +193,25 @@ def test_each_actions_reach_today_and_the_known_base_are_on_metrics():
     assert registry.get_sample_value("touchline_reach_alert_share") == 0.3
     engine.process(RawBatch([_line("n", "page_view", 3, contact_id="c0")], "t"))  # the next day: counts start again
     assert registry.get_sample_value("touchline_action_daily_reach", {"action": "welcome"}) == 0
+
+
+def test_churn_observed_at_random_times_sees_a_silent_customer():
+    """With ``labels.churn_observations = "random_times"`` a known contact is observed at
+    random times, silent spells included, one observation at a time, each drawn after the
+    last one's horizon; at activity nothing is observed then. A customer who bought once and
+    went quiet for 60 days gives several churn labels, all positive; observed at activity it
+    gives at most the one of its purchase and the one of its inactivity check."""
+    def labels(at_random: bool) -> tuple[int, int]:
+        models = {"lead": ModelConfig(name="lead"), "churn": ModelConfig(name="churn")}
+        rules = LabelSettings(3.0, 7.0, frozenset({"purchase"}), churn_at_random_times=at_random)
+        engine = Engine(MemoryStore(), DecisionCore(PolicyConfig(holdout_share=0.0), models, rules),
+                        EngineMetrics(CollectorRegistry()))
+        engine.process(RawBatch([_line("b0", "purchase", 0, contact_id="c1", properties={"value": 5})], "t",
+                                advance_to_ms=T0 + 60 * DAY_MS))
+        quality = engine.models["churn"].champion.quality()
+        assert ("observe_churn" in engine.store.export("c1")["profile"]["timers"]) == at_random  # one, always
+        return quality["labels"], quality["positives"]
+
+    n, positives = labels(True)
+    assert 3 <= n <= 8 and positives == n
+    assert labels(False) == (2, 2)

@@ -219,14 +219,16 @@ def rfm_trained_earlier(earlier: Summaries, now: Summaries) -> Array:
 
 # ------------------------------------------------------------------ the engine
 def engine_scores(events: Path, cutoff_ms: int, horizon_days: float, estimator: str,
-                  retention_days: float) -> tuple[dict[str, float], dict[str, Any]]:
+                  retention_days: float, observations: str = "activity") -> tuple[dict[str, float], dict[str, Any]]:
     """The engine's churn score per contact as of the cut-off (``touchline scores --input``)
-    with ``estimator`` as churn champion, and its own figures for that model."""
+    with ``estimator`` as churn champion and churn observations taken as ``observations``
+    says (``labels.churn_observations``), and its own figures for that model."""
     from touchline.scores import scores_from_file
     from touchline.settings import load_settings
 
     overrides: dict[str, Any] = {"labels.churn_horizon_days": horizon_days, "state.retention_days": retention_days,
-                                 "models.store": "off", "models.churn.estimator": estimator}
+                                 "models.store": "off", "models.churn.estimator": estimator,
+                                 "labels.churn_observations": observations}
     if estimator == "bgnbd":
         overrides["models.churn.params"] = {"horizon_days": horizon_days}
     run = scores_from_file(load_settings(None, overrides), events, cutoff_ms)
@@ -303,9 +305,11 @@ def _engine_methods(events: Path, cutoff_ms: int, horizon: float, now: Summaries
     methods: dict[str, Array] = {}
     models: dict[str, Any] = {}
     retention = max(730.0, days + horizon + 60.0)  # nobody forgotten: the question is about everyone
-    for estimator in ("logreg", "bgnbd"):
-        scores, models[f"engine {estimator}"] = engine_scores(events, cutoff_ms, horizon, estimator, retention)
-        methods[f"engine {estimator}"] = np.asarray([scores.get(cid, 0.5) for cid in now.ids], dtype=np.float64)
+    for observations in ("activity", "random_times"):
+        for estimator in ("logreg", "bgnbd"):
+            name = f"engine {estimator}, observed at {observations.replace('_', ' ')}"
+            scores, models[name] = engine_scores(events, cutoff_ms, horizon, estimator, retention, observations)
+            methods[name] = np.asarray([scores.get(cid, 0.5) for cid in now.ids], dtype=np.float64)
     return methods, models
 
 

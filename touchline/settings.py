@@ -137,6 +137,10 @@ class LabelSettings(_Section):
     churn_returns: Annotated[list[str], AfterValidator(check_known_types)] | None = Field(
         default=None, min_length=1, description="event types that count as coming back and end a churn observation "
         "(purchase data: [\"purchase\"], 'will this customer buy again'); unset: any activity")
+    churn_observations: Literal["activity", "random_times"] = Field(
+        default="activity", description="when churn observations are taken: at a contact's activity and "
+        "inactivity check, or (random_times) for each known contact at random times, silent spells included, "
+        "as a churn score is asked about at an arbitrary cut-off")
     sample_gap_hours: float = Field(default=24.0, ge=0, description="min time between observations per contact")
     sample_rate: float = Field(default=0.3, gt=0, le=1, description="share of intent events a lead observation may start at")
 
@@ -147,7 +151,8 @@ class LabelSettings(_Section):
 
         return LabelRules(self.lead_horizon_days, self.churn_horizon_days, frozenset(self.goal_types),
                           self.sample_gap_hours, self.sample_rate,
-                          None if self.churn_returns is None else frozenset(self.churn_returns))
+                          None if self.churn_returns is None else frozenset(self.churn_returns),
+                          self.churn_observations == "random_times")
 
 
 class ModelSettings(_Section):

@@ -49,7 +49,8 @@ def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str],
         "dead_letters_total": sum(t.dead_letters.values()),
         "timers_fired": dict(sorted(t.timers.items())),
         "models": {name: _slot_summary(slot) for name, slot in engine.models.items()},
-        "repeat_purchases": _repeat_purchases(t.purchase_gap_days, engine.core.labels.churn_horizon_ms),
+        "repeat_purchases": _repeat_purchases(t.purchase_gap_days, engine.core.labels.churn_horizon_ms,
+                                              _purchase_share(t.by_type), engine.core.labels.churn_at_random_times),
         "model_store": _model_store(engine),
         "latency_ms": _latency(t.batch_latency_ms, t.decision_latency_ms),
         "feedback": _sum_feedback(t.feedback),
@@ -68,12 +69,14 @@ def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str],
 SUGGESTED_GAPS = 3
 
 
-def _repeat_purchases(gaps: Mapping[int, int], horizon_ms: int) -> dict[str, Any] | None:
+def _repeat_purchases(gaps: Mapping[int, int], horizon_ms: int, purchase_share: float = 0.0,
+                      random_times: bool = False) -> dict[str, Any] | None:
     """The population's time between consecutive purchases of a contact, against the churn
-    horizon: what "will buy again within H" should take H from. None without repeat purchases.
+    horizon: what "will buy again within H" should take H from; the share of events that are
+    purchases and how churn is observed. None without repeat purchases.
 
-    >>> _repeat_purchases({10: 3, 30: 2, 90: 1}, 7 * 86_400_000)
-    {'gaps': 6, 'median_gap_days': 10, 'p90_gap_days': 90, 'churn_horizon_days': 7.0, 'suggested_churn_horizon_days': 30}
+    >>> _repeat_purchases({10: 3, 30: 2, 90: 1}, 7 * 86_400_000)["suggested_churn_horizon_days"]
+    30
     """
     total = sum(gaps.values())
     if not total:
@@ -81,7 +84,14 @@ def _repeat_purchases(gaps: Mapping[int, int], horizon_ms: int) -> dict[str, Any
     ordered = sorted(gaps.items())
     return {"gaps": total, "median_gap_days": _quantile_days(ordered, total, 0.5),
             "p90_gap_days": _quantile_days(ordered, total, 0.9), "churn_horizon_days": horizon_ms / 86_400_000,
-            "suggested_churn_horizon_days": max(1, SUGGESTED_GAPS * _quantile_days(ordered, total, 0.5))}
+            "suggested_churn_horizon_days": max(1, SUGGESTED_GAPS * _quantile_days(ordered, total, 0.5)),
+            "purchase_share": round(purchase_share, 4),
+            "churn_observations": "random_times" if random_times else "activity"}
+
+
+def _purchase_share(by_type: Mapping[str, int]) -> float:
+    total = sum(by_type.values())
+    return by_type.get("purchase", 0) / total if total else 0.0
 
 
 def _quantile_days(ordered: list[tuple[int, int]], total: int, q: float) -> int:
@@ -268,7 +278,15 @@ def _repeat_purchase_lines(r: dict[str, Any] | None) -> list[str]:
         out.append(f"      warning: labels.churn_horizon_days ({r['churn_horizon_days']:g}) is shorter than the median gap "
                    f"between purchases: churn labels mostly mean \"not back yet\"; about "
                    f"{r['suggested_churn_horizon_days']} days ({SUGGESTED_GAPS} median gaps) fits this data")
+    if r.get("purchase_share", 0) >= PURCHASE_DATA_SHARE and r.get("churn_observations") == "activity":
+        out.append(f"      note: {r['purchase_share']:.0%} of the events are purchases: churn is observed at purchases only, "
+                   "never in a silent spell; labels.churn_observations = \"random_times\" observes known contacts "
+                   "at random times (see README, Customer-base features)")
     return out
+
+
+#: A share of purchases among the events from which the data is taken for purchase data.
+PURCHASE_DATA_SHARE = 0.5
 
 
 def _model_store_line(store: dict[str, Any]) -> str:
