@@ -12,7 +12,7 @@ made back then (progressive validation, :mod:`touchline.decisions.evaluation`).
 
 >>> m = ScoreModel.build(ModelConfig(name="lead"))
 >>> m.version
-'logreg-7cba4ccf'
+'logreg-a6e0dcb5'
 >>> 0.0 <= m.predict({"known": 1.0}) <= 1.0
 True
 >>> _ = m.learn({"known": 1.0}, True, 0.5); m.labels

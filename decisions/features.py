@@ -50,7 +50,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "email_open_rate_30d",
     "n_sms_reply_30d",
     "n_push_open_30d",
-    *("rfm_frequency", "rfm_recency_days", "rfm_age_days", "purchase_gap_days", "days_overdue"),
+    *("rfm_frequency", "rfm_recency_days", "rfm_age_days", "purchase_gap_days", "days_overdue", "gaps_since_purchase"),
 )
 _WINDOW_NAMES = tuple(
     (w, tuple((t, f"n_{t}_{w}") for t in FEATURE_TYPES), f"n_all_{w}") for w in FEATURE_WINDOWS
@@ -114,8 +114,9 @@ def _engagement(profile: Profile, now: int, out: dict[str, float]) -> None:
 def _customer_base(profile: Profile, now: int, out: dict[str, float]) -> None:
     """The customer-base summary of repeat purchasing, in days, unscaled (what BG/NBD-style
     models read): repeat purchases, first to last purchase, age since the first purchase; then
-    the contact's own mean gap between purchases and how far past it the contact now is
-    (negative: not yet due). All 0 for a contact that never bought.
+    the contact's own mean gap between purchases, how far past it the contact now is
+    (negative: not yet due) and how many of its own gaps it has been silent (log-scaled: the
+    recency a repeat buyer's rhythm makes telling). All 0 for a contact that never bought.
 
     >>> from touchline.decisions.profile import Profile, apply_event
     >>> p = Profile("c1", known=True)
@@ -123,8 +124,8 @@ def _customer_base(profile: Profile, now: int, out: dict[str, float]) -> None:
     ...     _ = apply_event(p, f"e{i}", "purchase", day * DAY_MS, {"value": 5.0}, {})
     >>> out: dict[str, float] = {}
     >>> _customer_base(p, 50 * DAY_MS, out)
-    >>> out
-    {'rfm_frequency': 2.0, 'rfm_recency_days': 30.0, 'rfm_age_days': 50.0, 'purchase_gap_days': 15.0, 'days_overdue': 5.0}
+    >>> {k: round(v, 3) for k, v in out.items()}
+    {'rfm_frequency': 2.0, 'rfm_recency_days': 30.0, 'rfm_age_days': 50.0, 'purchase_gap_days': 15.0, 'days_overdue': 5.0, 'gaps_since_purchase': 0.847}
     """
     last = profile.last_purchase_ts
     if last is None or not profile.purchases_total:
@@ -139,6 +140,7 @@ def _customer_base(profile: Profile, now: int, out: dict[str, float]) -> None:
     out["rfm_age_days"] = max(0, now - first) / DAY_MS
     out["purchase_gap_days"] = gap
     out["days_overdue"] = max(0, now - last) / DAY_MS - gap if repeats else 0.0
+    out["gaps_since_purchase"] = log1p(max(0, now - last) / DAY_MS / gap) if repeats and gap > 0 else 0.0
 
 
-_CUSTOMER_BASE = FEATURE_NAMES[-5:]
+_CUSTOMER_BASE = FEATURE_NAMES[-6:]

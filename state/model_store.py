@@ -21,7 +21,7 @@ True
 ...     decode_checkpoint(blob[:-5], m.config)
 ... except CheckpointError as exc:
 ...     print(exc)
-checkpoint of lead logreg-7cba4ccf is corrupt: payload checksum mismatch (truncated or altered)
+checkpoint of lead logreg-a6e0dcb5 is corrupt: payload checksum mismatch (truncated or altered)
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ customers for years and visitors briefly, and settings a model could never learn
 
 from __future__ import annotations
 
+from math import log1p
+
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry
@@ -34,7 +36,7 @@ def test_repeat_purchase_summary_as_of_a_moment():
     p = _bought(Profile("c1", known=True), 40, 0, 10)  # out of order: first is day 0, last day 40
     f = features(p, T0 + 60 * DAY_MS)
     assert (f["rfm_frequency"], f["rfm_recency_days"], f["rfm_age_days"]) == (2.0, 40.0, 60.0)
-    assert (f["purchase_gap_days"], f["days_overdue"]) == (20.0, 0.0)
+    assert (f["purchase_gap_days"], f["days_overdue"], f["gaps_since_purchase"]) == (20.0, 0.0, log1p(1.0))
     later = features(p, T0 + 100 * DAY_MS)
     assert later["days_overdue"] == 40.0 and later["rfm_age_days"] == 100.0
 
@@ -45,7 +47,7 @@ def test_a_single_purchase_and_no_purchase():
     assert once["days_overdue"] == 0.0  # no gap of its own to be overdue against
     never = features(Profile("c2", known=True), T0)
     assert all(never[k] == 0.0 for k in ("rfm_frequency", "rfm_recency_days", "rfm_age_days",
-                                          "purchase_gap_days", "days_overdue"))
+                                          "purchase_gap_days", "days_overdue", "gaps_since_purchase"))
 
 
 def test_an_anonymous_visitors_purchases_merge_into_the_customer_summary():

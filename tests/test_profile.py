@@ -363,7 +363,7 @@ def test_merge_keeps_consent_given_or_revoked_while_anonymous():
 def test_feature_names_complete_and_unique():
     """FEATURE_NAMES has every windowed count, totals and scalar once, and features() fills exactly those."""
     expected_counts = {f"n_{t}_{w}" for t in FEATURE_TYPES for w in FEATURE_WINDOWS}
-    assert len(FEATURE_NAMES) == len(set(FEATURE_NAMES)) == len(expected_counts) + len(FEATURE_WINDOWS) + 13 + 5  # + the customer-base summary
+    assert len(FEATURE_NAMES) == len(set(FEATURE_NAMES)) == len(expected_counts) + len(FEATURE_WINDOWS) + 13 + 6  # + the customer-base summary
     assert expected_counts <= set(FEATURE_NAMES)
     assert {f"n_all_{w}" for w in FEATURE_WINDOWS} <= set(FEATURE_NAMES)
     assert set(features(Profile("x"), T0)) == set(FEATURE_NAMES)

@@ -91,8 +91,9 @@ def test_benchmark_prints_every_figure_on_a_tiny_population(capsys: pytest.Captu
     assert churn_bench.main(["--customers", "300", "--seed", "2", "--json"]) == 0
     figures = orjson.loads(capsys.readouterr().out)
     methods = figures["methods"]
-    assert set(methods) >= {"engine logreg", "engine bgnbd", "recency rule", "offline BG/NBD"}
-    assert len(methods) == 6
+    engine = {f"engine {m}, observed at {o}" for m in ("logreg", "bgnbd") for o in ("activity", "random times")}
+    assert set(methods) >= engine | {"recency rule", "offline BG/NBD"}
+    assert len(methods) == 8
     for name, g in methods.items():
         assert 0.0 <= g["roc_auc"] <= 1.0, name
         if name != "recency rule":
@@ -103,7 +104,9 @@ def test_benchmark_prints_every_figure_on_a_tiny_population(capsys: pytest.Captu
     for m in figures["engine_models"].values():
         assert 0 < m["positives"] < m["labels"]
     assert "offline BG/NBD" in figures["bgnbd_params_days"]
-    assert 0.0 <= figures["engine_models"]["engine bgnbd"]["fitted_on_at_purchase_share"] <= 1.0
+    at_activity = figures["engine_models"]["engine bgnbd, observed at activity"]["fitted_on_at_purchase_share"]
+    at_random = figures["engine_models"]["engine bgnbd, observed at random times"]["fitted_on_at_purchase_share"]
+    assert 0.5 < at_activity <= 1.0 and 0.0 <= at_random < 0.5  # what the random times are for
 
 
 def test_benchmark_text_names_each_figure(capsys: pytest.CaptureFixture[str]) -> None:
