@@ -53,13 +53,7 @@ class EventHandler:
     def _score(self, at: Moment, ev: Event, active: bool) -> tuple[dict[str, float], float | None]:
         """Score only where a decision or a training example can follow: (lead scores, churn)."""
         profile, labeller, scorer = at.profile, self.run.labeller, self.run.scorer
-        observe_lead = (
-            ev.type in LEAD_MOMENTS
-            and labeller.may_observe(profile, label_rules.LEAD, ev.ts_ms)
-            and label_rules.sampled(ev.event_id, self.core.labels.sample_rate)
-        )
-        observe_churn = (active and labeller.observes_churn_at_activity()
-                         and labeller.may_observe(profile, label_rules.CHURN, ev.ts_ms))
+        observe_lead, observe_churn = self._observes(profile, ev, active)
         if not (observe_lead or observe_churn or (profile.known and ev.type in INTENT_TYPES)):
             return {}, None
         feats = features(profile, profile.last_ts)
@@ -71,6 +65,19 @@ class EventHandler:
             churn = scorer.score("churn", feats)
             labeller.observe(at, label_rules.CHURN, feats, churn, ev.ts_ms)
         return {"lead": lead}, churn
+
+    def _observes(self, profile: Profile, ev: Event, active: bool) -> tuple[bool, bool]:
+        """Whether this event is a lead observation (a sampled intent moment) and a churn one
+        (activity, when churn is observed at activity)."""
+        labeller = self.run.labeller
+        observe_lead = (
+            ev.type in LEAD_MOMENTS
+            and labeller.may_observe(profile, label_rules.LEAD, ev.ts_ms)
+            and label_rules.sampled(ev.event_id, self.core.labels.sample_rate)
+        )
+        observe_churn = (active and labeller.observes_churn_at_activity()
+                         and labeller.may_observe(profile, label_rules.CHURN, ev.ts_ms))
+        return observe_lead, observe_churn
 
     def _set_timers(self, at: Moment, ev: Event, active: bool) -> None:
         """Inactivity (win-back), cart abandonment and retention expiry: one pending of each."""
