@@ -88,6 +88,17 @@ class DecisionCore:
         repeat purchasing, anonymous visitors briefly."""
         return self.retention_ms if profile.known else self.anonymous_retention_ms
 
+    def inactive_ms_of(self, profile: Profile) -> int:
+        """How long ``profile`` must be silent to count as inactive (the win-back check):
+        ``policy.inactivity_days``, or for a repeat buyer ``policy.inactivity_gaps`` of its own
+        mean gap between purchases when that is longer, so a customer who buys every few
+        weeks is not "inactive" between two of its usual purchases."""
+        gaps, repeats = self.policy.inactivity_gaps, profile.purchases_total - 1
+        first, last = profile.first_purchase_ts, profile.last_purchase_ts
+        if gaps is None or repeats < 1 or first is None or last is None:
+            return self.inactive_ms
+        return max(self.inactive_ms, int(gaps * (last - first) / repeats))
+
     def advance(self, events: list[Event], advance_to_ms: int | None) -> int:
         """Let the clock see a batch's events (and an explicit advance); returns its horizon."""
         for ev in events:

@@ -83,7 +83,7 @@ class EventHandler:
         """Inactivity (win-back), cart abandonment and retention expiry: one pending of each."""
         profile, core = at.profile, self.core
         if active and INACTIVITY_TIMER not in profile.timers:
-            at.set_timer(INACTIVITY_TIMER, ev.ts_ms + core.inactive_ms)
+            at.set_timer(INACTIVITY_TIMER, ev.ts_ms + core.inactive_ms_of(profile))
         if ev.type in CART_EVENTS and profile.cart_value > 0 and CART_TIMER not in profile.timers:
             at.set_timer(CART_TIMER, ev.ts_ms + core.idle_ms)
         self.run.labeller.schedule_churn(at, ev.ts_ms)

@@ -114,6 +114,9 @@ class PolicyConfig(_Strict):
     inactivity_days: float = Field(default=7.0, gt=0)
     sales_lead_threshold: float = Field(default=0.7, ge=0.0, le=1.0)
     winback_churn_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    inactivity_gaps: float | None = Field(
+        default=2.0, gt=0.0, description="a repeat buyer is inactive only after this many of its own mean gaps "
+        "between purchases, when that is longer than inactivity_days (unset: inactivity_days for everyone)")
     winback_top_share: float | None = Field(
         default=None, gt=0.0, le=1.0, description="win-back only for churn scores in this top share of the last "
         "2,000 scores given at inactivity checks (besides the threshold); unset: the threshold alone")

@@ -75,8 +75,9 @@ class TimerHandler:
         last = profile.last_activity_ts
         if last is None:
             return
-        if last + self.core.inactive_ms > now:
-            at.set_timer(INACTIVITY_TIMER, last + self.core.inactive_ms)
+        inactive_ms = self.core.inactive_ms_of(profile)
+        if last + inactive_ms > now:
+            at.set_timer(INACTIVITY_TIMER, last + inactive_ms)
             return
         feats = features(profile, now)
         churn = run.scorer.score("churn", feats)

@@ -217,3 +217,19 @@ def test_churn_observed_at_random_times_sees_a_silent_customer():
     n, positives = labels(True)
     assert 3 <= n <= 8 and positives == n
     assert labels(False) == (2, 2)
+
+
+@pytest.mark.parametrize("gaps", [None, 2.0])
+def test_a_regular_buyer_is_not_inactive_between_its_usual_purchases(gaps):
+    """A customer who buys every 10 days: with ``policy.inactivity_gaps = 2`` (the default) it
+    is inactive only after 20 silent days, so it gets no win-back between its purchases once
+    its rhythm is known; with the fixed 7 days alone it does."""
+    models = {"lead": ModelConfig(name="lead"), "churn": ModelConfig(name="churn")}
+    policy = PolicyConfig(holdout_share=0.0, inactivity_gaps=gaps)
+    core = DecisionCore(policy, models, LabelSettings(3.0, 7.0, frozenset({"purchase"})))
+    core.learn = False  # an untrained churn score (0.5) passes the threshold at every check
+    engine = Engine(MemoryStore(), core, EngineMetrics(CollectorRegistry()))
+    buys = [_line(f"b{d}", "purchase", d, contact_id="c1", properties={"value": 5}) for d in (0, 10, 20, 30)]
+    out = engine.process(RawBatch(buys, "t", advance_to_ms=T0 + 40 * DAY_MS)).decisions
+    later = [d for d in out if d["action"] == "winback_offer" and d["decision_time_ms"] > T0 + 10 * DAY_MS]
+    assert bool(later) == (gaps is None)
