@@ -1,12 +1,34 @@
-"""Shared fixtures: small, fast settings for end-to-end runs."""
+"""Shared fixtures: small, fast settings for end-to-end runs; and a guard that the tests leave
+the working directory's outputs (README command 1's ``touchline-out/``) as they found them."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from touchline.settings import Settings, load_settings
+
+
+def _outputs_in(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder``: (size, modification time)."""
+    if not folder.is_dir():
+        return {}
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def working_directory_outputs_untouched():
+    """Tests write only to temporary folders: a test that runs the engine without ``--out``
+    would empty the outputs of the run README command 1 just made."""
+    folder = Path(os.getcwd()) / "touchline-out"
+    before = _outputs_in(folder)
+    yield
+    after = _outputs_in(folder)
+    changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    assert not changed, f"tests changed {folder}: {changed[:10]}"
 
 
 @pytest.fixture

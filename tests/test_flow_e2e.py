@@ -149,8 +149,13 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert main(["run", "--config", str(bad), "--no-metrics"]) == 2
     err = capsys.readouterr().err
     assert "policy.holdout_shar" in err and "unknown key" in err and str(bad) in err
-    assert main(["run", "--input", str(tmp_path / "missing.jsonl"), "--no-metrics", "--quiet"]) == 1
+    out = tmp_path / "earlier-run"
+    out.mkdir()
+    (out / "decisions.jsonl").write_text("kept\n")
+    assert main(["run", "--input", str(tmp_path / "missing.jsonl"), "--no-metrics", "--quiet", "--out", str(out)]) == 1
     assert "missing.jsonl does not exist" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["decisions.jsonl"]  # a failed start touches nothing
+    assert (out / "decisions.jsonl").read_text() == "kept\n"
     broken = tmp_path / "broken.toml"
     broken.write_text("[policy\n")
     assert main(["run", "--config", str(broken)]) == 2

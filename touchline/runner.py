@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import orjson
 from prometheus_client import CollectorRegistry
 
-from touchline.connectors.files import JsonlSink, JsonlSource
+from touchline.connectors.files import JsonlSink, JsonlSource, check_readable
 from touchline.decisions.clock import EventTimeClock, WallClock
 from touchline.decisions.reorder import TimeRules
 from touchline.flows.dataflow import build_flow
@@ -286,6 +286,8 @@ def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: C
         on_metrics: Any = None, stop: threading.Event | None = None) -> RunResult:
     """Run the engine to the end of its input (or until ``stop`` is set); returns the summary."""
     remember_settings(settings)  # its secrets are masked wherever they surface (logs, dead letters)
+    if settings.source.kind == "jsonl" and settings.source.path is not None:
+        check_readable(Path(settings.source.path))  # before anything is opened or written: a failed start touches nothing
     registry = registry or CollectorRegistry()
     stop = stop or threading.Event()
     kafka = settings.kafka.client_config() if settings.kafka.bootstrap else None
