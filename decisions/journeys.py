@@ -26,6 +26,8 @@ x.yaml:4: steps[0].wait: bad duration '3 parsecs': use a number and s, m, h, d o
 
 from __future__ import annotations
 
+import difflib
+
 import re
 from typing import Annotated, Any, Literal, Union
 
@@ -133,8 +135,17 @@ def _profile_conditions(value: dict[str, Any]) -> dict[str, Any]:
 
 
 def _event_type(value: str) -> str:
+    """A known event type; a near miss is named.
+
+    >>> _event_type("purchse")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown event type 'purchse' (did you mean 'purchase'?; see `touchline schema` for the known types)
+    """
     if value not in KNOWN_TYPES:
-        raise ValueError(f"unknown event type {value!r} (see `touchline schema` for the known types)")
+        close = difflib.get_close_matches(value, sorted(KNOWN_TYPES), n=1)
+        hint = f"did you mean {close[0]!r}?; " if close else ""
+        raise ValueError(f"unknown event type {value!r} ({hint}see `touchline schema` for the known types)")
     return value
 
 

@@ -45,7 +45,8 @@ def test_the_shipped_journeys_are_valid_and_cover_the_common_programmes(capsys):
     ("stpes:\n  - wait: 1d\n", "t.yaml:3: stpes: unknown key (typo?)"),
     ("priority: 5000\nsteps:\n  - wait: 1d\n", "t.yaml:3: priority: Input should be less than or equal to 1000"),
     ("steps:\n  - wait_until: {time: '25:00'}\n", "t.yaml:4: steps[0].wait_until.time: bad time of day '25:00'"),
-    ("steps:\n  - wait_for: {event: email_opne, timeout: 1d}\n", "t.yaml:4: steps[0].wait_for.event: unknown event type"),
+    ("steps:\n  - wait_for: {event: email_opne, timeout: 1d}\n",
+     "t.yaml:4: steps[0].wait_for.event: unknown event type 'email_opne' (did you mean 'email_open'?"),
     ("steps:\n  - branch:\n      - profile: {favourite_colour: blue}\n        goto: step-1\n    else: step-1\n",
      "t.yaml:5: steps[0].branch[0]: unknown profile field(s) ['favourite_colour']"),
     ("steps:\n  - branch:\n      - percent: 60\n        goto: step-2\n      - percent: 60\n        goto: step-2\n"
@@ -95,6 +96,10 @@ def test_check_command_reports_every_file_and_exits_2(tmp_path, capsys):
     assert f"journey name 't' is already used by {good}" in captured.err
     assert main(["journeys", "check", str(tmp_path / "missing.yaml")]) == 2
     assert "no such file or directory" in capsys.readouterr().err
+    settings = tmp_path / "journeys.toml"
+    settings.write_text("[journeys]\nfiles = ['good.yaml']\n")
+    assert main(["journeys", "check", str(settings)]) == 2  # a settings file where a journey file goes
+    assert "a TOML file is a settings file, not a journey file" in capsys.readouterr().err
 
 
 def test_preview_shows_what_a_contact_would_get_and_when(capsys):

@@ -19,10 +19,25 @@ def journey_paths(paths: list[Path]) -> list[Path]:
                 raise JourneyError(f"{path}: no journey files (*.yaml, *.yml) in this directory")
             out.extend(found)
         elif path.exists():
+            _check_suffix(path)
             out.append(path)
         else:
             raise JourneyError(f"{path}: no such file or directory")
     return out
+
+
+def _check_suffix(path: Path) -> None:
+    """A settings file given as a journey file (``--journeys examples/journeys.toml``) is named
+    for what it is, not parsed as YAML into a confusing error.
+
+    >>> _check_suffix(Path("journeys.toml"))
+    Traceback (most recent call last):
+    ...
+    touchline.decisions.journeys.JourneyError: journeys.toml: a TOML file is a settings file, not a journey file (*.yaml, *.yml); pass it with --config, which reads the journeys it lists under [journeys] files
+    """
+    if path.suffix.lower() == ".toml":
+        raise JourneyError(f"{path}: a TOML file is a settings file, not a journey file (*.yaml, *.yml); pass it with "
+                           "--config, which reads the journeys it lists under [journeys] files")
 
 
 def load_journeys(paths: list[Path]) -> tuple[list[tuple[Path, Journey]], list[str]]:
