@@ -36,7 +36,7 @@ from touchline.decisions.estimators import ModelConfig, ScoreSettings
 from touchline.decisions.outcome import BatchOutcome
 from touchline.decisions.participant import Participant
 from touchline.decisions.policy import PolicyConfig
-from touchline.decisions.profile import DAY_MS, Profile
+from touchline.decisions.profile import DAY_MS, Profile, purchase_span_ms
 from touchline.decisions.score_rank import ScoreRank
 from touchline.decisions.scoring import Scorer
 from touchline.decisions.timer_handler import TimerHandler
@@ -93,11 +93,10 @@ class DecisionCore:
         ``policy.inactivity_days``, or for a repeat buyer ``policy.inactivity_gaps`` of its own
         mean gap between purchases when that is longer, so a customer who buys every few
         weeks is not "inactive" between two of its usual purchases."""
-        gaps, repeats = self.policy.inactivity_gaps, profile.purchases_total - 1
-        first, last = profile.first_purchase_ts, profile.last_purchase_ts
-        if gaps is None or repeats < 1 or first is None or last is None:
+        gaps, bought = self.policy.inactivity_gaps, purchase_span_ms(profile)
+        if gaps is None or bought is None:
             return self.inactive_ms
-        return max(self.inactive_ms, int(gaps * (last - first) / repeats))
+        return max(self.inactive_ms, int(gaps * bought[1]))
 
     def advance(self, events: list[Event], advance_to_ms: int | None) -> int:
         """Let the clock see a batch's events (and an explicit advance); returns its horizon."""

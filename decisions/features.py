@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from math import log1p
 
-from touchline.decisions.profile import DAY_MS, HOUR_MS, Profile, advance
+from touchline.decisions.profile import DAY_MS, HOUR_MS, Profile, advance, purchase_span_ms
 
 #: Event types whose windowed counts are model features.
 FEATURE_TYPES = (
@@ -127,17 +127,17 @@ def _customer_base(profile: Profile, now: int, out: dict[str, float]) -> None:
     >>> {k: round(v, 3) for k, v in out.items()}
     {'rfm_frequency': 2.0, 'rfm_recency_days': 30.0, 'rfm_age_days': 50.0, 'purchase_gap_days': 15.0, 'days_overdue': 5.0, 'gaps_since_purchase': 0.847}
     """
+    bought = purchase_span_ms(profile)
     last = profile.last_purchase_ts
-    if last is None or not profile.purchases_total:
+    if bought is None or last is None:
         out.update(dict.fromkeys(_CUSTOMER_BASE, 0.0))
         return
-    first = last if profile.first_purchase_ts is None else profile.first_purchase_ts  # older blobs: no first
+    span_ms, gap_ms = bought
     repeats = float(profile.purchases_total - 1)
-    span = (last - first) / DAY_MS
-    gap = span / repeats if repeats else 0.0
+    gap = gap_ms / DAY_MS
     out["rfm_frequency"] = repeats
-    out["rfm_recency_days"] = span
-    out["rfm_age_days"] = max(0, now - first) / DAY_MS
+    out["rfm_recency_days"] = span_ms / DAY_MS
+    out["rfm_age_days"] = max(0, now - (last - span_ms)) / DAY_MS
     out["purchase_gap_days"] = gap
     out["days_overdue"] = max(0, now - last) / DAY_MS - gap if repeats else 0.0
     out["gaps_since_purchase"] = log1p(max(0, now - last) / DAY_MS / gap) if repeats and gap > 0 else 0.0

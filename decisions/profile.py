@@ -214,6 +214,26 @@ def advance(profile: Profile, now_ms: int) -> None:
         profile.sends = [s for s in profile.sends if s.ts_ms > horizon]
 
 
+def purchase_span_ms(profile: Profile) -> tuple[int, float] | None:
+    """First to last purchase (ms) and the mean gap between purchases (ms, 0 before a second
+    purchase); None for a contact that never bought. A blob written before the first purchase
+    was kept has its first purchase taken as the last.
+
+    >>> p = Profile("c1")
+    >>> for i, day in enumerate((0, 10, 30)):
+    ...     _ = apply_event(p, f"e{i}", "purchase", day * DAY_MS, {"value": 5.0}, {})
+    >>> span, gap = purchase_span_ms(p)
+    >>> span / DAY_MS, gap / DAY_MS
+    (30.0, 15.0)
+    """
+    last = profile.last_purchase_ts
+    if last is None or not profile.purchases_total:
+        return None
+    first = last if profile.first_purchase_ts is None else profile.first_purchase_ts
+    span, repeats = last - first, profile.purchases_total - 1
+    return span, span / repeats if repeats else 0.0
+
+
 def is_too_late(profile: Profile, ts_ms: int) -> bool:
     """True when an event is older than idempotency memory reaches for this profile.
 
