@@ -78,13 +78,12 @@ def _repeat_purchases(gaps: Mapping[int, int], horizon_ms: int, purchase_share: 
     >>> _repeat_purchases({10: 3, 30: 2, 90: 1}, 7 * 86_400_000)["suggested_churn_horizon_days"]
     30
     """
-    total = sum(gaps.values())
-    if not total:
+    median, p90 = weighted_percentile(gaps.items(), 0.5), weighted_percentile(gaps.items(), 0.9)
+    if median is None or p90 is None:
         return None
-    ordered = sorted(gaps.items())
-    return {"gaps": total, "median_gap_days": _quantile_days(ordered, total, 0.5),
-            "p90_gap_days": _quantile_days(ordered, total, 0.9), "churn_horizon_days": horizon_ms / 86_400_000,
-            "suggested_churn_horizon_days": max(1, SUGGESTED_GAPS * _quantile_days(ordered, total, 0.5)),
+    return {"gaps": sum(gaps.values()), "median_gap_days": int(median), "p90_gap_days": int(p90),
+            "churn_horizon_days": horizon_ms / 86_400_000,
+            "suggested_churn_horizon_days": max(1, SUGGESTED_GAPS * int(median)),
             "purchase_share": round(purchase_share, 4),
             "churn_observations": "random_times" if random_times else "activity"}
 
@@ -92,16 +91,6 @@ def _repeat_purchases(gaps: Mapping[int, int], horizon_ms: int, purchase_share: 
 def _purchase_share(by_type: Mapping[str, int]) -> float:
     total = sum(by_type.values())
     return by_type.get("purchase", 0) / total if total else 0.0
-
-
-def _quantile_days(ordered: list[tuple[int, int]], total: int, q: float) -> int:
-    """The smallest gap (in whole days) with at least ``q`` of the gaps at or below it."""
-    seen = 0
-    for days, n in ordered:
-        seen += n
-        if seen >= q * total:
-            return days
-    return ordered[-1][0]
 
 
 def _deliveries(outcomes: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
