@@ -40,6 +40,7 @@ from scipy.stats import rankdata
 
 from touchline.connectors.repeat_purchase import DAY_MS, RepeatPurchase, RepeatPurchaseSpec
 from touchline.decisions import bgnbd
+from touchline.decisions.evaluation import Calibration
 
 Array = npt.NDArray[np.float64]
 #: Purchases per customer: contact id -> (event times ms, values), in time order.
@@ -134,19 +135,17 @@ def roc_auc(truth: npt.NDArray[np.bool_], score: Array) -> float | None:
     return float((ranks[truth].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
-def ece(truth: npt.NDArray[np.bool_], p: Array, buckets: int = 10) -> float:
-    """Expected calibration error: |mean p - observed rate| per equal-width bucket, weighted.
+def ece(truth: npt.NDArray[np.bool_], p: Array) -> float:
+    """Expected calibration error, as the engine grades its own models
+    (:class:`touchline.decisions.evaluation.Calibration`: ten equal-width buckets).
 
     >>> round(ece(np.array([True, False]), np.array([0.9, 0.1])), 3)
     0.1
     """
-    which = np.minimum((p * buckets).astype(int), buckets - 1)
-    total = 0.0
-    for b in range(buckets):
-        inside = which == b
-        if inside.any():
-            total += abs(float(p[inside].mean()) - float(truth[inside].mean())) * int(inside.sum())
-    return total / max(1, len(p))
+    calibration = Calibration()
+    for label, prob in zip(truth.tolist(), p.tolist()):
+        calibration.update(bool(label), float(prob))
+    return calibration.ece()
 
 
 # ------------------------------------------------------------------ offline peers
