@@ -126,14 +126,13 @@ class MemoryStore(StateStore):
         self._known += sum(1 for key in profiles if key not in stored and is_known_key(key))
         stored.update(profiles)
 
-    def _drop(self, key: str) -> Profile | None:
-        """Forget one profile and its timers; the profile, if there was one."""
+    def _drop(self, key: str) -> None:
+        """Forget one profile, its timers and its place in the known count."""
         gone = self._profiles.pop(key, None)
         if gone is not None:
             self._known -= is_known_key(key)
             for kind in gone.timers:
                 self._timers.pop((key, kind), None)
-        return gone
 
     def known_contacts(self, max_age_seconds: float = 10.0) -> int:
         return self._known

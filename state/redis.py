@@ -103,11 +103,11 @@ TOMBSTONES_KEY = f"{PREFIX}:{{erased}}:tombstones"
 #: The erasure key generated at the first erasure when none is configured, and a check of
 #: the key the tombstones were made with.
 ERASURE_KEY_KEY = f"{PREFIX}:{{meta}}:erasure-key"
+ERASURE_CHECK_KEY = f"{PREFIX}:{{meta}}:erasure-key-check"
 #: The running count of known profiles (see :meth:`RedisStore.known_contacts`), and how
 #: often a process reads it.
 KNOWN_KEY = f"{PREFIX}:{{meta}}:known"
 KNOWN_READ_SECONDS = 10.0
-ERASURE_CHECK_KEY = f"{PREFIX}:{{meta}}:erasure-key-check"
 _RETRYABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
