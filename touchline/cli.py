@@ -812,6 +812,10 @@ def _without_settings(args: argparse.Namespace) -> int | None:
     if args.command == "report":
         from touchline import report as report_cmd
 
+        missing = _missing_report_extra()
+        if missing is not None:
+            print(missing, file=sys.stderr)
+            return EXIT_CONFIG
         return report_cmd.main(args)
     if args.command == "journeys" and args.action == "check":
         return _cmd_journeys(args)
@@ -820,6 +824,17 @@ def _without_settings(args: argparse.Namespace) -> int | None:
 
         print(list_models())
         return 0
+    return None
+
+
+def _missing_report_extra() -> str | None:
+    """The one-line error when the report's plotting library is not installed (the engine and its
+    image leave it out: it is the ``report`` extra), else None."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return ('touchline report: matplotlib is not installed; it comes with the "report" extra: '
+                'pip install "touchline[report]" (in a checkout: pip install -e ".[report]")')
     return None
 
 
