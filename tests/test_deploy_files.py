@@ -145,7 +145,7 @@ def test_engine_command_and_environment_load_with_the_cli(services, monkeypatch)
     port = settings.kafka.bootstrap.rsplit(":", 1)[1]
     assert f"//broker:{port}" in broker["KAFKA_ADVERTISED_LISTENERS"]
     assert f"//:{port}" in broker["KAFKA_LISTENERS"]
-    assert settings.kafka.partitions <= int(broker["KAFKA_NUM_PARTITIONS"]) or settings.kafka.create_topics
+    assert settings.kafka.partitions == int(broker["KAFKA_NUM_PARTITIONS"]), "topics made by either differ"
     # Redis: the redis service, with the password it requires
     url = urlsplit(settings.state.url)
     assert (url.scheme, url.hostname, url.port or 6379) == ("redis", "redis", 6379)
@@ -230,7 +230,7 @@ def test_prometheus_scrapes_the_engine_and_loads_the_shipped_rules(services, mon
     checked.write_text(yaml.safe_dump(local))
     done = subprocess.run(["promtool", "check", "config", str(checked)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "27 rules found" in done.stdout or "SUCCESS" in done.stdout
+    assert f"Checking {RULES.resolve()}" in done.stdout and "rules found" in done.stdout, done.stdout
 
 
 def test_grafana_provisions_the_prometheus_service_and_the_shipped_dashboard(services):
