@@ -248,3 +248,86 @@ def test_an_upgrade_on_redis_takes_unversioned_contacts_as_in_the_files_it_start
     got = sent(advance(edited, T0 + 6 * DAY_MS))
     edited.store.close()
     assert got == [("c1", "benefits", at(T0 + 2 * DAY_MS + 1)), ("c1", "offer", at(T0 + 5 * DAY_MS + 2))]
+
+
+# ------------------------------------------------------------------ journeys check against a deployment
+def _deployment(redis_url: str):
+    """On Redis: three contacts got ``hello`` of v1 and wait two days; a version of welcome no
+    one is in is kept beside."""
+    e = journey_engine(journey(V1), store=open_store(redis_url, StoreOptions()))
+    run(e, [line("s1", "signup", T0, "c1"), line("s2", "signup", T0, "c2"), line("s3", "signup", T0, "c3")])
+    advance(e, T0 + HOUR_MS)
+    e.store.keep_journey_versions({("welcome", "000000000000"): definition(journey(OTHER.replace("other", "welcome")))})
+    e.store.close()
+
+
+def test_journeys_check_says_what_an_edit_means_for_the_contacts_inside(redis_url, tmp_path, capsys):
+    from touchline.cli import main
+
+    _deployment(redis_url)
+    edited = tmp_path / "welcome.yaml"
+    edited.write_text(V2)
+    assert main(["journeys", "check", str(edited), "--redis", redis_url]) == 0
+    out = capsys.readouterr().out.splitlines()
+    v1, v2 = version_of(journey(V1)), version_of(journey(V2))
+    assert out[0] == f"ok  {edited}: journey 'welcome', priority 50, event entry, 7 steps, version {v2}"
+    assert out[1] == f"deployment {redis_url}: 3 profiles read"
+    assert out[2] == f"  welcome: 3 contacts inside; this file is version {v2} (new: the engine keeps it when it " \
+                     "starts with this file)"
+    assert out[3].startswith(f"    version {v1} (not this file): 3 contacts: finish this version as they entered it")
+    assert out[4] == "      at: step-2 (wait 2d) 3"
+    assert out[5] == ("      this file against it: inserted pause (wait 1d), tip (send email welcome/tip) "
+                      "before step-2 (wait 2d)")
+    assert out[6] == "  kept versions no contact is in: welcome 000000000000 (--forget-unused drops them)"
+
+
+def test_journeys_check_json_and_forget_unused(redis_url, tmp_path, capsys):
+    import orjson
+
+    from touchline.cli import main
+
+    _deployment(redis_url)
+    (tmp_path / "welcome.yaml").write_text(V1)
+    assert main(["journeys", "check", str(tmp_path), "--redis", redis_url, "--json", "--forget-unused"]) == 0
+    found = orjson.loads(capsys.readouterr().out)
+    (welcome,) = found["journeys"]
+    assert welcome["kept"] and welcome["inside"] == 3 and welcome["version"] == version_of(journey(V1))
+    assert welcome["versions"] == [{"version": welcome["version"], "this_file": True, "contacts": 3,
+                                    "steps": [{"index": 1, "step": "step-2 (wait 2d)", "contacts": 3}],
+                                    "fate": "on this file's steps"}]
+    assert found["forgotten"] == [["welcome", "000000000000"]] and found["profiles"] == 3
+    store = open_store(redis_url, StoreOptions())
+    assert set(store.journey_versions().definitions) == {("welcome", welcome["version"])}
+    store.close()
+
+
+def test_journeys_check_reports_contacts_of_other_journeys_and_unknown_versions():
+    from pathlib import Path
+
+    from touchline.journey_check import census, format_report, report
+
+    store = MemoryStore()
+    e = journey_engine(journey(V1), journey(OTHER), store=store)
+    run(e, [line("s1", "signup", T0, "c1"), line("m1", "chat_message", T0, "c2")])
+    store.load(["c1"])["c1"].journeys["welcome"][VERSION] = "feedfeedfeed"  # a version kept nowhere
+    stored = store.journey_versions()
+    inside, read = census(store.profiles(), stored.baselines)
+    found = {"deployment": "memory://", "profiles": read, "forgotten": [],
+             **report([(Path("welcome.yaml"), journey(V1))], inside, stored)}
+    text = format_report(found)
+    assert "    version feedfeedfeed (not this file): 1 contact: leave the journey at their next step (exit reason " \
+           "unknown_version): no definition of it is kept" in text
+    assert "      at: step #2 1" in text  # its step by number: no definition names it
+    assert "  contacts inside journeys not in these files: other 1 (a journey gone from the engine's files" in text
+
+
+def test_journeys_check_needs_a_deployment_for_its_deployment_flags(capsys, tmp_path):
+    from touchline.cli import main
+
+    (tmp_path / "w.yaml").write_text(V1)
+    assert main(["journeys", "check", str(tmp_path / "w.yaml"), "--forget-unused"]) == 2
+    assert "give --redis URL or --config FILE" in capsys.readouterr().err
+    assert main(["journeys", "check"]) == 2
+    assert "give journey files" in capsys.readouterr().err
+    assert main(["journeys", "check", str(tmp_path / "w.yaml"), "--redis", "memory://"]) == 2
+    assert "keeps nothing after a run: pass --redis URL" in capsys.readouterr().err
