@@ -315,9 +315,14 @@ class StateStore(ABC):
         return kept
 
     def profiles(self) -> Iterator[Profile]:
-        """Every stored profile, anonymous visitors' too (for tools such as ``journeys check``,
-        never the hot path)."""
+        """Every stored profile, anonymous visitors' too (for tools, never the hot path)."""
         raise NotImplementedError(f"{type(self).__name__} cannot list its profiles")
+
+    def journey_states(self) -> Iterator[tuple[str, Mapping[str, dict[str, Any]]]]:
+        """(profile key, journey name -> state) of every stored profile: what ``journeys check``
+        counts. A store may read only that much of each profile."""
+        for profile in self.profiles():
+            yield profile.key, profile.journeys
 
     def stats(self) -> dict[str, int]:
         """Sizes worth reporting (profiles, aliases, timers)."""

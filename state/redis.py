@@ -90,7 +90,7 @@ from touchline.state.erasure import (
     tombstone_id,
     unsubscribed,
 )
-from touchline.state.codec import SEP, from_parts, log_diff, log_index, send_entries, to_blob
+from touchline.state.codec import SEP, from_parts, journeys_of, log_diff, log_index, send_entries, to_blob
 from touchline.state.redis_scripts import SCRIPTS
 
 log = logging.getLogger(__name__)
@@ -729,12 +729,23 @@ class RedisStore(StateStore):
 
     def profiles(self) -> Iterator[Profile]:
         """Every stored profile (SCAN on every primary), read 500 at a time."""
+        for keys in self._profile_keys(500):
+            yield from self.load(keys).values()
+
+    def journey_states(self) -> Iterator[tuple[str, Mapping[str, dict[str, Any]]]]:
+        """Only the blobs (one HGET each, 1,000 a round trip): no event log, no sends."""
+        for keys in self._profile_keys(1000):
+            blobs = self._run("scan", [("cmd", "HGET", profile_keys(k)[0], "blob") for k in keys])
+            yield from ((key, journeys_of(blob)) for key, blob in zip(keys, blobs) if blob)
+
+    def _profile_keys(self, chunk: int) -> Iterator[list[str]]:
+        """The keys of every stored profile (SCAN on every primary), ``chunk`` at a time."""
         head, tail = f"{PREFIX}:{{", "}:p"
         names = self._with_retry("scan", lambda: [
             k for node in self._nodes() for k in node.scan_iter(match=f"{head}*{tail}", count=1000)])
         keys = sorted(_text(k)[len(head):-len(tail)] for k in names)
-        for start in range(0, len(keys), 500):
-            yield from self.load(keys[start:start + 500]).values()
+        for start in range(0, len(keys), chunk):
+            yield keys[start:start + chunk]
 
     # ---------------------------------------------------------------- lifecycle and privacy
     def _linked(self, contact: str) -> list[str]:

@@ -311,7 +311,7 @@ def test_journeys_check_reports_contacts_of_other_journeys_and_unknown_versions(
     run(e, [line("s1", "signup", T0, "c1"), line("m1", "chat_message", T0, "c2")])
     store.load(["c1"])["c1"].journeys["welcome"][VERSION] = "feedfeedfeed"  # a version kept nowhere
     stored = store.journey_versions()
-    inside, read = census(store.profiles(), stored.baselines)
+    inside, read = census(store.journey_states(), stored.baselines)
     found = {"deployment": "memory://", "profiles": read, "forgotten": [],
              **report([(Path("welcome.yaml"), journey(V1))], inside, stored)}
     text = format_report(found)

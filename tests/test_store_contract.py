@@ -629,7 +629,7 @@ def test_journey_versions_are_kept_once_and_the_first_is_the_baseline(new_store)
         assert new_store().journey_versions().definitions == s.journey_versions().definitions
 
 
-def test_profiles_lists_every_stored_profile(new_store):
+def test_profiles_and_journey_states_list_every_stored_profile(new_store):
     """What tools such as ``journeys check`` read: every stored profile, anonymous ones too."""
     s = new_store()
     assert list(s.profiles()) == []
@@ -639,3 +639,6 @@ def test_profiles_lists_every_stored_profile(new_store):
     listed = {p.key: p for p in s.profiles()}
     assert set(listed) == {"c1", "c2", "anon:a1"}
     assert listed["c1"].journeys["welcome"]["version"] == "aaaaaaaaaaaa"
+    states = dict(s.journey_states())  # what journeys check counts: the journey states alone
+    assert states == {"c1": {"welcome": {"active": True, "step": 1, "version": "aaaaaaaaaaaa"}}, "c2": {},
+                      "anon:a1": {}}

@@ -18,27 +18,28 @@ from __future__ import annotations
 import difflib
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import orjson
 
 from touchline.decisions.journey_versions import VERSION, StoredVersions, VersionKey, from_definition, version_of
 from touchline.decisions.journeys import Journey, JourneyError
-from touchline.decisions.profile import Profile
 from touchline.settings import ConfigError, Settings
 
 #: journey -> version ("" when unknown: entered before versions were kept, none kept yet) -> step index -> contacts
 Census = dict[str, dict[str, Counter[int]]]
 
 
-def census(profiles: Iterable[Profile], baselines: dict[str, str]) -> tuple[Census, int]:
-    """Contacts inside each journey by version and step (a state without a version counts in
-    its journey's baseline, as the engine takes it), and how many profiles were read."""
+def census(profiles: Iterable[tuple[str, Mapping[str, dict[str, Any]]]], baselines: dict[str, str]
+           ) -> tuple[Census, int]:
+    """Contacts inside each journey by version and step, from each profile's (key, journey
+    states); a state without a version counts in its journey's baseline, as the engine takes
+    it. Also how many profiles were read."""
     inside: Census = defaultdict(lambda: defaultdict(Counter))
     read = 0
-    for profile in profiles:
+    for _, journeys in profiles:
         read += 1
-        for name, state in profile.journeys.items():
+        for name, state in journeys.items():
             if state.get("active"):
                 version = state.get(VERSION) or baselines.get(name, "")
                 inside[name][version][int(state.get("step", 0))] += 1
@@ -222,7 +223,7 @@ def check_deployment(settings: Settings, files: list[tuple[Path, Journey]], forg
     store = open_store(url, settings.state.options())
     try:
         stored = store.journey_versions()
-        inside, read = census(store.profiles(), stored.baselines)
+        inside, read = census(store.journey_states(), stored.baselines)
         found = {"deployment": redact_url(url), "profiles": read, **report(files, inside, stored)}
         found["forgotten"] = found["unused"] if forget_unused else []
         if found["forgotten"]:
