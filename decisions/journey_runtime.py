@@ -1,8 +1,10 @@
 """Running journeys per contact: entries, steps, waits, branches, exits. Pure logic.
 
 A contact's place in each journey is plain data in ``profile.journeys[name]`` (so it is
-saved with the profile, in Redis too, and survives a restart); every wait is a timer of
-kind ``journey:<name>`` on the engine clock (event time in replay, the wall clock live).
+saved with the profile, in Redis too, and survives a restart): the version of the journey
+it entered and a step of that version, so an edited file moves no one inside
+(:mod:`~touchline.decisions.journey_versions`); every wait is a timer of kind
+``journey:<name>`` on the engine clock (event time in replay, the wall clock live).
 
 The runner is a :class:`~touchline.decisions.participant.Participant` of the decision loop:
 :meth:`JourneyRunner.propose` after an event is applied (or after scores computed without
@@ -465,7 +467,7 @@ class JourneyRunner(Participant):
         kept of anywhere leaves the journey (reason ``unknown_version``), never guessed onto another."""
         journey = self.versions.own(name, state)
         if journey is None:
-            self._leave(at, name, state, "unknown_version", f"#{state.get('step')}")
+            self._leave(at, name, state, "unknown_version", _step_number(state))
         return journey
 
     def _proposer(self, cand: Candidate, state: dict[str, Any]) -> Journey:
@@ -482,7 +484,7 @@ class JourneyRunner(Participant):
         if not state.get("active"):
             at.profile.journeys.pop(name, None)
             return
-        self._close(at, name, state, "removed", f"#{state.get('step')}")
+        self._close(at, name, state, "removed", _step_number(state))
 
     def _goto(self, state: dict[str, Any], journey: Journey, target: str | None, index: int) -> None:
         if target is not None:
@@ -679,6 +681,16 @@ class JourneyRunner(Participant):
         if self.trace is not None:
             self.trace({"time": _iso(now_ms), "contact": profile.contact_id, "journey": name, "step": step,
                         "what": what})
+
+
+def _step_number(state: dict[str, Any]) -> str:
+    """A step named by its place (counted from 1) where no definition names it.
+
+    >>> _step_number({"step": 2}), _step_number({"step": "odd"})
+    ('#3', '#?')
+    """
+    step = state.get("step")
+    return f"#{step + 1}" if isinstance(step, int) else "#?"
 
 
 def _iso(ms: int) -> str:

@@ -331,3 +331,13 @@ def test_journeys_check_needs_a_deployment_for_its_deployment_flags(capsys, tmp_
     assert "give journey files" in capsys.readouterr().err
     assert main(["journeys", "check", str(tmp_path / "w.yaml"), "--redis", "memory://"]) == 2
     assert "keeps nothing after a run: pass --redis URL" in capsys.readouterr().err
+
+
+def test_journeys_check_counts_odd_stored_states_without_failing():
+    from touchline.journey_check import census, step_label
+
+    odd = [("c1", {"welcome": {"active": True, "step": "s2", VERSION: 5}}), ("c2", {"welcome": "not a state"}),
+           ("c3", {"welcome": {"active": True}}), ("c4", {})]
+    inside, read = census(odd, {"welcome": "aaaaaaaaaaaa"})
+    assert read == 4 and inside == {"welcome": {"5": {-1: 1}, "aaaaaaaaaaaa": {-1: 1}}}
+    assert step_label(journey(V1), -1) == "an unreadable step"

@@ -40,9 +40,10 @@ def census(profiles: Iterable[tuple[str, Mapping[str, dict[str, Any]]]], baselin
     for _, journeys in profiles:
         read += 1
         for name, state in journeys.items():
-            if state.get("active"):
-                version = state.get(VERSION) or baselines.get(name, "")
-                inside[name][version][int(state.get("step", 0))] += 1
+            if isinstance(state, dict) and state.get("active"):
+                version = str(state.get(VERSION) or baselines.get(name, ""))
+                step = state.get("step")
+                inside[name][version][step if isinstance(step, int) else -1] += 1
     return inside, read
 
 
@@ -51,9 +52,11 @@ def step_label(journey: Journey | None, index: int) -> str:
 
     >>> from touchline.decisions.journeys import parse_journey
     >>> j = parse_journey("journey: w\\nentry: {event: signup}\\nsteps:\\n  - wait: 2d\\n  - send: {channel: sms, template: t}\\n")
-    >>> step_label(j, 0), step_label(j, 1), step_label(j, 2), step_label(None, 3)
-    ('step-1 (wait 2d)', 'step-2 (send sms t)', 'after the last step', 'step #4')
+    >>> step_label(j, 0), step_label(j, 1), step_label(j, 2), step_label(None, 3), step_label(j, -1)
+    ('step-1 (wait 2d)', 'step-2 (send sms t)', 'after the last step', 'step #4', 'an unreadable step')
     """
+    if index < 0:
+        return "an unreadable step"
     if journey is None:
         return f"step #{index + 1}"
     if index >= len(journey.steps):
