@@ -280,7 +280,7 @@ class JourneyRunner(Participant):
             state = profile.journeys.get(journey.journey)
             if state is not None and state.get("active"):
                 own = self._own(at, journey.journey, state)
-                out += self._event_inside(at, own, state, event_type, properties, scores) if own else []
+                out += self._event_inside(at, own, state, event_type, properties, scores) if own is not None else []
             elif self._event_enters(at, journey, event_type, properties, scores, facts):
                 out += self._enter(profile, journey, ts_ms, scores, at)
         return out
