@@ -80,7 +80,8 @@ class EngineMetrics:
             "touchline_journey_entries", "Contacts entering a journey.", ["journey"], registry=registry)
         self.journey_exits = PromCounter(
             "touchline_journey_exits", "Contacts leaving a journey, by reason (goal, unsubscribed, preempted, "
-            "completed).", ["journey", "reason"], registry=registry)
+            "completed; removed: the journey is gone from the files; unknown_version: no definition of the version "
+            "they are in is kept).", ["journey", "reason"], registry=registry)
         self.journey_sends = PromCounter(
             "touchline_journey_step_sends", "Journey steps sent (won their decision point).", ["journey", "step"],
             registry=registry)

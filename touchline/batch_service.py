@@ -28,6 +28,7 @@ from touchline.decisions.clock import Clock
 from touchline.decisions.batch_run import BatchRun, DecisionCore
 from touchline.decisions.outcome import BatchOutcome, JourneyTallies
 from touchline.decisions.events import Event, Rejected, parse_event
+from touchline.decisions.journey_versions import JourneyVersions
 from touchline.decisions.reorder import EventOrder, TimeRules
 from touchline.model_keeper import ModelKeeper
 from touchline.metrics.engine_metrics import EngineMetrics, observe_each, observe_many
@@ -72,6 +73,19 @@ class Totals:
     journeys: Counter = field(default_factory=Counter)
     #: whole days between consecutive purchases of a contact -> how often (bounded: <= 3,651 keys)
     purchase_gap_days: Counter = field(default_factory=Counter)
+
+
+def keep_journey_versions(versions: JourneyVersions, store: StateStore) -> None:
+    """The journeys' versions into the store, for every process and every restart, and the
+    older versions kept there out of it (and from it later, one another process kept since),
+    so a contact finishes the version it entered however the files were edited."""
+    store.keep_journey_versions(versions.definitions())
+    versions.adopt(store.journey_versions())
+
+    def find(name: str, version: str) -> str | None:
+        return store.journey_versions([(name, version)]).definitions.get((name, version))
+
+    versions.find = find
 
 
 class Engine:
@@ -131,6 +145,8 @@ class Engine:
         self.recover_outbox = False
         #: (profile key, decision id, output) confirmed by the outputs, for the next batch's ack
         self._done: deque[tuple[str, str, str]] = deque()
+        if core.journeys is not None:
+            keep_journey_versions(core.journeys.versions, store)
 
     def not_alive(self, stall_seconds: float) -> str | None:
         """Why a liveness probe should fail (restart me), or None: the run stopped on a
