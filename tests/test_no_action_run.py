@@ -5,6 +5,7 @@ every run, the decisions output is untouched by it, and ``touchline why`` reads 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -129,7 +130,8 @@ def test_why_shows_decisions_and_non_decisions_in_time_order(runs, capsys):
     assert kinds == {"SENT", "NOTHING"}
     assert [line[:20] for line in entries] == sorted(line[:20] for line in entries)
     mine = [r for r in _read(out / "no_actions.jsonl") if r["contact_id"] == contact]
-    assert sum(line.split()[2] == "NOTHING" for line in entries) == len(mine)
+    folded = [re.search(r"\(x(\d+) since ", line) for line in entries if line.split()[2] == "NOTHING"]
+    assert sum(int(m.group(1)) if m else 1 for m in folded) == len(mine)
     for c in mine[0]["candidates"]:
         assert f"held back  {c['action']}/{c['channel']}: {c['reason']}" in text
 
@@ -243,3 +245,40 @@ def test_why_after_a_kafka_run_says_where_the_records_went(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "the run wrote its no-action records to kafka topic t.no-actions: pass its records as a JSONL file " \
            "(--no-actions FILE)" in err
+
+
+def test_why_folds_a_run_of_alike_points_into_one_block(tmp_path, capsys):
+    """A journey step deferred hour after hour is one block saying how often and since when,
+    with the latest deferral; a decision between two runs keeps them apart."""
+    def point(hour: int, until: int) -> dict:
+        ms = 1767600000000 + hour * 3_600_000
+        return {"kind": "no_action", "contact_id": "c1", "holdout": False, "decision_time_ms": ms,
+                "decision_time": f"2026-01-05T{hour:02d}:00:00.000Z", "trigger": {"kind": "timer", "timer": "journey:w"},
+                "candidates": [{"action": "w.2", "channel": "email", "reason": "channel_cap", "journey": "w", "step": "2",
+                                "why": "journey w, step 2", "journey_step": f"deferred to {until}"}]}
+    sent = {"contact_id": "c1", "action": "w.2", "channel": "email", "reasons": ["journey w, step 2"],
+            "journey": "w", "step": "2", "trigger": {"kind": "timer", "timer": "journey:w"},
+            "decision_time": "2026-01-05T04:00:00.000Z", "decision_time_ms": 1767600000000 + 4 * 3_600_000}
+    (tmp_path / "no_actions.jsonl").write_bytes(b"".join(orjson.dumps(point(h, h + 1)) + b"\n" for h in (1, 2, 3, 5)))
+    (tmp_path / "decisions.jsonl").write_bytes(orjson.dumps(sent) + b"\n")
+    assert main(["why", "c1", "--out", str(tmp_path)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("2026")]
+    assert lines == [
+        "2026-01-05 03:00:00Z  NOTHING  every candidate held back  [timer journey:w]  (x3 since 2026-01-05 01:00:00Z)",
+        "2026-01-05 04:00:00Z  SENT     w.2 by email (journey w, step 2)  [timer journey:w]",
+        "2026-01-05 05:00:00Z  NOTHING  every candidate held back  [timer journey:w]"]
+
+
+def test_erasing_outputs_removes_no_action_records_by_contact_and_by_anonymous_id(runs, tmp_path):
+    """``contact erase ID --outputs DIR`` passes the contact id and its anonymous ids: a visitor's
+    records name it only as ``anon:<id>`` in contact_id, so they carry ``anonymous_id`` as well."""
+    from touchline.erasure_outputs import rewrite_without
+
+    records = _read(runs[None][0] / "no_actions.jsonl")
+    anon = next(r for r in records if "anonymous_id" in r)
+    known = next(r for r in records if "anonymous_id" not in r)
+    (tmp_path / "no_actions.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    removed = rewrite_without(tmp_path, [known["contact_id"], anon["anonymous_id"]])
+    left = _read(tmp_path / "no_actions.jsonl")
+    assert removed == {tmp_path / "no_actions.jsonl": len(records) - len(left)}
+    assert not [r for r in left if r["contact_id"] in (known["contact_id"], anon["contact_id"])]

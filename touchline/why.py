@@ -43,14 +43,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "CONTACT is a contact id or an anonymous id (also as anon:ID); an anonymous id linked to a contact "
         "shows the contact's records too.")
     p.add_argument("contact", metavar="CONTACT", help="contact id or anonymous id")
-    p.add_argument("--out", type=Path, default=Path("touchline-out"),
+    p.add_argument("--out", type=Path, default=Path("touchline-out"), metavar="DIR",
                    help="the run's output directory, where the records are found (default touchline-out)")
     p.add_argument("--decisions", type=Path, metavar="FILE", help="decisions JSONL (default DIR/decisions.jsonl)")
     p.add_argument("--no-actions", type=Path, metavar="FILE",
                    help="no-action records JSONL (default DIR/no_actions.jsonl)")
     p.add_argument("--events", type=Path, metavar="FILE", help="the events the run read, to link anonymous ids to "
                    "contacts (default DIR/events.jsonl if it exists)")
-    p.add_argument("--limit", type=_positive, default=DEFAULT_LIMIT,
+    p.add_argument("--limit", type=_positive, default=DEFAULT_LIMIT, metavar="N",
                    help=f"show at most this many records, the most recent (default {DEFAULT_LIMIT})")
     p.add_argument("--json", action="store_true", help="print JSON: the identities, sources and records")
 
@@ -92,6 +92,9 @@ class Identity:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``touchline why``: 0 with records shown, 1 when none were found, 2 for a bad input."""
+    if not args.contact.strip():
+        print("touchline why: CONTACT is empty; give a contact id or an anonymous id", file=sys.stderr)
+        return EXIT_USAGE
     try:
         sources = find_sources(args.out, args.decisions, args.no_actions, args.events)
         identity = resolve(args.contact, sources.events)
@@ -270,11 +273,40 @@ def _docs(path: Path, any_of: tuple[bytes, ...], need_all: tuple[bytes, ...] = (
 # ------------------------------------------------------------------------------ output
 def format_why(identity: Identity, sources: Sources, records: list[dict[str, Any]],
                shown: list[dict[str, Any]]) -> str:
-    """The records as text: a header (who, how many, from where), then one block per record."""
+    """The records as text: a header (who, how many, from where), then one block per record;
+    a run of no-action points that held back the same candidates for the same reasons after the
+    same kind of trigger (a journey step deferred hour after hour) is one block."""
     out = _header(identity, sources, records, shown)
-    for record in shown:
-        out += decision_lines(record) if record["kind"] == "decision" else no_action_lines(record)
+    for run in _runs(shown):
+        first = run[0]
+        if first["kind"] == "decision":
+            out += decision_lines(first)
+            continue
+        lines = no_action_lines(run[-1])  # the latest of the run (a deferral's latest "deferred to")
+        if len(run) > 1:
+            lines[0] += f"  (x{len(run)} since {_when(first)})"
+        out += lines
     return "\n".join(out)
+
+
+def _runs(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Consecutive no-action records with the same :func:`_same` key grouped; each decision alone."""
+    runs: list[list[dict[str, Any]]] = []
+    for record in records:
+        if runs and record["kind"] == "no_action" and runs[-1][0]["kind"] == "no_action" \
+                and _same(runs[-1][0]) == _same(record):
+            runs[-1].append(record)
+        else:
+            runs.append([record])
+    return runs
+
+
+def _same(record: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two no-action points alike: the trigger (a timer kind, an event type), the
+    holdout, and each candidate's action, channel and reason."""
+    trigger = record.get("trigger") if isinstance(record.get("trigger"), dict) else {}
+    return (trigger.get("timer") or trigger.get("type"), record.get("holdout"),
+            tuple((c.get("action"), c.get("channel"), c.get("reason")) for c in record.get("candidates") or []))
 
 
 def _header(identity: Identity, sources: Sources, records: list[dict[str, Any]],
@@ -323,10 +355,8 @@ def decision_lines(d: dict[str, Any]) -> list[str]:
     2026-01-05 10:30:00Z  SENT     cart_reminder by email (cart 40.00 open for 30 min)  [timer cart]
                           held back  cart_reminder/sms: no_consent
     """
-    what = f"{d.get('action')} by {d.get('channel')}"
-    if d.get("journey"):
-        what += f" (journey {d['journey']}, step {d.get('step')})"
     reasons = d.get("reasons") or []
+    what = f"{d.get('action')} by {d.get('channel')}" + _journey(d, str(reasons[0]) if reasons else "")
     if reasons:
         what += f" ({reasons[0]})"
     lines = [f"{_when(d)}  SENT     {what}  [{_trigger(d.get('trigger'))}]"]
@@ -357,10 +387,21 @@ def no_action_lines(r: dict[str, Any]) -> list[str]:
 
 def _held_line(c: dict[str, Any]) -> str:
     """One held-back candidate: action/channel, reason, and what proposed it."""
-    where = f" in journey {c['journey']} step {c.get('step')}" if c.get("journey") else ""
-    detail = [x for x in (c.get("why"), c.get("journey_step")) if x]
-    return (f"{'':22}held back  {c.get('action')}/{c.get('channel')}{where}: {c.get('reason')}"
-            + (f" ({'; '.join(map(str, detail))})" if detail else ""))
+    detail = [str(x) for x in (c.get("why"), c.get("journey_step")) if x]
+    return (f"{'':22}held back  {c.get('action')}/{c.get('channel')}{_journey(c, ' '.join(detail))}: "
+            f"{c.get('reason')}" + (f" ({'; '.join(detail)})" if detail else ""))
+
+
+def _journey(entry: dict[str, Any], said: str) -> str:
+    """`` in journey J step S`` for a journey's candidate, unless ``said`` (its reason) names them.
+
+    >>> _journey({"journey": "welcome", "step": "2"}, "cart open"), _journey({"journey": "welcome"}, "journey welcome, step 2")
+    (' in journey welcome step 2', '')
+    """
+    journey = entry.get("journey")
+    if not journey or f"journey {journey}" in said:
+        return ""
+    return f" in journey {journey} step {entry.get('step')}"
 
 
 def _when(record: dict[str, Any]) -> str:
