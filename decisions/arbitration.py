@@ -122,23 +122,23 @@ class Arbiter:
 
     def _no_action(self, at: Moment, point: DecisionPoint) -> None:
         """Every candidate was held back: counted, and recorded if its id is in the sampled share."""
-        contact = at.profile.contact_id
-        recorded = self.no_action_share > 0 and sampled(no_action_id(contact, point.trigger.trigger_id),
-                                                        self.no_action_share)
+        share = self.no_action_share
+        record_id = no_action_id(at.profile.contact_id, point.trigger.trigger_id) if share > 0 else ""
+        recorded = share > 0 and sampled(record_id, share)
         at.outcome.no_action_points["true" if recorded else "false"] += 1
         if recorded:
-            at.outcome.no_actions.append(self._no_action_record(at, point))
+            at.outcome.no_actions.append(self._no_action_record(at, point, record_id))
             at.outcome.no_action_keys.append(at.profile.key)
 
-    def _no_action_record(self, at: Moment, point: DecisionPoint) -> dict[str, Any]:
+    def _no_action_record(self, at: Moment, point: DecisionPoint, record_id: str) -> dict[str, Any]:
         profile, trigger, policy = at.profile, point.trigger, self.policy
         would_send = point.would_send
         if point.holdout and would_send is None:  # what the holdout kept from the contact (worked out once)
             would_send = arbitrate(point.candidates, profile, at.now_ms, policy, False)[0]
         held = HeldBack(
-            contact=profile.contact_id,
+            record_id=record_id, contact=profile.contact_id,
             anonymous_id=None if is_known_key(profile.key) else anonymous_of(profile.key),
-            trigger=trigger.what, trigger_id=trigger.trigger_id, event_time_ms=trigger.event_ms,
+            trigger=trigger.what, event_time_ms=trigger.event_ms,
             decision_time_ms=at.now_ms, holdout=point.holdout,
             experiments={**(point.arms or {}), policy.holdout_name: "holdout" if point.holdout else "treatment"},
             segment=point.segment or {},

@@ -54,11 +54,12 @@ def sampled(record_id: str, share: float) -> bool:
 class HeldBack:
     """What the record says about one decision point besides its candidates."""
 
+    #: the record's :func:`no_action_id`
+    record_id: str
     contact: str
     #: the anonymous id of a visitor not yet linked to a contact (None for a known contact)
     anonymous_id: str | None
     trigger: dict[str, Any]
-    trigger_id: str
     event_time_ms: int
     decision_time_ms: int
     holdout: bool
@@ -76,7 +77,7 @@ def build_no_action(point: HeldBack, candidates: Sequence[Candidate], suppressed
     record: dict[str, Any] = {
         "schema_version": NO_ACTION_SCHEMA_VERSION,
         "kind": "no_action",
-        "no_action_id": no_action_id(point.contact, point.trigger_id),
+        "no_action_id": point.record_id,
         "contact_id": point.contact,
         "candidates": candidate_entries(candidates, suppressed, step_notes or {}),
         "holdout": point.holdout,
@@ -84,8 +85,8 @@ def build_no_action(point: HeldBack, candidates: Sequence[Candidate], suppressed
         "segment": point.segment,
         "scores": point.scores,
         "trigger": point.trigger,
-        "event_time": iso_ms(point.event_time_ms),
-        "decision_time": iso_ms(point.decision_time_ms),
+        "event_time": (event_time := iso_ms(point.event_time_ms)),
+        "decision_time": event_time if point.decision_time_ms == point.event_time_ms else iso_ms(point.decision_time_ms),
         "event_time_ms": point.event_time_ms,
         "decision_time_ms": point.decision_time_ms,
     }

@@ -121,7 +121,7 @@ def test_a_reservation_refused_elsewhere_is_a_no_action_with_that_reason():
 def test_a_journey_step_note_is_kept_with_its_candidate():
     step = Candidate("welcome_2", "email", 50, 1.0, "journey welcome step 2", "welcome/2", journey="welcome", step="2")
     record = build_no_action(
-        HeldBack("c1", None, {"kind": "timer", "timer": "journey:welcome"}, "timer:journey:welcome:1", 1, 1, False,
+        HeldBack("r1", "c1", None, {"kind": "timer", "timer": "journey:welcome"}, 1, 1, False,
                  {"global_holdout": "treatment"}, {}, {}),
         [step], [Suppression("welcome_2", "email", "no_consent")], {("welcome_2", "email"): "skipped"})
     assert record["candidates"] == [{

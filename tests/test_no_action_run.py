@@ -282,3 +282,19 @@ def test_erasing_outputs_removes_no_action_records_by_contact_and_by_anonymous_i
     left = _read(tmp_path / "no_actions.jsonl")
     assert removed == {tmp_path / "no_actions.jsonl": len(records) - len(left)}
     assert not [r for r in left if r["contact_id"] in (known["contact_id"], anon["contact_id"])]
+
+
+def test_why_survives_records_of_the_wrong_shape(tmp_path, capsys):
+    """A hand-edited or foreign file: odd values print as they are, never a traceback."""
+    odd = [{"contact_id": ["c1"]}, {"contact_id": "c1", "kind": "no_action", "candidates": ["junk", 3],
+                                    "scores": [1], "trigger": "x", "would_send": "y", "holdout": True},
+           {"contact_id": "c1", "kind": "no_action", "candidates": {"a": 1}, "decision_time": 5},
+           {"contact_id": "c1", "suppressed": [None], "reasons": "signed up", "decision_time_ms": "soon"}]
+    (tmp_path / "no_actions.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in odd[:3]))
+    (tmp_path / "decisions.jsonl").write_bytes(orjson.dumps(odd[3]) + b"\n")
+    assert main(["why", "c1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "c1: 1 decision and 2 decision points that sent nothing (oldest first)"
+    assert "NOTHING  in the holdout  [trigger unknown]" in out
+    assert main(["why", "c1", "--out", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"] == 3

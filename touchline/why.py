@@ -238,7 +238,8 @@ def read_records(sources: Sources, ids: set[str]) -> tuple[list[dict[str, Any]],
             continue
         bad: list[int] = []
         for doc in _docs(path, needles, bad=bad):
-            if doc.get("contact_id") in ids:
+            contact = doc.get("contact_id")
+            if isinstance(contact, str) and contact in ids:
                 records.append({**doc, "kind": kind})
         if bad:
             notes.append(f"{path}: {len(bad):,} line(s) that are not JSON objects skipped (first at line {bad[0]})")
@@ -304,9 +305,20 @@ def _runs(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 def _same(record: dict[str, Any]) -> tuple[Any, ...]:
     """What makes two no-action points alike: the trigger (a timer kind, an event type), the
     holdout, and each candidate's action, channel and reason."""
-    trigger = record.get("trigger") if isinstance(record.get("trigger"), dict) else {}
-    return (trigger.get("timer") or trigger.get("type"), record.get("holdout"),
-            tuple((c.get("action"), c.get("channel"), c.get("reason")) for c in record.get("candidates") or []))
+    trigger = record.get("trigger")
+    kind = (trigger.get("timer") or trigger.get("type")) if isinstance(trigger, dict) else None
+    return (kind, record.get("holdout"),
+            tuple((c.get("action"), c.get("channel"), c.get("reason")) for c in _entries(record, "candidates")))
+
+
+def _entries(record: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """The objects in ``record[key]`` (a hand-edited or foreign file may hold anything there).
+
+    >>> _entries({"suppressed": [{"action": "a"}, "junk", 3]}, "suppressed"), _entries({"suppressed": 7}, "suppressed")
+    ([{'action': 'a'}], [])
+    """
+    found = record.get(key)
+    return [e for e in found if isinstance(e, dict)] if isinstance(found, list) else []
 
 
 def _header(identity: Identity, sources: Sources, records: list[dict[str, Any]],
@@ -355,12 +367,12 @@ def decision_lines(d: dict[str, Any]) -> list[str]:
     2026-01-05 10:30:00Z  SENT     cart_reminder by email (cart 40.00 open for 30 min)  [timer cart]
                           held back  cart_reminder/sms: no_consent
     """
-    reasons = d.get("reasons") or []
+    reasons = d.get("reasons") if isinstance(d.get("reasons"), list) else []
     what = f"{d.get('action')} by {d.get('channel')}" + _journey(d, str(reasons[0]) if reasons else "")
     if reasons:
         what += f" ({reasons[0]})"
     lines = [f"{_when(d)}  SENT     {what}  [{_trigger(d.get('trigger'))}]"]
-    return lines + [_held_line(s) for s in d.get("suppressed") or []]
+    return lines + [_held_line(s) for s in _entries(d, "suppressed")]
 
 
 def no_action_lines(r: dict[str, Any]) -> list[str]:
@@ -374,15 +386,16 @@ def no_action_lines(r: dict[str, Any]) -> list[str]:
     2026-01-06 09:12:03Z  NOTHING  in the holdout (would have sent sales_handoff by sales_task)  [event page_view e-9; lead 0.81]
                           held back  sales_handoff/sales_task: holdout (lead score 0.81 crossed 0.70)
     """
-    scores = "; ".join(f"{name} {s['p']:.2f}" for name, s in sorted((r.get("scores") or {}).items())
+    given = r.get("scores")
+    scores = "; ".join(f"{name} {s['p']:.2f}" for name, s in sorted((given if isinstance(given, dict) else {}).items())
                        if isinstance(s, dict) and isinstance(s.get("p"), (int, float)))
     context = _trigger(r.get("trigger")) + (f"; {scores}" if scores else "")
     what = "every candidate held back"
     if r.get("holdout"):
         would = r.get("would_send")
-        what = "in the holdout" + (f" (would have sent {would['action']} by {would['channel']})"
+        what = "in the holdout" + (f" (would have sent {would.get('action')} by {would.get('channel')})"
                                    if isinstance(would, dict) else "")
-    return [f"{_when(r)}  NOTHING  {what}  [{context}]", *(_held_line(c) for c in r.get("candidates") or [])]
+    return [f"{_when(r)}  NOTHING  {what}  [{context}]", *(_held_line(c) for c in _entries(r, "candidates"))]
 
 
 def _held_line(c: dict[str, Any]) -> str:
