@@ -105,6 +105,9 @@ class EngineMetrics:
         self.suppressions = PromCounter(
             "touchline_suppressions", "Candidate actions held back, by reason.", ["reason"], registry=registry
         )
+        self.no_action_points = PromCounter(
+            "touchline_no_action_points", "Decision points where every candidate was held back (nothing sent), by "
+            "whether a no-action record was written (audit.no_action_share).", ["recorded"], registry=registry)
         self.labels = PromCounter(
             "touchline_model_labels", "Labels resolved and learned from, by model and label.", ["model", "label"],
             registry=registry,

@@ -55,6 +55,8 @@ class Totals:
     dead_letters: Counter = field(default_factory=Counter)
     decisions: Counter = field(default_factory=Counter)
     suppressions: Counter = field(default_factory=Counter)
+    #: decision points where every candidate was held back, by whether one was recorded ("true", "false")
+    no_action_points: Counter = field(default_factory=Counter)
     timers: Counter = field(default_factory=Counter)
     #: the most recent samples only, so a long live run does not grow memory without bound
     decision_latency_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
@@ -247,7 +249,7 @@ class Engine:
                   "score": out.score_ns / 1e9, "policy": max(0, run_ns - out.score_ns) / 1e9}
         self._account(batch, events, out, dead, timings, stages)
         self._watch_errors(len(events) + len(due), len(out.errors))
-        result = BatchResult(out.decisions, dead, out.exp.records)
+        result = BatchResult(out.decisions, dead, out.exp.records, out.no_actions)
         for listener in self.listeners:
             listener(result)
         return result
@@ -532,6 +534,7 @@ class Engine:
         t.by_type.update(out.by_type)
         t.dead_letters.update(dead_by_reason)
         t.suppressions.update(out.suppressed)
+        t.no_action_points.update(out.no_action_points)
         t.decisions.update(out.decided)
         t.timers.update(out.timers_fired)
         t.feedback.update(out.feedback)
@@ -552,6 +555,7 @@ class Engine:
         tallies: list[tuple[Any, Mapping[Any, int]]] = [
             (m.identity_events, out.identities), (m.new_ids, out.new_ids), (m.missing_attributes, out.missing),
             (m.dead_letters, dead_by_reason), (m.suppressions, out.suppressed), (m.decisions, out.decided),
+            (m.no_action_points, out.no_action_points),
             (m.timers_fired, out.timers_fired), (m.labels, out.labelled), (m.feedback, out.feedback)]
         for counter, tally in tallies:
             m.count(counter, tally)

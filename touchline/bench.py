@@ -1,8 +1,8 @@
 """``touchline bench``: the engine flow on N simulated events, measured.
 
 The events are generated before the clock starts (generation is not the engine's
-cost) and fed through the same dataflow as ``touchline run``, with decisions and
-dead letters written to a temporary directory. Figures: events/s over the whole
+cost) and fed through the same dataflow as ``touchline run``, with decisions, no-action
+records and dead letters written to a temporary directory. Figures: events/s over the whole
 flow, p50/p99 processing latency per event (batch read to batch processed), and
 peak resident memory of the process.
 """
@@ -59,7 +59,8 @@ def _flow_run(settings: Settings, lines: list[bytes], batch_size: int) -> tuple[
         with tempfile.TemporaryDirectory(prefix="touchline-bench-") as tmp:
             out = Path(tmp)
             flow = build_flow(LinesSource(lines, "bench", batch_size), engine,
-                              JsonlSink(out / "decisions.jsonl"), JsonlSink(out / "dead_letters.jsonl"))
+                              JsonlSink(out / "decisions.jsonl"), JsonlSink(out / "dead_letters.jsonl"),
+                              no_actions_sink=JsonlSink(out / "no_actions.jsonl"))
             start = time.perf_counter()
             run_main(flow)
             seconds = time.perf_counter() - start

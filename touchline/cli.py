@@ -13,6 +13,7 @@
     touchline scores --at now --redis URL --out scores.csv                   # ... from the stored state
     touchline contact erase ID --redis URL    # right to erasure: the contact and its aliases, tombstoned
     touchline contact erase ID --redis URL --outputs touchline-out   # ... and out of a run's JSONL outputs
+    touchline why c-42                 # a contact's recent decisions and non-decisions, and why
     touchline journeys check examples/journeys/   # validate journey files
     touchline journeys check examples/journeys/ --redis URL   # ... and what an edit means for the contacts inside
     touchline journeys preview examples/journeys/abandoned_cart.yaml --contact-events cart.jsonl
@@ -234,9 +235,10 @@ def _parser() -> argparse.ArgumentParser:
     m_eval.add_argument("--config", type=Path, help="settings file (labels, policy)")
     m_eval.add_argument("--json", action="store_true", help="print the figures as JSON")
 
-    from touchline import report as report_cmd
+    from touchline import report as report_cmd, why as why_cmd
 
     report_cmd.add_parser(sub)
+    why_cmd.add_parser(sub)
 
     cfg = sub.add_parser("config", help="print the effective settings (file + environment + defaults) as JSON")
     cfg.add_argument("--config", type=Path, help="settings file (.toml, .yaml)")
@@ -859,6 +861,10 @@ def _without_settings(args: argparse.Namespace) -> int | None:
             print(missing, file=sys.stderr)
             return EXIT_CONFIG
         return report_cmd.main(args)
+    if args.command == "why":
+        from touchline import why as why_cmd
+
+        return why_cmd.main(args)
     if args.command == "journeys" and args.action == "check" and not (args.redis or args.config):
         return _cmd_journeys(args)
     if args.command == "models" and args.action == "list":
