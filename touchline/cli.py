@@ -851,20 +851,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _without_settings(args: argparse.Namespace) -> int | None:
     """Run a command that reads no settings (so a broken config file cannot stop it); None for the others."""
-    if args.command == "schema":
-        return _cmd_schema(args, None)
-    if args.command == "report":
-        from touchline import report as report_cmd
-
-        missing = _missing_report_extra()
-        if missing is not None:
-            print(missing, file=sys.stderr)
-            return EXIT_CONFIG
-        return report_cmd.main(args)
-    if args.command == "why":
-        from touchline import why as why_cmd
-
-        return why_cmd.main(args)
     if args.command == "journeys" and args.action == "check" and not (args.redis or args.config):
         return _cmd_journeys(args)
     if args.command == "models" and args.action == "list":
@@ -872,7 +858,24 @@ def _without_settings(args: argparse.Namespace) -> int | None:
 
         print(list_models())
         return 0
-    return None
+    command = {"schema": lambda a: _cmd_schema(a, None), "report": _cmd_report, "why": _cmd_why}.get(args.command)
+    return command(args) if command is not None else None
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from touchline import report as report_cmd
+
+    missing = _missing_report_extra()
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return EXIT_CONFIG
+    return report_cmd.main(args)
+
+
+def _cmd_why(args: argparse.Namespace) -> int:
+    from touchline import why as why_cmd
+
+    return why_cmd.main(args)
 
 
 def _missing_report_extra() -> str | None:
