@@ -746,7 +746,8 @@ def _check_journey_files(paths: list[Path], quiet: bool) -> tuple[int, list[tupl
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
-        print(f"touchline: {len(problems)} journey file problem(s)", file=sys.stderr)
+        count = sum(len(p.splitlines()) for p in problems)
+        print(f"touchline: {count} problem(s) in the journey files", file=sys.stderr)
         return EXIT_CONFIG, loaded
     return 0, loaded
 
