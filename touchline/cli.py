@@ -20,7 +20,7 @@
     touchline models list              # registered models (logreg, hat, arf, bgnbd, plug-ins)
     touchline models evaluate --input events.jsonl --model logreg --model hat
     touchline models deploy lead hat   # shadow a challenger in the running engine
-    touchline models promote lead      # the challenger becomes champion
+    touchline models promote lead      # the challenger becomes champion (--force if it did worse)
     touchline config --config my.toml  # the effective settings, as JSON
     touchline schema                   # print the event JSON Schema
 """
@@ -218,6 +218,9 @@ def _parser() -> argparse.ArgumentParser:
                                       description=store_help)
     m_promote.add_argument("score", choices=["lead", "churn"])
     m_promote.add_argument("--version", help="only if the challenger is this version (guards against a race)")
+    m_promote.add_argument("--force", action="store_true",
+                           help="promote even when the challenger did worse than the champion on the labels both "
+                           "scored, or has no such figures yet (refused without it)")
     for p in (m_status, m_deploy, m_promote):
         p.add_argument("--config", type=Path, help="settings file (its [models], [state] and [output] sections)")
         p.add_argument("--redis", metavar="URL", help="the engine's Redis (sets state.url)")
@@ -820,8 +823,10 @@ def _change_deployment(args: argparse.Namespace, settings: Settings) -> int:
         if model is not None:
             doc = mc.deploy(settings, args.score, model, args.role)
         else:
-            doc = mc.promote(settings, args.score, args.version)
-    except ValueError as exc:  # nothing to promote, a stale --version, an invalid deployment
+            doc, verdict = mc.promote(settings, args.score, args.version, args.force)
+            if "forced" in verdict:
+                print(f"touchline: warning: {args.score}: {verdict}", file=sys.stderr)
+    except ValueError as exc:  # nothing to promote, worse figures, a stale --version, an invalid deployment
         print(f"touchline: {mc._first_error(exc, getattr(args, 'model', args.score))}", file=sys.stderr)
         return EXIT_RUNTIME
     print(mc.dumps(doc) if args.json else f"deployment revision {doc['revision']}: {doc['history'][-1]['change']}")
