@@ -51,6 +51,8 @@ def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str],
         "dead_letters_total": sum(t.dead_letters.values()),
         "timers_fired": dict(sorted(t.timers.items())),
         "models": {name: _slot_summary(slot) for name, slot in engine.models.items()},
+        #: per score, model version and event-time day (UTC): figures on the labels resolved that day
+        "model_quality_by_day": engine.core.quality.rows(),
         "repeat_purchases": _repeat_purchases(t.purchase_gap_days, engine.core.labels.churn_horizon_ms,
                                               _purchase_share(t.by_type), engine.core.labels.churn_at_random_times),
         "model_store": _model_store(engine),
