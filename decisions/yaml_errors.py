@@ -52,6 +52,9 @@ _FLOW_CLOSERS = {"}": "{", "]": "["}
 def _block_end(w: _Where, m: re.Match[str]) -> str:
     """``expected <block end>, but found X``: the line does not line up with its block."""
     found = m.group(1)
+    if "collection" in w.context and found not in _FLOW_CLOSERS:  # inside a list: a key where '- ' belongs
+        return (f"a key where a list item ('- ...') was expected (the list that starts at {w.opened()}): indent it "
+                "under its item to belong to it, or start a new item with '- '")
     where = f"(the mapping that starts at {w.opened()})" if w.ctx_line else "(the mapping it is in)"
     if found in ("<block mapping start>", "?", "<scalar>"):
         return (f"this key is indented differently from the keys before it {where}; keys of one mapping "

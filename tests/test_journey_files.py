@@ -139,6 +139,10 @@ def test_preview_json_and_hostile_event_files(tmp_path, capsys):
     ("journey: t\nentry:\n  event: signup\n steps:\n  - wait: 1d\n",
      "t.yaml:4:2: invalid YAML: this key is indented differently from the keys before it (the mapping that "
      "starts at line 1, column 1)"),
+    # the issue's own case: PyYAML says "expected <block end>, but found '?'" (a step's key at the list's column)
+    ("journey: t\nentry: {event: signup}\nsteps:\n  - wait: 1d\n  next: x\n",
+     "t.yaml:5:3: invalid YAML: a key where a list item ('- ...') was expected (the list that starts at line 4, "
+     "column 3): indent it under its item to belong to it, or start a new item with '- '"),
     ("journey: t\nentry: {event: signup}\nsteps:\n  - wait: 1d\n - wait: 2d\n",
      "t.yaml:5:2: invalid YAML: a list item ('- ...') where a key was expected"),
     ("journey: t\nentry: {event: signup}\nsteps:\n\t- wait: 1d\n",
