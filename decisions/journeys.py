@@ -32,7 +32,8 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
-    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator,
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo,
+    field_validator, model_validator,
 )
 
 from touchline.decisions.errors import TouchlineError, did_you_mean
@@ -89,7 +90,7 @@ def parse_duration(text: Any) -> int:
     ...
     ValueError: bad duration 5: a number needs a unit (5s, 5m, 5h, 5d or 5w?); a duration is a number and s, m, h, d or w (e.g. 30m, 2h, 5d, 1.5h)
     """
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
+    if _is_number(text):
         raise ValueError(f"bad duration {text}: a number needs a unit "
                          f"({', '.join(f'{text}{u}' for u in 'smhd')} or {text}w?); a duration is {DURATION_FORMS}")
     match = _DURATION.match(text) if isinstance(text, str) else None
@@ -102,11 +103,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-def _valid_duration(value: Any) -> Any:
+def _valid_duration(value: Any, info: ValidationInfo) -> Any:
     """A duration as written (a string with a unit), checked before pydantic's own type check
-    so a bare number gets the message about units, not "Input should be a valid string"."""
+    so a bare number gets the message about units, not "Input should be a valid string".
+
+    A definition the engine stored (``context={"stored": True}``, see
+    :mod:`touchline.decisions.journey_versions`) may come from a release that read a bare
+    number as seconds: there it still means seconds, so the contacts inside keep their times."""
+    if _is_number(value) and (info.context or {}).get("stored") and value >= 0:
+        return f"{value:g}s"
     parse_duration(value)
     return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _valid_time_of_day(value: str) -> str:
