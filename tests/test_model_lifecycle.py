@@ -55,13 +55,26 @@ def _models(summary: dict) -> dict:
     return summary["models"]
 
 
+RESUME = {"models.restore": True}  # a replay starts fresh unless told to continue (models.restore = auto)
+
+
 # ------------------------------------------------------------------ checkpoints
-def test_a_restart_continues_learning_where_it_stopped(small_settings):
+def test_a_replay_starts_fresh_models_by_default_and_says_so(small_settings):
     first = run(small_settings(), progress=None).summary
+    second = run(small_settings(), progress=None).summary
+    assert second["model_store"]["start"] == "fresh" and second["model_store"]["resumed_from"] is None
+    assert second["model_store"]["restored"] == [] and _models(second)["lead"]["origin"] == "fresh"
+    assert _models(second)["lead"]["labels"] == _models(first)["lead"]["labels"]
+
+
+def test_a_restart_continues_learning_where_it_stopped(small_settings):
+    first = run(small_settings(**RESUME), progress=None).summary
     assert first["model_store"]["restored"] == []
     labels_then = _models(first)["lead"]["labels"]
     assert labels_then > 0
-    second = run(small_settings(), progress=None).summary
+    second = run(small_settings(**RESUME), progress=None).summary
+    assert second["model_store"]["start"] == "resumed"
+    assert second["model_store"]["resumed_from"] == second["model_store"]["url"]
     restored = second["model_store"]["restored"]
     assert any(r.startswith("lead ") for r in restored) and any(r.startswith("churn ") for r in restored)
     lead = _models(second)["lead"]
@@ -98,7 +111,7 @@ def _corrupt(path: Path, how: str) -> None:
     ("old_river", "saved with River 0.19.0"), ("empty", "bad magic"),
 ])
 def test_a_corrupt_checkpoint_is_reported_and_the_model_starts_fresh(small_settings, how, says):
-    settings = small_settings()
+    settings = small_settings(**RESUME)
     run(settings, progress=None)
     models_dir = settings.output.dir / "models"
     [lead_ckpt] = list((models_dir / "lead").glob("*.ckpt"))
@@ -114,7 +127,7 @@ def test_a_corrupt_checkpoint_is_reported_and_the_model_starts_fresh(small_setti
 
 def test_signed_checkpoints_refuse_one_signed_with_another_key(small_settings):
     run(small_settings(**{"models.checkpoint_key": "first-secret"}), progress=None)
-    summary = run(small_settings(**{"models.checkpoint_key": "another"}), progress=None).summary
+    summary = run(small_settings(**{"models.checkpoint_key": "another", **RESUME}), progress=None).summary
     assert all("not signed with models.checkpoint_key" in r for r in summary["model_store"]["refused"])
     assert len(summary["model_store"]["refused"]) == 2
 
@@ -133,7 +146,7 @@ def test_a_changed_configuration_is_a_new_version_and_old_checkpoints_go(small_s
 
 
 def test_checkpoints_live_in_the_state_stores_redis(redis_url, small_settings):
-    settings = small_settings(**{"state.url": redis_url})
+    settings = small_settings(**{"state.url": redis_url, **RESUME})
     run(settings, progress=None)
     store = RedisModelStore(redis_url)
     assert store.checkpoints("lead") and store.checkpoints("churn")
@@ -240,7 +253,7 @@ def test_deploy_and_promote_reach_a_running_engine_between_batches(tmp_path, sma
 
 
 def test_a_promotion_survives_a_restart(small_settings):
-    settings = small_settings()
+    settings = small_settings(**RESUME)
     run(settings, progress=None)
     deploy(settings, "lead", model_config("lead", "hat"), "challenger")
     run(settings, progress=None)  # the challenger learns in shadow

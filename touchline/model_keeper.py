@@ -235,9 +235,11 @@ class ModelKeeper:
             "scores": {name: slot_status(slot) for name, slot in self.slots.items()},
         }
 
-    def close(self) -> None:
-        """Final checkpoint (on shutdown, after the last batch)."""
-        self.checkpoint()
+    def close(self, checkpoint: bool = True) -> None:
+        """Final checkpoint (on shutdown, after the last batch; none after a start that failed,
+        which must not replace the checkpoints of the run before with models that saw nothing)."""
+        if checkpoint:
+            self.checkpoint()
         self.store.close()
 
     def _count(self, outcome: str) -> None:

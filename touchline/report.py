@@ -1006,7 +1006,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "intervals, score distributions, model quality over time and attribution models compared, in one HTML file "
         "(no network needed to view it).")
     p.add_argument("--out", type=Path, default=Path("touchline-out"),
-                   help="the run's output directory, where the inputs are found (default touchline-out)")
+                   help="the run's output directory, where the inputs are found (default touchline-out: the run "
+                        "touchline-out/latest names)")
     p.add_argument("--decisions", type=Path, metavar="FILE", help="decisions JSONL (default DIR/decisions.jsonl)")
     p.add_argument("--experiments", type=Path, metavar="FILE",
                    help="exposure/outcome/conversion records (default DIR/experiments.jsonl)")
@@ -1034,8 +1035,11 @@ def simulation_truth(summary_path: Path) -> tuple[Truth | None, str | None]:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``touchline report``: write the page, print its path and a digest; 2 for a bad input path."""
-    out: Path = args.out
+    """Run ``touchline report``: write the page, print its path and a digest; 2 for a bad input path.
+    A directory of run directories stands for the run its ``latest`` names."""
+    from touchline.run_dirs import resolve
+
+    args.out = out = resolve(args.out)
     missing = _missing_given_file(args)
     if missing is not None:
         print(missing, file=sys.stderr)
