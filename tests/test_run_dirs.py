@@ -291,3 +291,41 @@ def test_a_second_signal_aborts_naming_the_signal():
         assert exit_code(raised.value.signum) == 143
     finally:
         restore()
+
+
+# ------------------------------------------------------------------ production in run directories
+def test_a_production_restart_in_run_directories_resumes_its_snapshot_and_its_models(kafka_broker, topics,
+                                                                                    redis_url, tmp_path):
+    """Kafka in, Redis state, no --out: each start writes a run directory of its own, the
+    recovery directory sits beside them (so the restart resumes at its snapshot, not at the
+    start of the topic) and the models continue from their checkpoints (models.restore = auto)."""
+    import re
+
+    from engine_process import write_config
+    from touchline.connectors.simulator import Simulator
+    from touchline.runner import simulator_spec
+    from touchline.settings import load_settings
+
+    lines = list(Simulator(simulator_spec(load_settings(None, {"simulator.contacts": 300,
+                                                                "simulator.days": 5}))).lines())
+    kafka_broker.create_topics(topics["kafka.events_topic"], partitions=1)
+    kafka_broker.produce(topics["kafka.events_topic"], lines[: len(lines) // 2])
+    config = write_config(tmp_path / "prod.toml", topics, models={"store": "auto"})
+    cmd = [sys.executable, "-m", "touchline", "run", "--kafka", kafka_broker.bootstrap, "--redis", redis_url,
+           "--config", str(config), "--quiet", "--json", "--log-level", "info"]
+    first = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    kafka_broker.produce(topics["kafka.events_topic"], lines[len(lines) // 2:])
+    second = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+
+    root = tmp_path / "touchline-out"
+    assert any((root / "recovery").glob("part-*.sqlite3"))
+    one, two = run_dirs.runs(root)
+    assert run_dirs.latest(root) == two and not (two / "recovery").exists()
+    offsets = [int(n) for n in re.findall(r"resuming .*? at offset (\d+)", second.stderr)]
+    assert offsets and offsets[0] > 0, second.stderr
+    summary = orjson.loads(second.stdout)
+    assert summary["run"]["id"] == two.name and summary["model_store"]["start"] == "resumed"
+    assert summary["model_store"]["url"].startswith("redis://") and len(summary["model_store"]["restored"]) == 2
+    assert orjson.loads((one / "summary.json").read_bytes())["model_store"]["start"] == "resumed"

@@ -106,8 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--addresses", metavar="HOST:PORT,...",
                      help="every process of the cluster, in process-id order (Bytewax's -a)")
     run.add_argument("--recovery-dir", type=Path, metavar="DIR",
-                     help="where Bytewax keeps its snapshots (default <out>/recovery); keep it across restarts")
-    run.add_argument("--quiet", action="store_true", help="no live progress line")
+                     help="where Bytewax keeps its snapshots (default touchline-out/recovery, beside the run "
+                          "directories; DIR/recovery with --out DIR); keep it across restarts")
+    run.add_argument("--quiet", action="store_true", help="no banner and no live progress line")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_sim_args(run)
 

@@ -998,7 +998,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(subparsers: "argparse._SubParsersAction[Any]") -> None:
     """Add the ``report`` subcommand to the ``touchline`` parser."""
     p = subparsers.add_parser(
         "report", help="a run's decisions, experiments and events as one self-contained HTML report with plots",

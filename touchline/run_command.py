@@ -112,16 +112,7 @@ class RunPlan:
 
 def plan_run(settings: Settings, resume: bool | Path | None) -> RunPlan:
     """Where a run with these settings writes, and the models it starts from."""
-    from touchline.runner import resumes
-
-    embedded = _embedded_models(settings)
-    if isinstance(resume, Path) and not embedded:
-        from touchline.redact import redact_url
-        from touchline.runner import model_store_url
-
-        raise ConfigError(f"--resume-models {resume}: this run keeps its models in {redact_url(model_store_url(settings) or 'off')} "
-                          "(models.store), not in a run directory; --resume-models without DIR continues from there")
-    given = run_dirs.models_of(resume) if isinstance(resume, Path) else None
+    given = _models_given(settings, resume)
     if not settings.output.runs:
         return RunPlan(settings, settings.output.dir, models_from=given)
     root = settings.output.dir
@@ -130,13 +121,39 @@ def plan_run(settings: Settings, resume: bool | Path | None) -> RunPlan:
     own = settings.model_copy(update={"output": settings.output.model_copy(update={"dir": run_dir}),
                                       "runtime": settings.runtime.model_copy(update={"recovery_dir": recovery})})
     plan = RunPlan(own, run_dir, root, given)
-    if given is None and embedded and resumes(settings):
-        previous = run_dirs.latest(root)
-        if previous is not None and (previous / "models" / "deployment.json").is_file():
-            plan.models_from = previous / "models"
-        else:
-            plan.nothing_to_resume = True
+    if given is None:
+        _resume_latest(plan, settings)
     return plan
+
+
+def _models_given(settings: Settings, resume: bool | Path | None) -> Path | None:
+    """The model directory ``--resume-models DIR`` names (None without DIR); an error where the
+    models do not live in run directories (Redis, an explicit models.store)."""
+    if not isinstance(resume, Path):
+        return None
+    if not _embedded_models(settings):
+        from touchline.redact import redact_url
+        from touchline.runner import model_store_url
+
+        raise ConfigError(f"--resume-models {resume}: this run keeps its models in "
+                          f"{redact_url(model_store_url(settings) or 'off')} (models.store), not in a run directory; "
+                          "--resume-models without DIR continues from there")
+    return run_dirs.models_of(resume)
+
+
+def _resume_latest(plan: RunPlan, settings: Settings) -> None:
+    """A run that resumes (``--resume-models``, ``models.restore``) in a fresh run directory starts
+    from a copy of the latest run's models."""
+    from touchline.runner import resumes
+
+    if not (_embedded_models(settings) and resumes(settings)):
+        return
+    assert plan.root is not None
+    previous = run_dirs.latest(plan.root)
+    if previous is not None and (previous / "models" / "deployment.json").is_file():
+        plan.models_from = previous / "models"
+    else:
+        plan.nothing_to_resume = True
 
 
 def _embedded_models(settings: Settings) -> bool:

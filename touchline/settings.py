@@ -250,7 +250,8 @@ class RuntimeSettings(_Section):
     recovery: bool = Field(default=True, description="with Kafka in and Redis state: snapshot the Kafka offsets "
                            "so a restart resumes where the last snapshot was, not at the start of the topic")
     recovery_dir: Path | None = Field(default=None, description="Bytewax recovery partitions (default "
-                                      "<output.dir>/recovery); created on first start; keep it across restarts")
+                                      "<output.dir>/recovery, beside the run directories); created on first start; keep it "
+                                      "across restarts")
     snapshot_seconds: float = Field(default=5.0, gt=0, le=3600, description="epoch length: a snapshot this "
                                     "often; a restart replays at most this much input")
     backup_seconds: float = Field(default=30.0, ge=0, le=86_400, description="keep superseded snapshots this "
