@@ -651,7 +651,7 @@ def _run_flow(settings: Settings, engine: Engine, io: _Io, progress: TextIO | No
         gc.unfreeze()
         restore()
     wall = time.perf_counter() - started
-    _log_run_end(engine, stop, wall)
+    _log_run_end(engine, stop, wall, received)
     result = _close_and_summarise(settings, engine, io, outputs, wall, stop)
     result.signal = received[0] if received else None
     return result
@@ -689,12 +689,14 @@ def _execute_flow(flow: Any, settings: Settings, recovery: bool, engine: Engine,
         execute(flow, settings, recovery)
 
 
-def _log_run_end(engine: Engine, stop: threading.Event, wall: float) -> None:
-    """One line on how the run ended (stopped by a failure, interrupted, finished) and its totals."""
+def _log_run_end(engine: Engine, stop: threading.Event, wall: float, received: list[int]) -> None:
+    """One line on how the run ended (stopped by a failure, terminated by SIGTERM, interrupted,
+    finished) and its totals."""
     t = engine.totals
+    ended = ("stopped" if engine.failure is not None else "terminated" if signal.SIGTERM in received
+             else "interrupted" if stop.is_set() else "finished")
     log.info("run %s after %.1f s: %d events, %d decisions, %d dead letters, %d decisions emitted again from the "
-             "outbox, %d profiles redone after a concurrent write",
-             "stopped" if engine.failure is not None else "interrupted" if stop.is_set() else "finished", wall,
+             "outbox, %d profiles redone after a concurrent write", ended, wall,
              t.events, sum(t.decisions.values()), sum(t.dead_letters.values()), t.recovered, t.conflicts,
              extra={"seconds": round(wall, 3), "events": t.events, "decisions": sum(t.decisions.values()),
                     "dead_letters": sum(t.dead_letters.values()), "failed": engine.failure is not None,
