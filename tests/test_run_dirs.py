@@ -75,6 +75,9 @@ def test_each_run_keeps_its_outputs_latest_names_the_newest_and_old_runs_are_pru
     # readers of the default directory read the latest run
     assert main(["report"]) == 0
     assert f"report: {Path('touchline-out/runs') / third.name / 'report.html'}" in capsys.readouterr().out
+    contact = orjson.loads((third / "decisions.jsonl").read_bytes().splitlines()[0])["contact_id"]
+    assert main(["why", contact]) == 0
+    assert f"read touchline-out/runs/{third.name}/decisions.jsonl" in capsys.readouterr().out
     assert main(["models", "status", "--json"]) == 0
     assert f"file://touchline-out/runs/{third.name}/models" in capsys.readouterr().out
     assert main(["models", "deploy", "lead", "hat"]) == 0
