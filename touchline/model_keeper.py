@@ -73,6 +73,9 @@ class ModelKeeper:
         self.restored: list[str] = []
         self.refused: list[str] = []
         self.changes: list[str] = []
+        #: score -> versions the deployments this keeper applied named: only their checkpoints are
+        #: ever dropped (once retired), never one a command just put in the store for a deployment to come
+        self.known: dict[str, set[str]] = {}
         now = time.monotonic()
         self._next_poll = now + poll_seconds
         self._next_checkpoint = now + checkpoint_seconds
@@ -88,6 +91,8 @@ class ModelKeeper:
         def change(current: dict[str, Any] | None) -> dict[str, Any] | None:
             if current is not None and current.get("seed") == seed:
                 return None
+            if current is not None:
+                self._note(current)  # the deployment the configuration replaces: its checkpoints may go
             why = "configured" if current is None else "configuration changed"
             return new_revision(current, scores, why, seed=seed)
 
@@ -95,6 +100,7 @@ class ModelKeeper:
             doc = self.store.update_deployment(change)
             assert doc is not None
             deployed = parse_scores(doc, f"model store {self.store.url}")
+            self._note(doc)
         except ModelStoreError as exc:
             log.error("%s; starting from the configured models", exc)
             self.refused.append(str(exc))
@@ -120,6 +126,12 @@ class ModelKeeper:
             self.refused.append(str(exc))
             return None
         if blob is None:
+            if config.warm_start is not None:
+                why = (f"model store {self.store.url}: {config.name} {config.version} starts from an offline "
+                       f"training ({config.warm_start}) whose checkpoint is not in the store; it starts fresh "
+                       "(deploy the checkpoint again: touchline models deploy SCORE --checkpoint FILE)")
+                log.error("%s", why)
+                self.refused.append(why)
             return None
         try:
             model = decode_checkpoint(blob, config, self.key)
@@ -157,6 +169,7 @@ class ModelKeeper:
             self._count("errors")
             return []
         self.revision = int(doc.get("revision", 0))
+        self._note(doc)
         changes = []
         for name, settings in scores.items():
             slot = self.slots.get(name)
@@ -211,7 +224,7 @@ class ModelKeeper:
                     self.store.save_checkpoint(name, model.version, encode_checkpoint(model, self.key))
                 live = {m.version for m in slot.models}
                 for version in self.store.checkpoints(name):
-                    if version not in live:
+                    if version not in live and version in self.known.get(name, ()):
                         self.store.delete_checkpoint(name, version)
             self.store.write_status(self.status())
         except (ModelStoreError, OSError) as exc:
@@ -235,6 +248,16 @@ class ModelKeeper:
         """Final checkpoint (on shutdown, after the last batch)."""
         self.checkpoint()
         self.store.close()
+
+    def _note(self, doc: Mapping[str, Any]) -> None:
+        """Remember the model versions a deployment names (one that cannot be read names none)."""
+        for name, raw in dict(doc.get("scores") or {}).items():
+            for spec in (raw, (raw or {}).get("challenger")):
+                try:
+                    if isinstance(spec, dict):
+                        self.known.setdefault(name, set()).add(config_from(name, spec).version)
+                except (ValueError, TypeError):
+                    continue
 
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:
