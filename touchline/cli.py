@@ -189,7 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     prev.add_argument("--config", type=Path, help="settings file (policy, caps, quiet hours, models)")
     prev.add_argument("--json", action="store_true", help="print the timeline as JSON")
 
-    models = sub.add_parser("models", help="models: list, status, deploy, promote, evaluate offline")
+    models = sub.add_parser("models", help="models: list, status, deploy, promote; evaluate and train offline")
     models_sub = models.add_subparsers(dest="action", metavar="ACTION", required=True)
     models_sub.add_parser("list", help="the registered models (shipped and plug-ins) and their parameters")
     store_help = "the engine's model store follows its settings: --config, --redis (production) or --out (embedded)"
@@ -776,27 +776,36 @@ def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
-    """``touchline models evaluate|status|deploy|promote`` (``list`` needs no settings: see :func:`main`)."""
+    """``touchline models evaluate|train|status|deploy|promote`` (``list`` needs no settings: see :func:`main`)."""
     from touchline import model_commands as mc
 
+    if args.action in ("evaluate", "train"):
+        return _cmd_models_offline(args, settings)
+    if args.action == "status":
+        found = mc.status(settings)
+        print(mc.dumps(found) if args.json else mc.format_status(found))
+        return 0
+    return _change_deployment(args, settings)
+
+
+def _cmd_models_offline(args: argparse.Namespace, settings: Settings) -> int:
+    """``models evaluate`` and ``models train``: replays of a recorded file."""
+    from touchline import model_commands as mc
+    from touchline import model_training
+
+    if not args.model and (args.features or args.calibration != "none"):
+        raise ConfigError(f"models {args.action}: --features and --calibration define a --model; the configured "
+                          "champion has its own (give --model)")
     if args.action == "evaluate":
         scores = ["lead", "churn"] if args.score == "both" else [args.score]
         result = mc.evaluate(settings, args.input, args.model, scores, _feature_list(args),
                              checkpoints=args.checkpoint, calibration=args.calibration)
         print(mc.dumps(result) if args.json else mc.format_evaluation(result))
         return 0
-    if args.action == "train":
-        from touchline import model_training
-
-        model = mc.model_config(args.score, args.model, _feature_list(args), args.calibration) if args.model else None
-        done = model_training.train(settings, args.input, args.score, model, args.out)
-        print(mc.dumps(done) if args.json else model_training.format_training(done))
-        return 0
-    if args.action == "status":
-        found = mc.status(settings)
-        print(mc.dumps(found) if args.json else mc.format_status(found))
-        return 0
-    return _change_deployment(args, settings)
+    model = mc.model_config(args.score, args.model, _feature_list(args), args.calibration) if args.model else None
+    done = model_training.train(settings, args.input, args.score, model, args.out)
+    print(mc.dumps(done) if args.json else model_training.format_training(done))
+    return 0
 
 
 def _feature_list(args: argparse.Namespace) -> list[str] | None:

@@ -160,16 +160,30 @@ def format_status(s: dict[str, Any]) -> str:
 
 
 def _spec_text(spec: dict[str, Any]) -> str:
+    """A stored model definition as one would write it, with its calibration and warm start.
+
+    >>> _spec_text({"estimator": "logreg", "params": {"learning_rate": 0.003}, "calibration": "platt"})
+    'logreg(learning_rate=0.003) calibration=platt'
+    """
     params = ", ".join(f"{k}={v!r}" for k, v in sorted((spec.get("params") or {}).items()))
-    return f"{spec['estimator']}({params})" if params else spec["estimator"]
+    text = f"{spec['estimator']}({params})" if params else spec["estimator"]
+    if spec.get("calibration", "none") != "none":
+        text += f" calibration={spec['calibration']}"
+    if spec.get("warm_start"):
+        text += f" warm_start={spec['warm_start']}"
+    return text
 
 
 def _figures(m: dict[str, Any]) -> str:
     def fmt(v: Any) -> str:
         return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
+    cmap = m.get("calibration_map") or {}
+    extra = f", held to their horizon {m['held_labels']:,}" if m.get("held_labels") else ""
+    if cmap.get("fitted_on"):
+        extra += f", calibration map slope {cmap['slope']:.3f} intercept {cmap['intercept']:+.3f}"
     return (f"labels {m['labels']:,}, ROC AUC {fmt(m['roc_auc'])}, log loss {fmt(m['log_loss'])}, "
-            f"calibration error {fmt(m.get('calibration_error'))}, drifts {m.get('drifts', 0)}")
+            f"calibration error {fmt(m.get('calibration_error'))}, drifts {m.get('drifts', 0)}{extra}")
 
 
 def deploy(settings: Settings, score: str, model: ModelConfig, role: str,
@@ -248,17 +262,17 @@ def evaluate(settings: Settings, input_path: Path, models: list[str], scores: li
              features: list[str] | None = None, batch_size: int = 1000,
              checkpoints: list[Path] | None = None, calibration: str = "none") -> dict[str, Any]:
     """Replay ``input_path`` through the engine (event time, in-process state, no outputs)
-    with candidate models scoring each of ``scores`` side by side: those ``models`` name, then
-    those ``checkpoints`` hold (a model trained offline, or a live one's saved state), else the
-    configured champion. The first decides, the others shadow it, all learn from the same
+    with candidate models scoring each of ``scores`` side by side: those ``models`` name (none:
+    the configured champion), then those ``checkpoints`` hold (a model trained offline, or a
+    live one's saved state). The first decides, the others shadow it, all learn from the same
     delayed labels and are graded on the same ones; beside each, the offline ceiling: a
     logistic regression cross-validated on the same captured features."""
     from touchline.model_training import Capture, ceiling_figures
 
     configs = _candidates(models, scores, features, calibration)
-    loaded = _checkpoint_candidates(settings, checkpoints or [], configs)
     for score in scores:
         configs[score] = configs[score] or [settings.models.scores()[score].champion()]
+    loaded = _checkpoint_candidates(settings, checkpoints or [], configs)
     capture = Capture(list(configs))
     replayed = replay_file(settings, input_path, configs, batch_size, capture, lambda c: loaded.get(c.version))
     core = replayed.pop("core")
@@ -446,7 +460,7 @@ def _model_name(m: dict[str, Any]) -> str:
     >>> _model_name({"model": "logreg", "params": {}, "calibration_method": "platt", "warm_start": "3f2a9c1d0b4e5a66"})
     'logreg platt warm:3f2a9c'
     """
-    name = _spec_text({"estimator": m["model"], "params": m["params"]})
+    name = _spec_text({"estimator": m["model"], "params": m["params"]})  # the table's shorter marks follow
     if m.get("calibration_method", "none") != "none":
         name += f" {m['calibration_method']}"
     if m.get("warm_start"):

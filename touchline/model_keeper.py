@@ -268,7 +268,8 @@ def slot_status(slot: ModelSlot) -> dict[str, Any]:
     """One score's models with their progressive figures, champion first."""
     return {
         "models": [{"role": slot.role(m), "version": m.version, "estimator": m.config.estimator,
-                    "params": m.config.params, "origin": m.origin, **m.evaluation.summary()}
+                    "params": m.config.params, "calibration_method": m.config.calibration,
+                    "warm_start": m.config.warm_start, "origin": m.origin, **m.evaluation.summary(), **m.quality()}
                    for m in slot.models],
         "head_to_head": slot.head_to_head(),
         "promote": slot.settings.promote.model_dump() if slot.settings.promote else None,
