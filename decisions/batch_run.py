@@ -37,6 +37,7 @@ from touchline.decisions.outcome import BatchOutcome
 from touchline.decisions.participant import Participant
 from touchline.decisions.policy import PolicyConfig
 from touchline.decisions.profile import DAY_MS, Profile, purchase_span_ms
+from touchline.decisions.quality_timeline import QualityTimeline
 from touchline.decisions.score_rank import ScoreRank
 from touchline.decisions.scoring import Scorer
 from touchline.decisions.timer_handler import TimerHandler
@@ -60,8 +61,11 @@ class DecisionCore:
         restore: Restore | None = None,
         experiments: ExperimentSettings | None = None,
         anonymous_retention_days: float | None = None,
+        no_action_share: float = 1.0,
     ) -> None:
         self.policy = policy
+        #: share of the decision points where nothing is sent that get a no-action record
+        self.no_action_share = no_action_share
         self.journeys = journeys
         self.experiments = ExperimentRuntime(experiments or ExperimentSettings(), policy.holdout_name, policy=policy)
         if journeys is not None and self.experiments.settings.splits:
@@ -80,6 +84,8 @@ class DecisionCore:
         self.learn = True
         #: sees every resolved label with the features captured for it (see Labeller.sink)
         self.label_sink: LabelSink | None = None
+        #: each model's figures per event-time day, on the labels resolved that day (the summary's)
+        self.quality = QualityTimeline()
         self.idle_ms = int(policy.cart_abandon_minutes * 60_000)
         self.inactive_ms = int(policy.inactivity_days * DAY_MS)
         #: churn scores at inactivity checks, to target the top share (policy.winback_top_share)
@@ -132,8 +138,8 @@ class BatchRun:
         self.queue = TimeQueue()
         self.timers = TimerBook(self.queue)
         self.scorer = Scorer(core.models, self.outcome)
-        self.labeller = Labeller(core.labels, core.models, core.learn, self.outcome, core.label_sink)
-        self.arbiter = Arbiter(core.policy, self.participants, reserve, self.scorer.entry)
+        self.labeller = Labeller(core.labels, core.models, core.learn, self.outcome, core.quality, core.label_sink)
+        self.arbiter = Arbiter(core.policy, self.participants, reserve, self.scorer.entry, core.no_action_share)
         self.applier = EventApplier(self)
         self.deleted: set[str] = set()  # merged away or expired: not to be saved
         #: merged-away profile -> the profile it went into (its drop waits for that one's write)

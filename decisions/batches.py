@@ -41,3 +41,5 @@ class BatchResult:
     dead_letters: list[dict[str, Any]]
     #: exposures, outcomes and conversions (the experiments output)
     experiments: list[dict[str, Any]] = field(default_factory=list)
+    #: decision points where every candidate was held back (the no-action output)
+    no_actions: list[dict[str, Any]] = field(default_factory=list)

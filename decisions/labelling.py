@@ -10,6 +10,7 @@ from touchline.decisions import labels as label_rules
 from touchline.decisions.champion import ModelSlot
 from touchline.decisions.outcome import BatchOutcome
 from touchline.decisions.profile import DAY_MS, Observation, Profile
+from touchline.decisions.quality_timeline import QualityTimeline
 
 if TYPE_CHECKING:
     from touchline.decisions.moment import Moment
@@ -48,9 +49,12 @@ class Labeller:
     """Observes moments and teaches the models when their labels resolve."""
 
     def __init__(self, settings: LabelSettings, models: dict[str, ModelSlot], learn: bool,
-                 outcome: BatchOutcome, sink: LabelSink | None = None) -> None:
+                 outcome: BatchOutcome, quality: QualityTimeline | None = None,
+                 sink: LabelSink | None = None) -> None:
         self.settings = settings
         self.models = models
+        #: each model's figures per day (for the summary and the report), when kept
+        self.quality = quality
         #: False: labels are counted but no model learns (frozen models decide alike on every run)
         self.learn_on = learn
         self.outcome = outcome
@@ -124,6 +128,8 @@ class Labeller:
             self.sink(model, obs, label, at_ms)
         if not self.learn_on:
             return
+        if self.quality is not None:
+            self.quality.before_label(model, self.models[model].models, at_ms)
         learn_at = obs.deadline_ms if model in self.settings.learn_at_horizon else None
         self.outcome.drifts += self.models[model].learn(obs.features, label, obs.model_version, obs.probability,
                                                         obs.shadow, delay_ms, at_ms, learn_at)

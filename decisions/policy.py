@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from touchline.decisions.errors import did_you_mean
 from touchline.decisions.profile import WINDOWS, Profile, Send
 
 MESSAGE_CHANNELS = ("email", "sms", "push")
@@ -31,7 +32,8 @@ ALL_CHANNELS = (*MESSAGE_CHANNELS, "sales_task")
 def _check_channels(value: list[str]) -> list[str]:
     bad = [c for c in value if c not in ALL_CHANNELS]
     if bad:
-        raise ValueError(f"unknown channel(s) {bad}; known: {', '.join(ALL_CHANNELS)}")
+        hints = [h for c in bad if (h := did_you_mean(c, ALL_CHANNELS))]
+        raise ValueError(f"unknown channel(s) {bad}{f' ({hints[0]})' if hints else ''}; known: {', '.join(ALL_CHANNELS)}")
     return value
 
 

@@ -28,6 +28,7 @@ from touchline.decisions.clock import Clock
 from touchline.decisions.batch_run import BatchRun, DecisionCore
 from touchline.decisions.outcome import BatchOutcome, JourneyTallies
 from touchline.decisions.events import Event, Rejected, parse_event
+from touchline.decisions.journey_versions import JourneyVersions
 from touchline.decisions.reorder import EventOrder, TimeRules
 from touchline.model_keeper import ModelKeeper
 from touchline.metrics.engine_metrics import EngineMetrics, observe_each, observe_many
@@ -54,6 +55,8 @@ class Totals:
     dead_letters: Counter = field(default_factory=Counter)
     decisions: Counter = field(default_factory=Counter)
     suppressions: Counter = field(default_factory=Counter)
+    #: decision points where every candidate was held back, by whether one was recorded ("true", "false")
+    no_action_points: Counter = field(default_factory=Counter)
     timers: Counter = field(default_factory=Counter)
     #: the most recent samples only, so a long live run does not grow memory without bound
     decision_latency_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
@@ -72,6 +75,19 @@ class Totals:
     journeys: Counter = field(default_factory=Counter)
     #: whole days between consecutive purchases of a contact -> how often (bounded: <= 3,651 keys)
     purchase_gap_days: Counter = field(default_factory=Counter)
+
+
+def keep_journey_versions(versions: JourneyVersions, store: StateStore) -> None:
+    """The journeys' versions into the store, for every process and every restart, and the
+    older versions kept there out of it (and from it later, one another process kept since),
+    so a contact finishes the version it entered however the files were edited."""
+    store.keep_journey_versions(versions.definitions())
+    versions.adopt(store.journey_versions())
+
+    def find(name: str, version: str) -> str | None:
+        return store.journey_versions([(name, version)]).definitions.get((name, version))
+
+    versions.find = find
 
 
 class Engine:
@@ -131,6 +147,8 @@ class Engine:
         self.recover_outbox = False
         #: (profile key, decision id, output) confirmed by the outputs, for the next batch's ack
         self._done: deque[tuple[str, str, str]] = deque()
+        if core.journeys is not None:
+            keep_journey_versions(core.journeys.versions, store)
 
     def not_alive(self, stall_seconds: float) -> str | None:
         """Why a liveness probe should fail (restart me), or None: the run stopped on a
@@ -231,7 +249,7 @@ class Engine:
                   "score": out.score_ns / 1e9, "policy": max(0, run_ns - out.score_ns) / 1e9}
         self._account(batch, events, out, dead, timings, stages)
         self._watch_errors(len(events) + len(due), len(out.errors))
-        result = BatchResult(out.decisions, dead, out.exp.records)
+        result = BatchResult(out.decisions, dead, out.exp.records, out.no_actions)
         for listener in self.listeners:
             listener(result)
         return result
@@ -516,6 +534,7 @@ class Engine:
         t.by_type.update(out.by_type)
         t.dead_letters.update(dead_by_reason)
         t.suppressions.update(out.suppressed)
+        t.no_action_points.update(out.no_action_points)
         t.decisions.update(out.decided)
         t.timers.update(out.timers_fired)
         t.feedback.update(out.feedback)
@@ -536,6 +555,7 @@ class Engine:
         tallies: list[tuple[Any, Mapping[Any, int]]] = [
             (m.identity_events, out.identities), (m.new_ids, out.new_ids), (m.missing_attributes, out.missing),
             (m.dead_letters, dead_by_reason), (m.suppressions, out.suppressed), (m.decisions, out.decided),
+            (m.no_action_points, out.no_action_points),
             (m.timers_fired, out.timers_fired), (m.labels, out.labelled), (m.feedback, out.feedback)]
         for counter, tally in tallies:
             m.count(counter, tally)
