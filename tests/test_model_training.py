@@ -64,10 +64,12 @@ def test_evaluate_grades_a_checkpoint_beside_the_configured_model_and_prints_the
     text = capsys.readouterr().out
     assert "ceiling of [1], [2]: logistic regression (L2), 5-fold cross-validated on the same" in text
     assert "[1] logreg(learning_rate=0.003) platt " in text and f"warm:{done['spec']['warm_start'][:6]}" in text
+    assert "[2] was trained offline on this very input: its figures are in-sample" in text
     assert main(["models", "evaluate", "--input", str(events), "--score", "lead", "--json",
                  "--model", "logreg", "--checkpoint", str(path)]) == 0
     rows = json.loads(capsys.readouterr().out)["scores"]["lead"]
     assert [r["version"] for r in rows][1] == done["version"] and rows[0]["labels"] == rows[1]["labels"] > 0
+    assert [r["in_sample"] for r in rows] == [False, True]
     ceiling = rows[0]["offline_ceiling"]
     assert ceiling == rows[1]["offline_ceiling"] and ceiling["labels"] == rows[0]["labels"]
     assert 0.5 < ceiling["roc_auc"] <= 1.0 and ceiling["features"] == 55

@@ -364,7 +364,7 @@ def evaluate(settings: Settings, input_path: Path, models: list[str], scores: li
     configs = _candidates(models, scores, features, calibration)
     for score in scores:
         configs[score] = configs[score] or [settings.models.scores()[score].champion()]
-    loaded = _checkpoint_candidates(settings, checkpoints or [], configs)
+    loaded, trained_on = _checkpoint_candidates(settings, checkpoints or [], configs)
     capture = Capture(list(configs))
     replayed = replay_file(settings, input_path, configs, batch_size, capture, lambda c: loaded.get(c.version))
     core = replayed.pop("core")
@@ -379,16 +379,29 @@ def evaluate(settings: Settings, input_path: Path, models: list[str], scores: li
             row["offline_ceiling"] = ceilings[names]
         out[score] = rows
         ceilings.clear()
+    _mark_in_sample(out, trained_on, input_path)
     return {"input": str(input_path), **replayed, "scores": out}
 
 
+def _mark_in_sample(scores: dict[str, list[dict[str, Any]]], trained_on: dict[str, str], input_path: Path) -> None:
+    """``in_sample`` on the rows of checkpoints trained on this very input (their figures test nothing)."""
+    from touchline.model_training import file_digest
+
+    digest = file_digest(input_path) if trained_on else None
+    for rows in scores.values():
+        for row in rows:
+            row["in_sample"] = digest is not None and trained_on.get(row["version"]) == digest
+
+
 def _checkpoint_candidates(settings: Settings, paths: list[Path],
-                           configs: dict[str, list[ModelConfig]]) -> dict[str, Any]:
+                           configs: dict[str, list[ModelConfig]]) -> tuple[dict[str, Any], dict[str, str]]:
     """The models of checkpoint files, by version, each added to its score's candidates (a
-    checkpoint of a score not evaluated is an error naming it)."""
-    from touchline.state.model_store import decode_checkpoint
+    checkpoint of a score not evaluated is an error naming it), and the SHA-256 of the input
+    each trained one was trained on."""
+    from touchline.state.model_store import decode_checkpoint, read_header
 
     loaded: dict[str, Any] = {}
+    trained_on: dict[str, str] = {}
     key = settings.models.checkpoint_key
     for path in paths:
         config, blob = read_checkpoint(settings, path)
@@ -399,7 +412,10 @@ def _checkpoint_candidates(settings: Settings, paths: list[Path],
             raise ConfigError(f"--checkpoint {path}: {config.version} is already a candidate")
         loaded[config.version] = decode_checkpoint(blob, config, key.get_secret_value().encode() if key else None)
         configs[config.name].append(config)
-    return loaded
+        training = read_header(blob)[0].get("training")
+        if isinstance(training, dict) and isinstance(training.get("sha256"), str):
+            trained_on[config.version] = training["sha256"]
+    return loaded, trained_on
 
 
 def replay_file(settings: Settings, input_path: Path, configs: dict[str, list[ModelConfig]], batch_size: int,
@@ -512,10 +528,12 @@ def _score_lines(score: str, rows: list[dict[str, Any]], pending: int) -> list[s
            f"{score}: {pending:,} observations still pending at the end of the input",
            f"{score}: progressive validation on delayed labels (each label grades the "
            "prediction made when the model scored), beside the offline ceiling on the same features",
-           f"  {'model':<46} {'labels':>7} {'pos':>6} {'ROC AUC':>8} {'ceiling':>8} {'gap':>7} {'log loss':>9} "
+           f"  {'model':<50} {'labels':>7} {'pos':>6} {'ROC AUC':>8} {'ceiling':>8} {'gap':>7} {'log loss':>9} "
            f"{'cal.err':>8} {'delay h':>8} {'held':>5} {'drifts':>6}"]
     out += [_model_row(i, m) for i, m in enumerate(rows, 1)]
     out += _ceiling_lines(rows)
+    out += [f"  [{i}] was trained offline on this very input: its figures are in-sample, not a test of it"
+            for i, m in enumerate(rows, 1) if m.get("in_sample")]
     out += [f"  [{i}] calibration map: p -> sigmoid({c['slope']:.3f} logit(p) {c['intercept']:+.3f}), "
             f"fitted on the latest {c['fitted_on']:,} labels" for i, m in enumerate(rows, 1)
             if (c := m.get("calibration_map")) is not None and c["fitted_on"]]
@@ -565,11 +583,11 @@ def _model_row(i: int, m: dict[str, Any]) -> str:
     """The model's row: its number and spec (cut to the column, ``~`` marks the cut) and its
     figures, its ROC AUC beside the ceiling's."""
     name = f"[{i}] " + _model_name(m)
-    name = name if len(name) <= 46 else name[:45] + "~"
+    name = name if len(name) <= 50 else name[:49] + "~"
     c = m.get("offline_ceiling") or {}
     top = c.get("roc_auc")
     gap = None if top is None or m["roc_auc"] is None else m["roc_auc"] - top
-    return (f"  {name:<46} {m['labels']:>7,} {m['positives']:>6,} {_figure(m['roc_auc']):>8} {_figure(top):>8} "
+    return (f"  {name:<50} {m['labels']:>7,} {m['positives']:>6,} {_figure(m['roc_auc']):>8} {_figure(top):>8} "
             f"{_figure(gap, '+.4f'):>7} {_figure(m['log_loss']):>9} {_figure(m['calibration_error']):>8} "
             f"{_figure(m['label_delay_hours'], '.1f'):>8} {m.get('held_labels', 0):>5,} {m['drifts']:>6}")
 

@@ -101,7 +101,7 @@ def train(settings: Settings, input_path: Path, score: str, model: ModelConfig |
                           f"training needs both classes (is labels.{score}_horizon_days shorter than the data?)")
     started = time.perf_counter()
     trained, how = _fit(config, captured)
-    source = {"input": input_path.name, "sha256": _file_digest(input_path), "labels": len(y),
+    source = {"input": input_path.name, "sha256": file_digest(input_path), "labels": len(y),
               "positives": int(y.sum()), "method": how, "events": replayed["events"]}
     trained = _warm_started(trained, source)
     key = settings.models.checkpoint_key
@@ -152,7 +152,7 @@ def _warm_started(model: ScoreModel, source: dict[str, Any]) -> ScoreModel:
     return trained
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
