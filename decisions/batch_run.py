@@ -30,7 +30,7 @@ from touchline.decisions.events import Event
 from touchline.decisions.experiment_runtime import ExperimentRuntime
 from touchline.decisions.experiments import ExperimentSettings
 from touchline.decisions.journey_runtime import JourneyRunner
-from touchline.decisions.labelling import Labeller, LabelSettings
+from touchline.decisions.labelling import Labeller, LabelSettings, LabelSink
 from touchline.decisions.moment import Moment
 from touchline.decisions.estimators import ModelConfig, ScoreSettings
 from touchline.decisions.outcome import BatchOutcome
@@ -82,6 +82,8 @@ class DecisionCore:
         self.models = {name: ModelSlot(name, _as_score(name, cfg), restore) for name, cfg in models.items()}
         #: False: labels are counted but no model learns (frozen models decide alike on every run)
         self.learn = True
+        #: sees every resolved label with the features captured for it (see Labeller.sink)
+        self.label_sink: LabelSink | None = None
         #: each model's figures per event-time day, on the labels resolved that day (the summary's)
         self.quality = QualityTimeline()
         self.idle_ms = int(policy.cart_abandon_minutes * 60_000)
@@ -136,7 +138,7 @@ class BatchRun:
         self.queue = TimeQueue()
         self.timers = TimerBook(self.queue)
         self.scorer = Scorer(core.models, self.outcome)
-        self.labeller = Labeller(core.labels, core.models, core.learn, self.outcome, core.quality)
+        self.labeller = Labeller(core.labels, core.models, core.learn, self.outcome, core.quality, core.label_sink)
         self.arbiter = Arbiter(core.policy, self.participants, reserve, self.scorer.entry, core.no_action_share)
         self.applier = EventApplier(self)
         self.deleted: set[str] = set()  # merged away or expired: not to be saved

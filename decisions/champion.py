@@ -77,9 +77,11 @@ class ModelSlot:
         return {c.version: round(c.predict(features), 6) for c in self.challengers}
 
     def learn(self, features: dict[str, float], label: bool, scored_by: str, probability: float,
-              shadow: dict[str, float], delay_ms: int) -> list[Drift]:
+              shadow: dict[str, float], delay_ms: int, at_ms: int | None = None,
+              learn_at_ms: int | None = None) -> list[Drift]:
         """One resolved label: every model is graded on what it predicted back then (if it
-        had been deployed by then) and trains on the captured features."""
+        had been deployed by then) and trains on the captured features (at ``learn_at_ms``
+        when given: see :meth:`ScoreModel.learn`)."""
         predicted = {scored_by: probability, **shadow}
         drifts = []
         champion_p = predicted.get(self.champion.version)
@@ -90,9 +92,15 @@ class ModelSlot:
                     p = None  # not comparable: train, do not grade
                 elif model.versus is not None:
                     model.versus.update(label, champion_p, delay_ms)
-            if model.learn(features, label, p, delay_ms):
+            if model.learn(features, label, p, delay_ms, at_ms, learn_at_ms):
                 drifts.append(Drift(self.name, self.role(model), model.version, model.labels))
         return drifts
+
+    def release(self, now_ms: int) -> None:
+        """Each model learns the labels it held whose time has come by ``now_ms``."""
+        for model in self.models:
+            if model.held:
+                model.release(now_ms)
 
     # ----------------------------------------------------------------- promotion
     def promotion_due(self) -> ScoreModel | None:

@@ -35,8 +35,10 @@ from river import compose, linear_model, optim, preprocessing
 
 from touchline.decisions.errors import TouchlineError
 from touchline.decisions.plugins import Registry
+from touchline.decisions.delayed_labels import HeldLabels
 from touchline.decisions.evaluation import Evaluation
 from touchline.decisions.features import FEATURE_NAMES
+from touchline.decisions.platt import PlattCalibrator
 from touchline.decisions.scaled_logistic import ScaledLogistic
 
 
@@ -227,6 +229,12 @@ class ModelConfig(BaseModel):
     params: dict[str, Scalar | list[Scalar] | None] = Field(
         default_factory=dict, description="keyword arguments for the estimator's factory or class")
     features: list[str] = Field(default_factory=lambda: list(FEATURE_NAMES))
+    calibration: Literal["none", "platt"] = Field(
+        default="none", description="platt: a calibration map refitted on resolved labels, applied to every "
+        "score (see touchline.decisions.platt)")
+    warm_start: str | None = Field(
+        default=None, description="the offline training this model starts from ('touchline models train' "
+        "sets it): its checkpoint must be in the model store")
 
     @field_validator("features")
     @classmethod
@@ -251,13 +259,20 @@ class ModelConfig(BaseModel):
     def version(self) -> str:
         """Short name + a stable hash of what defines the model: the same configuration
         is the same version in every process, a changed parameter or feature list is a new one."""
-        canonical = orjson.dumps([self.estimator, self.params, self.features], option=orjson.OPT_SORT_KEYS)
+        extra = {k: v for k, v in (("calibration", self.calibration), ("warm_start", self.warm_start))
+                 if v not in ("none", None)}  # absent when unset: the versions from before they existed stand
+        canonical = orjson.dumps([self.estimator, self.params, self.features, *([extra] if extra else [])],
+                                 option=orjson.OPT_SORT_KEYS)
         digest = hashlib.blake2b(canonical, digest_size=4).hexdigest()
         return f"{resolve(self.estimator)[0]}-{digest}"
 
     def spec(self) -> dict[str, Any]:
         """The definition without the slot name, as stored in deployments and checkpoints."""
-        return {"estimator": self.estimator, "params": self.params, "features": self.features}
+        return {"estimator": self.estimator, "params": self.params, "features": self.features,
+                "calibration": self.calibration, "warm_start": self.warm_start}
+
+
+SPEC_KEYS = ("estimator", "params", "features", "calibration", "warm_start")
 
 
 class ModelSpecError(TouchlineError, ValueError):
@@ -280,7 +295,7 @@ def config_from(name: str, spec: dict[str, Any], role: str = "champion") -> Mode
     lead challenger 'nowhere.module:make' cannot be built here: cannot import 'nowhere.module:make': No module named 'nowhere'
     """
     try:
-        return ModelConfig(name=name, **{k: spec[k] for k in ("estimator", "params", "features") if k in spec})
+        return ModelConfig(name=name, **{k: spec[k] for k in SPEC_KEYS if k in spec})
     except ValidationError as exc:
         raise _spec_error(name, role, spec, exc) from None
 
@@ -354,6 +369,10 @@ class ScoreModel:
     versus: Evaluation | None = None
     #: Where this model's state came from (fresh, or the checkpoint it was restored from).
     origin: str = "fresh"
+    #: Resolved labels waiting for their observation's horizon (``labels.learn_at_horizon``).
+    held: HeldLabels = field(default_factory=HeldLabels)
+    #: The calibration map applied to its scores (``calibration = "platt"``), else None.
+    calibrator: PlattCalibrator | None = None
     #: The one-pass reader of the default pipeline (see :mod:`touchline.decisions.scaled_logistic`)
     #: and the estimator it was made for (a restore replaces the estimator).
     _shortcut: ScaledLogistic | None = field(default=None, init=False, repr=False, compare=False)
@@ -363,7 +382,8 @@ class ScoreModel:
     def build(cls, config: ModelConfig) -> "ScoreModel":
         short, estimator = build_estimator(config.estimator, config.params)
         return cls(name=config.name, version=config.version, estimator_name=short,
-                   feature_names=tuple(config.features), estimator=estimator, config=config)
+                   feature_names=tuple(config.features), estimator=estimator, config=config,
+                   calibrator=PlattCalibrator() if config.calibration == "platt" else None)
 
     @property
     def labels(self) -> int:
@@ -376,8 +396,13 @@ class ScoreModel:
         return {name: features.get(name, 0.0) for name in self.feature_names}
 
     def predict(self, features: dict[str, float]) -> float:
-        """Probability of the positive class (0.5 when the estimator has nothing to say)."""
-        x = self.select(features)
+        """Probability of the positive class (0.5 when the estimator has nothing to say),
+        through the calibration map when there is one."""
+        p = self._raw(self.select(features))
+        return p if self.calibrator is None else self.calibrator.map(p)
+
+    def _raw(self, x: dict[str, float]) -> float:
+        """The estimator's own probability for the selected features ``x``."""
         shortcut = self._one_pass()
         p = shortcut.predict(x) if shortcut is not None else None
         if p is None:
@@ -386,17 +411,43 @@ class ScoreModel:
         return min(1.0, max(0.0, p)) if math.isfinite(p) else 0.5
 
     def learn(self, features: dict[str, float], label: bool, predicted: float | None = None,
-              delay_ms: int = 0) -> bool:
+              delay_ms: int = 0, at_ms: int | None = None, learn_at_ms: int | None = None) -> bool:
         """Grade the prediction made at scoring time (when there is one), then train on the
-        captured features. Returns True when the grading detected drift."""
+        captured features: now, or, given ``learn_at_ms`` after the event time ``at_ms``, once
+        the labels reach it (see :mod:`touchline.decisions.delayed_labels`). Returns True when
+        the grading detected drift.
+
+        >>> m = ScoreModel.build(ModelConfig(name="lead"))
+        >>> _ = m.learn({"known": 1.0}, True, 0.5, at_ms=0, learn_at_ms=100)
+        >>> m.labels, len(m.held)  # graded now, learned at 100
+        (1, 1)
+        >>> _ = m.learn({"known": 0.0}, False, 0.5, at_ms=100); len(m.held)
+        0
+        """
         drifted = self.evaluation.update(label, predicted, delay_ms) if predicted is not None else False
+        if at_ms is not None:
+            self.release(at_ms)
+            if learn_at_ms is not None and learn_at_ms > at_ms:
+                self.held.add(learn_at_ms, features, label)
+                return drifted
+        self.train(features, label)
+        return drifted
+
+    def release(self, now_ms: int) -> None:
+        """Train on the held labels whose time has come by ``now_ms``, oldest first."""
+        for features, label in self.held.due(now_ms):
+            self.train(features, label)
+
+    def train(self, features: dict[str, float], label: bool) -> None:
+        """Learn one label (the calibration map first sees what the model says before learning it)."""
         x = self.select(features)
+        if self.calibrator is not None:
+            self.calibrator.update(self._raw(x), label)
         shortcut = self._one_pass()
         if shortcut is None or not shortcut.learn(x, label):
             self.estimator.learn_one(x, label)
             if shortcut is not None:
                 shortcut.stale()
-        return drifted
 
     def _one_pass(self) -> ScaledLogistic | None:
         """The one-pass reader of this estimator, made once per estimator (a restore replaces it)."""
@@ -405,5 +456,9 @@ class ScoreModel:
         return self._shortcut
 
     def quality(self) -> dict[str, Any]:
-        """Progressive figures so far (None where not defined yet)."""
-        return self.evaluation.figures()
+        """Progressive figures so far (None where not defined yet), the labels held for their
+        horizon and the calibration map."""
+        extra: dict[str, Any] = {"held_labels": len(self.held)}
+        if self.calibrator is not None:
+            extra["calibration_map"] = self.calibrator.figures()
+        return {**self.evaluation.figures(), **extra}

@@ -39,6 +39,7 @@ class EventHandler:
             return
         at = run.moment(profile, self.core.clock.now() if self.core.live else profile.last_ts)
         active = ev.type not in PASSIVE_TYPES
+        run.labeller.release(ev.ts_ms)
         run.labeller.on_event(profile, ev.type, ev.ts_ms, active)
         for participant in run.participants:
             participant.on_applied(at, ev)

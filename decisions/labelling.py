@@ -4,7 +4,7 @@ until its label), and what the models learn when a label resolves (see
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from touchline.decisions import labels as label_rules
 from touchline.decisions.champion import ModelSlot
@@ -19,6 +19,8 @@ LABEL_TIMER = {label_rules.LEAD: "label_lead", label_rules.CHURN: "label_churn"}
 #: When a known contact's next churn observation is taken (``labels.churn_observations = "random_times"``).
 OBSERVE_CHURN_TIMER = "observe_churn"
 TIMER_LABEL = {v: k for k, v in LABEL_TIMER.items()}
+#: Called with (score, observation, label, event time) for each resolved label.
+LabelSink = Callable[[str, Observation, bool, int], None]
 
 
 class LabelSettings:
@@ -26,7 +28,8 @@ class LabelSettings:
 
     def __init__(self, lead_horizon_days: float, churn_horizon_days: float, goal_types: frozenset[str],
                  sample_gap_hours: float = 24.0, sample_rate: float = 0.3,
-                 churn_returns: frozenset[str] | None = None, churn_at_random_times: bool = False):
+                 churn_returns: frozenset[str] | None = None, churn_at_random_times: bool = False,
+                 learn_at_horizon: frozenset[str] = frozenset()):
         self.lead_horizon_ms = int(lead_horizon_days * DAY_MS)
         self.churn_horizon_ms = int(churn_horizon_days * DAY_MS)
         self.goal_types = goal_types
@@ -37,13 +40,17 @@ class LabelSettings:
         #: churn observations of known contacts at random times (see :meth:`Labeller.schedule_churn`)
         #: instead of at their activity
         self.churn_at_random_times = churn_at_random_times
+        #: scores whose labels are learned at their observation's horizon, not as they resolve
+        #: (see :mod:`touchline.decisions.delayed_labels`)
+        self.learn_at_horizon = learn_at_horizon
 
 
 class Labeller:
     """Observes moments and teaches the models when their labels resolve."""
 
     def __init__(self, settings: LabelSettings, models: dict[str, ModelSlot], learn: bool,
-                 outcome: BatchOutcome, quality: QualityTimeline | None = None) -> None:
+                 outcome: BatchOutcome, quality: QualityTimeline | None = None,
+                 sink: LabelSink | None = None) -> None:
         self.settings = settings
         self.models = models
         #: each model's figures per day (for the summary and the report), when kept
@@ -51,6 +58,8 @@ class Labeller:
         #: False: labels are counted but no model learns (frozen models decide alike on every run)
         self.learn_on = learn
         self.outcome = outcome
+        #: sees every resolved label (``touchline models train`` and ``evaluate`` capture them)
+        self.sink = sink
 
     def on_event(self, profile: Profile, event_type: str, ts_ms: int, active: bool) -> None:
         """Labels the event resolves (a goal for lead, activity for churn) are learnt now."""
@@ -67,6 +76,16 @@ class Labeller:
         if resolved is not None:
             self.learn(model, *resolved, now_ms)
         return True
+
+    def release(self, now_ms: int) -> None:
+        """The held labels whose horizon has passed by ``now_ms`` are learned, before anything
+        at ``now_ms`` is scored (see :mod:`touchline.decisions.delayed_labels`)."""
+        if not self.learn_on:
+            return
+        for name in self.settings.learn_at_horizon:
+            slot = self.models.get(name)
+            if slot is not None:
+                slot.release(now_ms)
 
     def may_observe(self, profile: Profile, model: str, now_ms: int) -> bool:
         """One pending observation per model, and at most one per ``sample_gap`` per contact,
@@ -105,10 +124,13 @@ class Labeller:
         """Every model of the score learns from the features captured at scoring time."""
         delay_ms = max(0, at_ms - obs.scored_at_ms)
         self.outcome.labelled[(model, "positive" if label else "negative")] += 1
+        if self.sink is not None:
+            self.sink(model, obs, label, at_ms)
         if not self.learn_on:
             return
         if self.quality is not None:
             self.quality.before_label(model, self.models[model].models, at_ms)
+        learn_at = obs.deadline_ms if model in self.settings.learn_at_horizon else None
         self.outcome.drifts += self.models[model].learn(obs.features, label, obs.model_version, obs.probability,
-                                                        obs.shadow, delay_ms)
+                                                        obs.shadow, delay_ms, at_ms, learn_at)
         self.outcome.label_delays.setdefault(model, []).append(delay_ms / 1000)

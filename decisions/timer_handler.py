@@ -33,6 +33,7 @@ class TimerHandler:
         del profile.timers[kind]
         run.touched.add(key)
         at = run.moment(profile, self.core.clock.now() if self.core.live else due_ms)
+        run.labeller.release(at.now_ms)
         run.outcome.timers_fired[kind] += 1
         trigger = Trigger({"kind": "timer", "timer": kind}, f"timer:{kind}:{due_ms}", due_ms)
         owner = next((p for p in run.participants if p.owns_timer(kind)), None)

@@ -66,13 +66,15 @@ def _minor(version: str) -> str:
     return ".".join(version.split(".")[:2])
 
 
-def encode_checkpoint(model: ScoreModel, key: bytes | None = None) -> bytes:
-    """The model's learned state and evaluation as one blob (see the module docstring)."""
+def encode_checkpoint(model: ScoreModel, key: bytes | None = None, training: dict[str, Any] | None = None) -> bytes:
+    """The model's learned state and evaluation as one blob (see the module docstring);
+    ``training`` says, for a model trained offline, on what (``touchline models train``)."""
     payload = pickle.dumps(
-        {"estimator": model.estimator, "evaluation": model.evaluation, "versus": model.versus},
+        {"estimator": model.estimator, "evaluation": model.evaluation, "versus": model.versus,
+         "held": model.held, "calibrator": model.calibrator},
         protocol=pickle.HIGHEST_PROTOCOL,
     )
-    header = {
+    header: dict[str, Any] = {
         "format": FORMAT,
         "score": model.name,
         "version": model.version,
@@ -83,6 +85,8 @@ def encode_checkpoint(model: ScoreModel, key: bytes | None = None) -> bytes:
         "saved_at": time.time(),
         "sha256": hashlib.sha256(payload).hexdigest(),
     }
+    if training is not None:
+        header["training"] = training
     if key is not None:
         header["hmac"] = hmac.new(key, payload, hashlib.sha256).hexdigest()
     return MAGIC + orjson.dumps(header) + b"\n" + payload
@@ -112,14 +116,39 @@ def decode_checkpoint(blob: bytes, config: ModelConfig, key: bytes | None = None
     except CheckpointError as exc:
         raise CheckpointError(f"checkpoint of {who} is corrupt: {exc}") from None
     _check_header(header, payload, config, key, who)
-    estimator, evaluation, versus = _unpickle(payload, who)
+    state = _unpickle(payload, who)
     model = ScoreModel.build(config)
+    estimator = state["estimator"]
     if type(estimator) is not type(model.estimator):
         raise CheckpointError(f"checkpoint of {who} holds a {type(estimator).__name__}, "
                               f"the configuration builds a {type(model.estimator).__name__}")
-    model.estimator, model.evaluation, model.versus = estimator, evaluation, versus
-    model.origin = f"restored, {model.labels} labels"
+    model.estimator, model.evaluation, model.versus = estimator, state["evaluation"], state["versus"]
+    model.held = state.get("held") or model.held  # checkpoints written before these had none
+    model.calibrator = state.get("calibrator") or model.calibrator
+    model.origin = _origin(header, model.labels)
     return model
+
+
+def _origin(header: dict[str, Any], labels: int) -> str:
+    """Where a restored model comes from, for status and summaries.
+
+    >>> _origin({}, 12), _origin({"training": {"labels": 900, "input": "may.jsonl"}}, 0)
+    ('restored, 12 labels', 'restored, 0 labels; trained offline on 900 labels of may.jsonl')
+    """
+    training = header.get("training")
+    trained = ""
+    if isinstance(training, dict):
+        trained = f"; trained offline on {training.get('labels')} labels of {training.get('input')}"
+    return f"restored, {labels} labels{trained}"
+
+
+def spec_of(header: dict[str, Any]) -> dict[str, Any]:
+    """A header's model definition with the keys added since it was written at their defaults
+    (a checkpoint from before calibration and warm starts existed still fits its configuration)."""
+    spec = header.get("spec")
+    if not isinstance(spec, dict):
+        return {}
+    return {"calibration": "none", "warm_start": None, **spec}
 
 
 def _check_header(header: dict[str, Any], payload: bytes, config: ModelConfig, key: bytes | None, who: str) -> None:
@@ -127,7 +156,7 @@ def _check_header(header: dict[str, Any], payload: bytes, config: ModelConfig, k
     signed with ``key`` (when set), or one saved with another minor version of River."""
     if header.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint of {who} has format {header.get('format')!r}; this engine reads {FORMAT}")
-    if header.get("version") != config.version or header.get("spec") != config.spec():
+    if header.get("version") != config.version or spec_of(header) != config.spec():
         raise CheckpointError(f"checkpoint of {who} holds model {header.get('version')!r} "
                               f"({header.get('spec')}), not this configuration")
     if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
@@ -146,13 +175,17 @@ def _signed(signature: Any, payload: bytes, key: bytes) -> bool:
         signature, hmac.new(key, payload, hashlib.sha256).hexdigest())
 
 
-def _unpickle(payload: bytes, who: str) -> tuple[Any, Any, Any]:
-    """The estimator, its evaluation and its comparison with the champion, from a checked payload."""
+def _unpickle(payload: bytes, who: str) -> dict[str, Any]:
+    """The estimator, its evaluation, its comparison with the champion, its held labels and its
+    calibration map (the last two may be absent), from a checked payload."""
     try:
         state = pickle.loads(payload)
-        return state["estimator"], state["evaluation"], state["versus"]
+        missing = [k for k in ("estimator", "evaluation", "versus") if k not in state]
+        if missing:
+            raise KeyError(", ".join(missing))
     except Exception as exc:  # a pickle from another code version can fail in many ways
         raise CheckpointError(f"checkpoint of {who} cannot be loaded: {type(exc).__name__}: {exc}") from None
+    return dict(state)
 
 
 class ModelStore(ABC):

@@ -199,15 +199,18 @@ def test_metrics_server_serves_and_reports_busy_port():
 def test_default_run_learns_lead_and_churn(tmp_path):
     """On the embedded default (3,000 contacts, 30 days) both models beat chance clearly.
 
-    Seeded, so the figures are exact regression guards (measured: lead 0.631, churn 0.670).
+    Seeded, so the figures are exact regression guards (measured: lead 0.651 with calibration
+    error 0.029, churn 0.670; python -m touchline.lead_bench sets the lead figure beside its
+    offline ceiling).
     """
     from touchline.settings import load_settings
 
     result = run(load_settings(None, {"output.dir": tmp_path, "metrics.enabled": False}), progress=None)
     models = result.summary["models"]
     assert models["lead"]["labels"] > 2_000 and models["churn"]["labels"] > 10_000
-    assert models["lead"]["roc_auc"] > 0.61
-    assert models["lead"]["log_loss"] < 0.69  # better calibrated than always saying 0.5
+    assert models["lead"]["roc_auc"] > 0.64
+    assert models["lead"]["log_loss"] < 0.61  # better calibrated than always saying 0.5 (0.69)
+    assert models["lead"]["calibration_error"] < 0.05  # issue 20: it said 0.96 where 0.52 was observed
     assert models["churn"]["roc_auc"] > 0.65
 
 

@@ -269,6 +269,9 @@ def test_automatic_promotion_when_the_challenger_is_better(small_settings):
         "models.lead.estimator": CONSTANT,
         "models.lead.challenger": {"estimator": "logreg"},
         "models.lead.promote": {"metric": "roc_auc", "margin": 0.02, "min_labels": 150},
+        # labels learned as they resolve: on this small run's 183 labels, held ones would leave
+        # the challenger too few to pull ahead (the promotion, not the learning, is tested here)
+        "labels.learn_at_horizon": [],
     })
     summary = run(settings, progress=None).summary
     assert any("promoted to champion" in c for c in summary["model_store"]["changes"]), summary["model_store"]
@@ -304,7 +307,10 @@ def test_models_learn_from_features_captured_when_they_scored(small_settings):
                                  "models.store": "off"})
     engine = build_engine(settings, CollectorRegistry())
     Recorder.seen.clear()  # the configuration's trial run learned too
-    engine.process(RawBatch([orjson.dumps(e) for e in events], "t", 1, final=True))
+    engine.process(RawBatch([orjson.dumps(e) for e in events], "t", 1))
+    assert Recorder.seen == [], "a lead label is learned at its observation's horizon (labels.learn_at_horizon)"
+    later = {"event_id": "e4", "type": "page_view", "contact_id": "c2", "ts": T + 4 * 86_400_000, "properties": {}}
+    engine.process(RawBatch([orjson.dumps(later)], "t", 4, final=True))
     assert len(Recorder.seen) == 1, "the purchase should resolve the one lead observation"
     x = Recorder.seen[0]
     # counts are log1p: one add_to_cart in the last hour and no purchase, as of the add_to_cart;
@@ -425,7 +431,9 @@ def _history(out: Path) -> list[str]:
 def test_promote_refuses_a_challenger_worse_on_the_paired_labels_unless_forced(tmp_path, capsys):
     out = tmp_path / "o"
     hat = model_config("lead", "hat").version
-    champion = model_config("lead", "logreg").version
+    from touchline.settings import load_settings
+
+    champion = load_settings(None, {}).models.lead.champion().version  # the configured lead champion
     assert main(["models", "deploy", "lead", "hat", "--out", str(out)]) == 0
     _figures(out, hat, 1200, {"roc_auc": 0.52, "log_loss": 0.71}, {"roc_auc": 0.68, "log_loss": 0.55})
     capsys.readouterr()

@@ -221,6 +221,24 @@ def test_two_builds_share_no_state(name):
     assert predictions(b) == before  # ...and b did not
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_a_calibrated_model_keeps_the_contract(name):
+    """``calibration = "platt"`` (the default lead model's) puts any model's scores through a map
+    fitted on its resolved labels: still probabilities, the same ranking, its own version, and
+    restored from its checkpoint to the same predictions."""
+    config = ModelConfig(name="lead", estimator=name, calibration="platt")
+    model, case = ScoreModel.build(config), scenario(name)
+    assert all(0.0 <= model.predict(x) <= 1.0 for x in case.probes)
+    for x, y in case.stream(300):
+        model.learn(x, y, model.predict(x))
+    assert model.calibrator is not None and model.calibrator.fitted_on == 300
+    assert 0.0 <= model.predict(case.negative) < model.predict(case.positive) <= 1.0
+    assert all(0.0 <= model.predict(x) <= 1.0 for x in case.probes)
+    restored = decode_checkpoint(encode_checkpoint(model), config)
+    assert predictions(restored) == predictions(model)
+    assert config.version != ModelConfig(name="lead", estimator=name).version
+
+
 def changed_params(name: str) -> dict:
     """A valid change of the first numeric parameter of the model's factory."""
     for p in inspect.signature(resolve(name)[1]).parameters.values():

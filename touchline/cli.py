@@ -20,6 +20,8 @@
     touchline models list              # registered models (logreg, hat, arf, bgnbd, plug-ins)
     touchline models evaluate --input events.jsonl --model logreg --model hat
     touchline models deploy lead hat   # shadow a challenger in the running engine
+    touchline models train --input events.jsonl --out lead.ckpt   # fit offline: a warm start
+    touchline models deploy lead --checkpoint lead.ckpt --as champion
     touchline models promote lead      # the challenger becomes champion (--force if it did worse)
     touchline config --config my.toml  # the effective settings, as JSON
     touchline schema                   # print the event JSON Schema
@@ -206,7 +208,7 @@ def _parser() -> argparse.ArgumentParser:
     prev.add_argument("--config", type=Path, help="settings file (policy, caps, quiet hours, models)")
     prev.add_argument("--json", action="store_true", help="print the timeline as JSON")
 
-    models = sub.add_parser("models", help="models: list, status, deploy, promote, evaluate offline")
+    models = sub.add_parser("models", help="models: list, status, deploy, promote; evaluate and train offline")
     models_sub = models.add_subparsers(dest="action", metavar="ACTION", required=True)
     models_sub.add_parser("list", help="the registered models (shipped and plug-ins) and their parameters")
     store_help = "the engine's model store follows its settings: --config, --redis (production) or --out (embedded)"
@@ -216,9 +218,13 @@ def _parser() -> argparse.ArgumentParser:
         "deploy", help="deploy a model as a score's challenger (default) or champion; a running engine picks it "
         "up within models.poll_seconds", description=store_help)
     m_deploy.add_argument("score", choices=["lead", "churn"])
-    m_deploy.add_argument("model", metavar="MODEL", help="NAME or NAME(param=value, ...): a registered name "
-                          "(touchline models list) or an import path, e.g. 'hat(grace_period=50)'")
+    m_deploy.add_argument("model", metavar="MODEL", nargs="?", help="NAME or NAME(param=value, ...): a registered "
+                          "name (touchline models list) or an import path, e.g. 'hat(grace_period=50)'")
+    m_deploy.add_argument("--checkpoint", type=Path, metavar="FILE", help="instead of MODEL: ship this checkpoint "
+                          "(touchline models train writes one); the engine starts the model from it")
     m_deploy.add_argument("--features", help="comma-separated feature list (default: all)")
+    m_deploy.add_argument("--calibration", choices=["none", "platt"], default="none",
+                          help="platt: calibrate MODEL's scores on resolved labels (default none)")
     m_deploy.add_argument("--as", dest="role", choices=["challenger", "champion"], default="challenger",
                           help="challenger: score in shadow first (default); champion: replace the champion now")
     m_promote = models_sub.add_parser("promote", help="make a score's challenger its champion (keeps what it learned)",
@@ -237,13 +243,19 @@ def _parser() -> argparse.ArgumentParser:
         "evaluate", help="replay recorded events through candidate models offline and compare their "
         "progressive metrics")
     m_eval.add_argument("--input", type=Path, required=True, metavar="EVENTS.jsonl", help="recorded events (JSONL)")
-    m_eval.add_argument("--model", action="append", required=True, metavar="MODEL",
+    m_eval.add_argument("--model", action="append", default=[], metavar="MODEL",
                         help="NAME or NAME(param=value, ...) or an import path; repeat to compare (the first "
-                        "one decides, the others shadow it; all see the same labels)")
+                        "one decides, the others shadow it; all see the same labels). Default: the configured "
+                        "champion")
+    m_eval.add_argument("--checkpoint", action="append", type=Path, default=[], metavar="FILE",
+                        help="also a model from a checkpoint (touchline models train writes one); repeatable")
     m_eval.add_argument("--score", choices=["lead", "churn", "both"], default="both")
-    m_eval.add_argument("--features", help="comma-separated feature list (default: all)")
+    m_eval.add_argument("--features", help="comma-separated feature list for --model (default: all)")
+    m_eval.add_argument("--calibration", choices=["none", "platt"], default="none",
+                        help="platt: calibrate the --model candidates' scores on resolved labels (default none)")
     m_eval.add_argument("--config", type=Path, help="settings file (labels, policy)")
     m_eval.add_argument("--json", action="store_true", help="print the figures as JSON")
+    _add_train_parser(models_sub)
 
     from touchline import report as report_cmd, why as why_cmd
 
@@ -255,6 +267,28 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the event JSON Schema")
     return parser
+
+
+def _add_train_parser(models_sub: Any) -> None:
+    """``touchline models train``: its options and help."""
+    m_train = models_sub.add_parser(
+        "train", help="train a model offline on recorded events and write a checkpoint that 'models deploy' ships",
+        description="Replay recorded events through the engine (event time, in-process state, no outputs), capture "
+        "every resolved label of the score with the features captured when it was scored, and fit the model on them "
+        "at once: logreg by an L2-penalised logistic regression (a warm start: the engine goes on learning from "
+        "it), any other model by one pass in the order the observations were taken. Prints the 5-fold "
+        "cross-validated figure on the same labels. Ship it with: touchline models deploy SCORE --checkpoint FILE.")
+    m_train.add_argument("--input", type=Path, required=True, metavar="EVENTS.jsonl", help="recorded events (JSONL)")
+    m_train.add_argument("--score", choices=["lead", "churn"], default="lead", help="the score to train (default lead)")
+    m_train.add_argument("--out", type=Path, metavar="CHECKPOINT",
+                         help="checkpoint file to write (default <output.dir>/trained/SCORE-VERSION.ckpt)")
+    m_train.add_argument("--model", metavar="MODEL", help="NAME or NAME(param=value, ...) (default: the score's "
+                         "configured champion)")
+    m_train.add_argument("--features", help="comma-separated feature list for --model (default: all)")
+    m_train.add_argument("--calibration", choices=["none", "platt"], default="none",
+                         help="with --model: platt calibrates its scores on resolved labels once deployed")
+    m_train.add_argument("--config", type=Path, help="settings file (labels, models, checkpoint key)")
+    m_train.add_argument("--json", action="store_true", help="print what was done as JSON")
 
 
 def _add_scores_parser(sub: Any) -> None:
@@ -321,7 +355,8 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "simulator.contacts": getattr(args, "contacts", None),
         "simulator.days": getattr(args, "days", None),
         "simulator.malformed_rate": getattr(args, "malformed_rate", None),
-        "output.dir": getattr(args, "out", None) if args.command in ("run", "models") else None,
+        "output.dir": getattr(args, "out", None) if args.command == "run" or (
+            args.command == "models" and args.action != "train") else None,
         "metrics.port": getattr(args, "metrics_port", None),
         "metrics.host": getattr(args, "metrics_host", None),
         "logging.format": getattr(args, "log_format", None),
@@ -742,16 +777,13 @@ def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
-    """``touchline models evaluate|status|deploy|promote`` (``list`` needs no settings: see :func:`main`)."""
+    """``touchline models evaluate|train|status|deploy|promote`` (``list`` needs no settings: see :func:`main`)."""
     from touchline import model_commands as mc
     from touchline.run_command import models_settings
 
     settings, note = models_settings(settings)
-    if args.action == "evaluate":
-        scores = ["lead", "churn"] if args.score == "both" else [args.score]
-        result = mc.evaluate(settings, args.input, args.model, scores, _feature_list(args))
-        print(mc.dumps(result) if args.json else mc.format_evaluation(result))
-        return 0
+    if args.action in ("evaluate", "train"):
+        return _cmd_models_offline(args, settings)
     if args.action == "status":
         found = mc.status(settings)
         print(mc.dumps(found) if args.json else mc.format_status(found))
@@ -760,6 +792,26 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     if note is not None and code == 0:
         print(f"note: {note}", file=sys.stderr)
     return code
+
+
+def _cmd_models_offline(args: argparse.Namespace, settings: Settings) -> int:
+    """``models evaluate`` and ``models train``: replays of a recorded file."""
+    from touchline import model_commands as mc
+    from touchline import model_training
+
+    if not args.model and (args.features or args.calibration != "none"):
+        raise ConfigError(f"models {args.action}: --features and --calibration define a --model; the configured "
+                          "champion has its own (give --model)")
+    if args.action == "evaluate":
+        scores = ["lead", "churn"] if args.score == "both" else [args.score]
+        result = mc.evaluate(settings, args.input, args.model, scores, _feature_list(args),
+                             checkpoints=args.checkpoint, calibration=args.calibration)
+        print(mc.dumps(result) if args.json else mc.format_evaluation(result))
+        return 0
+    model = mc.model_config(args.score, args.model, _feature_list(args), args.calibration) if args.model else None
+    done = model_training.train(settings, args.input, args.score, model, args.out)
+    print(mc.dumps(done) if args.json else model_training.format_training(done))
+    return 0
 
 
 def _feature_list(args: argparse.Namespace) -> list[str] | None:
@@ -776,10 +828,10 @@ def _change_deployment(args: argparse.Namespace, settings: Settings) -> int:
     """``models deploy`` or ``models promote``: a new deployment revision, or why there is none."""
     from touchline import model_commands as mc
 
-    model = mc.model_config(args.score, args.model, _feature_list(args)) if args.action == "deploy" else None
+    model, blob = _deployed_model(args, settings) if args.action == "deploy" else (None, None)
     try:
         if model is not None:
-            doc = mc.deploy(settings, args.score, model, args.role)
+            doc = mc.deploy(settings, args.score, model, args.role, blob)
         else:
             doc, verdict = mc.promote(settings, args.score, args.version, args.force)
             if "forced" in verdict:
@@ -789,6 +841,20 @@ def _change_deployment(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_RUNTIME
     print(mc.dumps(doc) if args.json else f"deployment revision {doc['revision']}: {doc['history'][-1]['change']}")
     return 0
+
+
+def _deployed_model(args: argparse.Namespace, settings: Settings) -> tuple[Any, bytes | None]:
+    """``models deploy``'s model: MODEL, or the one ``--checkpoint`` holds with its bytes (one of the two)."""
+    from touchline import model_commands as mc
+
+    if (args.model is None) == (args.checkpoint is None):
+        raise ConfigError("models deploy: give MODEL or --checkpoint FILE (one of the two)")
+    if args.checkpoint is not None:
+        if args.features or args.calibration != "none":
+            raise ConfigError("models deploy --checkpoint: the checkpoint defines its features and calibration; "
+                              "drop --features/--calibration")
+        return mc.read_checkpoint(settings, args.checkpoint, args.score)
+    return mc.model_config(args.score, args.model, _feature_list(args), args.calibration), None
 
 
 def _cmd_schema(_args: argparse.Namespace, _settings: Settings | None) -> int:

@@ -60,17 +60,18 @@ def parse_model_spec(text: str) -> tuple[str, dict[str, Any]]:
     return name.strip(), params
 
 
-def model_config(score: str, text: str, features: list[str] | None = None) -> ModelConfig:
+def model_config(score: str, text: str, features: list[str] | None = None, calibration: str = "none") -> ModelConfig:
     """A validated model configuration from a command-line spec (ConfigError naming it if not)."""
     try:
         estimator, params = parse_model_spec(text)
-        extra = {"features": features} if features else {}
+        extra: dict[str, Any] = {"features": features} if features else {}
+        extra["calibration"] = calibration
         return ModelConfig(name=score, estimator=estimator, params=params, **extra)
     except ValueError as exc:
         raise ConfigError(_first_error(exc, text)) from None
 
 
-def _first_error(exc: ValueError, text: str) -> str:
+def _first_error(exc: ValueError | TypeError, text: str) -> str:
     from pydantic import ValidationError
 
     if isinstance(exc, ValidationError):
@@ -170,20 +171,37 @@ def _model_label(name: str, spec: dict[str, Any], role: str) -> str:
 
 
 def _spec_text(spec: dict[str, Any]) -> str:
+    """A stored model definition as one would write it, with its calibration and warm start.
+
+    >>> _spec_text({"estimator": "logreg", "params": {"learning_rate": 0.003}, "calibration": "platt"})
+    'logreg(learning_rate=0.003) calibration=platt'
+    """
     params = ", ".join(f"{k}={v!r}" for k, v in sorted((spec.get("params") or {}).items()))
-    return f"{spec['estimator']}({params})" if params else spec["estimator"]
+    text = f"{spec['estimator']}({params})" if params else spec["estimator"]
+    if spec.get("calibration", "none") != "none":
+        text += f" calibration={spec['calibration']}"
+    if spec.get("warm_start"):
+        text += f" warm_start={spec['warm_start']}"
+    return text
 
 
 def _figures(m: dict[str, Any]) -> str:
     def fmt(v: Any) -> str:
         return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
+    cmap = m.get("calibration_map") or {}
+    extra = f", held to their horizon {m['held_labels']:,}" if m.get("held_labels") else ""
+    if cmap.get("fitted_on"):
+        extra += f", calibration map slope {cmap['slope']:.3f} intercept {cmap['intercept']:+.3f}"
     return (f"labels {m['labels']:,}, ROC AUC {fmt(m['roc_auc'])}, log loss {fmt(m['log_loss'])}, "
-            f"calibration error {fmt(m.get('calibration_error'))}, drifts {m.get('drifts', 0)}")
+            f"calibration error {fmt(m.get('calibration_error'))}, drifts {m.get('drifts', 0)}{extra}")
 
 
-def deploy(settings: Settings, score: str, model: ModelConfig, role: str) -> dict[str, Any]:
-    """A new deployment revision with ``model`` as the score's challenger (or champion)."""
+def deploy(settings: Settings, score: str, model: ModelConfig, role: str,
+           checkpoint: bytes | None = None) -> dict[str, Any]:
+    """A new deployment revision with ``model`` as the score's challenger (or champion); with
+    ``checkpoint`` (its learned state, see :func:`read_checkpoint`), saved in the store first,
+    so the engine starts the model from it."""
     from touchline.state.model_store import new_revision
 
     store = _store(settings)
@@ -199,14 +217,41 @@ def deploy(settings: Settings, score: str, model: ModelConfig, role: str) -> dic
         else:
             entry["challenger"] = model.spec()
         score_settings(score, entry)  # still a valid score
-        return new_revision(doc, scores, f"{score}: {model.version} deployed as {role}")
+        shipped = " from its checkpoint" if checkpoint is not None else ""
+        return new_revision(doc, scores, f"{score}: {model.version} deployed as {role}{shipped}")
 
     try:
+        if checkpoint is not None:
+            store.save_checkpoint(score, model.version, checkpoint)
         doc = store.update_deployment(change)
         assert doc is not None
         return doc
     finally:
         store.close()
+
+
+def read_checkpoint(settings: Settings, path: Path, score: str | None = None) -> tuple[ModelConfig, bytes]:
+    """The model a checkpoint file holds (``touchline models train`` writes them) and its bytes,
+    checked as the engine checks it (integrity, signature, River version); a ConfigError naming
+    the file otherwise, or when it is another score's."""
+    from touchline.state.model_store import CheckpointError, decode_checkpoint, read_header, spec_of
+
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"--checkpoint {path}: {exc.strerror or exc}") from None
+    try:
+        header, _ = read_header(blob)
+        config = config_from(str(header.get("score")), spec_of(header))
+        key = settings.models.checkpoint_key
+        decode_checkpoint(blob, config, key.get_secret_value().encode() if key else None)
+    except (CheckpointError, ModelSpecError) as exc:  # not a usable checkpoint; a model this Python cannot build
+        raise ConfigError(f"--checkpoint {path}: {exc}") from None
+    except (ValueError, TypeError) as exc:  # a header whose definition is not one
+        raise ConfigError(f"--checkpoint {path}: its model cannot be built here: {_first_error(exc, path.name)}") from None
+    if score is not None and config.name != score:
+        raise ConfigError(f"--checkpoint {path}: holds a {config.name} model, not a {score} one")
+    return config, blob
 
 
 class PromotionRefused(TouchlineError, ValueError):
@@ -306,41 +351,108 @@ def _ago(seconds: float) -> str:
 
 # ------------------------------------------------------------------ evaluate
 def evaluate(settings: Settings, input_path: Path, models: list[str], scores: list[str],
-             features: list[str] | None = None, batch_size: int = 1000) -> dict[str, Any]:
+             features: list[str] | None = None, batch_size: int = 1000,
+             checkpoints: list[Path] | None = None, calibration: str = "none") -> dict[str, Any]:
     """Replay ``input_path`` through the engine (event time, in-process state, no outputs)
-    with ``models`` scoring each of ``scores`` side by side: the first decides, the others
-    shadow it, all learn from the same delayed labels and are graded on the same ones."""
+    with candidate models scoring each of ``scores`` side by side: those ``models`` name (none:
+    the configured champion), then those ``checkpoints`` hold (a model trained offline, or a
+    live one's saved state). The first decides, the others shadow it, all learn from the same
+    delayed labels and are graded on the same ones; beside each, the offline ceiling: a
+    logistic regression cross-validated on the same captured features."""
+    from touchline.model_training import Capture, ceiling_figures
+
+    configs = _candidates(models, scores, features, calibration)
+    for score in scores:
+        configs[score] = configs[score] or [settings.models.scores()[score].champion()]
+    loaded, trained_on = _checkpoint_candidates(settings, checkpoints or [], configs)
+    capture = Capture(list(configs))
+    replayed = replay_file(settings, input_path, configs, batch_size, capture, lambda c: loaded.get(c.version))
+    core = replayed.pop("core")
+    ceilings: dict[tuple[str, ...], dict[str, Any] | None] = {}
+    out: dict[str, Any] = {}
+    for score in configs:
+        rows = _model_figures(core.models[score])
+        for row, model in zip(rows, core.models[score].models):
+            names = tuple(model.feature_names)
+            if names not in ceilings:
+                ceilings[names] = ceiling_figures(capture.scores[score], names)
+            row["offline_ceiling"] = ceilings[names]
+        out[score] = rows
+        ceilings.clear()
+    _mark_in_sample(out, trained_on, input_path)
+    return {"input": str(input_path), **replayed, "scores": out}
+
+
+def _mark_in_sample(scores: dict[str, list[dict[str, Any]]], trained_on: dict[str, str], input_path: Path) -> None:
+    """``in_sample`` on the rows of checkpoints trained on this very input (their figures test nothing)."""
+    from touchline.model_training import file_digest
+
+    digest = file_digest(input_path) if trained_on else None
+    for rows in scores.values():
+        for row in rows:
+            row["in_sample"] = digest is not None and trained_on.get(row["version"]) == digest
+
+
+def _checkpoint_candidates(settings: Settings, paths: list[Path],
+                           configs: dict[str, list[ModelConfig]]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The models of checkpoint files, by version, each added to its score's candidates (a
+    checkpoint of a score not evaluated is an error naming it), and the SHA-256 of the input
+    each trained one was trained on."""
+    from touchline.state.model_store import decode_checkpoint, read_header
+
+    loaded: dict[str, Any] = {}
+    trained_on: dict[str, str] = {}
+    key = settings.models.checkpoint_key
+    for path in paths:
+        config, blob = read_checkpoint(settings, path)
+        if config.name not in configs:
+            raise ConfigError(f"--checkpoint {path}: holds a {config.name} model; --score "
+                              f"{'/'.join(configs)} does not evaluate it")
+        if config.version in loaded or any(c.version == config.version for c in configs[config.name]):
+            raise ConfigError(f"--checkpoint {path}: {config.version} is already a candidate")
+        loaded[config.version] = decode_checkpoint(blob, config, key.get_secret_value().encode() if key else None)
+        configs[config.name].append(config)
+        training = read_header(blob)[0].get("training")
+        if isinstance(training, dict) and isinstance(training.get("sha256"), str):
+            trained_on[config.version] = training["sha256"]
+    return loaded, trained_on
+
+
+def replay_file(settings: Settings, input_path: Path, configs: dict[str, list[ModelConfig]], batch_size: int,
+                sink: Any = None, restore: Any = None) -> dict[str, Any]:
+    """Replay ``input_path`` with ``configs`` scoring (see :func:`evaluate`), resolved labels
+    going to ``sink``; the figures of the replay and the decision core it ran (``core``)."""
     from prometheus_client import CollectorRegistry
 
     from touchline.batch_service import Engine
     from touchline.metrics.engine_metrics import EngineMetrics
     from touchline.state.memory import MemoryStore
 
-    configs = _candidates(models, scores, features)
-    core = _evaluation_core(settings, configs)
-    store = MemoryStore()
-    engine = Engine(store, core, EngineMetrics(CollectorRegistry()))
     if not input_path.is_file():
         raise ConfigError(f"--input {input_path}: no such file")
+    core = _evaluation_core(settings, configs, restore)
+    core.label_sink = sink
+    store = MemoryStore()
+    engine = Engine(store, core, EngineMetrics(CollectorRegistry()))
     started = time.perf_counter()
     _replay(engine, input_path, batch_size)
     wall = time.perf_counter() - started
     t = engine.totals
     pending = {score: sum(score in p.pending for p in store.profiles()) for score in configs}
     return {
-        "input": str(input_path),
         "events": t.events,
         "invalid_lines": sum(t.dead_letters.values()),
         "seconds": round(wall, 2),
         #: observations whose horizon had not passed when the input ended: no label yet
         "pending_at_end": pending,
-        "scores": {score: _model_figures(core.models[score]) for score in configs},
+        "core": core,
     }
 
 
-def _candidates(models: list[str], scores: list[str], features: list[str] | None) -> dict[str, list[ModelConfig]]:
+def _candidates(models: list[str], scores: list[str], features: list[str] | None,
+                calibration: str = "none") -> dict[str, list[ModelConfig]]:
     """Each score's candidate models, validated; the same model twice would only compare it with itself."""
-    configs = {score: [model_config(score, text, features) for text in models] for score in scores}
+    configs = {score: [model_config(score, text, features, calibration) for text in models] for score in scores}
     for cfgs in configs.values():
         versions = [c.version for c in cfgs]
         if len(set(versions)) != len(versions):
@@ -348,9 +460,10 @@ def _candidates(models: list[str], scores: list[str], features: list[str] | None
     return configs
 
 
-def _evaluation_core(settings: Settings, configs: dict[str, list[ModelConfig]]) -> "DecisionCore":
+def _evaluation_core(settings: Settings, configs: dict[str, list[ModelConfig]], restore: Any = None) -> "DecisionCore":
     """A decision core on event time whose evaluated scores have the first candidate as champion
-    and the others as its challengers; a score not evaluated keeps its configured champion alone."""
+    and the others as its challengers (``restore`` gives those that come from a checkpoint); a
+    score not evaluated keeps its configured champion alone."""
     from touchline.decisions.batch_run import DecisionCore
     from touchline.decisions.clock import EventTimeClock
 
@@ -365,11 +478,11 @@ def _evaluation_core(settings: Settings, configs: dict[str, list[ModelConfig]]) 
         policy=settings.policy, models=slots_cfg,
         labels=settings.labels.rules(),
         clock=EventTimeClock(), retention_days=settings.state.retention_days,
-        anonymous_retention_days=settings.state.anonymous_retention_days,
+        anonymous_retention_days=settings.state.anonymous_retention_days, restore=restore,
         no_action_share=0.0)  # an evaluation keeps no records
     for score, cfgs in configs.items():
         for cfg in cfgs[1:]:
-            core.models[score].add_challenger(cfg)
+            core.models[score].add_challenger(cfg, restore)
     return core
 
 
@@ -393,9 +506,11 @@ def _replay(engine: "Engine", input_path: Path, batch_size: int) -> None:
 
 
 def _model_figures(slot: "ModelSlot") -> list[dict[str, Any]]:
-    """Each model of a score: its role, estimator, parameters and version, and its progressive figures."""
+    """Each model of a score: its role, definition and version, its progressive figures, the
+    labels it still holds for their horizon and its calibration map."""
     return [{"role": slot.role(m), "model": m.config.estimator, "params": m.config.params,
-             "version": m.version, **m.evaluation.summary()} for m in slot.models]
+             "calibration_method": m.config.calibration, "warm_start": m.config.warm_start, "version": m.version,
+             "origin": m.origin, **m.evaluation.summary(), **m.quality()} for m in slot.models]
 
 
 def format_evaluation(r: dict[str, Any]) -> str:
@@ -407,15 +522,37 @@ def format_evaluation(r: dict[str, Any]) -> str:
 
 
 def _score_lines(score: str, rows: list[dict[str, Any]], pending: int) -> list[str]:
-    """One score's block: pending observations, a row of figures per model, then calibration."""
+    """One score's block: pending observations, a row of figures per model beside the offline
+    ceiling, the ceilings and calibration maps, then calibration per bucket."""
     out = ["",
            f"{score}: {pending:,} observations still pending at the end of the input",
            f"{score}: progressive validation on delayed labels (each label grades the "
-           "prediction made when the model scored)",
-           f"  {'model':<28} {'labels':>7} {'pos':>6} {'ROC AUC':>8} {'log loss':>9} {'cal.err':>8} "
-           f"{'delay h':>8} {'drifts':>6}"]
+           "prediction made when the model scored), beside the offline ceiling on the same features",
+           f"  {'model':<50} {'labels':>7} {'pos':>6} {'ROC AUC':>8} {'ceiling':>8} {'gap':>7} {'log loss':>9} "
+           f"{'cal.err':>8} {'delay h':>8} {'held':>5} {'drifts':>6}"]
     out += [_model_row(i, m) for i, m in enumerate(rows, 1)]
+    out += _ceiling_lines(rows)
+    out += [f"  [{i}] was trained offline on this very input: its figures are in-sample, not a test of it"
+            for i, m in enumerate(rows, 1) if m.get("in_sample")]
+    out += [f"  [{i}] calibration map: p -> sigmoid({c['slope']:.3f} logit(p) {c['intercept']:+.3f}), "
+            f"fitted on the latest {c['fitted_on']:,} labels" for i, m in enumerate(rows, 1)
+            if (c := m.get("calibration_map")) is not None and c["fitted_on"]]
     out += _calibration_lines(rows)
+    return out
+
+
+def _ceiling_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Each distinct offline ceiling once, with the models it is the ceiling of."""
+    out, seen = [], []
+    for i, m in enumerate(rows, 1):
+        c = m.get("offline_ceiling")
+        if c is None or c in seen:
+            continue
+        seen.append(c)
+        of = ", ".join(f"[{j}]" for j, n in enumerate(rows, 1) if n.get("offline_ceiling") == c)
+        out.append(f"  ceiling of {of}: {c['model']} on the same {c['labels']:,} labels and {c['features']} "
+                   f"features: ROC AUC {c['roc_auc']:.4f}, log loss {c['log_loss']:.4f}, calibration error "
+                   f"{c['calibration_error']:.4f}")
     return out
 
 
@@ -428,13 +565,31 @@ def _figure(v: Any, spec: str = ".4f") -> str:
     return "n/a" if v is None else format(v, spec)
 
 
+def _model_name(m: dict[str, Any]) -> str:
+    """A model as the table shows it: its spec, then ``platt`` and ``warm:<fingerprint>`` when it has them.
+
+    >>> _model_name({"model": "logreg", "params": {}, "calibration_method": "platt", "warm_start": "3f2a9c1d0b4e5a66"})
+    'logreg platt warm:3f2a9c'
+    """
+    name = _spec_text({"estimator": m["model"], "params": m["params"]})  # the table's shorter marks follow
+    if m.get("calibration_method", "none") != "none":
+        name += f" {m['calibration_method']}"
+    if m.get("warm_start"):
+        name += f" warm:{m['warm_start'][:6]}"
+    return name
+
+
 def _model_row(i: int, m: dict[str, Any]) -> str:
-    """The model's row: its number and spec (cut to the column, ``~`` marks the cut) and its figures."""
-    name = f"[{i}] " + _spec_text({"estimator": m["model"], "params": m["params"]})
-    name = name if len(name) <= 28 else name[:27] + "~"
-    return (f"  {name:<28} {m['labels']:>7,} {m['positives']:>6,} {_figure(m['roc_auc']):>8} "
-            f"{_figure(m['log_loss']):>9} {_figure(m['calibration_error']):>8} "
-            f"{_figure(m['label_delay_hours'], '.1f'):>8} {m['drifts']:>6}")
+    """The model's row: its number and spec (cut to the column, ``~`` marks the cut) and its
+    figures, its ROC AUC beside the ceiling's."""
+    name = f"[{i}] " + _model_name(m)
+    name = name if len(name) <= 50 else name[:49] + "~"
+    c = m.get("offline_ceiling") or {}
+    top = c.get("roc_auc")
+    gap = None if top is None or m["roc_auc"] is None else m["roc_auc"] - top
+    return (f"  {name:<50} {m['labels']:>7,} {m['positives']:>6,} {_figure(m['roc_auc']):>8} {_figure(top):>8} "
+            f"{_figure(gap, '+.4f'):>7} {_figure(m['log_loss']):>9} {_figure(m['calibration_error']):>8} "
+            f"{_figure(m['label_delay_hours'], '.1f'):>8} {m.get('held_labels', 0):>5,} {m['drifts']:>6}")
 
 
 def _calibration_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -443,8 +598,7 @@ def _calibration_lines(rows: list[dict[str, Any]]) -> list[str]:
     for bucket in sorted({row["bucket"] for m in rows for row in m["calibration"]}):
         cells = [_calibration_cell(m, bucket) for m in rows]
         out.append(f"    {bucket}  " + "  |  ".join(f"{c:<26}" for c in cells))
-    out.append("    columns: " + ", ".join(f"[{i}] " + _spec_text({"estimator": m["model"], "params": m["params"]})
-                                         for i, m in enumerate(rows, 1)))
+    out.append("    columns: " + ", ".join(f"[{i}] " + _model_name(m) for i, m in enumerate(rows, 1)))
     return out
 
 

@@ -77,6 +77,9 @@ class ModelKeeper:
         self.restored: list[str] = []
         self.refused: list[str] = []
         self.changes: list[str] = []
+        #: score -> versions the deployments this keeper applied named: only their checkpoints are
+        #: ever dropped (once retired), never one a command just put in the store for a deployment to come
+        self.known: dict[str, set[str]] = {}
         now = time.monotonic()
         self._next_poll = now + poll_seconds
         self._next_checkpoint = now + checkpoint_seconds
@@ -92,6 +95,8 @@ class ModelKeeper:
         def change(current: dict[str, Any] | None) -> dict[str, Any] | None:
             if current is not None and current.get("seed") == seed:
                 return None
+            if current is not None:
+                self._note(current)  # the deployment the configuration replaces: its checkpoints may go
             why = "configured" if current is None else "configuration changed"
             return new_revision(current, scores, why, seed=seed)
 
@@ -99,6 +104,7 @@ class ModelKeeper:
             doc = self.store.update_deployment(change)
             assert doc is not None
             deployed = parse_scores(doc, f"model store {self.store.url}")
+            self._note(doc)
         except ModelStoreError as exc:
             log.error("%s; starting from the configured models", exc)
             self.refused.append(str(exc))
@@ -124,6 +130,12 @@ class ModelKeeper:
             self.refused.append(str(exc))
             return None
         if blob is None:
+            if config.warm_start is not None:
+                why = (f"model store {self.store.url}: {config.name} {config.version} starts from an offline "
+                       f"training ({config.warm_start}) whose checkpoint is not in the store; it starts fresh "
+                       "(deploy the checkpoint again: touchline models deploy SCORE --checkpoint FILE)")
+                log.error("%s", why)
+                self.refused.append(why)
             return None
         try:
             model = decode_checkpoint(blob, config, self.key)
@@ -161,6 +173,7 @@ class ModelKeeper:
             self._count("errors")
             return []
         self.revision = int(doc.get("revision", 0))
+        self._note(doc)
         changes = []
         for name, settings in scores.items():
             slot = self.slots.get(name)
@@ -215,7 +228,7 @@ class ModelKeeper:
                     self.store.save_checkpoint(name, model.version, encode_checkpoint(model, self.key))
                 live = {m.version for m in slot.models}
                 for version in self.store.checkpoints(name):
-                    if version not in live:
+                    if version not in live and version in self.known.get(name, ()):
                         self.store.delete_checkpoint(name, version)
             self.store.write_status(self.status())
         except (ModelStoreError, OSError) as exc:
@@ -242,6 +255,16 @@ class ModelKeeper:
             self.checkpoint()
         self.store.close()
 
+    def _note(self, doc: Mapping[str, Any]) -> None:
+        """Remember the model versions a deployment names (one that cannot be read names none)."""
+        for name, raw in dict(doc.get("scores") or {}).items():
+            for spec in (raw, (raw or {}).get("challenger")):
+                try:
+                    if isinstance(spec, dict):
+                        self.known.setdefault(name, set()).add(config_from(name, spec).version)
+                except (ValueError, TypeError):
+                    continue
+
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.checkpoints.labels(outcome).inc()
@@ -251,7 +274,8 @@ def slot_status(slot: ModelSlot) -> dict[str, Any]:
     """One score's models with their progressive figures, champion first."""
     return {
         "models": [{"role": slot.role(m), "version": m.version, "estimator": m.config.estimator,
-                    "params": m.config.params, "origin": m.origin, **m.evaluation.summary()}
+                    "params": m.config.params, "calibration_method": m.config.calibration,
+                    "warm_start": m.config.warm_start, "origin": m.origin, **m.evaluation.summary(), **m.quality()}
                    for m in slot.models],
         "head_to_head": slot.head_to_head(),
         "promote": slot.settings.promote.model_dump() if slot.settings.promote else None,

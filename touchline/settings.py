@@ -137,6 +137,9 @@ class LoggingSettings(_Section):
                                             "log shippers")
 
 
+LEARN_AT_HORIZON: tuple[Literal["lead", "churn"], ...] = ("lead",)
+
+
 class LabelSettings(_Section):
     goal_types: Annotated[list[str], AfterValidator(check_known_types)] = Field(
         default_factory=lambda: ["purchase", "form_submit", "signup"], min_length=1)
@@ -151,6 +154,10 @@ class LabelSettings(_Section):
         "as a churn score is asked about at an arbitrary cut-off")
     sample_gap_hours: float = Field(default=24.0, ge=0, description="min time between observations per contact")
     sample_rate: float = Field(default=0.3, gt=0, le=1, description="share of intent events a lead observation may start at")
+    learn_at_horizon: list[Literal["lead", "churn"]] = Field(
+        default_factory=lambda: list(LEARN_AT_HORIZON), description="scores whose models learn each label at its observation's "
+        "horizon instead of when it resolves, so the class that resolves early (a lead's conversion) does not skew "
+        "them; graded when it resolves all the same. Costs the features of the labels held, per model")
 
 
     def rules(self) -> "LabelRules":
@@ -160,13 +167,18 @@ class LabelSettings(_Section):
         return LabelRules(self.lead_horizon_days, self.churn_horizon_days, frozenset(self.goal_types),
                           self.sample_gap_hours, self.sample_rate,
                           None if self.churn_returns is None else frozenset(self.churn_returns),
-                          self.churn_observations == "random_times")
+                          self.churn_observations == "random_times", frozenset(self.learn_at_horizon))
+
+
+#: The default lead model: logreg at a third of River's learning rate (a few thousand delayed labels a
+#: month are too few for the noise of 0.01) with a calibration map; see python -m touchline.lead_bench.
+LEAD_DEFAULT: dict[str, Any] = {"params": {"learning_rate": 0.003}, "calibration": "platt"}
 
 
 class ModelSettings(_Section):
     """The lead and churn scores (champion, challenger, promotion rule) and where models are kept."""
 
-    lead: ScoreSettings = Field(default_factory=lambda: ScoreSettings(name="lead"))
+    lead: ScoreSettings = Field(default_factory=lambda: ScoreSettings(name="lead", **LEAD_DEFAULT))
     churn: ScoreSettings = Field(default_factory=lambda: ScoreSettings(name="churn"))
     store: str = Field(
         default="auto",

@@ -392,7 +392,8 @@ def _quality(m: dict[str, Any]) -> str:
     loss = "n/a" if m["log_loss"] is None else m["log_loss"]
     cal = "" if m.get("calibration_error") is None else f", calibration error {m['calibration_error']}"
     drift = f", drift x{m['drifts']}" if m.get("drifts") else ""
-    return f"ROC AUC {auc}, log loss {loss}{cal}, labels {m['labels']:,} ({m['positives']:,} positive){drift}"
+    held = f", {m['held_labels']:,} held to their horizon" if m.get("held_labels") else ""
+    return f"ROC AUC {auc}, log loss {loss}{cal}, labels {m['labels']:,} ({m['positives']:,} positive){held}{drift}"
 
 
 def _ms(value: float | None) -> str:
