@@ -50,7 +50,9 @@ def test_a_trained_checkpoint_deploys_and_the_engine_starts_from_it(trained, eve
     said = capsys.readouterr().out
     assert f"{done['version']} deployed as champion from its checkpoint" in said
     assert (out / "models" / "lead" / f"{done['version']}.ckpt").read_bytes() == path.read_bytes()
-    assert main(["run", "--input", str(events), "--out", str(out), "--quiet", "--no-metrics"]) == 0
+    # a replay starts from fresh models unless told to resume (issue 22: reproducible by default)
+    assert main(["run", "--input", str(events), "--out", str(out), "--quiet", "--no-metrics",
+                 "--resume-models"]) == 0
     lead = json.loads((out / "summary.json").read_text())["models"]["lead"]
     assert lead["version"] == done["version"] and "trained offline" in lead["origin"]
     assert lead["labels"] > 0  # it went on learning online
