@@ -31,6 +31,8 @@ class RawBatch:
     #: The source has had nothing new for a while (a tailed topic or file): events held back
     #: for ordering are processed rather than kept waiting for newer ones.
     idle: bool = False
+    #: Requests to answer after the lines (the HTTP API's: :class:`touchline.decisions.requests.Ask`).
+    asks: list[Any] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -41,3 +43,7 @@ class BatchResult:
     dead_letters: list[dict[str, Any]]
     #: exposures, outcomes and conversions (the experiments output)
     experiments: list[dict[str, Any]] = field(default_factory=list)
+    #: where each event ignored as a replay of one already applied was read
+    duplicates: list[str] = field(default_factory=list)
+    #: where each event of an erased identity (dropped, never stored) was read
+    erased: list[str] = field(default_factory=list)

@@ -85,6 +85,8 @@ class BatchOutcome:
     #: model -> every score it gave (the score histogram)
     scores: dict[str, list[float]] = field(default_factory=dict)
     duplicates: int = 0
+    #: (profile key, where read) of each event ignored as a replay (the API says which)
+    duplicated: list[tuple[str, str]] = field(default_factory=list)
     #: identity of each applied event: known, anonymous_resolved or anonymous_unresolved
     identities: Counter[str] = field(default_factory=Counter)
     #: anonymous ids linked to a known contact in this batch
@@ -107,10 +109,11 @@ class BatchOutcome:
         kept = [(d, k) for d, k in zip(self.dead, self.dead_keys) if k not in keys]
         self.dead, self.dead_keys = [d for d, _ in kept], [k for _, k in kept]
         self.exp.records = [r for r in self.exp.records if key_of(r["contact_id"]) not in keys]
+        self.duplicated = [d for d in self.duplicated if d[0] not in keys]
 
     def absorb(self, other: BatchOutcome) -> None:
         """Add a redo's outcome to this one."""
-        for name in ("dead", "dead_keys", "errors", "decisions", "drifts"):
+        for name in ("dead", "dead_keys", "errors", "decisions", "drifts", "duplicated"):
             getattr(self, name).extend(getattr(other, name))
         for name in ("by_type", "feedback", "suppressed", "decided", "timers_fired", "labelled", "identities",
                      "new_ids", "missing", "purchase_gap_days"):
