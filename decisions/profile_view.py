@@ -60,8 +60,7 @@ def _iso(ts_ms: int | None) -> str | None:
 def _summary(profile: Profile) -> dict[str, Any]:
     """Recency, frequency, value, cart and where the contact was seen from."""
     return {
-        "first_seen": _iso(profile.first_ts), "last_seen": _iso(profile.last_ts or None),
-        "last_activity": _iso(profile.last_activity_ts), "events_total": profile.events_total,
+        "first_seen": _iso(profile.first_ts), "last_activity": _iso(profile.last_activity_ts), "events_total": profile.events_total,
         "purchases_total": profile.purchases_total, "monetary_total": round(profile.monetary_total, 2),
         "first_purchase": _iso(profile.first_purchase_ts), "last_purchase": _iso(profile.last_purchase_ts),
         "cart_value": round(profile.cart_value, 2), "cart_updated": _iso(profile.cart_updated_ts),

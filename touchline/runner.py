@@ -300,10 +300,21 @@ def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: C
         with hold(settings), writing_outputs(settings.output.dir):
             recovery = _take_over(settings, engine)
             io = _build_io(settings, engine, registry, kafka, stop, closers)
+            _start_api(settings, closers)
             return _run_flow(settings, engine, io, registry, progress, on_metrics, stop, recovery)
     finally:
         for close in closers:
             close()
+
+
+def _start_api(settings: Settings, closers: list[Any]) -> None:
+    """With ``api.enabled``, the HTTP API on a thread of this process, closed first at the end."""
+    if not settings.api.enabled:
+        return
+    from touchline.api.server import EmbeddedApi
+
+    api = EmbeddedApi(settings).start()
+    closers.insert(0, api.close)
 
 
 def _take_over(settings: Settings, engine: Engine) -> bool:
@@ -385,7 +396,7 @@ def _build_io(settings: Settings, engine: Engine, registry: CollectorRegistry, k
                         "experiments": str(experiments_path)})
     closers.insert(0, dead_writer.close)
     report = DeliveryReport(ConnectorMetrics(registry), dead_writer)
-    ledger = _send_ledger(settings)
+    ledger = send_ledger(settings)
     closers.insert(0, ledger.close)
     ledger_health = getattr(ledger, "health", None)
     if ledger_health is not None and engine.healths:  # the same Redis: its outage is the store's
@@ -404,7 +415,7 @@ def _build_io(settings: Settings, engine: Engine, registry: CollectorRegistry, k
                DeliverySink(delivery, engine.fail) if delivery.connectors else None, outputs, period, experiments_sink)
 
 
-def _send_ledger(settings: Settings) -> Any:
+def send_ledger(settings: Settings) -> Any:
     """Where deliveries are claimed and marked: beside the state in Redis (shared by every
     process and kept across restarts), else in this process."""
     from touchline.state.ledger import MemorySendLedger, RedisSendLedger

@@ -271,6 +271,35 @@ class RuntimeSettings(_Section):
         return self
 
 
+class ApiSettings(_Section):
+    """The HTTP API: ``touchline serve``, or ``touchline run --api`` beside the engine."""
+
+    enabled: bool = Field(default=False, description="touchline run serves the API too (needs state in Redis)")
+    host: str = Field(default="127.0.0.1", description="address to bind; loopback unless you choose otherwise")
+    port: int = Field(default=8080, ge=0, le=65535, description="0: any free port")
+    keys: list[SecretStr] = Field(
+        default_factory=list, description="API keys (or TOUCHLINE_API__KEYS='[\"key1\",\"key2\"]'), each accepted "
+        "as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'; none: a key is made at start and printed once")
+    rate_per_second: float = Field(default=500.0, gt=0, description="requests per second per key (a token bucket)")
+    burst: int = Field(default=1000, ge=1, description="requests a key may make at once before the rate applies")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576, description="larger bodies: 413")
+    max_events: int = Field(default=1000, ge=1, le=100_000, description="events one POST /v1/events may carry")
+    timeout_seconds: float = Field(default=5.0, gt=0, le=300, description="a request waits at most this long (an "
+                                   "unreachable state store is retried as long, then 503)")
+    batch_size: int = Field(default=200, ge=1, le=10_000, description="requests and events handled in one batch")
+    timer_partition: int = Field(default=1000, ge=0, le=1_000_000, description="where the timers the API's events "
+                                 "set are kept; this process fires them: give each API process its own")
+    tick_seconds: float = Field(default=1.0, gt=0, le=60, description="fire due timers this often")
+
+    @field_validator("keys")
+    @classmethod
+    def _long_enough(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for i, key in enumerate(value):
+            if len(key.get_secret_value()) < 16:
+                raise ValueError(f"key {i} is shorter than 16 characters: too easy to guess")
+        return value
+
+
 class JourneySettings(_Section):
     files: list[Path] = Field(default_factory=list,
                               description="journey files or directories of them (e.g. examples/journeys)")
@@ -358,6 +387,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     journeys: JourneySettings = Field(default_factory=JourneySettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
     delivery: "DeliverySettings" = Field(default_factory=lambda: DeliverySettings())
 
