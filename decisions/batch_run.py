@@ -18,7 +18,7 @@ its handler, one module per concern:
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from touchline.decisions.arbitration import Arbiter, Reserve
 from touchline.decisions.champion import ModelSlot, Restore
@@ -182,7 +182,8 @@ class BatchRun:
         now = self.core.clock.now()
         for ask, key in asks or ():
             self.queue.push_request(now, (ask, key))
-        handlers = {"event": EventHandler(self), "timer": TimerHandler(self), "request": RequestHandler(self)}
+        handlers: dict[str, Callable[..., None]] = {"event": EventHandler(self), "timer": TimerHandler(self),
+                                                    "request": RequestHandler(self)}
         dispatch(self.queue, handlers, self.skip, self.failed, self._fail)
 
     def _fail(self, key: str, kind: str, item: Any, exc: Exception) -> None:

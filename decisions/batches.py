@@ -33,6 +33,9 @@ class RawBatch:
     idle: bool = False
     #: Requests to answer after the lines (the HTTP API's: :class:`touchline.decisions.requests.Ask`).
     asks: list[Any] = field(default_factory=list)
+    #: Claim and fire the timers due by the batch's clock (False: leave them to a later batch, as
+    #: the API does between its ticks, so a request does not wait for a backlog of timers).
+    fire_timers: bool = True
 
 
 @dataclass(slots=True)

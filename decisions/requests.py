@@ -122,6 +122,23 @@ class RequestHandler:
         return {name: self.run.scorer.score(name, feats) for name in REQUEST_SCORES if name in self.core.models}
 
 
+def answer_reads(core: DecisionCore, profiles: dict[str, Profile], asks: list[tuple[Ask, str]]) -> None:
+    """Answer profile requests on loaded profiles, outside a batch: nothing of it is written (the
+    windows move on to now on the loaded copies only). An answer that raised says so."""
+    from touchline.decisions.batch_run import BatchRun
+
+    handler = RequestHandler(BatchRun(core, profiles, _no_reserve))
+    for ask, key in asks:
+        try:
+            handler(ask, key)
+        except Exception as exc:  # noqa: BLE001 - a bug: this answer fails, the others stand
+            ask.answer = {"error": f"internal error: {type(exc).__name__}: {exc}"[:1000]}
+
+
+def _no_reserve(*_args: Any) -> bool:
+    return False
+
+
 def decide_answer(ask: Ask, profile: Profile, point: DecisionPoint | None, held: list[dict[str, str]],
                   record: dict[str, Any] | None) -> dict[str, Any]:
     """The answer to a decide request: the chosen action with its decision record, or no action
@@ -219,5 +236,5 @@ def request_key(ask: Ask, resolved: str) -> str:
     return contact_key(ask.contact_id) if ask.contact_id is not None else resolved
 
 
-__all__ = ["Ask", "DECIDE", "PROFILE", "PolicyConfig", "RequestHandler", "candidates_at", "decide_answer",
-           "request_key"]
+__all__ = ["Ask", "DECIDE", "PROFILE", "PolicyConfig", "RequestHandler", "answer_reads", "candidates_at",
+           "decide_answer", "request_key"]

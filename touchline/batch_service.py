@@ -223,7 +223,7 @@ class Engine:
         events, at = self._claim_ids(events, at, dead, timings)
         self._flush_acks(timings)
         resolved, due = _timed(timings, "resolve", self.store.begin, [*events, *(a.lookup() for a in batch.asks)],
-                               horizon, partition=batch.partition)
+                               horizon if batch.fire_timers else None, partition=batch.partition)
         asks = [(a, request_key(a, r)) for a, (r, _) in zip(batch.asks, resolved[len(events):])]
         out, expired = self._decide_and_commit(events, at, resolved[:len(events)], due, horizon or 0, timings,
                                                batch.partition, asks)

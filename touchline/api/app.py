@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 import uuid
 from typing import Any, Awaitable, Callable
@@ -198,8 +197,6 @@ def _tally(statuses: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- event bodies
-_SPACE = re.compile(r"[ \t\n\r]*")
-
 
 def events_in(body: bytes, ndjson: bool, limit: int) -> tuple[list[bytes], bool]:
     """The raw events of a ``POST /v1/events`` body, each as sent (the engine parses them, so a
@@ -237,15 +234,22 @@ def _items(body: bytes, doc: list[Any]) -> list[bytes]:
     for the json module are written out again instead."""
     text = body.decode("utf-8")
     decoder = json.JSONDecoder()
-    at = _SPACE.match(text, text.index("[") + 1).end()
+    at = _skip(text, text.index("[") + 1)
     out: list[bytes] = []
     try:
         while text[at] != "]":
             _, end = decoder.raw_decode(text, at)
             out.append(text[at:end].encode())
-            at = _SPACE.match(text, end).end()
+            at = _skip(text, end)
             if text[at] == ",":
-                at = _SPACE.match(text, at + 1).end()
+                at = _skip(text, at + 1)
     except RecursionError:
         return [orjson.dumps(item) for item in doc]
     return out
+
+
+def _skip(text: str, at: int) -> int:
+    """Past the JSON whitespace at ``at``."""
+    while text[at] in " \t\n\r":
+        at += 1
+    return at

@@ -48,8 +48,16 @@ class AppendJsonl:
             self._file.close()
 
 
+#: Writes a list of records to an output.
+Write = Callable[[list[dict[str, Any]]], None]
+
+
 class ApiOutputs:
     """The API engine's outputs; :meth:`emit` writes one batch's result, on the worker thread."""
+
+    decisions: Write
+    dead_letters: Write
+    experiments: Write
 
     def __init__(self, settings: Settings, engine: Engine, registry: CollectorRegistry, prefix: str = "") -> None:
         self.engine, self.prefix = engine, prefix

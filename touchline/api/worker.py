@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from touchline.batch_service import Engine
 from touchline.decisions.batches import BatchResult, RawBatch
-from touchline.decisions.requests import Ask
+from touchline.decisions.requests import PROFILE, Ask, answer_reads, request_key
 from touchline.state.base import StoreDataLost, StoreError
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class ApiWorker:
         (the job still completes: its events are applied, its answer is dropped)."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        job._done = lambda: loop.call_soon_threadsafe(_resolve, done)
+        job._done = lambda: _call_soon(loop, done)
         self._queue.put(job)
         try:
             await asyncio.wait_for(asyncio.shield(done), timeout)
@@ -136,21 +136,49 @@ class ApiWorker:
         return time.monotonic() - self._last_tick >= self.tick_seconds
 
     def _handle(self, jobs: list[Job]) -> None:
-        """One batch: the jobs' events and requests, and the timers due by now; then answer them."""
-        sources = self._number(jobs)
-        batch = RawBatch([line for job in jobs for line in job.lines], SOURCE, offsets=list(sources),
-                         partition=self.partition, asks=[a for job in jobs for a in job.asks],
-                         advance_to_ms=time.time_ns() // 1_000_000, idle=not jobs)
-        self._last_tick = time.monotonic()
+        """One batch: the jobs' events and decide requests with, when a tick is due, the timers due
+        by now; then the profile requests, on what that batch left; then answer them all."""
+        reads = [job for job in jobs if job.asks and not job.lines and all(a.kind == PROFILE for a in job.asks)]
+        writes = [job for job in jobs if job not in reads]
+        tick = self._tick_due()
+        if writes or tick:
+            self._settle(writes, lambda: self._write(writes, tick))
+        if reads:
+            self._settle(reads, lambda: self._read(reads))
+        for job in jobs:
+            job.finish()
+
+    def _settle(self, jobs: list[Job], work: Callable[[], None]) -> None:
+        """Do ``work`` for ``jobs``; its error becomes theirs (and what a request that timed out is told)."""
         try:
-            self._process(batch, lambda result: _statuses(result, sources))
+            work()
             self.last_error = ""
         except ApiError as exc:
             self.last_error = exc.message
             for job in jobs:
                 job.error = exc
-        for job in jobs:
-            job.finish()
+
+    def _write(self, jobs: list[Job], tick: bool) -> None:
+        sources = self._number(jobs)
+        batch = RawBatch([line for job in jobs for line in job.lines], SOURCE, offsets=list(sources),
+                         partition=self.partition, asks=[a for job in jobs for a in job.asks],
+                         advance_to_ms=time.time_ns() // 1_000_000, idle=not jobs, fire_timers=tick)
+        if tick:
+            self._last_tick = time.monotonic()
+        self._guarded(lambda: self._process(batch, sources))
+
+    def _read(self, jobs: list[Job]) -> None:
+        """Profile requests: one load of every profile asked for, nothing written."""
+        asks = [a for job in jobs for a in job.asks]
+        self._guarded(lambda: answer_reads(self.engine.core, *self._loaded(asks)))
+
+    def _loaded(self, asks: list[Ask]) -> tuple[dict[str, Any], list[tuple[Ask, str]]]:
+        """The profiles the requests are about (an anonymous id resolved through its link)."""
+        store = self.engine.store
+        lookups = [a.lookup() for a in asks if a.contact_id is None]
+        resolved = iter(store.begin(lookups, None, partition=self.partition)[0] if lookups else [])
+        keyed = [(a, request_key(a, "" if a.contact_id is not None else next(resolved)[0])) for a in asks]
+        return store.load({key for _, key in keyed}), keyed
 
     def _number(self, jobs: list[Job]) -> dict[int, tuple[Job, int]]:
         """Give every line of the batch its position (its dead letter's source names the request)."""
@@ -162,16 +190,20 @@ class ApiWorker:
                 sources[self._seq] = (job, i)
         return sources
 
-    def _process(self, batch: RawBatch, account: Callable[[BatchResult], None]) -> None:
-        """Run the batch, ``account`` for its result, then write its outputs; a store that fails
-        is a 503 for this batch only (the next one tries again), one that lost its data stops the API."""
+    def _process(self, batch: RawBatch, sources: dict[int, tuple[Job, int]]) -> None:
+        """Run the batch, note what became of each event, then write its outputs."""
+        self._put_back_claims()
+        result = self.engine.process(batch)
+        _statuses(result, sources)
+        self.emit(result)
+
+    def _guarded(self, work: Callable[[], None]) -> None:
+        """Do ``work`` on the store; a store that fails is a 503 for this batch only (the next one
+        tries again), one that lost its data stops the API."""
         engine = self.engine
         engine.busy_since = time.monotonic()
         try:
-            self._put_back_claims()
-            result = engine.process(batch)
-            account(result)
-            self.emit(result)
+            work()
         except StoreDataLost as exc:
             self.on_fatal(exc)
             raise ApiError(503, "unavailable", str(exc)) from None
@@ -194,6 +226,11 @@ class ApiWorker:
         if self._restore and restore is not None:
             restore(self.partition)
         self._restore = False
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+    """Resolve ``future`` on its loop's thread (the handler waiting for it runs there)."""
+    loop.call_soon_threadsafe(_resolve, future)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
