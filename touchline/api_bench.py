@@ -149,7 +149,7 @@ def _wait_line(path: Path, proc: subprocess.Popen[bytes], marker: str, timeout: 
         if marker in text:
             return text.split(marker, 1)[1].split()[0]
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[3]} ended ({proc.returncode}): {text[-2000:]}")
+            raise RuntimeError(f"{path.parent.name} ended ({proc.returncode}): {text[-2000:]}")
         time.sleep(0.1)
     raise RuntimeError(f"no {marker!r} within {timeout:g} s in {path}")
 
