@@ -1,5 +1,7 @@
 """One decision point: participants shape the candidates, the policy picks at most one,
-the caps are reserved, participants settle, and the record is built once, complete.
+the caps are reserved, participants settle, and the record is built once, complete: a
+decision record when something is sent, else (sampled) a no-action record with why each
+candidate was held back (:mod:`~touchline.decisions.no_action`).
 
 A contact in the global holdout gets no message (and no variant), but what it *would*
 have got is worked out, so the experiments can expose it all the same (intent to treat).
@@ -11,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from touchline.decisions.moment import Moment
+from touchline.decisions.no_action import HeldBack, build_no_action, no_action_id, sampled
 from touchline.decisions.policy import Candidate, PolicyConfig, Suppression, arbitrate, in_holdout
-from touchline.decisions.profile import Profile, Send
+from touchline.decisions.profile import Profile, Send, anonymous_of, is_known_key
 from touchline.decisions.record import build_record
 
 if TYPE_CHECKING:
@@ -70,11 +73,13 @@ class Arbiter:
     """Decides the decision points of one batch."""
 
     def __init__(self, policy: PolicyConfig, participants: Sequence[Participant], reserve: Reserve,
-                 score_entry: ScoreEntry) -> None:
+                 score_entry: ScoreEntry, no_action_share: float = 1.0) -> None:
         self.policy = policy
         self.participants = participants
         self.reserve = reserve
         self.score_entry = score_entry
+        #: share of the points where nothing is sent that get a no-action record
+        self.no_action_share = no_action_share
 
     def decide(self, at: Moment, proposed: list[Candidate], scores: dict[str, float],
                trigger: Trigger) -> DecisionPoint | None:
@@ -97,6 +102,8 @@ class Arbiter:
         if point.winner is not None:
             at.outcome.decided[(point.winner.action, point.winner.channel)] += 1
             at.outcome.decisions.append(self._record(at, point))
+        else:
+            self._no_action(at, point)
         return point
 
     def _arbitrate(self, at: Moment, point: DecisionPoint) -> None:
@@ -112,6 +119,31 @@ class Arbiter:
                                                    policy.caps, policy.global_caps):
             point.suppressed.append(Suppression(winner.action, winner.channel, "cap_reserved_elsewhere"))
             point.winner = None
+
+    def _no_action(self, at: Moment, point: DecisionPoint) -> None:
+        """Every candidate was held back: counted, and recorded if its id is in the sampled share."""
+        share = self.no_action_share
+        record_id = no_action_id(at.profile.contact_id, point.trigger.trigger_id) if share > 0 else ""
+        recorded = share > 0 and sampled(record_id, share)
+        at.outcome.no_action_points["true" if recorded else "false"] += 1
+        if recorded:
+            at.outcome.no_actions.append(self._no_action_record(at, point, record_id))
+            at.outcome.no_action_keys.append(at.profile.key)
+
+    def _no_action_record(self, at: Moment, point: DecisionPoint, record_id: str) -> dict[str, Any]:
+        profile, trigger, policy = at.profile, point.trigger, self.policy
+        would_send = point.would_send
+        if point.holdout and would_send is None:  # what the holdout kept from the contact (worked out once)
+            would_send = arbitrate(point.candidates, profile, at.now_ms, policy, False)[0]
+        held = HeldBack(
+            record_id=record_id, contact=profile.contact_id,
+            anonymous_id=None if is_known_key(profile.key) else anonymous_of(profile.key),
+            trigger=trigger.what, event_time_ms=trigger.event_ms,
+            decision_time_ms=at.now_ms, holdout=point.holdout,
+            experiments={**(point.arms or {}), policy.holdout_name: "holdout" if point.holdout else "treatment"},
+            segment=point.segment or {},
+            scores={name: self.score_entry(name, p) for name, p in sorted(point.scores.items())})
+        return build_no_action(held, point.candidates, point.suppressed, point.step_notes, would_send)
 
     def _record(self, at: Moment, point: DecisionPoint) -> dict[str, Any]:
         assert point.winner is not None

@@ -61,8 +61,11 @@ class DecisionCore:
         restore: Restore | None = None,
         experiments: ExperimentSettings | None = None,
         anonymous_retention_days: float | None = None,
+        no_action_share: float = 1.0,
     ) -> None:
         self.policy = policy
+        #: share of the decision points where nothing is sent that get a no-action record
+        self.no_action_share = no_action_share
         self.journeys = journeys
         self.experiments = ExperimentRuntime(experiments or ExperimentSettings(), policy.holdout_name, policy=policy)
         if journeys is not None and self.experiments.settings.splits:
@@ -132,7 +135,7 @@ class BatchRun:
         self.timers = TimerBook(self.queue)
         self.scorer = Scorer(core.models, self.outcome)
         self.labeller = Labeller(core.labels, core.models, core.learn, self.outcome)
-        self.arbiter = Arbiter(core.policy, self.participants, reserve, self.scorer.entry)
+        self.arbiter = Arbiter(core.policy, self.participants, reserve, self.scorer.entry, core.no_action_share)
         self.applier = EventApplier(self)
         self.deleted: set[str] = set()  # merged away or expired: not to be saved
         #: merged-away profile -> the profile it went into (its drop waits for that one's write)

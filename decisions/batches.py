@@ -46,6 +46,8 @@ class BatchResult:
     dead_letters: list[dict[str, Any]]
     #: exposures, outcomes and conversions (the experiments output)
     experiments: list[dict[str, Any]] = field(default_factory=list)
+    #: decision points where every candidate was held back (the no-action output)
+    no_actions: list[dict[str, Any]] = field(default_factory=list)
     #: where each event ignored as a replay of one already applied was read
     duplicates: list[str] = field(default_factory=list)
     #: where each event of an erased identity (dropped, never stored) was read

@@ -46,7 +46,8 @@ class FeatureState(Protocol):
 
 
 class JourneyStates(dict[str, dict[str, Any]]):
-    """Journey name -> the contact's place in it (plain data: see decisions/journey_runtime.py)."""
+    """Journey name -> the contact's place in it: the version it entered and a step of that
+    version (plain data: see decisions/journey_runtime.py and decisions/journey_versions.py)."""
 
     __slots__ = ()
 

@@ -1,8 +1,10 @@
 """Running journeys per contact: entries, steps, waits, branches, exits. Pure logic.
 
 A contact's place in each journey is plain data in ``profile.journeys[name]`` (so it is
-saved with the profile, in Redis too, and survives a restart); every wait is a timer of
-kind ``journey:<name>`` on the engine clock (event time in replay, the wall clock live).
+saved with the profile, in Redis too, and survives a restart): the version of the journey
+it entered and a step of that version, so an edited file moves no one inside
+(:mod:`~touchline.decisions.journey_versions`); every wait is a timer of kind
+``journey:<name>`` on the engine clock (event time in replay, the wall clock live).
 
 The runner is a :class:`~touchline.decisions.participant.Participant` of the decision loop:
 :meth:`JourneyRunner.propose` after an event is applied (or after scores computed without
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from touchline.decisions.journey_versions import VERSION, JourneyVersions
 from touchline.decisions.journeys import (
     BranchStep, DateEntry, EventEntry, ExitStep, HandoffStep, Journey, ScoreEntry, SegmentEntry, SendStep,
     SuppressStep, WaitForStep, WaitStep, WaitUntilStep, WEEKDAYS, parse_duration,
@@ -199,8 +202,10 @@ class JourneyRunner(Participant):
     def __init__(self, journeys: list[Journey], default_zone: str, consent_default: dict[str, bool],
                  trace: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.journeys = sorted(journeys, key=lambda j: (-j.priority, j.journey))
+        #: journey name -> its definition in the files (the current version)
         self.by_name = {j.journey: j for j in self.journeys}
-        self.index = {j.journey: {s.id: i for i, s in enumerate(j.steps)} for j in self.journeys}
+        #: every version a contact may be in: a contact finishes the one it entered
+        self.versions = JourneyVersions(self.journeys)
         self.default_zone = default_zone
         self.consent_default = consent_default
         self.trace = trace
@@ -234,13 +239,15 @@ class JourneyRunner(Participant):
     def on_timer(self, at: Moment, kind: str) -> list[Candidate]:
         """The journey's timer came due: a wait ended, a deferred send retries, or a date entry."""
         profile, name, now_ms = at.profile, kind[len(TIMER_PREFIX):], at.now_ms
-        journey = self.by_name.get(name)
-        if journey is None:  # a journey removed from the configuration since the timer was set
-            profile.journeys.pop(name, None)
-            return []
         state = profile.journeys.get(name)
+        if name not in self.by_name:  # a journey removed from the configuration since the timer was set
+            self._removed(at, name, state)
+            return []
         if state is None or not state.get("active"):
-            return self._entry_timer(at, journey)
+            return self._entry_timer(at, self.by_name[name])
+        journey = self._own(at, name, state)
+        if journey is None:
+            return []
         if state["step"] < len(journey.steps):  # past the end: the last step was a send, the journey is done
             self._end_wait(at, journey, state)
         return self._run(profile, journey, now_ms, {}, at)
@@ -272,7 +279,8 @@ class JourneyRunner(Participant):
         for journey in self.journeys:
             state = profile.journeys.get(journey.journey)
             if state is not None and state.get("active"):
-                out += self._event_inside(at, journey, state, event_type, properties, scores)
+                own = self._own(at, journey.journey, state)
+                out += self._event_inside(at, own, state, event_type, properties, scores) if own is not None else []
             elif self._event_enters(at, journey, event_type, properties, scores, facts):
                 out += self._enter(profile, journey, ts_ms, scores, at)
         return out
@@ -354,7 +362,7 @@ class JourneyRunner(Participant):
 
     def _sent(self, at: Moment, cand: Candidate, state: dict[str, Any]) -> None:
         """The journey's step was sent: count it against the journey's cap and go on."""
-        journey, now_ms = self.by_name[cand.journey or ""], at.now_ms
+        journey, now_ms = self._proposer(cand, state), at.now_ms
         index = state["step"]
         at.outcome.journeys.sends[(journey.journey, cand.step or "")] += 1
         state["sends"] = [t for t in state.get("sends", []) if t > now_ms - self._cap_window(journey)]
@@ -366,7 +374,7 @@ class JourneyRunner(Participant):
     def _held_back(self, at: Moment, cand: Candidate, state: dict[str, Any], reason: str) -> str:
         """The journey's step was held back: deferred (when the journey says so and waiting can
         help) or skipped. Returns what became of it, for the record."""
-        journey, now_ms, step_id = self.by_name[cand.journey or ""], at.now_ms, cand.step or ""
+        journey, now_ms, step_id = self._proposer(cand, state), at.now_ms, cand.step or ""
         defers = state.get("defers", 0)
         if journey.suppressed == "defer" and defers < journey.defer_max and reason not in NEVER_DEFER:
             state["defers"] = defers + 1
@@ -398,7 +406,8 @@ class JourneyRunner(Participant):
             return []
         self._preempt_for(profile, journey, now_ms, at)
         profile.journeys[journey.journey] = {
-            "active": True, "step": 0, "entered": now_ms, "wait": None, "defers": 0, "seen": [],
+            "active": True, VERSION: self.versions.current[journey.journey], "step": 0, "entered": now_ms,
+            "wait": None, "defers": 0, "seen": [],
             "sends": (previous or {}).get("sends", []), "entries": (previous or {}).get("entries", 0) + 1,
         }
         at.outcome.journeys.entries[journey.journey] += 1
@@ -420,31 +429,66 @@ class JourneyRunner(Participant):
 
     def _preempt_for(self, profile: Profile, journey: Journey, now_ms: int, at: Moment) -> None:
         """Entering ``journey`` pre-empts the lower-priority journeys that allow it."""
-        for other in self.journeys:
-            other_state = profile.journeys.get(other.journey)
-            if (other is not journey and other_state and other_state.get("active")
-                    and other.priority < journey.priority and other.exit.higher_priority):
+        for current in self.journeys:
+            other_state = profile.journeys.get(current.journey)
+            if current is journey or not other_state or not other_state.get("active"):
+                continue
+            other = self._own(at, current.journey, other_state)  # the version the contact is in
+            if other is not None and other.priority < journey.priority and other.exit.higher_priority:
                 self._exit(profile, other, "preempted", now_ms, at)
 
     def _exit(self, profile: Profile, journey: Journey, reason: str, now_ms: int,
               at: Moment) -> None:
+        """Leave ``journey`` (the version the contact is in)."""
         state = profile.journeys.get(journey.journey)
         if state is None or not state.get("active"):
             return
-        state.update(active=False, exited=now_ms, exit_reason=reason, wait=None)
+        self._leave(at, journey.journey, state, reason, journey.steps[min(state["step"], len(journey.steps) - 1)].id)
+
+    def _leave(self, at: Moment, name: str, state: dict[str, Any], reason: str, step_id: str) -> None:
+        """Exit, then set the next date entry (as the files say) or void the pending wait."""
+        self._close(at, name, state, reason, step_id)
+        current, profile = self.by_name.get(name), at.profile
+        if current is not None and isinstance(current.entry, DateEntry):
+            self._schedule_date(profile, current, at.now_ms + 1, at)
+        elif timer_kind(name) in profile.timers:
+            profile.timers.pop(timer_kind(name), None)  # its pending wait is void
+
+    def _close(self, at: Moment, name: str, state: dict[str, Any], reason: str, step_id: str) -> None:
+        """Mark ``state`` exited for ``reason``, count it and trace it."""
+        state.update(active=False, exited=at.now_ms, exit_reason=reason, wait=None)
         for key in ("seen", "defers"):
             state.pop(key, None)
-        at.outcome.journeys.exits[(journey.journey, reason)] += 1
-        self._trace(profile, journey, journey.steps[min(state["step"], len(journey.steps) - 1)].id, now_ms,
-                    f"exited: {reason}")
-        if isinstance(journey.entry, DateEntry):
-            self._schedule_date(profile, journey, now_ms + 1, at)
-        elif timer_kind(journey.journey) in profile.timers:
-            profile.timers.pop(timer_kind(journey.journey), None)  # its pending wait is void
+        at.outcome.journeys.exits[(name, reason)] += 1
+        self._trace_name(at.profile, name, step_id, at.now_ms, f"exited: {reason}")
+
+    def _own(self, at: Moment, name: str, state: dict[str, Any]) -> Journey | None:
+        """The version of ``name`` the contact is in; a contact in a version no definition is
+        kept of anywhere leaves the journey (reason ``unknown_version``), never guessed onto another."""
+        journey = self.versions.own(name, state)
+        if journey is None:
+            self._leave(at, name, state, "unknown_version", _step_number(state))
+        return journey
+
+    def _proposer(self, cand: Candidate, state: dict[str, Any]) -> Journey:
+        """The version whose step proposed ``cand`` (known: it was found to propose)."""
+        journey = self.versions.own(cand.journey or "", state)
+        assert journey is not None
+        return journey
+
+    def _removed(self, at: Moment, name: str, state: dict[str, Any] | None) -> None:
+        """The timer of a journey no longer configured: a contact inside leaves it (reason
+        ``removed``) instead of getting its next step; a finished one's state is dropped."""
+        if state is None:
+            return
+        if not state.get("active"):
+            at.profile.journeys.pop(name, None)
+            return
+        self._close(at, name, state, "removed", _step_number(state))
 
     def _goto(self, state: dict[str, Any], journey: Journey, target: str | None, index: int) -> None:
         if target is not None:
-            state["step"] = self.index[journey.journey][target]
+            state["step"] = journey.step_index[target]
         elif index + 1 < len(journey.steps):
             state["step"] = index + 1
         else:
@@ -473,7 +517,7 @@ class JourneyRunner(Participant):
         if isinstance(step, BranchStep):
             target = self._branch(walk.profile, walk.journey, step, walk.state, walk.now_ms, walk.scores)
             self._trace(walk.profile, walk.journey, step.id, walk.now_ms, f"branch -> {target}")
-            walk.state["step"] = self.index[walk.journey.journey][target]
+            walk.state["step"] = walk.journey.step_index[target]
             return None
         if isinstance(step, SuppressStep):
             for channel in step.suppress.channels:
@@ -631,9 +675,22 @@ class JourneyRunner(Participant):
                   next_anniversary(after_ms, on, spec.at, profile.timezone, self.default_zone))
 
     def _trace(self, profile: Profile, journey: Journey, step: str, now_ms: int, what: str) -> None:
+        self._trace_name(profile, journey.journey, step, now_ms, what)
+
+    def _trace_name(self, profile: Profile, name: str, step: str, now_ms: int, what: str) -> None:
         if self.trace is not None:
-            self.trace({"time": _iso(now_ms), "contact": profile.contact_id, "journey": journey.journey, "step": step,
+            self.trace({"time": _iso(now_ms), "contact": profile.contact_id, "journey": name, "step": step,
                         "what": what})
+
+
+def _step_number(state: dict[str, Any]) -> str:
+    """A step named by its place (counted from 1) where no definition names it.
+
+    >>> _step_number({"step": 2}), _step_number({"step": "odd"})
+    ('#3', '#?')
+    """
+    step = state.get("step")
+    return f"#{step + 1}" if isinstance(step, int) else "#?"
 
 
 def _iso(ms: int) -> str:

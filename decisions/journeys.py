@@ -27,8 +27,8 @@ x.yaml:4: steps[0].wait: bad duration '3 parsecs': use a number and s, m, h, d o
 from __future__ import annotations
 
 import difflib
-
 import re
+from functools import cached_property
 from typing import Annotated, Any, Literal, Union
 
 import yaml
@@ -65,7 +65,8 @@ PROFILE_FIELDS = {
     "consent_email": "the contact may be emailed", "consent_sms": "may get SMS", "consent_push": "may get push",
 }
 #: Where exits come from; ``goal`` counts as a conversion.
-EXIT_REASONS = ("goal", "unsubscribed", "preempted", "completed", "exit_step", "timeout", "suppressed")
+EXIT_REASONS = ("goal", "unsubscribed", "preempted", "completed", "exit_step", "timeout", "suppressed", "removed",
+                "unknown_version")
 
 
 class JourneyError(TouchlineError, ValueError):
@@ -424,6 +425,11 @@ class Journey(_Strict):
     defer_for: Duration = Field(default="1h", description="how long a deferred send waits before trying again")
     defer_max: int = Field(default=24, ge=1, le=1000, description="deferrals before the step is skipped")
     steps: list[Step] = Field(min_length=1)
+
+    @cached_property
+    def step_index(self) -> dict[str, int]:
+        """Step id -> its place in ``steps`` (where a jump lands; ids are final once parsed)."""
+        return {s.id: i for i, s in enumerate(self.steps)}
 
 
 

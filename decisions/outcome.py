@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from touchline.decisions.champion import Drift
 
@@ -70,6 +70,11 @@ class BatchOutcome:
     #: internal_error dead letters
     errors: list[dict[str, Any]] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    #: no-action records (``audit.no_action_share``) and the profile each came from
+    no_actions: list[dict[str, Any]] = field(default_factory=list)
+    no_action_keys: list[str] = field(default_factory=list)
+    #: decision points where every candidate was held back, by whether one was recorded ("true", "false")
+    no_action_points: Counter[str] = field(default_factory=Counter)
     by_type: Counter[str] = field(default_factory=Counter)
     #: (channel, outcome, linked to a decision id) -> feedback events applied
     feedback: Counter[tuple[str, str, str]] = field(default_factory=Counter)
@@ -85,8 +90,9 @@ class BatchOutcome:
     #: model -> every score it gave (the score histogram)
     scores: dict[str, list[float]] = field(default_factory=dict)
     duplicates: int = 0
-    #: (profile key, where read) of each event ignored as a replay (the API says which)
-    duplicated: list[tuple[str, str]] = field(default_factory=list)
+    #: where each event ignored as a replay was read (the API says which), and its profile
+    duplicated: list[str] = field(default_factory=list)
+    duplicated_keys: list[str] = field(default_factory=list)
     #: identity of each applied event: known, anonymous_resolved or anonymous_unresolved
     identities: Counter[str] = field(default_factory=Counter)
     #: anonymous ids linked to a known contact in this batch
@@ -104,19 +110,21 @@ class BatchOutcome:
     run_ns: int = 0
 
     def drop_profiles(self, keys: set[str], key_of: Callable[[str], str]) -> None:
-        """Forget the decisions and dead letters of profiles that were not written (they are redone)."""
+        """Forget the decisions, no-action records and dead letters of profiles that were not
+        written (they are redone)."""
         self.decisions = [d for d in self.decisions if key_of(d["contact_id"]) not in keys]
-        kept = [(d, k) for d, k in zip(self.dead, self.dead_keys) if k not in keys]
-        self.dead, self.dead_keys = [d for d, _ in kept], [k for _, k in kept]
+        self.dead, self.dead_keys = _without(self.dead, self.dead_keys, keys)
+        self.no_actions, self.no_action_keys = _without(self.no_actions, self.no_action_keys, keys)
         self.exp.records = [r for r in self.exp.records if key_of(r["contact_id"]) not in keys]
-        self.duplicated = [d for d in self.duplicated if d[0] not in keys]
+        self.duplicated, self.duplicated_keys = _without(self.duplicated, self.duplicated_keys, keys)
 
     def absorb(self, other: BatchOutcome) -> None:
         """Add a redo's outcome to this one."""
-        for name in ("dead", "dead_keys", "errors", "decisions", "drifts", "duplicated"):
+        for name in ("dead", "dead_keys", "errors", "decisions", "no_actions", "no_action_keys", "drifts",
+                     "duplicated", "duplicated_keys"):
             getattr(self, name).extend(getattr(other, name))
         for name in ("by_type", "feedback", "suppressed", "decided", "timers_fired", "labelled", "identities",
-                     "new_ids", "missing", "purchase_gap_days"):
+                     "new_ids", "missing", "purchase_gap_days", "no_action_points"):
             getattr(self, name).update(getattr(other, name))
         for name in ("duplicates", "merges", "score_ns", "run_ns"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -125,3 +133,12 @@ class BatchOutcome:
         for target, more in ((self.label_delays, other.label_delays), (self.scores, other.scores)):
             for model, values in more.items():
                 target.setdefault(model, []).extend(values)
+
+
+T = TypeVar("T")
+
+
+def _without(records: list[T], keys_of: list[str], keys: set[str]) -> tuple[list[T], list[str]]:
+    """``records`` (each from the profile beside it in ``keys_of``) without those of ``keys``."""
+    kept = [(r, k) for r, k in zip(records, keys_of) if k not in keys]
+    return [r for r, _ in kept], [k for _, k in kept]

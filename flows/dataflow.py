@@ -27,10 +27,12 @@ def build_flow(
     delivery_sink: Sink[Any] | None = None,
     name: str = "touchline",
     experiments_sink: Sink[Any] | None = None,
+    no_actions_sink: Sink[Any] | None = None,
 ) -> Dataflow:
     """Wire the engine flow. Decisions go to the decisions output (the audit trail) and,
     when given, to the channel connectors; exposures, outcomes and conversions to the
-    experiments output when given. Every output's write time is the engine's "emit"
+    experiments output, and the decision points where every candidate was held back to
+    the no-action output, each when given. Every output's write time is the engine's "emit"
     stage; the decisions output's also ends the event-to-decision latency."""
     decisions_sink = timed(decisions_sink, engine.decisions_emitted)
     dead_letter_sink = timed(dead_letter_sink, engine.emitted)
@@ -38,6 +40,8 @@ def build_flow(
         delivery_sink = timed(delivery_sink, engine.emitted)
     if experiments_sink is not None:
         experiments_sink = timed(experiments_sink, engine.emitted)
+    if no_actions_sink is not None:
+        no_actions_sink = timed(no_actions_sink, engine.emitted)
     flow = Dataflow(name)
     raw = op.input("events", flow, source)
     results = op.map("process", raw, engine.process_or_halt)
@@ -49,6 +53,8 @@ def build_flow(
         op.output("deliver", decisions, delivery_sink)
     if experiments_sink is not None:
         _output("experiments_out", op.flat_map("experiments", results, _experiments), experiments_sink)
+    if no_actions_sink is not None:
+        _output("no_actions_out", op.flat_map("no_actions", results, _no_actions), no_actions_sink)
     return flow
 
 
@@ -65,6 +71,10 @@ def _decisions(result: BatchResult) -> list[dict[str, Any]]:
 
 def _experiments(result: BatchResult) -> list[dict[str, Any]]:
     return result.experiments
+
+
+def _no_actions(result: BatchResult) -> list[dict[str, Any]]:
+    return result.no_actions
 
 
 def _dead_letters(result: BatchResult) -> list[dict[str, Any]]:

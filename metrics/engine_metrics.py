@@ -80,7 +80,8 @@ class EngineMetrics:
             "touchline_journey_entries", "Contacts entering a journey.", ["journey"], registry=registry)
         self.journey_exits = PromCounter(
             "touchline_journey_exits", "Contacts leaving a journey, by reason (goal, unsubscribed, preempted, "
-            "completed).", ["journey", "reason"], registry=registry)
+            "completed; removed: the journey is gone from the files; unknown_version: no definition of the version "
+            "they are in is kept).", ["journey", "reason"], registry=registry)
         self.journey_sends = PromCounter(
             "touchline_journey_step_sends", "Journey steps sent (won their decision point).", ["journey", "step"],
             registry=registry)
@@ -104,6 +105,9 @@ class EngineMetrics:
         self.suppressions = PromCounter(
             "touchline_suppressions", "Candidate actions held back, by reason.", ["reason"], registry=registry
         )
+        self.no_action_points = PromCounter(
+            "touchline_no_action_points", "Decision points where every candidate was held back (nothing sent), by "
+            "whether a no-action record was written (audit.no_action_share).", ["recorded"], registry=registry)
         self.labels = PromCounter(
             "touchline_model_labels", "Labels resolved and learned from, by model and label.", ["model", "label"],
             registry=registry,

@@ -12,10 +12,11 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Iterable, Iterator, Mapping, Sequence
 
 from touchline.decisions.errors import TouchlineError
 from touchline.decisions.events import Event
+from touchline.decisions.journey_versions import StoredVersions, VersionKey
 from touchline.decisions.policy import cap_violation
 from touchline.decisions.profile import (  # the key scheme, re-exported (``X as X``) for the stores
     ANON_PREFIX as ANON_PREFIX,
@@ -290,6 +291,38 @@ class StateStore(ABC):
         turn = self._turns.get(name, 0)
         self._turns[name] = turn + 1
         return turn
+
+    # ------------------------------------------------------------ journey versions (decisions/journey_versions.py)
+    def keep_journey_versions(self, definitions: Mapping[VersionKey, str]) -> None:
+        """Keep journey definitions by (journey, version) for every process and restart; keeping
+        one again changes nothing (a version is its content). The first version kept of a
+        journey becomes its baseline: the version of contacts whose state names none.
+        This default keeps them in the process (enough for a store that keeps nothing longer)."""
+        self._versions().keep(dict(definitions))
+
+    def journey_versions(self, keys: Iterable[VersionKey] | None = None) -> StoredVersions:
+        """The kept definitions of these versions (None: all of them), and every baseline."""
+        return self._versions().select(keys)
+
+    def forget_journey_versions(self, keys: Iterable[VersionKey]) -> None:
+        """Drop kept definitions (of versions no contact is in any more)."""
+        self._versions().forget(keys)
+
+    def _versions(self) -> StoredVersions:
+        kept: StoredVersions | None = getattr(self, "_kept_versions", None)
+        if kept is None:
+            kept = self._kept_versions = StoredVersions()
+        return kept
+
+    def profiles(self) -> Iterator[Profile]:
+        """Every stored profile, anonymous visitors' too (for tools, never the hot path)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list its profiles")
+
+    def journey_states(self) -> Iterator[tuple[str, Mapping[str, dict[str, Any]]]]:
+        """(profile key, journey name -> state) of every stored profile: what ``journeys check``
+        counts. A store may read only that much of each profile."""
+        for profile in self.profiles():
+            yield profile.key, profile.journeys
 
     def stats(self) -> dict[str, int]:
         """Sizes worth reporting (profiles, aliases, timers)."""

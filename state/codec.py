@@ -123,6 +123,18 @@ def to_blob(profile: Profile) -> bytes:
     return orjson.dumps(data)
 
 
+def journeys_of(blob: bytes | str | None) -> dict[str, dict[str, Any]]:
+    """The journey states in a stored blob, without rebuilding the profile (tools that count them).
+
+    >>> p = Profile("c1")
+    >>> p.journeys["welcome"] = {"active": True, "step": 1}
+    >>> journeys_of(to_blob(p)), journeys_of(None)
+    ({'welcome': {'active': True, 'step': 1}}, {})
+    """
+    found = orjson.loads(blob).get("journeys") if blob else None
+    return found if isinstance(found, dict) else {}
+
+
 def _log_entry(ts: int, member: str) -> WindowEntry:
     """A log member (``type<SEP>event id``) at ``ts`` as a window entry: (ts, type, event id)."""
     type_, event_id = member.split(SEP, 1)

@@ -1,7 +1,10 @@
 """The in-process store: the embedded default, no server needed.
 
-Holds live :class:`Profile` objects in a dict, so ``load`` and ``save`` cost nothing.
-It lives in one process and is not thread-safe: run it with one worker (the CLI
+Holds live :class:`Profile` objects in a dict, so ``load`` and ``save`` cost nothing, except
+for dormant profiles (nothing left in their event windows: a known customer between purchases
+is remembered for years, see ``state.retention_days``): those are kept in their stored form,
+the blob and sends of :mod:`touchline.state.codec`, about a tenth of the live object, and
+decoded when loaded again. It lives in one process and is not thread-safe: run it with one worker (the CLI
 enforces that); scale out with the Redis store instead.
 
 >>> from touchline.decisions.events import Event
@@ -20,6 +23,7 @@ from typing import Collection, Iterator, Any, Iterable, Mapping, Sequence
 
 from touchline.decisions.events import Event
 from touchline.decisions.profile import Profile, snapshot
+from touchline.state.codec import from_parts, send_entries, to_blob
 from touchline.state.erasure import (
     ANONYMOUS,
     CONTACT,
@@ -43,12 +47,48 @@ from touchline.state.base import (
 )
 
 
+class Dormant:
+    """A profile with empty event windows in its stored form (see :mod:`touchline.state.codec`).
+
+    >>> p = Profile("c1", known=True, last_ts=5, purchases_total=2)
+    >>> d = Dormant.of(p)
+    >>> d is not None and snapshot(d.profile("c1")) == snapshot(p)
+    True
+    >>> from touchline.decisions.profile import apply_event
+    >>> _ = apply_event(p, "e1", "page_view", 6, {}, {})
+    >>> Dormant.of(p) is None  # an event in its windows: kept live
+    True
+    """
+
+    __slots__ = ("blob", "sends")
+
+    def __init__(self, blob: bytes, sends: tuple[tuple[int, str], ...]) -> None:
+        self.blob = blob
+        self.sends = sends
+
+    @classmethod
+    def of(cls, profile: Profile) -> "Dormant | None":
+        """The stored form of ``profile`` when it is dormant, else None (kept live)."""
+        if profile.windows["30d"][0] or profile.seen:  # the longest window holds every shorter one's events
+            return None
+        # bytes(memoryview(...)) copies the blob to an exact-size object: orjson's output keeps
+        # its larger build buffer (kilobytes), which would undo the saving
+        return cls(bytes(memoryview(to_blob(profile))), tuple(send_entries(profile)))
+
+    def profile(self, key: str) -> Profile:
+        return from_parts(key, self.blob, (), self.sends)
+
+
+def _live(key: str, stored: "Profile | Dormant") -> Profile:
+    return stored.profile(key) if isinstance(stored, Dormant) else stored
+
+
 class MemoryStore(StateStore):
     """Profiles, aliases and timers in Python dicts and a heap."""
 
     def __init__(self, url: str = "memory://", options: StoreOptions | None = None) -> None:
         self.url = url
-        self._profiles: dict[str, Profile] = {}
+        self._profiles: dict[str, Profile | Dormant] = {}
         self._known = 0  # known contacts among the profiles (kept as they come and go)
         self._aliases: dict[str, str] = {}  # anonymous id -> the contact's profile key
         self._links: dict[str, set[str]] = {}  # contact's profile key -> every anonymous id linked to it
@@ -116,22 +156,25 @@ class MemoryStore(StateStore):
 
     # profiles -----------------------------------------------------------------
     def load(self, keys: Iterable[str]) -> dict[str, Profile]:
-        profiles = self._profiles
-        return {key: profiles.get(key) or Profile(key, known=is_known_key(key)) for key in keys}
+        return {key: self._get(key) or Profile(key, known=is_known_key(key)) for key in keys}
+
+    def _get(self, key: str) -> Profile | None:
+        stored = self._profiles.get(key)
+        return None if stored is None else _live(key, stored)
 
     def save(self, profiles: Mapping[str, Profile], deleted: Iterable[str] = ()) -> None:
         for key in deleted:
             self._drop(key)
         stored = self._profiles
         self._known += sum(1 for key in profiles if key not in stored and is_known_key(key))
-        stored.update(profiles)
+        stored.update((key, Dormant.of(profile) or profile) for key, profile in profiles.items())
 
     def _drop(self, key: str) -> None:
         """Forget one profile, its timers and its place in the known count."""
         gone = self._profiles.pop(key, None)
         if gone is not None:
             self._known -= is_known_key(key)
-            for kind in gone.timers:
+            for kind in _live(key, gone).timers:
                 self._timers.pop((key, kind), None)
 
     def known_contacts(self, max_age_seconds: float = 10.0) -> int:
@@ -161,7 +204,7 @@ class MemoryStore(StateStore):
 
     def export(self, contact_id: str) -> dict[str, Any] | None:
         key = contact_key(contact_id)
-        profile = self._profiles.get(key)
+        profile = self._get(key)
         aliases = sorted(self._links.get(key, ()))
         if profile is None and not aliases:
             return None
@@ -171,8 +214,8 @@ class MemoryStore(StateStore):
         existed = self.export(contact_id) is not None
         pkey = contact_key(contact_id)
         anons = sorted(self._links.get(pkey, ()))
-        profile = self._profiles.get(pkey)
-        anon_profiles = [self._profiles.get(anonymous_key(a)) for a in anons]
+        profile = self._get(pkey)
+        anon_profiles = [self._get(anonymous_key(a)) for a in anons]
         at = erasure_time(now_ms, [p.last_ts for p in (profile, *anon_profiles) if p is not None])
         key = self._erasure_key
         self._tombstones[tombstone_id(key, (CONTACT, contact_id))] = Tombstone(
@@ -198,7 +241,11 @@ class MemoryStore(StateStore):
 
     def profiles(self) -> Iterator[Profile]:
         """Every stored profile (offline evaluation counts what is still pending)."""
-        return iter(self._profiles.values())
+        return (_live(key, stored) for key, stored in self._profiles.items())
+
+    def dormant(self) -> int:
+        """How many stored profiles are kept in their compact dormant form."""
+        return sum(isinstance(stored, Dormant) for stored in self._profiles.values())
 
     def stats(self) -> dict[str, int]:
         return {"profiles": len(self._profiles), "aliases": len(self._aliases), "timers": len(self._timers)}

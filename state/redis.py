@@ -32,6 +32,8 @@ Cluster slot::
     tl:{rr}:<name>     counter round-robin turns shared by every worker
     tl:{erased}:tombstones hash HMAC of an erased identity -> its tombstone (no TTL)
     tl:{meta}:erasure-key   string the erasure key generated when none is configured
+    tl:{journeys}:versions  hash   <journey>@<version> -> its definition (canonical JSON; no TTL)
+    tl:{journeys}:baselines hash   journey -> the version of contacts whose state names none
 
 URLs: ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS; redis-py query
 options such as ``ssl_ca_certs`` and ``ssl_cert_reqs`` pass through) and
@@ -49,7 +51,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Collection, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import orjson
 import redis
@@ -58,6 +60,7 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from touchline.decisions.events import Event
+from touchline.decisions.journey_versions import StoredVersions, VersionKey
 from touchline.decisions.profile import DAY_MS, LONGEST_WINDOW_MS, Profile, snapshot
 from touchline.redact import redact_url
 from touchline.state.base import (
@@ -87,7 +90,7 @@ from touchline.state.erasure import (
     tombstone_id,
     unsubscribed,
 )
-from touchline.state.codec import SEP, from_parts, log_diff, log_index, send_entries, to_blob
+from touchline.state.codec import SEP, from_parts, journeys_of, log_diff, log_index, send_entries, to_blob
 from touchline.state.redis_scripts import SCRIPTS
 
 log = logging.getLogger(__name__)
@@ -107,6 +110,10 @@ ERASURE_CHECK_KEY = f"{PREFIX}:{{meta}}:erasure-key-check"
 #: The running count of known profiles (see :meth:`RedisStore.known_contacts`), and how
 #: often a process reads it.
 KNOWN_KEY = f"{PREFIX}:{{meta}}:known"
+#: Journey versions (decisions/journey_versions.py): definitions by ``<journey>@<version>``,
+#: and each journey's baseline.
+JOURNEY_VERSIONS_KEY = f"{PREFIX}:{{journeys}}:versions"
+JOURNEY_BASELINES_KEY = f"{PREFIX}:{{journeys}}:baselines"
 KNOWN_READ_SECONDS = 10.0
 _RETRYABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
@@ -693,6 +700,53 @@ class RedisStore(StateStore):
         (turn,) = self._run("turn", [("cmd", "INCR", f"{PREFIX}:{{rr}}:{name}")])
         return int(turn) - 1
 
+    # ---------------------------------------------------------------- journey versions
+    def keep_journey_versions(self, definitions: Mapping[VersionKey, str]) -> None:
+        """HSETNX each definition and baseline: every process keeps the same content, so
+        whoever writes first wins nothing that differs."""
+        calls: list[Call] = []
+        for (name, version), text in definitions.items():
+            calls += [("cmd", "HSETNX", JOURNEY_VERSIONS_KEY, f"{name}@{version}", text),
+                      ("cmd", "HSETNX", JOURNEY_BASELINES_KEY, name, version)]
+        self._run("journeys", calls)
+
+    def journey_versions(self, keys: Iterable[VersionKey] | None = None) -> StoredVersions:
+        fields = None if keys is None else [f"{name}@{version}" for name, version in keys]
+        calls: list[Call] = [("cmd", "HGETALL", JOURNEY_BASELINES_KEY)]
+        if fields is None:
+            calls.append(("cmd", "HGETALL", JOURNEY_VERSIONS_KEY))
+        elif fields:
+            calls.append(("cmd", "HMGET", JOURNEY_VERSIONS_KEY, *fields))
+        baselines, *found = self._run("journeys", calls)
+        pairs = _as_dict(found[0]).items() if fields is None else zip(fields, found[0] if found else [])
+        definitions = {_version_key(f): text for f, text in pairs if text is not None}
+        return StoredVersions(definitions, _as_dict(baselines))
+
+    def forget_journey_versions(self, keys: Iterable[VersionKey]) -> None:
+        fields = [f"{name}@{version}" for name, version in keys]
+        if fields:
+            self._run("journeys", [("cmd", "HDEL", JOURNEY_VERSIONS_KEY, *fields)])
+
+    def profiles(self) -> Iterator[Profile]:
+        """Every stored profile (SCAN on every primary), read 500 at a time."""
+        for keys in self._profile_keys(500):
+            yield from self.load(keys).values()
+
+    def journey_states(self) -> Iterator[tuple[str, Mapping[str, dict[str, Any]]]]:
+        """Only the blobs (one HGET each, 1,000 a round trip): no event log, no sends."""
+        for keys in self._profile_keys(1000):
+            blobs = self._run("scan", [("cmd", "HGET", profile_keys(k)[0], "blob") for k in keys])
+            yield from ((key, journeys_of(blob)) for key, blob in zip(keys, blobs) if blob)
+
+    def _profile_keys(self, chunk: int) -> Iterator[list[str]]:
+        """The keys of every stored profile (SCAN on every primary), ``chunk`` at a time."""
+        head, tail = f"{PREFIX}:{{", "}:p"
+        names = self._with_retry("scan", lambda: [
+            k for node in self._nodes() for k in node.scan_iter(match=f"{head}*{tail}", count=1000)])
+        keys = sorted(_text(k)[len(head):-len(tail)] for k in names)
+        for start in range(0, len(keys), chunk):
+            yield keys[start:start + chunk]
+
     # ---------------------------------------------------------------- lifecycle and privacy
     def _linked(self, contact: str) -> list[str]:
         """Anonymous ids whose link points to ``contact`` (a profile key) now."""
@@ -886,6 +940,16 @@ class RedisStore(StateStore):
 def _stored_profile(key: str, blob: str | None) -> Profile | None:
     """The profile a stored blob holds (without its log and sends), or None without a blob."""
     return from_parts(key, blob, [], []) if blob else None
+
+
+def _version_key(field: str) -> VersionKey:
+    """``welcome@3f9a1c0b7e21`` -> ("welcome", "3f9a1c0b7e21") (names never hold an ``@``)."""
+    name, _, version = field.rpartition("@")
+    return name, version
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _as_dict(fields: Any) -> dict[str, str]:

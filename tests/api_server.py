@@ -102,13 +102,13 @@ class FollowingEngine:
     """``touchline run --input FILE --follow`` on Redis: the stream engine on the wall clock,
     fed by appending lines to the file it tails."""
 
-    def __init__(self, workdir: Path, redis_url: str, config: Path) -> None:
+    def __init__(self, workdir: Path, redis_url: str, config: Path, *extra: str) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir, self.events = workdir, workdir / "live.jsonl"
         self.events.write_bytes(b"")
         self.cmd = [sys.executable, "-m", "touchline", "run", "--input", str(self.events), "--follow", "--redis",
                     redis_url, "--config", str(config), "--out", str(workdir / "out"), "--no-metrics", "--quiet",
-                    "--log-level", "info", "--batch-size", "10"]
+                    "--log-level", "info", "--batch-size", "10", *extra]
         self.stderr_path = workdir / "run.stderr"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -117,6 +117,11 @@ class FollowingEngine:
                                      env=_env(), cwd=self.workdir)
         _wait_for(self.stderr_path, self.proc, r"(run started)")
         return self
+
+    def api_url(self) -> str:
+        """Where ``run --api`` serves the API (it says so on stderr)."""
+        assert self.proc is not None
+        return _wait_for(self.stderr_path, self.proc, r"serving the API on (http://\S+)")
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -4,6 +4,7 @@ engine exposes, for the tests that keep them in step."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "metrics" / "alerts" / "touchline.rules.yml"
 RULE_TESTS = ROOT / "metrics" / "alerts" / "touchline.rules.test.yml"
 DASHBOARD = ROOT / "metrics" / "dashboards" / "touchline.json"
+RUNBOOK = ROOT / "docs" / "runbook.md"
 
 
 def dashboard() -> dict[str, Any]:
@@ -44,3 +46,19 @@ def engine_registry() -> CollectorRegistry:
     EngineMetrics(registry)
     ConnectorMetrics(registry)
     return registry
+
+
+def markdown_anchors(text: str) -> list[str]:
+    """The anchors GitHub gives a Markdown file's headings: lower case, punctuation dropped,
+    spaces as hyphens, a repeat numbered (``-1``, ``-2``); lines in code fences are not headings."""
+    anchors: list[str] = []
+    fenced = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        heading = None if fenced else re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if heading:
+            slug = re.sub(r"[^\w\- ]", "", heading.group(1).lower()).replace(" ", "-")
+            repeats = sum(1 for a in anchors if a == slug or re.fullmatch(re.escape(slug) + r"-\d+", a))
+            anchors.append(f"{slug}-{repeats}" if repeats else slug)
+    return anchors

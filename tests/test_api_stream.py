@@ -98,3 +98,26 @@ def test_deciding_from_both_at_once_never_breaks_a_cap(both):
     assert sorted(d["contact_id"] for d in everyone) == sorted(contacts)  # each got exactly one hand-off
     assert sum(a["action"] == "sales_handoff" for a in answers) == sum(
         1 for d in everyone if d["trigger"]["kind"] == "request")
+
+
+def test_the_engine_process_serves_the_api_itself(tmp_path, redis_url):
+    import httpx
+
+    from api_server import KEY
+
+    config = write_toml(tmp_path / "settings.toml", {
+        "policy": {"holdout_share": 0.0, "sales_lead_threshold": 0.0},
+        "models": {"store": "off", "learn": False}, "source": {"tick_seconds": 0.1},
+        "api": {"port": 0, "keys": [KEY]}})
+    with FollowingEngine(tmp_path / "engine", redis_url, config, "--api") as engine:
+        client = httpx.Client(base_url=engine.api_url(), headers={"X-API-Key": KEY}, timeout=30)
+        engine.feed(event("e-1", "login", "p1"))
+        until(lambda: client.get("/v1/contacts/p1").status_code == 200)
+        sent = client.post("/v1/decide", json={"contact_id": "p1", "context": {"placement": "agent",
+                                                                              "channel": "sales_task"}}).json()
+        assert sent["action"] == "sales_handoff"
+        posted = client.post("/v1/events", json=event("e-2", "page_view", "p1")).json()
+        assert posted["accepted"] == 1
+        api_out = tmp_path / "engine" / "out" / "api-decisions.jsonl"
+        until(lambda: api_out.exists() and sent["decision_id"].encode() in api_out.read_bytes())
+    assert "Traceback" not in engine.stderr()

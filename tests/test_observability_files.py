@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from shipped_metrics import RULE_TESTS, RULES, dashboard, dashboard_targets, engine_registry, substituted
+from shipped_metrics import (RULE_TESTS, RULES, RUNBOOK, dashboard, dashboard_targets, engine_registry,
+                             markdown_anchors, substituted)
 from touchline.metrics.engine_metrics import LATENCY_BUCKETS
 
 
@@ -34,7 +35,14 @@ REQUIRED_PANELS = {
     "Errors": ["Dead letters/s by reason", "Dead-letter share of records", "State store errors/s by op",
                "State store up", "Connector errors/s by channel and error", "Connector failure share by channel",
                "Retries/s by channel"],
+    "Connectors": ["Connector queue depth by channel", "Deliveries/s by channel and outcome"],
     "Suppression mix": ["Suppression share by reason", "Suppressions vs decisions"],
+    "Journeys": ["Journey entries/s by journey", "Journey exits/s by journey and reason",
+                 "Journey conversions/s by journey", "Journey step sends/s by journey and step",
+                 "Journey steps held back/s by journey and handling", "Goal share of journey exits (1h)"],
+    "Experiments": ["Exposures/s by experiment and arm", "Conversion rate by experiment and arm (1d)",
+                    "Bandit choices/s by experiment and arm", "Attributed share of conversions",
+                    "Attributed conversions/s by channel and model"],
     "Model quality": ["ROC AUC by model and role", "Log loss by model and role", "Calibration error by model and role",
                       "Drift events", "Label delay p50 by model"],
     "Kafka lag": ["Consumer lag by topic and partition", "Consumer lag by topic"],
@@ -112,6 +120,30 @@ def test_every_alert_has_a_firing_unit_test_and_the_required_labels():
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in ("critical", "warning"), name
         assert {"summary", "description", "runbook"} <= set(rule["annotations"]), name
+
+
+def test_every_alert_links_its_own_section_of_the_runbook():
+    """runbook_url is docs/runbook.md#<alert in lower case>, and that heading exists there."""
+    anchors = markdown_anchors(RUNBOOK.read_text())
+    for rule in rules():
+        if "alert" not in rule:
+            continue
+        url = rule["annotations"].get("runbook_url", "")
+        path, _, anchor = url.partition("#")
+        assert path == "docs/runbook.md", f"{rule['alert']}: runbook_url {url!r} is not docs/runbook.md#..."
+        assert anchor == rule["alert"].lower(), f"{rule['alert']}: runbook_url {url!r} names another section"
+        assert anchor in anchors, f"{rule['alert']}: no section #{anchor} in {RUNBOOK.name}"
+    alerts = {rule["alert"] for rule in rules() if "alert" in rule}
+    sections = set(re.findall(r"^## (\S+)\s*$", RUNBOOK.read_text(), re.MULTILINE))
+    assert sections == alerts, f"runbook sections without an alert: {sections - alerts}"
+    links = set(re.findall(r"\]\(#([^)]+)\)", RUNBOOK.read_text()))
+    assert links <= set(anchors), f"links to no section of the runbook: {links - set(anchors)}"
+
+
+def test_markdown_anchors_follow_githubs_rule():
+    assert markdown_anchors("# Touchline runbook\n## TouchlineEngineDown\n```\n# not a heading\n```\n"
+                            "## Foo: bar (baz)\n## Foo: bar (baz)\n") == [
+        "touchline-runbook", "touchlineenginedown", "foo-bar-baz", "foo-bar-baz-1"]
 
 
 def test_latency_slo_threshold_is_a_bucket_bound():

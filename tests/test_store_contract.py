@@ -603,3 +603,42 @@ def test_known_contacts_are_counted_as_they_come_and_go(new_store):
     hits = s.tombstones([("contact", "c2")])
     s.readmit("c2", hits, T0)
     assert s.known_contacts(max_age_seconds=0) == 2
+
+
+# ------------------------------------------------------------------ journey versions
+
+def test_journey_versions_are_kept_once_and_the_first_is_the_baseline(new_store):
+    """Definitions by (journey, version): keeping one again changes nothing, the first version
+    kept of a journey is its baseline, a selection returns only what is kept, forgetting drops
+    definitions (never the baseline's name), and a second store on the same state sees them."""
+    s = new_store()
+    assert s.journey_versions().definitions == {} and s.journey_versions().baselines == {}
+    s.keep_journey_versions({("welcome", "aaaaaaaaaaaa"): '{"v": 1}', ("cart", "cccccccccccc"): '{"c": 1}'})
+    s.keep_journey_versions({("welcome", "bbbbbbbbbbbb"): '{"v": 2}', ("welcome", "aaaaaaaaaaaa"): '{"other": 1}'})
+    kept = s.journey_versions()
+    assert kept.definitions == {("welcome", "aaaaaaaaaaaa"): '{"v": 1}', ("welcome", "bbbbbbbbbbbb"): '{"v": 2}',
+                                ("cart", "cccccccccccc"): '{"c": 1}'}
+    assert kept.baselines == {"welcome": "aaaaaaaaaaaa", "cart": "cccccccccccc"}
+    some = s.journey_versions([("welcome", "bbbbbbbbbbbb"), ("welcome", "dddddddddddd")])
+    assert some.definitions == {("welcome", "bbbbbbbbbbbb"): '{"v": 2}'} and some.baselines == kept.baselines
+    assert s.journey_versions([]).definitions == {}
+    s.forget_journey_versions([("welcome", "aaaaaaaaaaaa"), ("nope", "x")])
+    assert set(s.journey_versions().definitions) == {("welcome", "bbbbbbbbbbbb"), ("cart", "cccccccccccc")}
+    assert s.journey_versions().baselines["welcome"] == "aaaaaaaaaaaa"
+    if not isinstance(s, MemoryStore):
+        assert new_store().journey_versions().definitions == s.journey_versions().definitions
+
+
+def test_profiles_and_journey_states_list_every_stored_profile(new_store):
+    """What tools such as ``journeys check`` read: every stored profile, anonymous ones too."""
+    s = new_store()
+    assert list(s.profiles()) == []
+    got = s.load(["c1", "c2", "anon:a1"])
+    got["c1"].journeys["welcome"] = {"active": True, "step": 1, "version": "aaaaaaaaaaaa"}
+    s.commit(got, [], [])
+    listed = {p.key: p for p in s.profiles()}
+    assert set(listed) == {"c1", "c2", "anon:a1"}
+    assert listed["c1"].journeys["welcome"]["version"] == "aaaaaaaaaaaa"
+    states = dict(s.journey_states())  # what journeys check counts: the journey states alone
+    assert states == {"c1": {"welcome": {"active": True, "step": 1, "version": "aaaaaaaaaaaa"}}, "c2": {},
+                      "anon:a1": {}}

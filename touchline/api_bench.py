@@ -38,7 +38,7 @@ ENDPOINTS = ("profile", "decide")
 
 
 def run_api_bench(settings: Settings, clients: list[int], seconds: float, rate: float, *, redis_url: str | None = None,
-                  keep: bool = False, contacts: int = 2000) -> dict[str, Any]:
+                  keep: bool = False, contacts: int = 2000, pause: float = 0.0) -> dict[str, Any]:
     """The figures of every round (see the module docstring)."""
     work = Path(tempfile.mkdtemp(prefix="touchline-api-bench-"))
     try:
@@ -53,12 +53,12 @@ def run_api_bench(settings: Settings, clients: list[int], seconds: float, rate: 
             feeder = _Feeder(work / "live.jsonl", pending, rate)
             stack.callback(feeder.stop)
             feeder.start()
-            rounds = [_round(base, known, n, endpoint, seconds, served.pid, engine.pid)
+            rounds = [_round(base, known, n, endpoint, seconds, pause, (served.pid, engine.pid))
                       for n in clients for endpoint in ENDPOINTS]
             fed = feeder.fed
         return {"machine": machine("redis-server, the engine, touchline serve and the clients"),
                 "load_average": [round(x, 2) for x in os.getloadavg()], "contacts": len(known),
-                "stream_rate": rate, "stream_events_fed": fed, "seconds": seconds, "rounds": rounds,
+                "stream_rate": rate, "stream_events_fed": fed, "seconds": seconds, "pause": pause, "rounds": rounds,
                 "work_dir": str(work) if keep else None}
     finally:
         if not keep:
@@ -192,11 +192,12 @@ class _Feeder(threading.Thread):
         self.join(5)
 
 
-def _round(base: str, known: list[str], clients: int, endpoint: str, seconds: float, serve_pid: int,
-           engine_pid: int) -> dict[str, Any]:
+def _round(base: str, known: list[str], clients: int, endpoint: str, seconds: float, pause: float,
+           pids: tuple[int, int]) -> dict[str, Any]:
     """``clients`` clients asking ``endpoint`` in a loop for ``seconds``: latency and throughput."""
+    serve_pid, engine_pid = pids
     cpu_before = (cpu_seconds(serve_pid) or 0.0, cpu_seconds(engine_pid) or 0.0, time.process_time())
-    latencies, codes = _loop_run(_clients(base, known, clients, endpoint, seconds))
+    latencies, codes = _loop_run(_clients(base, known, clients, endpoint, seconds, pause))
     cpu_after = (cpu_seconds(serve_pid) or 0.0, cpu_seconds(engine_pid) or 0.0, time.process_time())
     ok = latencies.get(200, [])
     return {"clients": clients, "endpoint": endpoint, "requests": sum(codes.values()), "codes": codes,
@@ -221,22 +222,25 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 
-async def _clients(base: str, known: list[str], clients: int, endpoint: str,
-                   seconds: float) -> tuple[dict[int, list[float]], dict[str, int]]:
+async def _clients(base: str, known: list[str], clients: int, endpoint: str, seconds: float,
+                   pause: float) -> tuple[dict[int, list[float]], dict[str, int]]:
     """``clients`` keep-alive connections, each a client asking in a loop until the round ends."""
     host, port = base.removeprefix("http://").rsplit(":", 1)
     latencies: dict[int, list[float]] = {}
     end = time.perf_counter() + seconds
-    await asyncio.gather(*(_client(host, int(port), known, endpoint, end, latencies, random.Random(i))
+    await asyncio.gather(*(_client(host, int(port), (known, endpoint, pause), end, latencies, random.Random(i))
                            for i in range(clients)))
     return latencies, {str(code): len(found) for code, found in sorted(latencies.items())}
 
 
-async def _client(host: str, port: int, known: list[str], endpoint: str, end: float,
+async def _client(host: str, port: int, what: tuple[list[str], str, float], end: float,
                   latencies: dict[int, list[float]], rng: random.Random) -> None:
-    """One client on its own connection: a request, its answer, the next (no pause), until ``end``.
-    A minimal HTTP/1.1 client, so the clients' own cost stays small beside the server's."""
+    """One client on its own connection: a request, its answer, ``pause`` (a random share of it
+    before the first request, so the clients do not ask in step), the next, until ``end``. A
+    minimal HTTP/1.1 client, so the clients' own cost stays small beside the server's."""
+    known, endpoint, pause = what
     reader, writer = await asyncio.open_connection(host, port)
+    await asyncio.sleep(rng.uniform(0, pause))
     try:
         while time.perf_counter() < end:
             request = _request(endpoint, rng.choice(known))
@@ -244,6 +248,8 @@ async def _client(host: str, port: int, known: list[str], endpoint: str, end: fl
             writer.write(request)
             code = await _answer(reader)
             latencies.setdefault(code, []).append(time.perf_counter() - started)
+            if pause:
+                await asyncio.sleep(pause)
     finally:
         writer.close()
 
@@ -272,8 +278,9 @@ async def _answer(reader: asyncio.StreamReader) -> int:
 
 def format_api_bench(f: dict[str, Any]) -> str:
     """The rounds as a table, with what the machine was doing."""
-    lines = [f"HTTP API under load: {f['contacts']:,} contacts, the engine fed {f['stream_rate']:g} events/s "
-             f"({f['stream_events_fed']:,} in all), {f['seconds']:g} s per round; {f['machine']}; "
+    pause = f"each client pausing {f['pause']:g} s between answers" if f["pause"] else "closed loop (no pause)"
+    lines = [f"HTTP API under load: {f['contacts']:,} known contacts, the engine fed {f['stream_rate']:g} events/s "
+             f"({f['stream_events_fed']:,} in all), {f['seconds']:g} s per round, {pause}; {f['machine']}; "
              f"load average at the end {', '.join(map(str, f['load_average']))}",
              f"  {'endpoint':<28} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
              f"{'max ms':>8} {'serve CPU':>9} {'engine CPU':>10} {'clients CPU':>11}  codes"]
@@ -301,13 +308,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", default="100,200", help="concurrent clients per round (default 100,200)")
     p.add_argument("--seconds", type=float, default=10.0, help="length of each round (default 10)")
     p.add_argument("--rate", type=float, default=200.0, help="the stream's events/s meanwhile (default 200)")
-    p.add_argument("--contacts", type=int, default=2000, help="simulated contacts (default 2000)")
+    p.add_argument("--contacts", type=int, default=2000, help="simulated people (default 2000)")
+    p.add_argument("--pause", type=float, default=0.0, help="seconds each client waits between answers (default 0)")
     p.add_argument("--redis", metavar="URL", help="a Redis to use (flushed first); default: one started here")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, outputs)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     figures = run_api_bench(load_settings(None), parse_counts(args.clients, "--clients"), args.seconds, args.rate,
-                            redis_url=args.redis, keep=args.keep, contacts=args.contacts)
+                            redis_url=args.redis, keep=args.keep, contacts=args.contacts, pause=args.pause)
     print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode() if args.json else format_api_bench(figures))
     return 0
 

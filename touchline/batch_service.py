@@ -28,6 +28,7 @@ from touchline.decisions.clock import Clock
 from touchline.decisions.batch_run import BatchRun, DecisionCore
 from touchline.decisions.outcome import BatchOutcome, JourneyTallies
 from touchline.decisions.events import Event, Rejected, parse_event
+from touchline.decisions.journey_versions import JourneyVersions
 from touchline.decisions.reorder import EventOrder, TimeRules
 from touchline.decisions.requests import Ask, request_key
 from touchline.model_keeper import ModelKeeper
@@ -55,6 +56,8 @@ class Totals:
     dead_letters: Counter = field(default_factory=Counter)
     decisions: Counter = field(default_factory=Counter)
     suppressions: Counter = field(default_factory=Counter)
+    #: decision points where every candidate was held back, by whether one was recorded ("true", "false")
+    no_action_points: Counter = field(default_factory=Counter)
     timers: Counter = field(default_factory=Counter)
     #: the most recent samples only, so a long live run does not grow memory without bound
     decision_latency_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
@@ -73,6 +76,19 @@ class Totals:
     journeys: Counter = field(default_factory=Counter)
     #: whole days between consecutive purchases of a contact -> how often (bounded: <= 3,651 keys)
     purchase_gap_days: Counter = field(default_factory=Counter)
+
+
+def keep_journey_versions(versions: JourneyVersions, store: StateStore) -> None:
+    """The journeys' versions into the store, for every process and every restart, and the
+    older versions kept there out of it (and from it later, one another process kept since),
+    so a contact finishes the version it entered however the files were edited."""
+    store.keep_journey_versions(versions.definitions())
+    versions.adopt(store.journey_versions())
+
+    def find(name: str, version: str) -> str | None:
+        return store.journey_versions([(name, version)]).definitions.get((name, version))
+
+    versions.find = find
 
 
 class Engine:
@@ -134,6 +150,8 @@ class Engine:
         self._done: deque[tuple[str, str, str]] = deque()
         #: where the events of erased identities the batch in progress dropped were read
         self._erased_sources: list[str] = []
+        if core.journeys is not None:
+            keep_journey_versions(core.journeys.versions, store)
 
     def not_alive(self, stall_seconds: float) -> str | None:
         """Why a liveness probe should fail (restart me), or None: the run stopped on a
@@ -222,11 +240,8 @@ class Engine:
             self._keep_held(batch, timings)
         events, at = self._claim_ids(events, at, dead, timings)
         self._flush_acks(timings)
-        resolved, due = _timed(timings, "resolve", self.store.begin, [*events, *(a.lookup() for a in batch.asks)],
-                               horizon if batch.fire_timers else None, partition=batch.partition)
-        asks = [(a, request_key(a, r)) for a, (r, _) in zip(batch.asks, resolved[len(events):])]
-        out, expired = self._decide_and_commit(events, at, resolved[:len(events)], due, horizon or 0, timings,
-                                               batch.partition, asks)
+        resolved, due, asks = self._begin(batch, events, horizon, timings)
+        out, expired = self._decide_and_commit(events, at, resolved, due, horizon or 0, timings, batch.partition, asks)
         if batch.final and self.keep_held:  # no next batch to drop what this one released
             self._keep_held(batch, timings)
         run_ns = out.run_ns - int(timings.get("reserve", 0.0) * 1e9)
@@ -238,11 +253,20 @@ class Engine:
                   "score": out.score_ns / 1e9, "policy": max(0, run_ns - out.score_ns) / 1e9}
         self._account(batch, events, out, dead, timings, stages)
         self._watch_errors(len(events) + len(due), len(out.errors))
-        result = BatchResult(out.decisions, dead, out.exp.records, [where for _, where in out.duplicated],
-                             self._erased_sources)
+        result = BatchResult(out.decisions, dead, out.exp.records, out.no_actions, out.duplicated, self._erased_sources)
         for listener in self.listeners:
             listener(result)
         return result
+
+    def _begin(self, batch: RawBatch, events: list[Event], horizon: int | None, timings: dict[str, float]
+               ) -> tuple[list[tuple[str, str | None]], list[tuple[int, str, str]], list[tuple[Ask, str]]]:
+        """Resolve the events' and the requests' identities and claim the timers due by
+        ``horizon`` (unless the batch leaves them for later), in one store call."""
+        lookups = [ask.lookup() for ask in batch.asks]
+        resolved, due = _timed(timings, "resolve", self.store.begin, [*events, *lookups],
+                               horizon if batch.fire_timers else None, partition=batch.partition)
+        asks = [(ask, request_key(ask, key)) for ask, (key, _) in zip(batch.asks, resolved[len(events):])]
+        return resolved[:len(events)], due, asks
 
     def _parse(self, batch: RawBatch, dead: list[dict[str, Any]]) -> tuple[list[Event], list[int]]:
         """Valid, believable events with their input positions; the rest into ``dead``."""
@@ -526,6 +550,7 @@ class Engine:
         t.by_type.update(out.by_type)
         t.dead_letters.update(dead_by_reason)
         t.suppressions.update(out.suppressed)
+        t.no_action_points.update(out.no_action_points)
         t.decisions.update(out.decided)
         t.timers.update(out.timers_fired)
         t.feedback.update(out.feedback)
@@ -546,6 +571,7 @@ class Engine:
         tallies: list[tuple[Any, Mapping[Any, int]]] = [
             (m.identity_events, out.identities), (m.new_ids, out.new_ids), (m.missing_attributes, out.missing),
             (m.dead_letters, dead_by_reason), (m.suppressions, out.suppressed), (m.decisions, out.decided),
+            (m.no_action_points, out.no_action_points),
             (m.timers_fired, out.timers_fired), (m.labels, out.labelled), (m.feedback, out.feedback)]
         for counter, tally in tallies:
             m.count(counter, tally)
@@ -622,7 +648,12 @@ def _only(events: list[Event], at: list[tuple[int, bool]] | None, resolved: list
         return events, at, resolved, due, asks
     picked = [i for i, r in enumerate(resolved) if r[0] in keys]
     return ([events[i] for i in picked], None if at is None else [at[i] for i in picked],
-            [resolved[i] for i in picked], [t for t in due if t[1] in keys], [a for a in asks if a[1] in keys])
+            [resolved[i] for i in picked], _of_keys(due, 1, keys), _of_keys(asks, 1, keys))
+
+
+def _of_keys(items: list[Any], place: int, keys: set[str]) -> list[Any]:
+    """The items whose profile key (at ``place``) is one of ``keys``."""
+    return [item for item in items if item[place] in keys]
 
 
 def answered(record: dict[str, Any]) -> bool:

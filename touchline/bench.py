@@ -1,8 +1,8 @@
 """``touchline bench``: the engine flow on N simulated events, measured.
 
 The events are generated before the clock starts (generation is not the engine's
-cost) and fed through the same dataflow as ``touchline run``, with decisions and
-dead letters written to a temporary directory. Figures: events/s over the whole
+cost) and fed through the same dataflow as ``touchline run``, with decisions, no-action
+records and dead letters written to a temporary directory. Figures: events/s over the whole
 flow, p50/p99 processing latency per event (batch read to batch processed), and
 peak resident memory of the process.
 """
@@ -28,6 +28,7 @@ from touchline.flows.dataflow import build_flow
 from touchline.redact import redact_url
 from touchline.runner import build_engine, simulator_spec
 from touchline.settings import Settings
+from touchline.state.memory import MemoryStore
 from touchline.summary import weighted_percentile
 
 
@@ -58,7 +59,8 @@ def _flow_run(settings: Settings, lines: list[bytes], batch_size: int) -> tuple[
         with tempfile.TemporaryDirectory(prefix="touchline-bench-") as tmp:
             out = Path(tmp)
             flow = build_flow(LinesSource(lines, "bench", batch_size), engine,
-                              JsonlSink(out / "decisions.jsonl"), JsonlSink(out / "dead_letters.jsonl"))
+                              JsonlSink(out / "decisions.jsonl"), JsonlSink(out / "dead_letters.jsonl"),
+                              no_actions_sink=JsonlSink(out / "no_actions.jsonl"))
             start = time.perf_counter()
             run_main(flow)
             seconds = time.perf_counter() - start
@@ -104,10 +106,15 @@ def _path_figures(settings: Settings, url: str, lines: list[bytes], batch_size: 
     plain = url.replace("+naive", "")
     client = redis.Redis.from_url(plain)
     client.flushdb()
-    client.close()
-    engine, seconds, registry = _flow_run(settings.model_copy(update={
-        "state": settings.state.model_copy(update={"url": url})}), lines, batch_size)
+    before = int(client.info("memory")["used_memory"])
+    try:
+        engine, seconds, registry = _flow_run(settings.model_copy(update={
+            "state": settings.state.model_copy(update={"url": url})}), lines, batch_size)
+        held = int(client.info("memory")["used_memory"]) - before
+    finally:
+        client.close()
     t = engine.totals
+    profiles = engine.store.stats()["profiles"]
     return {
         "url": redact_url(url),
         "events": len(lines),
@@ -119,6 +126,9 @@ def _path_figures(settings: Settings, url: str, lines: list[bytes], batch_size: 
         },
         "store_ms_per_batch": _store_ms_per_batch(registry),
         "decisions": sum(t.decisions.values()),
+        # Redis's own used_memory after the run less before it, over the stored profiles
+        # (aliases, timers, claims and outbox included: what a contact costs the server)
+        "redis_kb_per_profile": round(held / 1024 / profiles, 2) if profiles else None,
     }
 
 
@@ -150,7 +160,8 @@ def format_redis(f: dict[str, Any]) -> str:
         lat = p["processing_latency_ms"]
         ops = ", ".join(f"{op} {ms:.2f}" for op, ms in p["store_ms_per_batch"].items())
         return (f"  {name:<18}{p['events_per_second']:>10,.0f} events/s over {p['events']:,} events; "
-                f"p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms; store ms/batch: {ops}")
+                f"p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms; store ms/batch: {ops}; "
+                f"Redis memory {_kb(p['redis_kb_per_profile'])} per stored profile")
 
     same = f["same_data"]
     return "\n".join([
@@ -169,6 +180,8 @@ def run_bench(settings: Settings, events: int, batch_size: int) -> dict[str, Any
     engine, seconds, registry = _flow_run(settings, lines, batch_size)
     t = engine.totals
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    state = engine.store.stats()
+    held_kb = (_rss_mb() - baseline_mb) * 1024  # the engine is alive: its state is still held
     return {
         "events": len(lines),
         "batch_size": batch_size,
@@ -182,10 +195,15 @@ def run_bench(settings: Settings, events: int, batch_size: int) -> dict[str, Any
         "decisions": sum(t.decisions.values()),
         "dead_letters": sum(t.dead_letters.values()),
         "memory_mb": {"baseline_with_input": round(baseline_mb, 1), "peak_rss": round(peak_mb, 1)},
-        "state": engine.store.stats(),
+        "memory_kb_per_profile": round(held_kb / state["profiles"], 1) if state["profiles"] else None,
+        "state": {**state, "dormant": engine.store.dormant()} if isinstance(engine.store, MemoryStore) else state,
         "machine": f"{platform.python_implementation()} {platform.python_version()}, {platform.machine()}, "
                    f"{_cpus()} CPUs",
     }
+
+
+def _kb(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.1f} KB"
 
 
 def _cpus() -> int:
@@ -206,5 +224,7 @@ def format_bench(f: dict[str, Any]) -> str:
         + " ms per batch (mean)",
         f"  memory            peak RSS {mem['peak_rss']:.0f} MB (before the run, with input held: "
         f"{mem['baseline_with_input']:.0f} MB)",
+        f"  state memory      {_kb(f['memory_kb_per_profile'])} per stored profile in process (RSS held after the "
+        "run, less the RSS before it, over the profiles)",
         f"  output            {f['decisions']:,} decisions, {f['dead_letters']:,} dead letters; state {f['state']}",
     ])

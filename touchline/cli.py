@@ -13,7 +13,9 @@
     touchline scores --at now --redis URL --out scores.csv                   # ... from the stored state
     touchline contact erase ID --redis URL    # right to erasure: the contact and its aliases, tombstoned
     touchline contact erase ID --redis URL --outputs touchline-out   # ... and out of a run's JSONL outputs
+    touchline why c-42                 # a contact's recent decisions and non-decisions, and why
     touchline journeys check examples/journeys/   # validate journey files
+    touchline journeys check examples/journeys/ --redis URL   # ... and what an edit means for the contacts inside
     touchline journeys preview examples/journeys/abandoned_cart.yaml --contact-events cart.jsonl
     touchline models list              # registered models (logreg, hat, arf, bgnbd, plug-ins)
     touchline models evaluate --input events.jsonl --model logreg --model hat
@@ -148,6 +150,8 @@ def _parser() -> argparse.ArgumentParser:
                             "redis-server started here) while an engine process applies a live stream")
     bench.add_argument("--clients", metavar="N[,N...]", default="100,200",
                        help="with --api: concurrent clients per round (default 100,200)")
+    bench.add_argument("--pause", type=float, default=0.0, metavar="S",
+                       help="with --api: seconds each client waits between answers (default 0: a closed loop)")
     bench.add_argument("--naive-events", type=int, default=20_000,
                        help="events for the naive Redis path (it is slow; default 20000)")
     bench.add_argument("--processes", metavar="N[,N...]",
@@ -192,8 +196,18 @@ def _parser() -> argparse.ArgumentParser:
 
     journeys = sub.add_parser("journeys", help="journey files: check them")
     journeys_sub = journeys.add_subparsers(dest="action", metavar="ACTION", required=True)
-    check = journeys_sub.add_parser("check", help="validate journey files; errors name the file, line and field")
-    check.add_argument("paths", nargs="+", type=Path, metavar="FILE_OR_DIR", help="*.yaml files or directories of them")
+    check = journeys_sub.add_parser(
+        "check", help="validate journey files (errors name the file, line and field); with --redis, also what they "
+        "mean for the contacts inside the running deployment")
+    check.add_argument("paths", nargs="*", type=Path, metavar="FILE_OR_DIR",
+                       help="*.yaml files or directories of them (default with --config: its journeys.files)")
+    check.add_argument("--redis", metavar="URL", help="the engine's Redis (sets state.url): count the contacts at "
+                       "each step of each version of each journey and say what becomes of them")
+    check.add_argument("--config", type=Path, help="settings file: the engine's [state] and journeys.files")
+    check.add_argument("--forget-unused", action="store_true",
+                       help="with a deployment: drop the kept versions no contact is in (once every engine runs "
+                            "these files)")
+    check.add_argument("--json", action="store_true", help="with a deployment: print the report as JSON")
     prev = journeys_sub.add_parser("preview", help="dry run: what a contact with these events would get, and when")
     prev.add_argument("file", type=Path, metavar="FILE", help="one journey file")
     prev.add_argument("--contact-events", type=Path, required=True, metavar="EVENTS.jsonl",
@@ -238,9 +252,10 @@ def _parser() -> argparse.ArgumentParser:
     m_eval.add_argument("--config", type=Path, help="settings file (labels, policy)")
     m_eval.add_argument("--json", action="store_true", help="print the figures as JSON")
 
-    from touchline import report as report_cmd
+    from touchline import report as report_cmd, why as why_cmd
 
     report_cmd.add_parser(sub)
+    why_cmd.add_parser(sub)
 
     cfg = sub.add_parser("config", help="print the effective settings (file + environment + defaults) as JSON")
     cfg.add_argument("--config", type=Path, help="settings file (.toml, .yaml)")
@@ -555,7 +570,10 @@ def _bench_api(args: argparse.Namespace, settings: Settings) -> _Figures:
     clients = parse_counts(args.clients, "--clients")
     if max(clients) > 2000:
         raise ConfigError("--clients: at most 2000")
-    return run_api_bench(settings, clients, seconds, rate, redis_url=args.redis, keep=args.keep), format_api_bench
+    if args.pause < 0:
+        raise ConfigError("--pause must be 0 or more")
+    return run_api_bench(settings, clients, seconds, rate, redis_url=args.redis, keep=args.keep,
+                         pause=args.pause), format_api_bench
 
 
 def _check_bench_modes(args: argparse.Namespace) -> None:
@@ -777,24 +795,55 @@ def _cmd_config(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_journeys(args: argparse.Namespace) -> int:
+    """``journeys check FILES``: the files alone (no settings read)."""
+    if args.json or args.forget_unused or not args.paths:
+        needs = "journey files (or --config with journeys.files)" if not args.paths else "--redis URL or --config FILE"
+        print(f"touchline: journeys check: give {needs}", file=sys.stderr)
+        return EXIT_USAGE
+    return _check_journey_files(args.paths, quiet=False)[0]
+
+
+def _check_journey_files(paths: list[Path], quiet: bool) -> tuple[int, list[tuple[Path, Any]]]:
+    """Check journey files: an ``ok`` line for each journey (unless ``quiet``), every problem
+    on stderr; the exit code and the journeys."""
+    from touchline.decisions.journey_versions import version_of
     from touchline.decisions.journeys import JourneyError
     from touchline.journey_files import load_journeys
 
     try:
-        loaded, problems = load_journeys(args.paths)
+        loaded, problems = load_journeys(paths)
     except JourneyError as exc:
         print(f"touchline: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    for path, journey in loaded:
+        return EXIT_CONFIG, []
+    for path, journey in loaded if not quiet else ():
         entry = type(journey.entry).__name__.removesuffix("Entry").lower()
         print(f"ok  {path}: journey {journey.journey!r}, priority {journey.priority}, {entry} entry, "
-              f"{len(journey.steps)} steps")
+              f"{len(journey.steps)} steps, version {version_of(journey)}")
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
         print(f"touchline: {len(problems)} journey file problem(s)", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_CONFIG, loaded
+    return 0, loaded
+
+
+def _cmd_journeys_deployed(args: argparse.Namespace, settings: Settings) -> int:
+    """``journeys check [FILES] --redis URL``: the files, then what they mean for the contacts inside."""
+    from touchline.journey_check import check_deployment, format_report
+
+    paths = list(args.paths) or list(settings.journeys.files)
+    if not paths:
+        raise ConfigError("journeys check: give journey files, or a --config whose journeys.files lists them")
+    code, loaded = _check_journey_files(paths, quiet=args.json)
+    if code:
+        return code
+    found = check_deployment(settings, loaded, args.forget_unused)
+    print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode() if args.json else format_report(found))
     return 0
+
+
+def _cmd_journeys_with_settings(args: argparse.Namespace, settings: Settings) -> int:
+    return _cmd_journeys_deployed(args, settings) if args.action == "check" else _cmd_preview(args, settings)
 
 
 def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
@@ -878,19 +927,41 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _without_settings(args: argparse.Namespace) -> int | None:
     """Run a command that reads no settings (so a broken config file cannot stop it); None for the others."""
-    if args.command == "schema":
-        return _cmd_schema(args, None)
-    if args.command == "report":
-        from touchline import report as report_cmd
-
-        return report_cmd.main(args)
-    if args.command == "journeys" and args.action == "check":
+    if args.command == "journeys" and args.action == "check" and not (args.redis or args.config):
         return _cmd_journeys(args)
     if args.command == "models" and args.action == "list":
         from touchline.model_commands import list_models
 
         print(list_models())
         return 0
+    command = {"schema": lambda a: _cmd_schema(a, None), "report": _cmd_report, "why": _cmd_why}.get(args.command)
+    return command(args) if command is not None else None
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from touchline import report as report_cmd
+
+    missing = _missing_report_extra()
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return EXIT_CONFIG
+    return report_cmd.main(args)
+
+
+def _cmd_why(args: argparse.Namespace) -> int:
+    from touchline import why as why_cmd
+
+    return why_cmd.main(args)
+
+
+def _missing_report_extra() -> str | None:
+    """The one-line error when the report's plotting library is not installed (the engine and its
+    image leave it out: it is the ``report`` extra), else None."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return ('touchline report: matplotlib is not installed; it comes with the "report" extra: '
+                'pip install "touchline[report]" (in a checkout: pip install -e ".[report]")')
     return None
 
 
@@ -905,7 +976,7 @@ def _with_settings(args: argparse.Namespace) -> int:
         settings = load_settings(getattr(args, "config", None), overrides)
         remember_settings(settings)  # masked wherever they surface: logs, errors, dead letters
         logs.configure(settings.logging.level, settings.logging.format)
-        commands = {"journeys": _cmd_preview, "run": _cmd_run, "simulate": _cmd_simulate, "bench": _cmd_bench, "config": _cmd_config,
+        commands = {"journeys": _cmd_journeys_with_settings, "run": _cmd_run, "simulate": _cmd_simulate, "bench": _cmd_bench, "config": _cmd_config,
                     "contact": _cmd_contact, "models": _cmd_models, "scores": _cmd_scores, "serve": _cmd_serve}
         return commands[args.command](args, settings)
     except ConfigError as exc:

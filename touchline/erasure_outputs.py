@@ -110,7 +110,8 @@ def kafka_notes(settings: "Settings", contact_id: str) -> list[str]:
     ks = settings.kafka
     if not ks.bootstrap:
         return []
-    keyed = [ks.decisions_topic, ks.experiments_topic, *settings.delivery.kafka_topics(ks.channel_topic_prefix).values()]
+    keyed = [ks.decisions_topic, ks.experiments_topic, *([ks.no_actions_topic] if settings.audit.no_action_share > 0 else []),
+             *settings.delivery.kafka_topics(ks.channel_topic_prefix).values()]
     return [
         f"Kafka at {ks.bootstrap} may still hold the contact:",
         f"  keyed by contact id {contact_id!r}: {', '.join(keyed)}",

@@ -61,7 +61,8 @@ def _preview_engine(settings: Settings, journey: Journey, trace: list[dict[str, 
         policy=settings.policy, models={"lead": settings.models.lead, "churn": settings.models.churn},
         labels=settings.labels.rules(),
         retention_days=settings.state.retention_days,
-        anonymous_retention_days=settings.state.anonymous_retention_days, journeys=runner, experiments=settings.experiments)
+        anonymous_retention_days=settings.state.anonymous_retention_days, journeys=runner, experiments=settings.experiments,
+        no_action_share=0.0)  # the journey's own trace says what became of each held-back step
     return Engine(MemoryStore(), core, EngineMetrics(CollectorRegistry()))
 
 

@@ -130,6 +130,7 @@ def _decision_core(settings: Settings, journeys: "JourneyRunner | None", keeper:
         journeys=journeys,
         restore=keeper.restore if keeper is not None else None,
         experiments=settings.experiments,
+        no_action_share=settings.audit.no_action_share,
     )
     core.learn = settings.models.learn
     return core
@@ -347,6 +348,7 @@ class _Io:
     outputs: dict[str, str]
     period: tuple[int, int] | None
     experiments_sink: Any = None
+    no_actions_sink: Any = None
 
 
 def _build_io(settings: Settings, engine: Engine, registry: CollectorRegistry, kafka: dict[str, str] | None,
@@ -355,45 +357,15 @@ def _build_io(settings: Settings, engine: Engine, registry: CollectorRegistry, k
     as soon as it exists, so a failure half-way closes what was opened."""
     from touchline.connectors.channels.base import DeliveryReport
     from touchline.connectors.channels.registry import BuildContext, Delivery, DeliverySink
-    from touchline.connectors.deadletters import DeadLetterSink, JsonlDeadLetters
+    from touchline.connectors.deadletters import DeadLetterSink
     from touchline.metrics.connectors import ConnectorMetrics
 
     out_dir = settings.output.dir
     out_dir.mkdir(parents=True, exist_ok=True)
     ks = settings.kafka
     outputs: dict[str, str] = {}
-    if kafka is not None:
-        from touchline.connectors.kafka import KafkaDeadLetters, KafkaRecordSink, ensure_topics
-
-        # Before any client exists: a broker that is down is one clear error.
-        topics = [ks.decisions_topic, ks.dead_letter_topic, ks.experiments_topic,
-                  *settings.delivery.kafka_topics(ks.channel_topic_prefix).values()]
-        if settings.source.kind == "kafka":
-            topics.insert(0, ks.events_topic)
-        ensure_topics(kafka, topics, create=ks.create_topics, partitions=ks.partitions,
-                      replication_factor=ks.replication_factor, timeout=ks.connect_timeout_seconds)
-
-        decisions_sink: Any = KafkaRecordSink(kafka, ks.decisions_topic, engine.fail, timeout_seconds=ks.retry_seconds,
-                                              on_acked=lambda records: engine.output_done(records, "d"),
-                                              acknowledged_writes=False)  # the outbox keeps them until acked
-        engine.acks_on_write = False  # the broker's acknowledgement confirms a decision, not the write
-        dead_writer: Any = KafkaDeadLetters(kafka, ks.dead_letter_topic, engine.fail, timeout_seconds=ks.retry_seconds)
-        experiments_sink: Any = KafkaRecordSink(kafka, ks.experiments_topic, engine.fail,
-                                                timeout_seconds=ks.retry_seconds)
-        outputs.update({"decisions": f"kafka topic {ks.decisions_topic}",
-                        "dead letters": f"kafka topic {ks.dead_letter_topic}",
-                        "experiments": f"kafka topic {ks.experiments_topic}"})
-    else:
-        decisions_path = out_dir / settings.output.decisions
-        dead_path = out_dir / settings.output.dead_letters
-        experiments_path = out_dir / settings.output.experiments
-        for path in (decisions_path, experiments_path):  # a run must not leave an older run's records
-            path.write_bytes(b"")
-        decisions_sink = JsonlSink(decisions_path)
-        experiments_sink = JsonlSink(experiments_path)
-        dead_writer = JsonlDeadLetters(dead_path)
-        outputs.update({"decisions": str(decisions_path), "dead letters": str(dead_path),
-                        "experiments": str(experiments_path)})
+    records = _kafka_records(settings, engine, kafka, outputs) if kafka is not None else _file_records(settings, outputs)
+    dead_writer = records.dead_writer
     closers.insert(0, dead_writer.close)
     report = DeliveryReport(ConnectorMetrics(registry), dead_writer)
     ledger = send_ledger(settings)
@@ -411,8 +383,63 @@ def _build_io(settings: Settings, engine: Engine, registry: CollectorRegistry, k
     for channel, where in delivery.describe().items():
         outputs[f"channel {channel}"] = where
     source, period = _build_source(settings, engine, kafka, stop)
-    return _Io(source, decisions_sink, DeadLetterSink(dead_writer),
-               DeliverySink(delivery, engine.fail) if delivery.connectors else None, outputs, period, experiments_sink)
+    return _Io(source, records.decisions, DeadLetterSink(dead_writer),
+               DeliverySink(delivery, engine.fail) if delivery.connectors else None, outputs, period,
+               records.experiments, records.no_actions)
+
+
+@dataclass
+class _Records:
+    """Where a run's records go: decisions, dead letters (a writer the connectors share),
+    experiment records and no-action records (None: not recorded)."""
+
+    decisions: Any
+    dead_writer: Any
+    experiments: Any
+    no_actions: Any
+
+
+def _kafka_records(settings: Settings, engine: Engine, kafka: dict[str, str], outputs: dict[str, str]) -> _Records:
+    """The record topics, checked (or created) before any client exists, so a broker that is
+    down is one clear error. The decisions may be in flight (the outbox keeps them until the
+    broker acknowledges them); nothing else keeps the other records, so their writes wait
+    for the broker's acknowledgement."""
+    from touchline.connectors.kafka import KafkaDeadLetters, KafkaRecordSink, ensure_topics
+
+    ks = settings.kafka
+    no_actions = ks.no_actions_topic if settings.audit.no_action_share > 0 else None
+    topics = [ks.decisions_topic, ks.dead_letter_topic, ks.experiments_topic, *([no_actions] if no_actions else []),
+              *settings.delivery.kafka_topics(ks.channel_topic_prefix).values()]
+    if settings.source.kind == "kafka":
+        topics.insert(0, ks.events_topic)
+    ensure_topics(kafka, topics, create=ks.create_topics, partitions=ks.partitions,
+                  replication_factor=ks.replication_factor, timeout=ks.connect_timeout_seconds)
+    decisions = KafkaRecordSink(kafka, ks.decisions_topic, engine.fail, timeout_seconds=ks.retry_seconds,
+                                on_acked=lambda records: engine.output_done(records, "d"), acknowledged_writes=False)
+    engine.acks_on_write = False  # the broker's acknowledgement confirms a decision, not the write
+    outputs.update({"decisions": f"kafka topic {ks.decisions_topic}",
+                    "dead letters": f"kafka topic {ks.dead_letter_topic}",
+                    "experiments": f"kafka topic {ks.experiments_topic}"})
+    if no_actions:
+        outputs["no-action records"] = f"kafka topic {no_actions}"
+    return _Records(decisions, KafkaDeadLetters(kafka, ks.dead_letter_topic, engine.fail, timeout_seconds=ks.retry_seconds),
+                    KafkaRecordSink(kafka, ks.experiments_topic, engine.fail, timeout_seconds=ks.retry_seconds),
+                    KafkaRecordSink(kafka, no_actions, engine.fail, timeout_seconds=ks.retry_seconds) if no_actions else None)
+
+
+def _file_records(settings: Settings, outputs: dict[str, str]) -> _Records:
+    """The record files in the output directory; a run must not leave an older run's records,
+    so each starts empty (the no-action file too when nothing is recorded)."""
+    from touchline.connectors.deadletters import JsonlDeadLetters
+
+    out, o = settings.output.dir, settings.output
+    paths = {"decisions": out / o.decisions, "dead letters": out / o.dead_letters,
+             "experiments": out / o.experiments, "no-action records": out / o.no_actions}
+    for name in ("decisions", "experiments", "no-action records"):
+        paths[name].write_bytes(b"")
+    outputs.update({name: str(path) for name, path in paths.items()})
+    return _Records(JsonlSink(paths["decisions"]), JsonlDeadLetters(paths["dead letters"]),
+                    JsonlSink(paths["experiments"]), JsonlSink(paths["no-action records"]))
 
 
 def send_ledger(settings: Settings) -> Any:
@@ -559,7 +586,7 @@ def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRe
               on_metrics: Any, stop: threading.Event, recovery: bool = False) -> RunResult:
     emit_recovered(engine, io)
     flow = build_flow(io.source, engine, io.decisions_sink, io.dead_letter_sink, io.delivery_sink,
-                      experiments_sink=io.experiments_sink)
+                      experiments_sink=io.experiments_sink, no_actions_sink=io.no_actions_sink)
     outputs = dict(io.outputs)
     server = _serve_metrics(settings, engine, registry, outputs, on_metrics) if settings.metrics.enabled else None
     started = time.perf_counter()

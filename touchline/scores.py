@@ -160,7 +160,7 @@ def scores_from_file(settings: Settings, path: Path, at_ms: int) -> ScoreRun:
                           f" ({later:,} later ones left out, {invalid:,} invalid lines skipped)",
                           *_model_notes(engine.core.models, "learned in this replay")],
                    models=engine.core.models)
-    profiles = (p for p in engine.store.profiles() if is_known_key(p.key))  # type: ignore[attr-defined]
+    profiles = (p for p in engine.store.profiles() if is_known_key(p.key))
     run.rows = sorted((score_profile(p, at_ms, engine.core.models) for p in profiles),
                       key=lambda r: r.contact_id)
     run.forgotten = len(seen - {r.contact_id for r in run.rows})

@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from touchline.decisions.errors import TouchlineError
 from touchline.decisions.events import check_known_types
 from touchline.decisions.experiments import ExperimentSettings
+from touchline.decisions.no_action import AuditSettings
 from touchline.decisions.estimators import ScoreSettings, resolve
 from touchline.decisions.policy import PolicyConfig
 from touchline.connectors.channels.config import DeliverySettings
@@ -73,6 +74,8 @@ class OutputSettings(_Section):
     decisions: str = "decisions.jsonl"
     dead_letters: str = "dead_letters.jsonl"
     experiments: str = Field(default="experiments.jsonl", description="exposures, outcomes and conversions")
+    no_actions: str = Field(default="no_actions.jsonl", description="no-action records: decision points where every "
+                            "candidate was held back (audit.no_action_share)")
     events: str = Field(default="events.jsonl", description="simulator runs: the events the engine was given")
 
 
@@ -313,6 +316,8 @@ class KafkaSettings(_Section):
     decisions_topic: str = "touchline.decisions"
     dead_letter_topic: str = "touchline.dead-letters"
     experiments_topic: str = "touchline.experiments"
+    no_actions_topic: str = Field(default="touchline.no-actions", description="no-action records (not created or "
+                                  "written when audit.no_action_share is 0)")
     channel_topic_prefix: str = Field(default="touchline.channel.", description="+ channel name: the per-channel topics")
     start: Literal["earliest", "latest"] = Field(default="earliest", description="where a new run starts reading")
     tail: bool = Field(default=True, description="at the end of the topic wait for more (false: stop there, a replay)")
@@ -389,6 +394,7 @@ class Settings(BaseSettings):
     journeys: JourneySettings = Field(default_factory=JourneySettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     delivery: "DeliverySettings" = Field(default_factory=lambda: DeliverySettings())
 
     @model_validator(mode="after")

@@ -45,6 +45,8 @@ def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str],
         "decisions": {f"{a}/{c}": n for (a, c), n in sorted(t.decisions.items())},
         "decisions_total": sum(t.decisions.values()),
         "suppressed": dict(t.suppressions.most_common()),
+        "no_actions": {"points": sum(t.no_action_points.values()), "recorded": t.no_action_points["true"],
+                       "share": engine.core.no_action_share},
         "dead_letters": dict(t.dead_letters.most_common()),
         "dead_letters_total": sum(t.dead_letters.values()),
         "timers_fired": dict(sorted(t.timers.items())),
@@ -189,10 +191,22 @@ def _outcome_lines(s: dict[str, Any]) -> list[str]:
     """What became of the events: decisions, suppressed candidates, erased contacts' events, dead letters."""
     out = [f"  decisions          {s['decisions_total']:,}", *_counts(s["decisions"]),
            f"  suppressed         {sum(s['suppressed'].values()):,} candidates", *_counts(s["suppressed"])]
+    if s.get("no_actions", {}).get("points"):
+        out.append(_no_action_line(s["no_actions"]))
     if s.get("erased_events_dropped"):
         out.append(f"  erased             {s['erased_events_dropped']:,} events of erased contacts dropped")
     out += [f"  dead letters       {s['dead_letters_total']:,}", *_counts(s["dead_letters"])]
     return out
+
+
+def _no_action_line(n: dict[str, Any]) -> str:
+    """The decision points that sent nothing, and how many of them have a no-action record.
+
+    >>> _no_action_line({"points": 1200, "recorded": 118, "share": 0.1})
+    '  no action          1,200 decision points held back every candidate; 118 recorded (audit.no_action_share 0.1)'
+    """
+    return (f"  no action          {n['points']:,} decision points held back every candidate; {n['recorded']:,} "
+            f"recorded (audit.no_action_share {n['share']:g})")
 
 
 def _delivery_lines(s: dict[str, Any]) -> list[str]:

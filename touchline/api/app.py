@@ -206,22 +206,29 @@ def events_in(body: bytes, ndjson: bool, limit: int) -> tuple[list[bytes], bool]
     >>> events_in(b'[{"a": 1}, {"a": 1, "a": 2}]', False, 10)
     ([b'{"a": 1}', b'{"a": 1, "a": 2}'], False)
     """
-    if ndjson:
-        lines = [line.rstrip(b"\r") for line in body.split(b"\n") if line.strip()]
-        single = False
-    else:
-        doc = json_body(body)
-        single = isinstance(doc, dict)
-        if not single and not isinstance(doc, list):
-            raise ApiError(400, "bad_request", "the body must be an event (a JSON object) or a JSON array of events")
-        if isinstance(doc, list) and len(doc) > limit:
-            raise _too_many(len(doc), limit)
-        lines = [body.strip()] if single else _items(body, doc)
+    lines, single = (_ndjson(body), False) if ndjson else _json_events(body, limit)
     if not lines:
         raise ApiError(400, "bad_request", "no events in the body")
     if len(lines) > limit:
         raise _too_many(len(lines), limit)
     return lines, single
+
+
+def _ndjson(body: bytes) -> list[bytes]:
+    """One event per non-blank line (a bad one is dead-lettered like a bad line of a file)."""
+    return [line.rstrip(b"\r") for line in body.split(b"\n") if line.strip()]
+
+
+def _json_events(body: bytes, limit: int) -> tuple[list[bytes], bool]:
+    """A JSON object (one event) or array of them; anything else is a 400."""
+    doc = json_body(body)
+    if isinstance(doc, dict):
+        return [body.strip()], True
+    if not isinstance(doc, list):
+        raise ApiError(400, "bad_request", "the body must be an event (a JSON object) or a JSON array of events")
+    if len(doc) > limit:
+        raise _too_many(len(doc), limit)
+    return _items(body, doc), False
 
 
 def _too_many(count: int, limit: int) -> ApiError:

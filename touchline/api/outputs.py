@@ -1,8 +1,8 @@
 """Where the API's engine writes what it decides: the outputs a run writes, opened outside a dataflow.
 
 Decisions go to the decisions output (the audit trail: the Kafka topic when Kafka is configured,
-else ``decisions.jsonl`` in the output directory, appended to), dead letters and experiment
-records beside them, and the decisions of the timers the API's events set (a cart reminder by
+else ``decisions.jsonl`` in the output directory, appended to), dead letters, experiment records
+and no-action records (a decide answered with no action among them) beside them, and the decisions of the timers the API's events set (a cart reminder by
 email) to the channel connectors. A decision made on request is delivered by its HTTP answer,
 never by a connector (:func:`touchline.batch_service.answered`).
 """
@@ -58,6 +58,7 @@ class ApiOutputs:
     decisions: Write
     dead_letters: Write
     experiments: Write
+    no_actions: Write | None
 
     def __init__(self, settings: Settings, engine: Engine, registry: CollectorRegistry, prefix: str = "") -> None:
         self.engine, self.prefix = engine, prefix
@@ -75,19 +76,22 @@ class ApiOutputs:
 
     def _open_files(self, settings: Settings) -> None:
         out = settings.output
-        decisions, dead, experiments = (AppendJsonl(out.dir / name) for name in
-                                        (out.decisions, out.dead_letters, out.experiments))
-        self._closers += [decisions.close, dead.close, experiments.close]
+        decisions, dead, experiments, no_actions = (AppendJsonl(out.dir / name) for name in
+                                                    (out.decisions, out.dead_letters, out.experiments, out.no_actions))
+        self._closers += [decisions.close, dead.close, experiments.close, no_actions.close]
         self.decisions, self.dead_letters, self.experiments = decisions, dead, experiments
+        self.no_actions = no_actions if settings.audit.no_action_share > 0 else None
         self.engine.acks_on_write = True
         self.where.update({"decisions": str(decisions.path), "dead letters": str(dead.path),
-                           "experiments": str(experiments.path)})
+                           "experiments": str(experiments.path), "no-action records": str(no_actions.path)})
 
     def _open_kafka(self, settings: Settings) -> None:
         from touchline.connectors.kafka import KafkaDeadLetters, KafkaRecordSink, ensure_topics
 
         ks, config, engine = settings.kafka, settings.kafka.client_config(), self.engine
+        no_actions = ks.no_actions_topic if settings.audit.no_action_share > 0 else None
         ensure_topics(config, [ks.decisions_topic, ks.dead_letter_topic, ks.experiments_topic,
+                               *([no_actions] if no_actions else []),
                                *settings.delivery.kafka_topics(ks.channel_topic_prefix).values()],
                       create=ks.create_topics, partitions=ks.partitions, replication_factor=ks.replication_factor,
                       timeout=ks.connect_timeout_seconds)
@@ -98,6 +102,13 @@ class ApiOutputs:
                                       timeout_seconds=ks.retry_seconds).build("api_experiments", 0, 1)
         self._closers += [decisions.close, experiments.close]
         self.decisions, self.experiments = decisions.write_batch, experiments.write_batch
+        self.no_actions = None
+        if no_actions:
+            part = KafkaRecordSink(config, no_actions, engine.fail, timeout_seconds=ks.retry_seconds).build(
+                "api_no_actions", 0, 1)
+            self._closers.append(part.close)
+            self.no_actions = part.write_batch
+            self.where["no-action records"] = f"kafka topic {no_actions}"
         self.dead_letters = KafkaDeadLetters(config, ks.dead_letter_topic, engine.fail, timeout_seconds=ks.retry_seconds)
         self._closers.append(self.dead_letters.close)
         engine.acks_on_write = False  # the broker's acknowledgement confirms a decision
@@ -141,6 +152,8 @@ class ApiOutputs:
             self.dead_letters(result.dead_letters)
         if result.experiments:
             self.experiments(result.experiments)
+        if result.no_actions and self.no_actions is not None:
+            self.no_actions(result.no_actions)
 
     def close(self) -> None:
         """Let deliveries in flight finish, then close the writers (each once, in order)."""

@@ -46,7 +46,7 @@ def api_settings(settings: Settings, prefix: str = "") -> Settings:
                                           "socket_timeout": min(state.socket_timeout, half)})}
     if prefix:
         update["output"] = out.model_copy(update={name: prefix + getattr(out, name)
-                                                   for name in ("decisions", "dead_letters", "experiments")})
+                                                   for name in ("decisions", "dead_letters", "experiments", "no_actions")})
     return settings.model_copy(update=update)
 
 
@@ -190,6 +190,7 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise OSError(f"cannot serve the API on {host}:{port} (api.host, api.port): {exc.strerror or exc}") from None
+    sock.listen(2048)  # connections wait in the backlog until the server takes them: no refusal at start
     sock.set_inheritable(True)
     return sock
 

@@ -58,6 +58,11 @@ class Job:
     #: set by :meth:`ApiWorker.submit`: how the answer reaches the waiting handler
     _done: Callable[[], None] | None = None
 
+    @property
+    def reads_only(self) -> bool:
+        """Profile requests alone: answered without a write."""
+        return not self.lines and all(a.kind == PROFILE for a in self.asks)
+
     def finish(self) -> None:
         if self._done is not None:
             self._done()
@@ -138,8 +143,8 @@ class ApiWorker:
     def _handle(self, jobs: list[Job]) -> None:
         """One batch: the jobs' events and decide requests with, when a tick is due, the timers due
         by now; then the profile requests, on what that batch left; then answer them all."""
-        reads = [job for job in jobs if job.asks and not job.lines and all(a.kind == PROFILE for a in job.asks)]
-        writes = [job for job in jobs if job not in reads]
+        reads = [job for job in jobs if job.reads_only]
+        writes = [job for job in jobs if not job.reads_only]
         tick = self._tick_due()
         if writes or tick:
             self._settle(writes, lambda: self._write(writes, tick))
