@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from touchline.decisions.errors import TouchlineError
 from touchline.decisions.events import check_known_types
@@ -405,6 +405,9 @@ class Settings(BaseSettings):
         if cluster and (self.source.kind != "kafka" or self.state.url.startswith("memory")):
             raise ValueError("runtime.processes / addresses: several processes need Kafka in (--kafka) and a shared "
                              "state store (--redis)")
+        if self.api.enabled and self.state.url.startswith("memory"):
+            raise ValueError("api.enabled (run --api) needs state in Redis (--redis URL): the in-process store cannot "
+                             "be shared by the stream and the API; for a demo on it use touchline serve")
         _check_labels_can_resolve(self)
         _check_churn_models_ask_the_label_question(self)
         for name, split in self.experiments.splits.items():
@@ -538,6 +541,9 @@ def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) ->
     token = _file_data.set(data)
     try:
         return Settings(**init)
+    except SettingsError as exc:  # an environment variable that is not the JSON its list or table needs
+        raise ConfigError(f"invalid configuration (environment): {exc}; a list or table in a TOUCHLINE_ variable "
+                          """is JSON, e.g. TOUCHLINE_API__KEYS='["key-one-0123456789"]'""") from None
     except ValidationError as exc:
         origin = f"{path}, environment, command line" if path else "defaults, environment, command line"
         raise ConfigError(_format(exc, origin)) from None

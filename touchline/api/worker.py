@@ -112,7 +112,11 @@ class ApiWorker:
         while True:
             jobs, stopping = self._take()
             if jobs or self._tick_due():
-                self._handle(jobs)
+                try:
+                    self._handle(jobs)
+                except Exception as exc:  # noqa: BLE001 - a bug here must not end the thread every answer waits on
+                    log.warning("the API's engine thread raised %s: %s", type(exc).__name__, exc, exc_info=True)
+                    _fail(jobs, ApiError(500, "internal_error", f"{type(exc).__name__}: {exc} (a bug to report)"))
             if stopping:
                 return
 
@@ -234,8 +238,20 @@ class ApiWorker:
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
-    """Resolve ``future`` on its loop's thread (the handler waiting for it runs there)."""
-    loop.call_soon_threadsafe(_resolve, future)
+    """Resolve ``future`` on its loop's thread (the handler waiting for it runs there); a loop
+    already closed (the server stopped) has nobody waiting."""
+    try:
+        loop.call_soon_threadsafe(_resolve, future)
+    except RuntimeError:
+        pass
+
+
+def _fail(jobs: list[Job], exc: ApiError) -> None:
+    """Answer every job with ``exc`` (those already answered keep their answer)."""
+    for job in jobs:
+        if job.error is None:
+            job.error = exc
+        job.finish()
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
