@@ -401,13 +401,7 @@ class Settings(BaseSettings):
     def _kafka_source_needs_bootstrap(self) -> "Settings":
         if self.source.kind == "kafka" and not self.kafka.bootstrap:
             raise ValueError("source.kind is kafka but kafka.bootstrap is not set (use --kafka HOST:PORT)")
-        cluster = self.runtime.processes > 1 or self.runtime.addresses
-        if cluster and (self.source.kind != "kafka" or self.state.url.startswith("memory")):
-            raise ValueError("runtime.processes / addresses: several processes need Kafka in (--kafka) and a shared "
-                             "state store (--redis)")
-        if self.api.enabled and self.state.url.startswith("memory"):
-            raise ValueError("api.enabled (run --api) needs state in Redis (--redis URL): the in-process store cannot "
-                             "be shared by the stream and the API; for a demo on it use touchline serve")
+        _check_shared_state(self)
         _check_labels_can_resolve(self)
         _check_churn_models_ask_the_label_question(self)
         for name, split in self.experiments.splits.items():
@@ -419,6 +413,25 @@ class Settings(BaseSettings):
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
         return (init_settings, env_settings, _FileSource(settings_cls))
+
+
+def _check_shared_state(settings: "Settings") -> None:
+    """Several engine processes, or the engine and its API, share one state store: Redis.
+
+    >>> load_settings(None, {"api.enabled": True})
+    Traceback (most recent call last):
+    ...
+    touchline.settings.ConfigError: invalid configuration (defaults, environment, command line):
+      api.enabled (run --api) needs state in Redis (--redis URL): the in-process store cannot be shared by the stream and the API; for a demo on it use touchline serve
+    """
+    in_process = settings.state.url.startswith("memory")
+    cluster = settings.runtime.processes > 1 or settings.runtime.addresses
+    if cluster and (settings.source.kind != "kafka" or in_process):
+        raise ValueError("runtime.processes / addresses: several processes need Kafka in (--kafka) and a shared "
+                         "state store (--redis)")
+    if settings.api.enabled and in_process:
+        raise ValueError("api.enabled (run --api) needs state in Redis (--redis URL): the in-process store cannot "
+                         "be shared by the stream and the API; for a demo on it use touchline serve")
 
 
 def _check_labels_can_resolve(settings: "Settings") -> None:
