@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from touchline.batch_service import Engine
+from touchline.decisions.errors import TouchlineError
 from touchline.decisions.batches import BatchResult, RawBatch
 from touchline.decisions.requests import PROFILE, Ask, answer_reads, request_key
 from touchline.state.base import StoreDataLost, StoreError
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 SOURCE = "api"
 
 
-class ApiError(Exception):
+class ApiError(TouchlineError, RuntimeError):
     """An answer other than 200: an HTTP status, a short code and a message (JSON to the client)."""
 
     def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
