@@ -244,3 +244,18 @@ def test_redis_down_is_a_503_saying_so_and_it_recovers(tmp_path, redis_server, r
         redis_server.start()
         until(lambda: server.client.get("/v1/contacts/c-r").status_code == 200, timeout=20)
         assert "Traceback" not in server.stderr()
+
+
+def test_the_profile_shows_each_journey_and_the_step_it_is_at(tmp_path):
+    from pathlib import Path
+
+    welcome = Path(__file__).resolve().parent.parent / "examples" / "journeys" / "welcome.yaml"
+    config = write_toml(tmp_path / "s.toml", {"journeys": {"files": [str(welcome)]}, "models": {"store": "off"},
+                                              "policy": {"holdout_share": 0.0}})
+    with Served(tmp_path / "w", "--config", str(config)) as server:
+        assert _post_events(server, event("j-1", "signup", "c-j")).json()["accepted"] == 1
+        profile = server.client.get("/v1/contacts/c-j").json()
+    (journey,) = profile["journeys"]
+    assert journey["journey"] == "welcome" and journey["active"] and journey["entered"]
+    assert journey["step"] == "welcome"  # held back by the built-in welcome email: the step is retried later
+    assert profile["last_decisions"][0] == {**profile["last_decisions"][0], "action": "welcome", "channel": "email"}
