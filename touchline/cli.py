@@ -573,7 +573,7 @@ def _bench_api(args: argparse.Namespace, settings: Settings) -> _Figures:
     if args.pause < 0:
         raise ConfigError("--pause must be 0 or more")
     return run_api_bench(settings, clients, seconds, rate, redis_url=args.redis, keep=args.keep,
-                         pause=args.pause), format_api_bench
+                         contacts=args.contacts or 2000, pause=args.pause), format_api_bench
 
 
 def _check_bench_modes(args: argparse.Namespace) -> None:
