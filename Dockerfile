@@ -1,6 +1,8 @@
 # Touchline engine image.
 #   docker build -t touchline .
 #   docker run --rm -p 127.0.0.1:9464:9464 -v "$PWD/out:/data" touchline
+#   (run directories under /data, /data/latest the last one; one JSON object per line on
+#   stderr; docker stop = SIGTERM: the batch in flight is finished, exit code 143)
 # Production (Kafka, Redis, Prometheus, Grafana): deploy/compose.yaml and README "Production".
 #
 # Three stages share one dependency layer:
@@ -46,4 +48,4 @@ EXPOSE 9464
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9464/healthz', timeout=4)"]
 ENTRYPOINT ["touchline"]
-CMD ["run", "--quiet"]
+CMD ["run", "--quiet", "--log-format", "json"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -24,22 +24,35 @@ class JsonlDeadLetters:
     """Dead letters appended to a JSONL file, one record per line, flushed per call. Thread-safe."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._file = path.open("wb")
+        self._file: BinaryIO | None = None
+        self._closed = False
         self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Create (or empty) the file: when the run starts, not when it is built, so a start that
+        fails leaves the dead letters of the run before."""
+        with self._lock:
+            if self._file is None and not self._closed:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = self.path.open("wb")
 
     def __call__(self, records: list[dict[str, Any]]) -> None:
         if not records:
             return
         data = b"".join(orjson.dumps(r, option=_DUMP) for r in records)
+        self.start()
         with self._lock:
+            if self._file is None:
+                raise ValueError(f"dead letters {self.path}: written after close")
             self._file.write(data)
             self._file.flush()
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            self._closed = True
+            if self._file is not None:
+                self._file.close()
 
 
 class _WriterPartition(StatelessSinkPartition[dict[str, Any]]):

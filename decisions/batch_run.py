@@ -37,6 +37,7 @@ from touchline.decisions.outcome import BatchOutcome
 from touchline.decisions.participant import Participant
 from touchline.decisions.policy import PolicyConfig
 from touchline.decisions.profile import DAY_MS, Profile, purchase_span_ms
+from touchline.decisions.quality_timeline import QualityTimeline
 from touchline.decisions.requests import Ask, RequestHandler
 from touchline.decisions.score_rank import ScoreRank
 from touchline.decisions.scoring import Scorer
@@ -82,6 +83,8 @@ class DecisionCore:
         self.models = {name: ModelSlot(name, _as_score(name, cfg), restore) for name, cfg in models.items()}
         #: False: labels are counted but no model learns (frozen models decide alike on every run)
         self.learn = True
+        #: each model's figures per event-time day, on the labels resolved that day (the summary's)
+        self.quality = QualityTimeline()
         self.idle_ms = int(policy.cart_abandon_minutes * 60_000)
         self.inactive_ms = int(policy.inactivity_days * DAY_MS)
         #: churn scores at inactivity checks, to target the top share (policy.winback_top_share)
@@ -134,7 +137,7 @@ class BatchRun:
         self.queue = TimeQueue()
         self.timers = TimerBook(self.queue)
         self.scorer = Scorer(core.models, self.outcome)
-        self.labeller = Labeller(core.labels, core.models, core.learn, self.outcome)
+        self.labeller = Labeller(core.labels, core.models, core.learn, self.outcome, core.quality)
         self.arbiter = Arbiter(core.policy, self.participants, reserve, self.scorer.entry, core.no_action_share)
         self.applier = EventApplier(self)
         self.deleted: set[str] = set()  # merged away or expired: not to be saved

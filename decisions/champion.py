@@ -22,7 +22,7 @@ whole history.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from touchline.decisions.evaluation import Evaluation
 from touchline.decisions.estimators import ModelConfig, ScoreModel, ScoreSettings
@@ -170,3 +170,62 @@ class ModelSlot:
 def _obtain(config: ModelConfig, restore: Restore | None) -> ScoreModel:
     model = restore(config) if restore is not None else None
     return model if model is not None else ScoreModel.build(config)
+
+
+# ----------------------------------------------------------------- a manual promotion's evidence
+@dataclass(frozen=True, slots=True)
+class Paired:
+    """A challenger beside the champion on the labels both scored (a :meth:`ModelSlot.head_to_head` row).
+
+    >>> row = {"challenger": "hat-1", "labels": 1200, "challenger_metrics": {"roc_auc": 0.52, "log_loss": 0.71},
+    ...        "champion_metrics": {"roc_auc": 0.68, "log_loss": 0.55}}
+    >>> p = paired([row], "hat-1", "roc_auc")
+    >>> p.known, p.worse
+    (True, True)
+    >>> p.describe()
+    'ROC AUC 0.5200 vs 0.6800 (log loss 0.7100 vs 0.5500) on the same 1,200 labels'
+    >>> paired([row], "arf-2", "roc_auc").known
+    False
+    """
+
+    metric: str
+    labels: int
+    challenger: dict[str, float | None]
+    champion: dict[str, float | None]
+
+    @property
+    def known(self) -> bool:
+        """Both figures of the metric exist (a ROC AUC needs both classes among the labels)."""
+        return self.labels > 0 and self.challenger.get(self.metric) is not None \
+            and self.champion.get(self.metric) is not None
+
+    @property
+    def worse(self) -> bool:
+        """The challenger did worse on the metric (lower ROC AUC, higher log loss)."""
+        if not self.known:
+            return False
+        mine, theirs = float(self.challenger[self.metric] or 0), float(self.champion[self.metric] or 0)
+        return mine > theirs if self.metric == "log_loss" else mine < theirs
+
+    def describe(self) -> str:
+        """The metric first, the other beside it: challenger vs champion."""
+        names = {"roc_auc": "ROC AUC", "log_loss": "log loss"}
+        first, other = self.metric, "log_loss" if self.metric == "roc_auc" else "roc_auc"
+
+        def pair(m: str) -> str:
+            return f"{names[m]} {_fig(self.challenger.get(m))} vs {_fig(self.champion.get(m))}"
+
+        return f"{pair(first)} ({pair(other)}) on the same {self.labels:,} labels"
+
+
+def paired(rows: list[dict[str, Any]], version: str, metric: str) -> Paired:
+    """The head-to-head figures of challenger ``version`` (none known when no row has it)."""
+    row = next((r for r in rows if isinstance(r, dict) and r.get("challenger") == version), None)
+    if row is None:
+        return Paired(metric, 0, {}, {})
+    return Paired(metric, int(row.get("labels") or 0), dict(row.get("challenger_metrics") or {}),
+                  dict(row.get("champion_metrics") or {}))
+
+
+def _fig(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from river import compose, linear_model, optim, preprocessing
 
+from touchline.decisions.errors import TouchlineError
 from touchline.decisions.plugins import Registry
 from touchline.decisions.evaluation import Evaluation
 from touchline.decisions.features import FEATURE_NAMES
@@ -259,9 +260,53 @@ class ModelConfig(BaseModel):
         return {"estimator": self.estimator, "params": self.params, "features": self.features}
 
 
-def config_from(name: str, spec: dict[str, Any]) -> ModelConfig:
-    """A model configuration from a stored spec (a deployment's champion or challenger)."""
-    return ModelConfig(name=name, **{k: spec[k] for k in ("estimator", "params", "features") if k in spec})
+class ModelSpecError(TouchlineError, ValueError):
+    """A stored model that cannot be built here (e.g. a plug-in this machine cannot import),
+    in one line naming the score, the role and the estimator's import path; ``reason`` is
+    the problem alone."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+def config_from(name: str, spec: dict[str, Any], role: str = "champion") -> ModelConfig:
+    """A model configuration from a stored spec (a deployment's champion or challenger).
+
+    >>> try:
+    ...     config_from("lead", {"estimator": "nowhere.module:make"}, "challenger")
+    ... except ModelSpecError as exc:
+    ...     print(exc)
+    lead challenger 'nowhere.module:make' cannot be built here: cannot import 'nowhere.module:make': No module named 'nowhere'
+    """
+    try:
+        return ModelConfig(name=name, **{k: spec[k] for k in ("estimator", "params", "features") if k in spec})
+    except ValidationError as exc:
+        raise _spec_error(name, role, spec, exc) from None
+
+
+def score_settings(name: str, raw: dict[str, Any]) -> ScoreSettings:
+    """A stored score (champion, challenger, promotion rule) as settings; ModelSpecError, one
+    line naming the model that cannot be built, if it cannot."""
+    try:
+        return ScoreSettings(**{**raw, "name": name})
+    except ValidationError as exc:
+        loc = exc.errors()[0]["loc"]
+        role = {"challenger": "challenger", "promote": "promotion rule"}.get(str(loc[0]) if loc else "", "champion")
+        spec = raw.get("challenger") if role == "challenger" else raw
+        raise _spec_error(name, role, spec, exc) from None
+
+
+def _spec_error(name: str, role: str, spec: Any, exc: ValidationError) -> ModelSpecError:
+    """``lead challenger 'pkg.mod:make' cannot be built here: <the first problem>`` (+ how many more)."""
+    errors = exc.errors()
+    err = errors[0]
+    inner = [str(p) for p in err["loc"] if p not in ("challenger", "promote")]
+    field_ = f"{'.'.join(inner)}: " if inner else ""
+    estimator = spec.get("estimator", "logreg") if isinstance(spec, dict) else spec
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    reason = f"{field_}{str(err['msg']).removeprefix('Value error, ')}{more}"
+    return ModelSpecError(f"{name} {role} {estimator!r} cannot be built here: {reason}", reason)
 
 
 class PromotionRule(BaseModel):

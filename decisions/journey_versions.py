@@ -62,7 +62,7 @@ def from_definition(name: str, version: str, text: str) -> Journey:
     """A stored definition back as a :class:`Journey`; one that no longer reads (written by
     another release of the format) is a :class:`JourneyError` naming the version."""
     try:
-        return Journey.model_validate(orjson.loads(text))
+        return Journey.model_validate(orjson.loads(text), context={"stored": True})
     except (orjson.JSONDecodeError, ValidationError) as exc:
         first = str(exc).splitlines()[0]
         raise JourneyError(f"journey {name!r} version {version}: stored definition does not read: {first}") from None

@@ -21,23 +21,25 @@ reference is ``docs/journeys.md`` and the shipped examples are ``examples/journe
 ...     parse_journey("journey: x\\nentry: {event: signup}\\nsteps:\\n  - wait: 3 parsecs\\n", "x.yaml")
 ... except JourneyError as exc:
 ...     print(exc)
-x.yaml:4: steps[0].wait: bad duration '3 parsecs': use a number and s, m, h, d or w (e.g. 30m, 24h, 7d)
+x.yaml:4: steps[0].wait: bad duration '3 parsecs': use a number and s, m, h, d or w (e.g. 30m, 2h, 5d, 1.5h)
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 from functools import cached_property
 from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
-    AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator,
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo,
+    field_validator, model_validator,
 )
 
-from touchline.decisions.errors import TouchlineError
+from touchline.decisions.errors import TouchlineError, did_you_mean
 from touchline.decisions.events import KNOWN_TYPES
+from touchline.decisions.journey_errors import YamlPath, problem_lines
+from touchline.decisions.yaml_errors import describe_yaml_error
 from touchline.decisions.policy import ALL_CHANNELS, _check_channels
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
@@ -73,21 +75,27 @@ class JourneyError(TouchlineError, ValueError):
     """A journey file that cannot run; the message names the file, the line and the field."""
 
 
-def parse_duration(text: Any) -> int:
-    """A duration such as ``30m``, ``24h``, ``7d`` or ``2w``, in milliseconds.
+#: The accepted forms of a duration, for messages.
+DURATION_FORMS = "a number and s, m, h, d or w (e.g. 30m, 2h, 5d, 1.5h)"
 
-    >>> parse_duration("30m"), parse_duration("1.5h"), parse_duration(90)
-    (1800000, 5400000, 90000)
+
+def parse_duration(text: Any) -> int:
+    """A duration such as ``30m``, ``24h``, ``7d`` or ``2w``, in milliseconds. A bare number
+    is refused: ``wait: 5`` could mean five of any unit, and seconds is rarely what was meant.
+
+    >>> parse_duration("30m"), parse_duration("1.5h")
+    (1800000, 5400000)
+    >>> parse_duration(5)
+    Traceback (most recent call last):
+    ...
+    ValueError: bad duration 5: a number needs a unit (5s, 5m, 5h, 5d or 5w?); a duration is a number and s, m, h, d or w (e.g. 30m, 2h, 5d, 1.5h)
     """
-    if isinstance(text, bool):
-        raise ValueError(f"bad duration {text!r}")
-    if isinstance(text, (int, float)):  # a bare number is seconds
-        if text < 0:
-            raise ValueError(f"duration must not be negative, got {text}")
-        return int(text * 1000)
-    match = _DURATION.match(str(text))
+    if _is_number(text):
+        raise ValueError(f"bad duration {text}: a number needs a unit "
+                         f"({', '.join(f'{text}{u}' for u in 'smhd')} or {text}w?); a duration is {DURATION_FORMS}")
+    match = _DURATION.match(text) if isinstance(text, str) else None
     if not match:
-        raise ValueError(f"bad duration {text!r}: use a number and s, m, h, d or w (e.g. 30m, 24h, 7d)")
+        raise ValueError(f"bad duration {text!r}: use {DURATION_FORMS}")
     return int(float(match.group(1)) * _UNIT_MS[match.group(2)])
 
 
@@ -95,9 +103,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-def _valid_duration(value: Any) -> Any:
+def _valid_duration(value: Any, info: ValidationInfo) -> Any:
+    """A duration as written (a string with a unit), checked before pydantic's own type check
+    so a bare number gets the message about units, not "Input should be a valid string".
+
+    A definition the engine stored (``context={"stored": True}``, see
+    :mod:`touchline.decisions.journey_versions`) may come from a release that read a bare
+    number as seconds: there it still means seconds, so the contacts inside keep their times."""
+    if _is_number(value) and (info.context or {}).get("stored") and value >= 0:
+        return f"{value:g}s"
     parse_duration(value)
     return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _valid_time_of_day(value: str) -> str:
@@ -107,8 +127,16 @@ def _valid_time_of_day(value: str) -> str:
 
 
 def _valid_channel(value: str) -> str:
+    """A channel the engine has; a near miss is named.
+
+    >>> _valid_channel("emial")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown channel 'emial' (did you mean 'email'?); known: email, sms, push, sales_task
+    """
     if value not in ALL_CHANNELS:
-        raise ValueError(f"unknown channel {value!r}; known: {', '.join(ALL_CHANNELS)}")
+        hint = did_you_mean(value, ALL_CHANNELS)
+        raise ValueError(f"unknown channel {value!r}{f' ({hint})' if hint else ''}; known: {', '.join(ALL_CHANNELS)}")
     return value
 
 
@@ -117,7 +145,7 @@ def _check_condition(name: str, value: Any) -> Any:
     if isinstance(value, dict):
         bad = sorted(set(value) - set(OPERATORS))
         if bad:
-            raise ValueError(f"{name}: unknown operator(s) {bad}; known: {', '.join(OPERATORS)}")
+            raise ValueError(f"{name}: unknown operator(s) {bad}{_hint(bad, OPERATORS)}; known: {', '.join(OPERATORS)}")
         for op in ("in", "not_in"):
             if op in value and not isinstance(value[op], list):
                 raise ValueError(f"{name}: {op} needs a list")
@@ -126,10 +154,21 @@ def _check_condition(name: str, value: Any) -> Any:
     return value
 
 
+def _hint(bad: list[Any], known: Any) -> str:
+    """`` (did you mean 'x'?)`` for the first of ``bad`` that is a near miss of ``known``.
+
+    >>> _hint(["vaule"], ["value", "currency"]), _hint(["zzz"], ["value"])
+    (" (did you mean 'value'?)", '')
+    """
+    hints = [h for b in bad if (h := did_you_mean(b, known))]
+    return f" ({hints[0]})" if hints else ""
+
+
 def _profile_conditions(value: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(value) - set(PROFILE_FIELDS))
     if unknown:
-        raise ValueError(f"unknown profile field(s) {unknown}; known: {', '.join(PROFILE_FIELDS)}")
+        raise ValueError(f"unknown profile field(s) {unknown}{_hint(unknown, PROFILE_FIELDS)}; "
+                         f"known: {', '.join(PROFILE_FIELDS)}")
     for name, cond in value.items():
         _check_condition(name, cond)
     return value
@@ -144,14 +183,14 @@ def _event_type(value: str) -> str:
     ValueError: unknown event type 'purchse' (did you mean 'purchase'?; see `touchline schema` for the known types)
     """
     if value not in KNOWN_TYPES:
-        close = difflib.get_close_matches(value, sorted(KNOWN_TYPES), n=1)
-        hint = f"did you mean {close[0]!r}?; " if close else ""
+        hint = did_you_mean(value, KNOWN_TYPES)
+        hint += "; " if hint else ""
         raise ValueError(f"unknown event type {value!r} ({hint}see `touchline schema` for the known types)")
     return value
 
 
 #: Field types that check themselves, so each rule is written once.
-Duration = Annotated[Union[str, int, float], AfterValidator(_valid_duration)]
+Duration = Annotated[str, BeforeValidator(_valid_duration)]
 TimeOfDay = Annotated[str, AfterValidator(_valid_time_of_day)]
 Channel = Annotated[str, AfterValidator(_valid_channel)]
 EventType = Annotated[str, AfterValidator(_event_type)]
@@ -255,7 +294,7 @@ class WaitUntilSpec(_Strict):
     def _days(cls, value: list[str]) -> list[str]:
         bad = [d for d in value if d not in WEEKDAYS]
         if bad or not value:
-            raise ValueError(f"days must be some of {', '.join(WEEKDAYS)}; got {value}")
+            raise ValueError(f"days must be some of {', '.join(WEEKDAYS)}{_hint(bad, WEEKDAYS)}; got {value}")
         return value
 
 
@@ -308,7 +347,7 @@ def _score_conditions(score: dict[str, Any]) -> None:
     """A branch on scores names known models, each with a valid condition."""
     bad = sorted(set(score) - {"lead", "churn"})
     if bad:
-        raise ValueError(f"score: unknown model(s) {bad}; known: lead, churn")
+        raise ValueError(f"score: unknown model(s) {bad}{_hint(bad, ('lead', 'churn'))}; known: lead, churn")
     for name, cond in score.items():
         _check_condition(name, cond)
 
@@ -434,11 +473,6 @@ class Journey(_Strict):
 
 
 # ---------------------------------------------------------------------------------- loading
-#: Where a node sits in a YAML document: its mapping keys (as YAML constructed them: any
-#: hashable) and list indices, from the top.
-YamlPath = tuple[Any, ...]
-
-
 def _load_with_lines(text: str) -> tuple[Any, dict[YamlPath, int]]:
     """Safe-load YAML and remember the line of every key and list item (for error messages).
     A key given twice in one mapping is an error (PyYAML would silently keep the last)."""
@@ -452,13 +486,14 @@ def _load_with_lines(text: str) -> tuple[Any, dict[YamlPath, int]]:
     def mark(n: yaml.Node, path: YamlPath) -> None:
         lines[path] = n.start_mark.line + 1
         if isinstance(n, yaml.MappingNode):
-            seen: set[Any] = set()
+            seen: dict[Any, int] = {}
             for key_node, value_node in n.value:
                 key = loader.construct_object(key_node, deep=True)
                 if key in seen:
-                    raise yaml.MarkedYAMLError(problem=f"key {key!r} appears twice in one mapping",
+                    raise yaml.MarkedYAMLError(problem=f"key {key!r} appears twice in one mapping (first at "
+                                               f"line {seen[key]}); the second would silently win",
                                                problem_mark=key_node.start_mark)
-                seen.add(key)
+                seen[key] = key_node.start_mark.line + 1
                 mark(value_node, (*path, key))
                 lines[(*path, key)] = key_node.start_mark.line + 1
         elif isinstance(n, yaml.SequenceNode):
@@ -469,63 +504,13 @@ def _load_with_lines(text: str) -> tuple[Any, dict[YamlPath, int]]:
     return data, lines
 
 
-def _line_of(loc: YamlPath, data: Any, lines: dict[YamlPath, int]) -> tuple[int | None, str]:
-    """Map a pydantic error location to (line, dotted path), skipping union tags.
-
-    >>> data = {"steps": [{"branch": [], "else": "x"}]}
-    >>> lines = {("steps",): 1, ("steps", 0): 2, ("steps", 0, "else"): 3}
-    >>> _line_of(("steps", 0, "branch-step", "else_"), data, lines)
-    (3, 'steps[0].else')
-    """
-    path = _data_path(loc, data)
-    return _nearest_line(path, lines), _dotted(path) or "(top level)"
-
-
-def _data_path(loc: YamlPath, data: Any) -> list[Any]:
-    """The parts of ``loc`` that exist in ``data`` (pydantic's ``else_`` is the file's ``else``)."""
-    path: list[Any] = []
-    current = data
-    for part in loc:
-        if isinstance(current, dict) and part in current:
-            path.append(part)
-            current = current[part]
-        elif isinstance(current, dict) and part == "else_" and "else" in current:
-            path.append("else")
-            current = current["else"]
-        elif isinstance(current, list) and isinstance(part, int) and part < len(current):
-            path.append(part)
-            current = current[part]
-    return path
-
-
-def _nearest_line(path: list[Any], lines: dict[YamlPath, int]) -> int | None:
-    """The line of ``path``, else of its closest ancestor that has one."""
-    for end in range(len(path), -1, -1):
-        if tuple(path[:end]) in lines:
-            return lines[tuple(path[:end])]
-    return None
-
-
-def _dotted(path: list[Any]) -> str:
-    """``["steps", 0, "next"]`` -> ``steps[0].next``.
-
-    >>> _dotted(["steps", 0, "next"])
-    'steps[0].next'
-    """
-    dotted = ""
-    for part in path:
-        dotted += f"[{part}]" if isinstance(part, int) else (f".{part}" if dotted else str(part))
-    return dotted
-
-
 def parse_journey(text: str, source: str = "<journey>") -> Journey:
     """Parse and check one journey; every problem is named with file, line and field."""
     data, lines = _load_journey_yaml(text, source)
     try:
         journey = Journey.model_validate(data)
     except ValidationError as exc:
-        problems = [_problem(err, data, lines, source) for err in exc.errors()]
-        raise JourneyError("\n".join(dict.fromkeys(problems))) from None
+        raise JourneyError("\n".join(problem_lines(exc.errors(), data, lines, source, Journey))) from None
     _check_flow(journey, data, lines, source)
     return journey
 
@@ -535,25 +520,13 @@ def _load_journey_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[Yam
     try:
         data, lines = _load_with_lines(text)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        raise JourneyError(f"{where}: invalid YAML: {exc.problem}") from None
+        raise JourneyError(describe_yaml_error(exc, source)) from None
     except yaml.YAMLError as exc:
         raise JourneyError(f"{source}: invalid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise JourneyError(f"{source}:1: a journey file is a mapping with journey, entry and steps; "
                            f"got {type(data).__name__}")
     return data, lines
-
-
-def _problem(err: Any, data: dict[str, Any], lines: dict[YamlPath, int], source: str) -> str:
-    """One validation error as ``file:line: field: message``."""
-    line, path = _line_of(err["loc"], data, lines)
-    msg = "unknown key (typo?)" if err["type"] == "extra_forbidden" else err["msg"]
-    msg = msg.removeprefix("Value error, ")
-    if err["type"] in ("step_kind", "entry_kind") and isinstance(err.get("input"), dict):
-        msg += f" (got keys: {', '.join(map(str, err['input']))})"
-    return f"{source}:{line or 1}: {path}: {msg}"
 
 
 def _check_flow(journey: Journey, data: dict[str, Any], lines: dict[YamlPath, int], source: str) -> None:

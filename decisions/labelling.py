@@ -10,6 +10,7 @@ from touchline.decisions import labels as label_rules
 from touchline.decisions.champion import ModelSlot
 from touchline.decisions.outcome import BatchOutcome
 from touchline.decisions.profile import DAY_MS, Observation, Profile
+from touchline.decisions.quality_timeline import QualityTimeline
 
 if TYPE_CHECKING:
     from touchline.decisions.moment import Moment
@@ -42,9 +43,11 @@ class Labeller:
     """Observes moments and teaches the models when their labels resolve."""
 
     def __init__(self, settings: LabelSettings, models: dict[str, ModelSlot], learn: bool,
-                 outcome: BatchOutcome) -> None:
+                 outcome: BatchOutcome, quality: QualityTimeline | None = None) -> None:
         self.settings = settings
         self.models = models
+        #: each model's figures per day (for the summary and the report), when kept
+        self.quality = quality
         #: False: labels are counted but no model learns (frozen models decide alike on every run)
         self.learn_on = learn
         self.outcome = outcome
@@ -104,6 +107,8 @@ class Labeller:
         self.outcome.labelled[(model, "positive" if label else "negative")] += 1
         if not self.learn_on:
             return
+        if self.quality is not None:
+            self.quality.before_label(model, self.models[model].models, at_ms)
         self.outcome.drifts += self.models[model].learn(obs.features, label, obs.model_version, obs.probability,
                                                         obs.shadow, delay_ms)
         self.outcome.label_delays.setdefault(model, []).append(delay_ms / 1000)

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from touchline.decisions.errors import did_you_mean
 from touchline.decisions.profile import WINDOWS, Profile, Send
 
 MESSAGE_CHANNELS = ("email", "sms", "push")
@@ -37,8 +38,9 @@ ANY_CHANNELS = (*ALL_CHANNELS, *PULL_CHANNELS)
 def _check_channels(value: list[str], known: tuple[str, ...] = ALL_CHANNELS) -> list[str]:
     bad = [c for c in value if c not in known]
     if bad:
-        hint = "; web and in_app go in pull_channels" if known == ALL_CHANNELS and set(bad) & set(PULL_CHANNELS) else ""
-        raise ValueError(f"unknown channel(s) {bad}; known: {', '.join(known)}{hint}")
+        hints = [h for c in bad if (h := did_you_mean(c, known))]
+        pull = "; web and in_app go in pull_channels" if known == ALL_CHANNELS and set(bad) & set(PULL_CHANNELS) else ""
+        raise ValueError(f"unknown channel(s) {bad}{f' ({hints[0]})' if hints else ''}; known: {', '.join(known)}{pull}")
     return value
 
 

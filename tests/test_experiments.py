@@ -271,3 +271,11 @@ def test_lift_interval_covers_the_true_difference_at_its_nominal_rate():
         est = t.estimates("e")[0]
         hits += est.low <= 0.04 <= est.high
     assert 0.92 <= hits / 400 <= 0.98
+
+
+def test_a_timing_variant_needs_a_unit_on_its_wait():
+    """A bare number is not a duration here either (issue 22): 2 could be 2s or 2d."""
+    with pytest.raises(ConfigError, match=r"experiments.splits.x.variants.1.waits.idle: .*bad duration 2: a number "
+                       r"needs a unit \(2s, 2m, 2h, 2d or 2w\?\)"):
+        load_settings(None, {"experiments.splits.x": {"journey": "abandoned_cart", "variants": [
+            {"name": "a"}, {"name": "b", "waits": {"idle": 2}}]}})

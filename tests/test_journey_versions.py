@@ -78,6 +78,18 @@ def test_a_definition_that_no_longer_reads_names_the_journey_and_version():
         from_definition("welcome", "abc", "not json")
 
 
+def test_a_stored_definition_keeps_the_seconds_a_bare_number_meant_when_it_was_stored():
+    """A file may no longer say ``wait: 5`` (a duration needs a unit, issue 22); a version stored
+    by a release that read it as 5 seconds still runs with 5 seconds for the contacts inside."""
+    stored = '{"journey": "w", "entry": {"event": "signup"}, "steps": [{"wait": 5}, {"wait_for": ' \
+             '{"event": "email_open", "timeout": 90}}], "defer_for": 1.5}'
+    journey = from_definition("w", "old", stored)
+    assert journey.steps[0].wait_ms == 5_000 and journey.steps[1].wait_for.timeout == "90s"
+    assert journey.defer_for == "1.5s"
+    with pytest.raises(JourneyError, match="bad duration 5: a number needs a unit"):
+        parse_journey("journey: w\nentry: {event: signup}\nsteps:\n  - wait: 5\n", "w.yaml")
+
+
 def test_a_contact_is_in_the_version_its_state_names_and_an_unversioned_one_in_the_baseline():
     v1, v2 = journey(V1), journey(V2)
     versions = JourneyVersions([v2])

@@ -55,13 +55,26 @@ def _models(summary: dict) -> dict:
     return summary["models"]
 
 
+RESUME = {"models.restore": True}  # a replay starts fresh unless told to continue (models.restore = auto)
+
+
 # ------------------------------------------------------------------ checkpoints
-def test_a_restart_continues_learning_where_it_stopped(small_settings):
+def test_a_replay_starts_fresh_models_by_default_and_says_so(small_settings):
     first = run(small_settings(), progress=None).summary
+    second = run(small_settings(), progress=None).summary
+    assert second["model_store"]["start"] == "fresh" and second["model_store"]["resumed_from"] is None
+    assert second["model_store"]["restored"] == [] and _models(second)["lead"]["origin"] == "fresh"
+    assert _models(second)["lead"]["labels"] == _models(first)["lead"]["labels"]
+
+
+def test_a_restart_continues_learning_where_it_stopped(small_settings):
+    first = run(small_settings(**RESUME), progress=None).summary
     assert first["model_store"]["restored"] == []
     labels_then = _models(first)["lead"]["labels"]
     assert labels_then > 0
-    second = run(small_settings(), progress=None).summary
+    second = run(small_settings(**RESUME), progress=None).summary
+    assert second["model_store"]["start"] == "resumed"
+    assert second["model_store"]["resumed_from"] == second["model_store"]["url"]
     restored = second["model_store"]["restored"]
     assert any(r.startswith("lead ") for r in restored) and any(r.startswith("churn ") for r in restored)
     lead = _models(second)["lead"]
@@ -98,7 +111,7 @@ def _corrupt(path: Path, how: str) -> None:
     ("old_river", "saved with River 0.19.0"), ("empty", "bad magic"),
 ])
 def test_a_corrupt_checkpoint_is_reported_and_the_model_starts_fresh(small_settings, how, says):
-    settings = small_settings()
+    settings = small_settings(**RESUME)
     run(settings, progress=None)
     models_dir = settings.output.dir / "models"
     [lead_ckpt] = list((models_dir / "lead").glob("*.ckpt"))
@@ -114,7 +127,7 @@ def test_a_corrupt_checkpoint_is_reported_and_the_model_starts_fresh(small_setti
 
 def test_signed_checkpoints_refuse_one_signed_with_another_key(small_settings):
     run(small_settings(**{"models.checkpoint_key": "first-secret"}), progress=None)
-    summary = run(small_settings(**{"models.checkpoint_key": "another"}), progress=None).summary
+    summary = run(small_settings(**{"models.checkpoint_key": "another", **RESUME}), progress=None).summary
     assert all("not signed with models.checkpoint_key" in r for r in summary["model_store"]["refused"])
     assert len(summary["model_store"]["refused"]) == 2
 
@@ -133,7 +146,7 @@ def test_a_changed_configuration_is_a_new_version_and_old_checkpoints_go(small_s
 
 
 def test_checkpoints_live_in_the_state_stores_redis(redis_url, small_settings):
-    settings = small_settings(**{"state.url": redis_url})
+    settings = small_settings(**{"state.url": redis_url, **RESUME})
     run(settings, progress=None)
     store = RedisModelStore(redis_url)
     assert store.checkpoints("lead") and store.checkpoints("churn")
@@ -221,7 +234,7 @@ def test_deploy_and_promote_reach_a_running_engine_between_batches(tmp_path, sma
             slot = engine.models["lead"]
             shadow_labels = slot.challengers[0].labels
             assert shadow_labels > 0  # it learned in shadow
-            promote(settings, "lead", hat.version)
+            promote(settings, "lead", hat.version, force=True)  # the mechanics, whatever the figures
         chunk = lines[phase * third:(phase + 1) * third] if phase < 2 else lines[2 * third:]
         for i in range(0, len(chunk), 100):
             records[phase] += engine.process(RawBatch(chunk[i:i + 100], "events.jsonl", i + 1)).decisions
@@ -240,11 +253,11 @@ def test_deploy_and_promote_reach_a_running_engine_between_batches(tmp_path, sma
 
 
 def test_a_promotion_survives_a_restart(small_settings):
-    settings = small_settings()
+    settings = small_settings(**RESUME)
     run(settings, progress=None)
     deploy(settings, "lead", model_config("lead", "hat"), "challenger")
     run(settings, progress=None)  # the challenger learns in shadow
-    promote(settings, "lead", None)
+    promote(settings, "lead", None, force=True)
     summary = run(settings, progress=None).summary
     lead = _models(summary)["lead"]
     assert lead["estimator"] == "hat" and lead["origin"].startswith("restored")  # with its shadow learning
@@ -383,8 +396,120 @@ def test_deploy_promote_status_commands(tmp_path, capsys):
     assert "challenger arf-" in text and "arf(n_models=3)" in text
     assert main(["models", "promote", "lead", "--version", "arf-00000000", *out]) == 1
     assert "not arf-00000000" in capsys.readouterr().err
-    assert main(["models", "promote", "lead", *out]) == 0
-    assert "promoted arf-" in capsys.readouterr().out
+    assert main(["models", "promote", "lead", *out]) == 1  # no engine has graded it: no figures
+    assert "no paired figures for challenger arf-" in capsys.readouterr().err
+    assert main(["models", "promote", "lead", "--force", *out]) == 0
+    captured = capsys.readouterr()
+    assert "promoted arf-" in captured.out and "forced without paired figures" in captured.out
+    assert "warning: lead: manual, forced without paired figures" in captured.err
     assert main(["models", "deploy", "lead", "nope", *out]) == 2
     assert main(["models", "list"]) == 0
     assert "hat" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ issue 22: a safer manual promotion
+def _figures(out: Path, version: str, labels: int, challenger: dict, champion: dict) -> None:
+    """The status document an engine's checkpoint writes, with one challenger beside the champion."""
+    import time
+
+    FileModelStore(f"file://{out / 'models'}").write_status({
+        "revision": 2, "saved_at": time.time(), "scores": {"lead": {"models": [], "head_to_head": [
+            {"challenger": version, "labels": labels, "challenger_metrics": challenger,
+             "champion_metrics": champion}]}}})
+
+
+def _history(out: Path) -> list[str]:
+    return [h["change"] for h in json.loads((out / "models" / "deployment.json").read_text())["history"]]
+
+
+def test_promote_refuses_a_challenger_worse_on_the_paired_labels_unless_forced(tmp_path, capsys):
+    out = tmp_path / "o"
+    hat = model_config("lead", "hat").version
+    champion = model_config("lead", "logreg").version
+    assert main(["models", "deploy", "lead", "hat", "--out", str(out)]) == 0
+    _figures(out, hat, 1200, {"roc_auc": 0.52, "log_loss": 0.71}, {"roc_auc": 0.68, "log_loss": 0.55})
+    capsys.readouterr()
+    assert main(["models", "promote", "lead", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert (f"touchline: lead: challenger {hat} did worse than champion {champion}: ROC AUC 0.5200 vs 0.6800 "
+            "(log loss 0.7100 vs 0.5500) on the same 1,200 labels (figures of the last checkpoint, ") in err
+    assert "Promote anyway with --force" in err and len(err.strip().splitlines()) == 1
+    assert len(_history(out)) == 2 and "promoted" not in _history(out)[-1]  # nothing changed
+    assert main(["models", "promote", "lead", "--force", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "warning: lead: manual, forced although worse: ROC AUC 0.5200 vs 0.6800" in captured.err
+    assert _history(out)[-1] == (f"lead: promoted {hat} over {champion} (manual, forced although worse: ROC AUC "
+                                 "0.5200 vs 0.6800 (log loss 0.7100 vs 0.5500) on the same 1,200 labels)")
+
+
+def test_promote_goes_ahead_when_the_challenger_did_better_and_records_why(tmp_path, capsys):
+    out = tmp_path / "o"
+    hat = model_config("lead", "hat").version
+    assert main(["models", "deploy", "lead", "hat", "--out", str(out)]) == 0
+    _figures(out, hat, 800, {"roc_auc": 0.74, "log_loss": 0.5}, {"roc_auc": 0.68, "log_loss": 0.55})
+    assert main(["models", "promote", "lead", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "warning" not in captured.err
+    assert "(manual: ROC AUC 0.7400 vs 0.6800 (log loss 0.5000 vs 0.5500) on the same 800 labels)" in captured.out
+
+
+@pytest.mark.parametrize("rows, why", [
+    (None, "no checkpoint with figures yet"),
+    ({"roc_auc": None, "log_loss": 0.4}, "figures of the last checkpoint"),  # one class so far: no ROC AUC
+])
+def test_promote_without_paired_figures_needs_force(tmp_path, capsys, rows, why):
+    out = tmp_path / "o"
+    hat = model_config("lead", "hat").version
+    assert main(["models", "deploy", "lead", "hat", "--out", str(out)]) == 0
+    if rows is not None:
+        _figures(out, hat, 40, rows, {"roc_auc": None, "log_loss": 0.3})
+    capsys.readouterr()
+    assert main(["models", "promote", "lead", "--out", str(out)]) == 1
+    assert f"lead: no paired figures for challenger {hat} yet ({why}" in capsys.readouterr().err
+
+
+def test_the_comparison_follows_the_scores_promotion_metric():
+    from touchline.decisions.champion import paired
+
+    row = {"challenger": "v", "labels": 10, "challenger_metrics": {"roc_auc": 0.7, "log_loss": 0.6},
+           "champion_metrics": {"roc_auc": 0.6, "log_loss": 0.5}}
+    assert paired([row], "v", "roc_auc").worse is False  # higher ROC AUC
+    assert paired([row], "v", "log_loss").worse is True  # but higher log loss
+    assert paired([row], "v", "log_loss").describe().startswith("log loss 0.6000 vs 0.5000 (ROC AUC 0.7000 vs")
+
+
+def test_a_deployed_model_this_command_cannot_import_is_one_line(tmp_path, capsys, monkeypatch):
+    """``models status`` names the model and its import path instead of a validation dump; a
+    promotion that needs to build it says the same in one line; so does the engine's reading."""
+    import sys
+
+    from touchline.model_keeper import parse_scores
+    from touchline.state.model_store import ModelStoreError
+
+    plug = tmp_path / "plug"
+    plug.mkdir()
+    (plug / "tl_gone_plugin.py").write_text(
+        "from river import linear_model\n\ndef make():\n    return linear_model.LogisticRegression()\n")
+    monkeypatch.syspath_prepend(str(plug))
+    out = tmp_path / "o"
+    assert main(["models", "deploy", "lead", "tl_gone_plugin:make", "--out", str(out)]) == 0
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(plug)])
+    monkeypatch.delitem(sys.modules, "tl_gone_plugin")
+    capsys.readouterr()
+
+    assert main(["models", "status", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert ("challenger tl_gone_plugin:make (cannot be built by this command: cannot import 'tl_gone_plugin:make': "
+            "No module named 'tl_gone_plugin')") in text
+    assert "validation error" not in text and "pydantic" not in text
+
+    assert main(["models", "promote", "lead", "--force", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == ("touchline: lead challenger 'tl_gone_plugin:make' cannot be built here: cannot import "
+                   "'tl_gone_plugin:make': No module named 'tl_gone_plugin'\n")
+
+    doc = json.loads((out / "models" / "deployment.json").read_text())
+    with pytest.raises(ModelStoreError) as exc:
+        parse_scores(doc, "model store X")
+    assert str(exc.value) == ("model store X: lead challenger 'tl_gone_plugin:make' cannot be built here: cannot "
+                              "import 'tl_gone_plugin:make': No module named 'tl_gone_plugin'")

@@ -13,7 +13,8 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from touchline.cli import _save_summary, main
+from touchline.cli import main
+from touchline.run_command import save_summary
 from touchline.decisions.no_action import no_action_id, sampled
 from touchline.runner import run
 from touchline.settings import ConfigError, load_settings
@@ -35,7 +36,7 @@ def _run(out: Path, share: float | None = None) -> tuple[dict, CollectorRegistry
     registry = CollectorRegistry()
     settings = load_settings(None, overrides)
     summary = run(settings, progress=None, registry=registry).summary
-    _save_summary(settings, summary)  # as `touchline run` does: why reads the share from it
+    save_summary(settings, summary)  # as `touchline run` does: why reads the share from it
     return summary, registry
 
 

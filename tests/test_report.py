@@ -215,7 +215,8 @@ def test_attribution_hands_out_one_conversion_per_credited_conversion(run_dir: P
     value_sums = [sum(float(r[2 + 2 * m].replace(",", "")) for r in rows) for m in range(4)]
     assert conv_sums == pytest.approx([3.0] * 4) and value_sums == pytest.approx([60.0] * 4)
     by_channel = {r[0]: r for r in rows}
-    assert by_channel["sms"][1:9] == ["1.00", "20.00", "0.00", "0.00", "0.50", "10.00", "0.75", "15.00"]
+    # whole conversions (last and first touch) as integers, fractional credit (linear, time decay) with decimals
+    assert by_channel["sms"][1:9] == ["1", "20.00", "0", "0.00", "0.50", "10.00", "0.75", "15.00"]
 
 
 def test_channels_scores_and_header(run_dir: Path, page: str) -> None:
@@ -347,3 +348,180 @@ def test_the_page_lays_out_its_plots_in_a_browser(page: str, tmp_path: Path) -> 
     found = re.search(r'data-svgs-laid-out="(\d+)"', done.stdout)
     assert found, done.stderr[-2000:]
     assert int(found.group(1)) == PLOTS
+
+
+# ------------------------------------------------------------------ issue 22: lift axis, counts, journeys, model quality
+def _tiny_segment_experiment() -> list[dict[str, Any]]:
+    """A holdout with 600 against 300 contacts, and one segment of 2 against 1 (an interval of about ±100 points)."""
+    out: list[dict[str, Any]] = []
+    for arm, n, every in (("treatment", 600, 8), ("holdout", 300, 10)):
+        for i in range(n):
+            tiny = i < (2 if arm == "treatment" else 1)
+            seg = {"lifecycle": "customer" if tiny else "prospect"}
+            common = {"experiment": "global_holdout", "arm": arm, "baseline": "holdout", "contact_id": f"{arm}-{i}",
+                      "exposed_at_ms": T0 + i, "window_ms": 7 * DAY, "segment": seg}
+            out.append({"kind": "exposure", **common, "sent": arm == "treatment"})
+            converted = (arm == "treatment" and i == 0) if tiny else i % every == 0
+            out.append({"kind": "outcome", **common, "converted": converted, "converted_at_ms": None, "value": 0.0})
+    return out
+
+
+def _quality_rows() -> list[dict[str, Any]]:
+    rows = []
+    for d in range(5):
+        rows.append({"score": "lead", "version": "logreg-abc", "day": f"2026-01-0{d + 1}", "labels": 20 + 40 * d,
+                     "positives": 5 + 10 * d, "roc_auc": 0.6 + 0.05 * d, "log_loss": 0.6 - 0.02 * d,
+                     "calibration_error": 0.2 - 0.03 * d, "progressive_roc_auc": 0.6 + 0.03 * d})
+    rows.append({"score": "churn", "version": "logreg-abc", "day": "2026-01-02", "labels": 300, "positives": 0,
+                 "roc_auc": None, "log_loss": 0.1, "calibration_error": 0.05, "progressive_roc_auc": None})
+    rows.append({"score": "churn", "version": "logreg-abc", "day": "2026-01-03", "labels": 320, "positives": 12,
+                 "roc_auc": 0.81, "log_loss": 0.12, "calibration_error": 0.02, "progressive_roc_auc": 0.81})
+    rows.append({"score": "lead", "version": "<b>bad</b>", "labels": "many"})  # malformed: skipped, counted
+    return rows
+
+
+SUMMARY = {
+    "journeys": {"welcome entered": 120, "welcome sent welcome": 110, "welcome sent benefits": 80,
+                 "welcome deferred benefits": 30, "welcome skipped benefits": 4, "welcome exited goal": 30,
+                 "welcome exited completed": 70, "welcome exited unsubscribed": 5,
+                 "abandoned_cart entered": 40, "abandoned_cart sent reminder": 38, "abandoned_cart exited goal": 10,
+                 "abandoned_cart exited completed": 29, "nonsense": 3, "welcome sent odd": -1},
+    "models": {"lead": {"version": "logreg-abc", "labels": 500, "positives": 125, "roc_auc": 0.66, "log_loss": 0.55,
+                        "calibration_error": 0.08,
+                        "challengers": [{"version": "hat-def", "labels": 300, "positives": 70, "roc_auc": 0.61,
+                                         "log_loss": 0.6, "calibration_error": 0.1}]},
+               "churn": {"version": "logreg-abc", "labels": 620, "positives": 12, "roc_auc": 0.81, "log_loss": 0.11,
+                         "calibration_error": 0.03}},
+    "model_quality_by_day": _quality_rows(),
+}
+#: funnel, channels, journeys, lift (one experiment), scores, model quality, attribution
+FULL_PLOTS = 7
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("full")
+    decisions = [{**_decision(i, "email", 0, "welcome.welcome"), "journey": "welcome"} for i in range(1, 4)]
+    decisions.append({**_decision(4, "sms", 0, "abandoned_cart.reminder"), "journey": "abandoned_cart"})
+    _write(out / "decisions.jsonl", decisions)
+    one = [_touch("email", "welcome.welcome", 1.0)]
+    _write(out / "experiments.jsonl", [*_tiny_segment_experiment(), *[
+        _conversion(n, 10.0, {"last_touch": one, "first_touch": one, "linear": one, "time_decay": one})
+        for n in range(595)]])
+    _write(out / "events.jsonl", EVENTS)
+    (out / "summary.json").write_bytes(orjson.dumps(SUMMARY))
+    return out
+
+
+@pytest.fixture(scope="module")
+def full_page(full_run: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    target = tmp_path_factory.mktemp("html") / "report.html"
+    assert report.main(_cli(["report", "--out", str(full_run), "--html", str(target)])) == 0
+    return target.read_text(encoding="utf-8")
+
+
+def _xticks(page: str, plot: str) -> list[float]:
+    """The x tick labels of a plot's SVG, as numbers."""
+    start = page.index(f'data-plot="{plot}"')
+    svg = page[start:page.index("</svg>", start)]
+    return [float(t.replace("−", "-")) for t in re.findall(r'xtick_\d+">.*?<text[^>]*>([^<]+)</text>', svg, re.S)]
+
+
+def test_a_tiny_segment_does_not_stretch_the_lift_axis(full_run: Path, full_page: str) -> None:
+    table = LiftTable()
+    table.add_outcomes([r for r in _tiny_segment_experiment() if r["kind"] == "outcome"])
+    tiny = next(e for e in table.estimates("global_holdout") if e.segment == ("lifecycle", "customer"))
+    assert (tiny.treated, tiny.control, tiny.enough) == (2, 1, False) and tiny.high - tiny.low > 1.0  # > 100 points
+    ticks = _xticks(full_page, "lift-global_holdout")
+    concluded = [e for e in table.estimates("global_holdout") if e.enough]
+    assert max(abs(t) for t in ticks) < 25  # the axis fits the concluded segments, not ±100
+    assert min(ticks) <= min(e.low * 100 for e in concluded) and max(ticks) >= max(e.high * 100 for e in concluded)
+    assert "the intervals of 1 segment(s) with too few reach past it and are clipped at its edge" in full_page
+    rows = {r[0]: r for r in _body_rows(_tables(full_page)["lift-global_holdout"], "segment")}
+    assert rows["lifecycle = customer"][6] == f"[{tiny.low * 100:+.2f}, {tiny.high * 100:+.2f}]"  # in full in the table
+
+
+def test_counts_are_integers(full_page: str) -> None:
+    channels = {r[0]: r for r in _body_rows(_tables(full_page)["channels-table"], "channel")}
+    assert channels["email"][2] == "595"  # last-touch conversions: not "595.00"
+    credit = {r[0]: r for r in _body_rows(_tables(full_page)["attribution-channel"], "channel")}
+    assert credit["email"][1:3] == ["595", "5,950.00"]  # conversions whole, value in money
+
+
+def test_journeys_section_from_the_summary(full_page: str) -> None:
+    tables = _tables(full_page)
+    rows = {r[0]: r for r in _body_rows(tables["journeys-table"], "journey")}
+    assert rows["welcome"][:7] == ["welcome", "120", "190", "105", "30", "25.0%", "15"]
+    assert rows["welcome"][7] == "completed 70 · unsubscribed 5" and rows["welcome"][8] == "deferred 30, skipped 4"
+    assert rows["abandoned_cart"][:7] == ["abandoned_cart", "40", "38", "39", "10", "25.0%", "1"]
+    steps = [r[:5] for r in _body_rows(tables["journey-steps-table"], "journey")]
+    assert ["welcome", "benefits", "80", "30", "4"] in steps and ["abandoned_cart", "reminder", "38", "0", "0"] in steps
+    assert "3 unusable entries skipped" in full_page  # "nonsense", a negative count, a malformed day row
+
+
+def test_model_quality_section_from_the_summary(full_page: str) -> None:
+    tables = _tables(full_page)
+    final = _body_rows(tables["models-table"], "score")
+    assert final[0][:6] == ["churn", "champion", "logreg-abc", "620", "12", "0.810"]
+    assert ["lead", "challenger", "hat-def", "300", "70", "0.610", "0.600", "0.100"] in final
+    lead = _body_rows(tables["models-lead-days"], "day")
+    assert [r[0] for r in lead] == [f"2026-01-0{d}" for d in range(1, 6)]
+    assert lead[0][2:6] == ["20", "5", "0.600", "0.600"] and lead[4][4] == "0.800"
+    churn = _body_rows(tables["models-churn-days"], "day")
+    assert churn[0][4] == "n/a" and churn[1][4] == "0.810"  # one class that day: no ROC AUC
+    assert re.search(r'<tr class="muted"><td[^>]*>2026-01-01</td>', full_page)  # 20 labels: thin, greyed
+    assert "<b>bad</b>" not in full_page
+
+
+def test_sections_explain_a_missing_or_older_summary(tmp_path: Path, run_dir: Path) -> None:
+    html = report.build_report(run_dir / "decisions.jsonl", run_dir / "experiments.jsonl", None)
+    assert "No summary (not given). Entries, exits and conversions per journey come from the summary.json" in html
+    old = tmp_path / "summary.json"
+    old.write_bytes(orjson.dumps({"models": SUMMARY["models"], "journeys": {}}))
+    html = report.build_report(run_dir / "decisions.jsonl", None, None, summary=old)
+    assert "This run&#39;s summary has no figures per day (model_quality_by_day" in html
+    assert "The run&#39;s summary lists no journey entries" in html
+    old.write_text("{not json")
+    html = report.build_report(run_dir / "decisions.jsonl", None, None, summary=old)
+    assert f"{old} could not be used: not a JSON object" in html
+
+
+def test_the_summary_records_model_quality_per_day_from_a_real_run(small_settings) -> None:
+    from touchline.runner import run
+
+    summary = run(small_settings(), progress=None).summary
+    rows = summary["model_quality_by_day"]
+    assert rows and {r["score"] for r in rows} == {"lead", "churn"}
+    for score in ("lead", "churn"):
+        mine = [r for r in rows if r["score"] == score]
+        assert sum(r["labels"] for r in mine) == summary["models"][score]["labels"]  # every label, on its day
+        assert mine[-1]["progressive_roc_auc"] == pytest.approx(summary["models"][score]["roc_auc"], abs=1e-4)
+        assert [r["day"] for r in mine] == sorted({r["day"] for r in mine})
+
+
+_SECTIONS_PROBE = """<script>
+const laid = [...document.querySelectorAll("figure.plot svg")].filter(s => {
+  const r = s.getBoundingClientRect(); return r.width > 100 && r.height > 50; });
+const shown = ["journeys-table", "journey-steps-table", "models-table", "models-lead-days"].filter(id => {
+  const t = document.getElementById(id); return t && t.getBoundingClientRect().height > 40; });
+const plots = ["journeys", "models", "lift-global_holdout"].filter(k => {
+  const s = document.querySelector(`svg[data-plot="${k}"]`); return s && s.getBoundingClientRect().height > 100; });
+document.body.setAttribute("data-svgs-laid-out", String(laid.length));
+document.body.setAttribute("data-tables-shown", shown.join(","));
+document.body.setAttribute("data-plots-shown", plots.join(","));
+</script>"""
+
+
+def test_the_new_sections_lay_out_in_a_browser(full_page: str, tmp_path: Path) -> None:
+    probe = tmp_path / "probe.html"
+    probe.write_text(full_page.replace("</body>", _SECTIONS_PROBE + "\n</body>"), encoding="utf-8")
+    done = _chromium(tmp_path / "profile", "--dump-dom", "--window-size=1200,3000", probe.as_uri())
+    laid = re.search(r'data-svgs-laid-out="(\d+)"', done.stdout)
+    assert laid, done.stderr[-2000:]
+    assert int(laid.group(1)) == FULL_PLOTS == full_page.count("<svg")
+    assert re.search(r'data-tables-shown="([^"]*)"', done.stdout).group(1).split(",") == [
+        "journeys-table", "journey-steps-table", "models-table", "models-lead-days"]
+    assert re.search(r'data-plots-shown="([^"]*)"', done.stdout).group(1).split(",") == [
+        "journeys", "models", "lift-global_holdout"]
+    nav = re.search(r"<nav>(.*?)</nav>", full_page, re.S).group(1)
+    assert '<a href="#journeys">Journeys</a>' in nav and '<a href="#models">Model quality</a>' in nav

@@ -20,7 +20,7 @@
     touchline models list              # registered models (logreg, hat, arf, bgnbd, plug-ins)
     touchline models evaluate --input events.jsonl --model logreg --model hat
     touchline models deploy lead hat   # shadow a challenger in the running engine
-    touchline models promote lead      # the challenger becomes champion
+    touchline models promote lead      # the challenger becomes champion (--force if it did worse)
     touchline serve --redis URL        # the HTTP API beside the engine (profiles, decide, events)
     touchline bench --api              # API latency under load while the engine processes a stream
     touchline config --config my.toml  # the effective settings, as JSON
@@ -32,7 +32,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, NoReturn, Sequence
 
 import orjson
 
@@ -42,7 +42,7 @@ from touchline.settings import ConfigError, Settings, load_settings
 if TYPE_CHECKING:
     from touchline.connectors.repeat_purchase import RepeatPurchase
 
-EXIT_USAGE, EXIT_CONFIG, EXIT_RUNTIME, EXIT_INTERRUPTED = 2, 2, 1, 130
+EXIT_USAGE, EXIT_CONFIG, EXIT_RUNTIME, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 2, 1, 130, 143
 
 
 def _add_sim_args(p: argparse.ArgumentParser) -> None:
@@ -53,7 +53,7 @@ def _add_sim_args(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="touchline",
         description="Touchline: a real-time next-best-action engine (Bytewax + River).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -68,7 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--input", type=Path, help="replay events from this JSONL file in event time")
     run.add_argument("--follow", action="store_true",
                      help="live mode: tail --input like tail -f, timers on the wall clock; Ctrl-C to stop")
-    run.add_argument("--out", type=Path, help="output directory (default touchline-out)")
+    run.add_argument("--out", type=Path, metavar="DIR",
+                     help="write the outputs straight into DIR, replacing the files of a run before (default: a "
+                          "fresh touchline-out/runs/<time>-<id>/, touchline-out/latest naming it once the run ends; "
+                          "a DIR that holds runs/ is used that way too)")
+    run.add_argument("--resume-models", nargs="?", const=True, type=Path, metavar="DIR",
+                     help="continue from stored model checkpoints instead of fresh models (sets models.restore; "
+                          "the default on Kafka): the latest run's, or those of run directory DIR")
     run.add_argument("--metrics-port", type=int,
                      help="port of /metrics, /healthz and /readyz (default 9464, 0 = any free)")
     run.add_argument("--metrics-host", metavar="ADDRESS",
@@ -102,11 +108,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--addresses", metavar="HOST:PORT,...",
                      help="every process of the cluster, in process-id order (Bytewax's -a)")
     run.add_argument("--recovery-dir", type=Path, metavar="DIR",
-                     help="where Bytewax keeps its snapshots (default <out>/recovery); keep it across restarts")
+                     help="where Bytewax keeps its snapshots (default touchline-out/recovery, beside the run "
+                          "directories; DIR/recovery with --out DIR); keep it across restarts")
     run.add_argument("--api", action="store_true",
                      help="also serve the HTTP API (api.host:api.port) from this process; needs --redis (sets "
                           "api.enabled)")
-    run.add_argument("--quiet", action="store_true", help="no live progress line")
+    run.add_argument("--quiet", action="store_true", help="no banner and no live progress line")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_sim_args(run)
 
@@ -235,6 +242,9 @@ def _parser() -> argparse.ArgumentParser:
                                       description=store_help)
     m_promote.add_argument("score", choices=["lead", "churn"])
     m_promote.add_argument("--version", help="only if the challenger is this version (guards against a race)")
+    m_promote.add_argument("--force", action="store_true",
+                           help="promote even when the challenger did worse than the champion on the labels both "
+                           "scored, or has no such figures yet (refused without it)")
     for p in (m_status, m_deploy, m_promote):
         p.add_argument("--config", type=Path, help="settings file (its [models], [state] and [output] sections)")
         p.add_argument("--redis", metavar="URL", help="the engine's Redis (sets state.url)")
@@ -326,10 +336,24 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         o["metrics.enabled"] = False
     if args.command == "run":
         o.update(_runtime_overrides(args))
+        o.update(_run_output_overrides(args))
         if args.api:
             o["api.enabled"] = True
     if args.command == "serve":
         o.update({"api.host": args.host, "api.port": args.port})
+    return o
+
+
+def _run_output_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``run --out DIR`` writes into DIR as given (unless DIR holds run directories: then it is
+    their root, as the default is); ``--resume-models`` continues from checkpoints."""
+    from touchline.run_dirs import is_root
+
+    o: dict[str, Any] = {}
+    if args.out is not None and not is_root(args.out):
+        o["output.runs"] = False
+    if args.resume_models is not None:
+        o["models.restore"] = True
     return o
 
 
@@ -411,77 +435,9 @@ def _runtime_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    """``touchline run``: run to the end of the input (or Ctrl-C), then save and print the summary;
-    with several local processes, start and supervise them instead."""
-    from touchline.runner import run
+    from touchline.run_command import cmd_run
 
-    if settings.runtime.processes > 1 and settings.runtime.process_id is None:
-        from touchline.runtime import run_processes
-
-        return run_processes(settings, sys.argv[1:] if args.argv is None else args.argv)
-
-    if not args.quiet:
-        print(_run_banner(settings), file=sys.stderr)
-    result = run(settings, progress=None if args.quiet else sys.stderr,
-                 on_metrics=None if args.quiet else _announce_metrics)
-    summary_path = _save_summary(settings, result.summary)
-    _print_summary(result.summary, summary_path, args.json)
-    if result.interrupted:
-        print("interrupted: the summary covers what was processed before Ctrl-C", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    return 0
-
-
-def _announce_metrics(host: str, port: int) -> None:
-    """Where /metrics is served, once the server has bound (the port may have been 0: any free one)."""
-    print(f"metrics: http://{host}:{port}/metrics", file=sys.stderr)
-
-
-def _run_banner(settings: Settings) -> str:
-    """The line a run starts with: the version, what it reads, where state and decisions go."""
-    from touchline.redact import redact_url
-
-    return (f"touchline {touchline.__version__}: {_run_input(settings)}; state {redact_url(settings.state.url)}; "
-            f"decisions -> {_run_output(settings)}")
-
-
-def _run_input(settings: Settings) -> str:
-    """What the run reads: a file (replayed or followed), a Kafka topic, or the simulator."""
-    ks = settings.kafka
-    if settings.source.kind == "jsonl":
-        verb = "following (live, wall clock; Ctrl-C to stop)" if settings.source.follow else "replaying"
-        return f"{verb} {settings.source.path}"
-    if settings.source.kind == "kafka":
-        return (f"reading Kafka topic {ks.events_topic} at {ks.bootstrap} from {ks.start}"
-                f"{' (Ctrl-C to stop)' if ks.tail else ' to its end'}")
-    sim = settings.simulator
-    return f"simulating {sim.contacts:,} contacts over {sim.days:g} days (seed {sim.seed})"
-
-
-def _run_output(settings: Settings) -> str | Path:
-    """Where the decisions go: the Kafka decisions topic, or the JSONL file in the output directory."""
-    ks = settings.kafka
-    return (f"Kafka topic {ks.decisions_topic} at {ks.bootstrap}" if ks.bootstrap
-            else settings.output.dir / settings.output.decisions)
-
-
-def _save_summary(settings: Settings, summary: dict[str, Any]) -> Path:
-    """Write summary.json (summary-<process id>.json for one process of a cluster); its path."""
-    index = settings.runtime.process_id
-    summary_path = settings.output.dir / ("summary.json" if index is None else f"summary-{index}.json")
-    summary_path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-    return summary_path
-
-
-def _print_summary(summary: dict[str, Any], summary_path: Path, as_json: bool) -> None:
-    """The summary on stdout: as JSON, or as text followed by where summary.json is."""
-    from touchline.summary import format_summary
-
-    if as_json:
-        print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
-    else:
-        print(format_summary(summary))
-        print(f"  {'summary':<18} {summary_path}")
+    return cmd_run(args, settings)
 
 
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -822,7 +778,8 @@ def _check_journey_files(paths: list[Path], quiet: bool) -> tuple[int, list[tupl
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
-        print(f"touchline: {len(problems)} journey file problem(s)", file=sys.stderr)
+        count = sum(len(p.splitlines()) for p in problems)
+        print(f"touchline: {count} problem(s) in the journey files", file=sys.stderr)
         return EXIT_CONFIG, loaded
     return 0, loaded
 
@@ -863,7 +820,9 @@ def _cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     """``touchline models evaluate|status|deploy|promote`` (``list`` needs no settings: see :func:`main`)."""
     from touchline import model_commands as mc
+    from touchline.run_command import models_settings
 
+    settings, note = models_settings(settings)
     if args.action == "evaluate":
         scores = ["lead", "churn"] if args.score == "both" else [args.score]
         result = mc.evaluate(settings, args.input, args.model, scores, _feature_list(args))
@@ -873,7 +832,10 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         found = mc.status(settings)
         print(mc.dumps(found) if args.json else mc.format_status(found))
         return 0
-    return _change_deployment(args, settings)
+    code = _change_deployment(args, settings)
+    if note is not None and code == 0:
+        print(f"note: {note}", file=sys.stderr)
+    return code
 
 
 def _feature_list(args: argparse.Namespace) -> list[str] | None:
@@ -895,8 +857,10 @@ def _change_deployment(args: argparse.Namespace, settings: Settings) -> int:
         if model is not None:
             doc = mc.deploy(settings, args.score, model, args.role)
         else:
-            doc = mc.promote(settings, args.score, args.version)
-    except ValueError as exc:  # nothing to promote, a stale --version, an invalid deployment
+            doc, verdict = mc.promote(settings, args.score, args.version, args.force)
+            if "forced" in verdict:
+                print(f"touchline: warning: {args.score}: {verdict}", file=sys.stderr)
+    except ValueError as exc:  # nothing to promote, worse figures, a stale --version, an invalid deployment
         print(f"touchline: {mc._first_error(exc, getattr(args, 'model', args.score))}", file=sys.stderr)
         return EXIT_RUNTIME
     print(mc.dumps(doc) if args.json else f"deployment revision {doc['revision']}: {doc['history'][-1]['change']}")
@@ -910,11 +874,42 @@ def _cmd_schema(_args: argparse.Namespace, _settings: Settings | None) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one JSON object on stderr when JSON logs were asked for."""
+
+    def error(self, message: str) -> NoReturn:
+        from touchline.logs import console, json_logs
+
+        if not json_logs():
+            super().error(message)
+        console(f"{self.prog}: error: {message}", level="error", exit_code=EXIT_USAGE)
+        sys.exit(EXIT_USAGE)
+
+
+def _log_format(argv: Sequence[str]) -> Literal["text", "json"]:
+    """The log format asked for before the arguments are parsed (so a usage error can follow
+    it): ``--log-format json`` or TOUCHLINE_LOGGING__FORMAT=json.
+
+    >>> _log_format(["run", "--log-format", "json"]), _log_format(["run", "--log-format=json"]), _log_format(["run"])
+    ('json', 'json', 'text')
+    """
+    import os
+
+    flags = list(argv)
+    wanted = os.environ.get("TOUCHLINE_LOGGING__FORMAT", "text").strip().lower()
+    for i, arg in enumerate(flags):
+        if arg.startswith("--log-format="):
+            wanted = arg.partition("=")[2]
+        elif arg == "--log-format" and i + 1 < len(flags):
+            wanted = flags[i + 1]
+    return "json" if wanted == "json" else "text"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     from touchline import logs
 
-    logs.configure()
+    logs.configure(fmt=_log_format(sys.argv[1:] if argv is None else argv))
     parser = _parser()
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else None
@@ -980,15 +975,19 @@ def _with_settings(args: argparse.Namespace) -> int:
                     "contact": _cmd_contact, "models": _cmd_models, "scores": _cmd_scores, "serve": _cmd_serve}
         return commands[args.command](args, settings)
     except ConfigError as exc:
-        print(f"touchline: {redact_secrets(str(exc))}", file=sys.stderr)
+        logs.console(f"touchline: {redact_secrets(str(exc))}", level="error", exit_code=EXIT_CONFIG)
         return EXIT_CONFIG
-    except KeyboardInterrupt:
-        print("touchline: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:  # a second signal while stopping: given up
+        from touchline.run_command import exit_code
+
+        code = exit_code(getattr(exc, "signum", None))
+        logs.console("touchline: terminated" if code == EXIT_TERMINATED else "touchline: interrupted",
+                     level="error", exit_code=code)
+        return code
     except BrokenPipeError:
         return 0
     except (OSError, ValueError, RuntimeError) as exc:  # a connector's or a store's error may quote a URL
-        print(f"touchline: error: {redact_secrets(str(exc))}", file=sys.stderr)
+        logs.console(f"touchline: error: {redact_secrets(str(exc))}", level="error", exit_code=EXIT_RUNTIME)
         return EXIT_RUNTIME
 
 

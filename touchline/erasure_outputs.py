@@ -1,7 +1,7 @@
 """What an erasure leaves outside the state store: a run's JSONL outputs and the Kafka topics.
 
 ``touchline contact erase ID`` lists them; with ``--outputs DIR`` it rewrites the JSONL
-files in DIR without the lines that mention the contact or its anonymous ids. A run holds a
+files in DIR (and in each run directory under it, ``runs/<id>/``) without the lines that mention the contact or its anonymous ids. A run holds a
 shared lock on its output directory (:func:`writing_outputs`) for as long as it writes
 there; the rewrite takes it exclusively, so it refuses while an engine runs on the
 directory (an engine appending to a file replaced under it would write into the old,
@@ -14,7 +14,7 @@ from __future__ import annotations
 import fcntl
 import os
 import tempfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
@@ -42,13 +42,21 @@ def writing_outputs(out_dir: Path) -> Iterator[None]:
         yield
 
 
+def output_dirs(out_dir: Path) -> list[Path]:
+    """The directories runs wrote to in ``out_dir``: itself and, when it holds run directories
+    (``touchline run`` without ``--out``), each ``runs/<id>/``."""
+    runs = out_dir / "runs"
+    kept = sorted(p for p in runs.iterdir() if p.is_dir() and not p.is_symlink()) if runs.is_dir() else []
+    return [out_dir, *kept]
+
+
 def jsonl_outputs(out_dir: Path) -> list[Path]:
-    """The JSONL files a run writes in its output directory: decisions (and decisions emitted
-    again from the outbox), experiments, dead letters, the simulator's events, and the file
-    channel connectors' ``outbox/<channel>.jsonl``."""
+    """The JSONL files runs wrote in the output directory (and in every run directory under it):
+    decisions (and decisions emitted again from the outbox), experiments, dead letters, the
+    simulator's events, and the file channel connectors' ``outbox/<channel>.jsonl``."""
     if not out_dir.is_dir():
         return []
-    found = [*out_dir.glob("*.jsonl"), *(out_dir / "outbox").glob("*.jsonl")]
+    found = [p for d in output_dirs(out_dir) for p in (*d.glob("*.jsonl"), *(d / "outbox").glob("*.jsonl"))]
     return sorted(p for p in found if p.is_file())
 
 
@@ -70,18 +78,27 @@ def rewrite_without(out_dir: Path, ids: Iterable[str]) -> dict[Path, int]:
     files that mention none are not touched. Returns the lines removed per file. Raises
     :class:`OutputsInUse` while a run holds the directory."""
     ids = list(ids)
-    lock_path = out_dir / LOCK_NAME
-    with open(lock_path, "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputsInUse(f"an engine is writing to {out_dir} (it holds {lock_path}); stop it, or run "
-                               "this again once it has finished") from None
+    with ExitStack() as held:
+        for directory in output_dirs(out_dir):
+            held.enter_context(_exclusive(directory))
         removed = {}
         for path, n in count_mentions(out_dir, ids).items():
             _rewrite(path, ids)
             removed[path] = n
         return removed
+
+
+@contextmanager
+def _exclusive(directory: Path) -> Iterator[None]:
+    """The directory's output lock, exclusively; :class:`OutputsInUse` while a run holds it."""
+    lock_path = directory / LOCK_NAME
+    with open(lock_path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputsInUse(f"an engine is writing to {directory} (it holds {lock_path}); stop it, or run "
+                               "this again once it has finished") from None
+        yield
 
 
 def _rewrite(path: Path, ids: list[str]) -> None:

@@ -112,9 +112,63 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc, default=str).decode()
 
 
+#: The format of the lines the commands write on stderr themselves (:func:`console`): the log format.
+_console: dict[str, LogFormat] = {"format": "text"}
+
+
+def json_logs() -> bool:
+    """Whether stderr carries JSON objects only (``--log-format json``)."""
+    return _console["format"] == "json"
+
+
+def json_line(message: str, level: str = "info", logger: str = "touchline", **fields: Any) -> str:
+    """One JSON log object, as :class:`JsonFormatter` writes them, secrets and personal data masked.
+
+    >>> line = json_line("metrics: http://127.0.0.1:9464/metrics", url="http://127.0.0.1:9464/metrics")
+    >>> sorted(orjson.loads(line))
+    ['level', 'logger', 'message', 'ts', 'url']
+    """
+    doc: dict[str, Any] = {"ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "level": level,
+                           "logger": logger, "message": redact(redact_secrets(message))}
+    doc.update({k: redact(redact_secrets(v)) if isinstance(v, str) else v for k, v in fields.items()})
+    return orjson.dumps(doc, default=str).decode()
+
+
+def console(message: str, level: str = "info", *, stream: Any = None, newline_first: bool = False,
+            **fields: Any) -> None:
+    """A line the command writes for its operator on stderr, whatever the log level (the banner,
+    where /metrics is, progress, the final error): the text as is, or with JSON logs one JSON
+    object with ``fields`` beside the message. ``newline_first`` ends a progress line a
+    terminal shows (text only)."""
+    out = stream or sys.stderr
+    if json_logs():
+        out.write(json_line(message, level, **fields) + "\n")
+    else:
+        out.write(("\n" if newline_first else "") + message + "\n")
+    out.flush()
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+    """With JSON logs, an exception nothing caught is one JSON object too (with its traceback)."""
+    import traceback
+
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    console(f"touchline: internal error: {kind.__name__}: {exc}", level="critical",
+            exception="".join(traceback.format_exception(kind, exc, tb)))
+
+
 def configure(level: str = "warning", fmt: LogFormat = "text", stream: Any = None) -> logging.Handler:
     """Install one root handler on ``stream`` (stderr) in ``fmt``, replacing the one a previous
-    call installed (other handlers, such as a test runner's, are left alone); returns it."""
+    call installed (other handlers, such as a test runner's, are left alone); returns it. With
+    JSON, Python's warnings and uncaught exceptions go out as JSON objects as well."""
+    _console["format"] = fmt
+    logging.captureWarnings(fmt == "json")
+    if fmt == "json":
+        sys.excepthook = _log_uncaught
+    elif sys.excepthook is _log_uncaught:
+        sys.excepthook = sys.__excepthook__
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.set_name("touchline")
     handler.addFilter(Redact())

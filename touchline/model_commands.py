@@ -23,7 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from touchline.decisions.estimators import ModelConfig, ScoreSettings, config_from, registered_models, resolve
+from touchline.decisions.champion import Paired, paired
+from touchline.decisions.errors import TouchlineError
+from touchline.decisions.estimators import (
+    ModelConfig, ModelSpecError, ScoreSettings, config_from, registered_models, resolve, score_settings,
+)
 from touchline.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
@@ -135,11 +139,9 @@ def format_status(s: dict[str, Any]) -> str:
         return f"model store {s['store']}: no deployment yet (the engine writes one when it starts)"
     out = [f"model store {s['store']}, deployment revision {dep['revision']}"]
     for name, score in sorted(dep.get("scores", {}).items()):
-        champion = config_from(name, score)
-        line = f"  {name}: champion {champion.version} ({_spec_text(score)})"
+        line = f"  {name}: champion {_model_label(name, score, 'champion')}"
         if score.get("challenger"):
-            challenger = config_from(name, score["challenger"])
-            line += f"; challenger {challenger.version} ({_spec_text(score['challenger'])})"
+            line += f"; challenger {_model_label(name, score['challenger'], 'challenger')}"
         if score.get("promote"):
             rule = score["promote"]
             line += (f"; auto-promote on {rule['metric']} by > {rule['margin']} over >= {rule['min_labels']} "
@@ -156,6 +158,15 @@ def format_status(s: dict[str, Any]) -> str:
                            f"{_figures(h['champion_metrics'])}")
     out.append("  history: " + "; ".join(f"r{h['revision']} {h['change']}" for h in dep.get("history", [])[-5:]))
     return "\n".join(out)
+
+
+def _model_label(name: str, spec: dict[str, Any], role: str) -> str:
+    """``version (estimator(params))``, or the import path and why this command cannot build it
+    (a plug-in the engine has and this Python does not): one line, never a validation dump."""
+    try:
+        return f"{config_from(name, spec, role).version} ({_spec_text(spec)})"
+    except ModelSpecError as exc:
+        return f"{_spec_text(spec)} (cannot be built by this command: {exc.reason})"
 
 
 def _spec_text(spec: dict[str, Any]) -> str:
@@ -183,11 +194,11 @@ def deploy(settings: Settings, score: str, model: ModelConfig, role: str) -> dic
         entry = scores.setdefault(score, ScoreSettings().model_dump(exclude={"name"}))
         if role == "champion":
             entry.update(model.spec())
-            if entry.get("challenger") and config_from(score, entry["challenger"]).version == model.version:
+            if entry.get("challenger") and config_from(score, entry["challenger"], "challenger").version == model.version:
                 entry["challenger"] = None
         else:
             entry["challenger"] = model.spec()
-        ScoreSettings(**{**entry, "name": score})  # still a valid score
+        score_settings(score, entry)  # still a valid score
         return new_revision(doc, scores, f"{score}: {model.version} deployed as {role}")
 
     try:
@@ -198,18 +209,99 @@ def deploy(settings: Settings, score: str, model: ModelConfig, role: str) -> dic
         store.close()
 
 
-def promote(settings: Settings, score: str, version: str | None) -> dict[str, Any]:
-    """A new deployment revision with the score's challenger as its champion."""
+class PromotionRefused(TouchlineError, ValueError):
+    """A manual promotion the figures do not support (worse, or none yet): needs ``--force``."""
+
+
+def promote(settings: Settings, score: str, version: str | None, force: bool = False) -> tuple[dict[str, Any], str]:
+    """A new deployment revision with the score's challenger as its champion, and what the
+    figures said. Refused (:class:`PromotionRefused`) without ``force`` when the challenger did
+    worse than the champion on the labels both scored, or when there are no such figures yet."""
     from touchline.model_keeper import promoted_deployment
 
     store = _store(settings)
+    verdict = ""
+
+    def change(current: dict[str, Any] | None) -> dict[str, Any]:
+        nonlocal verdict
+        doc = _configured_doc(settings, current)
+        verdict = _promotion_evidence(doc, figures, score, version, force)
+        return promoted_deployment(doc, score, version, verdict)
+
     try:
-        doc = store.update_deployment(
-            lambda current: promoted_deployment(_configured_doc(settings, current), score, version, "manual"))
+        figures = store.read_status()
+        doc = store.update_deployment(change)
         assert doc is not None
-        return doc
+        return doc, verdict
     finally:
         store.close()
+
+
+def _promotion_evidence(doc: dict[str, Any], status_doc: dict[str, Any] | None, score: str, version: str | None,
+                        force: bool) -> str:
+    """Why the promotion may go ahead ("manual: <figures>"), or PromotionRefused saying why not."""
+    entry = dict((doc.get("scores") or {}).get(score) or {})
+    if not entry.get("challenger"):
+        return "manual"  # nothing to promote: promoted_deployment says so
+    challenger = config_from(score, entry["challenger"], "challenger").version
+    if version is not None and version != challenger:
+        return "manual"  # a stale --version: promoted_deployment says so
+    champion = config_from(score, entry).version
+    found = paired(_head_to_head(status_doc, score), challenger, (entry.get("promote") or {}).get("metric", "roc_auc"))
+    refusal = _refusal(found, score, challenger, champion, _checkpoint_age(status_doc))
+    if refusal and not force:
+        raise PromotionRefused(refusal)
+    return _verdict(found)
+
+
+def _head_to_head(status_doc: dict[str, Any] | None, score: str) -> list[dict[str, Any]]:
+    """The score's challenger rows of the last checkpoint's status (none without one)."""
+    scores = (status_doc or {}).get("scores") or {}
+    rows = (scores.get(score) or {}).get("head_to_head") if isinstance(scores, dict) else None
+    return rows if isinstance(rows, list) else []
+
+
+def _verdict(found: Paired) -> str:
+    """What the deployment history says of a promotion that goes ahead."""
+    if not found.known:
+        return "manual, forced without paired figures"
+    return f"manual, forced although worse: {found.describe()}" if found.worse else f"manual: {found.describe()}"
+
+
+def _refusal(found: Paired, score: str, challenger: str, champion: str, age: str) -> str | None:
+    """Why the figures do not support the promotion (None: they do)."""
+    if not found.known:
+        return (f"{score}: no paired figures for challenger {challenger} yet ({age}: it has not been graded "
+                f"beside champion {champion} on labels both scored); promote anyway with --force")
+    if found.worse:
+        return (f"{score}: challenger {challenger} did worse than champion {champion}: {found.describe()} "
+                f"({age}); not promoted. Promote anyway with --force")
+    return None
+
+
+def _checkpoint_age(status_doc: dict[str, Any] | None) -> str:
+    """Where the figures come from, for messages.
+
+    >>> _checkpoint_age(None)
+    'no checkpoint with figures yet'
+    """
+    if not status_doc:
+        return "no checkpoint with figures yet"
+    age = max(0.0, time.time() - float(status_doc.get("saved_at") or 0))
+    return f"figures of the last checkpoint, {_ago(age)} ago"
+
+
+def _ago(seconds: float) -> str:
+    """``_ago(90)`` -> ``'2 min'``; hours and days beyond.
+
+    >>> _ago(12), _ago(90), _ago(7200), _ago(3 * 86400)
+    ('12 s', '2 min', '2.0 h', '3.0 d')
+    """
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h" if seconds < 86400 else f"{seconds / 86400:.1f} d"
 
 
 # ------------------------------------------------------------------ evaluate

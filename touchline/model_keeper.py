@@ -25,7 +25,9 @@ from typing import Any, Mapping
 import orjson
 
 from touchline.decisions.champion import Drift, ModelSlot
-from touchline.decisions.estimators import ModelConfig, ScoreModel, ScoreSettings, config_from
+from touchline.decisions.estimators import (
+    ModelConfig, ModelSpecError, ScoreModel, ScoreSettings, config_from, score_settings,
+)
 from touchline.state.model_store import (
     CheckpointError,
     ModelStore,
@@ -50,10 +52,12 @@ def parse_scores(doc: Mapping[str, Any], where: str) -> dict[str, ScoreSettings]
     (e.g. it names a plug-in model that is not installed here)."""
     out = {}
     for name, raw in dict(doc.get("scores") or {}).items():
+        if not isinstance(raw, dict):
+            raise ModelStoreError(f"{where}: score {name!r} is not a mapping")
         try:
-            out[name] = ScoreSettings(**{**raw, "name": name})
-        except (ValueError, TypeError) as exc:
-            raise ModelStoreError(f"{where}: score {name!r} cannot be built here: {exc}") from None
+            out[name] = score_settings(name, raw)
+        except ModelSpecError as exc:
+            raise ModelStoreError(f"{where}: {exc}") from None
     return out
 
 
@@ -231,9 +235,11 @@ class ModelKeeper:
             "scores": {name: slot_status(slot) for name, slot in self.slots.items()},
         }
 
-    def close(self) -> None:
-        """Final checkpoint (on shutdown, after the last batch)."""
-        self.checkpoint()
+    def close(self, checkpoint: bool = True) -> None:
+        """Final checkpoint (on shutdown, after the last batch; none after a start that failed,
+        which must not replace the checkpoints of the run before with models that saw nothing)."""
+        if checkpoint:
+            self.checkpoint()
         self.store.close()
 
     def _count(self, outcome: str) -> None:
@@ -266,7 +272,7 @@ def promoted_deployment(current: dict[str, Any] | None, score: str, version: str
     challenger = entry.get("challenger")
     if not challenger:
         raise ValueError(f"{score} has no challenger to promote")
-    cfg = config_from(score, challenger)
+    cfg = config_from(score, challenger, "challenger")
     if version is not None and cfg.version != version:
         raise ValueError(f"{score}'s challenger is now {cfg.version}, not {version}")
     old = config_from(score, entry)

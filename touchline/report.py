@@ -22,8 +22,6 @@ searchable and cheap.
 from __future__ import annotations
 
 import argparse
-import html
-import io
 import math
 import re
 import sys
@@ -36,12 +34,16 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, TypeVar
 
 import orjson
 from jinja2 import Environment
-from markupsafe import Markup
 
 from touchline.decisions.errors import TouchlineError
 from touchline.decisions.attribution import MODELS
 from touchline.decisions.events import Rejected, parse_event, parse_ts
 from touchline.decisions.lift import ALL, LiftEstimate, LiftTable
+from touchline.report_run import RunSummary, journeys_section, quality_section, read_summary
+from touchline.report_parts import (
+    TABLE_ROWS, TOP_SERIES, _TOO_FEW_COLOUR, Plot, Section, Table, _ci, _conf, _counts, _draw, _iso, _n, _pp, _rate,
+    _slug, _top, _tx, _w,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -54,10 +56,6 @@ DAY_MS = 86_400_000
 SCORE_BINS = 40
 #: Unreadable line numbers listed per file (all are counted).
 LISTED_LINES = 10
-#: Series drawn per plot; the rest are summed into "other" so user data cannot flood a legend.
-TOP_SERIES = 10
-#: Rows per table before the rest is summarised in one line.
-TABLE_ROWS = 50
 #: Daily series are zero-filled across the whole range only up to this many days.
 MAX_FILLED_DAYS = 1000
 EXIT_USAGE, EXIT_RUNTIME = 2, 1
@@ -69,11 +67,8 @@ K = TypeVar("K")
 MAX_TS_MS = 7_258_118_399_999
 
 _VERDICT_COLOURS = {"lift": "#1a7f37", "harm": "#cf222e", "no detectable difference": "#0969da"}
-_TOO_FEW_COLOUR = "#8c959f"
 _TRUTH_COLOUR = "#bf8700"
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
-#: An id inside a matplotlib SVG, or a reference to one.
-_SVG_REF = re.compile(r'(\bid="|url\(#|href="#)([^")]+)')
 
 
 class BadRecord(TouchlineError, ValueError):
@@ -252,6 +247,7 @@ class DecisionStats:
     contacts: set[str] = field(default_factory=set)
     channels: Counter[str] = field(default_factory=Counter)
     actions: Counter[str] = field(default_factory=Counter)
+    journeys: Counter[str] = field(default_factory=Counter)  # decisions of a journey's steps, per journey
     daily: Counter[tuple[int, str]] = field(default_factory=Counter)  # (day, channel)
     score_bins: dict[str, list[int]] = field(default_factory=dict)
     score_sums: dict[str, float] = field(default_factory=dict)
@@ -269,6 +265,9 @@ class DecisionStats:
             self.contacts.add(contact)
         self.channels[channel] += 1
         self.actions[action] += 1
+        journey = doc.get("journey")
+        if isinstance(journey, str) and journey:
+            self.journeys[journey] += 1
         self.daily[(ts // DAY_MS, channel)] += 1
         self.span.see(ts)
         for name, p in scores:
@@ -428,6 +427,7 @@ class ReportData:
     decisions: DecisionStats
     experiments: ExperimentStats
     funnel: Funnel
+    summary: RunSummary = field(default_factory=lambda: RunSummary(None))
 
     @property
     def inputs(self) -> list[Input]:
@@ -452,13 +452,13 @@ def _read_events(inp: Input, funnel: Funnel) -> None:
 
 
 def collect(decisions: Path | None, experiments: Path | None, events: Path | None, *,
-            notes: Mapping[str, str] | None = None) -> ReportData:
-    """Read the three inputs (each streamed once). ``notes`` say why a role has no path."""
+            notes: Mapping[str, str] | None = None, summary: Path | None = None) -> ReportData:
+    """Read the inputs (each JSONL streamed once) and the run's summary. ``notes`` say why a role has no path."""
     notes = notes or {}
     ins = {role: Input(role, path, notes.get(role, "not given"))
            for role, path in (("decisions", decisions), ("experiments", experiments), ("events", events))}
     data = ReportData(ins["decisions"], ins["experiments"], ins["events"], DecisionStats(), ExperimentStats(),
-                      Funnel())
+                      Funnel(), read_summary(summary, notes.get("summary", "not given")))
     _consume(data.decisions_input, data.decisions.add)
     _consume(data.experiments_input, data.experiments.add)
     _read_events(data.events_input, data.funnel)
@@ -466,37 +466,6 @@ def collect(decisions: Path | None, experiments: Path | None, events: Path | Non
 
 
 # -------------------------------------------------------------------------- formatting
-
-
-def _n(x: int) -> str:
-    return f"{x:,}"
-
-
-def _rate(x: float) -> str:
-    return f"{x * 100:.1f}%"
-
-
-def _pp(x: float) -> str:
-    """A difference of rates in percentage points, signed."""
-    return f"{x * 100:+.2f}"
-
-
-def _ci(low: float, high: float) -> str:
-    return f"[{_pp(low)}, {_pp(high)}]"
-
-
-def _w(x: float) -> str:
-    return f"{x:,.2f}"
-
-
-def _conf(c: float) -> str:
-    return f"{c * 100:g}%"
-
-
-def _iso(ts: int | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _day(day: int) -> datetime:
@@ -508,87 +477,7 @@ def _segment_label(seg: tuple[str, str]) -> str:
     return "everyone" if seg == ALL else f"{seg[0]} = {seg[1]}"
 
 
-def _tx(text: str, limit: int = 40) -> str:
-    """User data as a matplotlib label: '$' is not mathtext, '_x' is not hidden, long names cut."""
-    text = text if len(text) <= limit else text[: limit - 1] + "…"
-    text = text.replace("$", r"\$")
-    return "\u200b" + text if text.startswith("_") else text
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "x"
-
-
-def _top(counts: Mapping[str, float], k: int = TOP_SERIES) -> list[str]:
-    """The k largest keys; when there are more, the caller folds the rest into 'other'."""
-    return [name for name, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
-
-
 # ---------------------------------------------------------------------------- sections
-
-
-@dataclass
-class Table:
-    """A table of preformatted cells; numeric columns are right-aligned, muted rows greyed."""
-
-    id: str
-    caption: str
-    columns: list[str]
-    rows: list[list[str]] = field(default_factory=list)
-    numeric: frozenset[int] = frozenset()
-    muted: frozenset[int] = frozenset()
-    wrap: frozenset[int] = frozenset()  # columns of prose, allowed to wrap (the rest do not)
-    groups: list[tuple[str, int]] = field(default_factory=list)  # optional header row above: (label, span)
-
-
-@dataclass
-class Plot:
-    key: str
-    svg: Markup | None  # None when drawing failed: ``error`` says why
-    caption: str
-    error: str = ""
-
-
-@dataclass
-class Section:
-    """One part of the page: what it measures (``note``), or why it is empty (``empty``)."""
-
-    id: str
-    title: str
-    note: str
-    empty: str = ""
-    facts: list[str] = field(default_factory=list)
-    plots: list[Plot] = field(default_factory=list)
-    tables: list[Table] = field(default_factory=list)
-
-
-def _draw(key: str, label: str, size: tuple[float, float], draw: Callable[[Figure], None], caption: str = "") -> Plot:
-    """Draw on a fresh Figure and return it as an inline SVG plot with a title and aria-label.
-
-    The plot's key salts matplotlib's hashed ids, so the same data gives the same bytes,
-    and prefixes every id, so plots sharing the page's id namespace do not collide.
-    """
-    import matplotlib
-    from matplotlib.figure import Figure
-
-    buf = io.StringIO()
-    try:
-        with matplotlib.rc_context({"font.size": 9, "font.family": "sans-serif", "axes.spines.top": False,
-                                    "axes.spines.right": False, "svg.fonttype": "none",
-                                    "svg.hashsalt": f"touchline-{key}"}):
-            fig = Figure(figsize=size, layout="constrained")
-            draw(fig)
-            fig.savefig(buf, format="svg", metadata={"Date": None})
-    except Exception as exc:  # noqa: BLE001 - one odd input must not cost the whole report
-        return Plot(key, None, caption or label, f"{type(exc).__name__}: {exc}")
-    prefix = _slug(key)
-    text = _SVG_REF.sub(lambda m: f"{m.group(1)}{prefix}-{m.group(2)}", buf.getvalue())
-    start = text.index("<svg")
-    end = text.index(">", start)
-    attrs = f' role="img" aria-label="{html.escape(label, quote=True)}" data-plot="{html.escape(key, quote=True)}"'
-    svg = text[start:start + 4] + attrs + text[start + 4:end + 1] + f"<title>{html.escape(label)}</title>" \
-        + text[end + 1:]
-    return Plot(key, Markup(svg), caption or label)
 
 
 def _absent_message(inp: Input, what: str) -> str:
@@ -682,8 +571,9 @@ def _channels_table(decided: Counter[str], credited: Mapping[str, float], totals
     """Decisions and last-touch conversions per channel, the busiest first; the rest summed up in one row."""
     table = Table("channels-table", "Totals per channel", ["channel", "decisions", "last-touch conversions"],
                   numeric=frozenset({1, 2}))
-    for name in _top(totals, TABLE_ROWS):
-        table.rows.append([name, _n(decided[name]), _w(credited.get(name, 0.0))])
+    names = _top(totals, TABLE_ROWS)
+    conversions = _counts([credited.get(name, 0.0) for name in names])  # last touch: whole conversions
+    table.rows = [[name, _n(decided[name]), conv] for name, conv in zip(names, conversions)]
     if len(totals) > TABLE_ROWS:
         table.rows.append([f"… {len(totals) - TABLE_ROWS} more channels", "", ""])
     return table
@@ -779,24 +669,75 @@ def _lift_cells(e: LiftEstimate) -> list[str]:
     return [_pp(e.lift), _ci(e.low, e.high)]
 
 
+#: A forest plot's axis reaches this share of its span past the outermost interval shown in
+#: full (and more on the right, where the "too few" notes go).
+_AXIS_PAD, _NOTE_ROOM = 0.08, 0.22
+
+
+def _lift_axis(ests: list[LiftEstimate], truths: list[float]) -> tuple[float, float] | None:
+    """The forest plot's x range in points: the intervals of the segments with enough contacts,
+    the true lifts and zero. A segment below the minimum (2 against 1 contacts has an interval
+    of nearly ±100 points) does not set it: its interval is clipped at the edge. None when no
+    segment has enough contacts (then every interval is shown in full).
+
+    >>> from touchline.decisions.lift import estimate
+    >>> big = estimate("x", "t", "c", ("all", "all"), (1000, 120), (1000, 100))
+    >>> tiny = estimate("x", "t", "c", ("lead_band", "high"), (2, 1), (1, 0))
+    >>> low, high = _lift_axis([big, tiny], [])
+    >>> -2 < low < 0 < high < 7, tiny.high * 100 > 50
+    (True, True)
+    >>> _lift_axis([tiny], []) is None
+    True
+    """
+    ends = _concluded_ends(ests)
+    if not ends:
+        return None
+    points = [0.0, *[t * 100 for t in truths], *ends]
+    low, high = min(points), max(points)
+    span = (high - low) or 1.0
+    room = _AXIS_PAD if all(e.enough for e in ests) else _NOTE_ROOM
+    return low - _AXIS_PAD * span, high + room * span
+
+
+def _concluded_ends(ests: list[LiftEstimate]) -> list[float]:
+    """Both ends, in points, of the intervals of the segments with enough contacts in each arm."""
+    return [x * 100 for e in ests if e.enough and e.treated and e.control for x in (e.low, e.high)]
+
+
+def _clip(value: float, axis: tuple[float, float] | None) -> float:
+    return value if axis is None else min(max(value, axis[0]), axis[1])
+
+
+def _draw_estimate(ax: Axes, y: int, e: LiftEstimate, axis: tuple[float, float] | None) -> bool:
+    """One segment's point and interval, clipped to ``axis`` with an arrow where it reaches past
+    it; returns whether anything was clipped."""
+    if not (e.treated and e.control):  # an arm with nobody: no estimate, do not stretch the axis
+        ax.annotate("no contacts in an arm", (0, y), xytext=(6, 0), textcoords="offset points",
+                    va="center", color=_TOO_FEW_COLOUR, fontsize=8)
+        return False
+    colour = _VERDICT_COLOURS.get(e.verdict, _TOO_FEW_COLOUR) if e.enough else _TOO_FEW_COLOUR
+    low, mid, high = (_clip(x * 100, axis) for x in (e.low, e.lift, e.high))
+    ax.errorbar([mid], [y], xerr=[[mid - low], [high - mid]], fmt="o", color=colour, capsize=3, markersize=5)
+    cut = [(x, marker) for x, marker, past in ((low, "<", e.low * 100 < low), (high, ">", e.high * 100 > high)) if past]
+    for x, marker in cut:
+        ax.plot([x], [y], marker=marker, color=colour, markersize=7, linestyle="none", clip_on=False)
+    if not e.enough:
+        ax.annotate("too few", (high, y), xytext=(8 if cut else 6, 0), textcoords="offset points",
+                    va="center", color=_TOO_FEW_COLOUR, fontsize=8, annotation_clip=False)
+    return bool(cut)
+
+
 def _forest(exp: str, ests: list[LiftEstimate], truth: Truth | None, arms: bool, confidence: float) -> Plot:
+    """Lift per segment with intervals; the axis fits the segments with enough contacts (see :func:`_lift_axis`)."""
     labels = [_tx(_segment_label(e.segment) + (f" · {e.arm}" if arms else ""), 48) for e in ests]
+    marked = [(y, t) for y, e in enumerate(ests) if (t := _truth_for(truth, e.segment)) is not None]
+    axis = _lift_axis(ests, [t for _, t in marked])
+    clipped: list[int] = []
 
     def draw(fig: Figure) -> None:
         ax: Axes = fig.subplots()
         ax.axvline(0, color="#57606a", linewidth=1)
-        for y, e in enumerate(ests):
-            if not (e.treated and e.control):  # an arm with nobody: no estimate, do not stretch the axis
-                ax.annotate("no contacts in an arm", (0, y), xytext=(6, 0), textcoords="offset points",
-                            va="center", color=_TOO_FEW_COLOUR, fontsize=8)
-                continue
-            colour = _VERDICT_COLOURS.get(e.verdict, _TOO_FEW_COLOUR) if e.enough else _TOO_FEW_COLOUR
-            ax.errorbar([e.lift * 100], [y], xerr=[[(e.lift - e.low) * 100], [(e.high - e.lift) * 100]],
-                        fmt="o", color=colour, capsize=3, markersize=5)
-            if not e.enough:
-                ax.annotate("too few", (e.high * 100, y), xytext=(6, 0), textcoords="offset points",
-                            va="center", color=_TOO_FEW_COLOUR, fontsize=8)
-        marked = [(y, t) for y, e in enumerate(ests) if (t := _truth_for(truth, e.segment)) is not None]
+        clipped.extend(y for y, e in enumerate(ests) if _draw_estimate(ax, y, e, axis))
         if marked:
             ax.scatter([t * 100 for _, t in marked], [y for y, _ in marked], marker="D", s=30,
                        facecolors="none", edgecolors=_TRUTH_COLOUR, linewidths=1.5, zorder=3, label="true lift")
@@ -804,10 +745,18 @@ def _forest(exp: str, ests: list[LiftEstimate], truth: Truth | None, arms: bool,
         ax.set_yticks(range(len(ests)), labels)
         ax.set_ylim(len(ests) - 0.5, -0.5)
         ax.set_xlabel(f"lift, percentage points (treated − control), {_conf(confidence)} interval")
-        ax.margins(x=0.15)
+        if axis is None:
+            ax.margins(x=0.15)
+        else:
+            ax.set_xlim(*axis)
 
-    return _draw(f"lift-{_slug(exp)}", f"Lift per segment with {_conf(confidence)} intervals: {exp}",
-                 (8.5, 0.9 + 0.32 * len(ests)), draw)
+    label = f"Lift per segment with {_conf(confidence)} intervals: {exp}"
+    plot = _draw(f"lift-{_slug(exp)}", label, (8.5, 0.9 + 0.32 * len(ests)), draw)
+    if clipped:
+        plot.caption = (f"{label}. The axis fits the segments with enough contacts; the intervals of {len(clipped)} "
+                        "segment(s) with too few reach past it and are clipped at its edge (arrow); the table "
+                        "below gives them in full.")
+    return plot
 
 
 def lift_section(data: ReportData, confidence: float, min_per_arm: int, truth: Truth | None,
@@ -924,10 +873,12 @@ def _credit_table(credited: Mapping[str, Credit], what: str, by: str, by_value: 
     table = Table(f"attribution-{what}", f"Credit per {what} (conversions / value)",
                   [what, *[k for _m in MODELS for k in ("conv", "value")]],
                   numeric=frozenset(range(1, 1 + 2 * len(MODELS))), groups=[("", 1), *[(m, 2) for m in MODELS]])
-    for name in _top(totals, TABLE_ROWS):
-        table.rows.append([name, *[f for c in credited.values()
-                                   for f in (_w(getattr(c, by).get(name, 0.0)),
-                                             _w(getattr(c, by_value).get(name, 0.0)))]])
+    names = _top(totals, TABLE_ROWS)
+    columns: list[list[str]] = []
+    for c in credited.values():  # conversions as whole numbers where a model hands out whole ones; value in money
+        columns.append(_counts([getattr(c, by).get(name, 0.0) for name in names]))
+        columns.append([_w(getattr(c, by_value).get(name, 0.0)) for name in names])
+    table.rows = [[name, *[col[i] for col in columns]] for i, name in enumerate(names)]
     if len(totals) > TABLE_ROWS:
         table.rows.append([f"… {len(totals) - TABLE_ROWS} more", *[""] * (2 * len(MODELS))])
     return table
@@ -972,7 +923,9 @@ def _header(data: ReportData) -> dict[str, Any]:
               ("conversions", f"{_n(exp.conversions)} ({_n(exp.credit['last_touch'].conversions)} after a touch)")]
     if exp.other_kinds:
         counts.append(("other experiment records", ", ".join(f"{k} {n:,}" for k, n in exp.other_kinds.items())))
-    return {"inputs": [(i.role, str(i.path) if i.path else "-", i.status()) for i in data.inputs],
+    summary = data.summary
+    return {"inputs": [*[(i.role, str(i.path) if i.path else "-", i.status()) for i in data.inputs],
+                       ("summary", str(summary.path) if summary.path else "-", summary.status())],
             "unreadable": [u for i in data.inputs if (u := i.unreadable())],
             "range": f"{_iso(first)} to {_iso(last)}" if first is not None else "no timestamps read",
             "counts": counts}
@@ -986,21 +939,22 @@ def _template() -> Any:
 def render(data: ReportData, confidence: float = 0.95, min_per_arm: int = 100, truth: Truth | None = None,
            truth_for: str | None = None) -> str:
     """The HTML page for aggregated data (see :func:`build_report`)."""
-    sections = [funnel_section(data), channels_section(data),
+    sections = [funnel_section(data), channels_section(data), journeys_section(data.summary, data.decisions.journeys),
                 lift_section(data, confidence, min_per_arm, truth, truth_for), scores_section(data),
-                attribution_section(data)]
+                quality_section(data.summary), attribution_section(data)]
     return _template().render(header=_header(data), sections=sections)
 
 
 def build_report(decisions: Path, experiments: Path | None, events: Path | None, confidence: float = 0.95,
-                 min_per_arm: int = 100, truth: Truth | None = None, truth_for: str | None = None) -> str:
+                 min_per_arm: int = 100, truth: Truth | None = None, truth_for: str | None = None,
+                 summary: Path | None = None) -> str:
     """A run's report as one self-contained HTML page.
 
     ``truth`` maps (dimension, value) segments (("all", "all") for everyone) to the true
     absolute lift, known in simulations: it is drawn as a marker and tabled beside the
     estimate, for ``truth_for`` only when given (else for every experiment).
     """
-    return render(collect(decisions, experiments, events), confidence, min_per_arm, truth, truth_for)
+    return render(collect(decisions, experiments, events, summary=summary), confidence, min_per_arm, truth, truth_for)
 
 
 def digest(data: ReportData, confidence: float = 0.95, min_per_arm: int = 100) -> str:
@@ -1044,19 +998,23 @@ def _positive(text: str) -> int:
     return value
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(subparsers: "argparse._SubParsersAction[Any]") -> None:
     """Add the ``report`` subcommand to the ``touchline`` parser."""
     p = subparsers.add_parser(
         "report", help="a run's decisions, experiments and events as one self-contained HTML report with plots",
-        description="Funnel, decisions and conversions per channel over time, lift per segment with intervals, "
-        "score distributions and attribution models compared, in one HTML file (no network needed to view it).")
+        description="Funnel, decisions and conversions per channel over time, journeys, lift per segment with "
+        "intervals, score distributions, model quality over time and attribution models compared, in one HTML file "
+        "(no network needed to view it).")
     p.add_argument("--out", type=Path, default=Path("touchline-out"),
-                   help="the run's output directory, where the inputs are found (default touchline-out)")
+                   help="the run's output directory, where the inputs are found (default touchline-out: the run "
+                        "touchline-out/latest names)")
     p.add_argument("--decisions", type=Path, metavar="FILE", help="decisions JSONL (default DIR/decisions.jsonl)")
     p.add_argument("--experiments", type=Path, metavar="FILE",
                    help="exposure/outcome/conversion records (default DIR/experiments.jsonl)")
     p.add_argument("--events", type=Path, metavar="FILE",
                    help="the events the run consumed, for the funnel (default DIR/events.jsonl if it exists)")
+    p.add_argument("--summary", type=Path, metavar="FILE",
+                   help="the run's summary, for journeys and model quality (default DIR/summary.json if it exists)")
     p.add_argument("--html", type=Path, metavar="FILE", help="where to write the report (default DIR/report.html)")
     p.add_argument("--confidence", type=_confidence, default=0.95, help="interval confidence (default 0.95)")
     p.add_argument("--min-per-arm", type=_positive, default=100,
@@ -1077,8 +1035,11 @@ def simulation_truth(summary_path: Path) -> tuple[Truth | None, str | None]:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``touchline report``: write the page, print its path and a digest; 2 for a bad input path."""
-    out: Path = args.out
+    """Run ``touchline report``: write the page, print its path and a digest; 2 for a bad input path.
+    A directory of run directories stands for the run its ``latest`` names."""
+    from touchline.run_dirs import resolve
+
+    args.out = out = resolve(args.out)
     missing = _missing_given_file(args)
     if missing is not None:
         print(missing, file=sys.stderr)
@@ -1089,9 +1050,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"touchline report: nothing to report: neither {decisions} nor {experiments} exists "
               "(run `touchline run` first, or pass --out DIR / --decisions FILE)", file=sys.stderr)
         return EXIT_USAGE
-    data = collect(decisions, experiments, events,
-                   notes={"events": f"--events not given and {default_events} does not exist"})
-    truth, truth_for = simulation_truth(out / "summary.json")
+    summary = args.summary or (out / "summary.json" if (out / "summary.json").is_file() else None)
+    data = collect(decisions, experiments, events, summary=summary,
+                   notes={"events": f"--events not given and {default_events} does not exist",
+                          "summary": f"--summary not given and {out / 'summary.json'} does not exist"})
+    truth, truth_for = simulation_truth(summary or out / "summary.json")
     page = render(data, args.confidence, args.min_per_arm, truth, truth_for)
     target: Path = args.html or out / "report.html"
     if not _write_page(target, page):
@@ -1103,7 +1066,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _missing_given_file(args: argparse.Namespace) -> str | None:
     """The error for the first input named on the command line that is not a file (None if all are)."""
-    for role in ("decisions", "experiments", "events"):
+    for role in ("decisions", "experiments", "events", "summary"):
         path = getattr(args, role)
         if path is not None and not path.is_file():
             return f"touchline report: --{role} {path}: no such file"

@@ -8,9 +8,11 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Iterator, TextIO
 
 import orjson
 from prometheus_client import CollectorRegistry
@@ -33,7 +35,6 @@ from touchline.summary import build_summary
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from http.server import ThreadingHTTPServer
 
     from touchline.connectors.simulator import SimulatorSpec
     from touchline.decisions.experiments import Split
@@ -76,7 +77,7 @@ def build_engine(settings: Settings, registry: CollectorRegistry, trace: Any = N
     check_splits(settings, journeys)
     store = open_store(settings.state.url, settings.state.options())
     try:
-        keeper = model_keeper(settings, metrics) if keep_models else None
+        keeper = model_keeper(settings, metrics, restore=resumes(settings)) if keep_models else None
     except Exception:
         store.close()
         raise
@@ -212,8 +213,26 @@ def open_models_store(settings: Settings) -> "ModelStore | None":
                             state.password.get_secret_value() if same_redis and state.password else None)
 
 
-def model_keeper(settings: Settings, metrics: EngineMetrics | None = None) -> "ModelKeeper | None":
-    """The keeper of this run's models, on the model store the settings name (None if off)."""
+def resumes(settings: Settings) -> bool:
+    """Whether a run continues from the stored checkpoints (``models.restore``): with ``auto``,
+    when its input goes on (Kafka, a followed file), so a restart continues learning; a replay
+    (a file read to its end, the simulator) starts fresh, so it decides alike run after run.
+
+    >>> from touchline.settings import load_settings
+    >>> resumes(load_settings(None, {})), resumes(load_settings(None, {"models.restore": True}))
+    (False, True)
+    >>> resumes(load_settings(None, {"kafka.bootstrap": "k:9092", "source.kind": "kafka"}))
+    True
+    """
+    restore = settings.models.restore
+    if restore != "auto":
+        return bool(restore)
+    return settings.source.kind == "kafka" or settings.source.follow
+
+
+def model_keeper(settings: Settings, metrics: EngineMetrics | None = None, restore: bool = True) -> "ModelKeeper | None":
+    """The keeper of this run's models, on the model store the settings name (None if off);
+    with ``restore`` the models continue from their checkpoints."""
     from touchline.model_keeper import ModelKeeper
 
     store = open_models_store(settings)
@@ -222,7 +241,7 @@ def model_keeper(settings: Settings, metrics: EngineMetrics | None = None) -> "M
     ms = settings.models
     key = ms.checkpoint_key.get_secret_value().encode() if ms.checkpoint_key else None
     return ModelKeeper(store, poll_seconds=ms.poll_seconds, checkpoint_seconds=ms.checkpoint_seconds,
-                       restore=ms.restore, key=key, metrics=metrics.models if metrics is not None else None)
+                       restore=restore, key=key, metrics=metrics.models if metrics is not None else None)
 
 
 @dataclass
@@ -230,17 +249,23 @@ class RunResult:
     summary: dict[str, Any]
     engine: Engine
     interrupted: bool = False
+    #: the signal that stopped the run (SIGINT, SIGTERM), when one did
+    signal: int | None = None
 
 
 class Progress:
-    """A one-line live display on a terminal (a line every few seconds otherwise)."""
+    """A one-line live display on a terminal (a line every few seconds otherwise; with JSON logs,
+    a JSON object every few seconds)."""
 
     def __init__(self, engine: Engine, source: Any, stream: TextIO, period_ms: tuple[int, int] | None):
+        from touchline.logs import json_logs
+
         self.engine, self.source, self.stream, self.period = engine, source, stream, period_ms
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="touchline-progress", daemon=True)
         self._start = time.perf_counter()
-        self._tty = stream.isatty()
+        self._json = json_logs()
+        self._tty = stream.isatty() and not self._json
 
     def __enter__(self) -> "Progress":
         self._thread.start()
@@ -261,31 +286,46 @@ class Progress:
             return min(1.0, max(0.0, (self.engine.totals.last_event_ms - start) / max(1, end - start)))
         return None
 
-    def line(self) -> str:
+    def figures(self) -> dict[str, Any]:
+        """The counts so far: what the line shows, and the fields of its JSON form."""
         t = self.engine.totals
-        elapsed = time.perf_counter() - self._start
         frac = self.fraction()
+        return {"fraction": None if frac is None else round(frac, 4), "events": t.events,
+                "events_per_second": round(t.lines / max(time.perf_counter() - self._start, 1e-9), 1),
+                "decisions": sum(t.decisions.values()), "suppressed": sum(t.suppressions.values()),
+                "dead_letters": sum(t.dead_letters.values())}
+
+    def line(self) -> str:
+        f = self.figures()
         bar = ""
-        if frac is not None:
-            filled = int(frac * 24)
-            bar = f"[{'#' * filled}{'.' * (24 - filled)}] {frac * 100:5.1f}% "
-        return (f"{bar}{t.events:>10,} events {t.lines / max(elapsed, 1e-9):>9,.0f}/s | "
-                f"{sum(t.decisions.values()):,} decisions | {sum(t.suppressions.values()):,} suppressed | "
-                f"{sum(t.dead_letters.values()):,} dead letters")
+        if f["fraction"] is not None:
+            filled = int(f["fraction"] * 24)
+            bar = f"[{'#' * filled}{'.' * (24 - filled)}] {f['fraction'] * 100:5.1f}% "
+        return (f"{bar}{f['events']:>10,} events {f['events_per_second']:>9,.0f}/s | "
+                f"{f['decisions']:,} decisions | {f['suppressed']:,} suppressed | "
+                f"{f['dead_letters']:,} dead letters")
 
     def _loop(self) -> None:
+        from touchline.logs import json_line
+
         interval = 0.25 if self._tty else 5.0
         while not self._stop.wait(interval):
             if self._tty:
                 self.stream.write("\r" + self.line())
+            elif self._json:
+                self.stream.write(json_line("progress", logger="touchline.progress", **self.figures()) + "\n")
             else:
                 self.stream.write(self.line() + "\n")
             self.stream.flush()
 
 
 def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: CollectorRegistry | None = None,
-        on_metrics: Any = None, stop: threading.Event | None = None) -> RunResult:
-    """Run the engine to the end of its input (or until ``stop`` is set); returns the summary."""
+        on_metrics: Any = None, stop: threading.Event | None = None, on_start: Any = None) -> RunResult:
+    """Run the engine to the end of its input (or until ``stop`` is set); returns the summary.
+
+    Every check that can fail at start (input, journeys, state store, model store, broker,
+    metrics port) runs before an output is opened, so a failed start leaves the outputs of
+    the run before as they were; ``on_start()`` is called once they are opened."""
     remember_settings(settings)  # its secrets are masked wherever they surface (logs, dead letters)
     if settings.source.kind == "jsonl" and settings.source.path is not None:
         check_readable(Path(settings.source.path))  # before anything is opened or written: a failed start touches nothing
@@ -295,14 +335,21 @@ def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: C
     engine = build_engine(settings, registry)
     engine.halt = stop
     closers: list[Any] = [engine.close_outbox, engine.store.close]
-    if engine.keeper is not None:  # the final checkpoint, after the last batch
-        closers.insert(0, engine.keeper.close)
+    started: list[bool] = []
+    keeper = engine.keeper
+    if keeper is not None:  # the final checkpoint, after the last batch (none if the run never started)
+        closers.insert(0, lambda: keeper.close(checkpoint=bool(started)))
     try:
         with hold(settings), writing_outputs(settings.output.dir):
             recovery = _take_over(settings, engine)
-            io = _build_io(settings, engine, registry, kafka, stop, closers)
-            _start_api(settings, closers)
-            return _run_flow(settings, engine, io, registry, progress, on_metrics, stop, recovery)
+            with _metrics_server(settings, engine, registry, on_metrics) as metrics_at:
+                io = _build_io(settings, engine, registry, kafka, stop, closers)
+                io.outputs.update(metrics_at)
+                _start_api(settings, closers)
+                started.append(True)
+                if on_start is not None:
+                    on_start()
+                return _run_flow(settings, engine, io, progress, stop, recovery)
     finally:
         for close in closers:
             close()
@@ -353,8 +400,10 @@ class _Io:
 
 def _build_io(settings: Settings, engine: Engine, registry: CollectorRegistry, kafka: dict[str, str] | None,
               stop: threading.Event, closers: list[Any]) -> _Io:
-    """Open the run's outputs, connectors and source; each registers its close in ``closers``
-    as soon as it exists, so a failure half-way closes what was opened."""
+    """Build the run's outputs, connectors and source, then open the outputs: every check that
+    can fail comes first, so a failed start leaves the files of the run before as they were.
+    Each part registers its close in ``closers`` as soon as it exists, so a failure half-way
+    closes what was built."""
     from touchline.connectors.channels.base import DeliveryReport
     from touchline.connectors.channels.registry import BuildContext, Delivery, DeliverySink
     from touchline.connectors.deadletters import DeadLetterSink
@@ -363,11 +412,9 @@ def _build_io(settings: Settings, engine: Engine, registry: CollectorRegistry, k
     out_dir = settings.output.dir
     out_dir.mkdir(parents=True, exist_ok=True)
     ks = settings.kafka
-    outputs: dict[str, str] = {}
-    records = _kafka_records(settings, engine, kafka, outputs) if kafka is not None else _file_records(settings, outputs)
-    dead_writer = records.dead_writer
-    closers.insert(0, dead_writer.close)
-    report = DeliveryReport(ConnectorMetrics(registry), dead_writer)
+    sinks = _kafka_records(settings, engine, kafka) if kafka is not None else _file_records(settings)
+    closers.insert(0, sinks.dead_writer.close)
+    report = DeliveryReport(ConnectorMetrics(registry), sinks.dead_writer)
     ledger = send_ledger(settings)
     closers.insert(0, ledger.close)
     ledger_health = getattr(ledger, "health", None)
@@ -379,27 +426,33 @@ def _build_io(settings: Settings, engine: Engine, registry: CollectorRegistry, k
     closers.insert(0, lambda: delivery.close(settings.delivery.flush_seconds))
     delivery.on_done = lambda records: engine.output_done(records, "c")
     engine.channel_outputs = frozenset(delivery.connectors)
-    delivery.start()
+    source, period = _build_source(settings, engine, kafka, stop)
+    delivery.start()  # connectors that connect somewhere first, the outbox files last
+    for open_output in sinks.opens:
+        open_output()
+    outputs = dict(sinks.outputs)
     for channel, where in delivery.describe().items():
         outputs[f"channel {channel}"] = where
-    source, period = _build_source(settings, engine, kafka, stop)
-    return _Io(source, records.decisions, DeadLetterSink(dead_writer),
+    return _Io(source, sinks.decisions, DeadLetterSink(sinks.dead_writer),
                DeliverySink(delivery, engine.fail) if delivery.connectors else None, outputs, period,
-               records.experiments, records.no_actions)
+               sinks.experiments, sinks.no_actions)
 
 
 @dataclass
 class _Records:
     """Where a run's records go: decisions, dead letters (a writer the connectors share),
-    experiment records and no-action records (None: not recorded)."""
+    experiment records and no-action records (None: not recorded); how the summary names
+    them, and what opens them once every check of the start has passed."""
 
     decisions: Any
     dead_writer: Any
     experiments: Any
     no_actions: Any
+    outputs: dict[str, str]
+    opens: list[Any] = field(default_factory=list)
 
 
-def _kafka_records(settings: Settings, engine: Engine, kafka: dict[str, str], outputs: dict[str, str]) -> _Records:
+def _kafka_records(settings: Settings, engine: Engine, kafka: dict[str, str]) -> _Records:
     """The record topics, checked (or created) before any client exists, so a broker that is
     down is one clear error. The decisions may be in flight (the outbox keeps them until the
     broker acknowledges them); nothing else keeps the other records, so their writes wait
@@ -417,29 +470,30 @@ def _kafka_records(settings: Settings, engine: Engine, kafka: dict[str, str], ou
     decisions = KafkaRecordSink(kafka, ks.decisions_topic, engine.fail, timeout_seconds=ks.retry_seconds,
                                 on_acked=lambda records: engine.output_done(records, "d"), acknowledged_writes=False)
     engine.acks_on_write = False  # the broker's acknowledgement confirms a decision, not the write
-    outputs.update({"decisions": f"kafka topic {ks.decisions_topic}",
-                    "dead letters": f"kafka topic {ks.dead_letter_topic}",
-                    "experiments": f"kafka topic {ks.experiments_topic}"})
+    outputs = {"decisions": f"kafka topic {ks.decisions_topic}", "dead letters": f"kafka topic {ks.dead_letter_topic}",
+               "experiments": f"kafka topic {ks.experiments_topic}"}
     if no_actions:
         outputs["no-action records"] = f"kafka topic {no_actions}"
     return _Records(decisions, KafkaDeadLetters(kafka, ks.dead_letter_topic, engine.fail, timeout_seconds=ks.retry_seconds),
                     KafkaRecordSink(kafka, ks.experiments_topic, engine.fail, timeout_seconds=ks.retry_seconds),
-                    KafkaRecordSink(kafka, no_actions, engine.fail, timeout_seconds=ks.retry_seconds) if no_actions else None)
+                    KafkaRecordSink(kafka, no_actions, engine.fail, timeout_seconds=ks.retry_seconds) if no_actions else None,
+                    outputs)
 
 
-def _file_records(settings: Settings, outputs: dict[str, str]) -> _Records:
+def _file_records(settings: Settings) -> _Records:
     """The record files in the output directory; a run must not leave an older run's records,
-    so each starts empty (the no-action file too when nothing is recorded)."""
+    so each starts empty (the no-action file too when nothing is recorded), but only when the
+    run starts: a start that fails leaves the files of the run before as they were."""
     from touchline.connectors.deadletters import JsonlDeadLetters
 
     out, o = settings.output.dir, settings.output
     paths = {"decisions": out / o.decisions, "dead letters": out / o.dead_letters,
              "experiments": out / o.experiments, "no-action records": out / o.no_actions}
-    for name in ("decisions", "experiments", "no-action records"):
-        paths[name].write_bytes(b"")
-    outputs.update({name: str(path) for name, path in paths.items()})
-    return _Records(JsonlSink(paths["decisions"]), JsonlDeadLetters(paths["dead letters"]),
-                    JsonlSink(paths["experiments"]), JsonlSink(paths["no-action records"]))
+    dead = JsonlDeadLetters(paths["dead letters"])
+    emptied = [paths[name] for name in ("decisions", "experiments", "no-action records")]
+    return _Records(JsonlSink(paths["decisions"]), dead, JsonlSink(paths["experiments"]),
+                    JsonlSink(paths["no-action records"]), {name: str(path) for name, path in paths.items()},
+                    [dead.start, *(partial(Path.write_bytes, path, b"") for path in emptied)])
 
 
 def send_ledger(settings: Settings) -> Any:
@@ -582,18 +636,18 @@ def _write_recovered(engine: Engine, sink: Any, records: list[dict[str, Any]]) -
         raise engine.failure
 
 
-def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRegistry, progress: TextIO | None,
-              on_metrics: Any, stop: threading.Event, recovery: bool = False) -> RunResult:
+def _run_flow(settings: Settings, engine: Engine, io: _Io, progress: TextIO | None, stop: threading.Event,
+              recovery: bool = False) -> RunResult:
     emit_recovered(engine, io)
     flow = build_flow(io.source, engine, io.decisions_sink, io.dead_letter_sink, io.delivery_sink,
                       experiments_sink=io.experiments_sink, no_actions_sink=io.no_actions_sink)
     outputs = dict(io.outputs)
-    server = _serve_metrics(settings, engine, registry, outputs, on_metrics) if settings.metrics.enabled else None
     started = time.perf_counter()
     log.info("run started: source %s, state %s", settings.source.kind, redact_url(settings.state.url),
              extra={"source": settings.source.kind, "state": redact_url(settings.state.url),
                     "clock": settings.engine.clock, "batch_size": settings.source.batch_size})
-    restore = _stop_on_signals(stop)
+    received: list[int] = []
+    restore = _stop_on_signals(stop, received)
     # Everything built so far (modules, compiled schema, models, journeys: ~120k objects)
     # lives as long as the run. Out of the cyclic collector's sight, it no longer adds to each
     # full collection, which holds the GIL throughout: the engine and a /metrics scrape both
@@ -607,26 +661,33 @@ def _run_flow(settings: Settings, engine: Engine, io: _Io, registry: CollectorRe
     finally:
         gc.unfreeze()
         restore()
-        if server is not None:
-            server.shutdown()
-            server.server_close()
     wall = time.perf_counter() - started
-    _log_run_end(engine, stop, wall)
-    return _close_and_summarise(settings, engine, io, outputs, wall, stop)
+    _log_run_end(engine, stop, wall, received)
+    result = _close_and_summarise(settings, engine, io, outputs, wall, stop)
+    result.signal = received[0] if received else None
+    return result
 
 
-def _serve_metrics(settings: Settings, engine: Engine, registry: CollectorRegistry, outputs: dict[str, str],
-                   on_metrics: Any) -> "ThreadingHTTPServer":
-    """Serve /metrics, /healthz and /readyz while the run lasts; the server, its address added to
-    ``outputs`` and passed to ``on_metrics`` (the port may have been 0: any free one)."""
+@contextmanager
+def _metrics_server(settings: Settings, engine: Engine, registry: CollectorRegistry,
+                    on_metrics: Any) -> Iterator[dict[str, str]]:
+    """Serve /metrics, /healthz and /readyz while the run lasts (bound before any output is
+    opened: a port in use is a failed start); yields the address as the summary names it,
+    also passed to ``on_metrics`` (the port may have been 0: any free one)."""
+    if not settings.metrics.enabled:
+        yield {}
+        return
     host, port, server = serve_metrics(registry, settings.metrics.host, settings.metrics.port,
                                        health_checks(settings, engine))
-    outputs["metrics"] = f"http://{host}:{port}/metrics (served while running; also /healthz, /readyz)"
-    log.info("serving /metrics, /healthz and /readyz on %s:%s", host, port,
-             extra={"metrics_host": host, "metrics_port": port})
-    if on_metrics:
-        on_metrics(host, port)
-    return server
+    try:
+        log.info("serving /metrics, /healthz and /readyz on %s:%s", host, port,
+                 extra={"metrics_host": host, "metrics_port": port})
+        if on_metrics:
+            on_metrics(host, port)
+        yield {"metrics": f"http://{host}:{port}/metrics (served while running; also /healthz, /readyz)"}
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _execute_flow(flow: Any, settings: Settings, recovery: bool, engine: Engine, io: _Io,
@@ -639,12 +700,14 @@ def _execute_flow(flow: Any, settings: Settings, recovery: bool, engine: Engine,
         execute(flow, settings, recovery)
 
 
-def _log_run_end(engine: Engine, stop: threading.Event, wall: float) -> None:
-    """One line on how the run ended (stopped by a failure, interrupted, finished) and its totals."""
+def _log_run_end(engine: Engine, stop: threading.Event, wall: float, received: list[int]) -> None:
+    """One line on how the run ended (stopped by a failure, terminated by SIGTERM, interrupted,
+    finished) and its totals."""
     t = engine.totals
+    ended = ("stopped" if engine.failure is not None else "terminated" if signal.SIGTERM in received
+             else "interrupted" if stop.is_set() else "finished")
     log.info("run %s after %.1f s: %d events, %d decisions, %d dead letters, %d decisions emitted again from the "
-             "outbox, %d profiles redone after a concurrent write",
-             "stopped" if engine.failure is not None else "interrupted" if stop.is_set() else "finished", wall,
+             "outbox, %d profiles redone after a concurrent write", ended, wall,
              t.events, sum(t.decisions.values()), sum(t.dead_letters.values()), t.recovered, t.conflicts,
              extra={"seconds": round(wall, 3), "events": t.events, "decisions": sum(t.decisions.values()),
                     "dead_letters": sum(t.dead_letters.values()), "failed": engine.failure is not None,
@@ -690,17 +753,43 @@ def health_checks(settings: Settings, engine: Engine) -> "Health":
     return Health(checks, alive=lambda: engine.not_alive(stall))
 
 
-def _stop_on_signals(stop: threading.Event):
-    """First Ctrl-C/SIGTERM: finish the current batch, flush outputs, summarise. Second: abort."""
+def aborted(signum: int) -> KeyboardInterrupt:
+    """What a second Ctrl-C or SIGTERM raises while the run is stopping: a KeyboardInterrupt (no
+    ``except Exception`` on its way can swallow it) that names the signal (``signum``), so the
+    exit code can."""
+    exc = KeyboardInterrupt(signal.Signals(signum).name)
+    exc.signum = signum  # type: ignore[attr-defined]
+    return exc
+
+
+def stopping_message(signum: int) -> str:
+    """What a run says when a signal stops it (SIGTERM is a termination, not a Ctrl-C).
+
+    >>> stopping_message(signal.SIGTERM)
+    'terminating on SIGTERM: finishing the current batch and flushing the outputs (exit code 143; another signal aborts)'
+    """
+    if signum == signal.SIGTERM:
+        return ("terminating on SIGTERM: finishing the current batch and flushing the outputs "
+                "(exit code 143; another signal aborts)")
+    return "stopping after the current batch (Ctrl-C again to abort)"
+
+
+def _stop_on_signals(stop: threading.Event, received: list[int]):
+    """First Ctrl-C/SIGTERM: finish the current batch, flush outputs, summarise (the signal is
+    added to ``received``). Second: abort (:func:`aborted`)."""
+    from touchline.logs import console
+
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum, _frame):
         if stop.is_set():
-            raise KeyboardInterrupt
+            raise aborted(signum)
+        received.append(signum)
         stop.set()
-        print("\nstopping after the current batch (Ctrl-C again to abort)", file=sys.stderr)
+        console(stopping_message(signum), level="warning", newline_first=True,
+                signal=signal.Signals(signum).name)
 
     for sig in previous:
         signal.signal(sig, handler)

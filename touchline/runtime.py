@@ -155,11 +155,19 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def child_argv(argv: Sequence[str], index: int, addresses: list[str], metrics_port: int | None) -> list[str]:
-    """This command's arguments for process ``index``: without ``--processes``, with its id.
+#: Options the parent sets for each child itself.
+_CHILD_OPTIONS = ("--processes", "--metrics-port", "--process-id", "--addresses", "--out", "--recovery-dir")
+
+
+def child_argv(argv: Sequence[str], index: int, addresses: list[str], metrics_port: int | None,
+               where: Sequence[str] = ()) -> list[str]:
+    """This command's arguments for process ``index``: without ``--processes``, with its id and
+    ``where`` it writes (``--out``, ``--recovery-dir``: one run directory for all of them).
 
     >>> child_argv(["run", "--kafka", "k:9", "--processes", "2", "--metrics-port=9464"], 1, ["a:1", "a:2"], 9465)
     ['run', '--kafka', 'k:9', '--process-id', '1', '--addresses', 'a:1,a:2', '--metrics-port', '9465']
+    >>> child_argv(["run", "--out", "o", "--processes=2"], 0, ["a:1", "a:2"], None, ["--out", "o/runs/r"])
+    ['run', '--process-id', '0', '--addresses', 'a:1,a:2', '--out', 'o/runs/r']
     """
     out: list[str] = []
     skip = False
@@ -168,19 +176,21 @@ def child_argv(argv: Sequence[str], index: int, addresses: list[str], metrics_po
             skip = False
             continue
         name = arg.split("=", 1)[0]
-        if name in ("--processes", "--metrics-port", "--process-id", "--addresses"):
+        if name in _CHILD_OPTIONS:
             skip = "=" not in arg
             continue
         out.append(arg)
     out += ["--process-id", str(index), "--addresses", ",".join(addresses)]
     if metrics_port is not None:
         out += ["--metrics-port", str(metrics_port)]
-    return out
+    return out + list(where)
 
 
-def run_processes(settings: "Settings", argv: Sequence[str]) -> int:
-    """Start ``runtime.processes`` engine processes on this host and wait for them; the
-    first to fail stops the others. Returns the worst exit code."""
+def run_processes(settings: "Settings", argv: Sequence[str], where: Sequence[str] = ()) -> int:
+    """Start ``runtime.processes`` engine processes on this host, writing ``where`` says, and wait
+    for them; the first to fail stops the others. Returns the worst exit code."""
+    from touchline.logs import console
+
     count = settings.runtime.processes
     _preflight(settings)
     if recovers(settings):
@@ -190,11 +200,11 @@ def run_processes(settings: "Settings", argv: Sequence[str]) -> int:
     children: list[subprocess.Popen[Any]] = []
     for i in range(count):
         metrics_port = None if port is None else (0 if port == 0 else port + i)
-        cmd = [sys.executable, "-m", "touchline", *child_argv(argv, i, addresses, metrics_port)]
+        cmd = [sys.executable, "-m", "touchline", *child_argv(argv, i, addresses, metrics_port, where)]
         children.append(subprocess.Popen(cmd, env={**os.environ, "TOUCHLINE_RUNTIME__PROCESSES": "1"},
                                          preexec_fn=_die_with_parent))
-    print(f"touchline: {count} processes (pids {', '.join(str(c.pid) for c in children)}) exchanging on "
-          f"{', '.join(addresses)}", file=sys.stderr)
+    console(f"touchline: {count} processes (pids {', '.join(str(c.pid) for c in children)}) exchanging on "
+            f"{', '.join(addresses)}", pids=[c.pid for c in children], addresses=addresses)
     return _supervise(children)
 
 
@@ -227,13 +237,15 @@ def _supervise(children: list[subprocess.Popen[Any]]) -> int:
             if child.poll() is None:
                 child.send_signal(signum)
 
+    from touchline.logs import console
+
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while any(c.poll() is None for c in children):
-            failed = [c for c in children if c.poll() not in (None, 0, 130)]
+            failed = [c for c in children if c.poll() not in (None, *CLEAN_EXITS)]
             if failed and not forwarded:
-                print(f"touchline: process {failed[0].pid} exited with {failed[0].returncode}; stopping the others",
-                      file=sys.stderr)
+                console(f"touchline: process {failed[0].pid} exited with {failed[0].returncode}; stopping the others",
+                        level="error", pid=failed[0].pid, exit_code=failed[0].returncode)
                 forward(signal.SIGTERM, None)
                 _reap(children, 30.0)
                 break
@@ -244,17 +256,21 @@ def _supervise(children: list[subprocess.Popen[Any]]) -> int:
     return worst_exit([c.wait() for c in children])
 
 
-def worst_exit(codes: list[int]) -> int:
-    """A failure wins over an interruption (the others were stopped because of it), which
-    wins over success.
+#: Exit codes of a process that ended cleanly: done, stopped by Ctrl-C (130) or SIGTERM (143).
+CLEAN_EXITS = (0, 130, 143)
 
-    >>> worst_exit([130, 1, 130]), worst_exit([0, 130]), worst_exit([0, 0])
-    (1, 130, 0)
+
+def worst_exit(codes: list[int]) -> int:
+    """A failure wins over a stop by a signal (the others were stopped because of it), which
+    wins over success; a SIGTERM over a Ctrl-C.
+
+    >>> worst_exit([143, 1, 143]), worst_exit([0, 130]), worst_exit([143, 130]), worst_exit([0, 0])
+    (1, 130, 143, 0)
     """
-    failed = [c for c in codes if c not in (0, 130)]
+    failed = [c for c in codes if c not in CLEAN_EXITS]
     if failed:
         return 1 if any(c < 0 for c in failed) else max(failed)
-    return 130 if 130 in codes else 0
+    return max(codes, default=0)
 
 
 def _reap(children: list[subprocess.Popen[Any]], timeout: float) -> None:

@@ -70,7 +70,12 @@ class SimulatorSettings(_Section):
 
 
 class OutputSettings(_Section):
-    dir: Path = Path("touchline-out")
+    dir: Path = Field(default=Path("touchline-out"), description="where runs write their outputs")
+    runs: bool = Field(default=True, description="each run in a fresh runs/<UTC time>-<id>/ under dir, and "
+                       "dir/latest naming the last run that ended; false: straight into dir, replacing the files "
+                       "of the run before (what --out DIR does)")
+    keep_runs: int = Field(default=10, ge=0, description="run directories kept under dir/runs: the oldest beyond "
+                           "go when a run ends, never the one latest names nor a running one (0: keep all)")
     decisions: str = "decisions.jsonl"
     dead_letters: str = "dead_letters.jsonl"
     experiments: str = Field(default="experiments.jsonl", description="exposures, outcomes and conversions")
@@ -170,8 +175,11 @@ class ModelSettings(_Section):
     )
     checkpoint_seconds: float = Field(default=60.0, gt=0, le=86_400, description="save learned state this often")
     poll_seconds: float = Field(default=5.0, gt=0, le=3600, description="look for a new deployment this often")
-    restore: bool = Field(default=True, description="start from the checkpoints (false: fresh models, "
-                          "still saved)")
+    restore: bool | Literal["auto"] = Field(
+        default="auto", description="continue from the model store's checkpoints (true), or start fresh "
+        "models (false; still saved); auto: true when the input goes on (Kafka, --follow), "
+        "so a restarted engine continues learning, false on a replay (a file, the simulator), so it is "
+        "reproducible; touchline run --resume-models sets true")
     checkpoint_key: SecretStr | None = Field(
         default=None, description="sign checkpoints and refuse unsigned ones (TOUCHLINE_MODELS__CHECKPOINT_KEY)")
     learn: bool = Field(default=True, description="learn from resolved labels (false: models stay as restored, "
@@ -242,7 +250,8 @@ class RuntimeSettings(_Section):
     recovery: bool = Field(default=True, description="with Kafka in and Redis state: snapshot the Kafka offsets "
                            "so a restart resumes where the last snapshot was, not at the start of the topic")
     recovery_dir: Path | None = Field(default=None, description="Bytewax recovery partitions (default "
-                                      "<output.dir>/recovery); created on first start; keep it across restarts")
+                                      "<output.dir>/recovery, beside the run directories); created on first start; keep it "
+                                      "across restarts")
     snapshot_seconds: float = Field(default=5.0, gt=0, le=3600, description="epoch length: a snapshot this "
                                     "often; a restart replays at most this much input")
     backup_seconds: float = Field(default=30.0, ge=0, le=86_400, description="keep superseded snapshots this "

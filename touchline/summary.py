@@ -51,6 +51,8 @@ def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str],
         "dead_letters_total": sum(t.dead_letters.values()),
         "timers_fired": dict(sorted(t.timers.items())),
         "models": {name: _slot_summary(slot) for name, slot in engine.models.items()},
+        #: per score, model version and event-time day (UTC): figures on the labels resolved that day
+        "model_quality_by_day": engine.core.quality.rows(),
         "repeat_purchases": _repeat_purchases(t.purchase_gap_days, engine.core.labels.churn_horizon_ms,
                                               _purchase_share(t.by_type), engine.core.labels.churn_at_random_times),
         "model_store": _model_store(engine),
@@ -145,8 +147,11 @@ def _model_store(engine: Engine) -> dict[str, Any] | None:
     keeper = engine.keeper
     if keeper is None:
         return None
-    return {"url": redact_url(keeper.store.url), "revision": keeper.revision, "restored": keeper.restored,
-            "refused": keeper.refused, "changes": keeper.changes}
+    resumed = keeper.restore_enabled
+    return {"url": redact_url(keeper.store.url), "revision": keeper.revision,
+            "start": "resumed" if resumed else "fresh",
+            "resumed_from": redact_url(keeper.store.url) if resumed else None,
+            "restored": keeper.restored, "refused": keeper.refused, "changes": keeper.changes}
 
 
 def _sum_feedback(feedback: Counter) -> dict[str, int]:
@@ -293,13 +298,22 @@ PURCHASE_DATA_SHARE = 0.5
 
 
 def _model_store_line(store: dict[str, Any]) -> str:
-    """Where the models are kept, the deployment revision, what was restored and what was refused.
+    """Where the models are kept, the deployment revision, whether they started fresh or resumed
+    (from where), what was restored and what was refused.
 
-    >>> _model_store_line({"url": "file://out/models", "revision": 2, "restored": ["lead"], "refused": []})
-    '  model store        file://out/models (revision 2; restored lead)'
+    >>> _model_store_line({"url": "file://out/models", "revision": 2, "start": "resumed",
+    ...                    "resumed_from": "file://old/models", "restored": ["lead"], "refused": []})
+    '  model store        file://out/models (revision 2; resumed from file://old/models: restored lead)'
+    >>> _model_store_line({"url": "file://out/models", "revision": 1, "start": "fresh", "restored": [], "refused": []})
+    '  model store        file://out/models (revision 1; fresh models: --resume-models continues from checkpoints)'
     """
     notes = [f"revision {store['revision']}"]
-    if store["restored"]:
+    if store.get("start") == "fresh":
+        notes.append("fresh models: --resume-models continues from checkpoints")
+    elif store.get("start") == "resumed":
+        notes.append(f"resumed from {store['resumed_from']}: "
+                     + ("restored " + ", ".join(store["restored"]) if store["restored"] else "no checkpoint found"))
+    elif store["restored"]:
         notes.append("restored " + ", ".join(store["restored"]))
     if store["refused"]:
         notes.append(f"{len(store['refused'])} checkpoint(s) refused (see log), started fresh")

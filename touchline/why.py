@@ -34,7 +34,7 @@ class WhyError(Exception):
     """A usage error: an input that is not there (the message names it)."""
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(subparsers: "argparse._SubParsersAction[Any]") -> None:
     """Add the ``why`` subcommand to the ``touchline`` parser."""
     p = subparsers.add_parser(
         "why", help="a contact's recent decisions and non-decisions (and why), from a run's outputs",
@@ -44,7 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "shows the contact's records too.")
     p.add_argument("contact", metavar="CONTACT", help="contact id or anonymous id")
     p.add_argument("--out", type=Path, default=Path("touchline-out"), metavar="DIR",
-                   help="the run's output directory, where the records are found (default touchline-out)")
+                   help="the run's output directory, where the records are found (default touchline-out: the run "
+                        "touchline-out/latest names)")
     p.add_argument("--decisions", type=Path, metavar="FILE", help="decisions JSONL (default DIR/decisions.jsonl)")
     p.add_argument("--no-actions", type=Path, metavar="FILE",
                    help="no-action records JSONL (default DIR/no_actions.jsonl)")
@@ -91,7 +92,11 @@ class Identity:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``touchline why``: 0 with records shown, 1 when none were found, 2 for a bad input."""
+    """Run ``touchline why``: 0 with records shown, 1 when none were found, 2 for a bad input. A
+    directory of run directories stands for the run its ``latest`` names."""
+    from touchline.run_dirs import resolve as latest_run
+
+    args.out = latest_run(args.out)
     if not args.contact.strip():
         print("touchline why: CONTACT is empty; give a contact id or an anonymous id", file=sys.stderr)
         return EXIT_USAGE

@@ -180,7 +180,9 @@ class Delivery:
         return cls(connectors, ctx.report, ctx.ledger)
 
     def start(self) -> None:
-        for connector in self.connectors.values():
+        """Start the connectors; those that connect somewhere (and may refuse to start) before the
+        JSONL files, which empty the previous run's outbox when opened."""
+        for connector in sorted(self.connectors.values(), key=lambda c: c.kind == "jsonl"):
             connector.start()
         self._settler = threading.Thread(target=self._settle_loop, name="touchline-delivery-settle", daemon=True)
         self._settler.start()
