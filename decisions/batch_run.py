@@ -18,7 +18,7 @@ its handler, one module per concern:
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from touchline.decisions.arbitration import Arbiter, Reserve
 from touchline.decisions.champion import ModelSlot, Restore
@@ -38,6 +38,7 @@ from touchline.decisions.participant import Participant
 from touchline.decisions.policy import PolicyConfig
 from touchline.decisions.profile import DAY_MS, Profile, purchase_span_ms
 from touchline.decisions.quality_timeline import QualityTimeline
+from touchline.decisions.requests import Ask, RequestHandler
 from touchline.decisions.score_rank import ScoreRank
 from touchline.decisions.scoring import Scorer
 from touchline.decisions.timer_handler import TimerHandler
@@ -169,8 +170,10 @@ class BatchRun:
         due: list[tuple[int, str, str]],
         horizon_ms: int,
         at: list[tuple[int, bool]] | None = None,
+        asks: list[tuple[Ask, str]] | None = None,
     ) -> None:
-        """Process ``events`` (with their resolved keys) and ``due`` timers in time order.
+        """Process ``events`` (with their resolved keys), ``due`` timers and ``asks`` (requests
+        with their profile keys, answered at the clock's now, after the rest) in time order.
 
         Timers set while running that come due by ``horizon_ms`` (the batch's clock) fire
         in this run, between the events they fall between. ``at``: each event's place in
@@ -184,7 +187,12 @@ class BatchRun:
             self.queue.push_event(place, (ev, key, merged), late)
         for due_ms, key, kind in due:
             self.queue.push_timer(due_ms, (key, kind, due_ms))
-        dispatch(self.queue, EventHandler(self), TimerHandler(self), self.skip, self.failed, self._fail)
+        now = self.core.clock.now()
+        for ask, key in asks or ():
+            self.queue.push_request(now, (ask, key))
+        handlers: dict[str, Callable[..., None]] = {"event": EventHandler(self), "timer": TimerHandler(self),
+                                                    "request": RequestHandler(self)}
+        dispatch(self.queue, handlers, self.skip, self.failed, self._fail)
 
     def _fail(self, key: str, kind: str, item: Any, exc: Exception) -> None:
         """Record an exception raised while handling one event or timer: its profile is not
@@ -197,6 +205,8 @@ class BatchRun:
             ev = item[0]
             self.outcome.errors.append(
                 ev.to_dead_letter("internal_error", f"processing event {ev.event_id!r} raised {detail}"))
+        elif kind == "request":
+            item[0].answer = {"error": f"internal error: {detail}"}  # answered, never dead-lettered
         else:
             _, timer, due_ms = item
             self.outcome.errors.append({"kind": "timer", "reason": "internal_error", "source": "timer",

@@ -31,6 +31,11 @@ class RawBatch:
     #: The source has had nothing new for a while (a tailed topic or file): events held back
     #: for ordering are processed rather than kept waiting for newer ones.
     idle: bool = False
+    #: Requests to answer after the lines (the HTTP API's: :class:`touchline.decisions.requests.Ask`).
+    asks: list[Any] = field(default_factory=list)
+    #: Claim and fire the timers due by the batch's clock (False: leave them to a later batch, as
+    #: the API does between its ticks, so a request does not wait for a backlog of timers).
+    fire_timers: bool = True
 
 
 @dataclass(slots=True)
@@ -43,3 +48,7 @@ class BatchResult:
     experiments: list[dict[str, Any]] = field(default_factory=list)
     #: decision points where every candidate was held back (the no-action output)
     no_actions: list[dict[str, Any]] = field(default_factory=list)
+    #: where each event ignored as a replay of one already applied was read
+    duplicates: list[str] = field(default_factory=list)
+    #: where each event of an erased identity (dropped, never stored) was read
+    erased: list[str] = field(default_factory=list)

@@ -4,7 +4,7 @@ Events and due timers run as one queue ordered by (time, rank, arrival), so a ti
 comes due between two events of a batch fires between them and batch boundaries do not
 change the decisions. Rank breaks ties at one instant: events first, then timers, then
 events that came later than the allowed lateness (they go after the timers due by their
-place).
+place), then requests (the HTTP API's: :mod:`.requests`), which see all of it.
 
 >>> q = TimeQueue()
 >>> q.push_timer(5, ("c1", "cart", 5)); q.push_event(5, ("e", "c1", None), late=False)
@@ -23,7 +23,9 @@ from touchline.decisions.profile import Profile
 EventItem = tuple[Any, str, "str | None"]
 #: A timer item: (profile key, timer kind, due time in ms).
 TimerItem = tuple[str, str, int]
-_EVENT, _TIMER, _LATE = 0, 1, 2
+#: A request item: (request, profile key).
+RequestItem = tuple[Any, str]
+_EVENT, _TIMER, _LATE, _REQUEST = 0, 1, 2, 3
 
 
 class TimeQueue:
@@ -42,12 +44,16 @@ class TimeQueue:
     def push_timer(self, due_ms: int, item: TimerItem) -> None:
         self._push(due_ms, _TIMER, "timer", item)
 
+    def push_request(self, at_ms: int, item: RequestItem) -> None:
+        self._push(at_ms, _REQUEST, "request", item)
+
     def _push(self, ts_ms: int, rank: int, kind: str, item: Any) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (ts_ms, rank, self._seq, kind, item))
 
     def pop(self) -> tuple[str, Any]:
-        """The next (kind, item): ``event`` with an :data:`EventItem`, ``timer`` with a :data:`TimerItem`."""
+        """The next (kind, item): ``event`` with an :data:`EventItem`, ``timer`` with a :data:`TimerItem`,
+        ``request`` with a :data:`RequestItem`."""
         *_, kind, item = heapq.heappop(self._heap)
         return kind, item
 
@@ -77,29 +83,26 @@ class TimerBook:
 
 
 def item_id(kind: str, item: Any) -> Any:
-    """What names an event or a timer of the queue across runs of one batch."""
-    return id(item[0]) if kind == "event" else item
+    """What names an event, a timer or a request of the queue across runs of one batch."""
+    return item if kind == "timer" else id(item[0])
 
 
 def item_key(kind: str, item: Any) -> str:
-    """The profile an event or a timer belongs to."""
-    return str(item[1] if kind == "event" else item[0])
+    """The profile an event, a timer or a request belongs to."""
+    return str(item[0] if kind == "timer" else item[1])
 
 
-def dispatch(queue: TimeQueue, on_event: Callable[..., None], on_timer: Callable[..., None],
-             skip: set[Any], failed: dict[str, Any], on_error: Callable[[str, str, Any, Exception], None]) -> None:
-    """Hand each item to its handler in time order. An exception in one item does not stop
-    the rest: ``on_error`` records it, and later items of that profile are left out (the
-    caller redoes the profile without the item)."""
+def dispatch(queue: TimeQueue, handlers: dict[str, Callable[..., None]], skip: set[Any], failed: dict[str, Any],
+             on_error: Callable[[str, str, Any, Exception], None]) -> None:
+    """Hand each item to the handler of its kind, in time order. An exception in one item does
+    not stop the rest: ``on_error`` records it, and later items of that profile are left out
+    (the caller redoes the profile without the item)."""
     while queue:
         kind, item = queue.pop()
         key = item_key(kind, item)
         if key in failed or item_id(kind, item) in skip:
             continue
         try:
-            if kind == "event":
-                on_event(*item)
-            else:
-                on_timer(*item)
+            handlers[kind](*item)
         except Exception as exc:  # a bug met by one input: that profile is redone without it
             on_error(key, kind, item, exc)

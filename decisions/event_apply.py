@@ -39,6 +39,8 @@ class EventApplier:
         bought_before = profile.last_purchase_ts
         if not apply_event(profile, ev.event_id, ev.type, ev.ts_ms, ev.properties, ev.context, ev.channel):
             self.outcome.duplicates += 1
+            self.outcome.duplicated.append(ev.source or "")
+            self.outcome.duplicated_keys.append(key)
             return None
         self._count(ev, profile, fresh)
         if ev.type == "purchase" and bought_before is not None and ev.ts_ms > bought_before:

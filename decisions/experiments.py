@@ -29,7 +29,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from touchline.decisions.events import check_known_types
 from touchline.decisions.journeys import Duration
-from touchline.decisions.policy import ALL_CHANNELS, Candidate, bucket
+from touchline.decisions.policy import ALL_CHANNELS, PULL_CHANNELS, Candidate, bucket
 from touchline.decisions.profile import DAY_MS, Profile
 
 GLOBAL = "global_holdout"
@@ -60,11 +60,18 @@ class Variant(_Strict):
         return value
 
     def apply(self, candidate: Candidate) -> Candidate:
-        """The candidate as this variant sends it."""
+        """The candidate as this variant sends it. A candidate a site asked for on a pull channel
+        (web, in_app) stays there: the answer goes where it was asked for, in the variant's copy.
+
+        >>> v = Variant(name="sms", channel="sms", template="t/sms")
+        >>> [(c.channel, c.template) for c in (v.apply(Candidate("a", ch, 1, 1.0, "")) for ch in ("email", "web"))]
+        [('sms', 't/sms'), ('web', 't/sms')]
+        """
         if self.template is None and self.channel is None and self.offer is None:  # a control
             return candidate
+        moves = self.channel is not None and candidate.channel not in PULL_CHANNELS
         return replace(candidate, template=self.template if self.template is not None else candidate.template,
-                       channel=self.channel if self.channel is not None else candidate.channel,
+                       channel=self.channel if moves and self.channel is not None else candidate.channel,
                        offer=self.offer if self.offer is not None else candidate.offer)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from touchline.decisions.champion import Drift
 
@@ -90,6 +90,9 @@ class BatchOutcome:
     #: model -> every score it gave (the score histogram)
     scores: dict[str, list[float]] = field(default_factory=dict)
     duplicates: int = 0
+    #: where each event ignored as a replay was read (the API says which), and its profile
+    duplicated: list[str] = field(default_factory=list)
+    duplicated_keys: list[str] = field(default_factory=list)
     #: identity of each applied event: known, anonymous_resolved or anonymous_unresolved
     identities: Counter[str] = field(default_factory=Counter)
     #: anonymous ids linked to a known contact in this batch
@@ -113,10 +116,12 @@ class BatchOutcome:
         self.dead, self.dead_keys = _without(self.dead, self.dead_keys, keys)
         self.no_actions, self.no_action_keys = _without(self.no_actions, self.no_action_keys, keys)
         self.exp.records = [r for r in self.exp.records if key_of(r["contact_id"]) not in keys]
+        self.duplicated, self.duplicated_keys = _without(self.duplicated, self.duplicated_keys, keys)
 
     def absorb(self, other: BatchOutcome) -> None:
         """Add a redo's outcome to this one."""
-        for name in ("dead", "dead_keys", "errors", "decisions", "no_actions", "no_action_keys", "drifts"):
+        for name in ("dead", "dead_keys", "errors", "decisions", "no_actions", "no_action_keys", "drifts",
+                     "duplicated", "duplicated_keys"):
             getattr(self, name).extend(getattr(other, name))
         for name in ("by_type", "feedback", "suppressed", "decided", "timers_fired", "labelled", "identities",
                      "new_ids", "missing", "purchase_gap_days", "no_action_points"):
@@ -130,8 +135,10 @@ class BatchOutcome:
                 target.setdefault(model, []).extend(values)
 
 
-def _without(records: list[dict[str, Any]], keys_of: list[str],
-             keys: set[str]) -> tuple[list[dict[str, Any]], list[str]]:
+T = TypeVar("T")
+
+
+def _without(records: list[T], keys_of: list[str], keys: set[str]) -> tuple[list[T], list[str]]:
     """``records`` (each from the profile beside it in ``keys_of``) without those of ``keys``."""
     kept = [(r, k) for r, k in zip(records, keys_of) if k not in keys]
     return [r for r, _ in kept], [k for _, k in kept]

@@ -27,13 +27,20 @@ from touchline.decisions.profile import WINDOWS, Profile, Send
 
 MESSAGE_CHANNELS = ("email", "sms", "push")
 ALL_CHANNELS = (*MESSAGE_CHANNELS, "sales_task")
+#: Channels a site pulls an action onto when it asks (``POST /v1/decide``): the stream never
+#: sends on them, a visitor on the page is reachable even when anonymous, and they count
+#: against their own caps only (not the global cap on messages).
+PULL_CHANNELS = ("web", "in_app")
+#: Every channel a decision may name.
+ANY_CHANNELS = (*ALL_CHANNELS, *PULL_CHANNELS)
 
 
-def _check_channels(value: list[str]) -> list[str]:
-    bad = [c for c in value if c not in ALL_CHANNELS]
+def _check_channels(value: list[str], known: tuple[str, ...] = ALL_CHANNELS) -> list[str]:
+    bad = [c for c in value if c not in known]
     if bad:
-        hints = [h for c in bad if (h := did_you_mean(c, ALL_CHANNELS))]
-        raise ValueError(f"unknown channel(s) {bad}{f' ({hints[0]})' if hints else ''}; known: {', '.join(ALL_CHANNELS)}")
+        hints = [h for c in bad if (h := did_you_mean(c, known))]
+        pull = "; web and in_app go in pull_channels" if known == ALL_CHANNELS and set(bad) & set(PULL_CHANNELS) else ""
+        raise ValueError(f"unknown channel(s) {bad}{f' ({hints[0]})' if hints else ''}; known: {', '.join(known)}{pull}")
     return value
 
 
@@ -47,6 +54,9 @@ class ActionConfig(_Strict):
     enabled: bool = True
     priority: int = Field(ge=0, le=1000)
     channels: list[str] = Field(min_length=1, description="preferred channels, in order")
+    pull_channels: list[str] = Field(
+        default_factory=lambda: list(PULL_CHANNELS),
+        description="channels a site may pull this action onto with POST /v1/decide (never sent by the stream)")
     cooldown_hours: float = Field(default=24.0, ge=0, description="no repeat of this action within")
     template: str
 
@@ -54,6 +64,11 @@ class ActionConfig(_Strict):
     @classmethod
     def _known_channels(cls, value: list[str]) -> list[str]:
         return _check_channels(value)
+
+    @field_validator("pull_channels")
+    @classmethod
+    def _known_pull_channels(cls, value: list[str]) -> list[str]:
+        return _check_channels(value, PULL_CHANNELS)
 
 
 class QuietHours(_Strict):
@@ -67,7 +82,7 @@ class QuietHours(_Strict):
     @field_validator("channels")
     @classmethod
     def _known_channels(cls, value: list[str]) -> list[str]:
-        return _check_channels(value)
+        return _check_channels(value, ANY_CHANNELS)
 
     @field_validator("default_timezone")
     @classmethod
@@ -156,8 +171,8 @@ class PolicyConfig(_Strict):
     @classmethod
     def _caps_shape(cls, value: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
         for channel, windows in value.items():
-            if channel not in ALL_CHANNELS:
-                raise ValueError(f"unknown channel {channel!r}; known: {', '.join(ALL_CHANNELS)}")
+            if channel not in ANY_CHANNELS:
+                raise ValueError(f"unknown channel {channel!r}; known: {', '.join(ANY_CHANNELS)}")
             _check_windows(windows)
         return value
 
@@ -297,7 +312,15 @@ def eligibility(
 
 
 def _unreachable(channel: str, profile: Profile, config: PolicyConfig) -> str | None:
-    """Why the contact cannot be reached on ``channel`` at all (unknown, bounced, no consent)."""
+    """Why the contact cannot be reached on ``channel`` at all (unknown, bounced, no consent).
+    A pull channel reaches whoever is on the page, anonymous or not, unless consent to it was
+    refused (a ``consent_update`` for it, or ``consent_default`` saying so).
+
+    >>> _unreachable("web", Profile("anon:a"), PolicyConfig()), _unreachable("email", Profile("anon:a"), PolicyConfig())
+    (None, 'unreachable')
+    """
+    if channel in PULL_CHANNELS:
+        return None if profile.consent.get(channel, config.consent_default.get(channel, True)) else "no_consent"
     if not profile.known:
         return "unreachable"
     if channel in profile.bounced:

@@ -34,7 +34,22 @@ class ScoreRank:
 
     def in_top(self, score: float, share: float) -> bool:
         self._add(score)
-        n = len(self._sorted)
+        return self._ranks(score, share, 0)
+
+    def ranks_in_top(self, score: float, share: float) -> bool:
+        """Whether ``score`` would stand in the top ``share``, without adding it (a question
+        asked on request, not an inactivity check).
+
+        >>> rank = ScoreRank(window=10, min_scores=2)
+        >>> _ = [rank.in_top(p, 0.5) for p in (0.1, 0.2, 0.3, 0.4)]
+        >>> rank.ranks_in_top(0.35, 0.4), rank.ranks_in_top(0.15, 0.4), len(rank._sorted)
+        (True, False, 4)
+        """
+        return self._ranks(score, share, 1)
+
+    def _ranks(self, score: float, share: float, pending: int) -> bool:
+        """The rank test among the kept scores plus ``pending`` (1: ``score`` itself, not added)."""
+        n = len(self._sorted) + pending
         if n < self.min_scores:
             return True
         above = n - bisect_left(self._sorted, score)  # scores at or above this one, itself included

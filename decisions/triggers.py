@@ -24,7 +24,8 @@ INTENT_TYPES = frozenset(
 )
 
 
-def _per_channel(action: str, base_value: float, why: str, config: PolicyConfig) -> list[Candidate]:
+def per_channel(action: str, base_value: float, why: str, config: PolicyConfig) -> list[Candidate]:
+    """One candidate of ``action`` per channel it is sent on, earlier channels worth a little more."""
     spec = config.actions.get(action)
     if spec is None or not spec.enabled:  # action switched off in configuration
         return []
@@ -49,7 +50,7 @@ def on_event_candidates(
     """
     out: list[Candidate] = []
     if event_type == "signup":
-        out += _per_channel("welcome", 1.0, "signed up", config)
+        out += per_channel("welcome", 1.0, "signed up", config)
     lead = scores.get("lead")
     threshold = config.sales_lead_threshold
     if (
@@ -59,7 +60,7 @@ def on_event_candidates(
         and profile.known
         and event_type in INTENT_TYPES
     ):
-        out += _per_channel(
+        out += per_channel(
             "sales_handoff", lead, f"lead score {lead:.2f} >= {config.sales_lead_threshold:.2f} after {event_type}", config
         )
     return out
@@ -73,7 +74,7 @@ def cart_candidates(profile: Profile, now_ms: int, scores: dict[str, float], con
     minutes = (now_ms - profile.cart_updated_ts) / 60_000
     value = profile.cart_value * max(scores.get("lead", 0.0), 0.05)
     why = f"cart {profile.cart_value:.2f} open for {minutes:.0f} min"
-    return _per_channel("cart_reminder", value, why, config)
+    return per_channel("cart_reminder", value, why, config)
 
 
 def inactivity_candidates(
@@ -85,4 +86,4 @@ def inactivity_candidates(
         return []
     days = (now_ms - profile.last_activity_ts) / 86_400_000
     why = f"churn score {churn:.2f} >= {config.winback_churn_threshold:.2f}, inactive {days:.1f} days"
-    return _per_channel("winback_offer", churn * (1.0 + profile.monetary_total / 100.0), why, config)
+    return per_channel("winback_offer", churn * (1.0 + profile.monetary_total / 100.0), why, config)

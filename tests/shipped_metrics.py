@@ -11,6 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from touchline.metrics.api_metrics import ApiMetrics
 from touchline.metrics.connectors import ConnectorMetrics
 from touchline.metrics.engine_metrics import EngineMetrics
 
@@ -41,10 +42,11 @@ def substituted(expr: str, substitutes: Mapping[str, str]) -> str:
 
 
 def engine_registry() -> CollectorRegistry:
-    """A fresh registry with every series the engine and its channel connectors register."""
+    """A fresh registry with every series the engine, its channel connectors and the HTTP API register."""
     registry = CollectorRegistry()
     EngineMetrics(registry)
     ConnectorMetrics(registry)
+    ApiMetrics(registry)
     return registry
 
 

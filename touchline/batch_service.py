@@ -30,6 +30,7 @@ from touchline.decisions.outcome import BatchOutcome, JourneyTallies
 from touchline.decisions.events import Event, Rejected, parse_event
 from touchline.decisions.journey_versions import JourneyVersions
 from touchline.decisions.reorder import EventOrder, TimeRules
+from touchline.decisions.requests import Ask, request_key
 from touchline.model_keeper import ModelKeeper
 from touchline.metrics.engine_metrics import EngineMetrics, observe_each, observe_many
 from touchline.state.base import OutboxEntry, Pending, StateStore, StoreError, StoreHealth, contact_key
@@ -147,6 +148,8 @@ class Engine:
         self.recover_outbox = False
         #: (profile key, decision id, output) confirmed by the outputs, for the next batch's ack
         self._done: deque[tuple[str, str, str]] = deque()
+        #: where the events of erased identities the batch in progress dropped were read
+        self._erased_sources: list[str] = []
         if core.journeys is not None:
             keep_journey_versions(core.journeys.versions, store)
 
@@ -228,6 +231,7 @@ class Engine:
         started_ns = time.perf_counter_ns()
         dead: list[dict[str, Any]] = []
         events, positions = self._parse(batch, dead)
+        self._erased_sources = []
         parsed_ns = time.perf_counter_ns()
         timings = dict[str, float]()
         events, positions = self._drop_erased(events, positions, timings)
@@ -236,8 +240,8 @@ class Engine:
             self._keep_held(batch, timings)
         events, at = self._claim_ids(events, at, dead, timings)
         self._flush_acks(timings)
-        resolved, due = _timed(timings, "resolve", self.store.begin, events, horizon, partition=batch.partition)
-        out, expired = self._decide_and_commit(events, at, resolved, due, horizon or 0, timings, batch.partition)
+        resolved, due, asks = self._begin(batch, events, horizon, timings)
+        out, expired = self._decide_and_commit(events, at, resolved, due, horizon or 0, timings, batch.partition, asks)
         if batch.final and self.keep_held:  # no next batch to drop what this one released
             self._keep_held(batch, timings)
         run_ns = out.run_ns - int(timings.get("reserve", 0.0) * 1e9)
@@ -249,10 +253,20 @@ class Engine:
                   "score": out.score_ns / 1e9, "policy": max(0, run_ns - out.score_ns) / 1e9}
         self._account(batch, events, out, dead, timings, stages)
         self._watch_errors(len(events) + len(due), len(out.errors))
-        result = BatchResult(out.decisions, dead, out.exp.records, out.no_actions)
+        result = BatchResult(out.decisions, dead, out.exp.records, out.no_actions, out.duplicated, self._erased_sources)
         for listener in self.listeners:
             listener(result)
         return result
+
+    def _begin(self, batch: RawBatch, events: list[Event], horizon: int | None, timings: dict[str, float]
+               ) -> tuple[list[tuple[str, str | None]], list[tuple[int, str, str]], list[tuple[Ask, str]]]:
+        """Resolve the events' and the requests' identities and claim the timers due by
+        ``horizon`` (unless the batch leaves them for later), in one store call."""
+        lookups = [ask.lookup() for ask in batch.asks]
+        resolved, due = _timed(timings, "resolve", self.store.begin, [*events, *lookups],
+                               horizon if batch.fire_timers else None, partition=batch.partition)
+        asks = [(ask, request_key(ask, key)) for ask, (key, _) in zip(batch.asks, resolved[len(events):])]
+        return resolved[:len(events)], due, asks
 
     def _parse(self, batch: RawBatch, dead: list[dict[str, Any]]) -> tuple[list[Event], list[int]]:
         """Valid, believable events with their input positions; the rest into ``dead``."""
@@ -312,6 +326,7 @@ class Engine:
         self.totals.erased += dropped
         self.metrics.erased_events.inc(dropped)
         still = set(map(id, kept))
+        self._erased_sources = [ev.source or "" for ev in events if id(ev) not in still]
         return kept, [pos for ev, pos in zip(events, positions) if id(ev) in still]
 
     def _in_order(self, batch: RawBatch, events: list[Event], positions: list[int],
@@ -397,20 +412,21 @@ class Engine:
 
     def _decide_and_commit(self, events: list[Event], at: list[tuple[int, bool]] | None,
                            resolved: list[tuple[str, str | None]], due: list[tuple[int, str, str]], horizon: int,
-                           timings: dict[str, float], partition: int = 0) -> tuple[BatchOutcome, set[str]]:
+                           timings: dict[str, float], partition: int = 0,
+                           asks: list[tuple[Ask, str]] | None = None) -> tuple[BatchOutcome, set[str]]:
         """Run the batch over loaded profiles and commit it with its decisions (the outbox);
         returns what it did and the profiles that expired. Profiles another writer changed
         meanwhile (a contact whose events arrive on two partitions, a timer fired by another
-        worker) are reloaded and redone, alone; so are profiles where an event or timer
-        raised, without that item."""
+        worker, a request to the API) are reloaded and redone, alone; so are profiles where an
+        event, a timer or a request raised, without that item."""
         retry_keys: set[str] | None = None
         skip: set[Any] = set()
         outcome: BatchOutcome | None = None
         expired: set[str] = set()
         attempt = 0  # redos for conflicts; a redo for an item that raised leaves that item out, so it ends
         while attempt <= MAX_CONFLICT_RETRIES:
-            run, conflicts = self._attempt(_only(events, at, resolved, due, retry_keys), horizon, timings, partition,
-                                           redo=retry_keys is not None, skip=skip)
+            run, conflicts = self._attempt(_only(events, at, resolved, due, retry_keys, asks or []), horizon, timings,
+                                           partition, redo=retry_keys is not None, skip=skip)
             redo = conflicts | set(run.failed)
             run.outcome.drop_profiles(redo, contact_key)
             expired |= run.expired - redo
@@ -456,13 +472,13 @@ class Engine:
     def _run_loaded(self, items: "_Items", horizon: int, timings: dict[str, float], skip: set[Any]) -> BatchRun:
         """Load the profiles the items touch and run the decision loop over them (timed)."""
         store = self.store
-        events, at, resolved, due = items
-        keys = {k for k, _ in resolved} | {m for _, m in resolved if m} | {k for _, k, _ in due}
+        events, at, resolved, due, asks = items
+        keys = {k for k, _ in resolved} | {m for _, m in resolved if m} | {k for _, k, _ in due} | {k for _, k in asks}
         profiles = _timed(timings, "load", store.load, keys) if keys else {}
         run = BatchRun(self.core, profiles, lambda *args: _timed(timings, "reserve", store.reserve, *args))
         run.skip = skip
         started_ns = time.perf_counter_ns()
-        run.run(events, resolved, due, horizon, at)
+        run.run(events, resolved, due, horizon, at, asks)
         run.outcome.run_ns = time.perf_counter_ns() - started_ns
         return run
 
@@ -474,7 +490,7 @@ class Engine:
         for record in decisions:
             out.setdefault(contact_key(record["contact_id"]), []).append(OutboxEntry(
                 record["decision_id"], orjson.dumps(record, option=orjson.OPT_SORT_KEYS),
-                record["channel"] in channels))
+                record["channel"] in channels and not answered(record)))
         return out
 
     def output_done(self, records: list[dict[str, Any]], part: str) -> None:
@@ -621,17 +637,32 @@ class Engine:
 MAX_CONFLICT_RETRIES = 20
 
 
-_Items = tuple[list[Event], "list[tuple[int, bool]] | None", list[tuple[str, str | None]], list[tuple[int, str, str]]]
+_Items = tuple[list[Event], "list[tuple[int, bool]] | None", list[tuple[str, str | None]], list[tuple[int, str, str]],
+               list[tuple[Ask, str]]]
 
 
 def _only(events: list[Event], at: list[tuple[int, bool]] | None, resolved: list[tuple[str, str | None]],
-          due: list[tuple[int, str, str]], keys: set[str] | None) -> _Items:
-    """The events (with their places) and timers of ``keys`` (all when None)."""
+          due: list[tuple[int, str, str]], keys: set[str] | None, asks: list[tuple[Ask, str]]) -> _Items:
+    """The events (with their places), timers and requests of ``keys`` (all when None)."""
     if keys is None:
-        return events, at, resolved, due
+        return events, at, resolved, due, asks
     picked = [i for i, r in enumerate(resolved) if r[0] in keys]
     return ([events[i] for i in picked], None if at is None else [at[i] for i in picked],
-            [resolved[i] for i in picked], [t for t in due if t[1] in keys])
+            [resolved[i] for i in picked], _of_keys(due, 1, keys), _of_keys(asks, 1, keys))
+
+
+def _of_keys(items: list[Any], place: int, keys: set[str]) -> list[Any]:
+    """The items whose profile key (at ``place``) is one of ``keys``."""
+    return [item for item in items if item[place] in keys]
+
+
+def answered(record: dict[str, Any]) -> bool:
+    """A decision made on request: the HTTP answer delivers it, never a channel connector.
+
+    >>> answered({"trigger": {"kind": "request"}}), answered({"trigger": {"kind": "timer"}})
+    (True, False)
+    """
+    return record["trigger"].get("kind") == "request"
 
 
 def _redelivered_from(batch: RawBatch) -> int | None:

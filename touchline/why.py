@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 import orjson
 
+from touchline.decisions.errors import TouchlineError
 from touchline.decisions.profile import ANON_PREFIX
 
 EXIT_NOT_FOUND, EXIT_USAGE = 1, 2
@@ -30,7 +31,7 @@ DEFAULT_LIMIT = 20
 OUTPUTS = {"decisions": ("decisions", "decisions.jsonl"), "no_actions": ("no-action records", "no_actions.jsonl")}
 
 
-class WhyError(Exception):
+class WhyError(TouchlineError):
     """A usage error: an input that is not there (the message names it)."""
 
 

@@ -1,0 +1,324 @@
+"""``touchline bench --api``: the HTTP API's latency under load, beside an engine on a live stream.
+
+A redis-server (``--redis URL``, flushed first, or one started here), an engine process
+(``touchline run --input FILE --follow --redis``: the wall clock, tailing a file) and a
+``touchline serve`` process on the same Redis and settings. The engine first reads simulated
+events for ``contacts`` people (re-stamped to the last hour, so they are live contacts); then a
+feeder appends more at ``rate`` events a second while rounds of ``clients`` concurrent clients
+each ask in a loop, for ``seconds``: ``GET /v1/contacts/{id}`` of a random known contact, then
+``POST /v1/decide`` for one. Latency is measured by the clients, arrival of the request at the
+socket to the last byte of the answer, so it includes the clients' own event loop (one process
+here, on the same cores as the servers).
+
+    python -m touchline.api_bench --clients 100,200 --seconds 10
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from touchline.bench_services import cell, cpu_seconds, flush_redis, machine, percentile, start_redis
+from touchline.settings import Settings
+
+KEY = "bench-key-" + "0" * 16
+ENDPOINTS = ("profile", "decide")
+
+
+def run_api_bench(settings: Settings, clients: list[int], seconds: float, rate: float, *, redis_url: str | None = None,
+                  keep: bool = False, contacts: int = 2000, pause: float = 0.0) -> dict[str, Any]:
+    """The figures of every round (see the module docstring)."""
+    work = Path(tempfile.mkdtemp(prefix="touchline-api-bench-"))
+    try:
+        with ExitStack() as stack:
+            url = _redis(stack, work, redis_url)
+            known, pending = _events(settings, work, contacts)
+            config = _config(work)
+            engine = stack.enter_context(_Child(work / "engine", _engine_cmd(work, url, config)))
+            served = stack.enter_context(_Child(work / "serve", _serve_cmd(work, url, config)))
+            base = _wait_line(work / "serve" / "stderr.log", served, "serving the API on ")
+            _wait_seeded(base, known[-1], engine)
+            feeder = _Feeder(work / "live.jsonl", pending, rate)
+            stack.callback(feeder.stop)
+            feeder.start()
+            rounds = [_round(base, known, n, endpoint, seconds, pause, (served.pid, engine.pid))
+                      for n in clients for endpoint in ENDPOINTS]
+            fed = feeder.fed
+        return {"machine": machine("redis-server, the engine, touchline serve and the clients"),
+                "load_average": [round(x, 2) for x in os.getloadavg()], "contacts": len(known),
+                "stream_rate": rate, "stream_events_fed": fed, "seconds": seconds, "pause": pause, "rounds": rounds,
+                "work_dir": str(work) if keep else None}
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _redis(stack: ExitStack, work: Path, url: str | None) -> str:
+    if url is not None:
+        flush_redis(url)
+        return url
+    proc, started = start_redis(work / "redis")
+    stack.callback(_stop, proc)
+    return started
+
+
+def _config(work: Path) -> Path:
+    """The settings both processes read: the bench's key, no rate limit in the way, models in Redis."""
+    path = work / "settings.toml"
+    path.write_text(f'[api]\nkeys = ["{KEY}"]\nrate_per_second = 1000000\nburst = 1000000\ntimeout_seconds = 30\n'
+                    "[source]\ntick_seconds = 0.2\n")
+    return path
+
+
+def _engine_cmd(work: Path, url: str, config: Path) -> list[str]:
+    return [sys.executable, "-m", "touchline", "run", "--input", str(work / "live.jsonl"), "--follow", "--redis", url,
+            "--config", str(config), "--out", str(work / "engine" / "out"), "--no-metrics", "--quiet",
+            "--log-level", "info"]
+
+
+def _serve_cmd(work: Path, url: str, config: Path) -> list[str]:
+    return [sys.executable, "-m", "touchline", "serve", "--redis", url, "--config", str(config), "--port", "0",
+            "--out", str(work / "serve" / "out")]
+
+
+def _events(settings: Settings, work: Path, contacts: int) -> tuple[list[str], list[bytes]]:
+    """Simulated events re-stamped into the last hour, in time order: the first half seeds the
+    file the engine reads at start, the rest is what the feeder appends during the rounds.
+    Returns the known contacts of the seed and the lines still to feed."""
+    from touchline.connectors.simulator import Simulator
+    from touchline.decisions.events import parse_ts
+    from touchline.runner import simulator_spec
+
+    spec = simulator_spec(settings.model_copy(update={"simulator": settings.simulator.model_copy(
+        update={"contacts": contacts, "days": 7, "malformed_rate": 0.0})}))
+    lines = list(Simulator(spec).lines())
+    first, last = spec.start_ms, spec.start_ms + 7 * 86_400_000
+    now = time.time_ns() // 1_000_000
+    docs = [orjson.loads(line) for line in lines]
+    for doc in docs:  # the week squeezed into the hour before now: every contact is a recent one
+        doc["ts"] = now - 3_600_000 + (parse_ts(doc["ts"]) - first) * 3_600_000 // max(1, last - first)
+    half = len(docs) // 2
+    (work / "live.jsonl").write_bytes(b"".join(orjson.dumps(d) + b"\n" for d in docs[:half]))
+    known = list(dict.fromkeys(d["contact_id"] for d in docs[:half] if d.get("contact_id")))
+    return known, [orjson.dumps({**d, "event_id": d["event_id"] + "-live"}) for d in docs[half:]]
+
+
+class _Child:
+    """A child process (its stderr in ``directory/stderr.log``), stopped with SIGINT at exit."""
+
+    def __init__(self, directory: Path, cmd: list[str]) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(directory / "stderr.log", "wb"),
+                                     env=env, cwd=directory)
+
+    def __enter__(self) -> subprocess.Popen[bytes]:
+        return self.proc
+
+    def __exit__(self, *exc: object) -> None:
+        _stop(self.proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(2)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _wait_line(path: Path, proc: subprocess.Popen[bytes], marker: str, timeout: float = 120.0) -> str:
+    """The first word after ``marker`` in a process's stderr, once it is there."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        if marker in text:
+            return text.split(marker, 1)[1].split()[0]
+        if proc.poll() is not None:
+            raise RuntimeError(f"{path.parent.name} ended ({proc.returncode}): {text[-2000:]}")
+        time.sleep(0.1)
+    raise RuntimeError(f"no {marker!r} within {timeout:g} s in {path}")
+
+
+def _wait_seeded(base: str, contact: str, engine: subprocess.Popen[bytes], timeout: float = 300.0) -> None:
+    """Until the engine has applied the seed file (its last contact has a profile)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=base, headers={"X-API-Key": KEY}) as client:
+        while time.monotonic() < deadline:
+            if client.get(f"/v1/contacts/{contact}").status_code == 200:
+                return
+            if engine.poll() is not None:
+                raise RuntimeError(f"the engine ended ({engine.returncode}) before it read the seed events")
+            time.sleep(0.5)
+    raise RuntimeError(f"the engine did not apply the seed events within {timeout:g} s")
+
+
+class _Feeder(threading.Thread):
+    """Appends the live events to the file the engine tails, ``rate`` a second, ten times a second."""
+
+    def __init__(self, path: Path, lines: list[bytes], rate: float) -> None:
+        super().__init__(name="api-bench-feeder", daemon=True)
+        self.path, self.lines, self.rate = path, lines, rate
+        self.fed = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        chunk = max(1, int(self.rate / 10))
+        with self.path.open("ab") as out:
+            while not self._halt.wait(0.1) and self.rate > 0 and self.fed < len(self.lines):
+                batch = self.lines[self.fed:self.fed + chunk]
+                out.write(b"".join(line + b"\n" for line in batch))
+                out.flush()
+                self.fed += len(batch)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5)
+
+
+def _round(base: str, known: list[str], clients: int, endpoint: str, seconds: float, pause: float,
+           pids: tuple[int, int]) -> dict[str, Any]:
+    """``clients`` clients asking ``endpoint`` in a loop for ``seconds``: latency and throughput."""
+    serve_pid, engine_pid = pids
+    cpu_before = (cpu_seconds(serve_pid) or 0.0, cpu_seconds(engine_pid) or 0.0, time.process_time())
+    latencies, codes = _loop_run(_clients(base, known, clients, endpoint, seconds, pause))
+    cpu_after = (cpu_seconds(serve_pid) or 0.0, cpu_seconds(engine_pid) or 0.0, time.process_time())
+    ok = latencies.get(200, [])
+    return {"clients": clients, "endpoint": endpoint, "requests": sum(codes.values()), "codes": codes,
+            "per_second": round(sum(codes.values()) / seconds, 1),
+            "p50_ms": _ms(percentile(ok, 0.5)), "p90_ms": _ms(percentile(ok, 0.9)), "p99_ms": _ms(percentile(ok, 0.99)),
+            "max_ms": _ms(max(ok) if ok else None),
+            "serve_cpu_share": round((cpu_after[0] - cpu_before[0]) / seconds, 2),
+            "engine_cpu_share": round((cpu_after[1] - cpu_before[1]) / seconds, 2),
+            "clients_cpu_share": round((cpu_after[2] - cpu_before[2]) / seconds, 2)}
+
+
+def _loop_run(work: Any) -> Any:
+    """Run a coroutine on uvloop when installed (a faster client), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(work)
+    return uvloop.run(work)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+async def _clients(base: str, known: list[str], clients: int, endpoint: str, seconds: float,
+                   pause: float) -> tuple[dict[int, list[float]], dict[str, int]]:
+    """``clients`` keep-alive connections, each a client asking in a loop until the round ends."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    latencies: dict[int, list[float]] = {}
+    end = time.perf_counter() + seconds
+    await asyncio.gather(*(_client(host, int(port), (known, endpoint, pause), end, latencies, random.Random(i))
+                           for i in range(clients)))
+    return latencies, {str(code): len(found) for code, found in sorted(latencies.items())}
+
+
+async def _client(host: str, port: int, what: tuple[list[str], str, float], end: float,
+                  latencies: dict[int, list[float]], rng: random.Random) -> None:
+    """One client on its own connection: a request, its answer, ``pause`` (a random share of it
+    before the first request, so the clients do not ask in step), the next, until ``end``. A
+    minimal HTTP/1.1 client, so the clients' own cost stays small beside the server's."""
+    known, endpoint, pause = what
+    reader, writer = await asyncio.open_connection(host, port)
+    await asyncio.sleep(rng.uniform(0, pause))
+    try:
+        while time.perf_counter() < end:
+            request = _request(endpoint, rng.choice(known))
+            started = time.perf_counter()
+            writer.write(request)
+            code = await _answer(reader)
+            latencies.setdefault(code, []).append(time.perf_counter() - started)
+            if pause:
+                await asyncio.sleep(pause)
+    finally:
+        writer.close()
+
+
+def _request(endpoint: str, contact: str) -> bytes:
+    """The bytes of one request (ids from the simulator need no escaping)."""
+    head = f"Host: bench\r\nX-API-Key: {KEY}\r\n"
+    if endpoint == "profile":
+        return f"GET /v1/contacts/{contact} HTTP/1.1\r\n{head}\r\n".encode()
+    body = orjson.dumps({"contact_id": contact, "context": {"placement": "home_banner", "channel": "web"}})
+    return (f"POST /v1/decide HTTP/1.1\r\n{head}Content-Type: application/json\r\nContent-Length: {len(body)}"
+            "\r\n\r\n").encode() + body
+
+
+async def _answer(reader: asyncio.StreamReader) -> int:
+    """Read one answer whole; its status code."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    code = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return code
+
+
+def format_api_bench(f: dict[str, Any]) -> str:
+    """The rounds as a table, with what the machine was doing."""
+    pause = f"each client pausing {f['pause']:g} s between answers" if f["pause"] else "closed loop (no pause)"
+    lines = [f"HTTP API under load: {f['contacts']:,} known contacts, the engine fed {f['stream_rate']:g} events/s "
+             f"({f['stream_events_fed']:,} in all), {f['seconds']:g} s per round, {pause}; {f['machine']}; "
+             f"load average at the end {', '.join(map(str, f['load_average']))}",
+             f"  {'endpoint':<28} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+             f"{'max ms':>8} {'serve CPU':>9} {'engine CPU':>10} {'clients CPU':>11}  codes"]
+    for r in f["rounds"]:
+        name = "GET /v1/contacts/{id}" if r["endpoint"] == "profile" else "POST /v1/decide"
+        lines.append(f"  {name:<28} {r['clients']:>7} {cell(r['per_second']):>8} {cell(r['p50_ms'], '.1f'):>8} "
+                     f"{cell(r['p90_ms'], '.1f'):>8} {cell(r['p99_ms'], '.1f'):>8} {cell(r['max_ms'], '.1f'):>8} "
+                     f"{cell(r['serve_cpu_share'], '.2f'):>9} {cell(r['engine_cpu_share'], '.2f'):>10} "
+                     f"{cell(r['clients_cpu_share'], '.2f'):>11}  "
+                     f"{', '.join(f'{c}: {n:,}' for c, n in r['codes'].items())}")
+    lines.append("  targets: p99 under 20 ms for the profile, under 50 ms for decide (CPU: share of one core)")
+    if f.get("work_dir"):
+        lines.append(f"  logs and outputs kept in {f['work_dir']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from touchline.catchup import parse_counts
+    from touchline.settings import load_settings
+
+    p = argparse.ArgumentParser(prog="python -m touchline.api_bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clients", default="100,200", help="concurrent clients per round (default 100,200)")
+    p.add_argument("--seconds", type=float, default=10.0, help="length of each round (default 10)")
+    p.add_argument("--rate", type=float, default=200.0, help="the stream's events/s meanwhile (default 200)")
+    p.add_argument("--contacts", type=int, default=2000, help="simulated people (default 2000)")
+    p.add_argument("--pause", type=float, default=0.0, help="seconds each client waits between answers (default 0)")
+    p.add_argument("--redis", metavar="URL", help="a Redis to use (flushed first); default: one started here")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs, outputs)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    figures = run_api_bench(load_settings(None), parse_counts(args.clients, "--clients"), args.seconds, args.rate,
+                            redis_url=args.redis, keep=args.keep, contacts=args.contacts, pause=args.pause)
+    print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode() if args.json else format_api_bench(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
