@@ -26,6 +26,7 @@ import hashlib
 import importlib
 import inspect
 import math
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
@@ -33,7 +34,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from river import compose, linear_model, optim, preprocessing
 
-from touchline.decisions.errors import TouchlineError
+from touchline.decisions.errors import TouchlineError, close_match
 from touchline.decisions.plugins import Registry
 from touchline.decisions.evaluation import Evaluation
 from touchline.decisions.features import FEATURE_NAMES
@@ -212,6 +213,33 @@ def trial(estimator: Any, features: list[str], spec: str, params: dict[str, Any]
 
 # ------------------------------------------------------------------ configuration
 Scalar = str | int | float | bool
+#: The features the custom attributes of the settings in force give (set as the settings load,
+#: see touchline/settings.py): (every attribute and trait name, those of them whose values are
+#: text, which a model reads as ``NAME=VALUE`` indicators).
+DECLARED_FEATURES: ContextVar[tuple[frozenset[str], frozenset[str]]] = ContextVar(
+    "touchline_declared_features", default=(frozenset(), frozenset()))
+
+
+def unknown_features(names: list[str]) -> list[str]:
+    """Those of ``names`` that neither a built-in feature nor a declared custom attribute gives,
+    each with a did-you-mean.
+
+    >>> token = DECLARED_FEATURES.set((frozenset({"tier"}), frozenset({"tier"})))
+    >>> unknown_features(["cart_value", "tier", "tier=gold", "teir=gold", "cart_valeu"])
+    ["'teir=gold' (did you mean 'tier=...'?)", "'cart_valeu' (did you mean 'cart_value'?)"]
+    >>> DECLARED_FEATURES.reset(token)
+    """
+    custom, text = DECLARED_FEATURES.get()
+    known = {*FEATURE_NAMES, *custom}
+    out = []
+    for feature in names:
+        name, eq, _ = feature.partition("=")
+        if (feature in known and not eq) or (eq and name in text):
+            continue
+        close = close_match(name, text if eq else known)
+        hint = f" (did you mean {(close + '=...') if eq else close!r}?)" if close else ""
+        out.append(f"{feature!r}{hint}")
+    return out
 
 
 class ModelConfig(BaseModel):
@@ -231,9 +259,11 @@ class ModelConfig(BaseModel):
     @field_validator("features")
     @classmethod
     def _known_features(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - set(FEATURE_NAMES))
+        unknown = unknown_features(value)
         if unknown:
-            raise ValueError(f"unknown feature(s) {unknown}; known: {', '.join(FEATURE_NAMES)}")
+            custom = sorted(DECLARED_FEATURES.get()[0])
+            raise ValueError(f"unknown feature(s) [{', '.join(unknown)}]; known: {', '.join(FEATURE_NAMES)}"
+                             f"{', and the custom attributes ' + ', '.join(custom) if custom else ''}")
         if not value:
             raise ValueError("at least one feature is required")
         if len(set(value)) != len(value):

@@ -193,3 +193,83 @@ class ObservedAt(dict[str, int]):
 
     def view(self) -> dict[str, Any]:
         return {}  # bookkeeping of the scorer, not part of what a snapshot shows
+
+
+@dataclass(slots=True)
+class Tally:
+    """One custom attribute's state (see :mod:`touchline.decisions.custom_attributes`): its
+    aggregate, the fingerprint of the definition it was made under, and ``entries``, each
+    ``[bucket, value]`` oldest first (count, sum: a number; distinct: the values seen) or
+    one ``[ts_ms, value]`` (last, trait). Bounded by the attribute's window in buckets."""
+
+    kind: str
+    version: str
+    entries: list[list[Any]] = field(default_factory=list)
+
+    def merge(self, other: Tally) -> None:
+        """Fold in the same attribute's state of another profile, made under the same definition."""
+        if other.version != self.version or not other.entries:
+            return
+        if self.kind in ("last", "trait"):
+            if not self.entries or other.entries[0][0] > self.entries[0][0]:
+                self.entries = [list(other.entries[0])]
+            return
+        mine = {int(b): v for b, v in self.entries}
+        for bucket, value in other.entries:
+            mine[int(bucket)] = _combine(self.kind, mine.get(int(bucket)), value)
+        self.entries = [[b, mine[b]] for b in sorted(mine)]
+
+
+#: Distinct values kept per bucket of a ``distinct`` attribute (its value saturates here).
+MAX_DISTINCT = 100
+
+
+def _combine(kind: str, mine: Any, theirs: Any) -> Any:
+    """One bucket of two profiles: counts and sums add up, distinct values unite (bounded).
+
+    >>> _combine("sum", 2.5, 1), _combine("distinct", ["a"], ["b", "a"]), _combine("count", None, 3)
+    (3.5, ['a', 'b'], 3)
+    """
+    if mine is None:
+        return theirs
+    if kind == "distinct":
+        return [*mine, *(v for v in theirs if v not in mine)][:MAX_DISTINCT]
+    return mine + theirs
+
+
+class Tallies(dict[str, Tally]):
+    """Custom attribute name -> its :class:`Tally`. Stored as ``{name: [kind, version, entries]}``.
+
+    >>> t = Tallies({"views_7d": Tally("count", "v1", [[20000, 2]])})
+    >>> t.merge(Tallies({"views_7d": Tally("count", "v1", [[19999, 1], [20000, 1]])}))
+    >>> t["views_7d"].entries
+    [[19999, 1], [20000, 3]]
+    >>> Tallies.from_json(t.to_json()) == t
+    True
+    """
+
+    __slots__ = ()
+
+    def merge(self, other: Mapping[str, Tally]) -> None:
+        """An anonymous visitor's tallies add to the contact's (its last values and traits count
+        where they are newer); a tally made under another definition of the attribute is dropped."""
+        for name, tally in other.items():
+            mine = self.get(name)
+            if mine is None:
+                self[name] = Tally(tally.kind, tally.version, [list(e) for e in tally.entries])
+            else:
+                mine.merge(tally)
+
+    def to_json(self) -> dict[str, list[Any]]:
+        return {name: [t.kind, t.version, t.entries] for name, t in self.items()}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Sequence[Any]]) -> Tallies:
+        return cls({name: Tally(str(t[0]), str(t[1]), [list(e) for e in t[2]]) for name, t in raw.items()})
+
+    def view(self) -> dict[str, Any]:
+        """What is kept, raw (export shows it all: a trait such as a tier is personal data)."""
+        if not self:
+            return {}
+        return {"custom_attributes": {name: {"aggregate": t.kind, "entries": [list(e) for e in t.entries]}
+                                      for name, t in self.items()}}
