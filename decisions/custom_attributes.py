@@ -39,7 +39,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from touchline.decisions.errors import did_you_mean
-from touchline.decisions.feature_states import MAX_DISTINCT, Tally
+from touchline.decisions.feature_states import MAX_DISTINCT, Tally, latest_only
 from touchline.decisions.journey_runtime import all_match
 from touchline.decisions.journeys import _check_condition, parse_duration
 from touchline.decisions.profile import DAY_MS, HOUR_MS, Profile
@@ -50,6 +50,8 @@ MAX_WINDOW_DAYS = 366
 MAX_WINDOW_HOURS = 168
 #: Text values are kept up to this many characters.
 MAX_TEXT = 200
+#: A number a sum adds is below this in size (a bigger one is a tracking error, skipped).
+MAX_AMOUNT = 1e12
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 Aggregate = Literal["count", "sum", "distinct", "last"]
 
@@ -137,7 +139,7 @@ class TraitSpec(BaseModel):
         event, dot, prop = str(text).partition(".") if isinstance(text, str) else ("", "", "")
         if not (event and dot and prop):
             raise ValueError(f"{text!r} is not EVENT.PROPERTY (e.g. identify.tier)")
-        return cls(event=event, prop=prop)
+        return cls.model_validate({"event": event, "property": prop})
 
     @property
     def version(self) -> str:
@@ -171,7 +173,8 @@ class CustomAttributes:
         self.names = (*self.attributes, *self.traits)
         #: event type -> the attributes and traits it updates
         self.by_event: dict[str, list[tuple[str, AttributeSpec | TraitSpec]]] = {}
-        for name, spec in (*self.attributes.items(), *self.traits.items()):
+        specs: list[tuple[str, AttributeSpec | TraitSpec]] = [*self.attributes.items(), *self.traits.items()]
+        for name, spec in specs:
             self.by_event.setdefault(spec.event, []).append((name, spec))
 
     def __bool__(self) -> bool:
@@ -273,8 +276,18 @@ def _contribution(spec: AttributeSpec, properties: dict[str, Any]) -> Any:
         return 1
     value = scalar(properties.get(spec.prop or ""))
     if spec.aggregate == "sum":
-        return value if isinstance(value, float) else None
-    return None if value is None else str(value)
+        return value if isinstance(value, float) and abs(value) < MAX_AMOUNT else None
+    return None if value is None else _digest(value)
+
+
+def _digest(value: str | float | bool) -> str:
+    """What a distinct value is kept as: 16 hex digits of its hash (the count needs only its identity,
+    and long text costs no more).
+
+    >>> _digest("A") == _digest("A") != _digest(1.0), len(_digest("x" * 200))
+    (True, 16)
+    """
+    return hashlib.blake2b(orjson.dumps(value), digest_size=8).hexdigest()
 
 
 def _add(tally: Tally, kind: str, bucket: int, value: Any) -> None:
@@ -287,24 +300,31 @@ def _add(tally: Tally, kind: str, bucket: int, value: Any) -> None:
         entry = entries[at - 1]
         if kind != "distinct":
             entry[1] += value
-        elif value not in entry[1] and len(entry[1]) < MAX_DISTINCT:
+        elif value not in entry[1]:
             entry[1].append(value)
     else:
         entries.insert(at, [bucket, [value] if kind == "distinct" else value])
+    if kind == "distinct":
+        tally.entries = latest_only(entries)
 
 
 def _value(spec: AttributeSpec, tally: Tally | None, now_ms: int) -> Any:
     """An aggregate as of ``now_ms``: the buckets from the window's first to the current one."""
     if spec.aggregate == "last":
-        if tally and tally.entries and now_ms - spec.window_ms < tally.entries[0][0] <= now_ms:
-            return tally.entries[0][1]
-        return None
+        return _last_value(spec, tally, now_ms)
     current = now_ms // spec.bucket_ms
     inside = [v for b, v in (tally.entries if tally else ()) if current - spec.buckets < b <= current]
     if spec.aggregate == "distinct":
-        return min(MAX_DISTINCT, len({x for values in inside for x in values}))
+        return min(MAX_DISTINCT, sum(len(values) for values in inside))  # each value is in one bucket
     total = sum(inside)
     return round(total, 6) if spec.aggregate == "sum" else total
+
+
+def _last_value(spec: AttributeSpec, tally: Tally | None, now_ms: int) -> Any:
+    """The newest value if it was seen within the window before ``now_ms``, else None."""
+    if tally and tally.entries and now_ms - spec.window_ms < tally.entries[0][0] <= now_ms:
+        return tally.entries[0][1]
+    return None
 
 
 def check_definitions(attributes: Mapping[str, AttributeSpec], traits: Mapping[str, TraitSpec],

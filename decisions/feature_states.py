@@ -208,20 +208,45 @@ class Tally:
 
     def merge(self, other: Tally) -> None:
         """Fold in the same attribute's state of another profile, made under the same definition."""
-        if other.version != self.version or not other.entries:
-            return
-        if self.kind in ("last", "trait"):
-            if not self.entries or other.entries[0][0] > self.entries[0][0]:
-                self.entries = [list(other.entries[0])]
-            return
-        mine = {int(b): v for b, v in self.entries}
-        for bucket, value in other.entries:
-            mine[int(bucket)] = _combine(self.kind, mine.get(int(bucket)), value)
-        self.entries = [[b, mine[b]] for b in sorted(mine)]
+        if other.version == self.version and other.entries:
+            self.entries = _merged(self.kind, self.entries, other.entries)
 
 
-#: Distinct values kept per bucket of a ``distinct`` attribute (its value saturates here).
+def _merged(kind: str, mine: list[list[Any]], theirs: list[list[Any]]) -> list[list[Any]]:
+    """Two profiles' entries of one tally: the newer last value, or the buckets combined.
+
+    >>> _merged("last", [[5, "a"]], [[7, "b"]]), _merged("count", [[1, 2]], [[0, 1], [1, 1]])
+    ([[7, 'b']], [[0, 1], [1, 3]])
+    """
+    if kind in ("last", "trait"):
+        return [list(theirs[0])] if not mine or theirs[0][0] > mine[0][0] else mine
+    buckets = {int(b): v for b, v in mine}
+    for bucket, value in theirs:
+        buckets[int(bucket)] = _combine(kind, buckets.get(int(bucket)), value)
+    merged = [[b, buckets[b]] for b in sorted(buckets)]
+    return latest_only(merged) if kind == "distinct" else merged
+
+
+#: Distinct values kept of a ``distinct`` attribute, each once, in the bucket it was last seen
+#: in (its value saturates here).
 MAX_DISTINCT = 100
+
+
+def latest_only(entries: list[list[Any]]) -> list[list[Any]]:
+    """Distinct buckets with each value only in the newest bucket that has it, at most
+    :data:`MAX_DISTINCT` values in all (the newest kept), empty buckets dropped.
+
+    >>> latest_only([[1, ["a", "b"]], [2, ["a"]]])
+    [[1, ['b']], [2, ['a']]]
+    """
+    seen: set[Any] = set()
+    kept: list[list[Any]] = []
+    for bucket, values in reversed(entries):
+        fresh = [v for v in values if v not in seen][:MAX_DISTINCT - len(seen)]
+        seen.update(fresh)
+        if fresh:
+            kept.append([bucket, fresh])
+    return kept[::-1]
 
 
 def _combine(kind: str, mine: Any, theirs: Any) -> Any:
@@ -233,7 +258,7 @@ def _combine(kind: str, mine: Any, theirs: Any) -> Any:
     if mine is None:
         return theirs
     if kind == "distinct":
-        return [*mine, *(v for v in theirs if v not in mine)][:MAX_DISTINCT]
+        return [*mine, *(v for v in theirs if v not in mine)]
     return mine + theirs
 
 

@@ -182,7 +182,7 @@ def _hint(bad: list[Any], known: Any) -> str:
     return f" ({hints[0]})" if hints else ""
 
 
-def _profile_conditions(value: dict[str, Any], info: ValidationInfo | None = None) -> dict[str, Any]:
+def _profile_conditions(value: dict[str, Any], info: ValidationInfo | None) -> dict[str, Any]:
     vocabulary = _vocabulary(info)
     known = [*PROFILE_FIELDS, *sorted(vocabulary.profile_fields)] if vocabulary is not None else list(value)
     unknown = sorted(set(value) - set(known))
@@ -194,10 +194,10 @@ def _profile_conditions(value: dict[str, Any], info: ValidationInfo | None = Non
     return value
 
 
-def _event_type(value: str, info: ValidationInfo | None = None) -> str:
+def _event_type(value: str, info: ValidationInfo | None) -> str:
     """A known event type (built in, or declared in the settings); a near miss is named.
 
-    >>> _event_type("purchse")
+    >>> _event_type("purchse", None)
     Traceback (most recent call last):
     ...
     ValueError: unknown event type 'purchse' (did you mean 'purchase'?; see `touchline schema` for the known types, \

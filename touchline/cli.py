@@ -767,6 +767,10 @@ def _cmd_journeys_deployed(args: argparse.Namespace, settings: Settings) -> int:
     code, loaded = _check_journey_files(paths, quiet=args.json, settings=settings)
     if code:
         return code
+    if settings.state.url.startswith("memory://") and not (args.redis or args.json or args.forget_unused):
+        print("touchline: the files only (with the settings' custom event types and attributes): state.url is "
+              "memory://; pass --redis URL to see the contacts inside the journeys", file=sys.stderr)
+        return 0
     found = check_deployment(settings, loaded, args.forget_unused)
     print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode() if args.json else format_report(found))
     return 0
