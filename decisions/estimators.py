@@ -26,7 +26,6 @@ import hashlib
 import importlib
 import inspect
 import math
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
@@ -213,23 +212,30 @@ def trial(estimator: Any, features: list[str], spec: str, params: dict[str, Any]
 
 # ------------------------------------------------------------------ configuration
 Scalar = str | int | float | bool
-#: The features the custom attributes of the settings in force give (set as the settings load,
-#: see touchline/settings.py): (every attribute and trait name, those of them whose values are
-#: text, which a model reads as ``NAME=VALUE`` indicators).
-DECLARED_FEATURES: ContextVar[tuple[frozenset[str], frozenset[str]]] = ContextVar(
-    "touchline_declared_features", default=(frozenset(), frozenset()))
+#: The features the custom attributes of the settings in force in this process give (set as the
+#: settings load, see touchline/settings.py; process-wide, as the engine's worker threads read
+#: stored model specs too): every attribute and trait name, and those of them whose values are
+#: text, which a model reads as ``NAME=VALUE`` indicators.
+_DECLARED: dict[str, frozenset[str]] = {"names": frozenset(), "text": frozenset()}
+
+
+def declare_features(names: frozenset[str], text: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
+    """Set the custom attribute features models may name; returns the ones declared before."""
+    before = (_DECLARED["names"], _DECLARED["text"])
+    _DECLARED.update(names=names, text=text)
+    return before
 
 
 def unknown_features(names: list[str]) -> list[str]:
     """Those of ``names`` that neither a built-in feature nor a declared custom attribute gives,
     each with a did-you-mean.
 
-    >>> token = DECLARED_FEATURES.set((frozenset({"tier"}), frozenset({"tier"})))
+    >>> before = declare_features(frozenset({"tier"}), frozenset({"tier"}))
     >>> unknown_features(["cart_value", "tier", "tier=gold", "teir=gold", "cart_valeu"])
     ["'teir=gold' (did you mean 'tier=...'?)", "'cart_valeu' (did you mean 'cart_value'?)"]
-    >>> DECLARED_FEATURES.reset(token)
+    >>> _ = declare_features(*before)
     """
-    custom, text = DECLARED_FEATURES.get()
+    custom, text = _DECLARED["names"], _DECLARED["text"]
     known = {*FEATURE_NAMES, *custom}
     out = []
     for feature in names:
@@ -261,7 +267,7 @@ class ModelConfig(BaseModel):
     def _known_features(cls, value: list[str]) -> list[str]:
         unknown = unknown_features(value)
         if unknown:
-            custom = sorted(DECLARED_FEATURES.get()[0])
+            custom = sorted(_DECLARED["names"])
             raise ValueError(f"unknown feature(s) [{', '.join(unknown)}]; known: {', '.join(FEATURE_NAMES)}"
                              f"{', and the custom attributes ' + ', '.join(custom) if custom else ''}")
         if not value:

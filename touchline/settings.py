@@ -30,7 +30,7 @@ from touchline.decisions.custom_attributes import (
 from touchline.decisions.events import KNOWN_TYPES, check_known_types
 from touchline.decisions.experiments import ExperimentSettings
 from touchline.decisions.no_action import AuditSettings
-from touchline.decisions.estimators import DECLARED_FEATURES, ScoreSettings, resolve
+from touchline.decisions.estimators import ScoreSettings, declare_features, resolve
 from touchline.decisions.features import FEATURE_NAMES
 from touchline.decisions.journeys import PROFILE_FIELDS, Vocabulary
 from touchline.decisions.policy import PolicyConfig
@@ -404,7 +404,7 @@ class Settings(BaseSettings):
     def _declare_custom_features(cls, data: Any) -> Any:
         """Models may read custom attributes: their names are known before the models are checked."""
         if isinstance(data, dict):
-            DECLARED_FEATURES.set(declared_features(data.get("attributes"), data.get("traits")))
+            declare_features(*declared_features(data.get("attributes"), data.get("traits")))
         return data
 
     @model_validator(mode="after")
