@@ -23,6 +23,7 @@ from typing import Any, Callable
 from touchline.decisions.arbitration import Arbiter, Reserve
 from touchline.decisions.champion import ModelSlot, Restore
 from touchline.decisions.clock import Clock, EventTimeClock
+from touchline.decisions.custom_attributes import CustomAttributes
 from touchline.decisions.dispatch import TimeQueue, TimerBook, dispatch, item_id
 from touchline.decisions.event_apply import EventApplier
 from touchline.decisions.event_handler import EventHandler
@@ -63,8 +64,11 @@ class DecisionCore:
         experiments: ExperimentSettings | None = None,
         anonymous_retention_days: float | None = None,
         no_action_share: float = 1.0,
+        attributes: CustomAttributes | None = None,
     ) -> None:
         self.policy = policy
+        #: the configured custom attributes and traits (settings [attributes.NAME], [traits])
+        self.attributes = attributes or CustomAttributes({}, {})
         #: share of the decision points where nothing is sent that get a no-action record
         self.no_action_share = no_action_share
         self.journeys = journeys

@@ -33,7 +33,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from river import compose, linear_model, optim, preprocessing
 
-from touchline.decisions.errors import TouchlineError
+from touchline.decisions.errors import TouchlineError, close_match
 from touchline.decisions.plugins import Registry
 from touchline.decisions.delayed_labels import HeldLabels
 from touchline.decisions.evaluation import Evaluation
@@ -214,6 +214,40 @@ def trial(estimator: Any, features: list[str], spec: str, params: dict[str, Any]
 
 # ------------------------------------------------------------------ configuration
 Scalar = str | int | float | bool
+#: The features the custom attributes of the settings in force in this process give (set as the
+#: settings load, see touchline/settings.py; process-wide, as the engine's worker threads read
+#: stored model specs too): every attribute and trait name, and those of them whose values are
+#: text, which a model reads as ``NAME=VALUE`` indicators.
+_DECLARED: dict[str, frozenset[str]] = {"names": frozenset(), "text": frozenset()}
+
+
+def declare_features(names: frozenset[str], text: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
+    """Set the custom attribute features models may name; returns the ones declared before."""
+    before = (_DECLARED["names"], _DECLARED["text"])
+    _DECLARED.update(names=names, text=text)
+    return before
+
+
+def unknown_features(names: list[str]) -> list[str]:
+    """Those of ``names`` that neither a built-in feature nor a declared custom attribute gives,
+    each with a did-you-mean.
+
+    >>> before = declare_features(frozenset({"tier"}), frozenset({"tier"}))
+    >>> unknown_features(["cart_value", "tier", "tier=gold", "teir=gold", "cart_valeu"])
+    ["'teir=gold' (did you mean 'tier=...'?)", "'cart_valeu' (did you mean 'cart_value'?)"]
+    >>> _ = declare_features(*before)
+    """
+    custom, text = _DECLARED["names"], _DECLARED["text"]
+    known = {*FEATURE_NAMES, *custom}
+    out = []
+    for feature in names:
+        name, eq, _ = feature.partition("=")
+        if (feature in known and not eq) or (eq and name in text):
+            continue
+        close = close_match(name, text if eq else known)
+        hint = f" (did you mean {(close + '=...') if eq else close!r}?)" if close else ""
+        out.append(f"{feature!r}{hint}")
+    return out
 
 
 class ModelConfig(BaseModel):
@@ -239,9 +273,11 @@ class ModelConfig(BaseModel):
     @field_validator("features")
     @classmethod
     def _known_features(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - set(FEATURE_NAMES))
+        unknown = unknown_features(value)
         if unknown:
-            raise ValueError(f"unknown feature(s) {unknown}; known: {', '.join(FEATURE_NAMES)}")
+            custom = sorted(_DECLARED["names"])
+            raise ValueError(f"unknown feature(s) [{', '.join(unknown)}]; known: {', '.join(FEATURE_NAMES)}"
+                             f"{', and the custom attributes ' + ', '.join(custom) if custom else ''}")
         if not value:
             raise ValueError("at least one feature is required")
         if len(set(value)) != len(value):

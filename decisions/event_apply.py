@@ -43,6 +43,8 @@ class EventApplier:
             self.outcome.duplicated_keys.append(key)
             return None
         self._count(ev, profile, fresh)
+        if self.run.core.attributes:
+            self.run.core.attributes.apply(profile, ev.type, ev.ts_ms, ev.properties)
         if ev.type == "purchase" and bought_before is not None and ev.ts_ms > bought_before:
             self.outcome.purchase_gap_days[min(MAX_GAP_DAYS, (ev.ts_ms - bought_before) // DAY_MS)] += 1
         return profile

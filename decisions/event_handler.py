@@ -47,7 +47,7 @@ class EventHandler:
         self._set_timers(at, ev, active)
         candidates = self._candidates(at, ev, scores, churn)
         if candidates and "lead" not in scores:  # every decision records the scores it was made with
-            scores["lead"] = run.scorer.score("lead", features(profile, profile.last_ts))
+            scores["lead"] = run.scorer.score("lead", features(profile, profile.last_ts, self.core.attributes))
         run.arbiter.decide(at, candidates, scores, Trigger({"kind": "event", "event_id": ev.event_id, "type": ev.type},
                                                            ev.event_id, ev.ts_ms))
 
@@ -57,7 +57,7 @@ class EventHandler:
         observe_lead, observe_churn = self._observes(profile, ev, active)
         if not (observe_lead or observe_churn or (profile.known and ev.type in INTENT_TYPES)):
             return {}, None
-        feats = features(profile, profile.last_ts)
+        feats = features(profile, profile.last_ts, self.core.attributes)
         lead = scorer.score("lead", feats)
         if observe_lead:
             labeller.observe(at, label_rules.LEAD, feats, lead, ev.ts_ms)

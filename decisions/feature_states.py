@@ -193,3 +193,108 @@ class ObservedAt(dict[str, int]):
 
     def view(self) -> dict[str, Any]:
         return {}  # bookkeeping of the scorer, not part of what a snapshot shows
+
+
+@dataclass(slots=True)
+class Tally:
+    """One custom attribute's state (see :mod:`touchline.decisions.custom_attributes`): its
+    aggregate, the fingerprint of the definition it was made under, and ``entries``, each
+    ``[bucket, value]`` oldest first (count, sum: a number; distinct: the values seen) or
+    one ``[ts_ms, value]`` (last, trait). Bounded by the attribute's window in buckets."""
+
+    kind: str
+    version: str
+    entries: list[list[Any]] = field(default_factory=list)
+
+    def merge(self, other: Tally) -> None:
+        """Fold in the same attribute's state of another profile, made under the same definition."""
+        if other.version == self.version and other.entries:
+            self.entries = _merged(self.kind, self.entries, other.entries)
+
+
+def _merged(kind: str, mine: list[list[Any]], theirs: list[list[Any]]) -> list[list[Any]]:
+    """Two profiles' entries of one tally: the newer last value, or the buckets combined.
+
+    >>> _merged("last", [[5, "a"]], [[7, "b"]]), _merged("count", [[1, 2]], [[0, 1], [1, 1]])
+    ([[7, 'b']], [[0, 1], [1, 3]])
+    """
+    if kind in ("last", "trait"):
+        return [list(theirs[0])] if not mine or theirs[0][0] > mine[0][0] else mine
+    buckets = {int(b): v for b, v in mine}
+    for bucket, value in theirs:
+        buckets[int(bucket)] = _combine(kind, buckets.get(int(bucket)), value)
+    merged = [[b, buckets[b]] for b in sorted(buckets)]
+    return latest_only(merged) if kind == "distinct" else merged
+
+
+#: Distinct values kept of a ``distinct`` attribute, each once, in the bucket it was last seen
+#: in (its value saturates here).
+MAX_DISTINCT = 100
+
+
+def latest_only(entries: list[list[Any]]) -> list[list[Any]]:
+    """Distinct buckets with each value only in the newest bucket that has it, at most
+    :data:`MAX_DISTINCT` values in all (the newest kept), empty buckets dropped.
+
+    >>> latest_only([[1, ["a", "b"]], [2, ["a"]]])
+    [[1, ['b']], [2, ['a']]]
+    """
+    seen: set[Any] = set()
+    kept: list[list[Any]] = []
+    for bucket, values in reversed(entries):
+        fresh = [v for v in values if v not in seen][:MAX_DISTINCT - len(seen)]
+        seen.update(fresh)
+        if fresh:
+            kept.append([bucket, fresh])
+    return kept[::-1]
+
+
+def _combine(kind: str, mine: Any, theirs: Any) -> Any:
+    """One bucket of two profiles: counts and sums add up, distinct values unite (bounded).
+
+    >>> _combine("sum", 2.5, 1), _combine("distinct", ["a"], ["b", "a"]), _combine("count", None, 3)
+    (3.5, ['a', 'b'], 3)
+    """
+    if mine is None:
+        return theirs
+    if kind == "distinct":
+        return [*mine, *(v for v in theirs if v not in mine)]
+    return mine + theirs
+
+
+class Tallies(dict[str, Tally]):
+    """Custom attribute name -> its :class:`Tally`. Stored as ``{name: [kind, version, entries]}``.
+
+    >>> t = Tallies({"views_7d": Tally("count", "v1", [[20000, 2]])})
+    >>> t.merge(Tallies({"views_7d": Tally("count", "v1", [[19999, 1], [20000, 1]])}))
+    >>> t["views_7d"].entries
+    [[19999, 1], [20000, 3]]
+    >>> Tallies.from_json(t.to_json()) == t
+    True
+    """
+
+    __slots__ = ()
+
+    def merge(self, other: Mapping[str, Tally]) -> None:
+        """An anonymous visitor's tallies add to the contact's (its last values and traits count
+        where they are newer); a tally made under another definition of the attribute is dropped."""
+        for name, tally in other.items():
+            mine = self.get(name)
+            if mine is None:
+                self[name] = Tally(tally.kind, tally.version, [list(e) for e in tally.entries])
+            else:
+                mine.merge(tally)
+
+    def to_json(self) -> dict[str, list[Any]]:
+        return {name: [t.kind, t.version, t.entries] for name, t in self.items()}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Sequence[Any]]) -> Tallies:
+        return cls({name: Tally(str(t[0]), str(t[1]), [list(e) for e in t[2]]) for name, t in raw.items()})
+
+    def view(self) -> dict[str, Any]:
+        """What is kept, raw (export shows it all: a trait such as a tier is personal data)."""
+        if not self:
+            return {}
+        return {"custom_attributes": {name: {"aggregate": t.kind, "entries": [list(e) for e in t.entries]}
+                                      for name, t in self.items()}}

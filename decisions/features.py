@@ -16,8 +16,12 @@ checkpoints refer to them.
 from __future__ import annotations
 
 from math import log1p
+from typing import TYPE_CHECKING
 
 from touchline.decisions.profile import DAY_MS, HOUR_MS, Profile, advance, purchase_span_ms
+
+if TYPE_CHECKING:
+    from touchline.decisions.custom_attributes import CustomAttributes
 
 #: Event types whose windowed counts are model features.
 FEATURE_TYPES = (
@@ -57,8 +61,9 @@ _WINDOW_NAMES = tuple(
 )
 
 
-def features(profile: Profile, now_ms: int) -> dict[str, float]:
-    """The feature vector of ``profile`` as of ``now_ms`` (advances its windows)."""
+def features(profile: Profile, now_ms: int, custom: CustomAttributes | None = None) -> dict[str, float]:
+    """The feature vector of ``profile`` as of ``now_ms`` (advances its windows), with the
+    configured custom attributes' features (see :meth:`CustomAttributes.features`)."""
     advance(profile, now_ms)
     out: dict[str, float] = {}
     _window_counts(profile, out)
@@ -66,6 +71,8 @@ def features(profile: Profile, now_ms: int) -> dict[str, float]:
     _value(profile, out)
     _engagement(profile, profile.last_ts, out)
     _customer_base(profile, now_ms, out)
+    if custom:
+        out.update(custom.features(profile, now_ms))
     return out
 
 

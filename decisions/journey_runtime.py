@@ -34,6 +34,7 @@ from touchline.decisions.profile import DAY_MS, Profile
 
 if TYPE_CHECKING:
     from touchline.decisions.arbitration import DecisionPoint
+    from touchline.decisions.custom_attributes import CustomAttributes
     from touchline.decisions.events import Event
     from touchline.decisions.moment import Moment
 
@@ -168,12 +169,12 @@ class _Facts:
     """The profile facts of one decision point, computed at first need and then kept."""
 
     def __init__(self, runner: JourneyRunner, profile: Profile, now_ms: int, scores: Mapping[str, float]) -> None:
-        self._args = (profile, now_ms, scores, runner.consent_default)
+        self._runner, self._args = runner, (profile, now_ms, scores)
         self._facts: dict[str, Any] | None = None
 
     def get(self) -> dict[str, Any]:
         if self._facts is None:
-            self._facts = profile_facts(*self._args)
+            self._facts = self._runner.facts(*self._args)
         return self._facts
 
 
@@ -200,8 +201,11 @@ class JourneyRunner(Participant):
     """All configured journeys, run for one contact at a time; a :class:`Participant` of the decision loop."""
 
     def __init__(self, journeys: list[Journey], default_zone: str, consent_default: dict[str, bool],
-                 trace: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 trace: Callable[[dict[str, Any]], None] | None = None,
+                 attributes: CustomAttributes | None = None) -> None:
         self.journeys = sorted(journeys, key=lambda j: (-j.priority, j.journey))
+        #: the configured custom attributes, which conditions test like built-in profile fields
+        self.attributes = attributes
         #: journey name -> its definition in the files (the current version)
         self.by_name = {j.journey: j for j in self.journeys}
         #: every version a contact may be in: a contact finishes the one it entered
@@ -216,6 +220,14 @@ class JourneyRunner(Participant):
         self._date_attrs = {j.entry.date.attribute for j in self.journeys if isinstance(j.entry, DateEntry)}
         #: (contact key, journey, wait step id) -> wait in ms, or None for the file's: timing experiments
         self.wait_override: Callable[[str, str, str], int | None] | None = None
+
+    def facts(self, profile: Profile, now_ms: int, scores: Mapping[str, float]) -> dict[str, Any]:
+        """What a condition can test: the built-in profile fields, then the custom attributes'
+        values as of ``now_ms`` (their names never clash: the settings refuse it)."""
+        facts = profile_facts(profile, now_ms, scores, self.consent_default)
+        if self.attributes:
+            facts.update(self.attributes.values(profile, now_ms))
+        return facts
 
     def _local_turn(self, name: str) -> int:
         turn = self._round_robin[name]
@@ -343,7 +355,7 @@ class JourneyRunner(Participant):
         if isinstance(entry, DateEntry):
             self._schedule_date(profile, journey, now_ms + 1, at)
             return self._enter(profile, journey, now_ms, {}, at)
-        if isinstance(entry, SegmentEntry) and all_match(profile_facts(profile, now_ms, {}, self.consent_default),
+        if isinstance(entry, SegmentEntry) and all_match(self.facts(profile, now_ms, {}),
                                                          entry.segment):
             return self._enter(profile, journey, now_ms, {}, at)
         return []
@@ -585,7 +597,7 @@ class JourneyRunner(Participant):
         spec = step.hand_to_sales
         if spec.assign == "round_robin":
             return spec.reps[self.next_turn(f"{journey.journey}:{step.id}") % len(spec.reps)]
-        facts = profile_facts(profile, profile.last_ts, scores, self.consent_default)
+        facts = self.facts(profile, profile.last_ts, scores)
         for rule in spec.rules:
             if all_match(facts, rule.profile):
                 return rule.rep

@@ -27,6 +27,7 @@ x.yaml:4: steps[0].wait: bad duration '3 parsecs': use a number and s, m, h, d o
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated, Any, Literal, Union
 
@@ -69,6 +70,23 @@ PROFILE_FIELDS = {
 #: Where exits come from; ``goal`` counts as a conversion.
 EXIT_REASONS = ("goal", "unsubscribed", "preempted", "completed", "exit_step", "timeout", "suppressed", "removed",
                 "unknown_version")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """What a journey may name beyond the built-ins: the event types and custom attributes the
+    settings declare (``events.custom_types``, ``[attributes.NAME]``, ``[traits]``). Given to
+    :func:`parse_journey`; a definition the engine stored is read without it (a name it no
+    longer knows tests false instead of making the contacts inside unreadable)."""
+
+    event_types: frozenset[str] = frozenset()
+    profile_fields: frozenset[str] = frozenset()
+
+
+def _vocabulary(info: ValidationInfo | None) -> Vocabulary | None:
+    """The validation's vocabulary; None: anything goes (a stored definition)."""
+    context = (info.context if info is not None else None) or {}
+    return None if context.get("stored") else context.get("vocabulary") or Vocabulary()
 
 
 class JourneyError(TouchlineError, ValueError):
@@ -164,28 +182,36 @@ def _hint(bad: list[Any], known: Any) -> str:
     return f" ({hints[0]})" if hints else ""
 
 
-def _profile_conditions(value: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(value) - set(PROFILE_FIELDS))
+def _profile_conditions(value: dict[str, Any], info: ValidationInfo | None) -> dict[str, Any]:
+    vocabulary = _vocabulary(info)
+    known = [*PROFILE_FIELDS, *sorted(vocabulary.profile_fields)] if vocabulary is not None else list(value)
+    unknown = sorted(set(value) - set(known))
     if unknown:
-        raise ValueError(f"unknown profile field(s) {unknown}{_hint(unknown, PROFILE_FIELDS)}; "
-                         f"known: {', '.join(PROFILE_FIELDS)}")
+        raise ValueError(f"unknown profile field(s) {unknown}{_hint(unknown, known)}; known: {', '.join(known)}"
+                         "; custom attributes are declared in the settings' [attributes.NAME] and [traits]")
     for name, cond in value.items():
         _check_condition(name, cond)
     return value
 
 
-def _event_type(value: str) -> str:
-    """A known event type; a near miss is named.
+def _event_type(value: str, info: ValidationInfo | None) -> str:
+    """A known event type (built in, or declared in the settings); a near miss is named.
 
-    >>> _event_type("purchse")
+    >>> _event_type("purchse", None)
     Traceback (most recent call last):
     ...
-    ValueError: unknown event type 'purchse' (did you mean 'purchase'?; see `touchline schema` for the known types)
+    ValueError: unknown event type 'purchse' (did you mean 'purchase'?; see `touchline schema` for the known types, \
+or declare your own in the settings' events.custom_types)
     """
-    if value not in KNOWN_TYPES:
-        hint = did_you_mean(value, KNOWN_TYPES)
+    vocabulary = _vocabulary(info)
+    if vocabulary is None:
+        return value
+    known = KNOWN_TYPES | vocabulary.event_types
+    if value not in known:
+        hint = did_you_mean(value, known)
         hint += "; " if hint else ""
-        raise ValueError(f"unknown event type {value!r} ({hint}see `touchline schema` for the known types)")
+        raise ValueError(f"unknown event type {value!r} ({hint}see `touchline schema` for the known types, "
+                         "or declare your own in the settings' events.custom_types)")
     return value
 
 
@@ -329,17 +355,17 @@ class BranchCase(_Strict):
     goto: str
 
     @model_validator(mode="after")
-    def _one_test(self) -> "BranchCase":
+    def _one_test(self, info: ValidationInfo) -> "BranchCase":
         tests = [n for n in ("event_happened", "score", "profile", "percent") if getattr(self, n) is not None]
         if len(tests) != 1:
             raise ValueError(f"a branch case needs exactly one of event_happened, score, profile, percent "
                              f"(got {tests or 'none'})")
         if self.event_happened is not None:
-            _event_type(self.event_happened)
+            _event_type(self.event_happened, info)
         if self.score is not None:
             _score_conditions(self.score)
         if self.profile is not None:
-            _profile_conditions(self.profile)
+            _profile_conditions(self.profile, info)
         return self
 
 
@@ -504,11 +530,12 @@ def _load_with_lines(text: str) -> tuple[Any, dict[YamlPath, int]]:
     return data, lines
 
 
-def parse_journey(text: str, source: str = "<journey>") -> Journey:
-    """Parse and check one journey; every problem is named with file, line and field."""
+def parse_journey(text: str, source: str = "<journey>", vocabulary: Vocabulary | None = None) -> Journey:
+    """Parse and check one journey; every problem is named with file, line and field. Event types
+    and profile fields beyond the built-ins are those of ``vocabulary`` (the settings' own)."""
     data, lines = _load_journey_yaml(text, source)
     try:
-        journey = Journey.model_validate(data)
+        journey = Journey.model_validate(data, context={"vocabulary": vocabulary or Vocabulary()})
     except ValidationError as exc:
         raise JourneyError("\n".join(problem_lines(exc.errors(), data, lines, source, Journey))) from None
     _check_flow(journey, data, lines, source)

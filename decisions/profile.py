@@ -34,6 +34,7 @@ from touchline.decisions.feature_states import (
     Observation as Observation,  # re-exported: where observations were always imported from
     Observations,
     ObservedAt,
+    Tallies,
     Touches,
 )
 from touchline.decisions.feedback import FEEDBACK_TYPES, apply_feedback
@@ -164,6 +165,7 @@ class Profile:
     observed: ObservedAt = field(default_factory=ObservedAt)
     exposures: Exposures = field(default_factory=Exposures)
     touches: Touches = field(default_factory=Touches)
+    tallies: Tallies = field(default_factory=Tallies)  # custom attributes (decisions/custom_attributes.py)
 
     @property
     def contact_id(self) -> str:
@@ -188,6 +190,7 @@ FEATURE_STATES: dict[str, type[FeatureState]] = {
     "observed": ObservedAt,
     "exposures": Exposures,
     "touches": Touches,
+    "tallies": Tallies,
 }
 
 

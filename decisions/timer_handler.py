@@ -55,7 +55,7 @@ class TimerHandler:
     def _decide_on(self, at: Moment, proposed: list[Candidate], trigger: Trigger) -> None:
         """A participant's proposals, decided with the lead score they are recorded with."""
         if proposed:
-            scores = {"lead": self.run.scorer.score("lead", features(at.profile, at.now_ms))}
+            scores = {"lead": self.run.scorer.score("lead", features(at.profile, at.now_ms, self.core.attributes))}
             self.run.arbiter.decide(at, proposed, scores, trigger)
 
     def _cart(self, at: Moment, trigger: Trigger) -> None:
@@ -67,7 +67,7 @@ class TimerHandler:
         if ready > now:
             at.set_timer(CART_TIMER, ready)
             return
-        scores = {"lead": self.run.scorer.score("lead", features(profile, now))}
+        scores = {"lead": self.run.scorer.score("lead", features(profile, now, self.core.attributes))}
         self.run.arbiter.decide(at, cart_candidates(profile, now, scores, self.core.policy), scores, trigger)
 
     def _inactivity(self, at: Moment, trigger: Trigger) -> None:
@@ -80,7 +80,7 @@ class TimerHandler:
         if last + inactive_ms > now:
             at.set_timer(INACTIVITY_TIMER, last + inactive_ms)
             return
-        feats = features(profile, now)
+        feats = features(profile, now, self.core.attributes)
         churn = run.scorer.score("churn", feats)
         if run.labeller.observes_churn_at_activity():
             run.labeller.observe(at, label_rules.CHURN, feats, churn, now)
@@ -95,7 +95,7 @@ class TimerHandler:
         "random_times"``), then the next one, drawn after this one's horizon."""
         profile, now, run = at.profile, at.now_ms, self.run
         if label_rules.CHURN not in profile.pending:
-            feats = features(profile, now)
+            feats = features(profile, now, self.core.attributes)
             run.labeller.observe(at, label_rules.CHURN, feats, run.scorer.score("churn", feats), now)
         run.labeller.schedule_churn(at, now + self.core.labels.churn_horizon_ms)
 

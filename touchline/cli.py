@@ -794,15 +794,17 @@ def _cmd_journeys(args: argparse.Namespace) -> int:
     return _check_journey_files(args.paths, quiet=False)[0]
 
 
-def _check_journey_files(paths: list[Path], quiet: bool) -> tuple[int, list[tuple[Path, Any]]]:
+def _check_journey_files(paths: list[Path], quiet: bool, settings: Settings | None = None
+                         ) -> tuple[int, list[tuple[Path, Any]]]:
     """Check journey files: an ``ok`` line for each journey (unless ``quiet``), every problem
-    on stderr; the exit code and the journeys."""
+    on stderr; the exit code and the journeys. With ``settings``: its custom event types and
+    attributes are known names."""
     from touchline.decisions.journey_versions import version_of
     from touchline.decisions.journeys import JourneyError
     from touchline.journey_files import load_journeys
 
     try:
-        loaded, problems = load_journeys(paths)
+        loaded, problems = load_journeys(paths, settings.vocabulary() if settings is not None else None)
     except JourneyError as exc:
         print(f"touchline: {exc}", file=sys.stderr)
         return EXIT_CONFIG, []
@@ -826,9 +828,13 @@ def _cmd_journeys_deployed(args: argparse.Namespace, settings: Settings) -> int:
     paths = list(args.paths) or list(settings.journeys.files)
     if not paths:
         raise ConfigError("journeys check: give journey files, or a --config whose journeys.files lists them")
-    code, loaded = _check_journey_files(paths, quiet=args.json)
+    code, loaded = _check_journey_files(paths, quiet=args.json, settings=settings)
     if code:
         return code
+    if settings.state.url.startswith("memory://") and not (args.redis or args.json or args.forget_unused):
+        print("touchline: the files only (with the settings' custom event types and attributes): state.url is "
+              "memory://; pass --redis URL to see the contacts inside the journeys", file=sys.stderr)
+        return 0
     found = check_deployment(settings, loaded, args.forget_unused)
     print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode() if args.json else format_report(found))
     return 0

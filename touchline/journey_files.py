@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from touchline.decisions.journeys import Journey, JourneyError, parse_journey
+from touchline.decisions.journeys import Journey, JourneyError, Vocabulary, parse_journey
 
 SUFFIXES = (".yaml", ".yml")
 
@@ -40,8 +40,9 @@ def _check_suffix(path: Path) -> None:
                            "--config, which reads the journeys it lists under [journeys] files")
 
 
-def load_journeys(paths: list[Path]) -> tuple[list[tuple[Path, Journey]], list[str]]:
-    """Every journey that parses, and every problem (file, line, field), across all files.
+def load_journeys(paths: list[Path], vocabulary: Vocabulary | None = None) -> tuple[list[tuple[Path, Journey]], list[str]]:
+    """Every journey that parses, and every problem (file, line, field), across all files;
+    ``vocabulary``: the custom event types and attributes the settings declare.
 
     Journey names must be unique across the files: decisions and metrics carry them.
     """
@@ -57,7 +58,7 @@ def load_journeys(paths: list[Path]) -> tuple[list[tuple[Path, Journey]], list[s
             problems.append(f"{path}: cannot read: {exc.strerror or exc}")
             continue
         try:
-            loaded.append((path, parse_journey(text, str(path))))
+            loaded.append((path, parse_journey(text, str(path), vocabulary)))
         except JourneyError as exc:
             problems.append(str(exc))
     first: dict[str, Path] = {}

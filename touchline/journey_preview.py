@@ -27,7 +27,7 @@ from touchline.state.memory import MemoryStore
 
 def preview(settings: Settings, journey_path: Path, events_path: Path, days: float) -> dict[str, Any]:
     """The timeline (journey steps and sends, in time order) and what could not be read."""
-    journey = _one_journey(journey_path)
+    journey = _one_journey(journey_path, settings)
     if not events_path.is_file():
         raise ConfigError(f"--contact-events {events_path}: not a readable file")
     lines = [ln for ln in events_path.read_bytes().splitlines() if ln.strip()]
@@ -43,9 +43,9 @@ def preview(settings: Settings, journey_path: Path, events_path: Path, days: flo
             "timeline": timeline, "days_after_last_event": days}
 
 
-def _one_journey(journey_path: Path) -> Journey:
+def _one_journey(journey_path: Path, settings: Settings) -> Journey:
     """The journey in the file; its problems, or a file with several journeys, are a ConfigError."""
-    loaded, problems = load_journeys([journey_path])
+    loaded, problems = load_journeys([journey_path], settings.vocabulary())
     if problems:
         raise ConfigError("\n".join(problems))
     if len(loaded) != 1:
@@ -56,12 +56,13 @@ def _one_journey(journey_path: Path) -> Journey:
 def _preview_engine(settings: Settings, journey: Journey, trace: list[dict[str, Any]]) -> Engine:
     """The real engine with only this journey, fresh in-memory state, and the journey's steps traced into ``trace``."""
     runner = JourneyRunner([journey], settings.policy.quiet_hours.default_timezone, settings.policy.consent_default,
-                           trace.append)
+                           trace.append, settings.custom_attributes())
     core = DecisionCore(
         policy=settings.policy, models={"lead": settings.models.lead, "churn": settings.models.churn},
         labels=settings.labels.rules(),
         retention_days=settings.state.retention_days,
         anonymous_retention_days=settings.state.anonymous_retention_days, journeys=runner, experiments=settings.experiments,
+        attributes=settings.custom_attributes(),
         no_action_share=0.0)  # the journey's own trace says what became of each held-back step
     return Engine(MemoryStore(), core, EngineMetrics(CollectorRegistry()))
 

@@ -479,6 +479,7 @@ def _evaluation_core(settings: Settings, configs: dict[str, list[ModelConfig]], 
         labels=settings.labels.rules(),
         clock=EventTimeClock(), retention_days=settings.state.retention_days,
         anonymous_retention_days=settings.state.anonymous_retention_days, restore=restore,
+        attributes=settings.custom_attributes(),
         no_action_share=0.0)  # an evaluation keeps no records
     for score, cfgs in configs.items():
         for cfg in cfgs[1:]:

@@ -108,13 +108,13 @@ def _journey_runner(settings: Settings, trace: Any = None) -> "JourneyRunner | N
     from touchline.settings import ConfigError
 
     try:
-        loaded, problems = load_journeys(list(settings.journeys.files))
+        loaded, problems = load_journeys(list(settings.journeys.files), settings.vocabulary())
     except JourneyError as exc:
         raise ConfigError(f"journeys.files: {exc}") from None
     if problems:
         raise ConfigError("journeys.files:\n  " + "\n  ".join(line for p in problems for line in p.splitlines()))
     return JourneyRunner([j for _, j in loaded], settings.policy.quiet_hours.default_timezone,
-                         settings.policy.consent_default, trace)
+                         settings.policy.consent_default, trace, settings.custom_attributes())
 
 
 def _decision_core(settings: Settings, journeys: "JourneyRunner | None", keeper: "ModelKeeper | None") -> DecisionCore:
@@ -132,6 +132,7 @@ def _decision_core(settings: Settings, journeys: "JourneyRunner | None", keeper:
         restore=keeper.restore if keeper is not None else None,
         experiments=settings.experiments,
         no_action_share=settings.audit.no_action_share,
+        attributes=settings.custom_attributes(),
     )
     core.learn = settings.models.learn
     return core

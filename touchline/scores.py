@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from touchline.decisions.champion import ModelSlot, Restore
+from touchline.decisions.custom_attributes import CustomAttributes
 from touchline.decisions.estimators import ScoreSettings
 from touchline.decisions.features import features
 from touchline.decisions.profile import Profile, contact_of, is_known_key
@@ -122,18 +123,21 @@ def fresh_slots(scores: Mapping[str, ScoreSettings], restore: Restore | None = N
             for name, s in scores.items() if name in SCORES}
 
 
-def score_profile(profile: Profile, at_ms: int, slots: Mapping[str, ModelSlot]) -> ScoreRow:
-    """The contact's scores as of ``at_ms`` (the profile's windows advance to it)."""
-    feats = features(profile, at_ms)
+def score_profile(profile: Profile, at_ms: int, slots: Mapping[str, ModelSlot],
+                  custom: CustomAttributes | None = None) -> ScoreRow:
+    """The contact's scores as of ``at_ms`` (the profile's windows advance to it); ``custom``: the
+    configured custom attributes, which models may read."""
+    feats = features(profile, at_ms, custom)
     lead, churn = slots["lead"].champion, slots["churn"].champion
     return ScoreRow(contact_of(profile.key), round(lead.predict(feats), DECIMALS),
                     round(churn.predict(feats), DECIMALS), lead.version, churn.version)
 
 
-def export_scores(profile: Profile, slots: Mapping[str, ModelSlot]) -> dict[str, Any]:
+def export_scores(profile: Profile, slots: Mapping[str, ModelSlot],
+                  custom: CustomAttributes | None = None) -> dict[str, Any]:
     """What ``contact export`` adds: each score with its model, as of the profile's state."""
     at = profile.last_ts
-    row = score_profile(profile, at, slots)
+    row = score_profile(profile, at, slots, custom)
     return {"as_of": iso(at),
             "lead": {"score": row.lead_score, "model_version": row.lead_model_version},
             "churn": {"score": row.churn_score, "model_version": row.churn_model_version}}
@@ -161,7 +165,7 @@ def scores_from_file(settings: Settings, path: Path, at_ms: int) -> ScoreRun:
                           *_model_notes(engine.core.models, "learned in this replay")],
                    models=engine.core.models)
     profiles = (p for p in engine.store.profiles() if is_known_key(p.key))
-    run.rows = sorted((score_profile(p, at_ms, engine.core.models) for p in profiles),
+    run.rows = sorted((score_profile(p, at_ms, engine.core.models, engine.core.attributes) for p in profiles),
                       key=lambda r: r.contact_id)
     run.forgotten = len(seen - {r.contact_id for r in run.rows})
     return run
@@ -238,11 +242,12 @@ def scores_from_redis(settings: Settings, at_ms: int) -> ScoreRun:
     try:
         slots, notes = stored_models(settings)
         run = ScoreRun(notes=[f"profiles stored in {redact_url(settings.state.url)}", *notes])
+        custom = settings.custom_attributes()
         for profile in _stored_profiles(store):
             if profile.last_ts > at_ms:
                 run.newer += 1
             else:
-                run.rows.append(score_profile(profile, at_ms, slots))
+                run.rows.append(score_profile(profile, at_ms, slots, custom))
     finally:
         store.close()
     run.rows.sort(key=lambda r: r.contact_id)
@@ -268,7 +273,7 @@ def contact_scores(store: Any, settings: Settings, contact_id: str) -> dict[str,
 
     key = contact_key(contact_id)
     slots, _ = stored_models(settings)
-    return export_scores(store.load([key])[key], slots)
+    return export_scores(store.load([key])[key], slots, settings.custom_attributes())
 
 
 def stored_models(settings: Settings) -> tuple[dict[str, ModelSlot], list[str]]:

@@ -12,6 +12,7 @@ defaults. Unknown keys are errors, so a typo is caught at start, by name.
 from __future__ import annotations
 
 import inspect
+import re
 import tomllib
 from contextvars import ContextVar
 from datetime import datetime, timezone
@@ -19,14 +20,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from touchline.decisions.errors import TouchlineError
-from touchline.decisions.events import check_known_types
+from touchline.decisions.custom_attributes import (
+    AttributeSpec, CustomAttributes, TraitSpec, check_definitions, declared_features,
+)
+from touchline.decisions.events import KNOWN_TYPES, check_known_types
 from touchline.decisions.experiments import ExperimentSettings
 from touchline.decisions.no_action import AuditSettings
-from touchline.decisions.estimators import ScoreSettings, resolve
+from touchline.decisions.estimators import ScoreSettings, declare_features, resolve
+from touchline.decisions.features import FEATURE_NAMES
+from touchline.decisions.journeys import PROFILE_FIELDS, Vocabulary
 from touchline.decisions.policy import PolicyConfig
 from touchline.connectors.channels.config import DeliverySettings
 from touchline.redact import redact_secrets, secret_name
@@ -329,6 +335,27 @@ class JourneySettings(_Section):
                               description="journey files or directories of them (e.g. examples/journeys)")
 
 
+class EventSettings(_Section):
+    custom_types: list[str] = Field(default_factory=list, description="your own event types (e.g. "
+                                    "review_submitted): usable in journeys and custom attributes like built-in ones")
+
+    @field_validator("custom_types")
+    @classmethod
+    def _custom_types(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.match(r"^[a-z][a-z0-9_]{0,63}$", name):
+                raise ValueError(f"{name!r}: an event type is lowercase letters, digits and _, starting with a letter")
+            if name in KNOWN_TYPES:
+                raise ValueError(f"{name!r} is a built-in event type already")
+        if len(set(value)) != len(value):
+            raise ValueError("an event type is listed twice")
+        return value
+
+
+def _trait(value: Any) -> TraitSpec:
+    return value if isinstance(value, TraitSpec) else TraitSpec.parse(value)
+
+
 class KafkaSettings(_Section):
     """The broker and topics of the production engine (``touchline run --kafka HOST:PORT``)."""
 
@@ -417,6 +444,19 @@ class Settings(BaseSettings):
     experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     delivery: "DeliverySettings" = Field(default_factory=lambda: DeliverySettings())
+    events: EventSettings = Field(default_factory=EventSettings)
+    attributes: dict[str, AttributeSpec] = Field(
+        default_factory=dict, description="custom attributes: [attributes.NAME] event, where, aggregate, property, window")
+    traits: dict[str, Annotated[TraitSpec, BeforeValidator(_trait)]] = Field(
+        default_factory=dict, description='traits: NAME = "event.property", the newest value (e.g. tier = "identify.tier")')
+
+    @model_validator(mode="before")
+    @classmethod
+    def _declare_custom_features(cls, data: Any) -> Any:
+        """Models may read custom attributes: their names are known before the models are checked."""
+        if isinstance(data, dict):
+            declare_features(*declared_features(data.get("attributes"), data.get("traits")))
+        return data
 
     @model_validator(mode="after")
     def _kafka_source_needs_bootstrap(self) -> "Settings":
@@ -424,12 +464,21 @@ class Settings(BaseSettings):
             raise ValueError("source.kind is kafka but kafka.bootstrap is not set (use --kafka HOST:PORT)")
         _check_shared_state(self)
         _check_labels_can_resolve(self)
+        _check_custom_attributes(self)
         _check_churn_models_ask_the_label_question(self)
         for name, split in self.experiments.splits.items():
             if split.action is not None and split.action not in self.policy.actions:
                 raise ValueError(f"experiments.splits.{name}.action: unknown action {split.action!r}; "
                                  f"known: {', '.join(sorted(self.policy.actions))}")
         return self
+
+    def custom_attributes(self) -> CustomAttributes:
+        """The configured custom attributes and traits, as the decision core runs them."""
+        return CustomAttributes(self.attributes, self.traits)
+
+    def vocabulary(self) -> Vocabulary:
+        """What journey files may name beyond the built-ins: custom event types and attributes."""
+        return Vocabulary(frozenset(self.events.custom_types), frozenset((*self.attributes, *self.traits)))
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
@@ -485,6 +534,15 @@ state.retention_days or shorten the horizon
                          "is forgotten before its lead label can resolve")
 
 
+def _check_custom_attributes(settings: "Settings") -> None:
+    """Custom attributes name known event types, free names and windows a contact is kept for."""
+    problems = check_definitions(settings.attributes, settings.traits,
+                                 KNOWN_TYPES | frozenset(settings.events.custom_types),
+                                 frozenset((*PROFILE_FIELDS, *FEATURE_NAMES)), settings.state.retention_days)
+    if problems:
+        raise ValueError("\n  ".join(problems))
+
+
 def _check_churn_models_ask_the_label_question(settings: "Settings") -> None:
     """A churn model with a horizon of its own (``bgnbd``'s ``horizon_days``) must predict over
     the horizon its labels resolve on, or it is graded, and picked, on another question.
@@ -538,7 +596,7 @@ def _format(exc: ValidationError, origin: str) -> str:
     lines = [f"invalid configuration ({origin}):"]
     for err in exc.errors():
         key = ".".join(str(part) for part in err["loc"])
-        msg = err["msg"]
+        msg = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (typo?)"
         value = err.get("input")
