@@ -43,6 +43,7 @@ from touchline.decisions.events import Event
 from touchline.decisions.features import features
 from touchline.decisions.policy import Candidate, PolicyConfig
 from touchline.decisions.profile import DAY_MS, Profile, contact_key
+from touchline.decisions.custom_attributes import attribute_values
 from touchline.decisions.profile_view import profile_view
 from touchline.decisions.triggers import cart_candidates, inactivity_candidates, per_channel
 
@@ -108,6 +109,7 @@ class RequestHandler:
         if ask.kind == PROFILE:
             entries = {name: run.scorer.entry(name, p) for name, p in scores.items()}
             ask.answer = profile_view(profile, now, entries, self.core.journeys, self.core.policy)
+            ask.answer["attributes"].update(attribute_values(profile, now, self.core.attributes))
             return
         run.touched.add(key)  # its send, its windows and what experiments note of it are committed
         found, held = candidates_at(profile, now, ask.channel, scores, self.core)

@@ -259,3 +259,21 @@ def test_the_profile_shows_each_journey_and_the_step_it_is_at(tmp_path):
     assert journey["journey"] == "welcome" and journey["active"] and journey["entered"]
     assert journey["step"] == "welcome"  # held back by the built-in welcome email: the step is retried later
     assert profile["last_decisions"][0] == {**profile["last_decisions"][0], "action": "welcome", "channel": "email"}
+
+
+def test_the_profile_shows_custom_attributes_and_traits(tmp_path):
+    """Issue 21 item 2 in the API: configured aggregates and traits, as of the request."""
+    config = tmp_path / "s.toml"
+    config.write_text('[models]\nstore = "off"\n[policy]\nholdout_share = 0.0\n'
+                      '[attributes.shoe_views_7d]\nevent = "product_view"\nwhere = { category = "shoes" }\nwindow = "7d"\n'
+                      '[attributes.spend_90d]\nevent = "purchase"\naggregate = "sum"\nproperty = "value"\nwindow = "90d"\n'
+                      '[traits]\ntier = "identify.tier"\n')
+    with Served(tmp_path / "w", "--config", str(config)) as server:
+        posted = _post_events(server, event("ca-1", "product_view", "c-ca", category="shoes"),
+                              event("ca-2", "product_view", "c-ca", category="hats"),
+                              event("ca-3", "product_view", "c-ca", category="shoes"),
+                              event("ca-4", "purchase", "c-ca", value=30.5, currency="EUR", order_id="o1"),
+                              event("ca-5", "identify", "c-ca", tier="gold"))
+        assert posted.json()["accepted"] == 5, posted.json()
+        attributes = server.client.get("/v1/contacts/c-ca").json()["attributes"]
+    assert attributes["shoe_views_7d"] == 2 and attributes["spend_90d"] == 30.5 and attributes["tier"] == "gold"
