@@ -15,7 +15,7 @@
     touchline contact erase ID --redis URL --outputs touchline-out   # ... and out of a run's JSONL outputs
     touchline journeys check examples/journeys/   # validate journey files
     touchline journeys preview examples/journeys/abandoned_cart.yaml --contact-events cart.jsonl
-    touchline models list              # registered models (logreg, hat, arf, bgnbd, plug-ins)
+    touchline models list              # registered models (logreg, hat, arf, bgnbd, bgnbd_logreg, plug-ins)
     touchline models evaluate --input events.jsonl --model logreg --model hat
     touchline models deploy lead hat   # shadow a challenger in the running engine
     touchline models promote lead      # the challenger becomes champion
