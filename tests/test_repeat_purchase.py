@@ -91,9 +91,10 @@ def test_benchmark_prints_every_figure_on_a_tiny_population(capsys: pytest.Captu
     assert churn_bench.main(["--customers", "300", "--seed", "2", "--json"]) == 0
     figures = orjson.loads(capsys.readouterr().out)
     methods = figures["methods"]
-    engine = {f"engine {m}, observed at {o}" for m in ("logreg", "bgnbd") for o in ("activity", "random times")}
+    engine = {f"engine {m}, observed at {o}" for m in ("logreg", "bgnbd", "bgnbd_logreg")
+              for o in ("activity", "random times")}
     assert set(methods) >= engine | {"recency rule", "offline BG/NBD"}
-    assert len(methods) == 8
+    assert len(methods) == 10
     for name, g in methods.items():
         assert 0.0 <= g["roc_auc"] <= 1.0, name
         if name != "recency rule":

@@ -12,7 +12,9 @@ customers with what it knew at the cut-off, and is graded by ROC AUC (churner = 
 and expected calibration error (ten equal-width buckets):
 
 - the engine's churn score (``touchline scores --input``: the file replayed up to the cut-off,
-  models learning on the way) with the default ``logreg``, and with ``bgnbd`` as champion;
+  models learning on the way) with the default ``logreg``, with ``bgnbd`` and with
+  ``bgnbd_logreg`` (BG/NBD corrected by the labels) as champion, churn observed at activity
+  (the default) and at random times;
 - the recency rule: days since the last purchase;
 - a BG/NBD model fitted offline on the customers' summaries at the cut-off;
 - an offline logistic regression on recency, frequency, tenure and spend: trained at the
@@ -43,6 +45,8 @@ from touchline.decisions import bgnbd
 from touchline.decisions.evaluation import Calibration
 
 Array = npt.NDArray[np.float64]
+#: The engine's churn models built on BG/NBD (their horizon_days is set to H).
+CUSTOMER_BASE = ("bgnbd", "bgnbd_logreg")
 #: Purchases per customer: contact id -> (event times ms, values), in time order.
 History = dict[str, tuple[list[int], list[float]]]
 
@@ -228,15 +232,16 @@ def engine_scores(events: Path, cutoff_ms: int, horizon_days: float, estimator: 
     overrides: dict[str, Any] = {"labels.churn_horizon_days": horizon_days, "state.retention_days": retention_days,
                                  "models.store": "off", "models.churn.estimator": estimator,
                                  "labels.churn_observations": observations}
-    if estimator == "bgnbd":
+    if estimator in CUSTOMER_BASE:
         overrides["models.churn.params"] = {"horizon_days": horizon_days}
     run = scores_from_file(load_settings(None, overrides), events, cutoff_ms)
     model = run.models["churn"].champion
     figures = {"version": model.version, **model.evaluation.figures()}
-    fitted = getattr(model.estimator, "params", None)
+    population = getattr(model.estimator, "bgnbd", model.estimator)  # bgnbd_logreg's own BG/NBD
+    fitted = getattr(population, "params", None)
     if isinstance(fitted, bgnbd.Params):
         figures["bgnbd_params"] = _rounded(fitted)
-        figures["fitted_on_at_purchase_share"] = _at_purchase_share(getattr(model.estimator, "reservoir", []))
+        figures["fitted_on_at_purchase_share"] = _at_purchase_share(getattr(population, "reservoir", []))
     return {r.contact_id: r.churn_score for r in run.rows}, figures
 
 
@@ -300,12 +305,12 @@ def _check_horizon(horizon: float, after_cutoff_days: float) -> None:
 
 def _engine_methods(events: Path, cutoff_ms: int, horizon: float, now: Summaries,
                     days: float) -> tuple[dict[str, Array], dict[str, Any]]:
-    """The engine's churn scores (logreg, bgnbd) on the customers known at the cut-off."""
+    """The engine's churn scores (logreg, bgnbd, bgnbd_logreg) on the customers known at the cut-off."""
     methods: dict[str, Array] = {}
     models: dict[str, Any] = {}
     retention = max(730.0, days + horizon + 60.0)  # nobody forgotten: the question is about everyone
     for observations in ("activity", "random_times"):
-        for estimator in ("logreg", "bgnbd"):
+        for estimator in ("logreg", *CUSTOMER_BASE):
             name = f"engine {estimator}, observed at {observations.replace('_', ' ')}"
             scores, models[name] = engine_scores(events, cutoff_ms, horizon, estimator, retention, observations)
             methods[name] = np.asarray([scores.get(cid, 0.5) for cid in now.ids], dtype=np.float64)
