@@ -128,6 +128,17 @@ def test_the_run_tallies_the_time_between_purchases_for_the_summary():
     assert "warning: labels.churn_horizon_days (7)" in _repeat_purchase_lines(r)[1]
 
 
+@pytest.mark.parametrize(("model", "share", "suggested"), [("logreg", 0.9, True), ("bgnbd_logreg", 0.9, False),
+                                                           ("bgnbd", 0.9, False), ("logreg", 0.1, False)])
+def test_the_summary_suggests_a_customer_base_churn_model_on_purchase_data(model, share, suggested):
+    from touchline.summary import _repeat_purchase_lines, _repeat_purchases
+
+    r = _repeat_purchases({10: 3, 30: 2}, 60 * DAY_MS, share, random_times=True, churn_model=model)
+    lines = _repeat_purchase_lines(r)
+    assert any('models.churn.estimator = "bgnbd_logreg"' in line for line in lines) == suggested
+    assert not any("random_times" in line for line in lines)  # already observed at random times
+
+
 @pytest.mark.parametrize(("returns", "churned"), [(None, False), (frozenset({"purchase"}), True)])
 def test_what_counts_as_coming_back_ends_a_churn_observation(returns, churned):
     """Any activity ends a churn observation by default; with ``labels.churn_returns =
