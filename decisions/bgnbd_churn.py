@@ -169,14 +169,19 @@ class BGNBDChurn(base.Classifier):
         return bgnbd.p_alive(self.params, frequency, recency, age)
 
     def refit(self) -> None:
-        """Fit the population on the reservoir, starting from the current parameters; a
-        fit whose likelihood is not finite keeps them."""
+        """Fit the population on the reservoir (from the current parameters and from the
+        prior's centre, the better kept); a fit whose likelihood is not finite keeps them."""
         data = np.asarray(self.reservoir, dtype=np.float64)
-        result = bgnbd.fit(data[:, 0], data[:, 1], data[:, 2], start=self.params, prior=bgnbd.Prior(PRIOR, self.prior_sd))
+        prior = bgnbd.Prior(PRIOR, self._prior_sd())
+        result = bgnbd.fit(data[:, 0], data[:, 1], data[:, 2], start=self.params, prior=prior)
         if math.isfinite(result.log_likelihood):
             self.params = result.params
         self.fits += 1
         self._since_fit = 0
+
+    def _prior_sd(self) -> float:
+        """``prior_sd``, or its default for a model checkpointed before it existed."""
+        return float(getattr(self, "prior_sd", 2.0))
 
     def _keep(self, summary: Summary) -> None:
         """Reservoir sampling (algorithm R): every summary learned so far is equally likely kept."""

@@ -377,3 +377,12 @@ def test_the_corrected_model_feeds_observed_moments_to_its_population():
 def test_bad_corrected_model_settings_are_refused_naming_the_parameter(params, says):
     with pytest.raises(ValueError, match=re.escape(says)):
         ModelConfig(name="churn", estimator="bgnbd_logreg", params=params)
+
+
+def test_a_model_checkpointed_before_the_prior_and_observations_existed_still_learns():
+    model = BGNBDChurn(min_customers=20, refit_every=20)
+    del model.__dict__["prior_sd"], model.__dict__["observing"]  # as an older checkpoint unpickles
+    old = pickle.loads(pickle.dumps(model))
+    for x in summaries(DAYS, 40, seed=12):
+        old.learn_one(x, True)
+    assert old.fits == 2 and old.params != PRIOR
