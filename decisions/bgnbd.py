@@ -151,9 +151,10 @@ NEUTRAL = Params(1.0, 1.0, 1.0, 1.0)
 
 def fit(x: Array, t_x: Array, T: Array, start: Params | None = None, prior: Prior | None = None) -> Fit:
     """Maximum-likelihood (with ``prior``: maximum a posteriori) population parameters for the
-    summaries: L-BFGS-B on the log-parameters, from ``start`` (a refit begins where the last
-    one ended) and from a neutral point; the better of the two is kept, so a start stuck on
-    the edge of the search box cannot hold the fit there.
+    summaries: L-BFGS-B on the log-parameters from ``start`` (a refit begins where the last
+    one ended). A search that ends near the edge of the search box, or has no start, is
+    (also) made from a neutral point (the prior's centre), and the better kept: a start on
+    the edge cannot hold the fit there.
 
     >>> rng = np.random.default_rng(1)
     >>> x, t_x, T = simulate(Params(0.5, 10.0, 0.8, 2.5), np.full(2000, 40.0), rng)
@@ -163,8 +164,10 @@ def fit(x: Array, t_x: Array, T: Array, start: Params | None = None, prior: Prio
     """
     x, t_x, T = (np.asarray(v, dtype=np.float64) for v in (x, t_x, T))
     objective = _objective(x, t_x, T, prior)
-    starts = [NEUTRAL if prior is None else prior.centre] + ([start] if start is not None else [])
-    best = min((_search(objective, s) for s in starts), key=lambda found: float(found.fun))
+    found = [_search(objective, start)] if start is not None else []
+    if not found or _near_edge(found[0].x):
+        found.append(_search(objective, NEUTRAL if prior is None else prior.centre))
+    best = min(found, key=lambda result: float(result.fun))
     params = Params(*(float(v) for v in np.exp(best.x)))
     return Fit(params, float(np.sum(log_likelihood(params, x, t_x, T))), len(x))
 
@@ -186,6 +189,15 @@ def _objective(x: Array, t_x: Array, T: Array, prior: Prior | None) -> Any:
         return -total, -gradient
 
     return negative_mean
+
+
+def _near_edge(log_params: Array) -> bool:
+    """Within one e-fold of the search box's edge.
+
+    >>> _near_edge(np.array([0.0, 1.0, -8.5, 0.0])), _near_edge(np.zeros(4))
+    (True, False)
+    """
+    return bool(np.any(np.abs(log_params) > LOG_BOUND - 1.0))
 
 
 def _search(objective: Any, start: Params) -> Any:
