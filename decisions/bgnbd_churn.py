@@ -89,6 +89,9 @@ class BGNBDChurn(base.Classifier):
         learned so far, bounded memory).
     seed
         Seed of the reservoir's sampling: the same stream gives the same model.
+    prior_sd
+        Spread, in e-folds, of the weak log-normal prior around :data:`PRIOR` that keeps a fit
+        on summaries saying little about dropout (a young base) off the edge of its search.
 
     Examples
     --------
@@ -105,17 +108,22 @@ class BGNBDChurn(base.Classifier):
     required_features = (FREQUENCY, RECENCY, AGE)
 
     def __init__(self, horizon_days: float = 90.0, refit_every: int = 500, min_customers: int = 200,
-                 reservoir_size: int = 2000, seed: int = 42) -> None:
+                 reservoir_size: int = 2000, seed: int = 42, prior_sd: float = 2.0) -> None:
         _check_settings(horizon_days, refit_every, min_customers, reservoir_size)
+        if not (isinstance(prior_sd, (int, float)) and math.isfinite(prior_sd) and prior_sd > 0):
+            raise ValueError(f"prior_sd must be a number > 0, got {prior_sd!r}")
         self.horizon_days = horizon_days
         self.refit_every = refit_every
         self.min_customers = min_customers
         self.reservoir_size = reservoir_size
         self.seed = seed
+        self.prior_sd = prior_sd
         self.params = PRIOR
         self.reservoir: list[Summary] = []
         self.learned = 0
         self.fits = 0
+        #: True once the summaries come from observe_one (the engine's observations)
+        self.observing = False
         self._since_fit = 0
         self._rng = random.Random(seed)
 
@@ -124,8 +132,22 @@ class BGNBDChurn(base.Classifier):
         yield {}
         yield {"min_customers": 10, "refit_every": 25, "reservoir_size": 50}
 
+    def observe_one(self, x: dict[FeatureName, Any]) -> None:
+        """A contact's summary at a moment observed for a label (the engine shows every one
+        when it is taken): from then on the population is fitted on these alone, and
+        :meth:`learn_one` keeps nothing. Which labels have resolved by a given time depends on
+        the outcome (a return resolves a churn label early), so the moments of resolved labels
+        over-represent customers who came back; the moments observed are a sample of the base."""
+        self.observing = True
+        self._learn_summary(x)
+
     def learn_one(self, x: dict[FeatureName, Any], y: ClfTarget) -> None:
-        """Keep the contact's summary (the label is not needed) and refit when due."""
+        """Keep the contact's summary (the label is not needed) and refit when due, unless the
+        summaries come from :meth:`observe_one`."""
+        if not getattr(self, "observing", False):
+            self._learn_summary(x)
+
+    def _learn_summary(self, x: dict[FeatureName, Any]) -> None:
         summary = summary_of(x)
         if summary is None or summary[2] <= 0:  # no history: nothing to learn about the population
             return
@@ -147,14 +169,19 @@ class BGNBDChurn(base.Classifier):
         return bgnbd.p_alive(self.params, frequency, recency, age)
 
     def refit(self) -> None:
-        """Fit the population on the reservoir, starting from the current parameters; a
-        fit whose likelihood is not finite keeps them."""
+        """Fit the population on the reservoir (from the current parameters and from the
+        prior's centre, the better kept); a fit whose likelihood is not finite keeps them."""
         data = np.asarray(self.reservoir, dtype=np.float64)
-        result = bgnbd.fit(data[:, 0], data[:, 1], data[:, 2], start=self.params)
+        prior = bgnbd.Prior(PRIOR, self._prior_sd())
+        result = bgnbd.fit(data[:, 0], data[:, 1], data[:, 2], start=self.params, prior=prior)
         if math.isfinite(result.log_likelihood):
             self.params = result.params
         self.fits += 1
         self._since_fit = 0
+
+    def _prior_sd(self) -> float:
+        """``prior_sd``, or its default for a model checkpointed before it existed."""
+        return float(getattr(self, "prior_sd", 2.0))
 
     def _keep(self, summary: Summary) -> None:
         """Reservoir sampling (algorithm R): every summary learned so far is equally likely kept."""

@@ -76,6 +76,11 @@ class ModelSlot:
         """The challengers' probabilities at this moment, by version (empty without one)."""
         return {c.version: round(c.predict(features), 6) for c in self.challengers}
 
+    def observe(self, features: dict[str, float]) -> None:
+        """A moment observed for a label: models that learn without labels learn from it now."""
+        for model in self.models:
+            model.observe(features)
+
     def learn(self, features: dict[str, float], label: bool, scored_by: str, probability: float,
               shadow: dict[str, float], delay_ms: int, at_ms: int | None = None,
               learn_at_ms: int | None = None) -> list[Drift]:

@@ -1,7 +1,7 @@
 """Scoring models: which estimator, on which features, and its progressive evaluation.
 
 An estimator is named in configuration by a registered name (``logreg``, ``hat``,
-``arf``, ``bgnbd``, or one a plug-in registers in the ``touchline.models`` entry-point group) or by
+``arf``, ``bgnbd``, ``bgnbd_logreg``, or one a plug-in registers in the ``touchline.models`` entry-point group) or by
 an import path (``package.module:factory`` or ``package.module.Class``). Whatever it
 names must build an object with River's two verbs, ``learn_one`` and
 ``predict_proba_one``: a River estimator or pipeline, or anything shaped like one.
@@ -79,6 +79,7 @@ BUILTIN_MODELS: dict[str, str] = {
     "hat": "touchline.decisions.estimators:hoeffding_adaptive_tree",
     "arf": "touchline.decisions.estimators:adaptive_random_forest",
     "bgnbd": "touchline.decisions.bgnbd_churn:BGNBDChurn",
+    "bgnbd_logreg": "touchline.decisions.bgnbd_logistic:BGNBDLogistic",
 }
 ENTRY_POINT_GROUP = "touchline.models"
 #: Estimators by short name: the shipped ones, then the ``touchline.models`` entry points.
@@ -98,7 +99,7 @@ def resolve(spec: str) -> tuple[str, Callable[..., Any]]:
     >>> resolve("nope")
     Traceback (most recent call last):
     ...
-    ValueError: 'nope' is neither a registered model (arf, bgnbd, hat, logreg) nor an import path like 'package.module:factory'
+    ValueError: 'nope' is neither a registered model (arf, bgnbd, bgnbd_logreg, hat, logreg) nor an import path like 'package.module:factory'
     """
     registry = registered_models()
     if spec in registry:
@@ -258,7 +259,7 @@ class ModelConfig(BaseModel):
     name: str = Field(default="", description="filled in from the settings key (lead, churn)")
     estimator: str = Field(
         default="logreg",
-        description="a registered name (logreg, hat, arf, bgnbd, or a plug-in's) or 'package.module:factory'",
+        description="a registered name (logreg, hat, arf, bgnbd, bgnbd_logreg, or a plug-in's) or 'package.module:factory'",
     )
     params: dict[str, Scalar | list[Scalar] | None] = Field(
         default_factory=dict, description="keyword arguments for the estimator's factory or class")
@@ -484,6 +485,15 @@ class ScoreModel:
             self.estimator.learn_one(x, label)
             if shortcut is not None:
                 shortcut.stale()
+
+    def observe(self, features: dict[str, float]) -> None:
+        """Show the estimator a moment when it is observed, before its label: one that learns
+        without labels (``observe_one``, e.g. ``bgnbd``'s population) learns from every
+        moment alike, not only from those whose label has resolved by now (a return resolves
+        a churn label early, so those over-represent customers who came back)."""
+        observe_one = getattr(self.estimator, "observe_one", None)
+        if observe_one is not None:
+            observe_one(self.select(features))
 
     def _one_pass(self) -> ScaledLogistic | None:
         """The one-pass reader of this estimator, made once per estimator (a restore replaces it)."""

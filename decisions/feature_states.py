@@ -134,6 +134,9 @@ class Observation:
     model_version: str
     #: Challengers' probabilities at the same moment, by version (champion/challenger).
     shadow: dict[str, float] = field(default_factory=dict)
+    #: When the contact came back, for a churn label held until its deadline (observations at
+    #: random times: see decisions/labels.py); None otherwise.
+    returned_ms: int | None = None
 
 
 class Observations(dict[str, Observation]):
@@ -152,7 +155,8 @@ class Observations(dict[str, Observation]):
     def to_json(self) -> dict[str, list[Any]]:
         return {
             model: [o.scored_at_ms, o.deadline_ms, o.features, o.probability, o.model_version,
-                    *((o.shadow,) if o.shadow else ())]
+                    *((o.shadow,) if o.shadow or o.returned_ms is not None else ()),
+                    *((o.returned_ms,) if o.returned_ms is not None else ())]
             for model, o in self.items()
         }
 
@@ -160,7 +164,7 @@ class Observations(dict[str, Observation]):
     def from_json(cls, raw: Mapping[str, Sequence[Any]]) -> Observations:
         return cls({
             model: Observation(int(o[0]), int(o[1]), dict(o[2]), float(o[3]), str(o[4]),
-                               dict(o[5]) if len(o) > 5 else {})
+                               dict(o[5]) if len(o) > 5 else {}, int(o[6]) if len(o) > 6 else None)
             for model, o in raw.items()
         })
 

@@ -64,7 +64,8 @@ class Labeller:
     def on_event(self, profile: Profile, event_type: str, ts_ms: int, active: bool) -> None:
         """Labels the event resolves (a goal for lead, activity for churn) are learnt now."""
         s = self.settings
-        for model, obs, label in label_rules.on_event(profile, event_type, ts_ms, s.goal_types, active, s.churn_returns):
+        for model, obs, label in label_rules.on_event(profile, event_type, ts_ms, s.goal_types, active, s.churn_returns,
+                                                      hold_returns=s.churn_at_random_times):
             self.learn(model, obs, label, ts_ms)
 
     def on_deadline(self, profile: Profile, kind: str, now_ms: int) -> bool:
@@ -118,6 +119,8 @@ class Labeller:
         deadline = now_ms + (s.lead_horizon_ms if model == label_rules.LEAD else s.churn_horizon_ms)
         slot = self.models[model]
         profile.pending[model] = Observation(now_ms, deadline, feats, p, slot.champion.version, slot.shadow(feats))
+        if self.learn_on:
+            slot.observe(feats)
         at.set_timer(LABEL_TIMER[model], deadline)
 
     def learn(self, model: str, obs: Observation, label: bool, at_ms: int) -> None:

@@ -259,3 +259,130 @@ def test_the_readme_configuration_loads(tmp_path):
     challenger = load_settings(config).models.churn.challenger_config()
     assert challenger is not None and challenger.version.startswith("bgnbd-")
     assert ScoreModel.build(challenger).estimator.horizon_days == 90
+
+
+# ------------------------------------------------------------------ the fit itself
+def test_a_fit_started_on_the_edge_of_the_search_box_still_finds_the_maximum():
+    """A refit starts where the last fit ended; one that ended on the bounds (a young base
+    fitted before) must not hold the next there: the CDNOW estimates come out all the same."""
+    stuck = Params(0.6, 26.0, math.exp(-bgnbd.LOG_BOUND), 0.0015)
+    fit = bgnbd.fit(*cdnow(), start=stuck)
+    for name in ("r", "alpha", "a", "b"):
+        assert getattr(fit.params, name) == pytest.approx(getattr(CDNOW, name), abs=0.001), name
+
+
+def test_the_gradient_is_the_likelihoods():
+    x, t_x, T = cdnow()
+    at, step = np.log([0.3, 5.0, 0.6, 2.0]), 1e-6
+    exact = bgnbd.mean_gradient(Params(*np.exp(at)), x, t_x, T)
+    for i in range(4):
+        moved = at.copy()
+        moved[i] += step
+        up, down = (float(np.mean(bgnbd.log_likelihood(Params(*np.exp(v)), x, t_x, T))) for v in (moved, at))
+        assert exact[i] == pytest.approx((up - down) / step, abs=1e-5), i
+
+
+def test_a_young_base_fits_inside_the_search_box():
+    """Customers seen for a few weeks hold next to no sign of dropout: maximum likelihood alone
+    runs to the edge of the search box; the estimator's weak prior keeps its fit inside."""
+    rng = np.random.default_rng(3)
+    x, t_x, T = bgnbd.simulate(DAYS, rng.uniform(1, 30, 300), rng)
+    bare = bgnbd.fit(x, t_x, T).params
+    held = bgnbd.fit(x, t_x, T, prior=bgnbd.Prior(PRIOR)).params
+    edge = bgnbd.LOG_BOUND - 1.0
+    assert max(abs(math.log(v)) for v in (bare.a, bare.b)) > edge
+    assert max(abs(math.log(v)) for v in (held.r, held.alpha, held.a, held.b)) < 6.0
+
+
+def test_the_estimator_recovers_the_cdnow_population_in_days():
+    """Fed CDNOW's summaries (in days), the estimator's fit -- warm start, prior and all -- is
+    the published population."""
+    model = BGNBDChurn(min_customers=2357, reservoir_size=2357)
+    for x, t_x, T in zip(*cdnow()):
+        model.learn_one({"rfm_frequency": x, "rfm_recency_days": t_x * 7, "rfm_age_days": T * 7}, True)
+    assert model.fits == 1
+    for name in ("r", "alpha", "a", "b"):
+        assert getattr(model.params, name) == pytest.approx(getattr(CDNOW.in_unit(7), name), rel=0.01), name
+
+
+def test_observed_moments_replace_learned_ones():
+    """Once the engine shows it the moments observed (``observe_one``), the estimator learns
+    the population from those alone: labels resolve in an order that depends on the outcome."""
+    model = BGNBDChurn()
+    first, second = summaries(DAYS, 2, seed=8)
+    model.learn_one(first, True)
+    model.observe_one(second)
+    model.learn_one(first, True)
+    assert model.learned == 2 and model.observing
+    assert pickle.loads(pickle.dumps(model)).observing
+
+
+def test_prior_sd_is_checked():
+    with pytest.raises(ValueError, match=re.escape("prior_sd must be a number > 0, got 0")):
+        ModelConfig(name="churn", estimator="bgnbd", params={"prior_sd": 0})
+
+
+# ------------------------------------------------------------------ bgnbd_logreg
+def test_the_corrected_model_is_the_bgnbd_until_labels_say_otherwise():
+    from touchline.decisions.bgnbd_logistic import BGNBDLogistic
+
+    model = BGNBDLogistic(horizon_days=60)
+    for x in summaries(DAYS, 5, seed=9) + [{}]:
+        assert model.predict_proba_one(x)[True] == pytest.approx(model.bgnbd.predict_proba_one(x)[True], abs=1e-12)
+
+
+def test_the_correction_learns_what_the_purchase_summary_does_not_say():
+    """Customers drawn from a BG/NBD population, and a second signal the summary does not
+    carry (``email_open_rate_30d``: an opener is far less likely to go silent): the corrected
+    model ranks the labels better than the BG/NBD alone, which it started as."""
+    from touchline.decisions.bgnbd_logistic import BGNBDLogistic, sigmoid
+
+    rng = random.Random(4)
+    model = BGNBDLogistic(horizon_days=90, learning_rate=0.01)
+    rows = []
+    for x in summaries(DAYS, 6000, seed=10):
+        opens = rng.random()
+        p = model.bgnbd.predict_proba_one(x)[True]
+        x = {**x, "email_open_rate_30d": opens}
+        rows.append((x, rng.random() < sigmoid(math.log(p / (1 - p)) - 3.0 * (opens - 0.5))))
+    for x, y in rows[:5000]:
+        model.learn_one(x, y)
+    test = rows[5000:]
+
+    def auc(score):
+        from touchline.churn_bench import roc_auc
+        return roc_auc(np.array([y for _, y in test]), np.array([score(x) for x, _ in test]))
+
+    corrected, alone = auc(lambda x: model.predict_proba_one(x)[True]), auc(lambda x: model.bgnbd.predict_proba_one(x)[True])
+    assert corrected > alone + 0.03, (corrected, alone)
+    assert model.weights["email_open_rate_30d"] < 0
+
+
+def test_the_corrected_model_feeds_observed_moments_to_its_population():
+    from touchline.decisions.bgnbd_logistic import BGNBDLogistic
+
+    model = BGNBDLogistic()
+    first, second = summaries(DAYS, 2, seed=8)
+    model.observe_one(second)
+    model.learn_one(first, True)
+    assert model.bgnbd.learned == 1 and model.bgnbd.reservoir == [(second["rfm_frequency"],
+                                                                    second["rfm_recency_days"], second["rfm_age_days"])]
+
+
+@pytest.mark.parametrize("params, says", [
+    ({"learning_rate": -0.1}, "learning_rate must be a number >= 0"),
+    ({"l2": float("nan")}, "l2 must be a number >= 0"),
+    ({"reservoir_size": 100}, "reservoir_size (100) must be an integer >= min_customers (200)"),
+])
+def test_bad_corrected_model_settings_are_refused_naming_the_parameter(params, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
+        ModelConfig(name="churn", estimator="bgnbd_logreg", params=params)
+
+
+def test_a_model_checkpointed_before_the_prior_and_observations_existed_still_learns():
+    model = BGNBDChurn(min_customers=20, refit_every=20)
+    del model.__dict__["prior_sd"], model.__dict__["observing"]  # as an older checkpoint unpickles
+    old = pickle.loads(pickle.dumps(model))
+    for x in summaries(DAYS, 40, seed=12):
+        old.learn_one(x, True)
+    assert old.fits == 2 and old.params != PRIOR

@@ -128,6 +128,17 @@ def test_the_run_tallies_the_time_between_purchases_for_the_summary():
     assert "warning: labels.churn_horizon_days (7)" in _repeat_purchase_lines(r)[1]
 
 
+@pytest.mark.parametrize(("model", "share", "suggested"), [("logreg", 0.9, True), ("bgnbd_logreg", 0.9, False),
+                                                           ("bgnbd", 0.9, False), ("logreg", 0.1, False)])
+def test_the_summary_suggests_a_customer_base_churn_model_on_purchase_data(model, share, suggested):
+    from touchline.summary import _repeat_purchase_lines, _repeat_purchases
+
+    r = _repeat_purchases({10: 3, 30: 2}, 60 * DAY_MS, share, random_times=True, churn_model=model)
+    lines = _repeat_purchase_lines(r)
+    assert any('models.churn.estimator = "bgnbd_logreg"' in line for line in lines) == suggested
+    assert not any("random_times" in line for line in lines)  # already observed at random times
+
+
 @pytest.mark.parametrize(("returns", "churned"), [(None, False), (frozenset({"purchase"}), True)])
 def test_what_counts_as_coming_back_ends_a_churn_observation(returns, churned):
     """Any activity ends a churn observation by default; with ``labels.churn_returns =
@@ -233,3 +244,36 @@ def test_a_regular_buyer_is_not_inactive_between_its_usual_purchases(gaps):
     out = engine.process(RawBatch(buys, "t", advance_to_ms=T0 + 40 * DAY_MS)).decisions
     later = [d for d in out if d["action"] == "winback_offer" and d["decision_time_ms"] > T0 + 10 * DAY_MS]
     assert bool(later) == (gaps is None)
+
+
+def _regular_buyer(churn: ModelConfig, at_random: bool, days: int = 60) -> Engine:
+    """A customer who buys every 2 days for ``days`` days, replayed with a 7-day churn horizon."""
+    models = {"lead": ModelConfig(name="lead"), "churn": churn}
+    rules = LabelSettings(3.0, 7.0, frozenset({"purchase"}), churn_returns=frozenset({"purchase"}),
+                          churn_at_random_times=at_random)
+    engine = Engine(MemoryStore(), DecisionCore(PolicyConfig(holdout_share=0.0), models, rules),
+                    EngineMetrics(CollectorRegistry()))
+    buys = [_line(f"b{d}", "purchase", d, contact_id="c1", properties={"value": 5}) for d in range(0, days, 2)]
+    engine.process(RawBatch(buys, "t", advance_to_ms=T0 + days * DAY_MS))
+    return engine
+
+
+@pytest.mark.parametrize("at_random", [True, False])
+def test_churn_labels_at_random_times_wait_for_their_deadline(at_random):
+    """Observed at random times, a churn label whose customer came back is learnt at its
+    deadline, like a silent one, not at the return: every label then reaches the models a
+    horizon after its moment. Observed at activity a return resolves the label at once."""
+    quality = _regular_buyer(ModelConfig(name="churn"), at_random).models["churn"].champion.quality()
+    assert quality["labels"] >= 4 and quality["positives"] == 0
+    assert (quality["label_delay_hours"] == 7 * 24) == at_random
+    assert quality["label_delay_hours"] <= (7 * 24 if at_random else 2 * 24)
+
+
+def test_a_customer_base_model_learns_its_population_from_every_moment_observed():
+    """``bgnbd`` learns the population from the moments observed for churn labels when they are
+    taken (``observe_one``), pending ones included, and nothing more when their labels resolve."""
+    engine = _regular_buyer(ModelConfig(name="churn", estimator="bgnbd", params={"horizon_days": 7.0}), True)
+    model = engine.models["churn"].champion
+    profile = engine.store.export("c1")["profile"]
+    observed = model.labels + len(profile["pending_labels"])
+    assert model.estimator.observing and model.estimator.learned == observed >= 6

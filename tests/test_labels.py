@@ -116,3 +116,23 @@ def test_nothing_pending_nothing_resolved():
     p = Profile("c1")
     assert labels(p, "purchase", T0) == []
     assert on_deadline(p, LEAD, T0) is None and on_deadline(p, CHURN, T0) is None
+
+
+def test_a_held_churn_return_is_noted_and_labelled_at_the_deadline():
+    """Observations at random times hold a return (the first one is noted) and learn its
+    negative label at the deadline, like a silence's positive one."""
+    p = pending(CHURN)
+    assert list(on_event(p, "purchase", T0 + DAY_MS, GOALS, True, hold_returns=True)) == []
+    assert list(on_event(p, "purchase", T0 + 2 * DAY_MS, GOALS, True, hold_returns=True)) == []
+    assert p.pending[CHURN].returned_ms == T0 + DAY_MS
+    assert on_deadline(p, CHURN, T0 + H - 1) is None
+    obs, label = on_deadline(p, CHURN, T0 + H)
+    assert label is False and obs.returned_ms == T0 + DAY_MS and CHURN not in p.pending
+    silent = pending(CHURN)
+    assert on_deadline(silent, CHURN, T0 + H)[1] is True
+
+
+def test_a_held_return_does_not_hold_the_lead_label():
+    p = pending(LEAD, CHURN)
+    assert [(m, y) for m, _, y in on_event(p, "purchase", T0 + DAY_MS, GOALS, True, hold_returns=True)] == [(LEAD, True)]
+    assert CHURN in p.pending

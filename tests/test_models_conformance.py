@@ -274,7 +274,7 @@ def test_building_is_deterministic(name):
 
 # ------------------------------------------------------------------ bad configurations
 @pytest.mark.parametrize("kwargs, says", [
-    ({"estimator": "nope"}, "'nope' is neither a registered model (arf, bgnbd, hat, logreg"),
+    ({"estimator": "nope"}, "'nope' is neither a registered model (arf, bgnbd, bgnbd_logreg, hat, logreg"),
     ({"estimator": "no_such_package.models:factory"}, "cannot import 'no_such_package.models:factory'"),
     ({"estimator": "river.linear_model:NoSuchModel"}, "has no attribute 'NoSuchModel'"),
     ({"estimator": "river.linear_model.LinearRegression"}, "builds a LinearRegression, which has no predict_proba_one"),

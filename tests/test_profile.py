@@ -504,3 +504,13 @@ def test_every_profile_field_is_in_the_blob_or_rebuilt_from_the_sets():
     assert not stored & rebuilt and len(_CORE_FIELDS) == len(set(_CORE_FIELDS))
     assert {f.name for f in fields(Profile)} == stored | rebuilt
     assert all(isinstance(getattr(Profile("c1"), name), state) for name, state in FEATURE_STATES.items())
+
+
+def test_a_held_churn_return_survives_the_stored_blob():
+    """A churn observation that noted a return (held until its deadline) keeps it through the
+    blob, with or without challengers' shadow scores; one without a return stores as before."""
+    held = Observations({"churn": Observation(1, 9, {"known": 1.0}, 0.5, "v1", returned_ms=4),
+                         "lead": Observation(1, 9, {}, 0.5, "v1", {"v2": 0.3}, returned_ms=5)})
+    assert Observations.from_json(orjson.loads(orjson.dumps(held.to_json()))) == held
+    plain = Observations({"churn": Observation(1, 9, {}, 0.5, "v1")})
+    assert plain.to_json() == {"churn": [1, 9, {}, 0.5, "v1"]}

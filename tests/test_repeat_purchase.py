@@ -91,9 +91,10 @@ def test_benchmark_prints_every_figure_on_a_tiny_population(capsys: pytest.Captu
     assert churn_bench.main(["--customers", "300", "--seed", "2", "--json"]) == 0
     figures = orjson.loads(capsys.readouterr().out)
     methods = figures["methods"]
-    engine = {f"engine {m}, observed at {o}" for m in ("logreg", "bgnbd") for o in ("activity", "random times")}
+    engine = {f"engine {m}, observed at {o}" for m in ("logreg", "bgnbd", "bgnbd_logreg")
+              for o in ("activity", "random times")}
     assert set(methods) >= engine | {"recency rule", "offline BG/NBD"}
-    assert len(methods) == 8
+    assert len(methods) == 10
     for name, g in methods.items():
         assert 0.0 <= g["roc_auc"] <= 1.0, name
         if name != "recency rule":
@@ -120,3 +121,52 @@ def test_benchmark_text_names_each_figure(capsys: pytest.CaptureFixture[str]) ->
 def test_benchmark_refuses_a_horizon_past_the_data(capsys: pytest.CaptureFixture[str]) -> None:
     assert churn_bench.main(["--customers", "50", "--days", "90", "--horizon-days", "60"]) == 2
     assert "does not fit in the 30 days after the cut-off" in capsys.readouterr().err
+
+
+def _old_purchases(tmp_path: Path) -> Path:
+    """A small population's purchases moved back to 1997 (before the engine's default
+    min_event_time, as CDNOW's are), shuffled, with a page view and a broken line among them."""
+    sim = RepeatPurchase(RepeatPurchaseSpec(seed=5, customers=120, days=300))
+    shift = 28 * 365 * DAY_MS + 7 * DAY_MS  # 2025-01-01 -> 1997-01-01
+    docs = [orjson.loads(line) for line in sim.lines()]
+    for doc in docs:
+        doc["ts"] -= shift
+    lines = [orjson.dumps(doc) for doc in reversed(docs)]
+    lines[5:5] = [b'{"event_id": "v", "type": "page_view", "ts": 852076800000, "contact_id": "c-0"}', b"{oops"]
+    path = tmp_path / "old.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def test_benchmark_on_a_file_of_ones_own(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--input FILE --cutoff TIME``: the figures for a file of real purchases, old ones too
+    (min_event_time is moved back for the replay), in any order, other events among them."""
+    path = _old_purchases(tmp_path)
+    assert churn_bench.main(["--input", str(path), "--cutoff", "1997-08-01", "--horizon-days", "60", "--json"]) == 0
+    figures = orjson.loads(capsys.readouterr().out)
+    assert figures["parameters"]["input"] == str(path) and figures["parameters"]["cutoff"].startswith("1997-08-01")
+    assert figures["data"]["events"] == len(path.read_bytes().splitlines())
+    assert figures["data"]["known_at_cutoff"] == 120 and 0.0 < figures["truth"]["share"] < 1.0
+    engine = figures["methods"]["engine bgnbd_logreg, observed at random times"]
+    assert engine["roc_auc"] > 0.6 and figures["engine_models"]["engine logreg, observed at random times"]["labels"] > 0
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--input", "{missing}"], "no such file"),
+    (["--input", "{file}", "--cutoff", "2030-01-01"], "--cutoff 2030-01-01: not inside the data (1997-01-01"),
+    (["--input", "{file}", "--cutoff", "August"], "--cutoff 'August': not a time"),
+    (["--input", "{file}", "--cutoff", "1997-10-01", "--horizon-days", "90"], "does not fit in the"),
+])
+def test_benchmark_on_a_file_says_what_is_wrong(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              args: list[str], says: str) -> None:
+    path = _old_purchases(tmp_path)
+    given = [a.format(file=path, missing=tmp_path / "nope.jsonl") for a in args]
+    assert churn_bench.main(given) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+
+
+def test_benchmark_cutoff_needs_a_file(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        churn_bench.main(["--cutoff", "2025-06-01"])
+    assert exit_.value.code == 2 and "--cutoff goes with --input" in capsys.readouterr().err

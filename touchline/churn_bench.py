@@ -12,7 +12,9 @@ customers with what it knew at the cut-off, and is graded by ROC AUC (churner = 
 and expected calibration error (ten equal-width buckets):
 
 - the engine's churn score (``touchline scores --input``: the file replayed up to the cut-off,
-  models learning on the way) with the default ``logreg``, and with ``bgnbd`` as champion;
+  models learning on the way) with the default ``logreg``, with ``bgnbd`` and with
+  ``bgnbd_logreg`` (BG/NBD corrected by the labels) as champion, churn observed at activity
+  (the default) and at random times;
 - the recency rule: days since the last purchase;
 - a BG/NBD model fitted offline on the customers' summaries at the cut-off;
 - an offline logistic regression on recency, frequency, tenure and spend: trained at the
@@ -25,6 +27,7 @@ Figures only: nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import tempfile
@@ -43,6 +46,10 @@ from touchline.decisions import bgnbd
 from touchline.decisions.evaluation import Calibration
 
 Array = npt.NDArray[np.float64]
+#: The engine's churn models built on BG/NBD (their horizon_days is set to H).
+CUSTOMER_BASE = ("bgnbd", "bgnbd_logreg")
+#: The engine's default ``engine.min_event_time`` (2000-01-01), in ms.
+MIN_EVENT_MS = 946_684_800_000
 #: Purchases per customer: contact id -> (event times ms, values), in time order.
 History = dict[str, tuple[list[int], list[float]]]
 
@@ -58,6 +65,22 @@ class BenchSpec:
     #: None: three median inter-purchase gaps before the cut-off
     horizon_days: float | None = None
     folds: int = 5
+    #: a JSONL file of events (purchases and any others) instead of the simulated population
+    input: Path | None = None
+    #: the cut-off for --input (ISO-8601); None: at cutoff_share of the file's span
+    cutoff: str | None = None
+
+
+@dataclass(frozen=True)
+class Population:
+    """The events to replay and what the benchmark knows of them."""
+
+    events: Path
+    history: History
+    events_total: int
+    start_ms: int
+    end_ms: int
+    cutoff_ms: int
 
 
 # ------------------------------------------------------------------ the data
@@ -75,6 +98,63 @@ def write_population(spec: BenchSpec, path: Path) -> tuple[History, int]:
             values.append(float(doc["properties"]["value"]))
             n += 1
     return history, n
+
+
+def read_history(path: Path) -> tuple[History, int, int, int]:
+    """Each contact's purchases in a JSONL file of events (other types and lines without a
+    contact or a time are left to the engine); (history, lines, first and last event time ms)."""
+    history: History = {}
+    lines, first, last = 0, math.inf, -math.inf
+    with open(path, "rb") as fh:
+        for line in fh:
+            lines += 1
+            doc, ts = _event(line)
+            if ts is not None:
+                first, last = min(first, ts), max(last, ts)
+                _add_purchase(history, doc, ts)
+    if not history:
+        raise ValueError(f"--input {path}: no purchase event with a contact_id and a time")
+    for times, values in history.values():  # in time order (a file need not be)
+        order = sorted(range(len(times)), key=times.__getitem__)
+        times[:], values[:] = [times[i] for i in order], [values[i] for i in order]
+    return history, lines, int(first), int(last)
+
+
+def _event(line: bytes) -> tuple[dict[str, Any], int | None]:
+    """A line's JSON object and event time (ms), as far as they can be read.
+
+    >>> _event(b'{"ts": "2026-01-01T00:00:00Z"}')[1], _event(b'[1]'), _event(b'{"ts": "soon"}')[1]
+    (1767225600000, ({}, None), None)
+    """
+    from touchline.decisions.events import parse_ts
+
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return {}, None
+    if not isinstance(doc, dict):
+        return {}, None
+    ts = doc.get("ts")
+    if not isinstance(ts, (str, int, float)) or isinstance(ts, bool):
+        return doc, None
+    try:
+        return doc, parse_ts(ts)
+    except ValueError:
+        return doc, None
+
+
+def _add_purchase(history: History, doc: dict[str, Any], ts: int) -> None:
+    if doc.get("type") == "purchase" and isinstance(doc.get("contact_id"), str):
+        times, values = history.setdefault(doc["contact_id"], ([], []))
+        times.append(ts)
+        values.append(_value(doc))
+
+
+def _value(doc: dict[str, Any]) -> float:
+    """A purchase's ``properties.value`` (0 when there is none or it is not a number)."""
+    props = doc.get("properties")
+    value = props.get("value") if isinstance(props, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def median_gap_days(history: History, before_ms: int) -> float:
@@ -217,26 +297,31 @@ def rfm_trained_earlier(earlier: Summaries, now: Summaries) -> Array:
 
 
 # ------------------------------------------------------------------ the engine
-def engine_scores(events: Path, cutoff_ms: int, horizon_days: float, estimator: str,
-                  retention_days: float, observations: str = "activity") -> tuple[dict[str, float], dict[str, Any]]:
+def engine_scores(events: Path, cutoff_ms: int, horizon_days: float, estimator: str, retention_days: float,
+                  observations: str = "activity", first_ms: int | None = None) -> tuple[dict[str, float], dict[str, Any]]:
     """The engine's churn score per contact as of the cut-off (``touchline scores --input``)
-    with ``estimator`` as churn champion and churn observations taken as ``observations``
-    says (``labels.churn_observations``), and its own figures for that model."""
+    with ``estimator`` as churn champion, churn observations taken as ``observations``
+    says (``labels.churn_observations``) and a purchase as the only return (will this customer
+    buy again within H), and its own figures for that model. Events from ``first_ms`` on are
+    replayed (``engine.min_event_time`` moved back for older data)."""
     from touchline.scores import scores_from_file
     from touchline.settings import load_settings
 
     overrides: dict[str, Any] = {"labels.churn_horizon_days": horizon_days, "state.retention_days": retention_days,
                                  "models.store": "off", "models.churn.estimator": estimator,
-                                 "labels.churn_observations": observations}
-    if estimator == "bgnbd":
+                                 "labels.churn_observations": observations, "labels.churn_returns": ["purchase"]}
+    if first_ms is not None and first_ms < MIN_EVENT_MS:
+        overrides["engine.min_event_time"] = _iso(first_ms)
+    if estimator in CUSTOMER_BASE:
         overrides["models.churn.params"] = {"horizon_days": horizon_days}
     run = scores_from_file(load_settings(None, overrides), events, cutoff_ms)
     model = run.models["churn"].champion
     figures = {"version": model.version, **model.evaluation.figures()}
-    fitted = getattr(model.estimator, "params", None)
+    population = getattr(model.estimator, "bgnbd", model.estimator)  # bgnbd_logreg's own BG/NBD
+    fitted = getattr(population, "params", None)
     if isinstance(fitted, bgnbd.Params):
         figures["bgnbd_params"] = _rounded(fitted)
-        figures["fitted_on_at_purchase_share"] = _at_purchase_share(getattr(model.estimator, "reservoir", []))
+        figures["fitted_on_at_purchase_share"] = _at_purchase_share(getattr(population, "reservoir", []))
     return {r.contact_id: r.churn_score for r in run.rows}, figures
 
 
@@ -263,25 +348,25 @@ def _rounded(params: bgnbd.Params) -> dict[str, float]:
 
 # ------------------------------------------------------------------ the run
 def run(spec: BenchSpec) -> dict[str, Any]:
-    """Generate, cut, score with every method, grade; the figures as a dict."""
+    """Generate (or read), cut, score with every method, grade; the figures as a dict."""
     started = time.perf_counter()
-    sim = RepeatPurchaseSpec(seed=spec.seed, customers=spec.customers, days=spec.days)
-    cutoff_ms = sim.start_ms + int(spec.cutoff_share * spec.days * DAY_MS)
     with tempfile.TemporaryDirectory(prefix="churn-bench-") as tmp:
-        events = Path(tmp) / "events.jsonl"
-        history, n_events = write_population(spec, events)
-        gap = median_gap_days(history, cutoff_ms)
+        pop = _population(spec, Path(tmp) / "events.jsonl")
+        gap = median_gap_days(pop.history, pop.cutoff_ms)
         horizon = round(spec.horizon_days or 3 * gap, 1)
-        _check_horizon(horizon, (sim.end_ms - cutoff_ms) / DAY_MS)
-        now = summaries(history, cutoff_ms, int(horizon * DAY_MS))
-        methods, engine = _engine_methods(events, cutoff_ms, horizon, now, spec.days)
+        _check_horizon(horizon, (pop.end_ms - pop.cutoff_ms) / DAY_MS)
+        now = summaries(pop.history, pop.cutoff_ms, int(horizon * DAY_MS))
+        methods, engine = _engine_methods(pop, horizon, now)
     fitted: dict[str, Any] = {}
-    methods.update(_offline_methods(history, now, cutoff_ms, horizon, spec, fitted))
+    methods.update(_offline_methods(pop.history, now, pop.cutoff_ms, horizon, spec, fitted))
     fitted.update({name: m["bgnbd_params"] for name, m in engine.items() if "bgnbd_params" in m})
+    parameters = {**asdict(spec), "input": None if spec.input is None else str(spec.input),
+                  "horizon_days": horizon, "cutoff": _day(pop.cutoff_ms, pop.start_ms)}
     figures: dict[str, Any] = {
-        "parameters": {**asdict(spec), "horizon_days": horizon, "cutoff": _day(cutoff_ms, sim.start_ms)},
-        "data": {"events": n_events, "customers": len(history), "events_to_cutoff": _events_until(history, cutoff_ms),
-                 "known_at_cutoff": len(now.ids), "median_gap_days": round(gap, 2),
+        "parameters": parameters,
+        "data": {"events": pop.events_total, "customers": len(pop.history),
+                 "events_to_cutoff": _events_until(pop.history, pop.cutoff_ms), "known_at_cutoff": len(now.ids),
+                 "median_gap_days": round(gap, 2),
                  "horizon_from": "--horizon-days" if spec.horizon_days else "3 x median gap"},
         "truth": {"churners": int(now.churned.sum()), "share": round(float(now.churned.mean()), 4)},
         "methods": {name: _grade(now.churned, p) for name, p in methods.items()},
@@ -292,22 +377,55 @@ def run(spec: BenchSpec) -> dict[str, Any]:
     return figures
 
 
+def _population(spec: BenchSpec, scratch: Path) -> Population:
+    """The simulated population written to ``scratch``, or the ``--input`` file as it is."""
+    if spec.input is None:
+        sim = RepeatPurchaseSpec(seed=spec.seed, customers=spec.customers, days=spec.days)
+        history, n_events = write_population(spec, scratch)
+        cutoff_ms = sim.start_ms + int(spec.cutoff_share * spec.days * DAY_MS)
+        return Population(scratch, history, n_events, sim.start_ms, sim.end_ms, cutoff_ms)
+    if not spec.input.is_file():
+        raise ValueError(f"--input {spec.input}: no such file")
+    history, lines, first, last = read_history(spec.input)
+    cutoff_ms = first + int(spec.cutoff_share * (last - first)) if spec.cutoff is None else _cutoff(spec.cutoff)
+    if not first < cutoff_ms < last:
+        raise ValueError(f"--cutoff {spec.cutoff}: not inside the data ({_iso(first)} to {_iso(last)})")
+    return Population(spec.input, history, lines, first, last, cutoff_ms)
+
+
+def _cutoff(text: str) -> int:
+    from touchline.scores import parse_at
+    from touchline.settings import ConfigError
+
+    try:
+        return parse_at(text)
+    except ConfigError as exc:
+        raise ValueError(str(exc).replace("--at", "--cutoff")) from None
+
+
+def _iso(ms: int) -> str:
+    from touchline.scores import iso
+
+    return iso(ms)
+
+
 def _check_horizon(horizon: float, after_cutoff_days: float) -> None:
     if horizon > after_cutoff_days:
         raise ValueError(f"horizon {horizon} days does not fit in the {after_cutoff_days:.0f} days after the cut-off: "
-                         "pass a shorter --horizon-days, or more --days")
+                         "pass a shorter --horizon-days, or more --days (with --input: an earlier --cutoff)")
 
 
-def _engine_methods(events: Path, cutoff_ms: int, horizon: float, now: Summaries,
-                    days: float) -> tuple[dict[str, Array], dict[str, Any]]:
-    """The engine's churn scores (logreg, bgnbd) on the customers known at the cut-off."""
+def _engine_methods(pop: Population, horizon: float, now: Summaries) -> tuple[dict[str, Array], dict[str, Any]]:
+    """The engine's churn scores (logreg, bgnbd, bgnbd_logreg) on the customers known at the cut-off."""
     methods: dict[str, Array] = {}
     models: dict[str, Any] = {}
+    days = (pop.end_ms - pop.start_ms) / DAY_MS
     retention = max(730.0, days + horizon + 60.0)  # nobody forgotten: the question is about everyone
     for observations in ("activity", "random_times"):
-        for estimator in ("logreg", "bgnbd"):
+        for estimator in ("logreg", *CUSTOMER_BASE):
             name = f"engine {estimator}, observed at {observations.replace('_', ' ')}"
-            scores, models[name] = engine_scores(events, cutoff_ms, horizon, estimator, retention, observations)
+            scores, models[name] = engine_scores(pop.events, pop.cutoff_ms, horizon, estimator, retention,
+                                                 observations, pop.start_ms)
             methods[name] = np.asarray([scores.get(cid, 0.5) for cid in now.ids], dtype=np.float64)
     return methods, models
 
@@ -319,13 +437,17 @@ def _offline_methods(history: History, now: Summaries, cutoff_ms: int, horizon: 
     earlier = summaries(history, cutoff_ms - int(horizon * DAY_MS), int(horizon * DAY_MS))
     p_bgnbd, fitted = bgnbd_scores(now, horizon)
     params["offline BG/NBD"] = _rounded(fitted)
-    return {
-        "recency rule": now.since_last,
-        "offline BG/NBD": p_bgnbd,
-        "offline RFM logreg, trained at cut-off - H": rfm_trained_earlier(earlier, now),
-        f"offline RFM logreg, {spec.folds}-fold CV on the truth (ceiling)": rfm_cross_validated(now, spec.folds,
-                                                                                               spec.seed),
-    }
+    methods = {"recency rule": now.since_last, "offline BG/NBD": p_bgnbd}
+    if len(earlier.ids) >= MIN_EARLIER and 0 < int(earlier.churned.sum()) < len(earlier.ids):  # else nothing to learn
+        methods["offline RFM logreg, trained at cut-off - H"] = rfm_trained_earlier(earlier, now)
+    methods[f"offline RFM logreg, {spec.folds}-fold CV on the truth (ceiling)"] = rfm_cross_validated(
+        now, spec.folds, spec.seed)
+    return methods
+
+
+#: Customers known at the cut-off minus H for a regression trained then to be shown (a short
+#: history cut late has almost none).
+MIN_EARLIER = 50
 
 
 def _grade(truth: npt.NDArray[np.bool_], score: Array) -> dict[str, float | None]:
@@ -353,8 +475,7 @@ def format_figures(f: dict[str, Any]) -> str:
     """The figures for people."""
     p, d, t = f["parameters"], f["data"], f["truth"]
     lines = [
-        f"churn benchmark: repeat-purchase population, seed {p['seed']}, {p['customers']:,} customers, "
-        f"{p['days']:g} days",
+        f"churn benchmark: {_source(p)}",
         f"  events          {d['events']:,} purchases of {d['customers']:,} customers; {d['events_to_cutoff']:,} "
         f"up to the cut-off",
         f"  cut-off         {p['cutoff']}",
@@ -377,6 +498,17 @@ def format_figures(f: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _source(p: dict[str, Any]) -> str:
+    """What the figures are about: the simulated population or the file.
+
+    >>> _source({"input": "cdnow.jsonl", "seed": 7, "customers": 5000, "days": 540.0})
+    'cdnow.jsonl'
+    """
+    if p.get("input"):
+        return str(p["input"])
+    return f"repeat-purchase population, seed {p['seed']}, {p['customers']:,} customers, {p['days']:g} days"
+
+
 def _num(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
@@ -391,9 +523,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--cutoff-share", type=float, default=base.cutoff_share,
                     help="the cut-off as a share of the history (default 2/3)")
     ap.add_argument("--horizon-days", type=float, help="H (default: three median inter-purchase gaps)")
+    ap.add_argument("--input", type=Path, metavar="FILE",
+                    help="a JSONL file of events (your purchases) instead of the simulated population")
+    ap.add_argument("--cutoff", metavar="TIME", help="with --input: the cut-off, ISO-8601 (default: at --cutoff-share "
+                    "of the file's span)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args(argv)
-    spec = BenchSpec(args.customers, args.days, args.seed, args.cutoff_share, args.horizon_days)
+    if args.cutoff is not None and args.input is None:
+        ap.error("--cutoff goes with --input (the simulated population is cut at --cutoff-share)")
+    spec = BenchSpec(args.customers, args.days, args.seed, args.cutoff_share, args.horizon_days,
+                     input=args.input, cutoff=args.cutoff)
     try:
         figures = run(spec)
     except ValueError as exc:

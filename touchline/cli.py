@@ -17,7 +17,7 @@
     touchline journeys check examples/journeys/   # validate journey files
     touchline journeys check examples/journeys/ --redis URL   # ... and what an edit means for the contacts inside
     touchline journeys preview examples/journeys/abandoned_cart.yaml --contact-events cart.jsonl
-    touchline models list              # registered models (logreg, hat, arf, bgnbd, plug-ins)
+    touchline models list              # registered models (logreg, hat, arf, bgnbd, bgnbd_logreg, plug-ins)
     touchline models evaluate --input events.jsonl --model logreg --model hat
     touchline models deploy lead hat   # shadow a challenger in the running engine
     touchline models train --input events.jsonl --out lead.ckpt   # fit offline: a warm start

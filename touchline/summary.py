@@ -54,7 +54,8 @@ def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str],
         #: per score, model version and event-time day (UTC): figures on the labels resolved that day
         "model_quality_by_day": engine.core.quality.rows(),
         "repeat_purchases": _repeat_purchases(t.purchase_gap_days, engine.core.labels.churn_horizon_ms,
-                                              _purchase_share(t.by_type), engine.core.labels.churn_at_random_times),
+                                              _purchase_share(t.by_type), engine.core.labels.churn_at_random_times,
+                                              engine.models["churn"].champion.estimator_name),
         "model_store": _model_store(engine),
         "latency_ms": _latency(t.batch_latency_ms, t.decision_latency_ms),
         "feedback": _sum_feedback(t.feedback),
@@ -74,10 +75,10 @@ SUGGESTED_GAPS = 3
 
 
 def _repeat_purchases(gaps: Mapping[int, int], horizon_ms: int, purchase_share: float = 0.0,
-                      random_times: bool = False) -> dict[str, Any] | None:
+                      random_times: bool = False, churn_model: str = "logreg") -> dict[str, Any] | None:
     """The population's time between consecutive purchases of a contact, against the churn
     horizon: what "will buy again within H" should take H from; the share of events that are
-    purchases and how churn is observed. None without repeat purchases.
+    purchases, how churn is observed and by which model. None without repeat purchases.
 
     >>> _repeat_purchases({10: 3, 30: 2, 90: 1}, 7 * 86_400_000)["suggested_churn_horizon_days"]
     30
@@ -89,7 +90,7 @@ def _repeat_purchases(gaps: Mapping[int, int], horizon_ms: int, purchase_share: 
             "churn_horizon_days": horizon_ms / 86_400_000,
             "suggested_churn_horizon_days": max(1, SUGGESTED_GAPS * int(median)),
             "purchase_share": round(purchase_share, 4),
-            "churn_observations": "random_times" if random_times else "activity"}
+            "churn_observations": "random_times" if random_times else "activity", "churn_model": churn_model}
 
 
 def _purchase_share(by_type: Mapping[str, int]) -> float:
@@ -290,7 +291,15 @@ def _repeat_purchase_lines(r: dict[str, Any] | None) -> list[str]:
         out.append(f"      note: {r['purchase_share']:.0%} of the events are purchases: churn is observed at purchases only, "
                    "never in a silent spell; labels.churn_observations = \"random_times\" observes known contacts "
                    "at random times (see README, Customer-base features)")
+    if r.get("purchase_share", 0) >= PURCHASE_DATA_SHARE and r.get("churn_model", "logreg") not in CUSTOMER_BASE_MODELS:
+        out.append(f"      note: the churn model is {r['churn_model']}; on purchase data models.churn.estimator = "
+                   "\"bgnbd_logreg\" (the BG/NBD customer-base model, corrected by the labels) ranks customers "
+                   "better (see README, bgnbd_logreg)")
     return out
+
+
+#: Churn models built on a customer-base model (the summary suggests one on purchase data).
+CUSTOMER_BASE_MODELS = ("bgnbd", "bgnbd_logreg")
 
 
 #: A share of purchases among the events from which the data is taken for purchase data.
