@@ -49,11 +49,11 @@ def _raise_for(contact: str, real):
 def test_an_event_that_raises_is_dead_lettered_and_its_profile_redone_without_it(monkeypatch):
     real, raised = event_module.features, []
 
-    def second_event_raises_once(profile, now_ms):
+    def second_event_raises_once(profile, now_ms, *rest):
         if profile.key == "c-bad" and profile.events_total == 2 and not raised:
             raised.append(now_ms)
             raise ZeroDivisionError("boom")
-        return real(profile, now_ms)
+        return real(profile, now_ms, *rest)
 
     monkeypatch.setattr(event_module, "features", second_event_raises_once)
     e = _engine()
