@@ -38,7 +38,10 @@ def dashboard_queries() -> list[tuple[str, str]]:
 
 @pytest.fixture
 def scraped_engine(tmp_path):
-    with LiveEngine(tmp_path, rate=300) as live:
+    # A fresh lead model learns its labels at the horizon (days away on the wall clock), so in
+    # a short live run nobody is handed to sales and nothing is frequency-capped; a half
+    # holdout gives the suppression panels live data, as an A/B-testing operator would see.
+    with LiveEngine(tmp_path, rate=300, **{"policy.holdout_share": 0.5}) as live:
         prom = PrometheusServer(tmp_path / "prometheus", [live.url.removeprefix("http://")], rule_files=[RULES])
         prom.start()
         try:
