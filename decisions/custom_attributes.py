@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from touchline.decisions.errors import did_you_mean
 from touchline.decisions.feature_states import MAX_DISTINCT, Tally, latest_only
 from touchline.decisions.journey_runtime import all_match
-from touchline.decisions.journeys import _check_condition, parse_duration
+from touchline.decisions.journeys import EventConditions, parse_duration
 from touchline.decisions.profile import DAY_MS, HOUR_MS, Profile
 
 #: A window of whole days may reach this far back (a bucket a day).
@@ -62,18 +62,11 @@ class AttributeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     event: str = Field(description="the event type it aggregates (built in, or in events.custom_types)")
-    where: dict[str, Any] = Field(default_factory=dict, description="event property -> condition, as in journeys")
+    where: EventConditions = Field(default_factory=dict, description="event property -> condition, as in journeys")
     aggregate: Aggregate = Field(default="count", description="count, sum, distinct or last")
     prop: str | None = Field(default=None, alias="property", description="the event property sum, distinct and "
                              "last read")
     window: str = Field(description="e.g. 7d or 90d (whole days), or 12h")
-
-    @field_validator("where")
-    @classmethod
-    def _conditions(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for name, condition in value.items():
-            _check_condition(name, condition)
-        return value
 
     @field_validator("window")
     @classmethod

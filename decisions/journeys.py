@@ -172,6 +172,12 @@ def _check_condition(name: str, value: Any) -> Any:
     return value
 
 
+def _event_conditions(value: dict[str, Any]) -> dict[str, Any]:
+    for name, cond in value.items():
+        _check_condition(name, cond)
+    return value
+
+
 def _hint(bad: list[Any], known: Any) -> str:
     """`` (did you mean 'x'?)`` for the first of ``bad`` that is a near miss of ``known``.
 
@@ -221,6 +227,7 @@ TimeOfDay = Annotated[str, AfterValidator(_valid_time_of_day)]
 Channel = Annotated[str, AfterValidator(_valid_channel)]
 EventType = Annotated[str, AfterValidator(_event_type)]
 ProfileConditions = Annotated[dict[str, Any], AfterValidator(_profile_conditions)]
+EventConditions = Annotated[dict[str, Any], AfterValidator(_event_conditions)]
 
 
 # ---------------------------------------------------------------------------------- entry
@@ -228,15 +235,8 @@ class EventEntry(_Strict):
     """Enter when an event of this type arrives, optionally with conditions on its properties."""
 
     event: EventType
-    where: dict[str, Any] = Field(default_factory=dict, description="event property -> condition")
+    where: EventConditions = Field(default_factory=dict, description="event property -> condition")
     profile: ProfileConditions = Field(default_factory=dict, description="profile field -> condition, after the event")
-
-    @field_validator("where")
-    @classmethod
-    def _conditions(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for name, cond in value.items():
-            _check_condition(name, cond)
-        return value
 
 
 class ScoreCrossing(_Strict):
@@ -332,7 +332,7 @@ class WaitUntilStep(_Step):
 
 class WaitForSpec(_Strict):
     event: EventType
-    where: dict[str, Any] = Field(default_factory=dict)
+    where: EventConditions = Field(default_factory=dict, description="event property -> condition")
     timeout: Duration
 
 

@@ -18,26 +18,6 @@ import orjson
 KEY = "test-key-0123456789abcdef"
 
 
-def write_toml(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
-    """A settings file of ``{section: {key: value}}`` (dotted sections as TOML tables)."""
-    lines = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return str(value)
-
-
 def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
 

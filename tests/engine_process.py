@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from settings_file import toml_lines
+
 from touchline.decisions.profile import WINDOWS
 
 
@@ -30,23 +32,12 @@ def write_config(path: Path, topics: dict[str, str], hook_url: str | None = None
         "kafka": kafka, "models": {"learn": False, "store": "off"},
         "runtime": {"snapshot_seconds": 0.3, "backup_seconds": 0}, "metrics": {"enabled": False},
         "delivery": {"lease_seconds": 3}, **sections}
-    lines = []
-    for section, values in data.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
+    lines = toml_lines(data)
     if hook_url is not None:
         lines += ["[delivery.channels.email]", 'kind = "webhook"', f'url = "{hook_url}"',
                   "rate_per_second = 5000", "burst = 500", "max_attempts = 20", "backoff_seconds = 0.05"]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    return str(value)
 
 
 class EngineProcess:

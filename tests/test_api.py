@@ -13,7 +13,8 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from api_server import KEY, Served, event, until, write_toml
+from api_server import KEY, Served, event, until
+from settings_file import write_toml
 
 
 @pytest.fixture(scope="module")

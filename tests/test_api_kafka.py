@@ -8,7 +8,8 @@ import time
 
 import orjson
 
-from api_server import Served, event, until, write_toml
+from api_server import Served, event, until
+from settings_file import write_toml
 
 
 def test_decisions_from_the_api_are_on_the_decisions_topic(tmp_path, kafka_broker, topics):

@@ -15,7 +15,8 @@ import threading
 
 import pytest
 
-from api_server import FollowingEngine, Served, event, until, write_toml
+from api_server import FollowingEngine, Served, event, until
+from settings_file import write_toml
 from engine_process import cap_violations
 
 

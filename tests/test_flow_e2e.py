@@ -259,3 +259,16 @@ def test_cli_config_prints_effective_settings_without_secrets(capsys, monkeypatc
     shown = orjson.loads(capsys.readouterr().out)
     assert shown["policy"]["holdout_share"] == 0.2
     assert shown["state"]["url"] == "redis://app:***@cache:6379/0"
+
+
+@pytest.mark.parametrize("variable, expected", [
+    ("TOUCHLINE_METRIC__PORT", "TOUCHLINE_METRIC__PORT: no settings section 'metric' (did you mean 'metrics'?)"),
+    ("TOUCHLINE_POLICY_HOLDOUT_SHARE", "TOUCHLINE_POLICY_HOLDOUT_SHARE: levels are separated by two underscores: "
+                                       "TOUCHLINE_POLICY__HOLDOUT_SHARE"),
+])
+def test_a_misnamed_environment_variable_is_refused_not_ignored(variable, expected, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv(variable, "0")
+    monkeypatch.setenv("TOUCHLINE_REDIS_PASSWORD", "not a setting: the compose file's .env")
+    assert main(["run", "--out", str(tmp_path / "out")]) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -176,6 +176,8 @@ def test_yaml_syntax_errors_give_file_line_column_and_what_is_wrong(text, expect
     ("steps:\n  - branch:\n      - profile: {purchases_total: {gtee: 1}}\n        goto: step-1\n    else: step-1\n",
      "unknown operator(s) ['gtee'] (did you mean 'gte'?)"),
     ("steps:\n  - wait: 1d\n    xyzzy: 1\n", "t.yaml:5: steps[0].xyzzy: unknown key; allowed here: id, next, wait"),
+    ("steps:\n  - wait_for: {event: email_click, where: {link: {contans: x}}, timeout: 1d}\n",
+     "unknown operator(s) ['contans'] (did you mean 'contains'?)"),
 ])
 def test_near_misses_get_a_did_you_mean_that_is_valid_there(body, expected):
     assert expected in _problem(HEAD + body)

@@ -12,6 +12,7 @@ defaults. Unknown keys are errors, so a typo is caught at start, by name.
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import tomllib
 from contextvars import ContextVar
@@ -36,6 +37,7 @@ from touchline.decisions.journeys import PROFILE_FIELDS, Vocabulary
 from touchline.decisions.policy import PolicyConfig
 from touchline.connectors.channels.config import DeliverySettings
 from touchline.redact import redact_secrets, secret_name
+from touchline.settings_env import misnamed_variables
 
 if TYPE_CHECKING:
     from touchline.decisions.batch_run import LabelSettings as LabelRules
@@ -626,6 +628,9 @@ def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) ->
       policy.holdout_share: Input should be less than or equal to 1 (got 2)
     """
     data = read_config_file(path) if path is not None else {}
+    misnamed = misnamed_variables(os.environ, Settings.model_fields)
+    if misnamed:
+        raise ConfigError("invalid configuration (environment):\n" + "\n".join(f"  {p}" for p in misnamed))
     init: dict[str, Any] = {}
     for dotted, value in (overrides or {}).items():
         if value is not None:
