@@ -39,6 +39,8 @@ _OUTAGE_CODES = {ConfluentError._ALL_BROKERS_DOWN, ConfluentError._TRANSPORT, Co
 #: librdkafka's own log lines (connection refused, retries) go here instead of raw to stderr:
 #: outages are reported by the engine itself, once and clearly; turn on DEBUG to see these.
 LIBRDKAFKA_LOG = logging.getLogger("touchline.librdkafka")
+#: The longest a start-up wait for the brokers blocks in librdkafka between Python bytecodes.
+SIGNAL_SLICE_SECONDS = 0.5
 
 
 class _QuietLibrdkafka(logging.LoggerAdapter):
@@ -87,14 +89,20 @@ def _admin(config: dict[str, str]) -> AdminClient:
 def check_cluster(config: dict[str, str], timeout: float) -> set[str]:
     """The topic names on the cluster; a clear error if the brokers do not answer in time."""
     admin = _admin(config)
-    try:
-        meta = admin.list_topics(timeout=timeout)
-    except KafkaException as exc:
-        err = exc.args[0] if exc.args else exc
-        text = err.str() if hasattr(err, "str") else str(err)
-        raise KafkaUnavailable(f"Kafka at {config['bootstrap.servers']} unreachable within {timeout:g} s "
-                               f"({text}); is the broker running and kafka.bootstrap right?") from None
-    return set(meta.topics)
+    deadline = time.monotonic() + timeout
+    while True:
+        # in short slices: librdkafka blocks in C, where a signal (SIGTERM at start-up) waits
+        slice_s = max(0.05, min(SIGNAL_SLICE_SECONDS, deadline - time.monotonic()))
+        try:
+            return set(admin.list_topics(timeout=slice_s).topics)
+        except KafkaException as exc:
+            if time.monotonic() < deadline:
+                time.sleep(0.05)  # an error that came back at once is not retried in a busy loop
+                continue
+            err = exc.args[0] if exc.args else exc
+            text = err.str() if hasattr(err, "str") else str(err)
+            raise KafkaUnavailable(f"Kafka at {config['bootstrap.servers']} unreachable within {timeout:g} s "
+                                   f"({text}); is the broker running and kafka.bootstrap right?") from None
 
 
 def ensure_topics(config: dict[str, str], topics: list[str], *, create: bool, partitions: int,

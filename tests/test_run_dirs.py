@@ -332,3 +332,37 @@ def test_a_production_restart_in_run_directories_resumes_its_snapshot_and_its_mo
     assert summary["run"]["id"] == two.name and summary["model_store"]["start"] == "resumed"
     assert summary["model_store"]["url"].startswith("redis://") and len(summary["model_store"]["restored"]) == 2
     assert orjson.loads((one / "summary.json").read_bytes())["model_store"]["start"] == "resumed"
+
+
+def _as_pid_one() -> list[str]:
+    """A command prefix that starts the engine as PID 1 of a new PID namespace, as in a
+    container without ``--init`` (needs root and util-linux's unshare), else none."""
+    unshare = "/usr/bin/unshare"
+    if os.geteuid() == 0 and os.path.exists(unshare) and subprocess.run(
+            [unshare, "--pid", "--fork", "true"], capture_output=True).returncode == 0:
+        return [unshare, "--pid", "--fork", "--kill-child"]
+    return []
+
+
+def test_sigterm_while_waiting_for_the_broker_at_start_up_ends_the_run_at_once(tmp_path):
+    """A start-up wait (here for a broker that is not there, 60 s allowed) is cut short by
+    SIGTERM with exit 143, also as PID 1, which ignores signals it has no handler for."""
+    prefix = _as_pid_one()
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "touchline", "run", "--kafka", "127.0.0.1:1",
+                             "--no-metrics", "--out", str(tmp_path / "out")],
+                            cwd=tmp_path, env={**_env(), "TOUCHLINE_KAFKA__CONNECT_TIMEOUT_SECONDS": "60"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    banner = proc.stderr.readline()  # printed just before the broker is asked for its topics
+    assert banner.startswith("touchline") and "127.0.0.1:1" in banner, banner
+    engine = proc.pid
+    if prefix:  # signal the engine itself (PID 1 inside), as `docker stop` does, not unshare
+        engine = int(subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()[0])
+        [ns_pids] = [ln for ln in Path(f"/proc/{engine}/status").read_text().splitlines() if ln.startswith("NSpid:")]
+        assert ns_pids.split()[-1] == "1", ns_pids
+    time.sleep(0.5)
+    os.kill(engine, signal.SIGTERM)
+    _, rest = proc.communicate(timeout=30)  # without the fix: up to 60 s, or for ever as PID 1
+    assert proc.returncode == 143, rest
+    assert rest.strip().splitlines()[-1] == "touchline: terminated"
+    assert not (tmp_path / "out").exists()

@@ -40,6 +40,7 @@ import orjson
 
 import touchline
 from touchline.settings import ConfigError, Settings, load_settings
+from touchline.stop_signals import sigterm_aborts
 
 if TYPE_CHECKING:
     from touchline.connectors.repeat_purchase import RepeatPurchase
@@ -988,8 +989,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    done = _without_settings(args)
-    return done if done is not None else _with_settings(args)
+    with sigterm_aborts():
+        done = _without_settings(args)
+        return done if done is not None else _with_settings(args)
 
 
 def _without_settings(args: argparse.Namespace) -> int | None:

@@ -49,6 +49,11 @@ class RunPlan:
     #: resuming asked for, with no earlier run to resume from
     nothing_to_resume: bool = False
     started: bool = field(default=False, init=False)
+    #: the directory did not exist before this run (a failed start removes it again)
+    created: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self.created = not self.run_dir.exists()
 
     @property
     def run_id(self) -> str | None:
@@ -75,8 +80,12 @@ class RunPlan:
 
     def abandon(self) -> None:
         """A run that failed: before it opened its outputs, its fresh directory goes (a failed
-        start leaves nothing); after, it stays, without becoming ``latest``."""
-        if self.root is None or not self.run_dir.exists():
+        start leaves nothing, and ``--out DIR`` as it was); after, it stays, without becoming ``latest``."""
+        if not self.run_dir.exists():
+            return
+        if self.root is None:
+            if self.created and not self.started:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
             return
         if self.started:
             console(f"the outputs of the failed run are in {self.run_dir}; {self.root / run_dirs.LATEST} still "

@@ -30,6 +30,7 @@ from touchline.runtime import execute, hold
 from touchline.settings import Settings
 from touchline.state import open_store
 from touchline.redact import redact_url, remember_settings
+from touchline.stop_signals import aborted
 from touchline.summary import build_summary
 
 log = logging.getLogger(__name__)
@@ -752,15 +753,6 @@ def health_checks(settings: Settings, engine: Engine) -> "Health":
         checks["broker"] = broker
     stall = settings.metrics.stall_seconds
     return Health(checks, alive=lambda: engine.not_alive(stall))
-
-
-def aborted(signum: int) -> KeyboardInterrupt:
-    """What a second Ctrl-C or SIGTERM raises while the run is stopping: a KeyboardInterrupt (no
-    ``except Exception`` on its way can swallow it) that names the signal (``signum``), so the
-    exit code can."""
-    exc = KeyboardInterrupt(signal.Signals(signum).name)
-    exc.signum = signum  # type: ignore[attr-defined]
-    return exc
 
 
 def stopping_message(signum: int) -> str:
