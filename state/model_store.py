@@ -281,6 +281,8 @@ class FileModelStore(ModelStore):
         return self._read_json("deployment.json")
 
     def update_deployment(self, change: Update) -> dict[str, Any] | None:
+        if not self.dir.exists() and change(None) is None:  # a refused change (a typo'd --out) creates nothing
+            return None
         with self._locked():
             current = self.read_deployment()
             new = change(current)

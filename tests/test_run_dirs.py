@@ -366,3 +366,21 @@ def test_sigterm_while_waiting_for_the_broker_at_start_up_ends_the_run_at_once(t
     assert proc.returncode == 143, rest
     assert rest.strip().splitlines()[-1] == "touchline: terminated"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["journeys", "check", "bad.yaml"], 2),
+    (["report", "--out", "nothing"], 2),
+    (["why", "c1", "--out", "nothing"], 2),
+    (["models", "promote", "lead", "--out", "nothing"], 1),
+    (["contact", "export", "c1", "--redis", "redis://127.0.0.1:1"], 1),
+])
+def test_json_logs_hold_for_every_command_not_only_run(argv, code, tmp_path):
+    """The image sets TOUCHLINE_LOGGING__FORMAT=json for every command it runs."""
+    (tmp_path / "bad.yaml").write_text("journey: t\nentry: {event: signpu}\nsteps:\n  - wait: 5\n")
+    done = subprocess.run([sys.executable, "-m", "touchline", *argv], cwd=tmp_path, capture_output=True, text=True,
+                          env={**_env(), "TOUCHLINE_LOGGING__FORMAT": "json"}, timeout=120)
+    assert done.returncode == code, done.stderr
+    objects = _json_lines(done.stderr)
+    assert objects[-1]["level"] == "error" and objects[-1]["message"].startswith("touchline")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # nothing created by a failed command

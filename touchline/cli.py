@@ -40,6 +40,7 @@ import orjson
 
 import touchline
 from touchline.settings import ConfigError, Settings, load_settings
+from touchline.logs import console
 from touchline.stop_signals import sigterm_aborts
 
 if TYPE_CHECKING:
@@ -497,8 +498,8 @@ def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         from touchline.connectors.loadgen import produce_events
 
         stats = produce_events(sim.lines(), settings.kafka, rate=args.rate, progress=sys.stderr)
-        print(f"produced {stats.produced:,} events to {settings.kafka.events_topic} in {stats.seconds:.1f} s "
-              f"({stats.rate:,.0f}/s)" + (f"; {stats.failed:,} FAILED" if stats.failed else ""), file=sys.stderr)
+        console(f"produced {stats.produced:,} events to {settings.kafka.events_topic} in {stats.seconds:.1f} s "
+              f"({stats.rate:,.0f}/s)" + (f"; {stats.failed:,} FAILED" if stats.failed else ""))
         return EXIT_RUNTIME if stats.failed else 0
     if str(args.out) == "-":
         out = sys.stdout.buffer
@@ -512,7 +513,7 @@ def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             for line in sim.lines():
                 out.write(line + b"\n")
                 n += 1
-        print(f"wrote {n:,} events to {args.out}", file=sys.stderr)
+        console(f"wrote {n:,} events to {args.out}")
     return 0
 
 
@@ -653,7 +654,7 @@ def _contact_in_memory(args: argparse.Namespace, settings: Settings) -> int:
     """The in-process store kept nothing after its run ended: only a run's outputs (--outputs) can be erased."""
     erasing = args.action == "erase"
     if erasing and args.outputs is not None:
-        print("state: the in-process store (memory://) kept nothing after its run ended", file=sys.stderr)
+        console("state: the in-process store (memory://) kept nothing after its run ended")
         return _erase_outputs(args, settings, [args.contact_id])
     raise ConfigError("the in-process store (memory://) keeps nothing after a run ends; "
                       "pass --redis URL or set state.url to the Redis the engine uses"
@@ -671,7 +672,7 @@ def _with_scores(found: dict[str, Any] | None, store: Any, settings: Settings, c
     try:
         found["scores"] = contact_scores(store, settings, contact_id)
     except (ModelStoreError, OSError, ValueError) as exc:
-        print(f"touchline: no scores in the export: {exc}", file=sys.stderr)
+        console(f"touchline: no scores in the export: {exc}", level="error")
     return found
 
 
@@ -687,21 +688,21 @@ def _cmd_scores(args: argparse.Namespace, settings: Settings) -> int:
     else:
         run = sc.scores_from_redis(settings, at)
     for note in run.notes:
-        print(note, file=sys.stderr)
+        console(note)
     if run.newer:
         newer = (f"{run.newer:,} stored contact(s) have state newer than {sc.iso(at)} (a profile cannot be wound "
                  "back): not scored; replay the events with --input FILE to score them as of then")
         if not run.rows:
-            print(f"touchline: {newer}; nothing to write", file=sys.stderr)
+            console(f"touchline: {newer}; nothing to write", level="error")
             return EXIT_RUNTIME
-        print(f"skipped {newer}", file=sys.stderr)
+        console(f"skipped {newer}")
     if run.forgotten:
-        print(f"{run.forgotten:,} contact(s) of the events up to {sc.iso(at)} had no state left by then (the engine "
+        console(f"{run.forgotten:,} contact(s) of the events up to {sc.iso(at)} had no state left by then (the engine "
               f"forgets a contact state.retention_days = {settings.state.retention_days:g} after its last activity): "
-              "not scored", file=sys.stderr)
+              "not scored")
     sc.write_csv(run.rows, args.out)
     where = "stdout" if str(args.out) == "-" else args.out
-    print(f"wrote the scores of {len(run.rows):,} contacts as of {sc.iso(at)} to {where}", file=sys.stderr)
+    console(f"wrote the scores of {len(run.rows):,} contacts as of {sc.iso(at)} to {where}")
     return 0
 
 
@@ -710,7 +711,7 @@ def _print_export(found: dict[str, Any] | None, contact_id: str, url: str) -> in
     from touchline.redact import redact_url
 
     if found is None:
-        print(f"touchline: nothing stored about contact {contact_id!r} in {redact_url(url)}", file=sys.stderr)
+        console(f"touchline: nothing stored about contact {contact_id!r} in {redact_url(url)}", level="error")
         return EXIT_RUNTIME
     print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
     return 0
@@ -723,12 +724,12 @@ def _erase_contact(store: Any, args: argparse.Namespace, found: dict[str, Any] |
     store.erase(args.contact_id)
     aliases = list(found["aliases"]) if found is not None else []
     if found is None:
-        print(f"nothing stored about contact {args.contact_id!r}; tombstoned anyway", file=sys.stderr)
+        console(f"nothing stored about contact {args.contact_id!r}; tombstoned anyway")
     else:
-        print(f"erased contact {args.contact_id!r}: profile, sends, timers, outbox and "
-              f"{len(aliases)} linked anonymous id(s)", file=sys.stderr)
-    print("its events (and its anonymous ids') are dropped from now on, until a signup or granted "
-          "consent_update newer than the erasure re-admits it", file=sys.stderr)
+        console(f"erased contact {args.contact_id!r}: profile, sends, timers, outbox and "
+              f"{len(aliases)} linked anonymous id(s)")
+    console("its events (and its anonymous ids') are dropped from now on, until a signup or granted "
+          "consent_update newer than the erasure re-admits it")
     if args.settle_seconds > 0:
         _settle(store, args.contact_id, args.settle_seconds)
     return aliases
@@ -745,7 +746,7 @@ def _settle(store: Any, contact_id: str, seconds: float) -> None:
     tombstone = store.tombstones([(CONTACT, contact_id)]).get((CONTACT, contact_id))
     if tombstone is not None and tombstone.readmitted_ms is None and store.export(contact_id) is not None:
         store.delete(contact_id)
-        print("deleted again what a batch in flight during the erasure wrote", file=sys.stderr)
+        console("deleted again what a batch in flight during the erasure wrote")
 
 
 def _erase_outputs(args: argparse.Namespace, settings: Settings, ids: list[str]) -> int:
@@ -758,21 +759,21 @@ def _erase_outputs(args: argparse.Namespace, settings: Settings, ids: list[str])
         try:
             removed = rewrite_without(args.outputs, ids)
         except OutputsInUse as exc:
-            print(f"touchline: {exc}", file=sys.stderr)
+            console(f"touchline: {exc}", level="error")
             return EXIT_RUNTIME
         for path, n in removed.items():
-            print(f"removed {n:,} line(s) from {path}", file=sys.stderr)
+            console(f"removed {n:,} line(s) from {path}")
         if not removed:
-            print(f"no JSONL output in {args.outputs} mentions the contact", file=sys.stderr)
+            console(f"no JSONL output in {args.outputs} mentions the contact")
     else:
         held = count_mentions(settings.output.dir, ids)
         for path, n in held.items():
-            print(f"still in {path}: {n:,} line(s)", file=sys.stderr)
+            console(f"still in {path}: {n:,} line(s)")
         if held:
-            print(f"remove them with: touchline contact erase {args.contact_id} --outputs {settings.output.dir} "
-                  "(once no engine writes there)", file=sys.stderr)
+            console(f"remove them with: touchline contact erase {args.contact_id} --outputs {settings.output.dir} "
+                  "(once no engine writes there)")
     for line in kafka_notes(settings, args.contact_id):
-        print(line, file=sys.stderr)
+        console(line)
     return 0
 
 
@@ -790,7 +791,7 @@ def _cmd_journeys(args: argparse.Namespace) -> int:
     """``journeys check FILES``: the files alone (no settings read)."""
     if args.json or args.forget_unused or not args.paths:
         needs = "journey files (or --config with journeys.files)" if not args.paths else "--redis URL or --config FILE"
-        print(f"touchline: journeys check: give {needs}", file=sys.stderr)
+        console(f"touchline: journeys check: give {needs}", level="error")
         return EXIT_USAGE
     return _check_journey_files(args.paths, quiet=False)[0]
 
@@ -807,17 +808,17 @@ def _check_journey_files(paths: list[Path], quiet: bool, settings: Settings | No
     try:
         loaded, problems = load_journeys(paths, settings.vocabulary() if settings is not None else None)
     except JourneyError as exc:
-        print(f"touchline: {exc}", file=sys.stderr)
+        console(f"touchline: {exc}", level="error")
         return EXIT_CONFIG, []
     for path, journey in loaded if not quiet else ():
         entry = type(journey.entry).__name__.removesuffix("Entry").lower()
         print(f"ok  {path}: journey {journey.journey!r}, priority {journey.priority}, {entry} entry, "
               f"{len(journey.steps)} steps, version {version_of(journey)}")
     for problem in problems:
-        print(problem, file=sys.stderr)
+        console(problem, level="error")
     if problems:
         count = sum(len(p.splitlines()) for p in problems)
-        print(f"touchline: {count} problem(s) in the journey files", file=sys.stderr)
+        console(f"touchline: {count} problem(s) in the journey files", level="error")
         return EXIT_CONFIG, loaded
     return 0, loaded
 
@@ -833,8 +834,8 @@ def _cmd_journeys_deployed(args: argparse.Namespace, settings: Settings) -> int:
     if code:
         return code
     if settings.state.url.startswith("memory://") and not (args.redis or args.json or args.forget_unused):
-        print("touchline: the files only (with the settings' custom event types and attributes): state.url is "
-              "memory://; pass --redis URL to see the contacts inside the journeys", file=sys.stderr)
+        console("touchline: the files only (with the settings' custom event types and attributes): state.url is "
+              "memory://; pass --redis URL to see the contacts inside the journeys", level="warning")
         return 0
     found = check_deployment(settings, loaded, args.forget_unused)
     print(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode() if args.json else format_report(found))
@@ -873,7 +874,7 @@ def _cmd_models(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     code = _change_deployment(args, settings)
     if note is not None and code == 0:
-        print(f"note: {note}", file=sys.stderr)
+        console(f"note: {note}")
     return code
 
 
@@ -918,9 +919,9 @@ def _change_deployment(args: argparse.Namespace, settings: Settings) -> int:
         else:
             doc, verdict = mc.promote(settings, args.score, args.version, args.force)
             if "forced" in verdict:
-                print(f"touchline: warning: {args.score}: {verdict}", file=sys.stderr)
+                console(f"touchline: warning: {args.score}: {verdict}", level="warning")
     except ValueError as exc:  # nothing to promote, worse figures, a stale --version, an invalid deployment
-        print(f"touchline: {mc._first_error(exc, getattr(args, 'model', args.score))}", file=sys.stderr)
+        console(f"touchline: {mc._first_error(exc, getattr(args, 'model', args.score))}", level="error")
         return EXIT_RUNTIME
     print(mc.dumps(doc) if args.json else f"deployment revision {doc['revision']}: {doc['history'][-1]['change']}")
     return 0
@@ -1012,7 +1013,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     missing = _missing_report_extra()
     if missing is not None:
-        print(missing, file=sys.stderr)
+        console(missing, level="error")
         return EXIT_CONFIG
     return report_cmd.main(args)
 

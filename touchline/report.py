@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, TypeVar
 import orjson
 from jinja2 import Environment
 
+from touchline.logs import console
 from touchline.decisions.errors import TouchlineError
 from touchline.decisions.attribution import MODELS
 from touchline.decisions.events import Rejected, parse_event, parse_ts
@@ -1042,13 +1042,13 @@ def main(args: argparse.Namespace) -> int:
     args.out = out = resolve(args.out)
     missing = _missing_given_file(args)
     if missing is not None:
-        print(missing, file=sys.stderr)
+        console(missing, level="error")
         return EXIT_USAGE
     default_events = out / "events.jsonl"
     decisions, experiments, events = _report_inputs(args, default_events)
     if not any(p is not None and p.is_file() for p in (decisions, experiments, events)):
-        print(f"touchline report: nothing to report: neither {decisions} nor {experiments} exists "
-              "(run `touchline run` first, or pass --out DIR / --decisions FILE)", file=sys.stderr)
+        console(f"touchline report: nothing to report: neither {decisions} nor {experiments} exists "
+              "(run `touchline run` first, or pass --out DIR / --decisions FILE)", level="error")
         return EXIT_USAGE
     summary = args.summary or (out / "summary.json" if (out / "summary.json").is_file() else None)
     data = collect(decisions, experiments, events, summary=summary,
@@ -1088,6 +1088,6 @@ def _write_page(target: Path, page: str) -> bool:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(page, encoding="utf-8")
     except OSError as exc:
-        print(f"touchline report: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
+        console(f"touchline report: cannot write {target}: {exc.strerror or exc}", level="error")
         return False
     return True

@@ -15,13 +15,13 @@ event carrying both ids links them, as the engine does.
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import orjson
 
+from touchline.logs import console
 from touchline.decisions.errors import TouchlineError
 from touchline.decisions.profile import ANON_PREFIX
 
@@ -99,23 +99,23 @@ def main(args: argparse.Namespace) -> int:
 
     args.out = latest_run(args.out)
     if not args.contact.strip():
-        print("touchline why: CONTACT is empty; give a contact id or an anonymous id", file=sys.stderr)
+        console("touchline why: CONTACT is empty; give a contact id or an anonymous id", level="error")
         return EXIT_USAGE
     try:
         sources = find_sources(args.out, args.decisions, args.no_actions, args.events)
         identity = resolve(args.contact, sources.events)
         records, skipped = read_records(sources, identity.record_ids())
     except WhyError as exc:
-        print(f"touchline why: {exc}", file=sys.stderr)
+        console(f"touchline why: {exc}", level="error")
         return EXIT_USAGE
     except OSError as exc:
-        print(f"touchline why: cannot read {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        console(f"touchline why: cannot read {exc.filename}: {exc.strerror or exc}", level="error")
         return EXIT_NOT_FOUND
     sources.notes += skipped
     if not records:
-        print(f"touchline why: no records found for {args.contact!r} in {_looked_in(sources)}", file=sys.stderr)
+        console(f"touchline why: no records found for {args.contact!r} in {_looked_in(sources)}", level="error")
         for note in sources.notes:
-            print(f"  {note}", file=sys.stderr)
+            console(f"  {note}")
         return EXIT_NOT_FOUND
     shown = records[-args.limit:]
     print(_dumps(identity, sources, records, shown) if args.json else format_why(identity, sources, records, shown))
