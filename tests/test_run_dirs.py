@@ -384,3 +384,16 @@ def test_json_logs_hold_for_every_command_not_only_run(argv, code, tmp_path):
     objects = _json_lines(done.stderr)
     assert objects[-1]["level"] == "error" and objects[-1]["message"].startswith("touchline")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # nothing created by a failed command
+
+
+def test_a_process_given_its_parents_run_directory_names_the_run(tmp_path):
+    """``--processes N`` hands each child the run directory with ``--out``: their summaries
+    carry the run's id as the parent's does; a directory of the user's own carries none."""
+    from touchline.run_command import RunPlan
+    from touchline.settings import load_settings
+
+    settings = load_settings(None)
+    child = RunPlan(settings, tmp_path / "touchline-out" / "runs" / "20261202T131415Z-0a1b2c")
+    assert child.run_id == "20261202T131415Z-0a1b2c"
+    assert RunPlan(settings, tmp_path / "my-out").run_id is None
+    assert RunPlan(settings, tmp_path / "runs" / "not-a-run-id").run_id is None

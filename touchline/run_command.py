@@ -57,7 +57,10 @@ class RunPlan:
 
     @property
     def run_id(self) -> str | None:
-        return self.run_dir.name if self.root is not None else None
+        """The run directory's name; also in a ``--processes`` child, given its parent's run
+        directory with ``--out`` (``<root>/runs/<id>``)."""
+        in_runs = self.run_dir.parent.name == run_dirs.RUNS and run_dirs.is_run_id(self.run_dir.name)
+        return self.run_dir.name if self.root is not None or in_runs else None
 
     def prepare(self) -> None:
         """Copy the models to continue from into the run's model directory."""
