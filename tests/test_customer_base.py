@@ -4,6 +4,7 @@ customers for years and visitors briefly, and settings a model could never learn
 from __future__ import annotations
 
 from math import log1p
+from pathlib import Path
 
 import orjson
 import pytest
@@ -310,3 +311,30 @@ def test_a_customer_base_model_learns_its_population_from_every_moment_observed(
     profile = engine.store.export("c1")["profile"]
     observed = model.labels + len(profile["pending_labels"])
     assert model.estimator.observing and model.estimator.learned == observed >= 6
+
+
+def _purchases(tmp_path) -> str:
+    from touchline.connectors.repeat_purchase import RepeatPurchase, RepeatPurchaseSpec
+
+    path = tmp_path / "purchases.jsonl"
+    path.write_bytes(b"\n".join(RepeatPurchase(RepeatPurchaseSpec(seed=3, customers=120, days=240)).lines()) + b"\n")
+    return str(path)
+
+
+def test_scores_on_purchase_data_name_the_preset_and_a_churn_model_no_label_reached(tmp_path, capsys):
+    """With the defaults, touchline scores says which churn settings do not fit purchase data and
+    where the preset is; with the preset and a horizon no label resolves within, it says the
+    scores are the BG/NBD's alone. The preset itself loads as the README shows it."""
+    events = _purchases(tmp_path)
+    assert main(["scores", "--at", "2025-07-01", "--input", events, "--out", str(tmp_path / "a.csv")]) == 0
+    err = capsys.readouterr().err
+    assert 'labels.churn_observations = "random_times"' in err and "--config examples/purchases.toml" in err
+    preset = Path(__file__).resolve().parent.parent / "examples" / "purchases.toml"
+    settings = load_settings(preset)
+    assert (settings.models.churn.estimator, settings.models.churn.params) == ("bgnbd_logreg", {"horizon_days": 90.0})
+    long = tmp_path / "long.toml"
+    long.write_text(preset.read_text().replace("churn_horizon_days = 90", "churn_horizon_days = 200"))
+    assert main(["scores", "--at", "2025-07-01", "--input", events, "--config", str(long),
+                 "--out", str(tmp_path / "b.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "no churn label resolved" in err and "BG/NBD model's alone" in err and "purchases.toml" not in err
