@@ -329,6 +329,7 @@ def test_scores_on_purchase_data_name_the_preset_and_a_churn_model_no_label_reac
     assert main(["scores", "--at", "2025-07-01", "--input", events, "--out", str(tmp_path / "a.csv")]) == 0
     err = capsys.readouterr().err
     assert 'labels.churn_observations = "random_times"' in err and "--config examples/purchases.toml" in err
+    assert "warning: labels.churn_horizon_days (7) is shorter than the median gap" in err
     preset = Path(__file__).resolve().parent.parent / "examples" / "purchases.toml"
     settings = load_settings(preset)
     assert (settings.models.churn.estimator, settings.models.churn.params) == ("bgnbd_logreg", {"horizon_days": 90.0})

@@ -172,14 +172,15 @@ def scores_from_file(settings: Settings, path: Path, at_ms: int) -> ScoreRun:
 
 
 def _purchase_notes(engine: Any) -> list[str]:
-    """What a replay of purchase data should know about its churn scores: the settings that
-    differ from the purchase preset, and a churn model no label reached."""
-    from touchline.summary import _purchase_share, purchase_data_notes, repeat_purchases
+    """What a replay of purchase data should know about its churn scores: a horizon shorter than
+    the usual gap between purchases, the settings that differ from the purchase preset, and a
+    churn model no label reached."""
+    from touchline.summary import _purchase_share, _repeat_purchase_lines, repeat_purchases
 
     totals, labels = engine.totals, engine.core.labels
     churn = engine.core.models["churn"].champion
     r = repeat_purchases(totals.purchase_gap_days, labels, _purchase_share(totals.by_type), churn.estimator_name)
-    notes = [line.strip() for line in purchase_data_notes(r)]
+    notes = [line.strip() for line in _repeat_purchase_lines(r)[1:]]  # the horizon's warning, the notes
     if r is not None and churn.labels == 0:
         alone = "; its scores are the BG/NBD model's alone" if churn.estimator_name.startswith("bgnbd") else ""
         notes.append(f"note: no churn label resolved in this replay (one resolves labels.churn_horizon_days = "
