@@ -332,7 +332,8 @@ def test_scores_on_purchase_data_name_the_preset_and_a_churn_model_no_label_reac
     assert "warning: labels.churn_horizon_days (7) is shorter than the median gap" in err
     preset = Path(__file__).resolve().parent.parent / "examples" / "purchases.toml"
     settings = load_settings(preset)
-    assert (settings.models.churn.estimator, settings.models.churn.params) == ("bgnbd_logreg", {"horizon_days": 90.0})
+    assert (settings.models.churn.estimator, settings.models.churn.params) == \
+        ("bgnbd_logreg", {"dropout_at_first_purchase": True, "horizon_days": 90.0})
     long = tmp_path / "long.toml"
     long.write_text(preset.read_text().replace("churn_horizon_days = 90", "churn_horizon_days = 200"))
     assert main(["scores", "--at", "2025-07-01", "--input", events, "--config", str(long),
