@@ -8,6 +8,12 @@ probability drawn from a Beta(``a``, ``b``). The four population parameters are 
 maximum likelihood on many summaries; each customer's probability of being alive, of not
 buying within a horizon, and expected purchases then follow in closed form.
 
+BG/NBD lets a customer drop out only after a *repeat* purchase, so one who bought once is
+alive for sure however long the silence since. With ``at_first=True`` the functions take the
+MBG/NBD variant (Batislam, Denizel & Filiztekin 2007) instead: a customer may also drop out
+right after the first purchase, so a one-time buyer's silence counts as well. Its formulas are
+BG/NBD's with ``x + 1`` dropout opportunities in place of ``x``.
+
 The time unit is whatever the summaries use (``alpha`` is in that unit; ``r``, ``a`` and
 ``b`` are unit-free). The published CDNOW estimates, in weeks:
 
@@ -59,25 +65,35 @@ class Params:
         return Params(self.r, round(self.alpha * factor, 12), self.a, self.b)
 
 
-def log_likelihood(params: Params, x: Array, t_x: Array, T: Array) -> Array:
-    """Each customer's log-likelihood (FHL 2005, equation 6), in log space throughout.
+def log_likelihood(params: Params, x: Array, t_x: Array, T: Array, at_first: bool = False) -> Array:
+    """Each customer's log-likelihood (FHL 2005, equation 6; with ``at_first``, MBG/NBD's), in
+    log space throughout.
 
     >>> p = Params(1.0, 1.0, 1.0, 1.0)
     >>> [round(float(v), 4) for v in log_likelihood(p, np.array([0.0, 1.0]), np.array([0.0, 1.0]), np.array([0.0, 2.0]))]
     [0.0, -1.7117]
+    >>> [round(float(v), 4) for v in log_likelihood(p, np.array([0.0]), np.array([0.0]), np.array([2.0]), at_first=True)]
+    [-0.4055]
     """
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    n = _opportunities(x, at_first)
     rate = special.gammaln(r + x) - special.gammaln(r) + r * math.log(alpha)
-    dropout = special.gammaln(a + b) + special.gammaln(b + x) - special.gammaln(b) - special.gammaln(a + b + x)
+    dropout = special.gammaln(a + b) + special.gammaln(b + n) - special.gammaln(b) - special.gammaln(a + b + n)
     still_alive = -(r + x) * np.log(alpha + T)
-    repeat = x > 0
-    gone = np.where(repeat, math.log(a) - np.log(b + np.maximum(x, 1.0) - 1.0) - (r + x) * np.log(alpha + t_x),
+    gone = np.where(n > 0, math.log(a) - np.log(b + np.maximum(n, 1.0) - 1.0) - (r + x) * np.log(alpha + t_x),
                     -np.inf)
     out: Array = rate + dropout + np.logaddexp(still_alive, gone)
     return out
 
 
-def mean_gradient(params: Params, x: Array, t_x: Array, T: Array) -> Array:
+def _opportunities(x: Array, at_first: bool) -> Array:
+    """The purchases after which a customer may have dropped out: the repeat ones (BG/NBD), or
+    every one (MBG/NBD)."""
+    out: Array = x + 1.0 if at_first else x
+    return out
+
+
+def mean_gradient(params: Params, x: Array, t_x: Array, T: Array, at_first: bool = False) -> Array:
     """The gradient of the mean log-likelihood with respect to the log-parameters
     (log r, log alpha, log a, log b): what the fit climbs, exact instead of by differences.
 
@@ -89,22 +105,24 @@ def mean_gradient(params: Params, x: Array, t_x: Array, T: Array) -> Array:
     True
     """
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
-    gone_weight = _gone_weight(params, x, t_x, T)  # P(dropped out at the last purchase | history)
+    n = _opportunities(x, at_first)
+    gone_weight = _gone_weight(params, x, t_x, T, at_first)  # P(dropped out at the last purchase | history)
     alive_weight = 1.0 - gone_weight
     psi = special.digamma
     d_r = psi(r + x) - psi(r) + math.log(alpha) - alive_weight * np.log(alpha + T) - gone_weight * np.log(alpha + t_x)
     d_alpha = r / alpha - (r + x) * (alive_weight / (alpha + T) + gone_weight / (alpha + t_x))
-    d_a = psi(a + b) - psi(a + b + x) + gone_weight / a
-    d_b = psi(a + b) + psi(b + x) - psi(b) - psi(a + b + x) - gone_weight / (b + np.maximum(x, 1.0) - 1.0)
+    d_a = psi(a + b) - psi(a + b + n) + gone_weight / a
+    d_b = psi(a + b) + psi(b + n) - psi(b) - psi(a + b + n) - gone_weight / (b + np.maximum(n, 1.0) - 1.0)
     out: Array = np.array([np.mean(d) for d in (d_r, d_alpha, d_a, d_b)]) * np.array([r, alpha, a, b])
     return out
 
 
-def _gone_weight(params: Params, x: Array, t_x: Array, T: Array) -> Array:
+def _gone_weight(params: Params, x: Array, t_x: Array, T: Array, at_first: bool = False) -> Array:
     """Each customer's posterior probability of having dropped out at the last purchase."""
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
-    log_odds = math.log(a) - np.log(b + np.maximum(x, 1.0) - 1.0) + (r + x) * (np.log(alpha + T) - np.log(alpha + t_x))
-    out: Array = np.where(x > 0, special.expit(log_odds), 0.0)
+    n = _opportunities(x, at_first)
+    log_odds = math.log(a) - np.log(b + np.maximum(n, 1.0) - 1.0) + (r + x) * (np.log(alpha + T) - np.log(alpha + t_x))
+    out: Array = np.where(n > 0, special.expit(log_odds), 0.0)
     return out
 
 
@@ -149,7 +167,8 @@ class Prior:
 NEUTRAL = Params(1.0, 1.0, 1.0, 1.0)
 
 
-def fit(x: Array, t_x: Array, T: Array, start: Params | None = None, prior: Prior | None = None) -> Fit:
+def fit(x: Array, t_x: Array, T: Array, start: Params | None = None, prior: Prior | None = None,
+        at_first: bool = False) -> Fit:
     """Maximum-likelihood (with ``prior``: maximum a posteriori) population parameters for the
     summaries: L-BFGS-B on the log-parameters from ``start`` (a refit begins where the last
     one ended). A search that ends near the edge of the search box, or has no start, is
@@ -163,24 +182,24 @@ def fit(x: Array, t_x: Array, T: Array, start: Params | None = None, prior: Prio
     (2000, True)
     """
     x, t_x, T = (np.asarray(v, dtype=np.float64) for v in (x, t_x, T))
-    objective = _objective(x, t_x, T, prior)
+    objective = _objective(x, t_x, T, prior, at_first)
     found = [_search(objective, start)] if start is not None else []
     if not found or _near_edge(found[0].x):
         found.append(_search(objective, NEUTRAL if prior is None else prior.centre))
     best = min(found, key=lambda result: float(result.fun))
     params = Params(*(float(v) for v in np.exp(best.x)))
-    return Fit(params, float(np.sum(log_likelihood(params, x, t_x, T))), len(x))
+    return Fit(params, float(np.sum(log_likelihood(params, x, t_x, T, at_first))), len(x))
 
 
-def _objective(x: Array, t_x: Array, T: Array, prior: Prior | None) -> Any:
+def _objective(x: Array, t_x: Array, T: Array, prior: Prior | None, at_first: bool = False) -> Any:
     """Minus the mean log-likelihood (plus the prior's share per customer) and its gradient,
     at log-parameters."""
     share = 1.0 / max(1, len(x))
 
     def negative_mean(log_params: Array) -> tuple[float, Array]:
         params = Params(*(float(v) for v in np.exp(log_params)))
-        total = float(np.mean(log_likelihood(params, x, t_x, T)))
-        gradient = mean_gradient(params, x, t_x, T)
+        total = float(np.mean(log_likelihood(params, x, t_x, T, at_first)))
+        gradient = mean_gradient(params, x, t_x, T, at_first)
         if prior is not None:
             total += prior.log_density(log_params) * share
             gradient = gradient + prior.gradient(log_params) * share
@@ -207,29 +226,32 @@ def _search(objective: Any, start: Params) -> Any:
                              options={"maxiter": 500, "ftol": 1e-12, "gtol": 1e-7})
 
 
-def _odds_gone(params: Params, x: float, t_x: float, T: float) -> float:
+def _odds_gone(params: Params, x: float, t_x: float, T: float, at_first: bool = False) -> float:
     """log of P(dropped out at the last purchase) / P(alive), given the history."""
-    if x <= 0:
+    n = x + 1.0 if at_first else x
+    if n <= 0:
         return -math.inf
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
-    return math.log(a) - math.log(b + x - 1.0) + (r + x) * (math.log(alpha + T) - math.log(alpha + t_x))
+    return math.log(a) - math.log(b + n - 1.0) + (r + x) * (math.log(alpha + T) - math.log(alpha + t_x))
 
 
-def p_alive(params: Params, x: float, t_x: float, T: float) -> float:
-    """P(the customer is still alive at ``T``): 1 for no repeat purchase (BG/NBD lets a
-    customer drop out only right after a purchase).
+def p_alive(params: Params, x: float, t_x: float, T: float, at_first: bool = False) -> float:
+    """P(the customer is still alive at ``T``): 1 for no repeat purchase under BG/NBD (a
+    customer drops out only right after a repeat purchase), less under MBG/NBD (``at_first``).
 
     >>> cdnow = Params(0.243, 4.414, 0.793, 2.426)
     >>> p_alive(cdnow, 0, 0.0, 38.86), round(p_alive(cdnow, 7, 29.43, 35.0), 4)
     (1.0, 0.779)
+    >>> round(p_alive(cdnow, 0, 0.0, 38.86, at_first=True), 4), round(p_alive(cdnow, 0, 0.0, 0.0, at_first=True), 4)
+    (0.6373, 0.7537)
     """
-    log_odds = _odds_gone(params, x, t_x, T)
+    log_odds = _odds_gone(params, x, t_x, T, at_first)
     if log_odds > 0:
         return math.exp(-log_odds) / (1.0 + math.exp(-log_odds))
     return 1.0 / (1.0 + math.exp(log_odds))
 
 
-def p_no_purchase(params: Params, x: float, t_x: float, T: float, horizon: float) -> float:
+def p_no_purchase(params: Params, x: float, t_x: float, T: float, horizon: float, at_first: bool = False) -> float:
     """P(no purchase in the next ``horizon``): dropped out, or alive and silent (one alive
     at ``T`` who buys nothing stays alive, so the alive part is the NBD's zero term).
 
@@ -237,7 +259,7 @@ def p_no_purchase(params: Params, x: float, t_x: float, T: float, horizon: float
     >>> round(p_no_purchase(cdnow, 2, 30.43, 38.86, 39.0), 4), round(p_no_purchase(cdnow, 0, 0.0, 0.0, 39.0), 4)
     (0.4454, 0.5738)
     """
-    alive = p_alive(params, x, t_x, T)
+    alive = p_alive(params, x, t_x, T, at_first)
     silent = math.exp((params.r + x) * (math.log(params.alpha + T) - math.log(params.alpha + T + horizon)))
     return (1.0 - alive) + alive * silent
 

@@ -92,6 +92,10 @@ class BGNBDChurn(base.Classifier):
     prior_sd
         Spread, in e-folds, of the weak log-normal prior around :data:`PRIOR` that keeps a fit
         on summaries saying little about dropout (a young base) off the edge of its search.
+    dropout_at_first_purchase
+        The MBG/NBD variant: a customer may also drop out right after the first purchase, so a
+        one-time buyer's silence counts (BG/NBD holds one alive for sure); see
+        :mod:`touchline.decisions.bgnbd`.
 
     Examples
     --------
@@ -108,8 +112,11 @@ class BGNBDChurn(base.Classifier):
     required_features = (FREQUENCY, RECENCY, AGE)
 
     def __init__(self, horizon_days: float = 90.0, refit_every: int = 500, min_customers: int = 200,
-                 reservoir_size: int = 2000, seed: int = 42, prior_sd: float = 2.0) -> None:
+                 reservoir_size: int = 2000, seed: int = 42, prior_sd: float = 2.0,
+                 dropout_at_first_purchase: bool = False) -> None:
         _check_settings(horizon_days, refit_every, min_customers, reservoir_size)
+        if not isinstance(dropout_at_first_purchase, bool):
+            raise ValueError(f"dropout_at_first_purchase must be true or false, got {dropout_at_first_purchase!r}")
         if not (isinstance(prior_sd, (int, float)) and math.isfinite(prior_sd) and prior_sd > 0):
             raise ValueError(f"prior_sd must be a number > 0, got {prior_sd!r}")
         self.horizon_days = horizon_days
@@ -118,6 +125,7 @@ class BGNBDChurn(base.Classifier):
         self.reservoir_size = reservoir_size
         self.seed = seed
         self.prior_sd = prior_sd
+        self.dropout_at_first_purchase = dropout_at_first_purchase
         self.params = PRIOR
         self.reservoir: list[Summary] = []
         self.learned = 0
@@ -131,6 +139,7 @@ class BGNBDChurn(base.Classifier):
     def _unit_test_params(cls) -> Any:
         yield {}
         yield {"min_customers": 10, "refit_every": 25, "reservoir_size": 50}
+        yield {"min_customers": 10, "refit_every": 25, "reservoir_size": 50, "dropout_at_first_purchase": True}
 
     def observe_one(self, x: dict[FeatureName, Any]) -> None:
         """A contact's summary at a moment observed for a label (the engine shows every one
@@ -159,25 +168,29 @@ class BGNBDChurn(base.Classifier):
     def predict_proba_one(self, x: dict[FeatureName, Any], **kwargs: Any) -> dict[ClfTarget, float]:
         """{False: P(buys within the horizon), True: P(no purchase within it)}."""
         frequency, recency, age = summary_of(x) or (0.0, 0.0, 0.0)
-        p = bgnbd.p_no_purchase(self.params, frequency, recency, age, float(self.horizon_days))
+        p = bgnbd.p_no_purchase(self.params, frequency, recency, age, float(self.horizon_days), self._at_first())
         p = min(1.0, max(0.0, p))
         return {False: 1.0 - p, True: p}
 
     def p_alive(self, x: dict[FeatureName, Any]) -> float:
         """P(the contact is still a customer), for explanations and exports."""
         frequency, recency, age = summary_of(x) or (0.0, 0.0, 0.0)
-        return bgnbd.p_alive(self.params, frequency, recency, age)
+        return bgnbd.p_alive(self.params, frequency, recency, age, self._at_first())
 
     def refit(self) -> None:
         """Fit the population on the reservoir (from the current parameters and from the
         prior's centre, the better kept); a fit whose likelihood is not finite keeps them."""
         data = np.asarray(self.reservoir, dtype=np.float64)
         prior = bgnbd.Prior(PRIOR, self._prior_sd())
-        result = bgnbd.fit(data[:, 0], data[:, 1], data[:, 2], start=self.params, prior=prior)
+        result = bgnbd.fit(data[:, 0], data[:, 1], data[:, 2], start=self.params, prior=prior, at_first=self._at_first())
         if math.isfinite(result.log_likelihood):
             self.params = result.params
         self.fits += 1
         self._since_fit = 0
+
+    def _at_first(self) -> bool:
+        """``dropout_at_first_purchase``, or False for a model checkpointed before it existed."""
+        return bool(getattr(self, "dropout_at_first_purchase", False))
 
     def _prior_sd(self) -> float:
         """``prior_sd``, or its default for a model checkpointed before it existed."""

@@ -74,7 +74,7 @@ class BGNBDLogistic(base.Classifier):
         SGD step of the correction (small: the BG/NBD is a good start, the labels refine it).
     l2
         L2 penalty on the correction's weights.
-    refit_every, min_customers, reservoir_size, seed, prior_sd
+    refit_every, min_customers, reservoir_size, seed, prior_sd, dropout_at_first_purchase
         The BG/NBD's (see :class:`~touchline.decisions.bgnbd_churn.BGNBDChurn`).
     """
 
@@ -83,7 +83,7 @@ class BGNBDLogistic(base.Classifier):
 
     def __init__(self, horizon_days: float = 90.0, learning_rate: float = 0.001, l2: float = 0.0,
                  refit_every: int = 500, min_customers: int = 200, reservoir_size: int = 2000, seed: int = 42,
-                 prior_sd: float = 2.0) -> None:
+                 prior_sd: float = 2.0, dropout_at_first_purchase: bool = False) -> None:
         for name, value in (("learning_rate", learning_rate), ("l2", l2)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
@@ -95,7 +95,9 @@ class BGNBDLogistic(base.Classifier):
         self.reservoir_size = reservoir_size
         self.seed = seed
         self.prior_sd = prior_sd
-        self.bgnbd = BGNBDChurn(horizon_days, refit_every, min_customers, reservoir_size, seed, prior_sd)
+        self.dropout_at_first_purchase = dropout_at_first_purchase
+        self.bgnbd = BGNBDChurn(horizon_days, refit_every, min_customers, reservoir_size, seed, prior_sd,
+                                dropout_at_first_purchase)
         self.scaler: Any = preprocessing.StandardScaler()  # River is untyped
         self.weights: dict[FeatureName, float] = {}
         self.intercept = 0.0

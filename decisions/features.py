@@ -18,7 +18,7 @@ from __future__ import annotations
 from math import log1p
 from typing import TYPE_CHECKING
 
-from touchline.decisions.profile import DAY_MS, HOUR_MS, Profile, advance, purchase_span_ms
+from touchline.decisions.profile import DAY_MS, HOUR_MS, Profile, advance, purchase_days, purchase_span_ms
 
 if TYPE_CHECKING:
     from touchline.decisions.custom_attributes import CustomAttributes
@@ -140,7 +140,7 @@ def _customer_base(profile: Profile, now: int, out: dict[str, float]) -> None:
         out.update(dict.fromkeys(_CUSTOMER_BASE, 0.0))
         return
     span_ms, gap_ms = bought
-    repeats = float(profile.purchases_total - 1)
+    repeats = float(purchase_days(profile) - 1)
     gap = gap_ms / DAY_MS
     out["rfm_frequency"] = repeats
     out["rfm_recency_days"] = span_ms / DAY_MS

@@ -137,6 +137,9 @@ class Profile:
     monetary_total: float = 0.0
     first_purchase_ts: int | None = None  # tenure as a customer (None in blobs written before it was kept)
     last_purchase_ts: int | None = None
+    #: UTC days with a purchase: several purchases on one day are one repeat purchase to the
+    #: customer-base features (None in blobs written before it was kept: purchases_total stands in)
+    purchase_days: int | None = None
     cart_value: float = 0.0
     cart_updated_ts: int | None = None
     timezone: str | None = None
@@ -218,23 +221,43 @@ def advance(profile: Profile, now_ms: int) -> None:
 
 
 def purchase_span_ms(profile: Profile) -> tuple[int, float] | None:
-    """First to last purchase (ms) and the mean gap between purchases (ms, 0 before a second
-    purchase); None for a contact that never bought. A blob written before the first purchase
-    was kept has its first purchase taken as the last.
+    """First to last purchase (ms) and the mean gap between purchase days (ms, 0 before a
+    purchase on a second day); None for a contact that never bought. A blob written before the
+    first purchase was kept has its first purchase taken as the last.
 
     >>> p = Profile("c1")
-    >>> for i, day in enumerate((0, 10, 30)):
-    ...     _ = apply_event(p, f"e{i}", "purchase", day * DAY_MS, {"value": 5.0}, {})
+    >>> for i, day in enumerate((0, 10, 10.5, 30)):
+    ...     _ = apply_event(p, f"e{i}", "purchase", int(day * DAY_MS), {"value": 5.0}, {})
     >>> span, gap = purchase_span_ms(p)
-    >>> span / DAY_MS, gap / DAY_MS
-    (30.0, 15.0)
+    >>> span / DAY_MS, gap / DAY_MS, p.purchases_total, purchase_days(p)
+    (30.0, 15.0, 4, 3)
     """
     last = profile.last_purchase_ts
     if last is None or not profile.purchases_total:
         return None
     first = last if profile.first_purchase_ts is None else profile.first_purchase_ts
-    span, repeats = last - first, profile.purchases_total - 1
+    span, repeats = last - first, purchase_days(profile) - 1
     return span, span / repeats if repeats else 0.0
+
+
+def purchase_days(profile: Profile) -> int:
+    """The UTC days the contact bought on: what the customer-base features count, as the
+    literature counts CDNOW's purchases (a second order the same day is one visit, not a repeat
+    purchase). A profile stored before days were kept counts its purchases.
+
+    >>> p = Profile("c1")
+    >>> p.purchases_total = 3
+    >>> purchase_days(p)
+    3
+    """
+    return profile.purchases_total if profile.purchase_days is None else profile.purchase_days
+
+
+def _bought_on_day_of(profile: Profile, ts_ms: int) -> bool:
+    """Whether a purchase at ``ts_ms`` falls on the UTC day of the first or the last purchase so
+    far (the days a purchase in time order can share; one out of order may count a day twice)."""
+    day = ts_ms // DAY_MS
+    return any(t is not None and t // DAY_MS == day for t in (profile.first_purchase_ts, profile.last_purchase_ts))
 
 
 def is_too_late(profile: Profile, ts_ms: int) -> bool:
@@ -355,6 +378,7 @@ def _apply_cart(profile: Profile, event_type: str, ts_ms: int, value: float) -> 
     elif event_type == "remove_from_cart":
         profile.cart_value = max(0.0, profile.cart_value - value)
     elif event_type == "purchase":
+        profile.purchase_days = purchase_days(profile) + (0 if _bought_on_day_of(profile, ts_ms) else 1)
         profile.purchases_total += 1
         profile.monetary_total += value
         profile.last_purchase_ts = max(ts_ms, profile.last_purchase_ts or ts_ms)
@@ -438,6 +462,7 @@ def _latest(a: int | None, b: int | None) -> int | None:
 def _merge_totals(target: Profile, source: Profile) -> None:
     """RFM: totals add up; first, last-activity and last-purchase times span both sides."""
     target.events_total += source.events_total
+    target.purchase_days = purchase_days(target) + purchase_days(source)
     target.purchases_total += source.purchases_total
     target.monetary_total += source.monetary_total
     target.first_ts = _earliest(target.first_ts, source.first_ts)
@@ -515,6 +540,7 @@ def snapshot(profile: Profile) -> dict[str, Any]:
         "monetary_total": round(profile.monetary_total, 2),
         "first_purchase_ts": profile.first_purchase_ts,
         "last_purchase_ts": profile.last_purchase_ts,
+        "purchase_days": purchase_days(profile),
         "cart_value": round(profile.cart_value, 2),
         "timezone": profile.timezone,
         "locale": profile.locale,

@@ -44,7 +44,7 @@ SEP = "\x1f"  # ASCII unit separator: never part of an event type, channel or ac
 #: sends); the feature states follow, each under its field's name.
 _CORE_FIELDS = (
     "first_ts", "last_ts", "last_activity_ts", "events_total", "purchases_total", "monetary_total",
-    "last_purchase_ts", "first_purchase_ts", "cart_value", "cart_updated_ts", "timezone", "locale", "devices", "aliases",
+    "last_purchase_ts", "first_purchase_ts", "purchase_days", "cart_value", "cart_updated_ts", "timezone", "locale", "devices", "aliases",
     "consent", "bounced", "last_lead", "timers", "engagement", "last_engaged_ts", "soft_bounces",
     "score_memory", "attributes",
 )

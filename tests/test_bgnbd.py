@@ -199,6 +199,7 @@ def test_a_longer_horizon_is_less_likely_silent():
     ({"refit_every": 0}, "refit_every must be an integer >= 1"),
     ({"min_customers": 2.5}, "min_customers must be an integer >= 1"),
     ({"reservoir_size": 100}, "reservoir_size (100) must be an integer >= min_customers (200)"),
+    ({"dropout_at_first_purchase": "yes"}, "dropout_at_first_purchase must be true or false, got 'yes'"),
 ])
 def test_bad_settings_are_refused_at_start_naming_the_parameter(params, says):
     with pytest.raises(ValueError, match=re.escape(says)):
@@ -255,7 +256,7 @@ def test_scores_the_engine_feature_vector():
 def test_the_readme_configuration_loads(tmp_path):
     config = tmp_path / "touchline.toml"
     config.write_text('[labels]\nchurn_horizon_days = 90\n[models.churn.challenger]\nestimator = "bgnbd"\n'
-                      'params = { horizon_days = 90, refit_every = 500, min_customers = 200 }\n')
+                      'params = { refit_every = 500, min_customers = 200 }\n')  # horizon_days: the label's
     challenger = load_settings(config).models.churn.challenger_config()
     assert challenger is not None and challenger.version.startswith("bgnbd-")
     assert ScoreModel.build(challenger).estimator.horizon_days == 90
@@ -386,3 +387,57 @@ def test_a_model_checkpointed_before_the_prior_and_observations_existed_still_le
     for x in summaries(DAYS, 40, seed=12):
         old.learn_one(x, True)
     assert old.fits == 2 and old.params != PRIOR
+
+
+# ------------------------------------------------------------------ MBG/NBD (dropout after the first purchase too)
+def _mbg_likelihood(p: Params, x: float, t_x: float, T: float) -> float:
+    """Batislam, Denizel & Filiztekin (2007), equation 3, term by term (no log space)."""
+    rate = math.gamma(p.r + x) * p.alpha ** p.r / math.gamma(p.r)
+    beta = math.gamma(p.a + p.b) / (math.gamma(p.a) * math.gamma(p.b))
+    alive = beta * math.gamma(p.a) * math.gamma(p.b + x + 1) / math.gamma(p.a + p.b + x + 1) / (p.alpha + T) ** (p.r + x)
+    gone = beta * math.gamma(p.a + 1) * math.gamma(p.b + x) / math.gamma(p.a + p.b + x + 1) / (p.alpha + t_x) ** (p.r + x)
+    return rate * (alive + gone)
+
+
+@pytest.mark.parametrize("x, t_x, T", [(0, 0.0, 0.0), (0, 0.0, 30.0), (1, 4.0, 9.0), (5, 20.0, 38.0)])
+def test_the_mbg_likelihood_is_the_published_one(x, t_x, T):
+    p = Params(0.7, 3.0, 0.6, 2.2)
+    got = bgnbd.log_likelihood(p, np.array([float(x)]), np.array([t_x]), np.array([T]), at_first=True)[0]
+    assert got == pytest.approx(math.log(_mbg_likelihood(p, x, t_x, T)), abs=1e-9)
+
+
+def test_the_mbg_gradient_is_its_likelihoods():
+    x, t_x, T = cdnow()
+    at, step = np.log([0.3, 5.0, 0.6, 2.0]), 1e-6
+    exact = bgnbd.mean_gradient(Params(*np.exp(at)), x, t_x, T, at_first=True)
+    for i in range(4):
+        moved = at.copy()
+        moved[i] += step
+        up, down = (float(np.mean(bgnbd.log_likelihood(Params(*np.exp(v)), x, t_x, T, at_first=True)))
+                    for v in (moved, at))
+        assert exact[i] == pytest.approx((up - down) / step, abs=1e-5), i
+
+
+def test_under_mbg_a_one_time_buyers_silence_counts():
+    """BG/NBD holds a one-time buyer alive whatever the silence; MBG/NBD does not, and its
+    P(no purchase) then grows with the silence faster than BG/NBD's."""
+    assert bgnbd.p_alive(CDNOW, 0, 0.0, 52.0) == 1.0
+    alive = [bgnbd.p_alive(CDNOW, 0, 0.0, T, at_first=True) for T in (0.0, 10.0, 52.0)]
+    assert 1.0 > alive[0] > alive[1] > alive[2] > 0.0
+    assert bgnbd.p_no_purchase(CDNOW, 0, 0.0, 52.0, 39.0, at_first=True) > bgnbd.p_no_purchase(CDNOW, 0, 0.0, 52.0, 39.0)
+    for x, t_x, T in ((2, 30.43, 38.86), (7, 29.43, 35.0)):  # a repeat buyer: odds of gone a/(b+x), not a/(b+x-1)
+        assert bgnbd.p_alive(CDNOW, x, t_x, T, at_first=True) > bgnbd.p_alive(CDNOW, x, t_x, T)
+
+
+def test_the_estimators_take_the_mbg_variant():
+    settings = ModelConfig(name="churn", estimator="bgnbd_logreg",
+                           params={"dropout_at_first_purchase": True, "min_customers": 20, "refit_every": 20})
+    model = ScoreModel.build(settings)
+    once = {"rfm_frequency": 0.0, "rfm_recency_days": 0.0, "rfm_age_days": 300.0}
+    assert model.estimator.bgnbd.p_alive(once) < 1.0 == BGNBDChurn().p_alive(once)
+    for x in summaries(DAYS, 60, seed=4):
+        model.estimator.observe_one(x)
+    assert model.estimator.bgnbd.fits >= 1 and model.estimator.bgnbd.params != PRIOR
+    old = BGNBDChurn()
+    del old.__dict__["dropout_at_first_purchase"]  # as a checkpoint from before the variant unpickles
+    assert pickle.loads(pickle.dumps(old)).p_alive(once) == 1.0

@@ -4,6 +4,7 @@ customers for years and visitors briefly, and settings a model could never learn
 from __future__ import annotations
 
 from math import log1p
+from pathlib import Path
 
 import orjson
 import pytest
@@ -94,14 +95,47 @@ def test_default_retention_in_settings():
     ({"state.anonymous_retention_days": 800}, ["state.anonymous_retention_days (800)", "state.retention_days (730)"]),
     ({"labels.churn_horizon_days": 60, "models.churn.challenger": {"estimator": "bgnbd", "params": {"horizon_days": 30}}},
      ["models.churn.challenger.params.horizon_days (30)", "labels.churn_horizon_days (60)"]),
-    ({"models.churn": {"estimator": "bgnbd"}}, ["models.churn.params.horizon_days (90, its default)",
-                                                 "labels.churn_horizon_days (7)"]),
+    ({"models.churn": {"estimator": "bgnbd_logreg", "params": {"horizon_days": 90}}},
+     ["models.churn.params.horizon_days (90)", "labels.churn_horizon_days (7)"]),
 ])
 def test_settings_a_model_cannot_learn_under_are_refused_naming_both_keys(overrides, named):
     with pytest.raises(ConfigError) as err:
         load_settings(None, overrides)
     assert all(part in str(err.value) for part in named), str(err.value)
     assert "Value error" not in str(err.value)
+
+
+def test_a_customer_base_models_horizon_left_out_follows_the_label():
+    s = load_settings(None, {"labels.churn_horizon_days": 273, "models.churn": {"estimator": "bgnbd_logreg"},
+                             "models.churn.challenger": {"estimator": "bgnbd"}})
+    assert s.models.churn.params["horizon_days"] == 273 and s.models.churn.challenger is not None
+    assert s.models.churn.challenger.params["horizon_days"] == 273
+    assert "horizon_days" not in load_settings(None, {}).models.churn.params  # logreg has no horizon of its own
+
+
+def test_purchases_on_one_day_are_one_repeat_purchase_to_the_summary():
+    """As the literature counts CDNOW: a second order the same (UTC) day is not a repeat purchase;
+    the purchase count and the money still add up; a merge adds the days of both sides."""
+    p = _bought(Profile("c1", known=True), 0, 0.2, 0.4, 10, 10.3, 30)  # T0 is noon UTC
+    f = features(p, T0 + 40 * DAY_MS)
+    assert (f["rfm_frequency"], f["rfm_recency_days"], f["purchase_gap_days"]) == (2.0, 30.0, 15.0)
+    assert (p.purchases_total, p.monetary_total) == (6, 60.0)
+    other = _bought(Profile("anon:a1"), 50)
+    merge_into(p, other)
+    assert features(p, T0 + 60 * DAY_MS)["rfm_frequency"] == 3.0
+
+
+def test_a_profile_stored_before_purchase_days_counts_its_purchases_then_goes_on_by_day():
+    from touchline.state.codec import from_parts, to_blob
+
+    p = _bought(Profile("c1", known=True), 0, 0.4, 10)
+    old = orjson.loads(to_blob(p))
+    del old["purchase_days"]  # a blob written before the field was kept
+    back = from_parts("c1", orjson.dumps(old), [], [])
+    assert back.purchase_days is None and features(back, T0 + 20 * DAY_MS)["rfm_frequency"] == 2.0  # 3 purchases
+    _bought(back, 10.2)  # same day as the last: no new day
+    assert back.purchase_days == 3 and features(back, T0 + 20 * DAY_MS)["rfm_frequency"] == 2.0
+    assert from_parts("c1", to_blob(p), [], []).purchase_days == 2
 
 
 def test_a_refused_horizon_is_a_clear_cli_error(tmp_path, capsys):
@@ -277,3 +311,32 @@ def test_a_customer_base_model_learns_its_population_from_every_moment_observed(
     profile = engine.store.export("c1")["profile"]
     observed = model.labels + len(profile["pending_labels"])
     assert model.estimator.observing and model.estimator.learned == observed >= 6
+
+
+def _purchases(tmp_path) -> str:
+    from touchline.connectors.repeat_purchase import RepeatPurchase, RepeatPurchaseSpec
+
+    path = tmp_path / "purchases.jsonl"
+    path.write_bytes(b"\n".join(RepeatPurchase(RepeatPurchaseSpec(seed=3, customers=120, days=240)).lines()) + b"\n")
+    return str(path)
+
+
+def test_scores_on_purchase_data_name_the_preset_and_a_churn_model_no_label_reached(tmp_path, capsys):
+    """With the defaults, touchline scores says which churn settings do not fit purchase data and
+    where the preset is; with the preset and a horizon no label resolves within, it says the
+    scores are the BG/NBD's alone. The preset itself loads as the README shows it."""
+    events = _purchases(tmp_path)
+    assert main(["scores", "--at", "2025-07-01", "--input", events, "--out", str(tmp_path / "a.csv")]) == 0
+    err = capsys.readouterr().err
+    assert 'labels.churn_observations = "random_times"' in err and "--config examples/purchases.toml" in err
+    assert "warning: labels.churn_horizon_days (7) is shorter than the median gap" in err
+    preset = Path(__file__).resolve().parent.parent / "examples" / "purchases.toml"
+    settings = load_settings(preset)
+    assert (settings.models.churn.estimator, settings.models.churn.params) == \
+        ("bgnbd_logreg", {"dropout_at_first_purchase": True, "horizon_days": 90.0})
+    long = tmp_path / "long.toml"
+    long.write_text(preset.read_text().replace("churn_horizon_days = 90", "churn_horizon_days = 200"))
+    assert main(["scores", "--at", "2025-07-01", "--input", events, "--config", str(long),
+                 "--out", str(tmp_path / "b.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "no churn label resolved" in err and "BG/NBD model's alone" in err and "purchases.toml" not in err

@@ -93,8 +93,9 @@ def test_benchmark_prints_every_figure_on_a_tiny_population(capsys: pytest.Captu
     methods = figures["methods"]
     engine = {f"engine {m}, observed at {o}" for m in ("logreg", "bgnbd", "bgnbd_logreg")
               for o in ("activity", "random times")}
-    assert set(methods) >= engine | {"recency rule", "offline BG/NBD"}
-    assert len(methods) == 10
+    assert set(methods) >= engine | {"recency rule", "offline BG/NBD", "offline MBG/NBD",
+                                     "engine, default settings (no configuration)"}
+    assert len(methods) == 12
     for name, g in methods.items():
         assert 0.0 <= g["roc_auc"] <= 1.0, name
         if name != "recency rule":
@@ -104,7 +105,7 @@ def test_benchmark_prints_every_figure_on_a_tiny_population(capsys: pytest.Captu
     assert figures["data"]["known_at_cutoff"] == 300 and figures["parameters"]["horizon_days"] > 0
     for m in figures["engine_models"].values():
         assert 0 < m["positives"] < m["labels"]
-    assert "offline BG/NBD" in figures["bgnbd_params_days"]
+    assert {"offline BG/NBD", "offline MBG/NBD"} <= set(figures["bgnbd_params_days"])
     at_activity = figures["engine_models"]["engine bgnbd, observed at activity"]["fitted_on_at_purchase_share"]
     at_random = figures["engine_models"]["engine bgnbd, observed at random times"]["fitted_on_at_purchase_share"]
     assert 0.5 < at_activity <= 1.0 and 0.0 <= at_random < 0.5  # what the random times are for

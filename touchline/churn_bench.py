@@ -11,12 +11,14 @@ purchases before the cut-off, unless ``--horizon-days`` says. Every method ranks
 customers with what it knew at the cut-off, and is graded by ROC AUC (churner = positive)
 and expected calibration error (ten equal-width buckets):
 
+- the engine's churn score with no configuration at all (what a user who sets nothing gets);
 - the engine's churn score (``touchline scores --input``: the file replayed up to the cut-off,
   models learning on the way) with the default ``logreg``, with ``bgnbd`` and with
   ``bgnbd_logreg`` (BG/NBD corrected by the labels) as champion, churn observed at activity
   (the default) and at random times;
 - the recency rule: days since the last purchase;
-- a BG/NBD model fitted offline on the customers' summaries at the cut-off;
+- a BG/NBD model fitted offline on the customers' summaries at the cut-off, and its MBG/NBD
+  variant (a customer may drop out after the first purchase too);
 - an offline logistic regression on recency, frequency, tenure and spend: trained at the
   cut-off minus H on the outcome by the cut-off (what a marketer could do), and with 5-fold
   cross-validation on the truth itself (a ceiling: it learns from the outcome it predicts).
@@ -174,7 +176,7 @@ class Summaries:
     """Each customer known at a time ``at_ms``: id, RFM summary in days, and the truth after it."""
 
     ids: list[str]
-    frequency: Array  # repeat purchases
+    frequency: Array  # repeat purchases (purchase days after the first: one day's orders are one)
     recency: Array  # first to last purchase
     age: Array  # first purchase to at_ms
     since_last: Array  # last purchase to at_ms
@@ -183,7 +185,13 @@ class Summaries:
 
 
 def summaries(history: History, at_ms: int, horizon_ms: int) -> Summaries:
-    """The customers whose first purchase is not after ``at_ms``, as of ``at_ms``."""
+    """The customers whose first purchase is not after ``at_ms``, as of ``at_ms`` (purchases on
+    one UTC day counted as one, as the engine and the literature count them).
+
+    >>> s = summaries({"a": ([0, DAY_MS // 2, 3 * DAY_MS, 9 * DAY_MS], [1.0] * 4)}, 5 * DAY_MS, 7 * DAY_MS)
+    >>> float(s.frequency[0]), float(s.recency[0]), bool(s.churned[0])
+    (1.0, 3.0, False)
+    """
     rows = []
     for cid, (times, values) in sorted(history.items()):
         n = sum(1 for t in times if t <= at_ms)
@@ -191,7 +199,8 @@ def summaries(history: History, at_ms: int, horizon_ms: int) -> Summaries:
             continue
         last = times[n - 1]
         future = any(at_ms < t <= at_ms + horizon_ms for t in times[n:])
-        rows.append((cid, n - 1, (last - times[0]) / DAY_MS, (at_ms - times[0]) / DAY_MS, (at_ms - last) / DAY_MS,
+        days = len({t // DAY_MS for t in times[:n]})
+        rows.append((cid, days - 1, (last - times[0]) / DAY_MS, (at_ms - times[0]) / DAY_MS, (at_ms - last) / DAY_MS,
                      sum(values[:n]) / n, not future))
     def column(i: int) -> Array:
         return np.asarray([row[i] for row in rows], dtype=np.float64)
@@ -229,10 +238,10 @@ def ece(truth: npt.NDArray[np.bool_], p: Array) -> float:
 
 
 # ------------------------------------------------------------------ offline peers
-def bgnbd_scores(s: Summaries, horizon_days: float) -> tuple[Array, bgnbd.Params]:
-    """P(no purchase within H) from a BG/NBD fitted on the summaries themselves."""
-    fitted = bgnbd.fit(s.frequency, s.recency, s.age).params
-    p = [bgnbd.p_no_purchase(fitted, x, t, a, horizon_days) for x, t, a in zip(s.frequency, s.recency, s.age)]
+def bgnbd_scores(s: Summaries, horizon_days: float, at_first: bool = False) -> tuple[Array, bgnbd.Params]:
+    """P(no purchase within H) from a BG/NBD (``at_first``: MBG/NBD) fitted on the summaries themselves."""
+    fitted = bgnbd.fit(s.frequency, s.recency, s.age, at_first=at_first).params
+    p = [bgnbd.p_no_purchase(fitted, x, t, a, horizon_days, at_first) for x, t, a in zip(s.frequency, s.recency, s.age)]
     return np.asarray(p, dtype=np.float64), fitted
 
 
@@ -323,6 +332,20 @@ def engine_scores(events: Path, cutoff_ms: int, horizon_days: float, estimator: 
         figures["bgnbd_params"] = _rounded(fitted)
         figures["fitted_on_at_purchase_share"] = _at_purchase_share(getattr(population, "reservoir", []))
     return {r.contact_id: r.churn_score for r in run.rows}, figures
+
+
+def default_scores(events: Path, cutoff_ms: int, first_ms: int | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+    """The engine's churn score per contact as of the cut-off with no configuration at all (what
+    ``touchline scores --input`` gives a user who sets nothing), and its own figures."""
+    from touchline.scores import scores_from_file
+    from touchline.settings import load_settings
+
+    overrides: dict[str, Any] = {"models.store": "off"}
+    if first_ms is not None and first_ms < MIN_EVENT_MS:
+        overrides["engine.min_event_time"] = _iso(first_ms)
+    run = scores_from_file(load_settings(None, overrides), events, cutoff_ms)
+    model = run.models["churn"].champion
+    return {r.contact_id: r.churn_score for r in run.rows}, {"version": model.version, **model.evaluation.figures()}
 
 
 def _at_purchase_share(reservoir: Sequence[tuple[float, float, float]]) -> float | None:
@@ -416,11 +439,15 @@ def _check_horizon(horizon: float, after_cutoff_days: float) -> None:
 
 
 def _engine_methods(pop: Population, horizon: float, now: Summaries) -> tuple[dict[str, Array], dict[str, Any]]:
-    """The engine's churn scores (logreg, bgnbd, bgnbd_logreg) on the customers known at the cut-off."""
+    """The engine's churn scores (with no configuration; logreg, bgnbd, bgnbd_logreg) on the customers
+    known at the cut-off."""
     methods: dict[str, Array] = {}
     models: dict[str, Any] = {}
     days = (pop.end_ms - pop.start_ms) / DAY_MS
     retention = max(730.0, days + horizon + 60.0)  # nobody forgotten: the question is about everyone
+    name = "engine, default settings (no configuration)"
+    scores, models[name] = default_scores(pop.events, pop.cutoff_ms, pop.start_ms)
+    methods[name] = np.asarray([scores.get(cid, 0.5) for cid in now.ids], dtype=np.float64)
     for observations in ("activity", "random_times"):
         for estimator in ("logreg", *CUSTOMER_BASE):
             name = f"engine {estimator}, observed at {observations.replace('_', ' ')}"
@@ -436,8 +463,9 @@ def _offline_methods(history: History, now: Summaries, cutoff_ms: int, horizon: 
     logistic regressions."""
     earlier = summaries(history, cutoff_ms - int(horizon * DAY_MS), int(horizon * DAY_MS))
     p_bgnbd, fitted = bgnbd_scores(now, horizon)
-    params["offline BG/NBD"] = _rounded(fitted)
-    methods = {"recency rule": now.since_last, "offline BG/NBD": p_bgnbd}
+    p_mbgnbd, fitted_m = bgnbd_scores(now, horizon, at_first=True)
+    params["offline BG/NBD"], params["offline MBG/NBD"] = _rounded(fitted), _rounded(fitted_m)
+    methods = {"recency rule": now.since_last, "offline BG/NBD": p_bgnbd, "offline MBG/NBD": p_mbgnbd}
     if len(earlier.ids) >= MIN_EARLIER and 0 < int(earlier.churned.sum()) < len(earlier.ids):  # else nothing to learn
         methods["offline RFM logreg, trained at cut-off - H"] = rfm_trained_earlier(earlier, now)
     methods[f"offline RFM logreg, {spec.folds}-fold CV on the truth (ceiling)"] = rfm_cross_validated(

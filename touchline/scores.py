@@ -162,13 +162,32 @@ def scores_from_file(settings: Settings, path: Path, at_ms: int) -> ScoreRun:
     invalid = sum(engine.totals.dead_letters.values())
     run = ScoreRun(notes=[f"replayed {fed - invalid:,} events of {path} up to {iso(at_ms)}"
                           f" ({later:,} later ones left out, {invalid:,} invalid lines skipped)",
-                          *_model_notes(engine.core.models, "learned in this replay")],
+                          *_model_notes(engine.core.models, "learned in this replay"), *_purchase_notes(engine)],
                    models=engine.core.models)
     profiles = (p for p in engine.store.profiles() if is_known_key(p.key))
     run.rows = sorted((score_profile(p, at_ms, engine.core.models, engine.core.attributes) for p in profiles),
                       key=lambda r: r.contact_id)
     run.forgotten = len(seen - {r.contact_id for r in run.rows})
     return run
+
+
+def _purchase_notes(engine: Any) -> list[str]:
+    """What a replay of purchase data should know about its churn scores: a horizon shorter than
+    the usual gap between purchases, the settings that differ from the purchase preset, and a
+    churn model no label reached."""
+    from touchline.summary import _purchase_share, _repeat_purchase_lines, repeat_purchases
+
+    totals, labels = engine.totals, engine.core.labels
+    churn = engine.core.models["churn"].champion
+    r = repeat_purchases(totals.purchase_gap_days, labels, _purchase_share(totals.by_type), churn.estimator_name)
+    notes = [line.strip() for line in _repeat_purchase_lines(r)[1:]]  # the horizon's warning, the notes
+    if r is not None and churn.labels == 0:
+        alone = "; its scores are the BG/NBD model's alone" if churn.estimator_name.startswith("bgnbd") else ""
+        notes.append(f"note: no churn label resolved in this replay (one resolves labels.churn_horizon_days = "
+                     f"{r['churn_horizon_days']:g} days after it is observed){alone}; a horizon the history can "
+                     f"resolve (about {r['suggested_churn_horizon_days']} days, 3 median gaps between purchases) "
+                     "lets the labels correct the model")
+    return notes
 
 
 def _replay_until(engine: Any, path: Path, at_ms: int, batch_size: int, seen: set[str]) -> tuple[int, int]:

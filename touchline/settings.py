@@ -547,28 +547,28 @@ def _check_custom_attributes(settings: "Settings") -> None:
 
 def _check_churn_models_ask_the_label_question(settings: "Settings") -> None:
     """A churn model with a horizon of its own (``bgnbd``'s ``horizon_days``) must predict over
-    the horizon its labels resolve on, or it is graded, and picked, on another question.
+    the horizon its labels resolve on, or it is graded, and picked, on another question: left
+    unset, it takes ``labels.churn_horizon_days``; set to another number, it is refused.
 
-    >>> load_settings(None, {"models.churn.challenger": {"estimator": "bgnbd"}})
+    >>> load_settings(None, {"models.churn.estimator": "bgnbd"}).models.churn.params
+    {'horizon_days': 7.0}
+    >>> load_settings(None, {"models.churn.challenger": {"estimator": "bgnbd", "params": {"horizon_days": 90}}})
     Traceback (most recent call last):
     ...
     touchline.settings.ConfigError: invalid configuration (defaults, environment, command line):
-      models.churn.challenger.params.horizon_days (90, its default) differs from labels.churn_horizon_days (7): \
-set them to the same number of days
+      models.churn.challenger.params.horizon_days (90) differs from labels.churn_horizon_days (7): \
+set them to the same number of days (or leave horizon_days out: it follows the label)
     """
     horizon = settings.labels.churn_horizon_days
     churn = settings.models.churn
     for key, config in (("models.churn", churn), ("models.churn.challenger", churn.challenger)):
-        if config is None:
+        if config is None or "horizon_days" not in inspect.signature(resolve(config.estimator)[1]).parameters:
             continue
-        default = inspect.signature(resolve(config.estimator)[1]).parameters.get("horizon_days")
-        if default is None:
-            continue
-        value = config.params.get("horizon_days", default.default)
+        value = config.params.setdefault("horizon_days", horizon)
         if value != horizon:
-            given = "" if "horizon_days" in config.params else ", its default"
-            raise ValueError(f"{key}.params.horizon_days ({value:g}{given}) differs from labels.churn_horizon_days "
-                             f"({horizon:g}): set them to the same number of days")
+            raise ValueError(f"{key}.params.horizon_days ({value:g}) differs from labels.churn_horizon_days "
+                             f"({horizon:g}): set them to the same number of days (or leave horizon_days out: it "
+                             "follows the label)")
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Collection, Iterable, Mapping
 
 from touchline.batch_service import Engine
 from touchline.redact import redact_tree, redact_url
+
+if TYPE_CHECKING:
+    from touchline.decisions.labelling import LabelSettings as LabelRules
 
 
 def weighted_percentile(samples: Iterable[tuple[float, int]], q: float) -> float | None:
@@ -53,9 +56,8 @@ def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str],
         "models": {name: _slot_summary(slot) for name, slot in engine.models.items()},
         #: per score, model version and event-time day (UTC): figures on the labels resolved that day
         "model_quality_by_day": engine.core.quality.rows(),
-        "repeat_purchases": _repeat_purchases(t.purchase_gap_days, engine.core.labels.churn_horizon_ms,
-                                              _purchase_share(t.by_type), engine.core.labels.churn_at_random_times,
-                                              engine.models["churn"].champion.estimator_name),
+        "repeat_purchases": repeat_purchases(t.purchase_gap_days, engine.core.labels, _purchase_share(t.by_type),
+                                             engine.models["churn"].champion.estimator_name),
         "model_store": _model_store(engine),
         "latency_ms": _latency(t.batch_latency_ms, t.decision_latency_ms),
         "feedback": _sum_feedback(t.feedback),
@@ -74,11 +76,21 @@ def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str],
 SUGGESTED_GAPS = 3
 
 
+def repeat_purchases(gaps: Mapping[int, int], labels: "LabelRules", purchase_share: float,
+                     churn_model: str) -> dict[str, Any] | None:
+    """:func:`_repeat_purchases` for a run's label rules."""
+    returns = None if labels.churn_returns is None else sorted(labels.churn_returns)
+    return _repeat_purchases(gaps, labels.churn_horizon_ms, purchase_share, labels.churn_at_random_times,
+                             churn_model, returns)
+
+
 def _repeat_purchases(gaps: Mapping[int, int], horizon_ms: int, purchase_share: float = 0.0,
-                      random_times: bool = False, churn_model: str = "logreg") -> dict[str, Any] | None:
+                      random_times: bool = False, churn_model: str = "logreg",
+                      churn_returns: list[str] | None = None) -> dict[str, Any] | None:
     """The population's time between consecutive purchases of a contact, against the churn
     horizon: what "will buy again within H" should take H from; the share of events that are
-    purchases, how churn is observed and by which model. None without repeat purchases.
+    purchases, how churn is observed, what counts as a return and which model scores it. None
+    without repeat purchases.
 
     >>> _repeat_purchases({10: 3, 30: 2, 90: 1}, 7 * 86_400_000)["suggested_churn_horizon_days"]
     30
@@ -90,7 +102,8 @@ def _repeat_purchases(gaps: Mapping[int, int], horizon_ms: int, purchase_share: 
             "churn_horizon_days": horizon_ms / 86_400_000,
             "suggested_churn_horizon_days": max(1, SUGGESTED_GAPS * int(median)),
             "purchase_share": round(purchase_share, 4),
-            "churn_observations": "random_times" if random_times else "activity", "churn_model": churn_model}
+            "churn_observations": "random_times" if random_times else "activity", "churn_model": churn_model,
+            "churn_returns": churn_returns}
 
 
 def _purchase_share(by_type: Mapping[str, int]) -> float:
@@ -287,15 +300,28 @@ def _repeat_purchase_lines(r: dict[str, Any] | None) -> list[str]:
         out.append(f"      warning: labels.churn_horizon_days ({r['churn_horizon_days']:g}) is shorter than the median gap "
                    f"between purchases: churn labels mostly mean \"not back yet\"; about "
                    f"{r['suggested_churn_horizon_days']} days ({SUGGESTED_GAPS} median gaps) fits this data")
-    if r.get("purchase_share", 0) >= PURCHASE_DATA_SHARE and r.get("churn_observations") == "activity":
-        out.append(f"      note: {r['purchase_share']:.0%} of the events are purchases: churn is observed at purchases only, "
-                   "never in a silent spell; labels.churn_observations = \"random_times\" observes known contacts "
-                   "at random times (see README, Customer-base features)")
-    if r.get("purchase_share", 0) >= PURCHASE_DATA_SHARE and r.get("churn_model", "logreg") not in CUSTOMER_BASE_MODELS:
-        out.append(f"      note: the churn model is {r['churn_model']}; on purchase data models.churn.estimator = "
-                   "\"bgnbd_logreg\" (the BG/NBD customer-base model, corrected by the labels) ranks customers "
-                   "better (see README, bgnbd_logreg)")
-    return out
+    return out + purchase_data_notes(r)
+
+
+def purchase_data_notes(r: dict[str, Any] | None) -> list[str]:
+    """On purchase data, the churn settings that differ from the purchase preset, and where it is.
+
+    >>> purchase_data_notes({"purchase_share": 1.0, "churn_observations": "random_times", "churn_model": "logreg",
+    ...                      "churn_returns": ["purchase"]})
+    ['      note: 100% of the events are purchases; for the churn score on purchase data set models.churn.estimator = "bgnbd_logreg" (the BG/NBD customer-base model corrected by the labels), or run with --config examples/purchases.toml (see README, Churn on purchase data)']
+    """
+    if r is None or r.get("purchase_share", 0) < PURCHASE_DATA_SHARE:
+        return []
+    off = [setting for setting, fits in (
+        ('labels.churn_returns = ["purchase"] (only a purchase is a return)', r.get("churn_returns") == ["purchase"]),
+        ('labels.churn_observations = "random_times" (churn observed in silent spells too, not only at purchases)',
+         r.get("churn_observations") == "random_times"),
+        ('models.churn.estimator = "bgnbd_logreg" (the BG/NBD customer-base model corrected by the labels)',
+         r.get("churn_model", "logreg") in CUSTOMER_BASE_MODELS)) if not fits]
+    if not off:
+        return []
+    return [f"      note: {r['purchase_share']:.0%} of the events are purchases; for the churn score on purchase data "
+            f"set {'; '.join(off)}, or run with --config examples/purchases.toml (see README, Churn on purchase data)"]
 
 
 #: Churn models built on a customer-base model (the summary suggests one on purchase data).
