@@ -235,8 +235,10 @@ class EventOrder:
                 f"jump before {until} (engine.max_future_seconds, engine.time_jump_quorum): taken for a wrong clock")
 
 
-#: 2000-01-01T00:00:00Z: the default floor of event time (nothing this engine sees is older).
-DEFAULT_FLOOR_MS = 946_684_800_000
+#: 1990-01-01T00:00:00Z: the default floor of event time. Old enough for real order histories
+#: (CDNOW's public log is from 1997), new enough that a zero, a time in seconds read as
+#: milliseconds or a year-1 placeholder (all in or before 1970) is a dead letter.
+DEFAULT_FLOOR_MS = 631_152_000_000
 
 
 @dataclass(slots=True, frozen=True)
@@ -249,6 +251,13 @@ class TimeRules:
     >>> rules.out_of_bounds(253_402_300_799_000, wall_ms=1_767_225_600_000)[0]
     'future_event'
     >>> rules.out_of_bounds(-62_135_596_800_000, wall_ms=1_767_225_600_000)[0]
+    'before_floor'
+
+    Old order histories pass the default floor; a time in seconds read as milliseconds does not:
+
+    >>> rules.out_of_bounds(852_076_800_000, wall_ms=1_767_225_600_000) is None  # 1997-01-01
+    True
+    >>> rules.out_of_bounds(1_767_225_600, wall_ms=1_767_225_600_000)[0]
     'before_floor'
     """
 

@@ -46,12 +46,13 @@ from scipy.stats import rankdata
 from touchline.connectors.repeat_purchase import DAY_MS, RepeatPurchase, RepeatPurchaseSpec
 from touchline.decisions import bgnbd
 from touchline.decisions.evaluation import Calibration
+from touchline.decisions.reorder import DEFAULT_FLOOR_MS
 
 Array = npt.NDArray[np.float64]
 #: The engine's churn models built on BG/NBD (their horizon_days is set to H).
 CUSTOMER_BASE = ("bgnbd", "bgnbd_logreg")
-#: The engine's default ``engine.min_event_time`` (2000-01-01), in ms.
-MIN_EVENT_MS = 946_684_800_000
+#: The engine's default ``engine.min_event_time``, in ms.
+MIN_EVENT_MS = DEFAULT_FLOOR_MS
 #: Purchases per customer: contact id -> (event times ms, values), in time order.
 History = dict[str, tuple[list[int], list[float]]]
 

@@ -241,7 +241,7 @@ class EngineSettings(_Section):
         "partition's event clock, unless time_jump_quorum events agree) is a future_event dead letter",
     )
     min_event_time: datetime = Field(
-        default=datetime(2000, 1, 1, tzinfo=timezone.utc),
+        default=datetime(1990, 1, 1, tzinfo=timezone.utc),
         description="event times before this are before_floor dead letters (RFC 3339 with an offset)",
     )
     time_jump_quorum: int = Field(
