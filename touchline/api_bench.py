@@ -242,9 +242,12 @@ def _round(base: str, known: list[str], clients: int, endpoint: str, seconds: fl
            pids: tuple[int, int]) -> dict[str, Any]:
     """``clients`` clients asking ``endpoint`` for ``seconds``: latency, offered rate and throughput."""
     serve_pid, engine_pid = pids
+    label = "contact" if endpoint == "profile" else "decide"
+    buckets_before = _served_buckets(base, label)
     cpu_before = (cpu_seconds(serve_pid) or 0.0, cpu_seconds(engine_pid) or 0.0, time.process_time())
     tally = _loop_run(_clients(base, known, clients, endpoint, seconds, load))
     cpu_after = (cpu_seconds(serve_pid) or 0.0, cpu_seconds(engine_pid) or 0.0, time.process_time())
+    served = _bucket_delta(_served_buckets(base, label), buckets_before)
     latencies, codes = tally.latencies, tally.codes()
     ok = latencies.get(200, [])
     offered = load.offered_rate(clients)
@@ -254,9 +257,41 @@ def _round(base: str, known: list[str], clients: int, endpoint: str, seconds: fl
             "per_second": round(tally.answered_in(seconds) / seconds, 1),
             "p50_ms": _ms(percentile(ok, 0.5)), "p90_ms": _ms(percentile(ok, 0.9)), "p99_ms": _ms(percentile(ok, 0.99)),
             "max_ms": _ms(max(ok) if ok else None),
+            "server_p50_ms_at_most": _ms(_bucket_quantile(served, 0.5)),
+            "server_p99_ms_at_most": _ms(_bucket_quantile(served, 0.99)),
             "serve_cpu_share": round((cpu_after[0] - cpu_before[0]) / seconds, 2),
             "engine_cpu_share": round((cpu_after[1] - cpu_before[1]) / seconds, 2),
             "clients_cpu_share": round((cpu_after[2] - cpu_before[2]) / seconds, 2)}
+
+
+def _served_buckets(base: str, endpoint: str) -> dict[float, float]:
+    """The server's own request-time histogram of ``endpoint`` (arrival at the handler to the
+    answer), from its ``/metrics``: cumulative counts by upper bound in seconds."""
+    import httpx
+
+    prefix = f'touchline_api_request_seconds_bucket{{endpoint="{endpoint}",le="'
+    out: dict[float, float] = {}
+    for line in httpx.get(f"{base}/metrics", timeout=30).text.splitlines():
+        if line.startswith(prefix):
+            bound, _, count = line[len(prefix):].partition('"} ')
+            out[float(bound)] = float(count)
+    return out
+
+
+def _bucket_delta(after: dict[float, float], before: dict[float, float]) -> dict[float, float]:
+    return {bound: count - before.get(bound, 0.0) for bound, count in after.items()}
+
+
+def _bucket_quantile(buckets: dict[float, float], q: float) -> float | None:
+    """The upper bound of the bucket the ``q`` quantile falls in (None: no requests).
+
+    >>> _bucket_quantile({0.005: 60.0, 0.01: 98.0, 0.02: 100.0, float("inf"): 100.0}, 0.99)
+    0.02
+    """
+    total = buckets.get(float("inf"), 0.0)
+    if not total:
+        return None
+    return next(bound for bound, count in sorted(buckets.items()) if count >= q * total)
 
 
 def _loop_run(work: Any) -> Any:
@@ -359,22 +394,30 @@ def format_api_bench(f: dict[str, Any]) -> str:
              f"({f['stream_events_fed']:,} in all), {f['seconds']:g} s per round, {load.describe()}{serve}; "
              f"{f['machine']}; load average at the end {', '.join(map(str, f['load_average']))}",
              f"  {'endpoint':<22} {'clients':>7} {'offered/s':>9} {'due/s':>7} {'answered/s':>10} {'p50 ms':>7} "
-             f"{'p90 ms':>7} {'p99 ms':>7} {'max ms':>7} {'serve CPU':>9} {'engine CPU':>10} {'clients CPU':>11}  codes"]
+             f"{'p90 ms':>7} {'p99 ms':>7} {'max ms':>7} {'server p50/p99 ≤':>17} {'serve CPU':>9} {'engine CPU':>10} "
+             f"{'clients CPU':>11}  codes"]
     for r in f["rounds"]:
         name = "GET /v1/contacts/{id}" if r["endpoint"] == "profile" else "POST /v1/decide"
         offered = "closed" if r.get("offered_per_second") is None else cell(r["offered_per_second"])
         lines.append(f"  {name:<22} {r['clients']:>7} {offered:>9} {cell(r.get('due_per_second')):>7} "
                      f"{cell(r['per_second']):>10} {cell(r['p50_ms'], '.1f'):>7} "
                      f"{cell(r['p90_ms'], '.1f'):>7} {cell(r['p99_ms'], '.1f'):>7} {cell(r['max_ms'], '.1f'):>7} "
+                     f"{_server_cell(r):>17} "
                      f"{cell(r['serve_cpu_share'], '.2f'):>9} {cell(r['engine_cpu_share'], '.2f'):>10} "
                      f"{cell(r['clients_cpu_share'], '.2f'):>11}  "
                      f"{', '.join(f'{c}: {n:,}' for c, n in r['codes'].items())}")
     lines.append("  targets: p99 under 20 ms for the profile, under 50 ms for decide; offered/s: what the clients "
                  "would ask if answers were instant (think time: at most), due/s: what came due (open load), "
-                 "answered/s: answers within the round; CPU: share of one core")
+                 "answered/s: answers within the round; server p50/p99: the server's own histogram (handler to answer, "
+                 "bucket bounds), without the clients' and the network's share; CPU: share of one core")
     if f.get("work_dir"):
         lines.append(f"  logs and outputs kept in {f['work_dir']}")
     return "\n".join(lines)
+
+
+def _server_cell(r: dict[str, Any]) -> str:
+    p50, p99 = r.get("server_p50_ms_at_most"), r.get("server_p99_ms_at_most")
+    return "-" if p50 is None or p99 is None else f"{p50:g} / {p99:g}"
 
 
 def main(argv: list[str] | None = None) -> int:
