@@ -565,12 +565,17 @@ def _bench_api(args: argparse.Namespace, settings: Settings) -> _Figures:
     clients = parse_counts(args.clients, "--clients")
     if max(clients) > 2000:
         raise ConfigError("--clients: at most 2000")
+    _check_api_load(args)
+    return run_api_bench(settings, clients, seconds, rate, redis_url=args.redis, keep=args.keep,
+                         contacts=args.contacts or 2000, pause=args.pause, offered=args.offered), format_api_bench
+
+
+def _check_api_load(args: argparse.Namespace) -> None:
+    """--pause (a think time) or --offered (an open load), each sensible, not both."""
     if args.pause < 0:
         raise ConfigError("--pause must be 0 or more")
     if args.offered is not None and (args.offered <= 0 or args.pause):
         raise ConfigError("--offered must be positive, and goes without --pause (an open load has no think time)")
-    return run_api_bench(settings, clients, seconds, rate, redis_url=args.redis, keep=args.keep,
-                         contacts=args.contacts or 2000, pause=args.pause, offered=args.offered), format_api_bench
 
 
 def _check_bench_modes(args: argparse.Namespace) -> None:
