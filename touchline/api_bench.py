@@ -252,6 +252,7 @@ def _round(base: str, known: list[str], clients: int, endpoint: str, seconds: fl
     ok = latencies.get(200, [])
     offered = load.offered_rate(clients)
     return {"clients": clients, "endpoint": endpoint, "requests": sum(codes.values()), "codes": codes,
+            "reconnects": tally.reconnects,
             "offered_per_second": None if offered is None else round(offered, 1),
             "due_per_second": round(tally.due / seconds, 1) if load.offered is not None else None,
             "per_second": round(tally.answered_in(seconds) / seconds, 1),
@@ -316,6 +317,7 @@ class Tally:
     latencies: dict[int, list[float]]
     done_at: list[float]
     due: int = 0
+    reconnects: int = 0
 
     def codes(self) -> dict[str, int]:
         return {str(code): len(found) for code, found in sorted(self.latencies.items())}
@@ -328,23 +330,57 @@ class Tally:
 async def _clients(base: str, known: list[str], clients: int, endpoint: str, seconds: float, load: Load) -> Tally:
     """``clients`` keep-alive connections, each a client asking until the round ends."""
     host, port = base.removeprefix("http://").rsplit(":", 1)
-    conns = [await asyncio.open_connection(host, int(port)) for _ in range(clients)]
+    conns = [await _Conn(host, int(port)).open() for _ in range(clients)]
     start = time.perf_counter()
     tally = Tally(start, {}, [])
     end = start + seconds
     await asyncio.gather(*(_client(conn, (known, endpoint, load, clients), end, tally, random.Random(i))
                            for i, conn in enumerate(conns)))
+    tally.reconnects = sum(conn.reconnects for conn in conns)
     return tally
 
 
-async def _client(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-                  what: tuple[list[str], str, Load, int], end: float, tally: Tally, rng: random.Random) -> None:
+class _Conn:
+    """One client's keep-alive connection; opened again when the server closed it while idle
+    (uvicorn closes a connection idle for 5 s), as a browser does, the request sent again."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reconnects = 0
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> "_Conn":
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        return self
+
+    async def ask(self, request: bytes) -> int:
+        assert self.reader is not None and self.writer is not None
+        try:
+            self.writer.write(request)
+            return await _answer(self.reader)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+                raise  # cut off in the middle of an answer: not an idle close
+            self.writer.close()
+            self.reconnects += 1
+            await self.open()
+            assert self.reader is not None and self.writer is not None
+            self.writer.write(request)
+            return await _answer(self.reader)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def _client(conn: _Conn, what: tuple[list[str], str, Load, int], end: float, tally: Tally,
+                  rng: random.Random) -> None:
     """One client on its own connection until ``end``: at random due times (open load), or a
     request, its answer, a pause (a random share of it first, so the clients do not ask in
     step), the next. A minimal HTTP/1.1 client, so the clients' own cost stays small beside
     the server's."""
     known, endpoint, load, clients = what
-    reader, writer = conn
     rate = load.offered / clients if load.offered else 0.0
     due = time.perf_counter() + (rng.expovariate(rate) if rate else rng.uniform(0, load.pause))
     try:
@@ -353,15 +389,14 @@ async def _client(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter],
             if wait > 0:
                 await asyncio.sleep(wait)
             started = due if rate else time.perf_counter()  # open load: from when it was due
-            writer.write(_request(endpoint, rng.choice(known)))
-            code = await _answer(reader)
+            code = await conn.ask(_request(endpoint, rng.choice(known)))
             now = time.perf_counter()
             tally.latencies.setdefault(code, []).append(now - started)
             tally.done_at.append(now)
             tally.due += 1
             due = due + rng.expovariate(rate) if rate else now + load.pause
     finally:
-        writer.close()
+        conn.close()
 
 
 def _request(endpoint: str, contact: str) -> bytes:
@@ -405,7 +440,7 @@ def format_api_bench(f: dict[str, Any]) -> str:
                      f"{_server_cell(r):>17} "
                      f"{cell(r['serve_cpu_share'], '.2f'):>9} {cell(r['engine_cpu_share'], '.2f'):>10} "
                      f"{cell(r['clients_cpu_share'], '.2f'):>11}  "
-                     f"{', '.join(f'{c}: {n:,}' for c, n in r['codes'].items())}")
+                     f"{_codes_cell(r)}")
     lines.append("  targets: p99 under 20 ms for the profile, under 50 ms for decide; offered/s: what the clients "
                  "would ask if answers were instant (think time: at most), due/s: what came due (open load), "
                  "answered/s: answers within the round; server p50/p99: the server's own histogram (handler to answer, "
@@ -413,6 +448,12 @@ def format_api_bench(f: dict[str, Any]) -> str:
     if f.get("work_dir"):
         lines.append(f"  logs and outputs kept in {f['work_dir']}")
     return "\n".join(lines)
+
+
+def _codes_cell(r: dict[str, Any]) -> str:
+    """Answers by status code, and how often a client found its idle connection closed."""
+    codes = ", ".join(f"{c}: {n:,}" for c, n in r["codes"].items())
+    return f"{codes}; reconnected {r['reconnects']:,}" if r.get("reconnects") else codes
 
 
 def _server_cell(r: dict[str, Any]) -> str:
