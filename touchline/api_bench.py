@@ -82,7 +82,7 @@ class Load:
 
 def run_api_bench(settings: Settings, clients: list[int], seconds: float, rate: float, *, redis_url: str | None = None,
                   keep: bool = False, contacts: int = 2000, pause: float = 0.0,
-                  offered: float | None = None, serve_args: tuple[str, ...] = ()) -> dict[str, Any]:
+                  offered: float | None = None) -> dict[str, Any]:
     """The figures of every round (see the module docstring)."""
     load = Load(offered, pause)
     work = Path(tempfile.mkdtemp(prefix="touchline-api-bench-"))
@@ -92,7 +92,7 @@ def run_api_bench(settings: Settings, clients: list[int], seconds: float, rate: 
             known, pending = _events(settings, work, contacts)
             config = _config(work)
             engine = stack.enter_context(_Child(work / "engine", _engine_cmd(work, url, config)))
-            served = stack.enter_context(_Child(work / "serve", [*_serve_cmd(work, url, config), *serve_args]))
+            served = stack.enter_context(_Child(work / "serve", _serve_cmd(work, url, config)))
             base = _wait_line(work / "serve" / "stderr.log", served, "serving the API on ")
             _wait_seeded(base, known[-1], engine)
             feeder = _Feeder(work / "live.jsonl", pending, rate)
@@ -104,7 +104,7 @@ def run_api_bench(settings: Settings, clients: list[int], seconds: float, rate: 
         return {"machine": machine("redis-server, the engine, touchline serve and the clients"),
                 "load_average": [round(x, 2) for x in os.getloadavg()], "contacts": len(known),
                 "stream_rate": rate, "stream_events_fed": fed, "seconds": seconds, "pause": pause, "offered": offered,
-                "serve_args": list(serve_args), "rounds": rounds,
+                "rounds": rounds,
                 "work_dir": str(work) if keep else None}
     finally:
         if not keep:
@@ -424,9 +424,8 @@ async def _answer(reader: asyncio.StreamReader) -> int:
 def format_api_bench(f: dict[str, Any]) -> str:
     """The rounds as a table, with what the machine was doing."""
     load = Load(f.get("offered"), f["pause"])
-    serve = f" (serve {' '.join(f['serve_args'])})" if f.get("serve_args") else ""
     lines = [f"HTTP API under load: {f['contacts']:,} known contacts, the engine fed {f['stream_rate']:g} events/s "
-             f"({f['stream_events_fed']:,} in all), {f['seconds']:g} s per round, {load.describe()}{serve}; "
+             f"({f['stream_events_fed']:,} in all), {f['seconds']:g} s per round, {load.describe()}; "
              f"{f['machine']}; load average at the end {', '.join(map(str, f['load_average']))}",
              f"  {'endpoint':<22} {'clients':>7} {'offered/s':>9} {'due/s':>7} {'answered/s':>10} {'p50 ms':>7} "
              f"{'p90 ms':>7} {'p99 ms':>7} {'max ms':>7} {'server p50/p99 ≤':>17} {'serve CPU':>9} {'engine CPU':>10} "
@@ -475,14 +474,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--contacts", type=int, default=2000, help="simulated people (default 2000)")
     p.add_argument("--pause", type=float, default=0.0, help="seconds each client waits between answers (default 0)")
     p.add_argument("--offered", type=float, help="an open load: requests/s in all, at random times (default: none)")
-    p.add_argument("--serve-args", default="", help="more arguments for touchline serve, e.g. '--workers 2'")
     p.add_argument("--redis", metavar="URL", help="a Redis to use (flushed first); default: one started here")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, outputs)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.offered is not None and (args.offered <= 0 or args.pause):
+        p.error("--offered must be positive, and goes without --pause (an open load has no think time)")
     figures = run_api_bench(load_settings(None), parse_counts(args.clients, "--clients"), args.seconds, args.rate,
                             redis_url=args.redis, keep=args.keep, contacts=args.contacts, pause=args.pause,
-                            offered=args.offered, serve_args=tuple(args.serve_args.split()))
+                            offered=args.offered)
     print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode() if args.json else format_api_bench(figures))
     return 0
 
