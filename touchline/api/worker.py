@@ -3,8 +3,8 @@
 One thread owns an :class:`~touchline.batch_service.Engine` over the state store the stream
 uses. HTTP handlers hand it jobs (events to apply, requests to answer) through a queue; it
 takes what has queued up (up to ``api.batch_size``) as one batch, so a burst of concurrent
-requests costs one state-store round trip per stage, and answers each job when its batch is
-committed and written out. Between requests it fires the timers the API's events set (its own
+requests costs one state-store round trip per stage. Profile requests are answered first, on
+one load (nothing to write); the rest when their batch is committed and written out. Between requests it fires the timers the API's events set (its own
 timer partition, ``api.timer_partition``) every ``api.tick_seconds``.
 
 Writes go through the engine's own commit: each profile is written with a check of the
