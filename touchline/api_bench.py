@@ -6,11 +6,25 @@ A redis-server (``--redis URL``, flushed first, or one started here), an engine 
 events for ``contacts`` people (re-stamped to the last hour, so they are live contacts); then a
 feeder appends more at ``rate`` events a second while rounds of ``clients`` concurrent clients
 each ask in a loop, for ``seconds``: ``GET /v1/contacts/{id}`` of a random known contact, then
-``POST /v1/decide`` for one. Latency is measured by the clients, arrival of the request at the
-socket to the last byte of the answer, so it includes the clients' own event loop (one process
-here, on the same cores as the servers).
+``POST /v1/decide`` for one. Latency is measured by the clients, to the last byte of the
+answer, so it includes the clients' own event loop (one process here, on the same cores as the
+servers).
 
-    python -m touchline.api_bench --clients 100,200 --seconds 10
+How the clients ask (each on its own keep-alive connection, one request in flight at a time):
+
+- ``offered`` requests/s (``--offered R``): an open load, what a site's visitors make. Each
+  client asks at random times (a Poisson process of ``R / clients`` a second), whether or not
+  the server keeps up, and a request's latency runs from the time it was due, so a request that
+  waited for its connection's previous answer counts that wait (no coordinated omission). The
+  figures say how many requests were due and how many were answered a second: a server that
+  cannot keep up shows it in both.
+- ``pause`` seconds (``--pause S``): each client waits that long after an answer before it asks
+  again (a think time): at most ``clients / pause`` requests a second, fewer as answers slow.
+- neither: a closed loop, each client asking again the moment it is answered. The server is then
+  always saturated, so latency is its queue (Little's law: clients / throughput), not the time
+  to answer one request; it measures throughput.
+
+    python -m touchline.api_bench --clients 100,200 --seconds 10 --offered 300
 """
 
 from __future__ import annotations
@@ -25,6 +39,7 @@ import tempfile
 import threading
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +52,39 @@ KEY = "bench-key-" + "0" * 16
 ENDPOINTS = ("profile", "decide")
 
 
+@dataclass(frozen=True)
+class Load:
+    """How the clients ask (see the module docstring): an open load of ``offered`` requests/s in
+    all, a think time of ``pause`` s after each answer, or (neither) a closed loop.
+
+    >>> Load(offered=300).describe(), Load(pause=0.5).describe(), Load().describe()
+    ('open load of 300 requests/s (Poisson arrivals)', 'think time 0.5 s after each answer', 'closed loop (no pause)')
+    >>> Load(offered=300).offered_rate(100), Load(pause=0.5).offered_rate(100), Load().offered_rate(100)
+    (300, 200.0, None)
+    """
+
+    offered: float | None = None
+    pause: float = 0.0
+
+    def describe(self) -> str:
+        if self.offered is not None:
+            return f"open load of {self.offered:g} requests/s (Poisson arrivals)"
+        if self.pause:
+            return f"think time {self.pause:g} s after each answer"
+        return "closed loop (no pause)"
+
+    def offered_rate(self, clients: int) -> float | None:
+        """Requests/s the clients would make if every answer were instant (None: without bound)."""
+        if self.offered is not None:
+            return self.offered
+        return clients / self.pause if self.pause else None
+
+
 def run_api_bench(settings: Settings, clients: list[int], seconds: float, rate: float, *, redis_url: str | None = None,
-                  keep: bool = False, contacts: int = 2000, pause: float = 0.0) -> dict[str, Any]:
+                  keep: bool = False, contacts: int = 2000, pause: float = 0.0,
+                  offered: float | None = None) -> dict[str, Any]:
     """The figures of every round (see the module docstring)."""
+    load = Load(offered, pause)
     work = Path(tempfile.mkdtemp(prefix="touchline-api-bench-"))
     try:
         with ExitStack() as stack:
@@ -53,12 +98,13 @@ def run_api_bench(settings: Settings, clients: list[int], seconds: float, rate: 
             feeder = _Feeder(work / "live.jsonl", pending, rate)
             stack.callback(feeder.stop)
             feeder.start()
-            rounds = [_round(base, known, n, endpoint, seconds, pause, (served.pid, engine.pid))
+            rounds = [_round(base, known, n, endpoint, seconds, load, (served.pid, engine.pid))
                       for n in clients for endpoint in ENDPOINTS]
             fed = feeder.fed
         return {"machine": machine("redis-server, the engine, touchline serve and the clients"),
                 "load_average": [round(x, 2) for x in os.getloadavg()], "contacts": len(known),
-                "stream_rate": rate, "stream_events_fed": fed, "seconds": seconds, "pause": pause, "rounds": rounds,
+                "stream_rate": rate, "stream_events_fed": fed, "seconds": seconds, "pause": pause, "offered": offered,
+                "rounds": rounds,
                 "work_dir": str(work) if keep else None}
     finally:
         if not keep:
@@ -192,21 +238,61 @@ class _Feeder(threading.Thread):
         self.join(5)
 
 
-def _round(base: str, known: list[str], clients: int, endpoint: str, seconds: float, pause: float,
+def _round(base: str, known: list[str], clients: int, endpoint: str, seconds: float, load: Load,
            pids: tuple[int, int]) -> dict[str, Any]:
-    """``clients`` clients asking ``endpoint`` in a loop for ``seconds``: latency and throughput."""
+    """``clients`` clients asking ``endpoint`` for ``seconds``: latency, offered rate and throughput."""
     serve_pid, engine_pid = pids
+    label = "contact" if endpoint == "profile" else "decide"
+    buckets_before = _served_buckets(base, label)
     cpu_before = (cpu_seconds(serve_pid) or 0.0, cpu_seconds(engine_pid) or 0.0, time.process_time())
-    latencies, codes = _loop_run(_clients(base, known, clients, endpoint, seconds, pause))
+    tally = _loop_run(_clients(base, known, clients, endpoint, seconds, load))
     cpu_after = (cpu_seconds(serve_pid) or 0.0, cpu_seconds(engine_pid) or 0.0, time.process_time())
+    served = _bucket_delta(_served_buckets(base, label), buckets_before)
+    latencies, codes = tally.latencies, tally.codes()
     ok = latencies.get(200, [])
+    offered = load.offered_rate(clients)
     return {"clients": clients, "endpoint": endpoint, "requests": sum(codes.values()), "codes": codes,
-            "per_second": round(sum(codes.values()) / seconds, 1),
+            "reconnects": tally.reconnects,
+            "offered_per_second": None if offered is None else round(offered, 1),
+            "due_per_second": round(tally.due / seconds, 1) if load.offered is not None else None,
+            "per_second": round(tally.answered_in(seconds) / seconds, 1),
             "p50_ms": _ms(percentile(ok, 0.5)), "p90_ms": _ms(percentile(ok, 0.9)), "p99_ms": _ms(percentile(ok, 0.99)),
             "max_ms": _ms(max(ok) if ok else None),
+            "server_p50_ms_at_most": _ms(_bucket_quantile(served, 0.5)),
+            "server_p99_ms_at_most": _ms(_bucket_quantile(served, 0.99)),
             "serve_cpu_share": round((cpu_after[0] - cpu_before[0]) / seconds, 2),
             "engine_cpu_share": round((cpu_after[1] - cpu_before[1]) / seconds, 2),
             "clients_cpu_share": round((cpu_after[2] - cpu_before[2]) / seconds, 2)}
+
+
+def _served_buckets(base: str, endpoint: str) -> dict[float, float]:
+    """The server's own request-time histogram of ``endpoint`` (arrival at the handler to the
+    answer), from its ``/metrics``: cumulative counts by upper bound in seconds."""
+    import httpx
+
+    prefix = f'touchline_api_request_seconds_bucket{{endpoint="{endpoint}",le="'
+    out: dict[float, float] = {}
+    for line in httpx.get(f"{base}/metrics", timeout=30).text.splitlines():
+        if line.startswith(prefix):
+            bound, _, count = line[len(prefix):].partition('"} ')
+            out[float(bound)] = float(count)
+    return out
+
+
+def _bucket_delta(after: dict[float, float], before: dict[float, float]) -> dict[float, float]:
+    return {bound: count - before.get(bound, 0.0) for bound, count in after.items()}
+
+
+def _bucket_quantile(buckets: dict[float, float], q: float) -> float | None:
+    """The upper bound of the bucket the ``q`` quantile falls in (None: no requests).
+
+    >>> _bucket_quantile({0.005: 60.0, 0.01: 98.0, 0.02: 100.0, float("inf"): 100.0}, 0.99)
+    0.02
+    """
+    total = buckets.get(float("inf"), 0.0)
+    if not total:
+        return None
+    return next(bound for bound, count in sorted(buckets.items()) if count >= q * total)
 
 
 def _loop_run(work: Any) -> Any:
@@ -222,36 +308,95 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 
-async def _clients(base: str, known: list[str], clients: int, endpoint: str, seconds: float,
-                   pause: float) -> tuple[dict[int, list[float]], dict[str, int]]:
-    """``clients`` keep-alive connections, each a client asking in a loop until the round ends."""
+@dataclass
+class Tally:
+    """What the clients of a round saw: latencies by status code, requests due (open load) and
+    when each answer came (to count those within the round)."""
+
+    start: float
+    latencies: dict[int, list[float]]
+    done_at: list[float]
+    due: int = 0
+    reconnects: int = 0
+
+    def codes(self) -> dict[str, int]:
+        return {str(code): len(found) for code, found in sorted(self.latencies.items())}
+
+    def answered_in(self, seconds: float) -> int:
+        """Answers that came within the round (not those finished after it ended)."""
+        return sum(1 for t in self.done_at if t - self.start <= seconds)
+
+
+async def _clients(base: str, known: list[str], clients: int, endpoint: str, seconds: float, load: Load) -> Tally:
+    """``clients`` keep-alive connections, each a client asking until the round ends."""
     host, port = base.removeprefix("http://").rsplit(":", 1)
-    latencies: dict[int, list[float]] = {}
-    end = time.perf_counter() + seconds
-    await asyncio.gather(*(_client(host, int(port), (known, endpoint, pause), end, latencies, random.Random(i))
-                           for i in range(clients)))
-    return latencies, {str(code): len(found) for code, found in sorted(latencies.items())}
+    conns = [await _Conn(host, int(port)).open() for _ in range(clients)]
+    start = time.perf_counter()
+    tally = Tally(start, {}, [])
+    end = start + seconds
+    await asyncio.gather(*(_client(conn, (known, endpoint, load, clients), end, tally, random.Random(i))
+                           for i, conn in enumerate(conns)))
+    tally.reconnects = sum(conn.reconnects for conn in conns)
+    return tally
 
 
-async def _client(host: str, port: int, what: tuple[list[str], str, float], end: float,
-                  latencies: dict[int, list[float]], rng: random.Random) -> None:
-    """One client on its own connection: a request, its answer, ``pause`` (a random share of it
-    before the first request, so the clients do not ask in step), the next, until ``end``. A
-    minimal HTTP/1.1 client, so the clients' own cost stays small beside the server's."""
-    known, endpoint, pause = what
-    reader, writer = await asyncio.open_connection(host, port)
-    await asyncio.sleep(rng.uniform(0, pause))
+class _Conn:
+    """One client's keep-alive connection; opened again when the server closed it while idle
+    (uvicorn closes a connection idle for 5 s), as a browser does, the request sent again."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reconnects = 0
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> "_Conn":
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        return self
+
+    async def ask(self, request: bytes) -> int:
+        assert self.reader is not None and self.writer is not None
+        try:
+            self.writer.write(request)
+            return await _answer(self.reader)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+                raise  # cut off in the middle of an answer: not an idle close
+            self.writer.close()
+            self.reconnects += 1
+            await self.open()
+            assert self.reader is not None and self.writer is not None
+            self.writer.write(request)
+            return await _answer(self.reader)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def _client(conn: _Conn, what: tuple[list[str], str, Load, int], end: float, tally: Tally,
+                  rng: random.Random) -> None:
+    """One client on its own connection until ``end``: at random due times (open load), or a
+    request, its answer, a pause (a random share of it first, so the clients do not ask in
+    step), the next. A minimal HTTP/1.1 client, so the clients' own cost stays small beside
+    the server's."""
+    known, endpoint, load, clients = what
+    rate = load.offered / clients if load.offered else 0.0
+    due = time.perf_counter() + (rng.expovariate(rate) if rate else rng.uniform(0, load.pause))
     try:
-        while time.perf_counter() < end:
-            request = _request(endpoint, rng.choice(known))
-            started = time.perf_counter()
-            writer.write(request)
-            code = await _answer(reader)
-            latencies.setdefault(code, []).append(time.perf_counter() - started)
-            if pause:
-                await asyncio.sleep(pause)
+        while due < end:
+            wait = due - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            started = due if rate else time.perf_counter()  # open load: from when it was due
+            code = await conn.ask(_request(endpoint, rng.choice(known)))
+            now = time.perf_counter()
+            tally.latencies.setdefault(code, []).append(now - started)
+            tally.done_at.append(now)
+            tally.due += 1
+            due = due + rng.expovariate(rate) if rate else now + load.pause
     finally:
-        writer.close()
+        conn.close()
 
 
 def _request(endpoint: str, contact: str) -> bytes:
@@ -278,23 +423,41 @@ async def _answer(reader: asyncio.StreamReader) -> int:
 
 def format_api_bench(f: dict[str, Any]) -> str:
     """The rounds as a table, with what the machine was doing."""
-    pause = f"each client pausing {f['pause']:g} s between answers" if f["pause"] else "closed loop (no pause)"
+    load = Load(f.get("offered"), f["pause"])
     lines = [f"HTTP API under load: {f['contacts']:,} known contacts, the engine fed {f['stream_rate']:g} events/s "
-             f"({f['stream_events_fed']:,} in all), {f['seconds']:g} s per round, {pause}; {f['machine']}; "
-             f"load average at the end {', '.join(map(str, f['load_average']))}",
-             f"  {'endpoint':<28} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
-             f"{'max ms':>8} {'serve CPU':>9} {'engine CPU':>10} {'clients CPU':>11}  codes"]
+             f"({f['stream_events_fed']:,} in all), {f['seconds']:g} s per round, {load.describe()}; "
+             f"{f['machine']}; load average at the end {', '.join(map(str, f['load_average']))}",
+             f"  {'endpoint':<22} {'clients':>7} {'offered/s':>9} {'due/s':>7} {'answered/s':>10} {'p50 ms':>7} "
+             f"{'p90 ms':>7} {'p99 ms':>7} {'max ms':>7} {'server p50/p99 ≤':>17} {'serve CPU':>9} {'engine CPU':>10} "
+             f"{'clients CPU':>11}  codes"]
     for r in f["rounds"]:
         name = "GET /v1/contacts/{id}" if r["endpoint"] == "profile" else "POST /v1/decide"
-        lines.append(f"  {name:<28} {r['clients']:>7} {cell(r['per_second']):>8} {cell(r['p50_ms'], '.1f'):>8} "
-                     f"{cell(r['p90_ms'], '.1f'):>8} {cell(r['p99_ms'], '.1f'):>8} {cell(r['max_ms'], '.1f'):>8} "
+        offered = "closed" if r.get("offered_per_second") is None else cell(r["offered_per_second"])
+        lines.append(f"  {name:<22} {r['clients']:>7} {offered:>9} {cell(r.get('due_per_second')):>7} "
+                     f"{cell(r['per_second']):>10} {cell(r['p50_ms'], '.1f'):>7} "
+                     f"{cell(r['p90_ms'], '.1f'):>7} {cell(r['p99_ms'], '.1f'):>7} {cell(r['max_ms'], '.1f'):>7} "
+                     f"{_server_cell(r):>17} "
                      f"{cell(r['serve_cpu_share'], '.2f'):>9} {cell(r['engine_cpu_share'], '.2f'):>10} "
                      f"{cell(r['clients_cpu_share'], '.2f'):>11}  "
-                     f"{', '.join(f'{c}: {n:,}' for c, n in r['codes'].items())}")
-    lines.append("  targets: p99 under 20 ms for the profile, under 50 ms for decide (CPU: share of one core)")
+                     f"{_codes_cell(r)}")
+    lines.append("  targets: p99 under 20 ms for the profile, under 50 ms for decide; offered/s: what the clients "
+                 "would ask if answers were instant (think time: at most), due/s: what came due (open load), "
+                 "answered/s: answers within the round; server p50/p99: the server's own histogram (handler to answer, "
+                 "bucket bounds), without the clients' and the network's share; CPU: share of one core")
     if f.get("work_dir"):
         lines.append(f"  logs and outputs kept in {f['work_dir']}")
     return "\n".join(lines)
+
+
+def _codes_cell(r: dict[str, Any]) -> str:
+    """Answers by status code, and how often a client found its idle connection closed."""
+    codes = ", ".join(f"{c}: {n:,}" for c, n in r["codes"].items())
+    return f"{codes}; reconnected {r['reconnects']:,}" if r.get("reconnects") else codes
+
+
+def _server_cell(r: dict[str, Any]) -> str:
+    p50, p99 = r.get("server_p50_ms_at_most"), r.get("server_p99_ms_at_most")
+    return "-" if p50 is None or p99 is None else f"{p50:g} / {p99:g}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,12 +473,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=200.0, help="the stream's events/s meanwhile (default 200)")
     p.add_argument("--contacts", type=int, default=2000, help="simulated people (default 2000)")
     p.add_argument("--pause", type=float, default=0.0, help="seconds each client waits between answers (default 0)")
+    p.add_argument("--offered", type=float, help="an open load: requests/s in all, at random times (default: none)")
     p.add_argument("--redis", metavar="URL", help="a Redis to use (flushed first); default: one started here")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, outputs)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.offered is not None and (args.offered <= 0 or args.pause):
+        p.error("--offered must be positive, and goes without --pause (an open load has no think time)")
     figures = run_api_bench(load_settings(None), parse_counts(args.clients, "--clients"), args.seconds, args.rate,
-                            redis_url=args.redis, keep=args.keep, contacts=args.contacts, pause=args.pause)
+                            redis_url=args.redis, keep=args.keep, contacts=args.contacts, pause=args.pause,
+                            offered=args.offered)
     print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode() if args.json else format_api_bench(figures))
     return 0
 

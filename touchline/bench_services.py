@@ -156,12 +156,18 @@ def _answers(port: int, proc: subprocess.Popen, deadline: float) -> bool:
 
 
 def flush_redis(url: str) -> None:
-    """Empty the database at ``url`` (a fresh start for a round: state, ledger, models)."""
+    """Empty the database at ``url`` (a fresh start for a round: state, ledger, models); a Redis
+    that cannot be reached is a clear error naming it (``--redis``), not a traceback."""
     import redis
 
-    client = redis.Redis.from_url(url)
+    from touchline.redact import redact_url
+    from touchline.settings import ConfigError
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=5)
     try:
         client.flushdb()
+    except redis.RedisError as exc:
+        raise ConfigError(f"--redis: cannot empty the Redis at {redact_url(url)}: {exc}") from None
     finally:
         client.close()
 

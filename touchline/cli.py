@@ -163,6 +163,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="with --api: concurrent clients per round (default 100,200)")
     bench.add_argument("--pause", type=float, default=0.0, metavar="S",
                        help="with --api: seconds each client waits between answers (default 0: a closed loop)")
+    bench.add_argument("--offered", type=float, metavar="R",
+                       help="with --api: an open load instead of a closed loop: R requests/s in all, at random "
+                            "times spread over the --clients connections; latency counts from when a request was "
+                            "due")
     bench.add_argument("--naive-events", type=int, default=20_000,
                        help="events for the naive Redis path (it is slow; default 20000)")
     bench.add_argument("--processes", metavar="N[,N...]",
@@ -563,10 +567,17 @@ def _bench_api(args: argparse.Namespace, settings: Settings) -> _Figures:
     clients = parse_counts(args.clients, "--clients")
     if max(clients) > 2000:
         raise ConfigError("--clients: at most 2000")
+    _check_api_load(args)
+    return run_api_bench(settings, clients, seconds, rate, redis_url=args.redis, keep=args.keep,
+                         contacts=args.contacts or 2000, pause=args.pause, offered=args.offered), format_api_bench
+
+
+def _check_api_load(args: argparse.Namespace) -> None:
+    """--pause (a think time) or --offered (an open load), each sensible, not both."""
     if args.pause < 0:
         raise ConfigError("--pause must be 0 or more")
-    return run_api_bench(settings, clients, seconds, rate, redis_url=args.redis, keep=args.keep,
-                         contacts=args.contacts or 2000, pause=args.pause), format_api_bench
+    if args.offered is not None and (args.offered <= 0 or args.pause):
+        raise ConfigError("--offered must be positive, and goes without --pause (an open load has no think time)")
 
 
 def _check_bench_modes(args: argparse.Namespace) -> None:

@@ -10,6 +10,7 @@ engine, fed by ``POST /v1/events`` and, with ``--input FILE``, by a file replaye
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import socket
@@ -222,6 +223,7 @@ def serve(settings: Settings, replay: Path | None = None, out: TextIO = sys.stde
     with writing_outputs(settings.output.dir):
         service = open_service(settings, replay=replay)
         server = uvicorn_server(service.app())
+        _tune_for_latency()
         service.on_failure = lambda: setattr(server, "should_exit", True)
         host, port = sock.getsockname()[:2]
         url = f"http://{host}:{port}"
@@ -234,6 +236,27 @@ def serve(settings: Settings, replay: Path | None = None, out: TextIO = sys.stde
     if service.failure:
         raise service.failure[0]
     print(f"stopped by {stopped}: requests in flight answered, outputs closed", file=out)
+
+
+#: How long a thread holds the GIL while another waits for it (Python's default: 5 ms).
+SWITCH_SECONDS = 0.001
+
+
+def _tune_for_latency() -> None:
+    """Two waits every request of ``touchline serve`` could meet, shortened:
+
+    - a full collection of the cyclic GC holds the GIL, so every request in flight waits for it
+      (measured under load: 160 to 375 ms each). What start-up built (modules, models,
+      journeys, replayed profiles) is moved out of its sight, as ``touchline run`` does, so a
+      full collection walks only what serving made (measured: 10 to 20 ms). Reference counting
+      still frees these objects;
+    - the event loop (HTTP) and the engine thread (the batches) share the GIL: while a batch
+      computes, the loop gets it back only when the batch thread is made to let go, after the
+      switch interval. 1 ms instead of 5 lets a request be read, and an answer written, sooner.
+    """
+    gc.collect()
+    gc.freeze()
+    sys.setswitchinterval(SWITCH_SECONDS)
 
 
 def _run_until_signal(server: Any, sock: socket.socket) -> str:

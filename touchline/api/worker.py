@@ -3,8 +3,8 @@
 One thread owns an :class:`~touchline.batch_service.Engine` over the state store the stream
 uses. HTTP handlers hand it jobs (events to apply, requests to answer) through a queue; it
 takes what has queued up (up to ``api.batch_size``) as one batch, so a burst of concurrent
-requests costs one state-store round trip per stage, and answers each job when its batch is
-committed and written out. Between requests it fires the timers the API's events set (its own
+requests costs one state-store round trip per stage. Profile requests are answered first, on
+one load (nothing to write); the rest when their batch is committed and written out. Between requests it fires the timers the API's events set (its own
 timer partition, ``api.timer_partition``) every ``api.tick_seconds``.
 
 Writes go through the engine's own commit: each profile is written with a check of the
@@ -146,16 +146,19 @@ class ApiWorker:
         return time.monotonic() - self._last_tick >= self.tick_seconds
 
     def _handle(self, jobs: list[Job]) -> None:
-        """One batch: the jobs' events and decide requests with, when a tick is due, the timers due
-        by now; then the profile requests, on what that batch left; then answer them all."""
+        """One batch: the profile requests first, answered at once (one load, nothing written: they
+        need not wait for the writes, and requests that came together have no order); then the
+        jobs' events and decide requests with, when a tick is due, the timers due by now."""
         reads = [job for job in jobs if job.reads_only]
         writes = [job for job in jobs if not job.reads_only]
         tick = self._tick_due()
-        if writes or tick:
-            self._settle(writes, lambda: self._write(writes, tick))
         if reads:
             self._settle(reads, lambda: self._read(reads))
-        for job in jobs:
+            for job in reads:
+                job.finish()
+        if writes or tick:
+            self._settle(writes, lambda: self._write(writes, tick))
+        for job in writes:
             job.finish()
 
     def _settle(self, jobs: list[Job], work: Callable[[], None]) -> None:
