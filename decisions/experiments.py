@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from touchline.decisions.events import check_known_types
-from touchline.decisions.journeys import Duration
+from touchline.decisions.journeys import Duration, SendAt, check_send_window, parse_duration
 from touchline.decisions.policy import ALL_CHANNELS, PULL_CHANNELS, Candidate, bucket
 from touchline.decisions.profile import DAY_MS, Profile
 
@@ -51,6 +51,21 @@ class Variant(_Strict):
     offer: str | None = None
     waits: dict[str, Duration] = Field(default_factory=dict,
                                        description="journey wait step id -> duration (e.g. 4h): timing variants")
+    send_at: SendAt | None = Field(default=None, description="now or best_time: the journey's send steps go "
+                                   "at once or at the contact's best local hour (send-time variants)")
+    within: Annotated[Duration, AfterValidator(check_send_window)] | None = Field(
+        default=None, description="with send_at = best_time: the window (default: the step's own, else 24h)")
+
+    def send_timing(self, file_within_ms: int | None = None) -> tuple[str, int] | None:
+        """(send_at, window ms) this variant imposes on a send step, or None (the file's own).
+
+        >>> Variant(name="b", send_at="best_time", within="12h").send_timing(), Variant(name="a").send_timing()
+        (('best_time', 43200000), None)
+        """
+        if self.send_at is None:
+            return None
+        within = parse_duration(self.within) if self.within is not None else file_within_ms or 86_400_000
+        return self.send_at, within
 
     @field_validator("channel")
     @classmethod
@@ -97,11 +112,15 @@ class Split(_Strict):
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names must be unique (got {names})")
-        if any(v.waits for v in self.variants):
-            if self.journey is None:
-                raise ValueError("waits (timing) apply to journey splits")
-            if self.assignment != "hash":
-                raise ValueError("waits (timing) need assignment = 'hash': a bandit chooses at send time")
+        for timing, used in (("waits (timing)", any(v.waits for v in self.variants)),
+                             ("send_at (send time)", any(v.send_at or v.within for v in self.variants))):
+            if used and self.journey is None:
+                raise ValueError(f"{timing} apply to journey splits")
+            if used and self.assignment != "hash":
+                raise ValueError(f"{timing} need assignment = 'hash': a bandit chooses at send time")
+        for v in self.variants:
+            if v.within is not None and v.send_at != "best_time":
+                raise ValueError(f"variant {v.name!r}: within needs send_at = 'best_time'")
         return self
 
     def matches(self, candidate: Candidate) -> bool:

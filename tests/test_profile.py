@@ -483,7 +483,7 @@ def test_a_blob_written_before_the_split_loads_and_writes_back_the_same():
     """Existing Redis data loads into the typed feature states, and writing it back gives the same
     keys and values (only the keys' order in the JSON object differs)."""
     back = from_parts("c1", OLD_BLOB, OLD_LOG, OLD_SENDS)
-    added_since = {"first_purchase_ts": None, "tallies": {}}  # unknown for a blob written before it was kept; no custom attributes
+    added_since = {"first_purchase_ts": None, "tallies": {}, "send_hours": []}  # unknown before it was kept; none yet
     assert orjson.loads(to_blob(back)) == {**orjson.loads(OLD_BLOB), **added_since}
     assert (type(back.journeys), type(back.touches), type(back.exposures), type(back.pending),
             type(back.observed)) == (JourneyStates, Touches, Exposures, Observations, ObservedAt)
