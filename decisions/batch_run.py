@@ -77,14 +77,8 @@ class DecisionCore:
         self.experiments = ExperimentRuntime(experiments or ExperimentSettings(), policy.holdout_name, policy=policy)
         #: each contact's engagement by local hour, and when their best-time sends go
         self.send_time = send_time or SendTime(policy.quiet_hours.default_timezone, policy.quiet_hours)
-        if journeys is not None:
-            journeys.send_time = self.send_time
-        if journeys is not None and self.experiments.settings.splits:
-            journeys.wait_override = self.experiments.wait_override
-            journeys.send_at_override = self.experiments.send_at_override
         #: Called at each decision point in this order: the send-time learner, experiments, then journeys.
-        self.participants: list[Participant] = [self.send_time, self.experiments,
-                                                *([journeys] if journeys is not None else [])]
+        self.participants: list[Participant] = [self.send_time, self.experiments, *self._wired(journeys)]
         self.labels = labels
         self.clock = clock or EventTimeClock()
         self.live = not isinstance(self.clock, EventTimeClock)
@@ -103,6 +97,16 @@ class DecisionCore:
         self.inactive_ms = int(policy.inactivity_days * DAY_MS)
         #: churn scores at inactivity checks, to target the top share (policy.winback_top_share)
         self.churn_rank = ScoreRank()
+
+    def _wired(self, journeys: JourneyRunner | None) -> list[JourneyRunner]:
+        """The journeys, told when best-time sends go and the experiments' timing variants."""
+        if journeys is None:
+            return []
+        journeys.send_time = self.send_time
+        if self.experiments.settings.splits:
+            journeys.wait_override = self.experiments.wait_override
+            journeys.send_at_override = self.experiments.send_at_override
+        return [journeys]
 
     def retention_ms_of(self, profile: Profile) -> int:
         """How long ``profile`` is kept after its last activity: known contacts for years of

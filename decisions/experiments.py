@@ -54,18 +54,24 @@ class Variant(_Strict):
     send_at: SendAt | None = Field(default=None, description="now or best_time: the journey's send steps go "
                                    "at once or at the contact's best local hour (send-time variants)")
     within: Annotated[Duration, AfterValidator(check_send_window)] | None = Field(
-        default=None, description="with send_at = best_time: the window (default: the step's own, else 24h)")
+        default=None, description="with send_at = best_time: the window (default: the send step's own)")
 
-    def send_timing(self, file_within_ms: int | None = None) -> tuple[str, int] | None:
-        """(send_at, window ms) this variant imposes on a send step, or None (the file's own).
+    @model_validator(mode="after")
+    def _within_needs_best_time(self) -> "Variant":
+        if self.within is not None and self.send_at != "best_time":
+            raise ValueError("within needs send_at = 'best_time'")
+        return self
+
+    def send_timing(self) -> tuple[str, int | None] | None:
+        """(send_at, window ms or None for the step's own) this variant imposes on a send step, or
+        None (a variant without send_at leaves the file's).
 
         >>> Variant(name="b", send_at="best_time", within="12h").send_timing(), Variant(name="a").send_timing()
         (('best_time', 43200000), None)
         """
         if self.send_at is None:
             return None
-        within = parse_duration(self.within) if self.within is not None else file_within_ms or 86_400_000
-        return self.send_at, within
+        return self.send_at, parse_duration(self.within) if self.within is not None else None
 
     @field_validator("channel")
     @classmethod
@@ -112,16 +118,17 @@ class Split(_Strict):
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names must be unique (got {names})")
-        for timing, used in (("waits (timing)", any(v.waits for v in self.variants)),
-                             ("send_at (send time)", any(v.send_at or v.within for v in self.variants))):
-            if used and self.journey is None:
-                raise ValueError(f"{timing} apply to journey splits")
-            if used and self.assignment != "hash":
-                raise ValueError(f"{timing} need assignment = 'hash': a bandit chooses at send time")
-        for v in self.variants:
-            if v.within is not None and v.send_at != "best_time":
-                raise ValueError(f"variant {v.name!r}: within needs send_at = 'best_time'")
+        self._check_timing("waits (timing)", any(v.waits for v in self.variants))
+        self._check_timing("send_at (send time)", any(v.send_at or v.within for v in self.variants))
         return self
+
+    def _check_timing(self, what: str, used: bool) -> None:
+        """Timing variants (waits, send_at) change a journey's steps, before any send: a journey
+        split assigned by hash."""
+        if used and self.journey is None:
+            raise ValueError(f"{what} apply to journey splits")
+        if used and self.assignment != "hash":
+            raise ValueError(f"{what} need assignment = 'hash': a bandit chooses at send time")
 
     def matches(self, candidate: Candidate) -> bool:
         if self.action is not None:

@@ -222,7 +222,7 @@ class JourneyRunner(Participant):
         #: (contact key, journey, wait step id) -> wait in ms, or None for the file's: timing experiments
         self.wait_override: Callable[[str, str, str], int | None] | None = None
         #: (contact key, journey, send step id) -> (send_at, window ms), or None for the file's: send-time experiments
-        self.send_at_override: Callable[[str, str, str], tuple[str, int] | None] | None = None
+        self.send_at_override: Callable[[str, str, str], tuple[str, int | None] | None] | None = None
         #: when a ``send_at: best_time`` step goes out (the engine gives its learner, with the policy's quiet hours)
         self.send_time = SendTime(default_zone, QuietHours(default_timezone=default_zone))
 
@@ -592,7 +592,9 @@ class JourneyRunner(Participant):
     def _send_timing(self, contact: str, journey: str, step: SendStep) -> tuple[str, int]:
         """(send_at, window ms) of a send step for this contact: an experiment's, else the file's."""
         override = self.send_at_override(contact, journey, step.id) if self.send_at_override else None
-        return override if override is not None else (step.send.send_at, step.send.within_ms)
+        if override is None:
+            return step.send.send_at, step.send.within_ms
+        return override[0], override[1] or step.send.within_ms
 
     def _wait_for_best_time(self, walk: _Walk, step: SendStep) -> bool:
         """A best-time send waits (a timer: it survives a restart) for the contact's best local

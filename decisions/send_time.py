@@ -19,7 +19,7 @@ local hour within its window, skipping the channel's quiet hours (ties: the soon
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from touchline.decisions.participant import Participant
 from touchline.decisions.send_hours import (
