@@ -223,3 +223,46 @@ def test_the_closed_loop_split_reports_both_arms(small_settings, tmp_path):
     records = [json.loads(x) for x in (settings.output.dir / "experiments.jsonl").read_text().splitlines()]
     arms = {r["arm"] for r in records if r["kind"] == "exposure" and r["experiment"] == "send_time"}
     assert arms == {"fixed", "best_time"}
+
+
+def test_send_time_splits_are_checked_with_the_key_named(tmp_path):
+    from touchline.runner import check_splits
+    from touchline.settings import ConfigError, load_settings
+
+    def settings(**split):
+        return load_settings(None, {"output.dir": tmp_path, "journeys.files": ["examples/send-time/digest.yaml"],
+                                    "experiments.splits": {"st": {"variants": [
+                                        {"name": "fixed", "send_at": "now"}, {"name": "best", "send_at": "best_time"}],
+                                        **split}}})
+
+    with pytest.raises(ConfigError, match="send_at .send time. apply to journey splits"):
+        settings(action="welcome")
+    with pytest.raises(ConfigError, match="need assignment = 'hash'"):
+        settings(journey="digest", assignment="thompson")
+    with pytest.raises(ConfigError, match="within needs send_at = 'best_time'"):
+        load_settings(None, {"experiments.splits": {"st": {"journey": "digest", "variants": [
+            {"name": "a"}, {"name": "b", "within": "12h"}]}}})
+    from touchline.runner import _journey_runner
+
+    bad = settings(journey="digest", step="morning")
+    with pytest.raises(ConfigError, match=r"experiments.splits.st.step: 'morning' is not a send step: .*send steps: digest"):
+        check_splits(bad, _journey_runner(bad))
+    good = settings(journey="digest")
+    check_splits(good, _journey_runner(good))
+
+
+def test_a_variant_without_a_window_takes_the_send_steps_own():
+    from touchline.decisions.experiment_runtime import ExperimentRuntime
+    from touchline.decisions.experiments import ExperimentSettings
+
+    runtime = ExperimentRuntime(ExperimentSettings(splits={"st": {"journey": "digest", "variants": [
+        {"name": "fixed", "send_at": "now"}, {"name": "best", "send_at": "best_time"}]}}))
+    e = journey_engine(DIGEST)
+    runner = e.core.journeys
+    runner.send_at_override = runtime.send_at_override
+    arms = {c: runtime.send_at_override(c, "digest", "step-1") for c in (f"c-{i}" for i in range(40))}
+    assert {a for a in arms.values()} == {("now", None), ("best_time", None)}
+    step = DIGEST.steps[0]
+    best = next(c for c, a in arms.items() if a[0] == "best_time")
+    assert runner._send_timing(best, "digest", step) == ("best_time", DAY_MS)
+    assert runtime.send_at_override("c-1", "other", "step-1") is None

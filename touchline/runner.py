@@ -189,7 +189,8 @@ def _check_split_sends(key: str, split: "Split", steps: "dict[str, Step]") -> No
         return
     sends = [s for s, st in steps.items() if isinstance(st, SendStep)]
     if not sends or (split.step is not None and split.step not in sends):
-        raise ConfigError(f"{key}: send_at variants need a send step; journey {split.journey}'s send steps: "
+        where = f"{key}.step: {split.step!r} is not a send step" if split.step is not None else key
+        raise ConfigError(f"{where}: send_at variants time send steps; journey {split.journey}'s send steps: "
                           f"{', '.join(sends) or 'none'}")
 
 
