@@ -194,12 +194,15 @@ def test_a_scheduled_best_time_send_survives_a_restart_on_redis(redis_url):
     run(first, [], advance_to=T0 + 2 * HOUR_MS)
     first.store.close()
     second = journey_engine(DIGEST, store=open_store(redis_url, StoreOptions()))  # nothing in memory
-    assert second.store.load(["c1"])["c1"].send_hours[19] == 5  # the learned hours came back too
+    assert run(second, [], advance_to=T0 + 2 * HOUR_MS) == []  # the engine clock resumes where it was
     got = advance(second, T0 + DAY_MS)
     assert steps(got) == [("digest", "step-1", "email")]
     assert got[0]["event_time"] == "2026-01-05T19:00:00.000Z"
     assert advance(second, T0 + 3 * DAY_MS) == []  # sent once
     second.store.close()
+    third = open_store(redis_url, StoreOptions())
+    assert third.load(["c1"])["c1"].send_hours[19] == 5  # the learned hours were stored too
+    third.close()
 
 
 # ------------------------------------------------------------------------------- the experiment
