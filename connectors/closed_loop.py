@@ -42,8 +42,9 @@ from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import orjson
 
-from touchline.connectors.simulator import (CATEGORIES, DAY_MS, HOUR_MS, MINUTE_MS, Simulator, SimulatorSpec,
-                                            Traits, _Person, _pick, _stable_seed)
+from touchline.connectors.simulator import (CATEGORIES, DAY_MS, HOUR_MS, MINUTE_MS, READ_DECAY_HOURS, Simulator,
+                                            SimulatorSpec, Traits, _Person, _pick, _stable_seed, read_chance,
+                                            reading_wait)
 from touchline.decisions.events import parse_ts
 
 if TYPE_CHECKING:
@@ -84,6 +85,11 @@ class EffectSpec:
     ``open_base + open_intent * intent``, plus ``open_preferred`` on the preferred
     channel; an opened email is clicked with ``click_given_open``. A message that causes
     a purchase is always opened (and an email clicked): the purchase comes through it.
+
+    Reading hour (``SimulatorSpec.preferred_hours``): a person reads at a habitual local
+    hour, so a message is opened at the next start of it, and both its chance to be opened
+    and its uplift are multiplied by ``exp(-wait / read_decay_hours)`` for the hours it waited
+    (a buried message is read less, and sells less). Without preferred hours nothing waits.
     """
 
     base: float = 0.03
@@ -100,6 +106,7 @@ class EffectSpec:
     open_intent: float = 0.3
     open_preferred: float = 0.35
     click_given_open: float = 0.3
+    read_decay_hours: float = READ_DECAY_HOURS
 
     def uplift(self, traits: Traits, channel: str, template: str | None) -> float:
         """``u`` of one message to a person who can still be reached on ``channel``.
@@ -274,6 +281,7 @@ class ClosedLoopSimulator:
         reachable = self._reachable(person, traits, channel, at)
         p_unsubscribe = self._p_unsubscribe(person, at) if channel != "sales_task" else 0.0
         u = self.effects.uplift(traits, channel, template if isinstance(template, str) else None) if reachable else 0.0
+        u *= self._read_share(traits, channel, at)
         message = Message(person, decision_id, at, channel, u, d.cause < u, at + d.delay)
         self._messages[person].append(message)
         events = _purchase_session(decision_id, channel, template, message.caused_at_ms, d.value) if message.caused else []
@@ -287,13 +295,21 @@ class ClosedLoopSimulator:
         is always read, at the latest a minute before the purchase, since the sale comes
         through it; never sooner than a second after it was sent."""
         fx, at = self.effects, message.decision_ms
-        if not (message.caused or d.open < fx.p_open(traits, message.channel)):
+        if not (message.caused or d.open < fx.p_open(traits, message.channel) * self._read_share(traits, message.channel, at)):
             return []
         opened_at = at + d.open_delay
+        if traits.preferred_hour is not None:  # read at the person's hour, within it
+            opened_at = at + reading_wait(at, traits.timezone, traits.preferred_hour) + d.open_delay % HOUR_MS
         if message.caused:
             opened_at = min(opened_at, message.caused_at_ms - MINUTE_MS)
         return _feedback(message.decision_id, message.channel, max(at + 1_000, opened_at),
                          message.caused or d.click < fx.click_given_open)
+
+    def _read_share(self, traits: Traits, channel: str, at: int) -> float:
+        """What is left of a message's chance to be read after it waited for the person's hour (1: no wait)."""
+        if traits.preferred_hour is None or channel == "sales_task":
+            return 1.0
+        return read_chance(reading_wait(at, traits.timezone, traits.preferred_hour), self.effects.read_decay_hours)
 
     def _fatigue_unsubscribe(self, message: Message, d: _Draws, p_unsubscribe: float) -> list[_Reaction]:
         """The unsubscribe this message tips the person into, if it does; one who is already

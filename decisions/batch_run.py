@@ -42,6 +42,7 @@ from touchline.decisions.quality_timeline import QualityTimeline
 from touchline.decisions.requests import Ask, RequestHandler
 from touchline.decisions.score_rank import ScoreRank
 from touchline.decisions.scoring import Scorer
+from touchline.decisions.send_time import SendTime
 from touchline.decisions.timer_handler import TimerHandler
 
 __all__ = ["BatchRun", "DecisionCore", "LabelSettings", "Reserve"]
@@ -65,6 +66,7 @@ class DecisionCore:
         anonymous_retention_days: float | None = None,
         no_action_share: float = 1.0,
         attributes: CustomAttributes | None = None,
+        send_time: SendTime | None = None,
     ) -> None:
         self.policy = policy
         #: the configured custom attributes and traits (settings [attributes.NAME], [traits])
@@ -73,10 +75,10 @@ class DecisionCore:
         self.no_action_share = no_action_share
         self.journeys = journeys
         self.experiments = ExperimentRuntime(experiments or ExperimentSettings(), policy.holdout_name, policy=policy)
-        if journeys is not None and self.experiments.settings.splits:
-            journeys.wait_override = self.experiments.wait_override
-        #: Called at each decision point in this order: experiments, then journeys.
-        self.participants: list[Participant] = [self.experiments, *([journeys] if journeys is not None else [])]
+        #: each contact's engagement by local hour, and when their best-time sends go
+        self.send_time = send_time or SendTime(policy.quiet_hours.default_timezone, policy.quiet_hours)
+        #: Called at each decision point in this order: the send-time learner, experiments, then journeys.
+        self.participants: list[Participant] = [self.send_time, self.experiments, *self._wired(journeys)]
         self.labels = labels
         self.clock = clock or EventTimeClock()
         self.live = not isinstance(self.clock, EventTimeClock)
@@ -95,6 +97,16 @@ class DecisionCore:
         self.inactive_ms = int(policy.inactivity_days * DAY_MS)
         #: churn scores at inactivity checks, to target the top share (policy.winback_top_share)
         self.churn_rank = ScoreRank()
+
+    def _wired(self, journeys: JourneyRunner | None) -> list[JourneyRunner]:
+        """The journeys, told when best-time sends go and the experiments' timing variants."""
+        if journeys is None:
+            return []
+        journeys.send_time = self.send_time
+        if self.experiments.settings.splits:
+            journeys.wait_override = self.experiments.wait_override
+            journeys.send_at_override = self.experiments.send_at_override
+        return [journeys]
 
     def retention_ms_of(self, profile: Profile) -> int:
         """How long ``profile`` is kept after its last activity: known contacts for years of

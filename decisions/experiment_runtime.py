@@ -112,6 +112,17 @@ class ExperimentRuntime(Participant):
         name, waits = found
         return waits.get(assign(contact, name, self.settings.splits[name]).name)
 
+    def send_at_override(self, contact: str, journey: str, step: str) -> tuple[str, int | None] | None:
+        """A send-time variant's (send_at, window ms or None: the step's) for this contact's send step,
+        or None (the file's).
+        A variant without ``send_at`` (a control that changes nothing) leaves the file's."""
+        for name, split in self.settings.splits.items():
+            if split.journey == journey and (split.step is None or split.step == step):
+                timing = assign(contact, name, split).send_timing()
+                if timing is not None:
+                    return timing
+        return None
+
     def vary(self, profile: Profile, candidates: list[Candidate], lead: float | None, now_ms: int,
              policy: PolicyConfig, tallies: ExperimentTallies) -> tuple[list[Candidate], dict[int, list[Assignment]]]:
         """Apply each split to the candidates it covers; returns them and their assignments

@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from touchline.decisions.events import check_known_types
-from touchline.decisions.journeys import Duration
+from touchline.decisions.journeys import Duration, SendAt, check_send_window, parse_duration
 from touchline.decisions.policy import ALL_CHANNELS, PULL_CHANNELS, Candidate, bucket
 from touchline.decisions.profile import DAY_MS, Profile
 
@@ -51,6 +51,27 @@ class Variant(_Strict):
     offer: str | None = None
     waits: dict[str, Duration] = Field(default_factory=dict,
                                        description="journey wait step id -> duration (e.g. 4h): timing variants")
+    send_at: SendAt | None = Field(default=None, description="now or best_time: the journey's send steps go "
+                                   "at once or at the contact's best local hour (send-time variants)")
+    within: Annotated[Duration, AfterValidator(check_send_window)] | None = Field(
+        default=None, description="with send_at = best_time: the window (default: the send step's own)")
+
+    @model_validator(mode="after")
+    def _within_needs_best_time(self) -> "Variant":
+        if self.within is not None and self.send_at != "best_time":
+            raise ValueError("within needs send_at = 'best_time'")
+        return self
+
+    def send_timing(self) -> tuple[str, int | None] | None:
+        """(send_at, window ms or None for the step's own) this variant imposes on a send step, or
+        None (a variant without send_at leaves the file's).
+
+        >>> Variant(name="b", send_at="best_time", within="12h").send_timing(), Variant(name="a").send_timing()
+        (('best_time', 43200000), None)
+        """
+        if self.send_at is None:
+            return None
+        return self.send_at, parse_duration(self.within) if self.within is not None else None
 
     @field_validator("channel")
     @classmethod
@@ -97,12 +118,17 @@ class Split(_Strict):
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names must be unique (got {names})")
-        if any(v.waits for v in self.variants):
-            if self.journey is None:
-                raise ValueError("waits (timing) apply to journey splits")
-            if self.assignment != "hash":
-                raise ValueError("waits (timing) need assignment = 'hash': a bandit chooses at send time")
+        self._check_timing("waits (timing)", any(v.waits for v in self.variants))
+        self._check_timing("send_at (send time)", any(v.send_at or v.within for v in self.variants))
         return self
+
+    def _check_timing(self, what: str, used: bool) -> None:
+        """Timing variants (waits, send_at) change a journey's steps, before any send: a journey
+        split assigned by hash."""
+        if used and self.journey is None:
+            raise ValueError(f"{what} apply to journey splits")
+        if used and self.assignment != "hash":
+            raise ValueError(f"{what} need assignment = 'hash': a bandit chooses at send time")
 
     def matches(self, candidate: Candidate) -> bool:
         if self.action is not None:

@@ -28,7 +28,8 @@ from touchline.decisions.journeys import (
     BranchStep, DateEntry, EventEntry, ExitStep, HandoffStep, Journey, ScoreEntry, SegmentEntry, SendStep,
     SuppressStep, WaitForStep, WaitStep, WaitUntilStep, WEEKDAYS, parse_duration,
 )
-from touchline.decisions.policy import Candidate, bucket, contact_zone
+from touchline.decisions.policy import Candidate, QuietHours, bucket, contact_zone
+from touchline.decisions.send_time import SendTime
 from touchline.decisions.participant import Participant
 from touchline.decisions.profile import DAY_MS, Profile
 
@@ -220,6 +221,10 @@ class JourneyRunner(Participant):
         self._date_attrs = {j.entry.date.attribute for j in self.journeys if isinstance(j.entry, DateEntry)}
         #: (contact key, journey, wait step id) -> wait in ms, or None for the file's: timing experiments
         self.wait_override: Callable[[str, str, str], int | None] | None = None
+        #: (contact key, journey, send step id) -> (send_at, window ms), or None for the file's: send-time experiments
+        self.send_at_override: Callable[[str, str, str], tuple[str, int | None] | None] | None = None
+        #: when a ``send_at: best_time`` step goes out (the engine gives its learner, with the policy's quiet hours)
+        self.send_time = SendTime(default_zone, QuietHours(default_timezone=default_zone))
 
     def facts(self, profile: Profile, now_ms: int, scores: Mapping[str, float]) -> dict[str, Any]:
         """What a condition can test: the built-in profile fields, then the custom attributes'
@@ -406,6 +411,7 @@ class JourneyRunner(Participant):
     # ------------------------------------------------------------------ internals
     def _continue_after(self, state: dict[str, Any], journey: Journey, index: int, step: Any, now_ms: int,
                         profile: Profile, at: Moment) -> None:
+        state.pop("timed", None)
         self._goto(state, journey, step.next, index)
         if state.get("active"):  # the next step runs at the next decision point
             state["wait"] = {"kind": "continue", "until": now_ms + 1}
@@ -469,7 +475,7 @@ class JourneyRunner(Participant):
     def _close(self, at: Moment, name: str, state: dict[str, Any], reason: str, step_id: str) -> None:
         """Mark ``state`` exited for ``reason``, count it and trace it."""
         state.update(active=False, exited=at.now_ms, exit_reason=reason, wait=None)
-        for key in ("seen", "defers"):
+        for key in ("seen", "defers", "timed"):
             state.pop(key, None)
         at.outcome.journeys.exits[(name, reason)] += 1
         self._trace_name(at.profile, name, step_id, at.now_ms, f"exited: {reason}")
@@ -579,7 +585,31 @@ class JourneyRunner(Participant):
             self._trace(walk.profile, journey, step.id, walk.now_ms, "journey cap reached: skipped")
             self._goto(walk.state, journey, step.next, index)
             return None
+        if isinstance(step, SendStep) and self._wait_for_best_time(walk, step):
+            return []
         return [self._candidate(walk.profile, journey, step, walk.scores)]
+
+    def _send_timing(self, contact: str, journey: str, step: SendStep) -> tuple[str, int]:
+        """(send_at, window ms) of a send step for this contact: an experiment's, else the file's."""
+        override = self.send_at_override(contact, journey, step.id) if self.send_at_override else None
+        if override is None:
+            return step.send.send_at, step.send.within_ms
+        return override[0], override[1] or step.send.within_ms
+
+    def _wait_for_best_time(self, walk: _Walk, step: SendStep) -> bool:
+        """A best-time send waits (a timer: it survives a restart) for the contact's best local
+        hour in its window, once; True while it waits. Now being best, it goes at once."""
+        send_at, within_ms = self._send_timing(walk.profile.contact_id, walk.journey.journey, step)
+        if send_at != "best_time" or walk.state.get("timed") == step.id:
+            return False
+        walk.state["timed"] = step.id  # planned: a retry after a deferral does not plan again
+        due = self.send_time.when(walk.profile, walk.now_ms, within_ms, step.send.channel)
+        if due <= walk.now_ms:
+            return False
+        walk.state["wait"] = {"kind": "send_at", "until": due}
+        walk.at.set_timer(timer_kind(walk.journey.journey), due)
+        self._trace(walk.profile, walk.journey, step.id, walk.now_ms, f"best time: sending at {_iso(due)}")
+        return True
 
     def _candidate(self, profile: Profile, journey: Journey, step: Any, scores: Mapping[str, float]) -> Candidate:
         action = f"{journey.journey}.{step.id}"

@@ -289,10 +289,46 @@ class _Step(_Strict):
     next: str | None = Field(default=None, description="step id to go to after this one (default: the next)")
 
 
+def _valid_send_at(value: str) -> str:
+    """``now`` or ``best_time``; a near miss is named.
+
+    >>> _valid_send_at("best_tme")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown send_at 'best_tme' (did you mean 'best_time'?); known: now, best_time
+    """
+    if value not in SEND_AT:
+        raise ValueError(f"unknown send_at {value!r}{_hint([value], SEND_AT)}; known: {', '.join(SEND_AT)}")
+    return value
+
+
+#: When a send goes out: at once, or at the contact's best local hour within ``within``.
+SEND_AT = ("now", "best_time")
+SendAt = Annotated[str, AfterValidator(_valid_send_at)]
+#: The longest window a best-time send may wait for its hour.
+MAX_SEND_WINDOW_MS = 7 * 86_400_000
+
+
+def check_send_window(within: str) -> str:
+    """A best-time window: at least an hour (else there is no choice to make), at most 7 days."""
+    ms = parse_duration(within)
+    if not 3_600_000 <= ms <= MAX_SEND_WINDOW_MS:
+        raise ValueError(f"within must be from 1h to 7d (got {within!r})")
+    return within
+
+
 class SendSpec(_Strict):
     channel: Channel
     template: str = Field(min_length=1)
     offer: str | None = None
+    send_at: SendAt = Field(default="now", description="now, or best_time: the contact's best local hour "
+                            "within `within` (learned from their opens and clicks; quiet hours respected)")
+    within: Annotated[Duration, AfterValidator(check_send_window)] = Field(
+        default="24h", description="best_time: the window the send may wait for its hour (1h to 7d)")
+
+    @property
+    def within_ms(self) -> int:
+        return parse_duration(self.within)
 
 
 class SendStep(_Step):

@@ -38,6 +38,7 @@ from touchline.decisions.feature_states import (
     Touches,
 )
 from touchline.decisions.feedback import FEEDBACK_TYPES, apply_feedback
+from touchline.decisions.send_hours import SendHours
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -169,6 +170,7 @@ class Profile:
     exposures: Exposures = field(default_factory=Exposures)
     touches: Touches = field(default_factory=Touches)
     tallies: Tallies = field(default_factory=Tallies)  # custom attributes (decisions/custom_attributes.py)
+    send_hours: SendHours = field(default_factory=SendHours)  # engagement by local hour (decisions/send_time.py)
 
     @property
     def contact_id(self) -> str:
@@ -194,6 +196,7 @@ FEATURE_STATES: dict[str, type[FeatureState]] = {
     "exposures": Exposures,
     "touches": Touches,
     "tallies": Tallies,
+    "send_hours": SendHours,
 }
 
 

@@ -25,15 +25,18 @@ from touchline.decisions.record import iso_ms
 
 if TYPE_CHECKING:
     from touchline.decisions.journey_runtime import JourneyRunner
+    from touchline.decisions.send_time import SendTime
 
 #: How many of the newest sends the view lists.
 LAST_DECISIONS = 20
 
 
 def profile_view(profile: Profile, now_ms: int, scores: dict[str, dict[str, Any]],
-                 journeys: JourneyRunner | None, policy: PolicyConfig) -> dict[str, Any]:
+                 journeys: JourneyRunner | None, policy: PolicyConfig, send_time: SendTime | None = None
+                 ) -> dict[str, Any]:
     """The profile as of ``now_ms`` (its windows move on to then); ``scores``: what a decision
-    record says of each score (:meth:`touchline.decisions.scoring.Scorer.entry`)."""
+    record says of each score (:meth:`touchline.decisions.scoring.Scorer.entry`); ``send_time``:
+    the engine's learner (its population pattern), else the contact's own pattern alone."""
     advance(profile, now_ms)
     known = is_known_key(profile.key)
     return {
@@ -49,8 +52,28 @@ def profile_view(profile: Profile, now_ms: int, scores: dict[str, dict[str, Any]
         "journeys": _journeys(profile, journeys),
         "consent": _consent(profile, policy),
         "engagement": {channel: dict(counts) for channel, counts in profile.engagement.items()},
+        "send_time": _send_time(profile, send_time, policy),
         "last_decisions": _last_decisions(profile),
     }
+
+
+def _send_time(profile: Profile, learner: SendTime | None, policy: PolicyConfig) -> dict[str, Any]:
+    """The contact's best local hour and the opens and clicks by local hour it comes from.
+
+    >>> p = Profile("c1", timezone="Asia/Tokyo"); p.send_hours.extend([0] * 20 + [3, 0, 0, 0])
+    >>> _send_time(p, None, PolicyConfig())["best_local_hour"], _send_time(Profile("c2"), None, PolicyConfig())
+    (20, {'best_local_hour': None, 'timezone': 'UTC', 'engagements': 0, 'engagement_by_local_hour': []})
+    """
+    from touchline.decisions.policy import contact_zone
+    from touchline.decisions.send_hours import best_hour
+
+    if learner is not None:
+        best = learner.best_hour(profile)
+    else:
+        best = best_hour(list(map(float, profile.send_hours))) if profile.send_hours else None
+    zone = contact_zone(profile.timezone, policy.quiet_hours.default_timezone)
+    return {"best_local_hour": best, "timezone": str(zone), "engagements": sum(profile.send_hours),
+            "engagement_by_local_hour": list(profile.send_hours)}
 
 
 def _iso(ts_ms: int | None) -> str | None:
@@ -79,9 +102,11 @@ def _journeys(profile: Profile, runner: JourneyRunner | None) -> list[dict[str, 
         step = None
         if journey is not None and isinstance(index, int) and index < len(journey.steps):
             step = journey.steps[index].id
+        wait = state.get("wait") or {}
         out.append({"journey": name, "active": bool(state.get("active")), "step": step,
                     "entered": _iso(state.get("entered")), "exited": _iso(state.get("exited")),
-                    "exit_reason": state.get("exit_reason"), "entries": state.get("entries", 1)})
+                    "exit_reason": state.get("exit_reason"), "entries": state.get("entries", 1),
+                    "send_at": _iso(wait.get("until")) if wait.get("kind") == "send_at" else None})
     return out
 
 

@@ -108,7 +108,8 @@ class RequestHandler:
         scores = self._scores(profile, now)
         if ask.kind == PROFILE:
             entries = {name: run.scorer.entry(name, p) for name, p in scores.items()}
-            ask.answer = profile_view(profile, now, entries, self.core.journeys, self.core.policy)
+            ask.answer = profile_view(profile, now, entries, self.core.journeys, self.core.policy,
+                                      self.core.send_time)
             ask.answer["attributes"].update(attribute_values(profile, now, self.core.attributes))
             return
         run.touched.add(key)  # its send, its windows and what experiments note of it are committed

@@ -85,6 +85,23 @@ def test_events_posted_are_in_the_profile_and_each_says_what_became_of_it(served
     assert len(dead) == 1 and dead[0]["source"].startswith("api:") and dead[0]["source"].endswith("#2")
 
 
+def test_the_profile_shows_the_best_local_hour_learned_from_opens(served):
+    """Opens in the contact's zone, a few days back: the profile names their local hour (issue 21 item 3)."""
+    from api_server import now_ms
+
+    day, hour = 86_400_000, 3_600_000
+    today = now_ms() // day * day
+    opens = [{**event(f"bt-{d}", "email_open", "c-bt", ts=today - d * day + 11 * hour), "channel": "email",
+              "context": {"timezone": "Asia/Tokyo"}} for d in (3, 2, 1)]  # 11:00 UTC = 20:00 in Tokyo
+    assert _post_events(served, *opens).json()["accepted"] == 3
+    send_time = served.client.get("/v1/contacts/c-bt").json()["send_time"]
+    assert send_time["best_local_hour"] == 20 and send_time["timezone"] == "Asia/Tokyo"
+    assert send_time["engagements"] == 3 and send_time["engagement_by_local_hour"][20] == 3
+    assert _post_events(served, event("bt-pv", "page_view", "c-bt2")).json()["accepted"] == 1
+    fresh = served.client.get("/v1/contacts/c-bt2").json()["send_time"]
+    assert fresh["engagements"] == 0 and fresh["engagement_by_local_hour"] == []
+
+
 def test_one_bad_event_alone_is_a_400_and_still_dead_lettered(served):
     answer = served.client.post("/v1/events", json={"event_id": "one-1", "type": "page_view", "ts": "yesterday",
                                                     "contact_id": "c-one"})

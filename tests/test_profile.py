@@ -484,7 +484,7 @@ def test_a_blob_written_before_the_split_loads_and_writes_back_the_same():
     keys and values (only the keys' order in the JSON object differs)."""
     back = from_parts("c1", OLD_BLOB, OLD_LOG, OLD_SENDS)
     added_since = {"first_purchase_ts": None, "purchase_days": None,  # unknown for a blob written before it was kept
-                   "tallies": {}}  # no custom attributes
+                   "tallies": {}, "send_hours": []}  # no custom attributes, no engagement hours yet
     assert orjson.loads(to_blob(back)) == {**orjson.loads(OLD_BLOB), **added_since}
     assert (type(back.journeys), type(back.touches), type(back.exposures), type(back.pending),
             type(back.observed)) == (JourneyStates, Touches, Exposures, Observations, ObservedAt)

@@ -62,7 +62,7 @@ def _preview_engine(settings: Settings, journey: Journey, trace: list[dict[str, 
         labels=settings.labels.rules(),
         retention_days=settings.state.retention_days,
         anonymous_retention_days=settings.state.anonymous_retention_days, journeys=runner, experiments=settings.experiments,
-        attributes=settings.custom_attributes(),
+        attributes=settings.custom_attributes(), send_time=settings.send_time_learner(),
         no_action_share=0.0)  # the journey's own trace says what became of each held-back step
     return Engine(MemoryStore(), core, EngineMetrics(CollectorRegistry()))
 

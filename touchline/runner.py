@@ -57,6 +57,7 @@ def simulator_spec(settings: Settings) -> "SimulatorSpec":
         days=sim.days,
         start_ms=int(sim.start.timestamp() * 1000),
         malformed_rate=sim.malformed_rate,
+        preferred_hours=sim.preferred_hours,
     )
 
 
@@ -134,6 +135,7 @@ def _decision_core(settings: Settings, journeys: "JourneyRunner | None", keeper:
         experiments=settings.experiments,
         no_action_share=settings.audit.no_action_share,
         attributes=settings.custom_attributes(),
+        send_time=settings.send_time_learner(),
     )
     core.learn = settings.models.learn
     return core
@@ -162,19 +164,35 @@ def _split_journey(key: str, name: str, journeys: "JourneyRunner | None") -> "Jo
 
 
 def _check_split_steps(key: str, split: "Split", steps: "dict[str, Step]") -> None:
-    """The split's ``step`` is a step of its journey, and every variant's ``waits`` names a wait step of it."""
+    """The split's ``step`` is a step of its journey, every variant's ``waits`` names a wait step of
+    it, and a send-time split covers a send step."""
     from touchline.decisions.journeys import WaitStep
     from touchline.settings import ConfigError
 
     if split.step is not None and split.step not in steps:
         raise ConfigError(f"{key}.step: journey {split.journey} has no step {split.step!r}; "
                           f"steps: {', '.join(steps)}")
+    _check_split_sends(key, split, steps)
     for variant in split.variants:
         for step in variant.waits:
             if not isinstance(steps.get(step), WaitStep):
                 waits = [s for s, st in steps.items() if isinstance(st, WaitStep)]
                 raise ConfigError(f"{key}.variants.{variant.name}.waits: {step!r} is not a wait step of "
                                   f"journey {split.journey}; wait steps: {', '.join(waits) or 'none'}")
+
+
+def _check_split_sends(key: str, split: "Split", steps: "dict[str, Step]") -> None:
+    """A split with ``send_at`` variants covers at least one send step (else it would time nothing)."""
+    from touchline.decisions.journeys import SendStep
+    from touchline.settings import ConfigError
+
+    if not any(v.send_at for v in split.variants):
+        return
+    sends = [s for s, st in steps.items() if isinstance(st, SendStep)]
+    if not sends or (split.step is not None and split.step not in sends):
+        where = f"{key}.step: {split.step!r} is not a send step" if split.step is not None else key
+        raise ConfigError(f"{where}: send_at variants time send steps; journey {split.journey}'s send steps: "
+                          f"{', '.join(sends) or 'none'}")
 
 
 def model_store_url(settings: Settings) -> str | None:

@@ -30,6 +30,7 @@ from touchline.decisions.custom_attributes import (
 )
 from touchline.decisions.events import KNOWN_TYPES, check_known_types
 from touchline.decisions.experiments import ExperimentSettings
+from touchline.decisions.send_time import SendTime
 from touchline.decisions.no_action import AuditSettings
 from touchline.decisions.estimators import ScoreSettings, declare_features, resolve
 from touchline.decisions.features import FEATURE_NAMES
@@ -68,6 +69,9 @@ class SimulatorSettings(_Section):
     malformed_rate: float = Field(default=0.002, ge=0.0, le=1.0)
     closed_loop: bool = Field(default=False, description="people react to the engine's decisions, with a true "
                               "effect the simulator knows (run --simulate): measured lift vs true lift")
+    preferred_hours: bool = Field(default=False, description="each person reads at a preferred local hour: "
+                                  "opens come at it, and a message that waits long for it is opened less "
+                                  "(what best-time sending can win)")
 
     @field_validator("start")
     @classmethod
@@ -332,6 +336,14 @@ class ApiSettings(_Section):
         return value
 
 
+class SendTimeSettings(_Section):
+    """Best send time (``send_at: best_time`` in a journey's send step or an experiment's variant)."""
+
+    prior_weight: float = Field(default=10.0, ge=0.0, le=10_000.0, description="how many engagements' worth "
+                                "of the population's hourly pattern a contact's own opens and clicks are shrunk "
+                                "toward (0: the contact's own alone)")
+
+
 class JourneySettings(_Section):
     files: list[Path] = Field(default_factory=list,
                               description="journey files or directories of them (e.g. examples/journeys)")
@@ -442,6 +454,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     journeys: JourneySettings = Field(default_factory=JourneySettings)
+    send_time: SendTimeSettings = Field(default_factory=SendTimeSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
@@ -477,6 +490,11 @@ class Settings(BaseSettings):
     def custom_attributes(self) -> CustomAttributes:
         """The configured custom attributes and traits, as the decision core runs them."""
         return CustomAttributes(self.attributes, self.traits)
+
+    def send_time_learner(self) -> SendTime:
+        """The send-time learner the decision core runs: quiet hours and zones from the policy."""
+        quiet = self.policy.quiet_hours
+        return SendTime(quiet.default_timezone, quiet, self.send_time.prior_weight)
 
     def vocabulary(self) -> Vocabulary:
         """What journey files may name beyond the built-ins: custom event types and attributes."""

@@ -153,6 +153,13 @@ _PROFILE_ANSWER = {"type": "object", "required": ["contact_id", "anonymous_id", 
         "type": "object", "required": ["granted", "source"],
         "properties": {"granted": {"type": "boolean"}, "source": {"enum": ["contact", "default"]}}}},
     "engagement": {"type": "object"},
+    "send_time": {"type": "object", "description": "best send time: the contact's best local hour (shrunk toward "
+                  "the population's pattern; null before there is any pattern), the zone it is in, and the "
+                  "opens and clicks by local hour it was learned from",
+                  "required": ["best_local_hour", "timezone", "engagements", "engagement_by_local_hour"],
+                  "properties": {"best_local_hour": {"type": ["integer", "null"], "minimum": 0, "maximum": 23},
+                                 "timezone": {"type": "string"}, "engagements": {"type": "integer"},
+                                 "engagement_by_local_hour": {"type": "array", "items": {"type": "integer"}}}},
     "last_decisions": {"type": "array", "items": {"type": "object", "required": ["time", "action", "channel"]}}}}
 _EVENTS_ANSWER = {"type": "object", "required": ["accepted", "duplicates", "dead_letters", "dropped", "events"],
                   "properties": {
