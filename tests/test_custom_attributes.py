@@ -209,7 +209,7 @@ def _settings(tmp_path: Path, overrides: dict | None = None, extra: str = ""):
      "aggregate sum needs property"),
     ('[attributes.views]\nevent = "product_view"\naggregate = "avg"\nwindow = "7d"\n',
      "attributes.views.aggregate: Input should be 'count', 'sum', 'distinct' or 'last'"),
-    ('[attributes.views]\nevent = "product_view"\nwindw = "7d"\n', "attributes.views.windw: unknown key"),
+    ('[attributes.views]\nevent = "product_view"\nwindw = "7d"\n', "attributes.views.windw: unknown key (did you mean 'window'?)"),
     ('[attributes.cart_value]\nevent = "add_to_cart"\nwindow = "7d"\n',
      "attributes.cart_value: 'cart_value' is a built-in profile field or model feature"),
     ('[attributes.Views]\nevent = "product_view"\nwindow = "7d"\n', "attributes.Views: a name is lowercase"),

@@ -148,7 +148,7 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     bad.write_text("[policy]\nholdout_shar = 0.1\n")
     assert main(["run", "--config", str(bad), "--no-metrics"]) == 2
     err = capsys.readouterr().err
-    assert "policy.holdout_shar" in err and "unknown key" in err and str(bad) in err
+    assert "policy.holdout_shar" in err and "unknown key (did you mean 'holdout_share'?)" in err and str(bad) in err
     out = tmp_path / "earlier-run"
     out.mkdir()
     (out / "decisions.jsonl").write_text("kept\n")

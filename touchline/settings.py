@@ -39,6 +39,7 @@ from touchline.decisions.policy import PolicyConfig
 from touchline.connectors.channels.config import DeliverySettings
 from touchline.redact import redact_secrets, secret_name
 from touchline.settings_env import misnamed_variables
+from touchline.settings_keys import unknown_key_hint
 
 if TYPE_CHECKING:
     from touchline.decisions.batch_run import LabelSettings as LabelRules
@@ -618,7 +619,7 @@ def _format(exc: ValidationError, origin: str) -> str:
         key = ".".join(str(part) for part in err["loc"])
         msg = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (typo?)"
+            msg = "unknown key" + (unknown_key_hint(Settings, err["loc"]) or " (typo?)")
         value = err.get("input")
         secret = any(secret_name(str(part)) or part == "headers" for part in err["loc"])
         shown = "" if isinstance(value, (dict, list)) or value is None or secret else f" (got {value!r})"
