@@ -7,7 +7,7 @@ from the model itself, so a suggestion is always one that would be accepted ther
 
 >>> from touchline.decisions.journeys import Journey
 >>> sorted(keys_at(Journey, ("steps", 0, "send", "send", "chanel")))  # a send step's send: {...}
-['channel', 'offer', 'template']
+['channel', 'offer', 'send_at', 'template', 'within']
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
-from touchline.decisions.errors import TouchlineError
+from touchline.decisions.errors import TouchlineError, did_you_mean
+from touchline.decisions.journey_errors import keys_at
 from touchline.decisions.custom_attributes import (
     AttributeSpec, CustomAttributes, TraitSpec, check_definitions, declared_features,
 )
@@ -39,7 +40,6 @@ from touchline.decisions.policy import PolicyConfig
 from touchline.connectors.channels.config import DeliverySettings
 from touchline.redact import redact_secrets, secret_name
 from touchline.settings_env import misnamed_variables
-from touchline.settings_keys import unknown_key_hint
 
 if TYPE_CHECKING:
     from touchline.decisions.batch_run import LabelSettings as LabelRules
@@ -613,13 +613,23 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def _unknown_key(loc: tuple[int | str, ...]) -> str:
+    """An unknown key, with the near miss among the keys its table accepts (aliases as written).
+
+    >>> _unknown_key(("delivery", "channels", "sms", "bearer_tokn")), _unknown_key(("policy", "zzz"))
+    ("unknown key (did you mean 'bearer_token'?)", 'unknown key (typo?)')
+    """
+    hint = did_you_mean(str(loc[-1]), keys_at(Settings, tuple(loc))) if loc else ""
+    return f"unknown key ({hint})" if hint else "unknown key (typo?)"
+
+
 def _format(exc: ValidationError, origin: str) -> str:
     lines = [f"invalid configuration ({origin}):"]
     for err in exc.errors():
         key = ".".join(str(part) for part in err["loc"])
         msg = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key" + (unknown_key_hint(Settings, err["loc"]) or " (typo?)")
+            msg = _unknown_key(err["loc"])
         value = err.get("input")
         secret = any(secret_name(str(part)) or part == "headers" for part in err["loc"])
         shown = "" if isinstance(value, (dict, list)) or value is None or secret else f" (got {value!r})"
