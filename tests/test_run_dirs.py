@@ -397,3 +397,20 @@ def test_a_process_given_its_parents_run_directory_names_the_run(tmp_path):
     assert child.run_id == "20261202T131415Z-0a1b2c"
     assert RunPlan(settings, tmp_path / "my-out").run_id is None
     assert RunPlan(settings, tmp_path / "runs" / "not-a-run-id").run_id is None
+
+
+def test_json_logs_hold_for_serve_from_start_to_stop(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "touchline", "serve", "--port", "0", "--out", str(tmp_path / "out")],
+                            cwd=tmp_path, env={**_env(), "TOUCHLINE_LOGGING__FORMAT": "json"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    seen = []
+    while not seen or not seen[-1]["message"].startswith("serving the API"):
+        line = proc.stderr.readline()
+        assert line, seen
+        seen.append(orjson.loads(line))
+    assert seen[-1]["url"].startswith("http://127.0.0.1:")
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert _json_lines(rest)[-1]["signal"] == "SIGTERM"

@@ -22,6 +22,7 @@ from typing import Any, Callable, TextIO
 
 from prometheus_client import CollectorRegistry
 
+from touchline.logs import console
 from touchline.api.app import Api, build_app
 from touchline.api.guard import Keys
 from touchline.api.outputs import ApiOutputs
@@ -133,8 +134,8 @@ def api_keys(settings: Settings, out: TextIO = sys.stderr) -> list[str]:
     if keys:
         return keys
     made = Keys.generate()
-    print(f"no api.keys configured: this run accepts the key {made} (send it as 'Authorization: Bearer {made}'; "
-          "set api.keys or TOUCHLINE_API__KEYS to choose your own)", file=out)
+    console(f"no api.keys configured: this run accepts the key {made} (send it as 'Authorization: Bearer {made}'; "
+            "set api.keys or TOUCHLINE_API__KEYS to choose your own)", level="warning", stream=out)
     return [made]
 
 
@@ -227,15 +228,15 @@ def serve(settings: Settings, replay: Path | None = None, out: TextIO = sys.stde
         service.on_failure = lambda: setattr(server, "should_exit", True)
         host, port = sock.getsockname()[:2]
         url = f"http://{host}:{port}"
-        print(f"serving the API on {url} (state {redact_url(settings.state.url)}; OpenAPI at {url}/openapi.json; "
-              f"decisions to {service.outputs.where['decisions']}); Ctrl-C to stop", file=out)
+        console(f"serving the API on {url} (state {redact_url(settings.state.url)}; OpenAPI at {url}/openapi.json; "
+                f"decisions to {service.outputs.where['decisions']}); Ctrl-C to stop", stream=out, url=url)
         if on_ready is not None:
             on_ready(url)
         stopped = _run_until_signal(server, sock)
         service.close()
     if service.failure:
         raise service.failure[0]
-    print(f"stopped by {stopped}: requests in flight answered, outputs closed", file=out)
+    console(f"stopped by {stopped}: requests in flight answered, outputs closed", stream=out, signal=stopped)
 
 
 #: How long a thread holds the GIL while another waits for it (Python's default: 5 ms).
