@@ -410,6 +410,16 @@ def test_json_logs_hold_for_serve_from_start_to_stop(tmp_path):
         assert line, seen
         seen.append(orjson.loads(line))
     assert seen[-1]["url"].startswith("http://127.0.0.1:")
+    import urllib.request
+
+    deadline = time.monotonic() + 30
+    while True:  # answering: its own signal handlers are up (a SIGTERM before then is a start-up abort, 143)
+        try:
+            urllib.request.urlopen(seen[-1]["url"] + "/openapi.json", timeout=2).read()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "serve never answered"
+            time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     _, rest = proc.communicate(timeout=60)
     assert proc.returncode == 0
