@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 import sys
@@ -31,6 +30,7 @@ from touchline.settings import Settings
 from touchline.state import open_store
 from touchline.redact import redact_url, remember_settings
 from touchline.stop_signals import aborted
+from touchline.heap import startup_heap_frozen
 from touchline.summary import build_summary
 
 log = logging.getLogger(__name__)
@@ -668,18 +668,10 @@ def _run_flow(settings: Settings, engine: Engine, io: _Io, progress: TextIO | No
                     "clock": settings.engine.clock, "batch_size": settings.source.batch_size})
     received: list[int] = []
     restore = _stop_on_signals(stop, received)
-    # Everything built so far (modules, compiled schema, models, journeys: ~120k objects)
-    # lives as long as the run. Out of the cyclic collector's sight, it no longer adds to each
-    # full collection, which holds the GIL throughout: the engine and a /metrics scrape both
-    # wait for it (measured: full collections ~225 -> ~110 ms at p50, scrape p99 ~330 ->
-    # ~220 ms at 6,000 in-process contacts). Reference counting still frees these objects;
-    # unfrozen at the end, so a process that runs again does not keep them.
-    gc.collect()
-    gc.freeze()
     try:
-        _execute_flow(flow, settings, recovery, engine, io, progress)
+        with startup_heap_frozen():  # what was built so far lives as long as the run
+            _execute_flow(flow, settings, recovery, engine, io, progress)
     finally:
-        gc.unfreeze()
         restore()
     wall = time.perf_counter() - started
     _log_run_end(engine, stop, wall, received)
