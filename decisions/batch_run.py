@@ -106,6 +106,7 @@ class DecisionCore:
         if self.experiments.settings.splits:
             journeys.wait_override = self.experiments.wait_override
             journeys.send_at_override = self.experiments.send_at_override
+            journeys.timing_reached = self.experiments.timing_reached
         return [journeys]
 
     def retention_ms_of(self, profile: Profile) -> int:

@@ -7,7 +7,11 @@ contact's profile and adds the records of the experiments output (see the README
 
 - **Exposure** (intent to treat): the first decision point at which a known contact
   would get a message, absent the holdout. Treated contacts get it; holdout contacts do
-  not, and are exposed all the same. One exposure per contact and experiment.
+  not, and are exposed all the same. A timing split (waits, send_at) exposes a contact
+  earlier: when its journey reaches the step whose timing the arms change, before they
+  differ, so a contact that converts or leaves while its arm waits counts in its arm, and
+  its window is widened by the longest hold of any arm. One exposure per contact and
+  experiment.
 - **Outcome**: when the exposure's window closes, on the engine clock, whether the
   contact converted in it. Outcomes are what lift is computed from.
 - **Conversion**: every conversion event of a known contact, with the credit each
@@ -22,9 +26,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from touchline.decisions.attribution import MAX_TOUCHES, MODELS, Touch, attribute
 from touchline.decisions.experiments import (
-    GLOBAL, Bandit, ExperimentSettings, Split, Variant, assign, segment_of,
+    GLOBAL, Bandit, ExperimentSettings, Split, Variant, assign, segment_of, timing_delays,
 )
-from touchline.decisions.journeys import parse_duration
+from touchline.decisions.journeys import SendStep, WaitStep, parse_duration
 from touchline.decisions.lift import LiftTable
 from touchline.decisions.outcome import ExperimentTallies
 from touchline.decisions.participant import Participant
@@ -123,6 +127,24 @@ class ExperimentRuntime(Participant):
                     return timing
         return None
 
+    def timing_reached(self, at: Moment, journey: str, step: WaitStep | SendStep, lead: float | None) -> None:
+        """A known contact reaches a step a timing split changes: it is exposed now, in the arm
+        its hash assigns, for the conversion window plus the longest hold of any arm (both arms
+        are then followed for as long from the same moment)."""
+        profile = at.profile
+        if not profile.known:
+            return
+        for name, split in self.settings.splits.items():
+            delays = timing_delays(split, journey, step) if name not in profile.exposures else None
+            if delays is None:
+                continue
+            about = {"action": f"{journey}.{step.id}" if isinstance(step, SendStep) else None,
+                     "channel": step.send.channel if isinstance(step, SendStep) else None,
+                     "journey": journey, "step": step.id, "decision_id": None, "sent": None}
+            self._expose(profile, name, assign(profile.contact_id, name, split).name, split.baseline,
+                         segment_of(profile, lead, self.settings.lead_bands), at.now_ms, at.outcome.exp,
+                         at.set_timer, about, self.window_ms + max(delays.values()))
+
     def vary(self, profile: Profile, candidates: list[Candidate], lead: float | None, now_ms: int,
              policy: PolicyConfig, tallies: ExperimentTallies) -> tuple[list[Candidate], dict[int, list[Assignment]]]:
         """Apply each split to the candidates it covers; returns them and their assignments
@@ -179,8 +201,8 @@ class ExperimentRuntime(Participant):
             return {"experiments": arms, "segment": segment}
         target = sent or would_send
         if target is not None and self.holdout_name not in profile.exposures:
-            self._expose(profile, self.holdout_name, arms[self.holdout_name], "holdout", target, sent is not None,
-                         trigger_id, segment, now_ms, tallies, set_timer)
+            self._expose(profile, self.holdout_name, arms[self.holdout_name], "holdout", segment, now_ms, tallies,
+                         set_timer, _about(profile, target, sent is not None, trigger_id))
         if sent is not None:
             self._sent(profile, sent, marks, trigger_id, segment, now_ms, tallies, set_timer)
         return {"experiments": arms, "segment": segment}
@@ -191,8 +213,8 @@ class ExperimentRuntime(Participant):
         attribution credits and a bandit's arm is rewarded through."""
         for mark in marks:
             if mark.split not in profile.exposures:
-                self._expose(profile, mark.split, mark.variant, self.settings.splits[mark.split].baseline, sent,
-                             True, trigger_id, segment, now_ms, tallies, set_timer)
+                self._expose(profile, mark.split, mark.variant, self.settings.splits[mark.split].baseline, segment,
+                             now_ms, tallies, set_timer, _about(profile, sent, True, trigger_id))
         tag = [[m.split, m.bandit_segment, m.variant] for m in marks if m.bandit_segment is not None]
         self._expire_touches(profile, now_ms, set_timer)
         profile.touches.append([now_ms, decision_id(profile.contact_id, sent.action, sent.channel, trigger_id),
@@ -200,19 +222,27 @@ class ExperimentRuntime(Participant):
         if tag and TOUCH_TIMER not in profile.timers:
             set_timer(TOUCH_TIMER, now_ms + self.window_ms)
 
-    def _expose(self, profile: Profile, experiment: str, arm: str, baseline: str, target: Candidate, sent: bool,
-                trigger_id: str, segment: dict[str, str], now_ms: int, tallies: ExperimentTallies,
-                set_timer: SetTimer) -> None:
+    def _expose(self, profile: Profile, experiment: str, arm: str, baseline: str, segment: dict[str, str],
+                now_ms: int, tallies: ExperimentTallies, set_timer: SetTimer, about: dict[str, Any],
+                window_ms: int | None = None) -> None:
+        """Expose the contact to ``experiment`` in ``arm`` now, followed for ``window_ms`` (the
+        conversion window unless a timing split widens it); ``about``: what it was exposed at."""
+        window = self.window_ms if window_ms is None else window_ms
         profile.exposures[experiment] = {"arm": arm, "baseline": baseline, "at": now_ms, "segment": segment,
                                          "converted_at": None, "value": 0.0}
-        set_timer(EXPOSURE_TIMER_PREFIX + experiment, now_ms + self.window_ms)
+        if window != self.window_ms:
+            profile.exposures[experiment]["window_ms"] = window
+        set_timer(EXPOSURE_TIMER_PREFIX + experiment, now_ms + window)
         tallies.exposures[(experiment, arm)] += 1
         tallies.records.append({
             "kind": "exposure", "experiment": experiment, "arm": arm, "baseline": baseline,
             "contact_id": profile.contact_id, "exposed_at_ms": now_ms, "exposed_at": iso_ms(now_ms),
-            "window_ms": self.window_ms, "segment": segment, "action": target.action, "channel": target.channel,
-            "decision_id": decision_id(profile.contact_id, target.action, target.channel, trigger_id), "sent": sent,
+            "window_ms": window, "segment": segment, **about,
         })
+
+    def _window(self, exposure: dict[str, Any]) -> int:
+        """An exposure's window: its own (a timing split's, widened), else the conversion window."""
+        return int(exposure.get("window_ms", self.window_ms))
 
     # ---------------------------------------------------------------- conversions
     def on_event(self, profile: Profile, event_type: str, event_id: str, ts_ms: int, value: float,
@@ -238,7 +268,7 @@ class ExperimentRuntime(Participant):
     def _convert_exposures(self, profile: Profile, ts_ms: int, value: float) -> None:
         """Open exposures whose window holds the conversion convert (the first conversion only)."""
         for exp in profile.exposures.values():
-            if "closed" not in exp and exp["converted_at"] is None and exp["at"] < ts_ms <= exp["at"] + self.window_ms:
+            if "closed" not in exp and exp["converted_at"] is None and exp["at"] < ts_ms <= exp["at"] + self._window(exp):
                 exp["converted_at"], exp["value"] = ts_ms, value
 
     def _credit(self, credits: dict[str, list[tuple[Touch, float]]], value: float, tallies: ExperimentTallies) -> None:
@@ -271,7 +301,7 @@ class ExperimentRuntime(Participant):
         tallies.outcomes[(experiment, exp["arm"], "true" if converted else "false")] += 1
         tallies.records.append({
             "kind": "outcome", "experiment": experiment, "arm": exp["arm"], "baseline": exp["baseline"],
-            "contact_id": profile.contact_id, "exposed_at_ms": exp["at"], "window_ms": self.window_ms,
+            "contact_id": profile.contact_id, "exposed_at_ms": exp["at"], "window_ms": self._window(exp),
             "segment": exp["segment"], "converted": converted, "converted_at_ms": exp["converted_at"],
             "value": exp["value"],
         })
@@ -317,3 +347,9 @@ class ExperimentRuntime(Participant):
 
 def _variant(split: Split, name: str) -> Variant:
     return next(v for v in split.variants if v.name == name)
+
+
+def _about(profile: Profile, target: Candidate, sent: bool, trigger_id: str) -> dict[str, Any]:
+    """What an exposure at a decision was exposed at: the message, sent or (holdout) held back."""
+    return {"action": target.action, "channel": target.channel,
+            "decision_id": decision_id(profile.contact_id, target.action, target.channel, trigger_id), "sent": sent}

@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from touchline.decisions.events import check_known_types
-from touchline.decisions.journeys import Duration, SendAt, check_send_window, parse_duration
+from touchline.decisions.journeys import Duration, SendAt, SendStep, WaitStep, check_send_window, parse_duration
 from touchline.decisions.policy import ALL_CHANNELS, PULL_CHANNELS, Candidate, bucket
 from touchline.decisions.profile import DAY_MS, Profile
 
@@ -203,6 +203,48 @@ def lead_band(lead: float | None, bands: list[float]) -> str:
     index = sum(lead >= b for b in bands)
     names = ("low", "mid", "high") if len(bands) == 2 else tuple(f"band{i}" for i in range(len(bands) + 1))
     return names[index]
+
+
+def timing_delays(split: Split, journey: str, step: WaitStep | SendStep) -> dict[str, int] | None:
+    """How long each arm of ``split`` holds a contact at ``step`` of ``journey`` (ms), or None
+    when the split does not change that step's timing. A wait lasts the arm's own length or the
+    file's; a send goes at once, or at best within the arm's window (or the step's).
+
+    >>> from touchline.decisions.journeys import Journey
+    >>> j = Journey.model_validate({"journey": "cart", "entry": {"event": "add_to_cart"}, "steps": [
+    ...     {"id": "idle", "wait": "30m"}, {"id": "mail", "send": {"channel": "email", "template": "t"}}]})
+    >>> waits = Split(journey="cart", variants=[Variant(name="30m"), Variant(name="2h", waits={"idle": "2h"})])
+    >>> timing_delays(waits, "cart", j.steps[0]), timing_delays(waits, "cart", j.steps[1])
+    ({'30m': 1800000, '2h': 7200000}, None)
+    >>> send = Split(journey="cart", step="mail", variants=[
+    ...     Variant(name="fixed", send_at="now"), Variant(name="best", send_at="best_time", within="12h")])
+    >>> timing_delays(send, "cart", j.steps[1]), timing_delays(send, "other", j.steps[1])
+    ({'fixed': 0, 'best': 43200000}, None)
+    """
+    if split.journey != journey:
+        return None
+    return _wait_delays(split, step) if isinstance(step, WaitStep) else _send_delays(split, step)
+
+
+def _wait_delays(split: Split, step: WaitStep) -> dict[str, int] | None:
+    """Each arm's wait at ``step``: its own length, else the file's (None: no arm changes it)."""
+    if not any(step.id in v.waits for v in split.variants):
+        return None
+    return {v.name: parse_duration(v.waits[step.id]) if step.id in v.waits else step.wait_ms for v in split.variants}
+
+
+def _send_delays(split: Split, step: SendStep) -> dict[str, int] | None:
+    """Each arm's longest hold of the send at ``step`` (None: the split sets no send time there)."""
+    if (split.step is not None and split.step != step.id) or not any(v.send_at for v in split.variants):
+        return None
+    own = (step.send.send_at, step.send.within_ms)
+    return {v.name: _send_delay(v.send_timing() or own, step.send.within_ms) for v in split.variants}
+
+
+def _send_delay(timing: tuple[str, int | None], step_within_ms: int) -> int:
+    """The longest a send waits for its time: none for ``now``, the window for ``best_time``."""
+    send_at, within_ms = timing
+    return 0 if send_at != "best_time" else within_ms or step_within_ms
 
 
 def segment_of(profile: Profile, lead: float | None, bands: list[float]) -> dict[str, str]:

@@ -223,6 +223,9 @@ class JourneyRunner(Participant):
         self.wait_override: Callable[[str, str, str], int | None] | None = None
         #: (contact key, journey, send step id) -> (send_at, window ms), or None for the file's: send-time experiments
         self.send_at_override: Callable[[str, str, str], tuple[str, int | None] | None] | None = None
+        #: told when a contact reaches a wait or send step: the experiments expose it to a timing
+        #: split there, before the arms' timing differs (intent to treat)
+        self.timing_reached: Callable[[Moment, str, WaitStep | SendStep, float | None], None] | None = None
         #: when a ``send_at: best_time`` step goes out (the engine gives its learner, with the policy's quiet hours)
         self.send_time = SendTime(default_zone, QuietHours(default_timezone=default_zone))
 
@@ -555,6 +558,7 @@ class JourneyRunner(Participant):
         """A timed wait (its length may be an experiment's), or until a time of day."""
         profile, name, now_ms = walk.profile, walk.journey.journey, walk.now_ms
         if isinstance(step, WaitStep):
+            self._reached(walk, step)
             override = self.wait_override(profile.contact_id, name, step.id) if self.wait_override else None
             due = now_ms + (step.wait_ms if override is None else override)
         else:
@@ -580,6 +584,8 @@ class JourneyRunner(Participant):
     def _send(self, walk: _Walk, step: SendStep | HandoffStep, index: int) -> list[Candidate] | None:
         """Propose the send, unless the journey's own cap is reached (then the step is skipped)."""
         journey = walk.journey
+        if isinstance(step, SendStep):
+            self._reached(walk, step)
         if journey.caps is not None and self._capped(walk.state, journey, walk.now_ms):
             walk.at.outcome.journeys.suppressed[(journey.journey, step.id, "skipped")] += 1
             self._trace(walk.profile, journey, step.id, walk.now_ms, "journey cap reached: skipped")
@@ -588,6 +594,10 @@ class JourneyRunner(Participant):
         if isinstance(step, SendStep) and self._wait_for_best_time(walk, step):
             return []
         return [self._candidate(walk.profile, journey, step, walk.scores)]
+
+    def _reached(self, walk: _Walk, step: WaitStep | SendStep) -> None:
+        if self.timing_reached is not None:
+            self.timing_reached(walk.at, walk.journey.journey, step, walk.scores.get("lead"))
 
     def _send_timing(self, contact: str, journey: str, step: SendStep) -> tuple[str, int]:
         """(send_at, window ms) of a send step for this contact: an experiment's, else the file's."""

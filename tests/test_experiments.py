@@ -30,9 +30,9 @@ SPLIT = {"cart_copy": Split(action="cart_reminder", variants=[
 
 
 def make(holdout: float = 0.0, splits: dict | None = None, registry: CollectorRegistry | None = None,
-         journeys=None, **exp) -> Engine:
+         journeys=None, policy: dict | None = None, **exp) -> Engine:
     models = {"lead": ModelConfig(name="lead"), "churn": ModelConfig(name="churn")}
-    core = DecisionCore(PolicyConfig(holdout_share=holdout), models, LabelSettings(7.0, 7.0, GOALS),
+    core = DecisionCore(PolicyConfig(holdout_share=holdout, **(policy or {})), models, LabelSettings(7.0, 7.0, GOALS),
                         journeys=journeys, experiments=ExperimentSettings(splits=splits or {}, **exp))
     return Engine(MemoryStore(), core, EngineMetrics(registry or CollectorRegistry()))
 
@@ -245,6 +245,43 @@ def test_timing_variant_changes_a_journey_wait(tmp_path):
     for c, at in sent_at.items():
         days = 3 if assign(c, "onb_timing", split).name == "slow" else 1
         assert T0 + days * DAY_MS <= at < T0 + days * DAY_MS + HOUR_MS
+
+
+def test_a_timing_split_exposes_at_the_step_it_changes_so_converting_while_waiting_counts():
+    """Intent to treat: a contact is exposed to a timing split when its journey reaches the wait
+    step the arms change, not at the later send. A contact who buys during its arm's longer
+    wait (the journey ends at its goal, nothing is sent) is counted, converted, in that arm;
+    both arms are followed for the conversion window plus the longest wait from that moment."""
+    from touchline.decisions.journey_runtime import JourneyRunner
+    from touchline.decisions.journeys import parse_journey
+    from tests.test_journeys_runtime import BUILT_INS_OFF
+
+    journey = parse_journey(
+        "journey: cart\nentry: {event: add_to_cart}\nexit: {goal: [purchase]}\nsteps:\n"
+        "  - id: idle\n    wait: 30m\n"
+        "  - id: remind\n    send: {channel: email, template: cart/1}\n", "cart.yaml")
+    split = Split(journey="cart", variants=[Variant(name="30m"), Variant(name="2h", waits={"idle": "2h"})])
+    e = make(splits={"cart_timing": split}, journeys=JourneyRunner([journey], "UTC", {"email": True}),
+             policy={"actions": BUILT_INS_OFF}, conversion_types=["purchase"], window_days=1)
+    contacts = [f"c{i}" for i in range(40)]
+    arm = {c: assign(c, "cart_timing", split).name for c in contacts}
+    first = e.process(RawBatch([cart(c, T0) for c in contacts], "t"))
+    exposed = {r["contact_id"]: r for r in records(first, "exposure") if r["experiment"] == "cart_timing"}
+    assert set(exposed) == set(contacts)  # at the wait step, before anything is sent
+    for c, r in exposed.items():
+        assert (r["arm"], r["step"], r["sent"], r["exposed_at_ms"]) == (arm[c], "idle", None, T0)
+        assert r["window_ms"] == DAY_MS + 2 * HOUR_MS  # the window plus the longest wait of any arm
+    buyers = [c for c in contacts if arm[c] == "2h"][:5]  # they buy an hour in: before their reminder
+    later = e.process(RawBatch([line(f"{c}-buy", "purchase", T0 + HOUR_MS, c, properties={"value": 10})
+                                for c in buyers], "t", advance_to_ms=T0 + 3 * HOUR_MS))
+    assert not [r for r in records(later, "exposure") if r["experiment"] == "cart_timing"]  # not again at the sends
+    reminded = {d["contact_id"] for d in later.decisions if d.get("journey") == "cart"}
+    assert reminded == {c for c in contacts if c not in buyers}
+    closed = e.process(RawBatch([], "t", advance_to_ms=T0 + DAY_MS + 3 * HOUR_MS))
+    outcomes = {r["contact_id"]: r for r in records(closed, "outcome") if r["experiment"] == "cart_timing"}
+    assert set(outcomes) == set(contacts)
+    assert {c for c, r in outcomes.items() if r["converted"]} == set(buyers)
+    assert all(outcomes[c]["arm"] == "2h" for c in buyers)
 
 
 # ------------------------------------------------------------------ lift

@@ -318,6 +318,8 @@ class ExperimentStats:
 
     lift: LiftTable = field(default_factory=LiftTable)
     exposures: Counter[tuple[str, str]] = field(default_factory=Counter)  # (experiment, arm)
+    #: exposed when a journey reached the step a timing split changes (before any send)
+    at_step: Counter[tuple[str, str]] = field(default_factory=Counter)
     sent: Counter[tuple[str, str]] = field(default_factory=Counter)
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
     conversions: int = 0
@@ -346,6 +348,7 @@ class ExperimentStats:
         ts = _time(doc, "exposed_at_ms", "exposed_at")
         self.exposures[key] += 1
         self.sent[key] += doc.get("sent") is True
+        self.at_step[key] += doc.get("sent") is None and "step" in doc
         self.span.see(ts)
 
     def _outcome(self, doc: Mapping[str, Any]) -> None:
@@ -787,11 +790,20 @@ def lift_section(data: ReportData, confidence: float, min_per_arm: int, truth: T
 
 
 def _arm_counts(exp: ExperimentStats, name: str) -> str:
-    """One experiment's arms: contacts exposed (and sent to), and windows closed."""
+    """One experiment's arms: contacts exposed (and sent to, or reached the step a timing split
+    changes), and windows closed."""
     arms = sorted({a for e, a in exp.exposures if e == name} | {a for e, a in exp.outcomes if e == name})
     return f"{name}: " + "; ".join(
-        f"{arm} {_n(exp.exposures[(name, arm)])} exposed ({_n(exp.sent[(name, arm)])} sent), "
+        f"{arm} {_n(exp.exposures[(name, arm)])} exposed ({_how_exposed(exp, (name, arm))}), "
         f"{_n(exp.outcomes[(name, arm)])} windows closed" for arm in arms)
+
+
+def _how_exposed(exp: ExperimentStats, key: tuple[str, str]) -> str:
+    """How many of an arm's exposures were sends, and how many came at a timed step."""
+    sent = f"{_n(exp.sent[key])} sent"
+    if not exp.at_step[key]:
+        return sent
+    return f"{_n(exp.at_step[key])} at the timed step" + (f", {sent}" if exp.sent[key] else "")
 
 
 def scores_section(data: ReportData) -> Section:
