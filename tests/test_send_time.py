@@ -226,6 +226,9 @@ def test_the_closed_loop_split_reports_both_arms(small_settings, tmp_path):
     records = [json.loads(x) for x in (settings.output.dir / "experiments.jsonl").read_text().splitlines()]
     arms = {r["arm"] for r in records if r["kind"] == "exposure" and r["experiment"] == "send_time"}
     assert arms == {"fixed", "best_time"}
+    # the simulator knows its effect on purchases, not on opens: no "true lift" to hold opens against
+    assert all(e.get("true_lift") is None for ests in summary["experiments"]["lift"].values() for e in ests)
+    assert "converts on email_open" in summary["experiments"]["truth"]["note"]
 
 
 def test_send_time_splits_are_checked_with_the_key_named(tmp_path):

@@ -605,11 +605,17 @@ class RecordedLines:
 
 
 def attach_truth(summary: dict[str, Any], engine: Engine) -> None:
-    """A closed-loop simulation knows the true lift: put it beside each measured one."""
+    """A closed-loop simulation knows the true lift on purchases: put it beside each measured one
+    (only when purchases are the conversions; a lift in opens has no truth to compare with)."""
     loop = engine.closed_loop
     if loop is None:
         return
     experiments = engine.core.experiments
+    if experiments.conversion_types != {"purchase"}:
+        summary["experiments"]["truth"] = {
+            "experiment": experiments.holdout_name, "note": "no true lift: the simulator knows its effect on "
+            f"purchases, and this run converts on {', '.join(sorted(experiments.conversion_types))}"}
+        return
     truth = loop.sim.true_lift(loop.outcomes, experiments.holdout_name)
     for est in summary["experiments"]["lift"].get(experiments.holdout_name, []):
         seg = est["segment"]
