@@ -413,6 +413,20 @@ def test_deploy_promote_status_commands(tmp_path, capsys):
     assert "hat" in capsys.readouterr().out
 
 
+def test_a_deployed_churn_model_with_a_horizon_asks_the_labels_question(tmp_path, capsys):
+    """``models deploy churn bgnbd`` predicts over labels.churn_horizon_days, as a configured one
+    does (not its own 90-day default, graded on 7-day labels); another horizon is refused, naming both."""
+    out = ["--out", str(tmp_path / "o")]
+    assert main(["models", "deploy", "churn", "bgnbd", *out]) == 0
+    capsys.readouterr()
+    assert main(["models", "status", *out]) == 0
+    assert "bgnbd(horizon_days=7.0)" in capsys.readouterr().out
+    assert main(["models", "deploy", "churn", "bgnbd(horizon_days=90)", "--as", "champion", *out]) == 1
+    assert ("models.churn.params.horizon_days (90) differs from labels.churn_horizon_days (7)"
+            in capsys.readouterr().err)
+    assert main(["models", "deploy", "churn", "bgnbd(horizon_days=7)", "--as", "champion", *out]) == 0
+
+
 # ------------------------------------------------------------------ issue 22: a safer manual promotion
 def _figures(out: Path, version: str, labels: int, challenger: dict, champion: dict) -> None:
     """The status document an engine's checkpoint writes, with one challenger beside the champion."""

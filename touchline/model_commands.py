@@ -28,7 +28,7 @@ from touchline.decisions.errors import TouchlineError
 from touchline.decisions.estimators import (
     ModelConfig, ModelSpecError, ScoreSettings, config_from, registered_models, resolve, score_settings,
 )
-from touchline.settings import ConfigError, Settings
+from touchline.settings import ConfigError, Settings, follow_churn_horizon
 
 if TYPE_CHECKING:
     from touchline.batch_service import Engine
@@ -204,6 +204,8 @@ def deploy(settings: Settings, score: str, model: ModelConfig, role: str,
     so the engine starts the model from it."""
     from touchline.state.model_store import new_revision
 
+    if score == "churn":
+        _asks_the_label_question(settings, model, role, checkpoint is not None)
     store = _store(settings)
 
     def change(current: dict[str, Any] | None) -> dict[str, Any]:
@@ -228,6 +230,27 @@ def deploy(settings: Settings, score: str, model: ModelConfig, role: str,
         return doc
     finally:
         store.close()
+
+
+def churn_asks_the_label_question(key: str, config: ModelConfig, horizon_days: float) -> None:
+    """:func:`touchline.settings.follow_churn_horizon` for a model named on the command line
+    (``key``), a ConfigError when it asks another question."""
+    try:
+        follow_churn_horizon(key, config, horizon_days)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _asks_the_label_question(settings: Settings, model: ModelConfig, role: str, trained: bool) -> None:
+    """A churn model with a horizon of its own predicts over the labels' horizon (as the settings
+    require of a configured one): left out, it takes it; another one is a ConfigError. A trained
+    checkpoint's horizon is part of what it learned: it must match as it is."""
+    key = "models.churn" if role == "champion" else "models.churn.challenger"
+    target = model.model_copy(deep=True) if trained else model
+    churn_asks_the_label_question(key, target, settings.labels.churn_horizon_days)
+    if trained and target.params != model.params:
+        raise ConfigError(f"{key}: the checkpoint's model has no horizon_days; it cannot answer "
+                          f"labels.churn_horizon_days ({settings.labels.churn_horizon_days:g})")
 
 
 def read_checkpoint(settings: Settings, path: Path, score: str | None = None) -> tuple[ModelConfig, bytes]:
@@ -361,7 +384,7 @@ def evaluate(settings: Settings, input_path: Path, models: list[str], scores: li
     logistic regression cross-validated on the same captured features."""
     from touchline.model_training import Capture, ceiling_figures
 
-    configs = _candidates(models, scores, features, calibration)
+    configs = _candidates(models, scores, features, calibration, settings.labels.churn_horizon_days)
     for score in scores:
         configs[score] = configs[score] or [settings.models.scores()[score].champion()]
     loaded, trained_on = _checkpoint_candidates(settings, checkpoints or [], configs)
@@ -450,9 +473,14 @@ def replay_file(settings: Settings, input_path: Path, configs: dict[str, list[Mo
 
 
 def _candidates(models: list[str], scores: list[str], features: list[str] | None,
-                calibration: str = "none") -> dict[str, list[ModelConfig]]:
-    """Each score's candidate models, validated; the same model twice would only compare it with itself."""
+                calibration: str = "none", churn_horizon_days: float | None = None) -> dict[str, list[ModelConfig]]:
+    """Each score's candidate models, validated (a churn model with a horizon of its own asks
+    the labels' question, see :func:`follow_churn_horizon`); the same model twice would only
+    compare it with itself."""
     configs = {score: [model_config(score, text, features, calibration) for text in models] for score in scores}
+    if churn_horizon_days is not None:
+        for config in configs.get("churn", []):
+            churn_asks_the_label_question("--model", config, churn_horizon_days)
     for cfgs in configs.values():
         versions = [c.version for c in cfgs]
         if len(set(versions)) != len(versions):

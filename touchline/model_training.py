@@ -88,10 +88,12 @@ def train(settings: Settings, input_path: Path, score: str, model: ModelConfig |
     """Replay ``input_path``, fit ``model`` (default: the score's configured champion) on the
     score's resolved labels, and write it as a checkpoint (``out``, default
     ``<output.dir>/trained/<score>-<version>.ckpt``); returns what was done, with figures."""
-    from touchline.model_commands import replay_file
+    from touchline.model_commands import churn_asks_the_label_question, replay_file
     from touchline.state.model_store import encode_checkpoint
 
     config = model or settings.models.scores()[score].champion()
+    if score == "churn":
+        churn_asks_the_label_question("--model", config, settings.labels.churn_horizon_days)
     capture = Capture([score])
     replayed = replay_file(settings, input_path, {score: [config]}, batch_size, capture)
     captured = capture.scores[score]

@@ -33,7 +33,7 @@ from touchline.decisions.events import KNOWN_TYPES, check_known_types
 from touchline.decisions.experiments import ExperimentSettings
 from touchline.decisions.send_time import SendTime
 from touchline.decisions.no_action import AuditSettings
-from touchline.decisions.estimators import ScoreSettings, declare_features, resolve
+from touchline.decisions.estimators import ModelConfig, ScoreSettings, declare_features, resolve
 from touchline.decisions.features import FEATURE_NAMES
 from touchline.decisions.journeys import PROFILE_FIELDS, Vocabulary
 from touchline.decisions.policy import PolicyConfig
@@ -581,13 +581,21 @@ set them to the same number of days (or leave horizon_days out: it follows the l
     horizon = settings.labels.churn_horizon_days
     churn = settings.models.churn
     for key, config in (("models.churn", churn), ("models.churn.challenger", churn.challenger)):
-        if config is None or "horizon_days" not in inspect.signature(resolve(config.estimator)[1]).parameters:
-            continue
-        value = config.params.setdefault("horizon_days", horizon)
-        if value != horizon:
-            raise ValueError(f"{key}.params.horizon_days ({value:g}) differs from labels.churn_horizon_days "
-                             f"({horizon:g}): set them to the same number of days (or leave horizon_days out: it "
-                             "follows the label)")
+        if config is not None:
+            follow_churn_horizon(key, config, horizon)
+
+
+def follow_churn_horizon(key: str, config: ModelConfig, horizon: float) -> None:
+    """A churn model with a ``horizon_days`` of its own takes the labels' ``horizon`` when it
+    has none; a different one is refused (ValueError naming ``key``). The settings and
+    ``touchline models deploy`` both apply it."""
+    if "horizon_days" not in inspect.signature(resolve(config.estimator)[1]).parameters:
+        return
+    value = config.params.setdefault("horizon_days", horizon)
+    if value != horizon:
+        raise ValueError(f"{key}.params.horizon_days ({value:g}) differs from labels.churn_horizon_days "
+                         f"({horizon:g}): set them to the same number of days (or leave horizon_days out: it "
+                         "follows the label)")
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
