@@ -29,12 +29,13 @@ from touchline.decisions.experiments import (
     GLOBAL, Bandit, ExperimentSettings, Split, Variant, assign, segment_of, timing_delays,
 )
 from touchline.decisions.journeys import SendStep, WaitStep, parse_duration
-from touchline.decisions.lift import LiftTable
+from touchline.decisions.lift import ALL, LiftTable
 from touchline.decisions.outcome import ExperimentTallies
 from touchline.decisions.participant import Participant
 from touchline.decisions.policy import Candidate, PolicyConfig, eligibility
 from touchline.decisions.profile import Profile, money
 from touchline.decisions.record import decision_id, iso_ms
+from touchline.decisions.sample_ratio import sample_ratio
 
 if TYPE_CHECKING:
     from touchline.decisions.arbitration import DecisionPoint
@@ -342,7 +343,30 @@ class ExperimentRuntime(Participant):
             attribution.setdefault(model, {})[channel] = {
                 "conversions": round(n, 3), "value": round(self.credited_value[(model, channel)], 2)}
         return {"window_ms": self.window_ms, "lift": experiments, "attribution": attribution,
-                "bandits": {name: b.status() for name, b in self.bandits.items()}}
+                "bandits": {name: b.status() for name, b in self.bandits.items()},
+                "sample_ratio": self.sample_ratios()}
+
+    def sample_ratios(self) -> dict[str, dict[str, Any]]:
+        """Per experiment assigned by hash, the contacts whose window closed in each arm against
+        the shares assigned (see :mod:`touchline.decisions.sample_ratio`); bandits choose
+        adaptively and have no fixed shares."""
+        out = {}
+        for name in self.lift.experiments():
+            shares = self._assigned_shares(name)
+            observed = {arm: self.lift.tally(name, arm, *ALL)[0] for arm in self.lift.arms[name]}
+            found = sample_ratio(name, observed, shares) if shares else None
+            if found is not None:
+                out[name] = found.to_dict()
+        return out
+
+    def _assigned_shares(self, name: str) -> dict[str, float] | None:
+        if name == self.holdout_name:
+            share = self.policy.holdout_share
+            return {"treatment": 1.0 - share, "holdout": share}
+        split = self.settings.splits.get(name)
+        if split is None or split.assignment != "hash":
+            return None
+        return {v.name: v.weight for v in split.variants}
 
 
 def _variant(split: Split, name: str) -> Variant:

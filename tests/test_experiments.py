@@ -284,6 +284,33 @@ def test_a_timing_split_exposes_at_the_step_it_changes_so_converting_while_waiti
     assert all(outcomes[c]["arm"] == "2h" for c in buyers)
 
 
+def test_the_summary_checks_each_hashed_experiments_sample_ratio_and_flags_a_mismatch():
+    """Arms assigned by hash must hold their shares up to chance (chi-square); a split whose
+    variant loses contacts before they are counted is a sample ratio mismatch. Bandits have no
+    fixed shares and are not checked."""
+    from touchline.decisions.experiment_runtime import ExperimentRuntime
+    from touchline.summary import _sample_ratio_lines
+
+    settings = ExperimentSettings(splits={
+        "copy": Split(action="welcome", variants=[Variant(name="a", weight=3), Variant(name="b")]),
+        "lossy": Split(action="cart_reminder", variants=[Variant(name="a"), Variant(name="b", channel="sms")]),
+        "bandit": Split(action="winback_offer", assignment="thompson", variants=[Variant(name="a"), Variant(name="b")])})
+    runtime = ExperimentRuntime(settings, policy=PolicyConfig(holdout_share=0.1))
+    for experiment, arms in (("global_holdout", {"treatment": 905, "holdout": 95}), ("copy", {"a": 760, "b": 240}),
+                             ("lossy", {"a": 500, "b": 400}), ("bandit", {"a": 900, "b": 100})):
+        for arm, n in arms.items():
+            for _ in range(n):
+                runtime.lift.add(experiment, arm, next(iter(arms)), {}, False)
+    ratios = runtime.summary()["sample_ratio"]
+    assert set(ratios) == {"global_holdout", "copy", "lossy"}
+    assert ratios["copy"]["expected_share"] == {"a": 0.75, "b": 0.25} and not ratios["copy"]["mismatch"]
+    assert ratios["global_holdout"]["expected_share"] == {"treatment": 0.9, "holdout": 0.1}
+    assert not ratios["global_holdout"]["mismatch"]
+    assert ratios["lossy"]["mismatch"] and ratios["lossy"]["p_value"] < 0.001
+    assert "sample ratio mismatch" in _sample_ratio_lines(ratios["lossy"])[1]
+    assert len(_sample_ratio_lines(ratios["copy"])) == 1
+
+
 # ------------------------------------------------------------------ lift
 
 def test_lift_interval_matches_newcombe_and_the_guard_refuses_small_samples():

@@ -265,6 +265,23 @@ def test_truth_is_drawn_and_tabled(run_dir: Path) -> None:
     assert "No events file (not given)" in html
 
 
+def test_the_lift_section_checks_the_sample_ratio_against_the_summarys_shares(run_dir: Path, tmp_path: Path) -> None:
+    """With the run's summary, each experiment's closed windows per arm are tested against the
+    shares assigned: 250 treated to 120 held out cannot come from a 5% holdout; 20 to 24 from
+    a 50/50 split can. A share that is not a number is skipped and counted, never a crash."""
+    summary = tmp_path / "summary.json"
+    summary.write_bytes(orjson.dumps({"experiments": {"sample_ratio": {
+        "global_holdout": {"expected_share": {"treatment": 0.95, "holdout": 0.05}},
+        "subject_test": {"expected_share": {"a": 0.5, "b": 0.5}},
+        "broken": {"expected_share": {"a": "half"}}}}}))
+    html = report.build_report(run_dir / "decisions.jsonl", run_dir / "experiments.jsonl", None, summary=summary)
+    assert "global_holdout: sample ratio 250 : 120 windows closed (treatment : holdout) against 95% : 5%" in html
+    assert html.count("SAMPLE RATIO MISMATCH") == 1
+    assert "subject_test: sample ratio 20 : 24 windows closed (a : b) against 50% : 50% assigned, p = 0.546" in html
+    assert "1 unusable entries skipped" in html
+    assert "sample ratio" not in report.build_report(run_dir / "decisions.jsonl", run_dir / "experiments.jsonl", None)
+
+
 def test_missing_and_empty_inputs_explain_themselves(tmp_path: Path) -> None:
     (tmp_path / "decisions.jsonl").write_bytes(b"")
     html = report.build_report(tmp_path / "decisions.jsonl", tmp_path / "nope.jsonl", None)

@@ -38,6 +38,7 @@ from touchline.logs import console
 from touchline.decisions.errors import TouchlineError
 from touchline.decisions.attribution import MODELS
 from touchline.decisions.events import Rejected, parse_event, parse_ts
+from touchline.decisions.sample_ratio import sample_ratio
 from touchline.decisions.lift import ALL, LiftEstimate, LiftTable
 from touchline.report_run import RunSummary, journeys_section, quality_section, read_summary
 from touchline.report_parts import (
@@ -778,6 +779,7 @@ def lift_section(data: ReportData, confidence: float, min_per_arm: int, truth: T
         return sec
     for name in names:
         sec.facts.append(_arm_counts(exp, name))
+        sec.facts += _sample_ratio_facts(exp, name, data.summary.assigned.get(name))
         ests = exp.lift.estimates(name, confidence, min_per_arm)
         if not ests:
             sec.facts.append(f"{name}: no closed windows in both arms yet, so no lift to estimate.")
@@ -787,6 +789,21 @@ def lift_section(data: ReportData, confidence: float, min_per_arm: int, truth: T
         sec.plots.append(_forest(name, ests, t, multi, confidence))
         sec.tables.append(_lift_table(name, ests, t, multi))
     return sec
+
+
+def _sample_ratio_facts(exp: ExperimentStats, name: str, assigned: Mapping[str, float] | None) -> list[str]:
+    """The windows closed per arm against the shares assigned (from the run's summary), with a
+    warning on a mismatch; nothing without the shares or with too few contacts to test."""
+    found = sample_ratio(name, {arm: exp.outcomes[(name, arm)] for arm in assigned}, assigned) if assigned else None
+    if found is None:
+        return []
+    text = (f"{name}: sample ratio {' : '.join(_n(n) for n in found.observed.values())} windows closed "
+            f"({' : '.join(found.observed)}) against {' : '.join(f'{s:.0%}' for s in found.expected_share.values())} "
+            f"assigned, p = {found.p_value:.3g}")
+    if found.mismatch:
+        text += (" - SAMPLE RATIO MISMATCH: the arms do not hold the shares they were assigned, so something "
+                 "besides the assignment decided who was counted where; do not trust this lift")
+    return [text]
 
 
 def _arm_counts(exp: ExperimentStats, name: str) -> str:

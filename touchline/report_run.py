@@ -69,6 +69,8 @@ class RunSummary:
     journeys: dict[str, JourneyStats] = field(default_factory=dict)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     quality: list[dict[str, Any]] | None = None  # None: the summary does not record figures per day
+    #: experiment -> arm -> the share of contacts assigned to it (the sample ratio check's expectation)
+    assigned: dict[str, dict[str, float]] = field(default_factory=dict)
     bad_entries: int = 0
 
     def status(self) -> str:
@@ -81,6 +83,17 @@ class RunSummary:
         if self.error:
             return f"{self.path} could not be used: {self.error}"
         return "" if self.found else f"{self.path} not found"
+
+    def take_assigned(self, ratios: Any) -> None:
+        """Each experiment's assigned shares per arm from the summary's ``sample_ratio`` (what is
+        not a mapping of arm to a share between 0 and 1 is skipped and counted)."""
+        for name, ratio in (ratios.items() if isinstance(ratios, dict) else []):
+            shares = ratio.get("expected_share") if isinstance(ratio, dict) else None
+            if (not isinstance(shares, dict) or not shares
+                    or not all(_share(v) for v in shares.values())):
+                self.bad_entries += 1
+                continue
+            self.assigned[str(name)] = {str(arm): float(v) for arm, v in shares.items()}
 
     def take_journeys(self, tallies: Any) -> None:
         """The summary's ``journeys`` tallies, ``"<journey> <what> [<reason or step>]": count``."""
@@ -106,6 +119,10 @@ class RunSummary:
 
 def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _share(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
 
 
 def _quality_row(row: Any) -> bool:
@@ -151,6 +168,8 @@ def read_summary(path: Path | None, note: str = "not given") -> RunSummary:
     summary.found = True
     summary.take_journeys(doc.get("journeys"))
     summary.take_models(doc.get("models"), doc.get("model_quality_by_day"))
+    experiments = doc.get("experiments")
+    summary.take_assigned(experiments.get("sample_ratio") if isinstance(experiments, dict) else None)
     return summary
 
 

@@ -372,9 +372,11 @@ def _run_lines(s: dict[str, Any]) -> list[str]:
 def _experiment_lines(e: dict[str, Any]) -> list[str]:
     """Lift per segment (with the truth, when a closed-loop simulation knows it) and attribution."""
     out = []
+    ratios = e.get("sample_ratio") or {}
     for name, estimates in e.get("lift", {}).items():
         if estimates:
             out += _lift_lines(name, estimates, e.get("window_ms"))
+            out += _sample_ratio_lines(ratios.get(name))
     out += _attribution_lines(e.get("attribution") or {})
     for name, segments in (e.get("bandits") or {}).items():
         out.append(f"  bandit {name:<11} " + "; ".join(
@@ -388,6 +390,26 @@ def _lift_lines(name: str, estimates: list[dict[str, Any]], window_ms: int | Non
     first = estimates[0]
     return [f"  lift               {name}: {first['arm']} vs {first['baseline']}, conversion in "
             f"{_days(window_ms)}, {first['confidence']:.0%} interval", *(_estimate_line(est) for est in estimates)]
+
+
+def _sample_ratio_lines(ratio: dict[str, Any] | None) -> list[str]:
+    """The arms' contacts against the shares assigned, and a warning on a mismatch.
+
+    >>> _sample_ratio_lines({"observed": {"a": 600, "b": 400}, "expected_share": {"a": 0.5, "b": 0.5},
+    ...                      "p_value": 0.0, "mismatch": True})[1]
+    '    warning: sample ratio mismatch (p < 0.000001): the arms do not hold the shares they were assigned, so something besides the assignment decided who was counted where; do not trust this lift'
+    """
+    if not ratio:
+        return []
+    observed, shares, p = ratio["observed"], ratio["expected_share"], ratio["p_value"]
+    counts = " : ".join(f"{n:,}" for n in observed.values())
+    assigned = " : ".join(f"{share:.0%}" for share in shares.values())
+    line = f"    sample ratio   {counts} ({' : '.join(observed)}) against {assigned} assigned, p = {p:.3g}"
+    if not ratio["mismatch"]:
+        return [line]
+    shown = f"p = {p:.2g}" if p >= 1e-6 else "p < 0.000001"
+    return [line, f"    warning: sample ratio mismatch ({shown}): the arms do not hold the shares they were "
+                  "assigned, so something besides the assignment decided who was counted where; do not trust this lift"]
 
 
 def _estimate_line(est: dict[str, Any]) -> str:
