@@ -166,11 +166,16 @@ def read_summary(path: Path | None, note: str = "not given") -> RunSummary:
         summary.error = "not a JSON object (a run's summary.json)" if raw is not None else "too large to be a summary"
         return summary
     summary.found = True
+    _take(summary, doc)
+    return summary
+
+
+def _take(summary: RunSummary, doc: dict[str, Any]) -> None:
+    """What the report uses of a summary document: journeys, models, the experiments' shares."""
     summary.take_journeys(doc.get("journeys"))
     summary.take_models(doc.get("models"), doc.get("model_quality_by_day"))
     experiments = doc.get("experiments")
     summary.take_assigned(experiments.get("sample_ratio") if isinstance(experiments, dict) else None)
-    return summary
 
 
 # ------------------------------------------------------------------------------ journeys
