@@ -68,7 +68,7 @@ class PurchaseScan:
     purchases: int = 0
     untracked: int = 0
     gaps: Counter[int] = field(default_factory=Counter)
-    _last_day: dict[str, int] = field(default_factory=dict)
+    _last_day: dict[int, int] = field(default_factory=dict)
 
     def add(self, event_type: str, contact_id: str | None, ts_ms: int) -> None:
         """Count one valid event (anonymous visitors' events count only in ``events``)."""
@@ -79,15 +79,15 @@ class PurchaseScan:
         if event_type != "purchase":
             return
         self.purchases += 1
-        day = ts_ms // DAY_MS
-        last = self._last_day.get(contact_id)
+        day, key = ts_ms // DAY_MS, hash(contact_id)  # a number per contact, however long its id
+        last = self._last_day.get(key)
         if last is None:
             if len(self._last_day) >= MAX_TRACKED_CONTACTS:
                 self.untracked += 1
                 return
         elif day > last:
             self.gaps[min(MAX_GAP_DAYS, day - last)] += 1
-        self._last_day[contact_id] = day if last is None else max(day, last)
+        self._last_day[key] = day if last is None else max(day, last)
 
     @property
     def purchase_share(self) -> float:

@@ -71,8 +71,10 @@ def derived_settings(settings: Settings, path: Path, until_ms: int, config: Path
         return settings, []
     scan = scan_file(path, until_ms, int(settings.engine.min_event_time.timestamp() * 1000))
     if scan.events == 0:
-        return settings, [f"churn set-up: no valid event in {path} up to then: nothing to derive from, the "
-                          "configured churn set-up is kept"]
+        from touchline.scores import iso
+
+        return settings, [f"churn set-up: no valid event in {path} up to {iso(until_ms)}: nothing to derive from, "
+                          "the configured churn set-up is kept"]
     derived = derive(scan, explicit_keys(settings), settings.policy.inactivity_days, settings.state.retention_days)
     lines = announcement(scan, derived, str(path))
     if not derived.applied:
