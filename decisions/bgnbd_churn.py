@@ -25,9 +25,10 @@ from __future__ import annotations
 import math
 import numbers
 import random
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
+import numpy.typing as npt
 from river import base
 from river.base.typing import ClfTarget, FeatureName
 
@@ -38,6 +39,8 @@ FREQUENCY, RECENCY, AGE = "rfm_frequency", "rfm_recency_days", "rfm_age_days"
 PRIOR = bgnbd.Params(r=0.243, alpha=4.414, a=0.793, b=2.426).in_unit(7.0)
 
 Summary = tuple[float, float, float]
+#: At most this many contacts' summaries in :meth:`BGNBDChurn.fit_population` (a seeded sample).
+POPULATION_FIT_MAX = 100_000
 
 
 def summary_of(x: dict[FeatureName, Any]) -> Summary | None:
@@ -180,13 +183,29 @@ class BGNBDChurn(base.Classifier):
     def refit(self) -> None:
         """Fit the population on the reservoir (from the current parameters and from the
         prior's centre, the better kept); a fit whose likelihood is not finite keeps them."""
-        data = np.asarray(self.reservoir, dtype=np.float64)
+        self._fit(np.asarray(self.reservoir, dtype=np.float64))
+
+    def _fit(self, data: npt.NDArray[np.float64]) -> None:
         prior = bgnbd.Prior(PRIOR, self._prior_sd())
         result = bgnbd.fit(data[:, 0], data[:, 1], data[:, 2], start=self.params, prior=prior, at_first=self._at_first())
         if math.isfinite(result.log_likelihood):
             self.params = result.params
         self.fits += 1
         self._since_fit = 0
+
+    def fit_population(self, features: Iterable[dict[FeatureName, Any]]) -> int:
+        """Fit the population on one summary per contact, all as of one moment (a cut-off): the
+        standard BG/NBD fit, which a score as of that moment should rest on. The reservoir holds
+        summaries of every moment observed (younger, several per contact), a fit of another
+        sample. At most :data:`POPULATION_FIT_MAX` of them (a seeded sample); contacts without a
+        purchase history are left out. The number of summaries used (0: the parameters are kept)."""
+        data = [s for s in map(summary_of, features) if s is not None and s[2] > 0]
+        if len(data) < self.min_customers:
+            return 0
+        if len(data) > POPULATION_FIT_MAX:
+            data = random.Random(self.seed).sample(data, POPULATION_FIT_MAX)
+        self._fit(np.asarray(data, dtype=np.float64))
+        return len(data)
 
     def _at_first(self) -> bool:
         """``dropout_at_first_purchase``, or False for a model checkpointed before it existed."""

@@ -28,7 +28,7 @@ True
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterable
 
 from river import base, preprocessing
 from river.base.typing import ClfTarget, FeatureName
@@ -136,6 +136,11 @@ class BGNBDLogistic(base.Classifier):
         """A moment observed for a label: the BG/NBD's population learns from it (see
         :meth:`BGNBDChurn.observe_one`)."""
         self.bgnbd.observe_one(x)
+
+    def fit_population(self, features: Iterable[dict[FeatureName, Any]]) -> int:
+        """The BG/NBD's population fitted on one summary per contact as of one moment (see
+        :meth:`BGNBDChurn.fit_population`); the correction is kept."""
+        return self.bgnbd.fit_population(features)
 
     def predict_proba_one(self, x: dict[FeatureName, Any], **kwargs: Any) -> dict[ClfTarget, float]:
         """{False: P(buys within the horizon), True: P(no purchase within it)}."""

@@ -137,6 +137,33 @@ def test_the_estimator_recovers_the_population_from_its_stream():
         assert getattr(model.params, name) == pytest.approx(getattr(DAYS, name), rel=0.25), (name, model.params)
 
 
+def test_the_population_fit_at_a_moment_is_the_fit_of_those_summaries(monkeypatch):
+    """fit_population: one summary per contact as of a cut-off, the standard fit (what touchline
+    scores rests on), whatever the reservoir held; unusable summaries left out; too few: kept."""
+    import touchline.decisions.bgnbd_churn as bc
+    from touchline.decisions.bgnbd_logistic import BGNBDLogistic
+
+    now = summaries(DAYS, 1500, seed=4)
+    model = BGNBDChurn()
+    for x in summaries(Params(2.0, 5.0, 0.3, 9.0), 600, seed=5):  # a reservoir of another population
+        model.learn_one(x, False)
+    before = model.params
+    assert model.fit_population([*now, {}, {"rfm_frequency": 1.0}]) == 1500  # two without a summary
+    data = np.asarray([[x["rfm_frequency"], x["rfm_recency_days"], x["rfm_age_days"]] for x in now])
+    direct = bgnbd.fit(data[:, 0], data[:, 1], data[:, 2], start=before,
+                       prior=bgnbd.Prior(PRIOR, 2.0)).params
+    for name in ("r", "alpha", "a", "b"):
+        assert getattr(model.params, name) == pytest.approx(getattr(direct, name), rel=1e-6)
+        assert getattr(model.params, name) == pytest.approx(getattr(DAYS, name), rel=0.3)
+    assert BGNBDChurn().fit_population(now[:199]) == 0  # under min_customers: the parameters kept
+    corrected = BGNBDLogistic(learning_rate=0.05)
+    corrected.learn_one(now[0], True)
+    weights = dict(corrected.weights)
+    assert corrected.fit_population(now) == 1500 and corrected.weights == weights  # the correction kept
+    monkeypatch.setattr(bc, "POPULATION_FIT_MAX", 300)
+    assert model.fit_population(now) == 300  # a seeded sample beyond the cap
+
+
 def test_the_label_is_not_used():
     """Unsupervised: the same summaries with any labels give the same model."""
     a, b = BGNBDChurn(min_customers=50, refit_every=50), BGNBDChurn(min_customers=50, refit_every=50)

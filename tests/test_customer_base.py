@@ -322,11 +322,12 @@ def _purchases(tmp_path) -> str:
 
 
 def test_scores_on_purchase_data_name_the_preset_and_a_churn_model_no_label_reached(tmp_path, capsys):
-    """With the defaults, touchline scores says which churn settings do not fit purchase data and
+    """With the defaults kept (--no-derive), touchline scores says which churn settings do not fit purchase data and
     where the preset is; with the preset and a horizon no label resolves within, it says the
     scores are the BG/NBD's alone. The preset itself loads as the README shows it."""
     events = _purchases(tmp_path)
-    assert main(["scores", "--at", "2025-07-01", "--input", events, "--out", str(tmp_path / "a.csv")]) == 0
+    assert main(["scores", "--at", "2025-07-01", "--input", events, "--out", str(tmp_path / "a.csv"),
+                 "--no-derive"]) == 0
     err = capsys.readouterr().err
     assert 'labels.churn_observations = "random_times"' in err and "--config examples/purchases.toml" in err
     assert "warning: labels.churn_horizon_days (7) is shorter than the median gap" in err

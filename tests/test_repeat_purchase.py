@@ -94,7 +94,7 @@ def test_benchmark_prints_every_figure_on_a_tiny_population(capsys: pytest.Captu
     engine = {f"engine {m}, observed at {o}" for m in ("logreg", "bgnbd", "bgnbd_logreg")
               for o in ("activity", "random times")}
     assert set(methods) >= engine | {"recency rule", "offline BG/NBD", "offline MBG/NBD",
-                                     "engine, default settings (no configuration)"}
+                                     "engine, no configuration (set-up derived from the data)"}
     assert len(methods) == 12
     for name, g in methods.items():
         assert 0.0 <= g["roc_auc"] <= 1.0, name

@@ -11,7 +11,8 @@ purchases before the cut-off, unless ``--horizon-days`` says. Every method ranks
 customers with what it knew at the cut-off, and is graded by ROC AUC (churner = positive)
 and expected calibration error (ten equal-width buckets):
 
-- the engine's churn score with no configuration at all (what a user who sets nothing gets);
+- the engine's churn score with no configuration at all (what a user who sets nothing gets: the
+  set-up ``touchline scores --input`` derives from the data);
 - the engine's churn score (``touchline scores --input``: the file replayed up to the cut-off,
   models learning on the way) with the default ``logreg``, with ``bgnbd`` and with
   ``bgnbd_logreg`` (BG/NBD corrected by the labels) as champion, churn observed at activity
@@ -337,14 +338,17 @@ def engine_scores(events: Path, cutoff_ms: int, horizon_days: float, estimator: 
 
 def default_scores(events: Path, cutoff_ms: int, first_ms: int | None = None) -> tuple[dict[str, float], dict[str, Any]]:
     """The engine's churn score per contact as of the cut-off with no configuration at all (what
-    ``touchline scores --input`` gives a user who sets nothing), and its own figures."""
+    ``touchline scores --input`` gives a user who sets nothing: the set-up derived from the
+    file), and its own figures."""
+    from touchline.purchase_scan import derived_settings
     from touchline.scores import scores_from_file
     from touchline.settings import load_settings
 
     overrides: dict[str, Any] = {"models.store": "off"}
     if first_ms is not None and first_ms < MIN_EVENT_MS:
         overrides["engine.min_event_time"] = _iso(first_ms)
-    run = scores_from_file(load_settings(None, overrides), events, cutoff_ms)
+    settings, _ = derived_settings(load_settings(None, overrides), events, cutoff_ms, None, overrides)
+    run = scores_from_file(settings, events, cutoff_ms)
     model = run.models["churn"].champion
     return {r.contact_id: r.churn_score for r in run.rows}, {"version": model.version, **model.evaluation.figures()}
 
@@ -446,7 +450,7 @@ def _engine_methods(pop: Population, horizon: float, now: Summaries) -> tuple[di
     models: dict[str, Any] = {}
     days = (pop.end_ms - pop.start_ms) / DAY_MS
     retention = max(730.0, days + horizon + 60.0)  # nobody forgotten: the question is about everyone
-    name = "engine, default settings (no configuration)"
+    name = "engine, no configuration (set-up derived from the data)"
     scores, models[name] = default_scores(pop.events, pop.cutoff_ms, pop.start_ms)
     methods[name] = np.asarray([scores.get(cid, 0.5) for cid in now.ids], dtype=np.float64)
     for observations in ("activity", "random_times"):

@@ -357,6 +357,10 @@ def _add_scores_parser(sub: Any) -> None:
                         help="replay these events (JSONL, the event contract) up to TIME")
     source.add_argument("--redis", metavar="URL", help="score the profiles stored in this Redis (sets state.url)")
     sc.add_argument("--config", type=Path, help="settings file (its [models], [labels], [state] sections)")
+    sc.add_argument("--no-derive", action="store_true",
+                    help="with --input: keep the configured churn set-up even on purchase data (by default, a file "
+                         "that is purchase data gets the purchase set-up for every key your settings leave unset, "
+                         "its horizon 3 median gaps between purchases; each key applied is printed)")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -695,6 +699,8 @@ def _cmd_scores(args: argparse.Namespace, settings: Settings) -> int:
     at = sc.parse_at(args.at)
     sc.check_writable(args.out)
     if args.input is not None:
+        if not args.no_derive:
+            settings = _derived(args, settings, at)
         run = sc.scores_from_file(settings, args.input, at)
     else:
         run = sc.scores_from_redis(settings, at)
@@ -715,6 +721,16 @@ def _cmd_scores(args: argparse.Namespace, settings: Settings) -> int:
     where = "stdout" if str(args.out) == "-" else args.out
     console(f"wrote the scores of {len(run.rows):,} contacts as of {sc.iso(at)} to {where}")
     return 0
+
+
+def _derived(args: argparse.Namespace, settings: Settings, at: int) -> Settings:
+    """The settings with the churn set-up ``--input``'s data calls for, announced key by key."""
+    from touchline.purchase_scan import derived_settings
+
+    settings, lines = derived_settings(settings, args.input, at, args.config, _overrides(args))
+    for line in lines:
+        console(line)
+    return settings
 
 
 def _print_export(found: dict[str, Any] | None, contact_id: str, url: str) -> int:

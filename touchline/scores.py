@@ -164,11 +164,28 @@ def scores_from_file(settings: Settings, path: Path, at_ms: int) -> ScoreRun:
                           f" ({later:,} later ones left out, {invalid:,} invalid lines skipped)",
                           *_model_notes(engine.core.models, "learned in this replay"), *_purchase_notes(engine)],
                    models=engine.core.models)
-    profiles = (p for p in engine.store.profiles() if is_known_key(p.key))
+    profiles = [p for p in engine.store.profiles() if is_known_key(p.key)]
+    run.notes.extend(fit_population(engine.core.models, profiles, at_ms, engine.core.attributes))
     run.rows = sorted((score_profile(p, at_ms, engine.core.models, engine.core.attributes) for p in profiles),
                       key=lambda r: r.contact_id)
     run.forgotten = len(seen - {r.contact_id for r in run.rows})
     return run
+
+
+def fit_population(slots: Mapping[str, ModelSlot], profiles: list[Profile], at_ms: int,
+                   custom: CustomAttributes | None = None) -> list[str]:
+    """A churn champion built on a customer-base model has its population fitted on every
+    contact's purchase summary as of ``at_ms`` (the standard BG/NBD fit, one summary per contact at
+    the cut-off), before it scores them; a note saying so. Nothing for other models."""
+    model = slots["churn"].champion
+    fit = getattr(model.estimator, "fit_population", None)
+    if fit is None:
+        return []
+    used = fit(features(p, at_ms, custom) for p in profiles)
+    if not used:
+        return [f"churn: too few buyers to fit the BG/NBD population as of {iso(at_ms)}; the fit of the replay kept"]
+    return [f"churn: BG/NBD population fitted on the purchase summaries of {used:,} buyers as of {iso(at_ms)} "
+            "(one per contact, as an offline fit; the replay's fits saw earlier moments)"]
 
 
 def _purchase_notes(engine: Any) -> list[str]:

@@ -6,6 +6,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Collection, Iterable, Mapping
 
 from touchline.batch_service import Engine
+from touchline.decisions import purchase_setup
 from touchline.redact import redact_tree, redact_url
 
 if TYPE_CHECKING:
@@ -72,8 +73,8 @@ def build_summary(engine: Engine, wall_seconds: float, outputs: dict[str, str],
 
 
 #: A churn horizon of this many median gaps between purchases: most who will buy again do
-#: within it (used for the suggestion in the summary, never set by itself).
-SUGGESTED_GAPS = 3
+#: within it (the summary's suggestion; what ``touchline scores --input`` derives).
+SUGGESTED_GAPS = purchase_setup.SUGGESTED_GAPS
 
 
 def repeat_purchases(gaps: Mapping[int, int], labels: "LabelRules", purchase_share: float,
@@ -308,7 +309,7 @@ def purchase_data_notes(r: dict[str, Any] | None) -> list[str]:
 
     >>> purchase_data_notes({"purchase_share": 1.0, "churn_observations": "random_times", "churn_model": "logreg",
     ...                      "churn_returns": ["purchase"]})
-    ['      note: 100% of the events are purchases; for the churn score on purchase data set models.churn.estimator = "bgnbd_logreg" (the BG/NBD customer-base model corrected by the labels), or run with --config examples/purchases.toml (see README, Churn on purchase data)']
+    ['      note: 100% of the events are purchases; for the churn score on purchase data set models.churn.estimator = "bgnbd_logreg" (the BG/NBD customer-base model corrected by the labels), or run with --config examples/purchases.toml (touchline scores --input FILE derives them from the file, unless --no-derive; see README, Churn on purchase data)']
     """
     if r is None or r.get("purchase_share", 0) < PURCHASE_DATA_SHARE:
         return []
@@ -321,15 +322,17 @@ def purchase_data_notes(r: dict[str, Any] | None) -> list[str]:
     if not off:
         return []
     return [f"      note: {r['purchase_share']:.0%} of the events are purchases; for the churn score on purchase data "
-            f"set {'; '.join(off)}, or run with --config examples/purchases.toml (see README, Churn on purchase data)"]
+            f"set {'; '.join(off)}, or run with --config examples/purchases.toml (touchline scores --input FILE "
+            "derives them from the file, unless --no-derive; see README, Churn on purchase data)"]
 
 
 #: Churn models built on a customer-base model (the summary suggests one on purchase data).
 CUSTOMER_BASE_MODELS = ("bgnbd", "bgnbd_logreg")
 
 
-#: A share of purchases among the events from which the data is taken for purchase data.
-PURCHASE_DATA_SHARE = 0.5
+#: A share of purchases among the events from which the data is taken for purchase data (the scan
+#: of touchline scores --input counts the known contacts' events only).
+PURCHASE_DATA_SHARE = purchase_setup.PURCHASE_DATA_SHARE
 
 
 def _model_store_line(store: dict[str, Any]) -> str:
