@@ -11,7 +11,7 @@ and a downstream sender can use it as an idempotency key.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+import time
 from typing import Any
 
 from touchline.decisions.policy import Candidate, Suppression
@@ -26,12 +26,15 @@ def decision_id(contact: str, action: str, channel: str, trigger_id: str) -> str
 
 
 def iso_ms(ts_ms: int) -> str:
-    """Epoch ms as RFC 3339 UTC with milliseconds.
+    """Epoch ms as RFC 3339 UTC with milliseconds, in integers (no float division: every
+    millisecond of year 9999 is exact), without a datetime: it is in every record and answer.
 
-    >>> iso_ms(1767225600123)
-    '2026-01-01T00:00:00.123Z'
+    >>> iso_ms(1767225600123), iso_ms(253402300799999)
+    ('2026-01-01T00:00:00.123Z', '9999-12-31T23:59:59.999Z')
     """
-    return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    seconds, ms = divmod(ts_ms, 1000)
+    t = time.gmtime(seconds)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, ms)
 
 
 def build_record(
