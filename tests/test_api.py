@@ -53,6 +53,22 @@ def test_openapi_document_is_valid_and_the_answers_follow_it(served):
     _schema(doc, "DecideRequest").validate({"contact_id": "c", "context": {"placement": "p", "channel": "in_app"}})
 
 
+def test_an_idle_connection_stays_open_past_uvicorns_five_seconds(served):
+    """api.keep_alive_seconds (75): a client (or a load balancer, whose idle timeout is 60 s on
+    most) may reuse a connection idle for longer than uvicorn's own 5 s without it closing
+    under the request."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(served.url)
+    request = f"GET /healthz HTTP/1.1\r\nHost: {where.hostname}\r\n\r\n".encode()
+    with socket.create_connection((where.hostname, where.port), timeout=5) as sock:
+        for pause in (0, 6.5):
+            time.sleep(pause)
+            sock.sendall(request)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200"), f"no answer after {pause} s idle"
+
+
 def test_every_v1_endpoint_needs_a_known_key(served):
     bare = httpx.Client(base_url=served.url)
     for method, path in (("GET", "/v1/contacts/c1"), ("POST", "/v1/decide"), ("POST", "/v1/events")):

@@ -199,14 +199,15 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_server(app: Any) -> Any:
+def uvicorn_server(app: Any, keep_alive_seconds: float = 75.0) -> Any:
     """A uvicorn server for ``app``: its own log lines off (ours say what matters), the fastest
-    loop and parser installed."""
+    loop and parser installed, idle connections kept ``keep_alive_seconds`` (``api.keep_alive_seconds``)."""
     import uvicorn
 
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                             loop="uvloop" if _has("uvloop") else "asyncio",
-                            http="httptools" if _has("httptools") else "h11", timeout_graceful_shutdown=5)
+                            http="httptools" if _has("httptools") else "h11", timeout_graceful_shutdown=5,
+                            timeout_keep_alive=keep_alive_seconds)
     return uvicorn.Server(config)
 
 
@@ -225,7 +226,7 @@ def serve(settings: Settings, replay: Path | None = None, out: TextIO = sys.stde
     sock = bind(api.host, api.port)
     with writing_outputs(settings.output.dir):
         service = open_service(settings, replay=replay)
-        server = uvicorn_server(service.app())
+        server = uvicorn_server(service.app(), api.keep_alive_seconds)
         service.on_failure = lambda: setattr(server, "should_exit", True)
         host, port = sock.getsockname()[:2]
         url = f"http://{host}:{port}"
@@ -290,7 +291,7 @@ class EmbeddedApi:
                               "(with --input FILE to start from a file)")
         self.sock = bind(settings.api.host, settings.api.port)
         self.service = open_service(settings, prefix="api-", recover=False)
-        self.server = uvicorn_server(self.service.app())
+        self.server = uvicorn_server(self.service.app(), settings.api.keep_alive_seconds)
         self.service.on_failure = lambda: setattr(self.server, "should_exit", True)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        name="touchline-api", daemon=True)
