@@ -199,7 +199,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def uvicorn_server(app: Any, keep_alive_seconds: float = 75.0) -> Any:
+def uvicorn_server(app: Any, keep_alive_seconds: int = 75) -> Any:
     """A uvicorn server for ``app``: its own log lines off (ours say what matters), the fastest
     loop and parser installed, idle connections kept ``keep_alive_seconds`` (``api.keep_alive_seconds``)."""
     import uvicorn
