@@ -4,9 +4,10 @@
 features (a dict), a dot product with the weights, and a ``{False, True}`` dict; it learns
 by updating the scaler, scaling again, and taking an SGD step through VectorDict
 operations. This reader does the same arithmetic in two loops over plain lists, keeps the
-means, deviations and weights it computed for the predictions that follow (the model
-learns about once per five predictions), and writes every learned value back into the
-pipeline, which stays the model of record (checkpoints pickle it).
+counts, means, variances, deviations and weights it computed for the predictions and the
+learning that follow (the model learns about once per five predictions), and writes every
+learned value back into the pipeline in bulk (one C-level ``dict.update`` per table, not a
+Python store per feature), which stays the model of record (checkpoints pickle it).
 
 The results are the same floats, bit for bit: each step is River's expression in River's
 order -- Welford's update, ``(x - mean) / var ** 0.5`` (``0.0`` for a zero variance), a
@@ -50,6 +51,9 @@ class ScaledLogistic:
         self.scaler, self.logistic = pipeline.steps.values()
         self.names: tuple[Any, ...] | None = None
         self.rows: list[Row] = []
+        #: the scaler's counts and variances per feature, in the weights' order (the means are in rows)
+        self.counts: list[int] = []
+        self.variances: list[float] = []
         self.intercept = 0.0
 
     @classmethod
@@ -90,7 +94,7 @@ class ScaledLogistic:
         names = tuple(x)
         if names != self.names and not self._read(names):
             return False
-        scaled, total = self._learn_scaler(x)
+        scaled, total = self._learn_scaler(x, names)
         gradient = logistic.loss.gradient(y_true=y, y_pred=total + logistic.intercept)
         gradient *= 1.0  # the sample weight
         gradient = float(clamp(gradient, -logistic.clip_gradient, logistic.clip_gradient))
@@ -100,52 +104,65 @@ class ScaledLogistic:
         self.intercept = logistic.intercept
         return True
 
-    def _learn_scaler(self, x: dict[str, float]) -> tuple[list[float], float]:
+    def _learn_scaler(self, x: dict[str, float], names: tuple[Any, ...]) -> tuple[list[float], float]:
         """StandardScaler.learn_one then transform_one (Welford's update), fused: the scaled
         features and their dot product with the weights (River's learning-mode order, the
-        weights'), with :attr:`rows` holding the new means and deviations."""
-        counts, means, variances = self.scaler.counts, self.scaler.means, self.scaler.vars
-        scaled = []
-        rows = []
+        weights'), with :attr:`rows`, :attr:`counts` and :attr:`variances` holding the new
+        state, which is then written into the scaler."""
+        scaled, rows, counts, variances = [], [], [], []
         total: float = 0
-        for (i, xi), (_, _, weight) in zip(x.items(), self.rows):
-            n = counts[i] + 1
-            counts[i] = n
-            old_mean = means[i]
-            mean = means[i] = old_mean + (xi - old_mean) / n
-            v = variances[i]
-            v = variances[i] = v + ((xi - old_mean) * (xi - mean) - v) / n
+        for xi, n, (old_mean, _, weight), v in zip(x.values(), self.counts, self.rows, self.variances):
+            n += 1
+            mean = old_mean + (xi - old_mean) / n
+            v = v + ((xi - old_mean) * (xi - mean) - v) / n
             std = v**0.5 if v else 0.0
             xs = (xi - mean) / std if std else 0.0
             total = total + weight * xs
             scaled.append(xs)
             rows.append((mean, std, weight))
-        self.rows = rows
+            counts.append(n)
+            variances.append(v)
+        self.rows, self.counts, self.variances = rows, counts, variances
+        self._write_scaler(names)
         return scaled, total
+
+    def _write_scaler(self, names: tuple[Any, ...]) -> None:
+        """The scaler's tables set to the kept state. ``dict.update`` is called unbound: the
+        counts are a Counter, whose own ``update`` would add the counts instead of setting them."""
+        scaler = self.scaler
+        dict.update(scaler.counts, zip(names, self.counts))
+        dict.update(scaler.means, zip(names, [row[0] for row in self.rows]))
+        dict.update(scaler.vars, zip(names, self.variances))
 
     def _step(self, names: tuple[Any, ...], scaled: list[float], gradient: float, rate: float, l2: float) -> None:
         """One SGD step on the weights (``w - (x * gradient + w * l2) * rate``, as River's
-        VectorDict operations compute it), written back into the pipeline."""
-        rows = []
-        for (mean, std, w), xs in zip(self.rows, scaled):
-            step = xs * gradient
-            if l2:
-                step = step + w * l2
-            rows.append((mean, std, w - step * rate))
-        self.rows = rows
-        self.logistic._weights.update({n: row[2] for n, row in zip(names, rows)})
+        VectorDict operations compute it), written back into the pipeline. Comprehensions,
+        not a loop of appends: this runs for every feature of every label."""
+        if l2:
+            weights = [w - (xs * gradient + w * l2) * rate for (_, _, w), xs in zip(self.rows, scaled)]
+        else:
+            weights = [w - (xs * gradient) * rate for (_, _, w), xs in zip(self.rows, scaled)]
+        self.rows = [(mean, std, w) for (mean, std, _), w in zip(self.rows, weights)]
+        self.logistic._weights.update(dict(zip(names, weights)))
 
     def _read(self, names: tuple[Any, ...]) -> bool:
-        """Take means, deviations and weights for features keyed ``names``, in that order; False
-        when River's arithmetic could not be followed exactly for them."""
+        """Take counts, means, variances, deviations and weights for features keyed ``names``,
+        in that order; False when River's arithmetic could not be followed exactly for them."""
+        if not self._followable(names):
+            return False
         weights = self.logistic._weights
-        means, variances = self.scaler.means, self.scaler.vars
-        if not names or tuple(weights.keys()) != names:
-            return False
-        if any(n not in means or n not in variances or not variances[n] >= 0 for n in names):
-            return False
+        counts, means, variances = self.scaler.counts, self.scaler.means, self.scaler.vars
         self.rows = [(means[n], variances[n] ** 0.5 if variances[n] else 0.0, w)
                      for n, w in zip(names, weights.values())]
+        self.counts = [counts[n] for n in names]
+        self.variances = [variances[n] for n in names]
         self.intercept = self.logistic.intercept
         self.names = names
         return True
+
+    def _followable(self, names: tuple[Any, ...]) -> bool:
+        """The weights are keyed ``names`` in that order and the scaler knows each of them."""
+        means, variances = self.scaler.means, self.scaler.vars
+        if not names or tuple(self.logistic._weights.keys()) != names:
+            return False
+        return all(n in means and n in variances and variances[n] >= 0 for n in names)
