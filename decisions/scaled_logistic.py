@@ -3,7 +3,7 @@
 ``StandardScaler | LogisticRegression`` predicts by building a scaled copy of the
 features (a dict), a dot product with the weights, and a ``{False, True}`` dict; it learns
 by updating the scaler, scaling again, and taking an SGD step through VectorDict
-operations. This reader does the same arithmetic in two loops over plain lists, keeps the
+operations. This reader does the same arithmetic over plain lists, one per quantity, keeps the
 counts, means, variances, deviations and weights it computed for the predictions and the
 learning that follow (the model learns about once per five predictions), and writes every
 learned value back into the pipeline in bulk (one C-level ``dict.update`` per table, not a
@@ -38,9 +38,6 @@ from typing import Any
 from river import compose, linear_model, optim, preprocessing
 from river.utils.math import clamp, sigmoid
 
-#: (mean, standard deviation or 0.0, weight) per feature, in the weights' order.
-Row = tuple[float, float, float]
-
 
 class ScaledLogistic:
     """Predicts and learns for one ``StandardScaler | LogisticRegression`` pipeline; call
@@ -50,10 +47,15 @@ class ScaledLogistic:
         self.pipeline = pipeline
         self.scaler, self.logistic = pipeline.steps.values()
         self.names: tuple[Any, ...] | None = None
-        self.rows: list[Row] = []
-        #: the scaler's counts and variances per feature, in the weights' order (the means are in rows)
+        #: per feature, in the weights' order (:attr:`names`): the scaler's counts, means and
+        #: variances, the standard deviations (0.0 for a zero variance) and the weights
         self.counts: list[int] = []
+        self.means: list[float] = []
         self.variances: list[float] = []
+        self.stds: list[float] = []
+        self.weights: list[float] = []
+        #: (mean, standard deviation, weight) per feature: what a prediction reads, in one list
+        self.rows: list[tuple[float, float, float]] = []
         self.intercept = 0.0
 
     @classmethod
@@ -107,42 +109,35 @@ class ScaledLogistic:
     def _learn_scaler(self, x: dict[str, float], names: tuple[Any, ...]) -> tuple[list[float], float]:
         """StandardScaler.learn_one then transform_one (Welford's update), fused: the scaled
         features and their dot product with the weights (River's learning-mode order, the
-        weights'), with :attr:`rows`, :attr:`counts` and :attr:`variances` holding the new
-        state, which is then written into the scaler."""
-        scaled, rows, counts, variances = [], [], [], []
+        weights'), the new state kept and written into the scaler. One comprehension per
+        quantity, each River's expression: cheaper than one loop appending to five lists."""
+        values = list(x.values())
+        old_means = self.means
+        counts = [n + 1 for n in self.counts]
+        means = [m + (xi - m) / n for xi, m, n in zip(values, old_means, counts)]
+        variances = [v + ((xi - old) * (xi - m) - v) / n
+                     for xi, old, m, v, n in zip(values, old_means, means, self.variances, counts)]
+        stds = [v**0.5 if v else 0.0 for v in variances]
+        scaled = [(xi - m) / std if std else 0.0 for xi, m, std in zip(values, means, stds)]
         total: float = 0
-        for xi, n, (old_mean, _, weight), v in zip(x.values(), self.counts, self.rows, self.variances):
-            n += 1
-            mean = old_mean + (xi - old_mean) / n
-            v = v + ((xi - old_mean) * (xi - mean) - v) / n
-            std = v**0.5 if v else 0.0
-            xs = (xi - mean) / std if std else 0.0
+        for weight, xs in zip(self.weights, scaled):
             total = total + weight * xs
-            scaled.append(xs)
-            rows.append((mean, std, weight))
-            counts.append(n)
-            variances.append(v)
-        self.rows, self.counts, self.variances = rows, counts, variances
-        self._write_scaler(names)
-        return scaled, total
-
-    def _write_scaler(self, names: tuple[Any, ...]) -> None:
-        """The scaler's tables set to the kept state. ``dict.update`` is called unbound: the
-        counts are a Counter, whose own ``update`` would add the counts instead of setting them."""
+        self.counts, self.means, self.variances, self.stds = counts, means, variances, stds
         scaler = self.scaler
-        dict.update(scaler.counts, zip(names, self.counts))
-        dict.update(scaler.means, zip(names, [row[0] for row in self.rows]))
-        dict.update(scaler.vars, zip(names, self.variances))
+        dict.update(scaler.counts, zip(names, counts))  # unbound: Counter.update would add
+        dict.update(scaler.means, zip(names, means))
+        dict.update(scaler.vars, zip(names, variances))
+        return scaled, total
 
     def _step(self, names: tuple[Any, ...], scaled: list[float], gradient: float, rate: float, l2: float) -> None:
         """One SGD step on the weights (``w - (x * gradient + w * l2) * rate``, as River's
-        VectorDict operations compute it), written back into the pipeline. Comprehensions,
-        not a loop of appends: this runs for every feature of every label."""
+        VectorDict operations compute it), written back into the pipeline."""
         if l2:
-            weights = [w - (xs * gradient + w * l2) * rate for (_, _, w), xs in zip(self.rows, scaled)]
+            weights = [w - (xs * gradient + w * l2) * rate for w, xs in zip(self.weights, scaled)]
         else:
-            weights = [w - (xs * gradient) * rate for (_, _, w), xs in zip(self.rows, scaled)]
-        self.rows = [(mean, std, w) for (mean, std, _), w in zip(self.rows, weights)]
+            weights = [w - (xs * gradient) * rate for w, xs in zip(self.weights, scaled)]
+        self.weights = weights
+        self.rows = list(zip(self.means, self.stds, weights))
         self.logistic._weights.update(dict(zip(names, weights)))
 
     def _read(self, names: tuple[Any, ...]) -> bool:
@@ -150,12 +145,13 @@ class ScaledLogistic:
         in that order; False when River's arithmetic could not be followed exactly for them."""
         if not self._followable(names):
             return False
-        weights = self.logistic._weights
         counts, means, variances = self.scaler.counts, self.scaler.means, self.scaler.vars
-        self.rows = [(means[n], variances[n] ** 0.5 if variances[n] else 0.0, w)
-                     for n, w in zip(names, weights.values())]
         self.counts = [counts[n] for n in names]
+        self.means = [means[n] for n in names]
         self.variances = [variances[n] for n in names]
+        self.stds = [v**0.5 if v else 0.0 for v in self.variances]
+        self.weights = list(self.logistic._weights.values())
+        self.rows = list(zip(self.means, self.stds, self.weights))
         self.intercept = self.logistic.intercept
         self.names = names
         return True
