@@ -104,7 +104,7 @@ class ModelSlot:
     def release(self, now_ms: int) -> None:
         """Each model learns the labels it held whose time has come by ``now_ms``."""
         for model in self.models:
-            if model.held:
+            if model.held.any_due(now_ms):
                 model.release(now_ms)
 
     # ----------------------------------------------------------------- promotion

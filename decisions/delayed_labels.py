@@ -11,6 +11,8 @@ proportion they occur. The grade (progressive validation) still happens when the
 >>> held = HeldLabels()
 >>> held.add(300, {"x": 1.0}, True)
 >>> held.add(100, {"x": 2.0}, False)
+>>> held.any_due(99), held.any_due(100)
+(False, True)
 >>> [(x["x"], y) for x, y in held.due(200)], len(held)
 ([(2.0, False)], 1)
 >>> [(x["x"], y) for x, y in held.due(300)], len(held)
@@ -40,6 +42,11 @@ class HeldLabels:
         """Keep ``features`` and ``label`` until ``release_ms`` (event time)."""
         heapq.heappush(self.heap, (release_ms, self.arrivals, features, label))
         self.arrivals += 1
+
+    def any_due(self, now_ms: int) -> bool:
+        """Whether a label is due by ``now_ms``: one comparison, asked before every event is
+        handled, where :meth:`due` would start a generator that mostly yields nothing."""
+        return bool(self.heap) and self.heap[0][0] <= now_ms
 
     def due(self, now_ms: int) -> Iterator[tuple[dict[str, float], bool]]:
         """The labels whose release time is not after ``now_ms``, in release order (each once)."""

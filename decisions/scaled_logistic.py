@@ -3,10 +3,11 @@
 ``StandardScaler | LogisticRegression`` predicts by building a scaled copy of the
 features (a dict), a dot product with the weights, and a ``{False, True}`` dict; it learns
 by updating the scaler, scaling again, and taking an SGD step through VectorDict
-operations. This reader does the same arithmetic in two loops over plain lists, keeps the
-means, deviations and weights it computed for the predictions that follow (the model
-learns about once per five predictions), and writes every learned value back into the
-pipeline, which stays the model of record (checkpoints pickle it).
+operations. This reader does the same arithmetic over plain lists, one per quantity, keeps the
+counts, means, variances, deviations and weights it computed for the predictions and the
+learning that follow (the model learns about once per five predictions), and writes every
+learned value back into the pipeline in bulk (one C-level ``dict.update`` per table, not a
+Python store per feature), which stays the model of record (checkpoints pickle it).
 
 The results are the same floats, bit for bit: each step is River's expression in River's
 order -- Welford's update, ``(x - mean) / var ** 0.5`` (``0.0`` for a zero variance), a
@@ -37,9 +38,6 @@ from typing import Any
 from river import compose, linear_model, optim, preprocessing
 from river.utils.math import clamp, sigmoid
 
-#: (mean, standard deviation or 0.0, weight) per feature, in the weights' order.
-Row = tuple[float, float, float]
-
 
 class ScaledLogistic:
     """Predicts and learns for one ``StandardScaler | LogisticRegression`` pipeline; call
@@ -49,7 +47,15 @@ class ScaledLogistic:
         self.pipeline = pipeline
         self.scaler, self.logistic = pipeline.steps.values()
         self.names: tuple[Any, ...] | None = None
-        self.rows: list[Row] = []
+        #: per feature, in the weights' order (:attr:`names`): the scaler's counts, means and
+        #: variances, the standard deviations (0.0 for a zero variance) and the weights
+        self.counts: list[int] = []
+        self.means: list[float] = []
+        self.variances: list[float] = []
+        self.stds: list[float] = []
+        self.weights: list[float] = []
+        #: (mean, standard deviation, weight) per feature: what a prediction reads, in one list
+        self.rows: list[tuple[float, float, float]] = []
         self.intercept = 0.0
 
     @classmethod
@@ -90,7 +96,7 @@ class ScaledLogistic:
         names = tuple(x)
         if names != self.names and not self._read(names):
             return False
-        scaled, total = self._learn_scaler(x)
+        scaled, total = self._learn_scaler(x, names)
         gradient = logistic.loss.gradient(y_true=y, y_pred=total + logistic.intercept)
         gradient *= 1.0  # the sample weight
         gradient = float(clamp(gradient, -logistic.clip_gradient, logistic.clip_gradient))
@@ -100,52 +106,59 @@ class ScaledLogistic:
         self.intercept = logistic.intercept
         return True
 
-    def _learn_scaler(self, x: dict[str, float]) -> tuple[list[float], float]:
+    def _learn_scaler(self, x: dict[str, float], names: tuple[Any, ...]) -> tuple[list[float], float]:
         """StandardScaler.learn_one then transform_one (Welford's update), fused: the scaled
         features and their dot product with the weights (River's learning-mode order, the
-        weights'), with :attr:`rows` holding the new means and deviations."""
-        counts, means, variances = self.scaler.counts, self.scaler.means, self.scaler.vars
-        scaled = []
-        rows = []
+        weights'), the new state kept and written into the scaler. One comprehension per
+        quantity, each River's expression: cheaper than one loop appending to five lists."""
+        values = list(x.values())
+        old_means = self.means
+        counts = [n + 1 for n in self.counts]
+        means = [m + (xi - m) / n for xi, m, n in zip(values, old_means, counts)]
+        variances = [v + ((xi - old) * (xi - m) - v) / n
+                     for xi, old, m, v, n in zip(values, old_means, means, self.variances, counts)]
+        stds = [v**0.5 if v else 0.0 for v in variances]
+        scaled = [(xi - m) / std if std else 0.0 for xi, m, std in zip(values, means, stds)]
         total: float = 0
-        for (i, xi), (_, _, weight) in zip(x.items(), self.rows):
-            n = counts[i] + 1
-            counts[i] = n
-            old_mean = means[i]
-            mean = means[i] = old_mean + (xi - old_mean) / n
-            v = variances[i]
-            v = variances[i] = v + ((xi - old_mean) * (xi - mean) - v) / n
-            std = v**0.5 if v else 0.0
-            xs = (xi - mean) / std if std else 0.0
+        for weight, xs in zip(self.weights, scaled):
             total = total + weight * xs
-            scaled.append(xs)
-            rows.append((mean, std, weight))
-        self.rows = rows
+        self.counts, self.means, self.variances, self.stds = counts, means, variances, stds
+        scaler = self.scaler
+        dict.update(scaler.counts, zip(names, counts))  # unbound: Counter.update would add
+        dict.update(scaler.means, zip(names, means))
+        dict.update(scaler.vars, zip(names, variances))
         return scaled, total
 
     def _step(self, names: tuple[Any, ...], scaled: list[float], gradient: float, rate: float, l2: float) -> None:
         """One SGD step on the weights (``w - (x * gradient + w * l2) * rate``, as River's
         VectorDict operations compute it), written back into the pipeline."""
-        rows = []
-        for (mean, std, w), xs in zip(self.rows, scaled):
-            step = xs * gradient
-            if l2:
-                step = step + w * l2
-            rows.append((mean, std, w - step * rate))
-        self.rows = rows
-        self.logistic._weights.update({n: row[2] for n, row in zip(names, rows)})
+        if l2:
+            weights = [w - (xs * gradient + w * l2) * rate for w, xs in zip(self.weights, scaled)]
+        else:
+            weights = [w - (xs * gradient) * rate for w, xs in zip(self.weights, scaled)]
+        self.weights = weights
+        self.rows = list(zip(self.means, self.stds, weights))
+        self.logistic._weights.update(dict(zip(names, weights)))
 
     def _read(self, names: tuple[Any, ...]) -> bool:
-        """Take means, deviations and weights for features keyed ``names``, in that order; False
-        when River's arithmetic could not be followed exactly for them."""
-        weights = self.logistic._weights
-        means, variances = self.scaler.means, self.scaler.vars
-        if not names or tuple(weights.keys()) != names:
+        """Take counts, means, variances, deviations and weights for features keyed ``names``,
+        in that order; False when River's arithmetic could not be followed exactly for them."""
+        if not self._followable(names):
             return False
-        if any(n not in means or n not in variances or not variances[n] >= 0 for n in names):
-            return False
-        self.rows = [(means[n], variances[n] ** 0.5 if variances[n] else 0.0, w)
-                     for n, w in zip(names, weights.values())]
+        counts, means, variances = self.scaler.counts, self.scaler.means, self.scaler.vars
+        self.counts = [counts[n] for n in names]
+        self.means = [means[n] for n in names]
+        self.variances = [variances[n] for n in names]
+        self.stds = [v**0.5 if v else 0.0 for v in self.variances]
+        self.weights = list(self.logistic._weights.values())
+        self.rows = list(zip(self.means, self.stds, self.weights))
         self.intercept = self.logistic.intercept
         self.names = names
         return True
+
+    def _followable(self, names: tuple[Any, ...]) -> bool:
+        """The weights are keyed ``names`` in that order and the scaler knows each of them."""
+        means, variances = self.scaler.means, self.scaler.vars
+        if not names or tuple(self.logistic._weights.keys()) != names:
+            return False
+        return all(n in means and n in variances and variances[n] >= 0 for n in names)

@@ -7,7 +7,7 @@ a store persists them, resolves identities, keeps timers and reserves sends.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -40,8 +40,21 @@ if TYPE_CHECKING:
 ID_CLAIM_MS = LONGEST_WINDOW_MS
 
 
+#: The standard base64 alphabet's two symbols that differ in the URL-safe one.
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def _digest(text: str, size: int) -> str:
-    return base64.urlsafe_b64encode(hashlib.blake2b(text.encode(), digest_size=size).digest()).decode().rstrip("=")
+    """``size`` bytes of BLAKE2b, URL-safe base64 without padding: what
+    ``base64.urlsafe_b64encode`` gives, through ``binascii`` directly (two digests an event).
+
+    >>> import base64
+    >>> raw = hashlib.blake2b(b"e49", digest_size=16).digest()
+    >>> base64.b64encode(raw), _digest("e49", 16) == base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    (b'PB68V+R5Iosc/OF8undd2A==', True)
+    """
+    digest = hashlib.blake2b(text.encode(), digest_size=size).digest()
+    return binascii.b2a_base64(digest, newline=False).translate(_URLSAFE).decode().rstrip("=")
 
 
 def id_digest(event_id: str) -> str:
