@@ -26,6 +26,9 @@ from typing import Any, Mapping
 ALPHA = 0.001
 #: The test needs this many expected contacts in every arm to be read.
 MIN_EXPECTED = 5.0
+#: What a mismatch means, wherever it is shown (the run summary, the report).
+MISMATCH_MEANS = ("the arms do not hold the shares they were assigned, so something besides the assignment "
+                  "decided who was counted where; do not trust this lift")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,17 @@ def sample_ratio(experiment: str, observed: Mapping[str, int], shares: Mapping[s
     p = chi2_sf(statistic, len(shares) - 1)
     return SampleRatio(experiment, {arm: observed.get(arm, 0) for arm in shares},
                        {arm: round(w / total_weight, 6) for arm, w in shares.items()}, p, p < alpha)
+
+
+def describe(observed: Mapping[str, int], shares: Mapping[str, float], p_value: float, unit: str = "") -> str:
+    """The counts per arm (of ``unit``) against the shares assigned, and the p-value.
+
+    >>> describe({"a": 309, "b": 263}, {"a": 0.5, "b": 0.5}, 0.0541, "windows closed")
+    '309 : 263 windows closed (a : b) against 50% : 50% assigned, p = 0.0541'
+    """
+    counts = " : ".join(f"{n:,}" for n in observed.values()) + (f" {unit}" if unit else "")
+    assigned = " : ".join(f"{share:.0%}" for share in shares.values())
+    return f"{counts} ({' : '.join(observed)}) against {assigned} assigned, p = {p_value:.3g}"
 
 
 def chi2_sf(x: float, dof: int) -> float:

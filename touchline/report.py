@@ -38,7 +38,7 @@ from touchline.logs import console
 from touchline.decisions.errors import TouchlineError
 from touchline.decisions.attribution import MODELS
 from touchline.decisions.events import Rejected, parse_event, parse_ts
-from touchline.decisions.sample_ratio import sample_ratio
+from touchline.decisions.sample_ratio import MISMATCH_MEANS, describe, sample_ratio
 from touchline.decisions.lift import ALL, LiftEstimate, LiftTable
 from touchline.report_run import RunSummary, journeys_section, quality_section, read_summary
 from touchline.report_parts import (
@@ -797,12 +797,9 @@ def _sample_ratio_facts(exp: ExperimentStats, name: str, assigned: Mapping[str, 
     found = sample_ratio(name, {arm: exp.outcomes[(name, arm)] for arm in assigned}, assigned) if assigned else None
     if found is None:
         return []
-    text = (f"{name}: sample ratio {' : '.join(_n(n) for n in found.observed.values())} windows closed "
-            f"({' : '.join(found.observed)}) against {' : '.join(f'{s:.0%}' for s in found.expected_share.values())} "
-            f"assigned, p = {found.p_value:.3g}")
+    text = f"{name}: sample ratio {describe(found.observed, found.expected_share, found.p_value, 'windows closed')}"
     if found.mismatch:
-        text += (" - SAMPLE RATIO MISMATCH: the arms do not hold the shares they were assigned, so something "
-                 "besides the assignment decided who was counted where; do not trust this lift")
+        text += f" - SAMPLE RATIO MISMATCH: {MISMATCH_MEANS}"
     return [text]
 
 

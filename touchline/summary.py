@@ -6,7 +6,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Collection, Iterable, Mapping
 
 from touchline.batch_service import Engine
-from touchline.decisions import purchase_setup
+from touchline.decisions import purchase_setup, sample_ratio
 from touchline.redact import redact_tree, redact_url
 
 if TYPE_CHECKING:
@@ -404,15 +404,12 @@ def _sample_ratio_lines(ratio: dict[str, Any] | None) -> list[str]:
     """
     if not ratio:
         return []
-    observed, shares, p = ratio["observed"], ratio["expected_share"], ratio["p_value"]
-    counts = " : ".join(f"{n:,}" for n in observed.values())
-    assigned = " : ".join(f"{share:.0%}" for share in shares.values())
-    line = f"    sample ratio   {counts} ({' : '.join(observed)}) against {assigned} assigned, p = {p:.3g}"
+    p = ratio["p_value"]
+    line = f"    sample ratio   {sample_ratio.describe(ratio['observed'], ratio['expected_share'], p)}"
     if not ratio["mismatch"]:
         return [line]
     shown = f"p = {p:.2g}" if p >= 1e-6 else "p < 0.000001"
-    return [line, f"    warning: sample ratio mismatch ({shown}): the arms do not hold the shares they were "
-                  "assigned, so something besides the assignment decided who was counted where; do not trust this lift"]
+    return [line, f"    warning: sample ratio mismatch ({shown}): {sample_ratio.MISMATCH_MEANS}"]
 
 
 def _estimate_line(est: dict[str, Any]) -> str:
