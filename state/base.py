@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import threading
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
@@ -131,6 +132,25 @@ class StoreHealth:
     up: bool = True
     errors: Counter[str] = field(default_factory=Counter)  # op -> failed attempts
     reconnects: int = 0
+    #: The send ledger counts from the connectors' threads while the engine takes the counts.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count_error(self, op: str) -> None:
+        """One failed attempt at ``op`` (it will be retried)."""
+        with self._lock:
+            self.errors[op] += 1
+
+    def take_errors(self) -> Counter[str]:
+        """The failed attempts counted since the last call, which start again from zero.
+
+        >>> health = StoreHealth()
+        >>> health.count_error("claim"); health.count_error("claim")
+        >>> health.take_errors(), health.take_errors()
+        (Counter({'claim': 2}), Counter())
+        """
+        with self._lock:
+            taken, self.errors = self.errors, Counter()
+        return taken
 
 
 class StateStore(ABC):

@@ -224,6 +224,7 @@ class RedisSendLedger(SendLedger):
                 return replies
             except _RETRYABLE as exc:
                 self.health.up = False
+                self.health.count_error(f"ledger_{op}")
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + self.retry_seconds

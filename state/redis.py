@@ -276,7 +276,7 @@ class RedisStore(StateStore):
             try:
                 result = attempt()
             except _RETRYABLE as exc:
-                health.errors[op] += 1
+                health.count_error(op)
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + self.options.retry_seconds

@@ -161,6 +161,8 @@ def test_unreachable_redis_is_one_clear_error_with_the_password_masked():
                                                r"unreachable for 0\.3 s during claim") as err:
         ledger.claim(["a"])
     assert "s3cret" not in str(err.value) and time.monotonic() - started < 3
+    # each failed attempt is counted for touchline_state_store_errors_total, and the ledger reads down
+    assert ledger.health.up is False and ledger.health.take_errors()["ledger_claim"] >= 2
 
 
 # ------------------------------------------------------------------------ Delivery with a ledger

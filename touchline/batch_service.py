@@ -620,17 +620,16 @@ class Engine:
         m.watermark.set(self.clock.now() / 1000)
 
     def _count_store_health(self) -> None:
-        """Failures the store retried through since the last batch, and its reconnects."""
-        m, health = self.metrics, self.store.health
-        if health is None:
-            return
-        for op, n in health.errors.items():
-            m.store_errors.labels(op).inc(n)
-        health.errors.clear()
-        if health.reconnects:
-            m.store_reconnects.inc(health.reconnects)
-            self.totals.store_reconnects += health.reconnects
-            health.reconnects = 0
+        """Failures the store (and the send ledger on the same Redis) retried through since the
+        last batch, and the store's reconnects."""
+        m = self.metrics
+        for health in self.healths:
+            for op, n in health.take_errors().items():
+                m.store_errors.labels(op).inc(n)
+            if health.reconnects:
+                m.store_reconnects.inc(health.reconnects)
+                self.totals.store_reconnects += health.reconnects
+                health.reconnects = 0
 
 
 #: How often one batch redoes profiles that other writers keep changing before giving up.
