@@ -45,6 +45,7 @@ from touchline.stop_signals import sigterm_aborts
 
 if TYPE_CHECKING:
     from touchline.connectors.repeat_purchase import RepeatPurchase
+    from touchline.time_order import TimeOrdered
 
 EXIT_USAGE, EXIT_CONFIG, EXIT_RUNTIME, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 2, 1, 130, 143
 
@@ -699,9 +700,10 @@ def _cmd_scores(args: argparse.Namespace, settings: Settings) -> int:
     at = sc.parse_at(args.at)
     sc.check_writable(args.out)
     if args.input is not None:
+        replay = _read_ahead(args.input, at)
         if not args.no_derive:
-            settings = _derived(args, settings, at)
-        run = sc.scores_from_file(settings, args.input, at)
+            settings = _derived(args, settings, at, replay)
+        run = sc.scores_from_file(settings, args.input, at, replay)
     else:
         run = sc.scores_from_redis(settings, at)
     for note in run.notes:
@@ -717,17 +719,29 @@ def _cmd_scores(args: argparse.Namespace, settings: Settings) -> int:
         console(f"{run.forgotten:,} contact(s) of the events up to {sc.iso(at)} had no state left by then (the engine "
               f"forgets a contact state.retention_days = {settings.state.retention_days:g} after its last activity): "
               "not scored")
+    if run.refused:
+        console(f"{run.refused:,} contact(s) of the events up to {sc.iso(at)} had none of their events taken by the "
+                "engine (dead-lettered: see the invalid lines above): not scored")
     sc.write_csv(run.rows, args.out)
     where = "stdout" if str(args.out) == "-" else args.out
     console(f"wrote the scores of {len(run.rows):,} contacts as of {sc.iso(at)} to {where}")
     return 0
 
 
-def _derived(args: argparse.Namespace, settings: Settings, at: int) -> Settings:
+def _read_ahead(path: Path, at: int) -> "TimeOrdered":
+    """``--input``'s lines up to ``at`` in event-time order (read once for the set-up and the replay)."""
+    from touchline.scores import check_input
+    from touchline.time_order import TimeOrdered
+
+    check_input(path)
+    return TimeOrdered.scan(path, at)
+
+
+def _derived(args: argparse.Namespace, settings: Settings, at: int, replay: "TimeOrdered") -> Settings:
     """The settings with the churn set-up ``--input``'s data calls for, announced key by key."""
     from touchline.purchase_scan import derived_settings
 
-    settings, lines = derived_settings(settings, args.input, at, args.config, _overrides(args))
+    settings, lines = derived_settings(settings, args.input, at, args.config, _overrides(args), replay)
     for line in lines:
         console(line)
     return settings

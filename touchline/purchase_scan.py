@@ -14,28 +14,30 @@ from typing import Any
 
 from touchline.decisions.purchase_setup import PurchaseScan, announcement, derive
 from touchline.settings import Settings, load_settings
+from touchline.time_order import TimeOrdered
 
 #: The sections whose keys the purchase set-up reads or writes.
 SECTIONS = ("labels", "state", "policy", "models")
 
 
-def scan_file(path: Path, until_ms: int, min_ms: int) -> PurchaseScan:
-    """Count the file's valid events with ``min_ms <= ts <= until_ms``.
+def scan_file(path: Path, until_ms: int, min_ms: int, replay: TimeOrdered | None = None) -> PurchaseScan:
+    """Count the file's valid events with ``min_ms <= ts <= until_ms``, in event-time order (a
+    file sorted by customer gives the same gaps as one sorted by time); ``replay``: the file's
+    lines in that order, when already read.
 
     >>> import tempfile, os
     >>> with tempfile.TemporaryDirectory() as d:
     ...     f = Path(d, "e.jsonl")
-    ...     _ = f.write_text('{"event_id":"a","type":"purchase","ts":0,"contact_id":"c"}\\nnot json\\n'
-    ...                      '{"event_id":"b","type":"purchase","ts":864000000,"contact_id":"c"}\\n')
+    ...     _ = f.write_text('{"event_id":"b","type":"purchase","ts":864000000,"contact_id":"c"}\\nnot json\\n'
+    ...                      '{"event_id":"a","type":"purchase","ts":0,"contact_id":"c"}\\n')
     ...     s = scan_file(f, 10**13, 0)
     >>> s.purchases, dict(s.gaps)
     (2, {10: 1})
     """
     from touchline.decisions.events import Event, parse_event
-    from touchline.scores import _lines
 
     scan = PurchaseScan()
-    for line in _lines(path):
+    for line in (replay or TimeOrdered.scan(path, until_ms)).lines():
         ev = parse_event(line)
         if isinstance(ev, Event) and min_ms <= ev.ts_ms <= until_ms:
             scan.add(ev.type, ev.contact_id, ev.ts_ms)
@@ -64,12 +66,13 @@ def explicit_keys(settings: Settings) -> frozenset[str]:
 
 
 def derived_settings(settings: Settings, path: Path, until_ms: int, config: Path | None,
-                     overrides: dict[str, Any]) -> tuple[Settings, list[str]]:
+                     overrides: dict[str, Any], replay: TimeOrdered | None = None) -> tuple[Settings, list[str]]:
     """The settings with the set-up the file's data calls for (the same file, environment and
-    flags, plus the derived keys: none of them set by the user), and the lines announcing it."""
+    flags, plus the derived keys: none of them set by the user), and the lines announcing it;
+    ``replay``: the file's lines in event-time order, when already read."""
     if not path.is_file():
         return settings, []
-    scan = scan_file(path, until_ms, int(settings.engine.min_event_time.timestamp() * 1000))
+    scan = scan_file(path, until_ms, int(settings.engine.min_event_time.timestamp() * 1000), replay)
     if scan.events == 0:
         from touchline.scores import iso
 

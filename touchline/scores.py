@@ -38,8 +38,9 @@ from touchline.decisions.champion import ModelSlot, Restore
 from touchline.decisions.custom_attributes import CustomAttributes
 from touchline.decisions.estimators import ScoreSettings
 from touchline.decisions.features import features
-from touchline.decisions.profile import Profile, contact_of, is_known_key
+from touchline.decisions.profile import DAY_MS, Profile, contact_of, is_known_key
 from touchline.settings import ConfigError, Settings
+from touchline.time_order import TimeOrdered
 
 if TYPE_CHECKING:
     from touchline.state.model_store import ModelStore
@@ -74,6 +75,8 @@ class ScoreRun:
     newer: int = 0
     #: contacts of the replayed events the engine had forgotten by TIME (retention)
     forgotten: int = 0
+    #: contacts of the replayed events none of whose events the engine took (dead letters)
+    refused: int = 0
     #: what was read, and where the models came from, one line each
     notes: list[str] = field(default_factory=list)
     #: the models that gave the scores (with --input: their progressive figures from the replay)
@@ -144,32 +147,57 @@ def export_scores(profile: Profile, slots: Mapping[str, ModelSlot],
 
 
 # ------------------------------------------------------------------ --input FILE
-def scores_from_file(settings: Settings, path: Path, at_ms: int) -> ScoreRun:
-    """Replay ``path``'s events up to ``at_ms`` into the in-process store with the configured
-    models learning (as ``touchline run --input`` does), then score every known contact."""
+def scores_from_file(settings: Settings, path: Path, at_ms: int, replay: TimeOrdered | None = None) -> ScoreRun:
+    """Replay ``path``'s events up to ``at_ms`` in event-time order (whatever the file's order:
+    exports are often sorted by customer) into the in-process store with the configured models
+    learning (as ``touchline run --input`` does), then score every known contact. ``replay``:
+    the file already read for that order (:meth:`TimeOrdered.scan`)."""
     from prometheus_client import CollectorRegistry
 
     from touchline.runner import build_engine
 
-    if not path.is_file():
-        raise ConfigError(f"--input {path}: no such file")
-    replay = settings.model_copy(update={
+    check_input(path)
+    in_memory = settings.model_copy(update={
         "state": settings.state.model_copy(update={"url": "memory://"}),
         "source": settings.source.model_copy(update={"kind": "jsonl", "path": path})})
-    engine = build_engine(replay, CollectorRegistry(), keep_models=False)
-    seen: set[str] = set()
-    fed, later = _replay_until(engine, path, at_ms, settings.source.batch_size, seen)
-    invalid = sum(engine.totals.dead_letters.values())
-    run = ScoreRun(notes=[f"replayed {fed - invalid:,} events of {path} up to {iso(at_ms)}"
-                          f" ({later:,} later ones left out, {invalid:,} invalid lines skipped)",
+    engine = build_engine(in_memory, CollectorRegistry(), keep_models=False)
+    replay = replay or TimeOrdered.scan(path, at_ms)
+    fed = _replay_until(engine, replay, at_ms, settings.source.batch_size)
+    dead = engine.totals.dead_letters
+    invalid = sum(dead.values())
+    order = " in event-time order (the file is not)" if replay.reordered else ""
+    why = f": {', '.join(f'{n:,} {reason}' for reason, n in dead.most_common())}" if invalid else ""
+    run = ScoreRun(notes=[f"replayed {fed - invalid:,} events of {path} up to {iso(at_ms)}{order}"
+                          f" ({replay.later:,} later ones left out, {invalid:,} invalid lines skipped{why})",
                           *_model_notes(engine.core.models, "learned in this replay"), *_purchase_notes(engine)],
                    models=engine.core.models)
     profiles = [p for p in engine.store.profiles() if is_known_key(p.key)]
     run.notes.extend(fit_population(engine.core.models, profiles, at_ms, engine.core.attributes))
     run.rows = sorted((score_profile(p, at_ms, engine.core.models, engine.core.attributes) for p in profiles),
                       key=lambda r: r.contact_id)
-    run.forgotten = len(seen - {r.contact_id for r in run.rows})
+    earliest_ms = settings.engine.min_event_time.timestamp() * 1000
+    _count_unscored(run, replay.last_seen, at_ms - settings.state.retention_days * DAY_MS, earliest_ms)
     return run
+
+
+def _count_unscored(run: ScoreRun, last_seen: Mapping[str, int], forget_before_ms: float,
+                    earliest_ms: float) -> None:
+    """Split the contacts of the replayed events that have no row: those last seen before
+    ``forget_before_ms`` (forgotten by retention), unless even that event was before the
+    earliest time the engine takes, and the rest (all their events refused: dead letters)."""
+    scored = {r.contact_id for r in run.rows}
+    for contact_id, last_ms in last_seen.items():
+        if contact_id not in scored:
+            if earliest_ms <= last_ms < forget_before_ms:
+                run.forgotten += 1
+            else:
+                run.refused += 1
+
+
+def check_input(path: Path) -> None:
+    """A ConfigError unless ``path`` is a file."""
+    if not path.is_file():
+        raise ConfigError(f"--input {path}: " + ("a directory, not a file of events" if path.is_dir() else "no such file"))
 
 
 def fit_population(slots: Mapping[str, ModelSlot], profiles: list[Profile], at_ms: int,
@@ -207,28 +235,26 @@ def _purchase_notes(engine: Any) -> list[str]:
     return notes
 
 
-def _replay_until(engine: Any, path: Path, at_ms: int, batch_size: int, seen: set[str]) -> tuple[int, int]:
-    """Feed the engine the file's lines whose event time is not after ``at_ms`` (invalid lines
-    too: the engine dead-letters them as in a run), in batches, then move its clock to ``at_ms``
-    so the timers due by then fire (labels resolve, retention forgets); (lines fed, events left out).
-    The contact ids of the events fed are added to ``seen``."""
+def _replay_until(engine: Any, replay: TimeOrdered, at_ms: int, batch_size: int) -> int:
+    """Feed the engine ``replay``'s lines (events up to ``at_ms`` in event-time order, invalid
+    lines too: the engine dead-letters them as in a run), in batches, then move its clock to
+    ``at_ms`` so the timers due by then fire (labels resolve, retention forgets); the number of
+    lines fed. Positions count in replay order (the engine takes a position lower than one it
+    has seen for a redelivery)."""
     from touchline.decisions.batches import RawBatch
 
     batch: list[bytes] = []
-    fed = later = 0
-    for line in _until(_lines(path), at_ms, seen):
-        if line is None:
-            later += 1
-            continue
+    fed = 0
+    for line in replay.lines():
         batch.append(line)
         if len(batch) >= batch_size:
-            engine.process(RawBatch(batch, path.name, fed + 1))
+            engine.process(RawBatch(batch, replay.path.name, fed + 1))
             fed += len(batch)
             batch = []
-    engine.process(RawBatch(batch, path.name, fed + 1, final=True, advance_to_ms=at_ms))
+    engine.process(RawBatch(batch, replay.path.name, fed + 1, final=True, advance_to_ms=at_ms))
     if engine.failure is not None:
         raise engine.failure
-    return fed + len(batch), later
+    return fed + len(batch)
 
 
 def _lines(path: Path) -> Iterator[bytes]:
@@ -237,27 +263,6 @@ def _lines(path: Path) -> Iterator[bytes]:
         for line in fh:
             if line.strip():
                 yield line.rstrip(b"\r\n")
-
-
-def _until(lines: Iterable[bytes], at_ms: int, seen: set[str]) -> Iterator[bytes | None]:
-    """Each line, or None in place of a valid event later than ``at_ms``; the contact ids of
-    the events kept go into ``seen``.
-
-    >>> list(_until([b'{"event_id":"a","type":"page_view","ts":5,"contact_id":"c"}',
-    ...              b'{"event_id":"b","type":"page_view","ts":9,"contact_id":"c"}', b"oops"], 5, set()))[1:]
-    [None, b'oops']
-    """
-    from touchline.decisions.events import Event, parse_event
-
-    for line in lines:
-        ev = parse_event(line)
-        if isinstance(ev, Event):
-            if ev.ts_ms > at_ms:
-                yield None
-                continue
-            if ev.contact_id:
-                seen.add(ev.contact_id)
-        yield line
 
 
 # ------------------------------------------------------------------ --redis URL
