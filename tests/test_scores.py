@@ -245,3 +245,19 @@ def test_every_primary_of_a_cluster_is_read(redis_cluster_url, tmp_path, capsys)
     assert set(rows) == {f"c{i}" for i in range(30)}
     err = capsys.readouterr().err
     assert "no deployment stored yet, the configured models" in err and "untrained: no checkpoint" in err
+
+
+def test_contacts_whose_every_event_was_refused_are_told_apart_from_forgotten_ones(tmp_path, capsys):
+    """A contact whose only event is before engine.min_event_time was never taken, not forgotten."""
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(b'{"event_id":"x1","type":"page_view","ts":1000,"contact_id":"old"}\n'
+                     b'{"event_id":"x2","type":"page_view","ts":"2026-01-01T00:00:00Z","contact_id":"new"}\n')
+    assert set(_scores("--at", "2026-02-01", "--input", str(path), "--no-derive", out=tmp_path / "s.csv")) == {"new"}
+    err = capsys.readouterr().err
+    assert "1 invalid lines skipped: 1 before_floor" in err and "had no state left" not in err
+    assert "1 contact(s) of the events up to 2026-02-01T00:00:00Z had none of their events taken" in err
+
+
+def test_a_directory_is_not_an_input(tmp_path, capsys):
+    assert main(["scores", "--at", "2026-02-01", "--input", str(tmp_path), "--out", str(tmp_path / "s.csv")]) == 2
+    assert "a directory, not a file of events" in capsys.readouterr().err
