@@ -281,10 +281,11 @@ def _parser() -> argparse.ArgumentParser:
     m_eval.add_argument("--json", action="store_true", help="print the figures as JSON")
     _add_train_parser(models_sub)
 
-    from touchline import report as report_cmd, why as why_cmd
+    from touchline import report as report_cmd, sort_command, why as why_cmd
 
     report_cmd.add_parser(sub)
     why_cmd.add_parser(sub)
+    sort_command.add_parser(sub)
 
     cfg = sub.add_parser("config", help="print the effective settings (file + environment + defaults) as JSON")
     cfg.add_argument("--config", type=Path, help="settings file (.toml, .yaml)")
@@ -1045,7 +1046,8 @@ def _without_settings(args: argparse.Namespace) -> int | None:
 
         print(list_models())
         return 0
-    command = {"schema": lambda a: _cmd_schema(a, None), "report": _cmd_report, "why": _cmd_why}.get(args.command)
+    command = {"schema": lambda a: _cmd_schema(a, None), "report": _cmd_report, "why": _cmd_why,
+               "sort": _cmd_sort}.get(args.command)
     return command(args) if command is not None else None
 
 
@@ -1057,6 +1059,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
         console(missing, level="error")
         return EXIT_CONFIG
     return report_cmd.main(args)
+
+
+def _cmd_sort(args: argparse.Namespace) -> int:
+    from touchline import sort_command
+
+    return sort_command.main(args)
 
 
 def _cmd_why(args: argparse.Namespace) -> int:

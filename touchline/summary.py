@@ -216,7 +216,30 @@ def _outcome_lines(s: dict[str, Any]) -> list[str]:
     if s.get("erased_events_dropped"):
         out.append(f"  erased             {s['erased_events_dropped']:,} events of erased contacts dropped")
     out += [f"  dead letters       {s['dead_letters_total']:,}", *_counts(s["dead_letters"])]
-    return out
+    return out + _out_of_order_lines(s["dead_letters"], s.get("lines_read") or 0)
+
+
+#: A share of late and far-ahead events that says the input is not in time order (a simulated
+#: stream's few late events do not).
+OUT_OF_ORDER_SHARE = 0.05
+
+
+def _out_of_order_lines(dead: dict[str, int], lines_read: int) -> list[str]:
+    """A hint when many events came late or far ahead of the event clock: an input in another
+    order than time (an export sorted by customer), which ``touchline sort`` fixes.
+
+    >>> _out_of_order_lines({"late_event": 311, "future_event": 292}, 1289)[0]
+    '      warning: 603 of 1,289 lines (47%) came late or far ahead of the event clock: is the input in event-time order?'
+    >>> _out_of_order_lines({"late_event": 3}, 1289)
+    []
+    """
+    n = dead.get("late_event", 0) + dead.get("future_event", 0)
+    if not lines_read or n < OUT_OF_ORDER_SHARE * lines_read:
+        return []
+    return [f"      warning: {n:,} of {lines_read:,} lines ({n / lines_read:.0%}) came late or far ahead of the event "
+            "clock: is the input in event-time order?",
+            "      a stream takes events in the order given; sort a file by event time first (touchline sort FILE "
+            "--out SORTED), or use touchline scores --input, which sorts by itself"]
 
 
 def _no_action_line(n: dict[str, Any]) -> str:
