@@ -9,6 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from exports import by_customer
+
 from touchline.cli import main
 from touchline.decisions.purchase_setup import DAY_MS
 from touchline.purchase_scan import derived_settings, explicit_keys, scan_file
@@ -121,11 +123,8 @@ def _by_customer(orders: Path, out: Path) -> Path:
     """The same orders as an export sorted by customer (a customer's newest first, as some systems
     list them), with blank lines, junk and one event from the year 9999 mixed in."""
     lines = [line for line in orders.read_bytes().splitlines() if line.strip()]
-    def customer(line: bytes) -> tuple[str, int]:
-        event = orjson.loads(line)
-        return event["contact_id"], -event["ts"]
     far = orjson.dumps({"event_id": "far", "type": "purchase", "ts": "9999-12-31T23:59:59Z", "contact_id": "c-far"})
-    out.write_bytes(b"\n".join([b"", b"{not json", far, *sorted(lines, key=customer), b"   ", b"[1, 2]"]) + b"\n")
+    out.write_bytes(b"\n".join([b"", b"{not json", far, *by_customer(lines), b"   ", b"[1, 2]"]) + b"\n")
     return out
 
 

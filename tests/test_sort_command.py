@@ -8,6 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from exports import by_customer
+
 from touchline.cli import main
 
 
@@ -21,11 +23,7 @@ def orders(tmp_path_factory) -> Path:
 
 def _by_customer(orders: Path, out: Path) -> Path:
     """The orders sorted by customer, newest first, with a blank line and a junk line."""
-    lines = orders.read_bytes().splitlines()
-    def customer(line: bytes) -> tuple[str, int]:
-        event = orjson.loads(line)
-        return event["contact_id"], -event["ts"]
-    ordered = sorted(lines, key=customer)
+    ordered = by_customer(orders.read_bytes().splitlines())
     out.write_bytes(b"\n".join([*ordered[:5], b"", b"{junk", *ordered[5:]]) + b"\n")
     return out
 

@@ -27,7 +27,6 @@ import csv
 import io
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -39,8 +38,9 @@ from touchline.decisions.custom_attributes import CustomAttributes
 from touchline.decisions.estimators import ScoreSettings
 from touchline.decisions.features import features
 from touchline.decisions.profile import DAY_MS, Profile, contact_of, is_known_key
+from touchline.atomic_file import write_atomically
 from touchline.settings import ConfigError, Settings
-from touchline.time_order import TimeOrdered
+from touchline.time_order import TimeOrdered, input_problem
 
 if TYPE_CHECKING:
     from touchline.state.model_store import ModelStore
@@ -196,8 +196,9 @@ def _count_unscored(run: ScoreRun, last_seen: Mapping[str, int], forget_before_m
 
 def check_input(path: Path) -> None:
     """A ConfigError unless ``path`` is a file."""
-    if not path.is_file():
-        raise ConfigError(f"--input {path}: " + ("a directory, not a file of events" if path.is_dir() else "no such file"))
+    problem = input_problem(path)
+    if problem is not None:
+        raise ConfigError(f"--input {problem}")
 
 
 def fit_population(slots: Mapping[str, ModelSlot], profiles: list[Profile], at_ms: int,
@@ -255,14 +256,6 @@ def _replay_until(engine: Any, replay: TimeOrdered, at_ms: int, batch_size: int)
     if engine.failure is not None:
         raise engine.failure
     return fed + len(batch)
-
-
-def _lines(path: Path) -> Iterator[bytes]:
-    """The file's non-blank lines, without their line ends."""
-    with open(path, "rb") as fh:
-        for line in fh:
-            if line.strip():
-                yield line.rstrip(b"\r\n")
 
 
 # ------------------------------------------------------------------ --redis URL
@@ -423,15 +416,6 @@ def write_csv(rows: Iterable[ScoreRow], out: Path, stdout: IO[str] | None = None
         return
     check_writable(out)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        write_atomically(out, [text.encode("utf-8")])
     except OSError as exc:
-        raise _unwritable(out, exc.strerror or str(exc)) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise _unwritable(out, exc.strerror or str(exc)) from None

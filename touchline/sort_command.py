@@ -11,15 +11,12 @@ drops blank lines, costs 16 bytes of memory a line, and replaces ``--out`` atomi
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from touchline.atomic_file import write_atomically
 from touchline.logs import console
-
-if TYPE_CHECKING:
-    from touchline.time_order import TimeOrdered
+from touchline.time_order import TimeOrdered, input_problem
 
 EXIT_USAGE, EXIT_FAILED = 2, 1
 
@@ -39,15 +36,13 @@ def add_parser(subparsers: "argparse._SubParsersAction[Any]") -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``touchline sort``: 0 when written, 2 for a bad input or output, 1 when writing fails."""
-    from touchline.time_order import TimeOrdered
-
     problem = _problem(args.input, args.out)
     if problem is not None:
         console(f"touchline sort: {problem}", level="error")
         return EXIT_USAGE
-    replay = TimeOrdered.scan(args.input, until_ms=2**63 - 1)
+    replay = TimeOrdered.scan(args.input, until_ms=2**63 - 1, contacts=False)
     try:
-        _write(replay, args.out)
+        write_atomically(args.out, (line + b"\n" for line in replay.lines()))
     except OSError as exc:
         console(f"touchline sort: cannot write {args.out}: {exc.strerror or exc}", level="error")
         return EXIT_FAILED
@@ -58,25 +53,11 @@ def main(args: argparse.Namespace) -> int:
 
 def _problem(source: Path, out: Path) -> str | None:
     """What stops the sort before it starts, or None."""
-    if not source.is_file():
-        return f"{source}: " + ("a directory, not a file of events" if source.is_dir() else "no such file")
+    problem = input_problem(source)
+    if problem is not None:
+        return problem
     if out.exists() and out.resolve() == source.resolve():
         return f"--out {out} is FILE itself: write the sorted events to another file"
     if not out.parent.is_dir():
         return f"--out {out}: no such directory {out.parent}"
     return None
-
-
-def _write(replay: "TimeOrdered", out: Path) -> None:
-    """The lines in order into a temporary file beside ``out``, renamed over it when complete."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for line in replay.lines():
-                fh.write(line + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

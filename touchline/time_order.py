@@ -39,6 +39,17 @@ CHUNK = 65_536
 _BEFORE_ALL = -(2**63)
 
 
+def input_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file of events, naming it; None when it can.
+
+    >>> input_problem(Path("/")), input_problem(Path("/no/such.jsonl"))
+    ('/: a directory, not a file of events', '/no/such.jsonl: no such file')
+    """
+    if path.is_file():
+        return None
+    return f"{path}: " + ("a directory, not a file of events" if path.is_dir() else "no such file")
+
+
 @dataclass
 class TimeOrdered:
     """The valid events of a file up to a time, and its invalid lines, in event-time order."""
@@ -55,8 +66,9 @@ class TimeOrdered:
     last_seen: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def scan(cls, path: Path, until_ms: int) -> "TimeOrdered":
-        """Read ``path`` once: what to replay, and in which order."""
+    def scan(cls, path: Path, until_ms: int, contacts: bool = True) -> "TimeOrdered":
+        """Read ``path`` once: what to replay, and in which order; ``contacts``: also keep
+        :attr:`last_seen` (memory per contact as well as per line)."""
         from touchline.decisions.events import Event, parse_event
 
         found = cls(path)
@@ -73,7 +85,8 @@ class TimeOrdered:
                         found.later += 1
                         continue
                     key = ev.ts_ms
-                    found._saw(ev.contact_id, key)
+                    if contacts:
+                        found._saw(ev.contact_id, key)
                 found.reordered |= key < newest
                 newest = max(newest, key)
                 found._keep(key, start)
