@@ -424,3 +424,22 @@ def test_json_logs_hold_for_serve_from_start_to_stop(tmp_path):
     _, rest = proc.communicate(timeout=60)
     assert proc.returncode == 0
     assert _json_lines(rest)[-1]["signal"] == "SIGTERM"
+
+
+def test_run_directories_sort_in_the_order_they_were_made_even_within_one_second(tmp_path):
+    """Pruning removes the oldest by name: runs made back to back (the same second, the same
+    millisecond) and after a clock step back must still sort in the order they were made."""
+    made = []
+    for _ in range(30):
+        path = run_dirs.new_run(tmp_path)
+        path.mkdir(parents=True)
+        made.append(path)
+    assert run_dirs.runs(tmp_path) == made
+    ahead = tmp_path / "runs" / "29991231T235959.999Z-abcdef"  # a run stamped by a clock since stepped back
+    ahead.mkdir()
+    after = run_dirs.new_run(tmp_path)
+    after.mkdir()
+    assert run_dirs.runs(tmp_path)[-2:] == [ahead, after]
+    old_format = tmp_path / "runs" / "20000101T000000Z-000000"  # an id of an earlier version still counts
+    old_format.mkdir()
+    assert run_dirs.runs(tmp_path)[0] == old_format

@@ -2,9 +2,9 @@
 run's outputs are lost to another one, and ``latest`` names the run that is current.
 
     touchline-out/
-      runs/20260105T093012Z-3fa9c1/   decisions.jsonl, experiments.jsonl, summary.json, models/, ...
-      runs/20260105T094501Z-b70e2d/
-      latest -> runs/20260105T094501Z-b70e2d   (a symlink; a one-line text file where symlinks fail)
+      runs/20260105T093012.481Z-3fa9c1/   decisions.jsonl, experiments.jsonl, summary.json, models/, ...
+      runs/20260105T094501.007Z-b70e2d/
+      latest -> runs/20260105T094501.007Z-b70e2d   (a symlink; a one-line text file where symlinks fail)
       recovery/                         Bytewax snapshots of a production run (kept across runs)
 
 A run's directory is created when it starts and ``latest`` is moved to it (atomically)
@@ -15,10 +15,10 @@ run ends: never the one ``latest`` names, nor one an engine still writes to. Rea
 (``touchline report``, ``touchline models ...``, ``contact erase``) given such a root read
 the run ``latest`` names.
 
->>> run_id(datetime(2026, 1, 5, 9, 30, 12, tzinfo=timezone.utc), "3fa9c1")
-'20260105T093012Z-3fa9c1'
->>> is_run_id('20260105T093012Z-3fa9c1'), is_run_id('notes')
-(True, False)
+>>> run_id(datetime(2026, 1, 5, 9, 30, 12, 481_999, tzinfo=timezone.utc), "3fa9c1")
+'20260105T093012.481Z-3fa9c1'
+>>> is_run_id('20260105T093012.481Z-3fa9c1'), is_run_id('20260105T093012Z-3fa9c1'), is_run_id('notes')
+(True, True, False)
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import os
 import re
 import secrets
 import shutil
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from touchline.erasure_outputs import LOCK_NAME
@@ -38,13 +38,16 @@ from touchline.settings import ConfigError
 log = logging.getLogger(__name__)
 
 RUNS, LATEST, RECOVERY = "runs", "latest", "recovery"
-_RUN_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")
+#: ids of earlier versions have no milliseconds; they still sort among the rest by their second
+_RUN_ID = re.compile(r"\d{8}T\d{6}(\.\d{3})?Z-[0-9a-f]{6}")
+_STEP = timedelta(milliseconds=1)
 
 
 def run_id(now: datetime | None = None, suffix: str | None = None) -> str:
-    """A new run's id: its UTC start time (so ids sort by time) and a short random part."""
-    now = now or datetime.now(timezone.utc)
-    return f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{suffix or secrets.token_hex(3)}"
+    """A new run's id: its UTC start time to the millisecond (so ids sort by time) and a short
+    random part (so two processes starting at once do not collide)."""
+    at = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return f"{at:%Y%m%dT%H%M%S}.{at.microsecond // 1000:03d}Z-{suffix or secrets.token_hex(3)}"
 
 
 def is_run_id(name: str) -> bool:
@@ -133,12 +136,33 @@ def check_root(root: Path) -> None:
 
 
 def new_run(root: Path) -> Path:
-    """The path of a new run directory under ``root`` (not created: a failed start leaves nothing)."""
+    """The path of a new run directory under ``root`` (not created: a failed start leaves nothing),
+    named to sort after every run already there: pruning removes the oldest by name, so a run
+    started within the same millisecond as the last one (or after the clock stepped back) is
+    stamped a millisecond after it rather than before it."""
     check_root(root)
+    existing = runs(root)
+    newest = existing[-1].name if existing else ""
+    at = datetime.now(timezone.utc)
+    if run_id(at) <= newest:
+        at = _started(newest) + _STEP
     while True:
-        path = root / RUNS / run_id()
-        if not path.exists():
+        path = root / RUNS / run_id(at)
+        if path.name > newest and not path.exists():
             return path
+        at += _STEP
+
+
+def _started(name: str) -> datetime:
+    """The start time a run id names (ids of earlier versions: the end of their second).
+
+    >>> _started('20260105T093012.481Z-3fa9c1').isoformat(), _started('20260105T093012Z-3fa9c1').isoformat()
+    ('2026-01-05T09:30:12.481000+00:00', '2026-01-05T09:30:12.999000+00:00')
+    """
+    stamp = name.split("Z-")[0]
+    whole, _, millis = stamp.partition(".")
+    at = datetime.strptime(whole, "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
+    return at + timedelta(milliseconds=int(millis) if millis else 999)
 
 
 def point_latest(root: Path, run_dir: Path) -> None:
