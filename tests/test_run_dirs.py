@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import orjson
@@ -365,6 +366,59 @@ def test_sigterm_while_waiting_for_the_broker_at_start_up_ends_the_run_at_once(t
     _, rest = proc.communicate(timeout=30)  # without the fix: up to 60 s, or for ever as PID 1
     assert proc.returncode == 143, rest
     assert rest.strip().splitlines()[-1] == "touchline: terminated"
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_entry_catches_sigterm_before_it_loads_the_commands(monkeypatch):
+    """The console script installs its SIGTERM handler before importing the commands (half a
+    second of imports, during which PID 1 would ignore the signal)."""
+    from touchline import entry
+
+    seen = []
+    loaded = types.ModuleType("touchline.cli")
+    loaded.main = lambda: seen.append(signal.getsignal(signal.SIGTERM)) or 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "touchline.cli", loaded)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert entry.main() == 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == [entry.terminated_while_loading]
+
+
+def _catches_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has a handler for SIGTERM (the SigCgt mask in /proc)."""
+    [caught] = [ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("SigCgt:")]
+    return bool(int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_sigterm_the_moment_the_command_starts_ends_it_as_pid_one(tmp_path, log_format):
+    """SIGTERM as soon as the process can catch it (while the commands still load), to PID 1 as
+    ``docker stop`` sends it: exit 143 at once with the one line, nothing written."""
+    prefix = _as_pid_one()
+    if not prefix:
+        pytest.skip("needs root and unshare to start a process as PID 1")
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "touchline", "run", "--kafka", "127.0.0.1:1",
+                             "--no-metrics", "--out", str(tmp_path / "out")], cwd=tmp_path,
+                            env={**_env(), "TOUCHLINE_LOGGING__FORMAT": log_format,
+                                 "TOUCHLINE_KAFKA__CONNECT_TIMEOUT_SECONDS": "60"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    engine = None
+    while engine is None or not _catches_sigterm(engine):
+        assert time.monotonic() < deadline and proc.poll() is None
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        engine = int(children[0]) if children else None
+        time.sleep(0.002)
+    os.kill(engine, signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)  # ignored as PID 1: the 60 s broker wait, then exit 1
+    assert proc.returncode == 143, err
+    last = err.strip().splitlines()[-1]
+    if log_format == "json":
+        assert orjson.loads(last)["message"] == "touchline: terminated"
+    else:
+        assert last == "touchline: terminated"
     assert not (tmp_path / "out").exists()
 
 

@@ -1,3 +1,5 @@
-from touchline.cli import main
 import sys
+
+from touchline.entry import main
+
 sys.exit(main())

@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
 import orjson
 
@@ -1002,30 +1002,11 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def _log_format(argv: Sequence[str]) -> Literal["text", "json"]:
-    """The log format asked for before the arguments are parsed (so a usage error can follow
-    it): ``--log-format json`` or TOUCHLINE_LOGGING__FORMAT=json.
-
-    >>> _log_format(["run", "--log-format", "json"]), _log_format(["run", "--log-format=json"]), _log_format(["run"])
-    ('json', 'json', 'text')
-    """
-    import os
-
-    flags = list(argv)
-    wanted = os.environ.get("TOUCHLINE_LOGGING__FORMAT", "text").strip().lower()
-    for i, arg in enumerate(flags):
-        if arg.startswith("--log-format="):
-            wanted = arg.partition("=")[2]
-        elif arg == "--log-format" and i + 1 < len(flags):
-            wanted = flags[i + 1]
-    return "json" if wanted == "json" else "text"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     from touchline import logs
 
-    logs.configure(fmt=_log_format(sys.argv[1:] if argv is None else argv))
+    logs.configure(fmt=logs.asked_format(sys.argv[1:] if argv is None else argv))
     parser = _parser()
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else None
