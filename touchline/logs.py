@@ -21,14 +21,14 @@ True
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
-from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 import orjson
+
+from touchline.entry import asked_format as asked_format
 
 from touchline.redact import redact_secrets
 
@@ -134,23 +134,6 @@ def json_line(message: str, level: str = "info", logger: str = "touchline", **fi
                            "logger": logger, "message": redact(redact_secrets(message))}
     doc.update({k: redact(redact_secrets(v)) if isinstance(v, str) else v for k, v in fields.items()})
     return orjson.dumps(doc, default=str).decode()
-
-
-def asked_format(argv: Sequence[str]) -> LogFormat:
-    """The log format asked for before the arguments are parsed (so a usage error can follow
-    it): ``--log-format json`` or TOUCHLINE_LOGGING__FORMAT=json.
-
-    >>> asked_format(["run", "--log-format", "json"]), asked_format(["run", "--log-format=json"]), asked_format(["run"])
-    ('json', 'json', 'text')
-    """
-    flags = list(argv)
-    wanted = os.environ.get("TOUCHLINE_LOGGING__FORMAT", "text").strip().lower()
-    for i, arg in enumerate(flags):
-        if arg.startswith("--log-format="):
-            wanted = arg.partition("=")[2]
-        elif arg == "--log-format" and i + 1 < len(flags):
-            wanted = flags[i + 1]
-    return "json" if wanted == "json" else "text"
 
 
 def console(message: str, level: str = "info", *, stream: Any = None, newline_first: bool = False,
