@@ -40,6 +40,7 @@ import orjson
 
 import touchline
 from touchline.settings import ConfigError, Settings, load_settings
+from touchline.entry import EXIT_TERMINATED as EXIT_TERMINATED, MESSAGE as TERMINATED_LINE
 from touchline.logs import console
 from touchline.stop_signals import sigterm_aborts
 
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     from touchline.connectors.repeat_purchase import RepeatPurchase
     from touchline.time_order import TimeOrdered
 
-EXIT_USAGE, EXIT_CONFIG, EXIT_RUNTIME, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 2, 1, 130, 143
+EXIT_USAGE, EXIT_CONFIG, EXIT_RUNTIME, EXIT_INTERRUPTED = 2, 2, 1, 130
 
 
 def _add_sim_args(p: argparse.ArgumentParser) -> None:
@@ -1086,7 +1087,7 @@ def _with_settings(args: argparse.Namespace) -> int:
         from touchline.run_command import exit_code
 
         code = exit_code(getattr(exc, "signum", None))
-        logs.console("touchline: terminated" if code == EXIT_TERMINATED else "touchline: interrupted",
+        logs.console(TERMINATED_LINE if code == EXIT_TERMINATED else "touchline: interrupted",
                      level="error", exit_code=code)
         return code
     except BrokenPipeError:

@@ -29,7 +29,6 @@ from typing import Any, Literal
 import orjson
 
 from touchline.entry import asked_format as asked_format
-
 from touchline.redact import redact_secrets
 
 LogFormat = Literal["text", "json"]

@@ -18,12 +18,13 @@ import orjson
 
 import touchline
 from touchline import run_dirs
+from touchline.entry import EXIT_TERMINATED as EXIT_TERMINATED
 from touchline.logs import console
 from touchline.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
-EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+EXIT_INTERRUPTED = 130
 
 
 def exit_code(signum: int | None) -> int:

@@ -142,13 +142,12 @@ def new_run(root: Path) -> Path:
     stamped a millisecond after it rather than before it."""
     check_root(root)
     existing = runs(root)
-    newest = existing[-1].name if existing else ""
     at = datetime.now(timezone.utc)
-    if run_id(at) <= newest:
-        at = _started(newest) + _STEP
+    if existing:
+        at = max(at, _started(existing[-1].name) + _STEP)
     while True:
         path = root / RUNS / run_id(at)
-        if path.name > newest and not path.exists():
+        if not path.exists():
             return path
         at += _STEP
 
