@@ -91,13 +91,31 @@ def best_send_time(now_ms: int, within_ms: int, scores: Sequence[float], zone: s
 
 class SendTime(Participant):
     """The engine's send-time learner on one worker: it counts each contact's engagement by
-    local hour (in the profile) and the population's (here), and says when a best-time send
-    of a contact should go out. The population's pattern is this worker's, rebuilt from the
-    stream after a restart; a send already scheduled keeps its time (it is a timer)."""
+    local hour (in the profile) and the population's, and says when a best-time send of a
+    contact should go out. The population's counters are shared through the state store by
+    every process (the engine's, ``touchline serve``'s) and kept across restarts: the engine
+    passes on what this worker counted (:meth:`unshared`) and hands back the store's totals
+    (:meth:`adopt`) between batches. A send already scheduled keeps its time (it is a
+    timer).
+
+    >>> from touchline.decisions.profile import Profile
+    >>> learner = SendTime("UTC", QuietHours())
+    >>> learner.observe(Profile("c1"), 1767614400000)  # 12:00 UTC
+    >>> told = learner.unshared(); told[12]
+    1
+    >>> learner.adopt([0] * 12 + [40] + [0] * 11, told)  # the store's, with every process's
+    >>> learner.population[12], learner.unshared()[12]
+    (40, 0)
+    """
 
     def __init__(self, default_zone: str, quiet: QuietHours, prior_weight: float = 10.0) -> None:
         self.default_zone, self.quiet, self.prior_weight = default_zone, quiet, prior_weight
+        #: the population's counters as this worker sees them: the store's when last read,
+        #: plus what this worker counted since (halved as the store halves them, for a
+        #: worker that never shares them)
         self.population = [0] * HOURS
+        #: what this worker counted that the store has not been told of yet
+        self._unshared = [0] * HOURS
 
     def on_applied(self, at: Moment, event: Event) -> None:
         if event.type in ENGAGEMENT_TYPES:
@@ -108,7 +126,20 @@ class SendTime(Participant):
         hour = local_hour(ts_ms, profile.timezone, self.default_zone)
         add_engagement(profile.send_hours, hour)
         self.population[hour] += 1
+        self._unshared[hour] += 1
         bound_counts(self.population, MAX_POPULATION_TOTAL)
+
+    def unshared(self) -> list[int]:
+        """The engagement by local hour counted here that the store has not been told of."""
+        return list(self._unshared)
+
+    def adopt(self, totals: Sequence[int], shared: Sequence[int]) -> None:
+        """The store's population counters (every process's) after it was told ``shared``
+        (what :meth:`unshared` gave), plus what this worker counted since."""
+        if len(totals) != HOURS:
+            raise ValueError(f"the population's send hours have {len(totals)} counters, not {HOURS}")
+        self._unshared = [mine - told for mine, told in zip(self._unshared, shared)]
+        self.population = [int(n) + mine for n, mine in zip(totals, self._unshared)]
 
     def scores(self, profile: Profile) -> list[float]:
         """The contact's expected engagement share per local hour."""

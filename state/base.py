@@ -325,6 +325,24 @@ class StateStore(ABC):
         self._turns[name] = turn + 1
         return turn
 
+    def add_send_hours(self, delta: Sequence[int], cap: int) -> list[int]:
+        """Add engagement counts by local hour (24) to the population's, which every process
+        shares and a restart keeps, halving them all (rounding down) once their sum passes
+        ``cap``; returns the totals. All zeros only reads them. This default keeps them in
+        the process (enough for a store that keeps nothing longer).
+
+        >>> from touchline.state.memory import MemoryStore
+        >>> store = MemoryStore()
+        >>> store.add_send_hours([3] + [0] * 23, cap=10)[0], store.add_send_hours([9] + [0] * 23, cap=10)[0]
+        (3, 6)
+        """
+        totals: list[int] = getattr(self, "_send_hours", [0] * 24)
+        totals = [n + d for n, d in zip(totals, checked_send_hours(delta))]
+        if sum(totals) > cap:
+            totals = [n // 2 for n in totals]
+        self._send_hours = totals
+        return list(totals)
+
     # ------------------------------------------------------------ journey versions (decisions/journey_versions.py)
     def keep_journey_versions(self, definitions: Mapping[VersionKey, str]) -> None:
         """Keep journey definitions by (journey, version) for every process and restart; keeping
@@ -376,3 +394,10 @@ class StateStore(ABC):
 
     def close(self) -> None:
         """Release connections."""
+
+
+def checked_send_hours(delta: Sequence[int]) -> Sequence[int]:
+    """``delta`` if it is 24 counters that are not negative, else a ValueError naming what is wrong."""
+    if len(delta) != 24 or any(n < 0 for n in delta):
+        raise ValueError(f"send hours to add must be 24 counters, none negative: {list(delta)}")
+    return delta

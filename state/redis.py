@@ -28,6 +28,7 @@ Cluster slot::
     tl:{timers:p3}:inflight   timers claimed by the partition's worker, until its batch commits
     tl:{meta}:epoch    string written at first start; every commit checks it is still there
     tl:{meta}:watermarks hash input partition -> its event clock after its last commit
+    tl:{meta}:send-hours hash local hour 0..23 -> the population's engagements (best send time)
     tl:{hold:t[3]}     hash   events the reorder buffer of topic t, partition 3 holds: offset -> [where, line]
     tl:{rr}:<name>     counter round-robin turns shared by every worker
     tl:{erased}:tombstones hash HMAC of an erased identity -> its tombstone (no TTL)
@@ -70,6 +71,7 @@ from touchline.state.base import (
     StoreError,
     StoreHealth,
     StoreOptions,
+    checked_send_hours,
     OutboxEntry,
     Pending,
     StoreDataLost,
@@ -114,6 +116,8 @@ KNOWN_KEY = f"{PREFIX}:{{meta}}:known"
 #: and each journey's baseline.
 JOURNEY_VERSIONS_KEY = f"{PREFIX}:{{journeys}}:versions"
 JOURNEY_BASELINES_KEY = f"{PREFIX}:{{journeys}}:baselines"
+#: The population's engagement by local hour (decisions/send_time.py), shared by every process.
+SEND_HOURS_KEY = f"{PREFIX}:{{meta}}:send-hours"
 KNOWN_READ_SECONDS = 10.0
 _RETRYABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
@@ -699,6 +703,13 @@ class RedisStore(StateStore):
         """One counter shared by every worker and process."""
         (turn,) = self._run("turn", [("cmd", "INCR", f"{PREFIX}:{{rr}}:{name}")])
         return int(turn) - 1
+
+    def add_send_hours(self, delta: Sequence[int], cap: int) -> list[int]:
+        """One script call: the counters added to and, past ``cap``, halved atomically, so
+        processes adding at once lose nothing."""
+        args = (str(cap), *map(str, checked_send_hours(delta)))
+        (totals,) = self._run("send_hours", [("script", "add_send_hours", (SEND_HOURS_KEY,), args)])
+        return [int(n) for n in totals]
 
     # ---------------------------------------------------------------- journey versions
     def keep_journey_versions(self, definitions: Mapping[VersionKey, str]) -> None:

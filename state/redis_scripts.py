@@ -194,6 +194,29 @@ end
 return out
 """
 
+#: Add engagement counts by local hour to the population's (best send time), halving every
+#: counter (rounding down) once their sum passes the cap. KEYS: the send-hours hash.
+#: ARGV: cap, then the 24 hours' counts to add (zeros only read). Returns the 24 totals.
+ADD_SEND_HOURS = """
+local totals, sum = {}, 0
+for h = 0, 23 do
+  local add = tonumber(ARGV[h + 2])
+  if add > 0 then
+    totals[h + 1] = redis.call('HINCRBY', KEYS[1], h, add)
+  else
+    totals[h + 1] = tonumber(redis.call('HGET', KEYS[1], h) or '0')
+  end
+  sum = sum + totals[h + 1]
+end
+if sum > tonumber(ARGV[1]) then
+  for h = 0, 23 do
+    totals[h + 1] = math.floor(totals[h + 1] / 2)
+    redis.call('HSET', KEYS[1], h, totals[h + 1])
+  end
+end
+return totals
+"""
+
 SCRIPTS: dict[str, str] = {
     "link": LINK,
     "unlink": UNLINK,
@@ -205,4 +228,5 @@ SCRIPTS: dict[str, str] = {
     "seed": SEED,
     "readmit": READMIT,
     "claim_ids": CLAIM_IDS,
+    "add_send_hours": ADD_SEND_HOURS,
 }

@@ -205,6 +205,78 @@ def test_a_scheduled_best_time_send_survives_a_restart_on_redis(redis_url):
     third.close()
 
 
+def _readers(e, hour_utc: int, count: int = 5) -> None:
+    for n in range(count):
+        _reader(e, f"r{n}", hour_utc)
+
+
+def test_after_a_restart_a_new_contact_follows_the_populations_hour_on_redis(redis_url):
+    """The population's pattern is in the store, not in the process: a contact with no history
+    signing up after a restart waits for the hour everyone reads at (19:00), instead of being
+    sent at once (an empty pattern: every hour ties, the soonest wins)."""
+    from touchline.state import open_store
+    from touchline.state.base import StoreOptions
+
+    first = journey_engine(DIGEST, store=open_store(redis_url, StoreOptions()))
+    _readers(first, hour_utc=19)
+    first.close_outbox()  # at shutdown: what was counted since the last share
+    first.store.close()
+    second = journey_engine(DIGEST, store=open_store(redis_url, StoreOptions()))
+    assert run(second, [line("s1", "signup", T0, "new")]) == []  # noon: it waits
+    state = second.store.load(["new"])["new"]
+    assert state.send_hours == [] and state.journeys["digest"]["wait"]["until"] == T0 + 7 * HOUR_MS
+    second.store.close()
+
+
+def test_a_second_process_learns_the_pattern_the_first_one_counts(redis_url, monkeypatch):
+    """Two engines on one Redis (the stream's and ``touchline serve``'s): what one counts
+    reaches the other at its next share, while both run."""
+    from touchline import batch_service
+    from touchline.state import open_store
+    from touchline.state.base import StoreOptions
+
+    monkeypatch.setattr(batch_service, "SEND_HOURS_SHARE_SECONDS", 0.0)  # share at every batch
+    stream = journey_engine(DIGEST, store=open_store(redis_url, StoreOptions()))
+    api = journey_engine(DIGEST, store=open_store(redis_url, StoreOptions()))
+    assert run(api, [line("x0", "page_view", T0 - 9 * DAY_MS, "x")]) == []  # started: the pattern is empty
+    assert api.core.send_time.best_hour(Profile("new")) is None
+    _readers(stream, hour_utc=19)
+    run(stream, [], advance_to=T0 - HOUR_MS)  # the stream's next batch shares its counts
+    assert run(api, [line("s1", "signup", T0, "new")]) == []
+    assert api.core.send_time.best_hour(Profile("new")) == 19
+    assert api.store.load(["new"])["new"].journeys["digest"]["wait"]["until"] == T0 + 7 * HOUR_MS
+    stream.store.close()
+    api.store.close()
+
+
+def test_counts_a_store_could_not_take_are_passed_on_at_the_next_share(monkeypatch):
+    """A share that fails (the store is away) loses nothing: the run stops as for any store
+    error, and the counts go with the next share that succeeds."""
+    from touchline import batch_service
+    from touchline.state import MemoryStore
+    from touchline.state.base import StoreUnavailable
+
+    class FlakyStore(MemoryStore):
+        failures = 0
+
+        def add_send_hours(self, delta, cap):
+            if self.failures:
+                self.failures -= 1
+                raise StoreUnavailable("redis went away")
+            return super().add_send_hours(delta, cap)
+
+    monkeypatch.setattr(batch_service, "SEND_HOURS_SHARE_SECONDS", 0.0)
+    store = FlakyStore()
+    e = journey_engine(DIGEST, store=store)
+    _reader(e, hour_utc=19)  # five opens at 19:00
+    store.failures = 1
+    with pytest.raises(StoreUnavailable):
+        run(e, [], advance_to=T0 - HOUR_MS)
+    assert e.core.send_time.unshared()[19] == 5 and e.core.send_time.population[19] == 5
+    run(e, [], advance_to=T0 - HOUR_MS)
+    assert store.add_send_hours([0] * 24, cap=10**6)[19] == 5 and e.core.send_time.unshared() == [0] * 24
+
+
 # ------------------------------------------------------------------------------- the experiment
 def test_the_closed_loop_split_reports_both_arms(small_settings, tmp_path):
     """The shipped send-time example on a small closed loop: both arms are exposed, each

@@ -642,3 +642,33 @@ def test_profiles_and_journey_states_list_every_stored_profile(new_store):
     states = dict(s.journey_states())  # what journeys check counts: the journey states alone
     assert states == {"c1": {"welcome": {"active": True, "step": 1, "version": "aaaaaaaaaaaa"}}, "c2": {},
                       "anon:a1": {}}
+
+
+# ------------------------------------------------------------------ the population's send hours
+
+def _hours(**at: int) -> list[int]:
+    counts = [0] * 24
+    for hour, n in at.items():
+        counts[int(hour[1:])] = n
+    return counts
+
+
+def test_send_hours_add_up_halve_past_the_cap_and_are_shared(new_store):
+    """The population's engagement by local hour (best send time): added to and read back,
+    all zeros only reads, halved (rounding down) once the sum passes the cap, a malformed
+    delta refused with what is wrong; a second store on the same state (another process, a
+    restart) sees them."""
+    s = new_store()
+    assert s.add_send_hours([0] * 24, cap=1000) == [0] * 24
+    assert s.add_send_hours(_hours(h8=5, h19=2), cap=1000) == _hours(h8=5, h19=2)
+    assert s.add_send_hours(_hours(h19=1), cap=1000) == _hours(h8=5, h19=3)
+    assert s.add_send_hours([0] * 24, cap=1000) == _hours(h8=5, h19=3)
+    assert s.add_send_hours(_hours(h8=995), cap=1000) == _hours(h8=500, h19=1)  # 1,003 > 1,000: 1,000 // 2, 3 // 2
+    for bad in ([1] * 23, [0] * 23 + [-1]):
+        with pytest.raises(ValueError, match="24 counters, none negative"):
+            s.add_send_hours(bad, cap=1000)
+    assert s.add_send_hours([0] * 24, cap=1000) == _hours(h8=500, h19=1)  # nothing half-added
+    if not isinstance(s, MemoryStore):
+        other = new_store()
+        assert other.add_send_hours(_hours(h3=1), cap=1000) == _hours(h3=1, h8=500, h19=1)
+        assert s.add_send_hours([0] * 24, cap=1000)[3] == 1

@@ -31,6 +31,7 @@ from touchline.decisions.events import Event, Rejected, parse_event
 from touchline.decisions.journey_versions import JourneyVersions
 from touchline.decisions.reorder import EventOrder, TimeRules
 from touchline.decisions.requests import Ask, request_key
+from touchline.decisions.send_time import MAX_POPULATION_TOTAL
 from touchline.model_keeper import ModelKeeper
 from touchline.metrics.engine_metrics import EngineMetrics, observe_each, observe_many
 from touchline.state.base import OutboxEntry, Pending, StateStore, StoreError, StoreHealth, contact_key
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 
 #: Latency samples kept for the end-of-run percentiles (batches and decisions each).
 LATENCY_SAMPLES = 200_000
+#: How often a worker adds its engagement by local hour to the store's population counters
+#: and reads everyone's back (best send time): one call, not one per batch.
+SEND_HOURS_SHARE_SECONDS = 10.0
 
 
 
@@ -150,6 +154,8 @@ class Engine:
         self._done: deque[tuple[str, str, str]] = deque()
         #: where the events of erased identities the batch in progress dropped were read
         self._erased_sources: list[str] = []
+        #: when this worker last shared the population's send hours with the store (monotonic)
+        self._send_hours_shared: float | None = None
         if core.journeys is not None:
             keep_journey_versions(core.journeys.versions, store)
 
@@ -240,6 +246,7 @@ class Engine:
             self._keep_held(batch, timings)
         events, at = self._claim_ids(events, at, dead, timings)
         self._flush_acks(timings)
+        self._share_send_hours(timings)
         resolved, due, asks = self._begin(batch, events, horizon, timings)
         out, expired = self._decide_and_commit(events, at, resolved, due, horizon or 0, timings, batch.partition, asks)
         if batch.final and self.keep_held:  # no next batch to drop what this one released
@@ -508,11 +515,31 @@ class Engine:
             _timed(timings, "ack", self.store.ack, taken)
 
     def close_outbox(self) -> None:
-        """Pass on what the outputs confirmed after the last batch (at shutdown)."""
+        """Pass on what the outputs confirmed after the last batch, and the engagement by
+        local hour counted since the last share (at shutdown)."""
         try:
             self._flush_acks({})
         except StoreError as exc:  # the entries stay: the next start emits them again
             log.warning("could not trim the outbox at shutdown: %s", exc)
+        if self.failure is not None or not any(self.core.send_time.unshared()):
+            return  # nothing to pass on, or a store that failed: no wait for it at shutdown
+        try:
+            self._share_send_hours({}, now=True)
+        except StoreError as exc:
+            log.warning("could not add the last engagement by local hour to the store's: %s", exc)
+
+    def _share_send_hours(self, timings: dict[str, float], now: bool = False) -> None:
+        """Add what this worker counted of the population's engagement by local hour to the
+        store's counters and take back everyone's (other processes', earlier runs'): before
+        the first batch, then every :data:`SEND_HOURS_SHARE_SECONDS` (``now``: at once)."""
+        clock = time.monotonic()
+        last = self._send_hours_shared
+        if not now and last is not None and clock - last < SEND_HOURS_SHARE_SECONDS:
+            return
+        learner = self.core.send_time
+        delta = learner.unshared()  # kept until the store has it: a failed call loses nothing
+        learner.adopt(_timed(timings, "send_hours", self.store.add_send_hours, delta, MAX_POPULATION_TOTAL), delta)
+        self._send_hours_shared = clock
 
     def recovered(self) -> list[Pending]:
         """Decisions an earlier run committed that an output never confirmed (a crash between
