@@ -343,6 +343,21 @@ class StateStore(ABC):
         self._send_hours = totals
         return list(totals)
 
+    def swap_count(self, name: str, count: int) -> int | None:
+        """Record ``count`` under ``name`` for every process and restart; returns what was
+        recorded before (None: nothing). How many API workers used a range of timer partitions."""
+        counts: dict[str, int] = getattr(self, "_counts", {})
+        self._counts = counts
+        before = counts.get(name)
+        counts[name] = count
+        return before
+
+    def move_timers(self, source: int, target: int) -> int:
+        """Move every timer of partition ``source`` (due and claimed alike: no process reads it
+        any more) into partition ``target``'s; returns how many moved. A store without
+        partitions of timers has nothing to move."""
+        return 0
+
     # ------------------------------------------------------------ journey versions (decisions/journey_versions.py)
     def keep_journey_versions(self, definitions: Mapping[VersionKey, str]) -> None:
         """Keep journey definitions by (journey, version) for every process and restart; keeping

@@ -29,6 +29,7 @@ Cluster slot::
     tl:{meta}:epoch    string written at first start; every commit checks it is still there
     tl:{meta}:watermarks hash input partition -> its event clock after its last commit
     tl:{meta}:send-hours hash local hour 0..23 -> the population's engagements (best send time)
+    tl:{meta}:counts   hash   api-workers@<timer partition> -> how many API workers started last
     tl:{hold:t[3]}     hash   events the reorder buffer of topic t, partition 3 holds: offset -> [where, line]
     tl:{rr}:<name>     counter round-robin turns shared by every worker
     tl:{erased}:tombstones hash HMAC of an erased identity -> its tombstone (no TTL)
@@ -118,6 +119,8 @@ JOURNEY_VERSIONS_KEY = f"{PREFIX}:{{journeys}}:versions"
 JOURNEY_BASELINES_KEY = f"{PREFIX}:{{journeys}}:baselines"
 #: The population's engagement by local hour (decisions/send_time.py), shared by every process.
 SEND_HOURS_KEY = f"{PREFIX}:{{meta}}:send-hours"
+#: Counts recorded for every process and restart (how many API workers a range of timer partitions had).
+COUNTS_KEY = f"{PREFIX}:{{meta}}:counts"
 KNOWN_READ_SECONDS = 10.0
 _RETRYABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
@@ -646,6 +649,25 @@ class RedisStore(StateStore):
         self._run("restore", [("cmd", "ZADD", timer_keys(partition)[0], "NX", *pairs), ("cmd", "DEL", LEGACY_TIMERS_KEY)])
         log.info("moved %d timers of an earlier version into input partition %d's", len(flat) // 2, partition)
 
+    def swap_count(self, name: str, count: int) -> int | None:
+        (before, _) = self._run("counts", [("cmd", "HGET", COUNTS_KEY, name), ("cmd", "HSET", COUNTS_KEY, name, count)])
+        return None if before is None else int(before)
+
+    def move_timers(self, source: int, target: int) -> int:
+        """ZADD NX into the target (a timer the target already has for the profile keeps its
+        time), then ZREM of exactly what moved: a timer added meanwhile is not lost."""
+        self.restore_claimed(source)
+        due = timer_keys(source)[0]
+        (flat,) = self._run("restore", [("cmd", "ZRANGE", due, 0, -1, "WITHSCORES")])
+        moved = list(_pairs(flat or []))
+        if not moved:
+            return 0
+        self._run("restore", [("cmd", "ZADD", timer_keys(target)[0], "NX", *[x for pair in moved for x in pair]),
+                              ("cmd", "ZREM", due, *[member for _, member in moved])])
+        log.warning("moved %d timer(s) of partition %d, which no process reads any more, into partition %d",
+                    len(moved), source, target)
+        return len(moved)
+
     # ---------------------------------------------------------------- crash safety
     def ack(self, done: Iterable[tuple[str, str, str]]) -> None:
         """Outputs are done with these outbox entries; one round trip for all of them."""
@@ -1015,8 +1037,15 @@ def _cancel_calls(key: str, kinds: Iterable[str], partitions: Iterable[int]) -> 
     return [("cmd", "ZREM", k, *members) for p in partitions for k in timer_keys(p)]
 
 
-def _pairs(flat: Sequence[str]) -> list[tuple[int, str]]:
-    """[member, score, member, score, ...] -> [(score, member), ...]"""
+def _pairs(flat: Sequence[Any]) -> list[tuple[int, str]]:
+    """[member, score, member, score, ...] -> [(score, member), ...]; also from [[member, score], ...],
+    how the client answers a ZRANGE ... WITHSCORES of its own (the scripts answer flat).
+
+    >>> _pairs(["a", "20", "b", "30"]), _pairs([["a", 20.0], ["b", 30.0]])
+    ([(20, 'a'), (30, 'b')], [(20, 'a'), (30, 'b')])
+    """
+    if flat and isinstance(flat[0], (list, tuple)):
+        return [(int(float(score)), member) for member, score in flat]
     return [(int(float(flat[i + 1])), flat[i]) for i in range(0, len(flat), 2)]
 
 

@@ -45,7 +45,7 @@ from typing import Any
 
 import orjson
 
-from touchline.bench_services import cell, cpu_seconds, flush_redis, machine, percentile, start_redis
+from touchline.bench_services import cell, child_pids, cpu_seconds, flush_redis, machine, percentile, start_redis
 from touchline.settings import Settings
 
 KEY = "bench-key-" + "0" * 16
@@ -82,7 +82,7 @@ class Load:
 
 def run_api_bench(settings: Settings, clients: list[int], seconds: float, rate: float, *, redis_url: str | None = None,
                   keep: bool = False, contacts: int = 2000, pause: float = 0.0,
-                  offered: float | None = None) -> dict[str, Any]:
+                  offered: float | None = None, workers: int = 1) -> dict[str, Any]:
     """The figures of every round (see the module docstring)."""
     load = Load(offered, pause)
     work = Path(tempfile.mkdtemp(prefix="touchline-api-bench-"))
@@ -92,7 +92,7 @@ def run_api_bench(settings: Settings, clients: list[int], seconds: float, rate: 
             known, pending = _events(settings, work, contacts)
             config = _config(work)
             engine = stack.enter_context(_Child(work / "engine", _engine_cmd(work, url, config)))
-            served = stack.enter_context(_Child(work / "serve", _serve_cmd(work, url, config)))
+            served = stack.enter_context(_Child(work / "serve", _serve_cmd(work, url, config, workers)))
             base = _wait_line(work / "serve" / "stderr.log", served, "serving the API on ")
             _wait_seeded(base, known[-1], engine)
             feeder = _Feeder(work / "live.jsonl", pending, rate)
@@ -101,7 +101,7 @@ def run_api_bench(settings: Settings, clients: list[int], seconds: float, rate: 
             rounds = [_round(base, known, n, endpoint, seconds, load, (served.pid, engine.pid))
                       for n in clients for endpoint in ENDPOINTS]
             fed = feeder.fed
-        return {"machine": machine("redis-server, the engine, touchline serve and the clients"),
+        return {"machine": machine("redis-server, the engine, touchline serve and the clients"), "workers": workers,
                 "load_average": [round(x, 2) for x in os.getloadavg()], "contacts": len(known),
                 "stream_rate": rate, "stream_events_fed": fed, "seconds": seconds, "pause": pause, "offered": offered,
                 "rounds": rounds,
@@ -134,9 +134,9 @@ def _engine_cmd(work: Path, url: str, config: Path) -> list[str]:
             "--log-level", "info"]
 
 
-def _serve_cmd(work: Path, url: str, config: Path) -> list[str]:
+def _serve_cmd(work: Path, url: str, config: Path, workers: int = 1) -> list[str]:
     return [sys.executable, "-m", "touchline", "serve", "--redis", url, "--config", str(config), "--port", "0",
-            "--out", str(work / "serve" / "out")]
+            "--out", str(work / "serve" / "out"), *(["--workers", str(workers)] if workers > 1 else [])]
 
 
 def _events(settings: Settings, work: Path, contacts: int) -> tuple[list[str], list[bytes]]:
@@ -244,9 +244,9 @@ def _round(base: str, known: list[str], clients: int, endpoint: str, seconds: fl
     serve_pid, engine_pid = pids
     label = "contact" if endpoint == "profile" else "decide"
     buckets_before = _served_buckets(base, label)
-    cpu_before = (cpu_seconds(serve_pid) or 0.0, cpu_seconds(engine_pid) or 0.0, time.process_time())
+    cpu_before = (_tree_cpu(serve_pid), cpu_seconds(engine_pid) or 0.0, time.process_time())
     tally = _loop_run(_clients(base, known, clients, endpoint, seconds, load))
-    cpu_after = (cpu_seconds(serve_pid) or 0.0, cpu_seconds(engine_pid) or 0.0, time.process_time())
+    cpu_after = (_tree_cpu(serve_pid), cpu_seconds(engine_pid) or 0.0, time.process_time())
     served = _bucket_delta(_served_buckets(base, label), buckets_before)
     latencies, codes = tally.latencies, tally.codes()
     ok = latencies.get(200, [])
@@ -265,17 +265,24 @@ def _round(base: str, known: list[str], clients: int, endpoint: str, seconds: fl
             "clients_cpu_share": round((cpu_after[2] - cpu_before[2]) / seconds, 2)}
 
 
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and its children (``serve --workers``: the workers do the work)."""
+    return sum(cpu_seconds(p) or 0.0 for p in (pid, *child_pids(pid)))
+
+
 def _served_buckets(base: str, endpoint: str) -> dict[float, float]:
     """The server's own request-time histogram of ``endpoint`` (arrival at the handler to the
-    answer), from its ``/metrics``: cumulative counts by upper bound in seconds."""
+    answer), from its ``/metrics``: cumulative counts by upper bound in seconds, summed over
+    the workers of ``serve --workers``."""
     import httpx
+    from prometheus_client.parser import text_string_to_metric_families
 
-    prefix = f'touchline_api_request_seconds_bucket{{endpoint="{endpoint}",le="'
     out: dict[float, float] = {}
-    for line in httpx.get(f"{base}/metrics", timeout=30).text.splitlines():
-        if line.startswith(prefix):
-            bound, _, count = line[len(prefix):].partition('"} ')
-            out[float(bound)] = float(count)
+    for family in text_string_to_metric_families(httpx.get(f"{base}/metrics", timeout=30).text):
+        for sample in family.samples:
+            if sample.name == "touchline_api_request_seconds_bucket" and sample.labels.get("endpoint") == endpoint:
+                bound = float(sample.labels["le"])
+                out[bound] = out.get(bound, 0.0) + sample.value
     return out
 
 
@@ -425,7 +432,8 @@ def format_api_bench(f: dict[str, Any]) -> str:
     """The rounds as a table, with what the machine was doing."""
     load = Load(f.get("offered"), f["pause"])
     lines = [f"HTTP API under load: {f['contacts']:,} known contacts, the engine fed {f['stream_rate']:g} events/s "
-             f"({f['stream_events_fed']:,} in all), {f['seconds']:g} s per round, {load.describe()}; "
+             f"({f['stream_events_fed']:,} in all), {f['seconds']:g} s per round, {load.describe()}, "
+             f"touchline serve with {f.get('workers', 1)} worker(s); "
              f"{f['machine']}; load average at the end {', '.join(map(str, f['load_average']))}",
              f"  {'endpoint':<22} {'clients':>7} {'offered/s':>9} {'due/s':>7} {'answered/s':>10} {'p50 ms':>7} "
              f"{'p90 ms':>7} {'p99 ms':>7} {'max ms':>7} {'server p50/p99 ≤':>17} {'serve CPU':>9} {'engine CPU':>10} "
@@ -474,15 +482,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--contacts", type=int, default=2000, help="simulated people (default 2000)")
     p.add_argument("--pause", type=float, default=0.0, help="seconds each client waits between answers (default 0)")
     p.add_argument("--offered", type=float, help="an open load: requests/s in all, at random times (default: none)")
+    p.add_argument("--workers", type=int, default=1, help="touchline serve --workers N (default 1: one process)")
     p.add_argument("--redis", metavar="URL", help="a Redis to use (flushed first); default: one started here")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, outputs)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.offered is not None and (args.offered <= 0 or args.pause):
         p.error("--offered must be positive, and goes without --pause (an open load has no think time)")
+    if not 1 <= args.workers <= 64:
+        p.error("--workers must be 1 to 64")
     figures = run_api_bench(load_settings(None), parse_counts(args.clients, "--clients"), args.seconds, args.rate,
                             redis_url=args.redis, keep=args.keep, contacts=args.contacts, pause=args.pause,
-                            offered=args.offered)
+                            offered=args.offered, workers=args.workers)
     print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode() if args.json else format_api_bench(figures))
     return 0
 

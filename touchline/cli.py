@@ -169,6 +169,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="with --api: an open load instead of a closed loop: R requests/s in all, at random "
                             "times spread over the --clients connections; latency counts from when a request was "
                             "due")
+    bench.add_argument("--workers", type=int, metavar="N", default=1,
+                       help="with --api: touchline serve --workers N (default 1: one process)")
     bench.add_argument("--naive-events", type=int, default=20_000,
                        help="events for the naive Redis path (it is slow; default 20000)")
     bench.add_argument("--processes", metavar="N[,N...]",
@@ -335,6 +337,11 @@ def _add_serve_parser(sub: Any) -> None:
     sv.add_argument("--host", metavar="ADDRESS", help="address to bind (default 127.0.0.1; sets api.host)")
     sv.add_argument("--port", type=int, help="port (default 8080, 0 = any free; sets api.port)")
     sv.add_argument("--out", type=Path, help="output directory (default touchline-out)")
+    sv.add_argument("--workers", type=int, metavar="N", help="API processes sharing the port, one core each "
+                    "(state in Redis; sets api.workers; see README 'HTTP API')")
+    for hidden in ("--worker-index", "--listen-fd"):  # set by the parent of --workers for each worker
+        sv.add_argument(hidden, type=int, help=argparse.SUPPRESS)
+    sv.add_argument("--metrics-dir", type=Path, help=argparse.SUPPRESS)
     sv.add_argument("--log-format", choices=("text", "json"), help="log lines as text or JSON objects")
     sv.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default warning")
 
@@ -387,7 +394,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         if args.api:
             o["api.enabled"] = True
     if args.command == "serve":
-        o.update({"api.host": args.host, "api.port": args.port})
+        o.update({"api.host": args.host, "api.port": args.port, "api.workers": args.workers})
     return o
 
 
@@ -491,10 +498,19 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """``touchline serve``: the HTTP API until Ctrl-C or SIGTERM (exit 0), or a dependency failed for good (1)."""
     from touchline.api.server import serve
+    from touchline.api.workers import WorkerSlot, check_workers, serve_workers
     from touchline.connectors.files import check_readable
 
+    check_workers(settings, args.input is not None)
     if args.input is not None:
         check_readable(args.input)
+    if args.worker_index is not None:  # one of the workers below
+        if args.listen_fd is None or args.metrics_dir is None:
+            raise ConfigError("--worker-index is for the workers 'touchline serve --workers N' starts; use --workers")
+        serve(settings, slot=WorkerSlot(args.worker_index, settings.api.workers, args.listen_fd, args.metrics_dir))
+        return 0
+    if settings.api.workers > 1:
+        return serve_workers(settings, sys.argv[1:] if args.argv is None else args.argv)
     serve(settings, args.input)
     return 0
 
@@ -575,8 +591,11 @@ def _bench_api(args: argparse.Namespace, settings: Settings) -> _Figures:
     if max(clients) > 2000:
         raise ConfigError("--clients: at most 2000")
     _check_api_load(args)
+    if not 1 <= args.workers <= 64:
+        raise ConfigError("--workers must be 1 to 64")
     return run_api_bench(settings, clients, seconds, rate, redis_url=args.redis, keep=args.keep,
-                         contacts=args.contacts or 2000, pause=args.pause, offered=args.offered), format_api_bench
+                         contacts=args.contacts or 2000, pause=args.pause, offered=args.offered,
+                         workers=args.workers), format_api_bench
 
 
 def _check_api_load(args: argparse.Namespace) -> None:

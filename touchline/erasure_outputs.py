@@ -53,10 +53,11 @@ def output_dirs(out_dir: Path) -> list[Path]:
 def jsonl_outputs(out_dir: Path) -> list[Path]:
     """The JSONL files runs wrote in the output directory (and in every run directory under it):
     decisions (and decisions emitted again from the outbox), experiments, dead letters, the
-    simulator's events, and the file channel connectors' ``outbox/<channel>.jsonl``."""
+    simulator's events, and the file channel connectors' ``outbox/<channel>.jsonl`` (the API's:
+    ``api-outbox/``, ``worker-<n>-outbox/``)."""
     if not out_dir.is_dir():
         return []
-    found = [p for d in output_dirs(out_dir) for p in (*d.glob("*.jsonl"), *(d / "outbox").glob("*.jsonl"))]
+    found = [p for d in output_dirs(out_dir) for p in (*d.glob("*.jsonl"), *d.glob("*outbox/*.jsonl"))]
     return sorted(p for p in found if p.is_file())
 
 

@@ -202,13 +202,13 @@ def run_processes(settings: "Settings", argv: Sequence[str], where: Sequence[str
         metrics_port = None if port is None else (0 if port == 0 else port + i)
         cmd = [sys.executable, "-m", "touchline", *child_argv(argv, i, addresses, metrics_port, where)]
         children.append(subprocess.Popen(cmd, env={**os.environ, "TOUCHLINE_RUNTIME__PROCESSES": "1"},
-                                         preexec_fn=_die_with_parent))
+                                         preexec_fn=die_with_parent))
     console(f"touchline: {count} processes (pids {', '.join(str(c.pid) for c in children)}) exchanging on "
             f"{', '.join(addresses)}", pids=[c.pid for c in children], addresses=addresses)
-    return _supervise(children)
+    return supervise(children)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In a child, before it runs: SIGTERM it when this parent dies, even by SIGKILL (Linux
     prctl), so a killed group leaves no engine running on its own."""
     import ctypes
@@ -228,7 +228,9 @@ def _preflight(settings: "Settings") -> None:
     open_store(settings.state.url, settings.state.options()).close()
 
 
-def _supervise(children: list[subprocess.Popen[Any]]) -> int:
+def supervise(children: list[subprocess.Popen[Any]]) -> int:
+    """Wait for ``children``, passing SIGINT and SIGTERM on to them; the first that fails (not
+    0, 130 or 143) stops the others. Returns the worst exit code (:func:`worst_exit`)."""
     forwarded: list[int] = []
 
     def forward(signum: int, _frame: Any) -> None:

@@ -327,6 +327,9 @@ class ApiSettings(_Section):
     timer_partition: int = Field(default=1000, ge=0, le=1_000_000, description="where the timers the API's events "
                                  "set are kept; this process fires them: give each API process its own")
     tick_seconds: float = Field(default=1.0, gt=0, le=60, description="fire due timers this often")
+    workers: int = Field(default=1, ge=1, le=64, description="touchline serve's processes on the port, one core "
+                         "each (state in Redis; worker n fires timer partition timer_partition + n and writes "
+                         "worker-n- output files)")
     keep_alive_seconds: int = Field(
         default=75, ge=1, le=3600, description="an idle client connection stays open this long; longer than a "
         "load balancer's idle timeout (60 s on most), or it may send a request on a connection closing under it (a 502)")

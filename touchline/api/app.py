@@ -51,8 +51,10 @@ class Api:
     """The endpoints, over the engine thread that answers them."""
 
     def __init__(self, worker: ApiWorker, settings: ApiSettings, keys: Keys, health: Health,
-                 registry: CollectorRegistry) -> None:
+                 registry: CollectorRegistry, exposed: CollectorRegistry | None = None) -> None:
         self.worker, self.settings, self.keys, self.health, self.registry = worker, settings, keys, health, registry
+        #: what /metrics answers from (``serve --workers``: every worker's samples); else ``registry``
+        self.exposed = exposed or registry
         self.limits = Limits(settings.rate_per_second, settings.burst)
         self.metrics = ApiMetrics(registry)
         self._openapi = orjson.dumps(openapi_document())
@@ -136,7 +138,7 @@ class Api:
         return JsonResponse(body, status_code=code)
 
     async def prometheus(self, _request: Request) -> Response:
-        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(self.exposed), media_type=CONTENT_TYPE_LATEST)
 
 
 def request_ids() -> Iterator[str]:

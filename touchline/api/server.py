@@ -29,6 +29,9 @@ from touchline.api.app import Api, build_app
 from touchline.api.guard import Keys
 from touchline.api.outputs import ApiOutputs
 from touchline.api.worker import ApiWorker
+from touchline.api.workers import (
+    MetricsPublisher, WorkerSlot, describe_slot, inherited_socket, metrics_of_all, regroup_timer_partitions,
+)
 from touchline.batch_service import Engine
 from touchline.decisions.clock import EventTimeClock, WallClock
 from touchline.metrics.server import Health
@@ -66,6 +69,10 @@ class ApiService:
     registry: CollectorRegistry
     failure: list[Exception] = field(default_factory=list)
     on_failure: Callable[[], None] = lambda: None
+    #: what ``/metrics`` answers from (``serve --workers``: every worker's)
+    metrics_registry: CollectorRegistry | None = None
+    #: run first at close (a worker's metrics publisher)
+    closers: list[Callable[[], None]] = field(default_factory=list)
 
     def fail(self, exc: Exception) -> None:
         """A dependency failed for good (the store lost its data, an output's broker is gone): stop serving."""
@@ -77,9 +84,12 @@ class ApiService:
     def app(self) -> Any:
         health = Health({"state_store": self.engine.store.ping},
                         alive=lambda: f"stopped: {self.failure[0]}" if self.failure else None)
-        return build_app(Api(self.worker, self.settings.api, Keys(self.keys), health, self.registry))
+        return build_app(Api(self.worker, self.settings.api, Keys(self.keys), health, self.registry,
+                             self.metrics_registry))
 
     def close(self) -> None:
+        for close in self.closers:
+            close()
         self.worker.stop()
         self.outputs.close()
         self.engine.close_outbox()
@@ -218,28 +228,58 @@ def _has(module: str) -> bool:
 
 
 def serve(settings: Settings, replay: Path | None = None, out: TextIO = sys.stderr,
-          on_ready: Callable[[str], None] | None = None) -> None:
-    """``touchline serve``: the API until SIGINT or SIGTERM (or a dependency fails for good: raised)."""
+          on_ready: Callable[[str], None] | None = None, slot: WorkerSlot | None = None) -> None:
+    """``touchline serve``: the API until SIGINT or SIGTERM (or a dependency fails for good: raised).
+    ``slot``: one of the workers of ``serve --workers`` (:mod:`touchline.api.workers`), on the
+    socket its parent bound."""
     from touchline.erasure_outputs import writing_outputs
 
     api = settings.api
-    sock = bind(api.host, api.port)
+    sock = bind(api.host, api.port) if slot is None else inherited_socket(slot)
     with writing_outputs(settings.output.dir):
-        service = open_service(settings, replay=replay)
+        service = _open_for(settings, replay, slot)
         server = uvicorn_server(service.app(), api.keep_alive_seconds)
         service.on_failure = lambda: setattr(server, "should_exit", True)
         host, port = sock.getsockname()[:2]
         url = f"http://{host}:{port}"
-        console(f"serving the API on {url} (state {redact_url(settings.state.url)}; OpenAPI at {url}/openapi.json; "
-                f"decisions to {service.outputs.where['decisions']}); Ctrl-C to stop", stream=out, url=url)
-        if on_ready is not None:
-            on_ready(url)
-        with _tuned_for_latency():
-            stopped = _run_until_signal(server, sock)
+        who = "" if slot is None else f"worker {slot.index} of {slot.count}: "
+        caught: list[str] = []
+        with _stop_signals(server, caught), _tuned_for_latency():
+            console(f"{who}serving the API on {url} (state {redact_url(settings.state.url)}; OpenAPI at "
+                    f"{url}/openapi.json; decisions to {service.outputs.where['decisions']}); Ctrl-C to stop",
+                    stream=out, url=url, **describe_slot(slot))
+            if on_ready is not None:
+                on_ready(url)
+            server.run(sockets=[sock])
+        stopped = caught[0] if caught else "a failure"
         service.close()
     if service.failure:
         raise service.failure[0]
-    console(f"stopped by {stopped}: requests in flight answered, outputs closed", stream=out, signal=stopped)
+    console(f"{who}stopped by {stopped}: requests in flight answered, outputs closed", stream=out, signal=stopped,
+            **describe_slot(slot))
+
+
+def _open_for(settings: Settings, replay: Path | None, slot: WorkerSlot | None) -> ApiService:
+    """The service of ``serve``, or of one of its workers: its own timer partition, output files
+    and metrics (every worker's at ``/metrics``); only the first emits what the outbox holds
+    and takes over the timers of workers a larger run had."""
+    api = settings.api
+    if slot is not None:
+        settings = settings.model_copy(update={"api": api.model_copy(
+            update={"timer_partition": api.timer_partition + slot.index})})
+    service = open_service(settings, replay=replay, prefix="" if slot is None else slot.prefix,
+                           recover=slot is None or slot.index == 0)
+    try:
+        if slot is None or slot.index == 0:
+            regroup_timer_partitions(service.engine.store, api.timer_partition, 1 if slot is None else slot.count)
+        if slot is not None:
+            publisher = MetricsPublisher(service.registry, slot).start()
+            service.closers.append(publisher.close)
+            service.metrics_registry = metrics_of_all(service.registry, slot)
+    except BaseException:
+        service.close()
+        raise
+    return service
 
 
 #: How long a thread holds the GIL while another waits for it (Python's default: 5 ms).
@@ -266,18 +306,22 @@ def _tuned_for_latency() -> Iterator[None]:
         sys.setswitchinterval(previous)
 
 
-def _run_until_signal(server: Any, sock: socket.socket) -> str:
-    """Run ``server`` until SIGINT or SIGTERM (uvicorn finishes the requests in flight, then hands
-    the signal back to the handlers here, which only note it) or a failure stops it."""
-    caught: list[str] = []
-    previous = {sig: signal.signal(sig, lambda num, _frame: caught.append(signal.Signals(num).name))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+@contextmanager
+def _stop_signals(server: Any, caught: list[str]) -> Iterator[None]:
+    """SIGINT and SIGTERM stop ``server`` from now on, before it runs too (a signal in the
+    start-up's last steps, the heap freeze, is not lost): noted in ``caught``, and the server
+    told to exit. While it serves, uvicorn's own handlers finish the requests in flight, then
+    hand the signal back to these."""
+    def stop(num: int, _frame: Any) -> None:
+        caught.append(signal.Signals(num).name)
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.run(sockets=[sock])
+        yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return caught[0] if caught else "a failure"
 
 
 class EmbeddedApi:
