@@ -134,11 +134,14 @@ def test_a_smaller_run_takes_over_the_timers_of_workers_it_no_longer_has(redis_u
     store.close()
 
 
-def test_settings_that_cannot_work_are_refused_naming_them(tmp_path):
-    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+def test_settings_that_cannot_work_are_refused_naming_them(tmp_path, redis_url):
+    def touchline(*args: str, command: str = "serve") -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
-        return subprocess.run([sys.executable, "-m", "touchline", "serve", "--port", "0", "--out", str(tmp_path), *args],
+        return subprocess.run([sys.executable, "-m", "touchline", command, "--out", str(tmp_path), *args],
                               capture_output=True, text=True, timeout=60, env=env)
+
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        return touchline("--port", "0", *args)
 
     memory = serve("--workers", "2")
     assert memory.returncode == 2 and "api.workers = 2 (--workers) needs state in Redis" in memory.stderr
@@ -148,6 +151,11 @@ def test_settings_that_cannot_work_are_refused_naming_them(tmp_path):
     assert down.returncode == 1 and down.stderr.count("cannot reach Redis") == 1 and "serving" not in down.stderr
     by_hand = serve("--worker-index", "1")
     assert by_hand.returncode == 2 and "use --workers" in by_hand.stderr
+    (tmp_path / "w.toml").write_text("[api]\nworkers = 3\nport = 0\n")
+    (tmp_path / "none.jsonl").write_text("")
+    embedded = touchline("--api", "--redis", redis_url, "--config", str(tmp_path / "w.toml"), "--input",
+                         str(tmp_path / "none.jsonl"), command="run")
+    assert embedded.returncode == 2 and "api.workers = 3 is for touchline serve" in embedded.stderr
 
 
 @pytest.mark.parametrize("args", [(), ("--workers", "2")], ids=["one process", "two workers"])

@@ -333,6 +333,9 @@ class EmbeddedApi:
             raise ConfigError("api.enabled (run --api) needs state in Redis (--redis URL): the in-process store "
                               "cannot be shared by the stream and the API; for a demo on it use touchline serve "
                               "(with --input FILE to start from a file)")
+        if settings.api.workers > 1:
+            raise ConfigError(f"api.workers = {settings.api.workers} is for touchline serve: run --api serves on one "
+                              "thread of the engine's process; for more cores run touchline serve --workers N beside it")
         self.sock = bind(settings.api.host, settings.api.port)
         self.service = open_service(settings, prefix="api-", recover=False)
         self.server = uvicorn_server(self.service.app(), settings.api.keep_alive_seconds)
