@@ -139,6 +139,9 @@ class EngineMetrics:
             "touchline_state_store_errors", "Failed state store attempts (each retried), by operation.", ["op"],
             registry=registry,
         )
+        self.conflicts = PromCounter(
+            "touchline_state_conflicts", "Profiles another writer changed while a batch ran (another process, an API "
+            "worker, a timer), reloaded and redone.", registry=registry)
         self.store_reconnects = PromCounter(
             "touchline_state_store_reconnects", "Times the state store became reachable again after failures.",
             registry=registry,

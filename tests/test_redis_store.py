@@ -516,3 +516,33 @@ def test_known_contacts_are_counted_once_where_data_predates_the_count(redis_url
     redis.Redis.from_url(redis_url).delete(KNOWN_KEY)
     assert RedisStore(redis_url).known_contacts() == 2
     assert redis.Redis.from_url(redis_url).get(KNOWN_KEY) == b"2"
+
+
+def test_a_profile_another_writer_changed_is_redone_on_its_state_and_counted(redis_url):
+    """Between this engine's load and its commit another engine writes the same contact: the
+    commit refuses the stale profile, the engine reloads it and applies its event again on the
+    other's state (both events kept), and touchline_state_conflicts_total counts it."""
+    from test_engine_step import line, run as run_batch
+    from test_journeys_runtime import journey_engine
+
+    class Interleaved(RedisStore):
+        other = None
+
+        def commit(self, *args, **kwargs):
+            other, self.other = self.other, None
+            if other is not None:  # the other writer commits first, once
+                run_batch(other, [line("b1", "page_view", T0, "c1")])
+            return super().commit(*args, **kwargs)
+
+    registry = CollectorRegistry()
+    store = Interleaved(redis_url)
+    mine = journey_engine(store=store, registry=registry)
+    theirs = journey_engine(store=RedisStore(redis_url))
+    store.other = theirs
+    run_batch(mine, [line("a1", "page_view", T0 + 1, "c1")])
+    profile = RedisStore(redis_url).load(["c1"])["c1"]
+    assert profile.events_total == 2
+    assert registry.get_sample_value("touchline_state_conflicts_total") == 1
+    assert mine.totals.conflicts == 1
+    theirs.store.close()
+    store.close()

@@ -14,6 +14,7 @@ Metrics are counted once per batch.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import Counter, deque
@@ -452,11 +453,15 @@ class Engine:
                          f"{MAX_CONFLICT_RETRIES} retries")
 
     def _conflicted(self, conflicts: set[str], attempt: int) -> None:
-        """Count profiles another writer changed, and back off before redoing them."""
+        """Count profiles another writer changed, and redo them: at once the first time (that
+        writer's commit has landed, so the reload sees it), then backing off, with jitter, if
+        they keep changing (two writers must not meet again in step)."""
         self.totals.conflicts += len(conflicts)
+        self.metrics.conflicts.inc(len(conflicts))
         log.info("%d profile(s) changed by another writer during the batch; redoing them (attempt %d)",
                  len(conflicts), attempt + 1)
-        time.sleep(min(0.5, 0.01 * 2 ** attempt))
+        if attempt:
+            time.sleep(min(0.5, 0.005 * 2 ** attempt * random.uniform(0.5, 1.5)))
 
     def _attempt(self, items: "_Items", horizon: int, timings: dict[str, float], partition: int, redo: bool,
                  skip: set[Any]) -> tuple[BatchRun, set[str]]:
