@@ -243,11 +243,12 @@ def _round(base: str, known: list[str], clients: int, endpoint: str, seconds: fl
     """``clients`` clients asking ``endpoint`` for ``seconds``: latency, offered rate and throughput."""
     serve_pid, engine_pid = pids
     label = "contact" if endpoint == "profile" else "decide"
-    buckets_before = _served_buckets(base, label)
+    buckets_before, redone_before = _served_buckets(base, label), _redone(base)
     cpu_before = (_tree_cpu(serve_pid), cpu_seconds(engine_pid) or 0.0, time.process_time())
     tally = _loop_run(_clients(base, known, clients, endpoint, seconds, load))
     cpu_after = (_tree_cpu(serve_pid), cpu_seconds(engine_pid) or 0.0, time.process_time())
     served = _bucket_delta(_served_buckets(base, label), buckets_before)
+    redone = _redone(base) - redone_before
     latencies, codes = tally.latencies, tally.codes()
     ok = latencies.get(200, [])
     offered = load.offered_rate(clients)
@@ -260,6 +261,7 @@ def _round(base: str, known: list[str], clients: int, endpoint: str, seconds: fl
             "max_ms": _ms(max(ok) if ok else None),
             "server_p50_ms_at_most": _ms(_bucket_quantile(served, 0.5)),
             "server_p99_ms_at_most": _ms(_bucket_quantile(served, 0.99)),
+            "profiles_redone": int(redone),
             "serve_cpu_share": round((cpu_after[0] - cpu_before[0]) / seconds, 2),
             "engine_cpu_share": round((cpu_after[1] - cpu_before[1]) / seconds, 2),
             "clients_cpu_share": round((cpu_after[2] - cpu_before[2]) / seconds, 2)}
@@ -270,19 +272,30 @@ def _tree_cpu(pid: int) -> float:
     return sum(cpu_seconds(p) or 0.0 for p in (pid, *child_pids(pid)))
 
 
+def _redone(base: str) -> float:
+    """Profiles the server reloaded and redone because another writer changed them meanwhile
+    (the stream, another worker), so far: ``touchline_state_conflicts_total``, every worker's."""
+    return sum(s.value for s in _samples(base) if s.name == "touchline_state_conflicts_total")
+
+
+def _samples(base: str) -> list[Any]:
+    """Every sample the server's ``/metrics`` answers."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{base}/metrics", timeout=30).text
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
 def _served_buckets(base: str, endpoint: str) -> dict[float, float]:
     """The server's own request-time histogram of ``endpoint`` (arrival at the handler to the
     answer), from its ``/metrics``: cumulative counts by upper bound in seconds, summed over
     the workers of ``serve --workers``."""
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
     out: dict[float, float] = {}
-    for family in text_string_to_metric_families(httpx.get(f"{base}/metrics", timeout=30).text):
-        for sample in family.samples:
-            if sample.name == "touchline_api_request_seconds_bucket" and sample.labels.get("endpoint") == endpoint:
-                bound = float(sample.labels["le"])
-                out[bound] = out.get(bound, 0.0) + sample.value
+    for sample in _samples(base):
+        if sample.name == "touchline_api_request_seconds_bucket" and sample.labels.get("endpoint") == endpoint:
+            bound = float(sample.labels["le"])
+            out[bound] = out.get(bound, 0.0) + sample.value
     return out
 
 
@@ -437,7 +450,7 @@ def format_api_bench(f: dict[str, Any]) -> str:
              f"{f['machine']}; load average at the end {', '.join(map(str, f['load_average']))}",
              f"  {'endpoint':<22} {'clients':>7} {'offered/s':>9} {'due/s':>7} {'answered/s':>10} {'p50 ms':>7} "
              f"{'p90 ms':>7} {'p99 ms':>7} {'max ms':>7} {'server p50/p99 ≤':>17} {'serve CPU':>9} {'engine CPU':>10} "
-             f"{'clients CPU':>11}  codes"]
+             f"{'clients CPU':>11} {'redone':>7}  codes"]
     for r in f["rounds"]:
         name = "GET /v1/contacts/{id}" if r["endpoint"] == "profile" else "POST /v1/decide"
         offered = "closed" if r.get("offered_per_second") is None else cell(r["offered_per_second"])
@@ -446,12 +459,13 @@ def format_api_bench(f: dict[str, Any]) -> str:
                      f"{cell(r['p90_ms'], '.1f'):>7} {cell(r['p99_ms'], '.1f'):>7} {cell(r['max_ms'], '.1f'):>7} "
                      f"{_server_cell(r):>17} "
                      f"{cell(r['serve_cpu_share'], '.2f'):>9} {cell(r['engine_cpu_share'], '.2f'):>10} "
-                     f"{cell(r['clients_cpu_share'], '.2f'):>11}  "
+                     f"{cell(r['clients_cpu_share'], '.2f'):>11} {cell(r.get('profiles_redone')):>7}  "
                      f"{_codes_cell(r)}")
     lines.append("  targets: p99 under 20 ms for the profile, under 50 ms for decide; offered/s: what the clients "
                  "would ask if answers were instant (think time: at most), due/s: what came due (open load), "
                  "answered/s: answers within the round; server p50/p99: the server's own histogram (handler to answer, "
-                 "bucket bounds), without the clients' and the network's share; CPU: share of one core")
+                 "bucket bounds), without the clients' and the network's share; CPU: share of one core; redone: "
+                 "profiles another writer (the stream, another worker) changed during a batch, reloaded and redone")
     if f.get("work_dir"):
         lines.append(f"  logs and outputs kept in {f['work_dir']}")
     return "\n".join(lines)
