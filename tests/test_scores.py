@@ -227,7 +227,8 @@ def test_the_csv_is_replaced_whole(events, tmp_path):
     out = tmp_path / "scores.csv"
     out.write_text("old\n")
     _scores("--at", "2026-01-09", "--input", str(events), out=out)
-    assert out.read_text().startswith("contact_id,") and [p.name for p in tmp_path.iterdir()] == ["scores.csv"]
+    assert out.read_text().startswith("contact_id,")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.csv", "scores.dead_letters.jsonl"]  # no temporary
 
 
 def test_every_primary_of_a_cluster_is_read(redis_cluster_url, tmp_path, capsys):
@@ -261,3 +262,27 @@ def test_contacts_whose_every_event_was_refused_are_told_apart_from_forgotten_on
 def test_a_directory_is_not_an_input(tmp_path, capsys):
     assert main(["scores", "--at", "2026-02-01", "--input", str(tmp_path), "--out", str(tmp_path / "s.csv")]) == 2
     assert "a directory, not a file of events" in capsys.readouterr().err
+
+
+def test_refused_lines_are_written_with_their_reason_and_the_files_line(tmp_path, capsys):
+    """A file out of time order is replayed in time order, yet each refused line is named by
+    its line in the file, beside the CSV (or where --dead-letters says); on stdout, only the count."""
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(b'{"event_id":"x1","type":"page_view","ts":"2026-01-05T00:00:00Z","contact_id":"c1"}\n'
+                     b'not json\n'
+                     b'{"event_id":"x2","type":"page_view","ts":"2026-01-01T00:00:00Z","contact_id":"c2"}\n'
+                     b'\n'
+                     b'{"event_id":"x3","type":"page_view","ts":"2026-01-02T00:00:00Z"}\n')
+    _scores("--at", "2026-02-01", "--input", str(path), "--no-derive", out=tmp_path / "s.csv")
+    dead = [orjson.loads(line) for line in (tmp_path / "s.dead_letters.jsonl").read_bytes().splitlines()]
+    assert sorted((d["source"], d["reason"], d["raw"][:8]) for d in dead) == [
+        ("e.jsonl:2", "bad_json", "not json"), ("e.jsonl:5", "missing_identity", '{"event_')]
+    assert "wrote the 2 refused line(s), each with its reason and line" in capsys.readouterr().err
+    _scores("--at", "2026-02-01", "--input", str(path), "--no-derive", "--dead-letters", str(tmp_path / "d" / "x.jsonl"),
+            out=tmp_path / "t.csv")
+    assert len((tmp_path / "d" / "x.jsonl").read_bytes().splitlines()) == 2
+    assert main(["scores", "--at", "2026-02-01", "--input", str(path), "--no-derive", "--out", "-"]) == 0
+    assert "2 refused line(s) not kept: add --dead-letters FILE" in capsys.readouterr().err
+    code, err = _error(capsys, "--at", "now", "--redis", "redis://127.0.0.1:1/0", "--dead-letters", "x.jsonl",
+                       "--out", str(tmp_path / "u.csv"))
+    assert code == 2 and "--dead-letters goes with --input" in err

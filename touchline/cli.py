@@ -366,6 +366,9 @@ def _add_scores_parser(sub: Any) -> None:
     source.add_argument("--input", type=Path, metavar="EVENTS.jsonl",
                         help="replay these events (JSONL, the event contract) up to TIME")
     source.add_argument("--redis", metavar="URL", help="score the profiles stored in this Redis (sets state.url)")
+    sc.add_argument("--dead-letters", type=Path, metavar="FILE",
+                    help="with --input: where the lines the engine refused go, as JSONL with the reason and the "
+                         "line (default: beside --out, SCORES.dead_letters.jsonl; replaced atomically)")
     sc.add_argument("--config", type=Path, help="settings file (its [models], [labels], [state] sections)")
     sc.add_argument("--no-derive", action="store_true",
                     help="with --input: keep the configured churn set-up even on purchase data (by default, a file "
@@ -720,7 +723,12 @@ def _cmd_scores(args: argparse.Namespace, settings: Settings) -> int:
 
     at = sc.parse_at(args.at)
     sc.check_writable(args.out)
+    if args.dead_letters is not None and args.input is None:
+        raise ConfigError("--dead-letters goes with --input (the lines of a replayed file the engine refuses)")
+    dead_path = args.dead_letters or sc.dead_letters_path(args.out)
     if args.input is not None:
+        if dead_path is not None:
+            sc.check_writable(dead_path)
         replay = _read_ahead(args.input, at)
         if not args.no_derive:
             settings = _derived(args, settings, at, replay)
@@ -744,6 +752,13 @@ def _cmd_scores(args: argparse.Namespace, settings: Settings) -> int:
         console(f"{run.refused:,} contact(s) of the events up to {sc.iso(at)} had none of their events taken by the "
                 "engine (dead-lettered: see the invalid lines above): not scored")
     sc.write_csv(run.rows, args.out)
+    if run.dead_letters is not None and dead_path is not None:
+        sc.write_dead_letters(run.dead_letters, dead_path)
+        if run.dead_letters:
+            console(f"wrote the {len(run.dead_letters):,} refused line(s), each with its reason and line, to {dead_path}")
+    elif run.dead_letters:
+        console(f"{len(run.dead_letters):,} refused line(s) not kept: add --dead-letters FILE to write them with "
+                "their reasons and lines")
     where = "stdout" if str(args.out) == "-" else args.out
     console(f"wrote the scores of {len(run.rows):,} contacts as of {sc.iso(at)} to {where}")
     return 0

@@ -23,6 +23,8 @@ engine scores with. Two sources:
 
 from __future__ import annotations
 
+from array import array
+
 import csv
 import io
 import os
@@ -81,6 +83,8 @@ class ScoreRun:
     notes: list[str] = field(default_factory=list)
     #: the models that gave the scores (with --input: their progressive figures from the replay)
     models: Mapping[str, ModelSlot] = field(default_factory=dict)
+    #: with --input: the lines the engine refused, with the reason and the file's line number
+    dead_letters: list[dict[str, Any]] | None = None
 
 
 # ------------------------------------------------------------------ TIME
@@ -162,7 +166,7 @@ def scores_from_file(settings: Settings, path: Path, at_ms: int, replay: TimeOrd
         "source": settings.source.model_copy(update={"kind": "jsonl", "path": path})})
     engine = build_engine(in_memory, CollectorRegistry(), keep_models=False)
     replay = replay or TimeOrdered.scan(path, at_ms)
-    fed = _replay_until(engine, replay, at_ms, settings.source.batch_size)
+    fed, refused = _replay_until(engine, replay, at_ms, settings.source.batch_size)
     dead = engine.totals.dead_letters
     invalid = sum(dead.values())
     order = " in event-time order (the file is not)" if replay.reordered else ""
@@ -170,7 +174,7 @@ def scores_from_file(settings: Settings, path: Path, at_ms: int, replay: TimeOrd
     run = ScoreRun(notes=[f"replayed {fed - invalid:,} events of {path} up to {iso(at_ms)}{order}"
                           f" ({replay.later:,} later ones left out, {invalid:,} invalid lines skipped{why})",
                           *_model_notes(engine.core.models, "learned in this replay"), *_purchase_notes(engine)],
-                   models=engine.core.models)
+                   models=engine.core.models, dead_letters=refused)
     profiles = [p for p in engine.store.profiles() if is_known_key(p.key)]
     run.notes.extend(fit_population(engine.core.models, profiles, at_ms, engine.core.attributes))
     run.rows = sorted((score_profile(p, at_ms, engine.core.models, engine.core.attributes) for p in profiles),
@@ -236,26 +240,76 @@ def _purchase_notes(engine: Any) -> list[str]:
     return notes
 
 
-def _replay_until(engine: Any, replay: TimeOrdered, at_ms: int, batch_size: int) -> int:
+def _replay_until(engine: Any, replay: TimeOrdered, at_ms: int, batch_size: int) -> tuple[int, list[dict[str, Any]]]:
     """Feed the engine ``replay``'s lines (events up to ``at_ms`` in event-time order, invalid
     lines too: the engine dead-letters them as in a run), in batches, then move its clock to
     ``at_ms`` so the timers due by then fire (labels resolve, retention forgets); the number of
-    lines fed. Positions count in replay order (the engine takes a position lower than one it
-    has seen for a redelivery)."""
+    lines fed and the dead letters, each naming the line of the file it was read from.
+    Positions count in replay order (the engine takes a position lower than one it has seen
+    for a redelivery), so they are turned back into line numbers at the end."""
     from touchline.decisions.batches import RawBatch
 
     batch: list[bytes] = []
-    fed = 0
-    for line in replay.lines():
+    placed = array("q")  # replay position - 1 -> the line's byte offset in the file
+    dead: list[dict[str, Any]] = []
+    name = replay.path.name
+    for offset, line in replay.placed_lines():
         batch.append(line)
+        placed.append(offset)
         if len(batch) >= batch_size:
-            engine.process(RawBatch(batch, replay.path.name, fed + 1))
-            fed += len(batch)
+            dead += engine.process(RawBatch(batch, name, len(placed) - len(batch) + 1)).dead_letters
             batch = []
-    engine.process(RawBatch(batch, replay.path.name, fed + 1, final=True, advance_to_ms=at_ms))
+    dead += engine.process(RawBatch(batch, name, len(placed) - len(batch) + 1, final=True,
+                                    advance_to_ms=at_ms)).dead_letters
     if engine.failure is not None:
         raise engine.failure
-    return fed + len(batch)
+    return len(placed), _at_file_lines(dead, replay, placed)
+
+
+def _at_file_lines(dead: list[dict[str, Any]], replay: TimeOrdered, placed: array) -> list[dict[str, Any]]:
+    """``dead`` with each ``source`` naming the file's line (``name:position`` in replay order
+    before); a record without a position of the replay is left as it is."""
+    name = replay.path.name
+    positions = [_position(d.get("source"), name, len(placed)) for d in dead]
+    numbers = replay.line_numbers([placed[p - 1] for p in positions if p is not None])
+    return [{**d, "source": f"{name}:{numbers[placed[p - 1]]}"} if p is not None else d
+            for d, p in zip(dead, positions)]
+
+
+def _position(source: Any, name: str, fed: int) -> int | None:
+    """The replay position in ``name:position``, if it is one of the ``fed`` lines.
+
+    >>> _position("e.jsonl:7", "e.jsonl", 10), _position("e.jsonl:70", "e.jsonl", 10), _position(None, "e", 1)
+    (7, None, None)
+    """
+    if not isinstance(source, str) or not source.startswith(name + ":"):
+        return None
+    tail = source[len(name) + 1:]
+    return int(tail) if tail.isdigit() and 1 <= int(tail) <= fed else None
+
+
+def dead_letters_path(out: Path) -> Path | None:
+    """Where ``scores --out FILE`` puts the lines it refused, unless told: beside the CSV
+    (``--out -``, stdout: nowhere unless ``--dead-letters`` says; the count is printed).
+
+    >>> dead_letters_path(Path("out/scores.csv")), dead_letters_path(Path("-"))
+    (PosixPath('out/scores.dead_letters.jsonl'), None)
+    """
+    if str(out) == "-":
+        return None
+    return out.with_name(f"{out.stem}.dead_letters.jsonl")
+
+
+def write_dead_letters(records: list[dict[str, Any]], out: Path) -> None:
+    """The dead letters as JSONL (the run's format), written atomically; an OSError naming the path."""
+    import orjson
+
+    check_writable(out)
+    try:
+        write_atomically(out, [orjson.dumps(r, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
+                               for r in records])
+    except OSError as exc:
+        raise _unwritable(out, exc.strerror or str(exc)) from None
 
 
 # ------------------------------------------------------------------ --redis URL

@@ -18,8 +18,8 @@ engine dead-letters them as it would in a run.
 ...                      '{"event_id":"a","type":"page_view","ts":5,"contact_id":"d"}\\n'
 ...                      '{"event_id":"z","type":"page_view","ts":99,"contact_id":"e"}\\n')
 ...     replay = TimeOrdered.scan(f, until_ms=50)
-...     [line[:20] for line in replay.lines()]
-[b'{"event_id":"a","typ', b'{"event_id":"b","typ', b'oops']
+...     [line[:20] for line in replay.lines()], replay.line_numbers([o for o, _ in replay.placed_lines()])
+([b'{"event_id":"a","typ', b'{"event_id":"b","typ', b'oops'], {0: 1, 61: 3, 66: 4})
 >>> replay.later, replay.reordered, replay.last_seen
 (1, True, {'c': 9, 'd': 5})
 """
@@ -105,11 +105,33 @@ class TimeOrdered:
 
     def lines(self) -> Iterator[bytes]:
         """Each kept line without its line end, in event-time order."""
+        return (line for _, line in self.placed_lines())
+
+    def placed_lines(self) -> Iterator[tuple[int, bytes]]:
+        """Each kept line with its byte offset in the file, in event-time order."""
         offsets = self.offsets
         with open(self.path, "rb") as fh:
             for i in self._order():
                 fh.seek(offsets[i])
-                yield fh.readline().rstrip(b"\r\n")
+                yield offsets[i], fh.readline().rstrip(b"\r\n")
+
+    def line_numbers(self, offsets: Iterator[int] | list[int]) -> dict[int, int]:
+        """The line number (from 1) of each byte offset given (one pass over the file: for the
+        few lines a report names, not for every line)."""
+        wanted = sorted(set(offsets))
+        found: dict[int, int] = {}
+        if not wanted:
+            return found
+        at, number, k = 0, 1, 0
+        with open(self.path, "rb") as fh:
+            for line in fh:
+                while k < len(wanted) and wanted[k] < at + len(line):
+                    found[wanted[k]] = number
+                    k += 1
+                if k == len(wanted):
+                    break
+                at, number = at + len(line), number + 1
+        return found
 
     def _order(self) -> Iterator[int]:
         """Indexes of the kept lines in time order (a stable sort: ties keep the file's order)."""
