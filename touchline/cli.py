@@ -47,6 +47,7 @@ from touchline.stop_signals import sigterm_aborts
 if TYPE_CHECKING:
     from touchline.connectors.repeat_purchase import RepeatPurchase
     from touchline.time_order import TimeOrdered
+    from touchline.scores import ScoreRun
 
 EXIT_USAGE, EXIT_CONFIG, EXIT_RUNTIME, EXIT_INTERRUPTED = 2, 2, 1, 130
 
@@ -723,18 +724,8 @@ def _cmd_scores(args: argparse.Namespace, settings: Settings) -> int:
 
     at = sc.parse_at(args.at)
     sc.check_writable(args.out)
-    if args.dead_letters is not None and args.input is None:
-        raise ConfigError("--dead-letters goes with --input (the lines of a replayed file the engine refuses)")
-    dead_path = args.dead_letters or sc.dead_letters_path(args.out)
-    if args.input is not None:
-        if dead_path is not None:
-            sc.check_writable(dead_path)
-        replay = _read_ahead(args.input, at)
-        if not args.no_derive:
-            settings = _derived(args, settings, at, replay)
-        run = sc.scores_from_file(settings, args.input, at, replay)
-    else:
-        run = sc.scores_from_redis(settings, at)
+    dead_path = _dead_letters_path(args)
+    run = _scored(args, settings, at)
     for note in run.notes:
         console(note)
     if run.newer:
@@ -744,24 +735,64 @@ def _cmd_scores(args: argparse.Namespace, settings: Settings) -> int:
             console(f"touchline: {newer}; nothing to write", level="error")
             return EXIT_RUNTIME
         console(f"skipped {newer}")
-    if run.forgotten:
-        console(f"{run.forgotten:,} contact(s) of the events up to {sc.iso(at)} had no state left by then (the engine "
-              f"forgets a contact state.retention_days = {settings.state.retention_days:g} after its last activity): "
-              "not scored")
-    if run.refused:
-        console(f"{run.refused:,} contact(s) of the events up to {sc.iso(at)} had none of their events taken by the "
-                "engine (dead-lettered: see the invalid lines above): not scored")
+    _tell_unscored(run, at, settings.state.retention_days)
     sc.write_csv(run.rows, args.out)
-    if run.dead_letters is not None and dead_path is not None:
-        sc.write_dead_letters(run.dead_letters, dead_path)
-        if run.dead_letters:
-            console(f"wrote the {len(run.dead_letters):,} refused line(s), each with its reason and line, to {dead_path}")
-    elif run.dead_letters:
-        console(f"{len(run.dead_letters):,} refused line(s) not kept: add --dead-letters FILE to write them with "
-                "their reasons and lines")
+    _keep_dead_letters(run, dead_path)
     where = "stdout" if str(args.out) == "-" else args.out
     console(f"wrote the scores of {len(run.rows):,} contacts as of {sc.iso(at)} to {where}")
     return 0
+
+
+def _dead_letters_path(args: argparse.Namespace) -> Path | None:
+    """Where ``scores --input`` writes the lines it refused (checked writable now, before the work)."""
+    from touchline import scores as sc
+
+    if args.dead_letters is not None and args.input is None:
+        raise ConfigError("--dead-letters goes with --input (the lines of a replayed file the engine refuses)")
+    path: Path | None = args.dead_letters or sc.dead_letters_path(args.out)
+    if args.input is not None and path is not None:
+        sc.check_writable(path)
+    return path
+
+
+def _scored(args: argparse.Namespace, settings: Settings, at: int) -> "ScoreRun":
+    """The scores from ``--input`` (replayed, the churn set-up derived unless ``--no-derive``) or the stored state."""
+    from touchline import scores as sc
+
+    if args.input is None:
+        return sc.scores_from_redis(settings, at)
+    replay = _read_ahead(args.input, at)
+    if not args.no_derive:
+        settings = _derived(args, settings, at, replay)
+    return sc.scores_from_file(settings, args.input, at, replay)
+
+
+def _tell_unscored(run: "ScoreRun", at: int, retention_days: float) -> None:
+    """Say which contacts of the replayed events have no row, and why."""
+    from touchline.scores import iso
+
+    if run.forgotten:
+        console(f"{run.forgotten:,} contact(s) of the events up to {iso(at)} had no state left by then (the engine "
+                f"forgets a contact state.retention_days = {retention_days:g} after its last activity): not scored")
+    if run.refused:
+        console(f"{run.refused:,} contact(s) of the events up to {iso(at)} had none of their events taken by the "
+                "engine (dead-lettered: see the invalid lines above): not scored")
+
+
+def _keep_dead_letters(run: "ScoreRun", path: Path | None) -> None:
+    """Write the refused lines where asked (or beside the CSV); on stdout only their count."""
+    from touchline.scores import write_dead_letters
+
+    if run.dead_letters is None:
+        return
+    if path is None:
+        if run.dead_letters:
+            console(f"{len(run.dead_letters):,} refused line(s) not kept: add --dead-letters FILE to write them with "
+                    "their reasons and lines")
+        return
+    write_dead_letters(run.dead_letters, path)
+    if run.dead_letters:
+        console(f"wrote the {len(run.dead_letters):,} refused line(s), each with its reason and line, to {path}")
 
 
 def _read_ahead(path: Path, at: int) -> "TimeOrdered":
