@@ -30,6 +30,7 @@ Cluster slot::
     tl:{meta}:watermarks hash input partition -> its event clock after its last commit
     tl:{meta}:send-hours hash local hour 0..23 -> the population's engagements (best send time)
     tl:{meta}:counts   hash   api-workers@<timer partition> -> how many API workers started last
+    tl:{meta}:timer-partitions set every partition a timer was set in (erasure cancels in each)
     tl:{hold:t[3]}     hash   events the reorder buffer of topic t, partition 3 holds: offset -> [where, line]
     tl:{rr}:<name>     counter round-robin turns shared by every worker
     tl:{erased}:tombstones hash HMAC of an erased identity -> its tombstone (no TTL)
@@ -119,6 +120,9 @@ JOURNEY_VERSIONS_KEY = f"{PREFIX}:{{journeys}}:versions"
 JOURNEY_BASELINES_KEY = f"{PREFIX}:{{journeys}}:baselines"
 #: The population's engagement by local hour (decisions/send_time.py), shared by every process.
 SEND_HOURS_KEY = f"{PREFIX}:{{meta}}:send-hours"
+#: Every timer partition a process scheduled in (the API's too, which keep no event clock): an
+#: erasure cancels a contact's timers in each.
+TIMER_PARTITIONS_KEY = f"{PREFIX}:{{meta}}:timer-partitions"
 #: Counts recorded for every process and restart (how many API workers a range of timer partitions had).
 COUNTS_KEY = f"{PREFIX}:{{meta}}:counts"
 KNOWN_READ_SECONDS = 10.0
@@ -249,6 +253,8 @@ class RedisStore(StateStore):
         self._probe_lock = threading.Lock()
         #: partitions whose timers claimed by a crashed run were put back (once, at first use)
         self._restored: set[int] = set()
+        #: timer partitions this process has recorded in TIMER_PARTITIONS_KEY (the API's have no watermark)
+        self._timer_partitions: set[int] = set()
         #: input partitions with a timer set, as far as known (see _partitions)
         self._known_partitions: set[int] | None = None
         #: the epoch every commit checks (None until claim_epoch: tools that only read)
@@ -459,6 +465,11 @@ class RedisStore(StateStore):
         nothing). On Redis Cluster, with no order across nodes within one pipeline, they are sent
         here, alone, and none are returned."""
         schedule = _schedule_calls(timers, partition)
+        if schedule and partition not in self._timer_partitions:  # once per partition and process
+            schedule.append(("cmd", "SADD", TIMER_PARTITIONS_KEY, str(partition)))
+            self._timer_partitions.add(partition)
+            if self._known_partitions is not None:
+                self._known_partitions.add(partition)
         if schedule and self.cluster:
             self._run("save", schedule)
             return []
@@ -637,8 +648,10 @@ class RedisStore(StateStore):
         up to date by this store's own commits (a delete on the hot path costs no round trip
         for it; a timer another process adds later in a new partition only fires stale)."""
         if self._known_partitions is None or fresh:
-            (fields,) = self._run("stats", [("cmd", "HKEYS", WATERMARKS_KEY)])
-            self._known_partitions = {0, *(int(f[1:]) for f in fields if f[:1] == "p" and f[1:].isdigit())}
+            fields, members = self._run("stats", [("cmd", "HKEYS", WATERMARKS_KEY),
+                                                  ("cmd", "SMEMBERS", TIMER_PARTITIONS_KEY)])
+            self._known_partitions = {0, *(int(f[1:]) for f in fields if f[:1] == "p" and f[1:].isdigit()),
+                                      *(int(m) for m in members if m.isdigit())}
         return sorted(self._known_partitions)
 
     def _migrate_legacy_timers(self, partition: int) -> None:

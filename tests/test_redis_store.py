@@ -546,3 +546,25 @@ def test_a_profile_another_writer_changed_is_redone_on_its_state_and_counted(red
     assert mine.totals.conflicts == 1
     theirs.store.close()
     store.close()
+
+
+def test_erasure_cancels_timers_in_the_apis_partitions_too(redis_url):
+    """The API's engine keeps its timers in partitions of its own (api.timer_partition), which
+    keep no event clock: an erasure from another process cancels the contact's timers there
+    too, not only in the stream's partitions (the contact id stays in no timer set)."""
+    from touchline.state.redis import timer_keys
+
+    api = RedisStore(redis_url)
+    profile = api.load(["c1"])["c1"]
+    profile.known, profile.events_total = True, 1
+    profile.timers["journey:welcome"] = 10**13  # the profile holds the timers it set
+    api.commit({"c1": profile}, [], [("c1", "journey:welcome", 10**13)], partition=1003)
+    api.commit({}, [], [("c2", "journey:welcome", 10**13)], partition=1003)
+    raw = redis.Redis.from_url(redis_url)
+    assert raw.zcard(timer_keys(1003)[0]) == 2
+    other = RedisStore(redis_url)  # the erase command's process
+    assert other.erase("c1")
+    assert raw.zrange(timer_keys(1003)[0], 0, -1) == [b"c2\x1fjourney:welcome"]
+    api.close()
+    other.close()
+    raw.close()
