@@ -150,3 +150,16 @@ def until(check: Any, timeout: float = 30.0, every: float = 0.1) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout} s: {check}")
         time.sleep(every)
+
+
+def handoff_settings(path: Path, **sections: dict[str, Any]) -> Path:
+    """A settings file where the sales hand-off is what caps hold back: sent whenever the lead
+    score is over 0 (no cooldown, no holdout), models frozen and not stored; plus ``sections``."""
+    from settings_file import write_toml
+
+    return write_toml(path, {
+        "policy": {"holdout_share": 0.0, "sales_lead_threshold": 0.0},
+        "policy.actions.sales_handoff": {"cooldown_hours": 0},
+        "models": {"store": "off", "learn": False},
+        **sections,
+    })

@@ -15,19 +15,14 @@ import threading
 
 import pytest
 
-from api_server import FollowingEngine, Served, event, until
+from api_server import FollowingEngine, Served, event, handoff_settings, until
 from settings_file import write_toml
 from engine_process import cap_violations
 
 
 @pytest.fixture
 def both(tmp_path, redis_url):
-    config = write_toml(tmp_path / "settings.toml", {
-        "policy": {"holdout_share": 0.0, "sales_lead_threshold": 0.0},
-        "policy.actions.sales_handoff": {"cooldown_hours": 0},
-        "models": {"store": "off", "learn": False},
-        "source": {"tick_seconds": 0.1},
-    })
+    config = handoff_settings(tmp_path / "settings.toml", source={"tick_seconds": 0.1})
     with FollowingEngine(tmp_path / "engine", redis_url, config) as engine, \
             Served(tmp_path / "api", "--redis", redis_url, "--config", str(config)) as api:
         yield engine, api

@@ -21,9 +21,8 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from api_server import KEY, Served, _wait_for, event
+from api_server import KEY, Served, _wait_for, event, handoff_settings
 from engine_process import cap_violations
-from settings_file import write_toml
 from touchline.api.workers import regroup_timer_partitions
 from touchline.state import open_store
 from touchline.state.redis import timer_keys
@@ -33,11 +32,7 @@ TIMER = "timer"
 
 @pytest.fixture
 def workers(tmp_path, redis_url):
-    config = write_toml(tmp_path / "settings.toml", {
-        "policy": {"holdout_share": 0.0, "sales_lead_threshold": 0.0},
-        "policy.actions.sales_handoff": {"cooldown_hours": 0},
-        "models": {"store": "off", "learn": False},
-    })
+    config = handoff_settings(tmp_path / "settings.toml")
     with Served(tmp_path / "api", "--redis", redis_url, "--config", str(config), "--workers", "2") as api:
         for n in (0, 1):
             _wait_for(api.stderr_path, api.proc, rf"(worker {n} of 2): serving the API")

@@ -159,6 +159,26 @@ def free_ports(n: int) -> list[int]:
 _CHILD_OPTIONS = ("--processes", "--metrics-port", "--process-id", "--addresses", "--out", "--recovery-dir")
 
 
+def without_options(argv: Sequence[str], names: Sequence[str]) -> list[str]:
+    """``argv`` without the options ``names`` and their values (``--opt v`` or ``--opt=v``), for
+    a parent to set them for each child itself.
+
+    >>> without_options(["run", "--processes", "2", "--out=o", "--kafka", "k"], ("--processes", "--out"))
+    ['run', '--kafka', 'k']
+    """
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg.split("=", 1)[0] in names:
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    return out
+
+
 def child_argv(argv: Sequence[str], index: int, addresses: list[str], metrics_port: int | None,
                where: Sequence[str] = ()) -> list[str]:
     """This command's arguments for process ``index``: without ``--processes``, with its id and
@@ -169,17 +189,7 @@ def child_argv(argv: Sequence[str], index: int, addresses: list[str], metrics_po
     >>> child_argv(["run", "--out", "o", "--processes=2"], 0, ["a:1", "a:2"], None, ["--out", "o/runs/r"])
     ['run', '--process-id', '0', '--addresses', 'a:1,a:2', '--out', 'o/runs/r']
     """
-    out: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        name = arg.split("=", 1)[0]
-        if name in _CHILD_OPTIONS:
-            skip = "=" not in arg
-            continue
-        out.append(arg)
+    out = without_options(argv, _CHILD_OPTIONS)
     out += ["--process-id", str(index), "--addresses", ",".join(addresses)]
     if metrics_port is not None:
         out += ["--metrics-port", str(metrics_port)]

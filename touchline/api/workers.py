@@ -80,17 +80,9 @@ def worker_argv(argv: Sequence[str], slot: WorkerSlot) -> list[str]:
     >>> worker_argv(["serve", "--redis", "r", "--workers", "2", "--port=0"], WorkerSlot(1, 2, 7, Path("/m")))
     ['serve', '--redis', 'r', '--port=0', '--worker-index', '1', '--workers', '2', '--listen-fd', '7', '--metrics-dir', '/m']
     """
-    out: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg.split("=", 1)[0] in _WORKER_OPTIONS:
-            skip = "=" not in arg
-            continue
-        out.append(arg)
-    return out + ["--worker-index", str(slot.index), "--workers", str(slot.count), "--listen-fd",
+    from touchline.runtime import without_options
+
+    return without_options(argv, _WORKER_OPTIONS) + ["--worker-index", str(slot.index), "--workers", str(slot.count), "--listen-fd",
                   str(slot.listen_fd), "--metrics-dir", str(slot.metrics_dir)]
 
 
