@@ -442,6 +442,8 @@ class RedisStore(StateStore):
         calls = [*schedule, *profile_calls, *self._after_profiles(watermark, partition)]
         lent, self._lent = self._lent, set()
         results = self._run_or_forget("save", calls, (*profiles, *lent))
+        if schedule:
+            self._registered(partition)
         if self._epoch is not None:
             self._check_epoch(results[-1])
         results = results[len(schedule):]
@@ -465,15 +467,19 @@ class RedisStore(StateStore):
         nothing). On Redis Cluster, with no order across nodes within one pipeline, they are sent
         here, alone, and none are returned."""
         schedule = _schedule_calls(timers, partition)
-        if schedule and partition not in self._timer_partitions:  # once per partition and process
-            schedule.append(("cmd", "SADD", TIMER_PARTITIONS_KEY, str(partition)))
-            self._timer_partitions.add(partition)
-            if self._known_partitions is not None:
-                self._known_partitions.add(partition)
+        if schedule and partition not in self._timer_partitions:  # once per partition and process, before its timers
+            schedule.insert(0, ("cmd", "SADD", TIMER_PARTITIONS_KEY, str(partition)))
         if schedule and self.cluster:
             self._run("save", schedule)
+            self._registered(partition)
             return []
         return schedule
+
+    def _registered(self, partition: int) -> None:
+        """``partition`` is in TIMER_PARTITIONS_KEY now (the call that added it ran)."""
+        self._timer_partitions.add(partition)
+        if self._known_partitions is not None:
+            self._known_partitions.add(partition)
 
     def _profile_calls(self, profiles: Mapping[str, Profile],
                        outbox: Mapping[str, Sequence[OutboxEntry]]) -> tuple[list[Call], dict[str, LogDiff]]:
