@@ -444,8 +444,7 @@ class RedisStore(StateStore):
         results = self._run_or_forget("save", calls, (*profiles, *lent))
         if schedule:
             self._registered(partition)
-        if self._epoch is not None:
-            self._check_epoch(results[-1])
+        self._check_epoch(results)
         results = results[len(schedule):]
         conflicts = {key for key, r in zip(profiles, results) if isinstance(r, Exception)}
         self._remember(profiles, results, diffs, lent, conflicts)
@@ -561,7 +560,11 @@ class RedisStore(StateStore):
             calls += _cancel_calls(key, base.timers, [partition])
         return calls
 
-    def _check_epoch(self, seen: Any) -> None:
+    def _check_epoch(self, results: Sequence[Any]) -> None:
+        """The epoch key a commit read last (when the store checks one) is still this deployment's."""
+        if self._epoch is None:
+            return
+        seen = results[-1]
         if seen != self._epoch:
             raise StoreDataLost(
                 f"Redis at {self.masked_url} lost its data: the epoch key {EPOCH_KEY} is "
@@ -661,31 +664,33 @@ class RedisStore(StateStore):
         return sorted(self._known_partitions)
 
     def _migrate_legacy_timers(self, partition: int) -> None:
-        (flat,) = self._run("restore", [("cmd", "ZRANGE", LEGACY_TIMERS_KEY, 0, -1, "WITHSCORES")])
-        if not flat:
-            return
-        pairs = [x for due, member in _pairs(flat) for x in (due, member)]
-        self._run("restore", [("cmd", "ZADD", timer_keys(partition)[0], "NX", *pairs), ("cmd", "DEL", LEGACY_TIMERS_KEY)])
-        log.info("moved %d timers of an earlier version into input partition %d's", len(flat) // 2, partition)
+        moved = self._move_timer_set(LEGACY_TIMERS_KEY, partition)
+        if moved:
+            log.info("moved %d timers of an earlier version into input partition %d's", moved, partition)
+
+    def _move_timer_set(self, source_key: str, target: int) -> int:
+        """Move every timer of the set ``source_key`` into partition ``target``'s: ZADD NX (a
+        timer the target already has for the profile keeps its time), then ZREM of exactly
+        what moved (a timer added meanwhile is not lost); how many moved."""
+        (flat,) = self._run("restore", [("cmd", "ZRANGE", source_key, 0, -1, "WITHSCORES")])
+        moved = _pairs(flat or [])
+        if moved:
+            self._run("restore", [("cmd", "ZADD", timer_keys(target)[0], "NX", *[x for pair in moved for x in pair]),
+                                  ("cmd", "ZREM", source_key, *[member for _, member in moved])])
+        return len(moved)
 
     def swap_count(self, name: str, count: int) -> int | None:
         (before, _) = self._run("counts", [("cmd", "HGET", COUNTS_KEY, name), ("cmd", "HSET", COUNTS_KEY, name, count)])
         return None if before is None else int(before)
 
     def move_timers(self, source: int, target: int) -> int:
-        """ZADD NX into the target (a timer the target already has for the profile keeps its
-        time), then ZREM of exactly what moved: a timer added meanwhile is not lost."""
+        """The claimed timers put back first (their claimant is gone), then the set moved."""
         self.restore_claimed(source)
-        due = timer_keys(source)[0]
-        (flat,) = self._run("restore", [("cmd", "ZRANGE", due, 0, -1, "WITHSCORES")])
-        moved = list(_pairs(flat or []))
-        if not moved:
-            return 0
-        self._run("restore", [("cmd", "ZADD", timer_keys(target)[0], "NX", *[x for pair in moved for x in pair]),
-                              ("cmd", "ZREM", due, *[member for _, member in moved])])
-        log.warning("moved %d timer(s) of partition %d, which no process reads any more, into partition %d",
-                    len(moved), source, target)
-        return len(moved)
+        moved = self._move_timer_set(timer_keys(source)[0], target)
+        if moved:
+            log.warning("moved %d timer(s) of partition %d, which no process reads any more, into partition %d",
+                        moved, source, target)
+        return moved
 
     # ---------------------------------------------------------------- crash safety
     def ack(self, done: Iterable[tuple[str, str, str]]) -> None:
