@@ -56,6 +56,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Sequence, TypeVar
 
+import hiredis
 import orjson
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -96,6 +97,7 @@ from touchline.state.erasure import (
 )
 from touchline.state.codec import SEP, from_parts, journeys_of, log_diff, log_index, send_entries, to_blob
 from touchline.state.redis_scripts import SCRIPTS
+from touchline.state.redis_wire import pipelined
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -339,13 +341,13 @@ class RedisStore(StateStore):
                 raise StoreError(f"Redis at {self.masked_url}: {r}")
 
     def _send(self, calls: Sequence[Call]) -> list[Any]:
+        commands = [("EVALSHA", self._shas[call[1]], len(call[2]), *call[2], *call[3]) if call[0] == "script"
+                    else call[1:] for call in calls]
+        if not self.cluster:
+            return pipelined(self.client, commands)
         pipe = self.client.pipeline(transaction=False)
-        for call in calls:
-            if call[0] == "script":
-                _, name, keys, args = call
-                pipe.execute_command("EVALSHA", self._shas[name], len(keys), *keys, *args)
-            else:
-                pipe.execute_command(*call[1:])
+        for command in commands:
+            pipe.execute_command(*command)
         return list(pipe.execute(raise_on_error=False))
 
     # ---------------------------------------------------------------- identity
@@ -1035,11 +1037,7 @@ def _commit_digest(args: Sequence[Any]) -> str:
     >>> _commit_digest([3, b"{}", 1]) == _commit_digest([3, b"{}", 1]) != _commit_digest([3, b"{}", 2])
     True
     """
-    h = hashlib.blake2b(digest_size=16)
-    for arg in args:
-        h.update(arg if isinstance(arg, bytes) else str(arg).encode())
-        h.update(b"\x1f")
-    return h.hexdigest()
+    return hashlib.blake2b(hiredis.pack_command(tuple(args)), digest_size=16).hexdigest()  # length-prefixed: unambiguous
 
 
 def _is_conflict(reply: Exception) -> bool:
