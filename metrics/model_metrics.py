@@ -22,6 +22,8 @@ only in ``touchline_model_info``, whose old series are removed on a swap.
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -29,6 +31,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from touchline.decisions.champion import Drift, ModelSlot
 from touchline.decisions.evaluation import BUCKET_NAMES, Calibration, Evaluation
 
+#: The quality figures of a model that keeps learning are written at most this often (seconds):
+#: grading (AUC, log loss, calibration per bucket) costs about as much as a whole batch's
+#: scoring, and Prometheus reads them every 15 s or so.
+GRADE_EVERY_SECONDS = 1.0
 #: Label delay buckets (seconds): a minute to a month.
 DELAY_BUCKETS = (60.0, 600.0, 3600.0, 6 * 3600.0, 86_400.0, 3 * 86_400.0, 7 * 86_400.0, 14 * 86_400.0,
                  30 * 86_400.0)
@@ -75,10 +81,16 @@ class ModelMetrics:
         self.last_checkpoint = Gauge("touchline_model_last_checkpoint_timestamp_seconds",
                                      "When the models were last checkpointed.", registry=registry)
         self._info_labels: set[_Deployed] = set()
+        #: scores whose models learned since their figures were last written, and when that was
+        self._ungraded: set[str] = set()
+        self._graded_at = -math.inf
 
     def export(self, slots: Mapping[str, ModelSlot], delays_s: Mapping[str, list[float]],
-               drifts: Sequence[Drift] = ()) -> None:
-        """Refresh the gauges of models that learned in this batch (and the deployed versions)."""
+               drifts: Sequence[Drift] = (), now: float | None = None) -> None:
+        """Observe the batch's label delays and drifts, keep the deployed versions current,
+        and refresh the quality figures of the models that learned, at most once every
+        :data:`GRADE_EVERY_SECONDS` (``now``: ``time.monotonic()``); :meth:`grade` at shutdown
+        writes what is left."""
         for name, values in delays_s.items():
             hist = self.label_delay.labels(name)
             for v in values:
@@ -88,12 +100,22 @@ class ModelMetrics:
         deployed: set[_Deployed] = set()
         for name, slot in slots.items():
             for model in slot.models:
-                role = slot.role(model)
-                deployed.add((name, role, model.version, model.estimator_name))
-                if name in delays_s:  # only a model that learned has new figures
-                    self._grade(name, role, model.evaluation)
+                deployed.add((name, slot.role(model), model.version, model.estimator_name))
+        self._ungraded.update(name for name in delays_s if name in slots)  # only a model that learned has new figures
         self._forget_retired(deployed)
         self._set_info(deployed)
+        now = time.monotonic() if now is None else now
+        if self._ungraded and now - self._graded_at >= GRADE_EVERY_SECONDS:
+            self.grade(slots, now)
+
+    def grade(self, slots: Mapping[str, ModelSlot], now: float | None = None) -> None:
+        """Write the progressive figures of every model that learned since they were last written."""
+        for name in sorted(self._ungraded & slots.keys()):
+            slot = slots[name]
+            for model in slot.models:
+                self._grade(name, slot.role(model), model.evaluation)
+        self._ungraded.clear()
+        self._graded_at = time.monotonic() if now is None else now
 
     def _grade(self, name: str, role: str, ev: Evaluation) -> None:
         """One model's progressive figures; AUC and log loss once they are defined."""

@@ -219,7 +219,7 @@ def test_after_a_restart_a_new_contact_follows_the_populations_hour_on_redis(red
 
     first = journey_engine(DIGEST, store=open_store(redis_url, StoreOptions()))
     _readers(first, hour_utc=19)
-    first.close_outbox()  # at shutdown: what was counted since the last share
+    first.shut_down()  # at shutdown: what was counted since the last share
     first.store.close()
     second = journey_engine(DIGEST, store=open_store(redis_url, StoreOptions()))
     assert run(second, [line("s1", "signup", T0, "new")]) == []  # noon: it waits

@@ -491,7 +491,7 @@ def test_engine_messages_a_contact_spelled_like_an_anonymous_key(new_store):
     assert contact["known"] and contact["events_total"] == 1 and contact["sends"]
     assert store.load(["anon:x"])["anon:x"].events_total == 2  # the visitor's own profile
     engine.output_done(res.decisions, "d")  # the outbox entry is found by the record's contact id
-    engine.close_outbox()
+    engine.shut_down()
     assert store.pending() == []
 
 

@@ -519,9 +519,11 @@ class Engine:
             taken = [done.popleft() for _ in range(len(done))]
             _timed(timings, "ack", self.store.ack, taken)
 
-    def close_outbox(self) -> None:
-        """Pass on what the outputs confirmed after the last batch, and the engagement by
-        local hour counted since the last share (at shutdown)."""
+    def shut_down(self) -> None:
+        """At shutdown: write the model figures not yet written (see :meth:`ModelMetrics.export`),
+        pass on what the outputs confirmed after the last batch, and the engagement by local
+        hour counted since the last share."""
+        self.metrics.models.grade(self.models)
         try:
             self._flush_acks({})
         except StoreError as exc:  # the entries stay: the next start emits them again

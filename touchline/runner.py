@@ -354,7 +354,7 @@ def run(settings: Settings, *, progress: TextIO | None = sys.stderr, registry: C
     kafka = settings.kafka.client_config() if settings.kafka.bootstrap else None
     engine = build_engine(settings, registry)
     engine.halt = stop
-    closers: list[Any] = [engine.close_outbox, engine.store.close]
+    closers: list[Any] = [engine.shut_down, engine.store.close]
     started: list[bool] = []
     keeper = engine.keeper
     if keeper is not None:  # the final checkpoint, after the last batch (none if the run never started)
@@ -739,7 +739,7 @@ def _close_and_summarise(settings: Settings, engine: Engine, io: _Io, outputs: d
     delivery = io.delivery_sink.delivery if io.delivery_sink is not None else None
     if delivery is not None:
         delivery.close(settings.delivery.flush_seconds)
-    engine.close_outbox()
+    engine.shut_down()
     if engine.failure is not None:
         raise engine.failure
     if engine.recorded_events is not None:

@@ -92,7 +92,7 @@ class ApiService:
             close()
         self.worker.stop()
         self.outputs.close()
-        self.engine.close_outbox()
+        self.engine.shut_down()
         if self.engine.keeper is not None:
             self.engine.keeper.close()
         self.engine.store.close()
