@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, Sequence, TypeVar
 
+from touchline.decisions.feature_names import FEATURE_SET_TAG, VECTOR_ORDER
+
 S = TypeVar("S", bound="FeatureState")
 
 
@@ -153,23 +155,49 @@ class Observations(dict[str, Observation]):
             self.setdefault(model, observation)
 
     def to_json(self) -> dict[str, list[Any]]:
-        return {
-            model: [o.scored_at_ms, o.deadline_ms, o.features, o.probability, o.model_version,
-                    *((o.shadow,) if o.shadow or o.returned_ms is not None else ()),
-                    *((o.returned_ms,) if o.returned_ms is not None else ())]
-            for model, o in self.items()
-        }
+        """The observations whose features are not the built-in vector, by name (those are
+        :meth:`packed_json`'s)."""
+        return {model: _entry(o, o.features) for model, o in self.items() if not _is_builtin(o.features)}
+
+    def packed_json(self) -> dict[str, list[Any]]:
+        """The observations of the built-in feature vector, its values after its tag: the
+        names are most of an observation's size. Stored beside :meth:`to_json`'s, under a name
+        earlier versions do not read (in a rolling upgrade they skip these, never misread them)."""
+        return {model: _entry(o, [FEATURE_SET_TAG, *o.features.values()])
+                for model, o in self.items() if _is_builtin(o.features)}
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Sequence[Any]]) -> Observations:
-        return cls({
-            model: Observation(int(o[0]), int(o[1]), dict(o[2]), float(o[3]), str(o[4]),
-                               dict(o[5]) if len(o) > 5 else {}, int(o[6]) if len(o) > 6 else None)
-            for model, o in raw.items()
-        })
+    def from_json(cls, raw: Mapping[str, Sequence[Any]], packed: Mapping[str, Sequence[Any]] | None = None
+                  ) -> Observations:
+        """The stored observations; a packed one written for another feature vector (by a
+        version with other built-in features) cannot be learned from and is left out."""
+        out = cls()
+        for model, o in raw.items():
+            out[model] = _observation(o, dict(o[2]))
+        for model, o in (packed or {}).items():
+            values = o[2]
+            if len(values) == len(VECTOR_ORDER) + 1 and values[0] == FEATURE_SET_TAG:
+                out[model] = _observation(o, dict(zip(VECTOR_ORDER, values[1:])))
+        return out
 
     def view(self) -> dict[str, Any]:
         return {"pending_labels": sorted(self)}
+
+
+def _is_builtin(features: Mapping[str, float]) -> bool:
+    return len(features) == len(VECTOR_ORDER) and tuple(features) == VECTOR_ORDER
+
+
+def _entry(o: Observation, features: Any) -> list[Any]:
+    """One stored observation: the shadow scores only when there are any (a leaner blob)."""
+    return [o.scored_at_ms, o.deadline_ms, features, o.probability, o.model_version,
+            *((o.shadow,) if o.shadow or o.returned_ms is not None else ()),
+            *((o.returned_ms,) if o.returned_ms is not None else ())]
+
+
+def _observation(o: Sequence[Any], features: dict[str, float]) -> Observation:
+    return Observation(int(o[0]), int(o[1]), features, float(o[3]), str(o[4]),
+                       dict(o[5]) if len(o) > 5 else {}, int(o[6]) if len(o) > 6 else None)
 
 
 class ObservedAt(dict[str, int]):

@@ -18,44 +18,16 @@ from __future__ import annotations
 from math import log1p
 from typing import TYPE_CHECKING
 
+from touchline.decisions.feature_names import FEATURE_NAMES as FEATURE_NAMES  # re-exported: the features and their names
+from touchline.decisions.feature_names import FEATURE_TYPES as FEATURE_TYPES
+from touchline.decisions.feature_names import FEATURE_WINDOWS as FEATURE_WINDOWS
 from touchline.decisions.profile import DAY_MS, HOUR_MS, Profile, advance, purchase_days, purchase_span_ms
 
 if TYPE_CHECKING:
     from touchline.decisions.custom_attributes import CustomAttributes
 
-#: Event types whose windowed counts are model features.
-FEATURE_TYPES = (
-    "page_view",
-    "product_view",
-    "add_to_cart",
-    "checkout_start",
-    "purchase",
-    "form_submit",
-    "email_open",
-    "email_click",
-)
-FEATURE_WINDOWS = ("1h", "24h", "7d", "30d")
 _NEVER = log1p(365 * 24.0)  # "hours since" for something that never happened
 
-#: Every feature name, in a fixed order.
-FEATURE_NAMES: tuple[str, ...] = (
-    *(f"n_{t}_{w}" for t in FEATURE_TYPES for w in FEATURE_WINDOWS),
-    *(f"n_all_{w}" for w in FEATURE_WINDOWS),
-    "hours_since_activity",
-    "hours_since_purchase",
-    "days_known",
-    "purchases_total",
-    "monetary_total",
-    "cart_value",
-    "has_open_cart",
-    "devices",
-    "known",
-    "sends_7d",
-    "email_open_rate_30d",
-    "n_sms_reply_30d",
-    "n_push_open_30d",
-    *("rfm_frequency", "rfm_recency_days", "rfm_age_days", "purchase_gap_days", "days_overdue", "gaps_since_purchase"),
-)
 _WINDOW_NAMES = tuple(
     (w, tuple((t, f"n_{t}_{w}") for t in FEATURE_TYPES), f"n_all_{w}") for w in FEATURE_WINDOWS
 )

@@ -36,8 +36,12 @@ from touchline.decisions.profile import (
     Send,
     WindowEntry,
 )
+from touchline.decisions.feature_states import Observations
 from touchline.state.base import is_known_key
 
+#: The blob's field for the pending observations of the built-in feature vector, stored by
+#: value (see Observations.packed_json); the others stay in ``pending``.
+PACKED_PENDING = "pending_packed"
 SEP = "\x1f"  # ASCII unit separator: never part of an event type, channel or action name
 
 #: The core's fields kept in the blob as they are (all but the key, windows, seen ids and
@@ -120,6 +124,9 @@ def to_blob(profile: Profile) -> bytes:
     data["sent_through"] = max((s.ts_ms for s in profile.sends), default=0)
     for name in FEATURE_STATES:
         data[name] = getattr(profile, name).to_json()
+    packed = profile.pending.packed_json()
+    if packed:
+        data[PACKED_PENDING] = packed
     return orjson.dumps(data)
 
 
@@ -167,6 +174,8 @@ def _restore_fields(profile: Profile, data: dict[str, Any]) -> None:
     for name, state in FEATURE_STATES.items():
         if name in data:
             setattr(profile, name, state.from_json(data[name]))
+    if PACKED_PENDING in data:
+        profile.pending = Observations.from_json(data.get("pending") or {}, data[PACKED_PENDING])
 
 
 def _restore_windows(profile: Profile, log: Iterable[tuple[int, str]]) -> None:

@@ -54,10 +54,13 @@ def pipelined(client: redis.Redis, commands: Sequence[tuple[Any, ...]]) -> list[
 def _pack(command: tuple[Any, ...]) -> bytes:
     """One command in the protocol, as redis-py's hiredis serializer packs it (bytes-like
     arguments other than bytes, which hiredis refuses, as bytes)."""
+    args: Any = command  # hiredis's stub types a 1-tuple; any length is packed
     try:
-        return hiredis.pack_command(command)
+        packed: bytes = hiredis.pack_command(args)
     except TypeError:
-        return hiredis.pack_command(tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in command))
+        args = tuple(bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in command)
+        packed = hiredis.pack_command(args)
+    return packed
 
 
 def _checkout(pool: Any) -> Any:

@@ -9,6 +9,7 @@ from math import isclose, log1p
 import orjson
 import pytest
 
+from touchline.decisions.feature_names import FEATURE_SET_TAG, VECTOR_ORDER
 from touchline.decisions.feature_states import Exposures, JourneyStates, Observations, ObservedAt, Touches
 from touchline.decisions.features import FEATURE_NAMES, FEATURE_TYPES, FEATURE_WINDOWS, features
 from touchline.decisions.profile import (
@@ -515,3 +516,30 @@ def test_a_held_churn_return_survives_the_stored_blob():
     assert Observations.from_json(orjson.loads(orjson.dumps(held.to_json()))) == held
     plain = Observations({"churn": Observation(1, 9, {}, 0.5, "v1")})
     assert plain.to_json() == {"churn": [1, 9, {}, 0.5, "v1"]}
+
+
+def test_a_pending_observation_of_the_built_in_features_is_stored_without_their_names():
+    """Names are most of a pending observation's stored size: the built-in set is stored as
+    its tag and the values, read back to the same dict in the same order (the scaler reads
+    features by position), and values written for another feature set are never misread."""
+    p = Profile("c1", known=True)
+    apply_event(p, "e1", "add_to_cart", 0, {"value": 20.0}, {})
+    assert tuple(features(p, 60_000)) == VECTOR_ORDER  # before any purchase
+    apply_event(p, "e2", "purchase", 120_000, {"value": 20.0}, {})
+    x = features(p, 3_600_000)
+    assert tuple(x) == VECTOR_ORDER  # with a purchase (the customer-base features computed)
+    p.pending["lead"] = Observation(3_600_000, 9_000_000, x, 0.25, "v1")
+    p.pending["churn"] = Observation(3_600_000, 9_000_000, {**x, "custom_views_7d": 2.0}, 0.5, "v1")
+    blob = to_blob(p)
+    stored = orjson.loads(blob)
+    assert stored["pending_packed"]["lead"][2] == [FEATURE_SET_TAG, *x.values()]
+    assert list(stored["pending"]) == ["churn"]  # not the built-in vector: by name, where every version reads it
+    assert stored["pending"]["churn"][2] == {**x, "custom_views_7d": 2.0}
+    back = from_parts("c1", blob, log_entries(p), send_entries(p))
+    assert back.pending == p.pending and list(back.pending["lead"].features) == list(VECTOR_ORDER)
+    by_name = len(orjson.dumps([*stored["pending_packed"]["lead"][:2], x]))
+    assert len(orjson.dumps(stored["pending_packed"])) < by_name * 0.7
+    earlier = Observations.from_json(stored["pending"])  # what a version before this one reads: no packed ones
+    assert list(earlier) == ["churn"]
+    stored["pending_packed"]["lead"][2][0] = "fs:000000000000"  # written by a version with other built-in features
+    assert list(Observations.from_json(stored["pending"], stored["pending_packed"])) == ["churn"]

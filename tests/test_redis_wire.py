@@ -21,6 +21,8 @@ COMMANDS = [
     ("EVALSHA", "0" * 40, 0),  # NOSCRIPT
     ("EXISTS", "k", "h", "missing"),
     ("DEL", "missing"),
+    ("SET", "bytes-like", bytearray(b"ab")),  # hiredis refuses bytearray: packed as bytes
+    ("GET", "bytes-like"),
 ]
 
 
