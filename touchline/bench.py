@@ -25,6 +25,7 @@ from touchline.connectors.files import JsonlSink
 from touchline.connectors.lines import LinesSource
 from touchline.connectors.simulator import Simulator
 from touchline.flows.dataflow import build_flow
+from touchline.heap import startup_heap_frozen
 from touchline.redact import redact_url
 from touchline.runner import build_engine, simulator_spec
 from touchline.settings import Settings
@@ -62,7 +63,8 @@ def _flow_run(settings: Settings, lines: list[bytes], batch_size: int) -> tuple[
                               JsonlSink(out / "decisions.jsonl"), JsonlSink(out / "dead_letters.jsonl"),
                               no_actions_sink=JsonlSink(out / "no_actions.jsonl"))
             start = time.perf_counter()
-            run_main(flow)
+            with startup_heap_frozen():  # as `touchline run` does: what start-up built, out of the collector's sight
+                run_main(flow)
             seconds = time.perf_counter() - start
         if engine.failure is not None:
             raise engine.failure
