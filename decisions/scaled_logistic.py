@@ -21,6 +21,8 @@ declines (returns None or False) and River does the work.
 >>> from river import compose, linear_model, preprocessing
 >>> model = compose.Pipeline(preprocessing.StandardScaler(), linear_model.LogisticRegression())
 >>> reader = ScaledLogistic.of(model)
+>>> reader.predict({"a": 1.0}) == model.predict_proba_one({"a": 1.0})[True]  # before any label
+True
 >>> for i in range(20):
 ...     model.learn_one({"a": float(i % 7), "b": 1.0, "c": float(i % 3)}, i % 2 == 0)
 >>> reader.stale()
@@ -77,6 +79,8 @@ class ScaledLogistic:
         """P(True) as River's ``predict_proba_one(x)[True]`` gives it, or None to let River predict."""
         if compose.Pipeline._LEARN_UNSUPERVISED_DURING_PREDICT:  # River would update the scaler first
             return None
+        if not self.logistic._weights:  # nothing learned yet: River's dot product is 0.0 whatever x is
+            return float(sigmoid(0.0 + self.logistic.intercept))
         if self.names is None or tuple(x) != self.names:
             if not self._read(tuple(x)):
                 return None
