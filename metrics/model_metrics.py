@@ -91,22 +91,24 @@ class ModelMetrics:
         and refresh the quality figures of the models that learned, at most once every
         :data:`GRADE_EVERY_SECONDS` (``now``: ``time.monotonic()``); :meth:`grade` at shutdown
         writes what is left."""
-        for name, values in delays_s.items():
-            hist = self.label_delay.labels(name)
-            for v in values:
-                hist.observe(v)
-        for d in drifts:
-            self.drifts.labels(d.score, d.role).inc()
-        deployed: set[_Deployed] = set()
-        for name, slot in slots.items():
-            for model in slot.models:
-                deployed.add((name, slot.role(model), model.version, model.estimator_name))
+        self._observe(delays_s, drifts)
+        deployed = {(name, slot.role(model), model.version, model.estimator_name)
+                    for name, slot in slots.items() for model in slot.models}
         self._ungraded.update(name for name in delays_s if name in slots)  # only a model that learned has new figures
         self._forget_retired(deployed)
         self._set_info(deployed)
         now = time.monotonic() if now is None else now
         if self._ungraded and now - self._graded_at >= GRADE_EVERY_SECONDS:
             self.grade(slots, now)
+
+    def _observe(self, delays_s: Mapping[str, list[float]], drifts: Sequence[Drift]) -> None:
+        """Every label delay and drift of the batch (counted every batch, graded or not)."""
+        for name, values in delays_s.items():
+            hist = self.label_delay.labels(name)
+            for v in values:
+                hist.observe(v)
+        for d in drifts:
+            self.drifts.labels(d.score, d.role).inc()
 
     def grade(self, slots: Mapping[str, ModelSlot], now: float | None = None) -> None:
         """Write the progressive figures of every model that learned since they were last written."""
