@@ -79,15 +79,21 @@ class ScaledLogistic:
         """P(True) as River's ``predict_proba_one(x)[True]`` gives it, or None to let River predict."""
         if compose.Pipeline._LEARN_UNSUPERVISED_DURING_PREDICT:  # River would update the scaler first
             return None
-        if not self.logistic._weights:  # nothing learned yet: River's dot product is 0.0 whatever x is
-            return float(sigmoid(0.0 + self.logistic.intercept))
         if self.names is None or tuple(x) != self.names:
             if not self._read(tuple(x)):
-                return None
+                return self._unlearned()
         total: float = 0  # River's dot product starts from the integer 0
         for xi, (mean, std, weight) in zip(x.values(), self.rows):
             total = total + weight * ((xi - mean) / std if std else 0.0)
         return float(sigmoid(total + self.intercept))
+
+    def _unlearned(self) -> float | None:
+        """Before the first label there are no weights, and River's dot product is 0.0 whatever
+        the features: P(True) is the intercept's alone. None (River's turn) once there are weights
+        this reader cannot follow."""
+        if self.logistic._weights:  # checked only here: asking a VectorDict its size costs ~1 µs
+            return None
+        return float(sigmoid(0.0 + self.logistic.intercept))
 
     def learn(self, x: dict[str, float], y: bool) -> bool:
         """``pipeline.learn_one(x, y)`` in one pass, to the same bits; False (nothing done) when
