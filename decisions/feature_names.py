@@ -43,10 +43,15 @@ FEATURE_NAMES: tuple[str, ...] = (
     *("rfm_frequency", "rfm_recency_days", "rfm_age_days", "purchase_gap_days", "days_overdue", "gaps_since_purchase"),
 )
 
-#: The order :func:`~touchline.decisions.features.features` computes them in: window by window,
-#: then the rest as in :data:`FEATURE_NAMES`. A model's weights follow it.
+#: Per window: the window, (feature type, its count's feature name) per feature type, and the
+#: name of the window's count of all events.
+WINDOW_FEATURES: tuple[tuple[str, tuple[tuple[str, str], ...], str], ...] = tuple(
+    (w, tuple((t, f"n_{t}_{w}") for t in FEATURE_TYPES), f"n_all_{w}") for w in FEATURE_WINDOWS
+)
+#: The order :func:`~touchline.decisions.features.features` computes them in: window by window
+#: (:data:`WINDOW_FEATURES`), then the rest as in :data:`FEATURE_NAMES`. A model's weights follow it.
 VECTOR_ORDER: tuple[str, ...] = (
-    *(name for w in FEATURE_WINDOWS for name in (*(f"n_{t}_{w}" for t in FEATURE_TYPES), f"n_all_{w}")),
+    *(name for _, counts, all_name in WINDOW_FEATURES for name in (*(n for _, n in counts), all_name)),
     *FEATURE_NAMES[(len(FEATURE_TYPES) + 1) * len(FEATURE_WINDOWS):],
 )
 #: Names this exact vector in stored pending observations (their values are kept as a list

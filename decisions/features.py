@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from touchline.decisions.feature_names import FEATURE_NAMES as FEATURE_NAMES  # re-exported: the features and their names
 from touchline.decisions.feature_names import FEATURE_TYPES as FEATURE_TYPES
 from touchline.decisions.feature_names import FEATURE_WINDOWS as FEATURE_WINDOWS
+from touchline.decisions.feature_names import WINDOW_FEATURES
 from touchline.decisions.profile import DAY_MS, HOUR_MS, Profile, advance, purchase_days, purchase_span_ms
 
 if TYPE_CHECKING:
@@ -28,9 +29,6 @@ if TYPE_CHECKING:
 
 _NEVER = log1p(365 * 24.0)  # "hours since" for something that never happened
 
-_WINDOW_NAMES = tuple(
-    (w, tuple((t, f"n_{t}_{w}") for t in FEATURE_TYPES), f"n_all_{w}") for w in FEATURE_WINDOWS
-)
 
 
 def features(profile: Profile, now_ms: int, custom: CustomAttributes | None = None) -> dict[str, float]:
@@ -51,7 +49,7 @@ def features(profile: Profile, now_ms: int, custom: CustomAttributes | None = No
 def _window_counts(profile: Profile, out: dict[str, float]) -> None:
     """Events per feature type and in all, per window (``n_<type>_<window>``, ``n_all_<window>``)."""
     windows = profile.windows
-    for w, names, all_name in _WINDOW_NAMES:
+    for w, names, all_name in WINDOW_FEATURES:
         queue, counts = windows[w]
         get = counts.get
         for t, name in names:

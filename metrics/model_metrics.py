@@ -94,7 +94,7 @@ class ModelMetrics:
         self._observe(delays_s, drifts)
         deployed = {(name, slot.role(model), model.version, model.estimator_name)
                     for name, slot in slots.items() for model in slot.models}
-        self._ungraded.update(name for name in delays_s if name in slots)  # only a model that learned has new figures
+        self._ungraded.update(delays_s)  # only a model that learned has new figures
         self._forget_retired(deployed)
         self._set_info(deployed)
         now = time.monotonic() if now is None else now
