@@ -386,13 +386,19 @@ class ReportingProducer:
 
     def wait_below(self, bound: int, timeout: float, give_up: Callable[[], bool] = lambda: False) -> bool:
         """Serve delivery reports until at most ``bound`` messages are in flight; False if
-        ``timeout`` passed or ``give_up()`` became true first."""
+        ``timeout`` passed or ``give_up()`` became true first.
+
+        Waiting for all of them (``bound`` 0) flushes: librdkafka then sends what it holds at
+        once instead of after ``linger.ms`` (measured on Tansu, 5 records: 0.6 ms against 3.0 ms
+        by polling), and that wait is paid once per batch by every sink whose writes must be
+        acknowledged before the dataflow moves on."""
         deadline = time.monotonic() + timeout
         self._producer.poll(0)
+        serve = self._producer.flush if bound == 0 else self._producer.poll
         while len(self._producer) > bound:
             if give_up() or time.monotonic() >= deadline:
                 return False
-            self._producer.poll(0.05)
+            serve(0.05)
         return True
 
     def abandon(self) -> None:

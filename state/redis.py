@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import logging
 import random
 import secrets
@@ -56,7 +57,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Sequence, TypeVar
 
-import hiredis
 import orjson
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -249,6 +249,7 @@ class RedisStore(StateStore):
         #: whose profile another writer changed gets the new one: never a stale read.
         self._base: OrderedDict[str, _Base] = OrderedDict()
         self._lent: set[str] = set()
+        self._commit_names = CommitNames()
         self._known: tuple[float, int] | None = None  # (when read, the running count of known profiles)
         #: the readiness probe's own client (see :meth:`ping`)
         self._probe: Any = None
@@ -598,7 +599,7 @@ class RedisStore(StateStore):
             args += [f"r:{entry.decision_id}", entry.record, f"d:{entry.decision_id}", 1]
             if entry.to_channel:
                 args += [f"c:{entry.decision_id}", 1]
-        args.append(_commit_digest(args))
+        args.append(self._commit_names.next())
         return args, (adds, removes, held)
 
     # ---------------------------------------------------------------- timers
@@ -1029,15 +1030,25 @@ def _pending_of(fields: Mapping[str, str]) -> list[Pending]:
     return out
 
 
-def _commit_digest(args: Sequence[Any]) -> str:
-    """What names one commit's whole change (blob, log, sends, outbox): a retried commit that
-    already landed is recognised by it, and a different writer's commit that happens to leave
-    the same blob (say, another send at the same moment) is not mistaken for one.
+class CommitNames:
+    """Names for commits, one per call and the same across its retries: a retried commit
+    that already landed is recognised by it (the profile is one version ahead and holds this
+    name), and another writer's commit from the same version never is, even when it left the
+    same blob. A random prefix per store and a counter: unique across processes without
+    hashing the commit (hashing its 1 to 2 KB cost about 4 µs per profile).
 
-    >>> _commit_digest([3, b"{}", 1]) == _commit_digest([3, b"{}", 1]) != _commit_digest([3, b"{}", 2])
+    >>> names = CommitNames()
+    >>> first, second = names.next(), names.next()
+    >>> first != second and first[:16] == second[:16] != CommitNames().next()[:16]
     True
     """
-    return hashlib.blake2b(hiredis.pack_command(tuple(args)), digest_size=16).hexdigest()  # length-prefixed: unambiguous
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._count = itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._count):x}"
 
 
 def _is_conflict(reply: Exception) -> bool:

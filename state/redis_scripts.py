@@ -104,19 +104,20 @@ return {ver, h[1] or '',
 #: KEYS: blob hash, log, sends, outbox.
 #: ARGV: expected version (-1: replace the log whatever is there), blob, horizon ms,
 #:       ttl ms, n adds, (score, member) * n, n removes, member * n, n sends, (score, member) * n,
-#:       n outbox fields, (field, value) * n, digest of all of it.
-#: A retried commit that already landed (version one ahead, same digest) is a no-op; another
+#:       n outbox fields, (field, value) * n, the commit's name (unique per commit, the same
+#:       across its retries: RedisStore's CommitNames), kept in the field 'dig'.
+#: A retried commit that already landed (version one ahead, same name) is a no-op; another
 #: writer's commit from the same version is a CONFLICT even if it left the same blob.
 COMMIT = """
 local ver = tonumber(redis.call('HGET', KEYS[1], 'ver') or '0')
 local expected = tonumber(ARGV[1])
-local digest = ARGV[#ARGV]
+local name = ARGV[#ARGV]
 if expected >= 0 and ver ~= expected then
-  if ver == expected + 1 and redis.call('HGET', KEYS[1], 'dig') == digest then return ver end
+  if ver == expected + 1 and redis.call('HGET', KEYS[1], 'dig') == name then return ver end
   return redis.error_reply('CONFLICT ' .. KEYS[1] .. ' is at version ' .. ver .. ', expected ' .. expected)
 end
 if expected < 0 then redis.call('DEL', KEYS[2]) end
-redis.call('HSET', KEYS[1], 'blob', ARGV[2], 'ver', ver + 1, 'dig', digest)
+redis.call('HSET', KEYS[1], 'blob', ARGV[2], 'ver', ver + 1, 'dig', name)
 local i = 5
 local function pairs_into(key)
   local n = tonumber(ARGV[i]); i = i + 1

@@ -267,3 +267,57 @@ def test_build_context_passes_the_ledger(tmp_path):
     delivery.close(5)
     assert len((tmp_path / "outbox" / "email.jsonl").read_bytes().splitlines()) == 1
     assert report.outcomes == {("email", "delivered"): 1, ("email", "duplicate"): 1}
+
+
+class CountingLedger(MemorySendLedger):
+    """A memory ledger that counts its ``delivered`` calls and can refuse the first ones."""
+
+    def __init__(self, refuse: int = 0) -> None:
+        super().__init__()
+        self.calls: list[list[str]] = []
+        self.refuse = refuse
+
+    def delivered(self, ids):
+        ids = list(ids)
+        self.calls.append(ids)
+        if len(self.calls) <= self.refuse:
+            raise ConnectionError("ledger down for a moment")
+        super().delivered(ids)
+
+
+def _jsonl_delivery(tmp_path, ledger):
+    from touchline.connectors.channels.jsonl import JsonlConnector
+
+    done: list[str] = []
+    report = DeliveryReport(ConnectorMetrics(CollectorRegistry()), lambda _dead: None)
+    delivery = Delivery({"sms": JsonlConnector("sms", report, tmp_path / "sms.jsonl")}, report, ledger)
+    delivery.on_done = lambda decisions: done.extend(d["decision_id"] for d in decisions)
+    delivery.start()
+    return delivery, done
+
+
+def test_outcomes_reported_during_a_submit_are_marked_in_one_ledger_call(tmp_path):
+    """A connector that reports on the submitting thread (JSONL here, Kafka's delivery reports)
+    has the submit's final outcomes marked together, before submit returns: one ledger round
+    trip per submit, not one per decision."""
+    ledger = CountingLedger()
+    delivery, done = _jsonl_delivery(tmp_path, ledger)
+    sent = [decision(i) for i in range(10)]
+    delivery.submit(sent)
+    assert ledger.calls == [[d["decision_id"] for d in sent]]
+    assert ledger.claim([d["decision_id"] for d in sent]).done == {d["decision_id"] for d in sent}
+    delivery.close(5)
+    assert sorted(done) == sorted(d["decision_id"] for d in sent) and len(ledger.calls) == 1
+
+
+def test_a_refused_mark_is_recorded_by_the_settle_loop(tmp_path):
+    """The one call for the submit fails: the decisions are settled as final, and the settle
+    loop marks them (nothing is lost, nothing counted as marked that is not)."""
+    ledger = CountingLedger(refuse=1)
+    delivery, done = _jsonl_delivery(tmp_path, ledger)
+    sent = [decision(i) for i in range(3)]
+    delivery.submit(sent)
+    delivery.close(5)
+    assert len(ledger.calls) == 2 and sorted(ledger.calls[1]) == sorted(d["decision_id"] for d in sent)
+    assert ledger.claim([d["decision_id"] for d in sent]).done == {d["decision_id"] for d in sent}
+    assert sorted(done) == sorted(d["decision_id"] for d in sent)

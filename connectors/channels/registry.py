@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from touchline.state.ledger import Claim, SendLedger
 
 log = logging.getLogger(__name__)
+
+#: An outcome as a connector reports it: channel, decision (None: not said), outcome.
+_Outcome = tuple[str, dict[str, Any] | None, str]
 
 
 @dataclass
@@ -167,6 +171,8 @@ class Delivery:
         #: decisions another owner held a claim on when submitted: claimed again later (that
         #: owner may have died; its claim then lapses), until delivered by someone
         self._held: list[dict[str, Any]] = []
+        #: per thread: the outcomes reported during a submit under way on it (see _outcomes_together)
+        self._collecting = threading.local()
         report.listener = self._outcome
 
     @classmethod
@@ -195,14 +201,15 @@ class Delivery:
         if unrouted:
             self._settle("skip", unrouted)  # no connector will ever deliver them
         claim = self._claim(by_channel)
-        for channel, batch in by_channel.items():
-            connector = self.connectors[channel]
-            if claim is not None:
-                batch = self._claimed(channel, connector.kind, batch, claim)
-                if not batch:
-                    continue
-            self._count_in_flight(channel, batch)
-            connector.submit(batch)
+        with self._outcomes_together():
+            for channel, batch in by_channel.items():
+                connector = self.connectors[channel]
+                if claim is not None:
+                    batch = self._claimed(channel, connector.kind, batch, claim)
+                    if not batch:
+                        continue
+                self._count_in_flight(channel, batch)
+                connector.submit(batch)
 
     def _route(self, decisions: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
         """The decisions by channel, in order, and those for a channel without a connector."""
@@ -258,8 +265,40 @@ class Delivery:
 
     # ------------------------------------------------------------------ outcomes
     def _outcome(self, channel: str, decision: dict[str, Any] | None, outcome: str) -> None:
-        """The report's listener (any connector thread): settle the decision."""
-        kind = self._settle_kind(channel, decision, outcome)
+        """The report's listener (any connector thread): settle the decision, or, reported on
+        the thread of a ``submit`` under way, collect it for the end of that submit."""
+        collected: list[_Outcome] | None = getattr(self._collecting, "outcomes", None)
+        if collected is not None:
+            collected.append((channel, decision, outcome))
+            return
+        to_mark = self._to_mark(channel, decision, outcome)
+        self._settle_one(channel, decision, outcome, to_mark is not None and self._mark_now([to_mark]))
+
+    @contextmanager
+    def _outcomes_together(self) -> Iterator[None]:
+        """Outcomes reported on this thread inside (a connector that serves its delivery reports
+        when it is called: Kafka's, about one report per decision) are settled when the block
+        ends, their ledger marks in one call instead of one round trip each. The crash window
+        between the endpoint's answer and the mark grows by at most the block (one submit)."""
+        if getattr(self._collecting, "outcomes", None) is not None:  # already collecting
+            yield
+            return
+        collected: list[_Outcome] = []
+        self._collecting.outcomes = collected
+        try:
+            yield
+        finally:
+            self._collecting.outcomes = None
+            to_mark = [d for d in (self._to_mark(*reported) for reported in collected) if d is not None]
+            marked = bool(to_mark) and self._mark_now(to_mark)
+            for reported in collected:
+                self._settle_one(*reported, marked and self._to_mark(*reported) is not None)
+
+    def _settle_one(self, channel: str, decision: dict[str, Any] | None, outcome: str, marked: bool) -> None:
+        """Settle one outcome: ``release`` when the engine stopped before sending (a later run
+        sends it), ``marked`` when the final outcome is in the ledger already, else ``final``
+        (the settle loop records it)."""
+        kind = "release" if outcome == "shutdown" else "marked" if marked else "final"
         with self._wake:
             track = self._tracks.get(channel)
             if track is None:
@@ -272,15 +311,13 @@ class Delivery:
                 self._settle_unattributed(track)
             self._wake.notify()
 
-    def _settle_kind(self, channel: str, decision: dict[str, Any] | None, outcome: str) -> str:
-        """How an outcome settles: ``release`` when the engine stopped before sending (a later
-        run sends it), ``marked`` when the final outcome is already in the ledger, else
-        ``final`` (the settle loop records it)."""
-        if outcome == "shutdown":
-            return "release"
-        if decision is not None and channel in self._tracks and self._mark_now(decision):
-            return "marked"
-        return "final"
+    def _to_mark(self, channel: str, decision: dict[str, Any] | None, outcome: str) -> dict[str, Any] | None:
+        """The decision, when this is a final outcome of an identified decision of a known
+        channel and there is a ledger to mark it in; else None."""
+        if (outcome == "shutdown" or decision is None or channel not in self._tracks or self.ledger is None
+                or decision.get("decision_id") is None):
+            return None
+        return decision
 
     def _settle_unattributed(self, track: _Track) -> None:
         """Nothing in flight on a channel: its decisions still pending had deliveries reported
@@ -290,16 +327,16 @@ class Delivery:
             self._settled.extend(("final", d) for d in track.pending.values())
             track.pending.clear()
 
-    def _mark_now(self, decision: dict[str, Any]) -> bool:
-        """Record a final outcome in the ledger at once, on the connector's thread: the time
+    def _mark_now(self, decisions: list[dict[str, Any]]) -> bool:
+        """Record final outcomes in the ledger at once, on the reporting thread: the time
         between the endpoint's answer and this mark is the only window in which a crash
         makes a re-emission send the decision again (with the same idempotency key)."""
-        if self.ledger is None or decision.get("decision_id") is None:
-            return False
+        assert self.ledger is not None
         try:
-            self.ledger.delivered([str(decision["decision_id"])])
+            self.ledger.delivered([str(d["decision_id"]) for d in decisions])
         except Exception:  # the settle loop tries again
-            log.exception("send ledger: could not record decision %s as final", decision.get("decision_id"))
+            log.exception("send ledger: could not record %d decision(s) as final (%s ...)", len(decisions),
+                          decisions[0].get("decision_id"))
             return False
         return True
 
