@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,7 +24,7 @@ import orjson
 from bytewax.connectors.kafka import KafkaError, KafkaSource
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, Producer
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, Producer, TopicPartition
 from confluent_kafka import KafkaError as ConfluentError
 from confluent_kafka.admin import AdminClient, NewTopic
 from touchline.decisions.errors import TouchlineError
@@ -145,15 +146,46 @@ def _wait_visible(config: dict[str, str], topics: list[str], timeout: float) -> 
 
 
 # ---------------------------------------------------------------------------------- source
+@dataclass(frozen=True)
+class BatchSizes:
+    """When a partition's buffer of messages is a full micro-batch.
+
+    While the engine keeps up, a batch goes at ``read`` messages (what is asked of Kafka at a
+    time) or once its first one has waited ``linger_s``. While it is behind (a restart, a
+    replay, a burst longer than the engine can take: a read brought messages, and with those
+    buffered at least ``catchup`` wait in the partition), the batch keeps filling up to
+    ``catchup`` (a read that crosses it still goes in whole), for at most ``linger_s`` scaled
+    by ``catchup / read``: each state-store round trip then serves more events while the
+    backlog lasts, and the events, waiting anyway, lose nothing by it. A few hundred arriving
+    at once do not count: a fetch brings them together, and the engine, idle, would only wait.
+
+    >>> sizes = BatchSizes(100, 1000, 0.02)
+    >>> sizes.due(100, behind=False, waited_s=0.0), sizes.due(100, behind=True, waited_s=0.05)
+    (True, False)
+    >>> sizes.due(1000, behind=True, waited_s=0.0), sizes.due(300, behind=True, waited_s=0.2)
+    (True, True)
+    """
+
+    read: int
+    catchup: int
+    linger_s: float
+
+    def due(self, buffered: int, behind: bool, waited_s: float) -> bool:
+        if behind:
+            return buffered >= self.catchup or waited_s >= self.linger_s * self.catchup / self.read
+        return buffered >= self.read or waited_s >= self.linger_s
+
+
 class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
     """One Kafka partition, read by Bytewax's partition and grouped into micro-batches."""
 
-    def __init__(self, inner: StatefulSourcePartition, topic: str, partition: int, batch_size: int,
-                 linger_s: float, stop: threading.Event, tick_s: float | None, retry_s: float,
+    def __init__(self, inner: StatefulSourcePartition, topic: str, partition: int, sizes: "BatchSizes",
+                 stop: threading.Event, tick_s: float | None, retry_s: float,
                  client_config: dict[str, str], on_fatal: Callable[[Exception], None]) -> None:
         self._inner = inner
-        self._name, self._partition = f"{topic}[{partition}]", partition
-        self._batch_size, self._linger, self._stop = batch_size, linger_s, stop
+        self._name, self._topic, self._partition = f"{topic}[{partition}]", topic, partition
+        self._sizes, self._stop = sizes, stop
+        self._behind = False
         self._tick, self._retry, self._on_fatal = tick_s, retry_s, on_fatal
         self._config, self._bootstrap = client_config, client_config["bootstrap.servers"]
         self._next_probe = 0.0
@@ -209,7 +241,7 @@ class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
         partition's StopIteration marks the end of a finite read instead of ending this
         one: the buffer still has to go out."""
         try:
-            items = self._inner.next_batch()
+            items = list(self._inner.next_batch())
         except StopIteration:
             self._eof = True
             items = []
@@ -221,7 +253,20 @@ class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
                 self._first_at = time.monotonic()
             self._lines.append(item.value if item.value is not None else b"")
             self._offsets.append(item.offset)
+        self._behind = bool(items) and len(self._lines) + self._waiting() >= self._sizes.catchup
         return bool(items)
+
+    def _waiting(self) -> int:
+        """Messages of the partition after those buffered, as the consumer last heard from the
+        broker (its cached high watermark: no request); 0 when unknown or nothing is buffered."""
+        consumer = getattr(self._inner, "_consumer", None)  # Bytewax's partition's own consumer
+        if not self._offsets or consumer is None:
+            return 0
+        try:
+            _low, high = consumer.get_watermark_offsets(TopicPartition(self._topic, self._partition), cached=True)
+        except (KafkaException, RuntimeError, TypeError):
+            return 0
+        return max(0, high - (self._offsets[-1] + 1))
 
     def _watch_cluster(self, got_items: bool, now: float) -> None:
         """Anything read (a consumer error too) resets the outage and idle clocks; with
@@ -232,9 +277,10 @@ class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
             self._probe(now)
 
     def _batch_due(self, now: float) -> bool:
-        """The buffer goes out when full, when its first message has lingered long enough,
-        or at the end of a finite read."""
-        return len(self._lines) >= self._batch_size or now - self._first_at >= self._linger or self._eof
+        """The buffer goes out when full or when its first message has waited long enough
+        (both larger while the partition is behind: see :class:`BatchSizes`), or at the end
+        of a finite read."""
+        return self._eof or self._sizes.due(len(self._lines), self._behind, now - self._first_at)
 
     def _idle(self, now: float) -> list[RawBatch]:
         """Nothing read and nothing buffered: say idle once (the engine then stops holding
@@ -308,12 +354,15 @@ class KafkaEventSource(FixedPartitionedSource[RawBatch, Any]):
     recovery a run resumes exactly after the last batch it processed. Delivery: at least
     once into the engine; the engine's event-id idempotency makes it effectively once
     for state. A batch is emitted when it holds ``batch_size`` messages or its first one
-    has waited ``linger_ms``. Dead letters name ``topic[partition]:offset``.
+    has waited ``linger_ms``; while the partition is behind (its last read came back full),
+    it keeps filling up to ``catchup_batch_size`` (within ``linger_ms``). Dead letters name
+    ``topic[partition]:offset``.
     """
 
     def __init__(self, client_config: dict[str, str], topic: str, *, batch_size: int, linger_ms: float,
                  start: str, tail: bool, stop: threading.Event, tick_seconds: float | None,
-                 retry_seconds: float, on_fatal: Callable[[Exception], None]) -> None:
+                 retry_seconds: float, on_fatal: Callable[[Exception], None],
+                 catchup_batch_size: int | None = None) -> None:
         self.topic = topic
         self._inner = KafkaSource(
             [client_config["bootstrap.servers"]], [topic], tail=tail,
@@ -323,6 +372,7 @@ class KafkaEventSource(FixedPartitionedSource[RawBatch, Any]):
             batch_size=batch_size, raise_on_errors=False)
         self._config = client_config
         self._batch_size, self._linger = batch_size, linger_ms / 1000
+        self._catchup_size = max(batch_size, catchup_batch_size or batch_size)
         self.stop, self._tick, self._retry, self._on_fatal = stop, tick_seconds, retry_seconds, on_fatal
         self.progress: dict[str, float] = {}
 
@@ -337,8 +387,8 @@ class KafkaEventSource(FixedPartitionedSource[RawBatch, Any]):
         else:  # recovery: the offset the last completed snapshot holds
             log.info("resuming %s[%s] at offset %s", topic, idx, resume_state)
         return _BatchingPartition(self._inner.build_part(step_id, for_part, resume_state), topic, int(idx),
-                                  self._batch_size, self._linger, self.stop, self._tick, self._retry,
-                                  self._config, self._on_fatal)
+                                  BatchSizes(self._batch_size, self._catchup_size, self._linger), self.stop,
+                                  self._tick, self._retry, self._config, self._on_fatal)
 
 
 # ---------------------------------------------------------------------------------- producing

@@ -79,6 +79,7 @@ def test_compare_runs_the_three_pipelines_over_every_event(kafka_broker, redis_u
         for key, suffix in (("events_per_second", ""), ("events_per_cpu_second", "_per_cpu_second")):
             assert ratios[f"touchline_over_{name}{suffix}"] == round(engine[key] / loop[key], 2), (name, key)
     text = format_compare(figures)
+    assert "one process, batch size 100 (up to 1,000 while behind)" in text, text
     assert re.search(r"^\s+naive loop\s+hand-batched\s+touchline$", text, re.M), text
     assert [v.replace(",", "") for v in _columns(text, "events consumed")] == ["1500"] * 3, text
     for title in ("naive loop", "hand-batched"):

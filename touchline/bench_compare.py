@@ -222,6 +222,7 @@ def run_compare(settings: Settings, bootstrap: str, events: int, batch_size: int
                 "topic": kafka.events_topic,
                 "partitions": kafka.partitions,
                 "batch_size": batch_size,
+                "catchup_batch_size": max(batch_size, settings.kafka.catchup_batch_size),
                 "hand_batch_size": 1000,
                 "runs": runs,
                 "ratios": _ratios(runs),
@@ -287,7 +288,8 @@ def format_compare(f: dict[str, Any]) -> str:
         "2 EXPIRE (a round trip each), produce",
         f"  hand-batched: consume {f['hand_batch_size']:,}, orjson, one pipeline to read, River per event, one "
         "pipeline to write, produce the batch",
-        f"  touchline: touchline run --kafka --redis, one process, batch size {f['batch_size']} (validation, "
+        f"  touchline: touchline run --kafka --redis, one process, batch size {f['batch_size']} "
+        f"(up to {f['catchup_batch_size']:,} while behind) (validation, "
         "ordering, idempotency, identities, timers, labels, two models, journeys if configured, policy, caps)",
         "  the loops do far less than the engine: see python -m touchline.bench_loops --help",
         f"  {f['machine']}",

@@ -545,6 +545,7 @@ def _build_source(settings: Settings, engine: Engine, kafka: dict[str, str] | No
         assert kafka is not None  # the settings validator requires kafka.bootstrap
         ks = settings.kafka
         return KafkaEventSource(kafka, ks.events_topic, batch_size=ks.batch_size, linger_ms=ks.linger_ms,
+                                catchup_batch_size=ks.catchup_batch_size,
                                 start=ks.start, tail=ks.tail, stop=stop,
                                 tick_seconds=src.tick_seconds if settings.engine.clock == "wall" else None,
                                 retry_seconds=ks.retry_seconds, on_fatal=engine.fail), None

@@ -398,6 +398,12 @@ class KafkaSettings(_Section):
                             description="events per micro-batch read from Kafka, at most: a batch goes when it holds "
                                         "this many or its first event waited linger_ms; larger batches share each "
                                         "state-store round trip among more events")
+    catchup_batch_size: int = Field(default=1000, ge=1, le=100_000,
+                                    description="while the engine is behind (at least this many events wait in "
+                                                "the partition, those buffered included), a batch keeps filling up to "
+                                                "this many events, for at most linger_ms x catchup_batch_size / "
+                                                "batch_size: catching up costs fewer round trips per event; at or "
+                                                "below batch_size, batches stay at batch_size")
     connect_timeout_seconds: float = Field(default=10.0, gt=0, le=600, description="broker check at start")
     retry_seconds: float = Field(default=60.0, gt=0, le=3600,
                                  description="a broker outage is retried this long before the run stops")
