@@ -179,7 +179,7 @@ class BatchSizes:
 class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
     """One Kafka partition, read by Bytewax's partition and grouped into micro-batches."""
 
-    def __init__(self, inner: StatefulSourcePartition, topic: str, partition: int, sizes: "BatchSizes",
+    def __init__(self, inner: StatefulSourcePartition, topic: str, partition: int, sizes: BatchSizes,
                  stop: threading.Event, tick_s: float | None, retry_s: float,
                  client_config: dict[str, str], on_fatal: Callable[[Exception], None]) -> None:
         self._inner = inner
@@ -354,8 +354,8 @@ class KafkaEventSource(FixedPartitionedSource[RawBatch, Any]):
     recovery a run resumes exactly after the last batch it processed. Delivery: at least
     once into the engine; the engine's event-id idempotency makes it effectively once
     for state. A batch is emitted when it holds ``batch_size`` messages or its first one
-    has waited ``linger_ms``; while the partition is behind (its last read came back full),
-    it keeps filling up to ``catchup_batch_size`` (within ``linger_ms``). Dead letters name
+    has waited ``linger_ms``; while at least ``catchup_batch_size`` messages wait in the
+    partition it keeps filling up to that size (see :class:`BatchSizes`). Dead letters name
     ``topic[partition]:offset``.
     """
 
