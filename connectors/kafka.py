@@ -146,6 +146,15 @@ def _wait_visible(config: dict[str, str], topics: list[str], timeout: float) -> 
 
 
 # ---------------------------------------------------------------------------------- source
+def catchup_size(batch_size: int, catchup_batch_size: int | None) -> int:
+    """The size batches grow to while behind: never below ``batch_size`` (None: no growth).
+
+    >>> catchup_size(100, 1000), catchup_size(100, 50), catchup_size(100, None)
+    (1000, 100, 100)
+    """
+    return max(batch_size, catchup_batch_size or batch_size)
+
+
 @dataclass(frozen=True)
 class BatchSizes:
     """When a partition's buffer of messages is a full micro-batch.
@@ -186,6 +195,9 @@ class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
         self._name, self._topic, self._partition = f"{topic}[{partition}]", topic, partition
         self._sizes, self._stop = sizes, stop
         self._behind = False
+        #: Bytewax's partition's own consumer (a private attribute of bytewax 0.21): its cached
+        #: high watermark tells how many messages wait (see _waiting); None: counted as none
+        self._consumer = getattr(inner, "_consumer", None)
         self._tick, self._retry, self._on_fatal = tick_s, retry_s, on_fatal
         self._config, self._bootstrap = client_config, client_config["bootstrap.servers"]
         self._next_probe = 0.0
@@ -259,11 +271,10 @@ class _BatchingPartition(StatefulSourcePartition[RawBatch, Any]):
     def _waiting(self) -> int:
         """Messages of the partition after those buffered, as the consumer last heard from the
         broker (its cached high watermark: no request); 0 when unknown or nothing is buffered."""
-        consumer = getattr(self._inner, "_consumer", None)  # Bytewax's partition's own consumer
-        if not self._offsets or consumer is None:
+        if not self._offsets or self._consumer is None:
             return 0
         try:
-            _low, high = consumer.get_watermark_offsets(TopicPartition(self._topic, self._partition), cached=True)
+            _low, high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, self._partition), cached=True)
         except (KafkaException, RuntimeError, TypeError):
             return 0
         return max(0, high - (self._offsets[-1] + 1))
@@ -371,8 +382,7 @@ class KafkaEventSource(FixedPartitionedSource[RawBatch, Any]):
                                      **{k: v for k, v in client_config.items() if k != "bootstrap.servers"}}),
             batch_size=batch_size, raise_on_errors=False)
         self._config = client_config
-        self._batch_size, self._linger = batch_size, linger_ms / 1000
-        self._catchup_size = max(batch_size, catchup_batch_size or batch_size)
+        self._sizes = BatchSizes(batch_size, catchup_size(batch_size, catchup_batch_size), linger_ms / 1000)
         self.stop, self._tick, self._retry, self._on_fatal = stop, tick_seconds, retry_seconds, on_fatal
         self.progress: dict[str, float] = {}
 
@@ -387,7 +397,7 @@ class KafkaEventSource(FixedPartitionedSource[RawBatch, Any]):
         else:  # recovery: the offset the last completed snapshot holds
             log.info("resuming %s[%s] at offset %s", topic, idx, resume_state)
         return _BatchingPartition(self._inner.build_part(step_id, for_part, resume_state), topic, int(idx),
-                                  BatchSizes(self._batch_size, self._catchup_size, self._linger), self.stop,
+                                  self._sizes, self.stop,
                                   self._tick, self._retry, self._config, self._on_fatal)
 
 

@@ -207,6 +207,8 @@ def run_compare(settings: Settings, bootstrap: str, events: int, batch_size: int
                 redis_url: str | None = None, keep: bool = False) -> dict[str, Any]:
     """The naive loop, the hand-batched loop and the engine over the same ``events`` events
     (see the module's docstring)."""
+    from touchline.connectors.kafka import catchup_size
+
     tmp = Path(tempfile.mkdtemp(prefix="touchline-compare-"))
     timeout = 300 + events / 100  # far beyond the slowest run, which makes hundreds of events a second
     try:
@@ -222,7 +224,7 @@ def run_compare(settings: Settings, bootstrap: str, events: int, batch_size: int
                 "topic": kafka.events_topic,
                 "partitions": kafka.partitions,
                 "batch_size": batch_size,
-                "catchup_batch_size": max(batch_size, settings.kafka.catchup_batch_size),
+                "catchup_batch_size": catchup_size(batch_size, settings.kafka.catchup_batch_size),
                 "hand_batch_size": 1000,
                 "runs": runs,
                 "ratios": _ratios(runs),

@@ -395,9 +395,10 @@ class KafkaSettings(_Section):
     replication_factor: int = Field(default=1, ge=1, le=16)
     linger_ms: float = Field(default=20.0, ge=0, le=10_000, description="wait at most this long to fill a batch")
     batch_size: int = Field(default=100, ge=1, le=100_000,
-                            description="events per micro-batch read from Kafka, at most: a batch goes when it holds "
-                                        "this many or its first event waited linger_ms; larger batches share each "
-                                        "state-store round trip among more events")
+                            description="events per micro-batch read from Kafka, at most, while the engine keeps "
+                                        "up: a batch goes when it holds this many or its first event waited "
+                                        "linger_ms; larger batches share each state-store round trip among more "
+                                        "events (behind: catchup_batch_size)")
     catchup_batch_size: int = Field(default=1000, ge=1, le=100_000,
                                     description="while the engine is behind (at least this many events wait in "
                                                 "the partition, those buffered included), a batch keeps filling up to "

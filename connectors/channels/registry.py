@@ -289,10 +289,11 @@ class Delivery:
             yield
         finally:
             self._collecting.outcomes = None
-            to_mark = [d for d in (self._to_mark(*reported) for reported in collected) if d is not None]
+            marks = [(reported, self._to_mark(*reported)) for reported in collected]
+            to_mark = [d for _, d in marks if d is not None]
             marked = bool(to_mark) and self._mark_now(to_mark)
-            for reported in collected:
-                self._settle_one(*reported, marked and self._to_mark(*reported) is not None)
+            for reported, d in marks:
+                self._settle_one(*reported, marked and d is not None)
 
     def _settle_one(self, channel: str, decision: dict[str, Any] | None, outcome: str, marked: bool) -> None:
         """Settle one outcome: ``release`` when the engine stopped before sending (a later run
