@@ -261,6 +261,27 @@ def test_events_held_for_ordering_survive_a_stop_between_batches(redis_url, stre
     assert redis.Redis.from_url(redis_url).hlen("tl:{hold:in}") == 0  # the end of the input left nothing held
 
 
+def test_a_buffer_that_empties_mid_run_is_not_resumed_from_the_store_again(redis_url, stream):
+    """A batch that releases everything held (an idle input) leaves an empty buffer, and its
+    released events stay stored as held until the next batch drops them. The next batch
+    must go on with that buffer: resuming it from the store again applied the released
+    events a second time (seen after kill -9 runs as a decision missing from the replay)."""
+    from touchline.decisions.batches import RawBatch
+
+    lines = _disorder(stream[:2000], 240_000, seed=5)
+    engine = _engine_on(redis_url, 300_000)
+    engine.process(RawBatch(lines[:1000], "in", 1))
+    assert engine._orders[0].held(), "the first batch leaves events held"
+    engine.process(RawBatch([], "in", 1001, idle=True))  # the input goes quiet: everything is released
+    assert not engine._orders[0].held()
+    engine.process(RawBatch(lines[1000:], "in", 1001, final=True))
+    assert engine.totals.duplicates == 0
+    assert engine.totals.events == len(lines) - sum(engine.totals.dead_letters.values())
+    import redis
+
+    assert redis.Redis.from_url(redis_url).hlen("tl:{hold:in}") == 0
+
+
 def test_a_quiet_tailed_input_releases_what_is_held():
     """A trickle on a tailed topic: when the input goes quiet the held events are processed
     (and the clock moves to them) instead of waiting for newer ones that may not come."""

@@ -345,7 +345,9 @@ class Engine:
         if self.core.live:
             events.sort(key=lambda ev: ev.ts_ms)  # stable: ties keep arrival order
             return events, None, self.core.advance(events, batch.advance_to_ms)
-        order = self._orders.get(batch.partition) or self._resume_order(batch)
+        order = self._orders.get(batch.partition)
+        if order is None:  # not "or": an empty buffer is falsy, and resuming again re-reads stale held events
+            order = self._resume_order(batch)
         released = self._release(batch, order, events, positions, dead)
         out = [r.event for r in released]
         self.core.advance(out, batch.advance_to_ms)
