@@ -346,8 +346,8 @@ class Engine:
             events.sort(key=lambda ev: ev.ts_ms)  # stable: ties keep arrival order
             return events, None, self.core.advance(events, batch.advance_to_ms)
         order = self._orders.get(batch.partition)
-        if order is None:  # not "or": an empty buffer is falsy, and resuming again re-reads stale held events
-            order = self._resume_order(batch)
+        if not order:  # none yet, or emptied: a fresh one at the committed clock, held events read only once
+            order = self._resume_order(batch, restore=order is None)
         released = self._release(batch, order, events, positions, dead)
         out = [r.event for r in released]
         self.core.advance(out, batch.advance_to_ms)
@@ -374,13 +374,17 @@ class Engine:
         self.metrics.held_events.set(sum(map(len, self._orders.values())))
         return released
 
-    def _resume_order(self, batch: RawBatch) -> EventOrder:
+    def _resume_order(self, batch: RawBatch, restore: bool = True) -> EventOrder:
         """The partition's reorder buffer, at the event clock its last committed batch left,
-        holding what it held then (an input a restart resumes mid-way: see ``keep_held``)."""
+        holding what it held then (an input a restart resumes mid-way: see ``keep_held``).
+        Only the first one of a run restores: once a buffer has emptied, what the store still
+        lists as held was released and committed here (it is dropped after the next batch)."""
         clock = self.store.watermark(batch.partition) or None  # 0: an earlier version's "no clock yet"
         if clock is not None:
             self.core.clock.observe(clock)
         order = self._orders[batch.partition] = self.time.order(clock)
+        if not restore:
+            return order
         kept = self.store.held(batch.source) if self.keep_held else []
         again = _redelivered_from(batch)
         for pos, source, line in kept:
