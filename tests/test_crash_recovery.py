@@ -98,7 +98,8 @@ def test_sigkill_at_ten_random_moments_loses_nothing_and_delivers_once(kafka_bro
     print(f"dead letters: {len(ref_dead)} bad lines, {sum(crash_dead.values())} messages after {len(moments)} kills")
     # every restart resumed from a snapshot, none from before an earlier one. A kill before the
     # first snapshot resumes nothing; one before the first snapshot past a batch resumes at 0
-    # and reads again what that run may have committed (claimed ids: applied once)
+    # and reads again what that run may have committed (applied once: a profile ignores an
+    # event id it has seen)
     offsets = [_resumed_offsets(engine.stderr(n)) for n in range(2, engine.starts + 1)]
     resumed = [o[0] for o in offsets if o]
     assert len(resumed) >= 5 and resumed == sorted(resumed) and resumed[-1] > 0, offsets
